@@ -1,0 +1,90 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+/// Settings every Swift target shares, in the style of Hummingbird's own package.
+let swiftSettings: [SwiftSetting] = [
+    // `any P` must be written out, so existential costs are visible where they are paid.
+    .enableUpcomingFeature("ExistentialAny"),
+    // A file sees only the modules it imports itself, not those a sibling file imported.
+    .enableUpcomingFeature("MemberImportVisibility"),
+    // Imports are internal unless marked `public import`: no dependency leaks through our API by accident.
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "dispatcher",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "dispatcher", targets: ["DispatcherCLI"]),
+        .executable(name: "dispatcher-bench", targets: ["DispatcherBenchmarks"]),
+        .library(name: "Dispatcher", targets: ["Dispatcher"]),
+        .library(name: "Reports", targets: ["Reports"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.0.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.4.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
+    ],
+    targets: [
+        // libxml2's streaming reader behind a header that exposes neither libxml2 nor ICU types
+        // (Debian's libxml2 headers clash with Foundation's ICU module: see docs/house-style).
+        .target(
+            name: "CXMLReader",
+            cSettings: [.unsafeFlags(["-I/usr/include/libxml2"])],
+            linkerSettings: [.linkedLibrary("xml2")]
+        ),
+        .target(
+            name: "Dispatcher",
+            dependencies: [
+                "CXMLReader",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "Reports",
+            dependencies: [
+                "Dispatcher",
+                .product(name: "Mustache", package: "swift-mustache"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "DispatcherCLI",
+            dependencies: [
+                "Dispatcher",
+                "Reports",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "DispatcherBenchmarks",
+            dependencies: ["Dispatcher"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "DispatcherTests",
+            dependencies: ["Dispatcher"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ReportsTests",
+            dependencies: ["Reports", "Dispatcher"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["Dispatcher"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,117 @@
+/// What a preview found: the numbers the summary prints and the report shows.
+public struct PreviewResult: Sendable {
+    public var manifest: String
+    public var format: ManifestFormat
+    public var templateName: String
+    /// Records in the manifest (valid, skipped and invalid).
+    public var invoices = 0
+    /// Messages that would be sent (one per valid invoice and distinct number).
+    public var messages = 0
+    /// Distinct numbers those messages go to.
+    public var recipients = 0
+    public var skipped: [SkippedInvoice] = []
+    /// Import and template problems, in manifest order, up to `ManifestImporter.issueLimit`.
+    public var errors: [ValidationIssue] = []
+    public var errorCount = 0
+    public var invalidInvoices = 0
+    public var warnings: [String] = []
+    /// The first messages, for the report's chat bubbles.
+    public var samples: [RenderedMessage] = []
+    /// Messages whose row locale had no language of its own in the template.
+    public var languageFallbacks = 0
+    /// Messages per template language code.
+    public var languages: [String: Int] = [:]
+    /// Amount billed per currency (valid invoices with something due), in minor units.
+    public var billed: [String: Money] = [:]
+
+    public var isValid: Bool { errorCount == 0 }
+}
+
+/// Import, validate and render a manifest without sending anything: the dry run, and the first
+/// half of every billing run.
+public struct Previewer {
+    public var options: ValidationOptions
+    public var renderer: MessageRenderer
+    /// How many rendered messages to keep for the report.
+    public var sampleLimit: Int
+
+    public init(options: ValidationOptions, renderer: MessageRenderer, sampleLimit: Int = 200) {
+        self.options = options
+        self.renderer = renderer
+        self.sampleLimit = sampleLimit
+    }
+
+    /// Runs the preview, calling `onMessage` for every message that would be sent, in order.
+    public func run(path: String, format: ManifestFormat? = nil,
+                    onMessage: (RenderedMessage) throws -> Void = { _ in }) throws -> PreviewResult {
+        let format = format ?? ManifestFormat.detect(path: path)
+        var result = PreviewResult(manifest: path, format: format, templateName: renderer.template.name)
+        var recipients = Set<UInt64>()
+        var renderIssues: [ValidationIssue] = []
+        var renderIssueCount = 0
+        var renderInvalid = 0
+        let importer = ManifestImporter(options: options)
+        let summary = try importer.importManifest(path: path, format: format) { invoice in
+            switch renderer.render(invoice) {
+            case .success(let messages):
+                let code = invoice.amount.currency.code
+                result.billed[code, default: Money(minorUnits: 0, currency: invoice.amount.currency)].minorUnits += invoice.amount.minorUnits
+                for message in messages {
+                    result.messages += 1
+                    recipients.insert(UInt64(message.phone) ?? 0)
+                    if message.languageFallback { result.languageFallbacks += 1 }
+                    result.languages[message.language, default: 0] += 1
+                    if result.samples.count < sampleLimit { result.samples.append(message) }
+                    try onMessage(message)
+                }
+            case .failure(let problems):
+                let issues = problems.issues
+                renderInvalid += 1
+                renderIssueCount += issues.count
+                if renderIssues.count < ManifestImporter.issueLimit { renderIssues.append(contentsOf: issues) }
+            }
+        }
+        result.invoices = summary.records
+        result.recipients = recipients.count
+        result.skipped = summary.skipped
+        result.warnings = summary.warnings
+        result.invalidInvoices = summary.invalidRecords + renderInvalid
+        result.errorCount = summary.issueCount + renderIssueCount
+        // One list in manifest order; a file-level problem (no line) stays last, where reading stopped.
+        result.errors = (summary.issues + renderIssues).enumerated().sorted { a, b in
+            switch (a.element.line, b.element.line) {
+            case let (x?, y?): x != y ? x < y : a.offset < b.offset
+            case (nil, _?): false
+            case (_?, nil): true
+            case (nil, nil): a.offset < b.offset
+            }
+        }.map(\.element).prefix(ManifestImporter.issueLimit).map { $0 }
+        return result
+    }
+}
+
+/// Meta's messaging-limit tiers: unique users reached in a moving 24 h, per business portfolio.
+public enum MessagingLimit {
+    public static let tiers = [250, 2_000, 10_000, 100_000]
+
+    /// A warning when `recipients` is more than `limit` allows, nil otherwise.
+    public static func warning(recipients: Int, limit: Int?) -> String? {
+        guard let limit, recipients > limit else { return nil }
+        let next = tiers.first { $0 >= recipients }.map { "the \($0.formatted(grouping: ","))-user tier" } ?? "the unlimited tier"
+        return "this run reaches \(recipients) distinct numbers but the messaging limit is \(limit) unique users per 24 h: " +
+            "\(recipients - limit) tenants would not get their invoice today. " +
+            "Split the run over several days or ask Meta for \(next)."
+    }
+}
+
+extension Int {
+    func formatted(grouping separator: String) -> String {
+        let digits = String(self.magnitude)
+        var out = ""
+        for (i, ch) in digits.enumerated() {
+            if i > 0 && (digits.count - i) % 3 == 0 { out += separator }
+            out.append(ch)
+        }
+        return (self < 0 ? "-" : "") + out
+    }
+}

@@ -1,0 +1,54 @@
+/// The settings the service this replaces took from its environment, with their defaults.
+///
+/// Secrets (`accessToken`, `appSecret`, `verifyToken`, `apiToken`, `jwtSecret`) are only ever
+/// read from here: never printed, logged or served (see `masked`).
+public struct Settings: Sendable {
+    public var accessToken: String?
+    public var phoneNumberID: String?
+    public var appSecret: String?
+    public var verifyToken: String?
+    public var templateName: String
+    public var templateLanguage: String
+    public var apiBaseURL: String
+    public var apiVersion: String
+    public var databaseURL: String
+    public var apiToken: String?
+    public var jwtSecret: String?
+    public var defaultCountryCode: String?
+
+    public static let defaultDatabaseURL = "sqlite:dispatcher.sqlite"
+
+    /// Reads `WHATSAPP_*` and `DISPATCHER_*` from an environment (the process's by default).
+    public init(environment: [String: String]) {
+        func value(_ key: String) -> String? {
+            guard let v = environment[key]?.trimmingASCIIWhitespace(), !v.isEmpty else { return nil }
+            return v
+        }
+        accessToken = value("WHATSAPP_ACCESS_TOKEN")
+        phoneNumberID = value("WHATSAPP_PHONE_NUMBER_ID")
+        appSecret = value("WHATSAPP_APP_SECRET")
+        verifyToken = value("WHATSAPP_WEBHOOK_VERIFY_TOKEN")
+        templateName = value("WHATSAPP_TEMPLATE_NAME") ?? "invoice"
+        templateLanguage = value("WHATSAPP_TEMPLATE_LANGUAGE") ?? "es"
+        apiBaseURL = value("WHATSAPP_API_BASE_URL") ?? "https://graph.facebook.com"
+        apiVersion = value("WHATSAPP_API_VERSION") ?? "v23.0"
+        databaseURL = value("DISPATCHER_DATABASE_URL") ?? Settings.defaultDatabaseURL
+        apiToken = value("DISPATCHER_API_TOKEN")
+        jwtSecret = value("DISPATCHER_JWT_SECRET")
+        defaultCountryCode = value("DISPATCHER_DEFAULT_COUNTRY_CODE")
+    }
+
+    /// The send endpoint, `{base}/{version}/{phone_number_id}/messages`.
+    public var messagesEndpoint: String {
+        var base = apiBaseURL
+        while base.hasSuffix("/") { base.removeLast() }
+        return "\(base)/\(apiVersion)/\(phoneNumberID ?? "{phone_number_id}")/messages"
+    }
+
+    /// A secret shown as its length and last two characters at most (`••••••••3f`), or `(not set)`.
+    public static func masked(_ secret: String?) -> String {
+        guard let secret, !secret.isEmpty else { return "(not set)" }
+        if secret.count < 12 { return "set (\(secret.count) characters)" }
+        return String(repeating: "•", count: 8) + secret.suffix(2) + " (\(secret.count) characters)"
+    }
+}

@@ -1,0 +1,216 @@
+import Crypto
+import Foundation
+
+/// The idempotency key of a message: one invoice, to one number, with one template.
+public struct MessageKey: Sendable, Hashable {
+    public var invoiceID: String
+    public var phone: String
+    public var template: String
+
+    public init(invoiceID: String, phone: String, template: String) {
+        self.invoiceID = invoiceID
+        self.phone = phone
+        self.template = template
+    }
+
+    /// A stable id derived from the key (`m-` and 24 hex digits of SHA-256): the same in a preview,
+    /// a first run and a re-run, and sent as `biz_opaque_callback_data`.
+    public var messageID: String {
+        let digest = SHA256.hash(data: Array("\(invoiceID)\u{1F}\(phone)\u{1F}\(template)".utf8))
+        return "m-" + digest.prefix(12).map { byte in
+            let hex = String(byte, radix: 16)
+            return byte < 16 ? "0" + hex : hex
+        }.joined()
+    }
+}
+
+/// One message as the tenant will read it, and the request that sends it.
+public struct RenderedMessage: Sendable {
+    public var id: String
+    public var key: MessageKey
+    public var invoice: Invoice
+    /// E.164 digits.
+    public var phone: String
+    /// Template language code as Meta spells it (`es`, `pt_BR`).
+    public var language: String
+    /// True when the row's locale had no language of its own in the template.
+    public var languageFallback: Bool
+    public var headerText: String?
+    public var document: (link: String, filename: String)?
+    public var body: String
+    public var footer: String?
+    public var buttons: [(text: String, url: String?)]
+    public var request: TemplateMessageRequest
+}
+
+/// Fills a template's parameters from invoices, with Meta's checks on each value.
+public struct MessageRenderer: Sendable {
+    public let catalog: TemplateCatalog
+    public let template: TemplateDefinition
+    public let defaultLanguage: String
+
+    /// - Parameters:
+    ///   - templateName: `WHATSAPP_TEMPLATE_NAME` (default `invoice`).
+    ///   - defaultLanguage: `WHATSAPP_TEMPLATE_LANGUAGE` (default `es`): used when a row's locale has no language in the template.
+    public init(catalog: TemplateCatalog, templateName: String, defaultLanguage: String) throws {
+        guard let template = catalog[templateName] else {
+            let known = catalog.templates.keys.sorted().joined(separator: ", ")
+            throw TemplateError("no template named '\(templateName)' in templates/whatsapp (known: \(known)); Meta would answer 132001")
+        }
+        guard template.languages[defaultLanguage] != nil else {
+            let known = template.languages.keys.sorted().joined(separator: ", ")
+            throw TemplateError("template '\(templateName)' has no language '\(defaultLanguage)' (it has: \(known)); Meta would answer 132001")
+        }
+        self.catalog = catalog
+        self.template = template
+        self.defaultLanguage = defaultLanguage
+    }
+
+    /// The template language for a locale: `es-DO` → `es_DO`, else `es`, else another `es_*`, else the default.
+    public func language(for locale: String) -> (code: String, fallback: Bool) {
+        let underscored = locale.replacingOccurrences(of: "-", with: "_")
+        if template.languages[underscored] != nil { return (underscored, false) }
+        let base = String(underscored.prefix { $0 != "_" })
+        if template.languages[base] != nil { return (base, false) }
+        if let regional = template.languages.keys.sorted().first(where: { $0.hasPrefix(base + "_") }) { return (regional, false) }
+        return (defaultLanguage, true)
+    }
+
+    /// The messages for an invoice (one per distinct phone), or the issues that stop it being sent.
+    public func render(_ invoice: Invoice) -> Result<[RenderedMessage], InvoiceProblems> {
+        var issues: [ValidationIssue] = []
+        func fail(_ field: String?, _ message: String) {
+            issues.append(ValidationIssue(line: invoice.line, invoiceID: invoice.invoiceID, field: field, message: message))
+        }
+        let (language, fallback) = language(for: invoice.locale)
+        let texts = template.languages[language]!
+        // Formatting follows the row's locale, unless the text itself fell back to another language.
+        let formatting = LocaleFormatting(locale: fallback ? language.replacingOccurrences(of: "_", with: "-") : invoice.locale)
+        let languageBase = String(language.prefix { $0 != "_" })
+
+        // Body parameters.
+        var parameters: [TemplateMessageRequest.Parameter] = []
+        var shown: [String] = []
+        for (index, parameter) in template.body.enumerated() {
+            let slot = "body parameter {{\(index + 1)}}"
+            if parameter.type == "currency" {
+                let fallbackText = formatting.money(invoice.amount)
+                parameters.append(.currency(fallback: fallbackText, code: invoice.amount.currency.code, amount1000: invoice.amount.amount1000))
+                shown.append(fallbackText)
+                continue
+            }
+            var value = self.value(of: parameter.source, in: invoice, formatting: formatting)
+            if value == nil || value!.isEmpty {
+                value = parameter.ifEmpty?[language] ?? parameter.ifEmpty?[languageBase]
+            }
+            guard let text = value, !text.isEmpty else {
+                fail(parameter.source, "is empty, but template '\(template.name)' needs it for \(slot) (Meta would answer 131008)")
+                shown.append("")
+                continue
+            }
+            if let problem = checkTextParameter(text) { fail(parameter.source, "\(problem), which Meta refuses in \(slot) (132018)") }
+            parameters.append(.text(text))
+            shown.append(text)
+        }
+        var body = texts.body
+        for (index, text) in shown.enumerated().reversed() {
+            body = body.replacingOccurrences(of: "{{\(index + 1)}}", with: text)
+        }
+        if body.count > 1024 {
+            fail(nil, "the message body would be \(body.count) characters; Meta allows 1,024 (132005)")
+        }
+        var components: [TemplateMessageRequest.Component] = []
+
+        // Header.
+        var document: (link: String, filename: String)? = nil
+        var headerText = texts.header
+        if let header = template.header {
+            if header.format.uppercased() == "DOCUMENT", let linkField = header.link {
+                if let link = self.value(of: linkField, in: invoice, formatting: formatting), !link.isEmpty {
+                    let filename = fillBraces(header.filename ?? "{invoice_id}.pdf", invoice: invoice, formatting: formatting)
+                    document = (link, filename)
+                    components.append(.init(type: "header", parameters: [.document(link: link, filename: filename)]))
+                } else {
+                    fail(linkField, "is missing, but template '\(template.name)' has a document header that needs the invoice's PDF link")
+                }
+            } else if let source = header.source {
+                let value = self.value(of: source, in: invoice, formatting: formatting) ?? ""
+                if value.isEmpty { fail(source, "is empty, but template '\(template.name)' needs it for the header (131008)") }
+                else if let problem = checkTextParameter(value) { fail(source, "\(problem), which Meta refuses in the header (132018)") }
+                headerText = headerText?.replacingOccurrences(of: "{{1}}", with: value)
+                components.append(.init(type: "header", parameters: [.text(value)]))
+            }
+        }
+        components.append(.init(type: "body", parameters: parameters))
+
+        // Buttons.
+        var buttons: [(text: String, url: String?)] = (texts.buttons ?? []).map { ($0.text, $0.url) }
+        for button in template.buttons ?? [] {
+            let value = self.value(of: button.source, in: invoice, formatting: formatting) ?? ""
+            if value.isEmpty {
+                fail(button.source, "is empty, but template '\(template.name)' needs it for button \(button.index) (131008)")
+            }
+            if button.index < buttons.count {
+                buttons[button.index].url = buttons[button.index].url?.replacingOccurrences(of: "{{1}}", with: value)
+            }
+            components.append(.init(type: "button", subType: button.subType, index: String(button.index), parameters: [.text(value)]))
+        }
+        if !issues.isEmpty { return .failure(InvoiceProblems(issues: issues)) }
+
+        let messages = invoice.phones.map { phone in
+            let key = MessageKey(invoiceID: invoice.invoiceID, phone: phone, template: template.name)
+            let id = key.messageID
+            let request = TemplateMessageRequest(
+                to: phone, callbackData: id,
+                template: .init(name: template.name, language: .init(code: language), components: components))
+            return RenderedMessage(
+                id: id, key: key, invoice: invoice, phone: phone, language: language, languageFallback: fallback,
+                headerText: headerText, document: document, body: body, footer: texts.footer, buttons: buttons,
+                request: request)
+        }
+        return .success(messages)
+    }
+
+    /// A manifest field's value as the tenant reads it, or an extra column's.
+    func value(of source: String, in invoice: Invoice, formatting: LocaleFormatting) -> String? {
+        switch source {
+        case "tenant_name": invoice.tenantName
+        case "invoice_id": invoice.invoiceID
+        case "period": formatting.period(invoice.period)
+        case "amount": formatting.money(invoice.amount)
+        case "currency": invoice.amount.currency.code
+        case "due_date": invoice.dueDate.map(formatting.date)
+        case "landlord": invoice.landlord
+        case "property": invoice.property
+        case "tenant_id": invoice.tenantID
+        case "email": invoice.email
+        case "document_url": invoice.documentURL
+        default: invoice.extras[source]
+        }
+    }
+
+    private func fillBraces(_ pattern: String, invoice: Invoice, formatting: LocaleFormatting) -> String {
+        var result = ""
+        var rest = Substring(pattern)
+        while let open = rest.firstIndex(of: "{"), let close = rest[open...].firstIndex(of: "}") {
+            result += rest[..<open]
+            let name = String(rest[rest.index(after: open)..<close])
+            result += value(of: name, in: invoice, formatting: formatting) ?? ""
+            rest = rest[rest.index(after: close)...]
+        }
+        return result + rest
+    }
+}
+
+/// Meta refuses parameters with line breaks, tabs or more than four consecutive spaces.
+func checkTextParameter(_ text: String) -> String? {
+    if text.contains(where: { $0 == "\n" || $0 == "\r" || $0 == "\t" }) { return "contains a line break or tab" }
+    if text.contains("     ") { return "contains more than four consecutive spaces" }
+    if text.count > 1024 { return "is longer than 1,024 characters" }
+    return nil
+}
+
+/// The problems that keep an invoice from being sent.
+public struct InvoiceProblems: Error, Sendable {
+    public var issues: [ValidationIssue]
+}

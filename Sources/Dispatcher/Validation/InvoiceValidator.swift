@@ -1,0 +1,362 @@
+/// Settings that validation needs beyond the manifest itself.
+public struct ValidationOptions: Sendable {
+    /// Country calling code put in front of numbers written without `+` or `00`; nil: such numbers are errors.
+    public var defaultCountryCode: String?
+    /// Currency for records (and manifests) that give none.
+    public var defaultCurrency: String?
+    /// Locale for records that give none (after the manifest's own default).
+    public var defaultLocale: String
+
+    public init(defaultCountryCode: String? = nil, defaultCurrency: String? = nil, defaultLocale: String = "es") {
+        self.defaultCountryCode = defaultCountryCode
+        self.defaultCurrency = defaultCurrency
+        self.defaultLocale = defaultLocale
+    }
+}
+
+/// The verdict on one record.
+public enum RecordVerdict: Sendable {
+    case valid(Invoice)
+    /// Valid, but nothing is to be sent (amount `<= 0`).
+    case skipped(Invoice, reason: String)
+    case invalid([ValidationIssue])
+}
+
+/// Checks records one by one and remembers invoice ids to catch duplicates.
+///
+/// Duplicate detection keeps a 128-bit hash of each id and the line it was on, not the id itself,
+/// so that a million-row manifest is checked in a few tens of megabytes.
+public struct InvoiceValidator {
+    public let options: ValidationOptions
+    private let phones: PhoneNormalizer
+    private let manifestDefaults: [ManifestField: String]
+    private let defaultCurrency: Currency?
+    private let defaultCurrencyIssue: String?
+    private var seenIDs: [IDHash: Int] = [:]
+
+    public init(options: ValidationOptions, manifestDefaults: [ManifestField: String] = [:]) {
+        self.options = options
+        self.phones = PhoneNormalizer(defaultCountryCode: options.defaultCountryCode)
+        self.manifestDefaults = manifestDefaults
+        if let code = manifestDefaults[.currency] ?? options.defaultCurrency {
+            defaultCurrency = Currency(code: code)
+            defaultCurrencyIssue = defaultCurrency == nil ? "the default currency '\(code)' is not an ISO 4217 code" : nil
+        } else {
+            defaultCurrency = nil
+            defaultCurrencyIssue = nil
+        }
+    }
+
+    public mutating func validate(_ record: borrowing RawRecord) -> RecordVerdict {
+        var issues: [ValidationIssue] = []
+        let line = record.line
+
+        // invoice_id first: every other problem is reported with it.
+        let invoiceID = text(record[.invoiceID])
+        func fail(_ field: String?, _ message: String) {
+            issues.append(ValidationIssue(line: line, invoiceID: invoiceID?.value, field: field, message: message))
+        }
+        for (field, message) in record.structuralIssues { fail(field, message) }
+
+        switch invoiceID {
+        case nil: fail("invoice_id", "is missing")
+        case .some(.invalidUTF8): fail("invoice_id", "is not valid UTF-8")
+        case .some(.text(let id)):
+            if id.utf8.count > 128 { fail("invoice_id", "is longer than 128 characters") }
+            if id.utf8.contains(where: { $0 < 0x20 }) { fail("invoice_id", "contains a control character") }
+            let key = IDHash(id)
+            if let first = seenIDs[key] {
+                fail("invoice_id", "duplicate invoice_id: already used by the record on line \(first)")
+            } else {
+                seenIDs[key] = line
+            }
+        }
+
+        let tenantName = requiredText(record, .tenantName, fail)
+
+        // Phones: every one must be valid; the same number twice collapses to one message.
+        var numbers: [String] = []
+        if record.phones.allSatisfy({ isBlankBytes($0.bytes) }) {
+            fail("phone", "is missing: at least one WhatsApp number is needed")
+        }
+        for (field, bytes) in record.phones where !isBlankBytes(bytes) {
+            switch phones.normalize(bytes) {
+            case .success(let number):
+                if !numbers.contains(number) { numbers.append(number) }
+            case .failure(let error):
+                let shown = String(decoding: bytes, as: UTF8.self).trimmingASCIIWhitespace()
+                fail(field, "'\(shown)' \(error.message)")
+            }
+        }
+
+        // Currency before amount: the currency says how many decimals the amount may have.
+        var currency: Currency? = nil
+        switch text(record[.currency]) {
+        case nil:
+            if let defaultCurrency { currency = defaultCurrency }
+            else if let defaultCurrencyIssue { fail("currency", defaultCurrencyIssue) }
+            else { fail("currency", "is missing and no default currency is set") }
+        case .some(.invalidUTF8): fail("currency", "is not valid UTF-8")
+        case .some(.text(let code)):
+            currency = Currency(code: code)
+            if currency == nil { fail("currency", "'\(code)' is not an ISO 4217 currency code (e.g. DOP, USD, EUR)") }
+        }
+
+        var minorUnits: Int64? = nil
+        if let bytes = record[.amount], !isBlankBytes(bytes) {
+            switch parseAmount(bytes, digits: currency?.minorUnitDigits) {
+            case .success(let value): minorUnits = value
+            case .failure(let error): fail("amount", error.message)
+            }
+        } else {
+            fail("amount", "is missing")
+        }
+
+        var period: BillingPeriod? = nil
+        if let bytes = record[.period], !isBlankBytes(bytes) {
+            period = parsePeriod(bytes)
+            if period == nil {
+                let shown = String(decoding: bytes, as: UTF8.self).trimmingASCIIWhitespace()
+                fail("period", "'\(shown)' is not a billing period (YYYY-MM, YYYYMM or YYYYMMDDHH)")
+            }
+        } else {
+            fail("period", "is missing")
+        }
+
+        var dueDate: CalendarDate? = nil
+        if let bytes = record[.dueDate], !isBlankBytes(bytes) {
+            dueDate = parseDate(bytes)
+            if dueDate == nil {
+                let shown = String(decoding: bytes, as: UTF8.self).trimmingASCIIWhitespace()
+                fail("due_date", "'\(shown)' is not a date in the calendar (YYYY-MM-DD)")
+            }
+        }
+
+        let landlord = optionalText(record, .landlord, fail) ?? manifestDefaults[.landlord]
+        let property = optionalText(record, .property, fail)
+        let tenantID = optionalText(record, .tenantID, fail)
+
+        var locale = manifestDefaults[.locale] ?? options.defaultLocale
+        if let given = optionalText(record, .locale, fail) {
+            if let normal = normalizeLocale(given) { locale = normal }
+            else { fail("locale", "'\(given)' is not a BCP 47 language tag (e.g. es-DO, en, fr-FR)") }
+        }
+
+        let documentURL = optionalText(record, .documentURL, fail)
+        if let url = documentURL, let problem = checkDocumentURL(url) { fail("document_url", problem) }
+
+        let email = optionalText(record, .email, fail)
+        if let email, !looksLikeEmail(email) { fail("email", "'\(email)' is not an email address") }
+
+        var extras: [String: String] = [:]
+        for (name, bytes) in record.extras {
+            guard let value = String(validating: bytes, as: UTF8.self) else {
+                fail(name, "is not valid UTF-8")
+                continue
+            }
+            extras[name] = value.trimmingASCIIWhitespace()
+        }
+
+        guard issues.isEmpty, case .text(let id)? = invoiceID, let tenantName, let currency, let minorUnits, let period else {
+            return .invalid(issues)
+        }
+        let invoice = Invoice(
+            line: line, invoiceID: id, tenantName: tenantName, phones: numbers,
+            amount: Money(minorUnits: minorUnits, currency: currency), period: period, dueDate: dueDate,
+            landlord: landlord, property: property, tenantID: tenantID, locale: locale,
+            documentURL: documentURL, email: email, extras: extras)
+        if minorUnits <= 0 {
+            return .skipped(invoice, reason: "nothing due (amount \(invoice.amount.plainDecimal) \(currency.code))")
+        }
+        return .valid(invoice)
+    }
+
+    // MARK: - Text fields
+
+    private enum TextValue {
+        case text(String)
+        case invalidUTF8
+        var value: String? { if case .text(let s) = self { s } else { nil } }
+    }
+
+    /// The trimmed text of a field; nil when absent or blank.
+    private func text(_ bytes: UnsafeBufferPointer<UInt8>?) -> TextValue? {
+        guard let bytes else { return nil }
+        var lo = 0, hi = bytes.count
+        while lo < hi && isASCIISpace(bytes[lo]) { lo += 1 }
+        while hi > lo && isASCIISpace(bytes[hi - 1]) { hi -= 1 }
+        if lo == hi { return nil }
+        guard let s = String(validating: UnsafeBufferPointer(rebasing: bytes[lo..<hi]), as: UTF8.self) else {
+            return .invalidUTF8
+        }
+        return .text(s)
+    }
+
+    private func requiredText(_ record: borrowing RawRecord, _ field: ManifestField,
+                              _ fail: (String?, String) -> Void) -> String? {
+        switch text(record[field]) {
+        case nil: fail(field.name, "is missing"); return nil
+        case .some(.invalidUTF8): fail(field.name, "is not valid UTF-8 (save the file as UTF-8)"); return nil
+        case .some(.text(let s)): return s
+        }
+    }
+
+    private func optionalText(_ record: borrowing RawRecord, _ field: ManifestField,
+                              _ fail: (String?, String) -> Void) -> String? {
+        switch text(record[field]) {
+        case nil: return nil
+        case .some(.invalidUTF8): fail(field.name, "is not valid UTF-8 (save the file as UTF-8)"); return nil
+        case .some(.text(let s)): return s
+        }
+    }
+}
+
+// MARK: - Field parsers (on bytes: no String is made for a value that is only checked)
+
+struct AmountError: Error { var message: String }
+
+/// Parses a plain decimal with `.` (`12345.50`, `-50`, `9800`) into minor units.
+func parseAmount(_ raw: UnsafeBufferPointer<UInt8>, digits: Int?) -> Result<Int64, AmountError> {
+    var lo = 0, hi = raw.count
+    while lo < hi && isASCIISpace(raw[lo]) { lo += 1 }
+    while hi > lo && isASCIISpace(raw[hi - 1]) { hi -= 1 }
+    let shown = String(decoding: UnsafeBufferPointer(rebasing: raw[lo..<hi]), as: UTF8.self)
+    var negative = false
+    if lo < hi && raw[lo] == UInt8(ascii: "-") { negative = true; lo += 1 }
+    var whole: Int64 = 0, wholeDigits = 0
+    var fraction: [UInt8] = []
+    var sawPoint = false
+    for i in lo..<hi {
+        let b = raw[i]
+        if b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") {
+            if sawPoint { fraction.append(b - UInt8(ascii: "0")) }
+            else {
+                wholeDigits += 1
+                if wholeDigits > 15 { return .failure(AmountError(message: "'\(shown)' is too large")) }
+                whole = whole * 10 + Int64(b - UInt8(ascii: "0"))
+            }
+        } else if b == UInt8(ascii: ".") && !sawPoint {
+            sawPoint = true
+        } else if b == UInt8(ascii: ",") {
+            return .failure(AmountError(message: "'\(shown)' is not a plain decimal: use '.' for decimals and no thousands separator (12345.50)"))
+        } else {
+            return .failure(AmountError(message: "'\(shown)' is not a number (write a plain decimal such as 12345.50)"))
+        }
+    }
+    if wholeDigits == 0 || (sawPoint && fraction.isEmpty) {
+        return .failure(AmountError(message: "'\(shown)' is not a number (write a plain decimal such as 12345.50)"))
+    }
+    guard let digits else { return .success(0) }  // the currency is wrong; that is reported on its own
+    // Digits beyond the currency's minor unit are allowed only when they are zeros (`9800.000`).
+    if fraction.count > digits {
+        if fraction[digits...].contains(where: { $0 != 0 }) {
+            return .failure(AmountError(message: "'\(shown)' has \(fraction.count) decimals; this currency has \(digits)"))
+        }
+        fraction.removeLast(fraction.count - digits)
+    }
+    while fraction.count < digits { fraction.append(0) }
+    var minor = whole
+    for d in fraction { minor = minor * 10 + Int64(d) }
+    return .success(negative ? -minor : minor)
+}
+
+@inline(__always) private func digit(_ b: UInt8) -> Int? {
+    b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") ? Int(b - UInt8(ascii: "0")) : nil
+}
+
+private func number(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> Int? {
+    var value = 0
+    for i in range {
+        guard let d = digit(bytes[i]) else { return nil }
+        value = value * 10 + d
+    }
+    return value
+}
+
+private func trimmed(_ raw: UnsafeBufferPointer<UInt8>) -> UnsafeBufferPointer<UInt8> {
+    var lo = 0, hi = raw.count
+    while lo < hi && isASCIISpace(raw[lo]) { lo += 1 }
+    while hi > lo && isASCIISpace(raw[hi - 1]) { hi -= 1 }
+    return UnsafeBufferPointer(rebasing: raw[lo..<hi])
+}
+
+/// `YYYY-MM`, `YYYYMM`, or the property system's term `YYYYMMDDHH`.
+func parsePeriod(_ raw: UnsafeBufferPointer<UInt8>) -> BillingPeriod? {
+    let b = trimmed(raw)
+    let year: Int?, month: Int?
+    switch b.count {
+    case 7 where b[4] == UInt8(ascii: "-"):
+        year = number(b, 0..<4); month = number(b, 5..<7)
+    case 6:
+        year = number(b, 0..<4); month = number(b, 4..<6)
+    case 10:
+        year = number(b, 0..<4); month = number(b, 4..<6)
+        guard let y = year, let m = month, let day = number(b, 6..<8), let hour = number(b, 8..<10),
+            CalendarDate(year: y, month: m, day: day) != nil, hour < 24 else { return nil }
+    default:
+        return nil
+    }
+    guard let year, let month, (1...12).contains(month), year >= 1900 else { return nil }
+    return BillingPeriod(year: year, month: month, raw: String(decoding: b, as: UTF8.self))
+}
+
+/// `YYYY-MM-DD`, a real calendar date.
+func parseDate(_ raw: UnsafeBufferPointer<UInt8>) -> CalendarDate? {
+    let b = trimmed(raw)
+    guard b.count == 10, b[4] == UInt8(ascii: "-"), b[7] == UInt8(ascii: "-"),
+        let y = number(b, 0..<4), let m = number(b, 5..<7), let d = number(b, 8..<10) else { return nil }
+    return CalendarDate(year: y, month: m, day: d)
+}
+
+func isBlankBytes(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+    bytes.allSatisfy(isASCIISpace)
+}
+
+/// `es_do` → `es-DO`; nil when it is not shaped like a BCP 47 tag.
+public func normalizeLocale(_ tag: String) -> String? {
+    let parts = tag.split(whereSeparator: { $0 == "-" || $0 == "_" }).map(String.init)
+    guard let language = parts.first, (2...3).contains(language.count), language.allSatisfy({ $0.isASCII && $0.isLetter })
+    else { return nil }
+    var out = [language.lowercased()]
+    for part in parts.dropFirst() {
+        guard (2...8).contains(part.count), part.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) else { return nil }
+        if part.count == 2 { out.append(part.uppercased()) }
+        else if part.count == 4 { out.append(part.prefix(1).uppercased() + part.dropFirst().lowercased()) }
+        else { out.append(part) }
+    }
+    return out.joined(separator: "-")
+}
+
+func checkDocumentURL(_ url: String) -> String? {
+    let lower = url.lowercased()
+    guard lower.hasPrefix("https://") else { return "'\(url)' must be an https:// link (Meta fetches the PDF over HTTPS)" }
+    let rest = url.dropFirst(8)
+    let host = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+    if host.isEmpty || !host.contains(".") && !host.hasPrefix("localhost") { return "'\(url)' has no host" }
+    if url.contains(where: { $0 == " " || $0 == "\t" || $0 == "\n" }) { return "'\(url)' contains spaces" }
+    if url.utf8.count > 2000 { return "is longer than 2,000 characters" }
+    return nil
+}
+
+func looksLikeEmail(_ s: String) -> Bool {
+    let parts = s.split(separator: "@", omittingEmptySubsequences: false)
+    guard parts.count == 2, !parts[0].isEmpty, parts[1].contains("."), !parts[1].hasPrefix("."), !parts[1].hasSuffix(".") else {
+        return false
+    }
+    return !s.contains(where: { $0 == " " || $0 == "," || $0 == ";" })
+}
+
+/// 128 bits of an id, from two independently seeded hashers.
+struct IDHash: Hashable {
+    var a: Int
+    var b: Int
+    init(_ id: String) {
+        var h1 = Hasher(), h2 = Hasher()
+        h1.combine(0x5EED_0001)
+        h2.combine(0x5EED_0002)
+        h1.combine(id)
+        h2.combine(id)
+        a = h1.finalize()
+        b = h2.finalize()
+    }
+}

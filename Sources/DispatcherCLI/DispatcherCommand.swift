@@ -1,0 +1,75 @@
+import ArgumentParser
+import Dispatcher
+import Foundation
+
+@main
+struct DispatcherCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dispatcher",
+        abstract: "Send the month's invoices to tenants over WhatsApp, paced within Meta's limits, and report on delivery.",
+        discussion: """
+            Settings come from the environment (WHATSAPP_ACCESS_TOKEN, WHATSAPP_PHONE_NUMBER_ID, \
+            WHATSAPP_TEMPLATE_NAME, WHATSAPP_TEMPLATE_LANGUAGE, DISPATCHER_DATABASE_URL…): see docs/configuration.md.
+            """,
+        subcommands: [PreviewCommand.self]
+    )
+}
+
+/// Options every command shares.
+struct CommonOptions: ParsableArguments {
+    @Option(name: .customLong("templates"), help: "Folder with whatsapp/*.json and reports/*.mustache.")
+    var templatesDirectory: String = "templates"
+
+    @Option(help: ArgumentHelp(
+        "Country calling code for numbers written without + or 00 (env DISPATCHER_DEFAULT_COUNTRY_CODE).",
+        valueName: "code"))
+    var defaultCountryCode: String?
+
+    var settings: Settings { Settings(environment: ProcessInfo.processInfo.environment) }
+
+    func countryCode() throws -> String? {
+        guard let code = defaultCountryCode ?? settings.defaultCountryCode else { return nil }
+        let digits = code.hasPrefix("+") ? String(code.dropFirst()) : code
+        guard (1...3).contains(digits.count), digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber), !digits.hasPrefix("0") else {
+            throw ValidationError("--default-country-code '\(code)' is not a country calling code (1 to 3 digits, e.g. 1 or 34)")
+        }
+        return digits
+    }
+}
+
+/// Writes human output to stderr when stdout is reserved for `--json`.
+struct Console {
+    var json: Bool
+
+    func say(_ text: String) {
+        if json {
+            FileHandle.standardError.write(Data((text + "\n").utf8))
+        } else {
+            print(text)
+        }
+    }
+
+    func warn(_ text: String) {
+        FileHandle.standardError.write(Data(("warning: " + text + "\n").utf8))
+    }
+
+    /// Prints one JSON object on stdout.
+    func emit<T: Encodable>(_ value: T) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        print(String(decoding: try encoder.encode(value), as: UTF8.self))
+    }
+}
+
+/// `march-2026.csv` → `march-2026`: the default run name, safe as a folder name.
+func runName(forManifest path: String) -> String {
+    let base = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
+    let safe = base.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") ? $0 : "-" }
+    return safe.isEmpty ? "run" : String(safe)
+}
+
+/// The documented exit codes.
+enum Exit {
+    static let invalidManifest = ExitCode(65)
+    static let halted = ExitCode(69)
+}

@@ -1,0 +1,103 @@
+import ArgumentParser
+import Dispatcher
+import Foundation
+import Reports
+
+struct PreviewCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "preview",
+        abstract: "Import, validate and render a manifest, and write the preview report. Sends nothing.",
+        discussion: "Exit status: 0 when every invoice is valid, 65 when any is not."
+    )
+
+    @Argument(help: "The manifest: CSV (, or ;) or XML.")
+    var manifest: String
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(help: "Run name (default: the manifest's file name).")
+    var run: String?
+
+    @Option(help: "Where the report goes (default: reports/RUN/preview).")
+    var out: String?
+
+    @Option(help: "Template to render (default: env WHATSAPP_TEMPLATE_NAME, else invoice).")
+    var template: String?
+
+    @Option(help: "Template language for rows whose locale has none (default: env WHATSAPP_TEMPLATE_LANGUAGE, else es).")
+    var language: String?
+
+    @Option(help: "Currency for rows that give none (ISO 4217).")
+    var defaultCurrency: String?
+
+    @Option(help: "Your messaging-limit tier (250, 2000, 10000, 100000 unique users per 24 h): warn when the run reaches more.")
+    var messagingLimit: Int?
+
+    @Flag(help: "Print one JSON object on stdout (human output goes to stderr).")
+    var json = false
+
+    func validate() throws {
+        guard FileManager.default.fileExists(atPath: manifest) else {
+            throw ValidationError("no manifest at \(manifest)")
+        }
+        if let messagingLimit, messagingLimit <= 0 {
+            throw ValidationError("--messaging-limit must be a positive number of users")
+        }
+        if let defaultCurrency, Currency(code: defaultCurrency) == nil {
+            throw ValidationError("--default-currency '\(defaultCurrency)' is not an ISO 4217 code")
+        }
+    }
+
+    func run() async throws {
+        let console = Console(json: json)
+        let settings = common.settings
+        let options = ValidationOptions(
+            defaultCountryCode: try common.countryCode(), defaultCurrency: defaultCurrency,
+            defaultLocale: (language ?? settings.templateLanguage).replacingOccurrences(of: "_", with: "-"))
+        // A template that does not match Meta's rules stops here (exit 1), before any manifest is read.
+        let catalog = try TemplateCatalog(directory: common.templatesDirectory)
+        let renderer = try MessageRenderer(catalog: catalog, templateName: template ?? settings.templateName,
+                                           defaultLanguage: language ?? settings.templateLanguage)
+        let runName = run ?? runName(forManifest: manifest)
+        let outDirectory = out ?? "reports/\(runName)/preview"
+        let writer = try await PreviewReportWriter(templatesDirectory: common.templatesDirectory, outputDirectory: outDirectory)
+        let csv = try writer.messagesCSV()
+        let result = try Previewer(options: options, renderer: renderer).run(path: manifest) { message in
+            try csv.add(message)
+        }
+        try csv.finish()
+        let report = try writer.writeHTML(result, endpoint: settings.messagesEndpoint)
+
+        // Human summary.
+        console.say("Preview of \(manifest) (\(result.format.rawValue.uppercased())), template \(result.templateName): nothing sent")
+        console.say("  invoices     \(result.invoices)")
+        console.say("  messages     \(result.messages)")
+        console.say("  recipients   \(result.recipients)")
+        console.say("  skipped      \(result.skipped.count)")
+        for skipped in result.skipped.prefix(10) { console.say("    line \(skipped.line), \(skipped.invoiceID): \(skipped.reason)") }
+        console.say("  problems     \(result.errorCount) in \(result.invalidInvoices) invoices")
+        for issue in result.errors.prefix(20) { console.say("    \(issue)") }
+        if result.errorCount > 20 { console.say("    …\(result.errorCount - 20) more in the report") }
+        for warning in result.warnings { console.warn(warning) }
+        if let warning = MessagingLimit.warning(recipients: result.recipients, limit: messagingLimit) { console.warn(warning) }
+        console.say("Report: \(report)")
+        console.say("Messages: \(csv.path)")
+
+        if json {
+            try console.emit(PreviewJSON(
+                invoices: result.invoices, messages: result.messages, recipients: result.recipients,
+                skipped: result.skipped, errors: result.errors, report: report))
+        }
+        if !result.isValid { throw Exit.invalidManifest }
+    }
+}
+
+/// The `--json` object, exactly as the spec gives it.
+struct PreviewJSON: Encodable {
+    var invoices: Int
+    var messages: Int
+    var recipients: Int
+    var skipped: [SkippedInvoice]
+    var errors: [ValidationIssue]
+    var report: String
+}
