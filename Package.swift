@@ -83,7 +83,8 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["Dispatcher"],
+            // Depends on the executable so that `swift test` builds it before running these tests.
+            dependencies: ["DispatcherCLI"],
             swiftSettings: swiftSettings
         ),
     ]

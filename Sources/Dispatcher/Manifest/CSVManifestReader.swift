@@ -106,7 +106,7 @@ public final class CSVManifestReader: ManifestReader {
         var unknown: [String] = []
         for (index, cell) in cells.enumerated() {
             let bytes = UnsafeBufferPointer(start: buffer + cell.start, count: cell.end - cell.start)
-            guard let name = String(validating: bytes, as: UTF8.self) else {
+            guard let name = validatedString(bytes) else {
                 throw ManifestError(path: path, issue: .init(line: line, invoiceID: nil, field: nil,
                     message: "header cell \(index + 1) is not valid UTF-8 (save the file as UTF-8)"))
             }

@@ -32,7 +32,10 @@ public struct InvoiceValidator {
     private let manifestDefaults: [ManifestField: String]
     private let defaultCurrency: Currency?
     private let defaultCurrencyIssue: String?
-    private var seenIDs: [IDHash: Int] = [:]
+    private var seenIDs = SeenIDs()
+    /// Nearly every row repeats the manifest's locale and currency: remember the last of each by its bytes.
+    private var lastLocale: (raw: [UInt8], normal: String?) = ([], nil)
+    private var lastCurrency: (raw: [UInt8], currency: Currency?) = ([], nil)
 
     public init(options: ValidationOptions, manifestDefaults: [ManifestField: String] = [:]) {
         self.options = options
@@ -64,11 +67,8 @@ public struct InvoiceValidator {
         case .some(.text(let id)):
             if id.utf8.count > 128 { fail("invoice_id", "is longer than 128 characters") }
             if id.utf8.contains(where: { $0 < 0x20 }) { fail("invoice_id", "contains a control character") }
-            let key = IDHash(id)
-            if let first = seenIDs[key] {
+            if let first = seenIDs.insert(trimmed(record[.invoiceID]!), line: line) {
                 fail("invoice_id", "duplicate invoice_id: already used by the record on line \(first)")
-            } else {
-                seenIDs[key] = line
             }
         }
 
@@ -91,15 +91,23 @@ public struct InvoiceValidator {
 
         // Currency before amount: the currency says how many decimals the amount may have.
         var currency: Currency? = nil
-        switch text(record[.currency]) {
-        case nil:
-            if let defaultCurrency { currency = defaultCurrency }
-            else if let defaultCurrencyIssue { fail("currency", defaultCurrencyIssue) }
-            else { fail("currency", "is missing and no default currency is set") }
-        case .some(.invalidUTF8): fail("currency", "is not valid UTF-8")
-        case .some(.text(let code)):
-            currency = Currency(code: code)
-            if currency == nil { fail("currency", "'\(code)' is not an ISO 4217 currency code (e.g. DOP, USD, EUR)") }
+        if let bytes = record[.currency], !isBlankBytes(bytes) {
+            let raw = trimmed(bytes)
+            if raw.elementsEqual(lastCurrency.raw) {
+                currency = lastCurrency.currency
+            } else {
+                currency = Currency(code: String(decoding: raw, as: UTF8.self))
+                lastCurrency = (Array(raw), currency)
+            }
+            if currency == nil {
+                fail("currency", "'\(String(decoding: raw, as: UTF8.self))' is not an ISO 4217 currency code (e.g. DOP, USD, EUR)")
+            }
+        } else if let defaultCurrency {
+            currency = defaultCurrency
+        } else if let defaultCurrencyIssue {
+            fail("currency", defaultCurrencyIssue)
+        } else {
+            fail("currency", "is missing and no default currency is set")
         }
 
         var minorUnits: Int64? = nil
@@ -137,20 +145,35 @@ public struct InvoiceValidator {
         let tenantID = optionalText(record, .tenantID, fail)
 
         var locale = manifestDefaults[.locale] ?? options.defaultLocale
-        if let given = optionalText(record, .locale, fail) {
-            if let normal = normalizeLocale(given) { locale = normal }
-            else { fail("locale", "'\(given)' is not a BCP 47 language tag (e.g. es-DO, en, fr-FR)") }
+        if let bytes = record[.locale], !isBlankBytes(bytes) {
+            let raw = trimmed(bytes)
+            if !raw.elementsEqual(lastLocale.raw) {
+                lastLocale = (Array(raw), validatedString(raw).flatMap(normalizeLocale))
+            }
+            if let normal = lastLocale.normal { locale = normal }
+            else { fail("locale", "'\(String(decoding: raw, as: UTF8.self))' is not a BCP 47 language tag (e.g. es-DO, en, fr-FR)") }
         }
 
-        let documentURL = optionalText(record, .documentURL, fail)
-        if let url = documentURL, let problem = checkDocumentURL(url) { fail("document_url", problem) }
+        var documentURL: String? = nil
+        if let bytes = record[.documentURL], !isBlankBytes(bytes) {
+            let raw = trimmed(bytes)
+            if let problem = checkDocumentURL(raw) { fail("document_url", problem) }
+            else { documentURL = String(decoding: raw, as: UTF8.self) }  // ASCII only: checked above
+        }
 
-        let email = optionalText(record, .email, fail)
-        if let email, !looksLikeEmail(email) { fail("email", "'\(email)' is not an email address") }
+        var email: String? = nil
+        if let bytes = record[.email], !isBlankBytes(bytes) {
+            let raw = trimmed(bytes)
+            if let value = validatedString(raw) {
+                if looksLikeEmail(raw) { email = value } else { fail("email", "'\(value)' is not an email address") }
+            } else {
+                fail("email", "is not valid UTF-8 (save the file as UTF-8)")
+            }
+        }
 
         var extras: [String: String] = [:]
         for (name, bytes) in record.extras {
-            guard let value = String(validating: bytes, as: UTF8.self) else {
+            guard let value = validatedString(bytes) else {
                 fail(name, "is not valid UTF-8")
                 continue
             }
@@ -186,7 +209,7 @@ public struct InvoiceValidator {
         while lo < hi && isASCIISpace(bytes[lo]) { lo += 1 }
         while hi > lo && isASCIISpace(bytes[hi - 1]) { hi -= 1 }
         if lo == hi { return nil }
-        guard let s = String(validating: UnsafeBufferPointer(rebasing: bytes[lo..<hi]), as: UTF8.self) else {
+        guard let s = validatedString(UnsafeBufferPointer(rebasing: bytes[lo..<hi])) else {
             return .invalidUTF8
         }
         return .text(s)
@@ -273,7 +296,7 @@ private func number(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) ->
     return value
 }
 
-private func trimmed(_ raw: UnsafeBufferPointer<UInt8>) -> UnsafeBufferPointer<UInt8> {
+func trimmed(_ raw: UnsafeBufferPointer<UInt8>) -> UnsafeBufferPointer<UInt8> {
     var lo = 0, hi = raw.count
     while lo < hi && isASCIISpace(raw[lo]) { lo += 1 }
     while hi > lo && isASCIISpace(raw[hi - 1]) { hi -= 1 }
@@ -327,36 +350,40 @@ public func normalizeLocale(_ tag: String) -> String? {
     return out.joined(separator: "-")
 }
 
-func checkDocumentURL(_ url: String) -> String? {
-    let lower = url.lowercased()
-    guard lower.hasPrefix("https://") else { return "'\(url)' must be an https:// link (Meta fetches the PDF over HTTPS)" }
-    let rest = url.dropFirst(8)
-    let host = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
-    if host.isEmpty || !host.contains(".") && !host.hasPrefix("localhost") { return "'\(url)' has no host" }
-    if url.contains(where: { $0 == " " || $0 == "\t" || $0 == "\n" }) { return "'\(url)' contains spaces" }
-    if url.utf8.count > 2000 { return "is longer than 2,000 characters" }
+/// An https link with a host, no spaces, ASCII, at most 2,000 bytes; nil when fine, else the problem.
+func checkDocumentURL(_ url: UnsafeBufferPointer<UInt8>) -> String? {
+    let shown = { String(decoding: url, as: UTF8.self) }
+    let scheme = Array("https://".utf8)
+    guard url.count >= scheme.count, zip(url.prefix(scheme.count), scheme).allSatisfy({ $0 | 0x20 == $1 | 0x20 }) else {
+        return "'\(shown())' must be an https:// link (Meta fetches the PDF over HTTPS)"
+    }
+    var hostLength = 0, hostHasDot = false
+    for b in url.dropFirst(scheme.count) {
+        if b == UInt8(ascii: "/") || b == UInt8(ascii: "?") || b == UInt8(ascii: "#") { break }
+        if b == UInt8(ascii: ".") { hostHasDot = true }
+        hostLength += 1
+    }
+    if hostLength == 0 || !hostHasDot { return "'\(shown())' has no host" }
+    for b in url where b <= 0x20 || b >= 0x7F {
+        return b >= 0x7F ? "'\(shown())' has characters that are not allowed in a link (percent-encode them)" : "'\(shown())' contains spaces"
+    }
+    if url.count > 2000 { return "is longer than 2,000 characters" }
     return nil
 }
 
-func looksLikeEmail(_ s: String) -> Bool {
-    let parts = s.split(separator: "@", omittingEmptySubsequences: false)
-    guard parts.count == 2, !parts[0].isEmpty, parts[1].contains("."), !parts[1].hasPrefix("."), !parts[1].hasSuffix(".") else {
-        return false
+/// One `@` with something before it and a dotted domain after it; no spaces, commas or semicolons.
+func looksLikeEmail(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+    var at = -1
+    for (i, b) in bytes.enumerated() {
+        if b == UInt8(ascii: "@") {
+            if at >= 0 { return false }
+            at = i
+        } else if b == UInt8(ascii: " ") || b == UInt8(ascii: ",") || b == UInt8(ascii: ";") || b < 0x20 {
+            return false
+        }
     }
-    return !s.contains(where: { $0 == " " || $0 == "," || $0 == ";" })
+    guard at > 0 else { return false }
+    let domain = bytes[(at + 1)...]
+    return domain.contains(UInt8(ascii: ".")) && domain.first != UInt8(ascii: ".") && domain.last != UInt8(ascii: ".")
 }
 
-/// 128 bits of an id, from two independently seeded hashers.
-struct IDHash: Hashable {
-    var a: Int
-    var b: Int
-    init(_ id: String) {
-        var h1 = Hasher(), h2 = Hasher()
-        h1.combine(0x5EED_0001)
-        h2.combine(0x5EED_0002)
-        h1.combine(id)
-        h2.combine(id)
-        a = h1.finalize()
-        b = h2.finalize()
-    }
-}

@@ -1,0 +1,88 @@
+/// True when the bytes are well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF).
+///
+/// Our own, rather than `String(validating:as:)`: that generic initializer is not specialised
+/// across modules here and instantiates type metadata on every call, which cost a fifth of the
+/// whole import. ASCII, by far the common case, is a single comparison per byte.
+func isValidUTF8(_ b: UnsafeBufferPointer<UInt8>) -> Bool {
+    var i = 0
+    let n = b.count
+    while i < n {
+        let c = b[i]
+        if c < 0x80 { i += 1; continue }
+        func continuation(_ k: Int) -> Bool { i + k < n && b[i + k] & 0xC0 == 0x80 }
+        if c < 0xC2 { return false }
+        if c < 0xE0 {
+            guard continuation(1) else { return false }
+            i += 2
+        } else if c < 0xF0 {
+            guard continuation(1), continuation(2) else { return false }
+            if c == 0xE0 && b[i + 1] < 0xA0 { return false }  // overlong
+            if c == 0xED && b[i + 1] >= 0xA0 { return false }  // UTF-16 surrogate
+            i += 3
+        } else if c < 0xF5 {
+            guard continuation(1), continuation(2), continuation(3) else { return false }
+            if c == 0xF0 && b[i + 1] < 0x90 { return false }  // overlong
+            if c == 0xF4 && b[i + 1] >= 0x90 { return false }  // past U+10FFFF
+            i += 4
+        } else {
+            return false
+        }
+    }
+    return true
+}
+
+/// A String from UTF-8 bytes, or nil when they are not valid UTF-8.
+@inline(__always) func validatedString(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
+    isValidUTF8(bytes) ? String(decoding: bytes, as: UTF8.self) : nil
+}
+
+/// Remembers which invoice ids were seen, on which line: an open-addressing table of 128-bit
+/// hashes of each id's bytes. A million ids take 48 MB at most and no String is kept.
+struct SeenIDs {
+    private var slots: [Slot]
+    private var count = 0
+
+    private struct Slot {
+        var a: UInt64 = 0  // 0: empty (a real hash has its low bit set)
+        var b: UInt64 = 0
+        var line: Int32 = 0
+    }
+
+    init(capacity: Int = 1 << 14) {
+        slots = Array(repeating: Slot(), count: capacity)
+    }
+
+    /// Records the id as seen on `line`; returns the earlier line if it was seen before.
+    mutating func insert(_ id: UnsafeBufferPointer<UInt8>, line: Int) -> Int? {
+        var h1 = Hasher(), h2 = Hasher()
+        h1.combine(0x5EED_0001 as UInt64)
+        h2.combine(0x5EED_0002 as UInt64)
+        h1.combine(bytes: UnsafeRawBufferPointer(id))
+        h2.combine(bytes: UnsafeRawBufferPointer(id))
+        let a = UInt64(UInt(bitPattern: h1.finalize())) | 1
+        let b = UInt64(UInt(bitPattern: h2.finalize()))
+        if (count + 1) * 10 > slots.count * 7 { grow() }
+        return slots.withUnsafeMutableBufferPointer { slots in
+            let mask = slots.count - 1
+            var i = Int(truncatingIfNeeded: a >> 7) & mask
+            while slots[i].a != 0 {
+                if slots[i].a == a && slots[i].b == b { return Int(slots[i].line) }
+                i = (i + 1) & mask
+            }
+            slots[i] = Slot(a: a, b: b, line: Int32(clamping: line))
+            count += 1
+            return nil
+        }
+    }
+
+    private mutating func grow() {
+        let old = slots
+        slots = Array(repeating: Slot(), count: old.count * 2)
+        let mask = slots.count - 1
+        for slot in old where slot.a != 0 {
+            var i = Int(truncatingIfNeeded: slot.a >> 7) & mask
+            while slots[i].a != 0 { i = (i + 1) & mask }
+            slots[i] = slot
+        }
+    }
+}

@@ -1,0 +1,107 @@
+import Foundation
+
+struct BenchError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Peak resident memory of this process in KiB (VmHWM from /proc/self/status).
+func peakMemoryKB() -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    }
+    return 0
+}
+
+func which(_ name: String) -> String? {
+    for folder in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
+        let path = "\(folder)/\(name)"
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    return nil
+}
+
+func runProcess(_ executable: String, _ arguments: [String]) throws -> (stdout: String, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    let stderr = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+}
+
+/// Writes a realistic month of invoices: 13 columns, accents, two phones on one row in ten, a
+/// quoted property with a `;` in one row in five. Deterministic, and skipped when the file exists.
+struct ManifestGenerator {
+    var rows: Int
+    let names = ["María Pérez", "José Rodríguez", "Ana Núñez", "Ramón Peña", "Carmen Jiménez", "Luis Almánzar", "Rosa Inés Cabral", "Félix Durán"]
+    let landlords = ["Inmobiliaria Caribe", "Residencial Los Próceres", "Torres del Malecón"]
+
+    func writeCSV(to path: String) throws {
+        if FileManager.default.fileExists(atPath: path) { return }
+        print("generating \(path)…")
+        try write(path) { out in
+            out.append("\u{FEFF}invoice_id;name;whatsapp;phone2;grandTotal;currency;term;due_date;landlord;property;reference;locale;document_url;email\r\n")
+            for i in 0..<rows {
+                let phone2 = i % 10 == 0 ? "+1 829 \(600 + i % 300) \(String(format: "%04d", (i * 7) % 10000))" : ""
+                let property = i % 5 == 0 ? "\"Torre \"\"Norte\"\"; Apto \(i % 40)\"" : "Calle \(i % 90) #\(i % 300)"
+                out.append("INV-2026-03-\(i);\(names[i % names.count]) \(i);+1 809 \(String(format: "%03d", i / 10000 % 1000)) \(String(format: "%04d", i % 10000));\(phone2);\(1000 + i % 90000).\(String(format: "%02d", i % 100));DOP;2026030100;2026-03-10;\(landlords[i % 3]);\(property);T-\(i);es-DO;https://docs.example.com/invoices/INV-2026-03-\(i).pdf;tenant\(i)@example.com\r\n")
+            }
+        }
+    }
+
+    func writeXML(to path: String) throws {
+        if FileManager.default.fileExists(atPath: path) { return }
+        print("generating \(path)…")
+        try write(path) { out in
+            out.append("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<invoices currency=\"DOP\" locale=\"es-DO\">\n")
+            for i in 0..<rows {
+                out.append("  <invoice>\n    <invoice_id>INV-2026-03-\(i)</invoice_id>\n    <tenant_name>\(names[i % names.count]) \(i)</tenant_name>\n")
+                out.append("    <phone>+1 809 \(String(format: "%03d", i / 10000 % 1000)) \(String(format: "%04d", i % 10000))</phone>\n")
+                if i % 10 == 0 { out.append("    <phone>+1 829 \(600 + i % 300) \(String(format: "%04d", (i * 7) % 10000))</phone>\n") }
+                out.append("    <amount>\(1000 + i % 90000).\(String(format: "%02d", i % 100))</amount>\n    <period>2026-03</period>\n    <due_date>2026-03-10</due_date>\n")
+                out.append("    <landlord>\(landlords[i % 3])</landlord>\n    <property>Torre Norte &amp; Sur, Apto \(i % 40)</property>\n    <tenant_id>T-\(i)</tenant_id>\n")
+                out.append("    <document_url>https://docs.example.com/invoices/INV-2026-03-\(i).pdf</document_url>\n    <email>tenant\(i)@example.com</email>\n  </invoice>\n")
+            }
+            out.append("</invoices>\n")
+        }
+    }
+
+    private func write(_ path: String, _ body: (BufferedFile) throws -> Void) throws {
+        let out = try BufferedFile(path: path + ".partial")
+        try body(out)
+        try out.close()
+        try FileManager.default.moveItem(atPath: path + ".partial", toPath: path)
+    }
+}
+
+/// Appends text to a file through a 1 MiB buffer.
+final class BufferedFile {
+    private let handle: FileHandle
+    private var buffer = Data()
+
+    init(path: String) throws {
+        guard FileManager.default.createFile(atPath: path, contents: nil) else { throw BenchError("cannot create \(path)") }
+        handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        buffer.reserveCapacity(1 << 20)
+    }
+
+    func append(_ text: String) {
+        buffer.append(contentsOf: text.utf8)
+        if buffer.count >= 1 << 20 {
+            try? handle.write(contentsOf: buffer)
+            buffer.removeAll(keepingCapacity: true)
+        }
+    }
+
+    func close() throws {
+        try handle.write(contentsOf: buffer)
+        try handle.close()
+    }
+}

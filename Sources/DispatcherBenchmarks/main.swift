@@ -1,0 +1,102 @@
+import Dispatcher
+import Foundation
+
+// dispatcher-bench: every benchmark, run on demand, printing rates and ratios (never asserted).
+//
+//   swift run -c release dispatcher-bench            # all benchmarks, 1,000,000 rows
+//   swift run -c release dispatcher-bench --rows 200000
+//
+// Each measurement runs in a child process of this one, so that its peak memory (VmHWM) is its own.
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+
+if arguments.first == "child" {
+    // child KIND PATH: import and validate, then print one JSON line with the figures.
+    // KIND is csv or xml (import and validate), or csv-read or xml-read (the reader alone).
+    let kind = arguments[1], path = arguments[2]
+    let format: ManifestFormat = kind.hasPrefix("xml") ? .xml : .csv
+    let started = DispatchTime.now().uptimeNanoseconds
+    var valid = 0, records = 0, issues = 0
+    if kind.hasSuffix("-read") {
+        try ManifestImporter.reader(for: path, format: format).read { _ in records += 1 }
+        valid = records
+    } else {
+        let summary = try ManifestImporter(options: ValidationOptions()).importManifest(path: path, format: format) { _ in valid += 1 }
+        records = summary.records
+        issues = summary.issueCount
+    }
+    let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+    let result: [String: Any] = [
+        "records": records, "valid": valid, "issues": issues,
+        "seconds": seconds, "peak_kb": peakMemoryKB(),
+    ]
+    print(String(decoding: try JSONSerialization.data(withJSONObject: result), as: UTF8.self))
+    exit(0)
+}
+
+var rows = 1_000_000
+if let i = arguments.firstIndex(of: "--rows"), i + 1 < arguments.count, let n = Int(arguments[i + 1]) { rows = n }
+let dataDirectory = "bench-data"
+try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
+
+print("dispatcher benchmarks on \(ProcessInfo.processInfo.activeProcessorCount) cores, \(rows.formatted()) invoices")
+print("")
+
+let csvPath = "\(dataDirectory)/invoices-\(rows).csv"
+let xmlPath = "\(dataDirectory)/invoices-\(rows).xml"
+try ManifestGenerator(rows: rows).writeCSV(to: csvPath)
+try ManifestGenerator(rows: rows).writeXML(to: xmlPath)
+
+var table: [(String, String, String, String)] = []
+
+func child(_ kind: String, _ path: String) throws -> [String: Any] {
+    let output = try runProcess(CommandLine.arguments[0], ["child", kind, path])
+    guard let data = output.stdout.split(separator: "\n").last.map({ Data($0.utf8) }),
+        let object = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        throw BenchError("child \(kind) printed no figures: \(output.stderr)")
+    }
+    return object
+}
+
+// 1. Manifest import and validation.
+for (kind, path) in [("csv", csvPath), ("xml", xmlPath)] {
+    let figures = try child(kind, path)
+    let seconds = figures["seconds"] as! Double
+    let records = figures["records"] as! Int
+    let peak = Double(figures["peak_kb"] as! Int) / 1024
+    let size = Double((try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0) / 1_048_576
+    table.append(("import+validate \(kind.uppercased()) (\(String(format: "%.0f", size)) MB)",
+                  "\(Int(Double(records) / seconds).formatted()) rows/s",
+                  String(format: "%.2f s", seconds), String(format: "peak %.0f MB", peak)))
+    let readOnly = try child(kind + "-read", path)
+    let readSeconds = readOnly["seconds"] as! Double
+    table.append(("  of which reading alone", "\(Int(Double(rows) / readSeconds).formatted()) rows/s",
+                  String(format: "%.2f s", readSeconds), String(format: "validation %.2f s", seconds - readSeconds)))
+    if figures["valid"] as! Int != rows { print("warning: \(kind): \(figures["valid"]!) of \(rows) valid, \(figures["issues"]!) issues") }
+    // References on the same file.
+    if kind == "xml", let xmllint = which("xmllint") {
+        let started = Date()
+        _ = try runProcess(xmllint, ["--stream", "--noout", path])
+        let reference = Date().timeIntervalSince(started)
+        table.append(("  reference: xmllint --stream --noout", "\(Int(Double(rows) / reference).formatted()) rows/s",
+                      String(format: "%.2f s", reference), String(format: "ours / xmllint = %.2f×", seconds / reference)))
+    }
+    if kind == "csv", let python = which("python3") {
+        let started = Date()
+        _ = try runProcess(python, ["-c", "import csv,sys\nn=0\nfor r in csv.reader(open(sys.argv[1], newline='', encoding='utf-8')): n+=1", path])
+        let reference = Date().timeIntervalSince(started)
+        table.append(("  reference: Python csv.reader (read only)", "\(Int(Double(rows) / reference).formatted()) rows/s",
+                      String(format: "%.2f s", reference), String(format: "rate ratio ours/python: %.2f× with validation", reference / seconds)))
+    }
+}
+
+let widths = [
+    table.map(\.0.count).max()!, table.map(\.1.count).max()!, table.map(\.2.count).max()!,
+]
+for row in table {
+    print(row.0.padding(toLength: widths[0] + 2, withPad: " ", startingAt: 0)
+        + row.1.padding(toLength: widths[1] + 2, withPad: " ", startingAt: 0)
+        + row.2.padding(toLength: widths[2] + 2, withPad: " ", startingAt: 0) + row.3)
+}
+print("")
+print("Targets (issue 2): CSV ≥ 500,000 rows/s; XML within 2× of xmllint --stream; peak < 150 MB.")

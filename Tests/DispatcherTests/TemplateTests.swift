@@ -1,0 +1,189 @@
+import Foundation
+import Testing
+@testable import Dispatcher
+
+@Suite("WhatsApp templates")
+struct TemplateTests {
+    let catalog: TemplateCatalog
+    init() throws { catalog = try TemplateCatalog(directory: templatesPath) }
+
+    func invoice(locale: String = "es-DO", amount: Int64 = 1_234_550, currency: String = "DOP", due: CalendarDate? = CalendarDate(year: 2026, month: 3, day: 10),
+                 name: String = "María Pérez", document: String? = "https://docs.example.com/INV-1.pdf", phones: [String] = ["18095550101"]) -> Invoice {
+        Invoice(line: 2, invoiceID: "INV-1", tenantName: name, phones: phones,
+                amount: Money(minorUnits: amount, currency: Currency(code: currency)!),
+                period: BillingPeriod(year: 2026, month: 3), dueDate: due, landlord: "Inmobiliaria Caribe",
+                locale: locale, documentURL: document)
+    }
+
+    func render(_ invoice: Invoice, template: String = "invoice") throws -> Result<[RenderedMessage], InvoiceProblems> {
+        try MessageRenderer(catalog: catalog, templateName: template, defaultLanguage: "es").render(invoice)
+    }
+
+    @Test("es-DO: the text the tenant reads, and Meta's currency parameter")
+    func spanishDominican() throws {
+        let message = try render(invoice()).get()[0]
+        #expect(message.language == "es")
+        #expect(message.body == "Hola María Pérez, le enviamos su factura de marzo 2026 por un total de RD$12,345.50. Fecha límite de pago: 10 de marzo de 2026. Gracias por su pago puntual.")
+        #expect(message.document?.filename == "INV-1.pdf")
+        let body = try #require(message.request.template.components.first { $0.type == "body" })
+        #expect(body.parameters[2] == .currency(fallback: "RD$12,345.50", code: "DOP", amount1000: 12_345_500))
+        #expect(message.request.bizOpaqueCallbackData == message.id)
+        #expect(message.request.to == "18095550101")
+    }
+
+    @Test("the request body is Meta's JSON shape")
+    func requestJSON() throws {
+        let message = try render(invoice(locale: "en", amount: 145_000, currency: "USD", due: nil)).get()[0]
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let json = String(decoding: try encoder.encode(message.request), as: UTF8.self)
+        #expect(json == #"{"biz_opaque_callback_data":"\#(message.id)","messaging_product":"whatsapp","recipient_type":"individual","template":{"components":[{"parameters":[{"document":{"filename":"INV-1.pdf","link":"https://docs.example.com/INV-1.pdf"},"type":"document"}],"type":"header"},{"parameters":[{"text":"María Pérez","type":"text"},{"text":"March 2026","type":"text"},{"currency":{"amount_1000":1450000,"code":"USD","fallback_value":"$1,450.00"},"type":"currency"},{"text":"on receipt","type":"text"}],"type":"body"}],"language":{"code":"en"},"name":"invoice"},"to":"18095550101","type":"template"}"#)
+    }
+
+    @Test("amounts in the tenant's locale", arguments: [
+        ("es-DO", "DOP", "RD$12,345.50"), ("en", "USD", "$12,345.50"), ("es-DO", "USD", "US$12,345.50"),
+        ("es-ES", "EUR", "12.345,50\u{A0}€"), ("fr-FR", "EUR", "12\u{202F}345,50\u{A0}€"), ("pt-BR", "BRL", "R$\u{A0}12.345,50"),
+        ("es-CO", "COP", "$\u{A0}12.345,50"), ("en", "DOP", "RD$12,345.50"), ("en", "CHF", "CHF\u{A0}12,345.50"),
+    ])
+    func money(locale: String, currency: String, expected: String) {
+        #expect(LocaleFormatting(locale: locale).money(Money(minorUnits: 1_234_550, currency: Currency(code: currency)!)) == expected)
+    }
+
+    @Test("a locale picks the template's language; one it lacks falls back to the default and says so")
+    func languages() throws {
+        let renderer = try MessageRenderer(catalog: catalog, templateName: "invoice", defaultLanguage: "es")
+        #expect(renderer.language(for: "es-DO") == ("es", false))
+        #expect(renderer.language(for: "pt-BR") == ("pt_BR", false))
+        #expect(renderer.language(for: "pt") == ("pt_BR", false))
+        #expect(renderer.language(for: "de-DE") == ("es", true))
+        let message = try render(invoice(locale: "de-DE")).get()[0]
+        #expect(message.languageFallback)
+        #expect(message.body.contains("marzo 2026"))
+    }
+
+    @Test("an empty due date uses the template's wording for it")
+    func ifEmpty() throws {
+        #expect(try render(invoice(due: nil)).get()[0].body.contains("Fecha límite de pago: al recibir esta factura."))
+    }
+
+    @Test("a missing PDF link, a line break in a name: caught before sending, naming the field")
+    func parameterProblems() throws {
+        guard case .failure(let noDocument) = try render(invoice(document: nil)) else { Issue.record("rendered"); return }
+        #expect(noDocument.issues.map(\.field) == ["document_url"])
+        guard case .failure(let newline) = try render(invoice(name: "María\nPérez")) else { Issue.record("rendered"); return }
+        #expect(newline.issues.map(\.field) == ["tenant_name"])
+        #expect(newline.issues[0].message.contains("132018"))
+        #expect(newline.issues[0].line == 2)
+        #expect(newline.issues[0].invoiceID == "INV-1")
+    }
+
+    @Test("one message per number, each with its own stable id")
+    func messagePerPhone() throws {
+        let messages = try render(invoice(phones: ["18095550101", "18295550102"])).get()
+        #expect(messages.map(\.phone) == ["18095550101", "18295550102"])
+        #expect(Set(messages.map(\.id)).count == 2)
+        #expect(messages[0].id == MessageKey(invoiceID: "INV-1", phone: "18095550101", template: "invoice").messageID)
+        #expect(messages[0].id.count == 26)
+        #expect(try render(invoice(phones: ["18095550101"])).get()[0].id == messages[0].id)
+    }
+
+    @Test("an unknown template or language is refused as Meta would (132001)")
+    func unknownTemplate() throws {
+        #expect(throws: TemplateError.self) { try MessageRenderer(catalog: catalog, templateName: "nope", defaultLanguage: "es") }
+        #expect(throws: TemplateError.self) { try MessageRenderer(catalog: catalog, templateName: "invoice", defaultLanguage: "ja") }
+    }
+
+    func definition(_ json: String) throws -> TemplateDefinition {
+        try JSONDecoder().decode(TemplateDefinition.self, from: Data(json.utf8))
+    }
+
+    @Test("a definition whose placeholders and parameters disagree is refused at load (132000)")
+    func countMismatch() throws {
+        let bad = try definition(#"{"name":"t","category":"UTILITY","body":[{"source":"tenant_name"}],"languages":{"es":{"body":"Hola {{1}}, {{2}}"}}}"#)
+        do {
+            _ = try TemplateCatalog(templates: [bad])
+            Issue.record("accepted")
+        } catch let error as TemplateError {
+            #expect(error.description.contains("2 placeholders but 1 parameters"))
+            #expect(error.description.contains("132000"))
+        }
+        let gap = try definition(#"{"name":"t","category":"UTILITY","body":[{"source":"tenant_name"},{"source":"period"}],"languages":{"es":{"body":"{{1}} {{3}}"}}}"#)
+        #expect(throws: TemplateError.self) { try TemplateCatalog(templates: [gap]) }
+    }
+
+    @Test("a currency parameter fed by something other than the amount is refused (132012)")
+    func formatMismatch() throws {
+        let bad = try definition(#"{"name":"t","category":"UTILITY","body":[{"source":"tenant_name","type":"currency"}],"languages":{"es":{"body":"{{1}}"}}}"#)
+        #expect(throws: TemplateError.self) { try TemplateCatalog(templates: [bad]) }
+    }
+
+    @Test("a URL button takes its parameter and shows the final link")
+    func urlButton() throws {
+        let template = try definition(#"{"name":"pay","category":"UTILITY","body":[{"source":"tenant_name"}],"buttons":[{"index":0,"sub_type":"url","source":"invoice_id"}],"languages":{"es":{"body":"Hola {{1}}","buttons":[{"text":"Pagar","url":"https://pay.example.com/i/{{1}}"}]}}}"#)
+        let catalog = try TemplateCatalog(templates: [template])
+        let message = try MessageRenderer(catalog: catalog, templateName: "pay", defaultLanguage: "es").render(invoice()).get()[0]
+        #expect(message.buttons.first?.url == "https://pay.example.com/i/INV-1")
+        #expect(message.request.template.components.last == .init(type: "button", subType: "url", index: "0", parameters: [.text("INV-1")]))
+        let unmapped = try definition(#"{"name":"pay","category":"UTILITY","body":[],"languages":{"es":{"body":"Hola","buttons":[{"text":"Pagar","url":"https://pay.example.com/i/{{1}}"}]}}}"#)
+        #expect(throws: TemplateError.self) { try TemplateCatalog(templates: [unmapped]) }
+    }
+
+    @Test("every shipped template loads and renders in each of its languages")
+    func shippedTemplates() throws {
+        #expect(Set(catalog.templates.keys) == ["invoice", "rentcall", "rentcall_reminder", "rentcall_last_reminder"])
+        for (name, template) in catalog.templates {
+            for language in template.languages.keys {
+                let locale = language.replacingOccurrences(of: "_", with: "-")
+                let messages = try MessageRenderer(catalog: catalog, templateName: name, defaultLanguage: language).render(invoice(locale: locale)).get()
+                #expect(!messages[0].body.contains("{{"), "\(name) \(language)")
+            }
+        }
+    }
+}
+
+@Suite("Preview")
+struct PreviewTests {
+    func preview(_ sample: String) throws -> PreviewResult {
+        let renderer = try MessageRenderer(catalog: TemplateCatalog(directory: templatesPath), templateName: "invoice", defaultLanguage: "es")
+        return try Previewer(options: .init(), renderer: renderer).run(path: samplePath(sample))
+    }
+
+    @Test("the CSV sample: 24 invoices, one with nothing due, 26 messages to 26 numbers")
+    func csvSample() throws {
+        let result = try preview("march-2026.csv")
+        #expect(result.isValid)
+        #expect(result.invoices == 24)
+        #expect(result.skipped.map(\.invoiceID) == ["CAR-2026-03-008"])
+        #expect(result.messages == 26)
+        #expect(result.recipients == 26)
+        #expect(result.warnings == ["extra columns kept for templates: unit_floor"])
+        #expect(result.languages["en"] == 2)
+    }
+
+    @Test("the XML sample: 10 invoices, 13 messages")
+    func xmlSample() throws {
+        let result = try preview("march-2026.xml")
+        #expect(result.isValid)
+        #expect(result.invoices == 10)
+        #expect(result.messages == 13)
+        #expect(result.billed["USD"]?.minorUnits == 145_000)
+    }
+
+    @Test("the broken sample: 10 problems, each on its documented line; the valid rows still render")
+    func brokenSample() throws {
+        let result = try preview("broken.csv")
+        #expect(!result.isValid)
+        #expect(result.errors.compactMap(\.line) == [3, 4, 5, 6, 7, 9, 10, 11, 12, 13])
+        #expect(result.errors.compactMap(\.field) == ["tenant_name", "phone", "phone", "amount", "amount", "currency", "period", "due_date", "invoice_id", "document_url"])
+        #expect(result.messages == 3)
+        #expect(result.skipped.map(\.invoiceID) == ["BRK-2026-03-013"])
+    }
+
+    @Test("messaging-limit warning only above the tier")
+    func messagingLimit() {
+        #expect(MessagingLimit.warning(recipients: 250, limit: 250) == nil)
+        #expect(MessagingLimit.warning(recipients: 251, limit: 250)?.contains("1 tenants would not get their invoice today") == true)
+        #expect(MessagingLimit.warning(recipients: 251, limit: 250)?.contains("2,000-user tier") == true)
+        #expect(MessagingLimit.warning(recipients: 10, limit: nil) == nil)
+    }
+}

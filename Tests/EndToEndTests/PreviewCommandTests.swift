@@ -1,0 +1,121 @@
+import Foundation
+import Testing
+
+/// Runs the real `dispatcher` executable, as a user would.
+struct DispatcherProcess {
+    static var executable: URL {
+        // The test bundle sits in the same build folder as the executable.
+        let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for candidate in [here, here.deletingLastPathComponent()] {
+            let url = candidate.appendingPathComponent("dispatcher")
+            if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+        }
+        return packageRoot.appendingPathComponent(".build/debug/dispatcher")
+    }
+
+    struct Output {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    static func run(_ arguments: [String], in directory: URL = packageRoot, environment: [String: String] = [:]) throws -> Output {
+        let process = Process()
+        process.executableURL = executable
+        process.arguments = arguments
+        process.currentDirectoryURL = directory
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Output(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self))
+    }
+}
+
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+func temporaryDirectory() throws -> URL {
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-e2e-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    return url
+}
+
+@Suite("dispatcher preview (the executable)")
+struct PreviewCommandTests {
+    @Test("--json prints exactly the spec's object, and the report files exist")
+    func jsonShape() throws {
+        let out = try temporaryDirectory()
+        let result = try DispatcherProcess.run(["preview", "samples/march-2026.csv", "--json", "--out", out.path])
+        #expect(result.status == 0)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        #expect(Set(object.keys) == ["invoices", "messages", "recipients", "skipped", "errors", "report"])
+        #expect(object["invoices"] as? Int == 24)
+        #expect(object["messages"] as? Int == 26)
+        #expect(object["recipients"] as? Int == 26)
+        let skipped = try #require(object["skipped"] as? [[String: Any]])
+        #expect(skipped.count == 1)
+        #expect(Set(skipped[0].keys) == ["invoice_id", "reason"])
+        #expect(skipped[0]["invoice_id"] as? String == "CAR-2026-03-008")
+        #expect((object["errors"] as? [Any])?.isEmpty == true)
+        let report = try #require(object["report"] as? String)
+        #expect(report == out.appendingPathComponent("index.html").path)
+        let html = try String(contentsOfFile: report, encoding: .utf8)
+        #expect(html.contains("RD$12,345.50"))
+        #expect(!html.contains("{{"))
+        #expect(html.contains("Sarah O&#39;Connor"))  // manifest text is escaped, never raw HTML
+        #expect(html.components(separatedBy: "class=\"chat\"").count - 1 == 26)
+        let csv = try String(contentsOfFile: out.appendingPathComponent("messages.csv").path, encoding: .utf8)
+        #expect(csv.components(separatedBy: "\r\n").filter { !$0.isEmpty }.count == 27)  // the header and 26 messages
+        #expect(result.stderr.contains("invoices     24"))
+    }
+
+    @Test("an invalid manifest exits 65 with every error in the JSON, each naming line, invoice and field")
+    func invalidManifest() throws {
+        let out = try temporaryDirectory()
+        let result = try DispatcherProcess.run(["preview", "samples/broken.csv", "--json", "--out", out.path])
+        #expect(result.status == 65)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        let errors = try #require(object["errors"] as? [[String: Any]])
+        #expect(errors.count == 10)
+        #expect(Set(errors[0].keys) == ["line", "invoice_id", "field", "message"])
+        #expect(errors[0]["line"] as? Int == 3)
+        #expect(errors[0]["invoice_id"] as? String == "BRK-2026-03-002")
+        #expect(errors[0]["field"] as? String == "tenant_name")
+    }
+
+    @Test("a DTD in XML exits 65 and says why")
+    func refusedXML() throws {
+        let out = try temporaryDirectory()
+        let result = try DispatcherProcess.run(["preview", "samples/broken.xml", "--out", out.path])
+        #expect(result.status == 65)
+        #expect(result.stdout.contains("DOCTYPE (DTD) is not allowed"))
+    }
+
+    @Test("usage errors exit 64; a broken template folder exits 1 with the reason")
+    func usageAndConfiguration() throws {
+        let missing = try DispatcherProcess.run(["preview", "no-such-file.csv"])
+        #expect(missing.status == 64)
+        #expect(missing.stderr.contains("no manifest at no-such-file.csv"))
+        let templates = try temporaryDirectory()
+        try FileManager.default.createDirectory(at: templates.appendingPathComponent("whatsapp"), withIntermediateDirectories: true)
+        try Data(#"{"name":"invoice","category":"UTILITY","body":[{"source":"tenant_name"}],"languages":{"es":{"body":"{{1}} {{2}}"}}}"#.utf8)
+            .write(to: templates.appendingPathComponent("whatsapp/invoice.json"))
+        let bad = try DispatcherProcess.run(["preview", "samples/march-2026.csv", "--templates", templates.path])
+        #expect(bad.status == 1)
+        #expect(bad.stderr.contains("132000"))
+    }
+
+    @Test("the messaging-limit tier warns when the run reaches more numbers")
+    func messagingLimit() throws {
+        let out = try temporaryDirectory()
+        let result = try DispatcherProcess.run(["preview", "samples/march-2026.csv", "--messaging-limit", "10", "--out", out.path])
+        #expect(result.status == 0)
+        #expect(result.stderr.contains("this run reaches 26 distinct numbers but the messaging limit is 10"))
+    }
+}

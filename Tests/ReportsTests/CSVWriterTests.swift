@@ -1,0 +1,48 @@
+import Dispatcher
+import Foundation
+import Testing
+@testable import Reports
+
+@Suite("CSV writer")
+struct CSVWriterTests {
+    func write(_ dialect: CSVWriter.Dialect = .standard, _ rows: [[CSVWriter.Cell]]) throws -> (path: String, bytes: [UInt8]) {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("csvwriter-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let path = folder.appendingPathComponent("out.csv").path
+        let writer = try CSVWriter(path: path, dialect: dialect)
+        for row in rows { try writer.row(row) }
+        try writer.finish()
+        return (path, Array(try Data(contentsOf: URL(fileURLWithPath: path))))
+    }
+
+    @Test("quotes, commas, line breaks and non-ASCII names survive a round trip through the manifest reader")
+    func roundTrip() throws {
+        let nasty = ["invoice_id", "tenant_name", "phone", "amount", "period", "currency"]
+        let values = ["A-1", "Pérez, \"El Jefe\"\nSegunda línea", "+18095550101", "12.50", "2026-03", "DOP"]
+        // The phone is written as our own formatted value (.plain): a leading + would otherwise be defused.
+        let cells: [CSVWriter.Cell] = values.enumerated().map { $0.offset == 2 ? .plain($0.element) : .text($0.element) }
+        let (path, _) = try write(.standard, [nasty.map { .plain($0) }, cells])
+        var names: [String] = []
+        _ = try ManifestImporter(options: .init()).importManifest(path: path) { names.append($0.tenantName) }
+        #expect(names == ["Pérez, \"El Jefe\"\nSegunda línea"])
+    }
+
+    @Test("cells a spreadsheet would run as formulas are defused; our own numbers are not")
+    func formulaInjection() throws {
+        let (_, bytes) = try write(.standard, [[.text("=HYPERLINK(\"http://evil\")"), .text("+1"), .text("-2"), .text("@SUM(A1)"), .plain("-50.00"), .text("ok")]])
+        #expect(String(decoding: bytes, as: UTF8.self) == "\"'=HYPERLINK(\"\"http://evil\"\")\",\"'+1\",\"'-2\",\"'@SUM(A1)\",-50.00,ok\r\n")
+    }
+
+    @Test("the Excel dialect has a BOM and ';'")
+    func excel() throws {
+        let (_, bytes) = try write(.excel, [[.text("a;b"), .text("c")]])
+        #expect(Array(bytes.prefix(3)) == [0xEF, 0xBB, 0xBF])
+        #expect(String(decoding: bytes.dropFirst(3), as: UTF8.self) == "\"a;b\";c\r\n")
+    }
+
+    @Test("phone numbers are shown the way people write them")
+    func phones() {
+        #expect(displayPhone("18095550101") == "+1 809 555 0101")
+        #expect(displayPhone("34612345678") == "+34612345678")
+    }
+}
