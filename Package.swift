@@ -19,6 +19,7 @@ let package = Package(
         .executable(name: "dispatcher-bench", targets: ["DispatcherBenchmarks"]),
         .library(name: "Dispatcher", targets: ["Dispatcher"]),
         .library(name: "Reports", targets: ["Reports"]),
+        .library(name: "Tracking", targets: ["Tracking"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -30,6 +31,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.4.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.0.0"),
     ],
     targets: [
         // libxml2's streaming reader behind a header that exposes neither libxml2 nor ICU types
@@ -49,6 +52,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "Tracking",
+            dependencies: [
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "Reports",
             dependencies: [
                 "Dispatcher",
@@ -61,6 +77,8 @@ let package = Package(
             dependencies: [
                 "Dispatcher",
                 "Reports",
+                "Tracking",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -74,6 +92,16 @@ let package = Package(
         .testTarget(
             name: "DispatcherTests",
             dependencies: ["Dispatcher"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TrackingTests",
+            dependencies: [
+                "Tracking",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

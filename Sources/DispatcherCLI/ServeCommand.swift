@@ -1,0 +1,98 @@
+import ArgumentParser
+import Dispatcher
+import Foundation
+import Hummingbird
+import Logging
+import Tracking
+
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Receive Meta's webhooks and answer the status API (long-running).",
+        discussion: """
+            Needs WHATSAPP_APP_SECRET (webhook signatures) and WHATSAPP_WEBHOOK_VERIFY_TOKEN (Meta's handshake); \
+            the API needs DISPATCHER_API_TOKEN and/or DISPATCHER_JWT_SECRET. Stops gracefully on SIGINT/SIGTERM. \
+            See docs/operating.md.
+            """
+    )
+
+    @Option(help: "Address to listen on.")
+    var listen: String = "0.0.0.0:8500"
+
+    @Option(help: "Mount every route below this path (e.g. /api/v2/whatsapp behind the property system's gateway).")
+    var basePath: String = ""
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Option(help: "Where runs' reports are (for /runs/RUN/report.html).")
+    var reports: String = "reports"
+
+    @Flag(help: "Ask for the bearer token on /metrics too.")
+    var metricsNeedToken = false
+
+    func validate() throws {
+        _ = try parseListen(listen)
+    }
+
+    func run() async throws {
+        let (host, port) = try parseListen(listen)
+        let settings = Settings(environment: ProcessInfo.processInfo.environment)
+        let logger = bootstrapLogging(label: "dispatcher.serve")
+        guard let appSecret = settings.appSecret else {
+            throw ValidationError("WHATSAPP_APP_SECRET is not set: without it no webhook can be verified, so none would be accepted")
+        }
+        if settings.verifyToken == nil {
+            logger.warning("WHATSAPP_WEBHOOK_VERIFY_TOKEN is not set: Meta's handshake (GET /webhook) will be refused")
+        }
+        if settings.apiToken == nil && settings.jwtSecret == nil {
+            logger.warning("neither DISPATCHER_API_TOKEN nor DISPATCHER_JWT_SECRET is set: every API route but the webhook, health and metrics will answer 401")
+        }
+        let store = try database.open(settings: settings)
+        let server = DispatcherServer(
+            store: store,
+            configuration: ServerConfiguration(
+                basePath: basePath, appSecret: appSecret, verifyToken: settings.verifyToken, apiToken: settings.apiToken,
+                jwtSecret: settings.jwtSecret, reportsDirectory: reports, metricsNeedToken: metricsNeedToken))
+        logger.info("dispatcher serve listening", metadata: ["address": "\(host):\(port)", "base_path": "\(basePath.isEmpty ? "/" : basePath)",
+                                                             "database": "\(database.describe(settings: settings))"])
+        try await server.application(host: host, port: port, logger: logger).runService()
+    }
+}
+
+/// `--db`, shared by every command that reads or writes the store.
+struct DatabaseOptions: ParsableArguments {
+    @Option(name: .customLong("db"), help: "Database URL (env DISPATCHER_DATABASE_URL; default sqlite:dispatcher.sqlite).")
+    var url: String?
+
+    func resolved(settings: Settings) -> String { url ?? settings.databaseURL }
+
+    func open(settings: Settings) throws -> any DispatchStore {
+        try StoreOpener.open(url: resolved(settings: settings))
+    }
+
+    /// The URL without any password, for logs.
+    func describe(settings: Settings) -> String {
+        let url = resolved(settings: settings)
+        guard let at = url.firstIndex(of: "@"), let scheme = url.range(of: "://") else { return url }
+        return String(url[..<scheme.upperBound]) + "…" + String(url[at...])
+    }
+}
+
+func parseListen(_ text: String) throws -> (String, Int) {
+    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+        throw ValidationError("--listen '\(text)' is not HOST:PORT (e.g. 0.0.0.0:8500)")
+    }
+    let host = String(text[..<colon])
+    return (host.isEmpty ? "0.0.0.0" : host, port)
+}
+
+/// Logs to stderr at LOG_LEVEL (default info). Only the executable bootstraps logging.
+func bootstrapLogging(label: String) -> Logger {
+    let level = ProcessInfo.processInfo.environment["LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+    return Logger(label: label)
+}

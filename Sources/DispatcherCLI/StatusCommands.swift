@@ -1,0 +1,91 @@
+import ArgumentParser
+import Dispatcher
+import Foundation
+import Tracking
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "One message's state and history, by dispatcher id (m-…) or wamid.")
+
+    @Argument(help: "The message's id (m-…) or Meta's wamid.")
+    var messageID: String
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Flag(help: "Print one JSON object on stdout.")
+    var json = false
+
+    func run() async throws {
+        let settings = Settings(environment: ProcessInfo.processInfo.environment)
+        let store = try database.open(settings: settings)
+        guard let message = try await store.message(messageID) else {
+            FileHandle.standardError.write(Data("error: no message \(messageID) in \(database.describe(settings: settings))\n".utf8))
+            throw ExitCode(1)
+        }
+        let events = try await store.events(messageID: message.id)
+        let attempts = try await store.attempts(messageID: message.id)
+        if json {
+            try Console(json: true).emit(StatusJSON(message: message, events: events, attempts: attempts))
+            return
+        }
+        print("\(message.id)  \(message.state.rawValue)")
+        print("  run \(message.run), invoice \(message.invoiceID), to +\(message.phone), template \(message.template) (\(message.language))")
+        if let wamid = message.wamid { print("  wamid \(wamid)") }
+        if let code = message.errorCode { print("  error \(code): \(message.errorTitle ?? "")\(message.errorDetails.map { " — \($0)" } ?? "")") }
+        for attempt in attempts {
+            print("  attempt \(attempt.number) at \(iso(attempt.startedAt)): \(attempt.outcome)\(attempt.errorCode.map { " (\($0))" } ?? "")")
+        }
+        for event in events {
+            print("  \(iso(event.timestamp))  \(event.status)\(event.applied ? "" : " (changed nothing)")\(event.errorCode.map { " error \($0)" } ?? "")")
+        }
+    }
+}
+
+struct StatusJSON: Encodable {
+    var message: MessageRecord
+    var events: [StatusEventRecord]
+    var attempts: [AttemptRecord]
+}
+
+struct RunsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "runs", abstract: "List runs with their messages counted by state.")
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Flag(help: "Print one JSON object on stdout.")
+    var json = false
+
+    func run() async throws {
+        let settings = Settings(environment: ProcessInfo.processInfo.environment)
+        let runs = try await database.open(settings: settings).runs()
+        if json {
+            try Console(json: true).emit(["runs": runs.map(RunJSON.init)])
+            return
+        }
+        if runs.isEmpty { print("no runs yet in \(database.describe(settings: settings))") }
+        for summary in runs {
+            let counts = MessageState.allCases.compactMap { state in summary.counts[state].map { "\(state.rawValue) \($0)" } }
+            print("\(summary.run.name)  \(summary.run.status)  \(iso(summary.run.createdAt))  \(summary.invoices) invoices, \(summary.messages) messages: \(counts.joined(separator: ", "))")
+        }
+    }
+}
+
+struct RunJSON: Encodable {
+    var run: String
+    var status: String
+    var created_at: String
+    var invoices: Int
+    var messages: Int
+    var states: [String: Int]
+
+    init(_ s: RunSummary) {
+        run = s.run.name
+        status = s.run.status
+        created_at = iso(s.run.createdAt)
+        invoices = s.invoices
+        messages = s.messages
+        states = Dictionary(uniqueKeysWithValues: MessageState.allCases.map { ($0.rawValue, s.counts[$0] ?? 0) })
+    }
+}
+
+func iso(_ seconds: Double) -> String { Date(timeIntervalSince1970: seconds).formatted(.iso8601) }

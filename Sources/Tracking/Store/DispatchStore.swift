@@ -1,0 +1,265 @@
+/// Everything the dispatcher keeps: runs, invoices, messages, send attempts, every webhook payload
+/// and status event, inbound replies and opt-outs. SQLite (`SQLiteStore`) is the embedded default;
+/// callers see only this interface.
+public protocol DispatchStore: Sendable {
+    // MARK: Runs, invoices, messages
+
+    /// Creates the run, or updates its status and times if it exists.
+    func saveRun(_ run: RunRecord) async throws
+    func run(named name: String) async throws -> RunRecord?
+    /// Every run, newest first, with its messages counted by state.
+    func runs() async throws -> [RunSummary]
+    func addInvoices(_ invoices: [InvoiceRecord]) async throws
+    /// Adds messages; one whose id exists already (the same invoice, number and template, in this
+    /// run or an earlier one) is left as it is and reported.
+    func addMessages(_ messages: [NewMessage]) async throws -> [MessageInsert]
+    /// By dispatcher id (`m-…`) or by wamid.
+    func message(_ idOrWamid: String) async throws -> MessageRecord?
+    func events(messageID: String) async throws -> [StatusEventRecord]
+    func attempts(messageID: String) async throws -> [AttemptRecord]
+    func messages(_ filter: MessageFilter) async throws -> MessagePage
+    func stateCounts(run: String) async throws -> [MessageState: Int]
+
+    // MARK: Sending
+
+    /// Marks the message `sending` and records a new attempt before the request leaves; returns its number.
+    func beginAttempt(messageID: String, at time: Double) async throws -> Int
+    /// Meta answered with a wamid: `accepted`, and any status that arrived first is applied now.
+    func recordAccepted(messageID: String, attempt: Int, wamid: String, at time: Double) async throws
+    /// Meta refused the message: `failed` when final, back to `queued` when it is to be retried.
+    func recordRejected(messageID: String, attempt: Int, error: SendError, final: Bool, at time: Double) async throws
+    /// The request may have reached Meta with no answer recorded: `unknown`, never resent blindly.
+    func recordUnknown(messageID: String, attempt: Int, reason: String, at time: Double) async throws
+
+    // MARK: Webhooks
+
+    /// Stores a webhook POST durably (the raw bytes first) and applies what it carries, in one
+    /// transaction. `contents` is nil when the body did not parse: it is kept for replay.
+    func ingestWebhook(body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
+                       at time: Double) async throws -> IngestResult
+    func isOptedOut(phone: String) async throws -> Bool
+    func optOuts() async throws -> [OptOut]
+
+    /// Throws when the database cannot be reached (for `/health` and `doctor`).
+    func ping() async throws
+}
+
+// MARK: - Records
+
+public struct RunRecord: Sendable, Codable, Equatable {
+    public var name: String
+    public var manifest: String
+    public var template: String
+    /// The sender's phone number id.
+    public var sender: String
+    /// `created`, `sending`, `settling`, `done`, `halted`.
+    public var status: String
+    public var createdAt: Double
+    public var finishedAt: Double?
+    public var haltReason: String?
+
+    public init(name: String, manifest: String, template: String, sender: String, status: String = "created",
+                createdAt: Double, finishedAt: Double? = nil, haltReason: String? = nil) {
+        self.name = name
+        self.manifest = manifest
+        self.template = template
+        self.sender = sender
+        self.status = status
+        self.createdAt = createdAt
+        self.finishedAt = finishedAt
+        self.haltReason = haltReason
+    }
+}
+
+public struct RunSummary: Sendable, Equatable {
+    public var run: RunRecord
+    public var invoices: Int
+    public var counts: [MessageState: Int]
+    public var messages: Int { counts.values.reduce(0, +) }
+}
+
+public struct InvoiceRecord: Sendable, Equatable {
+    public var run: String
+    public var invoiceID: String
+    public var line: Int
+    public var tenantName: String
+    public var tenantID: String?
+    public var landlord: String?
+    public var property: String?
+    public var amountMinor: Int64
+    public var currency: String
+    public var period: String
+    public var dueDate: String?
+    public var locale: String
+    public var documentURL: String?
+    public var email: String?
+    public var skipReason: String?
+
+    public init(run: String, invoiceID: String, line: Int, tenantName: String, tenantID: String? = nil, landlord: String? = nil,
+                property: String? = nil, amountMinor: Int64, currency: String, period: String, dueDate: String? = nil,
+                locale: String, documentURL: String? = nil, email: String? = nil, skipReason: String? = nil) {
+        self.run = run
+        self.invoiceID = invoiceID
+        self.line = line
+        self.tenantName = tenantName
+        self.tenantID = tenantID
+        self.landlord = landlord
+        self.property = property
+        self.amountMinor = amountMinor
+        self.currency = currency
+        self.period = period
+        self.dueDate = dueDate
+        self.locale = locale
+        self.documentURL = documentURL
+        self.email = email
+        self.skipReason = skipReason
+    }
+}
+
+public struct NewMessage: Sendable, Equatable {
+    public var id: String
+    public var run: String
+    public var invoiceID: String
+    public var phone: String
+    public var template: String
+    public var language: String
+    public var state: MessageState
+    public var skipReason: String?
+    /// The Graph API request body (JSON), kept so a retry sends exactly the same message.
+    public var requestBody: String?
+
+    public init(id: String, run: String, invoiceID: String, phone: String, template: String, language: String,
+                state: MessageState = .queued, skipReason: String? = nil, requestBody: String? = nil) {
+        self.id = id
+        self.run = run
+        self.invoiceID = invoiceID
+        self.phone = phone
+        self.template = template
+        self.language = language
+        self.state = state
+        self.skipReason = skipReason
+        self.requestBody = requestBody
+    }
+}
+
+public enum MessageInsert: Sendable, Equatable {
+    case inserted(id: String)
+    /// The message existed: in which run, and where it stands.
+    case exists(id: String, run: String, state: MessageState)
+}
+
+public struct MessageRecord: Sendable, Equatable, Codable {
+    public var id: String
+    public var run: String
+    public var invoiceID: String
+    public var phone: String
+    public var template: String
+    public var language: String
+    public var state: MessageState
+    public var wamid: String?
+    public var errorCode: Int?
+    public var errorTitle: String?
+    public var errorDetails: String?
+    public var skipReason: String?
+    public var attempts: Int
+    public var createdAt: Double
+    public var updatedAt: Double
+    public var acceptedAt: Double?
+    public var sentAt: Double?
+    public var deliveredAt: Double?
+    public var readAt: Double?
+    public var failedAt: Double?
+    public var requestBody: String?
+    /// From the invoice: for filters and reports.
+    public var landlord: String?
+    public var tenantName: String?
+    /// Cursor for pagination.
+    public var sequence: Int64
+}
+
+public struct StatusEventRecord: Sendable, Equatable, Codable {
+    public var wamid: String
+    public var messageID: String?
+    public var status: String
+    /// Meta's timestamp, Unix seconds.
+    public var timestamp: Double
+    public var receivedAt: Double
+    public var applied: Bool
+    public var errorCode: Int?
+    public var errorTitle: String?
+    public var errorDetails: String?
+}
+
+public struct AttemptRecord: Sendable, Equatable, Codable {
+    public var number: Int
+    public var startedAt: Double
+    public var finishedAt: Double?
+    /// `sending`, `accepted`, `rejected`, `retry`, `unknown`.
+    public var outcome: String
+    public var wamid: String?
+    public var errorCode: Int?
+    public var errorTitle: String?
+}
+
+/// What Meta (or the network) answered to a send.
+public struct SendError: Sendable, Equatable, Error {
+    public var code: Int?
+    public var title: String
+    public var details: String?
+
+    public init(code: Int?, title: String, details: String? = nil) {
+        self.code = code
+        self.title = title
+        self.details = details
+    }
+}
+
+public struct MessageFilter: Sendable, Equatable {
+    public var run: String?
+    public var state: MessageState?
+    public var landlord: String?
+    /// Messages after this cursor (the `next` of the previous page).
+    public var after: Int64?
+    public var limit: Int
+
+    public init(run: String? = nil, state: MessageState? = nil, landlord: String? = nil, after: Int64? = nil, limit: Int = 100) {
+        self.run = run
+        self.state = state
+        self.landlord = landlord
+        self.after = after
+        self.limit = limit
+    }
+}
+
+public struct MessagePage: Sendable {
+    public var messages: [MessageRecord]
+    /// Pass as `after` for the next page; nil on the last.
+    public var next: Int64?
+}
+
+public struct IngestResult: Sendable, Equatable {
+    public var payloadID: Int64
+    public var statuses = 0
+    /// Statuses that moved a message, by the state they moved it to.
+    public var applied: [MessageState: Int] = [:]
+    /// Seen before (same wamid, status and timestamp): they change nothing.
+    public var duplicates = 0
+    /// For no message we know yet: kept, and applied when the message appears.
+    public var unmatched = 0
+    public var inbound = 0
+    public var optOuts = 0
+
+    public init(payloadID: Int64) { self.payloadID = payloadID }
+}
+
+public struct OptOut: Sendable, Equatable, Codable {
+    public var phone: String
+    public var at: Double
+    public var word: String
+}
+
+/// A store could not be opened or used; the message says what to do.
+public struct StoreError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

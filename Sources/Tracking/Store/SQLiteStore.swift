@@ -1,0 +1,502 @@
+import Foundation
+import GRDB
+
+/// The embedded store: one SQLite file in WAL mode, shared by `serve` and the CLI.
+///
+/// Commits are durable (`synchronous=FULL`): a webhook acknowledged with a 200 survives a power
+/// cut. Writers wait up to `busyTimeout` for each other; past that a write fails, and the webhook
+/// route answers 503 so that Meta retries.
+public final class SQLiteStore: DispatchStore {
+    let pool: DatabasePool
+    public let path: String
+
+    /// Opens (creating if needed) and migrates the database at `path`.
+    public init(path: String, busyTimeout: Double = 5) throws {
+        self.path = path
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(busyTimeout)
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        do {
+            pool = try DatabasePool(path: path, configuration: configuration)
+            try SQLiteStore.migrator.migrate(pool)
+        } catch {
+            throw StoreError("cannot open the SQLite database at \(path): \(error)")
+        }
+    }
+
+    // MARK: - Schema
+
+    /// Named migrations: once shipped, never changed (add new ones instead).
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: runs, invoices, messages, attempts, webhooks") { db in
+            try db.execute(sql: """
+                CREATE TABLE runs (
+                    name TEXT PRIMARY KEY NOT NULL,
+                    manifest TEXT NOT NULL,
+                    template TEXT NOT NULL,
+                    sender TEXT NOT NULL,
+                    status TEXT NOT NULL,
+                    created_at REAL NOT NULL,
+                    finished_at REAL,
+                    halt_reason TEXT
+                );
+                CREATE TABLE invoices (
+                    run TEXT NOT NULL REFERENCES runs(name),
+                    invoice_id TEXT NOT NULL,
+                    line INTEGER NOT NULL,
+                    tenant_name TEXT NOT NULL,
+                    tenant_id TEXT,
+                    landlord TEXT,
+                    property TEXT,
+                    amount_minor INTEGER NOT NULL,
+                    currency TEXT NOT NULL,
+                    period TEXT NOT NULL,
+                    due_date TEXT,
+                    locale TEXT NOT NULL,
+                    document_url TEXT,
+                    email TEXT,
+                    skip_reason TEXT,
+                    PRIMARY KEY (run, invoice_id)
+                );
+                CREATE TABLE messages (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    id TEXT NOT NULL UNIQUE,
+                    run TEXT NOT NULL REFERENCES runs(name),
+                    invoice_id TEXT NOT NULL,
+                    phone TEXT NOT NULL,
+                    template TEXT NOT NULL,
+                    language TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    state_rank INTEGER NOT NULL,
+                    wamid TEXT UNIQUE,
+                    error_code INTEGER,
+                    error_title TEXT,
+                    error_details TEXT,
+                    skip_reason TEXT,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    created_at REAL NOT NULL,
+                    updated_at REAL NOT NULL,
+                    accepted_at REAL,
+                    sent_at REAL,
+                    delivered_at REAL,
+                    read_at REAL,
+                    failed_at REAL,
+                    request_body TEXT
+                );
+                CREATE INDEX messages_run_state ON messages(run, state);
+                CREATE TABLE attempts (
+                    message_id TEXT NOT NULL REFERENCES messages(id),
+                    number INTEGER NOT NULL,
+                    started_at REAL NOT NULL,
+                    finished_at REAL,
+                    outcome TEXT NOT NULL,
+                    wamid TEXT,
+                    error_code INTEGER,
+                    error_title TEXT,
+                    error_details TEXT,
+                    PRIMARY KEY (message_id, number)
+                );
+                CREATE TABLE webhook_payloads (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    received_at REAL NOT NULL,
+                    signature TEXT,
+                    body BLOB NOT NULL,
+                    parse_error TEXT,
+                    statuses INTEGER NOT NULL DEFAULT 0
+                );
+                CREATE TABLE status_events (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    payload_id INTEGER NOT NULL REFERENCES webhook_payloads(id),
+                    wamid TEXT NOT NULL,
+                    message_id TEXT,
+                    status TEXT NOT NULL,
+                    timestamp REAL NOT NULL,
+                    received_at REAL NOT NULL,
+                    recipient_id TEXT,
+                    callback_data TEXT,
+                    error_code INTEGER,
+                    error_title TEXT,
+                    error_details TEXT,
+                    pricing_category TEXT,
+                    applied INTEGER NOT NULL DEFAULT 0,
+                    UNIQUE (wamid, status, timestamp)
+                );
+                CREATE INDEX status_events_message ON status_events(message_id);
+                CREATE INDEX status_events_unmatched_wamid ON status_events(wamid) WHERE message_id IS NULL;
+                CREATE INDEX status_events_unmatched_callback ON status_events(callback_data) WHERE message_id IS NULL;
+                CREATE TABLE inbound_messages (
+                    wamid TEXT PRIMARY KEY NOT NULL,
+                    payload_id INTEGER NOT NULL REFERENCES webhook_payloads(id),
+                    from_phone TEXT NOT NULL,
+                    timestamp REAL NOT NULL,
+                    type TEXT NOT NULL,
+                    body TEXT
+                );
+                CREATE TABLE opt_outs (
+                    phone TEXT PRIMARY KEY NOT NULL,
+                    at REAL NOT NULL,
+                    word TEXT NOT NULL,
+                    wamid TEXT
+                );
+                """)
+        }
+        return migrator
+    }
+
+    // MARK: - Runs
+
+    public func saveRun(_ run: RunRecord) async throws {
+        try await pool.write { db in
+            try db.execute(sql: """
+                INSERT INTO runs (name, manifest, template, sender, status, created_at, finished_at, halt_reason)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(name) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at,
+                    halt_reason = excluded.halt_reason
+                """, arguments: [run.name, run.manifest, run.template, run.sender, run.status, run.createdAt, run.finishedAt, run.haltReason])
+        }
+    }
+
+    public func run(named name: String) async throws -> RunRecord? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM runs WHERE name = ?", arguments: [name]).map(RunRecord.init(row:))
+        }
+    }
+
+    public func runs() async throws -> [RunSummary] {
+        try await pool.read { db in
+            let runs = try Row.fetchAll(db, sql: "SELECT * FROM runs ORDER BY created_at DESC, name").map(RunRecord.init(row:))
+            return try runs.map { run in
+                let invoices = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM invoices WHERE run = ?", arguments: [run.name]) ?? 0
+                return RunSummary(run: run, invoices: invoices, counts: try Self.counts(db, run: run.name))
+            }
+        }
+    }
+
+    public func stateCounts(run: String) async throws -> [MessageState: Int] {
+        try await pool.read { db in try Self.counts(db, run: run) }
+    }
+
+    static func counts(_ db: Database, run: String) throws -> [MessageState: Int] {
+        var counts: [MessageState: Int] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n FROM messages WHERE run = ? GROUP BY state", arguments: [run]) {
+            if let state = MessageState(rawValue: row["state"]) { counts[state] = row["n"] }
+        }
+        return counts
+    }
+
+    // MARK: - Invoices and messages
+
+    public func addInvoices(_ invoices: [InvoiceRecord]) async throws {
+        try await pool.write { db in
+            let statement = try db.cachedStatement(sql: """
+                INSERT INTO invoices (run, invoice_id, line, tenant_name, tenant_id, landlord, property, amount_minor,
+                    currency, period, due_date, locale, document_url, email, skip_reason)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(run, invoice_id) DO NOTHING
+                """)
+            for i in invoices {
+                try statement.execute(arguments: [
+                    i.run, i.invoiceID, i.line, i.tenantName, i.tenantID, i.landlord, i.property, i.amountMinor,
+                    i.currency, i.period, i.dueDate, i.locale, i.documentURL, i.email, i.skipReason,
+                ])
+            }
+        }
+    }
+
+    public func addMessages(_ messages: [NewMessage]) async throws -> [MessageInsert] {
+        let now = Date().timeIntervalSince1970
+        return try await pool.write { db in
+            let insert = try db.cachedStatement(sql: """
+                INSERT INTO messages (id, run, invoice_id, phone, template, language, state, state_rank, skip_reason,
+                    created_at, updated_at, request_body)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(id) DO NOTHING
+                """)
+            var outcomes: [MessageInsert] = []
+            for m in messages {
+                try insert.execute(arguments: [
+                    m.id, m.run, m.invoiceID, m.phone, m.template, m.language, m.state.rawValue, m.state.rank,
+                    m.skipReason, now, now, m.requestBody,
+                ])
+                if db.changesCount == 1 {
+                    outcomes.append(.inserted(id: m.id))
+                    // A status may have arrived before the message was stored (the send's
+                    // response lost, a crash): it is applied now.
+                    try Self.attachPendingEvents(db, messageID: m.id, wamid: nil)
+                } else {
+                    let row = try Row.fetchOne(db, sql: "SELECT run, state FROM messages WHERE id = ?", arguments: [m.id])!
+                    outcomes.append(.exists(id: m.id, run: row["run"], state: MessageState(rawValue: row["state"]) ?? .unknown))
+                }
+            }
+            return outcomes
+        }
+    }
+
+    static let messageColumns = """
+        m.*, i.landlord AS landlord, i.tenant_name AS tenant_name
+        FROM messages m LEFT JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
+        """
+
+    public func message(_ idOrWamid: String) async throws -> MessageRecord? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT \(Self.messageColumns) WHERE m.id = ? OR m.wamid = ?", arguments: [idOrWamid, idOrWamid])
+                .map(MessageRecord.init(row:))
+        }
+    }
+
+    public func events(messageID: String) async throws -> [StatusEventRecord] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM status_events WHERE message_id = ? ORDER BY timestamp, id", arguments: [messageID])
+                .map(StatusEventRecord.init(row:))
+        }
+    }
+
+    public func attempts(messageID: String) async throws -> [AttemptRecord] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM attempts WHERE message_id = ? ORDER BY number", arguments: [messageID])
+                .map(AttemptRecord.init(row:))
+        }
+    }
+
+    public func messages(_ filter: MessageFilter) async throws -> MessagePage {
+        try await pool.read { db in
+            var conditions: [String] = []
+            var arguments: StatementArguments = []
+            if let run = filter.run { conditions.append("m.run = ?"); arguments += [run] }
+            if let state = filter.state { conditions.append("m.state = ?"); arguments += [state.rawValue] }
+            if let landlord = filter.landlord { conditions.append("i.landlord = ?"); arguments += [landlord] }
+            if let after = filter.after { conditions.append("m.seq > ?"); arguments += [after] }
+            let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+            let limit = max(1, min(filter.limit, 1000))
+            let rows = try Row.fetchAll(db, sql: "SELECT \(Self.messageColumns) \(whereClause) ORDER BY m.seq LIMIT \(limit + 1)",
+                                        arguments: arguments)
+            let messages = rows.prefix(limit).map(MessageRecord.init(row:))
+            return MessagePage(messages: Array(messages), next: rows.count > limit ? messages.last?.sequence : nil)
+        }
+    }
+
+    // MARK: - Sending
+
+    public func beginAttempt(messageID: String, at time: Double) async throws -> Int {
+        try await pool.write { db in
+            guard let attempts = try Int.fetchOne(db, sql: "SELECT attempts FROM messages WHERE id = ?", arguments: [messageID]) else {
+                throw StoreError("no message \(messageID)")
+            }
+            let number = attempts + 1
+            try db.execute(sql: "UPDATE messages SET state = 'sending', state_rank = ?, attempts = ?, updated_at = ? WHERE id = ?",
+                           arguments: [MessageState.sending.rank, number, time, messageID])
+            try db.execute(sql: "INSERT INTO attempts (message_id, number, started_at, outcome) VALUES (?, ?, ?, 'sending')",
+                           arguments: [messageID, number, time])
+            return number
+        }
+    }
+
+    public func recordAccepted(messageID: String, attempt: Int, wamid: String, at time: Double) async throws {
+        try await pool.write { db in
+            try db.execute(sql: "UPDATE attempts SET outcome = 'accepted', finished_at = ?, wamid = ? WHERE message_id = ? AND number = ?",
+                           arguments: [time, wamid, messageID, attempt])
+            // Only moves forward: a webhook may already have said `sent` or more.
+            try db.execute(sql: """
+                UPDATE messages SET wamid = ?, accepted_at = COALESCE(accepted_at, ?), updated_at = ?,
+                    state = CASE WHEN state_rank < ? THEN 'accepted' ELSE state END,
+                    state_rank = CASE WHEN state_rank < ? THEN ? ELSE state_rank END
+                WHERE id = ?
+                """, arguments: [wamid, time, time, MessageState.accepted.rank, MessageState.accepted.rank, MessageState.accepted.rank, messageID])
+            try Self.attachPendingEvents(db, messageID: messageID, wamid: wamid)
+        }
+    }
+
+    public func recordRejected(messageID: String, attempt: Int, error: SendError, final: Bool, at time: Double) async throws {
+        try await pool.write { db in
+            try db.execute(sql: """
+                UPDATE attempts SET outcome = ?, finished_at = ?, error_code = ?, error_title = ?, error_details = ?
+                WHERE message_id = ? AND number = ?
+                """, arguments: [final ? "rejected" : "retry", time, error.code, error.title, error.details, messageID, attempt])
+            let state: MessageState = final ? .failed : .queued
+            try db.execute(sql: """
+                UPDATE messages SET state = ?, state_rank = ?, error_code = ?, error_title = ?, error_details = ?, updated_at = ?,
+                    failed_at = CASE WHEN ? THEN ? ELSE failed_at END
+                WHERE id = ? AND state = 'sending'
+                """, arguments: [state.rawValue, state.rank, error.code, error.title, error.details, time, final, time, messageID])
+        }
+    }
+
+    public func recordUnknown(messageID: String, attempt: Int, reason: String, at time: Double) async throws {
+        try await pool.write { db in
+            try db.execute(sql: "UPDATE attempts SET outcome = 'unknown', finished_at = ?, error_title = ? WHERE message_id = ? AND number = ?",
+                           arguments: [time, reason, messageID, attempt])
+            try db.execute(sql: "UPDATE messages SET state = 'unknown', state_rank = ?, updated_at = ? WHERE id = ? AND state = 'sending'",
+                           arguments: [MessageState.unknown.rank, time, messageID])
+        }
+    }
+
+    // MARK: - Webhooks
+
+    public func ingestWebhook(body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
+                              at time: Double) async throws -> IngestResult {
+        try await pool.write { db in
+            try db.execute(sql: "INSERT INTO webhook_payloads (received_at, signature, body, parse_error, statuses) VALUES (?, ?, ?, ?, ?)",
+                           arguments: [time, signature, Data(body), parseError, contents?.statuses.count ?? 0])
+            var result = IngestResult(payloadID: db.lastInsertedRowID)
+            guard let contents else { return result }
+            for update in contents.statuses {
+                result.statuses += 1
+                try Self.ingest(db, update, payloadID: result.payloadID, at: time, into: &result)
+            }
+            let inbound = try db.cachedStatement(sql: """
+                INSERT INTO inbound_messages (wamid, payload_id, from_phone, timestamp, type, body) VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT(wamid) DO NOTHING
+                """)
+            let optOut = try db.cachedStatement(sql: "INSERT INTO opt_outs (phone, at, word, wamid) VALUES (?, ?, ?, ?) ON CONFLICT(phone) DO NOTHING")
+            for message in contents.inbound {
+                try inbound.execute(arguments: [message.wamid, result.payloadID, message.from, Double(message.timestamp), message.type, message.body])
+                if db.changesCount == 1 { result.inbound += 1 }
+                if message.isOptOut {
+                    try optOut.execute(arguments: [message.from, Double(message.timestamp), message.body?.uppercased() ?? "", message.wamid])
+                    if db.changesCount == 1 { result.optOuts += 1 }
+                }
+            }
+            return result
+        }
+    }
+
+    /// Matches one status to its message (by wamid, else by our id echoed in
+    /// `biz_opaque_callback_data`), applies it under the forward-only rule, and keeps it in the history.
+    static func ingest(_ db: Database, _ u: StatusUpdate, payloadID: Int64, at time: Double, into result: inout IngestResult) throws {
+        var messageID = try String.fetchOne(db.cachedStatement(sql: "SELECT id FROM messages WHERE wamid = ?"), arguments: [u.wamid])
+        if messageID == nil, let callback = u.callbackData, !callback.isEmpty {
+            messageID = try String.fetchOne(db.cachedStatement(sql: "SELECT id FROM messages WHERE id = ? AND (wamid IS NULL OR wamid = ?)"),
+                                            arguments: [callback, u.wamid])
+            if let id = messageID {
+                // The send's response was lost: the status tells us the wamid.
+                try db.execute(sql: "UPDATE messages SET wamid = ? WHERE id = ? AND wamid IS NULL", arguments: [u.wamid, id])
+            }
+        }
+        try db.cachedStatement(sql: """
+            INSERT INTO status_events (payload_id, wamid, message_id, status, timestamp, received_at, recipient_id, callback_data,
+                error_code, error_title, error_details, pricing_category)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT(wamid, status, timestamp) DO NOTHING
+            """).execute(arguments: [payloadID, u.wamid, messageID, u.status, Double(u.timestamp), time, u.recipientID, u.callbackData,
+                                     u.errorCode, u.errorTitle, u.errorDetails, u.pricingCategory])
+        if db.changesCount == 0 {
+            result.duplicates += 1
+            return
+        }
+        let eventID = db.lastInsertedRowID
+        guard let messageID else {
+            result.unmatched += 1
+            return
+        }
+        if let state = try apply(db, u, to: messageID, at: time) {
+            result.applied[state, default: 0] += 1
+            try db.execute(sql: "UPDATE status_events SET applied = 1 WHERE id = ?", arguments: [eventID])
+        }
+    }
+
+    /// The forward-only rule, in SQL: the state changes only when the WHERE clause allows it, so
+    /// two receivers applying statuses at once cannot undo each other. Returns the new state if it changed.
+    static func apply(_ db: Database, _ u: StatusUpdate, to messageID: String, at time: Double) throws -> MessageState? {
+        let ts = Double(u.timestamp)
+        let condition: String
+        let column: String
+        switch u.status {
+        case "sent": (condition, column) = ("state_rank < \(MessageState.sent.rank)", "sent_at")
+        case "delivered": (condition, column) = ("(state = 'failed' OR state_rank < \(MessageState.delivered.rank))", "delivered_at")
+        case "read": (condition, column) = ("(state = 'failed' OR state_rank < \(MessageState.read.rank))", "read_at")
+        case "failed": (condition, column) = ("state NOT IN ('delivered', 'read', 'skipped', 'failed')", "failed_at")
+        default: return nil  // `played`, future values: kept in the history, no state of ours
+        }
+        // When each thing happened: the earliest timestamp Meta gave, whatever the order.
+        try db.execute(sql: "UPDATE messages SET \(column) = ? WHERE id = ? AND (\(column) IS NULL OR \(column) > ?)",
+                       arguments: [ts, messageID, ts])
+        let state = MessageState(rawValue: u.status)!
+        if u.status == "failed" {
+            try db.execute(sql: """
+                UPDATE messages SET state = 'failed', state_rank = ?, updated_at = ?,
+                    error_code = ?, error_title = ?, error_details = ?
+                WHERE id = ? AND \(condition)
+                """, arguments: [state.rank, time, u.errorCode, u.errorTitle, u.errorDetails, messageID])
+        } else {
+            try db.execute(sql: "UPDATE messages SET state = ?, state_rank = ?, updated_at = ? WHERE id = ? AND \(condition)",
+                           arguments: [state.rawValue, state.rank, time, messageID])
+        }
+        return db.changesCount == 1 ? state : nil
+    }
+
+    /// Applies statuses that arrived before their message was known, in Meta's time order.
+    static func attachPendingEvents(_ db: Database, messageID: String, wamid: String?) throws {
+        let rows = try Row.fetchAll(db, sql: """
+            SELECT * FROM status_events WHERE message_id IS NULL AND (callback_data = ? OR wamid = ?) ORDER BY timestamp, id
+            """, arguments: [messageID, wamid ?? ""])
+        guard !rows.isEmpty else { return }
+        let now = Date().timeIntervalSince1970
+        for row in rows {
+            let eventWamid: String = row["wamid"]
+            // A status naming us only by callback data, with another wamid than ours, is not ours.
+            if let wamid, eventWamid != wamid { continue }
+            if wamid == nil {
+                try db.execute(sql: "UPDATE messages SET wamid = ? WHERE id = ? AND wamid IS NULL", arguments: [eventWamid, messageID])
+            }
+            let update = StatusUpdate(wamid: eventWamid, status: row["status"], timestamp: Int64(row["timestamp"] as Double),
+                                      errorCode: row["error_code"], errorTitle: row["error_title"], errorDetails: row["error_details"])
+            let applied = try apply(db, update, to: messageID, at: now) != nil
+            try db.execute(sql: "UPDATE status_events SET message_id = ?, applied = ? WHERE id = ?",
+                           arguments: [messageID, applied, row["id"] as Int64])
+        }
+    }
+
+    public func isOptedOut(phone: String) async throws -> Bool {
+        try await pool.read { db in try Bool.fetchOne(db, sql: "SELECT 1 FROM opt_outs WHERE phone = ?", arguments: [phone]) ?? false }
+    }
+
+    public func optOuts() async throws -> [OptOut] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM opt_outs ORDER BY at").map { OptOut(phone: $0["phone"], at: $0["at"], word: $0["word"]) }
+        }
+    }
+
+    public func ping() async throws {
+        _ = try await pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM runs") }
+    }
+}
+
+// MARK: - Rows to records
+
+extension RunRecord {
+    init(row: Row) {
+        self.init(name: row["name"], manifest: row["manifest"], template: row["template"], sender: row["sender"],
+                  status: row["status"], createdAt: row["created_at"], finishedAt: row["finished_at"], haltReason: row["halt_reason"])
+    }
+}
+
+extension MessageRecord {
+    init(row: Row) {
+        self.init(
+            id: row["id"], run: row["run"], invoiceID: row["invoice_id"], phone: row["phone"], template: row["template"],
+            language: row["language"], state: MessageState(rawValue: row["state"]) ?? .unknown, wamid: row["wamid"],
+            errorCode: row["error_code"], errorTitle: row["error_title"], errorDetails: row["error_details"],
+            skipReason: row["skip_reason"], attempts: row["attempts"], createdAt: row["created_at"], updatedAt: row["updated_at"],
+            acceptedAt: row["accepted_at"], sentAt: row["sent_at"], deliveredAt: row["delivered_at"], readAt: row["read_at"],
+            failedAt: row["failed_at"], requestBody: row["request_body"], landlord: row["landlord"], tenantName: row["tenant_name"],
+            sequence: row["seq"])
+    }
+}
+
+extension StatusEventRecord {
+    init(row: Row) {
+        self.init(wamid: row["wamid"], messageID: row["message_id"], status: row["status"], timestamp: row["timestamp"],
+                  receivedAt: row["received_at"], applied: row["applied"], errorCode: row["error_code"],
+                  errorTitle: row["error_title"], errorDetails: row["error_details"])
+    }
+}
+
+extension AttemptRecord {
+    init(row: Row) {
+        self.init(number: row["number"], startedAt: row["started_at"], finishedAt: row["finished_at"], outcome: row["outcome"],
+                  wamid: row["wamid"], errorCode: row["error_code"], errorTitle: row["error_title"])
+    }
+}

@@ -1,0 +1,196 @@
+import Foundation
+
+/// Meta's webhook notification, as much of it as the dispatcher reads. Every field is optional and
+/// unknown ones are ignored: Meta adds fields without notice, and a payload we cannot fully read
+/// is still stored raw.
+public struct WebhookPayload: Decodable, Sendable {
+    public var object: String?
+    public var entry: [Entry]?
+
+    public struct Entry: Decodable, Sendable {
+        public var id: String?
+        public var changes: [Change]?
+    }
+
+    public struct Change: Decodable, Sendable {
+        public var field: String?
+        public var value: Value?
+    }
+
+    public struct Value: Decodable, Sendable {
+        public var messagingProduct: String?
+        public var metadata: Metadata?
+        public var statuses: [Status]?
+        public var messages: [InboundMessage]?
+        public var contacts: [Contact]?
+        public var errors: [ErrorDetail]?
+
+        enum CodingKeys: String, CodingKey {
+            case messagingProduct = "messaging_product"
+            case metadata, statuses, messages, contacts, errors
+        }
+    }
+
+    public struct Metadata: Decodable, Sendable {
+        public var displayPhoneNumber: String?
+        public var phoneNumberID: String?
+
+        enum CodingKeys: String, CodingKey {
+            case displayPhoneNumber = "display_phone_number"
+            case phoneNumberID = "phone_number_id"
+        }
+    }
+
+    public struct Status: Decodable, Sendable {
+        /// The wamid.
+        public var id: String?
+        /// `sent`, `delivered`, `read`, `failed`, `played`…; unknown values are kept, not applied.
+        public var status: String?
+        /// Unix seconds, as a string.
+        public var timestamp: String?
+        public var recipientID: String?
+        public var recipientUserID: String?
+        public var bizOpaqueCallbackData: String?
+        public var errors: [ErrorDetail]?
+        public var pricing: Pricing?
+
+        enum CodingKeys: String, CodingKey {
+            case id, status, timestamp, errors, pricing
+            case recipientID = "recipient_id"
+            case recipientUserID = "recipient_user_id"
+            case bizOpaqueCallbackData = "biz_opaque_callback_data"
+        }
+    }
+
+    public struct Pricing: Decodable, Sendable {
+        public var billable: Bool?
+        public var pricingModel: String?
+        public var category: String?
+        public var type: String?
+
+        enum CodingKeys: String, CodingKey {
+            case billable, category, type
+            case pricingModel = "pricing_model"
+        }
+    }
+
+    public struct ErrorDetail: Decodable, Sendable {
+        public var code: Int?
+        public var title: String?
+        public var message: String?
+        public var errorData: ErrorData?
+        public var href: String?
+
+        public struct ErrorData: Decodable, Sendable {
+            public var details: String?
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case code, title, message, href
+            case errorData = "error_data"
+        }
+    }
+
+    public struct InboundMessage: Decodable, Sendable {
+        public var from: String?
+        public var id: String?
+        public var timestamp: String?
+        public var type: String?
+        public var text: Text?
+
+        public struct Text: Decodable, Sendable {
+            public var body: String?
+        }
+    }
+
+    public struct Contact: Decodable, Sendable {
+        public var waID: String?
+
+        enum CodingKeys: String, CodingKey {
+            case waID = "wa_id"
+        }
+    }
+}
+
+/// A status update, flattened from a payload, as the store applies it.
+public struct StatusUpdate: Sendable, Equatable {
+    public var wamid: String
+    public var status: String
+    /// Meta's timestamp, Unix seconds.
+    public var timestamp: Int64
+    public var recipientID: String?
+    /// Our message id when Meta echoed `biz_opaque_callback_data`.
+    public var callbackData: String?
+    public var errorCode: Int?
+    public var errorTitle: String?
+    public var errorDetails: String?
+    public var pricingCategory: String?
+
+    public init(wamid: String, status: String, timestamp: Int64, recipientID: String? = nil, callbackData: String? = nil,
+                errorCode: Int? = nil, errorTitle: String? = nil, errorDetails: String? = nil, pricingCategory: String? = nil) {
+        self.wamid = wamid
+        self.status = status
+        self.timestamp = timestamp
+        self.recipientID = recipientID
+        self.callbackData = callbackData
+        self.errorCode = errorCode
+        self.errorTitle = errorTitle
+        self.errorDetails = errorDetails
+        self.pricingCategory = pricingCategory
+    }
+}
+
+/// A message a tenant sent us (an answer to an invoice, or "STOP").
+public struct InboundText: Sendable, Equatable {
+    public var wamid: String
+    public var from: String
+    public var timestamp: Int64
+    public var type: String
+    public var body: String?
+
+    /// Replies that ask to stop receiving messages, in the languages of our tenants.
+    public static let optOutWords: Set<String> = ["STOP", "BAJA", "ARRET", "ARRÊT", "PARAR", "CANCELAR", "UNSUBSCRIBE", "DETENER", "SALIR"]
+
+    /// True when the whole reply is an opt-out word (`stop`, `Baja.`, ` ARRÊT `).
+    public var isOptOut: Bool {
+        guard type == "text", let body else { return false }
+        let word = body.trimmingCharacters(in: .whitespacesAndNewlines.union(.punctuationCharacters)).uppercased()
+        return Self.optOutWords.contains(word)
+    }
+}
+
+/// What one webhook POST carried, flattened.
+public struct WebhookContents: Sendable {
+    public var statuses: [StatusUpdate] = []
+    public var inbound: [InboundText] = []
+    /// System-level errors (`value.errors`), e.g. 130429 not tied to a message.
+    public var systemErrors: [(code: Int?, title: String?)] = []
+    /// `field` values other than `messages` (`message_template_status_update`…).
+    public var otherFields: [String] = []
+
+    public init() {}
+
+    public init(_ payload: WebhookPayload) {
+        for entry in payload.entry ?? [] {
+            for change in entry.changes ?? [] {
+                if let field = change.field, field != "messages" { otherFields.append(field) }
+                guard let value = change.value else { continue }
+                for s in value.statuses ?? [] {
+                    guard let wamid = s.id, let status = s.status else { continue }
+                    let error = s.errors?.first
+                    statuses.append(StatusUpdate(
+                        wamid: wamid, status: status, timestamp: Int64(s.timestamp ?? "") ?? 0,
+                        recipientID: (s.recipientID?.isEmpty == false ? s.recipientID : s.recipientUserID),
+                        callbackData: s.bizOpaqueCallbackData, errorCode: error?.code, errorTitle: error?.title ?? error?.message,
+                        errorDetails: error?.errorData?.details, pricingCategory: s.pricing?.category))
+                }
+                for m in value.messages ?? [] {
+                    guard let wamid = m.id, let from = m.from else { continue }
+                    inbound.append(InboundText(wamid: wamid, from: from, timestamp: Int64(m.timestamp ?? "") ?? 0,
+                                               type: m.type ?? "unknown", body: m.text?.body))
+                }
+                for e in value.errors ?? [] { systemErrors.append((e.code, e.title ?? e.message)) }
+            }
+        }
+    }
+}

@@ -1,0 +1,199 @@
+import Foundation
+import GRDB
+import Testing
+@testable import Tracking
+
+@Suite("SQLite store")
+struct StoreTests {
+    @Test("a message that exists already (same invoice, number, template) is never added twice, even from another run")
+    func neverTwice() async throws {
+        let store = try freshStore()
+        let ids = try await seed(store, run: "march")
+        try await store.recordAccepted(messageID: ids[0], attempt: try await store.beginAttempt(messageID: ids[0], at: 1), wamid: "wamid.A", at: 2)
+        try await store.saveRun(RunRecord(name: "march-again", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 3))
+        let outcome = try await store.addMessages([NewMessage(id: ids[0], run: "march-again", invoiceID: "INV-1", phone: "18095550101",
+                                                              template: "invoice", language: "es")])
+        #expect(outcome == [.exists(id: ids[0], run: "march", state: .accepted)])
+        #expect(try await store.stateCounts(run: "march-again").isEmpty)
+    }
+
+    @Test("every ordering of a message's statuses ends in the same state, the one the rule gives", arguments: [
+        ["sent", "delivered", "read", "failed"], ["sent", "failed"], ["failed", "delivered"], ["sent", "delivered", "failed"],
+        ["read", "delivered"], ["sent", "read"], ["failed", "read", "sent"], ["delivered", "sent"],
+    ])
+    func orderIndependence(statuses: [String]) async throws {
+        var finals: Set<MessageState> = []
+        for (n, order) in permutations(statuses).enumerated() {
+            let store = try freshStore()
+            let id = try await seed(store)[0]
+            try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.\(n)", at: 2)
+            for (i, s) in order.enumerated() {
+                _ = try await ingest(store, [status("wamid.\(n)", s, at: 1_772_000_100 + Int64(statuses.firstIndex(of: s)!), error: s == "failed" ? 131026 : nil)])
+                _ = i
+            }
+            let message = try #require(try await store.message(id))
+            finals.insert(message.state)
+            // The Swift rule gives the same answer as the SQL.
+            let expected = order.reduce(MessageState.accepted) { state, s in state.applying(s) ?? state }
+            #expect(message.state == expected, "order \(order)")
+            #expect(try await store.events(messageID: id).count == order.count)
+        }
+        #expect(finals.count == 1, "\(statuses) ended in \(finals)")
+    }
+
+    @Test("a late delivered after failed wins, and the failure stays on record")
+    func deliveredAfterFailed() async throws {
+        let store = try freshStore()
+        let id = try await seed(store)[0]
+        try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+        _ = try await ingest(store, [status("wamid.A", "failed", at: 100, error: 131026)])
+        #expect(try await store.message(id)?.state == .failed)
+        #expect(try await store.message(id)?.errorCode == 131026)
+        let result = try await ingest(store, [status("wamid.A", "delivered", at: 200)])
+        #expect(result.applied == [.delivered: 1])
+        let message = try #require(try await store.message(id))
+        #expect(message.state == .delivered)
+        #expect(message.errorCode == 131026)
+        #expect(message.failedAt == 100)
+        #expect(message.deliveredAt == 200)
+    }
+
+    @Test("duplicates change nothing and are not kept twice in the history")
+    func duplicates() async throws {
+        let store = try freshStore()
+        let id = try await seed(store)[0]
+        try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+        let first = try await ingest(store, [status("wamid.A", "delivered", at: 100), status("wamid.A", "delivered", at: 100)])
+        #expect(first.applied == [.delivered: 1])
+        #expect(first.duplicates == 1)
+        let again = try await ingest(store, [status("wamid.A", "delivered", at: 100)])
+        #expect(again.duplicates == 1)
+        #expect(again.applied.isEmpty)
+        #expect(try await store.events(messageID: id).map(\.status) == ["delivered"])
+    }
+
+    @Test("a status for a message not yet known is kept, then applied when its wamid is recorded")
+    func unmatchedThenWamid() async throws {
+        let store = try freshStore()
+        let id = try await seed(store)[0]
+        let early = try await ingest(store, [status("wamid.EARLY", "sent", at: 100), status("wamid.EARLY", "delivered", at: 101)])
+        #expect(early.unmatched == 2)
+        #expect(try await store.message(id)?.state == .queued)
+        try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.EARLY", at: 2)
+        let message = try #require(try await store.message(id))
+        #expect(message.state == .delivered)
+        #expect(message.sentAt == 100)
+        #expect(try await store.events(messageID: id).map(\.applied) == [true, true])
+    }
+
+    @Test("biz_opaque_callback_data matches a message whose send response was lost, and teaches us its wamid")
+    func callbackMatching() async throws {
+        let store = try freshStore()
+        let id = try await seed(store)[0]
+        _ = try await store.beginAttempt(messageID: id, at: 1)
+        try await store.recordUnknown(messageID: id, attempt: 1, reason: "timed out after the request left", at: 2)
+        #expect(try await store.message(id)?.state == .unknown)
+        let result = try await ingest(store, [status("wamid.LOST", "sent", at: 100, callback: id)])
+        #expect(result.applied == [.sent: 1])
+        let message = try #require(try await store.message("wamid.LOST"))
+        #expect(message.id == id)
+        #expect(message.state == .sent)
+    }
+
+    @Test("a status that arrives before its message is stored is applied when the message is added (by callback data)")
+    func unmatchedThenMessage() async throws {
+        let store = try freshStore()
+        _ = try await ingest(store, [status("wamid.Z", "read", at: 300, callback: "m-INV-1-18095550101")])
+        let id = try await seed(store)[0]
+        let message = try #require(try await store.message(id))
+        #expect(message.state == .read)
+        #expect(message.wamid == "wamid.Z")
+    }
+
+    @Test("statuses we have no state for (played, future values) are kept and change nothing")
+    func unknownStatus() async throws {
+        let store = try freshStore()
+        let id = try await seed(store)[0]
+        try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+        let result = try await ingest(store, [status("wamid.A", "played", at: 100)])
+        #expect(result.applied.isEmpty)
+        #expect(try await store.message(id)?.state == .accepted)
+        #expect(try await store.events(messageID: id).map(\.status) == ["played"])
+    }
+
+    @Test("STOP, baja, ARRÊT put the number on the opt-out list; other replies do not")
+    func optOuts() async throws {
+        let store = try freshStore()
+        let replies = [("18095550101", "STOP"), ("18095550102", " baja. "), ("18095550103", "Arrêt"), ("18095550104", "stop sending me the wrong invoice")]
+        let inbound = replies.enumerated().map { InboundText(wamid: "wamid.in\($0.offset)", from: $0.element.0, timestamp: 100, type: "text", body: $0.element.1) }
+        let result = try await ingest(store, [], inbound: inbound)
+        #expect(result.inbound == 4)
+        #expect(result.optOuts == 3)
+        #expect(try await store.isOptedOut(phone: "18095550102"))
+        #expect(try await !store.isOptedOut(phone: "18095550104"))
+        #expect(try await ingest(store, [], inbound: inbound).inbound == 0)  // Meta's retries are not counted twice
+    }
+
+    @Test("the send ledger: attempt, retryable rejection back to queued, final rejection, acceptance")
+    func sendLedger() async throws {
+        let store = try freshStore()
+        let ids = try await seed(store, phones: ["18095550101", "18095550102"])
+        let first = try await store.beginAttempt(messageID: ids[0], at: 10)
+        #expect(try await store.message(ids[0])?.state == .sending)
+        try await store.recordRejected(messageID: ids[0], attempt: first, error: SendError(code: 131000, title: "Something went wrong"), final: false, at: 11)
+        #expect(try await store.message(ids[0])?.state == .queued)
+        let second = try await store.beginAttempt(messageID: ids[0], at: 12)
+        #expect(second == 2)
+        try await store.recordAccepted(messageID: ids[0], attempt: second, wamid: "wamid.OK", at: 13)
+        let third = try await store.beginAttempt(messageID: ids[1], at: 14)
+        try await store.recordRejected(messageID: ids[1], attempt: third, error: SendError(code: 131026, title: "Message undeliverable"), final: true, at: 15)
+        #expect(try await store.message(ids[0])?.state == .accepted)
+        #expect(try await store.attempts(messageID: ids[0]).map(\.outcome) == ["retry", "accepted"])
+        let failed = try #require(try await store.message(ids[1]))
+        #expect(failed.state == .failed)
+        #expect(failed.errorCode == 131026)
+        #expect(try await store.stateCounts(run: "march") == [.accepted: 1, .failed: 1])
+    }
+
+    @Test("closing and reopening the file keeps everything: runs, messages, history, raw payloads")
+    func restart() async throws {
+        let path = try freshDatabasePath()
+        do {
+            let store = try SQLiteStore(path: path)
+            let id = try await seed(store)[0]
+            try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+            _ = try await ingest(store, [status("wamid.A", "delivered", at: 100)])
+        }
+        let reopened = try SQLiteStore(path: path)
+        let message = try #require(try await reopened.message("wamid.A"))
+        #expect(message.state == .delivered)
+        #expect(try await reopened.events(messageID: message.id).count == 1)
+        #expect(try await reopened.runs().map(\.run.name) == ["march"])
+        let payloads = try await reopened.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM webhook_payloads") }
+        #expect(payloads == 1)
+    }
+
+    @Test("pagination walks every message once, filtered by run, state or landlord")
+    func pagination() async throws {
+        let store = try freshStore()
+        try await seed(store, invoice: "A", phones: (0..<7).map { "1809555010\($0)" }, landlord: "Caribe")
+        try await seed(store, invoice: "B", phones: ["18295550200"], landlord: "Próceres")
+        var seen: [String] = []
+        var after: Int64? = nil
+        repeat {
+            let page = try await store.messages(MessageFilter(run: "march", after: after, limit: 3))
+            seen += page.messages.map(\.id)
+            after = page.next
+        } while after != nil
+        #expect(seen.count == 8)
+        #expect(Set(seen).count == 8)
+        #expect(try await store.messages(MessageFilter(landlord: "Próceres")).messages.map(\.invoiceID) == ["B"])
+        #expect(try await store.messages(MessageFilter(state: .failed)).messages.isEmpty)
+    }
+
+    @Test("a database URL that is not one is a clear error")
+    func urls() throws {
+        #expect(throws: StoreError.self) { try StoreOpener.open(url: "mysql://x") }
+        #expect(throws: StoreError.self) { try StoreOpener.open(url: "sqlite:/nonexistent-dir/x/y.sqlite") }
+    }
+}
