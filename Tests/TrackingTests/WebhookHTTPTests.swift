@@ -197,3 +197,34 @@ struct WebhookHTTPTests {
         }
     }
 }
+
+@Suite("Group commit")
+struct GroupCommitTests {
+    @Test("50 POSTs at once are each stored once, with every status applied, and each answered only when stored")
+    func concurrentPosts() async throws {
+        let store = try freshStore()
+        try await store.saveRun(RunRecord(name: "c", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
+        _ = try await store.addMessages((0..<1000).map {
+            NewMessage(id: "m-\($0)", run: "c", invoiceID: "I-\($0)", phone: "1809555\(1000 + $0)", template: "invoice", language: "es")
+        })
+        try await withRouter(server(store)) { client in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for post in 0..<50 {
+                    group.addTask {
+                        let statuses = (0..<20).map { i -> (wamid: String, status: String, ts: Int, callback: String?) in
+                            let n = post * 20 + i
+                            return ("wamid.\(n)", "delivered", 100 + n, "m-\(n)")
+                        }
+                        let response = try await signedPost(client, statusPayload(statuses))
+                        #expect(response.status == .ok)
+                        // Acknowledged means stored: the message is readable already.
+                        #expect(try await store.message("wamid.\(post * 20)")?.state == .delivered)
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        #expect(try await payloadCount(store) == 50)
+        #expect(try await store.stateCounts(run: "c") == [.delivered: 1000])
+    }
+}

@@ -9,10 +9,12 @@ import GRDB
 public final class SQLiteStore: DispatchStore {
     let pool: DatabasePool
     public let path: String
+    private let batcher: IngestBatcher
 
     /// Opens (creating if needed) and migrates the database at `path`.
     public init(path: String, busyTimeout: Double = 5) throws {
         self.path = path
+        self.batcher = IngestBatcher()
         var configuration = Configuration()
         configuration.busyMode = .timeout(busyTimeout)
         configuration.prepareDatabase { db in
@@ -337,94 +339,120 @@ public final class SQLiteStore: DispatchStore {
 
     public func ingestWebhook(body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
                               at time: Double) async throws -> IngestResult {
+        try await batcher.submit(IngestJob(body: body, signature: signature, contents: contents, parseError: parseError, time: time), to: self)
+    }
+
+    /// Stores webhook payloads that arrived together in one transaction (one fsync), each in its
+    /// own savepoint: a payload that fails rolls back alone. Called by the batcher only.
+    func writeBatch(_ jobs: [IngestJob]) async throws -> [Result<IngestResult, any Error>] {
         try await pool.write { db in
-            try db.execute(sql: "INSERT INTO webhook_payloads (received_at, signature, body, parse_error, statuses) VALUES (?, ?, ?, ?, ?)",
-                           arguments: [time, signature, Data(body), parseError, contents?.statuses.count ?? 0])
-            var result = IngestResult(payloadID: db.lastInsertedRowID)
-            guard let contents else { return result }
-            for update in contents.statuses {
-                result.statuses += 1
-                try Self.ingest(db, update, payloadID: result.payloadID, at: time, into: &result)
-            }
-            let inbound = try db.cachedStatement(sql: """
-                INSERT INTO inbound_messages (wamid, payload_id, from_phone, timestamp, type, body) VALUES (?, ?, ?, ?, ?, ?)
-                ON CONFLICT(wamid) DO NOTHING
-                """)
-            let optOut = try db.cachedStatement(sql: "INSERT INTO opt_outs (phone, at, word, wamid) VALUES (?, ?, ?, ?) ON CONFLICT(phone) DO NOTHING")
-            for message in contents.inbound {
-                try inbound.execute(arguments: [message.wamid, result.payloadID, message.from, Double(message.timestamp), message.type, message.body])
-                if db.changesCount == 1 { result.inbound += 1 }
-                if message.isOptOut {
-                    try optOut.execute(arguments: [message.from, Double(message.timestamp), message.body?.uppercased() ?? "", message.wamid])
-                    if db.changesCount == 1 { result.optOuts += 1 }
+            jobs.map { job in
+                Result {
+                    var result: IngestResult? = nil
+                    try db.inSavepoint {
+                        result = try Self.ingest(db, job)
+                        return .commit
+                    }
+                    return result!
                 }
             }
-            return result
         }
+    }
+
+    static func ingest(_ db: Database, _ job: IngestJob) throws -> IngestResult {
+        try db.cachedStatement(sql: "INSERT INTO webhook_payloads (received_at, signature, body, parse_error, statuses) VALUES (?, ?, ?, ?, ?)")
+            .execute(arguments: [job.time, job.signature, Data(job.body), job.parseError, job.contents?.statuses.count ?? 0])
+        var result = IngestResult(payloadID: db.lastInsertedRowID)
+        guard let contents = job.contents else { return result }
+        for update in contents.statuses {
+            result.statuses += 1
+            try Self.ingest(db, update, payloadID: result.payloadID, at: job.time, into: &result)
+        }
+        let inbound = try db.cachedStatement(sql: """
+            INSERT INTO inbound_messages (wamid, payload_id, from_phone, timestamp, type, body) VALUES (?, ?, ?, ?, ?, ?)
+            ON CONFLICT(wamid) DO NOTHING
+            """)
+        let optOut = try db.cachedStatement(sql: "INSERT INTO opt_outs (phone, at, word, wamid) VALUES (?, ?, ?, ?) ON CONFLICT(phone) DO NOTHING")
+        for message in contents.inbound {
+            try inbound.execute(arguments: [message.wamid, result.payloadID, message.from, Double(message.timestamp), message.type, message.body])
+            if db.changesCount == 1 { result.inbound += 1 }
+            if message.isOptOut {
+                try optOut.execute(arguments: [message.from, Double(message.timestamp), message.body?.uppercased() ?? "", message.wamid])
+                if db.changesCount == 1 { result.optOuts += 1 }
+            }
+        }
+        return result
     }
 
     /// Matches one status to its message (by wamid, else by our id echoed in
     /// `biz_opaque_callback_data`), applies it under the forward-only rule, and keeps it in the history.
     static func ingest(_ db: Database, _ u: StatusUpdate, payloadID: Int64, at time: Double, into result: inout IngestResult) throws {
-        var messageID = try String.fetchOne(db.cachedStatement(sql: "SELECT id FROM messages WHERE wamid = ?"), arguments: [u.wamid])
-        if messageID == nil, let callback = u.callbackData, !callback.isEmpty {
-            messageID = try String.fetchOne(db.cachedStatement(sql: "SELECT id FROM messages WHERE id = ? AND (wamid IS NULL OR wamid = ?)"),
-                                            arguments: [callback, u.wamid])
-            if let id = messageID {
-                // The send's response was lost: the status tells us the wamid.
-                try db.execute(sql: "UPDATE messages SET wamid = ? WHERE id = ? AND wamid IS NULL", arguments: [u.wamid, id])
-            }
+        var match = try Row.fetchOne(db.cachedStatement(sql: "SELECT id, state FROM messages WHERE wamid = ?"), arguments: [u.wamid])
+        if match == nil, let callback = u.callbackData, !callback.isEmpty {
+            // The send's response may have been lost: the status tells us the wamid (applied below).
+            match = try Row.fetchOne(db.cachedStatement(sql: "SELECT id, state FROM messages WHERE id = ? AND (wamid IS NULL OR wamid = ?)"),
+                                     arguments: [callback, u.wamid])
+        }
+        var applied: MessageState? = nil
+        if let match {
+            applied = try apply(db, u, to: match["id"], from: MessageState(rawValue: match["state"]) ?? .unknown, at: time)
         }
         try db.cachedStatement(sql: """
             INSERT INTO status_events (payload_id, wamid, message_id, status, timestamp, received_at, recipient_id, callback_data,
-                error_code, error_title, error_details, pricing_category)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                error_code, error_title, error_details, pricing_category, applied)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT(wamid, status, timestamp) DO NOTHING
-            """).execute(arguments: [payloadID, u.wamid, messageID, u.status, Double(u.timestamp), time, u.recipientID, u.callbackData,
-                                     u.errorCode, u.errorTitle, u.errorDetails, u.pricingCategory])
+            """).execute(arguments: [payloadID, u.wamid, match?["id"] as String?, u.status, Double(u.timestamp), time, u.recipientID,
+                                     u.callbackData, u.errorCode, u.errorTitle, u.errorDetails, u.pricingCategory, applied != nil])
         if db.changesCount == 0 {
+            // Seen before: it changed nothing then, unless it was waiting for its message.
             result.duplicates += 1
             return
         }
-        let eventID = db.lastInsertedRowID
-        guard let messageID else {
-            result.unmatched += 1
-            return
-        }
-        if let state = try apply(db, u, to: messageID, at: time) {
-            result.applied[state, default: 0] += 1
-            try db.execute(sql: "UPDATE status_events SET applied = 1 WHERE id = ?", arguments: [eventID])
-        }
+        if match == nil { result.unmatched += 1 }
+        if let applied { result.applied[applied, default: 0] += 1 }
     }
 
-    /// The forward-only rule, in SQL: the state changes only when the WHERE clause allows it, so
-    /// two receivers applying statuses at once cannot undo each other. Returns the new state if it changed.
-    static func apply(_ db: Database, _ u: StatusUpdate, to messageID: String, at time: Double) throws -> MessageState? {
-        let ts = Double(u.timestamp)
-        let condition: String
-        let column: String
-        switch u.status {
-        case "sent": (condition, column) = ("state_rank < \(MessageState.sent.rank)", "sent_at")
-        case "delivered": (condition, column) = ("(state = 'failed' OR state_rank < \(MessageState.delivered.rank))", "delivered_at")
-        case "read": (condition, column) = ("(state = 'failed' OR state_rank < \(MessageState.read.rank))", "read_at")
-        case "failed": (condition, column) = ("state NOT IN ('delivered', 'read', 'skipped', 'failed')", "failed_at")
-        default: return nil  // `played`, future values: kept in the history, no state of ours
+    /// The forward-only rule, in SQL: one UPDATE whose CASE conditions read the row as it was, so
+    /// two receivers applying statuses at once cannot undo each other. Also keeps the earliest
+    /// timestamp Meta gave for each status and learns the wamid. Returns the new state if it changed
+    /// (from `current`, read in the same transaction).
+    static func apply(_ db: Database, _ u: StatusUpdate, to messageID: String, from current: MessageState, at time: Double) throws -> MessageState? {
+        guard let (condition, column) = rule(for: u.status), let state = MessageState(rawValue: u.status) else {
+            // `played`, future values: kept in the history; only the wamid is learnt.
+            try db.cachedStatement(sql: "UPDATE messages SET wamid = COALESCE(wamid, ?) WHERE id = ?").execute(arguments: [u.wamid, messageID])
+            return nil
         }
-        // When each thing happened: the earliest timestamp Meta gave, whatever the order.
-        try db.execute(sql: "UPDATE messages SET \(column) = ? WHERE id = ? AND (\(column) IS NULL OR \(column) > ?)",
-                       arguments: [ts, messageID, ts])
-        let state = MessageState(rawValue: u.status)!
-        if u.status == "failed" {
-            try db.execute(sql: """
-                UPDATE messages SET state = 'failed', state_rank = ?, updated_at = ?,
-                    error_code = ?, error_title = ?, error_details = ?
-                WHERE id = ? AND \(condition)
-                """, arguments: [state.rank, time, u.errorCode, u.errorTitle, u.errorDetails, messageID])
-        } else {
-            try db.execute(sql: "UPDATE messages SET state = ?, state_rank = ?, updated_at = ? WHERE id = ? AND \(condition)",
-                           arguments: [state.rawValue, state.rank, time, messageID])
+        let failed = u.status == "failed"
+        let errors = failed ? """
+            , error_code = CASE WHEN \(condition) THEN ?5 ELSE error_code END,
+            error_title = CASE WHEN \(condition) THEN ?6 ELSE error_title END,
+            error_details = CASE WHEN \(condition) THEN ?7 ELSE error_details END
+            """ : ""
+        let statement = try db.cachedStatement(sql: """
+            UPDATE messages SET
+                \(column) = CASE WHEN \(column) IS NULL OR \(column) > ?1 THEN ?1 ELSE \(column) END,
+                wamid = COALESCE(wamid, ?2),
+                state = CASE WHEN \(condition) THEN '\(state.rawValue)' ELSE state END,
+                state_rank = CASE WHEN \(condition) THEN \(state.rank) ELSE state_rank END,
+                updated_at = CASE WHEN \(condition) THEN ?3 ELSE updated_at END\(errors)
+            WHERE id = ?4
+            """)
+        var arguments: StatementArguments = [Double(u.timestamp), u.wamid, time, messageID]
+        if failed { arguments += [u.errorCode, u.errorTitle, u.errorDetails] }
+        try statement.execute(arguments: arguments)
+        return current.applying(u.status)
+    }
+
+    /// The condition under which a status moves a message, and the column of its time.
+    static func rule(for status: String) -> (condition: String, column: String)? {
+        switch status {
+        case "sent": ("state_rank < \(MessageState.sent.rank)", "sent_at")
+        case "delivered": ("(state = 'failed' OR state_rank < \(MessageState.delivered.rank))", "delivered_at")
+        case "read": ("(state = 'failed' OR state_rank < \(MessageState.read.rank))", "read_at")
+        case "failed": ("state NOT IN ('delivered', 'read', 'skipped', 'failed')", "failed_at")
+        default: nil
         }
-        return db.changesCount == 1 ? state : nil
     }
 
     /// Applies statuses that arrived before their message was known, in Meta's time order.
@@ -438,12 +466,10 @@ public final class SQLiteStore: DispatchStore {
             let eventWamid: String = row["wamid"]
             // A status naming us only by callback data, with another wamid than ours, is not ours.
             if let wamid, eventWamid != wamid { continue }
-            if wamid == nil {
-                try db.execute(sql: "UPDATE messages SET wamid = ? WHERE id = ? AND wamid IS NULL", arguments: [eventWamid, messageID])
-            }
             let update = StatusUpdate(wamid: eventWamid, status: row["status"], timestamp: Int64(row["timestamp"] as Double),
                                       errorCode: row["error_code"], errorTitle: row["error_title"], errorDetails: row["error_details"])
-            let applied = try apply(db, update, to: messageID, at: now) != nil
+            let current = try String.fetchOne(db, sql: "SELECT state FROM messages WHERE id = ?", arguments: [messageID]).flatMap(MessageState.init(rawValue:)) ?? .unknown
+            let applied = try apply(db, update, to: messageID, from: current, at: now) != nil
             try db.execute(sql: "UPDATE status_events SET message_id = ?, applied = ? WHERE id = ?",
                            arguments: [messageID, applied, row["id"] as Int64])
         }
