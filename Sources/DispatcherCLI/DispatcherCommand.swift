@@ -11,7 +11,8 @@ struct DispatcherCommand: AsyncParsableCommand {
             Settings come from the environment (WHATSAPP_ACCESS_TOKEN, WHATSAPP_PHONE_NUMBER_ID, \
             WHATSAPP_TEMPLATE_NAME, WHATSAPP_TEMPLATE_LANGUAGE, DISPATCHER_DATABASE_URL…): see docs/configuration.md.
             """,
-        subcommands: [PreviewCommand.self, ServeCommand.self, StatusCommand.self, RunsCommand.self]
+        subcommands: [PreviewCommand.self, SendCommand.self, RetryCommand.self, ReportCommand.self, RunsCommand.self, StatusCommand.self,
+                      ServeCommand.self, SandboxCommand.self]
     )
 }
 

@@ -87,8 +87,8 @@ func parseListen(_ text: String) throws -> (String, Int) {
 }
 
 /// Logs to stderr at LOG_LEVEL (default info). Only the executable bootstraps logging.
-func bootstrapLogging(label: String) -> Logger {
-    let level = ProcessInfo.processInfo.environment["LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
+func bootstrapLogging(label: String, level defaultLevel: Logger.Level = .info) -> Logger {
+    let level = ProcessInfo.processInfo.environment["LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? defaultLevel
     LoggingSystem.bootstrap { label in
         var handler = StreamLogHandler.standardError(label: label)
         handler.logLevel = level

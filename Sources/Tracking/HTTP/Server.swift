@@ -84,6 +84,14 @@ public struct DispatcherServer: Sendable {
         return router
     }
 
+    /// Serves on `host:port` until cancelled (for a run's settle window, in-process); `onListening`
+    /// gets the bound port (useful with port 0).
+    public func run(host: String, port: Int, logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        let app = Application(router: router(), configuration: .init(address: .hostname(host, port: port), serverName: "dispatcher"),
+                              onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) }, logger: logger)
+        try await app.run()
+    }
+
     /// An application listening on `host:port`, ready for `runService()` (graceful on SIGTERM).
     public func application(host: String, port: Int, logger: Logger) -> some ApplicationProtocol {
         Application(router: router(), configuration: .init(address: .hostname(host, port: port), serverName: "dispatcher"),

@@ -20,10 +20,27 @@ public protocol DispatchStore: Sendable {
     func messages(_ filter: MessageFilter) async throws -> MessagePage
     func stateCounts(run: String) async throws -> [MessageState: Int]
 
+    /// A run's messages with their invoices, in order, a page at a time (for reports).
+    func reportRows(run: String, after: Int64?, limit: Int) async throws -> [ReportRow]
+    /// Invoices of a run that were not sent at all (nothing due), for reports.
+    func skippedInvoices(run: String) async throws -> [InvoiceRecord]
+
     // MARK: Sending
 
     /// Marks the message `sending` and records a new attempt before the request leaves; returns its number.
     func beginAttempt(messageID: String, at time: Double) async throws -> Int
+    /// Several messages at once (one transaction): the ledger entry before each request leaves.
+    /// Returns each message's attempt number.
+    func beginAttempts(messageIDs: [String], at time: Double) async throws -> [String: Int]
+    /// Several outcomes at once (one transaction).
+    func recordOutcomes(_ outcomes: [AttemptOutcome], at time: Double) async throws
+    /// After a crash: messages left `sending` become `unknown` (the request may have left). Returns how many.
+    func markInterrupted(run: String, at time: Double) async throws -> Int
+    /// Messages waiting to be sent in a run, in order, a page at a time.
+    func queuedMessages(run: String, after: Int64?, limit: Int) async throws -> [MessageRecord]
+    /// Puts failed or unknown messages back in the queue for `dispatcher retry`; never a message
+    /// that reached the tenant. Returns the ids requeued.
+    func requeue(messageIDs: [String], at time: Double) async throws -> [String]
     /// Meta answered with a wamid: `accepted`, and any status that arrived first is applied now.
     func recordAccepted(messageID: String, attempt: Int, wamid: String, at time: Double) async throws
     /// Meta refused the message: `failed` when final, back to `queued` when it is to be retried.
@@ -199,6 +216,26 @@ public struct AttemptRecord: Sendable, Equatable, Codable {
     public var wamid: String?
     public var errorCode: Int?
     public var errorTitle: String?
+}
+
+/// One message and its invoice, as a report shows it.
+public struct ReportRow: Sendable {
+    public var message: MessageRecord
+    public var tenantName: String
+    public var landlord: String?
+    public var property: String?
+    public var amountMinor: Int64
+    public var currency: String
+    public var period: String
+    public var email: String?
+}
+
+/// How one attempt ended, for `recordOutcomes`.
+public enum AttemptOutcome: Sendable, Equatable {
+    case accepted(messageID: String, attempt: Int, wamid: String)
+    /// `final`: failed for good; otherwise back in the queue.
+    case rejected(messageID: String, attempt: Int, error: SendError, final: Bool)
+    case unknown(messageID: String, attempt: Int, reason: String)
 }
 
 /// What Meta (or the network) answered to a send.

@@ -283,56 +283,20 @@ public final class SQLiteStore: DispatchStore {
     // MARK: - Sending
 
     public func beginAttempt(messageID: String, at time: Double) async throws -> Int {
-        try await pool.write { db in
-            guard let attempts = try Int.fetchOne(db, sql: "SELECT attempts FROM messages WHERE id = ?", arguments: [messageID]) else {
-                throw StoreError("no message \(messageID)")
-            }
-            let number = attempts + 1
-            try db.execute(sql: "UPDATE messages SET state = 'sending', state_rank = ?, attempts = ?, updated_at = ? WHERE id = ?",
-                           arguments: [MessageState.sending.rank, number, time, messageID])
-            try db.execute(sql: "INSERT INTO attempts (message_id, number, started_at, outcome) VALUES (?, ?, ?, 'sending')",
-                           arguments: [messageID, number, time])
-            return number
-        }
+        guard let number = try await beginAttempts(messageIDs: [messageID], at: time)[messageID] else { throw StoreError("no message \(messageID)") }
+        return number
     }
 
     public func recordAccepted(messageID: String, attempt: Int, wamid: String, at time: Double) async throws {
-        try await pool.write { db in
-            try db.execute(sql: "UPDATE attempts SET outcome = 'accepted', finished_at = ?, wamid = ? WHERE message_id = ? AND number = ?",
-                           arguments: [time, wamid, messageID, attempt])
-            // Only moves forward: a webhook may already have said `sent` or more.
-            try db.execute(sql: """
-                UPDATE messages SET wamid = ?, accepted_at = COALESCE(accepted_at, ?), updated_at = ?,
-                    state = CASE WHEN state_rank < ? THEN 'accepted' ELSE state END,
-                    state_rank = CASE WHEN state_rank < ? THEN ? ELSE state_rank END
-                WHERE id = ?
-                """, arguments: [wamid, time, time, MessageState.accepted.rank, MessageState.accepted.rank, MessageState.accepted.rank, messageID])
-            try Self.attachPendingEvents(db, messageID: messageID, wamid: wamid)
-        }
+        try await recordOutcomes([.accepted(messageID: messageID, attempt: attempt, wamid: wamid)], at: time)
     }
 
     public func recordRejected(messageID: String, attempt: Int, error: SendError, final: Bool, at time: Double) async throws {
-        try await pool.write { db in
-            try db.execute(sql: """
-                UPDATE attempts SET outcome = ?, finished_at = ?, error_code = ?, error_title = ?, error_details = ?
-                WHERE message_id = ? AND number = ?
-                """, arguments: [final ? "rejected" : "retry", time, error.code, error.title, error.details, messageID, attempt])
-            let state: MessageState = final ? .failed : .queued
-            try db.execute(sql: """
-                UPDATE messages SET state = ?, state_rank = ?, error_code = ?, error_title = ?, error_details = ?, updated_at = ?,
-                    failed_at = CASE WHEN ? THEN ? ELSE failed_at END
-                WHERE id = ? AND state = 'sending'
-                """, arguments: [state.rawValue, state.rank, error.code, error.title, error.details, time, final, time, messageID])
-        }
+        try await recordOutcomes([.rejected(messageID: messageID, attempt: attempt, error: error, final: final)], at: time)
     }
 
     public func recordUnknown(messageID: String, attempt: Int, reason: String, at time: Double) async throws {
-        try await pool.write { db in
-            try db.execute(sql: "UPDATE attempts SET outcome = 'unknown', finished_at = ?, error_title = ? WHERE message_id = ? AND number = ?",
-                           arguments: [time, reason, messageID, attempt])
-            try db.execute(sql: "UPDATE messages SET state = 'unknown', state_rank = ?, updated_at = ? WHERE id = ? AND state = 'sending'",
-                           arguments: [MessageState.unknown.rank, time, messageID])
-        }
+        try await recordOutcomes([.unknown(messageID: messageID, attempt: attempt, reason: reason)], at: time)
     }
 
     // MARK: - Webhooks

@@ -1,0 +1,191 @@
+import ArgumentParser
+import Dispatcher
+import Foundation
+import Logging
+import Reports
+import Sandbox
+import ServiceLifecycle
+import Tracking
+import UnixSignals
+
+/// What `send` and `retry` share: the store, the Graph client (Meta or the in-process sandbox),
+/// the embedded receiver, signals, dispatching, settling, the reports and the summary.
+struct RunSession {
+    var settings: Settings
+    var database: DatabaseOptions
+    var settle: SettleOptions
+    var sandbox: Bool
+    var catalog: TemplateCatalog
+    var templatesDirectory: String
+
+    /// Prepares with `prepare` (which returns the run's options), then sends, settles and reports.
+    func execute(run: String, renderer: MessageRenderer, validation: ValidationOptions,
+                 prepare: @escaping @Sendable (RunEngine, Console) async throws -> RunOptions) async throws {
+        let console = Console(json: settle.json)
+        let logger = bootstrapLogging(label: "dispatcher.run", level: .warning)
+        let store = try database.open(settings: settings)
+        let settleWindow = try settle.settle.map(parseDuration) ?? (sandbox ? .seconds(15) : .seconds(120))
+
+        // Where to send: Meta, or the in-process sandbox with its webhooks wired to our receiver.
+        let appSecret: String?
+        let graph: GraphConfiguration
+        if sandbox {
+            appSecret = "sandbox-app-secret-\(UInt64.random(in: 0...UInt64.max))"
+            graph = GraphConfiguration(baseURL: "http://127.0.0.1:0", apiVersion: settings.apiVersion, phoneNumberID: "SANDBOX",
+                                       accessToken: "sandbox-token", timeout: .seconds(10))
+        } else {
+            guard let token = settings.accessToken, let phoneNumberID = settings.phoneNumberID else {
+                throw ValidationError("set WHATSAPP_ACCESS_TOKEN and WHATSAPP_PHONE_NUMBER_ID (or try --sandbox)")
+            }
+            appSecret = settings.appSecret
+            graph = GraphConfiguration(baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion, phoneNumberID: phoneNumberID, accessToken: token)
+        }
+        if settle.listen != nil && appSecret == nil {
+            throw ValidationError("--listen needs WHATSAPP_APP_SECRET to verify Meta's webhooks")
+        }
+        let listen = try settle.listen.map(parseListen) ?? (sandbox ? ("127.0.0.1", 0) : nil)
+
+        // The embedded receiver and the sandbox run as services, shut down gracefully at the end.
+        var services: [any Service] = []
+        var receiverPort: Int? = nil
+        var graphConfiguration = graph
+        let receiverReady = PortSignal(), sandboxReady = PortSignal()
+        if let (host, port) = listen, let appSecret {
+            let server = DispatcherServer(store: store, configuration: ServerConfiguration(appSecret: appSecret))
+            services.append(EmbeddedService { try await server.run(host: host, port: port, logger: logger) { await receiverReady.set($0) } })
+        }
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [], logger: logger))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            if listen != nil { receiverPort = try await receiverReady.wait() }
+            var sandboxGroup: ServiceGroup? = nil
+            if sandbox, let appSecret {
+                let simulator = Sandbox(configuration: SandboxConfiguration(
+                    appSecret: appSecret, webhookURL: receiverPort.map { "http://127.0.0.1:\($0)/webhook" }, throughput: 1000,
+                    statusSpacing: 0.3, templates: catalog))
+                let simulatorGroup = ServiceGroup(configuration: .init(
+                    services: [EmbeddedService { try await simulator.run(logger: logger) { await sandboxReady.set($0) } }],
+                    gracefulShutdownSignals: [], logger: logger))
+                sandboxGroup = simulatorGroup
+                tasks.addTask { try await simulatorGroup.run() }
+                graphConfiguration.baseURL = "http://127.0.0.1:\(try await sandboxReady.wait())"
+                console.say("sandbox: a local WhatsApp Cloud API simulator; nothing reaches Meta (outcomes by the numbers' last digits, docs/sandbox.md)")
+            }
+            let client = GraphClient(configuration: graphConfiguration)
+            let engine = RunEngine(store: store, client: client, renderer: renderer, validation: validation, logger: logger)
+            // The run, beside a watcher for SIGINT/SIGTERM (no new sends; those in flight are resolved
+            // and recorded). The watcher is cancelled when the run ends; the services are not: they
+            // are shut down gracefully, then awaited.
+            let outcome: Result<Void, any Error> = await withTaskGroup(of: Result<Void, any Error>?.self) { inner in
+                inner.addTask {
+                    for await _ in await UnixSignalsSequence(trapping: .sigint, .sigterm) {
+                        FileHandle.standardError.write(Data("\nstopping: no new sends; waiting for those in flight…\n".utf8))
+                        await engine.requestStop()
+                        break
+                    }
+                    return nil
+                }
+                inner.addTask {
+                    do {
+                        try await perform(engine: engine, store: store, run: run, console: console, settleWindow: settleWindow, prepare: prepare)
+                        return .success(())
+                    } catch {
+                        return .failure(error)
+                    }
+                }
+                var outcome: Result<Void, any Error> = .success(())
+                for await result in inner {
+                    if let result {
+                        outcome = result
+                        inner.cancelAll()
+                    }
+                }
+                return outcome
+            }
+            try? await client.shutdown()
+            await sandboxGroup?.triggerGracefulShutdown()
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+            try outcome.get()
+        }
+    }
+
+    private func perform(engine: RunEngine, store: any DispatchStore, run: String, console: Console, settleWindow: Duration,
+                         prepare: @escaping @Sendable (RunEngine, Console) async throws -> RunOptions) async throws {
+        let options = try await prepare(engine, console)
+        let terminal = isatty(STDERR_FILENO) == 1 && !settle.json
+        var progress: (@Sendable (RunProgress) -> Void)? = nil
+        if terminal { progress = printProgress }
+        let stop: StopReason? = try await engine.dispatch(options, progress: progress)
+        if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+
+        var record = try await store.run(named: run)!
+        var counts: [MessageState: Int]
+        switch stop {
+        case .halted(let error):
+            record.status = "halted"
+            record.haltReason = error.description
+            counts = try await store.stateCounts(run: run)
+        case .interrupted:
+            record.status = "interrupted"
+            counts = try await store.stateCounts(run: run)
+        case nil:
+            console.say("waiting up to \(settleWindow) for delivery statuses…")
+            record.status = "settling"
+            try await store.saveRun(record)
+            counts = try await engine.settle(run: run, window: settleWindow)
+            record.status = "done"
+        }
+        record.finishedAt = Date().timeIntervalSince1970
+        try await store.saveRun(record)
+
+        let directory = settle.out ?? "reports/\(run)"
+        let writer = try await DeliveryReportWriter(templatesDirectory: templatesDirectory, lang: settle.lang)
+        let files = try await writer.write(run: record, store: store, to: directory, settle: "\(settleWindow)")
+        let summary = MessageState.allCases.compactMap { s in counts[s].map { "\(s.rawValue) \($0)" } }.joined(separator: ", ")
+        console.say("Run \(run): \(summary)")
+        console.say("Report: \(files.html)")
+        if settle.json { try console.emit(RunResultJSON(run: run, counts: counts, report: files.html)) }
+        switch stop {
+        case .halted(let error):
+            console.say("HALTED: \(error.description)\n\(haltAdvice(error))\nWhat was not sent is still queued: run the same command again once it is fixed.")
+            throw Exit.halted
+        case .interrupted:
+            console.say("Interrupted: run the same command again to continue; nothing already sent will be sent twice.")
+            throw ExitCode(1)
+        case nil:
+            break
+        }
+    }
+}
+
+/// Hands a listening port from a server task to the code waiting for it.
+actor PortSignal {
+    private var port: Int?
+    private var waiters: [CheckedContinuation<Int, Never>] = []
+
+    func set(_ port: Int) {
+        self.port = port
+        for waiter in waiters { waiter.resume(returning: port) }
+        waiters.removeAll()
+    }
+
+    func wait() async throws -> Int {
+        if let port { return port }
+        return await withCheckedContinuation { waiters.append($0) }
+    }
+}
+
+/// The progress line on a terminal: sent, failed, unknown, remaining, rate, ETA.
+@Sendable func printProgress(_ p: RunProgress) {
+    let eta = p.eta.map { " ETA \(Int($0))s" } ?? ""
+    let line = "\r  sent \(p.accepted)  failed \(p.failed)  unknown \(p.unknown)  remaining \(p.remaining)  \(Int(p.rate))/s\(eta)   "
+    FileHandle.standardError.write(Data(line.utf8))
+}
+
+/// A long-running piece of a run (the receiver, the sandbox) as a ServiceLifecycle service.
+struct EmbeddedService: Service {
+    let body: @Sendable () async throws -> Void
+    init(_ body: @escaping @Sendable () async throws -> Void) { self.body = body }
+    func run() async throws { try await body() }
+}

@@ -1,0 +1,264 @@
+import ArgumentParser
+import Dispatcher
+import Foundation
+import Logging
+import Reports
+import Sandbox
+import Tracking
+import UnixSignals
+
+/// Options shared by `send` and `retry`: where statuses come from during the settle window.
+struct SettleOptions: ParsableArguments {
+    @Option(help: "How long to wait for statuses after the last send (90s, 15m, 2h); ends early once every message is final.")
+    var settle: String?
+
+    @Option(help: "Receive Meta's webhooks here during the run (HOST:PORT); without it, a `serve` writing to the same database does.")
+    var listen: String?
+
+    @Option(help: "Where the reports go (default: reports/RUN/).")
+    var out: String?
+
+    @Option(help: "Report language: en or es.")
+    var lang: String = "en"
+
+    @Flag(help: "Print one JSON object on stdout (human output goes to stderr).")
+    var json = false
+}
+
+struct SendCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "send",
+        abstract: "The billing run: import, send paced, wait for statuses, write the reports. Re-running it resumes and never sends twice.",
+        discussion: """
+            Exit status: 0 done (failed messages are results, not errors); 64 usage; 65 invalid manifest; \
+            69 halted by a systemic API error (token, payment, template, account); 1 anything else. \
+            Needs WHATSAPP_ACCESS_TOKEN and WHATSAPP_PHONE_NUMBER_ID, or --sandbox.
+            """
+    )
+
+    @Argument(help: "The manifest: CSV or XML.")
+    var manifest: String
+
+    @OptionGroup var common: CommonOptions
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var settleOptions: SettleOptions
+
+    @Option(help: "Run name (default: the manifest's file name).")
+    var run: String?
+
+    @Option(help: "Messages per second from the sender number (Meta: 80 by default, up to 1,000).")
+    var rate: Double = 80
+
+    @Option(help: "Template to send (default: env WHATSAPP_TEMPLATE_NAME, else invoice).")
+    var template: String?
+
+    @Option(help: "Currency for rows that give none (ISO 4217).")
+    var defaultCurrency: String?
+
+    @Flag(help: "Start a local WhatsApp Cloud API simulator and send to it (the demo; nothing reaches Meta).")
+    var sandbox = false
+
+    @Flag(help: "Send the valid rows even when others are invalid.")
+    var skipInvalid = false
+
+    @Flag(help: "Send again what an earlier run already sent.")
+    var resend = false
+
+    func validate() throws {
+        guard FileManager.default.fileExists(atPath: manifest) else { throw ValidationError("no manifest at \(manifest)") }
+        guard rate > 0, rate <= 1000 else { throw ValidationError("--rate must be between 1 and 1000 messages per second (Meta's ceiling)") }
+        if let settle = settleOptions.settle { _ = try parseDuration(settle) }
+        if let listen = settleOptions.listen { _ = try parseListen(listen) }
+    }
+
+    func run() async throws {
+        let settings = Settings(environment: ProcessInfo.processInfo.environment)
+        let runName = run ?? runName(forManifest: manifest)
+        let catalog = try TemplateCatalog(directory: common.templatesDirectory)
+        let renderer = try MessageRenderer(catalog: catalog, templateName: template ?? settings.templateName, defaultLanguage: settings.templateLanguage)
+        let validation = ValidationOptions(defaultCountryCode: try common.countryCode(), defaultCurrency: defaultCurrency,
+                                           defaultLocale: settings.templateLanguage)
+        let options = RunOptions(run: runName, manifest: manifest, rate: rate, skipInvalid: skipInvalid, resend: resend)
+        try await RunSession(settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
+                             templatesDirectory: common.templatesDirectory)
+            .execute(run: runName, renderer: renderer, validation: validation) { engine, console in
+                let preparation = try await engine.prepare(options)
+                let preview = preparation.preview
+                if !preview.isValid {
+                    for issue in preview.errors.prefix(30) { console.say("  \(issue)") }
+                    if preview.errorCount > 30 { console.say("  …and \(preview.errorCount - 30) more (dispatcher preview writes them all)") }
+                    if !options.skipInvalid {
+                        console.say("\(preview.invalidInvoices) invoices have problems: nothing was sent. Fix them, or send the rest with --skip-invalid.")
+                        throw Exit.invalidManifest
+                    }
+                    console.say("skipping \(preview.invalidInvoices) invalid invoices (--skip-invalid)")
+                }
+                console.say("Run \(runName): \(preview.invoices) invoices, \(preparation.queued + preparation.resumed) messages to send"
+                    + (preparation.alreadySent > 0 ? ", \(preparation.alreadySent) already sent by an earlier run (skipped)" : "")
+                    + (preparation.optedOut > 0 ? ", \(preparation.optedOut) opted out" : "")
+                    + (preparation.interrupted > 0 ? ", \(preparation.interrupted) left in flight by an interrupted run (now unknown)" : ""))
+                return options
+            }
+    }
+}
+
+struct RetryCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "retry",
+        abstract: "Resend what failed for a retryable reason (or what --codes names); never a message that reached the tenant.")
+
+    @Argument(help: "The run's name.")
+    var run: String
+
+    @OptionGroup var common: CommonOptions
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var settleOptions: SettleOptions
+
+    @Option(help: "Retry messages that failed with these Meta codes (e.g. 131000,131016) instead of the retryable ones.")
+    var codes: String?
+
+    @Flag(help: "Also resend messages whose outcome is unknown (their request may have reached Meta).")
+    var includeUnknown = false
+
+    @Option(help: "Messages per second.")
+    var rate: Double = 80
+
+    @Flag(help: "Send to a local simulator instead of Meta.")
+    var sandbox = false
+
+    func run() async throws {
+        let settings = Settings(environment: ProcessInfo.processInfo.environment)
+        let wanted: Set<Int>? = try codes.map { list in
+            Set(try list.split(separator: ",").map { part in
+                guard let code = Int(part.trimmingCharacters(in: .whitespaces)) else { throw ValidationError("--codes: '\(part)' is not a number") }
+                return code
+            })
+        }
+        let catalog = try TemplateCatalog(directory: common.templatesDirectory)
+        let renderer = try MessageRenderer(catalog: catalog, templateName: settings.templateName, defaultLanguage: settings.templateLanguage)
+        try await RunSession(settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
+                             templatesDirectory: common.templatesDirectory)
+            .execute(run: run, renderer: renderer, validation: ValidationOptions()) { engine, console in
+                guard let record = try await engine.store.run(named: run) else {
+                    throw ValidationError("no run \(run): `dispatcher runs` lists them")
+                }
+                var candidates: [String] = []
+                var after: Int64? = nil
+                repeat {
+                    let page = try await engine.store.messages(MessageFilter(run: run, after: after, limit: 1000))
+                    for m in page.messages {
+                        if m.state == .unknown && includeUnknown { candidates.append(m.id) }
+                        guard m.state == .failed else { continue }
+                        if let wanted { if let code = m.errorCode, wanted.contains(code) { candidates.append(m.id) } }
+                        else if ErrorClass.of(code: m.errorCode).isRetryable { candidates.append(m.id) }
+                    }
+                    after = page.next
+                } while after != nil
+                let requeued = try await engine.store.requeue(messageIDs: candidates, at: Date().timeIntervalSince1970)
+                console.say("Run \(run): \(requeued.count) messages to send again")
+                var saved = record
+                saved.status = "sending"
+                try await engine.store.saveRun(saved)
+                return RunOptions(run: run, manifest: record.manifest, rate: rate)
+            }
+    }
+}
+
+struct ReportCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "report", abstract: "(Re)write a run's reports with the statuses known now.")
+
+    @Argument(help: "The run's name.")
+    var run: String
+
+    @OptionGroup var common: CommonOptions
+    @OptionGroup var database: DatabaseOptions
+
+    @Option(help: "Where the reports go (default: reports/RUN/, or reports/RUN/LANDLORD/ with --landlord).")
+    var out: String?
+
+    @Option(help: "Only this landlord's invoices: a report to send them.")
+    var landlord: String?
+
+    @Option(help: "Report language: en or es.")
+    var lang: String = "en"
+
+    @Flag(help: "CSV for a spreadsheet in a Spanish or French locale: ';' and a BOM.")
+    var excel = false
+
+    @Flag(help: "Print one JSON object on stdout.")
+    var json = false
+
+    func run() async throws {
+        let settings = Settings(environment: ProcessInfo.processInfo.environment)
+        let store = try database.open(settings: settings)
+        guard let record = try await store.run(named: run) else {
+            FileHandle.standardError.write(Data("error: no run \(run): `dispatcher runs` lists them\n".utf8))
+            throw ExitCode(1)
+        }
+        let directory = out ?? reportDirectory(run: run, landlord: landlord)
+        let writer = try await DeliveryReportWriter(templatesDirectory: common.templatesDirectory, lang: lang, excel: excel)
+        let files = try await writer.write(run: record, store: store, to: directory, landlord: landlord)
+        let counts = try await store.stateCounts(run: run)
+        let console = Console(json: json)
+        console.say("Report: \(files.html)\nMessages: \(files.messagesCSV)\nLandlords: \(files.landlordsCSV)")
+        if json { try console.emit(RunResultJSON(run: run, counts: counts, report: files.html)) }
+    }
+}
+
+/// The `--json` object of `send`, `retry` and `report`.
+struct RunResultJSON: Encodable {
+    var run: String
+    var messages: Int
+    var accepted: Int
+    var sent: Int
+    var delivered: Int
+    var read: Int
+    var failed: Int
+    var pending: Int
+    var unknown: Int
+    var skipped: Int
+    var report: String
+
+    init(run: String, counts: [MessageState: Int], report: String) {
+        self.run = run
+        messages = counts.values.reduce(0, +)
+        accepted = counts[.accepted] ?? 0
+        sent = counts[.sent] ?? 0
+        delivered = counts[.delivered] ?? 0
+        read = counts[.read] ?? 0
+        failed = counts[.failed] ?? 0
+        pending = (counts[.queued] ?? 0) + (counts[.sending] ?? 0)
+        unknown = counts[.unknown] ?? 0
+        skipped = counts[.skipped] ?? 0
+        self.report = report
+    }
+}
+
+/// `90s`, `15m`, `2h`, `1h30m`.
+func parseDuration(_ text: String) throws -> Duration {
+    var total = 0.0
+    var number = ""
+    for ch in text {
+        if ch.isNumber || ch == "." { number.append(ch); continue }
+        guard let value = Double(number) else { throw ValidationError("'\(text)' is not a duration (90s, 15m, 2h)") }
+        switch ch {
+        case "s": total += value
+        case "m": total += value * 60
+        case "h": total += value * 3600
+        default: throw ValidationError("'\(text)' is not a duration (90s, 15m, 2h)")
+        }
+        number = ""
+    }
+    if !number.isEmpty {
+        guard let value = Double(number) else { throw ValidationError("'\(text)' is not a duration (90s, 15m, 2h)") }
+        total += value
+    }
+    return .milliseconds(Int64(total * 1000))
+}
+
+/// `reports/RUN/`, or `reports/RUN/LANDLORD/` with the landlord's name made safe for a folder.
+func reportDirectory(run: String, landlord: String?) -> String {
+    guard let landlord else { return "reports/\(run)" }
+    let safe = String(landlord.map { ch -> Character in ch.isLetter || ch.isNumber ? ch : "-" })
+    return "reports/\(run)/\(safe)"
+}

@@ -1,0 +1,202 @@
+import Dispatcher
+public import Foundation
+import Mustache
+public import Tracking
+
+/// Where a run's reports were written.
+public struct ReportFiles: Sendable {
+    public var html: String
+    public var messagesCSV: String
+    public var landlordsCSV: String
+}
+
+/// Writes a run's delivery report from the store: `index.html` (self-contained), `messages.csv`
+/// and `landlords.csv`. Reads through the store's API a page at a time, so a million-message run
+/// is never held in memory; the page keeps the totals and the first failures, the CSVs everything.
+public struct DeliveryReportWriter: Sendable {
+    let library: MustacheLibrary
+    public var lang: String
+    public var excel: Bool
+    /// Rows per failure group and in the retryable list on the page.
+    public var pageRows = 50
+
+    public init(templatesDirectory: String, lang: String = "en", excel: Bool = false) async throws {
+        library = try await loadReportTemplates(templatesDirectory)
+        self.lang = lang
+        self.excel = excel
+    }
+
+    public func write(run: RunRecord, store: any DispatchStore, to directory: String, settle: String? = nil,
+                      landlord: String? = nil, now: Date = Date()) async throws -> ReportFiles {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let files = ReportFiles(html: (directory as NSString).appendingPathComponent("index.html"),
+                                messagesCSV: (directory as NSString).appendingPathComponent("messages.csv"),
+                                landlordsCSV: (directory as NSString).appendingPathComponent("landlords.csv"))
+        let dialect: CSVWriter.Dialect = excel ? .excel : .standard
+        let csv = try CSVWriter(path: files.messagesCSV, dialect: dialect)
+        try csv.header(["run", "invoice_id", "tenant_name", "landlord", "property", "phone", "amount", "currency", "state", "wamid",
+                        "sent_at", "delivered_at", "read_at", "failed_at", "error_code", "error_title", "error_details", "retryable",
+                        "attempts", "skip_reason", "email", "message_id"])
+        var totals = Totals(lang: lang, pageRows: pageRows)
+        var after: Int64? = nil
+        while true {
+            let rows = try await store.reportRows(run: run.name, after: after, limit: 5000)
+            for row in rows where landlord == nil || row.landlord == landlord {
+                let m = row.message
+                let explanation = (m.state == .failed || m.state == .unknown)
+                    ? explain(code: m.errorCode, title: m.errorTitle, state: m.state.rawValue, lang: lang) : nil
+                try csv.row([
+                    .text(m.run), .text(m.invoiceID), .text(row.tenantName), .text(row.landlord), .text(row.property), .plain("+" + m.phone),
+                    .plain(Money(minorUnits: row.amountMinor, currency: Currency(code: row.currency) ?? Currency(code: "USD")!).plainDecimal),
+                    .plain(row.currency), .plain(m.state.rawValue), .text(m.wamid), .plain(iso(m.sentAt)), .plain(iso(m.deliveredAt)),
+                    .plain(iso(m.readAt)), .plain(iso(m.failedAt)), .plain(m.errorCode.map(String.init) ?? ""), .text(m.errorTitle),
+                    .text(m.errorDetails), .plain(explanation.map { $0.retryable ? "yes" : "no" } ?? ""), .plain(String(m.attempts)),
+                    .text(m.skipReason), .text(row.email), .plain(m.id),
+                ])
+                totals.add(row, explanation: explanation)
+            }
+            guard rows.count == 5000, let last = rows.last else { break }
+            after = last.message.sequence
+        }
+        try csv.finish()
+        for invoice in try await store.skippedInvoices(run: run.name) where landlord == nil || invoice.landlord == landlord {
+            totals.addSkippedInvoice(invoice)
+        }
+        try totals.writeLandlords(to: files.landlordsCSV, dialect: dialect)
+        let page = DeliveryPage(run: run, totals: totals, settle: settle, landlordFilter: landlord, lang: lang, generatedAt: now)
+        guard let html = library.render(page, withTemplate: "delivery") else {
+            throw ReportError("the report template 'delivery' is missing from templates/reports")
+        }
+        do { try html.write(toFile: files.html, atomically: true, encoding: .utf8) } catch {
+            throw ReportError("cannot write \(files.html): \(error.localizedDescription)")
+        }
+        return files
+    }
+}
+
+func iso(_ seconds: Double?) -> String {
+    seconds.map { Date(timeIntervalSince1970: $0).formatted(.iso8601) } ?? ""
+}
+
+/// Everything the page and landlords.csv need, gathered in one pass over the rows.
+struct Totals {
+    /// One landlord's figures in one currency.
+    struct Counts {
+        var invoices = 0
+        var messages = 0
+        var billed: Int64 = 0
+        var delivered: Int64 = 0
+        var failed = 0
+        var unreachable = 0
+        var pending = 0
+    }
+
+    struct Landlord {
+        var byCurrency: [String: Counts] = [:]
+        var invoices: Int { byCurrency.values.map(\.invoices).reduce(0, +) }
+        var failed: Int { byCurrency.values.map(\.failed).reduce(0, +) }
+        var unreachable: Int { byCurrency.values.map(\.unreachable).reduce(0, +) }
+        var pending: Int { byCurrency.values.map(\.pending).reduce(0, +) }
+        var billed: [String: Int64] { byCurrency.mapValues(\.billed) }
+        var delivered: [String: Int64] { byCurrency.mapValues(\.delivered) }
+    }
+
+    struct Failure {
+        var explanation: FailureExplanation
+        var code: Int?
+        var count = 0
+        var rows: [(tenant: String, phone: String, invoice: String, email: String?, detail: String?)] = []
+    }
+
+    let lang: String
+    let pageRows: Int
+    var states: [MessageState: Int] = [:]
+    var landlords: [String: Landlord] = [:]
+    var failures: [String: Failure] = [:]
+    var retryable: [(tenant: String, phone: String, invoice: String, reason: String)] = []
+    var retryableCount = 0
+    var skipped: [(invoice: String, tenant: String, reason: String)] = []
+    var skippedCount = 0
+    var sendsPerMinute: [Int: Int] = [:]
+    var deliveriesPerMinute: [Int: Int] = [:]
+    private var currentInvoice: (landlord: String, id: String, amount: Int64, currency: String, delivered: Bool)? = nil
+
+    init(lang: String, pageRows: Int) {
+        self.lang = lang
+        self.pageRows = pageRows
+    }
+
+    mutating func add(_ row: ReportRow, explanation: FailureExplanation?) {
+        let m = row.message
+        states[m.state, default: 0] += 1
+        let landlordName = row.landlord ?? (lang.hasPrefix("es") ? "(sin arrendador)" : "(no landlord)")
+        // The messages of one invoice are stored together: an invoice is counted once, when it changes.
+        if currentInvoice?.id != m.invoiceID || currentInvoice?.landlord != landlordName {
+            closeInvoice()
+            currentInvoice = (landlordName, m.invoiceID, row.amountMinor, row.currency, false)
+            landlords[landlordName, default: Landlord()].byCurrency[row.currency, default: Counts()].invoices += 1
+            landlords[landlordName, default: Landlord()].byCurrency[row.currency, default: Counts()].billed += row.amountMinor
+        }
+        if m.state == .delivered || m.state == .read { currentInvoice?.delivered = true }
+        var counts = landlords[landlordName]!.byCurrency[row.currency]!
+        counts.messages += 1
+        switch m.state {
+        case .failed:
+            counts.failed += 1
+            if m.errorCode == 131026 { counts.unreachable += 1 }
+        case .queued, .sending, .accepted, .sent, .unknown:
+            counts.pending += 1
+        default: break
+        }
+        landlords[landlordName]!.byCurrency[row.currency] = counts
+        if let explanation {
+            let key = "\(m.errorCode.map(String.init) ?? "none")|\(explanation.reason)"
+            var failure = failures[key] ?? Failure(explanation: explanation, code: m.errorCode)
+            failure.count += 1
+            if failure.rows.count < pageRows {
+                failure.rows.append((row.tenantName, displayPhone(m.phone), m.invoiceID, row.email, m.errorDetails))
+            }
+            failures[key] = failure
+            if explanation.retryable {
+                retryableCount += 1
+                if retryable.count < pageRows * 4 { retryable.append((row.tenantName, displayPhone(m.phone), m.invoiceID, explanation.reason)) }
+            }
+        }
+        if m.state == .skipped {
+            skippedCount += 1
+            if skipped.count < pageRows * 4 { skipped.append((m.invoiceID, row.tenantName, m.skipReason ?? "")) }
+        }
+        if let at = m.acceptedAt { sendsPerMinute[Int(at / 60), default: 0] += 1 }
+        if let at = m.deliveredAt ?? m.readAt { deliveriesPerMinute[Int(at / 60), default: 0] += 1 }
+    }
+
+    mutating func addSkippedInvoice(_ invoice: InvoiceRecord) {
+        closeInvoice()
+        let name = invoice.landlord ?? (lang.hasPrefix("es") ? "(sin arrendador)" : "(no landlord)")
+        if landlords[name] == nil { landlords[name] = Landlord() }
+    }
+
+    private mutating func closeInvoice() {
+        guard let invoice = currentInvoice else { return }
+        if invoice.delivered { landlords[invoice.landlord, default: Landlord()].byCurrency[invoice.currency, default: Counts()].delivered += invoice.amount }
+        currentInvoice = nil
+    }
+
+    mutating func finish() { closeInvoice() }
+
+    func writeLandlords(to path: String, dialect: CSVWriter.Dialect) throws {
+        var copy = self
+        copy.finish()
+        let csv = try CSVWriter(path: path, dialect: dialect)
+        try csv.header(["landlord", "currency", "invoices", "messages", "amount_billed", "amount_delivered", "failed", "unreachable", "pending"])
+        for name in copy.landlords.keys.sorted() {
+            for (currency, x) in copy.landlords[name]!.byCurrency.sorted(by: { $0.key < $1.key }) {
+                let c = Currency(code: currency) ?? Currency(code: "USD")!
+                try csv.row([.text(name), .plain(currency), .plain(String(x.invoices)), .plain(String(x.messages)),
+                             .plain(Money(minorUnits: x.billed, currency: c).plainDecimal), .plain(Money(minorUnits: x.delivered, currency: c).plainDecimal),
+                             .plain(String(x.failed)), .plain(String(x.unreachable)), .plain(String(x.pending))])
+            }
+        }
+        try csv.finish()
+    }
+}

@@ -1,0 +1,446 @@
+import AsyncHTTPClient
+import Crypto
+public import Dispatcher
+import Foundation
+import Hummingbird
+public import Logging
+import NIOCore
+import NIOHTTP1
+import ServiceLifecycle
+
+/// How the sandbox behaves.
+public struct SandboxConfiguration: Sendable {
+    /// The bearer token it accepts (any other answers 190).
+    public var accessToken: String
+    /// Signs webhooks as Meta does with the app secret.
+    public var appSecret: String
+    /// Where statuses are posted; none: statuses are only counted.
+    public var webhookURL: String?
+    /// Messages per second per sender number (Meta: 80 by default, 1,000 after upgrade).
+    public var throughput: Double
+    /// Messages to one user before the 6-second rule applies (1: strict, to catch bad pacing; Meta allows bursts up to 45).
+    public var pairBurst: Int
+    public var pairInterval: Double
+    /// Added to every answer.
+    public var latency: Duration
+    /// Seconds from acceptance to `sent`, then between statuses.
+    public var statusSpacing: Double
+    /// Statuses per webhook POST at most.
+    public var batchSize: Int
+    public var templates: TemplateCatalog
+    public var scenario: Scenario
+
+    public init(accessToken: String = "sandbox-token", appSecret: String, webhookURL: String? = nil, throughput: Double = 80,
+                pairBurst: Int = 1, pairInterval: Double = 6, latency: Duration = .zero, statusSpacing: Double = 0.2,
+                batchSize: Int = 100, templates: TemplateCatalog, scenario: Scenario = Scenario()) {
+        self.accessToken = accessToken
+        self.appSecret = appSecret
+        self.webhookURL = webhookURL
+        self.throughput = throughput
+        self.pairBurst = pairBurst
+        self.pairInterval = pairInterval
+        self.latency = latency
+        self.statusSpacing = statusSpacing
+        self.batchSize = batchSize
+        self.templates = templates
+        self.scenario = scenario
+    }
+}
+
+/// A local stand-in for the WhatsApp Cloud API (see docs/sandbox.md).
+public struct Sandbox: Sendable {
+    public let configuration: SandboxConfiguration
+    let state = SandboxState()
+    let key: SymmetricKey
+
+    public init(configuration: SandboxConfiguration) {
+        self.configuration = configuration
+        key = SymmetricKey(data: Array(configuration.appSecret.utf8))
+    }
+
+    /// Serves on `host:port` and delivers webhooks until cancelled. `onListening` gets the bound
+    /// port (useful with port 0).
+    public func run(host: String = "127.0.0.1", port: Int = 0, logger: Logger,
+                    onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        let app = Application(
+            router: router(),
+            configuration: .init(address: .hostname(host, port: port), serverName: "whatsapp-sandbox"),
+            onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) },
+            logger: logger)
+        // Inside a ServiceGroup, a graceful shutdown stops both the server and the delivery loop cleanly.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await app.run() }
+            group.addTask { try await cancelWhenGracefulShutdown { try await self.deliverWebhooks(logger: logger) } }
+            try await group.waitForAll()
+        }
+    }
+
+    // MARK: - Routes
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.post(":version/:phoneNumberID/messages") { request, context in
+            try await self.send(request, context: context)
+        }
+        router.get(":version/:phoneNumberID") { request, context in
+            try self.phoneNumber(request, context: context)
+        }
+        router.get("_sandbox/requests") { _, _ in try json(await self.state.requests) }
+        router.get("_sandbox/webhooks") { _, _ in try json(await self.state.deliveries) }
+        router.get("_sandbox/counters") { _, _ in try json(await self.state.counters()) }
+        router.post("_sandbox/reset") { _, _ in
+            await self.state.reset()
+            return try json(["reset": true])
+        }
+        return router
+    }
+
+    func phoneNumber(_ request: Request, context: BasicRequestContext) throws -> Response {
+        guard bearer(request) == configuration.accessToken else { return metaError(190, "Error validating access token: Session has expired", status: .unauthorized) }
+        let id = context.parameters.get("phoneNumberID") ?? ""
+        return try json(["id": id, "display_phone_number": "+1 809-555-0000", "verified_name": "Sandbox Inmobiliaria",
+                         "quality_rating": "GREEN", "throughput": "{\"level\":\"STANDARD\"}"])
+    }
+
+    func send(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        if configuration.latency > .zero { try await Task.sleep(for: configuration.latency) }
+        let now = Date().timeIntervalSince1970
+        let phoneNumberID = context.parameters.get("phoneNumberID") ?? ""
+        var request = request
+        let body = try await request.collectBody(upTo: 1 << 20)
+        var record = SandboxState.RequestRecord(at: now, phoneNumberID: phoneNumberID, httpStatus: 200)
+
+        func refuse(_ code: Int, _ message: String, status: HTTPResponse.Status = .badRequest, details: String? = nil) async -> Response {
+            record.httpStatus = Int(status.code)
+            record.errorCode = code
+            await state.record(record)
+            return metaError(code, message, status: status, details: details)
+        }
+
+        guard bearer(request) == configuration.accessToken else {
+            return await refuse(190, "Error validating access token: Session has expired on Sunday, 29-Nov-26.", status: .unauthorized)
+        }
+        let message: IncomingMessage
+        do {
+            message = try JSONDecoder().decode(IncomingMessage.self, from: Data(body.readableBytesView))
+        } catch {
+            return await refuse(100, "Invalid parameter", details: "the body is not JSON Meta accepts: \(error)")
+        }
+        record.to = message.to
+        record.template = message.template?.name
+        record.callbackData = message.bizOpaqueCallbackData
+        guard message.messagingProduct == "whatsapp" else { return await refuse(100, "Invalid parameter", details: "messaging_product must be whatsapp") }
+        guard let to = message.to, let waID = normalizedNumber(to) else { return await refuse(100, "Invalid parameter", details: "to is not a phone number") }
+        guard message.type == "template", let template = message.template else {
+            return await refuse(100, "Invalid parameter", details: "the sandbox takes template messages only")
+        }
+        if let callback = message.bizOpaqueCallbackData, callback.count > 512 {
+            return await refuse(100, "Invalid parameter", details: "biz_opaque_callback_data is longer than 512 characters")
+        }
+        if let problem = validate(template) { return await refuse(problem.code, problem.title, details: problem.details) }
+
+        let outcome = configuration.scenario.outcome(for: waID)
+        switch outcome {
+        case .tokenExpired: return await refuse(190, "Error validating access token: Session has expired", status: .unauthorized)
+        case .paymentIssue: return await refuse(131042, "Business eligibility payment issue")
+        default: break
+        }
+        // Meta's limits.
+        guard await state.admitThroughput(phoneNumberID: phoneNumberID, limit: configuration.throughput, now: now) else {
+            return await refuse(130429, "(#130429) Rate limit hit", details: "Cloud API message throughput has been reached.")
+        }
+        guard await state.admitPair(to: waID, burst: configuration.pairBurst, interval: configuration.pairInterval, now: now) else {
+            return await refuse(131056, "(Business Account, Consumer Account) pair rate limit hit",
+                                details: "Too many messages sent from the sender phone number to the same recipient phone number in a short period of time.")
+        }
+        let attempt = await state.attempt(for: waID)
+        switch outcome {
+        case .transientOnce where attempt == 1: return await refuse(131000, "Something went wrong", status: .internalServerError)
+        case .unavailableOnce where attempt == 1: return await refuse(133004, "Server temporarily unavailable", status: .serviceUnavailable)
+        case .serverErrorOnce where attempt == 1:
+            record.httpStatus = 500
+            await state.record(record)
+            return Response(status: .internalServerError, body: .init(byteBuffer: ByteBuffer(string: "Internal Server Error")))
+        case .marketingLimit: return await refuse(131049, "This message was not delivered to maintain healthy ecosystem engagement.")
+        default: break
+        }
+        let wamid = "wamid.HBgL" + Data((0..<18).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
+            .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "+", with: "-")
+        record.wamid = wamid
+        await state.record(record)
+        let version = context.parameters.get("version") ?? "v23.0"
+        await state.schedule(events(for: outcome, wamid: wamid, recipient: waID, callback: message.bizOpaqueCallbackData,
+                                    accepted: now, apiVersion: version))
+        if outcome == .slow { try await Task.sleep(for: .seconds(3)) }
+        if outcome == .timeoutOnce && attempt == 1 {
+            // Taken, never answered: the client gives up and must not send it again.
+            try await Task.sleep(for: .seconds(120))
+        }
+        let answer = MetaJSON.object([
+            ("messaging_product", .string("whatsapp")),
+            ("contacts", .array([.object([("input", .string(to)), ("wa_id", .string(waID))])])),
+            ("messages", .array([.object([("id", .string(wamid)), ("message_status", .string("accepted"))])])),
+        ])
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: answer.bytes)))
+    }
+
+    /// Checks a template message against the definitions, as Meta checks it against the approved template.
+    func validate(_ t: IncomingMessage.Template) -> (code: Int, title: String, details: String)? {
+        guard let name = t.name, let definition = configuration.templates[name] else {
+            return (132001, "Template name does not exist in the translation", "template name (\(t.name ?? "none")) does not exist")
+        }
+        guard let language = t.language?.code, definition.languages[language] != nil else {
+            return (132001, "Template name does not exist in the translation",
+                    "template name (\(name)) does not exist in \(t.language?.code ?? "no language")")
+        }
+        let components = t.components ?? []
+        let body = components.first { $0.type == "body" }?.parameters ?? []
+        if body.count != definition.body.count {
+            return (132000, "Number of parameters does not match the expected number of params",
+                    "body: number of localizable_params (\(body.count)) does not match the expected number of params (\(definition.body.count))")
+        }
+        for (index, (given, expected)) in zip(body, definition.body).enumerated() {
+            let type = expected.type ?? "text"
+            if given.type != type {
+                return (132012, "Parameter format does not match format in the created template", "body parameter \(index + 1) should be \(type)")
+            }
+            if type == "currency", given.currency?.code == nil || given.currency?.amount1000 == nil || given.currency?.fallbackValue == nil {
+                return (132012, "Parameter format does not match format in the created template", "currency parameter \(index + 1) is incomplete")
+            }
+            if type == "text" {
+                guard let text = given.text, !text.isEmpty else { return (131008, "Required parameter is missing", "body parameter \(index + 1) is empty") }
+                if text.contains(where: { $0 == "\n" || $0 == "\t" }) || text.contains("     ") {
+                    return (132018, "There was an issue with the parameters in your template.",
+                            "Param text cannot have new-line/tab characters or more than 4 consecutive spaces")
+                }
+            }
+        }
+        let header = components.first { $0.type == "header" }?.parameters ?? []
+        if definition.header?.format.uppercased() == "DOCUMENT" {
+            guard header.count == 1, header[0].type == "document", let link = header[0].document?.link, link.hasPrefix("https://") else {
+                return (132012, "Parameter format does not match format in the created template", "header: a document with an https link is expected")
+            }
+        } else if !header.isEmpty && definition.header == nil {
+            return (132000, "Number of parameters does not match the expected number of params", "the template has no header")
+        }
+        let buttons = components.filter { $0.type == "button" }
+        if buttons.count != (definition.buttons?.count ?? 0) {
+            return (132000, "Number of parameters does not match the expected number of params",
+                    "buttons: \(buttons.count) given, \(definition.buttons?.count ?? 0) expected")
+        }
+        return nil
+    }
+
+    // MARK: - Statuses
+
+    func events(for outcome: Outcome, wamid: String, recipient: String, callback: String?, accepted: Double, apiVersion: String) -> [SandboxState.Event] {
+        let step = configuration.statusSpacing
+        let majorVersion = Int(apiVersion.dropFirst().prefix { $0 != "." }) ?? 23
+        func status(_ s: String, _ n: Int, error: (Int, String)? = nil) -> SandboxState.Event {
+            let at = accepted + step * Double(n)
+            var fields: [(String, MetaJSON)] = [
+                ("id", .string(wamid)), ("status", .string(s)), ("timestamp", .string(String(Int64(at)))), ("recipient_id", .string(recipient)),
+            ]
+            if let callback { fields.append(("biz_opaque_callback_data", .string(callback))) }
+            if s == "sent" || s == "delivered" {
+                if majorVersion < 24 && s == "sent" {
+                    fields.append(("conversation", .object([("id", .string("CONV" + wamid.suffix(8))), ("origin", .object([("type", .string("utility"))]))])))
+                }
+                fields.append(("pricing", .object([("billable", .bool(true)), ("pricing_model", .string("PMP")),
+                                                   ("category", .string("utility")), ("type", .string("regular"))])))
+            }
+            if let (code, title) = error {
+                fields.append(("errors", .array([.object([
+                    ("code", .number(Int64(code))), ("title", .string(title)), ("message", .string(title)),
+                    ("error_data", .object([("details", .string(title))])),
+                    ("href", .string("https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/")),
+                ])])))
+            }
+            return SandboxState.Event(due: at, value: .object(fields), isStatus: true)
+        }
+        func reply(_ text: String, _ n: Int) -> SandboxState.Event {
+            let at = accepted + step * Double(n)
+            let message = MetaJSON.object([
+                ("from", .string(recipient)), ("id", .string("wamid.IN" + wamid.suffix(12))), ("timestamp", .string(String(Int64(at)))),
+                ("type", .string("text")), ("text", .object([("body", .string(text))])),
+            ])
+            return SandboxState.Event(due: at, value: message, isStatus: false)
+        }
+        switch outcome {
+        case .delivered: return [status("sent", 1), status("delivered", 2)]
+        case .readWithoutDelivered: return [status("sent", 1), status("read", 3)]
+        case .neverDelivered: return [status("sent", 1)]
+        case .undeliverable: return [status("failed", 1, error: (131026, "Message undeliverable"))]
+        case .optedOutOfMarketing: return [status("failed", 1, error: (131050, "Unable to deliver the message. This recipient has chosen to stop receiving marketing messages on WhatsApp from your business"))]
+        case .reorderedDuplicated: return [status("read", 1), status("sent", 2), status("delivered", 3), status("delivered", 3), status("read", 1)]
+        case .lateFailure: return [status("sent", 1), status("failed", 2, error: (131026, "Message undeliverable")), status("delivered", 4)]
+        case .replyStop: return [status("sent", 1), status("delivered", 2), status("read", 3), reply("STOP", 4)]
+        case .replyThanks: return [status("sent", 1), status("delivered", 2), status("read", 3), reply("¡Gracias! Recibí la factura 👍", 4)]
+        default: return [status("sent", 1), status("delivered", 2), status("read", 3)]
+        }
+    }
+
+    /// Posts due events in batches, signed; on a non-200 or no answer, tries again later with
+    /// growing delays (1 s, 2 s, 4 s… up to 60 s), as Meta does.
+    func deliverWebhooks(logger: Logger) async throws {
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        var failures = 0
+        do {
+            while !Task.isCancelled {
+                let now = Date().timeIntervalSince1970
+                let due = await state.takeDue(now: now, limit: configuration.batchSize)
+                guard !due.isEmpty else {
+                    try await Task.sleep(for: .milliseconds(50))
+                    continue
+                }
+                guard let url = configuration.webhookURL else {
+                    await state.recordDelivery(.init(at: now, statuses: due.filter(\.isStatus).count, inbound: due.count - due.filter(\.isStatus).count,
+                                                     httpStatus: nil, error: "no webhook URL", attempt: 1), ok: true)
+                    continue
+                }
+                let body = payload(due)
+                var request = HTTPClientRequest(url: url)
+                request.method = .POST
+                request.headers.add(name: "Content-Type", value: "application/json")
+                request.headers.add(name: "X-Hub-Signature-256", value: signature(body))
+                request.body = .bytes(ByteBuffer(bytes: body))
+                var status: Int? = nil
+                var problem: String? = nil
+                do {
+                    let response = try await client.execute(request, timeout: .seconds(10))
+                    status = Int(response.status.code)
+                    _ = try await response.body.collect(upTo: 1 << 16)
+                } catch {
+                    problem = "\(error)"
+                }
+                let ok = status == 200
+                let statuses = due.filter(\.isStatus).count
+                await state.recordDelivery(.init(at: now, statuses: statuses, inbound: due.count - statuses, httpStatus: status, error: problem,
+                                                 attempt: failures + 1), ok: ok)
+                if ok {
+                    failures = 0
+                } else {
+                    failures += 1
+                    let delay = min(60, pow(2, Double(failures - 1)))
+                    logger.warning("sandbox webhook not accepted; will retry", metadata: ["status": "\(status.map(String.init) ?? "none")", "retry_in_s": "\(delay)"])
+                    await state.putBack(due, retryAt: now + delay)
+                }
+            }
+        } catch is CancellationError {}
+        try? await client.shutdown()
+    }
+
+    /// Meta's envelope: statuses 50 to a change, two changes to an entry; replies in their own change.
+    func payload(_ events: [SandboxState.Event]) -> [UInt8] {
+        let metadata = MetaJSON.object([("display_phone_number", .string("18095550000")), ("phone_number_id", .string("SANDBOX"))])
+        var changes: [MetaJSON] = []
+        let statuses = events.filter(\.isStatus).map(\.value)
+        for start in stride(from: 0, to: statuses.count, by: 50) {
+            changes.append(.object([("field", .string("messages")), ("value", .object([
+                ("messaging_product", .string("whatsapp")), ("metadata", metadata),
+                ("statuses", .array(Array(statuses[start..<min(start + 50, statuses.count)]))),
+            ]))]))
+        }
+        let replies = events.filter { !$0.isStatus }.map(\.value)
+        if !replies.isEmpty {
+            let contacts = replies.compactMap { reply -> MetaJSON? in
+                guard case .object(let fields) = reply, case .string(let from)? = fields.first(where: { $0.0 == "from" })?.1 else { return nil }
+                return .object([("profile", .object([("name", .string("Inquilino"))])), ("wa_id", .string(from))])
+            }
+            changes.append(.object([("field", .string("messages")), ("value", .object([
+                ("messaging_product", .string("whatsapp")), ("metadata", metadata), ("contacts", .array(contacts)), ("messages", .array(replies)),
+            ]))]))
+        }
+        var entries: [MetaJSON] = []
+        for start in stride(from: 0, to: changes.count, by: 2) {
+            entries.append(.object([("id", .string("SANDBOX-WABA")), ("changes", .array(Array(changes[start..<min(start + 2, changes.count)])))]))
+        }
+        return MetaJSON.object([("object", .string("whatsapp_business_account")), ("entry", .array(entries))]).bytes
+    }
+
+    func signature(_ body: [UInt8]) -> String {
+        "sha256=" + HMAC<SHA256>.authenticationCode(for: body, using: key).map { String(format: "%02x", $0) }.joined()
+    }
+
+    // MARK: - Helpers
+
+    func bearer(_ request: Request) -> String? {
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else { return nil }
+        return String(header.dropFirst(7))
+    }
+
+    func metaError(_ code: Int, _ message: String, status: HTTPResponse.Status = .badRequest, details: String? = nil) -> Response {
+        let body = MetaJSON.object([("error", .object([
+            ("message", .string(message)), ("type", .string("OAuthException")), ("code", .number(Int64(code))),
+            ("error_data", .object([("messaging_product", .string("whatsapp")), ("details", .string(details ?? message))])),
+            ("fbtrace_id", .string("Sandbox" + String(Int.random(in: 100_000...999_999)))),
+        ]))])
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if code == 130429 { headers[.retryAfter] = "1" }
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body.bytes)))
+    }
+
+    func normalizedNumber(_ to: String) -> String? {
+        let digits = to.filter(\.isNumber)
+        guard digits.count >= 8, digits.count <= 15, to.allSatisfy({ $0.isNumber || "+ -().".contains($0) }) else { return nil }
+        return digits
+    }
+}
+
+func json(_ value: some Encodable) throws -> Response {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
+}
+
+/// The request body as the sandbox reads it.
+struct IncomingMessage: Decodable {
+    var messagingProduct: String?
+    var to: String?
+    var type: String?
+    var bizOpaqueCallbackData: String?
+    var template: Template?
+
+    enum CodingKeys: String, CodingKey {
+        case messagingProduct = "messaging_product"
+        case to, type, template
+        case bizOpaqueCallbackData = "biz_opaque_callback_data"
+    }
+
+    struct Template: Decodable {
+        var name: String?
+        var language: Language?
+        var components: [Component]?
+    }
+
+    struct Language: Decodable { var code: String? }
+
+    struct Component: Decodable {
+        var type: String?
+        var parameters: [Parameter]?
+    }
+
+    struct Parameter: Decodable {
+        var type: String?
+        var text: String?
+        var currency: CurrencyValue?
+        var document: Document?
+    }
+
+    struct CurrencyValue: Decodable {
+        var fallbackValue: String?
+        var code: String?
+        var amount1000: Int64?
+
+        enum CodingKeys: String, CodingKey {
+            case fallbackValue = "fallback_value"
+            case code
+            case amount1000 = "amount_1000"
+        }
+    }
+
+    struct Document: Decodable {
+        var link: String?
+        var filename: String?
+    }
+}

@@ -1,0 +1,104 @@
+import Foundation
+
+/// What the sandbox does with a message to one recipient.
+public enum Outcome: String, Sendable, Codable, CaseIterable {
+    /// sent, delivered, read.
+    case deliveredRead = "delivered_read"
+    /// sent, delivered; never read.
+    case delivered
+    /// sent, read (no delivered: Meta does this).
+    case readWithoutDelivered = "read_without_delivered"
+    /// sent only: the phone is off for good.
+    case neverDelivered = "never_delivered"
+    /// Accepted, then failed 131026 in a webhook: not on WhatsApp.
+    case undeliverable
+    /// Refused at once with 131049 (per-user marketing limit).
+    case marketingLimit = "marketing_limit"
+    /// Accepted, then failed 131050 in a webhook (opted out of marketing).
+    case optedOutOfMarketing = "opted_out_of_marketing"
+    /// The first request answers 131000, later ones go through.
+    case transientOnce = "transient_once"
+    /// The first request answers 133004 (server temporarily unavailable).
+    case unavailableOnce = "unavailable_once"
+    /// The first request answers HTTP 500 with no envelope.
+    case serverErrorOnce = "server_error_once"
+    /// Answers after 3 seconds.
+    case slow
+    /// The first request is taken (statuses follow by webhook) but never answered.
+    case timeoutOnce = "timeout_once"
+    /// read, sent, delivered, delivered again, read again: out of order and duplicated.
+    case reorderedDuplicated = "reordered_duplicated"
+    /// sent, failed 131026, then delivered after all (several devices).
+    case lateFailure = "late_failure"
+    /// delivered, read, then the tenant replies "STOP".
+    case replyStop = "reply_stop"
+    /// delivered, read, then the tenant replies with thanks.
+    case replyThanks = "reply_thanks"
+    /// Every request answers 190: the token expired (a run halts).
+    case tokenExpired = "token_expired"
+    /// Every request answers 131042: payment problem (a run halts).
+    case paymentIssue = "payment_issue"
+}
+
+/// How outcomes are chosen: rules from a scenario file first, then the default rules on the
+/// recipient number's last digits (documented in docs/sandbox.md).
+public struct Scenario: Sendable, Decodable {
+    public struct Rule: Sendable, Decodable {
+        /// A whole number (`18095550101`) or `suffix:DIGITS`.
+        public var match: String
+        public var outcome: Outcome
+    }
+
+    public var rules: [Rule]
+
+    public init(rules: [Rule] = []) { self.rules = rules }
+
+    public static func load(path: String) throws -> Scenario {
+        do {
+            return try JSONDecoder().decode(Scenario.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+        } catch {
+            throw SandboxError("scenario \(path): \(error)")
+        }
+    }
+
+    public func outcome(for number: String) -> Outcome {
+        for rule in rules {
+            if rule.match.hasPrefix("suffix:") {
+                if number.hasSuffix(String(rule.match.dropFirst(7))) { return rule.outcome }
+            } else if rule.match == number {
+                return rule.outcome
+            }
+        }
+        return Scenario.defaultOutcome(for: number)
+    }
+
+    /// The default rules: the last two digits first (the rarer, disruptive cases), then the last one.
+    public static func defaultOutcome(for number: String) -> Outcome {
+        switch number.suffix(2) {
+        case "12": return .replyThanks
+        case "13": return .replyStop
+        case "90": return .transientOnce
+        case "91": return .unavailableOnce
+        case "92": return .serverErrorOnce
+        case "93": return .slow
+        case "94": return .timeoutOnce
+        case "95": return .marketingLimit
+        case "96": return .optedOutOfMarketing
+        default: break
+        }
+        switch number.last {
+        case "4": return .delivered
+        case "5": return .readWithoutDelivered
+        case "6": return .neverDelivered
+        case "7": return .undeliverable
+        case "8": return .reorderedDuplicated
+        case "9": return .lateFailure
+        default: return .deliveredRead
+        }
+    }
+}
+
+public struct SandboxError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

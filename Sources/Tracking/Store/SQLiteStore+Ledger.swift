@@ -1,0 +1,92 @@
+import Foundation
+import GRDB
+
+/// The send ledger: attempts recorded before requests leave, outcomes after.
+extension SQLiteStore {
+    public func beginAttempts(messageIDs: [String], at time: Double) async throws -> [String: Int] {
+        try await pool.write { db in
+            var numbers: [String: Int] = [:]
+            let select = try db.cachedStatement(sql: "SELECT attempts FROM messages WHERE id = ?")
+            let update = try db.cachedStatement(sql: "UPDATE messages SET state = 'sending', state_rank = ?, attempts = ?, updated_at = ? WHERE id = ?")
+            let insert = try db.cachedStatement(sql: "INSERT INTO attempts (message_id, number, started_at, outcome) VALUES (?, ?, ?, 'sending')")
+            for id in messageIDs {
+                guard let attempts = try Int.fetchOne(select, arguments: [id]) else { throw StoreError("no message \(id)") }
+                let number = attempts + 1
+                try update.execute(arguments: [MessageState.sending.rank, number, time, id])
+                try insert.execute(arguments: [id, number, time])
+                numbers[id] = number
+            }
+            return numbers
+        }
+    }
+
+    public func recordOutcomes(_ outcomes: [AttemptOutcome], at time: Double) async throws {
+        try await pool.write { db in
+            let attempt = try db.cachedStatement(sql: """
+                UPDATE attempts SET outcome = ?, finished_at = ?, wamid = ?, error_code = ?, error_title = ?, error_details = ?
+                WHERE message_id = ? AND number = ?
+                """)
+            for outcome in outcomes {
+                switch outcome {
+                case .accepted(let id, let number, let wamid):
+                    try attempt.execute(arguments: ["accepted", time, wamid, nil, nil, nil, id, number])
+                    // Only forward: a webhook may already have said `sent` or more.
+                    try db.cachedStatement(sql: """
+                        UPDATE messages SET wamid = ?, accepted_at = COALESCE(accepted_at, ?), updated_at = ?,
+                            state = CASE WHEN state_rank < 3 THEN 'accepted' ELSE state END,
+                            state_rank = CASE WHEN state_rank < 3 THEN 3 ELSE state_rank END
+                        WHERE id = ?
+                        """).execute(arguments: [wamid, time, time, id])
+                    try Self.attachPendingEvents(db, messageID: id, wamid: wamid)
+                case .rejected(let id, let number, let error, let final):
+                    try attempt.execute(arguments: [final ? "rejected" : "retry", time, nil, error.code, error.title, error.details, id, number])
+                    let state: MessageState = final ? .failed : .queued
+                    try db.cachedStatement(sql: """
+                        UPDATE messages SET state = ?, state_rank = ?, error_code = ?, error_title = ?, error_details = ?, updated_at = ?,
+                            failed_at = CASE WHEN ? THEN ? ELSE failed_at END
+                        WHERE id = ? AND state = 'sending'
+                        """).execute(arguments: [state.rawValue, state.rank, error.code, error.title, error.details, time, final, time, id])
+                case .unknown(let id, let number, let reason):
+                    try attempt.execute(arguments: ["unknown", time, nil, nil, reason, nil, id, number])
+                    try db.cachedStatement(sql: "UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = ? WHERE id = ? AND state = 'sending'")
+                        .execute(arguments: [time, id])
+                }
+            }
+        }
+    }
+
+    public func markInterrupted(run: String, at time: Double) async throws -> Int {
+        try await pool.write { db in
+            try db.execute(sql: """
+                UPDATE attempts SET outcome = 'unknown', finished_at = ?,
+                    error_title = 'interrupted: the process stopped while this request may have been in flight'
+                WHERE outcome = 'sending' AND message_id IN (SELECT id FROM messages WHERE run = ? AND state = 'sending')
+                """, arguments: [time, run])
+            try db.execute(sql: "UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = ? WHERE run = ? AND state = 'sending'",
+                           arguments: [time, run])
+            return db.changesCount
+        }
+    }
+
+    public func queuedMessages(run: String, after: Int64?, limit: Int) async throws -> [MessageRecord] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT \(Self.messageColumns) WHERE m.run = ? AND m.state = 'queued' AND m.seq > ? ORDER BY m.seq LIMIT ?",
+                             arguments: [run, after ?? 0, limit]).map(MessageRecord.init(row:))
+        }
+    }
+
+    public func requeue(messageIDs: [String], at time: Double) async throws -> [String] {
+        try await pool.write { db in
+            var done: [String] = []
+            let update = try db.cachedStatement(sql: """
+                UPDATE messages SET state = 'queued', state_rank = 0, updated_at = ?, error_code = NULL, error_title = NULL, error_details = NULL
+                WHERE id = ? AND state IN ('failed', 'unknown') AND delivered_at IS NULL AND read_at IS NULL
+                """)
+            for id in messageIDs {
+                try update.execute(arguments: [time, id])
+                if db.changesCount == 1 { done.append(id) }
+            }
+            return done
+        }
+    }
+}
