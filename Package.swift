@@ -135,6 +135,18 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "SandboxTests",
+            dependencies: [
+                "Sandbox",
+                "Dispatcher",
+                "Tracking",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "ReportsTests",
             dependencies: ["Reports", "Dispatcher"],
             swiftSettings: swiftSettings

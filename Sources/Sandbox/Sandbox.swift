@@ -88,6 +88,14 @@ public struct Sandbox: Sendable {
         router.get("_sandbox/requests") { _, _ in try json(await self.state.requests) }
         router.get("_sandbox/webhooks") { _, _ in try json(await self.state.deliveries) }
         router.get("_sandbox/counters") { _, _ in try json(await self.state.counters()) }
+        router.post("_sandbox/webhooks/pause") { _, _ in
+            await self.state.setPaused(true)
+            return try json(["paused": true])
+        }
+        router.post("_sandbox/webhooks/resume") { _, _ in
+            await self.state.setPaused(false)
+            return try json(["paused": false])
+        }
         router.post("_sandbox/reset") { _, _ in
             await self.state.reset()
             return try json(["reset": true])
@@ -145,14 +153,6 @@ public struct Sandbox: Sendable {
         case .paymentIssue: return await refuse(131042, "Business eligibility payment issue")
         default: break
         }
-        // Meta's limits.
-        guard await state.admitThroughput(phoneNumberID: phoneNumberID, limit: configuration.throughput, now: now) else {
-            return await refuse(130429, "(#130429) Rate limit hit", details: "Cloud API message throughput has been reached.")
-        }
-        guard await state.admitPair(to: waID, burst: configuration.pairBurst, interval: configuration.pairInterval, now: now) else {
-            return await refuse(131056, "(Business Account, Consumer Account) pair rate limit hit",
-                                details: "Too many messages sent from the sender phone number to the same recipient phone number in a short period of time.")
-        }
         let attempt = await state.attempt(for: waID)
         switch outcome {
         case .transientOnce where attempt == 1: return await refuse(131000, "Something went wrong", status: .internalServerError)
@@ -164,6 +164,14 @@ public struct Sandbox: Sendable {
         case .marketingLimit: return await refuse(131049, "This message was not delivered to maintain healthy ecosystem engagement.")
         default: break
         }
+        // Meta's limits (a message refused above does not count towards them).
+        guard await state.admitThroughput(phoneNumberID: phoneNumberID, limit: configuration.throughput, now: now) else {
+            return await refuse(130429, "(#130429) Rate limit hit", details: "Cloud API message throughput has been reached.")
+        }
+        guard await state.admitPair(to: waID, burst: configuration.pairBurst, interval: configuration.pairInterval, now: now) else {
+            return await refuse(131056, "(Business Account, Consumer Account) pair rate limit hit",
+                                details: "Too many messages sent from the sender phone number to the same recipient phone number in a short period of time.")
+        }
         let wamid = "wamid.HBgL" + Data((0..<18).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
             .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "+", with: "-")
         record.wamid = wamid
@@ -173,8 +181,9 @@ public struct Sandbox: Sendable {
                                     accepted: now, apiVersion: version))
         if outcome == .slow { try await Task.sleep(for: .seconds(3)) }
         if outcome == .timeoutOnce && attempt == 1 {
-            // Taken, never answered: the client gives up and must not send it again.
-            try await Task.sleep(for: .seconds(120))
+            // Taken, never answered: the client gives up and must not send it again. (A graceful
+            // shutdown of the sandbox ends the wait.)
+            try await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(120)) }
         }
         let answer = MetaJSON.object([
             ("messaging_product", .string("whatsapp")),

@@ -85,7 +85,7 @@ actor SandboxState {
 
     /// The events due now, up to `limit`, in time order; they are gone from the queue until put back.
     func takeDue(now: Double, limit: Int) -> [Event] {
-        guard !events.isEmpty else { return [] }
+        guard !events.isEmpty, !paused else { return [] }
         events.sort { $0.due < $1.due }
         let due = events.prefix { $0.due <= now }.prefix(limit)
         let taken = Array(due)
@@ -109,6 +109,10 @@ actor SandboxState {
     }
 
     var pendingEvents: Int { events.count }
+
+    /// While paused, statuses pile up (to see batching, or a receiver's catch-up).
+    private(set) var paused = false
+    func setPaused(_ value: Bool) { paused = value }
 
     func reset() {
         requests = []

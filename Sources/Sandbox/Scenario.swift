@@ -47,6 +47,11 @@ public struct Scenario: Sendable, Decodable {
         /// A whole number (`18095550101`) or `suffix:DIGITS`.
         public var match: String
         public var outcome: Outcome
+
+        public init(match: String, outcome: Outcome) {
+            self.match = match
+            self.outcome = outcome
+        }
     }
 
     public var rules: [Rule]

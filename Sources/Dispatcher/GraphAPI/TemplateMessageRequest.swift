@@ -28,10 +28,17 @@ public struct TemplateMessageRequest: Sendable, Encodable, Equatable {
         public var name: String
         public var language: Language
         public var components: [Component]
+
+        public init(name: String, language: Language, components: [Component]) {
+            self.name = name
+            self.language = language
+            self.components = components
+        }
     }
 
     public struct Language: Sendable, Encodable, Equatable {
         public var code: String
+        public init(code: String) { self.code = code }
     }
 
     public struct Component: Sendable, Encodable, Equatable {
@@ -39,6 +46,13 @@ public struct TemplateMessageRequest: Sendable, Encodable, Equatable {
         public var subType: String?
         public var index: String?
         public var parameters: [Parameter]
+
+        public init(type: String, subType: String? = nil, index: String? = nil, parameters: [Parameter]) {
+            self.type = type
+            self.subType = subType
+            self.index = index
+            self.parameters = parameters
+        }
 
         enum CodingKeys: String, CodingKey {
             case type

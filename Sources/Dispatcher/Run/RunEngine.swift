@@ -164,7 +164,11 @@ public final class RunEngine: Sendable {
 
     /// Sends every queued message of the run, paced. Returns nil when the queue is empty, or why it stopped.
     public func dispatch(_ options: RunOptions, progress: (@Sendable (RunProgress) -> Void)? = nil) async throws -> StopReason? {
+        // Two pacers at the same rate: the first spaces the sends the loop starts, the second the
+        // requests themselves, right before they leave (after the ledger write, whose duration varies:
+        // without it, sends held by a slow commit would leave together).
         let pacer = Pacer(rate: options.rate)
+        let gate = Pacer(rate: options.rate)
         let ledger = LedgerWriter(store: store)
         var queue = SendQueue(pairSpacing: options.pairSpacing)
         var lastSequence: Int64? = nil
@@ -215,7 +219,7 @@ public final class RunEngine: Sendable {
                 }
                 try await pacer.slot()
                 inFlight += 1
-                group.addTask { await self.send(item, ledger: ledger, pacer: pacer, options: options) }
+                group.addTask { await self.send(item, ledger: ledger, pacers: [pacer, gate], options: options) }
             }
             try await group.waitForAll()
         }
@@ -223,11 +227,12 @@ public final class RunEngine: Sendable {
     }
 
     /// One message: the ledger entry, the request, the outcome by Meta's error class.
-    func send(_ item: Outgoing, ledger: LedgerWriter, pacer: Pacer, options: RunOptions) async {
+    func send(_ item: Outgoing, ledger: LedgerWriter, pacers: [Pacer], options: RunOptions) async {
         do {
             let attempt = try await ledger.begin(item.id)
+            try await pacers[1].slot()
             let outcome = await client.send(body: Data(item.body))
-            try await handle(outcome, item: item, attempt: attempt, ledger: ledger, pacer: pacer, options: options)
+            try await handle(outcome, item: item, attempt: attempt, ledger: ledger, pacers: pacers, options: options)
         } catch {
             // The store failed: stop rather than send what we cannot record.
             logger.error("the ledger could not be written; stopping", metadata: ["error": "\(error)"])
@@ -235,7 +240,7 @@ public final class RunEngine: Sendable {
         }
     }
 
-    func handle(_ outcome: SendOutcome, item: Outgoing, attempt: Int, ledger: LedgerWriter, pacer: Pacer, options: RunOptions) async throws {
+    func handle(_ outcome: SendOutcome, item: Outgoing, attempt: Int, ledger: LedgerWriter, pacers: [Pacer], options: RunOptions) async throws {
         var item = item
         func requeue(_ error: SendError, after delay: Duration, releasePair: Bool = true) async throws {
             try await ledger.record(.rejected(messageID: item.id, attempt: attempt, error: error, final: false))
@@ -261,7 +266,8 @@ public final class RunEngine: Sendable {
             switch e.errorClass {
             case .throttled:
                 item.throttledRetries += 1
-                await pacer.pause(seconds: e.retryAfter ?? min(60, pow(2, Double(item.throttledRetries - 1))))
+                let pause = e.retryAfter ?? min(60, pow(2, Double(item.throttledRetries - 1)))
+                for pacer in pacers { await pacer.pause(seconds: pause) }
                 try await requeue(error, after: .zero)
             case .pairRate:
                 // 4^x seconds for this recipient only; others go on.

@@ -17,10 +17,12 @@ struct SendQueue {
     /// Held back until an instant: the recipient's 6 seconds, or a retry's back-off.
     private var held: [(at: ContinuousClock.Instant, item: Outgoing)] = []
     private var nextAllowed: [String: ContinuousClock.Instant] = [:]
+    /// The pair interval plus a margin: the interval is counted from when a message leaves the
+    /// queue, and its request leaves a little later (the ledger write), by a few milliseconds.
     let pairSpacing: Duration
 
-    init(pairSpacing: Duration = .seconds(6)) {
-        self.pairSpacing = pairSpacing
+    init(pairSpacing: Duration = .seconds(6), margin: Duration = .milliseconds(250)) {
+        self.pairSpacing = pairSpacing + margin
     }
 
     var isEmpty: Bool { readyIndex >= ready.count && held.isEmpty }

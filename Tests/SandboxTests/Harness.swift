@@ -1,0 +1,135 @@
+import Dispatcher
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Logging
+import Sandbox
+import ServiceLifecycle
+@testable import Tracking
+
+let testPackageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// The real receiver (DispatcherServer on a SQLite file) and the real sandbox, on loopback,
+/// wired together as in `send --sandbox`.
+struct Harness {
+    var store: SQLiteStore
+    var path: String
+    var graph: GraphConfiguration
+    var sandboxURL: String
+    var receiverURL: String
+
+    static let appSecret = "harness-secret"
+
+    static func run<T: Sendable>(
+        throughput: Double = 1000, pairBurst: Int = 1, pairInterval: Double = 6, scenario: Scenario = Scenario(),
+        statusSpacing: Double = 0.05, clientTimeout: Duration = .seconds(10), store existing: SQLiteStore? = nil,
+        _ body: @Sendable (Harness) async throws -> T
+    ) async throws -> T {
+        let store = try existing ?? SQLiteStore(path: freshPath(), busyTimeout: 0.3)
+        let logger: Logger = {
+            var logger = Logger(label: "harness")
+            logger.logLevel = .critical
+            return logger
+        }()
+        let catalog = try TemplateCatalog(directory: testPackageRoot.appendingPathComponent("templates").path)
+        let receiverReady = Ready(), sandboxReady = Ready()
+        let server = DispatcherServer(store: store, configuration: ServerConfiguration(appSecret: appSecret))
+        let receiver = ServiceGroup(configuration: .init(services: [Body { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { await receiverReady.set($0) } }],
+                                                         gracefulShutdownSignals: [], logger: logger))
+        return try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await receiver.run() }
+            let receiverPort = await receiverReady.wait()
+            let sandbox = Sandbox(configuration: SandboxConfiguration(
+                appSecret: appSecret, webhookURL: "http://127.0.0.1:\(receiverPort)/webhook", throughput: throughput, pairBurst: pairBurst,
+                pairInterval: pairInterval, statusSpacing: statusSpacing, templates: catalog, scenario: scenario))
+            let simulator = ServiceGroup(configuration: .init(services: [Body { try await sandbox.run(logger: logger) { await sandboxReady.set($0) } }],
+                                                              gracefulShutdownSignals: [], logger: logger))
+            tasks.addTask { try await simulator.run() }
+            let sandboxPort = await sandboxReady.wait()
+            let harness = Harness(store: store, path: store.path,
+                                  graph: GraphConfiguration(baseURL: "http://127.0.0.1:\(sandboxPort)", apiVersion: "v23.0", phoneNumberID: "SANDBOX",
+                                                            accessToken: "sandbox-token", timeout: clientTimeout),
+                                  sandboxURL: "http://127.0.0.1:\(sandboxPort)", receiverURL: "http://127.0.0.1:\(receiverPort)")
+            let result: Result<T, any Error>
+            do { result = .success(try await body(harness)) } catch { result = .failure(error) }
+            await simulator.triggerGracefulShutdown()
+            await receiver.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+            return try result.get()
+        }
+    }
+
+    /// The sandbox's control API.
+    func control(_ path: String) async throws -> Any {
+        let (data, _) = try await URLSession.shared.data(from: URL(string: "\(sandboxURL)/_sandbox/\(path)")!)
+        return try JSONSerialization.jsonObject(with: data)
+    }
+
+    func post(_ path: String) async throws {
+        var request = URLRequest(url: URL(string: "\(sandboxURL)/_sandbox/\(path)")!)
+        request.httpMethod = "POST"
+        _ = try await URLSession.shared.data(for: request)
+    }
+
+    func requests() async throws -> [[String: Any]] { try await control("requests") as? [[String: Any]] ?? [] }
+
+    /// Waits until `condition` holds (statuses arrive asynchronously), or fails after `timeout`.
+    func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw HarnessError("condition not met in \(timeout)")
+    }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+struct Body: Service {
+    let body: @Sendable () async throws -> Void
+    init(_ body: @escaping @Sendable () async throws -> Void) { self.body = body }
+    func run() async throws { try await body() }
+}
+
+actor Ready {
+    private var port: Int?
+    private var waiters: [CheckedContinuation<Int, Never>] = []
+    func set(_ port: Int) {
+        self.port = port
+        waiters.forEach { $0.resume(returning: port) }
+        waiters = []
+    }
+    func wait() async -> Int {
+        if let port { return port }
+        return await withCheckedContinuation { waiters.append($0) }
+    }
+}
+
+func freshPath() throws -> String {
+    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-sandbox-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    return folder.appendingPathComponent("dispatcher.sqlite").path
+}
+
+/// A valid `invoice` template request to a number, naming message `id`.
+func invoiceRequest(to phone: String, id: String, language: String = "es", bodyParameters: Int = 4) -> TemplateMessageRequest {
+    var body: [TemplateMessageRequest.Parameter] = [.text("María Pérez"), .text("marzo 2026"),
+                                                    .currency(fallback: "RD$12,345.50", code: "DOP", amount1000: 12_345_500), .text("10 de marzo de 2026")]
+    body = Array(body.prefix(bodyParameters))
+    return TemplateMessageRequest(to: phone, callbackData: id, template: .init(name: "invoice", language: .init(code: language), components: [
+        .init(type: "header", parameters: [.document(link: "https://docs.example.com/i.pdf", filename: "i.pdf")]),
+        .init(type: "body", parameters: body),
+    ]))
+}
+
+/// Stores a run with one queued message per phone, ids `m-PHONE`.
+func seedMessages(_ store: SQLiteStore, phones: [String], run: String = "t") async throws {
+    try await store.saveRun(RunRecord(name: run, manifest: "m", template: "invoice", sender: "SANDBOX", createdAt: 1))
+    try await store.addInvoices(phones.map { InvoiceRecord(run: run, invoiceID: "I-\($0)", line: 2, tenantName: "T", amountMinor: 100, currency: "DOP", period: "2026-03", locale: "es") })
+    _ = try await store.addMessages(phones.map { NewMessage(id: "m-\($0)", run: run, invoiceID: "I-\($0)", phone: $0, template: "invoice", language: "es") })
+}

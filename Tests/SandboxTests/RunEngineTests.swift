@@ -1,0 +1,194 @@
+import Dispatcher
+import Foundation
+import Logging
+import Sandbox
+import Testing
+@testable import Tracking
+
+/// A manifest with one invoice per phone (the same phone may repeat).
+func manifest(_ phones: [String]) throws -> String {
+    var text = "invoice_id,tenant_name,phone,amount,currency,period,due_date,landlord,document_url\n"
+    for (i, phone) in phones.enumerated() {
+        text += "INV-\(i + 1),Tenant \(i + 1),+\(phone),\(1000 + i).50,DOP,2026-03,2026-03-10,Caribe,https://docs.example.com/INV-\(i + 1).pdf\n"
+    }
+    let path = try freshPath().replacingOccurrences(of: "dispatcher.sqlite", with: "manifest.csv")
+    try text.write(toFile: path, atomically: true, encoding: .utf8)
+    return path
+}
+
+func engine(_ h: Harness) throws -> RunEngine {
+    let catalog = try TemplateCatalog(directory: testPackageRoot.appendingPathComponent("templates").path)
+    var logger = Logger(label: "test")
+    logger.logLevel = .critical
+    return RunEngine(store: h.store, client: GraphClient(configuration: h.graph),
+                     renderer: try MessageRenderer(catalog: catalog, templateName: "invoice", defaultLanguage: "es"),
+                     validation: ValidationOptions(), logger: logger)
+}
+
+/// Requests the sandbox accepted, by the message id they carried.
+func acceptedByMessage(_ h: Harness) async throws -> [String: Int] {
+    var counts: [String: Int] = [:]
+    for request in try await h.requests() where request["wamid"] != nil {
+        counts[request["callbackData"] as? String ?? "", default: 0] += 1
+    }
+    return counts
+}
+
+@Suite("The billing run against the sandbox")
+struct RunEngineTests {
+    @Test("a whole month: every message ends where its number says; running again sends nothing; another run skips what was sent")
+    func month() async throws {
+        try await Harness.run { h in
+            let e = try engine(h)
+            let options = RunOptions(run: "march", manifest: testPackageRoot.appendingPathComponent("samples/march-2026.csv").path, rate: 200)
+            let first = try await e.prepare(options)
+            #expect(first.queued == 26)
+            #expect(try await e.dispatch(options) == nil)
+            let counts = try await e.settle(run: "march", window: .seconds(4))
+            #expect(counts == [.sent: 2, .delivered: 5, .read: 17, .failed: 2, .skipped: 1])
+            #expect(try await acceptedByMessage(h).values.allSatisfy { $0 == 1 })
+            let requests = try await h.requests().count
+
+            let again = try await e.prepare(options)
+            #expect(again.queued == 0 && again.resumed == 0)
+            #expect(try await e.dispatch(options) == nil)
+            #expect(try await h.requests().count == requests)
+
+            let april = RunOptions(run: "march-again", manifest: options.manifest, rate: 200)
+            let other = try await e.prepare(april)
+            #expect(other.queued == 0)
+            #expect(other.alreadySent == 26)
+            #expect(try await e.dispatch(april) == nil)
+            #expect(try await h.requests().count == requests)
+            #expect(try await h.store.stateCounts(run: "march-again") == [.skipped: 27])
+
+            let resend = RunOptions(run: "march-resend", manifest: options.manifest, rate: 200, resend: true)
+            #expect(try await e.prepare(resend).queued == 26)
+            try await e.client.shutdown()
+        }
+    }
+
+    @Test("pacing: no one-second window holds more than the rate, and the rate is reached")
+    func pacing() async throws {
+        let phones = (0..<150).map { "1809" + String(format: "%07d", $0 * 100) }
+        try await Harness.run { h in
+            let e = try engine(h)
+            let options = RunOptions(run: "paced", manifest: try manifest(phones), rate: 50)
+            _ = try await e.prepare(options)
+            #expect(try await e.dispatch(options) == nil)
+            try await e.client.shutdown()
+            let times = try await h.requests().compactMap { $0["at"] as? Double }.sorted()
+            #expect(times.count == 150)
+            var most = 0
+            var start = 0
+            for end in times.indices {
+                while times[end] - times[start] >= 1 { start += 1 }
+                most = max(most, end - start + 1)
+            }
+            // Measured where the sandbox receives them: spacing is exact when requests leave, and one
+            // request reaching the sandbox 15 ms late (both processes share 2 loaded cores while the
+            // suite runs in parallel) can put 51 in one window. A pacing bug shows as far more (a
+            // bunching bug here once gave 55).
+            #expect(most <= 51, "most in one second: \(most)")
+            let achieved = Double(times.count - 1) / (times.last! - times.first!)
+            #expect(achieved >= 0.95 * 50 && achieved <= 50, "achieved \(achieved)/s")
+        }
+    }
+
+    @Test("several invoices to one tenant are spaced by the pair interval; other tenants do not wait")
+    func pairRule() async throws {
+        let phones = ["18095550101", "18095550101", "18095550101", "18095550102", "18095550103"]
+        try await Harness.run(pairInterval: 1) { h in
+            let e = try engine(h)
+            var options = RunOptions(run: "pairs", manifest: try manifest(phones), rate: 100)
+            options.pairSpacing = .seconds(1)
+            _ = try await e.prepare(options)
+            #expect(try await e.dispatch(options) == nil)
+            try await e.client.shutdown()
+            let log = try await h.requests()
+            #expect(log.allSatisfy { $0["errorCode"] == nil })
+            let same = log.filter { $0["to"] as? String == "18095550101" }.compactMap { $0["at"] as? Double }
+            #expect(same.count == 3)
+            #expect(zip(same, same.dropFirst()).allSatisfy { $1 - $0 >= 0.99 })
+            let others = log.filter { $0["to"] as? String != "18095550101" }.compactMap { $0["at"] as? Double }
+            #expect(others.allSatisfy { $0 < same[1] })
+        }
+    }
+
+    @Test("throttling (130429) slows the sender down and retries: nothing fails")
+    func throttling() async throws {
+        let phones = (0..<40).map { "1809" + String(format: "%07d", $0 * 100) }
+        try await Harness.run(throughput: 10) { h in
+            let e = try engine(h)
+            let options = RunOptions(run: "throttled", manifest: try manifest(phones), rate: 20)
+            _ = try await e.prepare(options)
+            #expect(try await e.dispatch(options) == nil)
+            try await e.client.shutdown()
+            let counts = try await h.store.stateCounts(run: "throttled")
+            #expect(counts[.failed] == nil)
+            #expect(counts.values.reduce(0, +) == 40)
+            #expect(try await h.requests().contains { $0["errorCode"] as? Int == 130429 })
+        }
+    }
+
+    @Test("a systemic error halts the run with everything unsent still queued; after the fix it continues")
+    func haltAndContinue() async throws {
+        let store = try SQLiteStore(path: try freshPath())
+        let options = RunOptions(run: "halt", manifest: try manifest((0..<10).map { "1809" + String(format: "%07d", $0 * 100) }), rate: 50)
+        try await Harness.run(scenario: Scenario(rules: [.init(match: "suffix:", outcome: .tokenExpired)]), store: store) { h in
+            let e = try engine(h)
+            _ = try await e.prepare(options)
+            guard case .halted(let error) = try await e.dispatch(options) else { Issue.record("not halted"); return }
+            try await e.client.shutdown()
+            #expect(error.code == 190)
+            #expect(haltAdvice(error).contains("WHATSAPP_ACCESS_TOKEN"))
+            #expect(try await h.store.stateCounts(run: "halt") == [.queued: 10])
+        }
+        try await Harness.run(store: store) { h in
+            let e = try engine(h)
+            _ = try await e.prepare(options)
+            #expect(try await e.dispatch(options) == nil)
+            try await e.client.shutdown()
+            #expect(try await h.store.stateCounts(run: "halt")[.queued] == nil)
+            #expect(try await acceptedByMessage(h).count == 10)
+        }
+    }
+
+    @Test("transient errors are retried, an unanswered request is unknown until its webhook says, 131049 fails for a day")
+    func errorClasses() async throws {
+        try await Harness.run(clientTimeout: .seconds(1)) { h in
+            let e = try engine(h)
+            let options = RunOptions(run: "classes", manifest: try manifest(["18095550190", "18095550194", "18095550195", "18095550107"]), rate: 50)
+            _ = try await e.prepare(options)
+            #expect(try await e.dispatch(options) == nil)
+            try await e.client.shutdown()
+            let ids = try await h.store.messages(MessageFilter(run: "classes")).messages
+            func message(_ phone: String) -> MessageRecord { ids.first { $0.phone == phone }! }
+            #expect(try await h.store.attempts(messageID: message("18095550190").id).map(\.outcome) == ["retry", "accepted"])
+            #expect(message("18095550195").state == .failed)
+            #expect(message("18095550195").errorDetails?.contains("retry not before") == true)
+            #expect(try await h.store.attempts(messageID: message("18095550194").id).map(\.outcome) == ["unknown"])
+            // The unknown one is resolved by its webhook, matched by biz_opaque_callback_data.
+            try await h.eventually { try await h.store.message(message("18095550194").id)?.state == .read }
+            try await h.eventually { try await h.store.message(message("18095550107").id)?.state == .failed }
+        }
+    }
+
+    @Test("a number that opted out is skipped, with the reason")
+    func optedOut() async throws {
+        try await Harness.run { h in
+            var contents = WebhookContents()
+            contents.inbound = [InboundText(wamid: "wamid.in", from: "18095550101", timestamp: 1, type: "text", body: "BAJA")]
+            _ = try await h.store.ingestWebhook(body: [], signature: nil, contents: contents, parseError: nil, at: 1)
+            let e = try engine(h)
+            let options = RunOptions(run: "optout", manifest: try manifest(["18095550101", "18095550102"]), rate: 50)
+            let preparation = try await e.prepare(options)
+            #expect(preparation.optedOut == 1)
+            #expect(try await e.dispatch(options) == nil)
+            try await e.client.shutdown()
+            #expect(try await h.requests().map { $0["to"] as? String } == ["18095550102"])
+            let skipped = try await h.store.messages(MessageFilter(run: "optout", state: .skipped)).messages
+            #expect(skipped.first?.skipReason?.contains("opted out") == true)
+        }
+    }
+}
