@@ -1,0 +1,157 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Testing
+
+/// A long-running `dispatcher` process (the sandbox, or a send to be killed).
+final class Running: @unchecked Sendable {
+    let process = Process()
+    let output = Pipe()
+
+    init(_ arguments: [String], in directory: URL, environment: [String: String]) throws {
+        process.executableURL = DispatcherProcess.executable
+        process.arguments = arguments
+        process.currentDirectoryURL = directory
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+    }
+
+    func kill(_ signal: Int32) { Foundation.kill(process.processIdentifier, signal) }
+
+    func wait() -> Int32 {
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    var text: String { String(decoding: output.fileHandleForReading.availableData, as: UTF8.self) }
+}
+
+func freePort() -> Int { Int.random(in: 20_000..<40_000) }
+
+func getJSON(_ url: String) async throws -> Any {
+    let (data, _) = try await URLSession.shared.data(from: URL(string: url)!)
+    return try JSONSerialization.jsonObject(with: data)
+}
+
+func waitForHTTP(_ url: String) async throws {
+    for _ in 0..<100 {
+        if (try? await URLSession.shared.data(from: URL(string: url)!)) != nil { return }
+        try await Task.sleep(for: .milliseconds(100))
+    }
+    throw CancellationError()
+}
+
+/// A folder with the templates, a 2,000-invoice manifest and a scenario where every number is
+/// delivered and read.
+func crashWorkspace(invoices: Int) throws -> URL {
+    let folder = try temporaryDirectory()
+    try FileManager.default.copyItem(at: packageRoot.appendingPathComponent("templates"), to: folder.appendingPathComponent("templates"))
+    var csv = "invoice_id,tenant_name,phone,amount,currency,period,document_url\n"
+    for i in 0..<invoices {
+        csv += "INV-\(i),Tenant \(i),+1809\(String(format: "%07d", i)),\(100 + i).00,DOP,2026-03,https://docs.example.com/INV-\(i).pdf\n"
+    }
+    try csv.write(to: folder.appendingPathComponent("big.csv"), atomically: true, encoding: .utf8)
+    try #"{"rules":[{"match":"suffix:","outcome":"delivered_read"}]}"#.write(to: folder.appendingPathComponent("scenario.json"), atomically: true, encoding: .utf8)
+    return folder
+}
+
+@Suite("Crash safety (real processes on loopback)", .serialized)
+struct CrashSafetyTests {
+    @Test("kill -9 at random points of a 2,000-message run, then resume, repeated: no tenant twice, none left without a state")
+    func killAndResume() async throws {
+        let folder = try crashWorkspace(invoices: 2000)
+        let sandboxPort = freePort(), receiverPort = sandboxPort + 1
+        let secret = "crash-secret"
+        let sandbox = try Running(["sandbox", "--listen", "127.0.0.1:\(sandboxPort)", "--webhook-url", "http://127.0.0.1:\(receiverPort)/webhook",
+                                   "--app-secret", secret, "--throughput", "1000", "--scenario", "scenario.json"],
+                                  in: folder, environment: ["LOG_LEVEL": "error"])
+        defer { sandbox.kill(SIGTERM); _ = sandbox.wait() }
+        try await waitForHTTP("http://127.0.0.1:\(sandboxPort)/_sandbox/counters")
+        let environment = ["WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(sandboxPort)", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
+                           "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX", "WHATSAPP_APP_SECRET": secret, "LOG_LEVEL": "error"]
+        let send = ["send", "big.csv", "--rate", "1000", "--listen", "127.0.0.1:\(receiverPort)", "--settle", "1s"]
+        var kills = 0
+        var finished = false
+        for round in 0..<12 {
+            let run = try Running(send, in: folder, environment: environment)
+            if round < 6 {
+                // Anywhere from before the first send to the settle window.
+                try await Task.sleep(for: .milliseconds(Int.random(in: 150...2500)))
+                if run.process.isRunning {
+                    run.kill(SIGKILL)
+                    kills += 1
+                }
+                _ = run.wait()
+            } else {
+                let status = run.wait()
+                if status == 0 { finished = true; break }
+            }
+        }
+        #expect(kills >= 3)
+        #expect(finished)
+        // The sandbox saw every request: none may have been accepted twice.
+        func acceptedByMessage() async throws -> [String: Int] {
+            let requests = try await getJSON("http://127.0.0.1:\(sandboxPort)/_sandbox/requests") as? [[String: Any]] ?? []
+            var accepted: [String: Int] = [:]
+            for request in requests where request["wamid"] != nil { accepted[request["callbackData"] as? String ?? "", default: 0] += 1 }
+            return accepted
+        }
+        var accepted = try await acceptedByMessage()
+        #expect(accepted.values.allSatisfy { $0 == 1 }, "duplicates: \(accepted.filter { $0.value > 1 }.count)")
+        // A last settle lets late statuses in; then every invoice has a final state or `unknown`
+        // (in flight at a kill: never resent blindly).
+        let last = try Running(send, in: folder, environment: environment)
+        #expect(last.wait() == 0)
+        var states = try statesOfOnlyRun(folder)
+        #expect(states.values.reduce(0, +) == 2000)
+        #expect((states["queued"] ?? 0) + (states["sending"] ?? 0) + (states["failed"] ?? 0) == 0, "\(states)")
+        let unknown = states["unknown"] ?? 0
+        #expect(accepted.count + unknown == 2000, "accepted \(accepted.count), unknown \(unknown)")
+        // The operator's way out for those: retry --include-unknown after the settle window.
+        let retry = try Running(["retry", "big", "--include-unknown", "--rate", "1000", "--listen", "127.0.0.1:\(receiverPort)", "--settle", "3s"],
+                                in: folder, environment: environment)
+        #expect(retry.wait() == 0)
+        accepted = try await acceptedByMessage()
+        #expect(accepted.count == 2000)
+        #expect(accepted.values.allSatisfy { $0 == 1 })
+        states = try statesOfOnlyRun(folder)
+        #expect((states["read"] ?? 0) + (states["delivered"] ?? 0) == 2000, "\(states)")
+    }
+
+    @Test("SIGTERM stops gracefully: no new sends, nothing left in flight, and the same command finishes the run")
+    func gracefulStop() async throws {
+        let folder = try crashWorkspace(invoices: 300)
+        let sandboxPort = freePort()
+        let sandbox = try Running(["sandbox", "--listen", "127.0.0.1:\(sandboxPort)", "--app-secret", "x", "--throughput", "1000", "--scenario", "scenario.json"],
+                                  in: folder, environment: ["LOG_LEVEL": "error"])
+        defer { sandbox.kill(SIGTERM); _ = sandbox.wait() }
+        try await waitForHTTP("http://127.0.0.1:\(sandboxPort)/_sandbox/counters")
+        let environment = ["WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(sandboxPort)", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
+                           "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX", "LOG_LEVEL": "error"]
+        let run = try Running(["send", "big.csv", "--rate", "50", "--settle", "1s"], in: folder, environment: environment)
+        try await Task.sleep(for: .seconds(2))
+        run.kill(SIGTERM)
+        #expect(run.wait() == 1)
+        #expect(run.text.contains("Interrupted: run the same command again"))
+        let states = try statesOfOnlyRun(folder)
+        #expect((states["sending"] ?? 0) == 0)
+        #expect((states["unknown"] ?? 0) == 0)
+        #expect((states["queued"] ?? 0) > 0)
+        let again = try Running(["send", "big.csv", "--rate", "500", "--settle", "1s"], in: folder, environment: environment)
+        #expect(again.wait() == 0)
+        #expect((try statesOfOnlyRun(folder)["queued"] ?? 0) == 0)
+        let requests = try await getJSON("http://127.0.0.1:\(sandboxPort)/_sandbox/requests") as? [[String: Any]] ?? []
+        #expect(Set(requests.compactMap { $0["callbackData"] as? String }).count == requests.count)
+    }
+
+    func statesOfOnlyRun(_ folder: URL) throws -> [String: Int] {
+        let runs = try DispatcherProcess.run(["runs", "--json"], in: folder)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(runs.stdout.utf8)) as? [String: Any])
+        return try #require((object["runs"] as? [[String: Any]])?.first?["states"] as? [String: Int])
+    }
+}
