@@ -17,6 +17,7 @@ struct RunSession {
     var sandbox: Bool
     var catalog: TemplateCatalog
     var templatesDirectory: String
+    var scenario = Scenario()
 
     /// Prepares with `prepare` (which returns the run's options), then sends, settles and reports.
     func execute(run: String, renderer: MessageRenderer, validation: ValidationOptions,
@@ -62,7 +63,7 @@ struct RunSession {
             if sandbox, let appSecret {
                 let simulator = Sandbox(configuration: SandboxConfiguration(
                     appSecret: appSecret, webhookURL: receiverPort.map { "http://127.0.0.1:\($0)/webhook" }, throughput: 1000,
-                    statusSpacing: 0.3, templates: catalog))
+                    statusSpacing: 0.3, templates: catalog, scenario: scenario))
                 let simulatorGroup = ServiceGroup(configuration: .init(
                     services: [EmbeddedService { try await simulator.run(logger: logger) { await sandboxReady.set($0) } }],
                     gracefulShutdownSignals: [], logger: logger))

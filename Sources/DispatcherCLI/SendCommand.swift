@@ -58,6 +58,9 @@ struct SendCommand: AsyncParsableCommand {
     @Flag(help: "Start a local WhatsApp Cloud API simulator and send to it (the demo; nothing reaches Meta).")
     var sandbox = false
 
+    @Option(help: "With --sandbox: a scenario file choosing outcomes per number (docs/sandbox.md).")
+    var sandboxScenario: String?
+
     @Flag(help: "Send the valid rows even when others are invalid.")
     var skipInvalid = false
 
@@ -80,7 +83,7 @@ struct SendCommand: AsyncParsableCommand {
                                            defaultLocale: settings.templateLanguage)
         let options = RunOptions(run: runName, manifest: manifest, rate: rate, skipInvalid: skipInvalid, resend: resend)
         try await RunSession(settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
-                             templatesDirectory: common.templatesDirectory)
+                             templatesDirectory: common.templatesDirectory, scenario: try sandboxScenario.map(Scenario.load) ?? Scenario())
             .execute(run: runName, renderer: renderer, validation: validation) { engine, console in
                 let preparation = try await engine.prepare(options)
                 let preview = preparation.preview

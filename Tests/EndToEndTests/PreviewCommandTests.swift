@@ -119,3 +119,73 @@ struct PreviewCommandTests {
         #expect(result.stderr.contains("this run reaches 26 distinct numbers but the messaging limit is 10"))
     }
 }
+
+@Suite("dispatcher send and retry (the executable, with --sandbox)")
+struct SendCommandTests {
+    func workspace(_ csv: String) throws -> URL {
+        let folder = try temporaryDirectory()
+        try FileManager.default.copyItem(at: packageRoot.appendingPathComponent("templates"), to: folder.appendingPathComponent("templates"))
+        try csv.write(to: folder.appendingPathComponent("month.csv"), atomically: true, encoding: .utf8)
+        return folder
+    }
+
+    func messages(_ folder: URL) throws -> [[String: String]] {
+        let result = try DispatcherProcess.run(["report", "month", "--json"], in: folder)
+        #expect(result.status == 0)
+        // messages.csv has no quoted cells here (no commas or quotes in these values).
+        let lines = try String(contentsOf: folder.appendingPathComponent("reports/month/messages.csv"), encoding: .utf8)
+            .components(separatedBy: "\r\n").filter { !$0.isEmpty }
+        let header = lines[0].components(separatedBy: ",")
+        return lines.dropFirst().map { Dictionary(uniqueKeysWithValues: zip(header, $0.components(separatedBy: ","))) }
+    }
+
+    @Test("retry resends only what failed for a retryable reason; the --json object is the spec's")
+    func retryOnlyRetryable() throws {
+        let folder = try workspace("""
+            invoice_id,tenant_name,phone,amount,currency,period,document_url
+            A,Ana,+18095550195,100.00,DOP,2026-03,https://docs.example.com/A.pdf
+            B,Beto,+18095550107,200.00,DOP,2026-03,https://docs.example.com/B.pdf
+            C,Cira,+18095550101,300.00,DOP,2026-03,https://docs.example.com/C.pdf
+
+            """)
+        let send = try DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "3s", "--json"], in: folder)
+        #expect(send.status == 0)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(send.stdout.utf8)) as? [String: Any])
+        #expect(Set(object.keys) == ["run", "messages", "accepted", "sent", "delivered", "read", "failed", "pending", "unknown", "skipped", "report"])
+        #expect(object["failed"] as? Int == 2)
+        #expect(object["read"] as? Int == 1)
+        let retry = try DispatcherProcess.run(["retry", "month", "--sandbox", "--settle", "2s", "--json"], in: folder)
+        #expect(retry.status == 0)
+        #expect(retry.stderr.contains("1 messages to send again"))
+        let rows = try messages(folder)
+        func row(_ invoice: String) -> [String: String] { rows.first { $0["invoice_id"] == invoice }! }
+        #expect(row("A")["attempts"] == "2")  // 131049: retryable (not before 24 h at Meta; the sandbox refuses it again)
+        #expect(row("B")["attempts"] == "1")  // 131026: not on WhatsApp, final
+        #expect(row("B")["retryable"] == "no")
+        #expect(row("C")["attempts"] == "1")  // read: never touched
+    }
+
+    @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")
+    func exitCodes() throws {
+        let invalid = try DispatcherProcess.run(["send", "samples/broken.csv", "--sandbox", "--db", "sqlite:\(try temporaryDirectory().path)/x.sqlite"])
+        #expect(invalid.status == 65)
+        #expect(invalid.stdout.contains("nothing was sent"))
+        let folder = try workspace("""
+            invoice_id,tenant_name,phone,amount,currency,period,document_url
+            A,Ana,+18095550101,100.00,DOP,2026-03,https://docs.example.com/A.pdf
+
+            """)
+        let noToken = try DispatcherProcess.run(["send", "month.csv"], in: folder, environment: ["WHATSAPP_ACCESS_TOKEN": "", "WHATSAPP_PHONE_NUMBER_ID": ""])
+        #expect(noToken.status == 64)
+        #expect(noToken.stderr.contains("WHATSAPP_ACCESS_TOKEN"))
+        try #"{"rules":[{"match":"suffix:","outcome":"payment_issue"}]}"#.write(to: folder.appendingPathComponent("broke.json"), atomically: true, encoding: .utf8)
+        let halted = try DispatcherProcess.run(["send", "month.csv", "--sandbox", "--sandbox-scenario", "broke.json", "--settle", "1s"], in: folder)
+        #expect(halted.status == 69)
+        #expect(halted.stdout.contains("HALTED: (#131042)"))
+        #expect(halted.stdout.contains("fix the payment method"))
+        let fixed = try DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "2s", "--json"], in: folder)
+        #expect(fixed.status == 0)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(fixed.stdout.utf8)) as? [String: Any])
+        #expect(object["read"] as? Int == 1)
+    }
+}
