@@ -48,7 +48,7 @@ public struct Settings: Sendable {
     /// A secret shown as its length and last two characters at most (`••••••••3f`), or `(not set)`.
     public static func masked(_ secret: String?) -> String {
         guard let secret, !secret.isEmpty else { return "(not set)" }
-        if secret.count < 12 { return "set (\(secret.count) characters)" }
+        if secret.count < 20 { return "set (\(secret.count) characters)" }
         return String(repeating: "•", count: 8) + secret.suffix(2) + " (\(secret.count) characters)"
     }
 }

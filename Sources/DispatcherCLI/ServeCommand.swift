@@ -30,6 +30,12 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "Ask for the bearer token on /metrics too.")
     var metricsNeedToken = false
 
+    @Option(name: .customLong("templates"), help: "Folder with whatsapp/*.json (for POST /send-invoice).")
+    var templatesDirectory: String = "templates"
+
+    @Option(help: "Messages per second for POST /send-invoice.")
+    var rate: Double = 80
+
     func validate() throws {
         _ = try parseListen(listen)
     }
@@ -48,11 +54,25 @@ struct ServeCommand: AsyncParsableCommand {
             logger.warning("neither DISPATCHER_API_TOKEN nor DISPATCHER_JWT_SECRET is set: every API route but the webhook, health and metrics will answer 401")
         }
         let store = try database.open(settings: settings)
+        // The landlord UI's send route: only with credentials, through the same engine pieces as a run.
+        var sender: InvoiceAPISender? = nil
+        var client: GraphClient? = nil
+        if let token = settings.accessToken, let phoneNumberID = settings.phoneNumberID {
+            let graph = GraphClient(configuration: GraphConfiguration(baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion,
+                                                                      phoneNumberID: phoneNumberID, accessToken: token))
+            client = graph
+            sender = InvoiceAPISender(store: store, client: graph, catalog: try TemplateCatalog(directory: templatesDirectory),
+                                      defaultLanguage: settings.templateLanguage, defaultCountryCode: settings.defaultCountryCode, rate: rate)
+        } else {
+            logger.warning("WHATSAPP_ACCESS_TOKEN or WHATSAPP_PHONE_NUMBER_ID is not set: POST /send-invoice will answer 503")
+        }
         let server = DispatcherServer(
             store: store,
             configuration: ServerConfiguration(
                 basePath: basePath, appSecret: appSecret, verifyToken: settings.verifyToken, apiToken: settings.apiToken,
-                jwtSecret: settings.jwtSecret, reportsDirectory: reports, metricsNeedToken: metricsNeedToken))
+                jwtSecret: settings.jwtSecret, reportsDirectory: reports, metricsNeedToken: metricsNeedToken),
+            sender: sender)
+        defer { if let client { Task { try? await client.shutdown() } } }
         logger.info("dispatcher serve listening", metadata: ["address": "\(host):\(port)", "base_path": "\(basePath.isEmpty ? "/" : basePath)",
                                                              "database": "\(database.describe(settings: settings))"])
         try await server.application(host: host, port: port, logger: logger).runService()

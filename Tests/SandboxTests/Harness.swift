@@ -23,7 +23,7 @@ struct Harness {
 
     static func run<T: Sendable>(
         throughput: Double = 1000, pairBurst: Int = 1, pairInterval: Double = 6, scenario: Scenario = Scenario(),
-        statusSpacing: Double = 0.05, clientTimeout: Duration = .seconds(10), store existing: SQLiteStore? = nil,
+        statusSpacing: Double = 0.05, clientTimeout: Duration = .seconds(10), store existing: SQLiteStore? = nil, jwtSecret: String? = nil,
         _ body: @Sendable (Harness) async throws -> T
     ) async throws -> T {
         let store = try existing ?? SQLiteStore(path: freshPath(), busyTimeout: 0.3)
@@ -34,7 +34,9 @@ struct Harness {
         }()
         let catalog = try TemplateCatalog(directory: testPackageRoot.appendingPathComponent("templates").path)
         let receiverReady = Ready(), sandboxReady = Ready()
-        let server = DispatcherServer(store: store, configuration: ServerConfiguration(appSecret: appSecret))
+        let senderBox = SenderBox()
+        let server = DispatcherServer(store: store, configuration: ServerConfiguration(appSecret: appSecret, apiToken: "api-token", jwtSecret: jwtSecret),
+                                      sender: senderBox)
         let receiver = ServiceGroup(configuration: .init(services: [Body { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { await receiverReady.set($0) } }],
                                                          gracefulShutdownSignals: [], logger: logger))
         return try await withThrowingTaskGroup(of: Void.self) { tasks in
@@ -47,12 +49,17 @@ struct Harness {
                                                               gracefulShutdownSignals: [], logger: logger))
             tasks.addTask { try await simulator.run() }
             let sandboxPort = await sandboxReady.wait()
+            let graph = GraphConfiguration(baseURL: "http://127.0.0.1:\(sandboxPort)", apiVersion: "v23.0", phoneNumberID: "SANDBOX",
+                                           accessToken: "sandbox-token", timeout: clientTimeout)
+            let apiClient = GraphClient(configuration: graph)
+            await senderBox.set(InvoiceAPISender(store: store, client: apiClient, catalog: catalog, defaultLanguage: "es", defaultCountryCode: "1"))
             let harness = Harness(store: store, path: store.path,
                                   graph: GraphConfiguration(baseURL: "http://127.0.0.1:\(sandboxPort)", apiVersion: "v23.0", phoneNumberID: "SANDBOX",
                                                             accessToken: "sandbox-token", timeout: clientTimeout),
                                   sandboxURL: "http://127.0.0.1:\(sandboxPort)", receiverURL: "http://127.0.0.1:\(receiverPort)")
             let result: Result<T, any Error>
             do { result = .success(try await body(harness)) } catch { result = .failure(error) }
+            try? await apiClient.shutdown()
             await simulator.triggerGracefulShutdown()
             await receiver.triggerGracefulShutdown()
             try await tasks.waitForAll()
@@ -132,4 +139,13 @@ func seedMessages(_ store: SQLiteStore, phones: [String], run: String = "t") asy
     try await store.saveRun(RunRecord(name: run, manifest: "m", template: "invoice", sender: "SANDBOX", createdAt: 1))
     try await store.addInvoices(phones.map { InvoiceRecord(run: run, invoiceID: "I-\($0)", line: 2, tenantName: "T", amountMinor: 100, currency: "DOP", period: "2026-03", locale: "es") })
     _ = try await store.addMessages(phones.map { NewMessage(id: "m-\($0)", run: run, invoiceID: "I-\($0)", phone: $0, template: "invoice", language: "es") })
+}
+
+/// The receiver is built before the sandbox's port is known; the sender is handed over once it is.
+actor SenderBox: InvoiceSendService {
+    private var sender: (any InvoiceSendService)?
+    func set(_ sender: any InvoiceSendService) { self.sender = sender }
+    func sendInvoice(_ request: SendInvoiceRequest, organizationID: String?) async throws -> SendInvoiceResponse {
+        try await sender!.sendInvoice(request, organizationID: organizationID)
+    }
 }

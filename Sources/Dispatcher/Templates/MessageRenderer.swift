@@ -176,7 +176,7 @@ public struct MessageRenderer: Sendable {
         switch source {
         case "tenant_name": invoice.tenantName
         case "invoice_id": invoice.invoiceID
-        case "period": formatting.period(invoice.period)
+        case "period": invoice.periodLabel ?? formatting.period(invoice.period)
         case "amount": formatting.money(invoice.amount)
         case "currency": invoice.amount.currency.code
         case "due_date": invoice.dueDate.map(formatting.date)

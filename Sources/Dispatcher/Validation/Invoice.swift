@@ -18,6 +18,8 @@ public struct Invoice: Sendable, Hashable {
     public var email: String?
     /// Columns or elements the manifest has beyond the known fields, for templates.
     public var extras: [String: String]
+    /// The period as the caller wrote it (`marzo 2026` from the landlord UI), shown instead of the formatted one.
+    public var periodLabel: String? = nil
 
     public init(line: Int, invoiceID: String, tenantName: String, phones: [String], amount: Money,
                 period: BillingPeriod, dueDate: CalendarDate? = nil, landlord: String? = nil,

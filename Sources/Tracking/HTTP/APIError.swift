@@ -15,6 +15,9 @@ public struct APIError: Error, HTTPResponseError, Sendable {
         self.headers = headers
     }
 
+    /// A request the API cannot take, and why (400).
+    public static func badRequest(_ message: String) -> APIError { APIError(.badRequest, message) }
+
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var response = try jsonResponse(["error": message], status: status)
         for field in headers { response.headers.append(field) }

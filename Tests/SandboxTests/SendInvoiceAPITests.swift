@@ -1,0 +1,73 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Testing
+@testable import Tracking
+
+@Suite("Drop-in POST /send-invoice for the landlord UI")
+struct SendInvoiceAPITests {
+    let secret = "property-system-access-token-secret"
+
+    func post(_ h: Harness, _ body: String, token: String) async throws -> (Int, [String: Any]) {
+        var request = URLRequest(url: URL(string: "\(h.receiverURL)/send-invoice")!)
+        request.httpMethod = "POST"
+        request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
+        request.setValue("org-42", forHTTPHeaderField: "organizationId")
+        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        request.httpBody = Data(body.utf8)
+        let (data, response) = try await URLSession.shared.data(for: request)
+        return ((response as! HTTPURLResponse).statusCode, (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:])
+    }
+
+    let oldBody = #"{"phoneNumbers": ["+1 809 555 0101", "+1 (829) 555-0102"], "tenantName": "María Pérez", "invoicePeriod": "marzo 2026", "totalAmount": "12345.5", "currency": "RD$", "organizationName": "Inmobiliaria Caribe", "invoiceUrl": "https://pm.example.com/api/v2/documents/invoice/T1/2026030100", "locale": "es-CO", "templateName": "invoice", "dueDate": "2026-03-10", "daysOverdue": 0}"#
+
+    @Test("the UI's own body and token: one send per number, the old answer shape, and the same call again sends nothing")
+    func dropIn() async throws {
+        try await Harness.run(jwtSecret: secret) { h in
+            let token = try HS256Verifier(secret: secret).sign(["account": ["email": "landlord@example.com"], "exp": Int(Date().timeIntervalSince1970) + 600])
+            let (status, answer) = try await post(h, oldBody, token: token)
+            #expect(status == 200)
+            #expect(answer["success"] as? Bool == true)
+            #expect(answer["summary"] as? [String: Int] == ["total": 2, "apiSuccess": 2, "failed": 0])
+            let results = try #require(answer["results"] as? [[String: Any]])
+            #expect(results.map { $0["method"] as? String } == ["api", "api"])
+            #expect(results.map { $0["phoneNumber"] as? String } == ["+18095550101", "+18295550102"])
+            #expect(results.allSatisfy { ($0["messageId"] as? String)?.hasPrefix("wamid.") == true && $0["state"] as? String == "accepted" })
+            // What the tenant reads: the amount in DOP, the period as the UI wrote it.
+            let log = try await h.requests()
+            #expect(log.count == 2)
+            let id = try #require(results[0]["id"] as? String)
+            let body = try #require(try await h.store.message(id)?.requestBody)
+            #expect(body.contains("\"fallback_value\":\"RD$\u{A0}12.345,50\""))  // es-CO writes 12.345,50
+            #expect(body.contains(#""text":"marzo 2026""#))
+            // Again: answered from the ledger, nothing sent.
+            let (again, second) = try await post(h, oldBody, token: token)
+            #expect(again == 200)
+            #expect((second["results"] as? [[String: Any]])?.map { $0["id"] as? String } == results.map { $0["id"] as? String })
+            #expect(try await h.requests().count == 2)
+            // The status API knows it, with the old fields.
+            try await h.eventually { try await h.store.message(id)?.state == .read }
+        }
+    }
+
+    @Test("nothing due sends nothing and says why; a bad currency or template is a 400; an expired token a 401")
+    func refusals() async throws {
+        try await Harness.run(jwtSecret: secret) { h in
+            let token = try HS256Verifier(secret: secret).sign(["exp": Int(Date().timeIntervalSince1970) + 600])
+            let zero = oldBody.replacingOccurrences(of: #""12345.5""#, with: "0")
+            let (status, answer) = try await post(h, zero, token: token)
+            #expect(status == 200)
+            #expect((answer["message"] as? String)?.contains("nothing due") == true)
+            #expect((answer["results"] as? [Any])?.isEmpty == true)
+            let (badCurrency, error) = try await post(h, oldBody.replacingOccurrences(of: "RD$", with: "XYZ"), token: token)
+            #expect(badCurrency == 400)
+            #expect((error["error"] as? String)?.contains("XYZ") == true)
+            let (badTemplate, _) = try await post(h, oldBody.replacingOccurrences(of: #""templateName": "invoice""#, with: #""templateName": "promo""#), token: token)
+            #expect(badTemplate == 400)
+            let expired = try HS256Verifier(secret: secret).sign(["exp": Int(Date().timeIntervalSince1970) - 5])
+            #expect(try await post(h, oldBody, token: expired).0 == 401)
+            #expect(try await h.requests().isEmpty)
+        }
+    }
+}
