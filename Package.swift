@@ -113,7 +113,9 @@ let package = Package(
             dependencies: [
                 "Dispatcher",
                 "Tracking",
+                "Reports",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],

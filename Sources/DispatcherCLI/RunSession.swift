@@ -117,7 +117,20 @@ struct RunSession {
         let terminal = isatty(STDERR_FILENO) == 1 && !settle.json
         var progress: (@Sendable (RunProgress) -> Void)? = nil
         if terminal { progress = printProgress }
+        let cpuBefore = processCPUSeconds()
+        let wallBefore = ContinuousClock.now
+        let countsBefore = try await store.stateCounts(run: run)
         let stop: StopReason? = try await engine.dispatch(options, progress: progress)
+        if settle.stats {
+            let sent = try await store.stateCounts(run: run).filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +)
+                - countsBefore.filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +)
+            let elapsed = ContinuousClock.now - wallBefore
+            let wall = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            let cpu = processCPUSeconds() - cpuBefore
+            console.say(String(format: "stats: %d messages in %.2f s (%.1f/s, %.1f%% of --rate %.0f); %.0f µs CPU per message while sending (%.2f of a core)",
+                               sent, wall, Double(sent) / wall, Double(sent) / wall / options.rate * 100, options.rate,
+                               sent > 0 ? cpu / Double(sent) * 1e6 : 0, cpu / wall))
+        }
         if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
 
         var record = try await store.run(named: run)!
@@ -189,4 +202,11 @@ struct EmbeddedService: Service {
     let body: @Sendable () async throws -> Void
     init(_ body: @escaping @Sendable () async throws -> Void) { self.body = body }
     func run() async throws { try await body() }
+}
+
+/// CPU time (user and system) this process has used, in seconds.
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
 }

@@ -23,6 +23,9 @@ struct SettleOptions: ParsableArguments {
 
     @Flag(help: "Print one JSON object on stdout (human output goes to stderr).")
     var json = false
+
+    @Flag(help: "After sending, print the achieved rate and the CPU time per message of the sending phase.")
+    var stats = false
 }
 
 struct SendCommand: AsyncParsableCommand {

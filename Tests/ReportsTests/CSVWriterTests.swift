@@ -46,3 +46,14 @@ struct CSVWriterTests {
         #expect(displayPhone("34612345678") == "+34612345678")
     }
 }
+
+@Suite("Report formatting")
+struct ReportFormattingTests {
+    @Test("our ISO 8601 timestamps equal Foundation's, across leap years and centuries")
+    func timestamps() {
+        for seconds in [0.0, 951_782_400, 1_772_000_000.7, 4_107_542_399, 1_709_164_800, 1_583_020_799] {
+            #expect(iso(seconds) == Date(timeIntervalSince1970: seconds.rounded(.down)).formatted(.iso8601), "\(seconds)")
+        }
+        #expect(iso(nil) == "")
+    }
+}

@@ -1,5 +1,6 @@
 import Foundation
 public import Logging
+import Synchronization
 public import Tracking
 
 /// How a billing run is done.
@@ -73,7 +74,7 @@ public final class RunEngine: Sendable {
     }
 
     /// Stops dispatching (SIGINT/SIGTERM): no new sends; those in flight are resolved.
-    public func requestStop() async { await control.stop(.interrupted) }
+    public func requestStop() async { control.stop(.interrupted) }
 
     // MARK: - Preparing
 
@@ -188,21 +189,21 @@ public final class RunEngine: Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             var inFlight = 0
             while true {
-                if await control.stopReason != nil { break }
+                if control.stopReason != nil { break }
                 let now = ContinuousClock.now
-                for (item, delay, releasePair) in await control.drainRequeued() {
+                for (item, delay, releasePair) in control.drainRequeued() {
                     if releasePair { queue.release(item.phone) }
                     queue.hold(item, for: delay, now: now)
                 }
                 try await refill()
                 if let progress, now - lastProgress >= .milliseconds(500) {
                     lastProgress = now
-                    progress(await control.progress(queued: queue.count + inFlight, elapsed: now - started))
+                    progress(control.progress(queued: queue.count + inFlight, elapsed: now - started))
                 }
                 guard let item = queue.pop(now: now) else {
                     if queue.isEmpty && exhausted {
                         if inFlight == 0 {
-                            if await control.hasRequeued { continue }
+                            if control.hasRequeued { continue }
                             break
                         }
                         try await group.next()
@@ -223,7 +224,7 @@ public final class RunEngine: Sendable {
             }
             try await group.waitForAll()
         }
-        return await control.stopReason
+        return control.stopReason
     }
 
     /// One message: the ledger entry, the request, the outcome by Meta's error class.
@@ -236,7 +237,7 @@ public final class RunEngine: Sendable {
         } catch {
             // The store failed: stop rather than send what we cannot record.
             logger.error("the ledger could not be written; stopping", metadata: ["error": "\(error)"])
-            await control.stop(.halted(GraphError(code: nil, title: "the database could not record a send: \(error)", httpStatus: 0)))
+            control.stop(.halted(GraphError(code: nil, title: "the database could not record a send: \(error)", httpStatus: 0)))
         }
     }
 
@@ -244,19 +245,19 @@ public final class RunEngine: Sendable {
         var item = item
         func requeue(_ error: SendError, after delay: Duration, releasePair: Bool = true) async throws {
             try await ledger.record(.rejected(messageID: item.id, attempt: attempt, error: error, final: false))
-            await control.requeue(item, after: delay, releasePair: releasePair)
+            control.requeue(item, after: delay, releasePair: releasePair)
         }
         func fail(_ error: SendError) async throws {
             try await ledger.record(.rejected(messageID: item.id, attempt: attempt, error: error, final: true))
-            await control.count(failed: 1)
+            control.count(failed: 1)
         }
         switch outcome {
         case .accepted(let wamid, _):
             try await ledger.record(.accepted(messageID: item.id, attempt: attempt, wamid: wamid))
-            await control.count(accepted: 1)
+            control.count(accepted: 1)
         case .unknown(let reason):
             try await ledger.record(.unknown(messageID: item.id, attempt: attempt, reason: reason))
-            await control.count(unknown: 1)
+            control.count(unknown: 1)
         case .notSent(let reason):
             item.transientRetries += 1
             let error = SendError(code: nil, title: "not sent: \(reason)")
@@ -283,14 +284,14 @@ public final class RunEngine: Sendable {
             case .halt:
                 // Back in the queue: once the cause is fixed, running the command again sends it.
                 try await ledger.record(.rejected(messageID: item.id, attempt: attempt, error: error, final: false))
-                await control.stop(.halted(e))
+                control.stop(.halted(e))
             case .final:
                 try await fail(error)
-                await control.knownCode()
+                control.knownCode()
             case .unknownCode:
                 try await fail(error)
-                if await control.unknownCode() >= options.haltAfterUnknownCodes {
-                    await control.stop(.halted(GraphError(code: e.code, title: "\(options.haltAfterUnknownCodes) unknown error codes in a row (last: \(e.title))",
+                if control.unknownCode() >= options.haltAfterUnknownCodes {
+                    control.stop(.halted(GraphError(code: e.code, title: "\(options.haltAfterUnknownCodes) unknown error codes in a row (last: \(e.title))",
                                                           httpStatus: e.httpStatus)))
                 }
             }
@@ -312,7 +313,7 @@ public final class RunEngine: Sendable {
         while true {
             let counts = try await store.stateCounts(run: run)
             let open = counts.filter { !$0.key.isFinal }.values.reduce(0, +)
-            let stopped = await control.stopReason != nil
+            let stopped = control.stopReason != nil
             if open == 0 || ContinuousClock.now >= deadline || stopped { return counts }
             try await Task.sleep(for: min(poll, deadline - ContinuousClock.now))
         }
@@ -330,47 +331,63 @@ public struct RunProgress: Sendable {
 }
 
 /// Shared between the dispatch loop and its sends: stop requests, requeued messages, counters.
-actor RunControl {
-    private(set) var stopReason: StopReason?
-    private var requeued: [(Outgoing, Duration, Bool)] = []
-    private var unknownCodesInARow = 0
-    private var accepted = 0, failed = 0, unknown = 0
+/// A lock rather than an actor: the loop reads it for every message, and an actor hop each time
+/// cost more than the rest of the loop.
+final class RunControl: Sendable {
+    private struct State {
+        var stopReason: StopReason?
+        var requeued: [(Outgoing, Duration, Bool)] = []
+        var unknownCodesInARow = 0
+        var accepted = 0, failed = 0, unknown = 0
+    }
+
+    private let state = Mutex(State())
+
+    var stopReason: StopReason? { state.withLock { $0.stopReason } }
 
     func stop(_ reason: StopReason) {
-        if stopReason == nil { stopReason = reason }
+        state.withLock { if $0.stopReason == nil { $0.stopReason = reason } }
     }
 
     func requeue(_ item: Outgoing, after delay: Duration, releasePair: Bool) {
-        requeued.append((item, delay, releasePair))
+        state.withLock { $0.requeued.append((item, delay, releasePair)) }
     }
 
-    var hasRequeued: Bool { !requeued.isEmpty }
+    var hasRequeued: Bool { state.withLock { !$0.requeued.isEmpty } }
 
     func drainRequeued() -> [(Outgoing, Duration, Bool)] {
-        defer { requeued.removeAll() }
-        return requeued
+        state.withLock { state in
+            defer { state.requeued.removeAll() }
+            return state.requeued
+        }
     }
 
     func count(accepted: Int = 0, failed: Int = 0, unknown: Int = 0) {
-        self.accepted += accepted
-        self.failed += failed
-        self.unknown += unknown
-        if accepted > 0 { unknownCodesInARow = 0 }
+        state.withLock {
+            $0.accepted += accepted
+            $0.failed += failed
+            $0.unknown += unknown
+            if accepted > 0 { $0.unknownCodesInARow = 0 }
+        }
     }
 
-    func knownCode() { unknownCodesInARow = 0 }
+    func knownCode() { state.withLock { $0.unknownCodesInARow = 0 } }
 
     func unknownCode() -> Int {
-        unknownCodesInARow += 1
-        return unknownCodesInARow
+        state.withLock {
+            $0.unknownCodesInARow += 1
+            return $0.unknownCodesInARow
+        }
     }
 
     func progress(queued: Int, elapsed: Duration) -> RunProgress {
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        let done = accepted + failed + unknown
-        let rate = seconds > 0 ? Double(done) / seconds : 0
-        return RunProgress(accepted: accepted, failed: failed, unknown: unknown, remaining: queued, rate: rate,
-                        eta: rate > 0 ? Double(queued) / rate : nil)
+        state.withLock { s in
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            let done = s.accepted + s.failed + s.unknown
+            let rate = seconds > 0 ? Double(done) / seconds : 0
+            return RunProgress(accepted: s.accepted, failed: s.failed, unknown: s.unknown, remaining: queued, rate: rate,
+                               eta: rate > 0 ? Double(queued) / rate : nil)
+        }
     }
 }
 

@@ -1,0 +1,239 @@
+import AsyncHTTPClient
+import Dispatcher
+import Foundation
+import GRDB
+import NIOCore
+import NIOHTTP1
+import Reports
+import Tracking
+
+/// A `dispatcher` subcommand as a separate process.
+final class Child: @unchecked Sendable {
+    let process = Process()
+
+    init(_ dispatcher: String, _ arguments: [String], in folder: String, environment: [String: String] = [:]) throws {
+        process.executableURL = URL(fileURLWithPath: dispatcher)
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: folder)
+        var env = ProcessInfo.processInfo.environment
+        env["LOG_LEVEL"] = "error"
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    func stop() {
+        process.terminate()
+        process.waitUntilExit()
+    }
+}
+
+func childrenCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_CHILDREN.rawValue), &usage)
+    return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+}
+
+func getJSON(_ url: String) async throws -> Any {
+    let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(30))
+    let body = try await response.body.collect(upTo: 512 * 1024 * 1024)
+    return try JSONSerialization.jsonObject(with: Data(body.readableBytesView))
+}
+
+func waitUp(_ url: String) async throws {
+    for _ in 0..<100 {
+        if (try? await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(1))) != nil { return }
+        try await Task.sleep(for: .milliseconds(100))
+    }
+    throw BenchError("\(url) did not come up")
+}
+
+func workspace() throws -> String {
+    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-bench-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    try FileManager.default.copyItem(atPath: "templates", toPath: folder + "/templates")
+    try #"{"rules":[{"match":"suffix:","outcome":"delivered_read"}]}"#.write(toFile: folder + "/scenario.json", atomically: true, encoding: .utf8)
+    return folder
+}
+
+// MARK: - The sandbox
+
+/// The sandbox (its own process) flat out: sends accepted per second, then how long until their
+/// webhooks (3 statuses each) have all been taken by a real `dispatcher serve`.
+func sandboxBenchmark(dispatcher: String, sends: Int) async throws -> [(String, String, String, String)] {
+    let folder = try workspace()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    let port = 21_000 + Int.random(in: 0..<5000)
+    let serve = try Child(dispatcher, ["serve", "--listen", "127.0.0.1:\(port + 1)", "--db", "sqlite:\(folder)/serve.sqlite"], in: folder,
+                          environment: ["WHATSAPP_APP_SECRET": "bench"])
+    defer { serve.stop() }
+    let sandbox = try Child(dispatcher, ["sandbox", "--listen", "127.0.0.1:\(port)", "--webhook-url", "http://127.0.0.1:\(port + 1)/webhook",
+                                         "--app-secret", "bench", "--throughput", "1000000", "--scenario", "scenario.json"], in: folder)
+    defer { sandbox.stop() }
+    try await waitUp("http://127.0.0.1:\(port)/_sandbox/counters")
+    try await waitUp("http://127.0.0.1:\(port + 1)/health")
+
+    var config = HTTPClient.Configuration()
+    config.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 64
+    let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+    let encoder = JSONEncoder()
+    let started = ContinuousClock.now
+    let accepted = try await withThrowingTaskGroup(of: Int.self) { group in
+        let workers = 48
+        for worker in 0..<workers {
+            group.addTask {
+                var ok = 0
+                for n in stride(from: worker, to: sends, by: workers) {
+                    let request = TemplateMessageRequest(to: "1809" + String(format: "%07d", n), callbackData: "m-\(n)", template: .init(
+                        name: "invoice", language: .init(code: "es"), components: [
+                            .init(type: "header", parameters: [.document(link: "https://docs.example.com/i.pdf", filename: "i.pdf")]),
+                            .init(type: "body", parameters: [.text("María"), .text("marzo 2026"),
+                                                             .currency(fallback: "RD$1.00", code: "DOP", amount1000: 1000), .text("10 de marzo")]),
+                        ]))
+                    var http = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v23.0/SANDBOX/messages")
+                    http.method = .POST
+                    http.headers.add(name: "Authorization", value: "Bearer sandbox-token")
+                    http.headers.add(name: "Content-Type", value: "application/json")
+                    http.body = .bytes(ByteBuffer(bytes: try encoder.encode(request)))
+                    let response = try await client.execute(http, timeout: .seconds(30))
+                    _ = try await response.body.collect(upTo: 65536)
+                    if response.status.code == 200 { ok += 1 }
+                }
+                return ok
+            }
+        }
+        return try await group.reduce(0, +)
+    }
+    let sendTime = seconds(ContinuousClock.now - started)
+    // Webhooks: wait until all 3 statuses of each have been delivered (accepted by serve).
+    var delivered = 0
+    while true {
+        let counters = try await getJSON("http://127.0.0.1:\(port)/_sandbox/counters") as? [String: Int] ?? [:]
+        delivered = counters["statuses_delivered"] ?? 0
+        if delivered >= accepted * 3 || seconds(ContinuousClock.now - started) > 120 { break }
+        try await Task.sleep(for: .milliseconds(200))
+    }
+    let allTime = seconds(ContinuousClock.now - started)
+    try await client.shutdown()
+    return [
+        ("sandbox: sends accepted, 48 clients flat out", "\(Int(Double(accepted) / sendTime).formatted()) sends/s", String(format: "%.1f s", sendTime),
+         "\(accepted.formatted()) of \(sends.formatted()) accepted"),
+        ("sandbox: their webhooks delivered to serve", "\(Int(Double(delivered) / allTime).formatted()) statuses/s", String(format: "%.1f s", allTime),
+         "\(delivered.formatted()) statuses, all \(delivered >= accepted * 3 ? "delivered" : "NOT delivered")"),
+    ]
+}
+
+// MARK: - Sending
+
+/// `dispatcher send` (its own process) against the sandbox (another) at a rate and added latency:
+/// the achieved rate measured from the sandbox's log of arrivals, and CPU per message.
+func sendBenchmark(dispatcher: String, rate: Int, latencyMs: Int, seconds duration: Int) async throws -> (String, String, String, String) {
+    let folder = try workspace()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    let messages = rate * duration
+    var csv = "invoice_id,tenant_name,phone,amount,currency,period,document_url\n"
+    for i in 0..<messages {
+        csv += "INV-\(i),Tenant \(i),+1809\(String(format: "%07d", i)),\(100 + i % 900).00,DOP,2026-03,https://docs.example.com/INV-\(i).pdf\n"
+    }
+    try csv.write(toFile: folder + "/run.csv", atomically: true, encoding: .utf8)
+    let port = 26_000 + Int.random(in: 0..<5000)
+    // Statuses go to a separate `serve` (as in production), so the send process only sends.
+    let serve = try Child(dispatcher, ["serve", "--listen", "127.0.0.1:\(port + 1)", "--db", "sqlite:\(folder)/dispatcher.sqlite"], in: folder,
+                          environment: ["WHATSAPP_APP_SECRET": "bench"])
+    defer { serve.stop() }
+    let sandbox = try Child(dispatcher, ["sandbox", "--listen", "127.0.0.1:\(port)", "--webhook-url", "http://127.0.0.1:\(port + 1)/webhook",
+                                         "--app-secret", "bench", "--throughput", "\(rate)", "--latency-ms", "\(latencyMs)", "--scenario", "scenario.json"],
+                            in: folder)
+    defer { sandbox.stop() }
+    try await waitUp("http://127.0.0.1:\(port)/_sandbox/counters")
+    let cpuBefore = childrenCPUSeconds()
+    let send = Process()
+    send.executableURL = URL(fileURLWithPath: dispatcher)
+    send.arguments = ["send", "run.csv", "--rate", "\(rate)", "--settle", "2s", "--stats"]
+    send.currentDirectoryURL = URL(fileURLWithPath: folder)
+    var env = ProcessInfo.processInfo.environment
+    env["WHATSAPP_API_BASE_URL"] = "http://127.0.0.1:\(port)"
+    env["WHATSAPP_ACCESS_TOKEN"] = "sandbox-token"
+    env["WHATSAPP_PHONE_NUMBER_ID"] = "SANDBOX"
+    env["WHATSAPP_APP_SECRET"] = "bench"
+    env["LOG_LEVEL"] = "error"
+    send.environment = env
+    let output = Pipe()
+    send.standardOutput = output
+    send.standardError = FileHandle.nullDevice
+    try send.run()
+    let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    send.waitUntilExit()
+    let stats = printed.split(separator: "\n").first { $0.hasPrefix("stats:") }.map(String.init) ?? "no stats"
+    let cpuPerMessage = stats.range(of: #"[0-9]+ µs CPU per message"#, options: .regularExpression).map { String(stats[$0]) } ?? "?"
+    let share = stats.range(of: #"[0-9.]+ of a core"#, options: .regularExpression).map { String(stats[$0]) } ?? "?"
+    let cpu = childrenCPUSeconds() - cpuBefore
+    let requests = try await getJSON("http://127.0.0.1:\(port)/_sandbox/requests") as? [[String: Any]] ?? []
+    let times = requests.filter { $0["wamid"] != nil }.compactMap { $0["at"] as? Double }.sorted()
+    let throttled = requests.filter { $0["errorCode"] as? Int == 130429 }.count
+    var most = 0, start = 0
+    for end in times.indices {
+        while times[end] - times[start] >= 1 { start += 1 }
+        most = max(most, end - start + 1)
+    }
+    let achieved = times.count > 1 ? Double(times.count - 1) / (times.last! - times.first!) : 0
+    return ("send at \(rate)/s, +\(latencyMs) ms API latency", String(format: "%.1f%% of the rate", achieved / Double(rate) * 100),
+            "\(cpuPerMessage.replacingOccurrences(of: " per message", with: "/msg sending")), \(share)",
+            "whole process \(String(format: "%.0f", cpu / Double(messages) * 1e6)) µs/msg; \(times.count.formatted()) accepted, max \(most) in any 1 s, \(throttled) × 130429, exit \(send.terminationStatus)")
+}
+
+// MARK: - Reports
+
+/// The delivery report of a 1,000,000-message run, from a store seeded directly.
+func reportBenchmark(messages: Int) async throws -> [(String, String, String, String)] {
+    let folder = try workspace()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    // The seeded store is kept in bench-data/ and reused: seeding takes a minute.
+    let database = "bench-data/report-\(messages).sqlite"
+    let seeded = FileManager.default.fileExists(atPath: database)
+    let store = try SQLiteStore(path: database)
+    let seedStart = ContinuousClock.now
+    if !seeded {
+    try await store.saveRun(RunRecord(name: "big", manifest: "big.csv", template: "invoice", sender: "123", status: "done", createdAt: 1_772_000_000))
+    let landlords = ["Inmobiliaria Caribe", "Residencial Los Próceres", "Torres del Malecón"]
+    for start in stride(from: 0, to: messages, by: 20_000) {
+        let range = start..<min(start + 20_000, messages)
+        try await store.addInvoices(range.map { i in
+            InvoiceRecord(run: "big", invoiceID: "INV-\(i)", line: i + 2, tenantName: "Tenant \(i), \"Apto\" \(i % 40)", landlord: landlords[i % 3],
+                          property: "Torre \(i % 90)", amountMinor: Int64(100_000 + i % 90_000), currency: i % 10 == 0 ? "USD" : "DOP", period: "2026-03",
+                          locale: "es-DO", email: "t\(i)@example.com")
+        })
+        _ = try await store.addMessages(range.map { i in
+            NewMessage(id: "m-\(i)", run: "big", invoiceID: "INV-\(i)", phone: "1809" + String(format: "%07d", i), template: "invoice", language: "es")
+        })
+    }
+    // Outcomes, in bulk: mostly read, some delivered, failed and unknown.
+    // (Directly in SQL: a million statuses through the API would take minutes and measure something else.)
+    try await DatabaseQueue(path: database).write { db in
+        try db.execute(sql: """
+            UPDATE messages SET
+              state = CASE WHEN seq % 20 = 0 THEN 'failed' WHEN seq % 50 = 1 THEN 'unknown' WHEN seq % 7 = 0 THEN 'delivered' ELSE 'read' END,
+              error_code = CASE WHEN seq % 20 = 0 THEN (CASE WHEN seq % 40 = 0 THEN 131026 ELSE 131049 END) END,
+              error_title = CASE WHEN seq % 20 = 0 THEN 'Message undeliverable' END,
+              wamid = 'wamid.' || seq, attempts = 1, accepted_at = 1772000000 + seq / 1000, sent_at = 1772000001 + seq / 1000,
+              delivered_at = CASE WHEN seq % 20 != 0 AND seq % 50 != 1 THEN 1772000002 + seq / 1000 END,
+              read_at = CASE WHEN seq % 20 != 0 AND seq % 50 != 1 AND seq % 7 != 0 THEN 1772000030 + seq / 1000 END
+            """)
+    }
+    }
+    let seedTime = seconds(ContinuousClock.now - seedStart)
+    let run = try await store.run(named: "big")!
+    let writer = try await DeliveryReportWriter(templatesDirectory: "templates")
+    let started = ContinuousClock.now
+    let files = try await writer.write(run: run, store: store, to: folder + "/reports")
+    let total = seconds(ContinuousClock.now - started)
+    let htmlSize = (try FileManager.default.attributesOfItem(atPath: files.html)[.size] as? Int) ?? 0
+    let csvSize = (try FileManager.default.attributesOfItem(atPath: files.messagesCSV)[.size] as? Int) ?? 0
+    return [
+        ("report of \(messages.formatted()) messages" + (seeded ? "" : " (seeded in \(String(format: "%.0f", seedTime)) s)"), String(format: "%.2f s in all", total),
+         "CSV \(csvSize / 1_048_576) MB", String(format: "HTML %.0f KB", Double(htmlSize) / 1024)),
+    ]
+}
+
+func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
