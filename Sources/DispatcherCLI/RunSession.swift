@@ -127,8 +127,8 @@ struct RunSession {
             let elapsed = ContinuousClock.now - wallBefore
             let wall = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
             let cpu = processCPUSeconds() - cpuBefore
-            console.say(String(format: "stats: %d messages in %.2f s (%.1f/s, %.1f%% of --rate %.0f); %.0f µs CPU per message while sending (%.2f of a core)",
-                               sent, wall, Double(sent) / wall, Double(sent) / wall / options.rate * 100, options.rate,
+            console.say(String(format: "stats: %d messages in %.2f s (%.1f/s, %.1f%% of --rate %.0f, at most %d in any second as they left); %.0f µs CPU per message while sending (%.2f of a core)",
+                               sent, wall, Double(sent) / wall, Double(sent) / wall / options.rate * 100, options.rate, engine.mostSendsInOneSecond,
                                sent > 0 ? cpu / Double(sent) * 1e6 : 0, cpu / wall))
         }
         if terminal { FileHandle.standardError.write(Data("\n".utf8)) }

@@ -85,11 +85,12 @@ struct RunEngineTests {
                 while times[end] - times[start] >= 1 { start += 1 }
                 most = max(most, end - start + 1)
             }
-            // Measured where the sandbox receives them: spacing is exact when requests leave, and one
-            // request reaching the sandbox 15 ms late (both processes share 2 loaded cores while the
-            // suite runs in parallel) can put 51 in one window. A pacing bug shows as far more (a
-            // bunching bug here once gave 55).
-            #expect(most <= 51, "most in one second: \(most)")
+            // As the requests left: what the pacer controls. (Where the sandbox receives them, a
+            // loaded machine adds its own jitter: a debug build with the suite in parallel put 52 in
+            // one window there; a real pacing bug, sends bunched by a slow ledger, put 55.)
+            #expect(e.mostSendsInOneSecond <= 50, "most in one second as they left: \(e.mostSendsInOneSecond)")
+            #expect(most <= 55, "most in one second at the sandbox: \(most)")
+            #expect(try await h.store.stateCounts(run: "paced")[.failed] == nil)
             let achieved = Double(times.count - 1) / (times.last! - times.first!)
             #expect(achieved >= 0.95 * 50 && achieved <= 50, "achieved \(achieved)/s")
         }

@@ -73,6 +73,9 @@ public final class RunEngine: Sendable {
         self.logger = logger
     }
 
+    /// The most requests that left in any one second of this engine's runs (measured as they leave).
+    public var mostSendsInOneSecond: Int { control.mostInOneSecond }
+
     /// Stops dispatching (SIGINT/SIGTERM): no new sends; those in flight are resolved.
     public func requestStop() async { control.stop(.interrupted) }
 
@@ -172,22 +175,23 @@ public final class RunEngine: Sendable {
         let gate = Pacer(rate: options.rate)
         let ledger = LedgerWriter(store: store)
         var queue = SendQueue(pairSpacing: options.pairSpacing)
-        var lastSequence: Int64? = nil
-        var exhausted = false
+        let feed = Feed()
         let maxInFlight = max(8, min(1024, Int(options.rate * 0.6)))
         let started = ContinuousClock.now
         var lastProgress = started
 
-        func refill() async throws {
-            guard !exhausted, queue.count < 2000 else { return }
-            let page = try await store.queuedMessages(run: options.run, after: lastSequence, limit: 5000)
-            if page.count < 5000 { exhausted = true }
-            lastSequence = page.last?.sequence ?? lastSequence
-            queue.append(page.compactMap { m in m.requestBody.map { Outgoing(id: m.id, phone: m.phone, body: Array($0.utf8)) } })
-        }
-
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        // Children say which they were: the feeder (true) or a send (false).
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            // The queue is read ahead by a feeder, so the loop never waits on the database (a
+            // page of 5,000 messages took long enough to cost 1,000/s runs a tenth of a second).
+            group.addTask {
+                try await self.feed(feed, run: options.run)
+                return true
+            }
             var inFlight = 0
+            func awaitOne() async throws {
+                if try await group.next() == false { inFlight -= 1 }
+            }
             while true {
                 if control.stopReason != nil { break }
                 let now = ContinuousClock.now
@@ -195,36 +199,54 @@ public final class RunEngine: Sendable {
                     if releasePair { queue.release(item.phone) }
                     queue.hold(item, for: delay, now: now)
                 }
-                try await refill()
+                queue.append(feed.take())
+                let exhausted = feed.exhausted
                 if let progress, now - lastProgress >= .milliseconds(500) {
                     lastProgress = now
                     progress(control.progress(queued: queue.count + inFlight, elapsed: now - started))
                 }
-                guard let item = queue.pop(now: now) else {
+                guard let item = queue.pop(now: now, lastSent: { self.control.lastSent(to: $0) }) else {
                     if queue.isEmpty && exhausted {
                         if inFlight == 0 {
                             if control.hasRequeued { continue }
                             break
                         }
-                        try await group.next()
-                        inFlight -= 1
+                        try await awaitOne()
                         continue
                     }
-                    let wake = min(queue.nextWake ?? now + .milliseconds(100), now + .milliseconds(100))
+                    // Held messages (the pair rule, back-offs), or the first page still being read.
+                    let wake = min(queue.nextWake ?? now + .milliseconds(10), now + .milliseconds(100))
                     try await Task.sleep(until: wake, clock: .continuous)
                     continue
                 }
-                if inFlight >= maxInFlight {
-                    try await group.next()
-                    inFlight -= 1
-                }
+                while inFlight >= maxInFlight { try await awaitOne() }
                 try await pacer.slot()
                 inFlight += 1
-                group.addTask { await self.send(item, ledger: ledger, pacers: [pacer, gate], options: options) }
+                group.addTask {
+                    await self.send(item, ledger: ledger, pacers: [pacer, gate], options: options)
+                    return false
+                }
             }
             try await group.waitForAll()
         }
         return control.stopReason
+    }
+
+    /// Reads the run's queued messages a page at a time, staying a page ahead of the loop.
+    func feed(_ feed: Feed, run: String) async throws {
+        var last: Int64? = nil
+        while control.stopReason == nil {
+            if feed.count > 2000 {
+                try await Task.sleep(for: .milliseconds(20))
+                continue
+            }
+            let page = try await store.queuedMessages(run: run, after: last, limit: 2500)
+            last = page.last?.sequence ?? last
+            feed.add(page.compactMap { m in m.requestBody.map { Outgoing(id: m.id, phone: m.phone, body: Array($0.utf8)) } },
+                     done: page.count < 2500)
+            if page.count < 2500 { return }
+        }
+        feed.add([], done: true)
     }
 
     /// One message: the ledger entry, the request, the outcome by Meta's error class.
@@ -232,6 +254,7 @@ public final class RunEngine: Sendable {
         do {
             let attempt = try await ledger.begin(item.id)
             try await pacers[1].slot()
+            control.recordSend(to: item.phone, at: .now)
             let outcome = await client.send(body: Data(item.body))
             try await handle(outcome, item: item, attempt: attempt, ledger: ledger, pacers: pacers, options: options)
         } catch {
@@ -330,6 +353,29 @@ public struct RunProgress: Sendable {
     public var eta: Double?
 }
 
+/// Messages read ahead for the dispatch loop.
+final class Feed: Sendable {
+    private let state = Mutex<(items: [Outgoing], done: Bool)>(([], false))
+
+    func add(_ items: [Outgoing], done: Bool) {
+        state.withLock {
+            $0.items.append(contentsOf: items)
+            if done { $0.done = true }
+        }
+    }
+
+    func take() -> [Outgoing] {
+        state.withLock { state in
+            defer { state.items.removeAll(keepingCapacity: true) }
+            return state.items
+        }
+    }
+
+    var count: Int { state.withLock { $0.items.count } }
+    /// Everything queued has been read (and taken or waiting in `items`).
+    var exhausted: Bool { state.withLock { $0.done && $0.items.isEmpty } }
+}
+
 /// Shared between the dispatch loop and its sends: stop requests, requeued messages, counters.
 /// A lock rather than an actor: the loop reads it for every message, and an actor hop each time
 /// cost more than the rest of the loop.
@@ -339,6 +385,12 @@ final class RunControl: Sendable {
         var requeued: [(Outgoing, Duration, Bool)] = []
         var unknownCodesInARow = 0
         var accepted = 0, failed = 0, unknown = 0
+        /// When each recipient's last request left (the pair rule counts from there).
+        var lastSent: [String: ContinuousClock.Instant] = [:]
+        /// The requests of the last second, and the most there ever were.
+        var window: [ContinuousClock.Instant] = []
+        var windowStart = 0
+        var mostInOneSecond = 0
     }
 
     private let state = Mutex(State())
@@ -372,6 +424,24 @@ final class RunControl: Sendable {
     }
 
     func knownCode() { state.withLock { $0.unknownCodesInARow = 0 } }
+
+    /// A request is leaving now: for the pair rule, and to measure the rate where we control it.
+    func recordSend(to phone: String, at now: ContinuousClock.Instant) {
+        state.withLock { s in
+            s.lastSent[phone] = now
+            s.window.append(now)
+            while s.windowStart < s.window.count && now - s.window[s.windowStart] >= .seconds(1) { s.windowStart += 1 }
+            if s.windowStart > 4096 {
+                s.window.removeFirst(s.windowStart)
+                s.windowStart = 0
+            }
+            s.mostInOneSecond = max(s.mostInOneSecond, s.window.count - s.windowStart)
+        }
+    }
+
+    func lastSent(to phone: String) -> ContinuousClock.Instant? { state.withLock { $0.lastSent[phone] } }
+
+    var mostInOneSecond: Int { state.withLock { $0.mostInOneSecond } }
 
     func unknownCode() -> Int {
         state.withLock {

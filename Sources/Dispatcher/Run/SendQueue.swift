@@ -41,11 +41,17 @@ struct SendQueue {
         held.append((now + delay, item))
     }
 
-    /// The next message that may go now, or nil (see `nextWake`).
-    mutating func pop(now: ContinuousClock.Instant) -> Outgoing? {
+    /// The next message that may go now, or nil (see `nextWake`). `lastSent` tells when the last
+    /// request to a number actually left: the pair interval counts from there, whatever delayed it.
+    mutating func pop(now: ContinuousClock.Instant, lastSent: (String) -> ContinuousClock.Instant? = { _ in nil }) -> Outgoing? {
+        func allowed(_ phone: String) -> ContinuousClock.Instant {
+            let fromQueue = nextAllowed[phone] ?? now
+            guard let sent = lastSent(phone) else { return fromQueue }
+            return max(fromQueue, sent + pairSpacing)
+        }
         // Held messages whose time has come go first: they were first in line.
         var best: Int? = nil
-        for i in held.indices where held[i].at <= now && (nextAllowed[held[i].item.phone] ?? now) <= now {
+        for i in held.indices where held[i].at <= now && allowed(held[i].item.phone) <= now {
             if best == nil || held[i].at < held[best!].at { best = i }
         }
         if let best {
@@ -56,8 +62,9 @@ struct SendQueue {
         while readyIndex < ready.count {
             let item = ready[readyIndex]
             readyIndex += 1
-            if let allowed = nextAllowed[item.phone], allowed > now {
-                held.append((allowed, item))
+            let at = allowed(item.phone)
+            if at > now {
+                held.append((at, item))
                 continue
             }
             nextAllowed[item.phone] = now + pairSpacing

@@ -1,0 +1,167 @@
+import Dispatcher
+import Foundation
+import Testing
+@testable import Reports
+@testable import Tracking
+
+let reportsRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+func reportStore() throws -> SQLiteStore {
+    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-report-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    return try SQLiteStore(path: folder.appendingPathComponent("r.sqlite").path)
+}
+
+/// A run: two landlords, DOP and USD, messages in every state.
+func seedReport(_ store: SQLiteStore, states: [(invoice: String, landlord: String, amount: Int64, currency: String, state: MessageState, code: Int?)]) async throws {
+    try await store.saveRun(RunRecord(name: "march", manifest: "m.csv", template: "invoice", sender: "123", status: "done", createdAt: 1_772_000_000))
+    try await store.addInvoices(states.map {
+        InvoiceRecord(run: "march", invoiceID: $0.invoice, line: 2, tenantName: "Tenant \($0.invoice), \"quoted\"", landlord: $0.landlord,
+                      amountMinor: $0.amount, currency: $0.currency, period: "2026-03", locale: "es-DO", email: "=cmd|' /C calc'!A0")
+    })
+    _ = try await store.addMessages(states.enumerated().map { i, s in
+        NewMessage(id: "m-\(i)", run: "march", invoiceID: s.invoice, phone: "1809555\(1000 + i)", template: "invoice", language: "es",
+                   state: s.state == .skipped ? .skipped : .queued, skipReason: s.state == .skipped ? "nothing due" : nil)
+    })
+    for (i, s) in states.enumerated() where s.state != .skipped && s.state != .queued {
+        let id = "m-\(i)"
+        let attempt = try await store.beginAttempt(messageID: id, at: 1_772_000_000)
+        if s.state == .unknown {
+            try await store.recordUnknown(messageID: id, attempt: attempt, reason: "timeout", at: 1_772_000_001)
+            continue
+        }
+        try await store.recordAccepted(messageID: id, attempt: attempt, wamid: "wamid.\(i)", at: 1_772_000_001)
+        var contents = WebhookContents()
+        switch s.state {
+        case .sent: contents.statuses = [StatusUpdate(wamid: "wamid.\(i)", status: "sent", timestamp: 1_772_000_002)]
+        case .delivered: contents.statuses = [StatusUpdate(wamid: "wamid.\(i)", status: "delivered", timestamp: 1_772_000_003)]
+        case .read: contents.statuses = [StatusUpdate(wamid: "wamid.\(i)", status: "read", timestamp: 1_772_000_004)]
+        case .failed: contents.statuses = [StatusUpdate(wamid: "wamid.\(i)", status: "failed", timestamp: 1_772_000_005, errorCode: s.code, errorTitle: "Message undeliverable")]
+        default: break
+        }
+        _ = try await store.ingestWebhook(body: [], signature: nil, contents: contents, parseError: nil, at: 1_772_000_010)
+    }
+}
+
+func readCSV(_ path: String) throws -> [[String: String]] {
+    var rows: [[String: String]] = []
+    // The manifest reader is a full RFC 4180 reader: use it on the report as on any CSV.
+    let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+    var header: [String]? = nil
+    var text = String(decoding: bytes, as: UTF8.self)
+    if text.hasPrefix("\u{FEFF}") { text.removeFirst() }
+    var field = "", row: [String] = [], quoted = false, i = text.startIndex
+    let delimiter: Character = text.prefix { $0 != "\r" && $0 != "\n" }.contains(";") ? ";" : ","
+    while i < text.endIndex {
+        let c = text[i]
+        if quoted {
+            if c == "\"" {
+                let next = text.index(after: i)
+                if next < text.endIndex && text[next] == "\"" { field.append("\""); i = next } else { quoted = false }
+            } else { field.append(c) }
+        } else if c == "\"" { quoted = true }
+        else if c == delimiter { row.append(field); field = "" }
+        else if c == "\r\n" || c == "\n" || c == "\r" {
+            row.append(field); field = ""
+            if let h = header { rows.append(Dictionary(uniqueKeysWithValues: zip(h, row))) } else { header = row }
+            row = []
+        } else { field.append(c) }
+        i = text.index(after: i)
+    }
+    return rows
+}
+
+@Suite("Delivery report")
+struct DeliveryReportTests {
+    let mix: [(invoice: String, landlord: String, amount: Int64, currency: String, state: MessageState, code: Int?)] = [
+        ("A", "Caribe", 1_000_00, "DOP", .read, nil), ("B", "Caribe", 2_000_00, "DOP", .delivered, nil), ("C", "Caribe", 3_000_00, "DOP", .failed, 131026),
+        ("D", "Caribe", 50_00, "USD", .sent, nil), ("E", "Próceres", 4_000_00, "DOP", .failed, 131049), ("F", "Próceres", 5_000_00, "DOP", .unknown, nil),
+        ("G", "Próceres", 0, "DOP", .skipped, nil), ("H", "Próceres", 6_000_00, "DOP", .read, nil),
+    ]
+
+    func write(_ store: SQLiteStore, lang: String = "en", excel: Bool = false, landlord: String? = nil) async throws -> ReportFiles {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("report-\(UUID().uuidString)").path
+        let writer = try await DeliveryReportWriter(templatesDirectory: reportsRoot.appendingPathComponent("templates").path, lang: lang, excel: excel)
+        return try await writer.write(run: try await store.run(named: "march")!, store: store, to: directory, landlord: landlord)
+    }
+
+    @Test("messages.csv has one row per message with the store's states, round-trips quotes, and defuses formulas")
+    func messagesCSV() async throws {
+        let store = try reportStore()
+        try await seedReport(store, states: mix)
+        let files = try await write(store)
+        let rows = try readCSV(files.messagesCSV)
+        #expect(rows.count == 8)
+        var counted: [MessageState: Int] = [:]
+        for row in rows { counted[MessageState(rawValue: row["state"]!)!, default: 0] += 1 }
+        #expect(counted == (try await store.stateCounts(run: "march")))
+        #expect(rows[0]["tenant_name"] == "Tenant A, \"quoted\"")
+        #expect(rows[0]["email"] == "'=cmd|' /C calc'!A0")
+        #expect(rows[0]["read_at"] == "2026-02-25T06:13:24Z")
+        #expect(rows.first { $0["invoice_id"] == "C" }?["retryable"] == "no")
+        #expect(rows.first { $0["invoice_id"] == "E" }?["retryable"] == "yes")
+        #expect(rows.first { $0["invoice_id"] == "F" }?["retryable"] == "yes")
+        #expect(rows.first { $0["invoice_id"] == "A" }?["amount"] == "1000.00")
+    }
+
+    @Test("landlords.csv: invoices, billed and delivered per landlord and currency, as the store says")
+    func landlordsCSV() async throws {
+        let store = try reportStore()
+        try await seedReport(store, states: mix)
+        let rows = try readCSV(try await write(store).landlordsCSV)
+        let caribeDOP = try #require(rows.first { $0["landlord"] == "Caribe" && $0["currency"] == "DOP" })
+        #expect(caribeDOP["invoices"] == "3")
+        #expect(caribeDOP["amount_billed"] == "6000.00")
+        #expect(caribeDOP["amount_delivered"] == "3000.00")  // A read + B delivered
+        #expect(caribeDOP["failed"] == "1")
+        #expect(caribeDOP["unreachable"] == "1")
+        let caribeUSD = try #require(rows.first { $0["landlord"] == "Caribe" && $0["currency"] == "USD" })
+        #expect(caribeUSD["pending"] == "1")
+        #expect(caribeUSD["amount_delivered"] == "0.00")
+        let proceres = try #require(rows.first { $0["landlord"] == "Próceres" })
+        #expect(proceres["invoices"] == "4")
+        #expect(proceres["pending"] == "1")  // the unknown one
+        #expect(proceres["amount_delivered"] == "6000.00")
+    }
+
+    @Test("the page: the funnel's figures, failures with their reason and action, the retry command; Spanish labels")
+    func page() async throws {
+        let store = try reportStore()
+        try await seedReport(store, states: mix)
+        let html = try String(contentsOfFile: try await write(store).html, encoding: .utf8)
+        #expect(html.contains("This number is not on WhatsApp"))
+        #expect(html.contains("Send the invoice by email"))
+        #expect(html.contains("dispatcher retry march --include-unknown"))
+        #expect(html.contains("<svg"))
+        #expect(!html.contains("{{"))
+        #expect(!html.contains("<script"))
+        #expect(!html.contains("http://") && !html.contains("src=\"https"))  // self-contained
+        let spanish = try String(contentsOfFile: try await write(store, lang: "es").html, encoding: .utf8)
+        #expect(spanish.contains("Informe de entrega"))
+        #expect(spanish.contains("Enviar la factura por correo electrónico"))
+    }
+
+    @Test("a run with no messages, and one where every message failed, still render")
+    func edgeRuns() async throws {
+        let empty = try reportStore()
+        try await seedReport(empty, states: [])
+        let files = try await write(empty)
+        #expect(try readCSV(files.messagesCSV).isEmpty)
+        #expect(try String(contentsOfFile: files.html, encoding: .utf8).contains("Delivery report"))
+        let failed = try reportStore()
+        try await seedReport(failed, states: (0..<5).map { ("I\($0)", "Caribe", 100, "DOP", MessageState.failed, 131026) })
+        let html = try String(contentsOfFile: try await write(failed).html, encoding: .utf8)
+        #expect(html.contains("(5 · 131026)"))
+    }
+
+    @Test("one landlord's own report has only their invoices; --excel writes ';' and a BOM")
+    func landlordAndExcel() async throws {
+        let store = try reportStore()
+        try await seedReport(store, states: mix)
+        let files = try await write(store, excel: true, landlord: "Próceres")
+        let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: files.messagesCSV)))
+        #expect(Array(bytes.prefix(3)) == [0xEF, 0xBB, 0xBF])
+        let rows = try readCSV(files.messagesCSV)
+        #expect(Set(rows.map { $0["invoice_id"]! }) == ["E", "F", "G", "H"])
+    }
+}
