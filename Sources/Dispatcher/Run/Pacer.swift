@@ -14,12 +14,21 @@ public actor Pacer {
     private var next: ContinuousClock.Instant
     private var pausedUntil: ContinuousClock.Instant
     private let clock = ContinuousClock()
+    /// The last `limit` releases: no release may make more than `limit` in any one second, however
+    /// late a caller woke up (a reserved slot is a promise about time; this is the guarantee).
+    private var releases: [ContinuousClock.Instant] = []
+    private var oldest = 0
+    private let limit: Int
+    /// The most releases there were in any one second.
+    public private(set) var mostInOneSecond = 0
 
     public init(rate: Double, margin: Double = 0.985) {
         self.rate = rate
         interval = .nanoseconds(Int64(1e9 / (rate * margin)))
         let spare = Int((rate * (1 - margin)).rounded(.down)) - 2
         early = interval * max(0, min(4, spare))
+        limit = max(1, Int(rate.rounded(.down)))
+        releases.reserveCapacity(limit)
         next = clock.now
         pausedUntil = clock.now
     }
@@ -38,6 +47,36 @@ public actor Pacer {
         if now - at > early { at = now }
         next = at + interval
         if at > now + early { try await clock.sleep(until: at) }
+        // The release itself: at most `limit` in the trailing second, checked and recorded with no
+        // suspension in between.
+        while true {
+            let now = clock.now
+            if releases.count < limit {
+                releases.append(now)
+            } else {
+                let oldestRelease = releases[oldest]
+                if now - oldestRelease < .seconds(1) {
+                    try await clock.sleep(until: oldestRelease + .seconds(1))
+                    continue
+                }
+                releases[oldest] = now
+                oldest = (oldest + 1) % limit
+            }
+            // Releases in the second ending now (the log holds the last `limit` in order).
+            let count = releases.count < limit ? releases.filter { now - $0 < .seconds(1) }.count : countWithin(now)
+            mostInOneSecond = max(mostInOneSecond, count)
+            return
+        }
+    }
+
+    private func countWithin(_ now: ContinuousClock.Instant) -> Int {
+        // Oldest-first walk from the oldest entry: stop at the first inside the window.
+        var i = oldest, skipped = 0
+        while skipped < limit && now - releases[i] >= .seconds(1) {
+            i = (i + 1) % limit
+            skipped += 1
+        }
+        return limit - skipped
     }
 
     /// Holds every grant back for `seconds` from now (Meta's `Retry-After`, or our back-off).

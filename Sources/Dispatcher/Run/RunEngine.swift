@@ -73,7 +73,8 @@ public final class RunEngine: Sendable {
         self.logger = logger
     }
 
-    /// The most requests that left in any one second of this engine's runs (measured as they leave).
+    /// The most requests released in any one second of this engine's last run (measured by the
+    /// gate that releases them).
     public var mostSendsInOneSecond: Int { control.mostInOneSecond }
 
     /// Stops dispatching (SIGINT/SIGTERM): no new sends; those in flight are resolved.
@@ -229,6 +230,7 @@ public final class RunEngine: Sendable {
             }
             try await group.waitForAll()
         }
+        control.noteMostInOneSecond(await gate.mostInOneSecond)
         return control.stopReason
     }
 
@@ -387,9 +389,7 @@ final class RunControl: Sendable {
         var accepted = 0, failed = 0, unknown = 0
         /// When each recipient's last request left (the pair rule counts from there).
         var lastSent: [String: ContinuousClock.Instant] = [:]
-        /// The requests of the last second, and the most there ever were.
-        var window: [ContinuousClock.Instant] = []
-        var windowStart = 0
+        /// The most requests the gate released in any one second.
         var mostInOneSecond = 0
     }
 
@@ -425,23 +425,16 @@ final class RunControl: Sendable {
 
     func knownCode() { state.withLock { $0.unknownCodesInARow = 0 } }
 
-    /// A request is leaving now: for the pair rule, and to measure the rate where we control it.
+    /// A request is leaving now: the pair rule counts from here.
     func recordSend(to phone: String, at now: ContinuousClock.Instant) {
-        state.withLock { s in
-            s.lastSent[phone] = now
-            s.window.append(now)
-            while s.windowStart < s.window.count && now - s.window[s.windowStart] >= .seconds(1) { s.windowStart += 1 }
-            if s.windowStart > 4096 {
-                s.window.removeFirst(s.windowStart)
-                s.windowStart = 0
-            }
-            s.mostInOneSecond = max(s.mostInOneSecond, s.window.count - s.windowStart)
-        }
+        state.withLock { $0.lastSent[phone] = now }
     }
 
     func lastSent(to phone: String) -> ContinuousClock.Instant? { state.withLock { $0.lastSent[phone] } }
 
     var mostInOneSecond: Int { state.withLock { $0.mostInOneSecond } }
+
+    func noteMostInOneSecond(_ n: Int) { state.withLock { $0.mostInOneSecond = n } }
 
     func unknownCode() -> Int {
         state.withLock {
