@@ -92,7 +92,10 @@ struct RunEngineTests {
             #expect(most <= 55, "most in one second at the sandbox: \(most)")
             #expect(try await h.store.stateCounts(run: "paced")[.failed] == nil)
             let achieved = Double(times.count - 1) / (times.last! - times.first!)
-            #expect(achieved >= 0.95 * 50 && achieved <= 50, "achieved \(achieved)/s")
+            // The rate is reached. (Computed from first and last arrival: one late first arrival on a
+            // loaded machine shortens the span, so the upper side allows 2 %; "never above" is the
+            // exact check on releases above.)
+            #expect(achieved >= 0.95 * 50 && achieved <= 1.02 * 50, "achieved \(achieved)/s")
         }
     }
 
