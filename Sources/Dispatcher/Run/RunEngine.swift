@@ -111,6 +111,7 @@ public final class RunEngine: Sendable {
                 switch outcome {
                 case .inserted:
                     if message.state == .queued { preparation.queued += 1 }
+                    if message.skipReason?.hasPrefix("opted out") == true { preparation.optedOut += 1 }
                 case .exists(_, let run, let state) where run == options.run:
                     if state == .queued { preparation.resumed += 1 }
                 case .exists(let id, let run, let state):
@@ -145,7 +146,6 @@ public final class RunEngine: Sendable {
                 if optedOut.contains(message.phone) {
                     new.state = .skipped
                     new.skipReason = "opted out: the tenant asked to stop receiving messages"
-                    preparation.optedOut += 1
                 } else {
                     new.requestBody = String(decoding: try encoder.encode(message.request), as: UTF8.self)
                 }
