@@ -72,8 +72,8 @@ let package = Package(
             name: "Sandbox",
             dependencies: [
                 "Dispatcher",
+                "Tracking",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),

@@ -153,7 +153,7 @@ struct RunSession {
         record.finishedAt = Date().timeIntervalSince1970
         try await store.saveRun(record)
 
-        let directory = settle.out ?? "reports/\(run)"
+        let directory = settle.out ?? reportDirectory(run: run, landlord: nil)
         let writer = try await DeliveryReportWriter(templatesDirectory: templatesDirectory, lang: settle.lang)
         let files = try await writer.write(run: record, store: store, to: directory, settle: "\(settleWindow)")
         let summary = MessageState.allCases.compactMap { s in counts[s].map { "\(s.rawValue) \($0)" } }.joined(separator: ", ")

@@ -1,5 +1,4 @@
 import AsyncHTTPClient
-import Crypto
 public import Dispatcher
 import Foundation
 import Hummingbird
@@ -7,6 +6,7 @@ public import Logging
 import NIOCore
 import NIOHTTP1
 import ServiceLifecycle
+import Tracking
 
 /// How the sandbox behaves.
 public struct SandboxConfiguration: Sendable {
@@ -51,11 +51,12 @@ public struct SandboxConfiguration: Sendable {
 public struct Sandbox: Sendable {
     public let configuration: SandboxConfiguration
     let state = SandboxState()
-    let key: SymmetricKey
+    /// Webhooks are signed by the same code that receivers verify with.
+    let signer: WebhookSignature
 
     public init(configuration: SandboxConfiguration) {
         self.configuration = configuration
-        key = SymmetricKey(data: Array(configuration.appSecret.utf8))
+        signer = WebhookSignature(appSecret: configuration.appSecret)
     }
 
     /// Serves on `host:port` and delivers webhooks until cancelled. `onListening` gets the bound
@@ -311,7 +312,7 @@ public struct Sandbox: Sendable {
                 var request = HTTPClientRequest(url: url)
                 request.method = .POST
                 request.headers.add(name: "Content-Type", value: "application/json")
-                request.headers.add(name: "X-Hub-Signature-256", value: signature(body))
+                request.headers.add(name: "X-Hub-Signature-256", value: signer.header(for: body))
                 request.body = .bytes(ByteBuffer(bytes: body))
                 var status: Int? = nil
                 var problem: String? = nil
@@ -365,10 +366,6 @@ public struct Sandbox: Sendable {
             entries.append(.object([("id", .string("SANDBOX-WABA")), ("changes", .array(Array(changes[start..<min(start + 2, changes.count)])))]))
         }
         return MetaJSON.object([("object", .string("whatsapp_business_account")), ("entry", .array(entries))]).bytes
-    }
-
-    func signature(_ body: [UInt8]) -> String {
-        "sha256=" + HMAC<SHA256>.authenticationCode(for: body, using: key).map { String(format: "%02x", $0) }.joined()
     }
 
     // MARK: - Helpers

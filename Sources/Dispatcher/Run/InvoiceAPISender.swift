@@ -55,9 +55,9 @@ public final class InvoiceAPISender: InvoiceSendService {
         let components = Calendar(identifier: .gregorian).dateComponents(in: TimeZone(identifier: "UTC")!, from: today)
         let period = BillingPeriod(year: components.year!, month: components.month!)
         // Without invoiceId, the key is (organization, tenant, period, amount): the same call twice sends once.
-        let invoiceID = request.invoiceID ?? "api-" + SHA256.hash(data: Array(
+        let invoiceID = request.invoiceID ?? "api-" + lowercaseHex(SHA256.hash(data: Array(
             "\(organizationID ?? request.organizationName ?? "")\u{1F}\(request.tenantName)\u{1F}\(request.invoicePeriod ?? "")\u{1F}\(minor)".utf8))
-            .prefix(8).map { String(format: "%02x", $0) }.joined()
+            .prefix(8))
         var invoice = Invoice(
             line: 0, invoiceID: invoiceID, tenantName: request.tenantName, phones: numbers, amount: Money(minorUnits: minor, currency: currency),
             period: period, dueDate: request.dueDate.flatMap { date in var d = date; return d.withUTF8 { parseDate($0) } },

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Tracking
 
 /// The idempotency key of a message: one invoice, to one number, with one template.
 public struct MessageKey: Sendable, Hashable {
@@ -17,10 +18,7 @@ public struct MessageKey: Sendable, Hashable {
     /// a first run and a re-run, and sent as `biz_opaque_callback_data`.
     public var messageID: String {
         let digest = SHA256.hash(data: Array("\(invoiceID)\u{1F}\(phone)\u{1F}\(template)".utf8))
-        return "m-" + digest.prefix(12).map { byte in
-            let hex = String(byte, radix: 16)
-            return byte < 16 ? "0" + hex : hex
-        }.joined()
+        return "m-" + lowercaseHex(digest.prefix(12))
     }
 }
 

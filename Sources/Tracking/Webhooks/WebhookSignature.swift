@@ -25,11 +25,19 @@ public struct WebhookSignature: Sendable {
 
     /// The header value for a body: what Meta (and our sandbox) send.
     public func header(for body: [UInt8]) -> String {
-        "sha256=" + HMAC<SHA256>.authenticationCode(for: body, using: key).map { byte in
-            let hex = String(byte, radix: 16)
-            return byte < 16 ? "0" + hex : hex
-        }.joined()
+        "sha256=" + lowercaseHex(HMAC<SHA256>.authenticationCode(for: body, using: key))
     }
+}
+
+/// Bytes as lowercase hex, two digits each (signatures, message ids).
+public func lowercaseHex(_ bytes: some Sequence<UInt8>) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    for byte in bytes {
+        out.append(digits[Int(byte >> 4)])
+        out.append(digits[Int(byte & 0x0F)])
+    }
+    return String(decoding: out, as: UTF8.self)
 }
 
 func hexBytes(_ text: Substring) -> [UInt8]? {
