@@ -33,6 +33,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.20.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.21.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.0.0"),
     ],
     targets: [
         // libxml2's streaming reader behind a header that exposes neither libxml2 nor ICU types
@@ -59,6 +61,8 @@ let package = Package(
             name: "Tracking",
             dependencies: [
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -120,6 +124,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What the store, webhook and run tests share: the engines they run on and fresh databases.
+        .target(
+            name: "StoreTesting",
+            dependencies: ["Tracking"],
+            path: "Tests/StoreTesting",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "DispatcherTests",
             dependencies: ["Dispatcher"],
@@ -129,6 +140,7 @@ let package = Package(
             name: "TrackingTests",
             dependencies: [
                 "Tracking",
+                "StoreTesting",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
@@ -139,6 +151,7 @@ let package = Package(
             name: "SandboxTests",
             dependencies: [
                 "Sandbox",
+                "StoreTesting",
                 "Dispatcher",
                 "Tracking",
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -149,13 +162,13 @@ let package = Package(
         ),
         .testTarget(
             name: "ReportsTests",
-            dependencies: ["Reports", "Dispatcher", "Tracking"],
+            dependencies: ["Reports", "Dispatcher", "Tracking", "StoreTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "EndToEndTests",
             // Depends on the executable so that `swift test` builds it before running these tests.
-            dependencies: ["DispatcherCLI"],
+            dependencies: ["DispatcherCLI", "StoreTesting"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -15,6 +15,9 @@ public struct Settings: Sendable {
     public var apiToken: String?
     public var jwtSecret: String?
     public var defaultCountryCode: String?
+    /// How long a sender number's lease lasts unless renewed (renewed every third of it): how long
+    /// a crashed `send` keeps its number from the next one.
+    public var senderLeaseSeconds: Double
 
     public static let defaultDatabaseURL = "sqlite:dispatcher.sqlite"
 
@@ -36,6 +39,7 @@ public struct Settings: Sendable {
         apiToken = value("DISPATCHER_API_TOKEN")
         jwtSecret = value("DISPATCHER_JWT_SECRET")
         defaultCountryCode = value("DISPATCHER_DEFAULT_COUNTRY_CODE")
+        senderLeaseSeconds = value("DISPATCHER_SENDER_LEASE_SECONDS").flatMap(Double.init).flatMap { $0 > 0 ? $0 : nil } ?? 30
     }
 
     /// The send endpoint, `{base}/{version}/{phone_number_id}/messages`.

@@ -36,7 +36,7 @@ struct DoctorCommand: AsyncParsableCommand {
 
         print("Database")
         do {
-            let store = try database.open(settings: settings)
+            let store = try await database.open(settings: settings)
             try await store.ping()
             line(true, "\(database.describe(settings: settings)): reachable and migrated, \(try await store.runs().count) runs")
         } catch {

@@ -24,7 +24,7 @@ struct RunSession {
                  prepare: @escaping @Sendable (RunEngine, Console) async throws -> RunOptions) async throws {
         let console = Console(json: settle.json)
         let logger = bootstrapLogging(label: "dispatcher.run", level: .warning)
-        let store = try database.open(settings: settings)
+        let store = try await database.open(settings: settings)
         let settleWindow = try settle.settle.map(parseDuration) ?? (sandbox ? .seconds(15) : .seconds(120))
 
         // Where to send: Meta, or the in-process sandbox with its webhooks wired to our receiver.
@@ -113,14 +113,45 @@ struct RunSession {
 
     private func perform(engine: RunEngine, store: any DispatchStore, run: String, console: Console, settleWindow: Duration,
                          prepare: @escaping @Sendable (RunEngine, Console) async throws -> RunOptions) async throws {
-        let options = try await prepare(engine, console)
+        // One run per sender number at a time (on every machine sharing the database), from
+        // preparing (which resolves what a crash left `sending`) to the last send.
+        let lease = SenderLeaseKeeper(store: store, sender: engine.client.configuration.phoneNumberID, run: run, ttl: settings.senderLeaseSeconds)
+        do {
+            try await lease.acquire(wait: try settle.waitForSender.map(parseDuration) ?? .zero)
+        } catch let busy as SenderBusy {
+            console.say("error: \(busy)")
+            throw ExitCode(1)
+        }
         let terminal = isatty(STDERR_FILENO) == 1 && !settle.json
-        var progress: (@Sendable (RunProgress) -> Void)? = nil
-        if terminal { progress = printProgress }
         let cpuBefore = processCPUSeconds()
         let wallBefore = ContinuousClock.now
-        let countsBefore = try await store.stateCounts(run: run)
-        let stop: StopReason? = try await engine.dispatch(options, progress: progress)
+        let sending: Result<(RunOptions, [MessageState: Int], StopReason?), any Error> = await withTaskGroup(of: Result<(RunOptions, [MessageState: Int], StopReason?), any Error>?.self) { group in
+            group.addTask {
+                await lease.keep { reason in engine.halt(reason) }
+                return nil
+            }
+            group.addTask {
+                do {
+                    let options = try await prepare(engine, console)
+                    var progress: (@Sendable (RunProgress) -> Void)? = nil
+                    if terminal { progress = printProgress }
+                    let countsBefore = try await store.stateCounts(run: run)
+                    return .success((options, countsBefore, try await engine.dispatch(options, progress: progress)))
+                } catch {
+                    return .failure(error)
+                }
+            }
+            var outcome: Result<(RunOptions, [MessageState: Int], StopReason?), any Error> = .failure(CancellationError())
+            for await result in group {
+                if let result {
+                    outcome = result
+                    group.cancelAll()
+                }
+            }
+            return outcome
+        }
+        await lease.release()
+        let (options, countsBefore, stop) = try sending.get()
         if settle.stats {
             let sent = try await store.stateCounts(run: run).filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +)
                 - countsBefore.filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +)

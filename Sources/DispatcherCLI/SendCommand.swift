@@ -26,6 +26,9 @@ struct SettleOptions: ParsableArguments {
 
     @Flag(help: "After sending, print the achieved rate and the CPU time per message of the sending phase.")
     var stats = false
+
+    @Option(help: "If another run is sending from the same number, wait this long for it (90s, 15m) instead of refusing at once.")
+    var waitForSender: String?
 }
 
 struct SendCommand: AsyncParsableCommand {
@@ -196,7 +199,7 @@ struct ReportCommand: AsyncParsableCommand {
 
     func run() async throws {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
-        let store = try database.open(settings: settings)
+        let store = try await database.open(settings: settings)
         guard let record = try await store.run(named: run) else {
             FileHandle.standardError.write(Data("error: no run \(run): `dispatcher runs` lists them\n".utf8))
             throw ExitCode(1)

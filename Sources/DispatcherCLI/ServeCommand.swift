@@ -53,7 +53,7 @@ struct ServeCommand: AsyncParsableCommand {
         if settings.apiToken == nil && settings.jwtSecret == nil {
             logger.warning("neither DISPATCHER_API_TOKEN nor DISPATCHER_JWT_SECRET is set: every API route but the webhook, health and metrics will answer 401")
         }
-        let store = try database.open(settings: settings)
+        let store = try await database.open(settings: settings)
         // The landlord UI's send route: only with credentials, through the same engine pieces as a run.
         var sender: InvoiceAPISender? = nil
         var client: GraphClient? = nil
@@ -86,15 +86,13 @@ struct DatabaseOptions: ParsableArguments {
 
     func resolved(settings: Settings) -> String { url ?? settings.databaseURL }
 
-    func open(settings: Settings) throws -> any DispatchStore {
-        try StoreOpener.open(url: resolved(settings: settings))
+    func open(settings: Settings) async throws -> any DispatchStore {
+        try await StoreOpener.open(url: resolved(settings: settings))
     }
 
     /// The URL without any password, for logs.
     func describe(settings: Settings) -> String {
-        let url = resolved(settings: settings)
-        guard let at = url.firstIndex(of: "@"), let scheme = url.range(of: "://") else { return url }
-        return String(url[..<scheme.upperBound]) + "…" + String(url[at...])
+        PostgresURL.redacted(resolved(settings: settings))
     }
 }
 

@@ -17,7 +17,7 @@ struct StatusCommand: AsyncParsableCommand {
 
     func run() async throws {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
-        let store = try database.open(settings: settings)
+        let store = try await database.open(settings: settings)
         guard let message = try await store.message(messageID) else {
             FileHandle.standardError.write(Data("error: no message \(messageID) in \(database.describe(settings: settings))\n".utf8))
             throw ExitCode(1)

@@ -6,6 +6,7 @@ import FoundationNetworking
 import Logging
 import Sandbox
 import ServiceLifecycle
+import StoreTesting
 @testable import Tracking
 
 let testPackageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -13,8 +14,7 @@ let testPackageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent(
 /// The real receiver (DispatcherServer on a SQLite file) and the real sandbox, on loopback,
 /// wired together as in `send --sandbox`.
 struct Harness {
-    var store: SQLiteStore
-    var path: String
+    var store: any DispatchStore
     var graph: GraphConfiguration
     var sandboxURL: String
     var receiverURL: String
@@ -23,10 +23,12 @@ struct Harness {
 
     static func run<T: Sendable>(
         throughput: Double = 1000, pairBurst: Int = 1, pairInterval: Double = 6, scenario: Scenario = Scenario(),
-        statusSpacing: Double = 0.05, clientTimeout: Duration = .seconds(10), store existing: SQLiteStore? = nil, jwtSecret: String? = nil,
+        statusSpacing: Double = 0.05, clientTimeout: Duration = .seconds(10), store existing: (any DispatchStore)? = nil, engine: StoreEngine = .sqlite,
+        jwtSecret: String? = nil,
         _ body: @Sendable (Harness) async throws -> T
     ) async throws -> T {
-        let store = try existing ?? SQLiteStore(path: freshPath(), busyTimeout: 0.3)
+        let store: any DispatchStore
+        if let existing { store = existing } else { store = try await makeStore(engine, busyTimeout: 0.3) }
         let logger: Logger = {
             var logger = Logger(label: "harness")
             logger.logLevel = .critical
@@ -53,7 +55,7 @@ struct Harness {
                                            accessToken: "sandbox-token", timeout: clientTimeout)
             let apiClient = GraphClient(configuration: graph)
             await senderBox.set(InvoiceAPISender(store: store, client: apiClient, catalog: catalog, defaultLanguage: "es", defaultCountryCode: "1"))
-            let harness = Harness(store: store, path: store.path,
+            let harness = Harness(store: store,
                                   graph: GraphConfiguration(baseURL: "http://127.0.0.1:\(sandboxPort)", apiVersion: "v23.0", phoneNumberID: "SANDBOX",
                                                             accessToken: "sandbox-token", timeout: clientTimeout),
                                   sandboxURL: "http://127.0.0.1:\(sandboxPort)", receiverURL: "http://127.0.0.1:\(receiverPort)")
@@ -135,7 +137,7 @@ func invoiceRequest(to phone: String, id: String, language: String = "es", bodyP
 }
 
 /// Stores a run with one queued message per phone, ids `m-PHONE`.
-func seedMessages(_ store: SQLiteStore, phones: [String], run: String = "t") async throws {
+func seedMessages(_ store: any DispatchStore, phones: [String], run: String = "t") async throws {
     try await store.saveRun(RunRecord(name: run, manifest: "m", template: "invoice", sender: "SANDBOX", createdAt: 1))
     try await store.addInvoices(phones.map { InvoiceRecord(run: run, invoiceID: "I-\($0)", line: 2, tenantName: "T", amountMinor: 100, currency: "DOP", period: "2026-03", locale: "es") })
     _ = try await store.addMessages(phones.map { NewMessage(id: "m-\($0)", run: run, invoiceID: "I-\($0)", phone: $0, template: "invoice", language: "es") })

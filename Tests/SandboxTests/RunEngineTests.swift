@@ -2,6 +2,7 @@ import Dispatcher
 import Foundation
 import Logging
 import Sandbox
+import StoreTesting
 import Testing
 @testable import Tracking
 
@@ -16,7 +17,7 @@ func manifest(_ phones: [String]) throws -> String {
     return path
 }
 
-func engine(_ h: Harness) throws -> RunEngine {
+func makeEngine(_ h: Harness) throws -> RunEngine {
     let catalog = try TemplateCatalog(directory: testPackageRoot.appendingPathComponent("templates").path)
     var logger = Logger(label: "test")
     logger.logLevel = .critical
@@ -36,10 +37,10 @@ func acceptedByMessage(_ h: Harness) async throws -> [String: Int] {
 
 @Suite("The billing run against the sandbox")
 struct RunEngineTests {
-    @Test("a whole month: every message ends where its number says; running again sends nothing; another run skips what was sent")
-    func month() async throws {
-        try await Harness.run { h in
-            let e = try engine(h)
+    @Test("a whole month: every message ends where its number says; running again sends nothing; another run skips what was sent", arguments: engines)
+    func month(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine) { h in
+            let e = try makeEngine(h)
             let options = RunOptions(run: "march", manifest: testPackageRoot.appendingPathComponent("samples/march-2026.csv").path, rate: 200)
             let first = try await e.prepare(options)
             #expect(first.queued == 26)
@@ -68,11 +69,11 @@ struct RunEngineTests {
         }
     }
 
-    @Test("pacing: no one-second window holds more than the rate, and the rate is reached")
-    func pacing() async throws {
+    @Test("pacing: no one-second window holds more than the rate, and the rate is reached", arguments: engines)
+    func pacing(engine: StoreEngine) async throws {
         let phones = (0..<150).map { "1809" + String(format: "%07d", $0 * 100) }
-        try await Harness.run { h in
-            let e = try engine(h)
+        try await Harness.run(engine: engine) { h in
+            let e = try makeEngine(h)
             let options = RunOptions(run: "paced", manifest: try manifest(phones), rate: 50)
             _ = try await e.prepare(options)
             #expect(try await e.dispatch(options) == nil)
@@ -99,11 +100,11 @@ struct RunEngineTests {
         }
     }
 
-    @Test("several invoices to one tenant are spaced by the pair interval; other tenants do not wait")
-    func pairRule() async throws {
+    @Test("several invoices to one tenant are spaced by the pair interval; other tenants do not wait", arguments: engines)
+    func pairRule(engine: StoreEngine) async throws {
         let phones = ["18095550101", "18095550101", "18095550101", "18095550102", "18095550103"]
-        try await Harness.run(pairInterval: 1) { h in
-            let e = try engine(h)
+        try await Harness.run(pairInterval: 1, engine: engine) { h in
+            let e = try makeEngine(h)
             var options = RunOptions(run: "pairs", manifest: try manifest(phones), rate: 100)
             options.pairSpacing = .seconds(1)
             _ = try await e.prepare(options)
@@ -119,11 +120,11 @@ struct RunEngineTests {
         }
     }
 
-    @Test("throttling (130429) slows the sender down and retries: nothing fails")
-    func throttling() async throws {
+    @Test("throttling (130429) slows the sender down and retries: nothing fails", arguments: engines)
+    func throttling(engine: StoreEngine) async throws {
         let phones = (0..<40).map { "1809" + String(format: "%07d", $0 * 100) }
-        try await Harness.run(throughput: 10) { h in
-            let e = try engine(h)
+        try await Harness.run(throughput: 10, engine: engine) { h in
+            let e = try makeEngine(h)
             let options = RunOptions(run: "throttled", manifest: try manifest(phones), rate: 20)
             _ = try await e.prepare(options)
             #expect(try await e.dispatch(options) == nil)
@@ -135,12 +136,12 @@ struct RunEngineTests {
         }
     }
 
-    @Test("a systemic error halts the run with everything unsent still queued; after the fix it continues")
-    func haltAndContinue() async throws {
-        let store = try SQLiteStore(path: try freshPath())
+    @Test("a systemic error halts the run with everything unsent still queued; after the fix it continues", arguments: engines)
+    func haltAndContinue(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let options = RunOptions(run: "halt", manifest: try manifest((0..<10).map { "1809" + String(format: "%07d", $0 * 100) }), rate: 50)
         try await Harness.run(scenario: Scenario(rules: [.init(match: "suffix:", outcome: .tokenExpired)]), store: store) { h in
-            let e = try engine(h)
+            let e = try makeEngine(h)
             _ = try await e.prepare(options)
             guard case .halted(let error) = try await e.dispatch(options) else { Issue.record("not halted"); return }
             try await e.client.shutdown()
@@ -149,7 +150,7 @@ struct RunEngineTests {
             #expect(try await h.store.stateCounts(run: "halt") == [.queued: 10])
         }
         try await Harness.run(store: store) { h in
-            let e = try engine(h)
+            let e = try makeEngine(h)
             _ = try await e.prepare(options)
             #expect(try await e.dispatch(options) == nil)
             try await e.client.shutdown()
@@ -158,10 +159,10 @@ struct RunEngineTests {
         }
     }
 
-    @Test("transient errors are retried, an unanswered request is unknown until its webhook says, 131049 fails for a day")
-    func errorClasses() async throws {
-        try await Harness.run(clientTimeout: .seconds(1)) { h in
-            let e = try engine(h)
+    @Test("transient errors are retried, an unanswered request is unknown until its webhook says, 131049 fails for a day", arguments: engines)
+    func errorClasses(engine: StoreEngine) async throws {
+        try await Harness.run(clientTimeout: .seconds(1), engine: engine) { h in
+            let e = try makeEngine(h)
             let options = RunOptions(run: "classes", manifest: try manifest(["18095550190", "18095550194", "18095550195", "18095550107"]), rate: 50)
             _ = try await e.prepare(options)
             #expect(try await e.dispatch(options) == nil)
@@ -178,13 +179,13 @@ struct RunEngineTests {
         }
     }
 
-    @Test("a number that opted out is skipped, with the reason")
-    func optedOut() async throws {
-        try await Harness.run { h in
+    @Test("a number that opted out is skipped, with the reason", arguments: engines)
+    func optedOut(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine) { h in
             var contents = WebhookContents()
             contents.inbound = [InboundText(wamid: "wamid.in", from: "18095550101", timestamp: 1, type: "text", body: "BAJA")]
             _ = try await h.store.ingestWebhook(body: [], signature: nil, contents: contents, parseError: nil, at: 1)
-            let e = try engine(h)
+            let e = try makeEngine(h)
             let options = RunOptions(run: "optout", manifest: try manifest(["18095550101", "18095550102"]), rate: 50)
             let preparation = try await e.prepare(options)
             #expect(preparation.optedOut == 1)

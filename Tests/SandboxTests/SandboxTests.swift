@@ -5,6 +5,7 @@ import FoundationNetworking
 #endif
 import GRDB
 import Sandbox
+import StoreTesting
 import Testing
 @testable import Tracking
 
@@ -133,19 +134,19 @@ struct SandboxWebhookTests {
         try await client.shutdown()
     }
 
-    @Test("each scripted outcome ends in its state, read back from the receiver's store (signatures verified)")
-    func outcomes() async throws {
+    @Test("each scripted outcome ends in its state, read back from the receiver's store (signatures verified)", arguments: engines)
+    func outcomes(engine: StoreEngine) async throws {
         let expected: [(String, MessageState)] = [
             ("18095550101", .read), ("18095550104", .delivered), ("18095550105", .read), ("18095550106", .sent), ("18095550107", .failed),
             ("18095550108", .read), ("18095550109", .delivered), ("18095550113", .read), ("18095550112", .read), ("18095550196", .failed),
         ]
-        try await Harness.run { h in
+        try await Harness.run(engine: engine) { h in
             try await sendAll(h, expected.map(\.0))
             let wanted = Dictionary(expected.map { ($0.1, 1) }, uniquingKeysWith: +)
             try await h.eventually {
                 let counts = try await h.store.stateCounts(run: "t")
                 let optOuts = try await h.store.optOuts().count
-                let replies = try await h.store.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM inbound_messages") ?? 0 }
+                let replies = try await h.store.inboundMessages(limit: 100).count
                 return counts == wanted && optOuts == 1 && replies == 2
             }
             for (phone, state) in expected {
@@ -160,7 +161,7 @@ struct SandboxWebhookTests {
             // The reordered, duplicated one: the history keeps each status once.
             #expect(try await h.store.events(messageID: "m-18095550108").map(\.status).sorted() == ["delivered", "read", "sent"])
             // The thank-you reply (non-ASCII, \u-escaped by the sandbox) was verified and stored.
-            let reply = try await h.store.pool.read { db in try String.fetchOne(db, sql: "SELECT body FROM inbound_messages WHERE from_phone = '18095550112'") }
+            let reply = try await h.store.inboundMessages(limit: 100).first { $0.from == "18095550112" }?.body
             #expect(reply == "¡Gracias! Recibí la factura 👍")
         }
     }

@@ -2,6 +2,7 @@ import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
+import StoreTesting
 import Testing
 @testable import Tracking
 
@@ -22,9 +23,9 @@ struct SendInvoiceAPITests {
 
     let oldBody = #"{"phoneNumbers": ["+1 809 555 0101", "+1 (829) 555-0102"], "tenantName": "María Pérez", "invoicePeriod": "marzo 2026", "totalAmount": "12345.5", "currency": "RD$", "organizationName": "Inmobiliaria Caribe", "invoiceUrl": "https://pm.example.com/api/v2/documents/invoice/T1/2026030100", "locale": "es-CO", "templateName": "invoice", "dueDate": "2026-03-10", "daysOverdue": 0}"#
 
-    @Test("the UI's own body and token: one send per number, the old answer shape, and the same call again sends nothing")
-    func dropIn() async throws {
-        try await Harness.run(jwtSecret: secret) { h in
+    @Test("the UI's own body and token: one send per number, the old answer shape, and the same call again sends nothing", arguments: engines)
+    func dropIn(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine, jwtSecret: secret) { h in
             let token = try HS256Verifier(secret: secret).sign(["account": ["email": "landlord@example.com"], "exp": Int(Date().timeIntervalSince1970) + 600])
             let (status, answer) = try await post(h, oldBody, token: token)
             #expect(status == 200)
@@ -51,9 +52,9 @@ struct SendInvoiceAPITests {
         }
     }
 
-    @Test("nothing due sends nothing and says why; a bad currency or template is a 400; an expired token a 401")
-    func refusals() async throws {
-        try await Harness.run(jwtSecret: secret) { h in
+    @Test("nothing due sends nothing and says why; a bad currency or template is a 400; an expired token a 401", arguments: engines)
+    func refusals(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine, jwtSecret: secret) { h in
             let token = try HS256Verifier(secret: secret).sign(["exp": Int(Date().timeIntervalSince1970) + 600])
             let zero = oldBody.replacingOccurrences(of: #""12345.5""#, with: "0")
             let (status, answer) = try await post(h, zero, token: token)

@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
+import StoreTesting
 import Testing
 @testable import Tracking
 
@@ -13,9 +14,9 @@ func json(_ response: TestResponse) throws -> [String: Any] {
 
 @Suite("Status API")
 struct APITests {
-    @Test("every API route needs the bearer token; the webhook, health and metrics do not")
-    func authentication() async throws {
-        let store = try freshStore()
+    @Test("every API route needs the bearer token; the webhook, health and metrics do not", arguments: engines)
+    func authentication(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         try await withRouter(server(store)) { client in
             for path in ["/message-status/x", "/message-statuses", "/runs", "/runs/march", "/runs/march/report.html"] {
                 let none = try await client.execute(uri: path, method: .get)
@@ -33,9 +34,9 @@ struct APITests {
         }
     }
 
-    @Test("the property system's own access tokens: valid accepted; expired, forged and alg=none refused")
-    func propertySystemTokens() async throws {
-        let store = try freshStore()
+    @Test("the property system's own access tokens: valid accepted; expired, forged and alg=none refused", arguments: engines)
+    func propertySystemTokens(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let secret = "the-property-systems-access-token-secret"
         let now = Date().timeIntervalSince1970
         let valid = try HS256Verifier(secret: secret).sign(["account": ["email": "landlord@example.com"], "exp": Int(now) + 600])
@@ -63,9 +64,9 @@ struct APITests {
         }
     }
 
-    @Test("a message's status: ours and the old service's fields, by id or wamid; 404 when unknown")
-    func messageStatus() async throws {
-        let store = try freshStore()
+    @Test("a message's status: ours and the old service's fields, by id or wamid; 404 when unknown", arguments: engines)
+    func messageStatus(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let id = try await seed(store)[0]
         try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
         _ = try await ingest(store, [status("wamid.A", "failed", at: 1_772_000_100, error: 131026)])
@@ -98,9 +99,9 @@ struct APITests {
         }
     }
 
-    @Test("message statuses are filtered and paginated; a bad filter is a 400 saying why")
-    func messageStatuses() async throws {
-        let store = try freshStore()
+    @Test("message statuses are filtered and paginated; a bad filter is a 400 saying why", arguments: engines)
+    func messageStatuses(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         try await seed(store, phones: (0..<5).map { "1809555010\($0)" })
         try await withRouter(server(store)) { client in
             var ids: [String] = []
@@ -120,9 +121,9 @@ struct APITests {
         }
     }
 
-    @Test("runs list their messages by state")
-    func runs() async throws {
-        let store = try freshStore()
+    @Test("runs list their messages by state", arguments: engines)
+    func runs(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         try await seed(store, phones: ["18095550101", "18095550102"])
         try await withRouter(server(store)) { client in
             let object = try json(try await client.execute(uri: "/runs/march", method: .get, headers: bearer("api-token")))
@@ -135,9 +136,9 @@ struct APITests {
         }
     }
 
-    @Test("metrics count what the receiver did, in Prometheus' format")
-    func metrics() async throws {
-        let store = try freshStore()
+    @Test("metrics count what the receiver did, in Prometheus' format", arguments: engines)
+    func metrics(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let id = try await seed(store)[0]
         try await withRouter(server(store)) { client in
             _ = try await signedPost(client, statusPayload([("wamid.A", "delivered", 100, id)]))
@@ -151,9 +152,9 @@ struct APITests {
         }
     }
 
-    @Test("without a sender, the drop-in send route says what to configure")
-    func sendNotConfigured() async throws {
-        let store = try freshStore()
+    @Test("without a sender, the drop-in send route says what to configure", arguments: engines)
+    func sendNotConfigured(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         try await withRouter(server(store)) { client in
             let response = try await client.execute(uri: "/send-invoice", method: .post, headers: bearer("api-token"), body: ByteBuffer(string: "{}"))
             #expect(response.status == .serviceUnavailable)
@@ -164,9 +165,9 @@ struct APITests {
 
 @Suite("The receiver over a real socket")
 struct LiveServerTests {
-    @Test("a signed status posted over loopback is readable from the status API")
-    func live() async throws {
-        let store = try freshStore()
+    @Test("a signed status posted over loopback is readable from the status API", arguments: engines)
+    func live(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let id = try await seed(store)[0]
         let app = Application(router: server(store, basePath: "/api/v2/whatsapp").router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
         try await app.test(.live) { client in

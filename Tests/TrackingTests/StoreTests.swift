@@ -1,13 +1,13 @@
 import Foundation
-import GRDB
+import StoreTesting
 import Testing
 @testable import Tracking
 
-@Suite("SQLite store")
+@Suite("Store (SQLite and PostgreSQL)")
 struct StoreTests {
-    @Test("a message that exists already (same invoice, number, template) is never added twice, even from another run")
-    func neverTwice() async throws {
-        let store = try freshStore()
+    @Test("a message that exists already (same invoice, number, template) is never added twice, even from another run", arguments: engines)
+    func neverTwice(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let ids = try await seed(store, run: "march")
         try await store.recordAccepted(messageID: ids[0], attempt: try await store.beginAttempt(messageID: ids[0], at: 1), wamid: "wamid.A", at: 2)
         try await store.saveRun(RunRecord(name: "march-again", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 3))
@@ -17,15 +17,16 @@ struct StoreTests {
         #expect(try await store.stateCounts(run: "march-again").isEmpty)
     }
 
-    @Test("every ordering of a message's statuses ends in the same state, the one the rule gives", arguments: [
+    @Test("every ordering of a message's statuses ends in the same state, the one the rule gives", arguments: engines, [
         ["sent", "delivered", "read", "failed"], ["sent", "failed"], ["failed", "delivered"], ["sent", "delivered", "failed"],
         ["read", "delivered"], ["sent", "read"], ["failed", "read", "sent"], ["delivered", "sent"],
     ])
-    func orderIndependence(statuses: [String]) async throws {
+    func orderIndependence(engine: StoreEngine, statuses: [String]) async throws {
         var finals: Set<MessageState> = []
+        let store = try await makeStore(engine)
         for (n, order) in permutations(statuses).enumerated() {
-            let store = try freshStore()
-            let id = try await seed(store)[0]
+            // A message of its own for each ordering.
+            let id = try await seed(store, invoice: "INV-\(n)")[0]
             try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.\(n)", at: 2)
             for (i, s) in order.enumerated() {
                 _ = try await ingest(store, [status("wamid.\(n)", s, at: 1_772_000_100 + Int64(statuses.firstIndex(of: s)!), error: s == "failed" ? 131026 : nil)])
@@ -41,9 +42,9 @@ struct StoreTests {
         #expect(finals.count == 1, "\(statuses) ended in \(finals)")
     }
 
-    @Test("a late delivered after failed wins, and the failure stays on record")
-    func deliveredAfterFailed() async throws {
-        let store = try freshStore()
+    @Test("a late delivered after failed wins, and the failure stays on record", arguments: engines)
+    func deliveredAfterFailed(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let id = try await seed(store)[0]
         try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
         _ = try await ingest(store, [status("wamid.A", "failed", at: 100, error: 131026)])
@@ -58,9 +59,9 @@ struct StoreTests {
         #expect(message.deliveredAt == 200)
     }
 
-    @Test("duplicates change nothing and are not kept twice in the history")
-    func duplicates() async throws {
-        let store = try freshStore()
+    @Test("duplicates change nothing and are not kept twice in the history", arguments: engines)
+    func duplicates(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let id = try await seed(store)[0]
         try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
         let first = try await ingest(store, [status("wamid.A", "delivered", at: 100), status("wamid.A", "delivered", at: 100)])
@@ -72,9 +73,9 @@ struct StoreTests {
         #expect(try await store.events(messageID: id).map(\.status) == ["delivered"])
     }
 
-    @Test("a status for a message not yet known is kept, then applied when its wamid is recorded")
-    func unmatchedThenWamid() async throws {
-        let store = try freshStore()
+    @Test("a status for a message not yet known is kept, then applied when its wamid is recorded", arguments: engines)
+    func unmatchedThenWamid(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let id = try await seed(store)[0]
         let early = try await ingest(store, [status("wamid.EARLY", "sent", at: 100), status("wamid.EARLY", "delivered", at: 101)])
         #expect(early.unmatched == 2)
@@ -86,9 +87,9 @@ struct StoreTests {
         #expect(try await store.events(messageID: id).map(\.applied) == [true, true])
     }
 
-    @Test("biz_opaque_callback_data matches a message whose send response was lost, and teaches us its wamid")
-    func callbackMatching() async throws {
-        let store = try freshStore()
+    @Test("biz_opaque_callback_data matches a message whose send response was lost, and teaches us its wamid", arguments: engines)
+    func callbackMatching(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let id = try await seed(store)[0]
         _ = try await store.beginAttempt(messageID: id, at: 1)
         try await store.recordUnknown(messageID: id, attempt: 1, reason: "timed out after the request left", at: 2)
@@ -100,9 +101,9 @@ struct StoreTests {
         #expect(message.state == .sent)
     }
 
-    @Test("a status that arrives before its message is stored is applied when the message is added (by callback data)")
-    func unmatchedThenMessage() async throws {
-        let store = try freshStore()
+    @Test("a status that arrives before its message is stored is applied when the message is added (by callback data)", arguments: engines)
+    func unmatchedThenMessage(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         _ = try await ingest(store, [status("wamid.Z", "read", at: 300, callback: "m-INV-1-18095550101")])
         let id = try await seed(store)[0]
         let message = try #require(try await store.message(id))
@@ -110,9 +111,9 @@ struct StoreTests {
         #expect(message.wamid == "wamid.Z")
     }
 
-    @Test("statuses we have no state for (played, future values) are kept and change nothing")
-    func unknownStatus() async throws {
-        let store = try freshStore()
+    @Test("statuses we have no state for (played, future values) are kept and change nothing", arguments: engines)
+    func unknownStatus(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let id = try await seed(store)[0]
         try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
         let result = try await ingest(store, [status("wamid.A", "played", at: 100)])
@@ -121,9 +122,9 @@ struct StoreTests {
         #expect(try await store.events(messageID: id).map(\.status) == ["played"])
     }
 
-    @Test("STOP, baja, ARRÊT put the number on the opt-out list; other replies do not")
-    func optOuts() async throws {
-        let store = try freshStore()
+    @Test("STOP, baja, ARRÊT put the number on the opt-out list; other replies do not", arguments: engines)
+    func optOuts(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let replies = [("18095550101", "STOP"), ("18095550102", " baja. "), ("18095550103", "Arrêt"), ("18095550104", "stop sending me the wrong invoice")]
         let inbound = replies.enumerated().map { InboundText(wamid: "wamid.in\($0.offset)", from: $0.element.0, timestamp: 100, type: "text", body: $0.element.1) }
         let result = try await ingest(store, [], inbound: inbound)
@@ -134,9 +135,9 @@ struct StoreTests {
         #expect(try await ingest(store, [], inbound: inbound).inbound == 0)  // Meta's retries are not counted twice
     }
 
-    @Test("the send ledger: attempt, retryable rejection back to queued, final rejection, acceptance")
-    func sendLedger() async throws {
-        let store = try freshStore()
+    @Test("the send ledger: attempt, retryable rejection back to queued, final rejection, acceptance", arguments: engines)
+    func sendLedger(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let ids = try await seed(store, phones: ["18095550101", "18095550102"])
         let first = try await store.beginAttempt(messageID: ids[0], at: 10)
         #expect(try await store.message(ids[0])?.state == .sending)
@@ -155,27 +156,26 @@ struct StoreTests {
         #expect(try await store.stateCounts(run: "march") == [.accepted: 1, .failed: 1])
     }
 
-    @Test("closing and reopening the file keeps everything: runs, messages, history, raw payloads")
-    func restart() async throws {
-        let path = try freshDatabasePath()
+    @Test("closing and reopening the database keeps everything: runs, messages, history, raw payloads", arguments: engines)
+    func restart(engine: StoreEngine) async throws {
+        let url = try await freshDatabaseURL(engine)
         do {
-            let store = try SQLiteStore(path: path)
+            let store = try await StoreOpener.open(url: url)
             let id = try await seed(store)[0]
             try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
             _ = try await ingest(store, [status("wamid.A", "delivered", at: 100)])
         }
-        let reopened = try SQLiteStore(path: path)
+        let reopened = try await StoreOpener.open(url: url)
         let message = try #require(try await reopened.message("wamid.A"))
         #expect(message.state == .delivered)
         #expect(try await reopened.events(messageID: message.id).count == 1)
         #expect(try await reopened.runs().map(\.run.name) == ["march"])
-        let payloads = try await reopened.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM webhook_payloads") }
-        #expect(payloads == 1)
+        #expect(try await reopened.webhookPayloads(after: nil, limit: 10).count == 1)
     }
 
-    @Test("pagination walks every message once, filtered by run, state or landlord")
-    func pagination() async throws {
-        let store = try freshStore()
+    @Test("pagination walks every message once, filtered by run, state or landlord", arguments: engines)
+    func pagination(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         try await seed(store, invoice: "A", phones: (0..<7).map { "1809555010\($0)" }, landlord: "Caribe")
         try await seed(store, invoice: "B", phones: ["18295550200"], landlord: "Próceres")
         var seen: [String] = []
@@ -192,8 +192,9 @@ struct StoreTests {
     }
 
     @Test("a database URL that is not one is a clear error")
-    func urls() throws {
-        #expect(throws: StoreError.self) { try StoreOpener.open(url: "mysql://x") }
-        #expect(throws: StoreError.self) { try StoreOpener.open(url: "sqlite:/nonexistent-dir/x/y.sqlite") }
+    func urls() async throws {
+        await #expect(throws: StoreError.self) { try await StoreOpener.open(url: "mysql://x") }
+        await #expect(throws: StoreError.self) { try await StoreOpener.open(url: "sqlite:/nonexistent-dir/x/y.sqlite") }
+        await #expect(throws: StoreError.self) { try await StoreOpener.open(url: "postgres://u@127.0.0.1:5/db?sslmode=bogus") }
     }
 }

@@ -2,15 +2,10 @@ import Foundation
 import Testing
 @testable import Tracking
 
-/// A fresh SQLite file in its own temporary folder.
-func freshDatabasePath() throws -> String {
-    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-tracking-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    return folder.appendingPathComponent("dispatcher.sqlite").path
-}
+import StoreTesting
 
 func freshStore(busyTimeout: Double = 5) throws -> SQLiteStore {
-    try SQLiteStore(path: try freshDatabasePath(), busyTimeout: busyTimeout)
+    try SQLiteStore(path: try freshSQLitePath(), busyTimeout: busyTimeout)
 }
 
 /// A run with one invoice and one queued message per phone.

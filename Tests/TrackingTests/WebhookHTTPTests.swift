@@ -3,13 +3,14 @@ import GRDB
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
+import StoreTesting
 import Testing
 @testable import Tracking
 
 let appSecret = "app-secret-for-tests"
 let signer = WebhookSignature(appSecret: appSecret)
 
-func server(_ store: SQLiteStore, basePath: String = "", jwtSecret: String? = nil, maxBytes: Int = 3_500_000) -> DispatcherServer {
+func server(_ store: any DispatchStore, basePath: String = "", jwtSecret: String? = nil, maxBytes: Int = 3_500_000) -> DispatcherServer {
     DispatcherServer(store: store, configuration: ServerConfiguration(
         basePath: basePath, appSecret: appSecret, verifyToken: "verify-me", apiToken: "api-token", jwtSecret: jwtSecret,
         maxWebhookBytes: maxBytes))
@@ -43,8 +44,8 @@ func signedPost(_ client: any TestClientProtocol, _ body: String, path: String =
     return try await client.execute(uri: path, method: .post, headers: headers, body: ByteBuffer(bytes: bytes))
 }
 
-func payloadCount(_ store: SQLiteStore) async throws -> Int {
-    try await store.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM webhook_payloads") ?? 0 }
+func payloadCount(_ store: any DispatchStore) async throws -> Int {
+    try await store.webhookPayloads(after: nil, limit: 100_000).count
 }
 
 @Suite("Webhook intake over HTTP")
@@ -65,9 +66,9 @@ struct WebhookHTTPTests {
         }
     }
 
-    @Test("missing, malformed and wrong signatures are refused and nothing is stored")
-    func badSignatures() async throws {
-        let store = try freshStore()
+    @Test("missing, malformed and wrong signatures are refused and nothing is stored", arguments: engines)
+    func badSignatures(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let body = statusPayload([("wamid.A", "sent", 100, nil)])
         try await withRouter(server(store)) { client in
             let missing = try await client.execute(uri: "/webhook", method: .post, body: ByteBuffer(string: body))
@@ -87,9 +88,9 @@ struct WebhookHTTPTests {
         #expect(try await payloadCount(store) == 0)
     }
 
-    @Test("a non-ASCII payload is verified on Meta's \\u-escaped bytes; the same JSON re-serialised is refused")
-    func nonASCII() async throws {
-        let store = try freshStore()
+    @Test("a non-ASCII payload is verified on Meta's \\u-escaped bytes; the same JSON re-serialised is refused", arguments: engines)
+    func nonASCII(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let escaped = #"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","contacts":[{"profile":{"name":"Jos\u00e9 P\u00e9rez"},"wa_id":"18095550101"}],"messages":[{"from":"18095550101","id":"wamid.IN1","timestamp":"100","type":"text","text":{"body":"\u00a1Gracias! Recib\u00ed la factura"}}]}}]}]}"#
         let reserialised = escaped.replacingOccurrences(of: "\\u00e9", with: "é").replacingOccurrences(of: "\\u00a1", with: "¡")
             .replacingOccurrences(of: "\\u00ed", with: "í")
@@ -100,16 +101,15 @@ struct WebhookHTTPTests {
             let r6 = try await signedPost(client, reserialised, signature: signature)
             #expect(r6.status == .forbidden)
         }
-        let (body, text) = try await store.pool.read { db in
-            (try Data.fetchOne(db, sql: "SELECT body FROM webhook_payloads")!, try String.fetchOne(db, sql: "SELECT body FROM inbound_messages")!)
-        }
-        #expect(Array(body) == Array(escaped.utf8))  // the raw bytes, as received
+        let body = try #require(try await store.webhookPayloads(after: nil, limit: 1).first).body
+        let text = try #require(try await store.inboundMessages(limit: 1).first?.body)
+        #expect(body == Array(escaped.utf8))  // the raw bytes, as received
         #expect(text == "¡Gracias! Recibí la factura")
     }
 
-    @Test("a batch of 1,000 statuses across several entries and changes is applied in full")
-    func batch() async throws {
-        let store = try freshStore()
+    @Test("a batch of 1,000 statuses across several entries and changes is applied in full", arguments: engines)
+    func batch(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         try await store.saveRun(RunRecord(name: "big", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
         _ = try await store.addMessages((0..<1000).map {
             NewMessage(id: "m-\($0)", run: "big", invoiceID: "INV-\($0)", phone: "1809555\(1000 + $0)", template: "invoice", language: "es")
@@ -125,20 +125,20 @@ struct WebhookHTTPTests {
         #expect(try await store.message("wamid.999")?.id == "m-999")
     }
 
-    @Test("a signed payload that does not parse is kept for replay and acknowledged")
-    func unparseable() async throws {
-        let store = try freshStore()
+    @Test("a signed payload that does not parse is kept for replay and acknowledged", arguments: engines)
+    func unparseable(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         try await withRouter(server(store)) { client in
             let r8 = try await signedPost(client, #"{"object":"whatsapp_business_account","entry":[{"#)
             #expect(r8.status == .ok)
         }
-        let parseError = try await store.pool.read { db in try String.fetchOne(db, sql: "SELECT parse_error FROM webhook_payloads") }
+        let parseError = try await store.webhookPayloads(after: nil, limit: 1).first?.parseError
         #expect(parseError != nil)
     }
 
-    @Test("other fields (template status, account updates) and system errors are stored, not failed")
-    func otherFields() async throws {
-        let store = try freshStore()
+    @Test("other fields (template status, account updates) and system errors are stored, not failed", arguments: engines)
+    func otherFields(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let body = #"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"message_template_status_update","value":{"event":"APPROVED","message_template_name":"invoice"}},{"field":"messages","value":{"messaging_product":"whatsapp","errors":[{"code":130429,"title":"Rate limit hit"}]}}]}]}"#
         try await withRouter(server(store)) { client in
             let r9 = try await signedPost(client, body)
@@ -147,9 +147,9 @@ struct WebhookHTTPTests {
         #expect(try await payloadCount(store) == 1)
     }
 
-    @Test("a body over the limit is refused with 413 and nothing is stored")
-    func oversize() async throws {
-        let store = try freshStore()
+    @Test("a body over the limit is refused with 413 and nothing is stored", arguments: engines)
+    func oversize(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         let body = statusPayload((0..<400).map { (wamid: "wamid.\($0)", status: "sent", ts: 100, callback: nil) })
         try await withRouter(server(store, maxBytes: 10_000)) { client in
             let response = try await signedPost(client, body)
@@ -161,7 +161,7 @@ struct WebhookHTTPTests {
 
     @Test("database unavailable: 503 so Meta retries, and the retry is stored once the database is back")
     func databaseUnavailable() async throws {
-        let path = try freshDatabasePath()
+        let path = try freshSQLitePath()
         let store = try SQLiteStore(path: path, busyTimeout: 0.2)
         let id = try await seed(store)[0]
         // Another process holding the write lock past our busy timeout: a real SQLITE_BUSY.

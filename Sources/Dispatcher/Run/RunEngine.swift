@@ -80,6 +80,9 @@ public final class RunEngine: Sendable {
     /// Stops dispatching (SIGINT/SIGTERM): no new sends; those in flight are resolved.
     public func requestStop() async { control.stop(.interrupted) }
 
+    /// Stops dispatching as a halt (for a reason outside Meta's answers, such as a lost sender lease).
+    public func halt(_ reason: String) { control.stop(.halted(GraphError(code: nil, title: reason, httpStatus: 0))) }
+
     // MARK: - Preparing
 
     /// Imports and checks the whole manifest first; when it is valid (or invalid rows are to be

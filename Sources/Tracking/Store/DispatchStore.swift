@@ -57,8 +57,60 @@ public protocol DispatchStore: Sendable {
     func isOptedOut(phone: String) async throws -> Bool
     func optOuts() async throws -> [OptOut]
 
+    // MARK: Senders
+
+    /// Takes the sender number's lease for `run`: one billing run per number at a time, on every
+    /// machine sharing the database. The holder calls again before `ttl` seconds pass to keep it;
+    /// a crashed holder's lease expires. Returns the lease as it stands: `holder` has it when
+    /// `lease.holder == holder`, otherwise it says who does and until when.
+    func acquireSenderLease(sender: String, holder: String, run: String, ttl: Double, at time: Double) async throws -> SenderLease
+    /// Gives the lease up (nothing happens if `holder` no longer has it).
+    func releaseSenderLease(sender: String, holder: String) async throws
+
+    // MARK: Audit
+
+    /// Webhook POSTs exactly as received, oldest first, a page at a time (for audits and replay).
+    func webhookPayloads(after: Int64?, limit: Int) async throws -> [StoredPayload]
+    /// Messages tenants sent us (replies, opt-out words), oldest first.
+    func inboundMessages(limit: Int) async throws -> [InboundRecord]
+
     /// Throws when the database cannot be reached (for `/health` and `doctor`).
     func ping() async throws
+    /// Which database this is, without any password (for logs and `doctor`).
+    var location: String { get }
+}
+
+public struct SenderLease: Sendable, Equatable {
+    public var sender: String
+    public var holder: String
+    public var run: String
+    public var acquiredAt: Double
+    public var expiresAt: Double
+
+    public init(sender: String, holder: String, run: String, acquiredAt: Double, expiresAt: Double) {
+        self.sender = sender
+        self.holder = holder
+        self.run = run
+        self.acquiredAt = acquiredAt
+        self.expiresAt = expiresAt
+    }
+}
+
+public struct StoredPayload: Sendable, Equatable {
+    public var id: Int64
+    public var receivedAt: Double
+    public var signature: String?
+    public var body: [UInt8]
+    public var parseError: String?
+    public var statuses: Int
+}
+
+public struct InboundRecord: Sendable, Equatable {
+    public var wamid: String
+    public var from: String
+    public var timestamp: Double
+    public var type: String
+    public var body: String?
 }
 
 // MARK: - Records

@@ -150,6 +150,17 @@ public final class SQLiteStore: DispatchStore {
             // sorted the whole run for every page (a million-message report took 107 s).
             try db.execute(sql: "CREATE INDEX messages_run_seq ON messages(run, seq)")
         }
+        migrator.registerMigration("v3: sender leases") { db in
+            try db.execute(sql: """
+                CREATE TABLE sender_leases (
+                    sender TEXT PRIMARY KEY NOT NULL,
+                    holder TEXT NOT NULL,
+                    run TEXT NOT NULL,
+                    acquired_at REAL NOT NULL,
+                    expires_at REAL NOT NULL
+                )
+                """)
+        }
         return migrator
     }
 
@@ -457,6 +468,54 @@ public final class SQLiteStore: DispatchStore {
     public func ping() async throws {
         _ = try await pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM runs") }
     }
+
+    public var location: String { "sqlite:\(path)" }
+
+    // MARK: - Senders
+
+    public func acquireSenderLease(sender: String, holder: String, run: String, ttl: Double, at time: Double) async throws -> SenderLease {
+        try await pool.write { db in
+            try db.execute(sql: SenderLeaseSQL.acquire, arguments: [sender, holder, run, time, time + ttl])
+            let row = try Row.fetchOne(db, sql: "SELECT * FROM sender_leases WHERE sender = ?", arguments: [sender])!
+            return SenderLease(sender: row["sender"], holder: row["holder"], run: row["run"], acquiredAt: row["acquired_at"], expiresAt: row["expires_at"])
+        }
+    }
+
+    public func releaseSenderLease(sender: String, holder: String) async throws {
+        try await pool.write { db in
+            try db.execute(sql: "DELETE FROM sender_leases WHERE sender = ? AND holder = ?", arguments: [sender, holder])
+        }
+    }
+
+    // MARK: - Audit
+
+    public func webhookPayloads(after: Int64?, limit: Int) async throws -> [StoredPayload] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM webhook_payloads WHERE id > ? ORDER BY id LIMIT ?", arguments: [after ?? 0, limit]).map { r in
+                StoredPayload(id: r["id"], receivedAt: r["received_at"], signature: r["signature"], body: [UInt8](r["body"] as Data),
+                              parseError: r["parse_error"], statuses: r["statuses"])
+            }
+        }
+    }
+
+    public func inboundMessages(limit: Int) async throws -> [InboundRecord] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM inbound_messages ORDER BY timestamp, wamid LIMIT ?", arguments: [limit]).map { r in
+                InboundRecord(wamid: r["wamid"], from: r["from_phone"], timestamp: r["timestamp"], type: r["type"], body: r["body"])
+            }
+        }
+    }
+}
+
+/// The lease rule, the same SQL on both engines: take the lease if nobody has it, if it has
+/// expired, or if we have it already (a renewal keeps when it was first taken).
+enum SenderLeaseSQL {
+    static let acquire = """
+        INSERT INTO sender_leases (sender, holder, run, acquired_at, expires_at) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (sender) DO UPDATE SET holder = excluded.holder, run = excluded.run, expires_at = excluded.expires_at,
+            acquired_at = CASE WHEN sender_leases.holder = excluded.holder THEN sender_leases.acquired_at ELSE excluded.acquired_at END
+        WHERE sender_leases.holder = excluded.holder OR sender_leases.expires_at <= excluded.acquired_at
+        """
 }
 
 // MARK: - Rows to records

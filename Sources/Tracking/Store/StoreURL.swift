@@ -1,13 +1,11 @@
-/// Opens the store a database URL names: `sqlite:PATH` (the default, `sqlite:dispatcher.sqlite`)
-/// or `sqlite://PATH`. PostgreSQL (`postgres://…`) is the next engine.
+/// Opens the store a database URL names: `sqlite:PATH` (the default, `sqlite:dispatcher.sqlite`),
+/// `sqlite://PATH`, or `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (see `PostgresURL` for its options).
 public enum StoreOpener {
-    public static func open(url: String, busyTimeout: Double = 5) throws -> any DispatchStore {
+    public static func open(url: String, busyTimeout: Double = 5) async throws -> any DispatchStore {
         if url.hasPrefix("sqlite://") { return try SQLiteStore(path: String(url.dropFirst(9)), busyTimeout: busyTimeout) }
         if url.hasPrefix("sqlite:") { return try SQLiteStore(path: String(url.dropFirst(7)), busyTimeout: busyTimeout) }
-        if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") {
-            throw StoreError("PostgreSQL is not supported yet: use sqlite:PATH (the embedded default)")
-        }
+        if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") { return try await PostgresStore.open(url: url) }
         if url.hasSuffix(".sqlite") || url.hasSuffix(".db") { return try SQLiteStore(path: url, busyTimeout: busyTimeout) }
-        throw StoreError("'\(url)' is not a database URL: use sqlite:PATH (e.g. sqlite:dispatcher.sqlite)")
+        throw StoreError("'\(PostgresURL.redacted(url))' is not a database URL: use sqlite:PATH (e.g. sqlite:dispatcher.sqlite) or postgres://USER:PASSWORD@HOST:PORT/DATABASE")
     }
 }

@@ -1,0 +1,375 @@
+/// The PostgreSQL schema: the same tables as SQLite's, with PostgreSQL's types, and the hot paths
+/// (webhook intake, the send ledger) as PL/pgSQL functions so that each costs one round trip and
+/// runs atomically on the server.
+///
+/// Named migrations, applied in order under an advisory lock (several processes may start at
+/// once). Once shipped, a migration is never changed: add a new one. Functions are replaced by a
+/// later migration with `CREATE OR REPLACE`.
+enum PostgresSchema {
+    struct Migration {
+        var name: String
+        /// One statement each: PostgreSQL's extended protocol takes one statement per query.
+        var statements: [String]
+    }
+
+    /// Serialises migrations between processes (`pg_advisory_xact_lock`).
+    static let migrationLock: Int64 = 0x6469_7370_6174_6368  // "dispatch"
+
+    static let migrations: [Migration] = [
+        Migration(name: "v1: runs, invoices, messages, attempts, webhooks", statements: [
+            """
+            CREATE TABLE runs (
+                name TEXT PRIMARY KEY,
+                manifest TEXT NOT NULL,
+                template TEXT NOT NULL,
+                sender TEXT NOT NULL,
+                status TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                finished_at DOUBLE PRECISION,
+                halt_reason TEXT
+            )
+            """,
+            """
+            CREATE TABLE invoices (
+                run TEXT NOT NULL REFERENCES runs(name),
+                invoice_id TEXT NOT NULL,
+                line INTEGER NOT NULL,
+                tenant_name TEXT NOT NULL,
+                tenant_id TEXT,
+                landlord TEXT,
+                property TEXT,
+                amount_minor BIGINT NOT NULL,
+                currency TEXT NOT NULL,
+                period TEXT NOT NULL,
+                due_date TEXT,
+                locale TEXT NOT NULL,
+                document_url TEXT,
+                email TEXT,
+                skip_reason TEXT,
+                PRIMARY KEY (run, invoice_id)
+            )
+            """,
+            """
+            CREATE TABLE messages (
+                seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                run TEXT NOT NULL REFERENCES runs(name),
+                invoice_id TEXT NOT NULL,
+                phone TEXT NOT NULL,
+                template TEXT NOT NULL,
+                language TEXT NOT NULL,
+                state TEXT NOT NULL,
+                state_rank INTEGER NOT NULL,
+                wamid TEXT UNIQUE,
+                error_code INTEGER,
+                error_title TEXT,
+                error_details TEXT,
+                skip_reason TEXT,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                accepted_at DOUBLE PRECISION,
+                sent_at DOUBLE PRECISION,
+                delivered_at DOUBLE PRECISION,
+                read_at DOUBLE PRECISION,
+                failed_at DOUBLE PRECISION,
+                request_body TEXT
+            )
+            """,
+            "CREATE INDEX messages_run_state ON messages(run, state)",
+            "CREATE INDEX messages_run_seq ON messages(run, seq)",
+            """
+            CREATE TABLE attempts (
+                message_id TEXT NOT NULL REFERENCES messages(id),
+                number INTEGER NOT NULL,
+                started_at DOUBLE PRECISION NOT NULL,
+                finished_at DOUBLE PRECISION,
+                outcome TEXT NOT NULL,
+                wamid TEXT,
+                error_code INTEGER,
+                error_title TEXT,
+                error_details TEXT,
+                PRIMARY KEY (message_id, number)
+            )
+            """,
+            """
+            CREATE TABLE webhook_payloads (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                received_at DOUBLE PRECISION NOT NULL,
+                signature TEXT,
+                body BYTEA NOT NULL,
+                parse_error TEXT,
+                statuses INTEGER NOT NULL DEFAULT 0
+            )
+            """,
+            """
+            CREATE TABLE status_events (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                payload_id BIGINT NOT NULL REFERENCES webhook_payloads(id),
+                wamid TEXT NOT NULL,
+                message_id TEXT,
+                status TEXT NOT NULL,
+                timestamp DOUBLE PRECISION NOT NULL,
+                received_at DOUBLE PRECISION NOT NULL,
+                recipient_id TEXT,
+                callback_data TEXT,
+                error_code INTEGER,
+                error_title TEXT,
+                error_details TEXT,
+                pricing_category TEXT,
+                applied BOOLEAN NOT NULL DEFAULT false,
+                UNIQUE (wamid, status, timestamp)
+            )
+            """,
+            "CREATE INDEX status_events_message ON status_events(message_id)",
+            "CREATE INDEX status_events_unmatched_wamid ON status_events(wamid) WHERE message_id IS NULL",
+            "CREATE INDEX status_events_unmatched_callback ON status_events(callback_data) WHERE message_id IS NULL",
+            """
+            CREATE TABLE inbound_messages (
+                wamid TEXT PRIMARY KEY,
+                payload_id BIGINT NOT NULL REFERENCES webhook_payloads(id),
+                from_phone TEXT NOT NULL,
+                timestamp DOUBLE PRECISION NOT NULL,
+                type TEXT NOT NULL,
+                body TEXT
+            )
+            """,
+            """
+            CREATE TABLE opt_outs (
+                phone TEXT PRIMARY KEY,
+                at DOUBLE PRECISION NOT NULL,
+                word TEXT NOT NULL,
+                wamid TEXT
+            )
+            """,
+        ]),
+        Migration(name: "v2: sender leases", statements: [
+            """
+            CREATE TABLE sender_leases (
+                sender TEXT PRIMARY KEY,
+                holder TEXT NOT NULL,
+                run TEXT NOT NULL,
+                acquired_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+        ]),
+        Migration(name: "v3: intake and ledger functions", statements: [applyStatus, attachPending, ingest, beginAttempts, recordOutcomes]),
+    ]
+
+    /// The forward-only rule, as in `SQLiteStore.apply` and `MessageState.applying`: one UPDATE per
+    /// status whose CASE conditions read the row as it was. The row is locked first, so the state
+    /// returned (the new one, or NULL when the status changed nothing) is exact even with several
+    /// receivers. Keeps the earliest time Meta gave for each status and learns the wamid.
+    static let applyStatus = """
+        CREATE OR REPLACE FUNCTION dispatcher_apply_status(p_message TEXT, p_wamid TEXT, p_status TEXT, p_ts DOUBLE PRECISION,
+            p_code INTEGER, p_title TEXT, p_details TEXT, p_time DOUBLE PRECISION) RETURNS TEXT
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            old_state TEXT;
+            new_state TEXT;
+        BEGIN
+            SELECT state INTO old_state FROM messages WHERE id = p_message FOR UPDATE;
+            IF p_status = 'sent' THEN
+                UPDATE messages SET sent_at = LEAST(sent_at, p_ts), wamid = COALESCE(wamid, p_wamid),
+                    state = CASE WHEN state_rank < 4 THEN 'sent' ELSE state END,
+                    state_rank = CASE WHEN state_rank < 4 THEN 4 ELSE state_rank END,
+                    updated_at = CASE WHEN state_rank < 4 THEN p_time ELSE updated_at END
+                WHERE id = p_message RETURNING state INTO new_state;
+            ELSIF p_status = 'delivered' THEN
+                UPDATE messages SET delivered_at = LEAST(delivered_at, p_ts), wamid = COALESCE(wamid, p_wamid),
+                    state = CASE WHEN state = 'failed' OR state_rank < 5 THEN 'delivered' ELSE state END,
+                    state_rank = CASE WHEN state = 'failed' OR state_rank < 5 THEN 5 ELSE state_rank END,
+                    updated_at = CASE WHEN state = 'failed' OR state_rank < 5 THEN p_time ELSE updated_at END
+                WHERE id = p_message RETURNING state INTO new_state;
+            ELSIF p_status = 'read' THEN
+                UPDATE messages SET read_at = LEAST(read_at, p_ts), wamid = COALESCE(wamid, p_wamid),
+                    state = CASE WHEN state = 'failed' OR state_rank < 6 THEN 'read' ELSE state END,
+                    state_rank = CASE WHEN state = 'failed' OR state_rank < 6 THEN 6 ELSE state_rank END,
+                    updated_at = CASE WHEN state = 'failed' OR state_rank < 6 THEN p_time ELSE updated_at END
+                WHERE id = p_message RETURNING state INTO new_state;
+            ELSIF p_status = 'failed' THEN
+                UPDATE messages SET failed_at = LEAST(failed_at, p_ts), wamid = COALESCE(wamid, p_wamid),
+                    state = CASE WHEN state NOT IN ('delivered', 'read', 'skipped', 'failed') THEN 'failed' ELSE state END,
+                    state_rank = CASE WHEN state NOT IN ('delivered', 'read', 'skipped', 'failed') THEN 7 ELSE state_rank END,
+                    updated_at = CASE WHEN state NOT IN ('delivered', 'read', 'skipped', 'failed') THEN p_time ELSE updated_at END,
+                    error_code = CASE WHEN state NOT IN ('delivered', 'read', 'skipped', 'failed') THEN p_code ELSE error_code END,
+                    error_title = CASE WHEN state NOT IN ('delivered', 'read', 'skipped', 'failed') THEN p_title ELSE error_title END,
+                    error_details = CASE WHEN state NOT IN ('delivered', 'read', 'skipped', 'failed') THEN p_details ELSE error_details END
+                WHERE id = p_message RETURNING state INTO new_state;
+            ELSE
+                -- played, or a value Meta adds later: kept in the history; only the wamid is learnt.
+                UPDATE messages SET wamid = COALESCE(wamid, p_wamid) WHERE id = p_message;
+                RETURN NULL;
+            END IF;
+            IF new_state IS DISTINCT FROM old_state THEN
+                RETURN new_state;
+            END IF;
+            RETURN NULL;
+        END
+        $$
+        """
+
+    /// Statuses that arrived before their message was known (`p_wamids[i]` is '' when the wamid
+    /// is not known yet), applied in Meta's time order. Returns how many were attached.
+    static let attachPending = """
+        CREATE OR REPLACE FUNCTION dispatcher_attach_pending(p_ids TEXT[], p_wamids TEXT[], p_time DOUBLE PRECISION) RETURNS INTEGER
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            e RECORD;
+            i INTEGER;
+            new_state TEXT;
+            attached INTEGER := 0;
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM status_events WHERE message_id IS NULL) THEN
+                RETURN 0;
+            END IF;
+            FOR i IN 1 .. COALESCE(cardinality(p_ids), 0) LOOP
+                FOR e IN SELECT * FROM status_events
+                         WHERE message_id IS NULL AND (callback_data = p_ids[i] OR wamid = p_wamids[i])
+                         ORDER BY timestamp, id LOOP
+                    -- A status naming us only by callback data, with another wamid than ours, is not ours.
+                    CONTINUE WHEN p_wamids[i] <> '' AND e.wamid <> p_wamids[i];
+                    new_state := dispatcher_apply_status(p_ids[i], e.wamid, e.status, e.timestamp, e.error_code, e.error_title,
+                                                         e.error_details, p_time);
+                    UPDATE status_events SET message_id = p_ids[i], applied = new_state IS NOT NULL WHERE id = e.id;
+                    attached := attached + 1;
+                END LOOP;
+            END LOOP;
+            RETURN attached;
+        END
+        $$
+        """
+
+    /// One webhook POST, stored and applied in one statement (so in one transaction): the raw
+    /// bytes, then each status matched by wamid or by our id in `biz_opaque_callback_data`,
+    /// applied under the forward-only rule and kept in the history (a repeat changes nothing),
+    /// then inbound messages and opt-outs. Returns what the caller reports.
+    static let ingest = """
+        CREATE OR REPLACE FUNCTION dispatcher_ingest(p_time DOUBLE PRECISION, p_signature TEXT, p_body BYTEA, p_parse_error TEXT,
+            p_status_count INTEGER, p_statuses JSONB, p_inbound JSONB,
+            OUT r_payload BIGINT, OUT r_duplicates INTEGER, OUT r_unmatched INTEGER, OUT r_inbound INTEGER, OUT r_opt_outs INTEGER,
+            OUT r_applied TEXT[])
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            s RECORD;
+            m_id TEXT;
+            new_state TEXT;
+            n INTEGER;
+        BEGIN
+            r_duplicates := 0; r_unmatched := 0; r_inbound := 0; r_opt_outs := 0; r_applied := '{}';
+            INSERT INTO webhook_payloads (received_at, signature, body, parse_error, statuses)
+                VALUES (p_time, p_signature, p_body, p_parse_error, p_status_count) RETURNING id INTO r_payload;
+            FOR s IN SELECT * FROM jsonb_to_recordset(COALESCE(p_statuses, '[]'::jsonb)) AS x(wamid TEXT, status TEXT,
+                         ts DOUBLE PRECISION, recipient TEXT, callback TEXT, code INTEGER, title TEXT, details TEXT, pricing TEXT) LOOP
+                SELECT id INTO m_id FROM messages WHERE wamid = s.wamid;
+                IF m_id IS NULL AND COALESCE(s.callback, '') <> '' THEN
+                    -- The send's response may have been lost: the status tells us the wamid.
+                    SELECT id INTO m_id FROM messages WHERE id = s.callback AND (wamid IS NULL OR wamid = s.wamid);
+                END IF;
+                new_state := NULL;
+                IF m_id IS NOT NULL THEN
+                    new_state := dispatcher_apply_status(m_id, s.wamid, s.status, s.ts, s.code, s.title, s.details, p_time);
+                END IF;
+                INSERT INTO status_events (payload_id, wamid, message_id, status, timestamp, received_at, recipient_id, callback_data,
+                    error_code, error_title, error_details, pricing_category, applied)
+                VALUES (r_payload, s.wamid, m_id, s.status, s.ts, p_time, s.recipient, s.callback, s.code, s.title, s.details,
+                    s.pricing, new_state IS NOT NULL)
+                ON CONFLICT (wamid, status, timestamp) DO NOTHING;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                IF n = 0 THEN
+                    -- Seen before: it changed nothing then, unless it was waiting for its message.
+                    r_duplicates := r_duplicates + 1;
+                    CONTINUE;
+                END IF;
+                IF m_id IS NULL THEN
+                    r_unmatched := r_unmatched + 1;
+                END IF;
+                IF new_state IS NOT NULL THEN
+                    r_applied := array_append(r_applied, new_state);
+                END IF;
+            END LOOP;
+            FOR s IN SELECT * FROM jsonb_to_recordset(COALESCE(p_inbound, '[]'::jsonb)) AS x(wamid TEXT, sender TEXT,
+                         ts DOUBLE PRECISION, type TEXT, body TEXT, opt_out TEXT) LOOP
+                INSERT INTO inbound_messages (wamid, payload_id, from_phone, timestamp, type, body)
+                    VALUES (s.wamid, r_payload, s.sender, s.ts, s.type, s.body) ON CONFLICT (wamid) DO NOTHING;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                r_inbound := r_inbound + n;
+                IF s.opt_out IS NOT NULL THEN
+                    INSERT INTO opt_outs (phone, at, word, wamid) VALUES (s.sender, s.ts, s.opt_out, s.wamid)
+                        ON CONFLICT (phone) DO NOTHING;
+                    GET DIAGNOSTICS n = ROW_COUNT;
+                    r_opt_outs := r_opt_outs + n;
+                END IF;
+            END LOOP;
+        END
+        $$
+        """
+
+    /// The ledger entry before requests leave: each message `sending`, a new attempt numbered.
+    /// Fails (and changes nothing) if a message does not exist.
+    static let beginAttempts = """
+        CREATE OR REPLACE FUNCTION dispatcher_begin_attempts(p_ids TEXT[], p_time DOUBLE PRECISION)
+            RETURNS TABLE (r_id TEXT, r_number INTEGER)
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            n INTEGER;
+            missing TEXT;
+        BEGIN
+            RETURN QUERY
+                WITH moved AS (
+                    UPDATE messages SET state = 'sending', state_rank = 1, attempts = attempts + 1, updated_at = p_time
+                    WHERE id = ANY(p_ids) RETURNING id, attempts
+                )
+                INSERT INTO attempts (message_id, number, started_at, outcome)
+                SELECT id, attempts, p_time, 'sending' FROM moved
+                RETURNING message_id, number;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n < cardinality(p_ids) THEN
+                SELECT x INTO missing FROM unnest(p_ids) AS x WHERE NOT EXISTS (SELECT 1 FROM messages WHERE id = x) LIMIT 1;
+                RAISE EXCEPTION 'no message %', missing;
+            END IF;
+        END
+        $$
+        """
+
+    /// How attempts ended, as `SQLiteStore.recordOutcomes`: accepted (only forward: a webhook may
+    /// have said `sent` already; statuses that were waiting are applied), rejected (failed, or back
+    /// in the queue), unknown.
+    static let recordOutcomes = """
+        CREATE OR REPLACE FUNCTION dispatcher_record_outcomes(p_outcomes JSONB, p_time DOUBLE PRECISION) RETURNS VOID
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            o RECORD;
+        BEGIN
+            FOR o IN SELECT * FROM jsonb_to_recordset(p_outcomes) AS x(kind TEXT, id TEXT, number INTEGER, wamid TEXT,
+                         code INTEGER, title TEXT, details TEXT, final BOOLEAN) LOOP
+                IF o.kind = 'accepted' THEN
+                    UPDATE attempts SET outcome = 'accepted', finished_at = p_time, wamid = o.wamid, error_code = NULL,
+                        error_title = NULL, error_details = NULL
+                    WHERE message_id = o.id AND number = o.number;
+                    UPDATE messages SET wamid = o.wamid, accepted_at = COALESCE(accepted_at, p_time), updated_at = p_time,
+                        state = CASE WHEN state_rank < 3 THEN 'accepted' ELSE state END,
+                        state_rank = CASE WHEN state_rank < 3 THEN 3 ELSE state_rank END
+                    WHERE id = o.id;
+                    PERFORM dispatcher_attach_pending(ARRAY[o.id], ARRAY[o.wamid], p_time);
+                ELSIF o.kind = 'rejected' THEN
+                    UPDATE attempts SET outcome = CASE WHEN o.final THEN 'rejected' ELSE 'retry' END, finished_at = p_time,
+                        wamid = NULL, error_code = o.code, error_title = o.title, error_details = o.details
+                    WHERE message_id = o.id AND number = o.number;
+                    UPDATE messages SET state = CASE WHEN o.final THEN 'failed' ELSE 'queued' END,
+                        state_rank = CASE WHEN o.final THEN 7 ELSE 0 END,
+                        error_code = o.code, error_title = o.title, error_details = o.details, updated_at = p_time,
+                        failed_at = CASE WHEN o.final THEN p_time ELSE failed_at END
+                    WHERE id = o.id AND state = 'sending';
+                ELSE
+                    UPDATE attempts SET outcome = 'unknown', finished_at = p_time, wamid = NULL, error_code = NULL,
+                        error_title = o.title, error_details = NULL
+                    WHERE message_id = o.id AND number = o.number;
+                    UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = p_time WHERE id = o.id AND state = 'sending';
+                END IF;
+            END LOOP;
+        END
+        $$
+        """
+}

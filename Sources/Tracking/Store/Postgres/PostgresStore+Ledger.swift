@@ -1,0 +1,92 @@
+import Foundation
+import PostgresNIO
+
+/// The send ledger on PostgreSQL: the same rules as `SQLiteStore`'s, each call one round trip.
+extension PostgresStore {
+    public func beginAttempt(messageID: String, at time: Double) async throws -> Int {
+        guard let number = try await beginAttempts(messageIDs: [messageID], at: time)[messageID] else { throw StoreError("no message \(messageID)") }
+        return number
+    }
+
+    public func beginAttempts(messageIDs: [String], at time: Double) async throws -> [String: Int] {
+        guard !messageIDs.isEmpty else { return [:] }
+        var numbers: [String: Int] = [:]
+        for row in try await rows("SELECT r_id, r_number FROM dispatcher_begin_attempts(\(messageIDs), \(time))") {
+            let (id, number) = try row.decode((String, Int).self)
+            numbers[id] = number
+        }
+        return numbers
+    }
+
+    struct OutcomeJSON: Encodable {
+        var kind, id: String
+        var number: Int
+        var wamid: String?
+        var code: Int?
+        var title, details: String?
+        var final: Bool?
+    }
+
+    public func recordOutcomes(_ outcomes: [AttemptOutcome], at time: Double) async throws {
+        guard !outcomes.isEmpty else { return }
+        let json = try Self.json(outcomes.map { outcome in
+            switch outcome {
+            case .accepted(let id, let number, let wamid):
+                OutcomeJSON(kind: "accepted", id: id, number: number, wamid: wamid)
+            case .rejected(let id, let number, let error, let final):
+                OutcomeJSON(kind: "rejected", id: id, number: number, code: error.code, title: error.title, details: error.details, final: final)
+            case .unknown(let id, let number, let reason):
+                OutcomeJSON(kind: "unknown", id: id, number: number, title: reason)
+            }
+        })
+        try await rows("SELECT dispatcher_record_outcomes(\(json)::jsonb, \(time))")
+    }
+
+    public func recordAccepted(messageID: String, attempt: Int, wamid: String, at time: Double) async throws {
+        try await recordOutcomes([.accepted(messageID: messageID, attempt: attempt, wamid: wamid)], at: time)
+    }
+
+    public func recordRejected(messageID: String, attempt: Int, error: SendError, final: Bool, at time: Double) async throws {
+        try await recordOutcomes([.rejected(messageID: messageID, attempt: attempt, error: error, final: final)], at: time)
+    }
+
+    public func recordUnknown(messageID: String, attempt: Int, reason: String, at time: Double) async throws {
+        try await recordOutcomes([.unknown(messageID: messageID, attempt: attempt, reason: reason)], at: time)
+    }
+
+    public func markInterrupted(run: String, at time: Double) async throws -> Int {
+        try await transaction { connection in
+            try await connection.query("""
+                UPDATE attempts SET outcome = 'unknown', finished_at = \(time),
+                    error_title = 'interrupted: the process stopped while this request may have been in flight'
+                WHERE outcome = 'sending' AND message_id IN (SELECT id FROM messages WHERE run = \(run) AND state = 'sending')
+                """, logger: logger)
+            var changed = 0
+            for try await _ in try await connection.query("""
+                UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = \(time) WHERE run = \(run) AND state = 'sending' RETURNING id
+                """, logger: logger) {
+                changed += 1
+            }
+            return changed
+        }
+    }
+
+    public func queuedMessages(run: String, after: Int64?, limit: Int) async throws -> [MessageRecord] {
+        try await rows("""
+            SELECT \(unescaped: Self.messageColumns) WHERE m.run = \(run) AND m.state = 'queued' AND m.seq > \(after ?? 0) ORDER BY m.seq LIMIT \(limit)
+            """).map(Self.messageRecord)
+    }
+
+    public func requeue(messageIDs: [String], at time: Double) async throws -> [String] {
+        guard !messageIDs.isEmpty else { return [] }
+        var done = Set<String>()
+        for row in try await rows("""
+            UPDATE messages SET state = 'queued', state_rank = 0, updated_at = \(time), error_code = NULL, error_title = NULL, error_details = NULL
+            WHERE id = ANY(\(messageIDs)) AND state IN ('failed', 'unknown') AND delivered_at IS NULL AND read_at IS NULL
+            RETURNING id
+            """) {
+            done.insert(try row.decode(String.self))
+        }
+        return messageIDs.filter(done.contains)
+    }
+}

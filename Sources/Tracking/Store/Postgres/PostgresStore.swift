@@ -1,0 +1,574 @@
+import Foundation
+public import Logging
+import NIOCore
+import NIOSSL
+import PostgresNIO
+
+/// The store on PostgreSQL, for several machines: receivers behind a load balancer and one sender
+/// process per number, all on one database. The same semantics as `SQLiteStore` (the same tests
+/// run on both): the forward-only rule and the statuses that wait for their message are SQL, in
+/// the functions of `PostgresSchema`, so two receivers applying statuses at once cannot undo each
+/// other.
+///
+/// Every write is one statement (a function call) or one short transaction; a deadlock between
+/// receivers (PostgreSQL aborts one of them) is retried here. Commits are durable as the server is
+/// configured (`synchronous_commit`, on by default): a webhook is acknowledged after its commit.
+public final class PostgresStore: DispatchStore {
+    let client: PostgresClient
+    let runner: Task<Void, Never>
+    let logger: Logger
+    public let url: PostgresURL
+
+    /// Connects (failing clearly if the server is unreachable or refuses the credentials),
+    /// migrates, and starts the connection pool.
+    public static func open(url text: String, logger: Logger = Logger(label: "dispatcher.postgres")) async throws -> PostgresStore {
+        let url = try PostgresURL(text)
+        var quiet = logger
+        quiet.logLevel = .critical
+        // One connection first: its errors are the server's own (the pool would retry silently).
+        let connection: PostgresConnection
+        do {
+            connection = try await PostgresConnection.connect(configuration: try Self.connectionConfiguration(url), id: 0, logger: quiet)
+        } catch {
+            throw StoreError(Self.explain(error, url: url))
+        }
+        do {
+            try await Self.migrate(connection, logger: quiet)
+        } catch {
+            try? await connection.close()
+            throw StoreError("cannot migrate the PostgreSQL database \(url.redacted): \(Self.explain(error, url: url))")
+        }
+        try? await connection.close()
+        return try PostgresStore(url: url, logger: quiet)
+    }
+
+    /// Creates an empty database on the server `adminURL` names (its user must be allowed to) and
+    /// returns its URL: for tests and benchmarks, which each want a database of their own.
+    public static func createDatabase(named name: String, adminURL: String) async throws -> String {
+        let admin = try PostgresURL(adminURL)
+        guard name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }) else {
+            throw StoreError("'\(name)' is not a plain database name (letters, digits, _)")
+        }
+        var logger = Logger(label: "dispatcher.postgres")
+        logger.logLevel = .critical
+        do {
+            let connection = try await PostgresConnection.connect(configuration: try connectionConfiguration(admin), id: 0, logger: logger)
+            defer { Task { try? await connection.close() } }
+            try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: logger)
+        } catch {
+            throw StoreError("cannot create database \(name): \(explain(error, url: admin))")
+        }
+        guard var components = URLComponents(string: adminURL) else { throw StoreError("bad URL") }
+        components.path = "/" + name
+        return components.string!
+    }
+
+    private init(url: PostgresURL, logger: Logger) throws {
+        self.url = url
+        self.logger = logger
+        let client = PostgresClient(configuration: try Self.clientConfiguration(url), backgroundLogger: logger)
+        self.client = client
+        runner = Task { await client.run() }
+    }
+
+    deinit { runner.cancel() }
+
+    public var location: String { url.redacted }
+
+    // MARK: - Connecting
+
+    static func tlsConfiguration(_ url: PostgresURL) -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if url.tls != .verifyFull { tls.certificateVerification = .none }
+        return tls
+    }
+
+    static func startupParameters(_ url: PostgresURL) -> [(String, String)] {
+        [("statement_timeout", "\(Int(url.statementTimeout * 1000))"), ("application_name", "dispatcher")]
+    }
+
+    static func connectionConfiguration(_ url: PostgresURL) throws -> PostgresConnection.Configuration {
+        let tls: PostgresConnection.Configuration.TLS = switch url.tls {
+        case .disable: .disable
+        case .prefer: .prefer(try NIOSSLContext(configuration: tlsConfiguration(url)))
+        case .require, .verifyFull: .require(try NIOSSLContext(configuration: tlsConfiguration(url)))
+        }
+        var configuration = if let folder = url.socketFolder {
+            PostgresConnection.Configuration(unixSocketPath: "\(folder)/.s.PGSQL.\(url.port)", username: url.user, password: url.password,
+                                             database: url.database)
+        } else {
+            PostgresConnection.Configuration(host: url.host, port: url.port, username: url.user, password: url.password,
+                                             database: url.database, tls: tls)
+        }
+        configuration.options.connectTimeout = .milliseconds(Int64(url.connectTimeout * 1000))
+        configuration.options.additionalStartupParameters = startupParameters(url)
+        if url.tls == .verifyFull { configuration.options.tlsServerName = url.host }
+        return configuration
+    }
+
+    static func clientConfiguration(_ url: PostgresURL) throws -> PostgresClient.Configuration {
+        let tls: PostgresClient.Configuration.TLS = switch url.tls {
+        case .disable: .disable
+        case .prefer: .prefer(tlsConfiguration(url))
+        case .require, .verifyFull: .require(tlsConfiguration(url))
+        }
+        var configuration = if let folder = url.socketFolder {
+            PostgresClient.Configuration(unixSocketPath: "\(folder)/.s.PGSQL.\(url.port)", username: url.user, password: url.password,
+                                         database: url.database)
+        } else {
+            PostgresClient.Configuration(host: url.host, port: url.port, username: url.user, password: url.password,
+                                         database: url.database, tls: tls)
+        }
+        configuration.options.connectTimeout = .milliseconds(Int64(url.connectTimeout * 1000))
+        configuration.options.additionalStartupParameters = startupParameters(url)
+        configuration.options.maximumConnections = url.maxConnections
+        if url.tls == .verifyFull { configuration.options.tlsServerName = url.host }
+        return configuration
+    }
+
+    /// The server's reason, in words an operator can act on (PostgresNIO hides it from
+    /// `description` so that it cannot leak into logs by accident; it holds no secret).
+    static func explain(_ error: any Error, url: PostgresURL) -> String {
+        guard let error = error as? PSQLError else { return "\(error)" }
+        if error.code == .server, let info = error.serverInfo {
+            let message = info[.message] ?? "error"
+            switch info[.sqlState] {
+            case "28P01", "28000":
+                return "PostgreSQL refused the credentials of user '\(url.user)' at \(url.redacted): \(message)"
+            case "3D000":
+                return "the database '\(url.database)' does not exist on \(url.host):\(url.port) (create it with: createdb \(url.database))"
+            case let state?:
+                return "PostgreSQL error \(state): \(message)"
+            case nil:
+                return "PostgreSQL: \(message)"
+            }
+        }
+        if error.code == .connectionError || error.code == .serverClosedConnection || error.code == .uncleanShutdown {
+            let reason = error.underlying.map { "\($0)" } ?? "\(error.code)"
+            return "cannot reach PostgreSQL at \(url.socketFolder ?? "\(url.host):\(url.port)"): \(reason)"
+        }
+        if error.code == .sslUnsupported {
+            return "the PostgreSQL server at \(url.host):\(url.port) does not offer TLS, and the URL asks for it (sslmode=\(url.tls.rawValue))"
+        }
+        if error.code == .authMechanismRequiresPassword {
+            return "PostgreSQL wants a password for user '\(url.user)': put it in the URL (postgres://USER:PASSWORD@…)"
+        }
+        return String(reflecting: error)
+    }
+
+    static func migrate(_ connection: PostgresConnection, logger: Logger) async throws {
+        try await connection.query("BEGIN", logger: logger)
+        do {
+            try await connection.query("SELECT pg_advisory_xact_lock(\(PostgresSchema.migrationLock))", logger: logger)
+            try await connection.query("""
+                CREATE TABLE IF NOT EXISTS dispatcher_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())
+                """, logger: logger)
+            var applied = Set<String>()
+            for try await name in try await connection.query("SELECT name FROM dispatcher_migrations", logger: logger).decode(String.self) {
+                applied.insert(name)
+            }
+            for migration in PostgresSchema.migrations where !applied.contains(migration.name) {
+                for statement in migration.statements {
+                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                }
+                try await connection.query("INSERT INTO dispatcher_migrations (name) VALUES (\(migration.name))", logger: logger)
+            }
+            try await connection.query("COMMIT", logger: logger)
+        } catch {
+            try? await connection.query("ROLLBACK", logger: logger)
+            throw error
+        }
+    }
+
+    // MARK: - Queries
+
+    /// A deadlock (two receivers locking the same messages in another order) or a serialisation
+    /// failure aborts one statement, which changed nothing: it is tried again.
+    func retrying<T>(_ body: () async throws -> T) async throws -> T {
+        var attempt = 0
+        while true {
+            do {
+                return try await body()
+            } catch let error as PSQLError where attempt < 8 && ["40P01", "40001"].contains(error.serverInfo?[.sqlState]) {
+                attempt += 1
+                try await Task.sleep(for: .milliseconds(Int.random(in: 1...(5 << min(attempt, 5)))))
+            } catch {
+                throw StoreError(Self.explain(error, url: url))
+            }
+        }
+    }
+
+    /// Runs one statement and reads every row.
+    @discardableResult
+    func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
+        try await retrying { try await client.query(query, logger: logger).collect() }
+    }
+
+    /// Several statements on one connection, committed together or not at all.
+    func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await retrying {
+            try await client.withConnection { connection in
+                try await connection.query("BEGIN", logger: logger)
+                do {
+                    let value = try await body(connection)
+                    try await connection.query("COMMIT", logger: logger)
+                    return value
+                } catch {
+                    try? await connection.query("ROLLBACK", logger: logger)
+                    throw error
+                }
+            }
+        }
+    }
+
+    /// JSON for `jsonb_to_recordset`: how lists of records with optional fields reach SQL in one parameter.
+    static func json(_ value: some Encodable) throws -> String {
+        String(decoding: try JSONEncoder().encode(value), as: UTF8.self)
+    }
+
+    // MARK: - Runs
+
+    public func saveRun(_ run: RunRecord) async throws {
+        try await rows("""
+            INSERT INTO runs (name, manifest, template, sender, status, created_at, finished_at, halt_reason)
+            VALUES (\(run.name), \(run.manifest), \(run.template), \(run.sender), \(run.status), \(run.createdAt), \(run.finishedAt), \(run.haltReason))
+            ON CONFLICT (name) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, halt_reason = excluded.halt_reason
+            """)
+    }
+
+    static let runColumns = "name, manifest, template, sender, status, created_at, finished_at, halt_reason"
+
+    static func runRecord(_ row: PostgresRow) throws -> RunRecord {
+        var r = Cells(row)
+        return RunRecord(name: try r.next(), manifest: try r.next(), template: try r.next(), sender: try r.next(), status: try r.next(),
+                         createdAt: try r.next(), finishedAt: try r.next(), haltReason: try r.next())
+    }
+
+    public func run(named name: String) async throws -> RunRecord? {
+        try await rows("SELECT \(unescaped: Self.runColumns) FROM runs WHERE name = \(name)").first.map(Self.runRecord)
+    }
+
+    public func runs() async throws -> [RunSummary] {
+        let runs = try await rows("SELECT \(unescaped: Self.runColumns) FROM runs ORDER BY created_at DESC, name").map(Self.runRecord)
+        var summaries: [RunSummary] = []
+        for run in runs {
+            let invoices = try await rows("SELECT COUNT(*) FROM invoices WHERE run = \(run.name)").first.map { try $0.decode(Int.self) } ?? 0
+            summaries.append(RunSummary(run: run, invoices: invoices, counts: try await stateCounts(run: run.name)))
+        }
+        return summaries
+    }
+
+    public func stateCounts(run: String) async throws -> [MessageState: Int] {
+        var counts: [MessageState: Int] = [:]
+        for row in try await rows("SELECT state, COUNT(*) FROM messages WHERE run = \(run) GROUP BY state") {
+            let (state, n) = try row.decode((String, Int).self)
+            if let state = MessageState(rawValue: state) { counts[state] = n }
+        }
+        return counts
+    }
+
+    // MARK: - Invoices and messages
+
+    struct InvoiceJSON: Encodable {
+        var run, invoice_id: String
+        var line: Int
+        var tenant_name: String
+        var tenant_id, landlord, property: String?
+        var amount_minor: Int64
+        var currency, period: String
+        var due_date: String?
+        var locale: String
+        var document_url, email, skip_reason: String?
+    }
+
+    public func addInvoices(_ invoices: [InvoiceRecord]) async throws {
+        guard !invoices.isEmpty else { return }
+        let json = try Self.json(invoices.map { i in
+            InvoiceJSON(run: i.run, invoice_id: i.invoiceID, line: i.line, tenant_name: i.tenantName, tenant_id: i.tenantID, landlord: i.landlord,
+                        property: i.property, amount_minor: i.amountMinor, currency: i.currency, period: i.period, due_date: i.dueDate,
+                        locale: i.locale, document_url: i.documentURL, email: i.email, skip_reason: i.skipReason)
+        })
+        try await rows("""
+            INSERT INTO invoices (run, invoice_id, line, tenant_name, tenant_id, landlord, property, amount_minor, currency, period,
+                due_date, locale, document_url, email, skip_reason)
+            SELECT run, invoice_id, line, tenant_name, tenant_id, landlord, property, amount_minor, currency, period,
+                due_date, locale, document_url, email, skip_reason
+            FROM jsonb_to_recordset(\(json)::jsonb) AS x(run TEXT, invoice_id TEXT, line INTEGER, tenant_name TEXT, tenant_id TEXT,
+                landlord TEXT, property TEXT, amount_minor BIGINT, currency TEXT, period TEXT, due_date TEXT, locale TEXT,
+                document_url TEXT, email TEXT, skip_reason TEXT)
+            ON CONFLICT (run, invoice_id) DO NOTHING
+            """)
+    }
+
+    struct MessageJSON: Encodable {
+        var n: Int
+        var id, run, invoice_id, phone, template, language, state: String
+        var state_rank: Int
+        var skip_reason, request_body: String?
+    }
+
+    public func addMessages(_ messages: [NewMessage]) async throws -> [MessageInsert] {
+        guard !messages.isEmpty else { return [] }
+        let now = Date().timeIntervalSince1970
+        let json = try Self.json(messages.enumerated().map { n, m in
+            MessageJSON(n: n, id: m.id, run: m.run, invoice_id: m.invoiceID, phone: m.phone, template: m.template, language: m.language,
+                        state: m.state.rawValue, state_rank: m.state.rank, skip_reason: m.skipReason, request_body: m.requestBody)
+        })
+        let logger = self.logger
+        return try await transaction { connection in
+            var inserted = Set<String>()
+            // In the manifest's order (`n`): the sequence numbers follow it.
+            let rows = try await connection.query("""
+                INSERT INTO messages (id, run, invoice_id, phone, template, language, state, state_rank, skip_reason, created_at, updated_at,
+                    request_body)
+                SELECT id, run, invoice_id, phone, template, language, state, state_rank, skip_reason, \(now), \(now), request_body
+                FROM jsonb_to_recordset(\(json)::jsonb) AS x(n INTEGER, id TEXT, run TEXT, invoice_id TEXT, phone TEXT, template TEXT,
+                    language TEXT, state TEXT, state_rank INTEGER, skip_reason TEXT, request_body TEXT)
+                ORDER BY n
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id
+                """, logger: logger)
+            for try await id in rows.decode(String.self) { inserted.insert(id) }
+            let others = messages.map(\.id).filter { !inserted.contains($0) }
+            var existing: [String: (String, MessageState)] = [:]
+            if !others.isEmpty {
+                for try await (id, run, state) in try await connection.query(
+                    "SELECT id, run, state FROM messages WHERE id = ANY(\(others))", logger: logger).decode((String, String, String).self) {
+                    existing[id] = (run, MessageState(rawValue: state) ?? .unknown)
+                }
+            }
+            if !inserted.isEmpty {
+                // A status may have arrived before the message was stored (the send's response
+                // lost, a crash): it is applied now.
+                let ids = Array(inserted)
+                try await connection.query("SELECT dispatcher_attach_pending(\(ids), \(Array(repeating: "", count: ids.count)), \(now))",
+                                           logger: logger)
+            }
+            return messages.map { m in
+                if inserted.contains(m.id) { return .inserted(id: m.id) }
+                let (run, state) = existing[m.id] ?? (m.run, .unknown)
+                return .exists(id: m.id, run: run, state: state)
+            }
+        }
+    }
+
+    static let messageColumns = """
+        m.seq, m.id, m.run, m.invoice_id, m.phone, m.template, m.language, m.state, m.wamid, m.error_code, m.error_title,
+        m.error_details, m.skip_reason, m.attempts, m.created_at, m.updated_at, m.accepted_at, m.sent_at, m.delivered_at,
+        m.read_at, m.failed_at, m.request_body, i.landlord, i.tenant_name
+        FROM messages m LEFT JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
+        """
+
+    static func messageRecord(_ row: PostgresRow) throws -> MessageRecord {
+        var r = Cells(row)
+        let sequence: Int64 = try r.next()
+        return MessageRecord(
+            id: try r.next(), run: try r.next(), invoiceID: try r.next(), phone: try r.next(), template: try r.next(), language: try r.next(),
+            state: MessageState(rawValue: try r.next()) ?? .unknown, wamid: try r.next(), errorCode: try r.next(), errorTitle: try r.next(),
+            errorDetails: try r.next(), skipReason: try r.next(), attempts: try r.next(), createdAt: try r.next(), updatedAt: try r.next(),
+            acceptedAt: try r.next(), sentAt: try r.next(), deliveredAt: try r.next(), readAt: try r.next(), failedAt: try r.next(),
+            requestBody: try r.next(), landlord: try r.next(), tenantName: try r.next(), sequence: sequence)
+    }
+
+    public func message(_ idOrWamid: String) async throws -> MessageRecord? {
+        try await rows("SELECT \(unescaped: Self.messageColumns) WHERE m.id = \(idOrWamid) OR m.wamid = \(idOrWamid) LIMIT 1")
+            .first.map(Self.messageRecord)
+    }
+
+    public func events(messageID: String) async throws -> [StatusEventRecord] {
+        try await rows("""
+            SELECT wamid, message_id, status, timestamp, received_at, applied, error_code, error_title, error_details
+            FROM status_events WHERE message_id = \(messageID) ORDER BY timestamp, id
+            """).map { row in
+            var r = Cells(row)
+            return StatusEventRecord(wamid: try r.next(), messageID: try r.next(), status: try r.next(), timestamp: try r.next(),
+                                     receivedAt: try r.next(), applied: try r.next(), errorCode: try r.next(), errorTitle: try r.next(),
+                                     errorDetails: try r.next())
+        }
+    }
+
+    public func attempts(messageID: String) async throws -> [AttemptRecord] {
+        try await rows("""
+            SELECT number, started_at, finished_at, outcome, wamid, error_code, error_title
+            FROM attempts WHERE message_id = \(messageID) ORDER BY number
+            """).map { row in
+            var r = Cells(row)
+            return AttemptRecord(number: try r.next(), startedAt: try r.next(), finishedAt: try r.next(), outcome: try r.next(),
+                                 wamid: try r.next(), errorCode: try r.next(), errorTitle: try r.next())
+        }
+    }
+
+    public func messages(_ filter: MessageFilter) async throws -> MessagePage {
+        var bindings = PostgresBindings()
+        var conditions: [String] = []
+        func condition(_ sql: String, _ value: some PostgresNonThrowingEncodable & PostgresDynamicTypeEncodable) {
+            bindings.append(value)
+            conditions.append(sql.replacingOccurrences(of: "?", with: "$\(bindings.count)"))
+        }
+        if let run = filter.run { condition("m.run = ?", run) }
+        if let state = filter.state { condition("m.state = ?", state.rawValue) }
+        if let landlord = filter.landlord { condition("i.landlord = ?", landlord) }
+        if let after = filter.after { condition("m.seq > ?", after) }
+        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let limit = max(1, min(filter.limit, 1000))
+        let found = try await rows(PostgresQuery(unsafeSQL: "SELECT \(Self.messageColumns) \(whereClause) ORDER BY m.seq LIMIT \(limit + 1)",
+                                                 binds: bindings)).map(Self.messageRecord)
+        let page = Array(found.prefix(limit))
+        return MessagePage(messages: page, next: found.count > limit ? page.last?.sequence : nil)
+    }
+
+    // MARK: - Reports
+
+    public func reportRows(run: String, after: Int64?, limit: Int) async throws -> [ReportRow] {
+        try await rows("""
+            SELECT m.seq, m.id, m.run, m.invoice_id, m.phone, m.template, m.language, m.state, m.wamid, m.error_code, m.error_title,
+                m.error_details, m.skip_reason, m.attempts, m.created_at, m.updated_at, m.accepted_at, m.sent_at, m.delivered_at,
+                m.read_at, m.failed_at, i.landlord, i.tenant_name, i.property, i.amount_minor, i.currency, i.period, i.email
+            FROM messages m JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
+            WHERE m.run = \(run) AND m.seq > \(after ?? 0) ORDER BY m.seq LIMIT \(limit)
+            """).map { row in
+            var r = Cells(row)
+            let sequence: Int64 = try r.next()
+            let message = MessageRecord(
+                id: try r.next(), run: try r.next(), invoiceID: try r.next(), phone: try r.next(), template: try r.next(), language: try r.next(),
+                state: MessageState(rawValue: try r.next()) ?? .unknown, wamid: try r.next(), errorCode: try r.next(), errorTitle: try r.next(),
+                errorDetails: try r.next(), skipReason: try r.next(), attempts: try r.next(), createdAt: try r.next(), updatedAt: try r.next(),
+                acceptedAt: try r.next(), sentAt: try r.next(), deliveredAt: try r.next(), readAt: try r.next(), failedAt: try r.next(),
+                requestBody: nil, landlord: try r.next(), tenantName: try r.next(), sequence: sequence)
+            return ReportRow(message: message, tenantName: message.tenantName ?? "", landlord: message.landlord, property: try r.next(),
+                             amountMinor: try r.next(), currency: try r.next(), period: try r.next(), email: try r.next())
+        }
+    }
+
+    public func skippedInvoices(run: String) async throws -> [InvoiceRecord] {
+        try await rows("""
+            SELECT run, invoice_id, line, tenant_name, tenant_id, landlord, property, amount_minor, currency, period, due_date, locale,
+                document_url, email, skip_reason
+            FROM invoices WHERE run = \(run) AND skip_reason IS NOT NULL ORDER BY line
+            """).map { row in
+            var r = Cells(row)
+            return InvoiceRecord(run: try r.next(), invoiceID: try r.next(), line: try r.next(), tenantName: try r.next(), tenantID: try r.next(),
+                                 landlord: try r.next(), property: try r.next(), amountMinor: try r.next(), currency: try r.next(),
+                                 period: try r.next(), dueDate: try r.next(), locale: try r.next(), documentURL: try r.next(),
+                                 email: try r.next(), skipReason: try r.next())
+        }
+    }
+
+    // MARK: - Webhooks
+
+    struct StatusJSON: Encodable {
+        var wamid, status: String
+        var ts: Int64
+        var recipient, callback: String?
+        var code: Int?
+        var title, details, pricing: String?
+    }
+
+    struct InboundJSON: Encodable {
+        var wamid, sender: String
+        var ts: Int64
+        var type: String
+        var body: String?
+        /// The opt-out word as stored, when the message is one.
+        var opt_out: String?
+    }
+
+    public func ingestWebhook(body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
+                              at time: Double) async throws -> IngestResult {
+        let statuses = try contents.map { c in
+            try Self.json(c.statuses.map { u in
+                StatusJSON(wamid: u.wamid, status: u.status, ts: u.timestamp, recipient: u.recipientID, callback: u.callbackData,
+                           code: u.errorCode, title: u.errorTitle, details: u.errorDetails, pricing: u.pricingCategory)
+            })
+        }
+        let inbound = try contents.map { c in
+            try Self.json(c.inbound.map { m in
+                InboundJSON(wamid: m.wamid, sender: m.from, ts: m.timestamp, type: m.type, body: m.body,
+                            opt_out: m.isOptOut ? (m.body?.uppercased() ?? "") : nil)
+            })
+        }
+        let count = contents?.statuses.count ?? 0
+        let row = try await rows("""
+            SELECT r_payload, r_duplicates, r_unmatched, r_inbound, r_opt_outs, r_applied
+            FROM dispatcher_ingest(\(time)::float8, \(signature)::text, \(ByteBuffer(bytes: body))::bytea, \(parseError)::text, \(count)::integer,
+                \(statuses)::jsonb, \(inbound)::jsonb)
+            """)[0]
+        var r = Cells(row)
+        var result = IngestResult(payloadID: try r.next())
+        result.statuses = count
+        result.duplicates = try r.next()
+        result.unmatched = try r.next()
+        result.inbound = try r.next()
+        result.optOuts = try r.next()
+        for state in try r.next() as [String] {
+            if let state = MessageState(rawValue: state) { result.applied[state, default: 0] += 1 }
+        }
+        return result
+    }
+
+    public func isOptedOut(phone: String) async throws -> Bool {
+        try await !rows("SELECT 1 FROM opt_outs WHERE phone = \(phone)").isEmpty
+    }
+
+    public func optOuts() async throws -> [OptOut] {
+        try await rows("SELECT phone, at, word FROM opt_outs ORDER BY at").map { row in
+            let (phone, at, word) = try row.decode((String, Double, String).self)
+            return OptOut(phone: phone, at: at, word: word)
+        }
+    }
+
+    public func ping() async throws {
+        try await rows("SELECT COUNT(*) FROM runs")
+    }
+
+    // MARK: - Senders
+
+    public func acquireSenderLease(sender: String, holder: String, run: String, ttl: Double, at time: Double) async throws -> SenderLease {
+        try await rows(PostgresQuery(unsafeSQL: SenderLeaseSQL.acquire, binds: try {
+            var b = PostgresBindings()
+            b.append(sender); b.append(holder); b.append(run); b.append(time); b.append(time + ttl)
+            return b
+        }()))
+        let row = try await rows("SELECT sender, holder, run, acquired_at, expires_at FROM sender_leases WHERE sender = \(sender)")[0]
+        let (s, h, r, acquired, expires) = try row.decode((String, String, String, Double, Double).self)
+        return SenderLease(sender: s, holder: h, run: r, acquiredAt: acquired, expiresAt: expires)
+    }
+
+    public func releaseSenderLease(sender: String, holder: String) async throws {
+        try await rows("DELETE FROM sender_leases WHERE sender = \(sender) AND holder = \(holder)")
+    }
+
+    // MARK: - Audit
+
+    public func webhookPayloads(after: Int64?, limit: Int) async throws -> [StoredPayload] {
+        try await rows("""
+            SELECT id, received_at, signature, body, parse_error, statuses FROM webhook_payloads WHERE id > \(after ?? 0) ORDER BY id LIMIT \(limit)
+            """).map { row in
+            var r = Cells(row)
+            let id: Int64 = try r.next(), receivedAt: Double = try r.next(), signature: String? = try r.next()
+            var body: ByteBuffer = try r.next()
+            return StoredPayload(id: id, receivedAt: receivedAt, signature: signature, body: body.readBytes(length: body.readableBytes) ?? [],
+                                 parseError: try r.next(), statuses: try r.next())
+        }
+    }
+
+    public func inboundMessages(limit: Int) async throws -> [InboundRecord] {
+        try await rows("SELECT wamid, from_phone, timestamp, type, body FROM inbound_messages ORDER BY timestamp, wamid LIMIT \(limit)").map { row in
+            let (wamid, from, timestamp, type, body) = try row.decode((String, String, Double, String, String?).self)
+            return InboundRecord(wamid: wamid, from: from, timestamp: timestamp, type: type, body: body)
+        }
+    }
+}
+
+/// Reads a row's columns in order.
+struct Cells {
+    let row: PostgresRandomAccessRow
+    var index = 0
+
+    init(_ row: PostgresRow) { self.row = row.makeRandomAccess() }
+
+    mutating func next<T: PostgresDecodable>(_: T.Type = T.self) throws -> T {
+        defer { index += 1 }
+        return try row[index].decode(T.self)
+    }
+}

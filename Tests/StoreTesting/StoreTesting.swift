@@ -1,0 +1,56 @@
+import Foundation
+public import Tracking
+
+/// The engines every store, webhook and run test runs on.
+public enum StoreEngine: String, Sendable, CaseIterable, CustomStringConvertible {
+    case sqlite
+    case postgres
+
+    public var description: String { rawValue }
+}
+
+/// SQLite always; PostgreSQL unless `DISPATCHER_TEST_SKIP_POSTGRES=1` says to skip it (loudly).
+/// Without `DISPATCHER_TEST_POSTGRES_URL` the PostgreSQL cases fail, saying how to run them:
+/// `scripts/test` starts a throw-away server and sets it.
+public let engines: [StoreEngine] = {
+    if ProcessInfo.processInfo.environment["DISPATCHER_TEST_SKIP_POSTGRES"] == "1" {
+        FileHandle.standardError.write(Data("WARNING: DISPATCHER_TEST_SKIP_POSTGRES=1: PostgreSQL is NOT tested in this run\n".utf8))
+        return [.sqlite]
+    }
+    return [.sqlite, .postgres]
+}()
+
+/// The PostgreSQL server the tests use: a user who may create databases.
+public func postgresAdminURL() throws -> String {
+    guard let url = ProcessInfo.processInfo.environment["DISPATCHER_TEST_POSTGRES_URL"], !url.isEmpty else {
+        throw StoreError("""
+            DISPATCHER_TEST_POSTGRES_URL is not set: run the tests with scripts/test, which starts a throw-away PostgreSQL, \
+            or set it to a server of yours (or DISPATCHER_TEST_SKIP_POSTGRES=1 to skip PostgreSQL)
+            """)
+    }
+    return url
+}
+
+/// A fresh SQLite file in its own temporary folder.
+public func freshSQLitePath() throws -> String {
+    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-test-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    return folder.appendingPathComponent("dispatcher.sqlite").path
+}
+
+/// The URL of a new, empty database on the engine (a new SQLite file, or a new PostgreSQL database).
+public func freshDatabaseURL(_ engine: StoreEngine) async throws -> String {
+    switch engine {
+    case .sqlite:
+        return "sqlite:" + (try freshSQLitePath())
+    case .postgres:
+        let name = "t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(24)
+        let url = try await PostgresStore.createDatabase(named: String(name), adminURL: try postgresAdminURL())
+        return url + (url.contains("?") ? "&" : "?") + "max_connections=6"
+    }
+}
+
+/// A new, empty, migrated store on the engine.
+public func makeStore(_ engine: StoreEngine, busyTimeout: Double = 5) async throws -> any DispatchStore {
+    try await StoreOpener.open(url: try await freshDatabaseURL(engine), busyTimeout: busyTimeout)
+}
