@@ -32,7 +32,7 @@ struct RunSession {
         let graph: GraphConfiguration
         if sandbox {
             appSecret = "sandbox-app-secret-\(UInt64.random(in: 0...UInt64.max))"
-            graph = GraphConfiguration(baseURL: "http://127.0.0.1:0", apiVersion: settings.apiVersion, phoneNumberID: "SANDBOX",
+            graph = GraphConfiguration(baseURL: "http://127.0.0.1:0", apiVersion: settings.apiVersion, phoneNumberID: settings.phoneNumberID ?? "SANDBOX",
                                        accessToken: "sandbox-token", timeout: .seconds(10))
         } else {
             guard let token = settings.accessToken, let phoneNumberID = settings.phoneNumberID else {
@@ -119,7 +119,7 @@ struct RunSession {
         do {
             try await lease.acquire(wait: try settle.waitForSender.map(parseDuration) ?? .zero)
         } catch let busy as SenderBusy {
-            console.say("error: \(busy)")
+            FileHandle.standardError.write(Data("error: \(busy)\n".utf8))
             throw ExitCode(1)
         }
         let terminal = isatty(STDERR_FILENO) == 1 && !settle.json

@@ -475,8 +475,11 @@ public final class PostgresStore: DispatchStore {
 
     public func ingestWebhook(body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
                               at time: Double) async throws -> IngestResult {
+        // In wamid order: every receiver then locks the messages of a payload in the same order,
+        // so two receivers given overlapping payloads wait for each other instead of deadlocking.
+        // (The final state does not depend on the order: that is the forward-only rule.)
         let statuses = try contents.map { c in
-            try Self.json(c.statuses.map { u in
+            try Self.json(c.statuses.sorted { ($0.wamid, $0.timestamp) < ($1.wamid, $1.timestamp) }.map { u in
                 StatusJSON(wamid: u.wamid, status: u.status, ts: u.timestamp, recipient: u.recipientID, callback: u.callbackData,
                            code: u.errorCode, title: u.errorTitle, details: u.errorDetails, pricing: u.pricingCategory)
             })
