@@ -2,6 +2,7 @@ import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
+import StoreTesting
 import Testing
 
 /// A long-running `dispatcher` process (the sandbox, or a send to be killed).
@@ -62,9 +63,11 @@ func crashWorkspace(invoices: Int) throws -> URL {
 
 @Suite("Crash safety (real processes on loopback)", .serialized)
 struct CrashSafetyTests {
-    @Test("kill -9 at random points of a 2,000-message run, then resume, repeated: no tenant twice, none left without a state")
-    func killAndResume() async throws {
+    @Test("kill -9 at random points of a 2,000-message run, then resume, repeated: no tenant twice, none left without a state",
+          arguments: engines)
+    func killAndResume(engine: StoreEngine) async throws {
         let folder = try crashWorkspace(invoices: 2000)
+        let database = try await freshDatabaseURL(engine)
         let sandboxPort = freePort(), receiverPort = sandboxPort + 1
         let secret = "crash-secret"
         let sandbox = try Running(["sandbox", "--listen", "127.0.0.1:\(sandboxPort)", "--webhook-url", "http://127.0.0.1:\(receiverPort)/webhook",
@@ -72,9 +75,12 @@ struct CrashSafetyTests {
                                   in: folder, environment: ["LOG_LEVEL": "error"])
         defer { sandbox.kill(SIGTERM); _ = sandbox.wait() }
         try await waitForHTTP("http://127.0.0.1:\(sandboxPort)/_sandbox/counters")
+        // A killed run holds its sender number until its lease expires: a short lease, and each
+        // run waits for it, as an operator restarting after a crash would.
         let environment = ["WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(sandboxPort)", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
-                           "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX", "WHATSAPP_APP_SECRET": secret, "LOG_LEVEL": "error"]
-        let send = ["send", "big.csv", "--rate", "1000", "--listen", "127.0.0.1:\(receiverPort)", "--settle", "1s"]
+                           "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX", "WHATSAPP_APP_SECRET": secret, "LOG_LEVEL": "error",
+                           "DISPATCHER_DATABASE_URL": database, "DISPATCHER_SENDER_LEASE_SECONDS": "1"]
+        let send = ["send", "big.csv", "--rate", "1000", "--listen", "127.0.0.1:\(receiverPort)", "--settle", "1s", "--wait-for-sender", "10s"]
         var kills = 0
         var finished = false
         for round in 0..<12 {
@@ -107,19 +113,20 @@ struct CrashSafetyTests {
         // (in flight at a kill: never resent blindly).
         let last = try Running(send, in: folder, environment: environment)
         #expect(last.wait() == 0)
-        var states = try statesOfOnlyRun(folder)
+        var states = try statesOfOnlyRun(folder, database: database)
         #expect(states.values.reduce(0, +) == 2000)
         #expect((states["queued"] ?? 0) + (states["sending"] ?? 0) + (states["failed"] ?? 0) == 0, "\(states)")
         let unknown = states["unknown"] ?? 0
         #expect(accepted.count + unknown == 2000, "accepted \(accepted.count), unknown \(unknown)")
         // The operator's way out for those: retry --include-unknown after the settle window.
-        let retry = try Running(["retry", "big", "--include-unknown", "--rate", "1000", "--listen", "127.0.0.1:\(receiverPort)", "--settle", "3s"],
+        let retry = try Running(["retry", "big", "--include-unknown", "--rate", "1000", "--listen", "127.0.0.1:\(receiverPort)", "--settle", "3s",
+                                 "--wait-for-sender", "10s"],
                                 in: folder, environment: environment)
         #expect(retry.wait() == 0)
         accepted = try await acceptedByMessage()
         #expect(accepted.count == 2000)
         #expect(accepted.values.allSatisfy { $0 == 1 })
-        states = try statesOfOnlyRun(folder)
+        states = try statesOfOnlyRun(folder, database: database)
         #expect((states["read"] ?? 0) + (states["delivered"] ?? 0) == 2000, "\(states)")
     }
 
@@ -149,8 +156,8 @@ struct CrashSafetyTests {
         #expect(Set(requests.compactMap { $0["callbackData"] as? String }).count == requests.count)
     }
 
-    func statesOfOnlyRun(_ folder: URL) throws -> [String: Int] {
-        let runs = try DispatcherProcess.run(["runs", "--json"], in: folder)
+    func statesOfOnlyRun(_ folder: URL, database: String? = nil) throws -> [String: Int] {
+        let runs = try DispatcherProcess.run(["runs", "--json"] + (database.map { ["--db", $0] } ?? []), in: folder)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(runs.stdout.utf8)) as? [String: Any])
         return try #require((object["runs"] as? [[String: Any]])?.first?["states"] as? [String: Int])
     }

@@ -197,4 +197,47 @@ struct StoreTests {
         await #expect(throws: StoreError.self) { try await StoreOpener.open(url: "sqlite:/nonexistent-dir/x/y.sqlite") }
         await #expect(throws: StoreError.self) { try await StoreOpener.open(url: "postgres://u@127.0.0.1:5/db?sslmode=bogus") }
     }
+
+    @Test("the sender lease: one holder per number, renewed by its holder, taken over only once expired, given up", arguments: engines)
+    func senderLease(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let first = try await store.acquireSenderLease(sender: "N1", holder: "a", run: "march", ttl: 30, at: 1000)
+        #expect(first == SenderLease(sender: "N1", holder: "a", run: "march", acquiredAt: 1000, expiresAt: 1030))
+        // Another process is refused and told who holds it.
+        let refused = try await store.acquireSenderLease(sender: "N1", holder: "b", run: "april", ttl: 30, at: 1010)
+        #expect(refused.holder == "a" && refused.run == "march")
+        // Another number is free.
+        #expect(try await store.acquireSenderLease(sender: "N2", holder: "b", run: "april", ttl: 30, at: 1010).holder == "b")
+        // The holder renews: same start, later expiry.
+        let renewed = try await store.acquireSenderLease(sender: "N1", holder: "a", run: "march", ttl: 30, at: 1020)
+        #expect(renewed.acquiredAt == 1000 && renewed.expiresAt == 1050)
+        // Not renewed in time (a crash): the next one takes it.
+        let taken = try await store.acquireSenderLease(sender: "N1", holder: "b", run: "april", ttl: 30, at: 1050)
+        #expect(taken == SenderLease(sender: "N1", holder: "b", run: "april", acquiredAt: 1050, expiresAt: 1080))
+        // The old holder's release does not free what it no longer holds; the new holder's does.
+        try await store.releaseSenderLease(sender: "N1", holder: "a")
+        #expect(try await store.acquireSenderLease(sender: "N1", holder: "c", run: "may", ttl: 30, at: 1060).holder == "b")
+        try await store.releaseSenderLease(sender: "N1", holder: "b")
+        #expect(try await store.acquireSenderLease(sender: "N1", holder: "c", run: "may", ttl: 30, at: 1061).holder == "c")
+    }
+
+    @Test("PostgreSQL: an unreachable server, a missing database and an unknown user are clear errors", .enabled(if: engines.contains(.postgres)))
+    func postgresErrors() async throws {
+        let admin = try PostgresURL(try postgresAdminURL())
+        func message(_ url: String) async -> String {
+            do {
+                _ = try await StoreOpener.open(url: url)
+                return "opened"
+            } catch {
+                return "\(error)"
+            }
+        }
+        let closed = await message("postgres://dispatcher@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=2")
+        #expect(closed.contains("cannot reach PostgreSQL at 127.0.0.1:1"), "\(closed)")
+        let missing = await message("postgres://\(admin.user)@\(admin.host):\(admin.port)/no_such_db?sslmode=disable")
+        #expect(missing.contains("the database 'no_such_db' does not exist"), "\(missing)")
+        let stranger = await message("postgres://nobody:secret-pw@\(admin.host):\(admin.port)/postgres?sslmode=disable")
+        #expect(stranger.contains("refused the credentials of user 'nobody'"), "\(stranger)")
+        #expect(!stranger.contains("secret-pw"))
+    }
 }
