@@ -69,8 +69,6 @@ struct DeliveryPage {
     var generatedAt: String
 
     init(run: RunRecord, totals: Totals, settle: String?, landlordFilter: String?, lang: String, generatedAt: Date) {
-        var totals = totals
-        totals.finish()
         l = Labels.of(lang)
         self.lang = lang.hasPrefix("es") ? "es" : "en"
         self.run = run.name + (landlordFilter.map { " · \($0)" } ?? "")

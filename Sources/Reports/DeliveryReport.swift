@@ -37,28 +37,28 @@ public struct DeliveryReportWriter: Sendable {
         try csv.header(["run", "invoice_id", "tenant_name", "landlord", "property", "phone", "amount", "currency", "state", "wamid",
                         "sent_at", "delivered_at", "read_at", "failed_at", "error_code", "error_title", "error_details", "retryable",
                         "attempts", "skip_reason", "email", "message_id"])
-        var totals = Totals(lang: lang, pageRows: pageRows)
         var after: Int64? = nil
         while true {
             let rows = try await store.reportRows(run: run.name, after: after, limit: 5000)
             for row in rows where landlord == nil || row.landlord == landlord {
                 let m = row.message
-                let explanation = (m.state == .failed || m.state == .unknown)
-                    ? explain(code: m.errorCode, title: m.errorTitle, state: m.state.rawValue, lang: lang) : nil
+                let retryable = (m.state == .failed || m.state == .unknown)
+                    ? explain(code: m.errorCode, title: m.errorTitle, state: m.state.rawValue, lang: lang).retryable : nil
                 try csv.row([
                     .text(m.run), .text(m.invoiceID), .text(row.tenantName), .text(row.landlord), .text(row.property), .plain("+" + m.phone),
                     .plain(Money(minorUnits: row.amountMinor, currency: Currency(code: row.currency) ?? Currency(code: "USD")!).plainDecimal),
                     .plain(row.currency), .plain(m.state.rawValue), .text(m.wamid), .plain(iso(m.sentAt)), .plain(iso(m.deliveredAt)),
                     .plain(iso(m.readAt)), .plain(iso(m.failedAt)), .plain(m.errorCode.map(String.init) ?? ""), .text(m.errorTitle),
-                    .text(m.errorDetails), .plain(explanation.map { $0.retryable ? "yes" : "no" } ?? ""), .plain(String(m.attempts)),
+                    .text(m.errorDetails), .plain(retryable.map { $0 ? "yes" : "no" } ?? ""), .plain(String(m.attempts)),
                     .text(m.skipReason), .text(row.email), .plain(m.id),
                 ])
-                totals.add(row, explanation: explanation)
             }
             guard rows.count == 5000, let last = rows.last else { break }
             after = last.message.sequence
         }
         try csv.finish()
+        // The page's figures are added up by the database: the page needs no pass over the messages.
+        var totals = Totals(try await store.reportSummary(run: run.name, landlord: landlord, samples: pageRows * 4), lang: lang, pageRows: pageRows)
         for invoice in try await store.skippedInvoices(run: run.name) where landlord == nil || invoice.landlord == landlord {
             totals.addSkippedInvoice(invoice)
         }
@@ -95,7 +95,7 @@ func iso(_ seconds: Double?) -> String {
     return "\(year)-\(two(month))-\(two(day))T\(two(secondsOfDay / 3600)):\(two(secondsOfDay % 3600 / 60)):\(two(secondsOfDay % 60))Z"
 }
 
-/// Everything the page and landlords.csv need, gathered in one pass over the rows.
+/// Everything the page and landlords.csv need, from the store's summary of the run.
 struct Totals {
     /// One landlord's figures in one currency.
     struct Counts {
@@ -118,96 +118,79 @@ struct Totals {
         var delivered: [String: Int64] { byCurrency.mapValues(\.delivered) }
     }
 
+    typealias Example = (sequence: Int64, tenant: String, phone: String, invoice: String, email: String?, detail: String?)
+
     struct Failure {
         var explanation: FailureExplanation
         var code: Int?
         var count = 0
-        var rows: [(tenant: String, phone: String, invoice: String, email: String?, detail: String?)] = []
+        var rows: [Example] = []
     }
 
     let lang: String
     let pageRows: Int
-    var states: [MessageState: Int] = [:]
+    var states: [MessageState: Int]
     var landlords: [String: Landlord] = [:]
     var failures: [String: Failure] = [:]
     var retryable: [(tenant: String, phone: String, invoice: String, reason: String)] = []
     var retryableCount = 0
     var skipped: [(invoice: String, tenant: String, reason: String)] = []
     var skippedCount = 0
-    var sendsPerMinute: [Int: Int] = [:]
-    var deliveriesPerMinute: [Int: Int] = [:]
-    private var currentInvoice: (landlord: String, id: String, amount: Int64, currency: String, delivered: Bool)? = nil
+    var sendsPerMinute: [Int: Int]
+    var deliveriesPerMinute: [Int: Int]
 
-    init(lang: String, pageRows: Int) {
+    init(_ summary: ReportSummary, lang: String, pageRows: Int) {
         self.lang = lang
         self.pageRows = pageRows
-    }
-
-    mutating func add(_ row: ReportRow, explanation: FailureExplanation?) {
-        let m = row.message
-        states[m.state, default: 0] += 1
-        let landlordName = row.landlord ?? (lang.hasPrefix("es") ? "(sin arrendador)" : "(no landlord)")
-        // The messages of one invoice are stored together: an invoice is counted once, when it changes.
-        if currentInvoice?.id != m.invoiceID || currentInvoice?.landlord != landlordName {
-            closeInvoice()
-            currentInvoice = (landlordName, m.invoiceID, row.amountMinor, row.currency, false)
-            landlords[landlordName, default: Landlord()].byCurrency[row.currency, default: Counts()].invoices += 1
-            landlords[landlordName, default: Landlord()].byCurrency[row.currency, default: Counts()].billed += row.amountMinor
+        states = summary.states
+        sendsPerMinute = summary.sendsPerMinute
+        deliveriesPerMinute = summary.deliveriesPerMinute
+        for figures in summary.landlords {
+            landlords[landlordName(figures.landlord), default: Landlord()].byCurrency[figures.currency] = Counts(
+                invoices: figures.invoices, messages: figures.messages, billed: figures.billedMinor, delivered: figures.deliveredMinor,
+                failed: figures.failed, unreachable: figures.unreachable, pending: figures.pending)
         }
-        if m.state == .delivered || m.state == .read { currentInvoice?.delivered = true }
-        var counts = landlords[landlordName]!.byCurrency[row.currency]!
-        defer { landlords[landlordName]!.byCurrency[row.currency] = counts }
-        counts.messages += 1
-        switch m.state {
-        case .failed:
-            counts.failed += 1
-            if m.errorCode == 131026 { counts.unreachable += 1 }
-        case .queued, .sending, .accepted, .sent, .unknown:
-            counts.pending += 1
-        default: break
-        }
-        if let explanation {
-            let key = "\(m.errorCode.map(String.init) ?? "none")|\(explanation.reason)"
-            var failure = failures[key] ?? Failure(explanation: explanation, code: m.errorCode)
-            failure.count += 1
-            if failure.rows.count < pageRows {
-                failure.rows.append((row.tenantName, displayPhone(m.phone), m.invoiceID, row.email, m.errorDetails))
+        // Groups Meta told apart (by title) that mean the same to a landlord are shown as one.
+        var retryableExamples: [(Example, String)] = []
+        for group in summary.problems {
+            let explanation = explain(code: group.errorCode, title: group.errorTitle, state: group.state.rawValue, lang: lang)
+            let key = "\(group.errorCode.map(String.init) ?? "none")|\(explanation.reason)"
+            var failure = failures[key] ?? Failure(explanation: explanation, code: group.errorCode)
+            failure.count += group.count
+            let examples = group.samples.map { s in
+                (sequence: s.sequence, tenant: s.tenantName, phone: displayPhone(s.phone), invoice: s.invoiceID, email: s.email, detail: s.errorDetails)
             }
+            failure.rows = Array((failure.rows + examples).sorted { $0.sequence < $1.sequence }.prefix(pageRows))
             failures[key] = failure
             if explanation.retryable {
-                retryableCount += 1
-                if retryable.count < pageRows * 4 { retryable.append((row.tenantName, displayPhone(m.phone), m.invoiceID, explanation.reason)) }
+                retryableCount += group.count
+                retryableExamples += examples.map { ($0, explanation.reason) }
             }
         }
-        if m.state == .skipped {
-            skippedCount += 1
-            if skipped.count < pageRows * 4 { skipped.append((m.invoiceID, row.tenantName, m.skipReason ?? "")) }
+        retryable = retryableExamples.sorted { $0.0.sequence < $1.0.sequence }.prefix(pageRows * 4).map { example, reason in
+            (example.tenant, example.phone, example.invoice, reason)
         }
-        if let at = m.acceptedAt { sendsPerMinute[Int(at / 60), default: 0] += 1 }
-        if let at = m.deliveredAt ?? m.readAt { deliveriesPerMinute[Int(at / 60), default: 0] += 1 }
+        if let group = summary.skipped {
+            skippedCount = group.count
+            skipped = group.samples.prefix(pageRows * 4).map { ($0.invoiceID, $0.tenantName, $0.skipReason ?? "") }
+        }
     }
 
+    func landlordName(_ name: String?) -> String {
+        name ?? (lang.hasPrefix("es") ? "(sin arrendador)" : "(no landlord)")
+    }
+
+    /// An invoice with nothing to send still shows its landlord.
     mutating func addSkippedInvoice(_ invoice: InvoiceRecord) {
-        closeInvoice()
-        let name = invoice.landlord ?? (lang.hasPrefix("es") ? "(sin arrendador)" : "(no landlord)")
+        let name = landlordName(invoice.landlord)
         if landlords[name] == nil { landlords[name] = Landlord() }
     }
 
-    private mutating func closeInvoice() {
-        guard let invoice = currentInvoice else { return }
-        if invoice.delivered { landlords[invoice.landlord, default: Landlord()].byCurrency[invoice.currency, default: Counts()].delivered += invoice.amount }
-        currentInvoice = nil
-    }
-
-    mutating func finish() { closeInvoice() }
-
     func writeLandlords(to path: String, dialect: CSVWriter.Dialect) throws {
-        var copy = self
-        copy.finish()
         let csv = try CSVWriter(path: path, dialect: dialect)
         try csv.header(["landlord", "currency", "invoices", "messages", "amount_billed", "amount_delivered", "failed", "unreachable", "pending"])
-        for name in copy.landlords.keys.sorted() {
-            for (currency, x) in copy.landlords[name]!.byCurrency.sorted(by: { $0.key < $1.key }) {
+        for name in landlords.keys.sorted() {
+            for (currency, x) in landlords[name]!.byCurrency.sorted(by: { $0.key < $1.key }) {
                 let c = Currency(code: currency) ?? Currency(code: "USD")!
                 try csv.row([.text(name), .plain(currency), .plain(String(x.invoices)), .plain(String(x.messages)),
                              .plain(Money(minorUnits: x.billed, currency: c).plainDecimal), .plain(Money(minorUnits: x.delivered, currency: c).plainDecimal),

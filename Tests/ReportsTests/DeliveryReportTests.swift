@@ -1,19 +1,18 @@
 import Dispatcher
 import Foundation
+import StoreTesting
 import Testing
 @testable import Reports
 @testable import Tracking
 
 let reportsRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-func reportStore() throws -> SQLiteStore {
-    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-report-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    return try SQLiteStore(path: folder.appendingPathComponent("r.sqlite").path)
+func reportStore(_ engine: StoreEngine = .sqlite) async throws -> any DispatchStore {
+    try await makeStore(engine)
 }
 
 /// A run: two landlords, DOP and USD, messages in every state.
-func seedReport(_ store: SQLiteStore, states: [(invoice: String, landlord: String, amount: Int64, currency: String, state: MessageState, code: Int?)]) async throws {
+func seedReport(_ store: any DispatchStore, states: [(invoice: String, landlord: String, amount: Int64, currency: String, state: MessageState, code: Int?)]) async throws {
     try await store.saveRun(RunRecord(name: "march", manifest: "m.csv", template: "invoice", sender: "123", status: "done", createdAt: 1_772_000_000))
     try await store.addInvoices(states.map {
         InvoiceRecord(run: "march", invoiceID: $0.invoice, line: 2, tenantName: "Tenant \($0.invoice), \"quoted\"", landlord: $0.landlord,
@@ -79,15 +78,15 @@ struct DeliveryReportTests {
         ("G", "Próceres", 0, "DOP", .skipped, nil), ("H", "Próceres", 6_000_00, "DOP", .read, nil),
     ]
 
-    func write(_ store: SQLiteStore, lang: String = "en", excel: Bool = false, landlord: String? = nil) async throws -> ReportFiles {
+    func write(_ store: any DispatchStore, lang: String = "en", excel: Bool = false, landlord: String? = nil) async throws -> ReportFiles {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("report-\(UUID().uuidString)").path
         let writer = try await DeliveryReportWriter(templatesDirectory: reportsRoot.appendingPathComponent("templates").path, lang: lang, excel: excel)
         return try await writer.write(run: try await store.run(named: "march")!, store: store, to: directory, landlord: landlord)
     }
 
-    @Test("messages.csv has one row per message with the store's states, round-trips quotes, and defuses formulas")
-    func messagesCSV() async throws {
-        let store = try reportStore()
+    @Test("messages.csv has one row per message with the store's states, round-trips quotes, and defuses formulas", arguments: engines)
+    func messagesCSV(engine: StoreEngine) async throws {
+        let store = try await reportStore(engine)
         try await seedReport(store, states: mix)
         let files = try await write(store)
         let rows = try readCSV(files.messagesCSV)
@@ -104,9 +103,9 @@ struct DeliveryReportTests {
         #expect(rows.first { $0["invoice_id"] == "A" }?["amount"] == "1000.00")
     }
 
-    @Test("landlords.csv: invoices, billed and delivered per landlord and currency, as the store says")
-    func landlordsCSV() async throws {
-        let store = try reportStore()
+    @Test("landlords.csv: invoices, billed and delivered per landlord and currency, as the store says", arguments: engines)
+    func landlordsCSV(engine: StoreEngine) async throws {
+        let store = try await reportStore(engine)
         try await seedReport(store, states: mix)
         let rows = try readCSV(try await write(store).landlordsCSV)
         let caribeDOP = try #require(rows.first { $0["landlord"] == "Caribe" && $0["currency"] == "DOP" })
@@ -124,9 +123,9 @@ struct DeliveryReportTests {
         #expect(proceres["amount_delivered"] == "6000.00")
     }
 
-    @Test("the page: the funnel's figures, failures with their reason and action, the retry command; Spanish labels")
-    func page() async throws {
-        let store = try reportStore()
+    @Test("the page: the funnel's figures, failures with their reason and action, the retry command; Spanish labels", arguments: engines)
+    func page(engine: StoreEngine) async throws {
+        let store = try await reportStore(engine)
         try await seedReport(store, states: mix)
         let html = try String(contentsOfFile: try await write(store).html, encoding: .utf8)
         #expect(html.contains("This number is not on WhatsApp"))
@@ -141,22 +140,22 @@ struct DeliveryReportTests {
         #expect(spanish.contains("Enviar la factura por correo electrónico"))
     }
 
-    @Test("a run with no messages, and one where every message failed, still render")
-    func edgeRuns() async throws {
-        let empty = try reportStore()
+    @Test("a run with no messages, and one where every message failed, still render", arguments: engines)
+    func edgeRuns(engine: StoreEngine) async throws {
+        let empty = try await reportStore(engine)
         try await seedReport(empty, states: [])
         let files = try await write(empty)
         #expect(try readCSV(files.messagesCSV).isEmpty)
         #expect(try String(contentsOfFile: files.html, encoding: .utf8).contains("Delivery report"))
-        let failed = try reportStore()
+        let failed = try await reportStore(engine)
         try await seedReport(failed, states: (0..<5).map { ("I\($0)", "Caribe", 100, "DOP", MessageState.failed, 131026) })
         let html = try String(contentsOfFile: try await write(failed).html, encoding: .utf8)
         #expect(html.contains("(5 · 131026)"))
     }
 
-    @Test("one landlord's own report has only their invoices; --excel writes ';' and a BOM")
-    func landlordAndExcel() async throws {
-        let store = try reportStore()
+    @Test("one landlord's own report has only their invoices; --excel writes ';' and a BOM", arguments: engines)
+    func landlordAndExcel(engine: StoreEngine) async throws {
+        let store = try await reportStore(engine)
         try await seedReport(store, states: mix)
         let files = try await write(store, excel: true, landlord: "Próceres")
         let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: files.messagesCSV)))

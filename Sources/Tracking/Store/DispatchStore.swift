@@ -24,6 +24,9 @@ public protocol DispatchStore: Sendable {
     func reportRows(run: String, after: Int64?, limit: Int) async throws -> [ReportRow]
     /// Invoices of a run that were not sent at all (nothing due), for reports.
     func skippedInvoices(run: String) async throws -> [InvoiceRecord]
+    /// A run's figures for its report page, added up by the database (no pass over the messages
+    /// here): one landlord's when `landlord` is given, with up to `samples` example rows per group.
+    func reportSummary(run: String, landlord: String?, samples: Int) async throws -> ReportSummary
 
     // MARK: Sending
 
@@ -280,6 +283,61 @@ public struct ReportRow: Sendable {
     public var currency: String
     public var period: String
     public var email: String?
+}
+
+/// A run's figures, as its report page shows them.
+public struct ReportSummary: Sendable, Equatable {
+    /// One landlord's figures in one currency.
+    public struct Landlord: Sendable, Equatable {
+        public var landlord: String?
+        public var currency: String
+        /// Invoices with at least one message.
+        public var invoices = 0
+        public var messages = 0
+        public var billedMinor: Int64 = 0
+        /// The amount of invoices with a message delivered or read.
+        public var deliveredMinor: Int64 = 0
+        public var failed = 0
+        /// Failed with 131026: not on WhatsApp.
+        public var unreachable = 0
+        /// Not final yet: queued, sending, unknown, accepted, sent.
+        public var pending = 0
+
+        public init(landlord: String?, currency: String) {
+            self.landlord = landlord
+            self.currency = currency
+        }
+    }
+
+    /// Messages in one state with one error (failed, unknown or skipped), counted, with examples.
+    public struct Group: Sendable, Equatable {
+        public var state: MessageState
+        public var errorCode: Int?
+        public var errorTitle: String?
+        public var count: Int
+        public var samples: [Sample]
+    }
+
+    public struct Sample: Sendable, Equatable {
+        public var sequence: Int64
+        public var invoiceID: String
+        public var tenantName: String
+        public var phone: String
+        public var email: String?
+        public var errorDetails: String?
+        public var skipReason: String?
+    }
+
+    public var states: [MessageState: Int] = [:]
+    public var landlords: [Landlord] = []
+    /// Failed and unknown messages by (state, code, title), largest first.
+    public var problems: [Group] = []
+    public var skipped: Group?
+    /// Messages accepted, and delivered (or read), per minute since 1970.
+    public var sendsPerMinute: [Int: Int] = [:]
+    public var deliveriesPerMinute: [Int: Int] = [:]
+
+    public init() {}
 }
 
 /// How one attempt ended, for `recordOutcomes`.

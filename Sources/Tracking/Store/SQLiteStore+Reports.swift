@@ -38,4 +38,38 @@ extension SQLiteStore {
             }
         }
     }
+
+    public func reportSummary(run: String, landlord: String?, samples: Int) async throws -> ReportSummary {
+        try await pool.read { db in
+            var summary = ReportSummary()
+            var index: [String: Int] = [:]
+            let arguments: StatementArguments = [run, landlord ?? ""]
+            for r in try Row.fetchAll(db, sql: ReportSQL.byLandlordAndState, arguments: arguments) {
+                ReportSQL.add(landlord: r[0], currency: r[1], state: r[2], count: r[3], unreachable: r[4], to: &summary, index: &index)
+            }
+            for r in try Row.fetchAll(db, sql: ReportSQL.invoiceAmounts, arguments: arguments) {
+                ReportSQL.addAmounts(landlord: r[0], currency: r[1], invoices: r[2], billed: r[3], delivered: r[4], to: &summary, index: &index)
+            }
+            func sample(_ r: Row) -> ReportSummary.Sample {
+                ReportSummary.Sample(sequence: r[0], invoiceID: r[1], tenantName: r[2], phone: r[3], email: r[4], errorDetails: r[5], skipReason: r[6])
+            }
+            let groupSamples = try db.cachedStatement(sql: ReportSQL.samples(nullSafeEqual: "IS"))
+            for r in try Row.fetchAll(db, sql: ReportSQL.problems, arguments: arguments) {
+                let state: String = r[0], code: Int? = r[1], title: String? = r[2]
+                let rows = try Row.fetchAll(groupSamples, arguments: [run, landlord ?? "", state, code, title, samples])
+                summary.problems.append(ReportSummary.Group(state: MessageState(rawValue: state) ?? .unknown, errorCode: code, errorTitle: title,
+                                                            count: r[3], samples: rows.map(sample)))
+            }
+            if let skipped = summary.states[.skipped] {
+                let rows = try Row.fetchAll(db, sql: ReportSQL.skippedSamples, arguments: [run, landlord ?? "", samples])
+                summary.skipped = ReportSummary.Group(state: .skipped, errorCode: nil, errorTitle: nil, count: skipped, samples: rows.map(sample))
+            }
+            for r in try Row.fetchAll(db, sql: ReportSQL.timeline { "CAST(\($0) / 60 AS INTEGER)" }, arguments: arguments) {
+                let count: Int = r[2]
+                if let minute = r[0] as Int? { summary.sendsPerMinute[minute, default: 0] += count }
+                if let minute = r[1] as Int? { summary.deliveriesPerMinute[minute, default: 0] += count }
+            }
+            return summary
+        }
+    }
 }

@@ -454,6 +454,53 @@ public final class PostgresStore: DispatchStore {
         }
     }
 
+    public func reportSummary(run: String, landlord: String?, samples: Int) async throws -> ReportSummary {
+        func query(_ sql: String, _ extra: (inout PostgresBindings) -> Void = { _ in }) -> PostgresQuery {
+            var bindings = PostgresBindings()
+            bindings.append(run)
+            bindings.append(landlord ?? "")
+            extra(&bindings)
+            return PostgresQuery(unsafeSQL: sql, binds: bindings)
+        }
+        var summary = ReportSummary()
+        var index: [String: Int] = [:]
+        for row in try await rows(query(ReportSQL.byLandlordAndState)) {
+            let (landlord, currency, state, count, unreachable) = try row.decode((String?, String, String, Int, Int).self)
+            ReportSQL.add(landlord: landlord, currency: currency, state: state, count: count, unreachable: unreachable, to: &summary, index: &index)
+        }
+        for row in try await rows(query(ReportSQL.invoiceAmounts)) {
+            let (landlord, currency, invoices, billed, delivered) = try row.decode((String?, String, Int, Int64, Int64).self)
+            ReportSQL.addAmounts(landlord: landlord, currency: currency, invoices: invoices, billed: billed, delivered: delivered,
+                                 to: &summary, index: &index)
+        }
+        func sample(_ row: PostgresRow) throws -> ReportSummary.Sample {
+            let (sequence, invoice, tenant, phone, email, details, skip) = try row.decode((Int64, String, String, String, String?, String?, String?).self)
+            return ReportSummary.Sample(sequence: sequence, invoiceID: invoice, tenantName: tenant, phone: phone, email: email,
+                                        errorDetails: details, skipReason: skip)
+        }
+        for row in try await rows(query(ReportSQL.problems)) {
+            let (state, code, title, count) = try row.decode((String, Int?, String?, Int).self)
+            let examples = try await rows(query(ReportSQL.samples(nullSafeEqual: "IS NOT DISTINCT FROM")) { b in
+                b.append(state)
+                b.append(code)
+                b.append(title)
+                b.append(samples)
+            }).map(sample)
+            summary.problems.append(ReportSummary.Group(state: MessageState(rawValue: state) ?? .unknown, errorCode: code, errorTitle: title,
+                                                        count: count, samples: examples))
+        }
+        if let skipped = summary.states[.skipped] {
+            let examples = try await rows(query(ReportSQL.skippedSamples) { $0.append(samples) }).map(sample)
+            summary.skipped = ReportSummary.Group(state: .skipped, errorCode: nil, errorTitle: nil, count: skipped, samples: examples)
+        }
+        for row in try await rows(query(ReportSQL.timeline { "CAST(FLOOR(\($0) / 60) AS BIGINT)" })) {
+            let (sent, delivered, count) = try row.decode((Int?, Int?, Int).self)
+            if let sent { summary.sendsPerMinute[sent, default: 0] += count }
+            if let delivered { summary.deliveriesPerMinute[delivered, default: 0] += count }
+        }
+        return summary
+    }
+
     // MARK: - Webhooks
 
     struct StatusJSON: Encodable {
@@ -520,8 +567,19 @@ public final class PostgresStore: DispatchStore {
         }
     }
 
+    /// Within the connect timeout: `/health` must answer even while the server is gone (the pool
+    /// would wait for a connection).
     public func ping() async throws {
-        try await rows("SELECT COUNT(*) FROM runs")
+        let deadline = Duration.milliseconds(Int64(url.connectTimeout * 1000))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await self.rows("SELECT 1") }
+            group.addTask {
+                try await Task.sleep(for: deadline)
+                throw StoreError("PostgreSQL at \(self.url.redacted) did not answer within \(deadline)")
+            }
+            try await group.next()
+            group.cancelAll()
+        }
     }
 
     // MARK: - Senders

@@ -1,0 +1,96 @@
+/// The report page's figures in SQL, shared by both engines: `$1` is the run, `$2` the landlord
+/// ('' for every landlord). Each query is one pass over the run's messages.
+enum ReportSQL {
+    static let join = "FROM messages m JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id"
+    static let landlordFilter = "($2 = '' OR i.landlord = $2)"
+
+    /// Per landlord, currency and state: messages, and those failed as unreachable (131026).
+    static let byLandlordAndState = """
+        SELECT i.landlord, i.currency, m.state, COUNT(*), SUM(CASE WHEN m.error_code = 131026 THEN 1 ELSE 0 END)
+        \(join) WHERE m.run = $1 AND \(landlordFilter)
+        GROUP BY i.landlord, i.currency, m.state
+        """
+
+    /// Per landlord and currency: invoices with messages, billed, and billed for invoices delivered.
+    static let invoiceAmounts = """
+        SELECT i.landlord, i.currency, COUNT(*), CAST(SUM(i.amount_minor) AS BIGINT),
+            CAST(SUM(CASE WHEN d.delivered = 1 THEN i.amount_minor ELSE 0 END) AS BIGINT)
+        FROM invoices i JOIN (
+            SELECT invoice_id, MAX(CASE WHEN state IN ('delivered', 'read') THEN 1 ELSE 0 END) AS delivered
+            FROM messages WHERE run = $1 GROUP BY invoice_id
+        ) d ON d.invoice_id = i.invoice_id
+        WHERE i.run = $1 AND \(landlordFilter)
+        GROUP BY i.landlord, i.currency
+        """
+
+    /// Failed and unknown messages by error, largest first.
+    static let problems = """
+        SELECT m.state, m.error_code, m.error_title, COUNT(*) \(join)
+        WHERE m.run = $1 AND \(landlordFilter) AND m.state IN ('failed', 'unknown')
+        GROUP BY m.state, m.error_code, m.error_title ORDER BY COUNT(*) DESC LIMIT 500
+        """
+
+    static let sampleColumns = "SELECT m.seq, m.invoice_id, i.tenant_name, m.phone, i.email, m.error_details, m.skip_reason"
+
+    /// The first messages of one group: `$3` state, `$4` code, `$5` title (NULL-safe), `$6` how many.
+    static func samples(nullSafeEqual: String) -> String {
+        """
+        \(sampleColumns) \(join)
+        WHERE m.run = $1 AND \(landlordFilter) AND m.state = $3 AND m.error_code \(nullSafeEqual) $4 AND m.error_title \(nullSafeEqual) $5
+        ORDER BY m.seq LIMIT $6
+        """
+    }
+
+    /// The first skipped messages: `$3` how many.
+    static let skippedSamples = """
+        \(sampleColumns) \(join)
+        WHERE m.run = $1 AND \(landlordFilter) AND m.state = 'skipped' ORDER BY m.seq LIMIT $3
+        """
+
+    /// Messages by the minute they were accepted and the minute they were delivered (or read);
+    /// `minute` turns seconds into whole minutes in the engine's SQL.
+    static func timeline(minute: (String) -> String) -> String {
+        """
+        SELECT \(minute("m.accepted_at")), \(minute("COALESCE(m.delivered_at, m.read_at)")), COUNT(*) \(join)
+        WHERE m.run = $1 AND \(landlordFilter) AND (m.accepted_at IS NOT NULL OR m.delivered_at IS NOT NULL OR m.read_at IS NOT NULL)
+        GROUP BY 1, 2
+        """
+    }
+
+    /// Adds a row of `byLandlordAndState` to the summary.
+    static func add(landlord: String?, currency: String, state: String, count: Int, unreachable: Int, to summary: inout ReportSummary,
+                    index: inout [String: Int]) {
+        guard let state = MessageState(rawValue: state) else { return }
+        summary.states[state, default: 0] += count
+        let key = (landlord ?? "\u{0}") + "|" + currency
+        let at = index[key] ?? {
+            summary.landlords.append(ReportSummary.Landlord(landlord: landlord, currency: currency))
+            index[key] = summary.landlords.count - 1
+            return summary.landlords.count - 1
+        }()
+        summary.landlords[at].messages += count
+        switch state {
+        case .failed:
+            summary.landlords[at].failed += count
+            summary.landlords[at].unreachable += unreachable
+        case .queued, .sending, .accepted, .sent, .unknown:
+            summary.landlords[at].pending += count
+        default:
+            break
+        }
+    }
+
+    /// Adds a row of `invoiceAmounts` to the summary.
+    static func addAmounts(landlord: String?, currency: String, invoices: Int, billed: Int64, delivered: Int64,
+                           to summary: inout ReportSummary, index: inout [String: Int]) {
+        let key = (landlord ?? "\u{0}") + "|" + currency
+        let at = index[key] ?? {
+            summary.landlords.append(ReportSummary.Landlord(landlord: landlord, currency: currency))
+            index[key] = summary.landlords.count - 1
+            return summary.landlords.count - 1
+        }()
+        summary.landlords[at].invoices += invoices
+        summary.landlords[at].billedMinor += billed
+        summary.landlords[at].deliveredMinor += delivered
+    }
+}
