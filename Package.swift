@@ -127,7 +127,11 @@ let package = Package(
         // What the store, webhook and run tests share: the engines they run on and fresh databases.
         .target(
             name: "StoreTesting",
-            dependencies: ["Tracking"],
+            dependencies: [
+                "Tracking",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/StoreTesting",
             swiftSettings: swiftSettings
         ),

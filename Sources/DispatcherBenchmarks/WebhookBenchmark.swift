@@ -4,8 +4,9 @@ import NIOCore
 import NIOHTTP1
 import Tracking
 
-/// Posts signed batches of 100 statuses to a real `dispatcher serve` (another process, SQLite,
-/// durable commits) over loopback: first as fast as it takes them, then at a fixed 3,000 statuses/s.
+/// Posts signed batches of 100 statuses to a real `dispatcher serve` (another process; SQLite, or
+/// PostgreSQL with its default durable commits) over loopback: first as fast as it takes them,
+/// then at a fixed 3,000 statuses/s.
 struct WebhookBenchmark {
     let dispatcher: String
     let seconds: Double
@@ -25,15 +26,22 @@ struct WebhookBenchmark {
         }
     }
 
-    func run() async throws -> (saturation: Figures, paced: Figures, database: String) {
+    /// `postgresAdminURL`: run against a new database on that PostgreSQL server instead of SQLite.
+    func run(postgresAdminURL: String? = nil) async throws -> (saturation: Figures, paced: Figures, database: String) {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-bench-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
         let path = folder.appendingPathComponent("bench.sqlite").path
+        let database: String
+        if let postgresAdminURL {
+            database = try await PostgresStore.createDatabase(named: "bench_\(UInt32.random(in: 0...UInt32.max))", adminURL: postgresAdminURL)
+        } else {
+            database = "sqlite:\(path)"
+        }
 
         // Messages to receive statuses for: three statuses (sent, delivered, read) each.
         let messages = 120_000
-        let store = try SQLiteStore(path: path)
+        let store = try await StoreOpener.open(url: database)
         try await store.saveRun(RunRecord(name: "bench", manifest: "bench", template: "invoice", sender: "123", createdAt: 0))
         for start in stride(from: 0, to: messages, by: 10_000) {
             _ = try await store.addMessages((start..<start + 10_000).map {
@@ -45,7 +53,7 @@ struct WebhookBenchmark {
         let port = 18_000 + Int.random(in: 0..<2000)
         let server = Process()
         server.executableURL = URL(fileURLWithPath: dispatcher)
-        server.arguments = ["serve", "--listen", "127.0.0.1:\(port)", "--db", "sqlite:\(path)"]
+        server.arguments = ["serve", "--listen", "127.0.0.1:\(port)", "--db", database]
         var environment = ProcessInfo.processInfo.environment
         environment["WHATSAPP_APP_SECRET"] = secret
         environment["LOG_LEVEL"] = "error"
@@ -59,7 +67,7 @@ struct WebhookBenchmark {
         let saturation = try await load(url: url, batches: batches, concurrency: 8, requestsPerSecond: nil, duration: seconds)
         let paced = try await load(url: url, batches: batches, concurrency: 8, requestsPerSecond: 30, duration: seconds)
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-        return (saturation, paced, "\(size / 1_048_576) MB")
+        return (saturation, paced, postgresAdminURL == nil ? "\(size / 1_048_576) MB" : "PostgreSQL")
     }
 
     private func waitUntilUp(_ url: String) async throws {

@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import PostgresNIO
 public import Tracking
 
 /// The engines every store, webhook and run test runs on.
@@ -53,4 +55,33 @@ public func freshDatabaseURL(_ engine: StoreEngine) async throws -> String {
 /// A new, empty, migrated store on the engine.
 public func makeStore(_ engine: StoreEngine, busyTimeout: Double = 5) async throws -> any DispatchStore {
     try await StoreOpener.open(url: try await freshDatabaseURL(engine), busyTimeout: busyTimeout)
+}
+
+/// Another session holding a table locked, as a long migration or an operator's query would:
+/// for tests of what receivers do while the database cannot take writes.
+public final class PostgresTableLock: Sendable {
+    let connection: PostgresConnection
+    let logger: Logger
+
+    public static func hold(_ table: String, databaseURL: String) async throws -> PostgresTableLock {
+        let url = try PostgresURL(databaseURL)
+        var logger = Logger(label: "test.lock")
+        logger.logLevel = .critical
+        let configuration = PostgresConnection.Configuration(host: url.host, port: url.port, username: url.user, password: url.password,
+                                                             database: url.database, tls: .disable)
+        let connection = try await PostgresConnection.connect(configuration: configuration, id: 1, logger: logger)
+        try await connection.query("BEGIN", logger: logger)
+        try await connection.query(PostgresQuery(unsafeSQL: "LOCK TABLE \(table) IN ACCESS EXCLUSIVE MODE"), logger: logger)
+        return PostgresTableLock(connection: connection, logger: logger)
+    }
+
+    init(connection: PostgresConnection, logger: Logger) {
+        self.connection = connection
+        self.logger = logger
+    }
+
+    public func release() async throws {
+        try await connection.query("ROLLBACK", logger: logger)
+        try await connection.close()
+    }
 }

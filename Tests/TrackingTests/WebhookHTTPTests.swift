@@ -182,6 +182,25 @@ struct WebhookHTTPTests {
         #expect(try await payloadCount(store) == 1)
     }
 
+    @Test("PostgreSQL unable to take writes (a table locked past the statement timeout): 503, then stored once it can",
+          .enabled(if: engines.contains(.postgres)))
+    func postgresUnavailable() async throws {
+        let url = try await freshDatabaseURL(.postgres)
+        let store = try await StoreOpener.open(url: url + "&statement_timeout=0.5")
+        let id = try await seed(store)[0]
+        let lock = try await PostgresTableLock.hold("webhook_payloads", databaseURL: url)
+        let body = statusPayload([("wamid.A", "delivered", 100, id)])
+        try await withRouter(server(store)) { client in
+            let refused = try await signedPost(client, body)
+            #expect(refused.status == .serviceUnavailable)
+            try await lock.release()
+            let stored = try await signedPost(client, body)
+            #expect(stored.status == .ok)
+        }
+        #expect(try await store.message(id)?.state == .delivered)
+        #expect(try await payloadCount(store) == 1)
+    }
+
     @Test("routes mount under a base path, as behind the property system's gateway")
     func basePath() async throws {
         let store = try freshStore()
