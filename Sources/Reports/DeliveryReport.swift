@@ -5,6 +5,12 @@ public import Tracking
 
 /// Where a run's reports were written.
 public struct ReportFiles: Sendable {
+    public init(html: String, messagesCSV: String, landlordsCSV: String) {
+        self.html = html
+        self.messagesCSV = messagesCSV
+        self.landlordsCSV = landlordsCSV
+    }
+
     public var html: String
     public var messagesCSV: String
     public var landlordsCSV: String
@@ -32,8 +38,14 @@ public struct DeliveryReportWriter: Sendable {
         let files = ReportFiles(html: (directory as NSString).appendingPathComponent("index.html"),
                                 messagesCSV: (directory as NSString).appendingPathComponent("messages.csv"),
                                 landlordsCSV: (directory as NSString).appendingPathComponent("landlords.csv"))
-        let dialect: CSVWriter.Dialect = excel ? .excel : .standard
-        let csv = try CSVWriter(path: files.messagesCSV, dialect: dialect)
+        try await writeMessagesCSV(run: run, store: store, to: files.messagesCSV, landlord: landlord)
+        try await writePage(run: run, store: store, files: files, settle: settle, landlord: landlord, now: now)
+        return files
+    }
+
+    /// `messages.csv`: every message of the run (or of one landlord), a page of rows at a time.
+    public func writeMessagesCSV(run: RunRecord, store: any DispatchStore, to path: String, landlord: String? = nil) async throws {
+        let csv = try CSVWriter(path: path, dialect: excel ? .excel : .standard)
         try csv.header(["run", "invoice_id", "tenant_name", "landlord", "property", "phone", "amount", "currency", "state", "wamid",
                         "sent_at", "delivered_at", "read_at", "failed_at", "error_code", "error_title", "error_details", "retryable",
                         "attempts", "skip_reason", "email", "message_id"])
@@ -57,7 +69,12 @@ public struct DeliveryReportWriter: Sendable {
             after = last.message.sequence
         }
         try csv.finish()
-        // The page's figures are added up by the database: the page needs no pass over the messages.
+    }
+
+    /// `index.html` and `landlords.csv`, from the figures the database adds up: no pass over the messages.
+    public func writePage(run: RunRecord, store: any DispatchStore, files: ReportFiles, settle: String? = nil, landlord: String? = nil,
+                          now: Date = Date()) async throws {
+        let dialect: CSVWriter.Dialect = excel ? .excel : .standard
         var totals = Totals(try await store.reportSummary(run: run.name, landlord: landlord, samples: pageRows * 4), lang: lang, pageRows: pageRows)
         for invoice in try await store.skippedInvoices(run: run.name) where landlord == nil || invoice.landlord == landlord {
             totals.addSkippedInvoice(invoice)
@@ -70,7 +87,6 @@ public struct DeliveryReportWriter: Sendable {
         do { try html.write(toFile: files.html, atomically: true, encoding: .utf8) } catch {
             throw ReportError("cannot write \(files.html): \(error.localizedDescription)")
         }
-        return files
     }
 }
 
