@@ -83,6 +83,26 @@ public protocol DispatchStore: Sendable {
     var location: String { get }
 }
 
+/// The single-message forms of the ledger, the same for every store.
+extension DispatchStore {
+    public func beginAttempt(messageID: String, at time: Double) async throws -> Int {
+        guard let number = try await beginAttempts(messageIDs: [messageID], at: time)[messageID] else { throw StoreError("no message \(messageID)") }
+        return number
+    }
+
+    public func recordAccepted(messageID: String, attempt: Int, wamid: String, at time: Double) async throws {
+        try await recordOutcomes([.accepted(messageID: messageID, attempt: attempt, wamid: wamid)], at: time)
+    }
+
+    public func recordRejected(messageID: String, attempt: Int, error: SendError, final: Bool, at time: Double) async throws {
+        try await recordOutcomes([.rejected(messageID: messageID, attempt: attempt, error: error, final: final)], at: time)
+    }
+
+    public func recordUnknown(messageID: String, attempt: Int, reason: String, at time: Double) async throws {
+        try await recordOutcomes([.unknown(messageID: messageID, attempt: attempt, reason: reason)], at: time)
+    }
+}
+
 public struct SenderLease: Sendable, Equatable {
     public var sender: String
     public var holder: String

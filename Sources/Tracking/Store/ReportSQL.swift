@@ -57,17 +57,21 @@ enum ReportSQL {
         """
     }
 
+    /// The figures of one landlord in one currency, added to the summary the first time.
+    static func figures(_ landlord: String?, _ currency: String, in summary: inout ReportSummary, index: inout [String: Int]) -> Int {
+        let key = (landlord ?? "\u{0}") + "|" + currency
+        if let at = index[key] { return at }
+        summary.landlords.append(ReportSummary.Landlord(landlord: landlord, currency: currency))
+        index[key] = summary.landlords.count - 1
+        return summary.landlords.count - 1
+    }
+
     /// Adds a row of `byLandlordAndState` to the summary.
     static func add(landlord: String?, currency: String, state: String, count: Int, unreachable: Int, to summary: inout ReportSummary,
                     index: inout [String: Int]) {
         guard let state = MessageState(rawValue: state) else { return }
         summary.states[state, default: 0] += count
-        let key = (landlord ?? "\u{0}") + "|" + currency
-        let at = index[key] ?? {
-            summary.landlords.append(ReportSummary.Landlord(landlord: landlord, currency: currency))
-            index[key] = summary.landlords.count - 1
-            return summary.landlords.count - 1
-        }()
+        let at = figures(landlord, currency, in: &summary, index: &index)
         summary.landlords[at].messages += count
         switch state {
         case .failed:
@@ -83,12 +87,7 @@ enum ReportSQL {
     /// Adds a row of `invoiceAmounts` to the summary.
     static func addAmounts(landlord: String?, currency: String, invoices: Int, billed: Int64, delivered: Int64,
                            to summary: inout ReportSummary, index: inout [String: Int]) {
-        let key = (landlord ?? "\u{0}") + "|" + currency
-        let at = index[key] ?? {
-            summary.landlords.append(ReportSummary.Landlord(landlord: landlord, currency: currency))
-            index[key] = summary.landlords.count - 1
-            return summary.landlords.count - 1
-        }()
+        let at = figures(landlord, currency, in: &summary, index: &index)
         summary.landlords[at].invoices += invoices
         summary.landlords[at].billedMinor += billed
         summary.landlords[at].deliveredMinor += delivered

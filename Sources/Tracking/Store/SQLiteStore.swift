@@ -296,25 +296,6 @@ public final class SQLiteStore: DispatchStore {
         }
     }
 
-    // MARK: - Sending
-
-    public func beginAttempt(messageID: String, at time: Double) async throws -> Int {
-        guard let number = try await beginAttempts(messageIDs: [messageID], at: time)[messageID] else { throw StoreError("no message \(messageID)") }
-        return number
-    }
-
-    public func recordAccepted(messageID: String, attempt: Int, wamid: String, at time: Double) async throws {
-        try await recordOutcomes([.accepted(messageID: messageID, attempt: attempt, wamid: wamid)], at: time)
-    }
-
-    public func recordRejected(messageID: String, attempt: Int, error: SendError, final: Bool, at time: Double) async throws {
-        try await recordOutcomes([.rejected(messageID: messageID, attempt: attempt, error: error, final: final)], at: time)
-    }
-
-    public func recordUnknown(messageID: String, attempt: Int, reason: String, at time: Double) async throws {
-        try await recordOutcomes([.unknown(messageID: messageID, attempt: attempt, reason: reason)], at: time)
-    }
-
     // MARK: - Webhooks
 
     public func ingestWebhook(body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
@@ -437,9 +418,10 @@ public final class SQLiteStore: DispatchStore {
 
     /// Applies statuses that arrived before their message was known, in Meta's time order.
     static func attachPendingEvents(_ db: Database, messageID: String, wamid: String?) throws {
-        let rows = try Row.fetchAll(db, sql: """
+        // Cached: this runs for every accepted send (a statement compiled each time cost more than the lookup).
+        let rows = try Row.fetchAll(db.cachedStatement(sql: """
             SELECT * FROM status_events WHERE message_id IS NULL AND (callback_data = ? OR wamid = ?) ORDER BY timestamp, id
-            """, arguments: [messageID, wamid ?? ""])
+            """), arguments: [messageID, wamid ?? ""])
         guard !rows.isEmpty else { return }
         let now = Date().timeIntervalSince1970
         for row in rows {

@@ -3,11 +3,6 @@ import PostgresNIO
 
 /// The send ledger on PostgreSQL: the same rules as `SQLiteStore`'s, each call one round trip.
 extension PostgresStore {
-    public func beginAttempt(messageID: String, at time: Double) async throws -> Int {
-        guard let number = try await beginAttempts(messageIDs: [messageID], at: time)[messageID] else { throw StoreError("no message \(messageID)") }
-        return number
-    }
-
     public func beginAttempts(messageIDs: [String], at time: Double) async throws -> [String: Int] {
         guard !messageIDs.isEmpty else { return [:] }
         var numbers: [String: Int] = [:]
@@ -40,18 +35,6 @@ extension PostgresStore {
             }
         })
         try await rows("SELECT dispatcher_record_outcomes(\(json)::jsonb, \(time))")
-    }
-
-    public func recordAccepted(messageID: String, attempt: Int, wamid: String, at time: Double) async throws {
-        try await recordOutcomes([.accepted(messageID: messageID, attempt: attempt, wamid: wamid)], at: time)
-    }
-
-    public func recordRejected(messageID: String, attempt: Int, error: SendError, final: Bool, at time: Double) async throws {
-        try await recordOutcomes([.rejected(messageID: messageID, attempt: attempt, error: error, final: final)], at: time)
-    }
-
-    public func recordUnknown(messageID: String, attempt: Int, reason: String, at time: Double) async throws {
-        try await recordOutcomes([.unknown(messageID: messageID, attempt: attempt, reason: reason)], at: time)
     }
 
     public func markInterrupted(run: String, at time: Double) async throws -> Int {
