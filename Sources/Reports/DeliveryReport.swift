@@ -56,14 +56,30 @@ public struct DeliveryReportWriter: Sendable {
                 let m = row.message
                 let retryable = (m.state == .failed || m.state == .unknown)
                     ? explain(code: m.errorCode, title: m.errorTitle, state: m.state.rawValue, lang: lang).retryable : nil
-                try csv.row([
-                    .text(m.run), .text(m.invoiceID), .text(row.tenantName), .text(row.landlord), .text(row.property), .plain("+" + m.phone),
-                    .plain(Money(minorUnits: row.amountMinor, currency: Currency(code: row.currency) ?? Currency(code: "USD")!).plainDecimal),
-                    .plain(row.currency), .plain(m.state.rawValue), .text(m.wamid), .plain(iso(m.sentAt)), .plain(iso(m.deliveredAt)),
-                    .plain(iso(m.readAt)), .plain(iso(m.failedAt)), .plain(m.errorCode.map(String.init) ?? ""), .text(m.errorTitle),
-                    .text(m.errorDetails), .plain(retryable.map { $0 ? "yes" : "no" } ?? ""), .plain(String(m.attempts)),
-                    .text(m.skipReason), .text(row.email), .plain(m.id),
-                ])
+                try csv.row { line in
+                    line.text(m.run)
+                    line.text(m.invoiceID)
+                    line.text(row.tenantName)
+                    line.text(row.landlord)
+                    line.text(row.property)
+                    line.plain("+" + m.phone)
+                    line.plain(Money(minorUnits: row.amountMinor, currency: Currency(code: row.currency) ?? Currency(code: "USD")!).plainDecimal)
+                    line.plain(row.currency)
+                    line.plain(m.state.rawValue)
+                    line.text(m.wamid)
+                    line.time(m.sentAt)
+                    line.time(m.deliveredAt)
+                    line.time(m.readAt)
+                    line.time(m.failedAt)
+                    line.int(m.errorCode)
+                    line.text(m.errorTitle)
+                    line.text(m.errorDetails)
+                    line.plain(retryable.map { $0 ? "yes" : "no" } ?? "")
+                    line.int(m.attempts)
+                    line.text(m.skipReason)
+                    line.text(row.email)
+                    line.plain(m.id)
+                }
             }
             guard rows.count == 5000, let last = rows.last else { break }
             after = last.message.sequence
@@ -91,13 +107,20 @@ public struct DeliveryReportWriter: Sendable {
 }
 
 /// `2026-03-10T14:05:09Z` from Unix seconds, in UTC. Our own: Foundation's ISO 8601 style cost
-/// microseconds per call, and a million-message CSV has four timestamps a row.
+/// microseconds per call, and a million-message CSV has four timestamps a row (the CSV writes
+/// them as bytes, `CSVWriter.Line.time`; this is for the page).
 func iso(_ seconds: Double?) -> String {
     guard let seconds else { return "" }
+    let t = civilTime(seconds)
+    func two(_ n: Int64) -> String { n < 10 ? "0\(n)" : "\(n)" }
+    return "\(t.year)-\(two(t.month))-\(two(t.day))T\(two(t.hour)):\(two(t.minute)):\(two(t.second))Z"
+}
+
+/// The UTC calendar date and time of Unix seconds (Howard Hinnant's civil-from-days algorithm).
+func civilTime(_ seconds: Double) -> (year: Int64, month: Int64, day: Int64, hour: Int64, minute: Int64, second: Int64) {
     let total = Int64(seconds.rounded(.down))
     let days = total >= 0 ? total / 86_400 : (total - 86_399) / 86_400
     let secondsOfDay = total - days * 86_400
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468
     let era = (z >= 0 ? z : z - 146_096) / 146_097
     let doe = z - era * 146_097
@@ -107,8 +130,7 @@ func iso(_ seconds: Double?) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1
     let month = mp < 10 ? mp + 3 : mp - 9
     let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
-    func two(_ n: Int64) -> String { n < 10 ? "0\(n)" : "\(n)" }
-    return "\(year)-\(two(month))-\(two(day))T\(two(secondsOfDay / 3600)):\(two(secondsOfDay % 3600 / 60)):\(two(secondsOfDay % 60))Z"
+    return (year, month, day, secondsOfDay / 3600, secondsOfDay % 3600 / 60, secondsOfDay % 60)
 }
 
 /// Everything the page and landlords.csv need, from the store's summary of the run.

@@ -27,6 +27,24 @@ struct CSVWriterTests {
         #expect(names == ["Pérez, \"El Jefe\"\nSegunda línea"])
     }
 
+    @Test("times and numbers written as bytes read the same as the page's own formatting")
+    func timesAndNumbers() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("csvwriter-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let path = folder.appendingPathComponent("out.csv").path
+        let writer = try CSVWriter(path: path)
+        let times: [Double?] = [nil, 0, 951_782_400 /* 2000-02-29 */, 1_772_000_000.75, 4_102_444_799, -86_401]
+        try writer.row { line in
+            for t in times { line.time(t) }
+            for n in [nil, 0, 7, 131_026, -42] as [Int?] { line.int(n) }
+        }
+        try writer.finish()
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        #expect(text == ",1970-01-01T00:00:00Z,2000-02-29T00:00:00Z,2026-02-25T06:13:20Z,2099-12-31T23:59:59Z,1969-12-30T23:59:59Z,,0,7,131026,-42\r\n")
+        #expect(times.compactMap { $0 }.map { iso($0) } == ["1970-01-01T00:00:00Z", "2000-02-29T00:00:00Z", "2026-02-25T06:13:20Z",
+                                                              "2099-12-31T23:59:59Z", "1969-12-30T23:59:59Z"])
+    }
+
     @Test("cells a spreadsheet would run as formulas are defused; our own numbers are not")
     func formulaInjection() throws {
         let (_, bytes) = try write(.standard, [[.text("=HYPERLINK(\"http://evil\")"), .text("+1"), .text("-2"), .text("@SUM(A1)"), .plain("-50.00"), .text("ok")]])
