@@ -151,28 +151,32 @@ public final class CSVWriter {
     }
 
     static func append(_ s: String, guardFormula: Bool, delimiter: UInt8, to buffer: inout [UInt8]) {
-        let utf8 = s.utf8
-        let first = utf8.first
-        let risky = guardFormula && (first == UInt8(ascii: "=") || first == UInt8(ascii: "+") || first == UInt8(ascii: "-")
-            || first == UInt8(ascii: "@") || first == 0x09 || first == 0x0D)
-        var needsQuotes = risky
-        if !needsQuotes {
-            for b in utf8 where b == delimiter || b == UInt8(ascii: "\"") || b == 0x0A || b == 0x0D {
-                needsQuotes = true
-                break
+        var s = s
+        // Native strings are contiguous UTF-8: scanning their bytes through a buffer pointer is
+        // several times faster than through String's own index.
+        s.withUTF8 { utf8 in
+            let first = utf8.first
+            let risky = guardFormula && (first == UInt8(ascii: "=") || first == UInt8(ascii: "+") || first == UInt8(ascii: "-")
+                || first == UInt8(ascii: "@") || first == 0x09 || first == 0x0D)
+            var needsQuotes = risky
+            if !needsQuotes {
+                for b in utf8 where b == delimiter || b == UInt8(ascii: "\"") || b == 0x0A || b == 0x0D {
+                    needsQuotes = true
+                    break
+                }
             }
+            if !needsQuotes {
+                buffer.append(contentsOf: utf8)
+                return
+            }
+            buffer.append(UInt8(ascii: "\""))
+            if risky { buffer.append(UInt8(ascii: "'")) }
+            for b in utf8 {
+                if b == UInt8(ascii: "\"") { buffer.append(b) }
+                buffer.append(b)
+            }
+            buffer.append(UInt8(ascii: "\""))
         }
-        if !needsQuotes {
-            buffer.append(contentsOf: utf8)
-            return
-        }
-        buffer.append(UInt8(ascii: "\""))
-        if risky { buffer.append(UInt8(ascii: "'")) }
-        for b in utf8 {
-            if b == UInt8(ascii: "\"") { buffer.append(b) }
-            buffer.append(b)
-        }
-        buffer.append(UInt8(ascii: "\""))
     }
 
     public func flush() throws {

@@ -57,7 +57,14 @@ extension SQLiteStore {
             var landlordBytes: [[UInt8]] = [], landlordNames: [String?] = [nil]
             var currencyBytes: [[UInt8]] = [], currencyNames: [String] = []
             func find(_ data: Data, in known: inout [[UInt8]], add: (Data) -> Void) -> Int {
-                for (i, bytes) in known.enumerated() where bytes.count == data.count && bytes.elementsEqual(data) { return i }
+                let found = data.withUnsafeBytes { new -> Int? in
+                    for (i, bytes) in known.enumerated() where bytes.count == new.count {
+                        if new.isEmpty { return i }
+                        if bytes.withUnsafeBytes({ memcmp($0.baseAddress!, new.baseAddress!, new.count) == 0 }) { return i }
+                    }
+                    return nil
+                }
+                if let found { return found }
                 known.append([UInt8](data))
                 add(data)
                 return known.count - 1
