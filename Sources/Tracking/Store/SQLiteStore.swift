@@ -19,6 +19,9 @@ public final class SQLiteStore: DispatchStore {
         configuration.busyMode = .timeout(busyTimeout)
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            // Reads map the file instead of copying each page through pread: a million-message
+            // report reads the whole run. (Writes still go through the WAL as before.)
+            try db.execute(sql: "PRAGMA mmap_size = 1073741824")
         }
         do {
             pool = try DatabasePool(path: path, configuration: configuration)
