@@ -103,16 +103,38 @@ public final class CSVWriter {
             next()
             guard let n else { return }
             if n < 0 { bytes.append(UInt8(ascii: "-")) }
-            var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                         UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-                (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-            var value = n.magnitude, count = 0
+            appendDigits(UInt64(n.magnitude), minimum: 1)
+        }
+
+        /// Written as is after a prefix (a `+` before a phone number): never guarded.
+        public mutating func plain(_ prefix: StaticString, _ s: String) {
+            next()
+            prefix.withUTF8Buffer { bytes.append(contentsOf: $0) }
+            CSVWriter.append(s, guardFormula: false, delimiter: delimiter, to: &bytes)
+        }
+
+        /// An amount in minor units as a plain decimal with `digits` decimals (`-1234.50`).
+        public mutating func decimal(_ minorUnits: Int64, digits: Int) {
+            next()
+            if minorUnits < 0 { bytes.append(UInt8(ascii: "-")) }
+            var scale: UInt64 = 1
+            for _ in 0..<digits { scale *= 10 }
+            appendDigits(minorUnits.magnitude / scale, minimum: 1)
+            if digits > 0 {
+                bytes.append(UInt8(ascii: "."))
+                appendDigits(minorUnits.magnitude % scale, minimum: digits)
+            }
+        }
+
+        private mutating func appendDigits(_ value: UInt64, minimum: Int) {
+            var value = value, count = 0
+            var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for any UInt64
             withUnsafeMutableBytes(of: &digits) { d in
                 repeat {
                     d[count] = UInt8(ascii: "0") + UInt8(value % 10)
                     value /= 10
                     count += 1
-                } while value > 0
+                } while value > 0 || count < minimum
                 for i in stride(from: count - 1, through: 0, by: -1) { bytes.append(d[i]) }
             }
         }

@@ -37,10 +37,14 @@ struct CSVWriterTests {
         try writer.row { line in
             for t in times { line.time(t) }
             for n in [nil, 0, 7, 131_026, -42] as [Int?] { line.int(n) }
+            line.decimal(1_234_550, digits: 2)
+            line.decimal(-5, digits: 2)
+            line.decimal(1_500, digits: 0)
+            line.decimal(7, digits: 3)
         }
         try writer.finish()
         let text = try String(contentsOfFile: path, encoding: .utf8)
-        #expect(text == ",1970-01-01T00:00:00Z,2000-02-29T00:00:00Z,2026-02-25T06:13:20Z,2099-12-31T23:59:59Z,1969-12-30T23:59:59Z,,0,7,131026,-42\r\n")
+        #expect(text == ",1970-01-01T00:00:00Z,2000-02-29T00:00:00Z,2026-02-25T06:13:20Z,2099-12-31T23:59:59Z,1969-12-30T23:59:59Z,,0,7,131026,-42,12345.50,-0.05,1500,0.007\r\n")
         #expect(times.compactMap { $0 }.map { iso($0) } == ["1970-01-01T00:00:00Z", "2000-02-29T00:00:00Z", "2026-02-25T06:13:20Z",
                                                               "2099-12-31T23:59:59Z", "1969-12-30T23:59:59Z"])
     }
