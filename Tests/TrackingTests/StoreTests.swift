@@ -240,4 +240,53 @@ struct StoreTests {
         #expect(stranger.contains("refused the credentials of user 'nobody'"), "\(stranger)")
         #expect(!stranger.contains("secret-pw"))
     }
+
+    @Test("the report summary counts each invoice once, however its messages fall, with the amounts of those delivered", arguments: engines)
+    func reportSummary(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        try await store.saveRun(RunRecord(name: "march", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
+        // 11 invoices of two messages each (two numbers), alternating landlords; amount 100 × n.
+        try await store.addInvoices((1...11).map { n in
+            InvoiceRecord(run: "march", invoiceID: "I-\(n)", line: n + 1, tenantName: "T\(n)", landlord: n % 2 == 0 ? "Par" : "Impar",
+                          amountMinor: Int64(100 * n), currency: "DOP", period: "2026-03", locale: "es")
+        })
+        _ = try await store.addMessages((1...11).flatMap { n in
+            ["18095550\(100 + n)", "18295550\(100 + n)"].map { NewMessage(id: "m-\(n)-\($0)", run: "march", invoiceID: "I-\(n)", phone: $0,
+                                                                       template: "invoice", language: "es") }
+        })
+        // Invoices 1 to 6: their second message delivered; 7: the first failed (131026), the second unknown.
+        var outcomes: [AttemptOutcome] = []
+        let ids = (1...11).flatMap { n in ["m-\(n)-18095550\(100 + n)", "m-\(n)-18295550\(100 + n)"] }
+        let numbers = try await store.beginAttempts(messageIDs: ids, at: 2)
+        for (k, id) in ids.enumerated() {
+            let n = k / 2 + 1
+            if n == 7 && k % 2 == 1 { outcomes.append(.unknown(messageID: id, attempt: numbers[id]!, reason: "timed out")); continue }
+            outcomes.append(.accepted(messageID: id, attempt: numbers[id]!, wamid: "w.\(k)"))
+        }
+        try await store.recordOutcomes(outcomes, at: 60)
+        var statuses: [StatusUpdate] = []
+        for n in 1...6 { statuses.append(status("w.\(2 * (n - 1) + 1)", "delivered", at: 120)) }
+        statuses.append(status("w.12", "failed", at: 130, error: 131026))
+        _ = try await ingest(store, statuses)
+
+        let summary = try await store.reportSummary(run: "march", landlord: nil, samples: 10)
+        #expect(summary.states == [.accepted: 14, .delivered: 6, .failed: 1, .unknown: 1])
+        let byLandlord = Dictionary(uniqueKeysWithValues: summary.landlords.map { ($0.landlord ?? "", $0) })
+        #expect(byLandlord["Impar"]?.invoices == 6 && byLandlord["Par"]?.invoices == 5)
+        #expect(byLandlord["Impar"]?.messages == 12 && byLandlord["Par"]?.messages == 10)
+        let odd = byLandlord["Impar"], even = byLandlord["Par"]
+        let billed: (odd: Int64, even: Int64) = (100 * 36, 100 * 30), delivered: (odd: Int64, even: Int64) = (100 * 9, 100 * 12)
+        #expect(odd?.billedMinor == billed.odd)
+        #expect(even?.billedMinor == billed.even)
+        #expect(odd?.deliveredMinor == delivered.odd)  // invoices 1, 3, 5
+        #expect(even?.deliveredMinor == delivered.even)  // invoices 2, 4, 6
+        #expect(byLandlord["Impar"]?.failed == 1 && byLandlord["Impar"]?.unreachable == 1)
+        #expect(byLandlord["Impar"]?.pending == 12 - 3 - 1)
+        #expect(summary.problems.map(\.count).reduce(0, +) == 2)
+        #expect(summary.problems.first { $0.state == .failed }?.samples.map(\.invoiceID) == ["I-7"])
+        #expect(summary.sendsPerMinute == [1: 21])
+        #expect(summary.deliveriesPerMinute == [2: 6])
+        let one = try await store.reportSummary(run: "march", landlord: "Par", samples: 10)
+        #expect(one.landlords.map(\.landlord) == ["Par"] && one.states.values.reduce(0, +) == 10)
+    }
 }

@@ -40,114 +40,162 @@ extension SQLiteStore {
         }
     }
 
-    /// One pass over the run's messages in sequence, added up here rather than by GROUP BY: SQLite
-    /// sorts a million grouped rows in a temporary B-tree (6 s for the page's four queries), where
-    /// a hash table in this loop costs a fraction of the reading. Columns are read by position and
-    /// as numbers where they can be (the invoice by its rowid); the landlord
-    /// and currency are looked up without making a String per row.
+    /// The page's figures, from passes over the run's messages in sequence added up here rather
+    /// than by GROUP BY: SQLite sorts a million grouped rows in a temporary B-tree (6 s for the
+    /// page's four queries), where a hash table in this loop costs a fraction of the reading. The
+    /// run is cut in two at an invoice boundary and both halves are read at once (the pool has
+    /// several readers; this machine has two cores), then merged.
     public func reportSummary(run: String, landlord: String?, samples: Int) async throws -> ReportSummary {
-        try await pool.read { db in
-            var summary = ReportSummary()
-            let states = Dictionary(uniqueKeysWithValues: MessageState.allCases.map { ($0.rank, $0) })
-            let stateNames = Dictionary(uniqueKeysWithValues: MessageState.allCases.map { (Data($0.rawValue.utf8), $0) })
-            struct Bucket: Hashable { var landlord: Int; var currency: Int }
-            struct Problem: Hashable { var rank: Int; var code: Int?; var title: String? }
-            // Landlords and currencies are few: found by comparing bytes with those seen (no String,
-            // no hashing per row); figures kept in an array, found through the last bucket used.
-            var landlordBytes: [[UInt8]] = [], landlordNames: [String?] = [nil]
-            var currencyBytes: [[UInt8]] = [], currencyNames: [String] = []
-            func find(_ data: Data, in known: inout [[UInt8]], add: (Data) -> Void) -> Int {
-                let found = data.withUnsafeBytes { new -> Int? in
-                    for (i, bytes) in known.enumerated() where bytes.count == new.count {
-                        if new.isEmpty { return i }
-                        if bytes.withUnsafeBytes({ memcmp($0.baseAddress!, new.baseAddress!, new.count) == 0 }) { return i }
-                    }
-                    return nil
-                }
-                if let found { return found }
-                known.append([UInt8](data))
-                add(data)
-                return known.count - 1
+        let filter = landlord ?? ""
+        let halves: [ClosedRange<Int64>] = try await pool.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT MIN(seq), MAX(seq) FROM messages WHERE run = ?", arguments: [run]),
+                  let first = row[0] as Int64?, let last = row[1] as Int64? else { return [] }
+            // The messages of an invoice are stored together: cut where the invoice changes.
+            let middle = first + (last - first) / 2
+            guard let invoice = try String.fetchOne(db, sql: "SELECT invoice_id FROM messages WHERE run = ? AND seq >= ? ORDER BY seq LIMIT 1",
+                                                    arguments: [run, middle]),
+                  let cut = try Int64.fetchOne(db, sql: "SELECT MIN(seq) FROM messages WHERE run = ? AND seq > ? AND invoice_id != ?",
+                                               arguments: [run, middle, invoice]) else { return [first...last] }
+            return [first...(cut - 1), cut...last]
+        }
+        let partials = try await withThrowingTaskGroup(of: ReportPass.self) { group in
+            for range in halves {
+                group.addTask { try await self.pool.read { db in try ReportPass(db, run: run, landlord: filter, range: range) } }
             }
-            var bucketIndex: [Bucket: Int] = [:]
-            var figures: [ReportSummary.Landlord] = []
-            var lastBucket = Bucket(landlord: -1, currency: -1), lastAt = -1
-            var problems: [Problem: Int] = [:]
-            var lastInvoice: Int64 = -1
-            var invoiceAt = 0, invoiceAmount: Int64 = 0, invoiceDelivered = false
-            func closeInvoice() {
-                if lastInvoice >= 0 && invoiceDelivered { figures[invoiceAt].deliveredMinor += invoiceAmount }
+            return try await group.reduce(into: [ReportPass]()) { $0.append($1) }
+        }
+        var summary = ReportSummary()
+        var problems: [ReportPass.Problem: Int] = [:]
+        var figures: [String: Int] = [:]
+        for partial in partials {
+            summary.states.merge(partial.states) { $0 + $1 }
+            summary.sendsPerMinute.merge(partial.sendsPerMinute) { $0 + $1 }
+            summary.deliveriesPerMinute.merge(partial.deliveriesPerMinute) { $0 + $1 }
+            problems.merge(partial.problems) { $0 + $1 }
+            for f in partial.figures {
+                let at = ReportSQL.figures(f.landlord, f.currency, in: &summary, index: &figures)
+                summary.landlords[at].invoices += f.invoices
+                summary.landlords[at].messages += f.messages
+                summary.landlords[at].billedMinor += f.billedMinor
+                summary.landlords[at].deliveredMinor += f.deliveredMinor
+                summary.landlords[at].failed += f.failed
+                summary.landlords[at].unreachable += f.unreachable
+                summary.landlords[at].pending += f.pending
             }
-            let statement = try db.makeStatement(sql: """
-                SELECT i.landlord, i.currency, i.rowid, i.amount_minor, m.state, m.error_code, m.accepted_at,
-                    COALESCE(m.delivered_at, m.read_at), m.error_title
-                \(ReportSQL.join) WHERE m.run = ? AND (? = '' OR i.landlord = ?) ORDER BY m.seq
-                """)
-            let rows = try Row.fetchCursor(statement, arguments: [run, landlord ?? "", landlord ?? ""])
-            while let r = try rows.next() {
-                let landlordAt = try r.withUnsafeData(atIndex: 0) { data -> Int in
-                    guard let data else { return 0 }
-                    return 1 + find(data, in: &landlordBytes) { landlordNames.append(String(decoding: $0, as: UTF8.self)) }
-                }
-                let currencyAt = try r.withUnsafeData(atIndex: 1) { data -> Int in
-                    find(data ?? Data(), in: &currencyBytes) { currencyNames.append(String(decoding: $0, as: UTF8.self)) }
-                }
-                let bucket = Bucket(landlord: landlordAt, currency: currencyAt)
-                if bucket != lastBucket {
-                    lastBucket = bucket
-                    lastAt = bucketIndex[bucket] ?? {
-                        figures.append(ReportSummary.Landlord(landlord: landlordNames[landlordAt], currency: currencyNames[currencyAt]))
-                        bucketIndex[bucket] = figures.count - 1
-                        return figures.count - 1
-                    }()
-                }
-                let state = try r.withUnsafeData(atIndex: 4) { data in data.flatMap { stateNames[$0] } } ?? .unknown
-                summary.states[state, default: 0] += 1
-                // The messages of one invoice are stored together: an invoice counts once, when it changes.
-                let invoice: Int64 = r[2]
-                if invoice != lastInvoice {
-                    closeInvoice()
-                    lastInvoice = invoice
-                    invoiceAt = lastAt
-                    invoiceAmount = r[3]
-                    invoiceDelivered = false
-                    figures[lastAt].invoices += 1
-                    figures[lastAt].billedMinor += invoiceAmount
-                }
-                figures[lastAt].messages += 1
-                switch state {
-                case .delivered, .read:
-                    invoiceDelivered = true
-                case .failed:
-                    figures[lastAt].failed += 1
-                    if r[5] as Int? == 131026 { figures[lastAt].unreachable += 1 }
-                case .queued, .sending, .accepted, .sent, .unknown:
-                    figures[lastAt].pending += 1
-                case .skipped:
-                    break
-                }
-                if state == .failed || state == .unknown { problems[Problem(rank: state.rank, code: r[5], title: r[8]), default: 0] += 1 }
-                if let at = r[6] as Double? { summary.sendsPerMinute[Int(at / 60), default: 0] += 1 }
-                if let at = r[7] as Double? { summary.deliveriesPerMinute[Int(at / 60), default: 0] += 1 }
-            }
-            closeInvoice()
-            summary.landlords = figures
-
+        }
+        let groups = problems.sorted(by: { $0.value > $1.value }).prefix(500)
+        return try await pool.read { [summary] db in
+            var summary = summary
             func sample(_ r: Row) -> ReportSummary.Sample {
                 ReportSummary.Sample(sequence: r[0], invoiceID: r[1], tenantName: r[2], phone: r[3], email: r[4], errorDetails: r[5], skipReason: r[6])
             }
             let groupSamples = try db.cachedStatement(sql: ReportSQL.samples(nullSafeEqual: "IS"))
-            for (problem, count) in problems.sorted(by: { $0.value > $1.value }).prefix(500) {
-                let state = states[problem.rank] ?? .unknown
-                let rows = try Row.fetchAll(groupSamples, arguments: [run, landlord ?? "", state.rawValue, problem.code, problem.title, samples])
-                summary.problems.append(ReportSummary.Group(state: state, errorCode: problem.code, errorTitle: problem.title, count: count,
+            for (problem, count) in groups {
+                let rows = try Row.fetchAll(groupSamples, arguments: [run, filter, problem.state.rawValue, problem.code, problem.title, samples])
+                summary.problems.append(ReportSummary.Group(state: problem.state, errorCode: problem.code, errorTitle: problem.title, count: count,
                                                             samples: rows.map(sample)))
             }
             if let skipped = summary.states[.skipped] {
-                let rows = try Row.fetchAll(db, sql: ReportSQL.skippedSamples, arguments: [run, landlord ?? "", samples])
+                let rows = try Row.fetchAll(db, sql: ReportSQL.skippedSamples, arguments: [run, filter, samples])
                 summary.skipped = ReportSummary.Group(state: .skipped, errorCode: nil, errorTitle: nil, count: skipped, samples: rows.map(sample))
             }
             return summary
         }
+    }
+}
+
+/// One pass over a range of a run's messages (in sequence), adding up what the report page shows.
+/// Columns are read by position and as numbers where they can be (the invoice by its rowid);
+/// landlords, currencies and states are matched by their bytes, with no String per row.
+struct ReportPass: Sendable {
+    struct Problem: Hashable, Sendable { var state: MessageState; var code: Int?; var title: String? }
+
+    var states: [MessageState: Int] = [:]
+    var figures: [ReportSummary.Landlord] = []
+    var problems: [Problem: Int] = [:]
+    var sendsPerMinute: [Int: Int] = [:]
+    var deliveriesPerMinute: [Int: Int] = [:]
+
+    init(_ db: Database, run: String, landlord: String, range: ClosedRange<Int64>) throws {
+        let stateNames = Dictionary(uniqueKeysWithValues: MessageState.allCases.map { (Data($0.rawValue.utf8), $0) })
+        struct Bucket: Hashable { var landlord: Int; var currency: Int }
+        // Landlords and currencies are few: found by comparing bytes with those seen (no hashing
+        // per row); figures kept in an array, found through the last bucket used.
+        var landlordBytes: [[UInt8]] = [], landlordNames: [String?] = [nil]
+        var currencyBytes: [[UInt8]] = [], currencyNames: [String] = []
+        func find(_ data: Data, in known: inout [[UInt8]], add: (Data) -> Void) -> Int {
+            let found = data.withUnsafeBytes { new -> Int? in
+                for (i, bytes) in known.enumerated() where bytes.count == new.count {
+                    if new.isEmpty { return i }
+                    if bytes.withUnsafeBytes({ memcmp($0.baseAddress!, new.baseAddress!, new.count) == 0 }) { return i }
+                }
+                return nil
+            }
+            if let found { return found }
+            known.append([UInt8](data))
+            add(data)
+            return known.count - 1
+        }
+        var bucketIndex: [Bucket: Int] = [:]
+        var figures: [ReportSummary.Landlord] = []
+        var lastBucket = Bucket(landlord: -1, currency: -1), lastAt = -1
+        var lastInvoice: Int64 = -1
+        var invoiceAt = 0, invoiceAmount: Int64 = 0, invoiceDelivered = false
+        func closeInvoice() {
+            if lastInvoice >= 0 && invoiceDelivered { figures[invoiceAt].deliveredMinor += invoiceAmount }
+        }
+        let rows = try Row.fetchCursor(db, sql: """
+            SELECT i.landlord, i.currency, i.rowid, i.amount_minor, m.state, m.error_code, m.accepted_at,
+                COALESCE(m.delivered_at, m.read_at), m.error_title
+            \(ReportSQL.join) WHERE m.run = ? AND (? = '' OR i.landlord = ?) AND m.seq BETWEEN ? AND ? ORDER BY m.seq
+            """, arguments: [run, landlord, landlord, range.lowerBound, range.upperBound])
+        while let r = try rows.next() {
+            let landlordAt = try r.withUnsafeData(atIndex: 0) { data -> Int in
+                guard let data else { return 0 }
+                return 1 + find(data, in: &landlordBytes) { landlordNames.append(String(decoding: $0, as: UTF8.self)) }
+            }
+            let currencyAt = try r.withUnsafeData(atIndex: 1) { data -> Int in
+                find(data ?? Data(), in: &currencyBytes) { currencyNames.append(String(decoding: $0, as: UTF8.self)) }
+            }
+            let bucket = Bucket(landlord: landlordAt, currency: currencyAt)
+            if bucket != lastBucket {
+                lastBucket = bucket
+                lastAt = bucketIndex[bucket] ?? {
+                    figures.append(ReportSummary.Landlord(landlord: landlordNames[landlordAt], currency: currencyNames[currencyAt]))
+                    bucketIndex[bucket] = figures.count - 1
+                    return figures.count - 1
+                }()
+            }
+            let state = try r.withUnsafeData(atIndex: 4) { data in data.flatMap { stateNames[$0] } } ?? .unknown
+            states[state, default: 0] += 1
+            // The messages of one invoice are stored together: an invoice counts once, when it changes.
+            let invoice: Int64 = r[2]
+            if invoice != lastInvoice {
+                closeInvoice()
+                lastInvoice = invoice
+                invoiceAt = lastAt
+                invoiceAmount = r[3]
+                invoiceDelivered = false
+                figures[lastAt].invoices += 1
+                figures[lastAt].billedMinor += invoiceAmount
+            }
+            figures[lastAt].messages += 1
+            switch state {
+            case .delivered, .read:
+                invoiceDelivered = true
+            case .failed:
+                figures[lastAt].failed += 1
+                if r[5] as Int? == 131026 { figures[lastAt].unreachable += 1 }
+            case .queued, .sending, .accepted, .sent, .unknown:
+                figures[lastAt].pending += 1
+            case .skipped:
+                break
+            }
+            if state == .failed || state == .unknown { problems[Problem(state: state, code: r[5], title: r[8]), default: 0] += 1 }
+            if let at = r[6] as Double? { sendsPerMinute[Int(at / 60), default: 0] += 1 }
+            if let at = r[7] as Double? { deliveriesPerMinute[Int(at / 60), default: 0] += 1 }
+        }
+        closeInvoice()
+        self.figures = figures
     }
 }
