@@ -144,6 +144,11 @@ struct ReportPass: Sendable {
         func closeInvoice() {
             if lastInvoice >= 0 && invoiceDelivered { figures[invoiceAt].deliveredMinor += invoiceAmount }
         }
+        var stateCounts = [Int](repeating: 0, count: MessageState.allCases.map(\.rank).max()! + 1)
+        var sends: (minute: Int, count: Int) = (Int.min, 0), deliveries: (minute: Int, count: Int) = (Int.min, 0)
+        func add(_ run: (minute: Int, count: Int), to perMinute: inout [Int: Int]) {
+            if run.count > 0 { perMinute[run.minute, default: 0] += run.count }
+        }
         let rows = try Row.fetchCursor(db, sql: """
             SELECT i.landlord, i.currency, i.rowid, i.amount_minor, m.state, m.error_code, m.accepted_at,
                 COALESCE(m.delivered_at, m.read_at), m.error_title
@@ -167,7 +172,7 @@ struct ReportPass: Sendable {
                 }()
             }
             let state = try r.withUnsafeData(atIndex: 4) { data in data.flatMap { stateNames[$0] } } ?? .unknown
-            states[state, default: 0] += 1
+            stateCounts[state.rank] += 1
             // The messages of one invoice are stored together: an invoice counts once, when it changes.
             let invoice: Int64 = r[2]
             if invoice != lastInvoice {
@@ -192,10 +197,20 @@ struct ReportPass: Sendable {
                 break
             }
             if state == .failed || state == .unknown { problems[Problem(state: state, code: r[5], title: r[8]), default: 0] += 1 }
-            if let at = r[6] as Double? { sendsPerMinute[Int(at / 60), default: 0] += 1 }
-            if let at = r[7] as Double? { deliveriesPerMinute[Int(at / 60), default: 0] += 1 }
+            // Minutes come in runs (messages are sent in sequence): counted per run, added when it ends.
+            if let at = r[6] as Double? {
+                let minute = Int(at / 60)
+                if minute == sends.minute { sends.count += 1 } else { add(sends, to: &sendsPerMinute); sends = (minute, 1) }
+            }
+            if let at = r[7] as Double? {
+                let minute = Int(at / 60)
+                if minute == deliveries.minute { deliveries.count += 1 } else { add(deliveries, to: &deliveriesPerMinute); deliveries = (minute, 1) }
+            }
         }
         closeInvoice()
+        add(sends, to: &sendsPerMinute)
+        add(deliveries, to: &deliveriesPerMinute)
+        for state in MessageState.allCases where stateCounts[state.rank] > 0 { states[state] = stateCounts[state.rank] }
         self.figures = figures
     }
 }
