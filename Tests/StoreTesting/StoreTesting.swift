@@ -85,3 +85,15 @@ public final class PostgresTableLock: Sendable {
         try await connection.close()
     }
 }
+
+/// Runs one statement as the test server's administrator (to refuse or cut a database's connections).
+public func postgresAdmin(_ sql: String) async throws {
+    let url = try PostgresURL(try postgresAdminURL())
+    var logger = Logger(label: "test.admin")
+    logger.logLevel = .critical
+    let configuration = PostgresConnection.Configuration(host: url.host, port: url.port, username: url.user, password: url.password,
+                                                         database: url.database, tls: .disable)
+    let connection = try await PostgresConnection.connect(configuration: configuration, id: 2, logger: logger)
+    try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+    try await connection.close()
+}

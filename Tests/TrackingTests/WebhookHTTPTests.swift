@@ -201,6 +201,30 @@ struct WebhookHTTPTests {
         #expect(try await payloadCount(store) == 1)
     }
 
+    @Test("PostgreSQL gone (connections refused): the webhook gets its 503 within the timeouts, not never; stored once it is back",
+          .enabled(if: engines.contains(.postgres)))
+    func postgresGone() async throws {
+        let url = try await freshDatabaseURL(.postgres)
+        let database = try PostgresURL(url).database
+        let store = try await StoreOpener.open(url: url + "&connect_timeout=1&statement_timeout=1")
+        let id = try await seed(store)[0]
+        try await postgresAdmin("ALTER DATABASE \(database) ALLOW_CONNECTIONS false")
+        try await postgresAdmin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '\(database)'")
+        let body = statusPayload([("wamid.A", "delivered", 100, id)])
+        try await withRouter(server(store)) { client in
+            let started = ContinuousClock.now
+            let refused = try await signedPost(client, body)
+            #expect(refused.status == .serviceUnavailable)
+            #expect(ContinuousClock.now - started < .seconds(10))
+            let health = try await client.execute(uri: "/health", method: .get)
+            #expect(health.status == .serviceUnavailable)
+            try await postgresAdmin("ALTER DATABASE \(database) ALLOW_CONNECTIONS true")
+            let stored = try await signedPost(client, body)
+            #expect(stored.status == .ok)
+        }
+        #expect(try await store.message(id)?.state == .delivered)
+    }
+
     @Test("routes mount under a base path, as behind the property system's gateway")
     func basePath() async throws {
         let store = try freshStore()

@@ -38,7 +38,8 @@ extension PostgresStore {
     }
 
     public func markInterrupted(run: String, at time: Double) async throws -> Int {
-        try await transaction { connection in
+        let logger = self.logger
+        return try await transaction { connection in
             try await connection.query("""
                 UPDATE attempts SET outcome = 'unknown', finished_at = \(time),
                     error_title = 'interrupted: the process stopped while this request may have been in flight'

@@ -183,38 +183,56 @@ public final class PostgresStore: DispatchStore {
     // MARK: - Queries
 
     /// A deadlock (two receivers locking the same messages in another order) or a serialisation
-    /// failure aborts one statement, which changed nothing: it is tried again.
-    func retrying<T>(_ body: () async throws -> T) async throws -> T {
+    /// failure aborts one statement, which changed nothing: it is tried again. Each try is bounded
+    /// (connect timeout + statement timeout): with the server gone, the pool would otherwise wait
+    /// for a connection for ever, and a webhook would hang instead of getting its 503.
+    func retrying<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
         var attempt = 0
         while true {
             do {
-                return try await body()
+                return try await bounded(body)
             } catch let error as PSQLError where attempt < 8 && ["40P01", "40001"].contains(error.serverInfo?[.sqlState]) {
                 attempt += 1
                 try await Task.sleep(for: .milliseconds(Int.random(in: 1...(5 << min(attempt, 5)))))
+            } catch let error as StoreError {
+                throw error
             } catch {
                 throw StoreError(Self.explain(error, url: url))
             }
         }
     }
 
+    func bounded<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let limit = Duration.milliseconds(Int64((url.connectTimeout + url.statementTimeout) * 1000))
+        let url = self.url
+        return try await withThrowingTaskGroup(of: T.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: limit)
+                throw StoreError("PostgreSQL at \(url.socketFolder ?? "\(url.host):\(url.port)") did not answer within \(limit): is it running?")
+            }
+            defer { group.cancelAll() }
+            return try await group.next()!
+        }
+    }
+
     /// Runs one statement and reads every row.
     @discardableResult
     func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
-        try await retrying { try await client.query(query, logger: logger).collect() }
+        try await retrying { try await self.client.query(query, logger: self.logger).collect() }
     }
 
     /// Several statements on one connection, committed together or not at all.
-    func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+    func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         try await retrying {
-            try await client.withConnection { connection in
-                try await connection.query("BEGIN", logger: logger)
+            try await self.client.withConnection { connection in
+                try await connection.query("BEGIN", logger: self.logger)
                 do {
                     let value = try await body(connection)
-                    try await connection.query("COMMIT", logger: logger)
+                    try await connection.query("COMMIT", logger: self.logger)
                     return value
                 } catch {
-                    try? await connection.query("ROLLBACK", logger: logger)
+                    try? await connection.query("ROLLBACK", logger: self.logger)
                     throw error
                 }
             }
@@ -567,18 +585,18 @@ public final class PostgresStore: DispatchStore {
         }
     }
 
-    /// Within the connect timeout: `/health` must answer even while the server is gone (the pool
-    /// would wait for a connection).
+    /// Within the connect timeout: `/health` must answer even while the server is gone.
     public func ping() async throws {
         let deadline = Duration.milliseconds(Int64(url.connectTimeout * 1000))
+        let url = self.url
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await self.rows("SELECT 1") }
             group.addTask {
                 try await Task.sleep(for: deadline)
-                throw StoreError("PostgreSQL at \(self.url.redacted) did not answer within \(deadline)")
+                throw StoreError("PostgreSQL at \(url.redacted) did not answer within \(deadline)")
             }
+            defer { group.cancelAll() }
             try await group.next()
-            group.cancelAll()
         }
     }
 
