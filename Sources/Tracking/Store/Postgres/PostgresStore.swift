@@ -175,7 +175,7 @@ public final class PostgresStore: DispatchStore {
             }
             try await connection.query("COMMIT", logger: logger)
         } catch {
-            try? await connection.query("ROLLBACK", logger: logger)
+            _ = try? await connection.query("ROLLBACK", logger: logger)
             throw error
         }
     }
@@ -232,7 +232,7 @@ public final class PostgresStore: DispatchStore {
                     try await connection.query("COMMIT", logger: self.logger)
                     return value
                 } catch {
-                    try? await connection.query("ROLLBACK", logger: self.logger)
+                    _ = try? await connection.query("ROLLBACK", logger: self.logger)
                     throw error
                 }
             }
@@ -603,7 +603,7 @@ public final class PostgresStore: DispatchStore {
     // MARK: - Senders
 
     public func acquireSenderLease(sender: String, holder: String, run: String, ttl: Double, at time: Double) async throws -> SenderLease {
-        try await rows(PostgresQuery(unsafeSQL: SenderLeaseSQL.acquire, binds: try {
+        try await rows(PostgresQuery(unsafeSQL: SenderLeaseSQL.acquire, binds: {
             var b = PostgresBindings()
             b.append(sender); b.append(holder); b.append(run); b.append(time); b.append(time + ttl)
             return b
