@@ -64,12 +64,7 @@ public final class PostgresTableLock: Sendable {
     let logger: Logger
 
     public static func hold(_ table: String, databaseURL: String) async throws -> PostgresTableLock {
-        let url = try PostgresURL(databaseURL)
-        var logger = Logger(label: "test.lock")
-        logger.logLevel = .critical
-        let configuration = PostgresConnection.Configuration(host: url.host, port: url.port, username: url.user, password: url.password,
-                                                             database: url.database, tls: .disable)
-        let connection = try await PostgresConnection.connect(configuration: configuration, id: 1, logger: logger)
+        let (connection, logger) = try await connect(databaseURL)
         try await connection.query("BEGIN", logger: logger)
         try await connection.query(PostgresQuery(unsafeSQL: "LOCK TABLE \(table) IN ACCESS EXCLUSIVE MODE"), logger: logger)
         return PostgresTableLock(connection: connection, logger: logger)
@@ -88,12 +83,17 @@ public final class PostgresTableLock: Sendable {
 
 /// Runs one statement as the test server's administrator (to refuse or cut a database's connections).
 public func postgresAdmin(_ sql: String) async throws {
-    let url = try PostgresURL(try postgresAdminURL())
-    var logger = Logger(label: "test.admin")
+    let (connection, logger) = try await connect(try postgresAdminURL())
+    try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+    try await connection.close()
+}
+
+/// A connection of the test's own, beside the store's pool (the test server takes no TLS).
+func connect(_ text: String) async throws -> (PostgresConnection, Logger) {
+    let url = try PostgresURL(text)
+    var logger = Logger(label: "test.postgres")
     logger.logLevel = .critical
     let configuration = PostgresConnection.Configuration(host: url.host, port: url.port, username: url.user, password: url.password,
                                                          database: url.database, tls: .disable)
-    let connection = try await PostgresConnection.connect(configuration: configuration, id: 2, logger: logger)
-    try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
-    try await connection.close()
+    return (try await PostgresConnection.connect(configuration: configuration, id: 1, logger: logger), logger)
 }

@@ -3,6 +3,7 @@ public import Logging
 import NIOCore
 import NIOSSL
 import PostgresNIO
+import Synchronization
 
 /// The store on PostgreSQL, for several machines: receivers behind a load balancer and one sender
 /// process per number, all on one database. The same semantics as `SQLiteStore` (the same tests
@@ -202,17 +203,27 @@ public final class PostgresStore: DispatchStore {
         }
     }
 
-    func bounded<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        let limit = Duration.milliseconds(Int64((url.connectTimeout + url.statementTimeout) * 1000))
-        let url = self.url
-        return try await withThrowingTaskGroup(of: T.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(for: limit)
-                throw StoreError("PostgreSQL at \(url.socketFolder ?? "\(url.host):\(url.port)") did not answer within \(limit): is it running?")
-            }
-            defer { group.cancelAll() }
-            return try await group.next()!
+    /// `body`, or an error once `limit` (default: connect + statement timeout) has passed. The
+    /// caller is answered then even if `body` cannot be cancelled (a query written to a connection
+    /// the server has cut may never complete): it is cancelled and left behind, not awaited, so
+    /// a task group cannot be used here.
+    func bounded<T: Sendable>(within limit: Duration? = nil, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let limit = limit ?? .milliseconds(Int64((url.connectTimeout + url.statementTimeout) * 1000))
+        let timeout = StoreError("PostgreSQL at \(url.socketFolder ?? "\(url.host):\(url.port)") did not answer within \(limit): is it running?")
+        let answer = FirstAnswer<T>()
+        let work = Task {
+            do { answer.give(.success(try await body())) } catch { answer.give(.failure(error)) }
+        }
+        let timer = Task {
+            try await Task.sleep(for: limit)
+            answer.give(.failure(timeout))
+            work.cancel()
+        }
+        defer { timer.cancel() }
+        return try await withTaskCancellationHandler {
+            try await answer.value()
+        } onCancel: {
+            work.cancel()
         }
     }
 
@@ -587,17 +598,7 @@ public final class PostgresStore: DispatchStore {
 
     /// Within the connect timeout: `/health` must answer even while the server is gone.
     public func ping() async throws {
-        let deadline = Duration.milliseconds(Int64(url.connectTimeout * 1000))
-        let url = self.url
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await self.rows("SELECT 1") }
-            group.addTask {
-                try await Task.sleep(for: deadline)
-                throw StoreError("PostgreSQL at \(url.redacted) did not answer within \(deadline)")
-            }
-            defer { group.cancelAll() }
-            try await group.next()
-        }
+        try await bounded(within: .milliseconds(Int64(url.connectTimeout * 1000))) { try await self.rows("SELECT 1") }
     }
 
     // MARK: - Senders
@@ -649,5 +650,31 @@ struct Cells {
     mutating func next<T: PostgresDecodable>(_: T.Type = T.self) throws -> T {
         defer { index += 1 }
         return try row[index].decode(T.self)
+    }
+}
+
+/// The first of several answers, for one waiter (`bounded`: the work or the timer, whichever comes first).
+final class FirstAnswer<T: Sendable>: Sendable {
+    private let state = Mutex<(result: Result<T, any Error>?, waiter: CheckedContinuation<T, any Error>?)>((nil, nil))
+
+    func give(_ result: Result<T, any Error>) {
+        let waiter = state.withLock { state -> CheckedContinuation<T, any Error>? in
+            guard state.result == nil else { return nil }
+            state.result = result
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(with: result)
+    }
+
+    func value() async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let ready = state.withLock { state -> Result<T, any Error>? in
+                if let result = state.result { return result }
+                state.waiter = continuation
+                return nil
+            }
+            if let ready { continuation.resume(with: ready) }
+        }
     }
 }
