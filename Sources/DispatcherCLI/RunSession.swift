@@ -125,31 +125,18 @@ struct RunSession {
         let terminal = isatty(STDERR_FILENO) == 1 && !settle.json
         let cpuBefore = processCPUSeconds()
         let wallBefore = ContinuousClock.now
-        let sending: Result<(RunOptions, [MessageState: Int], StopReason?), any Error> = await withTaskGroup(of: Result<(RunOptions, [MessageState: Int], StopReason?), any Error>?.self) { group in
-            group.addTask {
-                await lease.keep { reason in engine.halt(reason) }
-                return nil
-            }
-            group.addTask {
-                do {
-                    let options = try await prepare(engine, console)
-                    var progress: (@Sendable (RunProgress) -> Void)? = nil
-                    if terminal { progress = printProgress }
-                    let countsBefore = try await store.stateCounts(run: run)
-                    return .success((options, countsBefore, try await engine.dispatch(options, progress: progress)))
-                } catch {
-                    return .failure(error)
-                }
-            }
-            var outcome: Result<(RunOptions, [MessageState: Int], StopReason?), any Error> = .failure(CancellationError())
-            for await result in group {
-                if let result {
-                    outcome = result
-                    group.cancelAll()
-                }
-            }
-            return outcome
+        // The lease is renewed beside the run; if another process took it, the run halts.
+        let renewal = Task { await lease.keep { reason in engine.halt(reason) } }
+        let sending: Result<(RunOptions, [MessageState: Int], StopReason?), any Error>
+        do {
+            let options = try await prepare(engine, console)
+            let countsBefore = try await store.stateCounts(run: run)
+            sending = .success((options, countsBefore, try await engine.dispatch(options, progress: terminal ? printProgress : nil)))
+        } catch {
+            sending = .failure(error)
         }
+        renewal.cancel()
+        await renewal.value
         await lease.release()
         let (options, countsBefore, stop) = try sending.get()
         if settle.stats {

@@ -9,7 +9,7 @@ public struct SenderBusy: Error, CustomStringConvertible {
         let left = max(0, lease.expiresAt - Date().timeIntervalSince1970)
         return """
             sender \(lease.sender) is busy: run '\(lease.run)' (\(lease.holder)) has been sending from it since \
-            \(iso8601(lease.acquiredAt)). One billing run per number at a time keeps Meta's limits; wait for it to finish \
+            \(iso8601(lease.acquiredAt) ?? "?"). One billing run per number at a time keeps Meta's limits; wait for it to finish \
             (or pass --wait-for-sender 30m). If that process died, its lease expires in \(Int(left.rounded(.up))) s.
             """
     }
@@ -71,9 +71,4 @@ public final class SenderLeaseKeeper: Sendable {
     public func release() async {
         try? await store.releaseSenderLease(sender: sender, holder: holder)
     }
-}
-
-func iso8601(_ time: Double) -> String {
-    let formatter = ISO8601DateFormatter()
-    return formatter.string(from: Date(timeIntervalSince1970: time))
 }

@@ -264,7 +264,8 @@ public struct DispatcherServer: Sendable {
 
 // MARK: - Views
 
-func iso8601(_ seconds: Double?) -> String? {
+/// Unix seconds as ISO 8601 (UTC), as the API and messages to operators show times.
+public func iso8601(_ seconds: Double?) -> String? {
     seconds.map { Date(timeIntervalSince1970: $0).formatted(.iso8601) }
 }
 

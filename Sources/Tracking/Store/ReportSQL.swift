@@ -1,5 +1,6 @@
-/// The report page's figures in SQL, shared by both engines: `$1` is the run, `$2` the landlord
-/// ('' for every landlord). Each query is one pass over the run's messages.
+/// The report page's figures in SQL: `$1` is the run, `$2` the landlord ('' for every landlord).
+/// The GROUP BY queries are PostgreSQL's (SQLite adds up one pass in Swift instead, `ReportPass`:
+/// it sorts grouped rows); the example rows and the merging of figures serve both engines.
 enum ReportSQL {
     static let join = "FROM messages m JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id"
     static let landlordFilter = "($2 = '' OR i.landlord = $2)"
