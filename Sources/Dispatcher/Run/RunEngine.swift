@@ -300,13 +300,16 @@ public final class RunEngine: Sendable {
                 }
             }
 
-            // The next ledger write: outcomes so far, and the attempts of the next sends.
-            if writing == nil {
+            // The next ledger write: outcomes so far, and the attempts of the next sends. It waits
+            // until half the sends committed ahead have left, so that each commit carries about
+            // 25 ms of them (40 commits a second at 1,000/s rather than one per tick); outcomes go
+            // with it, or alone when no attempts are coming.
+            let pending = ready.count - readyIndex
+            if writing == nil && pending <= ahead / 2 || writing == nil && outcomes.count >= ahead * 4 {
                 var batch: [Outgoing] = []
                 if !stopping {
                     queue.append(feed.take())
                     let now = clock.now
-                    let pending = ready.count - readyIndex
                     var room = min(ahead - pending, maxInFlight - inFlight - pending)
                     while room > 0, let item = queue.pop(now: now, lastSent: { lastSent[$0] }) {
                         batch.append(item)
@@ -336,7 +339,6 @@ public final class RunEngine: Sendable {
             // Sleep until the next few sends are due, or a held message is; answers and writes
             // are picked up on the way.
             var wake = now + longestSleep
-            let pending = ready.count - readyIndex
             if writing != nil { wake = min(wake, now + .milliseconds(5)) }
             if !stopping {
                 if answered == 0 && sentAny {
@@ -347,7 +349,7 @@ public final class RunEngine: Sendable {
                 // Room for more ahead: the next messages are due (or being read, or held back until
                 // a time). Without room, a held message's time is no reason to wake: that would
                 // spin while sends wait out a throttling pause.
-                if writing == nil && pending < ahead && inFlight + pending < maxInFlight {
+                if writing == nil && pending <= ahead / 2 && inFlight + pending < maxInFlight {
                     if !queue.isEmpty || !feed.exhausted { wake = min(wake, now + .milliseconds(5)) }
                     if let held = queue.nextWake { wake = min(wake, held) }
                 }
