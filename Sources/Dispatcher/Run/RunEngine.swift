@@ -180,13 +180,13 @@ public final class RunEngine: Sendable {
     ///   for the loop), and decides what each means;
     /// - starts the requests the rate budget allows now, from those whose attempt is already
     ///   committed to the ledger;
-    /// - when fewer than about 50 ms of sends are committed ahead and no ledger write is under way,
+    /// - when fewer than about 75 ms of sends are committed ahead and no ledger write is under way,
     ///   takes the next messages from the queue (the pair rule holds back a tenant's second
     ///   invoice) and writes their attempts, together with the outcomes read so far, in one
     ///   transaction beside the loop. A slow commit therefore never holds the pace back, and never
     ///   releases a bunch of sends at once.
     ///
-    /// A crash leaves at most those 50 ms of committed attempts unsent; like the requests in
+    /// A crash leaves at most those 100 ms of committed attempts unsent; like the requests in
     /// flight, they become `unknown` on the next run. A stop (SIGINT/SIGTERM, a halt) puts them
     /// back in the queue.
     public func dispatch(_ options: RunOptions, progress: (@Sendable (RunProgress) -> Void)? = nil) async throws -> StopReason? {
@@ -200,7 +200,11 @@ public final class RunEngine: Sendable {
         let answers = Answers()
         let maxInFlight = max(8, min(1024, Int(options.rate * 0.6)))
         let perTick = max(1, Int(options.rate / 200))
-        let ahead = max(2, Int(options.rate / 20))
+        // Attempts committed ahead of their requests: 100 ms of sends, written 25 ms at a time, so
+        // that a commit may take 75 ms before the sends run dry (50 ms fsyncs were measured while
+        // `serve` wrote the run's statuses to the same disk; with 25 ms of margin they cost 4 %).
+        let ahead = max(4, Int(options.rate / 10))
+        let refill = ahead * 3 / 4
         let longestSleep = Duration.milliseconds(20)
         /// When each recipient's last request left (the pair rule counts from there).
         var lastSent: [String: ContinuousClock.Instant] = [:]
@@ -301,11 +305,11 @@ public final class RunEngine: Sendable {
             }
 
             // The next ledger write: outcomes so far, and the attempts of the next sends. It waits
-            // until half the sends committed ahead have left, so that each commit carries about
-            // 25 ms of them (40 commits a second at 1,000/s rather than one per tick); outcomes go
-            // with it, or alone when no attempts are coming.
+            // until a quarter of the sends committed ahead have left, so that each commit carries
+            // about 25 ms of them (40 commits a second at 1,000/s rather than one per tick);
+            // outcomes go with it, or alone when no attempts are coming.
             let pending = ready.count - readyIndex
-            if writing == nil && pending <= ahead / 2 || writing == nil && outcomes.count >= ahead * 4 {
+            if writing == nil && pending <= refill || writing == nil && outcomes.count >= ahead * 4 {
                 var batch: [Outgoing] = []
                 if !stopping {
                     queue.append(feed.take())
@@ -349,7 +353,7 @@ public final class RunEngine: Sendable {
                 // Room for more ahead: the next messages are due (or being read, or held back until
                 // a time). Without room, a held message's time is no reason to wake: that would
                 // spin while sends wait out a throttling pause.
-                if writing == nil && pending <= ahead / 2 && inFlight + pending < maxInFlight {
+                if writing == nil && pending <= refill && inFlight + pending < maxInFlight {
                     if !queue.isEmpty || !feed.exhausted { wake = min(wake, now + .milliseconds(5)) }
                     if let held = queue.nextWake { wake = min(wake, held) }
                 }
