@@ -97,4 +97,19 @@ struct RateBudgetTests {
         #expect(after.count <= 5)
         #expect(budget.due(10, now: start + .milliseconds(605)) > start + .milliseconds(605))
     }
+
+    @Test("each throttling episode slows the rest of the run by 1.5 %, down to 90 %; answers within one pause count once")
+    func slowerAfterThrottling() {
+        let start = ContinuousClock.now
+        var budget = RateBudget(rate: 1000, now: start)
+        #expect(budget.limit == 985)
+        budget.pause(seconds: 1, now: start)
+        budget.pause(seconds: 1, now: start + .milliseconds(3))  // another answer of the same episode
+        #expect(budget.limit == 970)
+        let released = drive(&budget, start: start, at: Array(stride(from: 1_000, through: 11_000, by: 5)))
+        #expect(most(inOneSecond: released) <= 970)
+        #expect(released.count >= 9_650 && released.count <= 9_720)
+        for n in 0..<20 { budget.pause(seconds: 0.01, now: start + .seconds(20 + n)) }
+        #expect(budget.limit == 900)
+    }
 }
