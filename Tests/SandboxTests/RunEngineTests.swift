@@ -153,6 +153,8 @@ struct RunEngineTests {
             try await e.client.shutdown()
             #expect(error.code == 190)
             #expect(haltAdvice(error).contains("WHATSAPP_ACCESS_TOKEN"))
+            // The first request went alone, and its answer halted the run: one request, not a window.
+            #expect(try await h.requests().count == 1)
             #expect(try await h.store.stateCounts(run: "halt") == [.queued: 10])
         }
         try await Harness.run(store: store) { h in
