@@ -5,6 +5,7 @@ import Foundation
 //
 //   swift run -c release dispatcher-bench            # all benchmarks, 1,000,000 rows
 //   swift run -c release dispatcher-bench --rows 200000
+//   swift run -c release dispatcher-bench --only send --pin   # sender on core 0, sandbox + serve on the last
 //
 // Each measurement runs in a child process of this one, so that its peak memory (VmHWM) is its own.
 
@@ -132,9 +133,12 @@ if only == nil || only == "sandbox" {
 
 // 4. Sending: achieved rate and CPU per message.
 if only == nil || only == "send" {
+    let placement = Placement.choose(pin: arguments.contains("--pin"))
+    print("send: \(placement.label)")
     for (rate, latency) in [(80, 0), (80, 100), (1000, 0), (1000, 100)] {
         print("send at \(rate)/s with +\(latency) ms…")
-        table.append(try await sendBenchmark(dispatcher: dispatcherPath, rate: rate, latencyMs: latency, seconds: rate == 80 ? 15 : 10))
+        table.append(try await sendBenchmark(dispatcher: dispatcherPath, rate: rate, latencyMs: latency, seconds: rate == 80 ? 15 : 10,
+                                             placement: placement))
     }
 }
 

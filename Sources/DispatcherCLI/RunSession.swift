@@ -128,9 +128,13 @@ struct RunSession {
         // The lease is renewed beside the run; if another process took it, the run halts.
         let renewal = Task { await lease.keep { reason in engine.halt(reason) } }
         let sending: Result<(RunOptions, [MessageState: Int], StopReason?), any Error>
+        // Preparing (import, rendering, storing) and sending are measured apart: the rate target is
+        // about sending; preparing is a one-off step before it.
+        var prepared = (cpu: cpuBefore, wall: wallBefore)
         do {
             let options = try await prepare(engine, console)
             let countsBefore = try await store.stateCounts(run: run)
+            prepared = (processCPUSeconds(), ContinuousClock.now)
             sending = .success((options, countsBefore, try await engine.dispatch(options, progress: terminal ? printProgress : nil)))
         } catch {
             sending = .failure(error)
@@ -142,12 +146,13 @@ struct RunSession {
         if settle.stats {
             let sent = try await store.stateCounts(run: run).filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +)
                 - countsBefore.filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +)
-            let elapsed = ContinuousClock.now - wallBefore
-            let wall = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            let cpu = processCPUSeconds() - cpuBefore
-            console.say(String(format: "stats: %d messages in %.2f s (%.1f/s, %.1f%% of --rate %.0f, at most %d in any second as they left); %.0f µs CPU per message while sending (%.2f of a core)",
+            func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+            let wall = seconds(ContinuousClock.now - prepared.wall)
+            let cpu = processCPUSeconds() - prepared.cpu
+            let prepareWall = seconds(prepared.wall - wallBefore), prepareCPU = prepared.cpu - cpuBefore
+            console.say(String(format: "stats: %d messages in %.2f s (%.1f/s, %.1f%% of --rate %.0f, at most %d in any second as they left); %.0f µs CPU per message while sending (%.2f of a core); preparing took %.2f s, %.0f µs CPU per message",
                                sent, wall, Double(sent) / wall, Double(sent) / wall / options.rate * 100, options.rate, engine.mostSendsInOneSecond,
-                               sent > 0 ? cpu / Double(sent) * 1e6 : 0, cpu / wall))
+                               sent > 0 ? cpu / Double(sent) * 1e6 : 0, cpu / wall, prepareWall, sent > 0 ? prepareCPU / Double(sent) * 1e6 : 0))
         }
         if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
 

@@ -82,20 +82,24 @@ struct RunEngineTests {
             #expect(times.count == 150)
             var most = 0
             var start = 0
+            var worst = (0, 0)
             for end in times.indices {
                 while times[end] - times[start] >= 1 { start += 1 }
+                if end - start + 1 > most { worst = (start, end) }
                 most = max(most, end - start + 1)
             }
+            if most > 55 { print("pacing test (\(engine)): at the sandbox \(most) window \(times[worst.0] - times[0])...\(times[worst.1] - times[0]) gaps \((max(1, worst.0 - 3)..<min(times.count, worst.1 + 3)).map { Int((times[$0] - times[$0 - 1]) * 1000) })") }
             // As the requests left: what the pacer controls. (Where the sandbox receives them, a
             // loaded machine adds its own jitter: a debug build with the suite in parallel put 52 in
             // one window there; a real pacing bug, sends bunched by a slow ledger, put 55.)
             #expect(e.mostSendsInOneSecond <= 50, "most in one second as they left: \(e.mostSendsInOneSecond)")
             #expect(most <= 55, "most in one second at the sandbox: \(most)")
             #expect(try await h.store.stateCounts(run: "paced")[.failed] == nil)
-            let achieved = Double(times.count - 1) / (times.last! - times.first!)
-            // The rate is reached. (Computed from first and last arrival: one late first arrival on a
-            // loaded machine shortens the span, so the upper side allows 2 %; "never above" is the
-            // exact check on releases above.)
+            // The rate is reached, from the second arrival to the last: the first request goes alone
+            // and the rest wait for its answer (up to 200 ms on a loaded machine, a tenth of this
+            // short run). One late arrival shortens the span, so the upper side allows 2 %;
+            // "never above" is the exact check on releases above.
+            let achieved = Double(times.count - 2) / (times.last! - times[1])
             #expect(achieved >= 0.95 * 50 && achieved <= 1.02 * 50, "achieved \(achieved)/s")
         }
     }
@@ -149,6 +153,8 @@ struct RunEngineTests {
             try await e.client.shutdown()
             #expect(error.code == 190)
             #expect(haltAdvice(error).contains("WHATSAPP_ACCESS_TOKEN"))
+            // The first request went alone, and its answer halted the run: one request, not a window.
+            #expect(try await h.requests().count == 1)
             #expect(try await h.store.stateCounts(run: "halt") == [.queued: 10])
         }
         try await Harness.run(store: store) { h in

@@ -56,6 +56,14 @@ public final class GraphClient: Sendable {
     public let configuration: GraphConfiguration
     private let http: HTTPClient
     private let encoder: JSONEncoder
+    private let messagesURL: URL
+    private let headers: HTTPHeaders
+    /// Every send runs on this one event loop: its connections, their answers and the outcome
+    /// callbacks share a thread instead of waking each other across two. (The loop is the client's
+    /// whole group rather than a per-request requirement: AsyncHTTPClient closes connections
+    /// bound to a required loop as soon as they are idle, which cost a new TCP connection for
+    /// nearly every send.)
+    private let loop: any EventLoop
 
     public init(configuration: GraphConfiguration) {
         self.configuration = configuration
@@ -64,7 +72,11 @@ public final class GraphClient: Sendable {
                                               + configuration.connectTimeout.components.attoseconds / 1_000_000_000)
         config.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = configuration.maxConnections
         config.decompression = .disabled
-        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+        // One event loop of the process's shared group, used as the client's whole group.
+        loop = HTTPClient.defaultEventLoopGroup.next()
+        http = HTTPClient(eventLoopGroup: loop, configuration: config)
+        messagesURL = URL(string: "\(configuration.root)/\(configuration.phoneNumberID)/messages") ?? URL(fileURLWithPath: "/invalid-base-url")
+        headers = ["Authorization": "Bearer \(configuration.accessToken)", "Content-Type": "application/json"]
         encoder = JSONEncoder()
         encoder.outputFormatting = [.withoutEscapingSlashes]
     }
@@ -82,23 +94,42 @@ public final class GraphClient: Sendable {
 
     /// Sends a request body as it was stored (a retry sends exactly the same message).
     public func send(body: Data) async -> SendOutcome {
-        var request = HTTPClientRequest(url: "\(configuration.root)/\(configuration.phoneNumberID)/messages")
-        request.method = .POST
-        request.headers.add(name: "Authorization", value: "Bearer \(configuration.accessToken)")
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.body = .bytes(ByteBuffer(bytes: body))
-        let status: Int
-        let headers: HTTPHeaders
-        let answer: ByteBuffer
-        do {
-            let response = try await http.execute(request, timeout: timeAmount(configuration.timeout))
-            status = Int(response.status.code)
-            headers = response.headers
-            answer = try await response.body.collect(upTo: configuration.maxResponseBytes)
-        } catch {
-            return Self.transportOutcome(error)
+        await withCheckedContinuation { continuation in
+            start(body: ByteBuffer(bytes: body)) { continuation.resume(returning: $0) }
         }
-        return Self.outcome(status: status, retryAfter: headers.first(name: "Retry-After"), body: Data(answer.readableBytesView))
+    }
+
+    /// Starts several sends and returns at once; each `completion` gets its outcome on the client's
+    /// event loop. The billing run sends this way: one hop to the event loop for the whole batch
+    /// (the requests then start where their connections live), no task per message, and each
+    /// outcome is read where its answer arrived.
+    func start(_ sends: [(body: ByteBuffer, completion: @Sendable (SendOutcome) -> Void)]) {
+        guard !sends.isEmpty else { return }
+        loop.execute {
+            for send in sends { self.start(body: send.body, completion: send.completion) }
+        }
+    }
+
+    /// Starts one send; `completion` gets the outcome on the client's event loop.
+    func start(body: ByteBuffer, completion: @escaping @Sendable (SendOutcome) -> Void) {
+        let request: HTTPClient.Request
+        do {
+            request = try HTTPClient.Request(url: messagesURL, method: .POST, headers: headers, body: .byteBuffer(body))
+        } catch {
+            return completion(.notSent("cannot build the request: \(error)"))
+        }
+        let accumulator = ResponseAccumulator(request: request, maxBodySize: configuration.maxResponseBytes)
+        http.execute(request: request, delegate: accumulator, eventLoop: .delegate(on: loop),
+                     deadline: .now() + timeAmount(configuration.timeout))
+            .futureResult.whenComplete { result in
+                switch result {
+                case .success(let response):
+                    let body = response.body.map { Data($0.readableBytesView) } ?? Data()
+                    completion(Self.outcome(status: Int(response.status.code), retryAfter: response.headers.first(name: "Retry-After"), body: body))
+                case .failure(let error):
+                    completion(Self.transportOutcome(error))
+                }
+            }
     }
 
     /// Reads Meta's answer: a wamid, or its error envelope classified by code.

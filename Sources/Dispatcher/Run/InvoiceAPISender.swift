@@ -12,7 +12,6 @@ public final class InvoiceAPISender: InvoiceSendService {
     let defaultLanguage: String
     let phones: PhoneNormalizer
     let pacer: Pacer
-    let ledger: LedgerWriter
 
     public static let templates: Set<String> = ["invoice", "rentcall", "rentcall_reminder", "rentcall_last_reminder"]
 
@@ -24,7 +23,6 @@ public final class InvoiceAPISender: InvoiceSendService {
         self.defaultLanguage = defaultLanguage
         self.phones = PhoneNormalizer(defaultCountryCode: defaultCountryCode)
         self.pacer = Pacer(rate: rate)
-        self.ledger = LedgerWriter(store: store)
     }
 
     public func sendInvoice(_ request: SendInvoiceRequest, organizationID: String?) async throws -> SendInvoiceResponse {
@@ -108,24 +106,24 @@ public final class InvoiceAPISender: InvoiceSendService {
     /// One message, with up to two quick retries of transient errors and one wait on throttling.
     func send(messageID: String, body: [UInt8], display: String) async throws -> SendInvoiceResponse.Result {
         for round in 0..<3 {
-            let attempt = try await ledger.begin(messageID)
+            let attempt = try await store.beginAttempt(messageID: messageID, at: wallClock())
             try await pacer.slot()
             switch await client.send(body: Data(body)) {
             case .accepted(let wamid, _):
-                try await ledger.record(.accepted(messageID: messageID, attempt: attempt, wamid: wamid))
+                try await store.recordOutcomes([AttemptOutcome.accepted(messageID: messageID, attempt: attempt, wamid: wamid)], at: wallClock())
                 return .init(phoneNumber: display, success: true, id: messageID, wamid: wamid, state: "accepted", error: nil)
             case .unknown(let reason):
-                try await ledger.record(.unknown(messageID: messageID, attempt: attempt, reason: reason))
+                try await store.recordOutcomes([AttemptOutcome.unknown(messageID: messageID, attempt: attempt, reason: reason)], at: wallClock())
                 return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "unknown",
                              error: "no answer from WhatsApp; its status will follow if it was sent")
             case .notSent(let reason):
                 let error = SendError(code: nil, title: "not sent: \(reason)")
-                try await ledger.record(.rejected(messageID: messageID, attempt: attempt, error: error, final: round == 2))
+                try await store.recordOutcomes([AttemptOutcome.rejected(messageID: messageID, attempt: attempt, error: error, final: round == 2)], at: wallClock())
                 if round == 2 { return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed", error: error.title) }
             case .rejected(let e):
                 let retry = round < 2 && (e.errorClass == .transient || e.errorClass == .throttled)
                 let error = SendError(code: e.code, title: e.title, details: e.details)
-                try await ledger.record(.rejected(messageID: messageID, attempt: attempt, error: error, final: !retry))
+                try await store.recordOutcomes([AttemptOutcome.rejected(messageID: messageID, attempt: attempt, error: error, final: !retry)], at: wallClock())
                 if !retry {
                     return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed",
                                  error: "\(e.code.map { "(#\($0)) " } ?? "")\(e.title)")

@@ -1,8 +1,10 @@
+import NIOCore
+
 /// A message on its way: what to send, and how its retries have gone.
 struct Outgoing: Sendable {
     var id: String
     var phone: String
-    var body: [UInt8]
+    var body: ByteBuffer
     /// Retries so far for each reason (pair rate: 4^x seconds; transient: exponential with jitter).
     var pairRetries = 0
     var transientRetries = 0

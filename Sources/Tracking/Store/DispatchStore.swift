@@ -37,6 +37,10 @@ public protocol DispatchStore: Sendable {
     func beginAttempts(messageIDs: [String], at time: Double) async throws -> [String: Int]
     /// Several outcomes at once (one transaction).
     func recordOutcomes(_ outcomes: [AttemptOutcome], at time: Double) async throws
+    /// The billing run's ledger write for one tick of its loop: the outcomes that came back, then
+    /// the attempts about to leave (a message requeued by one of the outcomes may begin again in
+    /// the same write). Returns each begun message's attempt number.
+    func recordLedger(outcomes: [AttemptOutcome], begin messageIDs: [String], at time: Double) async throws -> [String: Int]
     /// After a crash: messages left `sending` become `unknown` (the request may have left). Returns how many.
     func markInterrupted(run: String, at time: Double) async throws -> Int
     /// Messages waiting to be sent in a run, in order, a page at a time.
@@ -85,6 +89,12 @@ public protocol DispatchStore: Sendable {
 
 /// The single-message forms of the ledger, the same for every store.
 extension DispatchStore {
+    /// Two writes, in that order (a store that can do both in one transaction does).
+    public func recordLedger(outcomes: [AttemptOutcome], begin messageIDs: [String], at time: Double) async throws -> [String: Int] {
+        if !outcomes.isEmpty { try await recordOutcomes(outcomes, at: time) }
+        return messageIDs.isEmpty ? [:] : try await beginAttempts(messageIDs: messageIDs, at: time)
+    }
+
     public func beginAttempt(messageID: String, at time: Double) async throws -> Int {
         guard let number = try await beginAttempts(messageIDs: [messageID], at: time)[messageID] else { throw StoreError("no message \(messageID)") }
         return number

@@ -4,53 +4,68 @@ import GRDB
 /// The send ledger: attempts recorded before requests leave, outcomes after.
 extension SQLiteStore {
     public func beginAttempts(messageIDs: [String], at time: Double) async throws -> [String: Int] {
-        try await pool.write { db in
-            var numbers: [String: Int] = [:]
-            let select = try db.cachedStatement(sql: "SELECT attempts FROM messages WHERE id = ?")
-            let update = try db.cachedStatement(sql: "UPDATE messages SET state = 'sending', state_rank = ?, attempts = ?, updated_at = ? WHERE id = ?")
-            let insert = try db.cachedStatement(sql: "INSERT INTO attempts (message_id, number, started_at, outcome) VALUES (?, ?, ?, 'sending')")
-            for id in messageIDs {
-                guard let attempts = try Int.fetchOne(select, arguments: [id]) else { throw StoreError("no message \(id)") }
-                let number = attempts + 1
-                try update.execute(arguments: [MessageState.sending.rank, number, time, id])
-                try insert.execute(arguments: [id, number, time])
-                numbers[id] = number
-            }
-            return numbers
-        }
+        try await pool.write { db in try Self.beginAttempts(db, messageIDs: messageIDs, at: time) }
     }
 
     public func recordOutcomes(_ outcomes: [AttemptOutcome], at time: Double) async throws {
-        try await pool.write { db in
-            let attempt = try db.cachedStatement(sql: """
-                UPDATE attempts SET outcome = ?, finished_at = ?, wamid = ?, error_code = ?, error_title = ?, error_details = ?
-                WHERE message_id = ? AND number = ?
-                """)
-            for outcome in outcomes {
-                switch outcome {
-                case .accepted(let id, let number, let wamid):
-                    try attempt.execute(arguments: ["accepted", time, wamid, nil, nil, nil, id, number])
-                    // Only forward: a webhook may already have said `sent` or more.
-                    try db.cachedStatement(sql: """
-                        UPDATE messages SET wamid = ?, accepted_at = COALESCE(accepted_at, ?), updated_at = ?,
-                            state = CASE WHEN state_rank < 3 THEN 'accepted' ELSE state END,
-                            state_rank = CASE WHEN state_rank < 3 THEN 3 ELSE state_rank END
-                        WHERE id = ?
-                        """).execute(arguments: [wamid, time, time, id])
-                    try Self.attachPendingEvents(db, messageID: id, wamid: wamid)
-                case .rejected(let id, let number, let error, let final):
-                    try attempt.execute(arguments: [final ? "rejected" : "retry", time, nil, error.code, error.title, error.details, id, number])
-                    let state: MessageState = final ? .failed : .queued
-                    try db.cachedStatement(sql: """
-                        UPDATE messages SET state = ?, state_rank = ?, error_code = ?, error_title = ?, error_details = ?, updated_at = ?,
-                            failed_at = CASE WHEN ? THEN ? ELSE failed_at END
-                        WHERE id = ? AND state = 'sending'
-                        """).execute(arguments: [state.rawValue, state.rank, error.code, error.title, error.details, time, final, time, id])
-                case .unknown(let id, let number, let reason):
-                    try attempt.execute(arguments: ["unknown", time, nil, nil, reason, nil, id, number])
-                    try db.cachedStatement(sql: "UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = ? WHERE id = ? AND state = 'sending'")
-                        .execute(arguments: [time, id])
-                }
+        try await pool.write { db in try Self.recordOutcomes(db, outcomes, at: time) }
+    }
+
+    /// One transaction, so one commit (one fsync) per tick of the billing run.
+    public func recordLedger(outcomes: [AttemptOutcome], begin messageIDs: [String], at time: Double) async throws -> [String: Int] {
+        if outcomes.isEmpty && messageIDs.isEmpty { return [:] }
+        return try await pool.write { db in
+            try Self.recordOutcomes(db, outcomes, at: time)
+            return try Self.beginAttempts(db, messageIDs: messageIDs, at: time)
+        }
+    }
+
+    static func beginAttempts(_ db: Database, messageIDs: [String], at time: Double) throws -> [String: Int] {
+        var numbers: [String: Int] = [:]
+        guard !messageIDs.isEmpty else { return numbers }
+        let select = try db.cachedStatement(sql: "SELECT attempts FROM messages WHERE id = ?")
+        let update = try db.cachedStatement(sql: "UPDATE messages SET state = 'sending', state_rank = ?, attempts = ?, updated_at = ? WHERE id = ?")
+        let insert = try db.cachedStatement(sql: "INSERT INTO attempts (message_id, number, started_at, outcome) VALUES (?, ?, ?, 'sending')")
+        for id in messageIDs {
+            guard let attempts = try Int.fetchOne(select, arguments: [id]) else { throw StoreError("no message \(id)") }
+            let number = attempts + 1
+            try update.execute(arguments: [MessageState.sending.rank, number, time, id])
+            try insert.execute(arguments: [id, number, time])
+            numbers[id] = number
+        }
+        return numbers
+    }
+
+    static func recordOutcomes(_ db: Database, _ outcomes: [AttemptOutcome], at time: Double) throws {
+        guard !outcomes.isEmpty else { return }
+        let attempt = try db.cachedStatement(sql: """
+            UPDATE attempts SET outcome = ?, finished_at = ?, wamid = ?, error_code = ?, error_title = ?, error_details = ?
+            WHERE message_id = ? AND number = ?
+            """)
+        for outcome in outcomes {
+            switch outcome {
+            case .accepted(let id, let number, let wamid):
+                try attempt.execute(arguments: ["accepted", time, wamid, nil, nil, nil, id, number])
+                // Only forward: a webhook may already have said `sent` or more.
+                try db.cachedStatement(sql: """
+                    UPDATE messages SET wamid = ?, accepted_at = COALESCE(accepted_at, ?), updated_at = ?,
+                        state = CASE WHEN state_rank < 3 THEN 'accepted' ELSE state END,
+                        state_rank = CASE WHEN state_rank < 3 THEN 3 ELSE state_rank END
+                    WHERE id = ?
+                    """).execute(arguments: [wamid, time, time, id])
+                try Self.attachPendingEvents(db, messageID: id, wamid: wamid)
+            case .rejected(let id, let number, let error, let final):
+                try attempt.execute(arguments: [final ? "rejected" : "retry", time, nil, error.code, error.title, error.details, id, number])
+                let state: MessageState = final ? .failed : .queued
+                try db.cachedStatement(sql: """
+                    UPDATE messages SET state = ?, state_rank = ?, error_code = ?, error_title = ?, error_details = ?, updated_at = ?,
+                        failed_at = CASE WHEN ? THEN ? ELSE failed_at END
+                    WHERE id = ? AND state = 'sending'
+                    """).execute(arguments: [state.rawValue, state.rank, error.code, error.title, error.details, time, final, time, id])
+            case .unknown(let id, let number, let reason):
+                try attempt.execute(arguments: ["unknown", time, nil, nil, reason, nil, id, number])
+                try db.cachedStatement(sql: "UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = ? WHERE id = ? AND state = 'sending'")
+                    .execute(arguments: [time, id])
             }
         }
     }

@@ -19,9 +19,11 @@ public final class SQLiteStore: DispatchStore {
         configuration.busyMode = .timeout(busyTimeout)
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
-            // Reads map the file instead of copying each page through pread: a million-message
-            // report reads the whole run. (Writes still go through the WAL as before.)
-            try db.execute(sql: "PRAGMA mmap_size = 1073741824")
+            // Readers map the file instead of copying each page through pread: a million-message
+            // report reads the whole run. The writer does not: SQLite maps the file again each
+            // time a checkpoint grows it, and during a billing run that was 25 unmaps a second
+            // and their page faults, about 5 % of the sending CPU.
+            if db.configuration.readonly { try db.execute(sql: "PRAGMA mmap_size = 1073741824") }
         }
         do {
             pool = try DatabasePool(path: path, configuration: configuration)
