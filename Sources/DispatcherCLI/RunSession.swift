@@ -53,7 +53,13 @@ struct RunSession {
         let receiverReady = PortSignal(), sandboxReady = PortSignal()
         if let (host, port) = listen, let appSecret {
             let server = DispatcherServer(store: store, configuration: ServerConfiguration(appSecret: appSecret))
-            services.append(EmbeddedService { try await server.run(host: host, port: port, logger: logger) { await receiverReady.set($0) } })
+            services.append(EmbeddedService {
+                // A port already taken must end the run with the reason, not leave it waiting for the port.
+                do { try await server.run(host: host, port: port, logger: logger) { await receiverReady.set($0) } } catch {
+                    await receiverReady.fail(StartFailure("cannot receive webhooks on \(host):\(port): \(error)"))
+                    throw error
+                }
+            })
         }
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [], logger: logger))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
@@ -65,7 +71,12 @@ struct RunSession {
                     appSecret: appSecret, webhookURL: receiverPort.map { "http://127.0.0.1:\($0)/webhook" }, throughput: 1000,
                     statusSpacing: 0.3, templates: catalog, scenario: scenario))
                 let simulatorGroup = ServiceGroup(configuration: .init(
-                    services: [EmbeddedService { try await simulator.run(logger: logger) { await sandboxReady.set($0) } }],
+                    services: [EmbeddedService {
+                        do { try await simulator.run(logger: logger) { await sandboxReady.set($0) } } catch {
+                            await sandboxReady.fail(StartFailure("cannot start the sandbox: \(error)"))
+                            throw error
+                        }
+                    }],
                     gracefulShutdownSignals: [], logger: logger))
                 sandboxGroup = simulatorGroup
                 tasks.addTask { try await simulatorGroup.run() }
@@ -88,7 +99,7 @@ struct RunSession {
                 }
                 inner.addTask {
                     do {
-                        try await perform(engine: engine, store: store, run: run, console: console, settleWindow: settleWindow, prepare: prepare)
+                        try await perform(engine: engine, store: store, run: run, console: console, settleWindow: settleWindow, logger: logger, prepare: prepare)
                         return .success(())
                     } catch {
                         return .failure(error)
@@ -103,15 +114,32 @@ struct RunSession {
                 }
                 return outcome
             }
-            try? await client.shutdown()
+            // The run is over and recorded: shutting down must not keep the command from returning.
+            // Each step is given a few seconds; one that takes longer is named and left behind.
+            logger.debug("run: shutting down the Graph client")
+            if !(await finishes(within: .seconds(5), { try? await client.shutdown() })) {
+                logger.warning("the Graph API client did not shut down within 5 s; exiting without it")
+            }
+            logger.debug("run: shutting down the sandbox and the receiver")
             await sandboxGroup?.triggerGracefulShutdown()
             await group.triggerGracefulShutdown()
-            try await tasks.waitForAll()
+            tasks.addTask {
+                try await Task.sleep(for: .seconds(10))
+                throw ShutdownTimedOut()
+            }
+            do {
+                // One result per service group; the timer's only if they take longer.
+                for _ in 0..<(sandboxGroup == nil ? 1 : 2) { try await tasks.next() }
+            } catch is ShutdownTimedOut {
+                logger.warning("the webhook receiver or the sandbox did not stop within 10 s; exiting without them")
+            }
+            tasks.cancelAll()
+            logger.debug("run: services stopped")
             try outcome.get()
         }
     }
 
-    private func perform(engine: RunEngine, store: any DispatchStore, run: String, console: Console, settleWindow: Duration,
+    private func perform(engine: RunEngine, store: any DispatchStore, run: String, console: Console, settleWindow: Duration, logger: Logger,
                          prepare: @escaping @Sendable (RunEngine, Console) async throws -> RunOptions) async throws {
         // One run per sender number at a time (on every machine sharing the database), from
         // preparing (which resolves what a crash left `sending`) to the last send.
@@ -122,6 +150,7 @@ struct RunSession {
             FileHandle.standardError.write(Data("error: \(busy)\n".utf8))
             throw ExitCode(1)
         }
+        logger.debug("run: sender lease acquired")
         let terminal = isatty(STDERR_FILENO) == 1 && !settle.json
         let cpuBefore = processCPUSeconds()
         let wallBefore = ContinuousClock.now
@@ -135,13 +164,16 @@ struct RunSession {
             let options = try await prepare(engine, console)
             let countsBefore = try await store.stateCounts(run: run)
             prepared = (processCPUSeconds(), ContinuousClock.now)
+            logger.debug("run: prepared; dispatching")
             sending = .success((options, countsBefore, try await engine.dispatch(options, progress: terminal ? printProgress : nil)))
         } catch {
             sending = .failure(error)
         }
+        logger.debug("run: dispatch ended; releasing the sender lease")
         renewal.cancel()
         await renewal.value
         await lease.release()
+        logger.debug("run: sender lease released")
         let (options, countsBefore, stop) = try sending.get()
         if settle.stats {
             let sent = try await store.stateCounts(run: run).filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +)
@@ -171,11 +203,13 @@ struct RunSession {
             record.status = "settling"
             try await store.saveRun(record)
             counts = try await engine.settle(run: run, window: settleWindow)
+            logger.debug("run: settled")
             record.status = "done"
         }
         record.finishedAt = Date().timeIntervalSince1970
         try await store.saveRun(record)
 
+        logger.debug("run: writing the reports")
         let directory = settle.out ?? reportDirectory(run: run, landlord: nil)
         let writer = try await DeliveryReportWriter(templatesDirectory: templatesDirectory, lang: settle.lang)
         let files = try await writer.write(run: record, store: store, to: directory, settle: "\(settleWindow)")
@@ -196,21 +230,52 @@ struct RunSession {
     }
 }
 
-/// Hands a listening port from a server task to the code waiting for it.
+/// Hands a listening port (or why there is none) from a server task to the code waiting for it.
 actor PortSignal {
-    private var port: Int?
-    private var waiters: [CheckedContinuation<Int, Never>] = []
+    private var result: Result<Int, any Error>?
+    private var waiters: [CheckedContinuation<Int, any Error>] = []
 
-    func set(_ port: Int) {
-        self.port = port
-        for waiter in waiters { waiter.resume(returning: port) }
+    func set(_ port: Int) { finish(.success(port)) }
+
+    /// The server could not start: the waiter gets the error instead of waiting forever.
+    func fail(_ error: any Error) { finish(.failure(error)) }
+
+    private func finish(_ result: Result<Int, any Error>) {
+        guard self.result == nil else { return }
+        self.result = result
+        for waiter in waiters { waiter.resume(with: result) }
         waiters.removeAll()
     }
 
     func wait() async throws -> Int {
-        if let port { return port }
-        return await withCheckedContinuation { waiters.append($0) }
+        if let result { return try result.get() }
+        return try await withCheckedThrowingContinuation { waiters.append($0) }
     }
+}
+
+/// A server of the run (the receiver, the sandbox) that did not start.
+struct StartFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+struct ShutdownTimedOut: Error {}
+
+/// Whether `body` finished within `limit`. It runs in a task of its own, and is left behind (not
+/// cancelled, not awaited) when it takes longer: for steps that must not keep a command from ending.
+func finishes(within limit: Duration, _ body: @escaping @Sendable () async -> Void) async -> Bool {
+    let (stream, continuation) = AsyncStream.makeStream(of: Bool.self)
+    Task {
+        await body()
+        continuation.yield(true)
+    }
+    let timer = Task {
+        try await Task.sleep(for: limit)
+        continuation.yield(false)
+    }
+    defer { timer.cancel() }
+    for await finished in stream { return finished }
+    return false
 }
 
 /// The progress line on a terminal: sent, failed, unknown, remaining, rate, ETA.

@@ -165,6 +165,34 @@ struct SendCommandTests {
         #expect(row("C")["attempts"] == "1")  // read: never touched
     }
 
+    @Test("a --listen port already taken ends the run at once with the reason, and nothing is sent")
+    func listenPortTaken() async throws {
+        let folder = try workspace("""
+            invoice_id,tenant_name,phone,amount,currency,period,document_url
+            A,Ana,+18095550101,100.00,DOP,2026-03,https://docs.example.com/A.pdf
+
+            """)
+        let port = freePort()
+        let holder = try #require(listeningSocket(port: port))
+        var held = true
+        defer { if held { close(holder) } }
+        // Before, the run waited forever for a receiver that had already failed to start.
+        let run = try Running(["send", "month.csv", "--sandbox", "--listen", "127.0.0.1:\(port)", "--settle", "1s"], in: folder, environment: [:])
+        let deadline = ContinuousClock.now + .seconds(30)
+        while run.process.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        if run.process.isRunning { run.kill(SIGKILL) }
+        #expect(run.wait() == 1)
+        let printed = run.text
+        #expect(printed.contains("cannot receive webhooks on 127.0.0.1:\(port)"), "\(printed)")
+        #expect(printed.contains("Address already in use"))
+        close(holder)
+        held = false
+        let again = try DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "2s", "--json"], in: folder)
+        #expect(again.status == 0)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(again.stdout.utf8)) as? [String: Any])
+        #expect(object["read"] as? Int == 1)
+    }
+
     @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")
     func exitCodes() throws {
         let invalid = try DispatcherProcess.run(["send", "samples/broken.csv", "--sandbox", "--db", "sqlite:\(try temporaryDirectory().path)/x.sqlite"])
