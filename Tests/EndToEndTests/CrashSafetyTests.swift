@@ -32,7 +32,45 @@ final class Running: @unchecked Sendable {
     var text: String { String(decoding: output.fileHandleForReading.availableData, as: UTF8.self) }
 }
 
-func freePort() -> Int { Int.random(in: 20_000..<40_000) }
+/// A port on 127.0.0.1 that nothing listens on or connects from, with the next one free too (a
+/// test gives `port + 1` to a second process). Chosen below Linux's ephemeral range (32768 and up),
+/// where outgoing connections take their local ports, and checked by binding both: a port already
+/// taken makes a server exit with an error, and the test would fail for the wrong reason.
+func freePort() -> Int {
+    for _ in 0..<200 {
+        let port = Int.random(in: 20_000..<32_000)
+        if canBind(port) && canBind(port + 1) { return port }
+    }
+    return Int.random(in: 20_000..<32_000)
+}
+
+/// A socket listening on 127.0.0.1:`port` (close it to free the port), or nil if the port is taken.
+func listeningSocket(port: Int) -> Int32? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return nil }
+    guard bindLoopback(fd, port: port), listen(fd, 8) == 0 else {
+        close(fd)
+        return nil
+    }
+    return fd
+}
+
+private func canBind(_ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    return bindLoopback(fd, port: port)
+}
+
+private func bindLoopback(_ fd: Int32, port: Int) -> Bool {
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+}
 
 func getJSON(_ url: String) async throws -> Any {
     let (data, _) = try await URLSession.shared.data(from: URL(string: url)!)
