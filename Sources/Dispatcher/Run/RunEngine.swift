@@ -198,6 +198,7 @@ public final class RunEngine: Sendable {
         var queue = SendQueue(pairSpacing: options.pairSpacing)
         let feed = Feed()
         let answers = Answers()
+        let firstWritten = Flag()
         let maxInFlight = max(8, min(1024, Int(options.rate * 0.6)))
         let perTick = max(1, Int(options.rate / 200))
         // Attempts committed ahead of their requests: 100 ms of sends, written 25 ms at a time, so
@@ -279,11 +280,13 @@ public final class RunEngine: Sendable {
                     budget = RateBudget(rate: options.rate, now: now)
                     begun = true
                 }
-                // The first request goes alone, and the rest wait for its answer: it opens the
-                // connection (requests queued behind a connection being opened reach Meta bunched,
-                // above the rate), and a dead token or a missing template halts the run after one
-                // request instead of a window of them.
-                let allowed = answered > 0 ? Int.max : sentAny ? 0 : 1
+                // The first request goes alone, and the rest wait until it has been written out:
+                // it opens the connection (requests queued behind a connection being opened reach
+                // Meta bunched, above the rate). They do not wait for its answer, which would cost
+                // a round trip of sends (1 % of a 10-second run at 100 ms); a dead token or a
+                // missing template then halts the run after one round trip of requests, each
+                // refused and still queued.
+                let allowed = answered > 0 || firstWritten.isSet ? Int.max : sentAny ? 0 : 1
                 let count = min(budget.available(now: now), ready.count - readyIndex, allowed)
                 if count > 0 {
                     budget.take(count, now: now)
@@ -294,8 +297,9 @@ public final class RunEngine: Sendable {
                         sends.append((item.body, { outcome in answers.add(Answer(item: item, attempt: attempt, outcome: outcome)) }))
                     }
                     inFlight += count
+                    let written: (@Sendable () -> Void)? = sentAny ? nil : { @Sendable in firstWritten.set() }
+                    client.start(sends, written: written)
                     sentAny = true
-                    client.start(sends)
                     readyIndex += count
                     if readyIndex == ready.count {
                         ready.removeAll(keepingCapacity: true)
@@ -345,8 +349,8 @@ public final class RunEngine: Sendable {
             var wake = now + longestSleep
             if writing != nil { wake = min(wake, now + .milliseconds(5)) }
             if !stopping {
-                if answered == 0 && sentAny {
-                    wake = min(wake, now + .milliseconds(2))  // the first answer
+                if answered == 0 && sentAny && !firstWritten.isSet {
+                    wake = min(wake, now + .milliseconds(1))  // the first request written
                 } else if pending > 0 {
                     wake = min(wake, budget.due(min(perTick, pending), now: now))
                 }
@@ -549,6 +553,13 @@ final class Answers: Sendable {
     }
 
     var isEmpty: Bool { state.withLock { $0.isEmpty } }
+}
+
+/// Set once, from any thread (the first request written, on the event loop), read by the loop.
+final class Flag: Sendable {
+    private let state = Atomic<Bool>(false)
+    func set() { state.store(true, ordering: .releasing) }
+    var isSet: Bool { state.load(ordering: .acquiring) }
 }
 
 /// Shared between the dispatch loop and the rest of the process: stop requests, counters.
