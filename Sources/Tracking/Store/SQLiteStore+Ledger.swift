@@ -83,10 +83,15 @@ extension SQLiteStore {
         }
     }
 
-    public func queuedMessages(run: String, after: Int64?, limit: Int) async throws -> [MessageRecord] {
+    public func queuedMessages(run: String, after: Int64?, limit: Int) async throws -> [QueuedMessage] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT \(Self.messageColumns) WHERE m.run = ? AND m.state = 'queued' AND m.seq > ? ORDER BY m.seq LIMIT ?",
-                             arguments: [run, after ?? 0, limit]).map(MessageRecord.init(row:))
+            let rows = try Row.fetchCursor(db, sql: "SELECT seq, id, phone, request_body FROM messages WHERE run = ? AND state = 'queued' AND seq > ? ORDER BY seq LIMIT ?",
+                                           arguments: [run, after ?? 0, limit])
+            var page: [QueuedMessage] = []
+            while let row = try rows.next() {
+                page.append(QueuedMessage(sequence: row[0], id: row[1], phone: row[2], requestBody: row[3]))
+            }
+            return page
         }
     }
 

@@ -55,10 +55,13 @@ extension PostgresStore {
         }
     }
 
-    public func queuedMessages(run: String, after: Int64?, limit: Int) async throws -> [MessageRecord] {
+    public func queuedMessages(run: String, after: Int64?, limit: Int) async throws -> [QueuedMessage] {
         try await rows("""
-            SELECT \(unescaped: Self.messageColumns) WHERE m.run = \(run) AND m.state = 'queued' AND m.seq > \(after ?? 0) ORDER BY m.seq LIMIT \(limit)
-            """).map(Self.messageRecord)
+            SELECT seq, id, phone, request_body FROM messages WHERE run = \(run) AND state = 'queued' AND seq > \(after ?? 0) ORDER BY seq LIMIT \(limit)
+            """).map { row in
+            let (sequence, id, phone, body) = try row.decode((Int64, String, String, String?).self)
+            return QueuedMessage(sequence: sequence, id: id, phone: phone, requestBody: body)
+        }
     }
 
     public func requeue(messageIDs: [String], at time: Double) async throws -> [String] {
