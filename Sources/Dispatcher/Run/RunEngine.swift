@@ -200,7 +200,7 @@ public final class RunEngine: Sendable {
         let answers = Answers()
         let firstWritten = Flag()
         let maxInFlight = max(8, min(1024, Int(options.rate * 0.6)))
-        let perTick = max(1, Int(options.rate / 200))
+        let perTick = max(1, Int(options.rate / 100))
         // Attempts committed ahead of their requests: 100 ms of sends, written 25 ms at a time, so
         // that a commit may take 75 ms before the sends run dry (50 ms fsyncs were measured while
         // `serve` wrote the run's statuses to the same disk; with 25 ms of margin they cost 4 %).
