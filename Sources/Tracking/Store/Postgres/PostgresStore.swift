@@ -597,8 +597,18 @@ public final class PostgresStore: DispatchStore {
     }
 
     /// Within the connect timeout: `/health` must answer even while the server is gone.
+    /// For `/health`: bounded by the connect timeout alone, tighter than a query's bound (one
+    /// timer, not `rows`' own bound inside this one).
     public func ping() async throws {
-        try await bounded(within: .milliseconds(Int64(url.connectTimeout * 1000))) { try await self.rows("SELECT 1") }
+        do {
+            try await bounded(within: .milliseconds(Int64(url.connectTimeout * 1000))) {
+                _ = try await self.client.query("SELECT 1", logger: self.logger).collect()
+            }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError(Self.explain(error, url: url))
+        }
     }
 
     // MARK: - Senders
