@@ -115,7 +115,8 @@ struct RunSession {
                 return outcome
             }
             // The run is over and recorded: shutting down must not keep the command from returning.
-            // Each step is given a few seconds; one that takes longer is named and left behind.
+            // Each step is given a few seconds; one that takes longer is named in a warning, then
+            // left behind (the Graph client) or cancelled (the services).
             logger.debug("run: shutting down the Graph client")
             if !(await finishes(within: .seconds(5), { try? await client.shutdown() })) {
                 logger.warning("the Graph API client did not shut down within 5 s; exiting without it")
@@ -131,7 +132,7 @@ struct RunSession {
                 // One result per service group; the timer's only if they take longer.
                 for _ in 0..<(sandboxGroup == nil ? 1 : 2) { try await tasks.next() }
             } catch is ShutdownTimedOut {
-                logger.warning("the webhook receiver or the sandbox did not stop within 10 s; exiting without them")
+                logger.warning("the webhook receiver or the sandbox did not stop within 10 s; cancelling them")
             }
             tasks.cancelAll()
             logger.debug("run: services stopped")

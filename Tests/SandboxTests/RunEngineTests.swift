@@ -145,7 +145,7 @@ struct RunEngineTests {
     @Test("a systemic error halts the run with everything unsent still queued; after the fix it continues", arguments: engines)
     func haltAndContinue(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
-        let options = RunOptions(run: "halt", manifest: try manifest((0..<50).map { "1809" + String(format: "%07d", $0 * 100) }), rate: 50)
+        let options = RunOptions(run: "halt", manifest: try manifest((0..<100).map { "1809" + String(format: "%07d", $0 * 100) }), rate: 50)
         try await Harness.run(scenario: Scenario(rules: [.init(match: "suffix:", outcome: .tokenExpired)]), store: store) { h in
             let e = try makeEngine(h)
             _ = try await e.prepare(options)
@@ -154,11 +154,12 @@ struct RunEngineTests {
             #expect(error.code == 190)
             #expect(haltAdvice(error).contains("WHATSAPP_ACCESS_TOKEN"))
             // The first answer halted the run: what left meanwhile (one round trip of sends, 20 ms
-            // apart) was refused too, and a second of sends never left.
+            // apart; 13 were seen in a loaded debug build) was refused too, and the rest of the
+            // two seconds of sends never left.
             let requests = try await h.requests()
             #expect(requests.allSatisfy { $0["errorCode"] as? Int == 190 })
-            #expect(requests.count < 10, "\(requests.count) requests before the halt")
-            #expect(try await h.store.stateCounts(run: "halt") == [.queued: 50])
+            #expect(requests.count < 50, "\(requests.count) requests before the halt")
+            #expect(try await h.store.stateCounts(run: "halt") == [.queued: 100])
         }
         try await Harness.run(store: store) { h in
             let e = try makeEngine(h)
@@ -166,7 +167,7 @@ struct RunEngineTests {
             #expect(try await e.dispatch(options) == nil)
             try await e.client.shutdown()
             #expect(try await h.store.stateCounts(run: "halt")[.queued] == nil)
-            #expect(try await acceptedByMessage(h).count == 50)
+            #expect(try await acceptedByMessage(h).count == 100)
         }
     }
 
