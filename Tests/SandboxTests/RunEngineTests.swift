@@ -96,8 +96,8 @@ struct RunEngineTests {
             #expect(most <= 55, "most in one second at the sandbox: \(most)")
             #expect(try await h.store.stateCounts(run: "paced")[.failed] == nil)
             // The rate is reached, from the second arrival to the last: the first request goes alone
-            // and the rest wait for its answer (up to 200 ms on a loaded machine, a tenth of this
-            // short run). One late arrival shortens the span, so the upper side allows 2 %;
+            // and the rest wait until it is written (its connection opening can take a while on a
+            // loaded machine). One late arrival shortens the span, so the upper side allows 2 %;
             // "never above" is the exact check on releases above.
             let achieved = Double(times.count - 2) / (times.last! - times[1])
             #expect(achieved >= 0.95 * 50 && achieved <= 1.02 * 50, "achieved \(achieved)/s")
