@@ -61,7 +61,7 @@ struct RunSession {
                 }
             })
         }
-        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [], logger: logger))
+        let group = ServiceGroup(configuration: serviceConfiguration(services, logger: logger))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
             if listen != nil { receiverPort = try await receiverReady.wait() }
@@ -70,14 +70,12 @@ struct RunSession {
                 let simulator = Sandbox(configuration: SandboxConfiguration(
                     appSecret: appSecret, webhookURL: receiverPort.map { "http://127.0.0.1:\($0)/webhook" }, throughput: 1000,
                     statusSpacing: 0.3, templates: catalog, scenario: scenario))
-                let simulatorGroup = ServiceGroup(configuration: .init(
-                    services: [EmbeddedService {
-                        do { try await simulator.run(logger: logger) { await sandboxReady.set($0) } } catch {
-                            await sandboxReady.fail(StartFailure("cannot start the sandbox: \(error)"))
-                            throw error
-                        }
-                    }],
-                    gracefulShutdownSignals: [], logger: logger))
+                let simulatorGroup = ServiceGroup(configuration: serviceConfiguration([EmbeddedService {
+                    do { try await simulator.run(logger: logger) { await sandboxReady.set($0) } } catch {
+                        await sandboxReady.fail(StartFailure("cannot start the sandbox: \(error)"))
+                        throw error
+                    }
+                }], logger: logger))
                 sandboxGroup = simulatorGroup
                 tasks.addTask { try await simulatorGroup.run() }
                 graphConfiguration.baseURL = "http://127.0.0.1:\(try await sandboxReady.wait())"
@@ -114,9 +112,9 @@ struct RunSession {
                 }
                 return outcome
             }
-            // The run is over and recorded: shutting down must not keep the command from returning.
-            // Each step is given a few seconds; one that takes longer is named in a warning, then
-            // left behind (the Graph client) or cancelled (the services).
+            // The run is over and recorded: shutting down must not keep the command from returning,
+            // nor change what it reports. The Graph client gets 5 s, then is left behind; the
+            // services get 10 s to stop gracefully, then are cancelled (`serviceConfiguration`).
             logger.debug("run: shutting down the Graph client")
             if !(await finishes(within: .seconds(5), { try? await client.shutdown() })) {
                 logger.warning("the Graph API client did not shut down within 5 s; exiting without it")
@@ -124,17 +122,12 @@ struct RunSession {
             logger.debug("run: shutting down the sandbox and the receiver")
             await sandboxGroup?.triggerGracefulShutdown()
             await group.triggerGracefulShutdown()
-            tasks.addTask {
-                try await Task.sleep(for: .seconds(10))
-                throw ShutdownTimedOut()
-            }
             do {
-                // One result per service group; the timer's only if they take longer.
-                for _ in 0..<(sandboxGroup == nil ? 1 : 2) { try await tasks.next() }
-            } catch is ShutdownTimedOut {
-                logger.warning("the webhook receiver or the sandbox did not stop within 10 s; cancelling them")
+                try await tasks.waitForAll()
+            } catch {
+                // The run's own outcome is what the command reports; this is said beside it.
+                logger.warning("the webhook receiver or the sandbox stopped with an error", metadata: ["error": "\(error)"])
             }
-            tasks.cancelAll()
             logger.debug("run: services stopped")
             try outcome.get()
         }
@@ -254,13 +247,19 @@ actor PortSignal {
     }
 }
 
+/// The services of a run (the receiver, the sandbox): stopped by the run, not by signals (the run
+/// handles SIGINT/SIGTERM itself), and cancelled if a graceful stop takes more than 10 s.
+func serviceConfiguration(_ services: [any Service], logger: Logger) -> ServiceGroupConfiguration {
+    var configuration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [], logger: logger)
+    configuration.maximumGracefulShutdownDuration = .seconds(10)
+    return configuration
+}
+
 /// A server of the run (the receiver, the sandbox) that did not start.
 struct StartFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
 }
-
-struct ShutdownTimedOut: Error {}
 
 /// Whether `body` finished within `limit`. It runs in a task of its own, and is left behind (not
 /// cancelled, not awaited) when it takes longer: for steps that must not keep a command from ending.

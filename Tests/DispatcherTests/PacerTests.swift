@@ -113,3 +113,30 @@ struct RateBudgetTests {
         #expect(budget.limit == 900)
     }
 }
+
+@Suite("Why a run stopped")
+struct StopReasonTests {
+    let database = GraphError(code: nil, title: "the database could not record a send", httpStatus: 0)
+    let token = GraphError(code: 190, title: "Error validating access token", httpStatus: 401)
+
+    @Test("a halt after SIGINT is what the run reports (a database failing while stopping is not hidden)")
+    func haltReplacesInterrupt() {
+        let control = RunControl()
+        control.stop(.interrupted)
+        control.stop(.halted(database))
+        #expect(control.stopReason == .halted(database))
+    }
+
+    @Test("otherwise the first reason stands")
+    func firstReasonStands() {
+        let halted = RunControl()
+        halted.stop(.halted(token))
+        halted.stop(.halted(database))
+        halted.stop(.interrupted)
+        #expect(halted.stopReason == .halted(token))
+        let interrupted = RunControl()
+        interrupted.stop(.interrupted)
+        interrupted.stop(.interrupted)
+        #expect(interrupted.stopReason == .interrupted)
+    }
+}

@@ -212,8 +212,9 @@ public final class RunEngine: Sendable {
         /// Committed as `sending`, to be started in this order as the budget allows.
         var ready: [(item: Outgoing, attempt: Int)] = []
         var readyIndex = 0
-        /// Outcomes read but not yet written.
+        /// Outcomes read but not yet written, and since when the oldest of them waits.
         var outcomes: [AttemptOutcome] = []
+        var oldestOutcome: ContinuousClock.Instant? = nil
         /// The ledger write under way, and the messages it begins.
         var writing: (write: LedgerWrite, items: [Outgoing])? = nil
         var inFlight = 0
@@ -226,6 +227,8 @@ public final class RunEngine: Sendable {
         defer { feeder.cancel() }
 
         while true {
+            // A cancelled task's sleeps return at once: stop as for SIGINT rather than spin.
+            if Task.isCancelled { control.stop(.interrupted) }
             // The answers that came back, and what each means.
             let arrived = answers.take()
             inFlight -= arrived.count
@@ -236,9 +239,10 @@ public final class RunEngine: Sendable {
                     let decision = decide(answer.outcome, item: answer.item, attempt: answer.attempt, options: options)
                     outcomes.append(decision.record)
                     if let delay = decision.requeueAfter {
-                        if decision.releasePair {
+                        if decision.releasePair && lastSent[answer.item.phone] == answer.sentAt {
                             // Refused before it reached the tenant: the pair rule does not count it
-                            // (else a throttled message would wait 6 s to be sent again).
+                            // (else a throttled message would wait 6 s to be sent again). Only if it
+                            // was the last send to that number: a later one still counts.
                             queue.release(answer.item.phone)
                             lastSent[answer.item.phone] = nil
                         }
@@ -254,8 +258,9 @@ public final class RunEngine: Sendable {
                 case .success(let numbers):
                     ready.append(contentsOf: current.items.map { ($0, numbers[$0.id] ?? 0) })
                 case .failure(let error):
-                    // Stop rather than send what we cannot record. Those outcomes are lost with the
-                    // transaction: their messages stay `sending`, and become `unknown` on the next run.
+                    // Stop rather than send what we cannot record. Outcomes not yet committed are lost
+                    // (on SQLite they share the transaction; PostgreSQL commits them first): their
+                    // messages stay `sending`, and become `unknown` on the next run.
                     logger.error("the ledger could not be written; stopping", metadata: ["error": "\(error)"])
                     control.stop(.halted(GraphError(code: nil, title: "the database could not record a send: \(error)", httpStatus: 0)))
                 }
@@ -294,7 +299,7 @@ public final class RunEngine: Sendable {
                     sends.reserveCapacity(count)
                     for (item, attempt) in ready[readyIndex..<readyIndex + count] {
                         lastSent[item.phone] = now
-                        sends.append((item.body, { outcome in answers.add(Answer(item: item, attempt: attempt, outcome: outcome)) }))
+                        sends.append((item.body, { outcome in answers.add(Answer(item: item, attempt: attempt, sentAt: now, outcome: outcome)) }))
                     }
                     inFlight += count
                     let written: (@Sendable () -> Void)? = sentAny ? nil : { @Sendable in firstWritten.set() }
@@ -311,9 +316,14 @@ public final class RunEngine: Sendable {
             // The next ledger write: outcomes so far, and the attempts of the next sends. It waits
             // until a quarter of the sends committed ahead have left, so that each commit carries
             // about 25 ms of them (40 commits a second at 1,000/s rather than one per tick);
-            // outcomes go with it, or alone when no attempts are coming.
+            // outcomes go with it, or alone when no attempts are coming. Outcomes never wait more
+            // than 100 ms (during a throttling pause no attempts leave): after a crash, a message
+            // whose answer was not written is `unknown` (until its webhook, if it was accepted),
+            // and one that was refused is `unknown` instead of back in the queue.
             let pending = ready.count - readyIndex
-            if writing == nil && pending <= refill || writing == nil && outcomes.count >= ahead * 4 {
+            if outcomes.isEmpty { oldestOutcome = nil } else if oldestOutcome == nil { oldestOutcome = clock.now }
+            let outcomesDue = oldestOutcome.map { clock.now - $0 >= .milliseconds(100) } ?? false
+            if writing == nil && (pending <= refill || outcomes.count >= ahead * 4 || outcomesDue) {
                 var batch: [Outgoing] = []
                 if !stopping {
                     queue.append(feed.take())
@@ -527,6 +537,8 @@ final class Feed: Sendable {
 struct Answer: Sendable {
     var item: Outgoing
     var attempt: Int
+    /// When its request was started (the pair rule's record of that send).
+    var sentAt: ContinuousClock.Instant
     var outcome: SendOutcome
 }
 
@@ -578,8 +590,15 @@ final class RunControl: Sendable {
 
     var stopReason: StopReason? { state.withLock { $0.stopReason } }
 
+    /// The first reason wins, except that a halt replaces an interrupt: a database that failed
+    /// while stopping must be reported, not hidden behind "interrupted".
     func stop(_ reason: StopReason) {
-        state.withLock { if $0.stopReason == nil { $0.stopReason = reason } }
+        state.withLock { state in
+            switch (state.stopReason, reason) {
+            case (nil, _), (.interrupted?, .halted): state.stopReason = reason
+            default: break
+            }
+        }
     }
 
     func count(accepted: Int = 0, failed: Int = 0, unknown: Int = 0) {
