@@ -321,7 +321,7 @@ public final class RunEngine: Sendable {
             // whose answer was not written is `unknown` (until its webhook, if it was accepted),
             // and one that was refused is `unknown` instead of back in the queue.
             let pending = ready.count - readyIndex
-            if outcomes.isEmpty { oldestOutcome = nil } else if oldestOutcome == nil { oldestOutcome = clock.now }
+            if !outcomes.isEmpty && oldestOutcome == nil { oldestOutcome = clock.now }
             let outcomesDue = oldestOutcome.map { clock.now - $0 >= .milliseconds(100) } ?? false
             if writing == nil && (pending <= refill || outcomes.count >= ahead * 4 || outcomesDue) {
                 var batch: [Outgoing] = []
@@ -338,6 +338,7 @@ public final class RunEngine: Sendable {
                     let write = LedgerWrite()
                     let (store, written, ids) = (self.store, outcomes, batch.map(\.id))
                     outcomes.removeAll(keepingCapacity: true)
+                    oldestOutcome = nil
                     writing = (write, batch)
                     Task {
                         do { write.finish(.success(try await store.recordLedger(outcomes: written, begin: ids, at: wallClock()))) } catch { write.finish(.failure(error)) }
