@@ -35,7 +35,9 @@ func acceptedByMessage(_ h: Harness) async throws -> [String: Int] {
     return counts
 }
 
-@Suite("The billing run against the sandbox")
+/// One test at a time: they measure pacing, and with the suite in parallel on two cores the test
+/// process stalled for 150-200 ms at times, which showed as bunched arrivals and lost rate.
+@Suite("The billing run against the sandbox", .serialized)
 struct RunEngineTests {
     @Test("a whole month: every message ends where its number says; running again sends nothing; another run skips what was sent", arguments: engines)
     func month(engine: StoreEngine) async throws {
@@ -89,17 +91,19 @@ struct RunEngineTests {
                 most = max(most, end - start + 1)
             }
             if most > 55 { print("pacing test (\(engine)): at the sandbox \(most) window \(times[worst.0] - times[0])...\(times[worst.1] - times[0]) gaps \((max(1, worst.0 - 3)..<min(times.count, worst.1 + 3)).map { Int((times[$0] - times[$0 - 1]) * 1000) })") }
-            // As the requests left: what the pacer controls. (Where the sandbox receives them, a
-            // loaded machine adds its own jitter: a debug build with the suite in parallel put 52 in
-            // one window there; a real pacing bug, sends bunched by a slow ledger, put 55.)
+            // As the requests left: what the pacer controls, exactly. Where the sandbox (in this same
+            // process) receives them, a loaded machine adds its own jitter: a debug build with the
+            // suite in parallel put 52 in one window, and 56 in 2 runs of 11, after a 116 ms stall
+            // of the test process. The bound there catches sends released in bunches (a window's
+            // worth at once would put up to twice the rate there), not that jitter.
             #expect(e.mostSendsInOneSecond <= 50, "most in one second as they left: \(e.mostSendsInOneSecond)")
-            #expect(most <= 55, "most in one second at the sandbox: \(most)")
+            #expect(most <= 60, "most in one second at the sandbox: \(most)")
             #expect(try await h.store.stateCounts(run: "paced")[.failed] == nil)
-            // The rate is reached, from the second arrival to the last: the first request goes alone
-            // and the rest wait until it is written (its connection opening can take a while on a
-            // loaded machine). One late arrival shortens the span, so the upper side allows 2 %;
-            // "never above" is the exact check on releases above.
-            let achieved = Double(times.count - 2) / (times.last! - times[1])
+            // The rate is reached, from the first arrival to the last: the first request goes alone
+            // and the rest wait for its answer (up to 200 ms on a loaded machine); what waited is
+            // made up after it, within the cap. One late arrival shortens the span, so the upper
+            // side allows 2 %; "never above" is the exact check on releases above.
+            let achieved = Double(times.count - 1) / (times.last! - times[0])
             #expect(achieved >= 0.95 * 50 && achieved <= 1.02 * 50, "achieved \(achieved)/s")
         }
     }
@@ -153,12 +157,10 @@ struct RunEngineTests {
             try await e.client.shutdown()
             #expect(error.code == 190)
             #expect(haltAdvice(error).contains("WHATSAPP_ACCESS_TOKEN"))
-            // The first answer halted the run: what left meanwhile (one round trip of sends, 20 ms
-            // apart; 13 were seen in a loaded debug build) was refused too, and the rest of the
-            // two seconds of sends never left.
+            // The first request went alone, and its answer halted the run: one request, not a window.
             let requests = try await h.requests()
+            #expect(requests.count == 1)
             #expect(requests.allSatisfy { $0["errorCode"] as? Int == 190 })
-            #expect(requests.count < 50, "\(requests.count) requests before the halt")
             #expect(try await h.store.stateCounts(run: "halt") == [.queued: 100])
         }
         try await Harness.run(store: store) { h in
