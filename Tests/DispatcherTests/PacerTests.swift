@@ -114,52 +114,6 @@ struct RateBudgetTests {
     }
 }
 
-@Suite("Sends owed for the first round trip")
-struct OwedSendsTests {
-    /// Releases what the budget allows at the times it says, from `start` for `duration`.
-    func run(_ budget: inout RateBudget, from start: ContinuousClock.Instant, for duration: Duration) -> Int {
-        var released = 0
-        var now = start
-        while now < start + duration {
-            let n = budget.available(now: now)
-            budget.take(n, now: now)
-            released += n
-            now = max(budget.due(10, now: now), now + .milliseconds(1))
-        }
-        return released
-    }
-
-    @Test("a 100 ms wait is made up within about 100 ms, and no second holds more than the cap")
-    func madeUp() {
-        let start = ContinuousClock.now
-        let answered = start + .milliseconds(100)
-        var owing = RateBudget(rate: 1000, now: start)
-        owing.owe(for: .milliseconds(100), now: answered)
-        var plain = RateBudget(rate: 1000, now: start)
-        let withDebt = run(&owing, from: answered, for: .milliseconds(250))
-        let without = run(&plain, from: answered, for: .milliseconds(250))
-        // 250 ms at 985/s is about 246; the wait's 98 sends come on top, less the burst (15) the
-        // bucket held already.
-        #expect(without < 270)
-        #expect(withDebt >= without + 70, "with the debt \(withDebt), without \(without)")
-        // Over the rest of the first seconds the trailing-second cap holds.
-        _ = run(&owing, from: answered + .milliseconds(250), for: .seconds(2))
-        #expect(owing.mostInOneSecond <= 985)
-    }
-
-    @Test("a throttling pause cancels what is owed")
-    func pauseCancels() {
-        let start = ContinuousClock.now
-        var budget = RateBudget(rate: 1000, now: start)
-        budget.owe(for: .milliseconds(100), now: start + .milliseconds(100))
-        budget.pause(seconds: 0.05, now: start + .milliseconds(100))
-        var plain = RateBudget(rate: 1000, now: start + .milliseconds(150))
-        plain.pause(seconds: 0, now: start + .milliseconds(150))
-        let after = start + .milliseconds(150)
-        #expect(abs(run(&budget, from: after, for: .milliseconds(200)) - run(&plain, from: after, for: .milliseconds(200))) <= 16)
-    }
-}
-
 @Suite("Why a run stopped")
 struct StopReasonTests {
     let database = GraphError(code: nil, title: "the database could not record a send", httpStatus: 0)

@@ -99,10 +99,10 @@ struct RunEngineTests {
             #expect(e.mostSendsInOneSecond <= 50, "most in one second as they left: \(e.mostSendsInOneSecond)")
             #expect(most <= 60, "most in one second at the sandbox: \(most)")
             #expect(try await h.store.stateCounts(run: "paced")[.failed] == nil)
-            // The rate is reached, from the first arrival to the last: the first request goes alone
-            // and the rest wait for its answer (up to 200 ms on a loaded machine); what waited is
-            // made up after it, within the cap. One late arrival shortens the span, so the upper
-            // side allows 2 %; "never above" is the exact check on releases above.
+            // The rate is reached, from the first arrival to the last (as the benchmark measures
+            // it): the first request goes alone, and the rest wait until it is written. One late
+            // arrival shortens the span, so the upper side allows 2 %; "never above" is the exact
+            // check on releases above.
             let achieved = Double(times.count - 1) / (times.last! - times[0])
             #expect(achieved >= 0.95 * 50 && achieved <= 1.02 * 50, "achieved \(achieved)/s")
         }
@@ -157,10 +157,12 @@ struct RunEngineTests {
             try await e.client.shutdown()
             #expect(error.code == 190)
             #expect(haltAdvice(error).contains("WHATSAPP_ACCESS_TOKEN"))
-            // The first request went alone, and its answer halted the run: one request, not a window.
+            // The first answer halted the run: what left meanwhile (one round trip of sends, 20 ms
+            // apart; 13 were seen in a loaded debug build) was refused too, and the rest of the
+            // two seconds of sends never left.
             let requests = try await h.requests()
-            #expect(requests.count == 1)
             #expect(requests.allSatisfy { $0["errorCode"] as? Int == 190 })
+            #expect(requests.count < 50, "\(requests.count) requests before the halt")
             #expect(try await h.store.stateCounts(run: "halt") == [.queued: 100])
         }
         try await Harness.run(store: store) { h in

@@ -102,23 +102,24 @@ public final class GraphClient: Sendable {
     /// Starts several sends and returns at once; each `completion` gets its outcome on the client's
     /// event loop. The billing run sends this way: one hop to the event loop for the whole batch
     /// (the requests then start where their connections live), no task per message, and each
-    /// outcome is read where its answer arrived.
-    func start(_ sends: [(body: ByteBuffer, completion: @Sendable (SendOutcome) -> Void)]) {
+    /// outcome is read where its answer arrived. `written`, when given, is called (on the event
+    /// loop) once a request has been written out whole, which means its connection is open.
+    func start(_ sends: [(body: ByteBuffer, completion: @Sendable (SendOutcome) -> Void)], written: (@Sendable () -> Void)? = nil) {
         guard !sends.isEmpty else { return }
         loop.execute {
-            for send in sends { self.start(body: send.body, completion: send.completion) }
+            for send in sends { self.start(body: send.body, written: written, completion: send.completion) }
         }
     }
 
     /// Starts one send; `completion` gets the outcome on the client's event loop.
-    func start(body: ByteBuffer, completion: @escaping @Sendable (SendOutcome) -> Void) {
+    func start(body: ByteBuffer, written: (@Sendable () -> Void)? = nil, completion: @escaping @Sendable (SendOutcome) -> Void) {
         let request: HTTPClient.Request
         do {
             request = try HTTPClient.Request(url: messagesURL, method: .POST, headers: headers, body: .byteBuffer(body))
         } catch {
             return completion(.notSent("cannot build the request: \(error)"))
         }
-        let answer = AnswerReader(maxBodySize: configuration.maxResponseBytes)
+        let answer = AnswerReader(maxBodySize: configuration.maxResponseBytes, written: written)
         http.execute(request: request, delegate: answer, eventLoop: .delegate(on: loop),
                      deadline: .now() + timeAmount(configuration.timeout))
             .futureResult.whenComplete { result in
@@ -189,7 +190,8 @@ func timeAmount(_ duration: Duration) -> TimeAmount {
     .nanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
 }
 
-/// Reads one send's answer: its head, and its body up to a cap. AsyncHTTPClient calls a delegate only on the event loop it was given, one call at a
+/// Reads one send's answer (its head, and its body up to a cap) and says when the request has been
+/// written. AsyncHTTPClient calls a delegate only on the event loop it was given, one call at a
 /// time: its state needs no lock.
 final class AnswerReader: HTTPClientResponseDelegate, @unchecked Sendable {
     typealias Response = (status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer)
@@ -200,12 +202,16 @@ final class AnswerReader: HTTPClientResponseDelegate, @unchecked Sendable {
     }
 
     private let maxBodySize: Int
+    private let written: (@Sendable () -> Void)?
     private var head: HTTPResponseHead?
     private var body = ByteBuffer()
 
-    init(maxBodySize: Int) {
+    init(maxBodySize: Int, written: (@Sendable () -> Void)?) {
         self.maxBodySize = maxBodySize
+        self.written = written
     }
+
+    func didSendRequest(task: HTTPClient.Task<Response>) { written?() }
 
     func didReceiveHead(task: HTTPClient.Task<Response>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
         self.head = head

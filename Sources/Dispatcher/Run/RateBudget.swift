@@ -23,10 +23,6 @@ struct RateBudget {
     /// The most releases allowed in any one second.
     private(set) var limit: Int
     private var tokens: Double
-    /// Sends owed for a wait the run imposed on itself (the first request's round trip): added on
-    /// top of the refill, at up to the same rate again, until repaid. The trailing-second cap
-    /// still holds.
-    private var owed: Double = 0
     private var updated: ContinuousClock.Instant
     private var pausedUntil: ContinuousClock.Instant
     /// Releases of the trailing second, oldest first: (when, how many). Releases come in groups (a
@@ -71,21 +67,13 @@ struct RateBudget {
         mostInOneSecond = max(mostInOneSecond, inWindow)
     }
 
-    /// The run held its sends back for `wait` (the first request's round trip): that many seconds
-    /// of sends are made up over the next moments, at twice the rate.
-    mutating func owe(for wait: Duration, now: ContinuousClock.Instant) {
-        refresh(now: now)
-        owed += max(0, seconds(wait) * refill - tokens)
-    }
-
     /// When `count` sends (at most `burst`) may go, assuming nothing else is released before.
     func due(_ count: Int, now: ContinuousClock.Instant) -> ContinuousClock.Instant {
         let wanted = min(Double(count), burst)
         let start = max(now, pausedUntil)
         var current = tokens
-        let pace = owed > 0 ? refill * 2 : refill  // while sends are owed, they come at twice the rate
-        if start > updated { current = min(burst, tokens + seconds(start - updated) * pace) }
-        var at = current >= wanted ? start : start + .nanoseconds(Int64((wanted - current) / pace * 1e9))
+        if start > updated { current = min(burst, tokens + seconds(start - updated) * refill) }
+        var at = current >= wanted ? start : start + .nanoseconds(Int64((wanted - current) / refill * 1e9))
         // The trailing second must have room for them too.
         var room = limit - inWindow
         var i = windowStart
@@ -109,16 +97,12 @@ struct RateBudget {
         }
         pausedUntil = until
         tokens = 0
-        owed = 0
         updated = until
     }
 
     private mutating func refresh(now: ContinuousClock.Instant) {
         guard now > updated else { return }
-        let added = seconds(now - updated) * refill
-        let repaid = min(owed, added)
-        owed -= repaid
-        tokens = min(burst, tokens + added + repaid)
+        tokens = min(burst, tokens + seconds(now - updated) * refill)
         updated = now
     }
 

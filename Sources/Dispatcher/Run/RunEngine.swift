@@ -173,7 +173,7 @@ public final class RunEngine: Sendable {
 
     /// Sends every queued message of the run, paced. Returns nil when the queue is empty, or why it stopped.
     ///
-    /// One loop does the work in ticks (about 5 ms at 1,000/s, one message's interval at lower
+    /// One loop does the work in ticks (about 10 ms at 1,000/s, one message's interval at lower
     /// rates), with no task, actor or thread hop per message: at 1,000/s those hops, not the work,
     /// were most of the CPU. Each tick it
     /// - reads the answers that came back (they are read on the HTTP client's event loop and left
@@ -198,6 +198,7 @@ public final class RunEngine: Sendable {
         var queue = SendQueue(pairSpacing: options.pairSpacing)
         let feed = Feed()
         let answers = Answers()
+        let firstWritten = Flag()
         let maxInFlight = max(8, min(1024, Int(options.rate * 0.6)))
         let perTick = max(1, Int(options.rate / 100))
         // Attempts committed ahead of their requests: 100 ms of sends, written 25 ms at a time, so
@@ -217,8 +218,6 @@ public final class RunEngine: Sendable {
         /// The ledger write under way, and the messages it begins.
         var writing: (write: LedgerWrite, items: [Outgoing])? = nil
         var inFlight = 0
-        /// When the first request left (its round trip is owed to the budget).
-        var firstSentAt: ContinuousClock.Instant? = nil
         let started = clock.now
         var lastProgress = started
         var failure: (any Error)? = nil
@@ -233,9 +232,6 @@ public final class RunEngine: Sendable {
             // The answers that came back, and what each means.
             let arrived = answers.take()
             inFlight -= arrived.count
-            if answered == 0 && !arrived.isEmpty, let firstSentAt {
-                budget.owe(for: clock.now - firstSentAt, now: clock.now)
-            }
             answered += arrived.count
             if !arrived.isEmpty {
                 let now = clock.now
@@ -289,13 +285,13 @@ public final class RunEngine: Sendable {
                     budget = RateBudget(rate: options.rate, now: now)
                     begun = true
                 }
-                // The first request goes alone, and the rest wait for its answer: it opens the
-                // connection (requests queued behind a connection being opened reach Meta bunched,
-                // above the rate), and a dead token or a missing template halts the run after one
-                // request instead of a window of them. The sends that wait are owed, and made up
-                // once it is answered (`RateBudget.owe`): the wait would otherwise cost a round
-                // trip of sends, 1 % of a 10-second run at 100 ms.
-                let allowed = answered > 0 ? Int.max : sentAny ? 0 : 1
+                // The first request goes alone, and the rest wait until it has been written out:
+                // it opens the connection (requests queued behind a connection being opened reach
+                // Meta bunched, above the rate). They do not wait for its answer, which would cost
+                // a round trip of sends (1 % of a 10-second run at 100 ms); a dead token or a
+                // missing template then halts the run after one round trip of requests, each
+                // refused and still queued.
+                let allowed = answered > 0 || firstWritten.isSet ? Int.max : sentAny ? 0 : 1
                 let count = min(budget.available(now: now), ready.count - readyIndex, allowed)
                 if count > 0 {
                     budget.take(count, now: now)
@@ -306,8 +302,8 @@ public final class RunEngine: Sendable {
                         sends.append((item.body, { outcome in answers.add(Answer(item: item, attempt: attempt, sentAt: now, outcome: outcome)) }))
                     }
                     inFlight += count
-                    client.start(sends)
-                    if !sentAny { firstSentAt = now }
+                    let written: (@Sendable () -> Void)? = sentAny ? nil : { @Sendable in firstWritten.set() }
+                    client.start(sends, written: written)
                     sentAny = true
                     readyIndex += count
                     if readyIndex == ready.count {
@@ -364,8 +360,8 @@ public final class RunEngine: Sendable {
             var wake = now + longestSleep
             if writing != nil { wake = min(wake, now + .milliseconds(5)) }
             if !stopping {
-                if answered == 0 && sentAny {
-                    wake = min(wake, now + .milliseconds(2))  // the first answer
+                if answered == 0 && sentAny && !firstWritten.isSet {
+                    wake = min(wake, now + .milliseconds(1))  // the first request written
                 } else if pending > 0 {
                     wake = min(wake, budget.due(min(perTick, pending), now: now))
                 }
@@ -570,6 +566,13 @@ final class Answers: Sendable {
     }
 
     var isEmpty: Bool { state.withLock { $0.isEmpty } }
+}
+
+/// Set once, from any thread (the first request written, on the event loop), read by the loop.
+final class Flag: Sendable {
+    private let state = Atomic<Bool>(false)
+    func set() { state.store(true, ordering: .releasing) }
+    var isSet: Bool { state.load(ordering: .acquiring) }
 }
 
 /// Shared between the dispatch loop and the rest of the process: stop requests, counters.
