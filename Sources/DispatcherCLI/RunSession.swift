@@ -53,12 +53,8 @@ struct RunSession {
         let receiverReady = PortSignal(), sandboxReady = PortSignal()
         if let (host, port) = listen, let appSecret {
             let server = DispatcherServer(store: store, configuration: ServerConfiguration(appSecret: appSecret))
-            services.append(EmbeddedService {
-                // A port already taken must end the run with the reason, not leave it waiting for the port.
-                do { try await server.run(host: host, port: port, logger: logger) { await receiverReady.set($0) } } catch {
-                    await receiverReady.fail(StartFailure("cannot receive webhooks on \(host):\(port): \(error)"))
-                    throw error
-                }
+            services.append(EmbeddedService.server("cannot receive webhooks on \(host):\(port)", ready: receiverReady) {
+                try await server.run(host: host, port: port, logger: logger, onListening: $0)
             })
         }
         let group = ServiceGroup(configuration: serviceConfiguration(services, logger: logger))
@@ -70,11 +66,8 @@ struct RunSession {
                 let simulator = Sandbox(configuration: SandboxConfiguration(
                     appSecret: appSecret, webhookURL: receiverPort.map { "http://127.0.0.1:\($0)/webhook" }, throughput: 1000,
                     statusSpacing: 0.3, templates: catalog, scenario: scenario))
-                let simulatorGroup = ServiceGroup(configuration: serviceConfiguration([EmbeddedService {
-                    do { try await simulator.run(logger: logger) { await sandboxReady.set($0) } } catch {
-                        await sandboxReady.fail(StartFailure("cannot start the sandbox: \(error)"))
-                        throw error
-                    }
+                let simulatorGroup = ServiceGroup(configuration: serviceConfiguration([EmbeddedService.server("cannot start the sandbox", ready: sandboxReady) {
+                    try await simulator.run(logger: logger, onListening: $0)
                 }], logger: logger))
                 sandboxGroup = simulatorGroup
                 tasks.addTask { try await simulatorGroup.run() }
@@ -289,6 +282,21 @@ func finishes(within limit: Duration, _ body: @escaping @Sendable () async -> Vo
 struct EmbeddedService: Service {
     let body: @Sendable () async throws -> Void
     init(_ body: @escaping @Sendable () async throws -> Void) { self.body = body }
+
+    /// A server as a service: its port goes to `ready` once it listens, or, if it cannot start (a
+    /// port already taken), the reason, prefixed with `failure`: the run ends with it instead of
+    /// waiting for the port.
+    static func server(_ failure: String, ready: PortSignal,
+                       _ run: @escaping @Sendable (_ onListening: @escaping @Sendable (Int) async -> Void) async throws -> Void) -> EmbeddedService {
+        EmbeddedService {
+            do {
+                try await run { await ready.set($0) }
+            } catch {
+                await ready.fail(StartFailure("\(failure): \(error)"))
+                throw error
+            }
+        }
+    }
     func run() async throws { try await body() }
 }
 

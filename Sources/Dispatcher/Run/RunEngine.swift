@@ -321,8 +321,9 @@ public final class RunEngine: Sendable {
             // whose answer was not written is `unknown` (until its webhook, if it was accepted),
             // and one that was refused is `unknown` instead of back in the queue.
             let pending = ready.count - readyIndex
-            if !outcomes.isEmpty && oldestOutcome == nil { oldestOutcome = clock.now }
-            let outcomesDue = oldestOutcome.map { clock.now - $0 >= .milliseconds(100) } ?? false
+            let checked = clock.now
+            if !outcomes.isEmpty && oldestOutcome == nil { oldestOutcome = checked }
+            let outcomesDue = oldestOutcome.map { checked - $0 >= .milliseconds(100) } ?? false
             if writing == nil && (pending <= refill || outcomes.count >= ahead * 4 || outcomesDue) {
                 var batch: [Outgoing] = []
                 if !stopping {

@@ -186,12 +186,13 @@ public final class PostgresStore: DispatchStore {
     /// A deadlock (two receivers locking the same messages in another order) or a serialisation
     /// failure aborts one statement, which changed nothing: it is tried again. Each try is bounded
     /// (connect timeout + statement timeout): with the server gone, the pool would otherwise wait
-    /// for a connection for ever, and a webhook would hang instead of getting its 503.
-    func retrying<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    /// for a connection for ever, and a webhook would hang instead of getting its 503. `limit`
+    /// replaces that bound.
+    func retrying<T: Sendable>(within limit: Duration? = nil, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         var attempt = 0
         while true {
             do {
-                return try await bounded(body)
+                return try await bounded(within: limit, body)
             } catch let error as PSQLError where attempt < 8 && ["40P01", "40001"].contains(error.serverInfo?[.sqlState]) {
                 attempt += 1
                 try await Task.sleep(for: .milliseconds(Int.random(in: 1...(5 << min(attempt, 5)))))
@@ -597,17 +598,9 @@ public final class PostgresStore: DispatchStore {
     }
 
     /// Within the connect timeout: `/health` must answer even while the server is gone.
-    /// For `/health`: bounded by the connect timeout alone, tighter than a query's bound (one
-    /// timer, not `rows`' own bound inside this one).
     public func ping() async throws {
-        do {
-            try await bounded(within: .milliseconds(Int64(url.connectTimeout * 1000))) {
-                _ = try await self.client.query("SELECT 1", logger: self.logger).collect()
-            }
-        } catch let error as StoreError {
-            throw error
-        } catch {
-            throw StoreError(Self.explain(error, url: url))
+        try await retrying(within: .milliseconds(Int64(url.connectTimeout * 1000))) {
+            _ = try await self.client.query("SELECT 1", logger: self.logger).collect()
         }
     }
 
