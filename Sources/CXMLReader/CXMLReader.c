@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 // MARK: - Growable byte buffer
 
@@ -121,6 +122,15 @@ static void dx_emit(dx_state *s, dx_xml_event_kind kind) {
     }
 }
 
+static int dx_encoding_accepted(const char *name) {
+    static const char *accepted[] = {"UTF-8", "UTF8", "UTF-16", "UTF-16LE", "UTF-16BE", "ISO-8859-1", "ISO_8859-1",
+                                     "ISO-LATIN-1", "LATIN1", "US-ASCII", "ASCII"};
+    for (size_t i = 0; i < sizeof accepted / sizeof *accepted; i++) {
+        if (strcasecmp(name, accepted[i]) == 0) return 1;
+    }
+    return 0;
+}
+
 // MARK: - SAX callbacks (ctx is the parser context; our state is in its _private)
 
 static dx_state *dx_from(void *ctx) { return (dx_state *)((xmlParserCtxtPtr)ctx)->_private; }
@@ -133,6 +143,17 @@ static void dx_start_element(void *ctx, const xmlChar *localname, const xmlChar 
     s->depth++;
     size_t name_length = strlen((const char *)localname);
     if (s->depth == 1) {
+        // Only UTF-8 (and its ASCII subset), UTF-16 and ISO-8859-1 are accepted: anything else
+        // (windows-1252, Shift_JIS, ...) is refused before a record is read.
+        const char *declared = (const char *)s->ctxt->encoding;
+        if (declared && !dx_encoding_accepted(declared)) {
+            char message[300];
+            snprintf(message, sizeof message,
+                     "the declared encoding '%.100s' is not accepted: save the manifest as UTF-8 (UTF-16 and ISO-8859-1 are "
+                     "also read)", declared);
+            dx_fail(s, dx_line(s), message);
+            return;
+        }
         // The root: report its attributes (values are given as [begin, end) pointers).
         s->text.length = 0;
         s->span_count = 0;
@@ -306,6 +327,25 @@ static dx_xml_result dx_finish(dx_state *s) {
 
 static int dx_should_stop(dx_state *s) { return s->failed || s->stopped_by_callback; }
 
+/// After each chunk: libxml2 may halt on an error (an encoding error, say) while `wellFormed`
+/// stays set and no error reaches our handler. A non-zero return, or a parser that stopped
+/// without being asked, is a failure with libxml2's own message and line: records after the
+/// halt would otherwise be lost without a word.
+static void dx_check_chunk(dx_state *s, int rc) {
+    if (dx_should_stop(s)) return;
+    if (rc == 0 && !s->ctxt->disableSAX) return;
+    xmlErrorPtr error = xmlCtxtGetLastError(s->ctxt);
+    char message[480];
+    if (error && error->message) {
+        snprintf(message, sizeof message, "%s", error->message);
+        size_t n = strlen(message);
+        while (n > 0 && (message[n - 1] == '\n' || message[n - 1] == ' ')) message[--n] = 0;
+    } else {
+        snprintf(message, sizeof message, "the XML parser stopped (libxml2 error %d)", rc);
+    }
+    dx_fail(s, error && error->line > 0 ? error->line : dx_line(s), message);
+}
+
 dx_xml_result dx_xml_parse_memory(const char *bytes, size_t length, size_t chunk_size, dx_xml_callback callback,
                                   void *context) {
     if (chunk_size == 0) chunk_size = 65536;
@@ -318,10 +358,10 @@ dx_xml_result dx_xml_parse_memory(const char *bytes, size_t length, size_t chunk
     size_t offset = 0;
     while (offset < length && !dx_should_stop(&s)) {
         size_t n = length - offset < chunk_size ? length - offset : chunk_size;
-        xmlParseChunk(s.ctxt, bytes + offset, (int)n, 0);
+        dx_check_chunk(&s, xmlParseChunk(s.ctxt, bytes + offset, (int)n, 0));
         offset += n;
     }
-    if (!dx_should_stop(&s)) xmlParseChunk(s.ctxt, NULL, 0, 1);
+    if (!dx_should_stop(&s)) dx_check_chunk(&s, xmlParseChunk(s.ctxt, NULL, 0, 1));
     if (!dx_should_stop(&s) && length == 0) dx_fail(&s, 1, "the file is empty");
     return dx_finish(&s);
 }
@@ -346,11 +386,11 @@ dx_xml_result dx_xml_parse_file(const char *path, size_t chunk_size, dx_xml_call
     size_t total = 0, n;
     while (!dx_should_stop(&s) && (n = fread(chunk, 1, chunk_size, file)) > 0) {
         total += n;
-        xmlParseChunk(s.ctxt, chunk, (int)n, 0);
+        dx_check_chunk(&s, xmlParseChunk(s.ctxt, chunk, (int)n, 0));
     }
     if (!dx_should_stop(&s)) {
         if (ferror(file)) dx_fail(&s, dx_line(&s), "error while reading the file");
-        else xmlParseChunk(s.ctxt, NULL, 0, 1);
+        else dx_check_chunk(&s, xmlParseChunk(s.ctxt, NULL, 0, 1));
     }
     if (!dx_should_stop(&s) && total == 0) dx_fail(&s, 1, "the file is empty");
     free(chunk);

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The settings the service this replaces took from its environment, with their defaults.
 ///
 /// Secrets (`accessToken`, `appSecret`, `verifyToken`, `apiToken`, `jwtSecret`) are only ever
@@ -40,6 +42,24 @@ public struct Settings: Sendable {
         jwtSecret = value("DISPATCHER_JWT_SECRET")
         defaultCountryCode = value("DISPATCHER_DEFAULT_COUNTRY_CODE")
         senderLeaseSeconds = value("DISPATCHER_SENDER_LEASE_SECONDS").flatMap(Double.init).flatMap { $0 > 0 ? $0 : nil } ?? 30
+    }
+
+    /// Why `WHATSAPP_API_BASE_URL` cannot be used, or nil when it can: checked when a command
+    /// starts, so that a typo stops it before the first request instead of failing every message.
+    public var apiBaseURLProblem: String? {
+        Self.baseURLProblem(apiBaseURL)
+    }
+
+    static func baseURLProblem(_ text: String) -> String? {
+        let problem = "WHATSAPP_API_BASE_URL '\(text)' is not usable: "
+        guard let url = URL(string: text), let scheme = url.scheme?.lowercased() else {
+            return problem + "it is not a URL (e.g. https://graph.facebook.com)"
+        }
+        guard scheme == "https" || scheme == "http" else { return problem + "it must start with https://" }
+        guard let host = url.host, !host.isEmpty else { return problem + "it has no host name" }
+        if url.query != nil || url.fragment != nil { return problem + "it must not have a query or fragment" }
+        if !url.path.isEmpty && url.path != "/" { return problem + "give the host only; the version is WHATSAPP_API_VERSION" }
+        return nil
     }
 
     /// The send endpoint, `{base}/{version}/{phone_number_id}/messages`.

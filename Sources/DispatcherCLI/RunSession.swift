@@ -38,6 +38,7 @@ struct RunSession {
             guard let token = settings.accessToken, let phoneNumberID = settings.phoneNumberID else {
                 throw ValidationError("set WHATSAPP_ACCESS_TOKEN and WHATSAPP_PHONE_NUMBER_ID (or try --sandbox)")
             }
+            if let problem = settings.apiBaseURLProblem { throw ValidationError(problem) }
             appSecret = settings.appSecret
             graph = GraphConfiguration(baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion, phoneNumberID: phoneNumberID, accessToken: token)
         }

@@ -87,7 +87,11 @@ struct SendCommand: AsyncParsableCommand {
         let renderer = try MessageRenderer(catalog: catalog, templateName: template ?? settings.templateName, defaultLanguage: settings.templateLanguage)
         let validation = ValidationOptions(defaultCountryCode: try common.countryCode(), defaultCurrency: defaultCurrency,
                                            defaultLocale: settings.templateLanguage)
-        let options = RunOptions(run: runName, manifest: manifest, rate: rate, skipInvalid: skipInvalid, resend: resend)
+        let options = {
+            var options = RunOptions(run: runName, manifest: manifest, rate: rate, skipInvalid: skipInvalid, resend: resend)
+            options.nameDerived = run == nil
+            return options
+        }()
         try await RunSession(settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
                              templatesDirectory: common.templatesDirectory, scenario: try sandboxScenario.map(Scenario.load) ?? Scenario())
             .execute(run: runName, renderer: renderer, validation: validation) { engine, console in
@@ -129,6 +133,9 @@ struct RetryCommand: AsyncParsableCommand {
     @Flag(help: "Also resend messages whose outcome is unknown (their request may have reached Meta).")
     var includeUnknown = false
 
+    @Flag(name: .customLong("now"), help: "Resend at once even what Meta asked to wait for (131049: 24 hours after it failed).")
+    var retryNow = false
+
     @Option(help: "Messages per second.")
     var rate: Double = 80
 
@@ -152,19 +159,33 @@ struct RetryCommand: AsyncParsableCommand {
                     throw ValidationError("no run \(run): `dispatcher runs` lists them")
                 }
                 var candidates: [String] = []
+                var notYet: (count: Int, earliest: Double) = (0, .infinity)
                 var after: Int64? = nil
+                let now = Date().timeIntervalSince1970
                 repeat {
                     let page = try await engine.store.messages(MessageFilter(run: run, after: after, limit: 1000))
                     for m in page.messages {
                         if m.state == .unknown && includeUnknown { candidates.append(m.id) }
                         guard m.state == .failed else { continue }
-                        if let wanted { if let code = m.errorCode, wanted.contains(code) { candidates.append(m.id) } }
-                        else if ErrorClass.of(code: m.errorCode).isRetryable { candidates.append(m.id) }
+                        let errorClass = ErrorClass.of(code: m.errorCode)
+                        // --codes names what to resend; otherwise the one rule of what is retryable.
+                        let chosen = wanted.map { set in m.errorCode.map(set.contains) ?? false } ?? errorClass.isRetryable
+                        guard chosen else { continue }
+                        if !retryNow, let earliest = errorClass.earliestRetry(failedAt: m.failedAt ?? m.updatedAt), earliest > now {
+                            // Meta's per-user limit (131049): not before its time, unless --now.
+                            notYet = (notYet.count + 1, min(notYet.earliest, earliest))
+                            continue
+                        }
+                        candidates.append(m.id)
                     }
                     after = page.next
                 } while after != nil
                 let requeued = try await engine.store.requeue(messageIDs: candidates, at: Date().timeIntervalSince1970)
                 console.say("Run \(run): \(requeued.count) messages to send again")
+                if notYet.count > 0 {
+                    console.say("\(notYet.count) held back by Meta's per-user limit (131049) may go from \(iso8601(notYet.earliest) ?? "?") " +
+                                "(run this again then, or now with --now)")
+                }
                 var saved = record
                 saved.status = "sending"
                 try await engine.store.saveRun(saved)

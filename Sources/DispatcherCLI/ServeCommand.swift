@@ -58,6 +58,7 @@ struct ServeCommand: AsyncParsableCommand {
         var sender: InvoiceAPISender? = nil
         var client: GraphClient? = nil
         if let token = settings.accessToken, let phoneNumberID = settings.phoneNumberID {
+            if let problem = settings.apiBaseURLProblem { throw ValidationError(problem) }
             let graph = GraphClient(configuration: GraphConfiguration(baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion,
                                                                       phoneNumberID: phoneNumberID, accessToken: token))
             client = graph

@@ -17,7 +17,8 @@ public final class CSVWriter {
         case excel
     }
 
-    private let file: UnsafeMutablePointer<FILE>
+    /// Nil once `finish()` has closed it.
+    private var file: UnsafeMutablePointer<FILE>?
     private let delimiter: UInt8
     private var buffer: [UInt8] = []
     /// The previous line's storage, reused by the next.
@@ -36,7 +37,7 @@ public final class CSVWriter {
         if dialect == .excel { buffer.append(contentsOf: [0xEF, 0xBB, 0xBF]) }
     }
 
-    deinit { fclose(file) }
+    deinit { if let file { fclose(file) } }
 
     /// A cell: text is quoted when needed and guarded against formula injection.
     public enum Cell {
@@ -202,15 +203,24 @@ public final class CSVWriter {
     }
 
     public func flush() throws {
+        guard let file else { throw ReportError("cannot write \(path): the file is already closed") }
         let written = buffer.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
         if written != buffer.count { throw ReportError("cannot write \(path): \(String(cString: strerror(errno)))") }
         buffer.removeAll(keepingCapacity: true)
     }
 
-    /// Flushes and closes; further rows are an error.
+    /// Flushes and closes; further rows are an error. A disk that fills up at the last moment
+    /// (the C library's buffer, or the close itself) is an error, never a silently cut report.
     public func finish() throws {
         try flush()
-        fflush(file)
+        guard let file else { return }
+        self.file = nil
+        let flushed = fflush(file) == 0
+        let flushError = errno
+        let closed = fclose(file) == 0
+        if !flushed || !closed {
+            throw ReportError("cannot write \(path): \(String(cString: strerror(flushed ? errno : flushError)))")
+        }
     }
 }
 

@@ -45,7 +45,7 @@ public func explain(code: Int?, title: String?, state: String, lang: String) -> 
                      action: text("Retry", "Reintentar"), retryable: true)
     case .halt:
         return .init(reason: text("Sending was halted: ", "Se detuvo el envío: ") + (title ?? ""),
-                     action: text("Fix the account or token, then send again", "Corregir la cuenta o el token y volver a enviar"), retryable: true)
+                     action: text("Fix the account or token, then retry", "Corregir la cuenta o el token y reintentar"), retryable: true)
     default:
         return .init(reason: text("Meta error", "Error de Meta") + (code.map { " \($0)" } ?? "") + (title.map { ": \($0)" } ?? ""),
                      action: text("See Meta's error code reference", "Ver la referencia de códigos de error de Meta"), retryable: errorClass.isRetryable)

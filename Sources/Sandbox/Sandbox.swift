@@ -138,6 +138,17 @@ public struct Sandbox: Sendable {
         guard bearer(request) == configuration.accessToken else {
             return await refuse(190, "Error validating access token: Session has expired on Sunday, 29-Nov-26.", status: .unauthorized)
         }
+        if let outage = configuration.scenario.outage(at: await state.sinceFirstSend(now: now)) {
+            switch outage.code {
+            case 133004: return await refuse(133004, "Server temporarily unavailable", status: .serviceUnavailable)
+            case 131057: return await refuse(131057, "Account in maintenance mode", status: .serviceUnavailable,
+                                             details: "Business Account is in maintenance mode: it may be undergoing a throughput upgrade.")
+            case 132000: return await refuse(132000, "Number of parameters does not match the expected number of params")
+            case 132012: return await refuse(132012, "Parameter format does not match format in the created template")
+            case 100: return await refuse(100, "Invalid parameter")
+            case let code: return await refuse(code, "Something went wrong", status: .internalServerError)
+            }
+        }
         let message: IncomingMessage
         do {
             message = try JSONDecoder().decode(IncomingMessage.self, from: Data(body.readableBytesView))
@@ -290,6 +301,8 @@ public struct Sandbox: Sendable {
         case .readWithoutDelivered: return [status("sent", 1), status("read", 3)]
         case .neverDelivered: return [status("sent", 1)]
         case .undeliverable: return [status("failed", 1, error: (131026, "Message undeliverable"))]
+        case .paymentIssueByWebhook: return [status("failed", 1, error: (131042, "Business eligibility payment issue"))]
+        case .spamLimitByWebhook: return [status("failed", 1, error: (131048, "Spam rate limit hit"))]
         case .optedOutOfMarketing: return [status("failed", 1, error: (131050, "Unable to deliver the message. This recipient has chosen to stop receiving marketing messages on WhatsApp from your business"))]
         case .reorderedDuplicated: return [status("read", 1), status("sent", 2), status("delivered", 3), status("delivered", 3), status("read", 1)]
         case .lateFailure: return [status("sent", 1), status("failed", 2, error: (131026, "Message undeliverable")), status("delivered", 4)]

@@ -41,6 +41,14 @@ actor SandboxState {
     private(set) var webhooksFailed = 0
     private(set) var statusesDelivered = 0
 
+    private var firstSendAt: Double? = nil
+
+    /// Seconds since the first send request (0 for the first one itself).
+    func sinceFirstSend(now: Double) -> Double {
+        if firstSendAt == nil { firstSendAt = now }
+        return now - firstSendAt!
+    }
+
     func record(_ request: RequestRecord) {
         requests.append(request)
         if let code = request.errorCode { rejected[code, default: 0] += 1 }

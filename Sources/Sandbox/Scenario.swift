@@ -38,6 +38,10 @@ public enum Outcome: String, Sendable, Codable, CaseIterable {
     case tokenExpired = "token_expired"
     /// Every request answers 131042: payment problem (a run halts).
     case paymentIssue = "payment_issue"
+    /// Accepted, then failed 131042 in a webhook: the payment problem Meta reports after the fact.
+    case paymentIssueByWebhook = "payment_issue_by_webhook"
+    /// Accepted, then failed 131048 in a webhook: the number hit Meta's spam rate limit.
+    case spamLimitByWebhook = "spam_limit_by_webhook"
 }
 
 /// How outcomes are chosen: rules from a scenario file first, then the default rules on the
@@ -54,9 +58,33 @@ public struct Scenario: Sendable, Decodable {
         }
     }
 
-    public var rules: [Rule]
+    /// A window during which every send request is refused, whoever it is for: a Meta outage
+    /// (`133004` with HTTP 503, `131000` or `1`/`2` with 500) or a throughput upgrade (`131057`).
+    /// `start` and `seconds` count from the first send request the sandbox receives.
+    public struct Outage: Sendable, Decodable {
+        public var start: Double
+        public var seconds: Double
+        public var code: Int
 
-    public init(rules: [Rule] = []) { self.rules = rules }
+        public init(start: Double, seconds: Double, code: Int = 133004) {
+            self.start = start
+            self.seconds = seconds
+            self.code = code
+        }
+    }
+
+    public var rules: [Rule]
+    public var outages: [Outage]?
+
+    public init(rules: [Rule] = [], outages: [Outage] = []) {
+        self.rules = rules
+        self.outages = outages
+    }
+
+    /// The outage in force `elapsed` seconds after the first send request, if any.
+    public func outage(at elapsed: Double) -> Outage? {
+        outages?.first { elapsed >= $0.start && elapsed < $0.start + $0.seconds }
+    }
 
     public static func load(path: String) throws -> Scenario {
         do {

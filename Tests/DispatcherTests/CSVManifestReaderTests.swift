@@ -96,8 +96,10 @@ struct CSVManifestReaderTests {
         #expect(empty.issues.first?.message == "the file is empty")
         let (invoices, headerOnly) = try importCSV("\u{FEFF}\(csvHeader)\r\n")
         #expect(invoices.isEmpty)
-        #expect(headerOnly.isValid)
+        // A header row alone is an export that went wrong, not a month with nothing due.
+        #expect(!headerOnly.isValid)
         #expect(headerOnly.records == 0)
+        #expect(headerOnly.issues.map(\.message) == ["the manifest has no invoice: nothing to preview or send (was the export empty?)"])
     }
 
     @Test("invalid UTF-8 is an error naming the record and field, not a crash or a silent repair")

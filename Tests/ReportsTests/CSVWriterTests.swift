@@ -78,4 +78,12 @@ struct ReportFormattingTests {
         }
         #expect(iso(nil) == "")
     }
+
+    @Test("a full disk is an error when the report is finished, never a silently cut file")
+    func fullDisk() throws {
+        // /dev/full takes the open and fails every write with ENOSPC, as a disk that filled up.
+        let writer = try CSVWriter(path: "/dev/full")
+        try writer.row([.text("a"), .plain("1")])
+        #expect(throws: ReportError.self) { try writer.finish() }
+    }
 }

@@ -66,6 +66,12 @@ struct SendInvoiceAPITests {
             #expect((error["error"] as? String)?.contains("XYZ") == true)
             let (badTemplate, _) = try await post(h, oldBody.replacingOccurrences(of: #""templateName": "invoice""#, with: #""templateName": "promo""#), token: token)
             #expect(badTemplate == 400)
+            // Amounts that once crashed the server (9.3e16: overflow) or went out as RD$0.00 (1e30).
+            for amount in ["9.3e16", "1e30", #""99999999999999999999.5""#, "12345.555"] {
+                let (tooLarge, refusal) = try await post(h, oldBody.replacingOccurrences(of: #""12345.5""#, with: amount), token: token)
+                #expect(tooLarge == 400, "\(amount)")
+                #expect((refusal["error"] as? String)?.hasPrefix("totalAmount:") == true, "\(amount): \(refusal)")
+            }
             let expired = try HS256Verifier(secret: secret).sign(["exp": Int(Date().timeIntervalSince1970) - 5])
             #expect(try await post(h, oldBody, token: expired).0 == 401)
             #expect(try await h.requests().isEmpty)

@@ -23,15 +23,35 @@ public enum ErrorClass: String, Sendable, Codable {
         case 131056: return .pairRate
         case 1, 2, 131000, 131016, 133004, 131057: return .transient
         case 131049: return .waitDay
-        case 0, 190, 3, 10, 200...299, 368, 131031, 131042, 131045, 133010, 132001, 132015, 132016, 131048, 131064: return .halt
+        case 0, 190, 3, 10, 200...299, 368, 131005, 131031, 131037, 131042, 131045, 133010, 132001, 132015, 132016, 131048, 131064: return .halt
         case 100, 131008, 131009, 131026, 131047, 131050, 131051, 131053, 132000, 132005, 132007, 132012, 130472, 130403, 131021,
             132018: return .final
         default: return .unknownCode
         }
     }
 
-    /// Worth a `dispatcher retry`: the reason may have passed.
-    public var isRetryable: Bool { self == .throttled || self == .pairRate || self == .transient || self == .waitDay }
+    /// Account-level failures that Meta may report in a status webhook after accepting the send
+    /// (payment, spam limits, a locked or restricted account, a paused template, media upload):
+    /// one of them during a run halts it, as the same code answered at once would.
+    public static let webhookHaltCodes: [Int] = [368, 131005, 131031, 131037, 131042, 131045, 131048, 131053, 132015, 132016]
+
+    /// Refusals of the request's shape or of the template's parameters: one is that message's
+    /// problem, the same one several times in a row is the template's (the run halts).
+    public static let requestShapeCodes: Set<Int> = [100, 132000, 132012, 132018]
+
+    /// Worth a `dispatcher retry`: the reason may have passed. The one meaning of "retryable":
+    /// the engine, `retry`, `/send-invoice` and the reports all ask this. A halt (token, payment,
+    /// account) is retryable once its cause is fixed; nothing of it reached the tenant.
+    public var isRetryable: Bool {
+        self == .throttled || self == .pairRate || self == .transient || self == .waitDay || self == .halt
+    }
+
+    /// The earliest time (Unix seconds) a message that failed at `failedAt` may be sent again:
+    /// 24 hours later for Meta's per-user limit (131049), at once otherwise.
+    public func earliestRetry(failedAt: Double?) -> Double? {
+        guard self == .waitDay, let failedAt else { return nil }
+        return failedAt + 86_400
+    }
 }
 
 /// An error answered by the Graph API (or a transport failure shaped like one).

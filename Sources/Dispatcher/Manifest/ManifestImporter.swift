@@ -124,6 +124,12 @@ public struct ManifestImporter {
             summary.issueCount += 1
             summary.issues.append(error.issue)
         }
+        if summary.records == 0 && !summary.stoppedEarly {
+            // An export that went wrong (a header row alone, an empty root) must not look like a month with nothing due.
+            summary.issueCount += 1
+            summary.issues.append(ValidationIssue(line: nil, invoiceID: nil, field: nil,
+                                                  message: "the manifest has no invoice: nothing to preview or send (was the export empty?)"))
+        }
         summary.warnings = reader.warnings
         return summary
     }

@@ -55,7 +55,16 @@ public struct Previewer {
             switch renderer.render(invoice) {
             case .success(let messages):
                 let code = invoice.amount.currency.code
-                result.billed[code, default: Money(minorUnits: 0, currency: invoice.amount.currency)].minorUnits += invoice.amount.minorUnits
+                guard let total = result.billed[code, default: Money(minorUnits: 0, currency: invoice.amount.currency)].adding(invoice.amount) else {
+                    // Never wrapped: the invoice that would pass the limit is refused, by name.
+                    renderInvalid += 1
+                    renderIssueCount += 1
+                    renderIssues.append(ValidationIssue(
+                        line: invoice.line, invoiceID: invoice.invoiceID, field: "amount",
+                        message: "brings the manifest's total in \(code) past 18 digits; split the manifest into smaller ones"))
+                    return
+                }
+                result.billed[code] = total
                 for message in messages {
                     result.messages += 1
                     recipients.insert(UInt64(message.phone) ?? 0)

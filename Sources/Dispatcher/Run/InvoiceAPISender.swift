@@ -48,7 +48,13 @@ public final class InvoiceAPISender: InvoiceSendService {
             var copy = url
             if let problem = copy.withUTF8({ checkDocumentURL($0) }) { throw APIError.badRequest("invoiceUrl: \(problem)") }
         }
-        let minor = NSDecimalNumber(decimal: request.totalAmount * Decimal(pow10(currency.minorUnitDigits))).int64Value
+        // Through the manifest's own amount parser: the same digit limits, never a wrapped or zeroed amount.
+        var amountText = request.totalAmount.description
+        let minor: Int64
+        switch amountText.withUTF8({ parseAmount($0, digits: currency.minorUnitDigits) }) {
+        case .success(let value): minor = value
+        case .failure(let error): throw APIError.badRequest("totalAmount: \(error.message)")
+        }
         let today = Date()
         let components = Calendar(identifier: .gregorian).dateComponents(in: TimeZone(identifier: "UTC")!, from: today)
         let period = BillingPeriod(year: components.year!, month: components.month!)

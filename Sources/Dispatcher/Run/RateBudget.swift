@@ -86,10 +86,12 @@ struct RateBudget {
     }
 
     /// Holds every release back for `seconds` from now (Meta's `Retry-After`, or our back-off).
-    mutating func pause(seconds: Double, now: ContinuousClock.Instant) {
+    /// `slowDown`: a throttling episode also lowers the rate a little for the rest of the run; an
+    /// outage (the circuit breaker) does not, since it says nothing about our pace.
+    mutating func pause(seconds: Double, now: ContinuousClock.Instant, slowDown: Bool = true) {
         let until = now + .milliseconds(Int64(seconds * 1000))
         guard until > pausedUntil else { return }
-        if now >= pausedUntil {
+        if now >= pausedUntil && slowDown {
             // A new throttling episode (the answers of requests already in flight are the same one).
             let step = rate * 0.015
             refill = max(rate * 0.9, refill - step)

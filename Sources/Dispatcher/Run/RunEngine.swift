@@ -19,6 +19,18 @@ public struct RunOptions: Sendable {
     public var pairSpacing: Duration
     /// This many unknown error codes in a row halt the run.
     public var haltAfterUnknownCodes: Int
+    /// Seconds the sender waits on 131057 (Meta: a throughput upgrade takes "up to a minute").
+    public var throughputUpgradePause: Double = 60
+    /// How often the store is asked for account-level failures reported by webhook.
+    public var accountWatchInterval: Duration = .seconds(1)
+    /// Transient errors in a row, across messages, that open the circuit breaker (an outage).
+    public var breakerThreshold = 5
+    /// The same refusal of a request's shape or template (100, 132000, 132012, 132018) this many
+    /// times in a row halts the run.
+    public var haltAfterSameRequestErrors = 5
+    /// The run's name was derived from the manifest's file name (no `--run`): an existing run of
+    /// that name made from another manifest is then refused rather than silently merged.
+    public var nameDerived = false
 
     public init(run: String, manifest: String, rate: Double = 80, skipInvalid: Bool = false, resend: Bool = false,
                 maxTransientRetries: Int = 5, pairSpacing: Duration = .seconds(6), haltAfterUnknownCodes: Int = 10) {
@@ -95,6 +107,9 @@ public final class RunEngine: Sendable {
         if !preview.isValid && !options.skipInvalid { return preparation }
         let now = wallClock()
         let existing = try await store.run(named: options.run)
+        if let existing, options.nameDerived, existing.manifest.split(separator: "/").last != options.manifest.split(separator: "/").last {
+            throw RunNameConflict(run: options.run, existingManifest: existing.manifest, manifest: options.manifest)
+        }
         try await store.saveRun(RunRecord(name: options.run, manifest: options.manifest, template: renderer.template.name,
                                           sender: client.configuration.phoneNumberID, status: "sending",
                                           createdAt: existing?.createdAt ?? now))
@@ -225,6 +240,10 @@ public final class RunEngine: Sendable {
         // The queue is read ahead by a feeder, so the loop never waits on a page of the database.
         let feeder = Task { await self.feed(feed, run: options.run) }
         defer { feeder.cancel() }
+        // Account-level failures arrive by webhook too (a receiver writes them to the store): one
+        // of them during this run halts it with the rest queued, as when answered at once.
+        let watcher = Task { await self.watchAccountFailures(run: options.run, since: wallClock() - 1, every: options.accountWatchInterval) }
+        defer { watcher.cancel() }
 
         while true {
             // A cancelled task's sleeps return at once: stop as for SIGINT rather than spin.
@@ -248,7 +267,7 @@ public final class RunEngine: Sendable {
                         }
                         queue.hold(decision.item, for: delay, now: now)
                     }
-                    if let pause = decision.pauseSender { budget.pause(seconds: pause, now: now) }
+                    if let pause = decision.pauseSender { budget.pause(seconds: pause, now: now, slowDown: !decision.outage) }
                 }
             }
             // A ledger write that finished: its messages may go.
@@ -291,7 +310,9 @@ public final class RunEngine: Sendable {
                 // a round trip of sends (1 % of a 10-second run at 100 ms); a dead token or a
                 // missing template then halts the run after one round trip of requests, each
                 // refused and still queued.
-                let allowed = answered > 0 || firstWritten.isSet ? Int.max : sentAny ? 0 : 1
+                var allowed = answered > 0 || firstWritten.isSet ? Int.max : sentAny ? 0 : 1
+                // While the circuit breaker is open, one probe at a time until one is accepted.
+                if control.breakerIsOpen { allowed = inFlight == 0 ? 1 : 0 }
                 let count = min(budget.available(now: now), ready.count - readyIndex, allowed)
                 if count > 0 {
                     budget.take(count, now: now)
@@ -381,6 +402,26 @@ public final class RunEngine: Sendable {
         return control.stopReason
     }
 
+    /// Polls the store for webhook-reported account failures of this run until cancelled or stopped.
+    func watchAccountFailures(run: String, since: Double, every interval: Duration) async {
+        while control.stopReason == nil && !Task.isCancelled {
+            do {
+                try await Task.sleep(for: interval)
+                if let (code, title) = try await store.firstFailure(run: run, codes: ErrorClass.webhookHaltCodes, since: since) {
+                    logger.error("account-level failure reported by webhook; halting", metadata: ["code": "\(code)"])
+                    control.stop(.halted(GraphError(code: code, title: (title ?? "account-level error") + " (reported by a status webhook during the run)",
+                                                    httpStatus: 0)))
+                    return
+                }
+            } catch is CancellationError {
+                return
+            } catch {
+                // The database is the ledger's too: its failures stop the run there. Try again later.
+                continue
+            }
+        }
+    }
+
     /// Reads the run's queued messages a page at a time, staying a page ahead of the loop.
     func feed(_ feed: Feed, run: String) async {
         var last: Int64? = nil
@@ -413,6 +454,8 @@ public final class RunEngine: Sendable {
         var releasePair = true
         /// Meta throttled the whole sender: no sends for this many seconds.
         var pauseSender: Double? = nil
+        /// The pause is the circuit breaker's (an outage), not throttling: the pace is not lowered.
+        var outage = false
     }
 
     /// One answer by Meta's error class: what the ledger records, whether the message goes back in
@@ -427,6 +470,9 @@ public final class RunEngine: Sendable {
             control.count(failed: 1)
             return Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: true), item: item)
         }
+        func transient(_ error: SendError) -> Decision {
+            self.transient(error, item: item, attempt: attempt, options: options)
+        }
         switch outcome {
         case .accepted(let wamid, _):
             control.count(accepted: 1)
@@ -435,11 +481,17 @@ public final class RunEngine: Sendable {
             control.count(unknown: 1)
             return Decision(record: .unknown(messageID: item.id, attempt: attempt, reason: reason), item: item)
         case .notSent(let reason):
-            item.transientRetries += 1
-            let error = SendError(code: nil, title: "not sent: \(reason)")
-            return item.transientRetries > options.maxTransientRetries ? fail(error) : requeue(error, after: backoff(item.transientRetries))
+            return transient(SendError(code: nil, title: "not sent: \(reason)"))
         case .rejected(let e):
             let error = SendError(code: e.code, title: e.title, details: e.details)
+            if e.code == 131057 {
+                // Meta is upgrading the number's throughput, "up to a minute": the whole sender waits
+                // and then probes; the message keeps its retries.
+                var decision = requeue(error, after: .zero)
+                decision.pauseSender = control.openBreaker(pause: options.throughputUpgradePause, now: ContinuousClock.now)
+                decision.outage = true
+                return decision
+            }
             switch e.errorClass {
             case .throttled:
                 item.throttledRetries += 1
@@ -452,8 +504,7 @@ public final class RunEngine: Sendable {
                 item.pairRetries += 1
                 return requeue(error, after: .milliseconds(Int64(delay * 1000)), releasePair: false)
             case .transient:
-                item.transientRetries += 1
-                return item.transientRetries > options.maxTransientRetries ? fail(error) : requeue(error, after: backoff(item.transientRetries))
+                return transient(error)
             case .waitDay:
                 let notBefore = Date().addingTimeInterval(86_400).formatted(.iso8601)
                 return fail(SendError(code: e.code, title: e.title, details: "Meta's per-user limit: retry not before \(notBefore)"))
@@ -463,7 +514,18 @@ public final class RunEngine: Sendable {
                 return Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item)
             case .final:
                 control.knownCode()
-                return fail(error)
+                let decision = fail(error)
+                if let code = e.code, ErrorClass.requestShapeCodes.contains(code) {
+                    // The same refusal of the request's shape or template, message after message:
+                    // the template or our request is wrong, not the tenants. Halt with the rest queued.
+                    let streak = control.sameRequestError(code)
+                    if streak >= options.haltAfterSameRequestErrors {
+                        control.stop(.halted(GraphError(code: code, title: "\(streak) requests in a row refused with (#\(code)) \(e.title): " +
+                                                        "the template or the request does not match what Meta approved", details: e.details,
+                                                        httpStatus: e.httpStatus)))
+                    }
+                }
+                return decision
             case .unknownCode:
                 let decision = fail(error)
                 if control.unknownCode() >= options.haltAfterUnknownCodes {
@@ -473,6 +535,30 @@ public final class RunEngine: Sendable {
                 return decision
             }
         }
+    }
+
+    /// A transient failure (Meta's 1, 2, 131000, 131016, 133004, a 5xx, a request that could not be
+    /// sent). One message's bad luck is retried with back-off; a pile-up across messages is an
+    /// outage: the circuit breaker pauses the whole sender (2, 4, 8… 60 s) and probes with one
+    /// request at a time, and the messages refused meanwhile keep their retries, so an outage
+    /// never burns the queue.
+    func transient(_ error: SendError, item: Outgoing, attempt: Int, options: RunOptions) -> Decision {
+        var item = item
+        let now = ContinuousClock.now
+        if let pause = control.transientFailure(threshold: options.breakerThreshold, now: now) {
+            var decision = Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item,
+                                    requeueAfter: .zero)
+            decision.pauseSender = pause > 0 ? pause : nil
+            decision.outage = true
+            return decision
+        }
+        item.transientRetries += 1
+        if item.transientRetries > options.maxTransientRetries {
+            control.count(failed: 1)
+            return Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: true), item: item)
+        }
+        return Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item,
+                        requeueAfter: backoff(item.transientRetries))
     }
 
     /// 1, 2, 4, 8… seconds, ±25 % jitter, at most 60.
@@ -583,6 +669,14 @@ final class RunControl: Sendable {
     private struct State {
         var stopReason: StopReason?
         var unknownCodesInARow = 0
+        /// Transient failures in a row across messages (an accepted send resets it).
+        var transientInARow = 0
+        /// The circuit breaker: open while the sender is paused or probing after an outage.
+        var breakerOpen = false
+        var breakerPause: Double = 0
+        var breakerPausedUntil: ContinuousClock.Instant? = nil
+        /// The same request-shape error code in a row.
+        var sameRequestError: (code: Int, count: Int)? = nil
         var accepted = 0, failed = 0, unknown = 0
         /// The most requests the gate released in any one second.
         var mostInOneSecond = 0
@@ -608,7 +702,58 @@ final class RunControl: Sendable {
             $0.accepted += accepted
             $0.failed += failed
             $0.unknown += unknown
-            if accepted > 0 { $0.unknownCodesInARow = 0 }
+            if accepted > 0 {
+                $0.unknownCodesInARow = 0
+                $0.transientInARow = 0
+                $0.breakerOpen = false
+                $0.breakerPause = 0
+                $0.breakerPausedUntil = nil
+                $0.sameRequestError = nil
+            }
+        }
+    }
+
+    var breakerIsOpen: Bool { state.withLock { $0.breakerOpen } }
+
+    /// Counts a transient failure. Nil: the breaker stays closed (the message retries on its own).
+    /// Otherwise the breaker is open: the seconds to pause the sender (0 while a pause already
+    /// covers this failure, a request that was in flight when it began).
+    func transientFailure(threshold: Int, now: ContinuousClock.Instant) -> Double? {
+        state.withLock { s in
+            s.transientInARow += 1
+            if !s.breakerOpen {
+                guard s.transientInARow >= threshold else { return nil }
+                s.breakerOpen = true
+                s.breakerPause = 2
+                s.breakerPausedUntil = now + .seconds(2)
+                return 2
+            }
+            // Open: a failure after the pause ended is a failed probe; the next pause is longer.
+            if let until = s.breakerPausedUntil, now < until { return 0 }
+            s.breakerPause = min(60, s.breakerPause * 2)
+            s.breakerPausedUntil = now + .milliseconds(Int64(s.breakerPause * 1000))
+            return s.breakerPause
+        }
+    }
+
+    /// Opens the breaker for a pause Meta announced (131057); returns the pause to apply.
+    func openBreaker(pause: Double, now: ContinuousClock.Instant) -> Double {
+        state.withLock { s in
+            let until = now + .milliseconds(Int64(pause * 1000))
+            if s.breakerOpen, let current = s.breakerPausedUntil, current >= until { return 0 }
+            s.breakerOpen = true
+            s.breakerPause = max(s.breakerPause, min(60, pause))
+            s.breakerPausedUntil = until
+            return pause
+        }
+    }
+
+    /// Counts a request-shape refusal with `code`; returns how many in a row had that code.
+    func sameRequestError(_ code: Int) -> Int {
+        state.withLock { s in
+            let count = s.sameRequestError?.code == code ? s.sameRequestError!.count + 1 : 1
+            s.sameRequestError = (code, count)
+            return count
         }
     }
 
@@ -659,5 +804,18 @@ public func haltAdvice(_ error: GraphError) -> String {
     case 133010, 131045: return "The sender phone number is not registered with the Cloud API: register it (and check WHATSAPP_PHONE_NUMBER_ID)."
     case 131048: return "Meta's spam rate limit was hit: wait, and review the template's quality."
     default: return "Fix the cause above, then run the same command again: what was not sent is still queued."
+    }
+}
+
+/// Two manifests whose names derive the same run name (`march-2026.csv`, `march-2026.xml`): the
+/// second is refused, never merged into the first one's run without a word.
+public struct RunNameConflict: Error, CustomStringConvertible {
+    public var run: String
+    public var existingManifest: String
+    public var manifest: String
+
+    public var description: String {
+        "run '\(run)' was made from \(existingManifest), not \(manifest): name this one's run with --run NAME " +
+            "(or --run \(run) to add its invoices to that run on purpose)"
     }
 }

@@ -40,9 +40,26 @@ public final class SenderLeaseKeeper: Sendable {
         while true {
             let lease = try await store.acquireSenderLease(sender: sender, holder: holder, run: run, ttl: ttl, at: Date().timeIntervalSince1970)
             if lease.holder == holder { return }
+            if Self.holderIsDeadOnThisHost(lease.holder) {
+                // A crashed run on this machine (kill -9, power cut of the process): its lease is
+                // released at once instead of waiting for it to expire. Only that holder's lease
+                // is deleted, so a live process that took it meanwhile keeps it.
+                try await store.releaseSenderLease(sender: sender, holder: lease.holder)
+                continue
+            }
             if ContinuousClock.now + poll > deadline { throw SenderBusy(lease: lease) }
             try await Task.sleep(for: poll)
         }
+    }
+
+    /// True when `holder` (`HOST pid N #R`) names this host and no process N is alive here. A
+    /// holder on another host, or a pid that is alive (even if reused), is left to expire.
+    static func holderIsDeadOnThisHost(_ holder: String, host: String = ProcessInfo.processInfo.hostName) -> Bool {
+        let prefix = host + " pid "
+        guard holder.hasPrefix(prefix) else { return false }
+        let rest = holder.dropFirst(prefix.count)
+        guard let pid = Int32(rest.prefix { $0.isNumber }), pid > 0, pid != getpid() else { return false }
+        return kill(pid, 0) != 0 && errno == ESRCH
     }
 
     /// Renews the lease until cancelled. Calls `lost` (and stops) if another process took it,

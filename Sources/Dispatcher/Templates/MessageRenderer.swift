@@ -93,7 +93,12 @@ public struct MessageRenderer: Sendable {
             let slot = "body parameter {{\(index + 1)}}"
             if parameter.type == "currency" {
                 let fallbackText = formatting.money(invoice.amount)
-                parameters.append(.currency(fallback: fallbackText, code: invoice.amount.currency.code, amount1000: invoice.amount.amount1000))
+                if let amount1000 = invoice.amount.metaAmount1000 {
+                    parameters.append(.currency(fallback: fallbackText, code: invoice.amount.currency.code, amount1000: Int64(amount1000)))
+                } else {
+                    // Meta's amount_1000 is a 32-bit integer: a larger amount goes as the text the tenant reads.
+                    parameters.append(.text(fallbackText))
+                }
                 shown.append(fallbackText)
                 continue
             }
@@ -201,8 +206,17 @@ public struct MessageRenderer: Sendable {
 }
 
 /// Meta refuses parameters with line breaks, tabs or more than four consecutive spaces.
+///
+/// Checked on Unicode scalars, never on `Character`: `"\r\n"` is one Character, equal to neither
+/// `"\n"` nor `"\r"`.
 func checkTextParameter(_ text: String) -> String? {
-    if text.contains(where: { $0 == "\n" || $0 == "\r" || $0 == "\t" }) { return "contains a line break or tab" }
+    for scalar in text.unicodeScalars {
+        switch scalar.value {
+        case 0x0A, 0x0D, 0x09, 0x0B, 0x0C, 0x85, 0x2028, 0x2029: return "contains a line break or tab"
+        case 0x00...0x1F, 0x7F...0x9F: return "contains a control character (U+\(hex4(scalar.value)))"
+        default: continue
+        }
+    }
     if text.contains("     ") { return "contains more than four consecutive spaces" }
     if text.count > 1024 { return "is longer than 1,024 characters" }
     return nil
@@ -211,4 +225,10 @@ func checkTextParameter(_ text: String) -> String? {
 /// The problems that keep an invoice from being sent.
 public struct InvoiceProblems: Error, Sendable {
     public var issues: [ValidationIssue]
+}
+
+/// `001B` for U+001B.
+func hex4(_ value: UInt32) -> String {
+    let digits = String(value, radix: 16, uppercase: true)
+    return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
 }

@@ -43,19 +43,41 @@ public struct Invoice: Sendable, Hashable {
 }
 
 /// An amount in integer minor units of its currency (cents for DOP), never floating point.
+///
+/// Every amount that reaches a `Money` fits `Money.maximumMinorUnits` (15 digits in all, whatever the
+/// currency's decimals), so that its thousandths (`amount1000`) and the totals of a manifest are
+/// computed without overflow; totals use `adding(_:)`, which says when they would not fit.
 public struct Money: Sendable, Hashable, CustomStringConvertible {
     public var minorUnits: Int64
     public var currency: Currency
+
+    /// The largest amount of any currency in minor units: 15 digits (999,999,999,999,999 minor units).
+    public static let maximumMinorUnits: Int64 = 999_999_999_999_999
 
     public init(minorUnits: Int64, currency: Currency) {
         self.minorUnits = minorUnits
         self.currency = currency
     }
 
-    /// Amount × 1000 as Meta's `currency` parameter wants it (`amount_1000`).
+    /// How many digits an amount of `currency` may have before the point.
+    public static func maximumWholeDigits(_ currency: Currency) -> Int { 15 - currency.minorUnitDigits }
+
+    /// Amount × 1000 (Meta's `amount_1000`), exact for any amount within `maximumMinorUnits`.
     public var amount1000: Int64 {
         let digits = currency.minorUnitDigits
         return digits <= 3 ? minorUnits * pow10(3 - digits) : minorUnits / pow10(digits - 3)
+    }
+
+    /// `amount_1000` as Meta takes it: a 32-bit integer. Nil when the amount is larger (at most
+    /// 2,147,483.647 of any currency); such an amount goes as a text parameter instead.
+    public var metaAmount1000: Int32? { Int32(exactly: amount1000) }
+
+    /// The sum of two amounts of one currency; nil when it would pass `maximumMinorUnits × 1000`
+    /// (a total, unlike one invoice, may exceed one amount's limit but never wraps).
+    public func adding(_ other: Money) -> Money? {
+        let (sum, overflow) = minorUnits.addingReportingOverflow(other.minorUnits)
+        guard !overflow, sum.magnitude <= UInt64(Self.maximumMinorUnits) * 1000 else { return nil }
+        return Money(minorUnits: sum, currency: currency)
     }
 
     /// Plain decimal with `.` and the currency's digits (`12345.50`): for CSV reports and JSON.

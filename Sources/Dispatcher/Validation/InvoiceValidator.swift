@@ -64,6 +64,7 @@ public struct InvoiceValidator {
         switch invoiceID {
         case nil: fail("invoice_id", "is missing")
         case .some(.invalidUTF8): fail("invoice_id", "is not valid UTF-8")
+        case .some(.control(let c)): fail("invoice_id", controlMessage(c))
         case .some(.text(let id)):
             if id.utf8.count > 128 { fail("invoice_id", "is longer than 128 characters") }
             if id.utf8.contains(where: { $0 < 0x20 }) { fail("invoice_id", "contains a control character") }
@@ -165,7 +166,8 @@ public struct InvoiceValidator {
         if let bytes = record[.email], !isBlankBytes(bytes) {
             let raw = trimmed(bytes)
             if let value = validatedString(raw) {
-                if looksLikeEmail(raw) { email = value } else { fail("email", "'\(value)' is not an email address") }
+                if let control = forbiddenControl(raw) { fail("email", controlMessage(control)) }
+                else if looksLikeEmail(raw) { email = value } else { fail("email", "'\(value)' is not an email address") }
             } else {
                 fail("email", "is not valid UTF-8 (save the file as UTF-8)")
             }
@@ -175,6 +177,10 @@ public struct InvoiceValidator {
         for (name, bytes) in record.extras {
             guard let value = validatedString(bytes) else {
                 fail(name, "is not valid UTF-8")
+                continue
+            }
+            if let control = forbiddenControl(bytes) {
+                fail(name, controlMessage(control))
                 continue
             }
             extras[name] = value.trimmingASCIIWhitespace()
@@ -199,6 +205,7 @@ public struct InvoiceValidator {
     private enum TextValue {
         case text(String)
         case invalidUTF8
+        case control(UInt32)
         var value: String? { if case .text(let s) = self { s } else { nil } }
     }
 
@@ -209,9 +216,11 @@ public struct InvoiceValidator {
         while lo < hi && isASCIISpace(bytes[lo]) { lo += 1 }
         while hi > lo && isASCIISpace(bytes[hi - 1]) { hi -= 1 }
         if lo == hi { return nil }
-        guard let s = validatedString(UnsafeBufferPointer(rebasing: bytes[lo..<hi])) else {
+        let field = UnsafeBufferPointer(rebasing: bytes[lo..<hi])
+        guard let s = validatedString(field) else {
             return .invalidUTF8
         }
+        if let control = forbiddenControl(field) { return .control(control) }
         return .text(s)
     }
 
@@ -220,6 +229,7 @@ public struct InvoiceValidator {
         switch text(record[field]) {
         case nil: fail(field.name, "is missing"); return nil
         case .some(.invalidUTF8): fail(field.name, "is not valid UTF-8 (save the file as UTF-8)"); return nil
+        case .some(.control(let c)): fail(field.name, controlMessage(c)); return nil
         case .some(.text(let s)): return s
         }
     }
@@ -229,6 +239,7 @@ public struct InvoiceValidator {
         switch text(record[field]) {
         case nil: return nil
         case .some(.invalidUTF8): fail(field.name, "is not valid UTF-8 (save the file as UTF-8)"); return nil
+        case .some(.control(let c)): fail(field.name, controlMessage(c)); return nil
         case .some(.text(let s)): return s
         }
     }
@@ -246,17 +257,21 @@ func parseAmount(_ raw: UnsafeBufferPointer<UInt8>, digits: Int?) -> Result<Int6
     let shown = String(decoding: UnsafeBufferPointer(rebasing: raw[lo..<hi]), as: UTF8.self)
     var negative = false
     if lo < hi && raw[lo] == UInt8(ascii: "-") { negative = true; lo += 1 }
-    var whole: Int64 = 0, wholeDigits = 0
+    var whole: Int64 = 0, wholeDigits = 0, sawDigit = false
     var fraction: [UInt8] = []
     var sawPoint = false
     for i in lo..<hi {
         let b = raw[i]
         if b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") {
-            if sawPoint { fraction.append(b - UInt8(ascii: "0")) }
-            else {
-                wholeDigits += 1
-                if wholeDigits > 15 { return .failure(AmountError(message: "'\(shown)' is too large")) }
+            if sawPoint {
+                if fraction.count > 64 { return .failure(AmountError(message: "'\(shown.prefix(40))…' has too many decimals")) }
+                fraction.append(b - UInt8(ascii: "0"))
+            } else {
+                // Leading zeros do not count; 15 significant digits is the most any currency takes.
+                if wholeDigits > 0 || b != UInt8(ascii: "0") { wholeDigits += 1 }
+                if wholeDigits > 15 { return .failure(AmountError(message: "'\(shown.prefix(40))' is too large")) }
                 whole = whole * 10 + Int64(b - UInt8(ascii: "0"))
+                sawDigit = true
             }
         } else if b == UInt8(ascii: ".") && !sawPoint {
             sawPoint = true
@@ -266,7 +281,7 @@ func parseAmount(_ raw: UnsafeBufferPointer<UInt8>, digits: Int?) -> Result<Int6
             return .failure(AmountError(message: "'\(shown)' is not a number (write a plain decimal such as 12345.50)"))
         }
     }
-    if wholeDigits == 0 || (sawPoint && fraction.isEmpty) {
+    if !sawDigit || (sawPoint && fraction.isEmpty) {
         return .failure(AmountError(message: "'\(shown)' is not a number (write a plain decimal such as 12345.50)"))
     }
     guard let digits else { return .success(0) }  // the currency is wrong; that is reported on its own
@@ -276,6 +291,11 @@ func parseAmount(_ raw: UnsafeBufferPointer<UInt8>, digits: Int?) -> Result<Int6
             return .failure(AmountError(message: "'\(shown)' has \(fraction.count) decimals; this currency has \(digits)"))
         }
         fraction.removeLast(fraction.count - digits)
+    }
+    // The whole part may have at most 15 − digits digits, so that minor units stay within
+    // Money.maximumMinorUnits (and thousandths and totals cannot overflow).
+    if wholeDigits > 15 - digits {
+        return .failure(AmountError(message: "'\(shown.prefix(40))' is too large: at most \(15 - digits) digits before the point in this currency"))
     }
     while fraction.count < digits { fraction.append(0) }
     var minor = whole

@@ -31,6 +31,32 @@ func isValidUTF8(_ b: UnsafeBufferPointer<UInt8>) -> Bool {
     return true
 }
 
+/// The first control character in valid UTF-8 bytes that no manifest field may hold: C0 controls
+/// other than tab, line feed and carriage return (which the formats allow inside a field), DEL,
+/// and the C1 controls U+0080–U+009F. Nil when there is none.
+func forbiddenControl(_ b: UnsafeBufferPointer<UInt8>) -> UInt32? {
+    var i = 0
+    let n = b.count
+    while i < n {
+        let c = b[i]
+        if c < 0x20 {
+            if c != 0x09 && c != 0x0A && c != 0x0D { return UInt32(c) }
+        } else if c == 0x7F {
+            return 0x7F
+        } else if c == 0xC2 && i + 1 < n && b[i + 1] >= 0x80 && b[i + 1] <= 0x9F {
+            return UInt32(b[i + 1])
+        }
+        i += 1
+    }
+    return nil
+}
+
+/// What a field with a control character is told.
+func controlMessage(_ scalar: UInt32) -> String {
+    let digits = String(scalar, radix: 16, uppercase: true)
+    return "contains the control character U+\(String(repeating: "0", count: max(0, 4 - digits.count)) + digits), which cannot be sent or shown: remove it"
+}
+
 /// A String from UTF-8 bytes, or nil when they are not valid UTF-8.
 @inline(__always) func validatedString(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
     isValidUTF8(bytes) ? String(decoding: bytes, as: UTF8.self) : nil

@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 public import Hummingbird
+import HummingbirdCore
 public import Logging
 import NIOCore
 import Prometheus
@@ -23,6 +24,12 @@ public struct ServerConfiguration: Sendable {
     public var reportsDirectory: String
     /// `/metrics` answers only with the bearer token.
     public var metricsNeedToken: Bool
+    /// A connection that sends nothing for this long is closed (idle keep-alive, or a client
+    /// that stops half-way through a request).
+    public var idleTimeout: Duration = .seconds(30)
+    /// Connections served at once; past it new ones wait in the kernel's backlog, so that open
+    /// sockets can never exhaust the process's file limit and `/health` keeps answering.
+    public var maxConnections: Int = 2_000
 
     public init(basePath: String = "", appSecret: String, verifyToken: String? = nil, apiToken: String? = nil, jwtSecret: String? = nil,
                 maxWebhookBytes: Int = 3_500_000, reportsDirectory: String = "reports", metricsNeedToken: Bool = false) {
@@ -87,15 +94,28 @@ public struct DispatcherServer: Sendable {
     /// Serves on `host:port` until cancelled (for a run's settle window, in-process); `onListening`
     /// gets the bound port (useful with port 0).
     public func run(host: String, port: Int, logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
-        let app = Application(router: router(), configuration: .init(address: .hostname(host, port: port), serverName: "dispatcher"),
+        let app = Application(router: router(), server: .http1(configuration: http1Configuration),
+                              configuration: applicationConfiguration(host: host, port: port, logger: logger),
                               onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) }, logger: logger)
         try await app.run()
     }
 
     /// An application listening on `host:port`, ready for `runService()` (graceful on SIGTERM).
     public func application(host: String, port: Int, logger: Logger) -> some ApplicationProtocol {
-        Application(router: router(), configuration: .init(address: .hostname(host, port: port), serverName: "dispatcher"),
-                    logger: logger)
+        Application(router: router(), server: .http1(configuration: http1Configuration),
+                    configuration: applicationConfiguration(host: host, port: port, logger: logger), logger: logger)
+    }
+
+    /// Idle connections closed: Hummingbird's HTTP/1 server keeps them forever by default.
+    var http1Configuration: HTTP1Channel.Configuration {
+        let nanoseconds = configuration.idleTimeout.components.seconds * 1_000_000_000
+            + configuration.idleTimeout.components.attoseconds / 1_000_000_000
+        return HTTP1Channel.Configuration(idleTimeout: .nanoseconds(nanoseconds))
+    }
+
+    func applicationConfiguration(host: String, port: Int, logger: Logger) -> ApplicationConfiguration {
+        ApplicationConfiguration(address: .hostname(host, port: port), serverName: "dispatcher",
+                                 availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections, logger: logger))
     }
 
     // MARK: - Webhook
@@ -116,21 +136,11 @@ public struct DispatcherServer: Sendable {
                         body: .init(byteBuffer: ByteBuffer(string: challenge)))
     }
 
-    func receiveWebhook(_ request: Request, context: BasicRequestContext) async throws -> Response {
-        let started = ContinuousClock.now
-        var request = request
-        let buffer: ByteBuffer
-        do {
-            buffer = try await request.collectBody(upTo: configuration.maxWebhookBytes)
-        } catch is NIOTooManyBytesError {
-            metrics.webhooksRejected["too_large"]?.increment()
-            throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
-        }
-        let body = Array(buffer.readableBytesView)
-        let header = request.headers[HTTPField.Name("X-Hub-Signature-256")!]
-        switch signature.verify(header: header, body: body) {
+    /// Counts, logs and throws the refusal a signature verdict calls for; returns on `.valid`.
+    func refuseUnlessValid(_ verdict: WebhookSignature.Verdict, context: BasicRequestContext) throws {
+        switch verdict {
         case .valid:
-            break
+            return
         case .missing:
             metrics.webhooksRejected["missing_signature"]?.increment()
             context.logger.warning("webhook refused: no X-Hub-Signature-256")
@@ -144,6 +154,28 @@ public struct DispatcherServer: Sendable {
             context.logger.warning("webhook refused: signature does not match (is WHATSAPP_APP_SECRET the app's secret?)")
             throw APIError(.forbidden, "signature does not match")
         }
+    }
+
+    func receiveWebhook(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let started = ContinuousClock.now
+        var request = request
+        let header = request.headers[HTTPField.Name("X-Hub-Signature-256")!]
+        // Refused before a byte of the body is read: no signature, a malformed one, or a declared
+        // length past the cap cost the sender nothing of ours.
+        try refuseUnlessValid(WebhookSignature.shape(of: header), context: context)
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > configuration.maxWebhookBytes {
+            metrics.webhooksRejected["too_large"]?.increment()
+            throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
+        }
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: configuration.maxWebhookBytes)
+        } catch is NIOTooManyBytesError {
+            metrics.webhooksRejected["too_large"]?.increment()
+            throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
+        }
+        let body = Array(buffer.readableBytesView)
+        try refuseUnlessValid(signature.verify(header: header, body: body), context: context)
         var contents: WebhookContents? = nil
         var parseError: String? = nil
         do {
@@ -220,7 +252,12 @@ public struct DispatcherServer: Sendable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw APIError(.notFound, "no report for run \(run) yet: run `dispatcher report \(run)`")
         }
-        return Response(status: .ok, headers: [.contentType: type], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        // Reports hold tenants' text: never sniffed as something else, no script, no outside fetch.
+        var headers: HTTPFields = [.contentType: type]
+        headers[HTTPField.Name("X-Content-Type-Options")!] = "nosniff"
+        headers[HTTPField.Name("Content-Security-Policy")!] =
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 
     func health() async throws -> Response {

@@ -64,6 +64,9 @@ public protocol DispatchStore: Sendable {
                        at time: Double) async throws -> IngestResult
     func isOptedOut(phone: String) async throws -> Bool
     func optOuts() async throws -> [OptOut]
+    /// The first message of `run` that failed at or after `since` with one of `codes` (account-level
+    /// errors that arrive by webhook while a run sends: payment, spam limits), if any.
+    func firstFailure(run: String, codes: [Int], since: Double) async throws -> (code: Int, title: String?)?
 
     // MARK: Senders
 

@@ -90,7 +90,16 @@ enum ReportSQL {
                            to summary: inout ReportSummary, index: inout [String: Int]) {
         let at = figures(landlord, currency, in: &summary, index: &index)
         summary.landlords[at].invoices += invoices
-        summary.landlords[at].billedMinor += billed
-        summary.landlords[at].deliveredMinor += delivered
+        summary.landlords[at].billedMinor.addClamping(billed)
+        summary.landlords[at].deliveredMinor.addClamping(delivered)
+    }
+}
+
+extension Int64 {
+    /// Adds without trapping: a report's total that would pass Int64 stays at its bound. A manifest
+    /// cannot get there (its totals are checked on import); only many API calls with huge amounts could.
+    mutating func addClamping(_ other: Int64) {
+        let (sum, overflow) = addingReportingOverflow(other)
+        self = overflow ? (other > 0 ? .max : .min) : sum
     }
 }

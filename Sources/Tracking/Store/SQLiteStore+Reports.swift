@@ -76,8 +76,8 @@ extension SQLiteStore {
                 let at = ReportSQL.figures(f.landlord, f.currency, in: &summary, index: &figures)
                 summary.landlords[at].invoices += f.invoices
                 summary.landlords[at].messages += f.messages
-                summary.landlords[at].billedMinor += f.billedMinor
-                summary.landlords[at].deliveredMinor += f.deliveredMinor
+                summary.landlords[at].billedMinor.addClamping(f.billedMinor)
+                summary.landlords[at].deliveredMinor.addClamping(f.deliveredMinor)
                 summary.landlords[at].failed += f.failed
                 summary.landlords[at].unreachable += f.unreachable
                 summary.landlords[at].pending += f.pending
@@ -142,7 +142,7 @@ struct ReportPass: Sendable {
         var lastInvoice: Int64 = -1
         var invoiceAt = 0, invoiceAmount: Int64 = 0, invoiceDelivered = false
         func closeInvoice() {
-            if lastInvoice >= 0 && invoiceDelivered { figures[invoiceAt].deliveredMinor += invoiceAmount }
+            if lastInvoice >= 0 && invoiceDelivered { figures[invoiceAt].deliveredMinor.addClamping(invoiceAmount) }
         }
         var stateCounts = [Int](repeating: 0, count: MessageState.allCases.map(\.rank).max()! + 1)
         var sends: (minute: Int, count: Int) = (Int.min, 0), deliveries: (minute: Int, count: Int) = (Int.min, 0)
@@ -182,7 +182,7 @@ struct ReportPass: Sendable {
                 invoiceAmount = r[3]
                 invoiceDelivered = false
                 figures[lastAt].invoices += 1
-                figures[lastAt].billedMinor += invoiceAmount
+                figures[lastAt].billedMinor.addClamping(invoiceAmount)
             }
             figures[lastAt].messages += 1
             switch state {

@@ -446,6 +446,18 @@ public final class SQLiteStore: DispatchStore {
         try await pool.read { db in try Bool.fetchOne(db, sql: "SELECT 1 FROM opt_outs WHERE phone = ?", arguments: [phone]) ?? false }
     }
 
+    public func firstFailure(run: String, codes: [Int], since: Double) async throws -> (code: Int, title: String?)? {
+        guard !codes.isEmpty else { return nil }
+        return try await pool.read { db in
+            let list = codes.map(String.init).joined(separator: ",")
+            guard let row = try Row.fetchOne(db, sql: """
+                SELECT error_code, error_title FROM messages
+                WHERE run = ? AND state = 'failed' AND error_code IN (\(list)) AND failed_at >= ? LIMIT 1
+                """, arguments: [run, since]) else { return nil }
+            return (row[0], row[1])
+        }
+    }
+
     public func optOuts() async throws -> [OptOut] {
         try await pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM opt_outs ORDER BY at").map { OptOut(phone: $0["phone"], at: $0["at"], word: $0["word"]) }

@@ -46,8 +46,8 @@ public struct WebhookPayload: Decodable, Sendable {
         public var id: String?
         /// `sent`, `delivered`, `read`, `failed`, `played`…; unknown values are kept, not applied.
         public var status: String?
-        /// Unix seconds, as a string.
-        public var timestamp: String?
+        /// Unix seconds: a string in Meta's documentation, a number in some payloads.
+        public var timestamp: UnixSeconds?
         public var recipientID: String?
         public var recipientUserID: String?
         public var bizOpaqueCallbackData: String?
@@ -94,7 +94,7 @@ public struct WebhookPayload: Decodable, Sendable {
     public struct InboundMessage: Decodable, Sendable {
         public var from: String?
         public var id: String?
-        public var timestamp: String?
+        public var timestamp: UnixSeconds?
         public var type: String?
         public var text: Text?
 
@@ -108,6 +108,28 @@ public struct WebhookPayload: Decodable, Sendable {
 
         enum CodingKeys: String, CodingKey {
             case waID = "wa_id"
+        }
+    }
+}
+
+/// Unix seconds written as a string (`"1767225600"`, as Meta documents) or as a number: a
+/// payload whose timestamp is a number must not lose its statuses.
+public struct UnixSeconds: Decodable, Sendable, Equatable {
+    public var value: Int64
+
+    public init(_ value: Int64) { self.value = value }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let n = try? c.decode(Int64.self) {
+            value = n
+        } else if let d = try? c.decode(Double.self), d.isFinite, abs(d) < 1e15 {
+            value = Int64(d)
+        } else {
+            let text = try c.decode(String.self).trimmingCharacters(in: .whitespaces)
+            if let n = Int64(text) { value = n }
+            else if let d = Double(text), d.isFinite, abs(d) < 1e15 { value = Int64(d) }
+            else { value = 0 }  // unreadable: the status still applies, at the time it was received
         }
     }
 }
@@ -179,14 +201,14 @@ public struct WebhookContents: Sendable {
                     guard let wamid = s.id, let status = s.status else { continue }
                     let error = s.errors?.first
                     statuses.append(StatusUpdate(
-                        wamid: wamid, status: status, timestamp: Int64(s.timestamp ?? "") ?? 0,
+                        wamid: wamid, status: status, timestamp: s.timestamp?.value ?? 0,
                         recipientID: (s.recipientID?.isEmpty == false ? s.recipientID : s.recipientUserID),
                         callbackData: s.bizOpaqueCallbackData, errorCode: error?.code, errorTitle: error?.title ?? error?.message,
                         errorDetails: error?.errorData?.details, pricingCategory: s.pricing?.category))
                 }
                 for m in value.messages ?? [] {
                     guard let wamid = m.id, let from = m.from else { continue }
-                    inbound.append(InboundText(wamid: wamid, from: from, timestamp: Int64(m.timestamp ?? "") ?? 0,
+                    inbound.append(InboundText(wamid: wamid, from: from, timestamp: m.timestamp?.value ?? 0,
                                                type: m.type ?? "unknown", body: m.text?.body))
                 }
                 for e in value.errors ?? [] { systemErrors.append((e.code, e.title ?? e.message)) }

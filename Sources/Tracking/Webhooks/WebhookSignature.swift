@@ -18,9 +18,20 @@ public struct WebhookSignature: Sendable {
     }
 
     public func verify(header: String?, body: [UInt8]) -> Verdict {
-        guard let header, !header.isEmpty else { return .missing }
-        guard header.hasPrefix("sha256="), let mac = hexBytes(header.dropFirst(7)), mac.count == 32 else { return .malformed }
+        guard let mac = Self.mac(in: header) else { return Self.shape(of: header) }
         return HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: body, using: key) ? .valid : .mismatch
+    }
+
+    /// What the header alone says, before any body is read: `.missing`, `.malformed`, or `.valid`
+    /// meaning only "well-formed, worth reading the body for".
+    public static func shape(of header: String?) -> Verdict {
+        guard let header, !header.isEmpty else { return .missing }
+        return mac(in: header) == nil ? .malformed : .valid
+    }
+
+    private static func mac(in header: String?) -> [UInt8]? {
+        guard let header, header.hasPrefix("sha256="), let mac = hexBytes(header.dropFirst(7)), mac.count == 32 else { return nil }
+        return mac
     }
 
     /// The header value for a body: what Meta (and our sandbox) send.

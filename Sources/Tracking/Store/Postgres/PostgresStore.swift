@@ -586,6 +586,17 @@ public final class PostgresStore: DispatchStore {
         return result
     }
 
+    public func firstFailure(run: String, codes: [Int], since: Double) async throws -> (code: Int, title: String?)? {
+        guard !codes.isEmpty else { return nil }
+        let found = try await rows("""
+            SELECT error_code, error_title FROM messages
+            WHERE run = \(run) AND state = 'failed' AND error_code = ANY(\(codes)) AND failed_at >= \(since) LIMIT 1
+            """)
+        guard let row = found.first else { return nil }
+        let (code, title) = try row.decode((Int, String?).self)
+        return (code, title)
+    }
+
     public func isOptedOut(phone: String) async throws -> Bool {
         try await !rows("SELECT 1 FROM opt_outs WHERE phone = \(phone)").isEmpty
     }

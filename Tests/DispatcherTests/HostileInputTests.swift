@@ -1,0 +1,206 @@
+import Foundation
+import Testing
+@testable import Dispatcher
+
+/// Input a careless export or an attacker could hand us: it must be refused by record and field,
+/// never crash the process, never be wrapped or zeroed, and never be dropped without a word.
+@Suite("Hostile and broken input")
+struct HostileInputTests {
+    // MARK: - Money
+
+    @Test("an amount too large for its currency is an error naming the record, never a crash", arguments: [
+        ("999999999999999.9999", "CLF"),  // 4 decimals: 19 digits of minor units would overflow
+        ("99999999999999.99", "DOP"),  // 16 digits in all
+        ("1000000000000000", "JPY"),
+        ("000000000000000000000000001.50", "DOP"),  // leading zeros are not digits: this one is fine
+    ])
+    func tooLarge(amount: String, currency: String) throws {
+        let (invoices, summary) = try importCSV("\(csvHeader)\nA,a,+18095550101,\(amount),\(currency),2026-03\n")
+        if amount.hasPrefix("0000") {
+            #expect(summary.isValid)
+            #expect(invoices.first?.amount.minorUnits == 150)
+            return
+        }
+        #expect(invoices.isEmpty)
+        #expect(summary.issues.count == 1)
+        #expect(summary.issues.first?.field == "amount")
+        #expect(summary.issues.first?.invoiceID == "A")
+        #expect(summary.issues.first?.line == 2)
+        #expect(summary.issues.first?.message.contains("too large") == true)
+    }
+
+    @Test("the largest amount each currency takes has exact thousandths")
+    func largestAmounts() throws {
+        let (invoices, summary) = try importCSV("""
+            \(csvHeader)
+            A,a,+18095550101,9999999999999.99,DOP,2026-03
+            B,b,+18095550102,99999999999.9999,CLF,2026-03
+            C,c,+18095550103,999999999999999,JPY,2026-03
+
+            """)
+        #expect(summary.isValid)
+        #expect(invoices.map(\.amount.minorUnits) == [999_999_999_999_999, 999_999_999_999_999, 999_999_999_999_999])
+        #expect(invoices.map(\.amount.amount1000) == [9_999_999_999_999_990, 99_999_999_999_999, 999_999_999_999_999_000])
+    }
+
+    @Test("totals: checked, never wrapped")
+    func totals() {
+        let dop = Currency(code: "DOP")!
+        let big = Money(minorUnits: Money.maximumMinorUnits, currency: dop)
+        var total = Money(minorUnits: 0, currency: dop)
+        for _ in 0..<1000 { total = total.adding(big)! }
+        #expect(total.minorUnits == Money.maximumMinorUnits * 1000)
+        #expect(total.adding(Money(minorUnits: 1, currency: dop)) == nil)
+        #expect(Money(minorUnits: .max, currency: dop).adding(Money(minorUnits: 1, currency: dop)) == nil)
+    }
+
+    @Test("a manifest whose total would pass 18 digits: the invoice that passes it is refused, by line")
+    func manifestTotal() throws {
+        var text = "\(csvHeader),due_date,document_url\n"
+        for i in 0..<1001 {
+            text += "I\(i),Tenant,+1809\(String(format: "%07d", i)),9999999999999.99,DOP,2026-03,2026-03-10,https://docs.example.com/\(i).pdf\n"
+        }
+        let path = try temporaryFile("huge.csv", text)
+        let renderer = try MessageRenderer(catalog: try TemplateCatalog(directory: templatesPath), templateName: "invoice", defaultLanguage: "es")
+        let result = try Previewer(options: ValidationOptions(), renderer: renderer).run(path: path)
+        #expect(result.errorCount == 1)
+        #expect(result.errors.first?.invoiceID == "I1000")
+        #expect(result.errors.first?.field == "amount")
+        #expect(result.errors.first?.line == 1002)
+        #expect(result.billed["DOP"]?.minorUnits == Money.maximumMinorUnits * 1000)
+    }
+
+    @Test("amount_1000 past a 32-bit integer goes as the text the tenant reads; below it, as Meta's currency")
+    func amount1000() throws {
+        let catalog = try TemplateCatalog(directory: templatesPath)
+        let renderer = try MessageRenderer(catalog: catalog, templateName: "invoice", defaultLanguage: "es")
+        func parameter(_ minor: Int64) throws -> TemplateMessageRequest.Parameter {
+            let invoice = Invoice(line: 2, invoiceID: "I", tenantName: "Ana", phones: ["18095550101"],
+                                  amount: Money(minorUnits: minor, currency: Currency(code: "DOP")!), period: BillingPeriod(year: 2026, month: 3),
+                                  locale: "es-DO", documentURL: "https://docs.example.com/i.pdf")
+            let message = try renderer.render(invoice).get()[0]
+            return try #require(message.request.template.components.first { $0.type == "body" }).parameters[2]
+        }
+        #expect(try parameter(214_748_364) == .currency(fallback: "RD$2,147,483.64", code: "DOP", amount1000: 2_147_483_640))
+        #expect(try parameter(214_748_365) == .text("RD$2,147,483.65"))
+        #expect(try parameter(999_999_999_999_999) == .text("RD$9,999,999,999,999.99"))
+    }
+
+    // MARK: - Control characters
+
+    @Test("control characters are refused per field; a CRLF inside a quoted name is a line break Meta refuses")
+    func controlCharacters() throws {
+        let (_, summary) = try importCSV("\(csvHeader),landlord\nA,Ana\u{1B}[31m,+18095550101,1,DOP,2026-03,Caribe\nB,Bo,+18095550102,1,DOP,2026-03,Ca\u{0}ribe\nC,Cy,+18095550103,1,DOP,2026-03,Ca\u{85}ribe\n")
+        #expect(summary.issues.map(\.field) == ["tenant_name", "landlord", "landlord"])
+        #expect(summary.issues.map(\.invoiceID) == ["A", "B", "C"])
+        #expect(summary.issues[0].message.contains("U+001B"))
+        #expect(summary.issues[1].message.contains("U+0000"))
+        #expect(summary.issues[2].message.contains("U+0085"))
+
+        // "\r\n" is one Character in Swift: it must still be seen as a line break.
+        let catalog = try TemplateCatalog(directory: templatesPath)
+        let renderer = try MessageRenderer(catalog: catalog, templateName: "invoice", defaultLanguage: "es")
+        let (invoices, imported) = try importCSV("\(csvHeader),document_url\r\nA,\"Ana\r\nMaría\",+18095550101,1,DOP,2026-03,https://docs.example.com/a.pdf\r\n")
+        #expect(imported.isValid)
+        guard case .failure(let problems) = renderer.render(try #require(invoices.first)) else {
+            Issue.record("a name with CRLF was rendered")
+            return
+        }
+        #expect(problems.issues.map(\.field) == ["tenant_name"])
+        #expect(problems.issues[0].message.contains("line break"))
+        #expect(problems.issues[0].message.contains("132018"))
+    }
+
+    // MARK: - Empty manifests
+
+    @Test("a manifest with no invoice is an error, not a month with nothing due", arguments: [
+        ("header.csv", "\(csvHeader)\n"),
+        ("empty-root.xml", "<?xml version=\"1.0\"?><invoices currency=\"DOP\"></invoices>"),
+    ])
+    func empty(name: String, text: String) throws {
+        let path = try temporaryFile(name, text)
+        let summary = try ManifestImporter(options: .init()).importManifest(path: path) { _ in }
+        #expect(!summary.isValid)
+        #expect(summary.issues.map(\.message) == ["the manifest has no invoice: nothing to preview or send (was the export empty?)"])
+    }
+
+    // MARK: - XML
+
+    /// An XML manifest of `count` invoices, with `bad` bytes in the tenant name of invoice `at`.
+    func xmlBytes(count: Int, bad: [UInt8], at: Int, encoding: String = "UTF-8") -> [UInt8] {
+        var bytes = Array("<?xml version=\"1.0\" encoding=\"\(encoding)\"?>\n<invoices currency=\"DOP\">\n".utf8)
+        for i in 1...count {
+            bytes += Array("<invoice><invoice_id>I\(i)</invoice_id><tenant_name>T".utf8)
+            if i == at { bytes += bad }
+            bytes += Array("</tenant_name><phone>+1809555\(String(format: "%04d", i))</phone><amount>10</amount><period>2026-03</period></invoice>\n".utf8)
+        }
+        return bytes + Array("</invoices>\n".utf8)
+    }
+
+    @Test("a byte that is not UTF-8 after invoice 2 of 1,999 stops the import with its line, not silently")
+    func badByteInXML() throws {
+        let path = try temporaryFile("bad.xml", xmlBytes(count: 1999, bad: [0x92], at: 3))  // windows-1252's right quote
+        var invoices = 0
+        let summary = try ManifestImporter(options: .init()).importManifest(path: path) { _ in invoices += 1 }
+        #expect(!summary.isValid)
+        #expect(summary.stoppedEarly)
+        let issue = try #require(summary.issues.last)
+        #expect(issue.line == 5)
+        #expect(issue.message.lowercased().contains("utf-8") || issue.message.lowercased().contains("encoding"))
+        #expect(invoices <= 2)
+    }
+
+    @Test("an unpaired UTF-16 surrogate stops the import with an error")
+    func badUTF16() throws {
+        var text = xmlBytes(count: 50, bad: Array("X".utf8), at: 3, encoding: "UTF-16")
+        // Re-encode as UTF-16LE with a BOM, then plant a lone high surrogate in place of "X".
+        var utf16: [UInt8] = [0xFF, 0xFE]
+        for unit in String(decoding: text, as: UTF8.self).utf16 {
+            if unit == 0x58 { utf16 += [0x00, 0xD8]; continue }  // "X"
+            utf16 += [UInt8(unit & 0xFF), UInt8(unit >> 8)]
+        }
+        text = utf16
+        let summary = try ManifestImporter(options: .init()).importManifest(path: try temporaryFile("bad16.xml", text)) { _ in }
+        #expect(!summary.isValid)
+        #expect(summary.stoppedEarly)
+    }
+
+    @Test("encodings: UTF-8, UTF-16 and ISO-8859-1 are read; windows-1252 is refused before any record")
+    func encodings() throws {
+        let latin1 = xmlBytes(count: 3, bad: [0xE9], at: 2, encoding: "ISO-8859-1")  // é
+        var names: [String] = []
+        let ok = try ManifestImporter(options: .init()).importManifest(path: try temporaryFile("latin1.xml", latin1)) { names.append($0.tenantName) }
+        #expect(ok.isValid)
+        #expect(names == ["T", "Té", "T"])
+
+        var count = 0
+        let refused = try ManifestImporter(options: .init()).importManifest(
+            path: try temporaryFile("cp1252.xml", xmlBytes(count: 3, bad: [0x92], at: 2, encoding: "windows-1252"))) { _ in count += 1 }
+        #expect(!refused.isValid)
+        #expect(count == 0)
+        #expect(refused.issues.last?.message.contains("'windows-1252' is not accepted") == true)
+    }
+
+    // MARK: - Settings
+
+    @Test("a WHATSAPP_API_BASE_URL that cannot work is named when the command starts")
+    func baseURL() {
+        #expect(Settings(environment: [:]).apiBaseURLProblem == nil)
+        #expect(Settings(environment: ["WHATSAPP_API_BASE_URL": "http://127.0.0.1:8080/"]).apiBaseURLProblem == nil)
+        for bad in ["graph.facebook.com", "ftp://graph.facebook.com", "https://", "https://graph.facebook.com/v23.0", "https://x?y=1"] {
+            #expect(Settings(environment: ["WHATSAPP_API_BASE_URL": bad]).apiBaseURLProblem?.contains("is not usable") == true, "\(bad)")
+        }
+    }
+
+    // MARK: - Errors as Meta means them
+
+    @Test("one meaning of retryable: halts are, once fixed; 131049 not before 24 hours")
+    func retryPolicy() {
+        #expect(ErrorClass.of(code: 190).isRetryable)
+        #expect(ErrorClass.of(code: 131005) == .halt)
+        #expect(ErrorClass.of(code: 131037) == .halt)
+        #expect(!ErrorClass.of(code: 131026).isRetryable)
+        #expect(ErrorClass.of(code: 131049).earliestRetry(failedAt: 1000) == 87_400)
+        #expect(ErrorClass.of(code: 131000).earliestRetry(failedAt: 1000) == nil)
+    }
+}
