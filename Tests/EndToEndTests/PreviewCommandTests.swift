@@ -154,12 +154,20 @@ struct SendCommandTests {
         #expect(Set(object.keys) == ["run", "messages", "accepted", "sent", "delivered", "read", "failed", "pending", "unknown", "skipped", "report"])
         #expect(object["failed"] as? Int == 2)
         #expect(object["read"] as? Int == 1)
-        let retry = try DispatcherProcess.run(["retry", "month", "--sandbox", "--settle", "2s", "--json"], in: folder)
+        // 131049 is retryable, but not before 24 hours: retry says so and sends nothing…
+        let early = try DispatcherProcess.run(["retry", "month", "--sandbox", "--settle", "1s", "--json"], in: folder)
+        #expect(early.status == 0)
+        #expect(early.stderr.contains("0 messages to send again"), "\(early.stderr)")
+        #expect(early.stderr.contains("1 held back by Meta's per-user limit (131049)"))
+        #expect(early.stderr.contains("--now"))
+        #expect(try messages(folder).first { $0["invoice_id"] == "A" }?["attempts"] == "1")
+        // …unless told --now.
+        let retry = try DispatcherProcess.run(["retry", "month", "--now", "--sandbox", "--settle", "2s", "--json"], in: folder)
         #expect(retry.status == 0)
         #expect(retry.stderr.contains("1 messages to send again"))
         let rows = try messages(folder)
         func row(_ invoice: String) -> [String: String] { rows.first { $0["invoice_id"] == invoice }! }
-        #expect(row("A")["attempts"] == "2")  // 131049: retryable (not before 24 h at Meta; the sandbox refuses it again)
+        #expect(row("A")["attempts"] == "2")  // 131049 again: the sandbox refuses it again
         #expect(row("B")["attempts"] == "1")  // 131026: not on WhatsApp, final
         #expect(row("B")["retryable"] == "no")
         #expect(row("C")["attempts"] == "1")  // read: never touched

@@ -88,6 +88,26 @@ struct FailureModeTests {
         }
     }
 
+    @Test("two manifests whose file names give one run name are not merged into it without a word")
+    func runNameConflict() async throws {
+        try await Harness.run { h in
+            let e = try makeEngine(h)
+            let csv = try manifest(phones(3))
+            let other = csv.replacingOccurrences(of: "manifest.csv", with: "manifest.txt")
+            try FileManager.default.copyItem(atPath: csv, toPath: other)
+            var first = RunOptions(run: "manifest", manifest: csv, rate: 80)
+            first.nameDerived = true
+            #expect(try await e.prepare(first).queued == 3)
+            var second = RunOptions(run: "manifest", manifest: other, rate: 80)
+            second.nameDerived = true
+            await #expect(throws: RunNameConflict.self) { try await e.prepare(second) }
+            // Named on purpose with --run: added to that run (nothing new to send here).
+            second.nameDerived = false
+            #expect(try await e.prepare(second).queued == 0)
+            try await e.client.shutdown()
+        }
+    }
+
     @Test("a dead holder's lease on this host is taken over at once; a live or remote one is not")
     func deadLease() async throws {
         let store = try await makeStore(.sqlite)

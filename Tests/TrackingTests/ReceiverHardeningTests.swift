@@ -46,6 +46,22 @@ struct ReceiverHardeningTests {
         #expect(try await payloadCount(store) == 0)
     }
 
+    @Test("a status whose timestamp is a number (not Meta's documented string) is applied, not dropped", arguments: engines)
+    func numericTimestamp(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let id = try await seed(store)[0]
+        let body = statusPayload([("wamid.N", "delivered", 1_767_225_600, id)])
+            .replacingOccurrences(of: #""timestamp":"1767225600""#, with: #""timestamp":1767225600"#)
+        #expect(body.contains(#""timestamp":1767225600"#))
+        try await withRouter(server(store)) { client in
+            let response = try await signedPost(client, body)
+            #expect(response.status == .ok)
+        }
+        let message = try #require(try await store.message(id))
+        #expect(message.state == .delivered)
+        #expect(message.deliveredAt == 1_767_225_600)
+    }
+
     @Test("served reports are never sniffed and run no script")
     func reportHeaders() async throws {
         let store = try freshStore()
