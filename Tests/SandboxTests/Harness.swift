@@ -105,19 +105,6 @@ struct Body: Service {
     func run() async throws { try await body() }
 }
 
-actor Ready {
-    private var port: Int?
-    private var waiters: [CheckedContinuation<Int, Never>] = []
-    func set(_ port: Int) {
-        self.port = port
-        waiters.forEach { $0.resume(returning: port) }
-        waiters = []
-    }
-    func wait() async -> Int {
-        if let port { return port }
-        return await withCheckedContinuation { waiters.append($0) }
-    }
-}
 
 func freshPath() throws -> String {
     let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-sandbox-\(UUID().uuidString)")

@@ -97,3 +97,19 @@ func connect(_ text: String) async throws -> (PostgresConnection, Logger) {
                                                          database: url.database, tls: .disable)
     return (try await PostgresConnection.connect(configuration: configuration, id: 1, logger: logger), logger)
 }
+
+/// A server's bound port, handed from its `onListening` callback to the test that waits for it.
+public actor Ready {
+    private var port: Int?
+    private var waiters: [CheckedContinuation<Int, Never>] = []
+    public init() {}
+    public func set(_ port: Int) {
+        self.port = port
+        waiters.forEach { $0.resume(returning: port) }
+        waiters = []
+    }
+    public func wait() async -> Int {
+        if let port { return port }
+        return await withCheckedContinuation { waiters.append($0) }
+    }
+}

@@ -88,7 +88,7 @@ struct ReceiverHardeningTests {
         let server = DispatcherServer(store: store, configuration: configuration)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        let ready = PortBox()
+        let ready = Ready()
         let task = Task { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { await ready.set($0) } }
         defer { task.cancel() }
         let port = await ready.wait()
@@ -109,19 +109,6 @@ struct ReceiverHardeningTests {
     }
 }
 
-actor PortBox {
-    private var port: Int?
-    private var waiters: [CheckedContinuation<Int, Never>] = []
-    func set(_ port: Int) {
-        self.port = port
-        waiters.forEach { $0.resume(returning: port) }
-        waiters = []
-    }
-    func wait() async -> Int {
-        if let port { return port }
-        return await withCheckedContinuation { waiters.append($0) }
-    }
-}
 
 func connectLoopback(port: Int) throws -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

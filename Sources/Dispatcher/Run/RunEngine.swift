@@ -488,7 +488,8 @@ public final class RunEngine: Sendable {
                 // Meta is upgrading the number's throughput, "up to a minute": the whole sender waits
                 // and then probes; the message keeps its retries.
                 var decision = requeue(error, after: .zero)
-                decision.pauseSender = control.openBreaker(pause: options.throughputUpgradePause, now: ContinuousClock.now)
+                let pause = control.openBreaker(pause: options.throughputUpgradePause, now: ContinuousClock.now)
+                decision.pauseSender = pause > 0 ? pause : nil
                 decision.outage = true
                 return decision
             }
