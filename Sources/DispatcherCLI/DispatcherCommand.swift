@@ -12,7 +12,7 @@ struct DispatcherCommand: AsyncParsableCommand {
             WHATSAPP_TEMPLATE_NAME, WHATSAPP_TEMPLATE_LANGUAGE, DISPATCHER_DATABASE_URL…): see docs/configuration.md.
             """,
         subcommands: [PreviewCommand.self, SendCommand.self, RetryCommand.self, ReportCommand.self, RunsCommand.self, StatusCommand.self,
-                      ServeCommand.self, SandboxCommand.self, DoctorCommand.self]
+                      OptOutCommand.self, ServeCommand.self, SandboxCommand.self, DoctorCommand.self]
     )
 }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatcher
 import Foundation
 import Reports
+import Tracking
 
 struct PreviewCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -36,6 +37,11 @@ struct PreviewCommand: AsyncParsableCommand {
     @Flag(help: "Print one JSON object on stdout (human output goes to stderr).")
     var json = false
 
+    @OptionGroup var database: DatabaseOptions
+
+    @Flag(help: "Do not read the database (opt-outs, messages sent before): count as if it were empty.")
+    var ignoreStore = false
+
     func validate() throws {
         guard FileManager.default.fileExists(atPath: manifest) else {
             throw ValidationError("no manifest at \(manifest)")
@@ -61,11 +67,35 @@ struct PreviewCommand: AsyncParsableCommand {
         let runName = run ?? runName(forManifest: manifest)
         let outDirectory = out ?? "reports/\(runName)/preview"
         let writer = try await PreviewReportWriter(templatesDirectory: common.templatesDirectory, outputDirectory: outDirectory)
+        // What `send` will skip, read from the store when there is one (a dry run never creates it).
+        var store: (any DispatchStore)? = nil
+        if !ignoreStore {
+            do {
+                store = try await StoreOpener.openExisting(url: database.resolved(settings: settings))
+            } catch {
+                console.warn("could not read \(database.describe(settings: settings)) (\(error)): opt-outs and messages sent before are not counted")
+            }
+        }
+        var optOuts = OptOutList(numbers: [])
+        if let store { optOuts = try await OptOutList.load(from: store) }
+        var toLookUp: [String] = []
+        var optedOut = 0
         let csv = try writer.messagesCSV()
         let result = try Previewer(options: options, renderer: renderer).run(path: manifest) { message in
             try csv.add(message)
+            guard store != nil else { return }
+            if optOuts.contains(message.phone) { optedOut += 1 } else { toLookUp.append(message.id) }
         }
         try csv.finish()
+        var history = StoreCounts(optedOut: optedOut)
+        if let store {
+            for (_, stored) in try await store.storedMessages(ids: toLookUp) {
+                if stored.run != runName { history.alreadySent += 1 }
+                else if stored.state == .queued { history.resumed += 1 }
+                else { history.alreadyInRun += 1 }
+            }
+        }
+        toLookUp = []
         let report = try writer.writeHTML(result, endpoint: settings.messagesEndpoint)
 
         // Human summary.
@@ -74,6 +104,16 @@ struct PreviewCommand: AsyncParsableCommand {
         console.say("  messages     \(result.messages)")
         console.say("  recipients   \(result.recipients)")
         console.say("  skipped      \(result.skipped.count)")
+        if store == nil {
+            console.say("  (no database read: \(ignoreStore ? "--ignore-store" : "none yet at \(database.describe(settings: settings))"); opt-outs and earlier sends not counted)")
+        } else {
+            console.say("  opted out    \(history.optedOut)\(history.optedOut > 0 ? " (send skips them; dispatcher optout list)" : "")")
+            console.say("  sent before  \(history.alreadySent)\(history.alreadySent > 0 ? " (in earlier runs: send skips them unless --resend)" : "")")
+            if history.alreadyInRun + history.resumed > 0 {
+                console.say("  in run \(runName)  \(history.alreadyInRun) done, \(history.resumed) still queued (send goes on with those)")
+            }
+            console.say("  to send      \(result.messages - history.optedOut - history.alreadySent - history.alreadyInRun)")
+        }
         for skipped in result.skipped.prefix(10) { console.say("    line \(skipped.line), \(skipped.invoiceID): \(skipped.reason)") }
         console.say("  problems     \(result.errorCount) in \(result.invalidInvoices) invoices")
         for issue in result.errors.prefix(20) { console.say("    \(issue)") }
@@ -86,13 +126,15 @@ struct PreviewCommand: AsyncParsableCommand {
         if json {
             try console.emit(PreviewJSON(
                 invoices: result.invoices, messages: result.messages, recipients: result.recipients,
-                skipped: result.skipped, errors: result.errors, report: report))
+                skipped: result.skipped, errors: result.errors, report: report,
+                opted_out: store == nil ? nil : history.optedOut, already_sent: store == nil ? nil : history.alreadySent,
+                to_send: store == nil ? nil : result.messages - history.optedOut - history.alreadySent - history.alreadyInRun))
         }
         if !result.isValid { throw Exit.invalidManifest }
     }
 }
 
-/// The `--json` object, exactly as the spec gives it.
+/// The `--json` object, as the spec gives it; the store's counts are added when a database was read.
 struct PreviewJSON: Encodable {
     var invoices: Int
     var messages: Int
@@ -100,4 +142,18 @@ struct PreviewJSON: Encodable {
     var skipped: [SkippedInvoice]
     var errors: [ValidationIssue]
     var report: String
+    var opted_out: Int?
+    var already_sent: Int?
+    var to_send: Int?
+}
+
+/// What the store says about a preview's messages, counted as `send` will count them.
+struct StoreCounts {
+    var optedOut = 0
+    /// Stored by another run: `send` skips them (unless `--resend`).
+    var alreadySent = 0
+    /// Stored by this run and past the queue.
+    var alreadyInRun = 0
+    /// Stored by this run and still queued: `send` goes on with them.
+    var resumed = 0
 }

@@ -198,7 +198,7 @@ public struct Sandbox: Sendable {
         record.wamid = wamid
         await state.record(record)
         let version = context.parameters.get("version") ?? "v23.0"
-        await state.schedule(events(for: outcome, wamid: wamid, recipient: waID, callback: message.bizOpaqueCallbackData,
+        await state.schedule(events(for: outcome, wamid: wamid, recipient: Self.whatsAppID(for: waID), callback: message.bizOpaqueCallbackData,
                                     accepted: now, apiVersion: version))
         if outcome == .slow { try await Task.sleep(for: .seconds(3)) }
         if outcome == .timeoutOnce && attempt == 1 {
@@ -208,7 +208,7 @@ public struct Sandbox: Sendable {
         }
         let answer = MetaJSON.object([
             ("messaging_product", .string("whatsapp")),
-            ("contacts", .array([.object([("input", .string(to)), ("wa_id", .string(waID))])])),
+            ("contacts", .array([.object([("input", .string(to)), ("wa_id", .string(Self.whatsAppID(for: waID)))])])),
             ("messages", .array([.object([("id", .string(wamid)), ("message_status", .string("accepted"))])])),
         ])
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: answer.bytes)))
@@ -268,9 +268,12 @@ public struct Sandbox: Sendable {
         let majorVersion = Int(apiVersion.dropFirst().prefix { $0 != "." }) ?? 23
         func status(_ s: String, _ n: Int, error: (Int, String)? = nil) -> SandboxState.Event {
             let at = accepted + step * Double(n)
-            var fields: [(String, MetaJSON)] = [
-                ("id", .string(wamid)), ("status", .string(s)), ("timestamp", .string(String(Int64(at)))), ("recipient_id", .string(recipient)),
-            ]
+            var fields: [(String, MetaJSON)] = [("id", .string(wamid)), ("status", .string(s)), ("timestamp", .string(String(Int64(at))))]
+            if outcome == .replyStopUsername {
+                fields += [("recipient_id", .string("")), ("recipient_user_id", .string(Self.userID(for: recipient)))]
+            } else {
+                fields.append(("recipient_id", .string(recipient)))
+            }
             if let callback { fields.append(("biz_opaque_callback_data", .string(callback))) }
             if s == "sent" || s == "delivered" {
                 if majorVersion < 24 && s == "sent" {
@@ -290,8 +293,10 @@ public struct Sandbox: Sendable {
         }
         func reply(_ text: String, _ n: Int) -> SandboxState.Event {
             let at = accepted + step * Double(n)
+            let sender: (String, MetaJSON) = outcome == .replyStopUsername
+                ? ("from_user_id", .string(Self.userID(for: recipient))) : ("from", .string(recipient))
             let message = MetaJSON.object([
-                ("from", .string(recipient)), ("id", .string("wamid.IN" + wamid.suffix(12))), ("timestamp", .string(String(Int64(at)))),
+                sender, ("id", .string("wamid.IN" + wamid.suffix(12))), ("timestamp", .string(String(Int64(at)))),
                 ("type", .string("text")), ("text", .object([("body", .string(text))])),
             ])
             return SandboxState.Event(due: at, value: message, isStatus: false)
@@ -306,7 +311,7 @@ public struct Sandbox: Sendable {
         case .optedOutOfMarketing: return [status("failed", 1, error: (131050, "Unable to deliver the message. This recipient has chosen to stop receiving marketing messages on WhatsApp from your business"))]
         case .reorderedDuplicated: return [status("read", 1), status("sent", 2), status("delivered", 3), status("delivered", 3), status("read", 1)]
         case .lateFailure: return [status("sent", 1), status("failed", 2, error: (131026, "Message undeliverable")), status("delivered", 4)]
-        case .replyStop: return [status("sent", 1), status("delivered", 2), status("read", 3), reply("STOP", 4)]
+        case .replyStop, .replyStopUsername: return [status("sent", 1), status("delivered", 2), status("read", 3), reply("STOP", 4)]
         case .replyThanks: return [status("sent", 1), status("delivered", 2), status("read", 3), reply("¡Gracias! Recibí la factura 👍", 4)]
         default: return [status("sent", 1), status("delivered", 2), status("read", 3)]
         }
@@ -376,8 +381,14 @@ public struct Sandbox: Sendable {
         let replies = events.filter { !$0.isStatus }.map(\.value)
         if !replies.isEmpty {
             let contacts = replies.compactMap { reply -> MetaJSON? in
-                guard case .object(let fields) = reply, case .string(let from)? = fields.first(where: { $0.0 == "from" })?.1 else { return nil }
-                return .object([("profile", .object([("name", .string("Inquilino"))])), ("wa_id", .string(from))])
+                guard case .object(let fields) = reply else { return nil }
+                if case .string(let from)? = fields.first(where: { $0.0 == "from" })?.1 {
+                    return .object([("profile", .object([("name", .string("Inquilino"))])), ("wa_id", .string(from))])
+                }
+                // A username user: no number anywhere, the user id and the username instead.
+                guard case .string(let user)? = fields.first(where: { $0.0 == "from_user_id" })?.1 else { return nil }
+                return .object([("profile", .object([("name", .string("Inquilino")), ("username", .string("inquilino_" + user.suffix(4)))])),
+                                ("user_id", .string(user))])
             }
             changes.append(.object([("field", .string("messages")), ("value", .object([
                 ("messaging_product", .string("whatsapp")), ("metadata", metadata), ("contacts", .array(contacts)), ("messages", .array(replies)),
@@ -407,6 +418,18 @@ public struct Sandbox: Sendable {
         if code == 130429 { headers[.retryAfter] = "1" }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body.bytes)))
     }
+
+    /// The WhatsApp id Meta answers for a number, which is not always its digits: Mexican mobiles
+    /// get a `1` after the country code (`52 55…` → `521 55…`) and Brazilian mobiles registered
+    /// before the ninth digit lose it (`55 11 9 8765 4321` → `55 11 8765 4321`).
+    static func whatsAppID(for digits: String) -> String {
+        if digits.hasPrefix("52"), digits.count == 12 { return "521" + digits.dropFirst(2) }
+        if digits.hasPrefix("55"), digits.count == 13, Array(digits)[4] == "9" { return String(digits.prefix(4)) + digits.dropFirst(5) }
+        return digits
+    }
+
+    /// The business-scoped user id the sandbox gives a username user (stable per number).
+    static func userID(for digits: String) -> String { "SB." + String(digits.reversed()) }
 
     func normalizedNumber(_ to: String) -> String? {
         let digits = to.filter(\.isNumber)

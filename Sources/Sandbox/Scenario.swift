@@ -32,6 +32,9 @@ public enum Outcome: String, Sendable, Codable, CaseIterable {
     case lateFailure = "late_failure"
     /// delivered, read, then the tenant replies "STOP".
     case replyStop = "reply_stop"
+    /// delivered, read, then the tenant replies "STOP" as a username user (2026): statuses carry
+    /// `recipient_user_id` and an empty `recipient_id`, the reply `from_user_id` and no `from`.
+    case replyStopUsername = "reply_stop_username"
     /// delivered, read, then the tenant replies with thanks.
     case replyThanks = "reply_thanks"
     /// Every request answers 190: the token expired (a run halts).
@@ -117,6 +120,7 @@ public struct Scenario: Sendable, Decodable {
         case "94": return .timeoutOnce
         case "95": return .marketingLimit
         case "96": return .optedOutOfMarketing
+        case "97": return .replyStopUsername
         default: break
         }
         switch number.last {

@@ -51,8 +51,11 @@ struct PreviewCommandTests {
     @Test("--json prints exactly the spec's object, and the report files exist")
     func jsonShape() throws {
         let out = try temporaryDirectory()
-        let result = try DispatcherProcess.run(["preview", "samples/march-2026.csv", "--json", "--out", out.path])
+        // No database yet: the preview reads none and creates none.
+        let database = out.appendingPathComponent("none.sqlite")
+        let result = try DispatcherProcess.run(["preview", "samples/march-2026.csv", "--json", "--out", out.path, "--db", "sqlite:" + database.path])
         #expect(result.status == 0)
+        #expect(!FileManager.default.fileExists(atPath: database.path))
         let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
         #expect(Set(object.keys) == ["invoices", "messages", "recipients", "skipped", "errors", "report"])
         #expect(object["invoices"] as? Int == 24)
@@ -171,6 +174,62 @@ struct SendCommandTests {
         #expect(row("B")["attempts"] == "1")  // 131026: not on WhatsApp, final
         #expect(row("B")["retryable"] == "no")
         #expect(row("C")["attempts"] == "1")  // read: never touched
+    }
+
+    @Test("optout add/list/remove by number; preview counts opt-outs and earlier sends as send will skip them")
+    func optOutsAndPreview() throws {
+        let folder = try workspace("""
+            invoice_id,tenant_name,phone,amount,currency,period,document_url
+            A,Ana,+18095550101,100.00,DOP,2026-03,https://docs.example.com/A.pdf
+            B,Beto,+18095550102,200.00,DOP,2026-03,https://docs.example.com/B.pdf
+            C,Cira,+18095550103,300.00,DOP,2026-03,https://docs.example.com/C.pdf
+
+            """)
+        let send = try DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "2s"], in: folder)
+        #expect(send.status == 0, "\(send.stderr)")
+        // April's manifest: A and B again (new invoices), C's March invoice again, and D.
+        try """
+            invoice_id,tenant_name,phone,amount,currency,period,document_url
+            A4,Ana,+18095550101,100.00,DOP,2026-04,https://docs.example.com/A4.pdf
+            B4,Beto,809-555-0102,200.00,DOP,2026-04,https://docs.example.com/B4.pdf
+            C,Cira,+18095550103,300.00,DOP,2026-03,https://docs.example.com/C.pdf
+            D4,Dora,+18095550104,400.00,DOP,2026-04,https://docs.example.com/D4.pdf
+
+            """.write(to: folder.appendingPathComponent("april.csv"), atomically: true, encoding: .utf8)
+
+        let add = try DispatcherProcess.run(["optout", "add", "809 555 0102", "--default-country-code", "1", "--note", "asked by phone"], in: folder)
+        #expect(add.status == 0, "\(add.stderr)")
+        #expect(add.stdout.contains("opted out +18095550102"))
+        let list = try DispatcherProcess.run(["optout", "list", "--json"], in: folder)
+        let listed = try #require(try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [String: [[String: Any]]])
+        #expect(listed["opt_outs"]?.map { $0["id"] as? String } == ["18095550102"])
+        #expect(listed["opt_outs"]?.first?["source"] as? String == "manual")
+
+        let preview = try DispatcherProcess.run(["preview", "april.csv", "--json", "--default-country-code", "1"], in: folder)
+        #expect(preview.status == 0, "\(preview.stderr)")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(preview.stdout.utf8)) as? [String: Any])
+        #expect(object["messages"] as? Int == 4)
+        #expect(object["opted_out"] as? Int == 1)
+        #expect(object["already_sent"] as? Int == 1)
+        #expect(object["to_send"] as? Int == 2)
+        #expect(preview.stderr.contains("opted out    1"))
+
+        // What send then does matches the preview.
+        let april = try DispatcherProcess.run(["send", "april.csv", "--sandbox", "--settle", "1s", "--json", "--default-country-code", "1"], in: folder)
+        #expect(april.status == 0, "\(april.stderr)")
+        let sent = try #require(try JSONSerialization.jsonObject(with: Data(april.stdout.utf8)) as? [String: Any])
+        #expect(sent["skipped"] as? Int == 2)
+        #expect(sent["messages"] as? Int == 4)
+
+        // Opted back in: the history keeps both changes; removing again is an error.
+        #expect(try DispatcherProcess.run(["optout", "remove", "+1 809 555 0102"], in: folder).status == 0)
+        let again = try DispatcherProcess.run(["optout", "remove", "+1 809 555 0102"], in: folder)
+        #expect(again.status == 1)
+        #expect(again.stderr.contains("is not opted out"))
+        let history = try DispatcherProcess.run(["optout", "list", "--history"], in: folder)
+        #expect(history.stdout.contains("opted out  +18095550102  by hand — asked by phone"))
+        #expect(history.stdout.contains("opted in   +18095550102"))
+        #expect(try DispatcherProcess.run(["optout", "add", "not a number"], in: folder).status == 64)
     }
 
     @Test("a --listen port already taken ends the run at once with the reason, and nothing is sent")

@@ -7,10 +7,10 @@ import Testing
 @testable import Tracking
 
 /// A manifest with one invoice per phone (the same phone may repeat).
-func manifest(_ phones: [String]) throws -> String {
+func manifest(_ phones: [String], invoicePrefix: String = "INV") throws -> String {
     var text = "invoice_id,tenant_name,phone,amount,currency,period,due_date,landlord,document_url\n"
     for (i, phone) in phones.enumerated() {
-        text += "INV-\(i + 1),Tenant \(i + 1),+\(phone),\(1000 + i).50,DOP,2026-03,2026-03-10,Caribe,https://docs.example.com/INV-\(i + 1).pdf\n"
+        text += "\(invoicePrefix)-\(i + 1),Tenant \(i + 1),+\(phone),\(1000 + i).50,DOP,2026-03,2026-03-10,Caribe,https://docs.example.com/INV-\(i + 1).pdf\n"
     }
     let path = try freshPath().replacingOccurrences(of: "dispatcher.sqlite", with: "manifest.csv")
     try text.write(toFile: path, atomically: true, encoding: .utf8)

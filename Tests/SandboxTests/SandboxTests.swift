@@ -161,7 +161,7 @@ struct SandboxWebhookTests {
             #expect(try await h.store.message("m-18095550107")?.errorCode == 131026)
             #expect(try await h.store.message("m-18095550196")?.errorCode == 131050)
             #expect(try await h.store.message("m-18095550109")?.errorCode == 131026)  // failed, then delivered after all
-            #expect(try await h.store.optOuts().map(\.phone) == ["18095550113"])
+            #expect(try await h.store.optOuts().map(\.id) == ["18095550113"])
             // The reordered, duplicated one: the history keeps each status once.
             #expect(try await h.store.events(messageID: "m-18095550108").map(\.status).sorted() == ["delivered", "read", "sent"])
             // The thank-you reply (non-ASCII, \u-escaped by the sandbox) was verified and stored.

@@ -147,6 +147,31 @@ struct WebhookHTTPTests {
         #expect(try await payloadCount(store) == 1)
     }
 
+    @Test("2026 username users: a STOP with from_user_id and no from is kept and opts the user id out; a status's recipient_user_id is learnt for the number", arguments: engines)
+    func usernameUsers(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        try await store.saveRun(RunRecord(name: "t", manifest: "m.csv", template: "invoice", sender: "123", status: "sending", createdAt: 0))
+        _ = try await store.addMessages([NewMessage(id: "m-1", run: "t", invoiceID: "INV-1", phone: "18095550101", template: "invoice",
+                                                    language: "es", requestBody: "{}")])
+        try await store.recordAccepted(messageID: "m-1", attempt: try await store.beginAttempt(messageID: "m-1", at: 1), wamid: "wamid.A", at: 2)
+        let status = #"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"123"},"statuses":[{"id":"wamid.A","status":"read","timestamp":"1767225700","recipient_id":"","recipient_user_id":"US.13491208655302741918"}]}}]}]}"#
+        // Neither `from` nor `from_user_id` on the second message: the one contact says who wrote.
+        let replies = #"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"123"},"contacts":[{"profile":{"name":"Ana","username":"ana.r"},"user_id":"US.13491208655302741918"}],"messages":[{"from_user_id":"US.13491208655302741918","id":"wamid.IN1","timestamp":"1767225800","type":"text","text":{"body":"Stop"}}]}},{"field":"messages","value":{"messaging_product":"whatsapp","contacts":[{"profile":{"username":"bo"},"user_id":"US.2"}],"messages":[{"id":"wamid.IN2","timestamp":"1767225801","type":"text","text":{"body":"gracias"}}]}}]}]}"#
+        try await withRouter(server(store)) { (client: any TestClientProtocol) async throws in
+            #expect(try await signedPost(client, status).status == .ok)
+            #expect(try await signedPost(client, replies).status == .ok)
+        }
+        #expect(try await store.message("m-1")?.state == .read)
+        #expect(try await store.recipientIDs(phone: "18095550101") == ["US.13491208655302741918"])
+        let inbound = try await store.inboundMessages(limit: 10)
+        #expect(inbound.map(\.fromUserID) == ["US.13491208655302741918", "US.2"])
+        #expect(inbound.map(\.from) == ["", ""])
+        #expect(try await store.optOuts().map(\.id) == ["US.13491208655302741918"])
+        #expect(try await store.optOuts().first?.kind == .userID)
+        // The number the user id was learnt for is opted out with it.
+        #expect(try await store.isOptedOut(phone: "18095550101"))
+    }
+
     @Test("a body over the limit is refused with 413 and nothing is stored", arguments: engines)
     func oversize(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)

@@ -85,7 +85,7 @@ public final class InvoiceAPISender: InvoiceSendService {
         try await store.addInvoices([InvoiceRecord(run: run, invoice: invoice)])
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.withoutEscapingSlashes]
-        let optedOut = Set(try await store.optOuts().map(\.phone))
+        let optedOut = try await OptOutList.load(from: store)
         var results: [SendInvoiceResponse.Result] = []
         for message in rendered {
             let display = "+" + message.phone
@@ -104,19 +104,20 @@ public final class InvoiceAPISender: InvoiceSendService {
                                      state: existing.state.rawValue, error: existing.errorTitle))
                 continue
             }
-            results.append(try await send(messageID: message.id, body: Array(body.utf8), display: display))
+            results.append(try await send(messageID: message.id, phone: message.phone, body: Array(body.utf8), display: display))
         }
         return SendInvoiceResponse(results: results)
     }
 
     /// One message, with up to two quick retries of transient errors and one wait on throttling.
-    func send(messageID: String, body: [UInt8], display: String) async throws -> SendInvoiceResponse.Result {
+    func send(messageID: String, phone: String, body: [UInt8], display: String) async throws -> SendInvoiceResponse.Result {
         for round in 0..<3 {
             let attempt = try await store.beginAttempt(messageID: messageID, at: wallClock())
             try await pacer.slot()
             switch await client.send(body: Data(body)) {
-            case .accepted(let wamid, _):
-                try await store.recordOutcomes([AttemptOutcome.accepted(messageID: messageID, attempt: attempt, wamid: wamid)], at: wallClock())
+            case .accepted(let wamid, let waID):
+                try await store.recordOutcomes([AttemptOutcome.accepted(messageID: messageID, attempt: attempt, wamid: wamid,
+                                                                        waID: waID == phone ? nil : waID)], at: wallClock())
                 return .init(phoneNumber: display, success: true, id: messageID, wamid: wamid, state: "accepted", error: nil)
             case .unknown(let reason):
                 try await store.recordOutcomes([AttemptOutcome.unknown(messageID: messageID, attempt: attempt, reason: reason)], at: wallClock())

@@ -114,7 +114,7 @@ public final class RunEngine: Sendable {
                                           sender: client.configuration.phoneNumberID, status: "sending",
                                           createdAt: existing?.createdAt ?? now))
         preparation.interrupted = try await store.markInterrupted(run: options.run, at: now)
-        let optedOut = Set(try await store.optOuts().map(\.phone))
+        let optedOut = try await OptOutList.load(from: store)
 
         var invoices: [InvoiceRecord] = []
         var messages: [NewMessage] = []
@@ -474,9 +474,9 @@ public final class RunEngine: Sendable {
             self.transient(error, item: item, attempt: attempt, options: options)
         }
         switch outcome {
-        case .accepted(let wamid, _):
+        case .accepted(let wamid, let waID):
             control.count(accepted: 1)
-            return Decision(record: .accepted(messageID: item.id, attempt: attempt, wamid: wamid), item: item)
+            return Decision(record: .accepted(messageID: item.id, attempt: attempt, wamid: wamid, waID: waID == item.phone ? nil : waID), item: item)
         case .unknown(let reason):
             control.count(unknown: 1)
             return Decision(record: .unknown(messageID: item.id, attempt: attempt, reason: reason), item: item)

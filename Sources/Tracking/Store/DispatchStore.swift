@@ -15,6 +15,9 @@ public protocol DispatchStore: Sendable {
     func addMessages(_ messages: [NewMessage]) async throws -> [MessageInsert]
     /// By dispatcher id (`m-…`) or by wamid.
     func message(_ idOrWamid: String) async throws -> MessageRecord?
+    /// Which of these message ids are stored already, with their run and state (what `preview`
+    /// needs to count what `send` will skip).
+    func storedMessages(ids: [String]) async throws -> [String: StoredMessage]
     func events(messageID: String) async throws -> [StatusEventRecord]
     func attempts(messageID: String) async throws -> [AttemptRecord]
     func messages(_ filter: MessageFilter) async throws -> MessagePage
@@ -62,8 +65,25 @@ public protocol DispatchStore: Sendable {
     /// transaction. `contents` is nil when the body did not parse: it is kept for replay.
     func ingestWebhook(body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
                        at time: Double) async throws -> IngestResult
-    func isOptedOut(phone: String) async throws -> Bool
+
+    // MARK: Opt-outs
+
+    /// Every id a tenant is opted out under (a WhatsApp id, a user id, a number added by hand),
+    /// oldest first.
     func optOuts() async throws -> [OptOut]
+    /// The numbers to send nothing to: every opted-out id, and every number we sent to that Meta
+    /// answered under an opted-out id (a `wa_id` that differs from the number, a user id learnt
+    /// from a status). `OptOutList` adds the known national variants.
+    func optedOutNumbers() async throws -> Set<String>
+    /// Opts an id out by hand (`dispatcher optout add`); false when it was already. Every change is kept.
+    func addOptOut(_ id: String, kind: OptOutKind, note: String?, at time: Double) async throws -> Bool
+    /// Opts a number back in: removes the opt-outs kept under it, under its national variants and
+    /// under every id Meta answered for it. Returns what was removed (each change kept).
+    func removeOptOut(_ number: String, note: String?, at time: Double) async throws -> [OptOut]
+    /// Every opt-out and opt-in, oldest first.
+    func optOutChanges() async throws -> [OptOutChange]
+    /// The other ids Meta answered for a number we sent to (`wa_id`, user id).
+    func recipientIDs(phone: String) async throws -> [String]
     /// The first message of `run` that failed at or after `since` with one of `codes` (account-level
     /// errors that arrive by webhook while a run sends: payment, spam limits), if any.
     func firstFailure(run: String, codes: [Int], since: Double) async throws -> (code: Int, title: String?)?
@@ -89,6 +109,13 @@ public protocol DispatchStore: Sendable {
     func ping() async throws
     /// Which database this is, without any password (for logs and `doctor`).
     var location: String { get }
+}
+
+extension DispatchStore {
+    /// Whether nothing may be sent to `phone` (one lookup; a run loads `OptOutList` once instead).
+    public func isOptedOut(phone: String) async throws -> Bool {
+        try await OptOutList.load(from: self).contains(phone)
+    }
 }
 
 /// The single-message forms of the ledger, the same for every store.
@@ -144,7 +171,9 @@ public struct StoredPayload: Sendable, Equatable {
 
 public struct InboundRecord: Sendable, Equatable {
     public var wamid: String
+    /// The sender's WhatsApp id; `""` when Meta gave only a user id.
     public var from: String
+    public var fromUserID: String? = nil
     public var timestamp: Double
     public var type: String
     public var body: String?
@@ -245,6 +274,16 @@ public struct NewMessage: Sendable, Equatable {
         self.state = state
         self.skipReason = skipReason
         self.requestBody = requestBody
+    }
+}
+
+public struct StoredMessage: Sendable, Equatable {
+    public var run: String
+    public var state: MessageState
+
+    public init(run: String, state: MessageState) {
+        self.run = run
+        self.state = state
     }
 }
 
@@ -376,7 +415,9 @@ public struct ReportSummary: Sendable, Equatable {
 
 /// How one attempt ended, for `recordOutcomes`.
 public enum AttemptOutcome: Sendable, Equatable {
-    case accepted(messageID: String, attempt: Int, wamid: String)
+    /// `waID`: the WhatsApp id Meta answered with, when it differs from the number sent to (kept,
+    /// so that the tenant's STOP under that id holds for the number).
+    case accepted(messageID: String, attempt: Int, wamid: String, waID: String? = nil)
     /// `final`: failed for good; otherwise back in the queue.
     case rejected(messageID: String, attempt: Int, error: SendError, final: Bool)
     case unknown(messageID: String, attempt: Int, reason: String)
@@ -433,10 +474,114 @@ public struct IngestResult: Sendable, Equatable {
     public init(payloadID: Int64) { self.payloadID = payloadID }
 }
 
+public enum OptOutKind: String, Sendable, Codable, CaseIterable {
+    /// A WhatsApp id: a number's digits as Meta knows it (`from`, `wa_id`), or a number added by hand.
+    case waID = "wa_id"
+    /// A business-scoped user id (2026: users with a username may have no number in webhooks).
+    case userID = "user_id"
+
+    /// A user id has letters or a dot (`US.1349…`); a WhatsApp id is digits only.
+    public static func of(_ id: String) -> OptOutKind {
+        id.allSatisfy(\.isASCII) && id.allSatisfy(\.isNumber) ? .waID : .userID
+    }
+}
+
+/// How a tenant came to be opted out.
+public enum OptOutSource: String, Sendable, Codable {
+    /// They replied with an opt-out word.
+    case reply
+    /// Someone ran `dispatcher optout add`/`remove`.
+    case manual
+}
+
 public struct OptOut: Sendable, Equatable, Codable {
-    public var phone: String
+    /// The id the opt-out is kept under (see `kind`).
+    public var id: String
+    public var kind: OptOutKind
     public var at: Double
+    /// The word the tenant wrote (`STOP`), or `""` when added by hand.
     public var word: String
+    public var source: OptOutSource
+    public var note: String?
+    /// The tenant's message that opted them out.
+    public var wamid: String?
+
+    public init(id: String, kind: OptOutKind, at: Double, word: String, source: OptOutSource, note: String? = nil, wamid: String? = nil) {
+        self.id = id
+        self.kind = kind
+        self.at = at
+        self.word = word
+        self.source = source
+        self.note = note
+        self.wamid = wamid
+    }
+}
+
+/// One opt-out or opt-in, as kept forever.
+public struct OptOutChange: Sendable, Equatable, Codable {
+    public enum Change: String, Sendable, Codable {
+        case optedOut = "out"
+        case optedIn = "in"
+    }
+
+    public var id: String
+    public var kind: OptOutKind
+    public var change: Change
+    public var at: Double
+    public var source: OptOutSource
+    public var word: String?
+    public var wamid: String?
+    public var note: String?
+
+    public init(id: String, kind: OptOutKind, change: Change, at: Double, source: OptOutSource, word: String? = nil,
+                wamid: String? = nil, note: String? = nil) {
+        self.id = id
+        self.kind = kind
+        self.change = change
+        self.at = at
+        self.source = source
+        self.word = word
+        self.wamid = wamid
+        self.note = note
+    }
+}
+
+/// Whether a number is opted out: the store's list, with the national variants of a number that
+/// WhatsApp ids are known to take (so a STOP under one form holds for the other).
+public struct OptOutList: Sendable {
+    public let numbers: Set<String>
+
+    public init(numbers: Set<String>) { self.numbers = numbers }
+
+    public static func load(from store: any DispatchStore) async throws -> OptOutList {
+        OptOutList(numbers: try await store.optedOutNumbers())
+    }
+
+    public func contains(_ number: String) -> Bool {
+        numbers.contains(number) || WhatsAppID.variants(of: number).contains { numbers.contains($0) }
+    }
+
+    public var isEmpty: Bool { numbers.isEmpty }
+}
+
+/// WhatsApp ids that differ from the number written in E.164 (digits, no `+`).
+public enum WhatsAppID {
+    /// The other forms of a number: Mexico's mobile `52 1 …` (13 digits) and `52 …` (12); Brazil's
+    /// mobile with and without the ninth digit (`55 DD 9XXXXXXXX`, 13 digits, and `55 DD XXXXXXXX`,
+    /// 12 digits, whose first local digit is 6–9).
+    public static func variants(of number: String) -> [String] {
+        let digits = Array(number.utf8)
+        guard digits.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return [] }
+        if number.hasPrefix("521"), digits.count == 13 { return ["52" + number.dropFirst(3)] }
+        if number.hasPrefix("52"), digits.count == 12 { return ["521" + number.dropFirst(2)] }
+        if number.hasPrefix("55"), digits.count == 13, digits[4] == UInt8(ascii: "9") {
+            return [String(number.prefix(4)) + number.dropFirst(5)]
+        }
+        if number.hasPrefix("55"), digits.count == 12, digits[4] >= UInt8(ascii: "6") {
+            return [String(number.prefix(4)) + "9" + number.dropFirst(4)]
+        }
+        return []
+    }
 }
 
 /// A store could not be opened or used; the message says what to do.

@@ -44,8 +44,11 @@ extension SQLiteStore {
             """)
         for outcome in outcomes {
             switch outcome {
-            case .accepted(let id, let number, let wamid):
+            case .accepted(let id, let number, let wamid, let waID):
                 try attempt.execute(arguments: ["accepted", time, wamid, nil, nil, nil, id, number])
+                if let waID, let phone = try String.fetchOne(db.cachedStatement(sql: "SELECT phone FROM messages WHERE id = ?"), arguments: [id]) {
+                    try Self.learn(db, phone: phone, id: waID, kind: .waID, at: time)
+                }
                 // Only forward: a webhook may already have said `sent` or more.
                 try db.cachedStatement(sql: """
                     UPDATE messages SET wamid = ?, accepted_at = COALESCE(accepted_at, ?), updated_at = ?,

@@ -166,6 +166,35 @@ public final class SQLiteStore: DispatchStore {
                 )
                 """)
         }
+        migrator.registerMigration("v4: opt-outs under every id Meta gives a tenant") { db in
+            try db.execute(sql: """
+                ALTER TABLE inbound_messages ADD COLUMN from_user_id TEXT;
+                ALTER TABLE opt_outs ADD COLUMN kind TEXT NOT NULL DEFAULT 'wa_id';
+                ALTER TABLE opt_outs ADD COLUMN source TEXT NOT NULL DEFAULT 'reply';
+                ALTER TABLE opt_outs ADD COLUMN note TEXT;
+                CREATE TABLE opt_out_changes (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    key TEXT NOT NULL,
+                    kind TEXT NOT NULL,
+                    change TEXT NOT NULL,
+                    at REAL NOT NULL,
+                    source TEXT NOT NULL,
+                    word TEXT,
+                    wamid TEXT,
+                    note TEXT
+                );
+                INSERT INTO opt_out_changes (key, kind, change, at, source, word, wamid)
+                    SELECT phone, 'wa_id', 'out', at, 'reply', word, wamid FROM opt_outs ORDER BY at;
+                CREATE TABLE recipient_ids (
+                    phone TEXT NOT NULL,
+                    id TEXT NOT NULL,
+                    kind TEXT NOT NULL,
+                    learnt_at REAL NOT NULL,
+                    PRIMARY KEY (phone, id)
+                );
+                CREATE INDEX recipient_ids_id ON recipient_ids(id);
+                """)
+        }
         return migrator
     }
 
@@ -258,6 +287,20 @@ public final class SQLiteStore: DispatchStore {
         }
     }
 
+    public func storedMessages(ids: [String]) async throws -> [String: StoredMessage] {
+        try await pool.read { db in
+            var found: [String: StoredMessage] = [:]
+            for start in stride(from: 0, to: ids.count, by: 500) {
+                let chunk = Array(ids[start..<min(start + 500, ids.count)])
+                let marks = chunk.map { _ in "?" }.joined(separator: ",")
+                for row in try Row.fetchAll(db, sql: "SELECT id, run, state FROM messages WHERE id IN (\(marks))", arguments: StatementArguments(chunk)) {
+                    found[row["id"]] = StoredMessage(run: row["run"], state: MessageState(rawValue: row["state"]) ?? .unknown)
+                }
+            }
+            return found
+        }
+    }
+
     static let messageColumns = """
         m.*, i.landlord AS landlord, i.tenant_name AS tenant_name
         FROM messages m LEFT JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
@@ -335,29 +378,58 @@ public final class SQLiteStore: DispatchStore {
             try Self.ingest(db, update, payloadID: result.payloadID, at: job.time, into: &result)
         }
         let inbound = try db.cachedStatement(sql: """
-            INSERT INTO inbound_messages (wamid, payload_id, from_phone, timestamp, type, body) VALUES (?, ?, ?, ?, ?, ?)
+            INSERT INTO inbound_messages (wamid, payload_id, from_phone, from_user_id, timestamp, type, body) VALUES (?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT(wamid) DO NOTHING
             """)
-        let optOut = try db.cachedStatement(sql: "INSERT INTO opt_outs (phone, at, word, wamid) VALUES (?, ?, ?, ?) ON CONFLICT(phone) DO NOTHING")
         for message in contents.inbound {
-            try inbound.execute(arguments: [message.wamid, result.payloadID, message.from, Double(message.timestamp), message.type, message.body])
-            if db.changesCount == 1 { result.inbound += 1 }
-            if message.isOptOut {
-                try optOut.execute(arguments: [message.from, Double(message.timestamp), message.body?.uppercased() ?? "", message.wamid])
-                if db.changesCount == 1 { result.optOuts += 1 }
+            try inbound.execute(arguments: [message.wamid, result.payloadID, message.from ?? "", message.fromUserID,
+                                            Double(message.timestamp), message.type, message.body])
+            // A STOP Meta delivers again is not a new opt-out (it would undo an opt-in made since).
+            guard db.changesCount == 1 else { continue }
+            result.inbound += 1
+            guard message.isOptOut else { continue }
+            var added = false
+            for (id, kind) in message.senderIDs {
+                added = try optOut(db, OptOut(id: id, kind: kind, at: Double(message.timestamp), word: message.body?.uppercased() ?? "",
+                                              source: .reply, wamid: message.wamid)) || added
             }
+            if added { result.optOuts += 1 }
         }
         return result
+    }
+
+    /// Keeps an opt-out and its change; false when the id was opted out already.
+    static func optOut(_ db: Database, _ o: OptOut) throws -> Bool {
+        try db.cachedStatement(sql: """
+            INSERT INTO opt_outs (phone, kind, at, word, source, note, wamid) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(phone) DO NOTHING
+            """).execute(arguments: [o.id, o.kind.rawValue, o.at, o.word, o.source.rawValue, o.note, o.wamid])
+        guard db.changesCount == 1 else { return false }
+        try db.cachedStatement(sql: """
+            INSERT INTO opt_out_changes (key, kind, change, at, source, word, wamid, note) VALUES (?, ?, 'out', ?, ?, ?, ?, ?)
+            """).execute(arguments: [o.id, o.kind.rawValue, o.at, o.source.rawValue, o.word, o.wamid, o.note])
+        return true
+    }
+
+    /// Remembers another id Meta gave for a number we sent to.
+    static func learn(_ db: Database, phone: String, id: String, kind: OptOutKind, at time: Double) throws {
+        guard !id.isEmpty, id != phone else { return }
+        try db.cachedStatement(sql: "INSERT INTO recipient_ids (phone, id, kind, learnt_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+            .execute(arguments: [phone, id, kind.rawValue, time])
     }
 
     /// Matches one status to its message (by wamid, else by our id echoed in
     /// `biz_opaque_callback_data`), applies it under the forward-only rule, and keeps it in the history.
     static func ingest(_ db: Database, _ u: StatusUpdate, payloadID: Int64, at time: Double, into result: inout IngestResult) throws {
-        var match = try Row.fetchOne(db.cachedStatement(sql: "SELECT id, state FROM messages WHERE wamid = ?"), arguments: [u.wamid])
+        var match = try Row.fetchOne(db.cachedStatement(sql: "SELECT id, state, phone FROM messages WHERE wamid = ?"), arguments: [u.wamid])
         if match == nil, let callback = u.callbackData, !callback.isEmpty {
             // The send's response may have been lost: the status tells us the wamid (applied below).
-            match = try Row.fetchOne(db.cachedStatement(sql: "SELECT id, state FROM messages WHERE id = ? AND (wamid IS NULL OR wamid = ?)"),
+            match = try Row.fetchOne(db.cachedStatement(sql: "SELECT id, state, phone FROM messages WHERE id = ? AND (wamid IS NULL OR wamid = ?)"),
                                      arguments: [callback, u.wamid])
+        }
+        if let match {
+            let phone: String = match["phone"]
+            if let id = u.recipientID { try learn(db, phone: phone, id: id, kind: .waID, at: time) }
+            if let id = u.recipientUserID { try learn(db, phone: phone, id: id, kind: .userID, at: time) }
         }
         var applied: MessageState? = nil
         if let match {
@@ -368,7 +440,7 @@ public final class SQLiteStore: DispatchStore {
                 error_code, error_title, error_details, pricing_category, applied)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT(wamid, status, timestamp) DO NOTHING
-            """).execute(arguments: [payloadID, u.wamid, match?["id"] as String?, u.status, Double(u.timestamp), time, u.recipientID,
+            """).execute(arguments: [payloadID, u.wamid, match?["id"] as String?, u.status, Double(u.timestamp), time, u.recipientID ?? u.recipientUserID,
                                      u.callbackData, u.errorCode, u.errorTitle, u.errorDetails, u.pricingCategory, applied != nil])
         if db.changesCount == 0 {
             // Seen before: it changed nothing then, unless it was waiting for its message.
@@ -442,10 +514,6 @@ public final class SQLiteStore: DispatchStore {
         }
     }
 
-    public func isOptedOut(phone: String) async throws -> Bool {
-        try await pool.read { db in try Bool.fetchOne(db, sql: "SELECT 1 FROM opt_outs WHERE phone = ?", arguments: [phone]) ?? false }
-    }
-
     public func firstFailure(run: String, codes: [Int], since: Double) async throws -> (code: Int, title: String?)? {
         guard !codes.isEmpty else { return nil }
         return try await pool.read { db in
@@ -458,9 +526,67 @@ public final class SQLiteStore: DispatchStore {
         }
     }
 
+    // MARK: - Opt-outs
+
     public func optOuts() async throws -> [OptOut] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM opt_outs ORDER BY at").map { OptOut(phone: $0["phone"], at: $0["at"], word: $0["word"]) }
+            try Row.fetchAll(db, sql: "SELECT * FROM opt_outs ORDER BY at, phone").map(Self.optOut(row:))
+        }
+    }
+
+    static func optOut(row r: Row) -> OptOut {
+        OptOut(id: r["phone"], kind: OptOutKind(rawValue: r["kind"]) ?? .waID, at: r["at"], word: r["word"],
+               source: OptOutSource(rawValue: r["source"]) ?? .reply, note: r["note"], wamid: r["wamid"])
+    }
+
+    public func optedOutNumbers() async throws -> Set<String> {
+        try await pool.read { db in
+            Set(try String.fetchAll(db, sql: """
+                SELECT phone FROM opt_outs
+                UNION SELECT r.phone FROM opt_outs o JOIN recipient_ids r ON r.id = o.phone
+                """))
+        }
+    }
+
+    public func addOptOut(_ id: String, kind: OptOutKind, note: String?, at time: Double) async throws -> Bool {
+        try await pool.write { db in
+            try Self.optOut(db, OptOut(id: id, kind: kind, at: time, word: "", source: .manual, note: note))
+        }
+    }
+
+    public func removeOptOut(_ number: String, note: String?, at time: Double) async throws -> [OptOut] {
+        try await pool.write { db in
+            var ids = Set([number] + WhatsAppID.variants(of: number))
+            for id in Array(ids) {
+                ids.formUnion(try String.fetchAll(db, sql: "SELECT id FROM recipient_ids WHERE phone = ?", arguments: [id]))
+            }
+            let list = Array(ids)
+            let marks = list.map { _ in "?" }.joined(separator: ",")
+            let removed = try Row.fetchAll(db, sql: "SELECT * FROM opt_outs WHERE phone IN (\(marks)) ORDER BY at", arguments: StatementArguments(list))
+                .map(Self.optOut(row:))
+            for o in removed {
+                try db.execute(sql: "DELETE FROM opt_outs WHERE phone = ?", arguments: [o.id])
+                try db.execute(sql: """
+                    INSERT INTO opt_out_changes (key, kind, change, at, source, note) VALUES (?, ?, 'in', ?, 'manual', ?)
+                    """, arguments: [o.id, o.kind.rawValue, time, note])
+            }
+            return removed
+        }
+    }
+
+    public func optOutChanges() async throws -> [OptOutChange] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM opt_out_changes ORDER BY id").map { r in
+                OptOutChange(id: r["key"], kind: OptOutKind(rawValue: r["kind"]) ?? .waID,
+                             change: OptOutChange.Change(rawValue: r["change"]) ?? .optedOut, at: r["at"],
+                             source: OptOutSource(rawValue: r["source"]) ?? .reply, word: r["word"], wamid: r["wamid"], note: r["note"])
+            }
+        }
+    }
+
+    public func recipientIDs(phone: String) async throws -> [String] {
+        try await pool.read { db in
+            try String.fetchAll(db, sql: "SELECT id FROM recipient_ids WHERE phone = ? ORDER BY learnt_at, id", arguments: [phone])
         }
     }
 
@@ -500,7 +626,8 @@ public final class SQLiteStore: DispatchStore {
     public func inboundMessages(limit: Int) async throws -> [InboundRecord] {
         try await pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM inbound_messages ORDER BY timestamp, wamid LIMIT ?", arguments: [limit]).map { r in
-                InboundRecord(wamid: r["wamid"], from: r["from_phone"], timestamp: r["timestamp"], type: r["type"], body: r["body"])
+                InboundRecord(wamid: r["wamid"], from: r["from_phone"], fromUserID: r["from_user_id"], timestamp: r["timestamp"],
+                              type: r["type"], body: r["body"])
             }
         }
     }

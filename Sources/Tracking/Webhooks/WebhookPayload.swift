@@ -92,7 +92,10 @@ public struct WebhookPayload: Decodable, Sendable {
     }
 
     public struct InboundMessage: Decodable, Sendable {
+        /// The sender's WhatsApp id (their number's digits). Absent since 2026 for users who set a
+        /// username: `from_user_id` then says who wrote.
         public var from: String?
+        public var fromUserID: String?
         public var id: String?
         public var timestamp: UnixSeconds?
         public var type: String?
@@ -101,13 +104,21 @@ public struct WebhookPayload: Decodable, Sendable {
         public struct Text: Decodable, Sendable {
             public var body: String?
         }
+
+        enum CodingKeys: String, CodingKey {
+            case from, id, timestamp, type, text
+            case fromUserID = "from_user_id"
+        }
     }
 
     public struct Contact: Decodable, Sendable {
         public var waID: String?
+        /// The business-scoped user id (2026).
+        public var userID: String?
 
         enum CodingKeys: String, CodingKey {
             case waID = "wa_id"
+            case userID = "user_id"
         }
     }
 }
@@ -140,7 +151,10 @@ public struct StatusUpdate: Sendable, Equatable {
     public var status: String
     /// Meta's timestamp, Unix seconds.
     public var timestamp: Int64
+    /// `recipient_id`: the WhatsApp id Meta delivered to (nil when Meta gave none or `""`).
     public var recipientID: String?
+    /// `recipient_user_id`: the tenant's business-scoped user id, when Meta gave one (2026).
+    public var recipientUserID: String?
     /// Our message id when Meta echoed `biz_opaque_callback_data`.
     public var callbackData: String?
     public var errorCode: Int?
@@ -148,12 +162,14 @@ public struct StatusUpdate: Sendable, Equatable {
     public var errorDetails: String?
     public var pricingCategory: String?
 
-    public init(wamid: String, status: String, timestamp: Int64, recipientID: String? = nil, callbackData: String? = nil,
-                errorCode: Int? = nil, errorTitle: String? = nil, errorDetails: String? = nil, pricingCategory: String? = nil) {
+    public init(wamid: String, status: String, timestamp: Int64, recipientID: String? = nil, recipientUserID: String? = nil,
+                callbackData: String? = nil, errorCode: Int? = nil, errorTitle: String? = nil, errorDetails: String? = nil,
+                pricingCategory: String? = nil) {
         self.wamid = wamid
         self.status = status
         self.timestamp = timestamp
         self.recipientID = recipientID
+        self.recipientUserID = recipientUserID
         self.callbackData = callbackData
         self.errorCode = errorCode
         self.errorTitle = errorTitle
@@ -165,10 +181,30 @@ public struct StatusUpdate: Sendable, Equatable {
 /// A message a tenant sent us (an answer to an invoice, or "STOP").
 public struct InboundText: Sendable, Equatable {
     public var wamid: String
-    public var from: String
+    /// The sender's WhatsApp id (digits), when Meta gave it: absent for some username users.
+    public var from: String?
+    /// The sender's business-scoped user id (`from_user_id`, or the contact's `user_id`), when given.
+    public var fromUserID: String?
     public var timestamp: Int64
     public var type: String
     public var body: String?
+
+    public init(wamid: String, from: String?, fromUserID: String? = nil, timestamp: Int64, type: String, body: String?) {
+        self.wamid = wamid
+        self.from = from
+        self.fromUserID = fromUserID
+        self.timestamp = timestamp
+        self.type = type
+        self.body = body
+    }
+
+    /// The ids an opt-out from this message is kept under: the WhatsApp id and the user id.
+    public var senderIDs: [(id: String, kind: OptOutKind)] {
+        var ids: [(String, OptOutKind)] = []
+        if let from, !from.isEmpty { ids.append((from, .waID)) }
+        if let fromUserID, !fromUserID.isEmpty { ids.append((fromUserID, .userID)) }
+        return ids
+    }
 
     /// Replies that ask to stop receiving messages, in the languages of our tenants.
     public static let optOutWords: Set<String> = ["STOP", "BAJA", "ARRET", "ARRÊT", "PARAR", "CANCELAR", "UNSUBSCRIBE", "DETENER", "SALIR"]
@@ -202,13 +238,23 @@ public struct WebhookContents: Sendable {
                     let error = s.errors?.first
                     statuses.append(StatusUpdate(
                         wamid: wamid, status: status, timestamp: s.timestamp?.value ?? 0,
-                        recipientID: (s.recipientID?.isEmpty == false ? s.recipientID : s.recipientUserID),
+                        recipientID: s.recipientID?.isEmpty == false ? s.recipientID : nil,
+                        recipientUserID: s.recipientUserID?.isEmpty == false ? s.recipientUserID : nil,
                         callbackData: s.bizOpaqueCallbackData, errorCode: error?.code, errorTitle: error?.title ?? error?.message,
                         errorDetails: error?.errorData?.details, pricingCategory: s.pricing?.category))
                 }
+                let contacts = value.contacts ?? []
                 for m in value.messages ?? [] {
-                    guard let wamid = m.id, let from = m.from else { continue }
-                    inbound.append(InboundText(wamid: wamid, from: from, timestamp: m.timestamp?.value ?? 0,
+                    // A message without `from` (a username user) is kept under its user id; the
+                    // contact that carries that user id may also give the WhatsApp id.
+                    let from = m.from?.isEmpty == false ? m.from : nil
+                    var userID = m.fromUserID?.isEmpty == false ? m.fromUserID : nil
+                    let contact = contacts.first { c in (userID != nil && c.userID == userID) || (from != nil && c.waID == from) }
+                        ?? (from == nil && userID == nil && contacts.count == 1 ? contacts[0] : nil)
+                    if userID == nil, let id = contact?.userID, !id.isEmpty { userID = id }
+                    let waID = from ?? (contact?.waID?.isEmpty == false ? contact?.waID : nil)
+                    guard let wamid = m.id, waID != nil || userID != nil else { continue }
+                    inbound.append(InboundText(wamid: wamid, from: waID, fromUserID: userID, timestamp: m.timestamp?.value ?? 0,
                                                type: m.type ?? "unknown", body: m.text?.body))
                 }
                 for e in value.errors ?? [] { systemErrors.append((e.code, e.title ?? e.message)) }

@@ -155,7 +155,192 @@ enum PostgresSchema {
             """,
         ]),
         Migration(name: "v3: intake and ledger functions", statements: [applyStatus, attachPending, ingest, beginAttempts, recordOutcomes]),
+        Migration(name: "v4: opt-outs under every id Meta gives a tenant", statements: [
+            "ALTER TABLE inbound_messages ADD COLUMN from_user_id TEXT",
+            "ALTER TABLE opt_outs ADD COLUMN kind TEXT NOT NULL DEFAULT 'wa_id'",
+            "ALTER TABLE opt_outs ADD COLUMN source TEXT NOT NULL DEFAULT 'reply'",
+            "ALTER TABLE opt_outs ADD COLUMN note TEXT",
+            """
+            CREATE TABLE opt_out_changes (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                key TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                change TEXT NOT NULL,
+                at DOUBLE PRECISION NOT NULL,
+                source TEXT NOT NULL,
+                word TEXT,
+                wamid TEXT,
+                note TEXT
+            )
+            """,
+            """
+            INSERT INTO opt_out_changes (key, kind, change, at, source, word, wamid)
+                SELECT phone, 'wa_id', 'out', at, 'reply', word, wamid FROM opt_outs ORDER BY at
+            """,
+            """
+            CREATE TABLE recipient_ids (
+                phone TEXT NOT NULL,
+                id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                learnt_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (phone, id)
+            )
+            """,
+            "CREATE INDEX recipient_ids_id ON recipient_ids(id)",
+            learn, optOut, ingestV4, recordOutcomesV4,
+        ]),
     ]
+
+    /// Remembers another id Meta gave for a number we sent to (as `SQLiteStore.learn`).
+    static let learn = """
+        CREATE OR REPLACE FUNCTION dispatcher_learn(p_phone TEXT, p_id TEXT, p_kind TEXT, p_time DOUBLE PRECISION) RETURNS VOID
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF COALESCE(p_id, '') <> '' AND p_id <> p_phone THEN
+                INSERT INTO recipient_ids (phone, id, kind, learnt_at) VALUES (p_phone, p_id, p_kind, p_time) ON CONFLICT DO NOTHING;
+            END IF;
+        END
+        $$
+        """
+
+    /// Keeps an opt-out and its change (as `SQLiteStore.optOut`); 1 when new, 0 when the id was opted out already.
+    static let optOut = """
+        CREATE OR REPLACE FUNCTION dispatcher_opt_out(p_id TEXT, p_kind TEXT, p_at DOUBLE PRECISION, p_word TEXT, p_source TEXT,
+            p_note TEXT, p_wamid TEXT) RETURNS INTEGER
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            n INTEGER;
+        BEGIN
+            INSERT INTO opt_outs (phone, kind, at, word, source, note, wamid) VALUES (p_id, p_kind, p_at, p_word, p_source, p_note, p_wamid)
+                ON CONFLICT (phone) DO NOTHING;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n = 1 THEN
+                INSERT INTO opt_out_changes (key, kind, change, at, source, word, wamid, note)
+                    VALUES (p_id, p_kind, 'out', p_at, p_source, p_word, p_wamid, p_note);
+            END IF;
+            RETURN n;
+        END
+        $$
+        """
+
+    /// `ingest` as of v4: learns the ids statuses give for a number (`recipient_id`,
+    /// `recipient_user_id`); inbound messages may come with a user id and no number; a STOP is
+    /// kept under both, and only the first time its message arrives (a redelivered STOP must not
+    /// undo an opt-in made since).
+    static let ingestV4 = """
+        CREATE OR REPLACE FUNCTION dispatcher_ingest(p_time DOUBLE PRECISION, p_signature TEXT, p_body BYTEA, p_parse_error TEXT,
+            p_status_count INTEGER, p_statuses JSONB, p_inbound JSONB,
+            OUT r_payload BIGINT, OUT r_duplicates INTEGER, OUT r_unmatched INTEGER, OUT r_inbound INTEGER, OUT r_opt_outs INTEGER,
+            OUT r_applied TEXT[])
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            s RECORD;
+            m_id TEXT;
+            m_phone TEXT;
+            new_state TEXT;
+            n INTEGER;
+            added INTEGER;
+        BEGIN
+            r_duplicates := 0; r_unmatched := 0; r_inbound := 0; r_opt_outs := 0; r_applied := '{}';
+            INSERT INTO webhook_payloads (received_at, signature, body, parse_error, statuses)
+                VALUES (p_time, p_signature, p_body, p_parse_error, p_status_count) RETURNING id INTO r_payload;
+            FOR s IN SELECT * FROM jsonb_to_recordset(COALESCE(p_statuses, '[]'::jsonb)) AS x(wamid TEXT, status TEXT,
+                         ts DOUBLE PRECISION, recipient TEXT, recipient_user TEXT, callback TEXT, code INTEGER, title TEXT, details TEXT,
+                         pricing TEXT) LOOP
+                m_id := NULL; m_phone := NULL;
+                SELECT id, phone INTO m_id, m_phone FROM messages WHERE wamid = s.wamid;
+                IF m_id IS NULL AND COALESCE(s.callback, '') <> '' THEN
+                    -- The send's response may have been lost: the status tells us the wamid.
+                    SELECT id, phone INTO m_id, m_phone FROM messages WHERE id = s.callback AND (wamid IS NULL OR wamid = s.wamid);
+                END IF;
+                new_state := NULL;
+                IF m_id IS NOT NULL THEN
+                    PERFORM dispatcher_learn(m_phone, s.recipient, 'wa_id', p_time);
+                    PERFORM dispatcher_learn(m_phone, s.recipient_user, 'user_id', p_time);
+                    new_state := dispatcher_apply_status(m_id, s.wamid, s.status, s.ts, s.code, s.title, s.details, p_time);
+                END IF;
+                INSERT INTO status_events (payload_id, wamid, message_id, status, timestamp, received_at, recipient_id, callback_data,
+                    error_code, error_title, error_details, pricing_category, applied)
+                VALUES (r_payload, s.wamid, m_id, s.status, s.ts, p_time, COALESCE(s.recipient, s.recipient_user), s.callback, s.code,
+                    s.title, s.details, s.pricing, new_state IS NOT NULL)
+                ON CONFLICT (wamid, status, timestamp) DO NOTHING;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                IF n = 0 THEN
+                    -- Seen before: it changed nothing then, unless it was waiting for its message.
+                    r_duplicates := r_duplicates + 1;
+                    CONTINUE;
+                END IF;
+                IF m_id IS NULL THEN
+                    r_unmatched := r_unmatched + 1;
+                END IF;
+                IF new_state IS NOT NULL THEN
+                    r_applied := array_append(r_applied, new_state);
+                END IF;
+            END LOOP;
+            FOR s IN SELECT * FROM jsonb_to_recordset(COALESCE(p_inbound, '[]'::jsonb)) AS x(wamid TEXT, sender TEXT, sender_user TEXT,
+                         ts DOUBLE PRECISION, type TEXT, body TEXT, opt_out TEXT) LOOP
+                INSERT INTO inbound_messages (wamid, payload_id, from_phone, from_user_id, timestamp, type, body)
+                    VALUES (s.wamid, r_payload, COALESCE(s.sender, ''), s.sender_user, s.ts, s.type, s.body) ON CONFLICT (wamid) DO NOTHING;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                CONTINUE WHEN n = 0;
+                r_inbound := r_inbound + 1;
+                IF s.opt_out IS NOT NULL THEN
+                    added := 0;
+                    IF COALESCE(s.sender, '') <> '' THEN
+                        added := added + dispatcher_opt_out(s.sender, 'wa_id', s.ts, s.opt_out, 'reply', NULL, s.wamid);
+                    END IF;
+                    IF COALESCE(s.sender_user, '') <> '' THEN
+                        added := added + dispatcher_opt_out(s.sender_user, 'user_id', s.ts, s.opt_out, 'reply', NULL, s.wamid);
+                    END IF;
+                    IF added > 0 THEN
+                        r_opt_outs := r_opt_outs + 1;
+                    END IF;
+                END IF;
+            END LOOP;
+        END
+        $$
+        """
+
+    /// `recordOutcomes` as of v4: an accepted send whose `wa_id` differs from the number is remembered.
+    static let recordOutcomesV4 = """
+        CREATE OR REPLACE FUNCTION dispatcher_record_outcomes(p_outcomes JSONB, p_time DOUBLE PRECISION) RETURNS VOID
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            o RECORD;
+        BEGIN
+            FOR o IN SELECT * FROM jsonb_to_recordset(p_outcomes) AS x(kind TEXT, id TEXT, number INTEGER, wamid TEXT, wa_id TEXT,
+                         code INTEGER, title TEXT, details TEXT, final BOOLEAN) LOOP
+                IF o.kind = 'accepted' THEN
+                    UPDATE attempts SET outcome = 'accepted', finished_at = p_time, wamid = o.wamid, error_code = NULL,
+                        error_title = NULL, error_details = NULL
+                    WHERE message_id = o.id AND number = o.number;
+                    UPDATE messages SET wamid = o.wamid, accepted_at = COALESCE(accepted_at, p_time), updated_at = p_time,
+                        state = CASE WHEN state_rank < 3 THEN 'accepted' ELSE state END,
+                        state_rank = CASE WHEN state_rank < 3 THEN 3 ELSE state_rank END
+                    WHERE id = o.id;
+                    IF o.wa_id IS NOT NULL THEN
+                        PERFORM dispatcher_learn(phone, o.wa_id, 'wa_id', p_time) FROM messages WHERE id = o.id;
+                    END IF;
+                    PERFORM dispatcher_attach_pending(ARRAY[o.id], ARRAY[o.wamid], p_time);
+                ELSIF o.kind = 'rejected' THEN
+                    UPDATE attempts SET outcome = CASE WHEN o.final THEN 'rejected' ELSE 'retry' END, finished_at = p_time,
+                        wamid = NULL, error_code = o.code, error_title = o.title, error_details = o.details
+                    WHERE message_id = o.id AND number = o.number;
+                    UPDATE messages SET state = CASE WHEN o.final THEN 'failed' ELSE 'queued' END,
+                        state_rank = CASE WHEN o.final THEN 7 ELSE 0 END,
+                        error_code = o.code, error_title = o.title, error_details = o.details, updated_at = p_time,
+                        failed_at = CASE WHEN o.final THEN p_time ELSE failed_at END
+                    WHERE id = o.id AND state = 'sending';
+                ELSE
+                    UPDATE attempts SET outcome = 'unknown', finished_at = p_time, wamid = NULL, error_code = NULL,
+                        error_title = o.title, error_details = NULL
+                    WHERE message_id = o.id AND number = o.number;
+                    UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = p_time WHERE id = o.id AND state = 'sending';
+                END IF;
+            END LOOP;
+        END
+        $$
+        """
 
     /// The forward-only rule, as in `SQLiteStore.apply` and `MessageState.applying`: one UPDATE per
     /// status whose CASE conditions read the row as it was. The row is locked first, so the state

@@ -17,6 +17,7 @@ extension PostgresStore {
         var kind, id: String
         var number: Int
         var wamid: String?
+        var wa_id: String?
         var code: Int?
         var title, details: String?
         var final: Bool?
@@ -26,8 +27,8 @@ extension PostgresStore {
         guard !outcomes.isEmpty else { return }
         let json = try Self.json(outcomes.map { outcome in
             switch outcome {
-            case .accepted(let id, let number, let wamid):
-                OutcomeJSON(kind: "accepted", id: id, number: number, wamid: wamid)
+            case .accepted(let id, let number, let wamid, let waID):
+                OutcomeJSON(kind: "accepted", id: id, number: number, wamid: wamid, wa_id: waID)
             case .rejected(let id, let number, let error, let final):
                 OutcomeJSON(kind: "rejected", id: id, number: number, code: error.code, title: error.title, details: error.details, final: final)
             case .unknown(let id, let number, let reason):

@@ -536,13 +536,14 @@ public final class PostgresStore: DispatchStore {
     struct StatusJSON: Encodable {
         var wamid, status: String
         var ts: Int64
-        var recipient, callback: String?
+        var recipient, recipient_user, callback: String?
         var code: Int?
         var title, details, pricing: String?
     }
 
     struct InboundJSON: Encodable {
-        var wamid, sender: String
+        var wamid: String
+        var sender, sender_user: String?
         var ts: Int64
         var type: String
         var body: String?
@@ -557,13 +558,14 @@ public final class PostgresStore: DispatchStore {
         // (The final state does not depend on the order: that is the forward-only rule.)
         let statuses = try contents.map { c in
             try Self.json(c.statuses.sorted { ($0.wamid, $0.timestamp) < ($1.wamid, $1.timestamp) }.map { u in
-                StatusJSON(wamid: u.wamid, status: u.status, ts: u.timestamp, recipient: u.recipientID, callback: u.callbackData,
+                StatusJSON(wamid: u.wamid, status: u.status, ts: u.timestamp, recipient: u.recipientID, recipient_user: u.recipientUserID,
+                           callback: u.callbackData,
                            code: u.errorCode, title: u.errorTitle, details: u.errorDetails, pricing: u.pricingCategory)
             })
         }
         let inbound = try contents.map { c in
             try Self.json(c.inbound.map { m in
-                InboundJSON(wamid: m.wamid, sender: m.from, ts: m.timestamp, type: m.type, body: m.body,
+                InboundJSON(wamid: m.wamid, sender: m.from, sender_user: m.fromUserID, ts: m.timestamp, type: m.type, body: m.body,
                             opt_out: m.isOptOut ? (m.body?.uppercased() ?? "") : nil)
             })
         }
@@ -597,15 +599,72 @@ public final class PostgresStore: DispatchStore {
         return (code, title)
     }
 
-    public func isOptedOut(phone: String) async throws -> Bool {
-        try await !rows("SELECT 1 FROM opt_outs WHERE phone = \(phone)").isEmpty
+    public func storedMessages(ids: [String]) async throws -> [String: StoredMessage] {
+        var found: [String: StoredMessage] = [:]
+        for start in stride(from: 0, to: ids.count, by: 5_000) {
+            let chunk = Array(ids[start..<min(start + 5_000, ids.count)])
+            for row in try await rows("SELECT id, run, state FROM messages WHERE id = ANY(\(chunk))") {
+                let (id, run, state) = try row.decode((String, String, String).self)
+                found[id] = StoredMessage(run: run, state: MessageState(rawValue: state) ?? .unknown)
+            }
+        }
+        return found
+    }
+
+    // MARK: - Opt-outs
+
+    static let optOutColumns = "phone, kind, at, word, source, note, wamid"
+
+    static func optOut(_ row: PostgresRow) throws -> OptOut {
+        let (id, kind, at, word, source, note, wamid) = try row.decode((String, String, Double, String, String, String?, String?).self)
+        return OptOut(id: id, kind: OptOutKind(rawValue: kind) ?? .waID, at: at, word: word, source: OptOutSource(rawValue: source) ?? .reply,
+                      note: note, wamid: wamid)
     }
 
     public func optOuts() async throws -> [OptOut] {
-        try await rows("SELECT phone, at, word FROM opt_outs ORDER BY at").map { row in
-            let (phone, at, word) = try row.decode((String, Double, String).self)
-            return OptOut(phone: phone, at: at, word: word)
+        try await rows("SELECT \(unescaped: Self.optOutColumns) FROM opt_outs ORDER BY at, phone").map(Self.optOut)
+    }
+
+    public func optedOutNumbers() async throws -> Set<String> {
+        Set(try await rows("""
+            SELECT phone FROM opt_outs UNION SELECT r.phone FROM opt_outs o JOIN recipient_ids r ON r.id = o.phone
+            """).map { try $0.decode(String.self) })
+    }
+
+    public func addOptOut(_ id: String, kind: OptOutKind, note: String?, at time: Double) async throws -> Bool {
+        try await rows("SELECT dispatcher_opt_out(\(id), \(kind.rawValue), \(time), '', 'manual', \(note), NULL)")[0].decode(Int.self) == 1
+    }
+
+    public func removeOptOut(_ number: String, note: String?, at time: Double) async throws -> [OptOut] {
+        let logger = self.logger
+        let ids = [number] + WhatsAppID.variants(of: number)
+        return try await transaction { connection in
+            var removed: [OptOut] = []
+            for try await row in try await connection.query("""
+                DELETE FROM opt_outs WHERE phone = ANY(\(ids)) OR phone IN (SELECT id FROM recipient_ids WHERE phone = ANY(\(ids)))
+                RETURNING \(unescaped: Self.optOutColumns)
+                """, logger: logger) {
+                removed.append(try Self.optOut(row))
+            }
+            for o in removed {
+                try await connection.query("""
+                    INSERT INTO opt_out_changes (key, kind, change, at, source, note) VALUES (\(o.id), \(o.kind.rawValue), 'in', \(time), 'manual', \(note))
+                    """, logger: logger)
+            }
+            return removed.sorted { ($0.at, $0.id) < ($1.at, $1.id) }
         }
+    }
+
+    public func optOutChanges() async throws -> [OptOutChange] {
+        try await rows("SELECT key, kind, change, at, source, word, wamid, note FROM opt_out_changes ORDER BY id").map { row in
+            let (id, kind, change, at, source, word, wamid, note) = try row.decode((String, String, String, Double, String, String?, String?, String?).self)
+            return OptOutChange(id: id, kind: OptOutKind(rawValue: kind) ?? .waID, change: OptOutChange.Change(rawValue: change) ?? .optedOut,
+                                at: at, source: OptOutSource(rawValue: source) ?? .reply, word: word, wamid: wamid, note: note)
+        }
+    }
+
+    public func recipientIDs(phone: String) async throws -> [String] {
+        try await rows("SELECT id FROM recipient_ids WHERE phone = \(phone) ORDER BY learnt_at, id").map { try $0.decode(String.self) }
     }
 
     /// Within the connect timeout: `/health` must answer even while the server is gone.
@@ -647,9 +706,11 @@ public final class PostgresStore: DispatchStore {
     }
 
     public func inboundMessages(limit: Int) async throws -> [InboundRecord] {
-        try await rows("SELECT wamid, from_phone, timestamp, type, body FROM inbound_messages ORDER BY timestamp, wamid LIMIT \(limit)").map { row in
-            let (wamid, from, timestamp, type, body) = try row.decode((String, String, Double, String, String?).self)
-            return InboundRecord(wamid: wamid, from: from, timestamp: timestamp, type: type, body: body)
+        try await rows("""
+            SELECT wamid, from_phone, from_user_id, timestamp, type, body FROM inbound_messages ORDER BY timestamp, wamid LIMIT \(limit)
+            """).map { row in
+            let (wamid, from, userID, timestamp, type, body) = try row.decode((String, String, String?, Double, String, String?).self)
+            return InboundRecord(wamid: wamid, from: from, fromUserID: userID, timestamp: timestamp, type: type, body: body)
         }
     }
 }
