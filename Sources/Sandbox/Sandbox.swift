@@ -219,7 +219,8 @@ public struct Sandbox: Sendable {
         guard let name = t.name, let definition = configuration.templates[name] else {
             return (132001, "Template name does not exist in the translation", "template name (\(t.name ?? "none")) does not exist")
         }
-        guard let language = t.language?.code, definition.languages[language] != nil else {
+        guard let language = t.language?.code, definition.languages[language] != nil,
+              !configuration.scenario.lacks(template: name, language: language) else {
             return (132001, "Template name does not exist in the translation",
                     "template name (\(name)) does not exist in \(t.language?.code ?? "no language")")
         }

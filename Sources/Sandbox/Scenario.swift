@@ -78,10 +78,24 @@ public struct Scenario: Sendable, Decodable {
 
     public var rules: [Rule]
     public var outages: [Outage]?
+    /// Template languages Meta does not have (`"fr"`, or `"invoice:fr"` for one template): sends
+    /// in them answer 132001, as when a translation was never approved or was deleted.
+    public var missingLanguages: [String]?
 
-    public init(rules: [Rule] = [], outages: [Outage] = []) {
+    enum CodingKeys: String, CodingKey {
+        case rules, outages
+        case missingLanguages = "missing_languages"
+    }
+
+    public init(rules: [Rule] = [], outages: [Outage] = [], missingLanguages: [String] = []) {
         self.rules = rules
         self.outages = outages
+        self.missingLanguages = missingLanguages
+    }
+
+    /// True when the scenario says Meta has no `template` in `language`.
+    public func lacks(template: String, language: String) -> Bool {
+        missingLanguages?.contains { $0 == language || $0 == "\(template):\(language)" } ?? false
     }
 
     /// The outage in force `elapsed` seconds after the first send request, if any.

@@ -52,6 +52,36 @@ struct FailureModeTests {
         }
     }
 
+    @Test("132001 for one language stops that language only: the others are sent, its messages stay queued, the run ends halted naming it", arguments: engines)
+    func missingLanguage(engine: StoreEngine) async throws {
+        let scenario = Scenario(missingLanguages: ["fr"])
+        try await Harness.run(scenario: scenario, engine: engine) { h in
+            let e = try makeEngine(h)
+            // Every third tenant reads French.
+            let numbers = phones(90)
+            var text = "invoice_id,tenant_name,phone,amount,currency,period,locale,document_url\n"
+            for (i, phone) in numbers.enumerated() {
+                text += "L-\(i),Tenant \(i),+\(phone),100.00,DOP,2026-03,\(i % 3 == 0 ? "fr" : "es-DO"),https://docs.example.com/L-\(i).pdf\n"
+            }
+            let path = try freshPath().replacingOccurrences(of: "dispatcher.sqlite", with: "languages.csv")
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            let options = RunOptions(run: "languages", manifest: path, rate: 100)
+            #expect(try await e.prepare(options).queued == 90)
+            let stop = try await e.dispatch(options)
+            guard case .halted(let error)? = stop else { Issue.record("not halted: \(String(describing: stop))"); return }
+            #expect(error.code == 132001)
+            #expect(error.title.contains("language fr"), "\(error.title)")
+            // Every Spanish message went; no French one failed: they wait, queued, for the translation.
+            let counts = try await h.store.stateCounts(run: "languages")
+            #expect(counts[.queued] == 30, "\(counts)")
+            #expect(counts[.failed] == nil, "\(counts)")
+            #expect(try await acceptedByMessage(h).count == 60)
+            let frenchRequests = try await h.requests().filter { $0["errorCode"] as? Int == 132001 }.count
+            #expect(frenchRequests <= 5, "\(frenchRequests) French requests refused")
+            try await e.client.shutdown()
+        }
+    }
+
     @Test("a wrong template (132000 on every request) halts after a handful, the rest still queued", arguments: engines)
     func wrongTemplate(engine: StoreEngine) async throws {
         let scenario = Scenario(outages: [.init(start: 0, seconds: 3600, code: 132000)])

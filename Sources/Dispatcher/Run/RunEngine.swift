@@ -319,6 +319,13 @@ public final class RunEngine: Sendable {
                     var sends: [(body: ByteBuffer, completion: @Sendable (SendOutcome) -> Void)] = []
                     sends.reserveCapacity(count)
                     for (item, attempt) in ready[readyIndex..<readyIndex + count] {
+                        if control.isStopped(language: item.language) {
+                            // Committed before its language was stopped: back in the queue, unsent.
+                            inFlight -= 1
+                            outcomes.append(.rejected(messageID: item.id, attempt: attempt, error: SendError(
+                                code: nil, title: "not sent: the template is missing in language \(item.language) at Meta (132001)"), final: false))
+                            continue
+                        }
                         lastSent[item.phone] = now
                         sends.append((item.body, { outcome in answers.add(Answer(item: item, attempt: attempt, sentAt: now, outcome: outcome)) }))
                     }
@@ -348,10 +355,12 @@ public final class RunEngine: Sendable {
             if writing == nil && (pending <= refill || outcomes.count >= ahead * 4 || outcomesDue) {
                 var batch: [Outgoing] = []
                 if !stopping {
-                    queue.append(feed.take())
+                    let stoppedLanguages = control.stoppedLanguages
+                    queue.append(stoppedLanguages.isEmpty ? feed.take() : feed.take().filter { !stoppedLanguages.contains($0.language) })
                     let now = clock.now
                     var room = min(ahead - pending, maxInFlight - inFlight - pending)
                     while room > 0, let item = queue.pop(now: now, lastSent: { lastSent[$0] }) {
+                        if stoppedLanguages.contains(item.language) { continue }  // stays queued in the store
                         batch.append(item)
                         room -= 1
                     }
@@ -399,6 +408,7 @@ public final class RunEngine: Sendable {
         }
         control.noteMostInOneSecond(budget.mostInOneSecond)
         if let failure { throw failure }
+        control.haltForStoppedLanguages(template: renderer.template.name)
         return control.stopReason
     }
 
@@ -433,7 +443,7 @@ public final class RunEngine: Sendable {
                 }
                 let page = try await store.queuedMessages(run: run, after: last, limit: 2500)
                 last = page.last?.sequence ?? last
-                feed.add(page.compactMap { m in m.requestBody.map { Outgoing(id: m.id, phone: m.phone, body: ByteBuffer(string: $0)) } },
+                feed.add(page.compactMap { m in m.requestBody.map { Outgoing(id: m.id, phone: m.phone, body: ByteBuffer(string: $0), language: m.language) } },
                          done: page.count < 2500)
                 if page.count < 2500 { return }
             }
@@ -509,6 +519,12 @@ public final class RunEngine: Sendable {
             case .waitDay:
                 let notBefore = Date().addingTimeInterval(86_400).formatted(.iso8601)
                 return fail(SendError(code: e.code, title: e.title, details: "Meta's per-user limit: retry not before \(notBefore)"))
+            case .halt where e.code == 132001:
+                // The template is missing in this language at Meta (132001 is per template and
+                // language): that language's messages stay queued, the others go on. The run
+                // ends halted, saying which languages to fix; the same command then sends them.
+                control.stopLanguage(item.language, error: e)
+                return Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item)
             case .halt:
                 // Left queued: once the cause is fixed, running the command again sends it.
                 control.stop(.halted(e))
@@ -681,11 +697,35 @@ final class RunControl: Sendable {
         var accepted = 0, failed = 0, unknown = 0
         /// The most requests the gate released in any one second.
         var mostInOneSecond = 0
+        /// Languages Meta answered 132001 for, with the first such error.
+        var stoppedLanguages: [String: GraphError] = [:]
     }
 
     private let state = Mutex(State())
 
     var stopReason: StopReason? { state.withLock { $0.stopReason } }
+
+    /// Meta has no such template in `language` (132001): its messages stay queued.
+    func stopLanguage(_ language: String, error: GraphError) {
+        state.withLock { state in
+            if state.stoppedLanguages[language] == nil { state.stoppedLanguages[language] = error }
+        }
+    }
+
+    var stoppedLanguages: Set<String> { state.withLock { Set($0.stoppedLanguages.keys) } }
+
+    func isStopped(language: String) -> Bool { state.withLock { $0.stoppedLanguages[language] != nil } }
+
+    /// At the end of a run that went on without some languages: halted, naming them (exit 69, the
+    /// reason in the report), unless it stopped for another reason already.
+    func haltForStoppedLanguages(template: String) {
+        let stopped = state.withLock { $0.stoppedLanguages }
+        guard let first = stopped.sorted(by: { $0.key < $1.key }).first else { return }
+        let languages = stopped.keys.sorted().joined(separator: ", ")
+        stop(.halted(GraphError(
+            code: 132001, title: "template '\(template)' does not exist at Meta in \(stopped.count == 1 ? "language" : "languages") \(languages): " +
+                "those messages are still queued, the other languages were sent", details: first.value.details, httpStatus: first.value.httpStatus)))
+    }
 
     /// The first reason wins, except that a halt replaces an interrupt: a database that failed
     /// while stopping must be reported, not hidden behind "interrupted".

@@ -5,6 +5,8 @@ struct Outgoing: Sendable {
     var id: String
     var phone: String
     var body: ByteBuffer
+    /// The template language: a 132001 for it stops its messages only.
+    var language = ""
     /// Retries so far for each reason (pair rate: 4^x seconds; transient: exponential with jitter).
     var pairRetries = 0
     var transientRetries = 0

@@ -598,11 +598,14 @@ public struct QueuedMessage: Sendable, Equatable {
     public var phone: String
     /// The Graph API request, as stored when the run was prepared.
     public var requestBody: String?
+    /// The template language (Meta's 132001 stops one language, not the run).
+    public var language: String
 
-    public init(sequence: Int64, id: String, phone: String, requestBody: String?) {
+    public init(sequence: Int64, id: String, phone: String, requestBody: String?, language: String = "") {
         self.sequence = sequence
         self.id = id
         self.phone = phone
         self.requestBody = requestBody
+        self.language = language
     }
 }

@@ -88,11 +88,11 @@ extension SQLiteStore {
 
     public func queuedMessages(run: String, after: Int64?, limit: Int) async throws -> [QueuedMessage] {
         try await pool.read { db in
-            let rows = try Row.fetchCursor(db, sql: "SELECT seq, id, phone, request_body FROM messages WHERE run = ? AND state = 'queued' AND seq > ? ORDER BY seq LIMIT ?",
+            let rows = try Row.fetchCursor(db, sql: "SELECT seq, id, phone, request_body, language FROM messages WHERE run = ? AND state = 'queued' AND seq > ? ORDER BY seq LIMIT ?",
                                            arguments: [run, after ?? 0, limit])
             var page: [QueuedMessage] = []
             while let row = try rows.next() {
-                page.append(QueuedMessage(sequence: row[0], id: row[1], phone: row[2], requestBody: row[3]))
+                page.append(QueuedMessage(sequence: row[0], id: row[1], phone: row[2], requestBody: row[3], language: row[4]))
             }
             return page
         }

@@ -58,10 +58,10 @@ extension PostgresStore {
 
     public func queuedMessages(run: String, after: Int64?, limit: Int) async throws -> [QueuedMessage] {
         try await rows("""
-            SELECT seq, id, phone, request_body FROM messages WHERE run = \(run) AND state = 'queued' AND seq > \(after ?? 0) ORDER BY seq LIMIT \(limit)
+            SELECT seq, id, phone, request_body, language FROM messages WHERE run = \(run) AND state = 'queued' AND seq > \(after ?? 0) ORDER BY seq LIMIT \(limit)
             """).map { row in
-            let (sequence, id, phone, body) = try row.decode((Int64, String, String, String?).self)
-            return QueuedMessage(sequence: sequence, id: id, phone: phone, requestBody: body)
+            let (sequence, id, phone, body, language) = try row.decode((Int64, String, String, String?, String).self)
+            return QueuedMessage(sequence: sequence, id: id, phone: phone, requestBody: body, language: language)
         }
     }
 
