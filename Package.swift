@@ -11,12 +11,26 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
+/// `scripts/fuzz` builds with DISPATCHER_FUZZING=1: the modules whose parsers are fuzzed (only
+/// those: libFuzzer scans every coverage counter after each input, and the million counters of
+/// NIO, BoringSSL and the rest cost 99 % of the time) get AddressSanitizer and libFuzzer's
+/// coverage, and `dispatcher-fuzz` links libFuzzer's driver (DISPATCHER_FUZZER_LIB, the toolchain's
+/// libclang_rt.fuzzer_no_main). Without the variable nothing changes.
+let fuzzing = Context.environment["DISPATCHER_FUZZING"] != nil
+let fuzzedSwift: [SwiftSetting] = fuzzing
+    ? [.unsafeFlags(["-sanitize=address", "-sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp"])] : []
+let fuzzedC: [CSetting] = fuzzing
+    ? [.unsafeFlags(["-fsanitize=address", "-fsanitize-coverage=inline-8bit-counters,pc-table,trace-cmp"])] : []
+let fuzzerLink: [LinkerSetting] = fuzzing
+    ? [.unsafeFlags(["-sanitize=address", Context.environment["DISPATCHER_FUZZER_LIB"] ?? "", "-lstdc++"])] : []
+
 let package = Package(
     name: "dispatcher",
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "dispatcher", targets: ["DispatcherCLI"]),
         .executable(name: "dispatcher-bench", targets: ["DispatcherBenchmarks"]),
+        .executable(name: "dispatcher-fuzz", targets: ["DispatcherFuzz"]),
         .library(name: "Dispatcher", targets: ["Dispatcher"]),
         .library(name: "Reports", targets: ["Reports"]),
         .library(name: "Tracking", targets: ["Tracking"]),
@@ -41,7 +55,7 @@ let package = Package(
         // (Debian's libxml2 headers clash with Foundation's ICU module: see docs/house-style).
         .target(
             name: "CXMLReader",
-            cSettings: [.unsafeFlags(["-I/usr/include/libxml2"])],
+            cSettings: [.unsafeFlags(["-I/usr/include/libxml2"])] + fuzzedC,
             linkerSettings: [.linkedLibrary("xml2")]
         ),
         .target(
@@ -55,7 +69,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: swiftSettings + fuzzedSwift
         ),
         .target(
             name: "Tracking",
@@ -70,7 +84,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: swiftSettings + fuzzedSwift
         ),
         .target(
             name: "Sandbox",
@@ -123,6 +137,13 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
+        ),
+        // The parsers under libFuzzer (scripts/fuzz), or replaying files when built plainly.
+        .executableTarget(
+            name: "DispatcherFuzz",
+            dependencies: ["Dispatcher", "Tracking"],
+            swiftSettings: swiftSettings + fuzzedSwift + (fuzzing ? [.define("FUZZING")] : []),
+            linkerSettings: fuzzerLink
         ),
         // What the store, webhook and run tests share: the engines they run on and fresh databases.
         .target(
