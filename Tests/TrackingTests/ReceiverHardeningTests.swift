@@ -80,6 +80,17 @@ struct ReceiverHardeningTests {
         }
     }
 
+    @Test("the connection cap stays below the process's file limit, whatever it is set to")
+    func connectionCapUnderFileLimit() throws {
+        var limit = rlimit()
+        try #require(getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0)
+        var configuration = ServerConfiguration(appSecret: "s")
+        configuration.maxConnections = 1_000_000
+        #expect(configuration.effectiveMaxConnections <= Int(clamping: limit.rlim_cur) - 128)
+        configuration.maxConnections = 20
+        #expect(configuration.effectiveMaxConnections == 20)
+    }
+
     @Test("an idle connection is closed by the server; /health still answers over a fresh one")
     func idleTimeout() async throws {
         let store = try freshStore()

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import HTTPTypes
 public import Hummingbird
 import HummingbirdCore
@@ -30,6 +33,15 @@ public struct ServerConfiguration: Sendable {
     /// Connections served at once; past it new ones wait in the kernel's backlog, so that open
     /// sockets can never exhaust the process's file limit and `/health` keeps answering.
     public var maxConnections: Int = 2_000
+
+    /// `maxConnections`, but never so close to the process's file limit (`ulimit -n`, 1,024 on
+    /// many machines) that accepting would fail with EMFILE: 128 descriptors stay for the
+    /// database, logs and outgoing requests.
+    public var effectiveMaxConnections: Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return maxConnections }
+        return max(16, min(maxConnections, Int(clamping: limit.rlim_cur) - 128))
+    }
 
     public init(basePath: String = "", appSecret: String, verifyToken: String? = nil, apiToken: String? = nil, jwtSecret: String? = nil,
                 maxWebhookBytes: Int = 3_500_000, reportsDirectory: String = "reports", metricsNeedToken: Bool = false) {
@@ -115,7 +127,7 @@ public struct DispatcherServer: Sendable {
 
     func applicationConfiguration(host: String, port: Int, logger: Logger) -> ApplicationConfiguration {
         ApplicationConfiguration(address: .hostname(host, port: port), serverName: "dispatcher",
-                                 availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections, logger: logger))
+                                 availableConnectionsDelegate: MaximumAvailableConnections(configuration.effectiveMaxConnections, logger: logger))
     }
 
     // MARK: - Webhook
