@@ -158,7 +158,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DispatcherTests",
-            dependencies: ["Dispatcher"],
+            dependencies: ["Dispatcher", "CXMLReader"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

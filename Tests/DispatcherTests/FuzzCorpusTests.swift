@@ -1,3 +1,4 @@
+import CXMLReader
 import Dispatcher
 import Foundation
 import Testing
@@ -28,5 +29,19 @@ struct FuzzCorpusTests {
             default: FuzzTargets.amountsAndPhones(bytes)
             }
         }
+    }
+
+    @Test("an XML import frees everything libxml2 allocated (the fuzzer found a document node left behind)")
+    func xmlFreesWhatItAllocates() throws {
+        #expect(dx_xml_count_allocations() == 1)
+        let bytes = Array(try Data(contentsOf: Self.root.appendingPathComponent("samples/march-2026.xml")))
+        func importOnce() {
+            let reader = XMLManifestReader(bytes: bytes)
+            _ = try? ManifestImporter(options: ValidationOptions()).importManifest(from: reader, format: .xml) { _ in }
+        }
+        importOnce()  // libxml2's own one-time state (its dictionary, encodings) is made here
+        let before = dx_xml_live_allocations()
+        for _ in 0..<20 { importOnce() }
+        #expect(dx_xml_live_allocations() - before == 0, "libxml2 allocations left after 20 imports")
     }
 }

@@ -63,6 +63,12 @@ dx_xml_result dx_xml_parse_file(const char *path, size_t chunk_size, dx_xml_call
 dx_xml_result dx_xml_parse_memory(const char *bytes, size_t length, size_t chunk_size, dx_xml_callback callback,
                                   void *context);
 
+/// Tests only: route libxml2's allocations through counters (per thread), so that a test can see
+/// that an import frees everything it allocated. Returns 1 when installed.
+int dx_xml_count_allocations(void);
+/// libxml2 allocations made and not yet freed on this thread since counting began.
+long dx_xml_live_allocations(void);
+
 #ifdef __cplusplus
 }
 #endif
