@@ -42,8 +42,15 @@ func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutab
 @main
 enum DispatcherFuzz {
     static func main() {
-        let arguments = CommandLine.arguments
-        guard arguments.count >= 2, let target = Target(rawValue: arguments[1]) else {
+        var arguments = CommandLine.arguments
+        // The target comes first; libFuzzer's own child processes (-merge, -jobs) are started
+        // without it, so it is also passed down in the environment.
+        if arguments.count >= 2, Target(rawValue: arguments[1]) != nil {
+            setenv("DISPATCHER_FUZZ_TARGET", arguments[1], 1)
+            arguments.remove(at: 1)
+        }
+        guard let name = ProcessInfo.processInfo.environment["DISPATCHER_FUZZ_TARGET"] ?? getenv("DISPATCHER_FUZZ_TARGET").map({ String(cString: $0) }),
+              let target = Target(rawValue: name) else {
             FileHandle.standardError.write(Data("usage: dispatcher-fuzz \(Target.allCases.map(\.rawValue).joined(separator: "|")) [options] [FILE or CORPUS…]\n".utf8))
             exit(64)
         }
@@ -51,7 +58,7 @@ enum DispatcherFuzz {
         _ = Target.renderer
 #if FUZZING
         // libFuzzer reads its own options and corpus folders; the target name is not one of them.
-        var argv: [UnsafeMutablePointer<CChar>?] = [strdup(arguments[0])] + arguments.dropFirst(2).map { strdup($0) } + [nil]
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         var argc = CInt(argv.count - 1)
         let status = argv.withUnsafeMutableBufferPointer { buffer -> CInt in
             var base = Optional(buffer.baseAddress!)
@@ -64,7 +71,7 @@ enum DispatcherFuzz {
 #else
         // Replay: every file given, or every file in every folder given.
         var count = 0
-        for path in arguments.dropFirst(2) {
+        for path in arguments.dropFirst() {
             var isFolder: ObjCBool = false
             FileManager.default.fileExists(atPath: path, isDirectory: &isFolder)
             let files = isFolder.boolValue
