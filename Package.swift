@@ -32,8 +32,11 @@ let package = Package(
         .executable(name: "dispatcher-bench", targets: ["DispatcherBenchmarks"]),
         .executable(name: "dispatcher-fuzz", targets: ["DispatcherFuzz"]),
         .library(name: "Dispatcher", targets: ["Dispatcher"]),
+        .library(name: "Store", targets: ["Store"]),
+        .library(name: "WhatsApp", targets: ["WhatsApp"]),
+        .library(name: "Engine", targets: ["Engine"]),
         .library(name: "Reports", targets: ["Reports"]),
-        .library(name: "Tracking", targets: ["Tracking"]),
+        .library(name: "Server", targets: ["Server"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -51,32 +54,88 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.0.0"),
     ],
     targets: [
+        // Layers, lowest first; a module imports only modules listed before it (scripts/check-layers
+        // enforces it, docs/architecture.md draws it): CLibXML2, CXMLReader, Dispatcher, Store,
+        // WhatsApp, Engine, Reports, Server, Sandbox, then the executables.
+        //
+        // libxml2 as the system provides it; its flags come from pkg-config.
+        .systemLibrary(
+            name: "CLibXML2",
+            pkgConfig: "libxml-2.0",
+            providers: [.apt(["libxml2-dev"]), .brew(["libxml2"])]
+        ),
         // libxml2's streaming reader behind a header that exposes neither libxml2 nor ICU types
         // (Debian's libxml2 headers clash with Foundation's ICU module: see docs/house-style).
         .target(
             name: "CXMLReader",
-            cSettings: [.unsafeFlags(["-I/usr/include/libxml2"])] + fuzzedC,
-            linkerSettings: [.linkedLibrary("xml2")]
+            dependencies: ["CLibXML2"],
+            cSettings: fuzzedC
         ),
+        // The pure domain: manifests, invoices, money, phones, templates, rendering. No network, no database.
         .target(
             name: "Dispatcher",
             dependencies: [
                 "CXMLReader",
-                "Tracking",
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings + fuzzedSwift
         ),
+        // The store: the protocol, its records, migrations, and the SQLite and PostgreSQL engines.
         .target(
-            name: "Tracking",
+            name: "Store",
             dependencies: [
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Meta's side of our code: the Graph API client, its error classes, webhook JSON and signatures.
+        .target(
+            name: "WhatsApp",
+            dependencies: [
+                "Dispatcher",
+                "Store",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings + fuzzedSwift
+        ),
+        // The billing run: prepare, dispatch, pacing, leases, and the one-invoice send behind /send-invoice.
+        .target(
+            name: "Engine",
+            dependencies: [
+                "Dispatcher",
+                "Store",
+                "WhatsApp",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "Reports",
+            dependencies: [
+                "Dispatcher",
+                "Store",
+                "WhatsApp",
+                .product(name: "Mustache", package: "swift-mustache"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The HTTP server: webhook intake, status API, send API, auth, metrics.
+        .target(
+            name: "Server",
+            dependencies: [
+                "Dispatcher",
+                "Store",
+                "WhatsApp",
+                "Engine",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -90,7 +149,7 @@ let package = Package(
             name: "Sandbox",
             dependencies: [
                 "Dispatcher",
-                "Tracking",
+                "WhatsApp",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -101,21 +160,15 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .target(
-            name: "Reports",
-            dependencies: [
-                "Dispatcher",
-                "Tracking",
-                .product(name: "Mustache", package: "swift-mustache"),
-            ],
-            swiftSettings: swiftSettings
-        ),
         .executableTarget(
             name: "DispatcherCLI",
             dependencies: [
                 "Dispatcher",
+                "Store",
+                "WhatsApp",
+                "Engine",
                 "Reports",
-                "Tracking",
+                "Server",
                 "Sandbox",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -129,8 +182,11 @@ let package = Package(
             name: "DispatcherBenchmarks",
             dependencies: [
                 "Dispatcher",
-                "Tracking",
+                "Store",
+                "WhatsApp",
+                "Engine",
                 "Reports",
+                "Server",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -141,7 +197,7 @@ let package = Package(
         // The parsers under libFuzzer (scripts/fuzz), or replaying files when built plainly.
         .executableTarget(
             name: "DispatcherFuzz",
-            dependencies: ["Dispatcher", "Tracking"],
+            dependencies: ["Dispatcher", "Server"],
             swiftSettings: swiftSettings + fuzzedSwift + (fuzzing ? [.define("FUZZING")] : []),
             linkerSettings: fuzzerLink
         ),
@@ -149,7 +205,7 @@ let package = Package(
         .target(
             name: "StoreTesting",
             dependencies: [
-                "Tracking",
+                "Store",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -162,9 +218,27 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
-            name: "TrackingTests",
+            name: "StoreTests",
+            dependencies: ["Store", "StoreTesting"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "WhatsAppTests",
+            dependencies: ["WhatsApp", "Dispatcher"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "EngineTests",
+            dependencies: ["Engine", "WhatsApp"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ServerTests",
             dependencies: [
-                "Tracking",
+                "Server",
+                "Store",
+                "WhatsApp",
+                "Dispatcher",
                 "StoreTesting",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -178,7 +252,10 @@ let package = Package(
                 "Sandbox",
                 "StoreTesting",
                 "Dispatcher",
-                "Tracking",
+                "Store",
+                "WhatsApp",
+                "Engine",
+                "Server",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -187,7 +264,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ReportsTests",
-            dependencies: ["Reports", "Dispatcher", "Tracking", "StoreTesting"],
+            dependencies: ["Reports", "Dispatcher", "Store", "WhatsApp", "StoreTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -5,7 +5,10 @@ import GRDB
 import NIOCore
 import NIOHTTP1
 import Reports
-import Tracking
+import Store
+import WhatsApp
+import Engine
+import Server
 
 /// Where the send benchmark runs each process. By default all three share every core, as they
 /// always have. With `--pin` (and `taskset`, two cores or more) the sender gets core 0 and the

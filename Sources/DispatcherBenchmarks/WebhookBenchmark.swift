@@ -2,7 +2,10 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOHTTP1
-import Tracking
+import Store
+import WhatsApp
+import Engine
+import Server
 
 /// Posts signed batches of 100 statuses to a real `dispatcher serve` (another process; SQLite, or
 /// PostgreSQL with its default durable commits) over loopback: first as fast as it takes them,

@@ -1,7 +1,10 @@
 import ArgumentParser
 import Dispatcher
 import Foundation
-import Tracking
+import Store
+import WhatsApp
+import Engine
+import Server
 
 /// `dispatcher optout list|add|remove`: who gets no more messages, and the way back in.
 struct OptOutCommand: AsyncParsableCommand {

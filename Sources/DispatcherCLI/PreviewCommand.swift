@@ -2,7 +2,10 @@ import ArgumentParser
 import Dispatcher
 import Foundation
 import Reports
-import Tracking
+import Store
+import WhatsApp
+import Engine
+import Server
 
 struct PreviewCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

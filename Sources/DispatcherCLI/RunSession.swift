@@ -5,7 +5,10 @@ import Logging
 import Reports
 import Sandbox
 import ServiceLifecycle
-import Tracking
+import Store
+import WhatsApp
+import Engine
+import Server
 import UnixSignals
 
 /// What `send` and `retry` share: the store, the Graph client (Meta or the in-process sandbox),

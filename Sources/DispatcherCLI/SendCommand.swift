@@ -4,7 +4,10 @@ import Foundation
 import Logging
 import Reports
 import Sandbox
-import Tracking
+import Store
+import WhatsApp
+import Engine
+import Server
 import UnixSignals
 
 /// Options shared by `send` and `retry`: where statuses come from during the settle window.

@@ -3,7 +3,10 @@ import Dispatcher
 import Foundation
 import Hummingbird
 import Logging
-import Tracking
+import Store
+import WhatsApp
+import Engine
+import Server
 
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

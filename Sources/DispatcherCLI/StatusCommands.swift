@@ -1,7 +1,10 @@
 import ArgumentParser
 import Dispatcher
 import Foundation
-import Tracking
+import Store
+import WhatsApp
+import Engine
+import Server
 
 struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

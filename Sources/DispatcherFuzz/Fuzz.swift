@@ -1,6 +1,6 @@
 import Dispatcher
 import Foundation
-import Tracking
+import Server
 
 // `dispatcher-fuzz TARGET [libFuzzer options] [CORPUS…]`: one of the parsers under libFuzzer.
 //
@@ -25,8 +25,8 @@ enum Target: String, CaseIterable {
         case .csv: FuzzTargets.manifest(bytes, format: .csv, renderer: Self.renderer)
         case .xml: FuzzTargets.manifest(bytes, format: .xml, renderer: Self.renderer)
         case .amounts: FuzzTargets.amountsAndPhones(bytes)
-        case .webhook: TrackingFuzzTargets.webhook(bytes)
-        case .jwt: TrackingFuzzTargets.jwt(bytes)
+        case .webhook: ServerFuzzTargets.webhook(bytes)
+        case .jwt: ServerFuzzTargets.jwt(bytes)
         }
     }
 }
@@ -73,7 +73,7 @@ enum DispatcherFuzz {
         var count = 0
         for path in arguments.dropFirst() {
             var isFolder: ObjCBool = false
-            FileManager.default.fileExists(atPath: path, isDirectory: &isFolder)
+            _ = FileManager.default.fileExists(atPath: path, isDirectory: &isFolder)
             let files = isFolder.boolValue
                 ? ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted().map { path + "/" + $0 } : [path]
             for file in files {

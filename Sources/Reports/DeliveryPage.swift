@@ -1,6 +1,7 @@
 import Dispatcher
 import Foundation
-import Tracking
+import Store
+import WhatsApp
 
 /// The view model of `templates/reports/delivery.mustache`.
 struct DeliveryPage {

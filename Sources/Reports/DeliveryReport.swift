@@ -1,7 +1,8 @@
 import Dispatcher
 public import Foundation
 import Mustache
-public import Tracking
+public import Store
+public import WhatsApp
 
 /// Where a run's reports were written.
 public struct ReportFiles: Sendable {

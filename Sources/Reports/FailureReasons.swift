@@ -1,4 +1,5 @@
 import Dispatcher
+import WhatsApp
 
 /// A failure in words a landlord can act on.
 public struct FailureExplanation: Sendable, Equatable {

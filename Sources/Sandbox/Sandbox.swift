@@ -6,7 +6,7 @@ public import Logging
 import NIOCore
 import NIOHTTP1
 import ServiceLifecycle
-import Tracking
+import WhatsApp
 
 /// How the sandbox behaves.
 public struct SandboxConfiguration: Sendable {

@@ -191,16 +191,4 @@ struct HostileInputTests {
             #expect(Settings(environment: ["WHATSAPP_API_BASE_URL": bad]).apiBaseURLProblem?.contains("is not usable") == true, "\(bad)")
         }
     }
-
-    // MARK: - Errors as Meta means them
-
-    @Test("one meaning of retryable: halts are, once fixed; 131049 not before 24 hours")
-    func retryPolicy() {
-        #expect(ErrorClass.of(code: 190).isRetryable)
-        #expect(ErrorClass.of(code: 131005) == .halt)
-        #expect(ErrorClass.of(code: 131037) == .halt)
-        #expect(!ErrorClass.of(code: 131026).isRetryable)
-        #expect(ErrorClass.of(code: 131049).earliestRetry(failedAt: 1000) == 87_400)
-        #expect(ErrorClass.of(code: 131000).earliestRetry(failedAt: 1000) == nil)
-    }
 }

@@ -4,7 +4,8 @@ import FoundationNetworking
 #endif
 import StoreTesting
 import Testing
-import Tracking
+import Store
+import WhatsApp
 
 /// Several machines on one database, played by several processes on loopback: receivers behind a
 /// load balancer, and one billing run per sender number.

@@ -3,7 +3,8 @@ import Foundation
 import StoreTesting
 import Testing
 @testable import Reports
-@testable import Tracking
+@testable import Store
+@testable import WhatsApp
 
 let reportsRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 

@@ -3,7 +3,10 @@ import Foundation
 import Sandbox
 import StoreTesting
 import Testing
-@testable import Tracking
+@testable import Store
+@testable import WhatsApp
+@testable import Engine
+@testable import Server
 
 func phones(_ count: Int, from start: Int = 0) -> [String] {
     // Numbers ending in 00: delivered and read by default, no scripted trouble (…90 would be transient_once).

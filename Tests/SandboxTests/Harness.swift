@@ -7,7 +7,10 @@ import Logging
 import Sandbox
 import ServiceLifecycle
 import StoreTesting
-@testable import Tracking
+@testable import Store
+@testable import WhatsApp
+@testable import Engine
+@testable import Server
 
 let testPackageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 

@@ -3,7 +3,10 @@ import Foundation
 import Sandbox
 import StoreTesting
 import Testing
-@testable import Tracking
+@testable import Store
+@testable import WhatsApp
+@testable import Engine
+@testable import Server
 
 /// Opt-outs that hold when Meta's ids for a tenant differ from the number in the manifest.
 @Suite("Opt-outs under every id Meta gives a tenant", .serialized)

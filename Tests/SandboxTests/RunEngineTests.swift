@@ -4,7 +4,10 @@ import Logging
 import Sandbox
 import StoreTesting
 import Testing
-@testable import Tracking
+@testable import Store
+@testable import WhatsApp
+@testable import Engine
+@testable import Server
 
 /// A manifest with one invoice per phone (the same phone may repeat).
 func manifest(_ phones: [String], invoicePrefix: String = "INV") throws -> String {

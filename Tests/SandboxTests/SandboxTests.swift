@@ -7,7 +7,10 @@ import GRDB
 import Sandbox
 import StoreTesting
 import Testing
-@testable import Tracking
+@testable import Store
+@testable import WhatsApp
+@testable import Engine
+@testable import Server
 
 @Suite("Sandbox: Meta's answers and limits, from the client's side")
 struct SandboxClientTests {

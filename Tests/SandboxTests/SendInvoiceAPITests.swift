@@ -4,7 +4,10 @@ import FoundationNetworking
 #endif
 import StoreTesting
 import Testing
-@testable import Tracking
+@testable import Store
+@testable import WhatsApp
+@testable import Engine
+@testable import Server
 
 @Suite("Drop-in POST /send-invoice for the landlord UI")
 struct SendInvoiceAPITests {

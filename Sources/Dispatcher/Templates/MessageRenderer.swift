@@ -1,6 +1,5 @@
 import Crypto
 import Foundation
-import Tracking
 
 /// The idempotency key of a message: one invoice, to one number, with one template.
 public struct MessageKey: Sendable, Hashable {

@@ -247,10 +247,10 @@ public struct InvoiceValidator {
 
 // MARK: - Field parsers (on bytes: no String is made for a value that is only checked)
 
-struct AmountError: Error { var message: String }
+package struct AmountError: Error { package var message: String }
 
 /// Parses a plain decimal with `.` (`12345.50`, `-50`, `9800`) into minor units.
-func parseAmount(_ raw: UnsafeBufferPointer<UInt8>, digits: Int?) -> Result<Int64, AmountError> {
+package func parseAmount(_ raw: UnsafeBufferPointer<UInt8>, digits: Int?) -> Result<Int64, AmountError> {
     var lo = 0, hi = raw.count
     while lo < hi && isASCIISpace(raw[lo]) { lo += 1 }
     while hi > lo && isASCIISpace(raw[hi - 1]) { hi -= 1 }
@@ -344,7 +344,7 @@ func parsePeriod(_ raw: UnsafeBufferPointer<UInt8>) -> BillingPeriod? {
 }
 
 /// `YYYY-MM-DD`, a real calendar date.
-func parseDate(_ raw: UnsafeBufferPointer<UInt8>) -> CalendarDate? {
+package func parseDate(_ raw: UnsafeBufferPointer<UInt8>) -> CalendarDate? {
     let b = trimmed(raw)
     guard b.count == 10, b[4] == UInt8(ascii: "-"), b[7] == UInt8(ascii: "-"),
         let y = number(b, 0..<4), let m = number(b, 5..<7), let d = number(b, 8..<10) else { return nil }
@@ -371,7 +371,7 @@ public func normalizeLocale(_ tag: String) -> String? {
 }
 
 /// An https link with a host, no spaces, ASCII, at most 2,000 bytes; nil when fine, else the problem.
-func checkDocumentURL(_ url: UnsafeBufferPointer<UInt8>) -> String? {
+package func checkDocumentURL(_ url: UnsafeBufferPointer<UInt8>) -> String? {
     let shown = { String(decoding: url, as: UTF8.self) }
     let scheme = Array("https://".utf8)
     guard url.count >= scheme.count, zip(url.prefix(scheme.count), scheme).allSatisfy({ $0 | 0x20 == $1 | 0x20 }) else {

@@ -1,0 +1,146 @@
+import Crypto
+import Foundation
+public import Dispatcher
+public import Store
+public import WhatsApp
+
+/// `POST /send-invoice` for the property system's landlord UI: one invoice, sent through the same
+/// Graph client, pacing, ledger and idempotency as a billing run, answered once each send has an
+/// outcome. Each day's API sends form one run, `api-YYYY-MM-DD`.
+public final class InvoiceAPISender: InvoiceSendService {
+    let store: any DispatchStore
+    let client: GraphClient
+    let catalog: TemplateCatalog
+    let defaultLanguage: String
+    let phones: PhoneNormalizer
+    let pacer: Pacer
+
+    public static let templates: Set<String> = ["invoice", "rentcall", "rentcall_reminder", "rentcall_last_reminder"]
+
+    public init(store: any DispatchStore, client: GraphClient, catalog: TemplateCatalog, defaultLanguage: String,
+                defaultCountryCode: String?, rate: Double = 80) {
+        self.store = store
+        self.client = client
+        self.catalog = catalog
+        self.defaultLanguage = defaultLanguage
+        self.phones = PhoneNormalizer(defaultCountryCode: defaultCountryCode)
+        self.pacer = Pacer(rate: rate)
+    }
+
+    public func sendInvoice(_ request: SendInvoiceRequest, organizationID: String?) async throws -> SendInvoiceResponse {
+        let template = request.templateName ?? "invoice"
+        guard Self.templates.contains(template), catalog[template] != nil else {
+            throw InvoiceRequestError.invalid("templateName '\(template)' is not one of \(Self.templates.sorted().joined(separator: ", "))")
+        }
+        guard let code = request.currencyCode, let currency = Currency(code: code) else {
+            throw InvoiceRequestError.invalid("currency '\(request.currency ?? "")' is not an ISO 4217 code (or RD$)")
+        }
+        guard request.totalAmount > 0 else {
+            return SendInvoiceResponse(results: [], message: "nothing due (totalAmount \(request.totalAmount)): nothing was sent")
+        }
+        guard !request.phoneNumbers.isEmpty else { throw InvoiceRequestError.invalid("phoneNumbers is empty") }
+        var numbers: [String] = []
+        for raw in request.phoneNumbers {
+            switch phones.normalize(raw) {
+            case .success(let number): if !numbers.contains(number) { numbers.append(number) }
+            case .failure(let error): throw InvoiceRequestError.invalid("phoneNumbers: '\(raw)' \(error.message)")
+            }
+        }
+        if let url = request.invoiceURL {
+            var copy = url
+            if let problem = copy.withUTF8({ checkDocumentURL($0) }) { throw InvoiceRequestError.invalid("invoiceUrl: \(problem)") }
+        }
+        // Through the manifest's own amount parser: the same digit limits, never a wrapped or zeroed amount.
+        var amountText = request.totalAmount.description
+        let minor: Int64
+        switch amountText.withUTF8({ parseAmount($0, digits: currency.minorUnitDigits) }) {
+        case .success(let value): minor = value
+        case .failure(let error): throw InvoiceRequestError.invalid("totalAmount: \(error.message)")
+        }
+        let today = Date()
+        let components = Calendar(identifier: .gregorian).dateComponents(in: TimeZone(identifier: "UTC")!, from: today)
+        let period = BillingPeriod(year: components.year!, month: components.month!)
+        // Without invoiceId, the key is (organization, tenant, period, amount): the same call twice sends once.
+        let invoiceID = request.invoiceID ?? "api-" + lowercaseHex(SHA256.hash(data: Array(
+            "\(organizationID ?? request.organizationName ?? "")\u{1F}\(request.tenantName)\u{1F}\(request.invoicePeriod ?? "")\u{1F}\(minor)".utf8))
+            .prefix(8))
+        var invoice = Invoice(
+            line: 0, invoiceID: invoiceID, tenantName: request.tenantName, phones: numbers, amount: Money(minorUnits: minor, currency: currency),
+            period: period, dueDate: request.dueDate.flatMap { date in var d = date; return d.withUTF8 { parseDate($0) } },
+            landlord: request.organizationName, locale: request.locale.flatMap(normalizeLocale) ?? defaultLanguage,
+            documentURL: request.invoiceURL)
+        invoice.periodLabel = request.invoicePeriod
+        let renderer = try MessageRenderer(catalog: catalog, templateName: template,
+                                           defaultLanguage: catalog[template]!.languages[defaultLanguage] != nil ? defaultLanguage : catalog[template]!.languages.keys.sorted()[0])
+        let rendered: [RenderedMessage]
+        switch renderer.render(invoice) {
+        case .success(let messages): rendered = messages
+        case .failure(let problems):
+            throw InvoiceRequestError.invalid(problems.issues.map { "\($0.field ?? "body"): \($0.message)" }.joined(separator: "; "))
+        }
+
+        let run = "api-" + today.formatted(.iso8601.year().month().day())
+        if try await store.run(named: run) == nil {
+            try await store.saveRun(RunRecord(name: run, manifest: "POST /send-invoice", template: "various", sender: client.configuration.phoneNumberID,
+                                              status: "sending", createdAt: today.timeIntervalSince1970))
+        }
+        try await store.addInvoices([InvoiceRecord(run: run, invoice: invoice)])
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        let optedOut = try await OptOutList.load(from: store)
+        var results: [SendInvoiceResponse.Result] = []
+        for message in rendered {
+            let display = "+" + message.phone
+            if optedOut.contains(message.phone) {
+                _ = try await store.addMessages([NewMessage(id: message.id, run: run, invoiceID: invoiceID, phone: message.phone, template: template,
+                                                            language: message.language, state: .skipped, skipReason: "opted out")])
+                results.append(.init(phoneNumber: display, success: false, id: message.id, wamid: nil, state: "skipped", error: "the tenant opted out of WhatsApp messages"))
+                continue
+            }
+            let body = String(decoding: try encoder.encode(message.request), as: UTF8.self)
+            let insert = try await store.addMessages([NewMessage(id: message.id, run: run, invoiceID: invoiceID, phone: message.phone,
+                                                                 template: template, language: message.language, requestBody: body)])
+            if case .exists = insert.first, let existing = try await store.message(message.id), existing.state != .queued {
+                // Sent before: answered as it stands, never sent twice.
+                results.append(.init(phoneNumber: display, success: existing.state != .failed, id: existing.id, wamid: existing.wamid,
+                                     state: existing.state.rawValue, error: existing.errorTitle))
+                continue
+            }
+            results.append(try await send(messageID: message.id, phone: message.phone, body: Array(body.utf8), display: display))
+        }
+        return SendInvoiceResponse(results: results)
+    }
+
+    /// One message, with up to two quick retries of transient errors and one wait on throttling.
+    func send(messageID: String, phone: String, body: [UInt8], display: String) async throws -> SendInvoiceResponse.Result {
+        for round in 0..<3 {
+            let attempt = try await store.beginAttempt(messageID: messageID, at: wallClock())
+            try await pacer.slot()
+            switch await client.send(body: Data(body)) {
+            case .accepted(let wamid, let waID):
+                try await store.recordOutcomes([AttemptOutcome.accepted(messageID: messageID, attempt: attempt, wamid: wamid,
+                                                                        waID: waID == phone ? nil : waID)], at: wallClock())
+                return .init(phoneNumber: display, success: true, id: messageID, wamid: wamid, state: "accepted", error: nil)
+            case .unknown(let reason):
+                try await store.recordOutcomes([AttemptOutcome.unknown(messageID: messageID, attempt: attempt, reason: reason)], at: wallClock())
+                return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "unknown",
+                             error: "no answer from WhatsApp; its status will follow if it was sent")
+            case .notSent(let reason):
+                let error = SendError(code: nil, title: "not sent: \(reason)")
+                try await store.recordOutcomes([AttemptOutcome.rejected(messageID: messageID, attempt: attempt, error: error, final: round == 2)], at: wallClock())
+                if round == 2 { return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed", error: error.title) }
+            case .rejected(let e):
+                let retry = round < 2 && (e.errorClass == .transient || e.errorClass == .throttled)
+                let error = SendError(code: e.code, title: e.title, details: e.details)
+                try await store.recordOutcomes([AttemptOutcome.rejected(messageID: messageID, attempt: attempt, error: error, final: !retry)], at: wallClock())
+                if !retry {
+                    return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed",
+                                 error: "\(e.code.map { "(#\($0)) " } ?? "")\(e.title)")
+                }
+                if e.errorClass == .throttled { await pacer.pause(seconds: e.retryAfter ?? 1) }
+            }
+            try await Task.sleep(for: .milliseconds(500 * (round + 1)))
+        }
+        return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed", error: "gave up after retries")
+    }
+}

@@ -1,0 +1,90 @@
+import Dispatcher
+import NIOCore
+
+/// A message on its way: what to send, and how its retries have gone.
+struct Outgoing: Sendable {
+    var id: String
+    var phone: String
+    var body: ByteBuffer
+    /// The template language: a 132001 for it stops its messages only.
+    var language = ""
+    /// Retries so far for each reason (pair rate: 4^x seconds; transient: exponential with jitter).
+    var pairRetries = 0
+    var transientRetries = 0
+    var throttledRetries = 0
+}
+
+/// The messages of a run in order, holding back any whose recipient got a message less than 6
+/// seconds ago (Meta's pair rate): other tenants go first meanwhile.
+struct SendQueue {
+    private var ready: [Outgoing] = []
+    private var readyIndex = 0
+    /// Held back until an instant: the recipient's 6 seconds, or a retry's back-off.
+    private var held: [(at: ContinuousClock.Instant, item: Outgoing)] = []
+    private var nextAllowed: [String: ContinuousClock.Instant] = [:]
+    /// The pair interval plus a margin: the interval is counted from when a message leaves the
+    /// queue, and its request leaves a little later (the ledger write), by a few milliseconds.
+    let pairSpacing: Duration
+
+    init(pairSpacing: Duration = .seconds(6), margin: Duration = .milliseconds(250)) {
+        self.pairSpacing = pairSpacing + margin
+    }
+
+    var isEmpty: Bool { readyIndex >= ready.count && held.isEmpty }
+    var count: Int { ready.count - readyIndex + held.count }
+
+    mutating func append(_ items: [Outgoing]) {
+        if readyIndex > 4096 && readyIndex * 2 > ready.count {
+            ready.removeFirst(readyIndex)
+            readyIndex = 0
+        }
+        ready.append(contentsOf: items)
+    }
+
+    /// Back in the queue after `delay` (a retry), still subject to the pair rule.
+    mutating func hold(_ item: Outgoing, for delay: Duration, now: ContinuousClock.Instant) {
+        held.append((now + delay, item))
+    }
+
+    /// The next message that may go now, or nil (see `nextWake`). `lastSent` tells when the last
+    /// request to a number actually left: the pair interval counts from there, whatever delayed it.
+    mutating func pop(now: ContinuousClock.Instant, lastSent: (String) -> ContinuousClock.Instant? = { _ in nil }) -> Outgoing? {
+        func allowed(_ phone: String) -> ContinuousClock.Instant {
+            let fromQueue = nextAllowed[phone] ?? now
+            guard let sent = lastSent(phone) else { return fromQueue }
+            return max(fromQueue, sent + pairSpacing)
+        }
+        // Held messages whose time has come go first: they were first in line.
+        var best: Int? = nil
+        for i in held.indices where held[i].at <= now && allowed(held[i].item.phone) <= now {
+            if best == nil || held[i].at < held[best!].at { best = i }
+        }
+        if let best {
+            let item = held.remove(at: best).item
+            nextAllowed[item.phone] = now + pairSpacing
+            return item
+        }
+        while readyIndex < ready.count {
+            let item = ready[readyIndex]
+            readyIndex += 1
+            let at = allowed(item.phone)
+            if at > now {
+                held.append((at, item))
+                continue
+            }
+            nextAllowed[item.phone] = now + pairSpacing
+            return item
+        }
+        return nil
+    }
+
+    /// A send to this number was refused before reaching the tenant: it does not count for the pair rule.
+    mutating func release(_ phone: String) {
+        nextAllowed[phone] = nil
+    }
+
+    /// When something held becomes due, if anything is held.
+    var nextWake: ContinuousClock.Instant? {
+        held.map { max($0.at, nextAllowed[$0.item.phone] ?? $0.at) }.min()
+    }
+}

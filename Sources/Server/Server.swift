@@ -1,0 +1,428 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import HTTPTypes
+public import Hummingbird
+import HummingbirdCore
+public import Logging
+import NIOCore
+import Prometheus
+public import Store
+public import Engine
+import Dispatcher
+import WhatsApp
+
+/// How `dispatcher serve` is set up. Secrets come from the environment; none is ever logged or served.
+public struct ServerConfiguration: Sendable {
+    /// Every route is mounted below it (`/api/v2/whatsapp` behind the property system's gateway).
+    public var basePath: String
+    /// `WHATSAPP_APP_SECRET`: the key of webhook signatures.
+    public var appSecret: String
+    /// `WHATSAPP_WEBHOOK_VERIFY_TOKEN`: Meta's handshake. Without it every handshake is refused.
+    public var verifyToken: String?
+    /// `DISPATCHER_API_TOKEN`.
+    public var apiToken: String?
+    /// `DISPATCHER_JWT_SECRET`: accept the property system's own HS256 access tokens.
+    public var jwtSecret: String?
+    /// A bit over Meta's 3 MB.
+    public var maxWebhookBytes: Int
+    /// Where runs' reports are written (`reports/RUN/`).
+    public var reportsDirectory: String
+    /// `/metrics` answers only with the bearer token.
+    public var metricsNeedToken: Bool
+    /// A connection that sends nothing for this long is closed (idle keep-alive, or a client
+    /// that stops half-way through a request).
+    public var idleTimeout: Duration = .seconds(30)
+    /// Connections served at once; past it new ones wait in the kernel's backlog, so that open
+    /// sockets can never exhaust the process's file limit and `/health` keeps answering.
+    public var maxConnections: Int = 2_000
+
+    /// `maxConnections`, but never so close to the process's file limit (`ulimit -n`, 1,024 on
+    /// many machines) that accepting would fail with EMFILE: 128 descriptors stay for the
+    /// database, logs and outgoing requests.
+    public var effectiveMaxConnections: Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return maxConnections }
+        return max(16, min(maxConnections, Int(clamping: limit.rlim_cur) - 128))
+    }
+
+    public init(basePath: String = "", appSecret: String, verifyToken: String? = nil, apiToken: String? = nil, jwtSecret: String? = nil,
+                maxWebhookBytes: Int = 3_500_000, reportsDirectory: String = "reports", metricsNeedToken: Bool = false) {
+        self.basePath = basePath
+        self.appSecret = appSecret
+        self.verifyToken = verifyToken
+        self.apiToken = apiToken
+        self.jwtSecret = jwtSecret
+        self.maxWebhookBytes = maxWebhookBytes
+        self.reportsDirectory = reportsDirectory
+        self.metricsNeedToken = metricsNeedToken
+    }
+}
+
+/// The HTTP API of `dispatcher serve`: Meta's webhook, the status API, the drop-in send route,
+/// health and metrics.
+public struct DispatcherServer: Sendable {
+    public let store: any DispatchStore
+    public let configuration: ServerConfiguration
+    public let metrics: ServerMetrics
+    public let sender: (any InvoiceSendService)?
+    let signature: WebhookSignature
+
+    public init(store: any DispatchStore, configuration: ServerConfiguration, metrics: ServerMetrics = ServerMetrics(),
+                sender: (any InvoiceSendService)? = nil) {
+        self.store = store
+        self.configuration = configuration
+        self.metrics = metrics
+        self.sender = sender
+        self.signature = WebhookSignature(appSecret: configuration.appSecret)
+    }
+
+    /// The router with every route, below the base path.
+    public func router() -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.middlewares.add(JSONErrorMiddleware())
+        let base = configuration.basePath.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
+        let root = base.isEmpty ? router.group() : router.group(RouterPath(base))
+
+        root.get("health") { _, _ in try await self.health() }
+        root.get("webhook") { request, context in try self.handshake(request, context: context) }
+        root.post("webhook") { request, context in try await self.receiveWebhook(request, context: context) }
+
+        let auth = BearerAuthMiddleware<BasicRequestContext>(apiToken: configuration.apiToken,
+                                                             jwt: configuration.jwtSecret.map(HS256Verifier.init(secret:)))
+        if configuration.metricsNeedToken {
+            root.group().add(middleware: auth).get("metrics") { _, _ in self.metricsResponse() }
+        } else {
+            root.get("metrics") { _, _ in self.metricsResponse() }
+        }
+        let api = root.group().add(middleware: auth)
+        api.get("message-status/:id") { _, context in try await self.messageStatus(context.parameters.require("id")) }
+        api.get("message-statuses") { request, _ in try await self.messageStatuses(request) }
+        api.get("runs") { _, _ in try await self.runs() }
+        api.get("runs/:run") { _, context in try await self.run(context.parameters.require("run")) }
+        api.get("runs/:run/report.html") { _, context in try self.reportFile(context.parameters.require("run"), "index.html", "text/html; charset=utf-8") }
+        api.get("runs/:run/report.csv") { _, context in try self.reportFile(context.parameters.require("run"), "messages.csv", "text/csv; charset=utf-8") }
+        api.post("send-invoice") { request, context in try await self.sendInvoice(request, context: context) }
+        return router
+    }
+
+    /// Serves on `host:port` until cancelled (for a run's settle window, in-process); `onListening`
+    /// gets the bound port (useful with port 0).
+    public func run(host: String, port: Int, logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        let app = Application(router: router(), server: .http1(configuration: http1Configuration),
+                              configuration: applicationConfiguration(host: host, port: port, logger: logger),
+                              onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) }, logger: logger)
+        try await app.run()
+    }
+
+    /// An application listening on `host:port`, ready for `runService()` (graceful on SIGTERM).
+    public func application(host: String, port: Int, logger: Logger) -> some ApplicationProtocol {
+        Application(router: router(), server: .http1(configuration: http1Configuration),
+                    configuration: applicationConfiguration(host: host, port: port, logger: logger), logger: logger)
+    }
+
+    /// Idle connections closed: Hummingbird's HTTP/1 server keeps them forever by default.
+    var http1Configuration: HTTP1Channel.Configuration {
+        let nanoseconds = configuration.idleTimeout.components.seconds * 1_000_000_000
+            + configuration.idleTimeout.components.attoseconds / 1_000_000_000
+        return HTTP1Channel.Configuration(idleTimeout: .nanoseconds(nanoseconds))
+    }
+
+    func applicationConfiguration(host: String, port: Int, logger: Logger) -> ApplicationConfiguration {
+        ApplicationConfiguration(address: .hostname(host, port: port), serverName: "dispatcher",
+                                 availableConnectionsDelegate: MaximumAvailableConnections(configuration.effectiveMaxConnections, logger: logger))
+    }
+
+    // MARK: - Webhook
+
+    func handshake(_ request: Request, context: BasicRequestContext) throws -> Response {
+        let query = request.uri.queryParameters
+        guard let verifyToken = configuration.verifyToken else {
+            context.logger.error("webhook handshake refused: WHATSAPP_WEBHOOK_VERIFY_TOKEN is not set")
+            throw APIError(.forbidden, "the webhook verify token is not configured")
+        }
+        guard query.get("hub.mode") == "subscribe", let token = query.get("hub.verify_token"), constantTimeEquals(token, verifyToken),
+            let challenge = query.get("hub.challenge")
+        else {
+            context.logger.warning("webhook handshake refused: wrong mode or verify token (check the token in Meta's app settings)")
+            throw APIError(.forbidden, "verification failed")
+        }
+        return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
+                        body: .init(byteBuffer: ByteBuffer(string: challenge)))
+    }
+
+    /// Counts, logs and throws the refusal a signature verdict calls for; returns on `.valid`.
+    func refuseUnlessValid(_ verdict: WebhookSignature.Verdict, context: BasicRequestContext) throws {
+        switch verdict {
+        case .valid:
+            return
+        case .missing:
+            metrics.webhooksRejected["missing_signature"]?.increment()
+            context.logger.warning("webhook refused: no X-Hub-Signature-256")
+            throw APIError(.unauthorized, "missing X-Hub-Signature-256")
+        case .malformed:
+            metrics.webhooksRejected["malformed_signature"]?.increment()
+            context.logger.warning("webhook refused: malformed X-Hub-Signature-256")
+            throw APIError(.forbidden, "malformed X-Hub-Signature-256")
+        case .mismatch:
+            metrics.webhooksRejected["bad_signature"]?.increment()
+            context.logger.warning("webhook refused: signature does not match (is WHATSAPP_APP_SECRET the app's secret?)")
+            throw APIError(.forbidden, "signature does not match")
+        }
+    }
+
+    func receiveWebhook(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let started = ContinuousClock.now
+        var request = request
+        let header = request.headers[HTTPField.Name("X-Hub-Signature-256")!]
+        // Refused before a byte of the body is read: no signature, a malformed one, or a declared
+        // length past the cap cost the sender nothing of ours.
+        try refuseUnlessValid(WebhookSignature.shape(of: header), context: context)
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > configuration.maxWebhookBytes {
+            metrics.webhooksRejected["too_large"]?.increment()
+            throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
+        }
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: configuration.maxWebhookBytes)
+        } catch is NIOTooManyBytesError {
+            metrics.webhooksRejected["too_large"]?.increment()
+            throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
+        }
+        let body = Array(buffer.readableBytesView)
+        try refuseUnlessValid(signature.verify(header: header, body: body), context: context)
+        var contents: WebhookContents? = nil
+        var parseError: String? = nil
+        do {
+            contents = WebhookContents(try JSONDecoder().decode(WebhookPayload.self, from: Data(body)))
+        } catch {
+            // Signed by Meta but unreadable to us: kept for replay, and acknowledged, or Meta
+            // would send it again for seven days.
+            parseError = "\(error)"
+            context.logger.error("webhook stored but not parsed", metadata: ["error": "\(error)"])
+        }
+        let result: IngestResult
+        do {
+            result = try await store.ingestWebhook(body: body, signature: header, contents: contents, parseError: parseError,
+                                                   at: Date().timeIntervalSince1970)
+        } catch {
+            // Nothing is acknowledged that is not stored: Meta retries a 503.
+            metrics.webhooksUnavailable.increment()
+            context.logger.error("webhook not stored: database unavailable", metadata: ["error": "\(error)"])
+            throw APIError(.serviceUnavailable, "the database is unavailable; retry later")
+        }
+        metrics.record(result)
+        metrics.intakeLatency.record(ContinuousClock.now - started)
+        if let contents, !contents.systemErrors.isEmpty {
+            context.logger.warning("Meta reported system errors", metadata: [
+                "codes": "\(contents.systemErrors.map { $0.code.map(String.init) ?? "?" }.joined(separator: ","))",
+            ])
+        }
+        return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "OK")))
+    }
+
+    // MARK: - Status API
+
+    func messageStatus(_ id: String) async throws -> Response {
+        guard let message = try await store.message(id) else { throw APIError(.notFound, "no message \(id)") }
+        let events = try await store.events(messageID: message.id)
+        return try jsonResponse(MessageStatusView(message, events: events))
+    }
+
+    func messageStatuses(_ request: Request) async throws -> Response {
+        let query = request.uri.queryParameters
+        var filter = MessageFilter()
+        filter.run = query.get("run")
+        filter.landlord = query.get("landlord")
+        if let state = query.get("state") {
+            guard let parsed = MessageState(rawValue: state) else {
+                throw APIError(.badRequest, "state '\(state)' is not one of \(MessageState.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            filter.state = parsed
+        }
+        if let limit = query.get("limit") {
+            guard let n = Int(limit), (1...1000).contains(n) else { throw APIError(.badRequest, "limit must be 1 to 1000") }
+            filter.limit = n
+        }
+        if let after = query.get("after") {
+            guard let n = Int64(after) else { throw APIError(.badRequest, "after must be the 'next' of a previous page") }
+            filter.after = n
+        }
+        let page = try await store.messages(filter)
+        return try jsonResponse(MessageListView(messages: page.messages.map { MessageStatusView($0, events: nil) }, next: page.next))
+    }
+
+    func runs() async throws -> Response {
+        try jsonResponse(["runs": try await store.runs().map(RunView.init)])
+    }
+
+    func run(_ name: String) async throws -> Response {
+        guard let summary = try await store.runs().first(where: { $0.run.name == name }) else { throw APIError(.notFound, "no run \(name)") }
+        return try jsonResponse(RunView(summary))
+    }
+
+    func reportFile(_ run: String, _ file: String, _ type: String) throws -> Response {
+        guard !run.contains("/"), !run.hasPrefix(".") else { throw APIError(.badRequest, "not a run name") }
+        let path = (configuration.reportsDirectory as NSString).appendingPathComponent("\(run)/\(file)")
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw APIError(.notFound, "no report for run \(run) yet: run `dispatcher report \(run)`")
+        }
+        // Reports hold tenants' text: never sniffed as something else, no script, no outside fetch.
+        var headers: HTTPFields = [.contentType: type]
+        headers[HTTPField.Name("X-Content-Type-Options")!] = "nosniff"
+        headers[HTTPField.Name("Content-Security-Policy")!] =
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    func health() async throws -> Response {
+        do {
+            try await store.ping()
+            return try jsonResponse(["status": "ok", "database": "ok"])
+        } catch {
+            return try jsonResponse(["status": "unavailable", "database": "unreachable"], status: .serviceUnavailable)
+        }
+    }
+
+    func metricsResponse() -> Response {
+        Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                 body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition())))
+    }
+
+    // MARK: - Drop-in send
+
+    func sendInvoice(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        guard let sender else {
+            throw APIError(.serviceUnavailable, "sending is not configured: set WHATSAPP_ACCESS_TOKEN and WHATSAPP_PHONE_NUMBER_ID")
+        }
+        var request = request
+        let body = try await request.collectBody(upTo: 64 * 1024)
+        let payload: SendInvoiceRequest
+        do {
+            payload = try JSONDecoder().decode(SendInvoiceRequest.self, from: Data(body.readableBytesView))
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw APIError(.badRequest, "\(key.stringValue) is required")
+        } catch let DecodingError.dataCorrupted(context) {
+            throw APIError(.badRequest, context.debugDescription)
+        } catch let DecodingError.typeMismatch(_, context) {
+            throw APIError(.badRequest, "\(context.codingPath.map(\.stringValue).joined(separator: ".")) has the wrong type")
+        } catch {
+            throw APIError(.badRequest, "the body is not the JSON /send-invoice takes")
+        }
+        let organization = request.headers[HTTPField.Name("organizationId")!]
+        do {
+            return try jsonResponse(try await sender.sendInvoice(payload, organizationID: organization))
+        } catch let error as InvoiceRequestError {
+            switch error.code {
+            case .invalid: throw APIError(.badRequest, error.message)
+            }
+        }
+    }
+}
+
+// MARK: - Views
+
+/// One message as the status API shows it, with the old service's fields beside ours.
+struct MessageStatusView: Encodable {
+    var message: MessageRecord
+    var events: [StatusEventRecord]?
+
+    init(_ message: MessageRecord, events: [StatusEventRecord]?) {
+        self.message = message
+        self.events = events
+    }
+
+    enum Keys: String, CodingKey {
+        case id, wamid, run, state, error, events, phone, landlord, attempts
+        case invoiceID = "invoice_id"
+        case updatedAt = "updated_at"
+        case success, messageId, status, timestamp, recipientId, lastUpdated
+    }
+
+    struct ErrorView: Encodable {
+        var code: Int?
+        var title: String?
+        var details: String?
+    }
+
+    struct EventView: Encodable {
+        var status: String
+        var timestamp: String?
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        let m = message
+        try c.encode(m.id, forKey: .id)
+        try c.encode(m.wamid, forKey: .wamid)
+        try c.encode(m.run, forKey: .run)
+        try c.encode(m.invoiceID, forKey: .invoiceID)
+        try c.encode("+" + m.phone, forKey: .phone)
+        try c.encode(m.state.rawValue, forKey: .state)
+        try c.encode(m.landlord, forKey: .landlord)
+        try c.encode(m.attempts, forKey: .attempts)
+        let error = (m.errorCode != nil || m.errorTitle != nil) ? ErrorView(code: m.errorCode, title: m.errorTitle, details: m.errorDetails) : nil
+        try c.encode(error, forKey: .error)
+        if let events {
+            try c.encode(events.map { EventView(status: $0.status, timestamp: iso8601($0.timestamp)) }, forKey: .events)
+        }
+        try c.encode(iso8601(m.updatedAt), forKey: .updatedAt)
+        // The old service's fields, which the landlord UI reads.
+        try c.encode(m.state != .failed, forKey: .success)
+        try c.encode(m.wamid ?? m.id, forKey: .messageId)
+        try c.encode(m.state.rawValue, forKey: .status)
+        let latest = [m.readAt, m.deliveredAt, m.sentAt, m.failedAt, m.acceptedAt].compactMap { $0 }.max()
+        try c.encode(iso8601(latest ?? m.createdAt), forKey: .timestamp)
+        try c.encode(m.phone, forKey: .recipientId)
+        try c.encode(iso8601(m.updatedAt), forKey: .lastUpdated)
+    }
+}
+
+struct MessageListView: Encodable {
+    var messages: [MessageStatusView]
+    var next: Int64?
+
+    enum Keys: String, CodingKey { case messages, next }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.encode(messages, forKey: .messages)
+        try c.encode(next.map(String.init), forKey: .next)
+    }
+}
+
+struct RunView: Encodable {
+    var run: String
+    var manifest: String
+    var template: String
+    var sender: String
+    var status: String
+    var createdAt: String?
+    var finishedAt: String?
+    var haltReason: String?
+    var invoices: Int
+    var messages: Int
+    var states: [String: Int]
+
+    init(_ s: RunSummary) {
+        run = s.run.name
+        manifest = s.run.manifest
+        template = s.run.template
+        sender = s.run.sender
+        status = s.run.status
+        createdAt = iso8601(s.run.createdAt)
+        finishedAt = iso8601(s.run.finishedAt)
+        haltReason = s.run.haltReason
+        invoices = s.invoices
+        messages = s.messages
+        states = Dictionary(uniqueKeysWithValues: MessageState.allCases.map { ($0.rawValue, s.counts[$0] ?? 0) })
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case run, manifest, template, sender, status, invoices, messages, states
+        case createdAt = "created_at"
+        case finishedAt = "finished_at"
+        case haltReason = "halt_reason"
+    }
+}

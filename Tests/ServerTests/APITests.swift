@@ -1,0 +1,182 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import StoreTesting
+import Testing
+@testable import Store
+@testable import WhatsApp
+@testable import Server
+
+func bearer(_ token: String) -> HTTPFields { [.authorization: "Bearer \(token)"] }
+
+func json(_ response: TestResponse) throws -> [String: Any] {
+    try #require(try JSONSerialization.jsonObject(with: Data(response.body.readableBytesView)) as? [String: Any])
+}
+
+@Suite("Status API")
+struct APITests {
+    @Test("every API route needs the bearer token; the webhook, health and metrics do not", arguments: engines)
+    func authentication(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        try await withRouter(server(store)) { client in
+            for path in ["/message-status/x", "/message-statuses", "/runs", "/runs/march", "/runs/march/report.html"] {
+                let none = try await client.execute(uri: path, method: .get)
+                #expect(none.status == .unauthorized, "\(path)")
+                #expect(none.headers[.wwwAuthenticate] == "Bearer")
+                let r1 = try await client.execute(uri: path, method: .get, headers: bearer("wrong"))
+                #expect(r1.status == .unauthorized)
+            }
+            let r2 = try await client.execute(uri: "/runs", method: .get, headers: bearer("api-token"))
+            #expect(r2.status == .ok)
+            let r3 = try await client.execute(uri: "/health", method: .get)
+            #expect(r3.status == .ok)
+            let r4 = try await client.execute(uri: "/metrics", method: .get)
+            #expect(r4.status == .ok)
+        }
+    }
+
+    @Test("the property system's own access tokens: valid accepted; expired, forged and alg=none refused", arguments: engines)
+    func propertySystemTokens(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let secret = "the-property-systems-access-token-secret"
+        let now = Date().timeIntervalSince1970
+        let valid = try HS256Verifier(secret: secret).sign(["account": ["email": "landlord@example.com"], "exp": Int(now) + 600])
+        let expired = try HS256Verifier(secret: secret).sign(["account": ["email": "landlord@example.com"], "exp": Int(now) - 10])
+        let forged = try HS256Verifier(secret: "someone-elses-secret").sign(["exp": Int(now) + 600])
+        let unsigned = base64URLEncode(Array(#"{"alg":"none"}"#.utf8)) + "." + base64URLEncode(Array(#"{"exp":9999999999}"#.utf8)) + "."
+        let neverExpires = try HS256Verifier(secret: secret).sign(["account": "x"])
+        try await withRouter(server(store, jwtSecret: secret)) { client in
+            let r5 = try await client.execute(uri: "/runs", method: .get, headers: bearer(valid))
+            #expect(r5.status == .ok)
+            let old = try await client.execute(uri: "/runs", method: .get, headers: bearer(expired))
+            #expect(old.status == .unauthorized)
+            #expect(String(buffer: old.body).contains("expired"))
+            let r6 = try await client.execute(uri: "/runs", method: .get, headers: bearer(forged))
+            #expect(r6.status == .unauthorized)
+            let r7 = try await client.execute(uri: "/runs", method: .get, headers: bearer(unsigned))
+            #expect(r7.status == .unauthorized)
+            let r8 = try await client.execute(uri: "/runs", method: .get, headers: bearer(neverExpires))
+            #expect(r8.status == .unauthorized)
+        }
+        // Without the secret configured, even a valid property-system token is refused.
+        try await withRouter(server(store)) { client in
+            let response = try await client.execute(uri: "/runs", method: .get, headers: bearer(valid))
+            #expect(response.status == .unauthorized)
+        }
+    }
+
+    @Test("a message's status: ours and the old service's fields, by id or wamid; 404 when unknown", arguments: engines)
+    func messageStatus(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let id = try await seed(store)[0]
+        try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+        _ = try await ingest(store, [status("wamid.A", "failed", at: 1_772_000_100, error: 131026)])
+        try await withRouter(server(store)) { client in
+            for key in [id, "wamid.A"] {
+                let response = try await client.execute(uri: "/message-status/\(key)", method: .get, headers: bearer("api-token"))
+                #expect(response.status == .ok)
+                let object = try json(response)
+                #expect(object["id"] as? String == id)
+                #expect(object["wamid"] as? String == "wamid.A")
+                #expect(object["run"] as? String == "march")
+                #expect(object["invoice_id"] as? String == "INV-1")
+                #expect(object["phone"] as? String == "+18095550101")
+                #expect(object["state"] as? String == "failed")
+                let error = try #require(object["error"] as? [String: Any])
+                #expect(error["code"] as? Int == 131026)
+                #expect(error["details"] as? String == "details 131026")
+                let events = try #require(object["events"] as? [[String: Any]])
+                #expect(events.map { $0["status"] as? String } == ["failed"])
+                #expect(events.first?["timestamp"] as? String == "2026-02-25T06:15:00Z")
+                #expect(object["success"] as? Bool == false)
+                #expect(object["messageId"] as? String == "wamid.A")
+                #expect(object["status"] as? String == "failed")
+                #expect(object["recipientId"] as? String == "18095550101")
+                #expect(object["lastUpdated"] is String)
+            }
+            let missing = try await client.execute(uri: "/message-status/m-nope", method: .get, headers: bearer("api-token"))
+            #expect(missing.status == .notFound)
+            #expect(String(buffer: missing.body) == #"{"error":"no message m-nope"}"#)
+        }
+    }
+
+    @Test("message statuses are filtered and paginated; a bad filter is a 400 saying why", arguments: engines)
+    func messageStatuses(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        try await seed(store, phones: (0..<5).map { "1809555010\($0)" })
+        try await withRouter(server(store)) { client in
+            var ids: [String] = []
+            var uri = "/message-statuses?run=march&limit=2"
+            while true {
+                let page = try json(try await client.execute(uri: uri, method: .get, headers: bearer("api-token")))
+                ids += (page["messages"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
+                guard let next = page["next"] as? String else { break }
+                uri = "/message-statuses?run=march&limit=2&after=\(next)"
+            }
+            #expect(ids.count == 5)
+            let bad = try await client.execute(uri: "/message-statuses?state=lost", method: .get, headers: bearer("api-token"))
+            #expect(bad.status == .badRequest)
+            #expect(String(buffer: bad.body).contains("state 'lost' is not one of"))
+            let queued = try json(try await client.execute(uri: "/message-statuses?state=queued&landlord=Caribe", method: .get, headers: bearer("api-token")))
+            #expect((queued["messages"] as? [Any])?.count == 5)
+        }
+    }
+
+    @Test("runs list their messages by state", arguments: engines)
+    func runs(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        try await seed(store, phones: ["18095550101", "18095550102"])
+        try await withRouter(server(store)) { client in
+            let object = try json(try await client.execute(uri: "/runs/march", method: .get, headers: bearer("api-token")))
+            #expect(object["messages"] as? Int == 2)
+            #expect((object["states"] as? [String: Int])?["queued"] == 2)
+            let r9 = try await client.execute(uri: "/runs/april", method: .get, headers: bearer("api-token"))
+            #expect(r9.status == .notFound)
+            let r10 = try await client.execute(uri: "/runs/march/report.html", method: .get, headers: bearer("api-token"))
+            #expect(r10.status == .notFound)
+        }
+    }
+
+    @Test("metrics count what the receiver did, in Prometheus' format", arguments: engines)
+    func metrics(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let id = try await seed(store)[0]
+        try await withRouter(server(store)) { client in
+            _ = try await signedPost(client, statusPayload([("wamid.A", "delivered", 100, id)]))
+            _ = try await signedPost(client, "{}", signature: "sha256=00")
+            let text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
+            #expect(text.contains(#"dispatcher_statuses_applied_total{state="delivered"} 1"#))
+            #expect(text.contains("dispatcher_webhooks_received_total 1"))
+            #expect(text.contains(#"dispatcher_webhooks_rejected_total{reason="malformed_signature"} 1"#))
+            #expect(text.contains("dispatcher_webhook_intake_seconds_count 1"))
+            #expect(!text.contains(appSecret))
+        }
+    }
+
+    @Test("without a sender, the drop-in send route says what to configure", arguments: engines)
+    func sendNotConfigured(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        try await withRouter(server(store)) { client in
+            let response = try await client.execute(uri: "/send-invoice", method: .post, headers: bearer("api-token"), body: ByteBuffer(string: "{}"))
+            #expect(response.status == .serviceUnavailable)
+            #expect(String(buffer: response.body).contains("WHATSAPP_ACCESS_TOKEN"))
+        }
+    }
+}
+
+@Suite("The receiver over a real socket")
+struct LiveServerTests {
+    @Test("a signed status posted over loopback is readable from the status API", arguments: engines)
+    func live(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let id = try await seed(store)[0]
+        let app = Application(router: server(store, basePath: "/api/v2/whatsapp").router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await app.test(.live) { client in
+            let r11 = try await signedPost(client, statusPayload([("wamid.LIVE", "read", 100, id)]), path: "/api/v2/whatsapp/webhook")
+            #expect(r11.status == .ok)
+            let object = try json(try await client.execute(uri: "/api/v2/whatsapp/message-status/wamid.LIVE", method: .get, headers: bearer("api-token")))
+            #expect(object["state"] as? String == "read")
+        }
+    }
+}

@@ -1,0 +1,292 @@
+import Foundation
+import StoreTesting
+import Testing
+@testable import Store
+
+@Suite("Store (SQLite and PostgreSQL)")
+struct StoreTests {
+    @Test("a message that exists already (same invoice, number, template) is never added twice, even from another run", arguments: engines)
+    func neverTwice(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let ids = try await seed(store, run: "march")
+        try await store.recordAccepted(messageID: ids[0], attempt: try await store.beginAttempt(messageID: ids[0], at: 1), wamid: "wamid.A", at: 2)
+        try await store.saveRun(RunRecord(name: "march-again", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 3))
+        let outcome = try await store.addMessages([NewMessage(id: ids[0], run: "march-again", invoiceID: "INV-1", phone: "18095550101",
+                                                              template: "invoice", language: "es")])
+        #expect(outcome == [.exists(id: ids[0], run: "march", state: .accepted)])
+        #expect(try await store.stateCounts(run: "march-again").isEmpty)
+    }
+
+    @Test("every ordering of a message's statuses ends in the same state, the one the rule gives", arguments: engines, [
+        ["sent", "delivered", "read", "failed"], ["sent", "failed"], ["failed", "delivered"], ["sent", "delivered", "failed"],
+        ["read", "delivered"], ["sent", "read"], ["failed", "read", "sent"], ["delivered", "sent"],
+    ])
+    func orderIndependence(engine: StoreEngine, statuses: [String]) async throws {
+        var finals: Set<MessageState> = []
+        let store = try await makeStore(engine)
+        for (n, order) in permutations(statuses).enumerated() {
+            // A message of its own for each ordering.
+            let id = try await seed(store, invoice: "INV-\(n)")[0]
+            try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.\(n)", at: 2)
+            for (i, s) in order.enumerated() {
+                _ = try await ingest(store, [status("wamid.\(n)", s, at: 1_772_000_100 + Int64(statuses.firstIndex(of: s)!), error: s == "failed" ? 131026 : nil)])
+                _ = i
+            }
+            let message = try #require(try await store.message(id))
+            finals.insert(message.state)
+            // The Swift rule gives the same answer as the SQL.
+            let expected = order.reduce(MessageState.accepted) { state, s in state.applying(s) ?? state }
+            #expect(message.state == expected, "order \(order)")
+            #expect(try await store.events(messageID: id).count == order.count)
+        }
+        #expect(finals.count == 1, "\(statuses) ended in \(finals)")
+    }
+
+    @Test("a late delivered after failed wins, and the failure stays on record", arguments: engines)
+    func deliveredAfterFailed(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let id = try await seed(store)[0]
+        try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+        _ = try await ingest(store, [status("wamid.A", "failed", at: 100, error: 131026)])
+        #expect(try await store.message(id)?.state == .failed)
+        #expect(try await store.message(id)?.errorCode == 131026)
+        let result = try await ingest(store, [status("wamid.A", "delivered", at: 200)])
+        #expect(result.applied == [.delivered: 1])
+        let message = try #require(try await store.message(id))
+        #expect(message.state == .delivered)
+        #expect(message.errorCode == 131026)
+        #expect(message.failedAt == 100)
+        #expect(message.deliveredAt == 200)
+    }
+
+    @Test("duplicates change nothing and are not kept twice in the history", arguments: engines)
+    func duplicates(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let id = try await seed(store)[0]
+        try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+        let first = try await ingest(store, [status("wamid.A", "delivered", at: 100), status("wamid.A", "delivered", at: 100)])
+        #expect(first.applied == [.delivered: 1])
+        #expect(first.duplicates == 1)
+        let again = try await ingest(store, [status("wamid.A", "delivered", at: 100)])
+        #expect(again.duplicates == 1)
+        #expect(again.applied.isEmpty)
+        #expect(try await store.events(messageID: id).map(\.status) == ["delivered"])
+    }
+
+    @Test("a status for a message not yet known is kept, then applied when its wamid is recorded", arguments: engines)
+    func unmatchedThenWamid(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let id = try await seed(store)[0]
+        let early = try await ingest(store, [status("wamid.EARLY", "sent", at: 100), status("wamid.EARLY", "delivered", at: 101)])
+        #expect(early.unmatched == 2)
+        #expect(try await store.message(id)?.state == .queued)
+        try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.EARLY", at: 2)
+        let message = try #require(try await store.message(id))
+        #expect(message.state == .delivered)
+        #expect(message.sentAt == 100)
+        #expect(try await store.events(messageID: id).map(\.applied) == [true, true])
+    }
+
+    @Test("biz_opaque_callback_data matches a message whose send response was lost, and teaches us its wamid", arguments: engines)
+    func callbackMatching(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let id = try await seed(store)[0]
+        _ = try await store.beginAttempt(messageID: id, at: 1)
+        try await store.recordUnknown(messageID: id, attempt: 1, reason: "timed out after the request left", at: 2)
+        #expect(try await store.message(id)?.state == .unknown)
+        let result = try await ingest(store, [status("wamid.LOST", "sent", at: 100, callback: id)])
+        #expect(result.applied == [.sent: 1])
+        let message = try #require(try await store.message("wamid.LOST"))
+        #expect(message.id == id)
+        #expect(message.state == .sent)
+    }
+
+    @Test("a status that arrives before its message is stored is applied when the message is added (by callback data)", arguments: engines)
+    func unmatchedThenMessage(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        _ = try await ingest(store, [status("wamid.Z", "read", at: 300, callback: "m-INV-1-18095550101")])
+        let id = try await seed(store)[0]
+        let message = try #require(try await store.message(id))
+        #expect(message.state == .read)
+        #expect(message.wamid == "wamid.Z")
+    }
+
+    @Test("statuses we have no state for (played, future values) are kept and change nothing", arguments: engines)
+    func unknownStatus(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let id = try await seed(store)[0]
+        try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+        let result = try await ingest(store, [status("wamid.A", "played", at: 100)])
+        #expect(result.applied.isEmpty)
+        #expect(try await store.message(id)?.state == .accepted)
+        #expect(try await store.events(messageID: id).map(\.status) == ["played"])
+    }
+
+    @Test("STOP, baja, ARRÊT put the number on the opt-out list; other replies do not", arguments: engines)
+    func optOuts(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let replies = [("18095550101", "STOP"), ("18095550102", " baja. "), ("18095550103", "Arrêt"), ("18095550104", "stop sending me the wrong invoice")]
+        let inbound = replies.enumerated().map { InboundText(wamid: "wamid.in\($0.offset)", from: $0.element.0, timestamp: 100, type: "text", body: $0.element.1) }
+        let result = try await ingest(store, [], inbound: inbound)
+        #expect(result.inbound == 4)
+        #expect(result.optOuts == 3)
+        #expect(try await store.isOptedOut(phone: "18095550102"))
+        #expect(try await !store.isOptedOut(phone: "18095550104"))
+        #expect(try await ingest(store, [], inbound: inbound).inbound == 0)  // Meta's retries are not counted twice
+    }
+
+    @Test("the send ledger: attempt, retryable rejection back to queued, final rejection, acceptance", arguments: engines)
+    func sendLedger(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let ids = try await seed(store, phones: ["18095550101", "18095550102"])
+        let first = try await store.beginAttempt(messageID: ids[0], at: 10)
+        #expect(try await store.message(ids[0])?.state == .sending)
+        try await store.recordRejected(messageID: ids[0], attempt: first, error: SendError(code: 131000, title: "Something went wrong"), final: false, at: 11)
+        #expect(try await store.message(ids[0])?.state == .queued)
+        let second = try await store.beginAttempt(messageID: ids[0], at: 12)
+        #expect(second == 2)
+        try await store.recordAccepted(messageID: ids[0], attempt: second, wamid: "wamid.OK", at: 13)
+        let third = try await store.beginAttempt(messageID: ids[1], at: 14)
+        try await store.recordRejected(messageID: ids[1], attempt: third, error: SendError(code: 131026, title: "Message undeliverable"), final: true, at: 15)
+        #expect(try await store.message(ids[0])?.state == .accepted)
+        #expect(try await store.attempts(messageID: ids[0]).map(\.outcome) == ["retry", "accepted"])
+        let failed = try #require(try await store.message(ids[1]))
+        #expect(failed.state == .failed)
+        #expect(failed.errorCode == 131026)
+        #expect(try await store.stateCounts(run: "march") == [.accepted: 1, .failed: 1])
+    }
+
+    @Test("closing and reopening the database keeps everything: runs, messages, history, raw payloads", arguments: engines)
+    func restart(engine: StoreEngine) async throws {
+        let url = try await freshDatabaseURL(engine)
+        do {
+            let store = try await StoreOpener.open(url: url)
+            let id = try await seed(store)[0]
+            try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+            _ = try await ingest(store, [status("wamid.A", "delivered", at: 100)])
+        }
+        let reopened = try await StoreOpener.open(url: url)
+        let message = try #require(try await reopened.message("wamid.A"))
+        #expect(message.state == .delivered)
+        #expect(try await reopened.events(messageID: message.id).count == 1)
+        #expect(try await reopened.runs().map(\.run.name) == ["march"])
+        #expect(try await reopened.webhookPayloads(after: nil, limit: 10).count == 1)
+    }
+
+    @Test("pagination walks every message once, filtered by run, state or landlord", arguments: engines)
+    func pagination(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        try await seed(store, invoice: "A", phones: (0..<7).map { "1809555010\($0)" }, landlord: "Caribe")
+        try await seed(store, invoice: "B", phones: ["18295550200"], landlord: "Próceres")
+        var seen: [String] = []
+        var after: Int64? = nil
+        repeat {
+            let page = try await store.messages(MessageFilter(run: "march", after: after, limit: 3))
+            seen += page.messages.map(\.id)
+            after = page.next
+        } while after != nil
+        #expect(seen.count == 8)
+        #expect(Set(seen).count == 8)
+        #expect(try await store.messages(MessageFilter(landlord: "Próceres")).messages.map(\.invoiceID) == ["B"])
+        #expect(try await store.messages(MessageFilter(state: .failed)).messages.isEmpty)
+    }
+
+    @Test("a database URL that is not one is a clear error")
+    func urls() async throws {
+        await #expect(throws: StoreError.self) { try await StoreOpener.open(url: "mysql://x") }
+        await #expect(throws: StoreError.self) { try await StoreOpener.open(url: "sqlite:/nonexistent-dir/x/y.sqlite") }
+        await #expect(throws: StoreError.self) { try await StoreOpener.open(url: "postgres://u@127.0.0.1:5/db?sslmode=bogus") }
+    }
+
+    @Test("the sender lease: one holder per number, renewed by its holder, taken over only once expired, given up", arguments: engines)
+    func senderLease(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let first = try await store.acquireSenderLease(sender: "N1", holder: "a", run: "march", ttl: 30, at: 1000)
+        #expect(first == SenderLease(sender: "N1", holder: "a", run: "march", acquiredAt: 1000, expiresAt: 1030))
+        // Another process is refused and told who holds it.
+        let refused = try await store.acquireSenderLease(sender: "N1", holder: "b", run: "april", ttl: 30, at: 1010)
+        #expect(refused.holder == "a" && refused.run == "march")
+        // Another number is free.
+        #expect(try await store.acquireSenderLease(sender: "N2", holder: "b", run: "april", ttl: 30, at: 1010).holder == "b")
+        // The holder renews: same start, later expiry.
+        let renewed = try await store.acquireSenderLease(sender: "N1", holder: "a", run: "march", ttl: 30, at: 1020)
+        #expect(renewed.acquiredAt == 1000 && renewed.expiresAt == 1050)
+        // Not renewed in time (a crash): the next one takes it.
+        let taken = try await store.acquireSenderLease(sender: "N1", holder: "b", run: "april", ttl: 30, at: 1050)
+        #expect(taken == SenderLease(sender: "N1", holder: "b", run: "april", acquiredAt: 1050, expiresAt: 1080))
+        // The old holder's release does not free what it no longer holds; the new holder's does.
+        try await store.releaseSenderLease(sender: "N1", holder: "a")
+        #expect(try await store.acquireSenderLease(sender: "N1", holder: "c", run: "may", ttl: 30, at: 1060).holder == "b")
+        try await store.releaseSenderLease(sender: "N1", holder: "b")
+        #expect(try await store.acquireSenderLease(sender: "N1", holder: "c", run: "may", ttl: 30, at: 1061).holder == "c")
+    }
+
+    @Test("PostgreSQL: an unreachable server, a missing database and an unknown user are clear errors", .enabled(if: engines.contains(.postgres)))
+    func postgresErrors() async throws {
+        let admin = try PostgresURL(try postgresAdminURL())
+        func message(_ url: String) async -> String {
+            do {
+                _ = try await StoreOpener.open(url: url)
+                return "opened"
+            } catch {
+                return "\(error)"
+            }
+        }
+        let closed = await message("postgres://dispatcher@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=2")
+        #expect(closed.contains("cannot reach PostgreSQL at 127.0.0.1:1"), "\(closed)")
+        let missing = await message("postgres://\(admin.user)@\(admin.host):\(admin.port)/no_such_db?sslmode=disable")
+        #expect(missing.contains("the database 'no_such_db' does not exist"), "\(missing)")
+        let stranger = await message("postgres://nobody:secret-pw@\(admin.host):\(admin.port)/postgres?sslmode=disable")
+        #expect(stranger.contains("refused the credentials of user 'nobody'"), "\(stranger)")
+        #expect(!stranger.contains("secret-pw"))
+    }
+
+    @Test("the report summary counts each invoice once, however its messages fall, with the amounts of those delivered", arguments: engines)
+    func reportSummary(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        try await store.saveRun(RunRecord(name: "march", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
+        // 11 invoices of two messages each (two numbers), alternating landlords; amount 100 × n.
+        try await store.addInvoices((1...11).map { n in
+            InvoiceRecord(run: "march", invoiceID: "I-\(n)", line: n + 1, tenantName: "T\(n)", landlord: n % 2 == 0 ? "Par" : "Impar",
+                          amountMinor: Int64(100 * n), currency: "DOP", period: "2026-03", locale: "es")
+        })
+        _ = try await store.addMessages((1...11).flatMap { n in
+            ["18095550\(100 + n)", "18295550\(100 + n)"].map { NewMessage(id: "m-\(n)-\($0)", run: "march", invoiceID: "I-\(n)", phone: $0,
+                                                                       template: "invoice", language: "es") }
+        })
+        // Invoices 1 to 6: their second message delivered; 7: the first failed (131026), the second unknown.
+        var outcomes: [AttemptOutcome] = []
+        let ids = (1...11).flatMap { n in ["m-\(n)-18095550\(100 + n)", "m-\(n)-18295550\(100 + n)"] }
+        let numbers = try await store.beginAttempts(messageIDs: ids, at: 2)
+        for (k, id) in ids.enumerated() {
+            let n = k / 2 + 1
+            if n == 7 && k % 2 == 1 { outcomes.append(.unknown(messageID: id, attempt: numbers[id]!, reason: "timed out")); continue }
+            outcomes.append(.accepted(messageID: id, attempt: numbers[id]!, wamid: "w.\(k)"))
+        }
+        try await store.recordOutcomes(outcomes, at: 60)
+        var statuses: [StatusUpdate] = []
+        for n in 1...6 { statuses.append(status("w.\(2 * (n - 1) + 1)", "delivered", at: 120)) }
+        statuses.append(status("w.12", "failed", at: 130, error: 131026))
+        _ = try await ingest(store, statuses)
+
+        let summary = try await store.reportSummary(run: "march", landlord: nil, samples: 10)
+        #expect(summary.states == [.accepted: 14, .delivered: 6, .failed: 1, .unknown: 1])
+        let byLandlord = Dictionary(uniqueKeysWithValues: summary.landlords.map { ($0.landlord ?? "", $0) })
+        #expect(byLandlord["Impar"]?.invoices == 6 && byLandlord["Par"]?.invoices == 5)
+        #expect(byLandlord["Impar"]?.messages == 12 && byLandlord["Par"]?.messages == 10)
+        let odd = byLandlord["Impar"], even = byLandlord["Par"]
+        let billed: (odd: Int64, even: Int64) = (100 * 36, 100 * 30), delivered: (odd: Int64, even: Int64) = (100 * 9, 100 * 12)
+        #expect(odd?.billedMinor == billed.odd)
+        #expect(even?.billedMinor == billed.even)
+        #expect(odd?.deliveredMinor == delivered.odd)  // invoices 1, 3, 5
+        #expect(even?.deliveredMinor == delivered.even)  // invoices 2, 4, 6
+        #expect(byLandlord["Impar"]?.failed == 1 && byLandlord["Impar"]?.unreachable == 1)
+        #expect(byLandlord["Impar"]?.pending == 12 - 3 - 1)
+        #expect(summary.problems.map(\.count).reduce(0, +) == 2)
+        #expect(summary.problems.first { $0.state == .failed }?.samples.map(\.invoiceID) == ["I-7"])
+        #expect(summary.sendsPerMinute == [1: 21])
+        #expect(summary.deliveriesPerMinute == [2: 6])
+        let one = try await store.reportSummary(run: "march", landlord: "Par", samples: 10)
+        #expect(one.landlords.map(\.landlord) == ["Par"] && one.states.values.reduce(0, +) == 10)
+    }
+}

@@ -1,0 +1,35 @@
+import Foundation
+import Testing
+import Dispatcher
+@testable import WhatsApp
+
+/// Meta's side of our code: the JSON we send and how we read Meta's errors.
+@Suite("WhatsApp wire format and errors")
+struct WhatsAppTests {
+    let templates = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("templates").path
+
+    @Test("the request body is Meta's JSON shape")
+    func requestJSON() throws {
+        let invoice = Invoice(line: 2, invoiceID: "INV-1", tenantName: "María Pérez", phones: ["18095550101"],
+                              amount: Money(minorUnits: 145_000, currency: Currency(code: "USD")!),
+                              period: BillingPeriod(year: 2026, month: 3), dueDate: nil, landlord: "Inmobiliaria Caribe",
+                              locale: "en", documentURL: "https://docs.example.com/INV-1.pdf")
+        let renderer = try MessageRenderer(catalog: try TemplateCatalog(directory: templates), templateName: "invoice", defaultLanguage: "es")
+        let message = try renderer.render(invoice).get()[0]
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let json = String(decoding: try encoder.encode(message.request), as: UTF8.self)
+        #expect(json == #"{"biz_opaque_callback_data":"\#(message.id)","messaging_product":"whatsapp","recipient_type":"individual","template":{"components":[{"parameters":[{"document":{"filename":"INV-1.pdf","link":"https://docs.example.com/INV-1.pdf"},"type":"document"}],"type":"header"},{"parameters":[{"text":"María Pérez","type":"text"},{"text":"March 2026","type":"text"},{"currency":{"amount_1000":1450000,"code":"USD","fallback_value":"$1,450.00"},"type":"currency"},{"text":"on receipt","type":"text"}],"type":"body"}],"language":{"code":"en"},"name":"invoice"},"to":"18095550101","type":"template"}"#)
+    }
+
+    @Test("one meaning of retryable: halts are, once fixed; 131049 not before 24 hours")
+    func retryPolicy() {
+        #expect(ErrorClass.of(code: 190).isRetryable)
+        #expect(ErrorClass.of(code: 131005) == .halt)
+        #expect(ErrorClass.of(code: 131037) == .halt)
+        #expect(!ErrorClass.of(code: 131026).isRetryable)
+        #expect(ErrorClass.of(code: 131049).earliestRetry(failedAt: 1000) == 87_400)
+        #expect(ErrorClass.of(code: 131000).earliestRetry(failedAt: 1000) == nil)
+    }
+}
