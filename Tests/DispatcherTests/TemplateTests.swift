@@ -31,6 +31,20 @@ struct TemplateTests {
         #expect(message.request.to == "18095550101")
     }
 
+    @Test("placeholders are filled in one pass: a tenant's name that reads {{2}} stays as written")
+    func placeholdersOnePass() throws {
+        #expect(fillPlaceholders("Hola {{1}}, total {{2}}.", ["Ana {{2}}", "RD$5.00"]) == "Hola Ana {{2}}, total RD$5.00.")
+        #expect(fillPlaceholders("{{2}}{{1}}{{3}}", ["a", "b"]) == "ba{{3}}")
+        #expect(fillPlaceholders("{ {{1}} }} {{x}} {{", ["ñ"]) == "{ ñ }} {{x}} {{")
+        #expect(fillPlaceholders("no placeholders", ["a"]) == "no placeholders")
+        let message = try render(invoice(name: "Ana {{3}}")).get()[0]
+        #expect(message.body.hasPrefix("Hola Ana {{3}}, le enviamos"))
+        #expect(checkTextParameter("a    b") == nil)
+        #expect(checkTextParameter("a     b") == "contains more than four consecutive spaces")
+        #expect(checkTextParameter(String(repeating: "é", count: 1024)) == nil)
+        #expect(checkTextParameter(String(repeating: "é", count: 1025)) == "is longer than 1,024 characters")
+    }
+
     @Test("amounts in the tenant's locale", arguments: [
         ("es-DO", "DOP", "RD$12,345.50"), ("en", "USD", "$12,345.50"), ("es-DO", "USD", "US$12,345.50"),
         ("es-ES", "EUR", "12.345,50\u{A0}€"), ("fr-FR", "EUR", "12\u{202F}345,50\u{A0}€"), ("pt-BR", "BRL", "R$\u{A0}12.345,50"),

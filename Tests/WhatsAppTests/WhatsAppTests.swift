@@ -32,4 +32,23 @@ struct WhatsAppTests {
         #expect(ErrorClass.of(code: 131049).earliestRetry(failedAt: 1000) == 87_400)
         #expect(ErrorClass.of(code: 131000).earliestRetry(failedAt: 1000) == nil)
     }
+
+    @Test("the body written directly is the JSON JSONEncoder writes, escapes and all")
+    func directJSON() throws {
+        let tricky = ["María \"la Jefa\" Pérez", "back\\slash", "tab\there", "line\nbreak", "\u{01}ctl", "emoji 🏠 ñ", "https://x.example/a/b?c=d&e=f", ""]
+        for (n, text) in tricky.enumerated() {
+            let request = TemplateMessageRequest(to: "18095550101", callbackData: "m-\(n)", template: .init(
+                name: "invoice", language: .init(code: "es"), components: [
+                    .init(type: "header", parameters: [.document(link: "https://docs.example.com/\(text).pdf", filename: "\(text).pdf")]),
+                    .init(type: "body", parameters: [.text(text), .currency(fallback: "RD$1,234.50", code: "DOP", amount1000: -1_234_500)]),
+                    .init(type: "button", subType: "url", index: "0", parameters: [.text(text)]),
+                ]))
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.withoutEscapingSlashes]
+            let expected = try JSONSerialization.jsonObject(with: try encoder.encode(request)) as? NSDictionary
+            let direct = try JSONSerialization.jsonObject(with: Data(request.jsonBody.utf8)) as? NSDictionary
+            #expect(direct != nil && direct == expected, "\(text)")
+            #expect(!request.jsonBody.contains("\\/"))
+        }
+    }
 }

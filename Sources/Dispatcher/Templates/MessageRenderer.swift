@@ -65,7 +65,7 @@ public struct MessageRenderer: Sendable {
 
     /// The template language for a locale: `es-DO` → `es_DO`, else `es`, else another `es_*`, else the default.
     public func language(for locale: String) -> (code: String, fallback: Bool) {
-        let underscored = locale.replacingOccurrences(of: "-", with: "_")
+        let underscored = String(String.UnicodeScalarView(locale.unicodeScalars.map { $0 == "-" ? "_" : $0 }))
         if template.languages[underscored] != nil { return (underscored, false) }
         let base = String(underscored.prefix { $0 != "_" })
         if template.languages[base] != nil { return (base, false) }
@@ -114,11 +114,8 @@ public struct MessageRenderer: Sendable {
             parameters.append(.text(text))
             shown.append(text)
         }
-        var body = texts.body
-        for (index, text) in shown.enumerated().reversed() {
-            body = body.replacingOccurrences(of: "{{\(index + 1)}}", with: text)
-        }
-        if body.count > 1024 {
+        let body = fillPlaceholders(texts.body, shown)
+        if body.utf8.count > 1024 && body.count > 1024 {
             fail(nil, "the message body would be \(body.count) characters; Meta allows 1,024 (132005)")
         }
         var components: [TemplateMessageRequest.Component] = []
@@ -139,7 +136,7 @@ public struct MessageRenderer: Sendable {
                 let value = self.value(of: source, in: invoice, formatting: formatting) ?? ""
                 if value.isEmpty { fail(source, "is empty, but template '\(template.name)' needs it for the header (131008)") }
                 else if let problem = checkTextParameter(value) { fail(source, "\(problem), which Meta refuses in the header (132018)") }
-                headerText = headerText?.replacingOccurrences(of: "{{1}}", with: value)
+                headerText = headerText.map { fillPlaceholders($0, [value]) }
                 components.append(.init(type: "header", parameters: [.text(value)]))
             }
         }
@@ -153,7 +150,7 @@ public struct MessageRenderer: Sendable {
                 fail(button.source, "is empty, but template '\(template.name)' needs it for button \(button.index) (131008)")
             }
             if button.index < buttons.count {
-                buttons[button.index].url = buttons[button.index].url?.replacingOccurrences(of: "{{1}}", with: value)
+                buttons[button.index].url = buttons[button.index].url.map { fillPlaceholders($0, [value]) }
             }
             components.append(.init(type: "button", subType: button.subType, index: String(button.index), parameters: [.text(value)]))
         }
@@ -209,16 +206,61 @@ public struct MessageRenderer: Sendable {
 /// Checked on Unicode scalars, never on `Character`: `"\r\n"` is one Character, equal to neither
 /// `"\n"` nor `"\r"`.
 func checkTextParameter(_ text: String) -> String? {
+    var spaces = 0
+    var tooManySpaces = false
     for scalar in text.unicodeScalars {
         switch scalar.value {
         case 0x0A, 0x0D, 0x09, 0x0B, 0x0C, 0x85, 0x2028, 0x2029: return "contains a line break or tab"
         case 0x00...0x1F, 0x7F...0x9F: return "contains a control character (U+\(hex4(scalar.value)))"
-        default: continue
+        case 0x20:
+            spaces += 1
+            if spaces > 4 { tooManySpaces = true }
+        default: spaces = 0
         }
     }
-    if text.contains("     ") { return "contains more than four consecutive spaces" }
-    if text.count > 1024 { return "is longer than 1,024 characters" }
+    if tooManySpaces { return "contains more than four consecutive spaces" }
+    // Counting characters walks grapheme clusters: only when the bytes allow more than 1,024.
+    if text.utf8.count > 1024 && text.count > 1024 { return "is longer than 1,024 characters" }
     return nil
+}
+
+/// A template text with `{{1}}`, `{{2}}`… replaced by the values, in one pass: a value that itself
+/// contains `{{2}}` stays as it is (as Meta fills it). A placeholder with no value stays too.
+func fillPlaceholders(_ text: String, _ values: [String]) -> String {
+    let bytes = text.utf8
+    guard bytes.contains(UInt8(ascii: "{")) else { return text }
+    var out: [UInt8] = []
+    out.reserveCapacity(bytes.count + values.reduce(0) { $0 + $1.utf8.count })
+    var i = bytes.startIndex
+    while i != bytes.endIndex {
+        let byte = bytes[i]
+        if byte == UInt8(ascii: "{"), let (index, end) = placeholder(in: bytes, at: i), index >= 1, index <= values.count {
+            out.append(contentsOf: values[index - 1].utf8)
+            i = end
+            continue
+        }
+        out.append(byte)
+        i = bytes.index(after: i)
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+/// `{{N}}` at `start`: N and the index just past the closing braces.
+private func placeholder(in bytes: String.UTF8View, at start: String.UTF8View.Index) -> (Int, String.UTF8View.Index)? {
+    var i = bytes.index(after: start)
+    guard i != bytes.endIndex, bytes[i] == UInt8(ascii: "{") else { return nil }
+    i = bytes.index(after: i)
+    var n = 0
+    var digits = 0
+    while i != bytes.endIndex, bytes[i] >= UInt8(ascii: "0"), bytes[i] <= UInt8(ascii: "9"), digits < 4 {
+        n = n * 10 + Int(bytes[i] - UInt8(ascii: "0"))
+        digits += 1
+        i = bytes.index(after: i)
+    }
+    guard digits > 0, i != bytes.endIndex, bytes[i] == UInt8(ascii: "}") else { return nil }
+    i = bytes.index(after: i)
+    guard i != bytes.endIndex, bytes[i] == UInt8(ascii: "}") else { return nil }
+    return (n, bytes.index(after: i))
 }
 
 /// The problems that keep an invoice from being sent.
