@@ -222,7 +222,7 @@ func reportBenchmark(messages: Int) async throws -> [(String, String, String, St
     let store = try SQLiteStore(path: database)
     let seedStart = ContinuousClock.now
     if !seeded {
-    try await store.saveRun(RunRecord(name: "big", manifest: "big.csv", template: "invoice", sender: "123", status: "done", createdAt: 1_772_000_000))
+    try await store.saveRun(RunRecord(name: "big", manifest: "big.csv", template: "invoice", sender: "123", status: .done, createdAt: 1_772_000_000))
     let landlords = ["Inmobiliaria Caribe", "Residencial Los Próceres", "Torres del Malecón"]
     for start in stride(from: 0, to: messages, by: 20_000) {
         let range = start..<min(start + 20_000, messages)
@@ -272,3 +272,57 @@ func reportBenchmark(messages: Int) async throws -> [(String, String, String, St
 }
 
 func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+
+/// The whole `send` of a big manifest until its first request (issue 14): the release
+/// `dispatcher send --sandbox` under `/usr/bin/time -v`, its store watched until the first attempt
+/// is in the ledger (written just before the request leaves), then interrupted (SIGINT) as an
+/// operator would. Peak memory is the process's whole life: preparation and the first sends.
+func prepareBenchmark(dispatcher: String, manifest: String, rows: Int) async throws -> [(String, String, String, String)] {
+    guard let time = ["/usr/bin/time"].first(where: FileManager.default.isExecutableFile) else {
+        throw BenchError("prepare: /usr/bin/time is missing (apt install time)")
+    }
+    let folder = try workspace()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    let manifestPath = URL(fileURLWithPath: manifest).standardizedFileURL.path
+    let send = Process()
+    send.executableURL = URL(fileURLWithPath: time)
+    send.arguments = ["-v", dispatcher, "send", manifestPath, "--sandbox", "--db", "sqlite:\(folder)/dispatcher.sqlite", "--settle", "1s"]
+    send.currentDirectoryURL = URL(fileURLWithPath: folder)
+    var env = ProcessInfo.processInfo.environment
+    env["LOG_LEVEL"] = "error"
+    send.environment = env
+    send.standardOutput = FileHandle.nullDevice
+    _ = FileManager.default.createFile(atPath: folder + "/stderr", contents: nil)
+    let errors = try FileHandle(forWritingTo: URL(fileURLWithPath: folder + "/stderr"))
+    send.standardError = errors
+    let started = ContinuousClock.now
+    try send.run()
+    var firstRequest: Duration? = nil
+    while send.isRunning, firstRequest == nil {
+        try await Task.sleep(for: .milliseconds(50))
+        guard FileManager.default.fileExists(atPath: folder + "/dispatcher.sqlite") else { continue }
+        var configuration = Configuration()
+        configuration.readonly = true
+        if let queue = try? DatabaseQueue(path: folder + "/dispatcher.sqlite", configuration: configuration),
+           let n = try? await queue.read({ db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM (SELECT 1 FROM attempts LIMIT 1)") }), n > 0 {
+            firstRequest = ContinuousClock.now - started
+        }
+    }
+    // `time` ignores SIGINT while its child runs: interrupt the dispatcher itself, as Ctrl-C would.
+    _ = try? runProcess("/usr/bin/pkill", ["-INT", "-P", "\(send.processIdentifier)"])
+    send.waitUntilExit()
+    try errors.close()
+    let report = (try? String(contentsOfFile: folder + "/stderr", encoding: .utf8)) ?? ""
+    let peakKB = report.split(separator: "\n").first { $0.contains("Maximum resident set size") }
+        .flatMap { Int($0.split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "") } ?? 0
+    let cpu = ["User time (seconds)", "System time (seconds)"].compactMap { label in
+        report.split(separator: "\n").first { $0.contains(label) }.flatMap { Double($0.split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "") }
+    }.reduce(0, +)
+    guard let firstRequest else {
+        throw BenchError("prepare: no request was ever sent; the send printed:\n\(report.suffix(2000))")
+    }
+    let seconds = Double(firstRequest.components.seconds) + Double(firstRequest.components.attoseconds) / 1e18
+    return [("send of \(rows.formatted()) invoices: start → first request", String(format: "%.1f s", seconds),
+             String(format: "peak %d MB", peakKB / 1024),
+             String(format: "%.0f rows/s prepared; %.1f s CPU in all (release, /usr/bin/time -v)", Double(rows) / seconds, cpu))]
+}

@@ -183,19 +183,19 @@ struct RunSession {
         var counts: [MessageState: Int]
         switch stop {
         case .halted(let error):
-            record.status = "halted"
+            record.status = .halted
             record.haltReason = error.description
             counts = try await store.stateCounts(run: run)
         case .interrupted:
-            record.status = "interrupted"
+            record.status = .interrupted
             counts = try await store.stateCounts(run: run)
         case nil:
             console.say("waiting up to \(settleWindow) for delivery statuses…")
-            record.status = "settling"
+            record.status = .settling
             try await store.saveRun(record)
             counts = try await engine.settle(run: run, window: settleWindow)
             logger.debug("run: settled")
-            record.status = "done"
+            record.status = .done
         }
         record.finishedAt = Date().timeIntervalSince1970
         try await store.saveRun(record)

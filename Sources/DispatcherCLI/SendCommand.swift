@@ -190,7 +190,7 @@ struct RetryCommand: AsyncParsableCommand {
                                 "(run this again then, or now with --now)")
                 }
                 var saved = record
-                saved.status = "sending"
+                saved.status = .sending
                 try await engine.store.saveRun(saved)
                 return RunOptions(run: run, manifest: record.manifest, rate: rate)
             }

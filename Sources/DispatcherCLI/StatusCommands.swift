@@ -68,7 +68,7 @@ struct RunsCommand: AsyncParsableCommand {
         if runs.isEmpty { print("no runs yet in \(database.describe(settings: settings))") }
         for summary in runs {
             let counts = MessageState.allCases.compactMap { state in summary.counts[state].map { "\(state.rawValue) \($0)" } }
-            print("\(summary.run.name)  \(summary.run.status)  \(iso(summary.run.createdAt))  \(summary.invoices) invoices, \(summary.messages) messages: \(counts.joined(separator: ", "))")
+            print("\(summary.run.name)  \(summary.run.status.rawValue)  \(iso(summary.run.createdAt))  \(summary.invoices) invoices, \(summary.messages) messages: \(counts.joined(separator: ", "))")
         }
     }
 }
@@ -83,7 +83,7 @@ struct RunJSON: Encodable {
 
     init(_ s: RunSummary) {
         run = s.run.name
-        status = s.run.status
+        status = s.run.status.rawValue
         created_at = iso(s.run.createdAt)
         invoices = s.invoices
         messages = s.messages
@@ -91,4 +91,4 @@ struct RunJSON: Encodable {
     }
 }
 
-func iso(_ seconds: Double) -> String { Date(timeIntervalSince1970: seconds).formatted(.iso8601) }
+func iso(_ seconds: Double) -> String { iso8601(seconds) ?? "" }

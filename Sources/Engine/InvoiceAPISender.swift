@@ -79,14 +79,12 @@ public final class InvoiceAPISender: InvoiceSendService {
             throw InvoiceRequestError.invalid(problems.issues.map { "\($0.field ?? "body"): \($0.message)" }.joined(separator: "; "))
         }
 
-        let run = "api-" + today.formatted(.iso8601.year().month().day())
+        let run = "api-" + (iso8601(today.timeIntervalSince1970) ?? "").prefix(10)
         if try await store.run(named: run) == nil {
             try await store.saveRun(RunRecord(name: run, manifest: "POST /send-invoice", template: "various", sender: client.configuration.phoneNumberID,
-                                              status: "sending", createdAt: today.timeIntervalSince1970))
+                                              status: .sending, createdAt: today.timeIntervalSince1970))
         }
         try await store.addInvoices([InvoiceRecord(run: run, invoice: invoice)])
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
         let optedOut = try await OptOutList.load(from: store)
         var results: [SendInvoiceResponse.Result] = []
         for message in rendered {
@@ -97,7 +95,7 @@ public final class InvoiceAPISender: InvoiceSendService {
                 results.append(.init(phoneNumber: display, success: false, id: message.id, wamid: nil, state: "skipped", error: "the tenant opted out of WhatsApp messages"))
                 continue
             }
-            let body = String(decoding: try encoder.encode(message.request), as: UTF8.self)
+            let body = message.request.jsonBody
             let insert = try await store.addMessages([NewMessage(id: message.id, run: run, invoiceID: invoiceID, phone: message.phone,
                                                                  template: template, language: message.language, requestBody: body)])
             if case .exists = insert.first, let existing = try await store.message(message.id), existing.state != .queued {

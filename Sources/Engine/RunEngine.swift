@@ -61,6 +61,17 @@ public struct Preparation: Sendable {
     public var interrupted = 0
 }
 
+/// Invoices and their messages, written together while preparing.
+struct PreparedBatch: Sendable {
+    var invoices: [InvoiceRecord] = []
+    var messages: [NewMessage] = []
+
+    init() {
+        invoices.reserveCapacity(RunEngine.preparationBatch)
+        messages.reserveCapacity(RunEngine.preparationBatch * 11 / 10)
+    }
+}
+
 /// Why a run stopped before its queue was empty.
 public enum StopReason: Sendable, Equatable {
     /// A systemic error: nothing else would succeed until it is fixed.
@@ -100,90 +111,134 @@ public final class RunEngine: Sendable {
 
     // MARK: - Preparing
 
-    /// Imports and checks the whole manifest first; when it is valid (or invalid rows are to be
-    /// skipped), stores the run, its invoices and its messages. Messages already stored are left
-    /// as they are: that is what makes a re-run send nothing twice.
+    /// Invoices per batch written while preparing: a batch is one transaction, and at most
+    /// `preparationDepth` of them wait between the reader and the store.
+    static let preparationBatch = 2_000
+    static let preparationDepth = 4
+
+    /// Reads the manifest once, validating and rendering each invoice, and stores the run, its
+    /// invoices and its messages in batches as it goes (memory stays bounded whatever the manifest's
+    /// size; the reader and the store's writes run side by side). Messages already stored are left as
+    /// they are: that is what makes a re-run send nothing twice.
+    ///
+    /// Nothing may stay stored for a manifest with invalid rows (unless they are to be skipped): a new
+    /// run that turns out invalid is discarded at the end of the pass (it was never sent); a run already
+    /// in the store is checked in a first pass before anything of it changes.
     public func prepare(_ options: RunOptions) async throws -> Preparation {
-        let preview = try Previewer(options: validation, renderer: renderer, sampleLimit: 0).run(path: options.manifest)
-        var preparation = Preparation(preview: preview)
-        if !preview.isValid && !options.skipInvalid { return preparation }
-        let now = wallClock()
+        let previewer = Previewer(options: validation, renderer: renderer, sampleLimit: 0)
         let existing = try await store.run(named: options.run)
         if let existing, options.nameDerived, existing.manifest.split(separator: "/").last != options.manifest.split(separator: "/").last {
             throw RunNameConflict(run: options.run, existingManifest: existing.manifest, manifest: options.manifest)
         }
+        if existing != nil && !options.skipInvalid {
+            let check = try previewer.run(path: options.manifest)
+            if !check.isValid { return Preparation(preview: check) }
+        }
+        let now = wallClock()
         try await store.saveRun(RunRecord(name: options.run, manifest: options.manifest, template: renderer.template.name,
-                                          sender: client.configuration.phoneNumberID, status: "sending",
+                                          sender: client.configuration.phoneNumberID, status: .sending,
                                           createdAt: existing?.createdAt ?? now))
-        preparation.interrupted = try await store.markInterrupted(run: options.run, at: now)
+        let interrupted = try await store.markInterrupted(run: options.run, at: now)
         let optedOut = try await OptOutList.load(from: store)
 
-        var invoices: [InvoiceRecord] = []
-        var messages: [NewMessage] = []
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
-        func flush() async throws {
-            if !invoices.isEmpty { try await store.addInvoices(invoices) }
-            invoices.removeAll(keepingCapacity: true)
-            guard !messages.isEmpty else { return }
-            let batch = messages
-            messages.removeAll(keepingCapacity: true)
-            for (message, outcome) in zip(batch, try await store.addMessages(batch)) {
-                switch outcome {
-                case .inserted:
-                    if message.state == .queued { preparation.queued += 1 }
-                    if message.skipReason?.hasPrefix("opted out") == true { preparation.optedOut += 1 }
-                case .exists(_, let run, let state) where run == options.run:
-                    if state == .queued { preparation.resumed += 1 }
-                case .exists(let id, let run, let state):
-                    // Sent (or tried) by an earlier run.
-                    if options.resend {
-                        var generation = 2
-                        while try await store.message("\(id)-r\(generation)") != nil { generation += 1 }
-                        var again = message
-                        again.id = "\(id)-r\(generation)"
-                        again.requestBody = again.requestBody?.replacingOccurrences(of: "\"\(id)\"", with: "\"\(again.id)\"")
-                        _ = try await store.addMessages([again])
-                        preparation.queued += 1
+        let pipe = BatchPipe<PreparedBatch>(depth: Self.preparationDepth)
+        let run = options.run
+        let template = renderer.template.name
+        let renderer = self.renderer
+        async let read: PreviewResult = onOwnThread {
+            defer { pipe.finish() }
+            var batch = PreparedBatch()
+            func handOver() throws {
+                if batch.invoices.count >= Self.preparationBatch {
+                    try pipe.put(batch)
+                    batch = PreparedBatch()
+                }
+            }
+            let preview = try previewer.run(path: options.manifest) { invoice, rendered in
+                batch.invoices.append(InvoiceRecord(run: run, invoice: invoice))
+                for message in rendered {
+                    var new = NewMessage(id: message.id, run: run, invoiceID: invoice.invoiceID, phone: message.phone,
+                                         template: message.key.template, language: message.language)
+                    if optedOut.contains(message.phone) {
+                        new.state = .skipped
+                        new.skipReason = "opted out: the tenant asked to stop receiving messages"
                     } else {
-                        var skipped = message
-                        skipped.id = "\(id)@\(options.run)"
-                        skipped.state = .skipped
-                        skipped.skipReason = "already sent in run \(run) (\(state.rawValue)); --resend sends it again"
-                        skipped.requestBody = nil
-                        _ = try await store.addMessages([skipped])
-                        preparation.alreadySent += 1
+                        new.requestBody = message.request.jsonBody
                     }
+                    batch.messages.append(new)
                 }
-            }
-        }
-        let importer = ManifestImporter(options: validation)
-        _ = try importer.importManifest(path: options.manifest) { invoice in
-            guard case .success(let rendered) = renderer.render(invoice) else { return }  // counted by the preview
-            invoices.append(InvoiceRecord(run: options.run, invoice: invoice))
-            for message in rendered {
-                var new = NewMessage(id: message.id, run: options.run, invoiceID: invoice.invoiceID, phone: message.phone,
-                                     template: message.key.template, language: message.language)
-                if optedOut.contains(message.phone) {
-                    new.state = .skipped
-                    new.skipReason = "opted out: the tenant asked to stop receiving messages"
-                } else {
-                    new.requestBody = String(decoding: try encoder.encode(message.request), as: UTF8.self)
+                try handOver()
+            } onSkipped: { invoice, reason in
+                batch.invoices.append(InvoiceRecord(run: run, invoice: invoice, skipReason: reason))
+                for phone in invoice.phones {
+                    let key = MessageKey(invoiceID: invoice.invoiceID, phone: phone, template: template)
+                    batch.messages.append(NewMessage(id: "\(key.messageID)@\(run)", run: run, invoiceID: invoice.invoiceID, phone: phone,
+                                                     template: template, language: renderer.language(for: invoice.locale).code,
+                                                     state: .skipped, skipReason: reason))
                 }
-                messages.append(new)
+                try handOver()
             }
-        } onSkipped: { invoice, reason in
-            invoices.append(InvoiceRecord(run: options.run, invoice: invoice, skipReason: reason))
-            for phone in invoice.phones {
-                let key = MessageKey(invoiceID: invoice.invoiceID, phone: phone, template: renderer.template.name)
-                messages.append(NewMessage(id: "\(key.messageID)@\(options.run)", run: options.run, invoiceID: invoice.invoiceID, phone: phone,
-                                           template: renderer.template.name, language: renderer.language(for: invoice.locale).code,
-                                           state: .skipped, skipReason: reason))
-            }
+            if !batch.invoices.isEmpty { try pipe.put(batch) }
+            return preview
         }
-        // The callbacks above cannot await: store what they gathered.
-        try await flush()
+        var preparation = Preparation(preview: PreviewResult(manifest: options.manifest, format: .csv, templateName: template))
+        preparation.interrupted = interrupted
+        do {
+            for await batch in pipe.batches {
+                try await store(batch, into: &preparation, options: options)
+                pipe.taken()
+            }
+        } catch {
+            pipe.close()
+            _ = try? await read
+            if existing == nil { _ = try? await store.discardUnsentRun(options.run) }
+            throw error
+        }
+        do {
+            preparation.preview = try await read
+        } catch {
+            if existing == nil { _ = try? await store.discardUnsentRun(options.run) }
+            throw error
+        }
+        if !preparation.preview.isValid && !options.skipInvalid {
+            // Only a new run gets here (an existing one was checked first): it was never sent.
+            _ = try await store.discardUnsentRun(options.run)
+            return Preparation(preview: preparation.preview)
+        }
         return preparation
+    }
+
+    /// Writes one batch of the preparation and counts what became of its messages.
+    private func store(_ batch: PreparedBatch, into preparation: inout Preparation, options: RunOptions) async throws {
+        try await store.addInvoices(batch.invoices)
+        for (message, outcome) in zip(batch.messages, try await store.addMessages(batch.messages)) {
+            switch outcome {
+            case .inserted:
+                if message.state == .queued { preparation.queued += 1 }
+                if message.skipReason?.hasPrefix("opted out") == true { preparation.optedOut += 1 }
+            case .exists(_, let run, let state) where run == options.run:
+                if state == .queued { preparation.resumed += 1 }
+            case .exists(let id, let run, let state):
+                // Sent (or tried) by an earlier run.
+                if options.resend {
+                    var generation = 2
+                    while try await store.message("\(id)-r\(generation)") != nil { generation += 1 }
+                    var again = message
+                    again.id = "\(id)-r\(generation)"
+                    again.requestBody = again.requestBody?.replacingOccurrences(of: "\"\(id)\"", with: "\"\(again.id)\"")
+                    _ = try await store.addMessages([again])
+                    preparation.queued += 1
+                } else {
+                    var skipped = message
+                    skipped.id = "\(id)@\(options.run)"
+                    skipped.state = .skipped
+                    skipped.skipReason = "already sent in run \(run) (\(state.rawValue)); --resend sends it again"
+                    skipped.requestBody = nil
+                    _ = try await store.addMessages([skipped])
+                    preparation.alreadySent += 1
+                }
+            }
+        }
     }
 
     // MARK: - Sending
@@ -237,6 +292,7 @@ public final class RunEngine: Sendable {
         var inFlight = 0
         let started = clock.now
         var lastProgress = started
+        var lastForget = started
         var failure: (any Error)? = nil
 
         // The queue is read ahead by a feeder, so the loop never waits on a page of the database.
@@ -380,6 +436,13 @@ public final class RunEngine: Sendable {
             }
 
             let now = clock.now
+            if now - lastForget >= .seconds(1) && lastSent.count + queue.remembered > 8192 {
+                // Numbers last sent to more than a pair interval ago: nothing to remember.
+                lastForget = now
+                let horizon = now - options.pairSpacing - .seconds(1)
+                lastSent = lastSent.filter { $0.value > horizon }
+                queue.forgetPast(now)
+            }
             if let progress, now - lastProgress >= .milliseconds(500) {
                 lastProgress = now
                 progress(control.progress(queued: queue.count + ready.count - readyIndex + inFlight, elapsed: now - started))
@@ -519,7 +582,7 @@ public final class RunEngine: Sendable {
             case .transient:
                 return transient(error)
             case .waitDay:
-                let notBefore = Date().addingTimeInterval(86_400).formatted(.iso8601)
+                let notBefore = iso8601(wallClock() + 86_400) ?? ""
                 return fail(SendError(code: e.code, title: e.title, details: "Meta's per-user limit: retry not before \(notBefore)"))
             case .halt where e.code == 132001:
                 // The template is missing in this language at Meta (132001 is per template and

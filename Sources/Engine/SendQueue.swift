@@ -78,6 +78,14 @@ struct SendQueue {
         return nil
     }
 
+    /// Forgets the numbers whose pair interval is over (they hold nothing back any more), so that a
+    /// million-message run does not keep a million entries.
+    mutating func forgetPast(_ now: ContinuousClock.Instant) {
+        nextAllowed = nextAllowed.filter { $0.value > now }
+    }
+
+    var remembered: Int { nextAllowed.count }
+
     /// A send to this number was refused before reaching the tenant: it does not count for the pair rule.
     mutating func release(_ phone: String) {
         nextAllowed[phone] = nil

@@ -1,7 +1,6 @@
 import Foundation
-public import Dispatcher
+import Dispatcher
 public import Store
-public import WhatsApp
 
 /// Another process is sending from this number.
 public struct SenderBusy: Error, CustomStringConvertible {

@@ -1,3 +1,4 @@
+import Dispatcher
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

@@ -75,7 +75,7 @@ struct DeliveryPage {
         self.run = run.name + (landlordFilter.map { " · \($0)" } ?? "")
         facts = [
             Fact(label: l.manifest, value: run.manifest), Fact(label: l.template, value: run.template), Fact(label: l.sender, value: run.sender),
-            Fact(label: l.status, value: run.status + (run.haltReason.map { ": \($0)" } ?? "")),
+            Fact(label: l.status, value: run.status.rawValue + (run.haltReason.map { ": \($0)" } ?? "")),
             Fact(label: l.created, value: iso(run.createdAt)), Fact(label: l.finished, value: iso(run.finishedAt)),
         ]
         if let settle { facts.append(Fact(label: l.settle, value: settle)) }
@@ -144,6 +144,6 @@ struct DeliveryPage {
                 ? Date(timeIntervalSince1970: Double(minute * 60)).formatted(.iso8601.time(includingFractionalSeconds: false)).prefix(5).description : nil
             return Column(x: 40 + i * width, sendY: 120 - sends, sendHeight: sends, deliveredY: 120 - deliveries, deliveredHeight: deliveries, label: label)
         }
-        self.generatedAt = generatedAt.formatted(.iso8601)
+        self.generatedAt = iso(generatedAt.timeIntervalSince1970)
     }
 }

@@ -140,7 +140,7 @@ struct PreviewPage {
         manifestName = (r.manifest as NSString).lastPathComponent
         manifestPath = r.manifest
         templateName = r.templateName
-        self.generatedAt = ISO8601DateFormatter().string(from: generatedAt)
+        self.generatedAt = iso(generatedAt.timeIntervalSince1970)
         stats = [
             Stat(label: "invoices in the manifest", value: "\(r.invoices)", tone: ""),
             Stat(label: "messages to send", value: "\(r.messages)", tone: ""),

@@ -410,7 +410,7 @@ struct RunView: Encodable {
         manifest = s.run.manifest
         template = s.run.template
         sender = s.run.sender
-        status = s.run.status
+        status = s.run.status.rawValue
         createdAt = iso8601(s.run.createdAt)
         finishedAt = iso8601(s.run.finishedAt)
         haltReason = s.run.haltReason

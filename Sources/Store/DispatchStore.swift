@@ -44,6 +44,10 @@ public protocol DispatchStore: Sendable {
     /// the attempts about to leave (a message requeued by one of the outcomes may begin again in
     /// the same write). Returns each begun message's attempt number.
     func recordLedger(outcomes: [AttemptOutcome], begin messageIDs: [String], at time: Double) async throws -> [String: Int]
+    /// Deletes a run, its invoices and its messages, but only when none of its messages was ever
+    /// attempted (a run prepared from a manifest that turned out invalid). Returns false, deleting
+    /// nothing, when any message has an attempt.
+    func discardUnsentRun(_ name: String) async throws -> Bool
     /// After a crash: messages left `sending` become `unknown` (the request may have left). Returns how many.
     func markInterrupted(run: String, at time: Double) async throws -> Int
     /// Messages waiting to be sent in a run, in order, a page at a time: only what sending needs
@@ -181,19 +185,37 @@ public struct InboundRecord: Sendable, Equatable {
 
 // MARK: - Records
 
+/// Where a billing run stands, as `status` shows it and the store keeps it (as text).
+public enum RunStatus: String, Sendable, Codable, CaseIterable {
+    /// Saved, nothing prepared yet.
+    case created
+    /// Prepared; its queue is being sent (also what a crash leaves).
+    case sending
+    /// Everything sent; waiting for the last statuses.
+    case settling
+    case done
+    /// Stopped by an error that dooms the run (token, payment, template); what was not sent is queued.
+    case halted
+    /// Stopped by SIGINT/SIGTERM; the same command continues it.
+    case interrupted
+
+    /// As the store keeps it. Only this code writes the column; a value it does not know (a newer
+    /// version's) reads as `sending`, the state that promises least.
+    init(stored text: String) { self = RunStatus(rawValue: text) ?? .sending }
+}
+
 public struct RunRecord: Sendable, Codable, Equatable {
     public var name: String
     public var manifest: String
     public var template: String
     /// The sender's phone number id.
     public var sender: String
-    /// `created`, `sending`, `settling`, `done`, `halted`.
-    public var status: String
+    public var status: RunStatus
     public var createdAt: Double
     public var finishedAt: Double?
     public var haltReason: String?
 
-    public init(name: String, manifest: String, template: String, sender: String, status: String = "created",
+    public init(name: String, manifest: String, template: String, sender: String, status: RunStatus = .created,
                 createdAt: Double, finishedAt: Double? = nil, haltReason: String? = nil) {
         self.name = name
         self.manifest = manifest

@@ -39,15 +39,51 @@ public enum MessageState: String, Sendable, Codable, CaseIterable, Comparable {
 
     /// The state a webhook status leads to from this one, or nil when it changes nothing.
     ///
-    /// The same rule as the SQL in the stores (tests hold them to each other): applying any
-    /// permutation of a message's statuses ends in the same state.
+    /// `StatusRule.all` is the rule; both engines' SQL is generated from it (tests hold them to
+    /// each other): applying any permutation of a message's statuses ends in the same state.
     public func applying(_ status: String) -> MessageState? {
-        switch status {
-        case "sent": rank < MessageState.sent.rank ? .sent : nil
-        case "delivered": (self == .failed || rank < MessageState.delivered.rank) ? .delivered : nil
-        case "read": (self == .failed || rank < MessageState.read.rank) ? .read : nil
-        case "failed": (self == .delivered || self == .read || self == .skipped || self == .failed) ? nil : .failed
-        default: nil
-        }
+        guard let rule = StatusRule.for(status), rule.moves(from: self) else { return nil }
+        return rule.target
+    }
+}
+
+/// The forward-only rule, as data: the one place it is written. A status moves a message to its
+/// target when the message's rank is lower (and it is not one the rule keeps), or when the message
+/// is in a state the rule overrides (a late `delivered` proves a `failed` wrong). `SQLiteStore` and
+/// `PostgresSchema` generate their SQL from this table; `MessageState.applying` reads it.
+public struct StatusRule: Sendable {
+    /// Meta's status, as its webhook spells it.
+    public let status: String
+    public let target: MessageState
+    /// The message's column keeping the earliest time Meta gave for this status.
+    public let timeColumn: String
+    /// Lower-ranked states this status does not move.
+    public let keeps: [MessageState]
+    /// States this status moves although their rank is not lower.
+    public let overrides: [MessageState]
+    /// The status carries Meta's error code, title and details, kept with the message.
+    public let recordsError: Bool
+
+    public static let all: [StatusRule] = [
+        StatusRule(status: "sent", target: .sent, timeColumn: "sent_at", keeps: [], overrides: [], recordsError: false),
+        StatusRule(status: "delivered", target: .delivered, timeColumn: "delivered_at", keeps: [], overrides: [.failed], recordsError: false),
+        StatusRule(status: "read", target: .read, timeColumn: "read_at", keeps: [], overrides: [.failed], recordsError: false),
+        StatusRule(status: "failed", target: .failed, timeColumn: "failed_at", keeps: [.delivered, .read], overrides: [], recordsError: true),
+    ]
+
+    /// The rule of a status; nil for `played` and any status Meta adds later (kept in the history only).
+    public static func `for`(_ status: String) -> StatusRule? { all.first { $0.status == status } }
+
+    public func moves(from state: MessageState) -> Bool {
+        (state.rank < target.rank && !keeps.contains(state)) || overrides.contains(state)
+    }
+
+    /// The same test in SQL, on a `messages` row's `state` and `state_rank`.
+    public var sqlCondition: String {
+        func list(_ states: [MessageState]) -> String { states.map { "'\($0.rawValue)'" }.joined(separator: ", ") }
+        var condition = "state_rank < \(target.rank)"
+        if !keeps.isEmpty { condition += " AND state NOT IN (\(list(keeps)))" }
+        if !overrides.isEmpty { condition = "(\(condition) OR state IN (\(list(overrides))))" }
+        return condition
     }
 }

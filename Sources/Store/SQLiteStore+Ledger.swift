@@ -73,6 +73,19 @@ extension SQLiteStore {
         }
     }
 
+    public func discardUnsentRun(_ name: String) async throws -> Bool {
+        try await pool.write { db in
+            let attempted = try Bool.fetchOne(db, sql: """
+                SELECT EXISTS (SELECT 1 FROM attempts WHERE message_id IN (SELECT id FROM messages WHERE run = ?))
+                """, arguments: [name]) ?? false
+            guard !attempted else { return false }
+            try db.execute(sql: "DELETE FROM messages WHERE run = ?", arguments: [name])
+            try db.execute(sql: "DELETE FROM invoices WHERE run = ?", arguments: [name])
+            try db.execute(sql: "DELETE FROM runs WHERE name = ?", arguments: [name])
+            return true
+        }
+    }
+
     public func markInterrupted(run: String, at time: Double) async throws -> Int {
         try await pool.write { db in
             try db.execute(sql: """

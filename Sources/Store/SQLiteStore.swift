@@ -207,7 +207,7 @@ public final class SQLiteStore: DispatchStore {
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(name) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at,
                     halt_reason = excluded.halt_reason
-                """, arguments: [run.name, run.manifest, run.template, run.sender, run.status, run.createdAt, run.finishedAt, run.haltReason])
+                """, arguments: [run.name, run.manifest, run.template, run.sender, run.status.rawValue, run.createdAt, run.finishedAt, run.haltReason])
         }
     }
 
@@ -456,12 +456,12 @@ public final class SQLiteStore: DispatchStore {
     /// timestamp Meta gave for each status and learns the wamid. Returns the new state if it changed
     /// (from `current`, read in the same transaction).
     static func apply(_ db: Database, _ u: StatusUpdate, to messageID: String, from current: MessageState, at time: Double) throws -> MessageState? {
-        guard let (condition, column) = rule(for: u.status), let state = MessageState(rawValue: u.status) else {
+        guard let rule = StatusRule.for(u.status) else {
             // `played`, future values: kept in the history; only the wamid is learnt.
             try db.cachedStatement(sql: "UPDATE messages SET wamid = COALESCE(wamid, ?) WHERE id = ?").execute(arguments: [u.wamid, messageID])
             return nil
         }
-        let failed = u.status == "failed"
+        let (condition, column, state, failed) = (rule.sqlCondition, rule.timeColumn, rule.target, rule.recordsError)
         let errors = failed ? """
             , error_code = CASE WHEN \(condition) THEN ?5 ELSE error_code END,
             error_title = CASE WHEN \(condition) THEN ?6 ELSE error_title END,
@@ -480,17 +480,6 @@ public final class SQLiteStore: DispatchStore {
         if failed { arguments += [u.errorCode, u.errorTitle, u.errorDetails] }
         try statement.execute(arguments: arguments)
         return current.applying(u.status)
-    }
-
-    /// The condition under which a status moves a message, and the column of its time.
-    static func rule(for status: String) -> (condition: String, column: String)? {
-        switch status {
-        case "sent": ("state_rank < \(MessageState.sent.rank)", "sent_at")
-        case "delivered": ("(state = 'failed' OR state_rank < \(MessageState.delivered.rank))", "delivered_at")
-        case "read": ("(state = 'failed' OR state_rank < \(MessageState.read.rank))", "read_at")
-        case "failed": ("state NOT IN ('delivered', 'read', 'skipped', 'failed')", "failed_at")
-        default: nil
-        }
     }
 
     /// Applies statuses that arrived before their message was known, in Meta's time order.
@@ -649,7 +638,7 @@ enum SenderLeaseSQL {
 extension RunRecord {
     init(row: Row) {
         self.init(name: row["name"], manifest: row["manifest"], template: row["template"], sender: row["sender"],
-                  status: row["status"], createdAt: row["created_at"], finishedAt: row["finished_at"], haltReason: row["halt_reason"])
+                  status: RunStatus(stored: row["status"]), createdAt: row["created_at"], finishedAt: row["finished_at"], haltReason: row["halt_reason"])
     }
 }
 

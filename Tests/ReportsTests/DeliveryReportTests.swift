@@ -14,7 +14,7 @@ func reportStore(_ engine: StoreEngine = .sqlite) async throws -> any DispatchSt
 
 /// A run: two landlords, DOP and USD, messages in every state.
 func seedReport(_ store: any DispatchStore, states: [(invoice: String, landlord: String, amount: Int64, currency: String, state: MessageState, code: Int?)]) async throws {
-    try await store.saveRun(RunRecord(name: "march", manifest: "m.csv", template: "invoice", sender: "123", status: "done", createdAt: 1_772_000_000))
+    try await store.saveRun(RunRecord(name: "march", manifest: "m.csv", template: "invoice", sender: "123", status: .done, createdAt: 1_772_000_000))
     try await store.addInvoices(states.map {
         InvoiceRecord(run: "march", invoiceID: $0.invoice, line: 2, tenantName: "Tenant \($0.invoice), \"quoted\"", landlord: $0.landlord,
                       amountMinor: $0.amount, currency: $0.currency, period: "2026-03", locale: "es-DO", email: "=cmd|' /C calc'!A0")

@@ -215,4 +215,46 @@ struct RunEngineTests {
             #expect(skipped.first?.skipReason?.contains("opted out") == true)
         }
     }
+
+    @Test("a manifest invalid at its last row stores nothing, though batches of it were written; with --skip-invalid the rest is queued",
+          arguments: engines)
+    func invalidAfterBatches(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine) { h in
+            let e = try makeEngine(h)
+            do {
+                try await invalidAfterBatches(h, e)
+                try await e.client.shutdown()
+            } catch {
+                try? await e.client.shutdown()
+                throw error
+            }
+        }
+    }
+
+    func invalidAfterBatches(_ h: Harness, _ e: RunEngine) async throws {
+        // More invoices than a preparation batch, so that batches reach the store before the bad row is read.
+        let count = RunEngine.preparationBatch * 2 + 500
+        var phones = (0..<count).map { "1809\(String(format: "%07d", 1_000_000 + $0))" }
+        phones[count - 1] = "12"  // too short to be a phone number
+        let path = try manifest(phones)
+        let options = RunOptions(run: "big", manifest: path, rate: 200)
+        let refused = try await e.prepare(options)
+        #expect(!refused.preview.isValid)
+        #expect(refused.preview.errors.first?.line == count + 1)
+        #expect(refused.queued == 0)
+        #expect(try await h.store.run(named: "big") == nil)
+        #expect(try await h.store.stateCounts(run: "big").isEmpty)
+        #expect(try await h.store.reportRows(run: "big", after: nil, limit: 10).isEmpty)
+
+        var skipping = options
+        skipping.skipInvalid = true
+        let taken = try await e.prepare(skipping)
+        #expect(taken.queued == count - 1)
+        #expect(try await h.store.stateCounts(run: "big") == [.queued: count - 1])
+        // The same manifest again, still invalid, on the run now stored: nothing of it changes.
+        let again = try await e.prepare(options)
+        #expect(!again.preview.isValid && again.queued == 0 && again.resumed == 0)
+        #expect(try await h.store.stateCounts(run: "big") == [.queued: count - 1])
+        #expect(try await h.requests().isEmpty)
+    }
 }

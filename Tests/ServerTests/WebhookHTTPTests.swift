@@ -152,7 +152,7 @@ struct WebhookHTTPTests {
     @Test("2026 username users: a STOP with from_user_id and no from is kept and opts the user id out; a status's recipient_user_id is learnt for the number", arguments: engines)
     func usernameUsers(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
-        try await store.saveRun(RunRecord(name: "t", manifest: "m.csv", template: "invoice", sender: "123", status: "sending", createdAt: 0))
+        try await store.saveRun(RunRecord(name: "t", manifest: "m.csv", template: "invoice", sender: "123", status: .sending, createdAt: 0))
         _ = try await store.addMessages([NewMessage(id: "m-1", run: "t", invoiceID: "INV-1", phone: "18095550101", template: "invoice",
                                                     language: "es", requestBody: "{}")])
         try await store.recordAccepted(messageID: "m-1", attempt: try await store.beginAttempt(messageID: "m-1", at: 1), wamid: "wamid.A", at: 2)

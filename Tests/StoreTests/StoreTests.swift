@@ -17,6 +17,24 @@ struct StoreTests {
         #expect(try await store.stateCounts(run: "march-again").isEmpty)
     }
 
+    @Test("a run never sent can be discarded whole; one with any attempt cannot, and nothing of it goes", arguments: engines)
+    func discardUnsent(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        _ = try await seed(store, run: "invalid", phones: ["18095550101", "18095550102"])
+        let sent = try await seed(store, run: "sent", invoice: "INV-2")
+        _ = try await store.beginAttempt(messageID: sent[0], at: 1)
+
+        #expect(try await store.discardUnsentRun("invalid"))
+        #expect(try await store.run(named: "invalid") == nil)
+        #expect(try await store.stateCounts(run: "invalid").isEmpty)
+        #expect(try await store.reportRows(run: "invalid", after: nil, limit: 10).isEmpty)
+
+        #expect(try await store.discardUnsentRun("sent") == false)
+        #expect(try await store.run(named: "sent") != nil)
+        #expect(try await store.stateCounts(run: "sent") == [.sending: 1])
+        #expect(try await store.attempts(messageID: sent[0]).count == 1)
+    }
+
     @Test("every ordering of a message's statuses ends in the same state, the one the rule gives", arguments: engines, [
         ["sent", "delivered", "read", "failed"], ["sent", "failed"], ["failed", "delivered"], ["sent", "delivered", "failed"],
         ["read", "delivered"], ["sent", "read"], ["failed", "read", "sent"], ["delivered", "sent"],

@@ -25,11 +25,18 @@ public struct PreviewResult: Sendable {
     public var billed: [String: Money] = [:]
 
     public var isValid: Bool { errorCount == 0 }
+
+    /// Nothing found yet.
+    public init(manifest: String, format: ManifestFormat, templateName: String) {
+        self.manifest = manifest
+        self.format = format
+        self.templateName = templateName
+    }
 }
 
 /// Import, validate and render a manifest without sending anything: the dry run, and the first
 /// half of every billing run.
-public struct Previewer {
+public struct Previewer: Sendable {
     public var options: ValidationOptions
     public var renderer: MessageRenderer
     /// How many rendered messages to keep for the report.
@@ -44,6 +51,15 @@ public struct Previewer {
     /// Runs the preview, calling `onMessage` for every message that would be sent, in order.
     public func run(path: String, format: ManifestFormat? = nil,
                     onMessage: (RenderedMessage) throws -> Void = { _ in }) throws -> PreviewResult {
+        try run(path: path, format: format, onInvoice: { _, messages in for m in messages { try onMessage(m) } })
+    }
+
+    /// Runs the preview in one pass, handing over each invoice as its verdict is known: `onInvoice`
+    /// for a valid one with its messages (what a billing run stores and sends), `onSkipped` for one
+    /// with nothing due. Invalid records reach neither; they are in the result's errors.
+    public func run(path: String, format: ManifestFormat? = nil,
+                    onInvoice: (Invoice, [RenderedMessage]) throws -> Void,
+                    onSkipped: (Invoice, String) throws -> Void = { _, _ in }) throws -> PreviewResult {
         let format = format ?? ManifestFormat.detect(path: path)
         var result = PreviewResult(manifest: path, format: format, templateName: renderer.template.name)
         var recipients = Set<UInt64>()
@@ -71,14 +87,16 @@ public struct Previewer {
                     if message.languageFallback { result.languageFallbacks += 1 }
                     result.languages[message.language, default: 0] += 1
                     if result.samples.count < sampleLimit { result.samples.append(message) }
-                    try onMessage(message)
                 }
+                try onInvoice(invoice, messages)
             case .failure(let problems):
                 let issues = problems.issues
                 renderInvalid += 1
                 renderIssueCount += issues.count
                 if renderIssues.count < ManifestImporter.issueLimit { renderIssues.append(contentsOf: issues) }
             }
+        } onSkipped: { invoice, reason in
+            try onSkipped(invoice, reason)
         }
         result.invoices = summary.records
         result.recipients = recipients.count

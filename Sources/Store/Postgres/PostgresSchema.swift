@@ -154,6 +154,9 @@ enum PostgresSchema {
             )
             """,
         ]),
+        // Functions are written once, as they are now: a migration that changes one re-creates it
+        // (CREATE OR REPLACE), and an earlier migration creating it uses the same text (PL/pgSQL
+        // resolves tables and functions when it runs, so v3 may name what v4 adds).
         Migration(name: "v3: intake and ledger functions", statements: [applyStatus, attachPending, ingest, beginAttempts, recordOutcomes]),
         Migration(name: "v4: opt-outs under every id Meta gives a tenant", statements: [
             "ALTER TABLE inbound_messages ADD COLUMN from_user_id TEXT",
@@ -187,9 +190,57 @@ enum PostgresSchema {
             )
             """,
             "CREATE INDEX recipient_ids_id ON recipient_ids(id)",
-            learn, optOut, ingestV4, recordOutcomesV4,
+            learn, optOut, ingest, recordOutcomes,
         ]),
+        Migration(name: "v5: the forward-only rule generated from StatusRule", statements: [applyStatus]),
     ]
+
+    /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one
+    /// UPDATE per status whose CASE conditions read the row as it was. The row is locked first, so
+    /// the state returned (the new one, or NULL when the status changed nothing) is exact even with
+    /// several receivers. Keeps the earliest time Meta gave for each status and learns the wamid.
+    static let applyStatus: String = {
+        var branches = ""
+        for (i, rule) in StatusRule.all.enumerated() {
+            let c = rule.sqlCondition
+            let errors = rule.recordsError ? """
+                ,
+                                error_code = CASE WHEN \(c) THEN p_code ELSE error_code END,
+                                error_title = CASE WHEN \(c) THEN p_title ELSE error_title END,
+                                error_details = CASE WHEN \(c) THEN p_details ELSE error_details END
+                """ : ""
+            branches += """
+                            \(i == 0 ? "IF" : "ELSIF") p_status = '\(rule.status)' THEN
+                                UPDATE messages SET \(rule.timeColumn) = LEAST(\(rule.timeColumn), p_ts), wamid = COALESCE(wamid, p_wamid),
+                                    state = CASE WHEN \(c) THEN '\(rule.target.rawValue)' ELSE state END,
+                                    state_rank = CASE WHEN \(c) THEN \(rule.target.rank) ELSE state_rank END,
+                                    updated_at = CASE WHEN \(c) THEN p_time ELSE updated_at END\(errors)
+                                WHERE id = p_message RETURNING state INTO new_state;
+
+                """
+        }
+        return """
+            CREATE OR REPLACE FUNCTION dispatcher_apply_status(p_message TEXT, p_wamid TEXT, p_status TEXT, p_ts DOUBLE PRECISION,
+                p_code INTEGER, p_title TEXT, p_details TEXT, p_time DOUBLE PRECISION) RETURNS TEXT
+            LANGUAGE plpgsql AS $$
+            DECLARE
+                old_state TEXT;
+                new_state TEXT;
+            BEGIN
+                SELECT state INTO old_state FROM messages WHERE id = p_message FOR UPDATE;
+            \(branches)    ELSE
+                    -- played, or a value Meta adds later: kept in the history; only the wamid is learnt.
+                    UPDATE messages SET wamid = COALESCE(wamid, p_wamid) WHERE id = p_message;
+                    RETURN NULL;
+                END IF;
+                IF new_state IS DISTINCT FROM old_state THEN
+                    RETURN new_state;
+                END IF;
+                RETURN NULL;
+            END
+            $$
+            """
+    }()
 
     /// Remembers another id Meta gave for a number we sent to (as `SQLiteStore.learn`).
     static let learn = """
@@ -223,11 +274,11 @@ enum PostgresSchema {
         $$
         """
 
-    /// `ingest` as of v4: learns the ids statuses give for a number (`recipient_id`,
+    /// `ingest`: learns the ids statuses give for a number (`recipient_id`,
     /// `recipient_user_id`); inbound messages may come with a user id and no number; a STOP is
     /// kept under both, and only the first time its message arrives (a redelivered STOP must not
     /// undo an opt-in made since).
-    static let ingestV4 = """
+    static let ingest = """
         CREATE OR REPLACE FUNCTION dispatcher_ingest(p_time DOUBLE PRECISION, p_signature TEXT, p_body BYTEA, p_parse_error TEXT,
             p_status_count INTEGER, p_statuses JSONB, p_inbound JSONB,
             OUT r_payload BIGINT, OUT r_duplicates INTEGER, OUT r_unmatched INTEGER, OUT r_inbound INTEGER, OUT r_opt_outs INTEGER,
@@ -301,8 +352,8 @@ enum PostgresSchema {
         $$
         """
 
-    /// `recordOutcomes` as of v4: an accepted send whose `wa_id` differs from the number is remembered.
-    static let recordOutcomesV4 = """
+    /// `recordOutcomes`: an accepted send whose `wa_id` differs from the number is remembered.
+    static let recordOutcomes = """
         CREATE OR REPLACE FUNCTION dispatcher_record_outcomes(p_outcomes JSONB, p_time DOUBLE PRECISION) RETURNS VOID
         LANGUAGE plpgsql AS $$
         DECLARE
@@ -342,59 +393,6 @@ enum PostgresSchema {
         $$
         """
 
-    /// The forward-only rule, as in `SQLiteStore.apply` and `MessageState.applying`: one UPDATE per
-    /// status whose CASE conditions read the row as it was. The row is locked first, so the state
-    /// returned (the new one, or NULL when the status changed nothing) is exact even with several
-    /// receivers. Keeps the earliest time Meta gave for each status and learns the wamid.
-    static let applyStatus = """
-        CREATE OR REPLACE FUNCTION dispatcher_apply_status(p_message TEXT, p_wamid TEXT, p_status TEXT, p_ts DOUBLE PRECISION,
-            p_code INTEGER, p_title TEXT, p_details TEXT, p_time DOUBLE PRECISION) RETURNS TEXT
-        LANGUAGE plpgsql AS $$
-        DECLARE
-            old_state TEXT;
-            new_state TEXT;
-        BEGIN
-            SELECT state INTO old_state FROM messages WHERE id = p_message FOR UPDATE;
-            IF p_status = 'sent' THEN
-                UPDATE messages SET sent_at = LEAST(sent_at, p_ts), wamid = COALESCE(wamid, p_wamid),
-                    state = CASE WHEN state_rank < 4 THEN 'sent' ELSE state END,
-                    state_rank = CASE WHEN state_rank < 4 THEN 4 ELSE state_rank END,
-                    updated_at = CASE WHEN state_rank < 4 THEN p_time ELSE updated_at END
-                WHERE id = p_message RETURNING state INTO new_state;
-            ELSIF p_status = 'delivered' THEN
-                UPDATE messages SET delivered_at = LEAST(delivered_at, p_ts), wamid = COALESCE(wamid, p_wamid),
-                    state = CASE WHEN state = 'failed' OR state_rank < 5 THEN 'delivered' ELSE state END,
-                    state_rank = CASE WHEN state = 'failed' OR state_rank < 5 THEN 5 ELSE state_rank END,
-                    updated_at = CASE WHEN state = 'failed' OR state_rank < 5 THEN p_time ELSE updated_at END
-                WHERE id = p_message RETURNING state INTO new_state;
-            ELSIF p_status = 'read' THEN
-                UPDATE messages SET read_at = LEAST(read_at, p_ts), wamid = COALESCE(wamid, p_wamid),
-                    state = CASE WHEN state = 'failed' OR state_rank < 6 THEN 'read' ELSE state END,
-                    state_rank = CASE WHEN state = 'failed' OR state_rank < 6 THEN 6 ELSE state_rank END,
-                    updated_at = CASE WHEN state = 'failed' OR state_rank < 6 THEN p_time ELSE updated_at END
-                WHERE id = p_message RETURNING state INTO new_state;
-            ELSIF p_status = 'failed' THEN
-                UPDATE messages SET failed_at = LEAST(failed_at, p_ts), wamid = COALESCE(wamid, p_wamid),
-                    state = CASE WHEN state NOT IN ('delivered', 'read', 'skipped', 'failed') THEN 'failed' ELSE state END,
-                    state_rank = CASE WHEN state NOT IN ('delivered', 'read', 'skipped', 'failed') THEN 7 ELSE state_rank END,
-                    updated_at = CASE WHEN state NOT IN ('delivered', 'read', 'skipped', 'failed') THEN p_time ELSE updated_at END,
-                    error_code = CASE WHEN state NOT IN ('delivered', 'read', 'skipped', 'failed') THEN p_code ELSE error_code END,
-                    error_title = CASE WHEN state NOT IN ('delivered', 'read', 'skipped', 'failed') THEN p_title ELSE error_title END,
-                    error_details = CASE WHEN state NOT IN ('delivered', 'read', 'skipped', 'failed') THEN p_details ELSE error_details END
-                WHERE id = p_message RETURNING state INTO new_state;
-            ELSE
-                -- played, or a value Meta adds later: kept in the history; only the wamid is learnt.
-                UPDATE messages SET wamid = COALESCE(wamid, p_wamid) WHERE id = p_message;
-                RETURN NULL;
-            END IF;
-            IF new_state IS DISTINCT FROM old_state THEN
-                RETURN new_state;
-            END IF;
-            RETURN NULL;
-        END
-        $$
-        """
-
     /// Statuses that arrived before their message was known (`p_wamids[i]` is '' when the wamid
     /// is not known yet), applied in Meta's time order. Returns how many were attached.
     static let attachPending = """
@@ -426,71 +424,6 @@ enum PostgresSchema {
         $$
         """
 
-    /// One webhook POST, stored and applied in one statement (so in one transaction): the raw
-    /// bytes, then each status matched by wamid or by our id in `biz_opaque_callback_data`,
-    /// applied under the forward-only rule and kept in the history (a repeat changes nothing),
-    /// then inbound messages and opt-outs. Returns what the caller reports.
-    static let ingest = """
-        CREATE OR REPLACE FUNCTION dispatcher_ingest(p_time DOUBLE PRECISION, p_signature TEXT, p_body BYTEA, p_parse_error TEXT,
-            p_status_count INTEGER, p_statuses JSONB, p_inbound JSONB,
-            OUT r_payload BIGINT, OUT r_duplicates INTEGER, OUT r_unmatched INTEGER, OUT r_inbound INTEGER, OUT r_opt_outs INTEGER,
-            OUT r_applied TEXT[])
-        LANGUAGE plpgsql AS $$
-        DECLARE
-            s RECORD;
-            m_id TEXT;
-            new_state TEXT;
-            n INTEGER;
-        BEGIN
-            r_duplicates := 0; r_unmatched := 0; r_inbound := 0; r_opt_outs := 0; r_applied := '{}';
-            INSERT INTO webhook_payloads (received_at, signature, body, parse_error, statuses)
-                VALUES (p_time, p_signature, p_body, p_parse_error, p_status_count) RETURNING id INTO r_payload;
-            FOR s IN SELECT * FROM jsonb_to_recordset(COALESCE(p_statuses, '[]'::jsonb)) AS x(wamid TEXT, status TEXT,
-                         ts DOUBLE PRECISION, recipient TEXT, callback TEXT, code INTEGER, title TEXT, details TEXT, pricing TEXT) LOOP
-                SELECT id INTO m_id FROM messages WHERE wamid = s.wamid;
-                IF m_id IS NULL AND COALESCE(s.callback, '') <> '' THEN
-                    -- The send's response may have been lost: the status tells us the wamid.
-                    SELECT id INTO m_id FROM messages WHERE id = s.callback AND (wamid IS NULL OR wamid = s.wamid);
-                END IF;
-                new_state := NULL;
-                IF m_id IS NOT NULL THEN
-                    new_state := dispatcher_apply_status(m_id, s.wamid, s.status, s.ts, s.code, s.title, s.details, p_time);
-                END IF;
-                INSERT INTO status_events (payload_id, wamid, message_id, status, timestamp, received_at, recipient_id, callback_data,
-                    error_code, error_title, error_details, pricing_category, applied)
-                VALUES (r_payload, s.wamid, m_id, s.status, s.ts, p_time, s.recipient, s.callback, s.code, s.title, s.details,
-                    s.pricing, new_state IS NOT NULL)
-                ON CONFLICT (wamid, status, timestamp) DO NOTHING;
-                GET DIAGNOSTICS n = ROW_COUNT;
-                IF n = 0 THEN
-                    -- Seen before: it changed nothing then, unless it was waiting for its message.
-                    r_duplicates := r_duplicates + 1;
-                    CONTINUE;
-                END IF;
-                IF m_id IS NULL THEN
-                    r_unmatched := r_unmatched + 1;
-                END IF;
-                IF new_state IS NOT NULL THEN
-                    r_applied := array_append(r_applied, new_state);
-                END IF;
-            END LOOP;
-            FOR s IN SELECT * FROM jsonb_to_recordset(COALESCE(p_inbound, '[]'::jsonb)) AS x(wamid TEXT, sender TEXT,
-                         ts DOUBLE PRECISION, type TEXT, body TEXT, opt_out TEXT) LOOP
-                INSERT INTO inbound_messages (wamid, payload_id, from_phone, timestamp, type, body)
-                    VALUES (s.wamid, r_payload, s.sender, s.ts, s.type, s.body) ON CONFLICT (wamid) DO NOTHING;
-                GET DIAGNOSTICS n = ROW_COUNT;
-                r_inbound := r_inbound + n;
-                IF s.opt_out IS NOT NULL THEN
-                    INSERT INTO opt_outs (phone, at, word, wamid) VALUES (s.sender, s.ts, s.opt_out, s.wamid)
-                        ON CONFLICT (phone) DO NOTHING;
-                    GET DIAGNOSTICS n = ROW_COUNT;
-                    r_opt_outs := r_opt_outs + n;
-                END IF;
-            END LOOP;
-        END
-        $$
-        """
-
     /// The ledger entry before requests leave: each message `sending`, a new attempt numbered.
     /// Fails (and changes nothing) if a message does not exist.
     static let beginAttempts = """
@@ -518,43 +451,4 @@ enum PostgresSchema {
         $$
         """
 
-    /// How attempts ended, as `SQLiteStore.recordOutcomes`: accepted (only forward: a webhook may
-    /// have said `sent` already; statuses that were waiting are applied), rejected (failed, or back
-    /// in the queue), unknown.
-    static let recordOutcomes = """
-        CREATE OR REPLACE FUNCTION dispatcher_record_outcomes(p_outcomes JSONB, p_time DOUBLE PRECISION) RETURNS VOID
-        LANGUAGE plpgsql AS $$
-        DECLARE
-            o RECORD;
-        BEGIN
-            FOR o IN SELECT * FROM jsonb_to_recordset(p_outcomes) AS x(kind TEXT, id TEXT, number INTEGER, wamid TEXT,
-                         code INTEGER, title TEXT, details TEXT, final BOOLEAN) LOOP
-                IF o.kind = 'accepted' THEN
-                    UPDATE attempts SET outcome = 'accepted', finished_at = p_time, wamid = o.wamid, error_code = NULL,
-                        error_title = NULL, error_details = NULL
-                    WHERE message_id = o.id AND number = o.number;
-                    UPDATE messages SET wamid = o.wamid, accepted_at = COALESCE(accepted_at, p_time), updated_at = p_time,
-                        state = CASE WHEN state_rank < 3 THEN 'accepted' ELSE state END,
-                        state_rank = CASE WHEN state_rank < 3 THEN 3 ELSE state_rank END
-                    WHERE id = o.id;
-                    PERFORM dispatcher_attach_pending(ARRAY[o.id], ARRAY[o.wamid], p_time);
-                ELSIF o.kind = 'rejected' THEN
-                    UPDATE attempts SET outcome = CASE WHEN o.final THEN 'rejected' ELSE 'retry' END, finished_at = p_time,
-                        wamid = NULL, error_code = o.code, error_title = o.title, error_details = o.details
-                    WHERE message_id = o.id AND number = o.number;
-                    UPDATE messages SET state = CASE WHEN o.final THEN 'failed' ELSE 'queued' END,
-                        state_rank = CASE WHEN o.final THEN 7 ELSE 0 END,
-                        error_code = o.code, error_title = o.title, error_details = o.details, updated_at = p_time,
-                        failed_at = CASE WHEN o.final THEN p_time ELSE failed_at END
-                    WHERE id = o.id AND state = 'sending';
-                ELSE
-                    UPDATE attempts SET outcome = 'unknown', finished_at = p_time, wamid = NULL, error_code = NULL,
-                        error_title = o.title, error_details = NULL
-                    WHERE message_id = o.id AND number = o.number;
-                    UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = p_time WHERE id = o.id AND state = 'sending';
-                END IF;
-            END LOOP;
-        END
-        $$
-        """
 }

@@ -38,6 +38,23 @@ extension PostgresStore {
         try await rows("SELECT dispatcher_record_outcomes(\(json)::jsonb, \(time))")
     }
 
+    public func discardUnsentRun(_ name: String) async throws -> Bool {
+        let logger = self.logger
+        return try await transaction { connection in
+            // The run's row locked first: a second process cannot begin an attempt in between.
+            try await connection.query("SELECT name FROM runs WHERE name = \(name) FOR UPDATE", logger: logger)
+            for try await attempted in try await connection.query("""
+                SELECT EXISTS (SELECT 1 FROM attempts WHERE message_id IN (SELECT id FROM messages WHERE run = \(name)))
+                """, logger: logger).decode(Bool.self) where attempted {
+                return false
+            }
+            try await connection.query("DELETE FROM messages WHERE run = \(name)", logger: logger)
+            try await connection.query("DELETE FROM invoices WHERE run = \(name)", logger: logger)
+            try await connection.query("DELETE FROM runs WHERE name = \(name)", logger: logger)
+            return true
+        }
+    }
+
     public func markInterrupted(run: String, at time: Double) async throws -> Int {
         let logger = self.logger
         return try await transaction { connection in

@@ -261,7 +261,7 @@ public final class PostgresStore: DispatchStore {
     public func saveRun(_ run: RunRecord) async throws {
         try await rows("""
             INSERT INTO runs (name, manifest, template, sender, status, created_at, finished_at, halt_reason)
-            VALUES (\(run.name), \(run.manifest), \(run.template), \(run.sender), \(run.status), \(run.createdAt), \(run.finishedAt), \(run.haltReason))
+            VALUES (\(run.name), \(run.manifest), \(run.template), \(run.sender), \(run.status.rawValue), \(run.createdAt), \(run.finishedAt), \(run.haltReason))
             ON CONFLICT (name) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, halt_reason = excluded.halt_reason
             """)
     }
@@ -270,8 +270,8 @@ public final class PostgresStore: DispatchStore {
 
     static func runRecord(_ row: PostgresRow) throws -> RunRecord {
         var r = Cells(row)
-        return RunRecord(name: try r.next(), manifest: try r.next(), template: try r.next(), sender: try r.next(), status: try r.next(),
-                         createdAt: try r.next(), finishedAt: try r.next(), haltReason: try r.next())
+        return RunRecord(name: try r.next(), manifest: try r.next(), template: try r.next(), sender: try r.next(),
+                         status: RunStatus(stored: try r.next()), createdAt: try r.next(), finishedAt: try r.next(), haltReason: try r.next())
     }
 
     public func run(named name: String) async throws -> RunRecord? {
