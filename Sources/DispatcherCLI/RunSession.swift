@@ -153,7 +153,8 @@ struct RunSession {
         var prepared = (cpu: cpuBefore, wall: wallBefore)
         do {
             let options = try await prepare(engine, console)
-            let countsBefore = try await store.stateCounts(run: run)
+            // Only `--stats` needs them: on a million messages the count reads the whole index.
+            let countsBefore = settle.stats ? try await store.stateCounts(run: run) : [:]
             prepared = (processCPUSeconds(), ContinuousClock.now)
             logger.debug("run: prepared; dispatching")
             sending = .success((options, countsBefore, try await engine.dispatch(options, progress: terminal ? printProgress : nil)))
