@@ -1,4 +1,4 @@
-// swift-tools-version:6.1
+// swift-tools-version:6.2
 import PackageDescription
 
 /// Settings every Swift target shares, in the style of Hummingbird's own package.
@@ -9,6 +9,8 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("MemberImportVisibility"),
     // Imports are internal unless marked `public import`: no dependency leaks through our API by accident.
     .enableUpcomingFeature("InternalImportsByDefault"),
+    // Our own targets build without a warning (dependencies keep theirs).
+    .treatAllWarnings(as: .error),
 ]
 
 /// `scripts/fuzz` builds with DISPATCHER_FUZZING=1: the modules whose parsers are fuzzed (only
@@ -17,11 +19,14 @@ let swiftSettings: [SwiftSetting] = [
 /// coverage, and `dispatcher-fuzz` links libFuzzer's driver (DISPATCHER_FUZZER_LIB, the toolchain's
 /// libclang_rt.fuzzer_no_main). Without the variable nothing changes.
 let fuzzing = Context.environment["DISPATCHER_FUZZING"] != nil
-let fuzzedSwift: [SwiftSetting] = fuzzing
+let fuzzedSwift: [SwiftSetting] =
+    fuzzing
     ? [.unsafeFlags(["-sanitize=address", "-sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp"])] : []
-let fuzzedC: [CSetting] = fuzzing
+let fuzzedC: [CSetting] =
+    fuzzing
     ? [.unsafeFlags(["-fsanitize=address", "-fsanitize-coverage=inline-8bit-counters,pc-table,trace-cmp"])] : []
-let fuzzerLink: [LinkerSetting] = fuzzing
+let fuzzerLink: [LinkerSetting] =
+    fuzzing
     ? [.unsafeFlags(["-sanitize=address", Context.environment["DISPATCHER_FUZZER_LIB"] ?? "", "-lstdc++"])] : []
 
 let package = Package(

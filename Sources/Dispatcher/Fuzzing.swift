@@ -31,13 +31,17 @@ public enum FuzzTargets {
                 let text = plain(minor, digits: digits)
                 var copy = Array(text.utf8)
                 let again = copy.withUnsafeMutableBufferPointer { parseAmount(UnsafeBufferPointer($0), digits: digits) }
-                check((try? again.get()) == minor, "\(String(decoding: bytes, as: UTF8.self)) parsed as \(minor), its text \(text) as \(again)")
+                check(
+                    (try? again.get()) == minor,
+                    "\(String(decoding: bytes, as: UTF8.self)) parsed as \(minor), its text \(text) as \(again)")
             }
             for code in [nil, "1", "34", "52"] {
                 guard case .success(let number) = PhoneNormalizer(defaultCountryCode: code).normalize(raw) else { continue }
                 checkE164(number)
                 // A normalised number is a fixed point.
-                check((try? PhoneNormalizer(defaultCountryCode: code).normalize("+" + number).get()) == number, "+\(number) does not normalise to itself")
+                check(
+                    (try? PhoneNormalizer(defaultCountryCode: code).normalize("+" + number).get()) == number,
+                    "+\(number) does not normalise to itself")
             }
         }
     }
@@ -50,8 +54,9 @@ public enum FuzzTargets {
     }
 
     static func checkE164(_ number: String) {
-        check((8...15).contains(number.utf8.count) && number.utf8.allSatisfy { $0 >= 48 && $0 <= 57 } && !number.hasPrefix("0"),
-              "not E.164 digits: \(number)")
+        check(
+            (8...15).contains(number.utf8.count) && number.utf8.allSatisfy { $0 >= 48 && $0 <= 57 } && !number.hasPrefix("0"),
+            "not E.164 digits: \(number)")
     }
 
     static func check(_ condition: Bool, _ message: @autoclosure () -> String) {

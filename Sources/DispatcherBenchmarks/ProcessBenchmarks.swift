@@ -1,14 +1,14 @@
 import AsyncHTTPClient
 import Dispatcher
+import Engine
 import Foundation
 import GRDB
 import NIOCore
 import NIOHTTP1
 import Reports
+import Server
 import Store
 import WhatsApp
-import Engine
-import Server
 
 /// Where the send benchmark runs each process. By default all three share every core, as they
 /// always have. With `--pin` (and `taskset`, two cores or more) the sender gets core 0 and the
@@ -34,7 +34,8 @@ struct Placement: Sendable {
 final class Child: @unchecked Sendable {
     let process = Process()
 
-    init(_ dispatcher: String, _ arguments: [String], in folder: String, environment: [String: String] = [:], prefix: [String] = []) throws {
+    init(_ dispatcher: String, _ arguments: [String], in folder: String, environment: [String: String] = [:], prefix: [String] = []) throws
+    {
         process.executableURL = URL(fileURLWithPath: prefix.first ?? dispatcher)
         process.arguments = prefix.isEmpty ? arguments : Array(prefix.dropFirst()) + [dispatcher] + arguments
         process.currentDirectoryURL = URL(fileURLWithPath: folder)
@@ -55,7 +56,8 @@ final class Child: @unchecked Sendable {
 func childrenCPUSeconds() -> Double {
     var usage = rusage()
     getrusage(__rusage_who_t(RUSAGE_CHILDREN.rawValue), &usage)
-    return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+    return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(
+        usage.ru_stime.tv_usec) / 1e6
 }
 
 func getJSON(_ url: String) async throws -> Any {
@@ -76,7 +78,8 @@ func workspace() throws -> String {
     let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-bench-\(UUID().uuidString)").path
     try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
     try FileManager.default.copyItem(atPath: "templates", toPath: folder + "/templates")
-    try #"{"rules":[{"match":"suffix:","outcome":"delivered_read"}]}"#.write(toFile: folder + "/scenario.json", atomically: true, encoding: .utf8)
+    try #"{"rules":[{"match":"suffix:","outcome":"delivered_read"}]}"#.write(
+        toFile: folder + "/scenario.json", atomically: true, encoding: .utf8)
     return folder
 }
 
@@ -88,11 +91,16 @@ func sandboxBenchmark(dispatcher: String, sends: Int) async throws -> [(String, 
     let folder = try workspace()
     defer { try? FileManager.default.removeItem(atPath: folder) }
     let port = 21_000 + Int.random(in: 0..<5000)
-    let serve = try Child(dispatcher, ["serve", "--listen", "127.0.0.1:\(port + 1)", "--db", "sqlite:\(folder)/serve.sqlite"], in: folder,
-                          environment: ["WHATSAPP_APP_SECRET": "bench"])
+    let serve = try Child(
+        dispatcher, ["serve", "--listen", "127.0.0.1:\(port + 1)", "--db", "sqlite:\(folder)/serve.sqlite"], in: folder,
+        environment: ["WHATSAPP_APP_SECRET": "bench"])
     defer { serve.stop() }
-    let sandbox = try Child(dispatcher, ["sandbox", "--listen", "127.0.0.1:\(port)", "--webhook-url", "http://127.0.0.1:\(port + 1)/webhook",
-                                         "--app-secret", "bench", "--throughput", "1000000", "--scenario", "scenario.json"], in: folder)
+    let sandbox = try Child(
+        dispatcher,
+        [
+            "sandbox", "--listen", "127.0.0.1:\(port)", "--webhook-url", "http://127.0.0.1:\(port + 1)/webhook",
+            "--app-secret", "bench", "--throughput", "1000000", "--scenario", "scenario.json",
+        ], in: folder)
     defer { sandbox.stop() }
     try await waitUp("http://127.0.0.1:\(port)/_sandbox/counters")
     try await waitUp("http://127.0.0.1:\(port + 1)/health")
@@ -108,12 +116,19 @@ func sandboxBenchmark(dispatcher: String, sends: Int) async throws -> [(String, 
             group.addTask {
                 var ok = 0
                 for n in stride(from: worker, to: sends, by: workers) {
-                    let request = TemplateMessageRequest(to: "1809" + String(format: "%07d", n), callbackData: "m-\(n)", template: .init(
-                        name: "invoice", language: .init(code: "es"), components: [
-                            .init(type: "header", parameters: [.document(link: "https://docs.example.com/i.pdf", filename: "i.pdf")]),
-                            .init(type: "body", parameters: [.text("María"), .text("marzo 2026"),
-                                                             .currency(fallback: "RD$1.00", code: "DOP", amount1000: 1000), .text("10 de marzo")]),
-                        ]))
+                    let request = TemplateMessageRequest(
+                        to: "1809" + String(format: "%07d", n), callbackData: "m-\(n)",
+                        template: .init(
+                            name: "invoice", language: .init(code: "es"),
+                            components: [
+                                .init(type: "header", parameters: [.document(link: "https://docs.example.com/i.pdf", filename: "i.pdf")]),
+                                .init(
+                                    type: "body",
+                                    parameters: [
+                                        .text("María"), .text("marzo 2026"),
+                                        .currency(fallback: "RD$1.00", code: "DOP", amount1000: 1000), .text("10 de marzo"),
+                                    ]),
+                            ]))
                     var http = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v23.0/SANDBOX/messages")
                     http.method = .POST
                     http.headers.add(name: "Authorization", value: "Bearer sandbox-token")
@@ -140,10 +155,16 @@ func sandboxBenchmark(dispatcher: String, sends: Int) async throws -> [(String, 
     let allTime = seconds(ContinuousClock.now - started)
     try await client.shutdown()
     return [
-        ("sandbox: sends accepted, 48 clients flat out", "\(Int(Double(accepted) / sendTime).formatted()) sends/s", String(format: "%.1f s", sendTime),
-         "\(accepted.formatted()) of \(sends.formatted()) accepted"),
-        ("sandbox: their webhooks delivered to serve", "\(Int(Double(delivered) / allTime).formatted()) statuses/s", String(format: "%.1f s", allTime),
-         "\(delivered.formatted()) statuses, all \(delivered >= accepted * 3 ? "delivered" : "NOT delivered")"),
+        (
+            "sandbox: sends accepted, 48 clients flat out", "\(Int(Double(accepted) / sendTime).formatted()) sends/s",
+            String(format: "%.1f s", sendTime),
+            "\(accepted.formatted()) of \(sends.formatted()) accepted"
+        ),
+        (
+            "sandbox: their webhooks delivered to serve", "\(Int(Double(delivered) / allTime).formatted()) statuses/s",
+            String(format: "%.1f s", allTime),
+            "\(delivered.formatted()) statuses, all \(delivered >= accepted * 3 ? "delivered" : "NOT delivered")"
+        ),
     ]
 }
 
@@ -151,23 +172,31 @@ func sandboxBenchmark(dispatcher: String, sends: Int) async throws -> [(String, 
 
 /// `dispatcher send` (its own process) against the sandbox (another) at a rate and added latency:
 /// the achieved rate measured from the sandbox's log of arrivals, and CPU per message.
-func sendBenchmark(dispatcher: String, rate: Int, latencyMs: Int, seconds duration: Int, placement: Placement) async throws -> (String, String, String, String) {
+func sendBenchmark(
+    dispatcher: String, rate: Int, latencyMs: Int, seconds duration: Int, placement: Placement
+) async throws -> (String, String, String, String) {
     let folder = try workspace()
     defer { try? FileManager.default.removeItem(atPath: folder) }
     let messages = rate * duration
     var csv = "invoice_id,tenant_name,phone,amount,currency,period,document_url\n"
     for i in 0..<messages {
-        csv += "INV-\(i),Tenant \(i),+1809\(String(format: "%07d", i)),\(100 + i % 900).00,DOP,2026-03,https://docs.example.com/INV-\(i).pdf\n"
+        csv +=
+            "INV-\(i),Tenant \(i),+1809\(String(format: "%07d", i)),\(100 + i % 900).00,DOP,2026-03,https://docs.example.com/INV-\(i).pdf\n"
     }
     try csv.write(toFile: folder + "/run.csv", atomically: true, encoding: .utf8)
     let port = 26_000 + Int.random(in: 0..<5000)
     // Statuses go to a separate `serve` (as in production), so the send process only sends.
-    let serve = try Child(dispatcher, ["serve", "--listen", "127.0.0.1:\(port + 1)", "--db", "sqlite:\(folder)/dispatcher.sqlite"], in: folder,
-                          environment: ["WHATSAPP_APP_SECRET": "bench"], prefix: placement.world)
+    let serve = try Child(
+        dispatcher, ["serve", "--listen", "127.0.0.1:\(port + 1)", "--db", "sqlite:\(folder)/dispatcher.sqlite"], in: folder,
+        environment: ["WHATSAPP_APP_SECRET": "bench"], prefix: placement.world)
     defer { serve.stop() }
-    let sandbox = try Child(dispatcher, ["sandbox", "--listen", "127.0.0.1:\(port)", "--webhook-url", "http://127.0.0.1:\(port + 1)/webhook",
-                                         "--app-secret", "bench", "--throughput", "\(rate)", "--latency-ms", "\(latencyMs)", "--scenario", "scenario.json"],
-                            in: folder, prefix: placement.world)
+    let sandbox = try Child(
+        dispatcher,
+        [
+            "sandbox", "--listen", "127.0.0.1:\(port)", "--webhook-url", "http://127.0.0.1:\(port + 1)/webhook",
+            "--app-secret", "bench", "--throughput", "\(rate)", "--latency-ms", "\(latencyMs)", "--scenario", "scenario.json",
+        ],
+        in: folder, prefix: placement.world)
     defer { sandbox.stop() }
     try await waitUp("http://127.0.0.1:\(port)/_sandbox/counters")
     let cpuBefore = childrenCPUSeconds()
@@ -204,10 +233,12 @@ func sendBenchmark(dispatcher: String, rate: Int, latencyMs: Int, seconds durati
         most = max(most, end - start + 1)
     }
     let achieved = times.count > 1 ? Double(times.count - 1) / (times.last! - times.first!) : 0
-    return ("send at \(rate)/s, +\(latencyMs) ms API latency", String(format: "%.1f%% of the rate", achieved / Double(rate) * 100),
-            "\(cpuPerMessage.replacingOccurrences(of: " per message", with: "/msg sending")), \(share)",
-            "\(times.count.formatted()) accepted, max \(most) in any 1 s, \(throttled) × 130429, exit \(send.terminationStatus); "
-            + "\(preparing.replacingOccurrences(of: " CPU per message", with: "/msg")); whole process \(String(format: "%.0f", cpu / Double(messages) * 1e6)) µs/msg")
+    return (
+        "send at \(rate)/s, +\(latencyMs) ms API latency", String(format: "%.1f%% of the rate", achieved / Double(rate) * 100),
+        "\(cpuPerMessage.replacingOccurrences(of: " per message", with: "/msg sending")), \(share)",
+        "\(times.count.formatted()) accepted, max \(most) in any 1 s, \(throttled) × 130429, exit \(send.terminationStatus); "
+            + "\(preparing.replacingOccurrences(of: " CPU per message", with: "/msg")); whole process \(String(format: "%.0f", cpu / Double(messages) * 1e6)) µs/msg"
+    )
 }
 
 // MARK: - Reports
@@ -222,39 +253,49 @@ func reportBenchmark(messages: Int) async throws -> [(String, String, String, St
     let store = try SQLiteStore(path: database)
     let seedStart = ContinuousClock.now
     if !seeded {
-    try await store.saveRun(RunRecord(name: "big", manifest: "big.csv", template: "invoice", sender: "123", status: .done, createdAt: 1_772_000_000))
-    let landlords = ["Inmobiliaria Caribe", "Residencial Los Próceres", "Torres del Malecón"]
-    for start in stride(from: 0, to: messages, by: 20_000) {
-        let range = start..<min(start + 20_000, messages)
-        try await store.addInvoices(range.map { i in
-            InvoiceRecord(run: "big", invoiceID: "INV-\(i)", line: i + 2, tenantName: "Tenant \(i), \"Apto\" \(i % 40)", landlord: landlords[i % 3],
-                          property: "Torre \(i % 90)", amountMinor: Int64(100_000 + i % 90_000), currency: i % 10 == 0 ? "USD" : "DOP", period: "2026-03",
-                          locale: "es-DO", email: "t\(i)@example.com")
-        })
-        _ = try await store.addMessages(range.map { i in
-            NewMessage(id: "m-\(i)", run: "big", invoiceID: "INV-\(i)", phone: "1809" + String(format: "%07d", i), template: "invoice", language: "es")
-        })
-    }
-    // Outcomes, in bulk: mostly read, some delivered, failed and unknown.
-    // (Directly in SQL: a million statuses through the API would take minutes and measure something else.)
-    try await DatabaseQueue(path: database).write { db in
-        try db.execute(sql: """
-            UPDATE messages SET
-              state = CASE WHEN seq % 20 = 0 THEN 'failed' WHEN seq % 50 = 1 THEN 'unknown' WHEN seq % 7 = 0 THEN 'delivered' ELSE 'read' END,
-              error_code = CASE WHEN seq % 20 = 0 THEN (CASE WHEN seq % 40 = 0 THEN 131026 ELSE 131049 END) END,
-              error_title = CASE WHEN seq % 20 = 0 THEN 'Message undeliverable' END,
-              wamid = 'wamid.' || seq, attempts = 1, accepted_at = 1772000000 + seq / 1000, sent_at = 1772000001 + seq / 1000,
-              delivered_at = CASE WHEN seq % 20 != 0 AND seq % 50 != 1 THEN 1772000002 + seq / 1000 END,
-              read_at = CASE WHEN seq % 20 != 0 AND seq % 50 != 1 AND seq % 7 != 0 THEN 1772000030 + seq / 1000 END
-            """)
-    }
+        try await store.saveRun(
+            RunRecord(name: "big", manifest: "big.csv", template: "invoice", sender: "123", status: .done, createdAt: 1_772_000_000))
+        let landlords = ["Inmobiliaria Caribe", "Residencial Los Próceres", "Torres del Malecón"]
+        for start in stride(from: 0, to: messages, by: 20_000) {
+            let range = start..<min(start + 20_000, messages)
+            try await store.addInvoices(
+                range.map { i in
+                    InvoiceRecord(
+                        run: "big", invoiceID: "INV-\(i)", line: i + 2, tenantName: "Tenant \(i), \"Apto\" \(i % 40)",
+                        landlord: landlords[i % 3],
+                        property: "Torre \(i % 90)", amountMinor: Int64(100_000 + i % 90_000), currency: i % 10 == 0 ? "USD" : "DOP",
+                        period: "2026-03",
+                        locale: "es-DO", email: "t\(i)@example.com")
+                })
+            _ = try await store.addMessages(
+                range.map { i in
+                    NewMessage(
+                        id: "m-\(i)", run: "big", invoiceID: "INV-\(i)", phone: "1809" + String(format: "%07d", i), template: "invoice",
+                        language: "es")
+                })
+        }
+        // Outcomes, in bulk: mostly read, some delivered, failed and unknown.
+        // (Directly in SQL: a million statuses through the API would take minutes and measure something else.)
+        try await DatabaseQueue(path: database).write { db in
+            try db.execute(
+                sql: """
+                    UPDATE messages SET
+                      state = CASE WHEN seq % 20 = 0 THEN 'failed' WHEN seq % 50 = 1 THEN 'unknown' WHEN seq % 7 = 0 THEN 'delivered' ELSE 'read' END,
+                      error_code = CASE WHEN seq % 20 = 0 THEN (CASE WHEN seq % 40 = 0 THEN 131026 ELSE 131049 END) END,
+                      error_title = CASE WHEN seq % 20 = 0 THEN 'Message undeliverable' END,
+                      wamid = 'wamid.' || seq, attempts = 1, accepted_at = 1772000000 + seq / 1000, sent_at = 1772000001 + seq / 1000,
+                      delivered_at = CASE WHEN seq % 20 != 0 AND seq % 50 != 1 THEN 1772000002 + seq / 1000 END,
+                      read_at = CASE WHEN seq % 20 != 0 AND seq % 50 != 1 AND seq % 7 != 0 THEN 1772000030 + seq / 1000 END
+                    """)
+        }
     }
     let seedTime = seconds(ContinuousClock.now - seedStart)
     let run = try await store.run(named: "big")!
     let writer = try await DeliveryReportWriter(templatesDirectory: "templates")
     try FileManager.default.createDirectory(atPath: folder + "/reports", withIntermediateDirectories: true)
-    let files = ReportFiles(html: folder + "/reports/index.html", messagesCSV: folder + "/reports/messages.csv",
-                            landlordsCSV: folder + "/reports/landlords.csv")
+    let files = ReportFiles(
+        html: folder + "/reports/index.html", messagesCSV: folder + "/reports/messages.csv",
+        landlordsCSV: folder + "/reports/landlords.csv")
     let csvStart = ContinuousClock.now
     try await writer.writeMessagesCSV(run: run, store: store, to: files.messagesCSV)
     let csvTime = seconds(ContinuousClock.now - csvStart)
@@ -265,9 +306,14 @@ func reportBenchmark(messages: Int) async throws -> [(String, String, String, St
     let csvSize = (try FileManager.default.attributesOfItem(atPath: files.messagesCSV)[.size] as? Int) ?? 0
     let label = "report of \(messages.formatted()) messages" + (seeded ? "" : " (seeded in \(String(format: "%.0f", seedTime)) s)")
     return [
-        (label + ": messages.csv", String(format: "%.2f s", csvTime), "\(csvSize / 1_048_576) MB",
-         String(format: "%.0f rows/s", Double(messages) / csvTime)),
-        (label + ": index.html + landlords.csv", String(format: "%.2f s", pageTime), String(format: "%.0f KB", Double(htmlSize) / 1024), ""),
+        (
+            label + ": messages.csv", String(format: "%.2f s", csvTime), "\(csvSize / 1_048_576) MB",
+            String(format: "%.0f rows/s", Double(messages) / csvTime)
+        ),
+        (
+            label + ": index.html + landlords.csv", String(format: "%.2f s", pageTime), String(format: "%.0f KB", Double(htmlSize) / 1024),
+            ""
+        ),
     ]
 }
 
@@ -288,8 +334,10 @@ func prepareBenchmark(dispatcher: String, manifest: String, rows: Int) async thr
     defer { try? FileManager.default.removeItem(atPath: folder) }
     let send = Process()
     send.executableURL = URL(fileURLWithPath: "/usr/bin/time")
-    send.arguments = ["-v", dispatcher, "send", URL(fileURLWithPath: manifest).standardizedFileURL.path, "--sandbox",
-                      "--db", "sqlite:\(folder)/dispatcher.sqlite", "--settle", "1s", "--out", "\(folder)/reports"]
+    send.arguments = [
+        "-v", dispatcher, "send", URL(fileURLWithPath: manifest).standardizedFileURL.path, "--sandbox",
+        "--db", "sqlite:\(folder)/dispatcher.sqlite", "--settle", "1s", "--out", "\(folder)/reports",
+    ]
     send.currentDirectoryURL = URL(fileURLWithPath: folder)
     var env = ProcessInfo.processInfo.environment
     env["LOG_LEVEL"] = "debug"
@@ -312,10 +360,13 @@ func prepareBenchmark(dispatcher: String, manifest: String, rows: Int) async thr
         if String(decoding: pending, as: UTF8.self).contains("prepared; dispatching") {
             firstRequest = ContinuousClock.now - started
             // `time` ignores SIGINT while its child runs: read the child's peak, then interrupt it.
-            let children = (try? String(contentsOfFile: "/proc/\(send.processIdentifier)/task/\(send.processIdentifier)/children", encoding: .utf8)) ?? ""
+            let children =
+                (try? String(contentsOfFile: "/proc/\(send.processIdentifier)/task/\(send.processIdentifier)/children", encoding: .utf8))
+                ?? ""
             if let child = children.split(separator: " ").first {
                 let status = (try? String(contentsOfFile: "/proc/\(child)/status", encoding: .utf8)) ?? ""
-                peakKB = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
+                peakKB =
+                    status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
                     .flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
                 _ = try? runProcess("/bin/kill", ["-INT", String(child)])
             }
@@ -324,13 +375,20 @@ func prepareBenchmark(dispatcher: String, manifest: String, rows: Int) async thr
     send.waitUntilExit()
     text = String(decoding: pending, as: UTF8.self)
     let report = text.split(separator: "\n")
-    let wholeKB = report.first { $0.contains("Maximum resident set size") }
+    let wholeKB =
+        report.first { $0.contains("Maximum resident set size") }
         .flatMap { Int($0.split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "") } ?? 0
     guard let firstRequest else {
         throw BenchError("prepare: the send never started sending; it printed:\n\(text.suffix(2000))")
     }
     let seconds = Double(firstRequest.components.seconds) + Double(firstRequest.components.attoseconds) / 1e18
-    return [("send of \(rows.formatted()) invoices: start → first request", String(format: "%.1f s", seconds),
-             "peak \(peakKB / 1024) MB",
-             String(format: "%.0f invoices/s prepared; whole process with its report after the interrupt: peak %d MB", Double(rows) / seconds, wholeKB / 1024))]
+    return [
+        (
+            "send of \(rows.formatted()) invoices: start → first request", String(format: "%.1f s", seconds),
+            "peak \(peakKB / 1024) MB",
+            String(
+                format: "%.0f invoices/s prepared; whole process with its report after the interrupt: peak %d MB", Double(rows) / seconds,
+                wholeKB / 1024)
+        )
+    ]
 }

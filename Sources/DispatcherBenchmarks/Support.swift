@@ -40,18 +40,24 @@ func runProcess(_ executable: String, _ arguments: [String]) throws -> (stdout: 
 /// quoted property with a `;` in one row in five. Deterministic, and skipped when the file exists.
 struct ManifestGenerator {
     var rows: Int
-    let names = ["María Pérez", "José Rodríguez", "Ana Núñez", "Ramón Peña", "Carmen Jiménez", "Luis Almánzar", "Rosa Inés Cabral", "Félix Durán"]
+    let names = [
+        "María Pérez", "José Rodríguez", "Ana Núñez", "Ramón Peña", "Carmen Jiménez", "Luis Almánzar", "Rosa Inés Cabral", "Félix Durán",
+    ]
     let landlords = ["Inmobiliaria Caribe", "Residencial Los Próceres", "Torres del Malecón"]
 
     func writeCSV(to path: String) throws {
         if FileManager.default.fileExists(atPath: path) { return }
         print("generating \(path)…")
         try write(path) { out in
-            out.append("\u{FEFF}invoice_id;name;whatsapp;phone2;grandTotal;currency;term;due_date;landlord;property;reference;locale;document_url;email\r\n")
+            out.append(
+                "\u{FEFF}invoice_id;name;whatsapp;phone2;grandTotal;currency;term;due_date;landlord;property;reference;locale;document_url;email\r\n"
+            )
             for i in 0..<rows {
                 let phone2 = i % 10 == 0 ? "+1 829 \(600 + i % 300) \(String(format: "%04d", (i * 7) % 10000))" : ""
                 let property = i % 5 == 0 ? "\"Torre \"\"Norte\"\"; Apto \(i % 40)\"" : "Calle \(i % 90) #\(i % 300)"
-                out.append("INV-2026-03-\(i);\(names[i % names.count]) \(i);+1 809 \(String(format: "%03d", i / 10000 % 1000)) \(String(format: "%04d", i % 10000));\(phone2);\(1000 + i % 90000).\(String(format: "%02d", i % 100));DOP;2026030100;2026-03-10;\(landlords[i % 3]);\(property);T-\(i);es-DO;https://docs.example.com/invoices/INV-2026-03-\(i).pdf;tenant\(i)@example.com\r\n")
+                out.append(
+                    "INV-2026-03-\(i);\(names[i % names.count]) \(i);+1 809 \(String(format: "%03d", i / 10000 % 1000)) \(String(format: "%04d", i % 10000));\(phone2);\(1000 + i % 90000).\(String(format: "%02d", i % 100));DOP;2026030100;2026-03-10;\(landlords[i % 3]);\(property);T-\(i);es-DO;https://docs.example.com/invoices/INV-2026-03-\(i).pdf;tenant\(i)@example.com\r\n"
+                )
             }
         }
     }
@@ -62,12 +68,20 @@ struct ManifestGenerator {
         try write(path) { out in
             out.append("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<invoices currency=\"DOP\" locale=\"es-DO\">\n")
             for i in 0..<rows {
-                out.append("  <invoice>\n    <invoice_id>INV-2026-03-\(i)</invoice_id>\n    <tenant_name>\(names[i % names.count]) \(i)</tenant_name>\n")
+                out.append(
+                    "  <invoice>\n    <invoice_id>INV-2026-03-\(i)</invoice_id>\n    <tenant_name>\(names[i % names.count]) \(i)</tenant_name>\n"
+                )
                 out.append("    <phone>+1 809 \(String(format: "%03d", i / 10000 % 1000)) \(String(format: "%04d", i % 10000))</phone>\n")
                 if i % 10 == 0 { out.append("    <phone>+1 829 \(600 + i % 300) \(String(format: "%04d", (i * 7) % 10000))</phone>\n") }
-                out.append("    <amount>\(1000 + i % 90000).\(String(format: "%02d", i % 100))</amount>\n    <period>2026-03</period>\n    <due_date>2026-03-10</due_date>\n")
-                out.append("    <landlord>\(landlords[i % 3])</landlord>\n    <property>Torre Norte &amp; Sur, Apto \(i % 40)</property>\n    <tenant_id>T-\(i)</tenant_id>\n")
-                out.append("    <document_url>https://docs.example.com/invoices/INV-2026-03-\(i).pdf</document_url>\n    <email>tenant\(i)@example.com</email>\n  </invoice>\n")
+                out.append(
+                    "    <amount>\(1000 + i % 90000).\(String(format: "%02d", i % 100))</amount>\n    <period>2026-03</period>\n    <due_date>2026-03-10</due_date>\n"
+                )
+                out.append(
+                    "    <landlord>\(landlords[i % 3])</landlord>\n    <property>Torre Norte &amp; Sur, Apto \(i % 40)</property>\n    <tenant_id>T-\(i)</tenant_id>\n"
+                )
+                out.append(
+                    "    <document_url>https://docs.example.com/invoices/INV-2026-03-\(i).pdf</document_url>\n    <email>tenant\(i)@example.com</email>\n  </invoice>\n"
+                )
             }
             out.append("</invoices>\n")
         }

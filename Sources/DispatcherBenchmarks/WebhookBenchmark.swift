@@ -1,11 +1,11 @@
 import AsyncHTTPClient
+import Engine
 import Foundation
 import NIOCore
 import NIOHTTP1
+import Server
 import Store
 import WhatsApp
-import Engine
-import Server
 
 /// Posts signed batches of 100 statuses to a real `dispatcher serve` (another process; SQLite, or
 /// PostgreSQL with its default durable commits) over loopback: first as fast as it takes them,
@@ -37,7 +37,8 @@ struct WebhookBenchmark {
         let path = folder.appendingPathComponent("bench.sqlite").path
         let database: String
         if let postgresAdminURL {
-            database = try await PostgresStore.createDatabase(named: "bench_\(UInt32.random(in: 0...UInt32.max))", adminURL: postgresAdminURL)
+            database = try await PostgresStore.createDatabase(
+                named: "bench_\(UInt32.random(in: 0...UInt32.max))", adminURL: postgresAdminURL)
         } else {
             database = "sqlite:\(path)"
         }
@@ -47,10 +48,12 @@ struct WebhookBenchmark {
         let store = try await StoreOpener.open(url: database)
         try await store.saveRun(RunRecord(name: "bench", manifest: "bench", template: "invoice", sender: "123", createdAt: 0))
         for start in stride(from: 0, to: messages, by: 10_000) {
-            _ = try await store.addMessages((start..<start + 10_000).map {
-                NewMessage(id: "m-\($0)", run: "bench", invoiceID: "INV-\($0)", phone: "1809\(String(format: "%07d", $0))",
-                           template: "invoice", language: "es")
-            })
+            _ = try await store.addMessages(
+                (start..<start + 10_000).map {
+                    NewMessage(
+                        id: "m-\($0)", run: "bench", invoiceID: "INV-\($0)", phone: "1809\(String(format: "%07d", $0))",
+                        template: "invoice", language: "es")
+                })
         }
 
         let port = 18_000 + Int.random(in: 0..<2000)
@@ -75,14 +78,20 @@ struct WebhookBenchmark {
 
     private func waitUntilUp(_ url: String) async throws {
         for _ in 0..<100 {
-            if let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(1)), response.status.code == 200 { return }
+            if let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(1)),
+                response.status.code == 200
+            {
+                return
+            }
             try await Task.sleep(for: .milliseconds(100))
         }
         throw BenchError("dispatcher serve did not start")
     }
 
     /// `concurrency` workers post batches back to back, or together at `requestsPerSecond`.
-    private func load(url: String, batches: BatchSource, concurrency: Int, requestsPerSecond: Double?, duration: Double) async throws -> Figures {
+    private func load(
+        url: String, batches: BatchSource, concurrency: Int, requestsPerSecond: Double?, duration: Double
+    ) async throws -> Figures {
         let started = ContinuousClock.now
         let deadline = started + .milliseconds(Int(duration * 1000))
         let results = try await withThrowingTaskGroup(of: Figures.self) { group in
@@ -149,9 +158,12 @@ final class BatchSource: @unchecked Sendable {
         let statuses = (first..<first + 100).map { n -> String in
             let message = (n / 3) % messages
             let status = ["sent", "delivered", "read"][n % 3]
-            return #"{"id":"wamid.B\#(message)","status":"\#(status)","timestamp":"\#(1_772_000_000 + n)","recipient_id":"1809\#(String(format: "%07d", message))","biz_opaque_callback_data":"m-\#(message)","pricing":{"billable":true,"pricing_model":"PMP","category":"utility","type":"regular"}}"#
+            return
+                #"{"id":"wamid.B\#(message)","status":"\#(status)","timestamp":"\#(1_772_000_000 + n)","recipient_id":"1809\#(String(format: "%07d", message))","biz_opaque_callback_data":"m-\#(message)","pricing":{"billable":true,"pricing_model":"PMP","category":"utility","type":"regular"}}"#
         }
-        let body = Array(#"{"object":"whatsapp_business_account","entry":[{"id":"WABA","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"18095550000","phone_number_id":"123"},"statuses":[\#(statuses.joined(separator: ","))]}}]}]}"#.utf8)
+        let body = Array(
+            #"{"object":"whatsapp_business_account","entry":[{"id":"WABA","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"18095550000","phone_number_id":"123"},"statuses":[\#(statuses.joined(separator: ","))]}}]}]}"#
+                .utf8)
         return (body, signature.header(for: body), 100)
     }
 }

@@ -50,51 +50,68 @@ print("")
 var table: [(String, String, String, String)] = []
 
 if only == nil || only == "import" {
-let csvPath = "\(dataDirectory)/invoices-\(rows).csv"
-let xmlPath = "\(dataDirectory)/invoices-\(rows).xml"
-try ManifestGenerator(rows: rows).writeCSV(to: csvPath)
-try ManifestGenerator(rows: rows).writeXML(to: xmlPath)
+    let csvPath = "\(dataDirectory)/invoices-\(rows).csv"
+    let xmlPath = "\(dataDirectory)/invoices-\(rows).xml"
+    try ManifestGenerator(rows: rows).writeCSV(to: csvPath)
+    try ManifestGenerator(rows: rows).writeXML(to: xmlPath)
 
-func child(_ kind: String, _ path: String) throws -> [String: Any] {
-    let output = try runProcess(CommandLine.arguments[0], ["child", kind, path])
-    guard let data = output.stdout.split(separator: "\n").last.map({ Data($0.utf8) }),
-        let object = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-        throw BenchError("child \(kind) printed no figures: \(output.stderr)")
+    func child(_ kind: String, _ path: String) throws -> [String: Any] {
+        let output = try runProcess(CommandLine.arguments[0], ["child", kind, path])
+        guard let data = output.stdout.split(separator: "\n").last.map({ Data($0.utf8) }),
+            let object = try JSONSerialization.jsonObject(with: data) as? [String: Any]
+        else {
+            throw BenchError("child \(kind) printed no figures: \(output.stderr)")
+        }
+        return object
     }
-    return object
-}
 
-// 1. Manifest import and validation.
-for (kind, path) in [("csv", csvPath), ("xml", xmlPath)] {
-    let figures = try child(kind, path)
-    let seconds = figures["seconds"] as! Double
-    let records = figures["records"] as! Int
-    let peak = Double(figures["peak_kb"] as! Int) / 1024
-    let size = Double((try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0) / 1_048_576
-    table.append(("import+validate \(kind.uppercased()) (\(String(format: "%.0f", size)) MB)",
-                  "\(Int(Double(records) / seconds).formatted()) rows/s",
-                  String(format: "%.2f s", seconds), String(format: "peak %.0f MB", peak)))
-    let readOnly = try child(kind + "-read", path)
-    let readSeconds = readOnly["seconds"] as! Double
-    table.append(("  of which reading alone", "\(Int(Double(rows) / readSeconds).formatted()) rows/s",
-                  String(format: "%.2f s", readSeconds), String(format: "validation %.2f s", seconds - readSeconds)))
-    if figures["valid"] as! Int != rows { print("warning: \(kind): \(figures["valid"]!) of \(rows) valid, \(figures["issues"]!) issues") }
-    // References on the same file.
-    if kind == "xml", let xmllint = which("xmllint") {
-        let started = Date()
-        _ = try runProcess(xmllint, ["--stream", "--noout", path])
-        let reference = Date().timeIntervalSince(started)
-        table.append(("  reference: xmllint --stream --noout", "\(Int(Double(rows) / reference).formatted()) rows/s",
-                      String(format: "%.2f s", reference), String(format: "ours / xmllint = %.2f×", seconds / reference)))
+    // 1. Manifest import and validation.
+    for (kind, path) in [("csv", csvPath), ("xml", xmlPath)] {
+        let figures = try child(kind, path)
+        let seconds = figures["seconds"] as! Double
+        let records = figures["records"] as! Int
+        let peak = Double(figures["peak_kb"] as! Int) / 1024
+        let size = Double((try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0) / 1_048_576
+        table.append(
+            (
+                "import+validate \(kind.uppercased()) (\(String(format: "%.0f", size)) MB)",
+                "\(Int(Double(records) / seconds).formatted()) rows/s",
+                String(format: "%.2f s", seconds), String(format: "peak %.0f MB", peak)
+            ))
+        let readOnly = try child(kind + "-read", path)
+        let readSeconds = readOnly["seconds"] as! Double
+        table.append(
+            (
+                "  of which reading alone", "\(Int(Double(rows) / readSeconds).formatted()) rows/s",
+                String(format: "%.2f s", readSeconds), String(format: "validation %.2f s", seconds - readSeconds)
+            ))
+        if figures["valid"] as! Int != rows {
+            print("warning: \(kind): \(figures["valid"]!) of \(rows) valid, \(figures["issues"]!) issues")
+        }
+        // References on the same file.
+        if kind == "xml", let xmllint = which("xmllint") {
+            let started = Date()
+            _ = try runProcess(xmllint, ["--stream", "--noout", path])
+            let reference = Date().timeIntervalSince(started)
+            table.append(
+                (
+                    "  reference: xmllint --stream --noout", "\(Int(Double(rows) / reference).formatted()) rows/s",
+                    String(format: "%.2f s", reference), String(format: "ours / xmllint = %.2f×", seconds / reference)
+                ))
+        }
+        if kind == "csv", let python = which("python3") {
+            let started = Date()
+            _ = try runProcess(
+                python, ["-c", "import csv,sys\nn=0\nfor r in csv.reader(open(sys.argv[1], newline='', encoding='utf-8')): n+=1", path])
+            let reference = Date().timeIntervalSince(started)
+            table.append(
+                (
+                    "  reference: Python csv.reader (read only)", "\(Int(Double(rows) / reference).formatted()) rows/s",
+                    String(format: "%.2f s", reference),
+                    String(format: "rate ratio ours/python: %.2f× with validation", reference / seconds)
+                ))
+        }
     }
-    if kind == "csv", let python = which("python3") {
-        let started = Date()
-        _ = try runProcess(python, ["-c", "import csv,sys\nn=0\nfor r in csv.reader(open(sys.argv[1], newline='', encoding='utf-8')): n+=1", path])
-        let reference = Date().timeIntervalSince(started)
-        table.append(("  reference: Python csv.reader (read only)", "\(Int(Double(rows) / reference).formatted()) rows/s",
-                      String(format: "%.2f s", reference), String(format: "rate ratio ours/python: %.2f× with validation", reference / seconds)))
-    }
-}
 
 }
 
@@ -103,7 +120,9 @@ for (kind, path) in [("csv", csvPath), ("xml", xmlPath)] {
 // starts a throw-away one with PostgreSQL's durable defaults).
 if only == nil || only == "webhooks" {
     let dispatcher = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dispatcher").path
-    guard FileManager.default.isExecutableFile(atPath: dispatcher) else { throw BenchError("build dispatcher first: swift build -c release") }
+    guard FileManager.default.isExecutableFile(atPath: dispatcher) else {
+        throw BenchError("build dispatcher first: swift build -c release")
+    }
     var engines: [(String, String?)] = [("SQLite", nil)]
     if let postgres = ProcessInfo.processInfo.environment["DISPATCHER_BENCH_POSTGRES_URL"], !postgres.isEmpty {
         engines.append(("PostgreSQL", postgres))
@@ -114,12 +133,18 @@ if only == nil || only == "webhooks" {
         print("webhook intake (\(engine)): \(Int(seconds)) s flat out, then \(Int(seconds)) s at 3,000 statuses/s…")
         let (saturation, paced, size) = try await WebhookBenchmark(dispatcher: dispatcher, seconds: seconds).run(postgresAdminURL: postgres)
         func ms(_ s: Double) -> String { String(format: "%.1f", s * 1000) }
-        table.append(("webhook intake, 8 senders flat out (\(engine))", "\(Int(saturation.rate).formatted()) statuses/s",
-                      String(format: "%.1f s", saturation.seconds),
-                      "ack p50 \(ms(saturation.percentile(0.5))) ms, p99 \(ms(saturation.percentile(0.99))) ms, \(saturation.failures) non-200"))
-        table.append(("webhook intake at 3,000 statuses/s (\(engine))", "\(Int(paced.rate).formatted()) statuses/s",
-                      String(format: "%.1f s", paced.seconds),
-                      "ack p50 \(ms(paced.percentile(0.5))) ms, p99 \(ms(paced.percentile(0.99))) ms, max \(ms(paced.percentile(1))) ms, \(paced.failures) non-200; db \(size)"))
+        table.append(
+            (
+                "webhook intake, 8 senders flat out (\(engine))", "\(Int(saturation.rate).formatted()) statuses/s",
+                String(format: "%.1f s", saturation.seconds),
+                "ack p50 \(ms(saturation.percentile(0.5))) ms, p99 \(ms(saturation.percentile(0.99))) ms, \(saturation.failures) non-200"
+            ))
+        table.append(
+            (
+                "webhook intake at 3,000 statuses/s (\(engine))", "\(Int(paced.rate).formatted()) statuses/s",
+                String(format: "%.1f s", paced.seconds),
+                "ack p50 \(ms(paced.percentile(0.5))) ms, p99 \(ms(paced.percentile(0.99))) ms, max \(ms(paced.percentile(1))) ms, \(paced.failures) non-200; db \(size)"
+            ))
     }
 }
 
@@ -137,8 +162,10 @@ if only == nil || only == "send" {
     print("send: \(placement.label)")
     for (rate, latency) in [(80, 0), (80, 100), (1000, 0), (1000, 100)] {
         print("send at \(rate)/s with +\(latency) ms…")
-        table.append(try await sendBenchmark(dispatcher: dispatcherPath, rate: rate, latencyMs: latency, seconds: rate == 80 ? 15 : 10,
-                                             placement: placement))
+        table.append(
+            try await sendBenchmark(
+                dispatcher: dispatcherPath, rate: rate, latencyMs: latency, seconds: rate == 80 ? 15 : 10,
+                placement: placement))
     }
 }
 
@@ -160,9 +187,10 @@ let widths = [
     table.map(\.0.count).max()!, table.map(\.1.count).max()!, table.map(\.2.count).max()!,
 ]
 for row in table {
-    print(row.0.padding(toLength: widths[0] + 2, withPad: " ", startingAt: 0)
-        + row.1.padding(toLength: widths[1] + 2, withPad: " ", startingAt: 0)
-        + row.2.padding(toLength: widths[2] + 2, withPad: " ", startingAt: 0) + row.3)
+    print(
+        row.0.padding(toLength: widths[0] + 2, withPad: " ", startingAt: 0)
+            + row.1.padding(toLength: widths[1] + 2, withPad: " ", startingAt: 0)
+            + row.2.padding(toLength: widths[2] + 2, withPad: " ", startingAt: 0) + row.3)
 }
 print("")
 print("Targets: import (issue 2) CSV ≥ 500,000 rows/s, XML within 2× of xmllint --stream, peak < 150 MB;")

@@ -11,8 +11,10 @@ struct DispatcherCommand: AsyncParsableCommand {
             Settings come from the environment (WHATSAPP_ACCESS_TOKEN, WHATSAPP_PHONE_NUMBER_ID, \
             WHATSAPP_TEMPLATE_NAME, WHATSAPP_TEMPLATE_LANGUAGE, DISPATCHER_DATABASE_URL…): see docs/configuration.md.
             """,
-        subcommands: [PreviewCommand.self, SendCommand.self, RetryCommand.self, ReportCommand.self, RunsCommand.self, StatusCommand.self,
-                      OptOutCommand.self, ServeCommand.self, SandboxCommand.self, DoctorCommand.self]
+        subcommands: [
+            PreviewCommand.self, SendCommand.self, RetryCommand.self, ReportCommand.self, RunsCommand.self, StatusCommand.self,
+            OptOutCommand.self, ServeCommand.self, SandboxCommand.self, DoctorCommand.self,
+        ]
     )
 }
 
@@ -21,9 +23,10 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .customLong("templates"), help: "Folder with whatsapp/*.json and reports/*.mustache.")
     var templatesDirectory: String = "templates"
 
-    @Option(help: ArgumentHelp(
-        "Country calling code for numbers written without + or 00 (env DISPATCHER_DEFAULT_COUNTRY_CODE).",
-        valueName: "code"))
+    @Option(
+        help: ArgumentHelp(
+            "Country calling code for numbers written without + or 00 (env DISPATCHER_DEFAULT_COUNTRY_CODE).",
+            valueName: "code"))
     var defaultCountryCode: String?
 
     var settings: Settings { Settings(environment: ProcessInfo.processInfo.environment) }

@@ -1,10 +1,10 @@
 import ArgumentParser
 import Dispatcher
+import Engine
 import Foundation
+import Server
 import Store
 import WhatsApp
-import Engine
-import Server
 
 struct DoctorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -56,17 +56,24 @@ struct DoctorCommand: AsyncParsableCommand {
             line(false, "\(error)")
         }
         let reports = (common.templatesDirectory as NSString).appendingPathComponent("reports")
-        let found = ["preview.mustache", "delivery.mustache"].filter { FileManager.default.fileExists(atPath: (reports as NSString).appendingPathComponent($0)) }
+        let found = ["preview.mustache", "delivery.mustache"].filter {
+            FileManager.default.fileExists(atPath: (reports as NSString).appendingPathComponent($0))
+        }
         line(found.count == 2, "report templates in \(reports): \(found.joined(separator: ", "))")
 
         if checkToken {
             print("Meta")
             if let token = settings.accessToken, let id = settings.phoneNumberID {
-                let client = GraphClient(configuration: GraphConfiguration(baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion,
-                                                                           phoneNumberID: id, accessToken: token, timeout: .seconds(15)))
+                let client = GraphClient(
+                    configuration: GraphConfiguration(
+                        baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion,
+                        phoneNumberID: id, accessToken: token, timeout: .seconds(15)))
                 switch await client.phoneNumberInfo() {
                 case .success(let info):
-                    line(true, "the token works: \(info["display_phone_number"] ?? "?") (\(info["verified_name"] ?? "?")), quality \(info["quality_rating"] ?? "?")")
+                    line(
+                        true,
+                        "the token works: \(info["display_phone_number"] ?? "?") (\(info["verified_name"] ?? "?")), quality \(info["quality_rating"] ?? "?")"
+                    )
                 case .failure(let error):
                     line(false, "\(error.description)")
                     line(nil, haltAdvice(error))

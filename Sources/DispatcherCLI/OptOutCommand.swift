@@ -1,10 +1,10 @@
 import ArgumentParser
 import Dispatcher
+import Engine
 import Foundation
+import Server
 import Store
 import WhatsApp
-import Engine
-import Server
 
 /// `dispatcher optout list|add|remove`: who gets no more messages, and the way back in.
 struct OptOutCommand: AsyncParsableCommand {
@@ -24,8 +24,10 @@ struct OptOutCommand: AsyncParsableCommand {
         @Argument(help: "A phone number (+52 55 1234 5678, or national with --default-country-code) or a user id (US.1349…).")
         var who: String
 
-        @Option(help: ArgumentHelp("Country calling code for a number written without + or 00 (env DISPATCHER_DEFAULT_COUNTRY_CODE).",
-                                   valueName: "code"))
+        @Option(
+            help: ArgumentHelp(
+                "Country calling code for a number written without + or 00 (env DISPATCHER_DEFAULT_COUNTRY_CODE).",
+                valueName: "code"))
         var defaultCountryCode: String?
 
         /// The id to keep: E.164 digits for a number, the user id as given otherwise.

@@ -1,11 +1,11 @@
 import ArgumentParser
 import Dispatcher
+import Engine
 import Foundation
 import Reports
+import Server
 import Store
 import WhatsApp
-import Engine
-import Server
 
 struct PreviewCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -65,8 +65,9 @@ struct PreviewCommand: AsyncParsableCommand {
             defaultLocale: (language ?? settings.templateLanguage).replacingOccurrences(of: "_", with: "-"))
         // A template that does not match Meta's rules stops here (exit 1), before any manifest is read.
         let catalog = try TemplateCatalog(directory: common.templatesDirectory)
-        let renderer = try MessageRenderer(catalog: catalog, templateName: template ?? settings.templateName,
-                                           defaultLanguage: language ?? settings.templateLanguage)
+        let renderer = try MessageRenderer(
+            catalog: catalog, templateName: template ?? settings.templateName,
+            defaultLanguage: language ?? settings.templateLanguage)
         let runName = run ?? runName(forManifest: manifest)
         let outDirectory = out ?? "reports/\(runName)/preview"
         let writer = try await PreviewReportWriter(templatesDirectory: common.templatesDirectory, outputDirectory: outDirectory)
@@ -76,7 +77,8 @@ struct PreviewCommand: AsyncParsableCommand {
             do {
                 store = try await StoreOpener.openExisting(url: database.resolved(settings: settings))
             } catch {
-                console.warn("could not read \(database.describe(settings: settings)) (\(error)): opt-outs and messages sent before are not counted")
+                console.warn(
+                    "could not read \(database.describe(settings: settings)) (\(error)): opt-outs and messages sent before are not counted")
             }
         }
         var optOuts = OptOutList(numbers: [])
@@ -93,9 +95,13 @@ struct PreviewCommand: AsyncParsableCommand {
         var history = StoreCounts(optedOut: optedOut)
         if let store {
             for (_, stored) in try await store.storedMessages(ids: toLookUp) {
-                if stored.run != runName { history.alreadySent += 1 }
-                else if stored.state == .queued { history.resumed += 1 }
-                else { history.alreadyInRun += 1 }
+                if stored.run != runName {
+                    history.alreadySent += 1
+                } else if stored.state == .queued {
+                    history.resumed += 1
+                } else {
+                    history.alreadyInRun += 1
+                }
             }
         }
         toLookUp = []
@@ -108,10 +114,14 @@ struct PreviewCommand: AsyncParsableCommand {
         console.say("  recipients   \(result.recipients)")
         console.say("  skipped      \(result.skipped.count)")
         if store == nil {
-            console.say("  (no database read: \(ignoreStore ? "--ignore-store" : "none yet at \(database.describe(settings: settings))"); opt-outs and earlier sends not counted)")
+            console.say(
+                "  (no database read: \(ignoreStore ? "--ignore-store" : "none yet at \(database.describe(settings: settings))"); opt-outs and earlier sends not counted)"
+            )
         } else {
             console.say("  opted out    \(history.optedOut)\(history.optedOut > 0 ? " (send skips them; dispatcher optout list)" : "")")
-            console.say("  sent before  \(history.alreadySent)\(history.alreadySent > 0 ? " (in earlier runs: send skips them unless --resend)" : "")")
+            console.say(
+                "  sent before  \(history.alreadySent)\(history.alreadySent > 0 ? " (in earlier runs: send skips them unless --resend)" : "")"
+            )
             if history.alreadyInRun + history.resumed > 0 {
                 console.say("  in run \(runName)  \(history.alreadyInRun) done, \(history.resumed) still queued (send goes on with those)")
             }
@@ -127,11 +137,12 @@ struct PreviewCommand: AsyncParsableCommand {
         console.say("Messages: \(csv.path)")
 
         if json {
-            try console.emit(PreviewJSON(
-                invoices: result.invoices, messages: result.messages, recipients: result.recipients,
-                skipped: result.skipped, errors: result.errors, report: report,
-                opted_out: store == nil ? nil : history.optedOut, already_sent: store == nil ? nil : history.alreadySent,
-                to_send: store == nil ? nil : result.messages - history.optedOut - history.alreadySent - history.alreadyInRun))
+            try console.emit(
+                PreviewJSON(
+                    invoices: result.invoices, messages: result.messages, recipients: result.recipients,
+                    skipped: result.skipped, errors: result.errors, report: report,
+                    opted_out: store == nil ? nil : history.optedOut, already_sent: store == nil ? nil : history.alreadySent,
+                    to_send: store == nil ? nil : result.messages - history.optedOut - history.alreadySent - history.alreadyInRun))
         }
         if !result.isValid { throw Exit.invalidManifest }
     }

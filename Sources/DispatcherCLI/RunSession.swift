@@ -1,15 +1,15 @@
 import ArgumentParser
 import Dispatcher
+import Engine
 import Foundation
 import Logging
 import Reports
 import Sandbox
+import Server
 import ServiceLifecycle
 import Store
-import WhatsApp
-import Engine
-import Server
 import UnixSignals
+import WhatsApp
 
 /// What `send` and `retry` share: the store, the Graph client (Meta or the in-process sandbox),
 /// the embedded receiver, signals, dispatching, settling, the reports and the summary.
@@ -23,8 +23,10 @@ struct RunSession {
     var scenario = Scenario()
 
     /// Prepares with `prepare` (which returns the run's options), then sends, settles and reports.
-    func execute(run: String, renderer: MessageRenderer, validation: ValidationOptions,
-                 prepare: @escaping @Sendable (RunEngine, Console) async throws -> RunOptions) async throws {
+    func execute(
+        run: String, renderer: MessageRenderer, validation: ValidationOptions,
+        prepare: @escaping @Sendable (RunEngine, Console) async throws -> RunOptions
+    ) async throws {
         let console = Console(json: settle.json)
         let logger = bootstrapLogging(label: "dispatcher.run", level: .warning)
         let store = try await database.open(settings: settings)
@@ -35,15 +37,17 @@ struct RunSession {
         let graph: GraphConfiguration
         if sandbox {
             appSecret = "sandbox-app-secret-\(UInt64.random(in: 0...UInt64.max))"
-            graph = GraphConfiguration(baseURL: "http://127.0.0.1:0", apiVersion: settings.apiVersion, phoneNumberID: settings.phoneNumberID ?? "SANDBOX",
-                                       accessToken: "sandbox-token", timeout: .seconds(10))
+            graph = GraphConfiguration(
+                baseURL: "http://127.0.0.1:0", apiVersion: settings.apiVersion, phoneNumberID: settings.phoneNumberID ?? "SANDBOX",
+                accessToken: "sandbox-token", timeout: .seconds(10))
         } else {
             guard let token = settings.accessToken, let phoneNumberID = settings.phoneNumberID else {
                 throw ValidationError("set WHATSAPP_ACCESS_TOKEN and WHATSAPP_PHONE_NUMBER_ID (or try --sandbox)")
             }
             if let problem = settings.apiBaseURLProblem { throw ValidationError(problem) }
             appSecret = settings.appSecret
-            graph = GraphConfiguration(baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion, phoneNumberID: phoneNumberID, accessToken: token)
+            graph = GraphConfiguration(
+                baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion, phoneNumberID: phoneNumberID, accessToken: token)
         }
         if settle.listen != nil && appSecret == nil {
             throw ValidationError("--listen needs WHATSAPP_APP_SECRET to verify Meta's webhooks")
@@ -57,9 +61,10 @@ struct RunSession {
         let receiverReady = PortSignal(), sandboxReady = PortSignal()
         if let (host, port) = listen, let appSecret {
             let server = DispatcherServer(store: store, configuration: ServerConfiguration(appSecret: appSecret))
-            services.append(EmbeddedService.server("cannot receive webhooks on \(host):\(port)", ready: receiverReady) {
-                try await server.run(host: host, port: port, logger: logger, onListening: $0)
-            })
+            services.append(
+                EmbeddedService.server("cannot receive webhooks on \(host):\(port)", ready: receiverReady) {
+                    try await server.run(host: host, port: port, logger: logger, onListening: $0)
+                })
         }
         let group = ServiceGroup(configuration: serviceConfiguration(services, logger: logger))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
@@ -67,16 +72,23 @@ struct RunSession {
             if listen != nil { receiverPort = try await receiverReady.wait() }
             var sandboxGroup: ServiceGroup? = nil
             if sandbox, let appSecret {
-                let simulator = Sandbox(configuration: SandboxConfiguration(
-                    appSecret: appSecret, webhookURL: receiverPort.map { "http://127.0.0.1:\($0)/webhook" }, throughput: 1000,
-                    statusSpacing: 0.3, templates: catalog, scenario: scenario))
-                let simulatorGroup = ServiceGroup(configuration: serviceConfiguration([EmbeddedService.server("cannot start the sandbox", ready: sandboxReady) {
-                    try await simulator.run(logger: logger, onListening: $0)
-                }], logger: logger))
+                let simulator = Sandbox(
+                    configuration: SandboxConfiguration(
+                        appSecret: appSecret, webhookURL: receiverPort.map { "http://127.0.0.1:\($0)/webhook" }, throughput: 1000,
+                        statusSpacing: 0.3, templates: catalog, scenario: scenario))
+                let simulatorGroup = ServiceGroup(
+                    configuration: serviceConfiguration(
+                        [
+                            EmbeddedService.server("cannot start the sandbox", ready: sandboxReady) {
+                                try await simulator.run(logger: logger, onListening: $0)
+                            }
+                        ], logger: logger))
                 sandboxGroup = simulatorGroup
                 tasks.addTask { try await simulatorGroup.run() }
                 graphConfiguration.baseURL = "http://127.0.0.1:\(try await sandboxReady.wait())"
-                console.say("sandbox: a local WhatsApp Cloud API simulator; nothing reaches Meta (outcomes by the numbers' last digits, docs/sandbox.md)")
+                console.say(
+                    "sandbox: a local WhatsApp Cloud API simulator; nothing reaches Meta (outcomes by the numbers' last digits, docs/sandbox.md)"
+                )
             }
             let client = GraphClient(configuration: graphConfiguration)
             let engine = RunEngine(store: store, client: client, renderer: renderer, validation: validation, logger: logger)
@@ -94,7 +106,9 @@ struct RunSession {
                 }
                 inner.addTask {
                     do {
-                        try await perform(engine: engine, store: store, run: run, console: console, settleWindow: settleWindow, logger: logger, prepare: prepare)
+                        try await perform(
+                            engine: engine, store: store, run: run, console: console, settleWindow: settleWindow, logger: logger,
+                            prepare: prepare)
                         return .success(())
                     } catch {
                         return .failure(error)
@@ -130,11 +144,14 @@ struct RunSession {
         }
     }
 
-    private func perform(engine: RunEngine, store: any DispatchStore, run: String, console: Console, settleWindow: Duration, logger: Logger,
-                         prepare: @escaping @Sendable (RunEngine, Console) async throws -> RunOptions) async throws {
+    private func perform(
+        engine: RunEngine, store: any DispatchStore, run: String, console: Console, settleWindow: Duration, logger: Logger,
+        prepare: @escaping @Sendable (RunEngine, Console) async throws -> RunOptions
+    ) async throws {
         // One run per sender number at a time (on every machine sharing the database), from
         // preparing (which resolves what a crash left `sending`) to the last send.
-        let lease = SenderLeaseKeeper(store: store, sender: engine.client.configuration.phoneNumberID, run: run, ttl: settings.senderLeaseSeconds)
+        let lease = SenderLeaseKeeper(
+            store: store, sender: engine.client.configuration.phoneNumberID, run: run, ttl: settings.senderLeaseSeconds)
         do {
             try await lease.acquire(wait: try settle.waitForSender.map(parseDuration) ?? .zero)
         } catch let busy as SenderBusy {
@@ -168,15 +185,19 @@ struct RunSession {
         logger.debug("run: sender lease released")
         let (options, countsBefore, stop) = try sending.get()
         if settle.stats {
-            let sent = try await store.stateCounts(run: run).filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +)
+            let sent =
+                try await store.stateCounts(run: run).filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +)
                 - countsBefore.filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +)
             func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
             let wall = seconds(ContinuousClock.now - prepared.wall)
             let cpu = processCPUSeconds() - prepared.cpu
             let prepareWall = seconds(prepared.wall - wallBefore), prepareCPU = prepared.cpu - cpuBefore
-            console.say(String(format: "stats: %d messages in %.2f s (%.1f/s, %.1f%% of --rate %.0f, at most %d in any second as they left); %.0f µs CPU per message while sending (%.2f of a core); preparing took %.2f s, %.0f µs CPU per message",
-                               sent, wall, Double(sent) / wall, Double(sent) / wall / options.rate * 100, options.rate, engine.mostSendsInOneSecond,
-                               sent > 0 ? cpu / Double(sent) * 1e6 : 0, cpu / wall, prepareWall, sent > 0 ? prepareCPU / Double(sent) * 1e6 : 0))
+            console.say(
+                String(
+                    format:
+                        "stats: %d messages in %.2f s (%.1f/s, %.1f%% of --rate %.0f, at most %d in any second as they left); %.0f µs CPU per message while sending (%.2f of a core); preparing took %.2f s, %.0f µs CPU per message",
+                    sent, wall, Double(sent) / wall, Double(sent) / wall / options.rate * 100, options.rate, engine.mostSendsInOneSecond,
+                    sent > 0 ? cpu / Double(sent) * 1e6 : 0, cpu / wall, prepareWall, sent > 0 ? prepareCPU / Double(sent) * 1e6 : 0))
         }
         if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
 
@@ -211,7 +232,9 @@ struct RunSession {
         if settle.json { try console.emit(RunResultJSON(run: run, counts: counts, report: files.html)) }
         switch stop {
         case .halted(let error):
-            console.say("HALTED: \(error.description)\n\(haltAdvice(error))\nWhat was not sent is still queued: run the same command again once it is fixed.")
+            console.say(
+                "HALTED: \(error.description)\n\(haltAdvice(error))\nWhat was not sent is still queued: run the same command again once it is fixed."
+            )
             throw Exit.halted
         case .interrupted:
             console.say("Interrupted: run the same command again to continue; nothing already sent will be sent twice.")
@@ -291,8 +314,10 @@ struct EmbeddedService: Service {
     /// A server as a service: its port goes to `ready` once it listens, or, if it cannot start (a
     /// port already taken), the reason, prefixed with `failure`: the run ends with it instead of
     /// waiting for the port.
-    static func server(_ failure: String, ready: PortSignal,
-                       _ run: @escaping @Sendable (_ onListening: @escaping @Sendable (Int) async -> Void) async throws -> Void) -> EmbeddedService {
+    static func server(
+        _ failure: String, ready: PortSignal,
+        _ run: @escaping @Sendable (_ onListening: @escaping @Sendable (Int) async -> Void) async throws -> Void
+    ) -> EmbeddedService {
         EmbeddedService {
             do {
                 try await run { await ready.set($0) }
@@ -309,5 +334,6 @@ struct EmbeddedService: Service {
 func processCPUSeconds() -> Double {
     var usage = rusage()
     getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
-    return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+    return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(
+        usage.ru_stime.tv_usec) / 1e6
 }

@@ -46,15 +46,17 @@ struct SandboxCommand: AsyncParsableCommand {
         }
         let (host, port) = try parseListen(listen)
         let logger = bootstrapLogging(label: "dispatcher.sandbox")
-        let sandbox = Sandbox(configuration: SandboxConfiguration(
-            accessToken: accessToken ?? settings.accessToken ?? "sandbox-token", appSecret: secret, webhookURL: webhookURL,
-            throughput: throughput, pairBurst: pairBurst, latency: .milliseconds(latencyMs),
-            templates: try TemplateCatalog(directory: templatesDirectory), scenario: try scenario.map(Scenario.load) ?? Scenario()))
+        let sandbox = Sandbox(
+            configuration: SandboxConfiguration(
+                accessToken: accessToken ?? settings.accessToken ?? "sandbox-token", appSecret: secret, webhookURL: webhookURL,
+                throughput: throughput, pairBurst: pairBurst, latency: .milliseconds(latencyMs),
+                templates: try TemplateCatalog(directory: templatesDirectory), scenario: try scenario.map(Scenario.load) ?? Scenario()))
         let service = EmbeddedService {
             try await sandbox.run(host: host, port: port, logger: logger) { port in
                 logger.info("sandbox listening", metadata: ["address": "\(host):\(port)", "webhook": "\(webhookURL ?? "none")"])
             }
         }
-        try await ServiceGroup(configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)).run()
+        try await ServiceGroup(configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            .run()
     }
 }

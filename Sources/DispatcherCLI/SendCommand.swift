@@ -1,14 +1,14 @@
 import ArgumentParser
 import Dispatcher
+import Engine
 import Foundation
 import Logging
 import Reports
 import Sandbox
-import Store
-import WhatsApp
-import Engine
 import Server
+import Store
 import UnixSignals
+import WhatsApp
 
 /// Options shared by `send` and `retry`: where statuses come from during the settle window.
 struct SettleOptions: ParsableArguments {
@@ -78,7 +78,9 @@ struct SendCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard FileManager.default.fileExists(atPath: manifest) else { throw ValidationError("no manifest at \(manifest)") }
-        guard rate > 0, rate <= 1000 else { throw ValidationError("--rate must be between 1 and 1000 messages per second (Meta's ceiling)") }
+        guard rate > 0, rate <= 1000 else {
+            throw ValidationError("--rate must be between 1 and 1000 messages per second (Meta's ceiling)")
+        }
         if let settle = settleOptions.settle { _ = try parseDuration(settle) }
         if let listen = settleOptions.listen { _ = try parseListen(listen) }
     }
@@ -87,34 +89,42 @@ struct SendCommand: AsyncParsableCommand {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
         let runName = run ?? runName(forManifest: manifest)
         let catalog = try TemplateCatalog(directory: common.templatesDirectory)
-        let renderer = try MessageRenderer(catalog: catalog, templateName: template ?? settings.templateName, defaultLanguage: settings.templateLanguage)
-        let validation = ValidationOptions(defaultCountryCode: try common.countryCode(), defaultCurrency: defaultCurrency,
-                                           defaultLocale: settings.templateLanguage)
+        let renderer = try MessageRenderer(
+            catalog: catalog, templateName: template ?? settings.templateName, defaultLanguage: settings.templateLanguage)
+        let validation = ValidationOptions(
+            defaultCountryCode: try common.countryCode(), defaultCurrency: defaultCurrency,
+            defaultLocale: settings.templateLanguage)
         let options = {
             var options = RunOptions(run: runName, manifest: manifest, rate: rate, skipInvalid: skipInvalid, resend: resend)
             options.nameDerived = run == nil
             return options
         }()
-        try await RunSession(settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
-                             templatesDirectory: common.templatesDirectory, scenario: try sandboxScenario.map(Scenario.load) ?? Scenario())
-            .execute(run: runName, renderer: renderer, validation: validation) { engine, console in
-                let preparation = try await engine.prepare(options)
-                let preview = preparation.preview
-                if !preview.isValid {
-                    for issue in preview.errors.prefix(30) { console.say("  \(issue)") }
-                    if preview.errorCount > 30 { console.say("  …and \(preview.errorCount - 30) more (dispatcher preview writes them all)") }
-                    if !options.skipInvalid {
-                        console.say("\(preview.invalidInvoices) invoices have problems: nothing was sent. Fix them, or send the rest with --skip-invalid.")
-                        throw Exit.invalidManifest
-                    }
-                    console.say("skipping \(preview.invalidInvoices) invalid invoices (--skip-invalid)")
+        try await RunSession(
+            settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
+            templatesDirectory: common.templatesDirectory, scenario: try sandboxScenario.map(Scenario.load) ?? Scenario()
+        )
+        .execute(run: runName, renderer: renderer, validation: validation) { engine, console in
+            let preparation = try await engine.prepare(options)
+            let preview = preparation.preview
+            if !preview.isValid {
+                for issue in preview.errors.prefix(30) { console.say("  \(issue)") }
+                if preview.errorCount > 30 { console.say("  …and \(preview.errorCount - 30) more (dispatcher preview writes them all)") }
+                if !options.skipInvalid {
+                    console.say(
+                        "\(preview.invalidInvoices) invoices have problems: nothing was sent. Fix them, or send the rest with --skip-invalid."
+                    )
+                    throw Exit.invalidManifest
                 }
-                console.say("Run \(runName): \(preview.invoices) invoices, \(preparation.queued + preparation.resumed) messages to send"
+                console.say("skipping \(preview.invalidInvoices) invalid invoices (--skip-invalid)")
+            }
+            console.say(
+                "Run \(runName): \(preview.invoices) invoices, \(preparation.queued + preparation.resumed) messages to send"
                     + (preparation.alreadySent > 0 ? ", \(preparation.alreadySent) already sent by an earlier run (skipped)" : "")
                     + (preparation.optedOut > 0 ? ", \(preparation.optedOut) opted out" : "")
-                    + (preparation.interrupted > 0 ? ", \(preparation.interrupted) left in flight by an interrupted run (now unknown)" : ""))
-                return options
-            }
+                    + (preparation.interrupted > 0 ? ", \(preparation.interrupted) left in flight by an interrupted run (now unknown)" : "")
+            )
+            return options
+        }
     }
 }
 
@@ -148,57 +158,65 @@ struct RetryCommand: AsyncParsableCommand {
     func run() async throws {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
         let wanted: Set<Int>? = try codes.map { list in
-            Set(try list.split(separator: ",").map { part in
-                guard let code = Int(part.trimmingCharacters(in: .whitespaces)) else { throw ValidationError("--codes: '\(part)' is not a number") }
-                return code
-            })
+            Set(
+                try list.split(separator: ",").map { part in
+                    guard let code = Int(part.trimmingCharacters(in: .whitespaces)) else {
+                        throw ValidationError("--codes: '\(part)' is not a number")
+                    }
+                    return code
+                })
         }
         let catalog = try TemplateCatalog(directory: common.templatesDirectory)
-        let renderer = try MessageRenderer(catalog: catalog, templateName: settings.templateName, defaultLanguage: settings.templateLanguage)
-        try await RunSession(settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
-                             templatesDirectory: common.templatesDirectory)
-            .execute(run: run, renderer: renderer, validation: ValidationOptions()) { engine, console in
-                guard let record = try await engine.store.run(named: run) else {
-                    throw ValidationError("no run \(run): `dispatcher runs` lists them")
-                }
-                var candidates: [String] = []
-                var notYet: (count: Int, earliest: Double) = (0, .infinity)
-                var after: Int64? = nil
-                let now = Date().timeIntervalSince1970
-                repeat {
-                    let page = try await engine.store.messages(MessageFilter(run: run, after: after, limit: 1000))
-                    for m in page.messages {
-                        if m.state == .unknown && includeUnknown { candidates.append(m.id) }
-                        guard m.state == .failed else { continue }
-                        let errorClass = ErrorClass.of(code: m.errorCode)
-                        // --codes names what to resend; otherwise the one rule of what is retryable.
-                        let chosen = wanted.map { set in m.errorCode.map(set.contains) ?? false } ?? errorClass.isRetryable
-                        guard chosen else { continue }
-                        if !retryNow, let earliest = errorClass.earliestRetry(failedAt: m.failedAt ?? m.updatedAt), earliest > now {
-                            // Meta's per-user limit (131049): not before its time, unless --now.
-                            notYet = (notYet.count + 1, min(notYet.earliest, earliest))
-                            continue
-                        }
-                        candidates.append(m.id)
-                    }
-                    after = page.next
-                } while after != nil
-                let requeued = try await engine.store.requeue(messageIDs: candidates, at: Date().timeIntervalSince1970)
-                console.say("Run \(run): \(requeued.count) messages to send again")
-                if notYet.count > 0 {
-                    console.say("\(notYet.count) held back by Meta's per-user limit (131049) may go from \(iso8601(notYet.earliest) ?? "?") " +
-                                "(run this again then, or now with --now)")
-                }
-                var saved = record
-                saved.status = .sending
-                try await engine.store.saveRun(saved)
-                return RunOptions(run: run, manifest: record.manifest, rate: rate)
+        let renderer = try MessageRenderer(
+            catalog: catalog, templateName: settings.templateName, defaultLanguage: settings.templateLanguage)
+        try await RunSession(
+            settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
+            templatesDirectory: common.templatesDirectory
+        )
+        .execute(run: run, renderer: renderer, validation: ValidationOptions()) { engine, console in
+            guard let record = try await engine.store.run(named: run) else {
+                throw ValidationError("no run \(run): `dispatcher runs` lists them")
             }
+            var candidates: [String] = []
+            var notYet: (count: Int, earliest: Double) = (0, .infinity)
+            var after: Int64? = nil
+            let now = Date().timeIntervalSince1970
+            repeat {
+                let page = try await engine.store.messages(MessageFilter(run: run, after: after, limit: 1000))
+                for m in page.messages {
+                    if m.state == .unknown && includeUnknown { candidates.append(m.id) }
+                    guard m.state == .failed else { continue }
+                    let errorClass = ErrorClass.of(code: m.errorCode)
+                    // --codes names what to resend; otherwise the one rule of what is retryable.
+                    let chosen = wanted.map { set in m.errorCode.map(set.contains) ?? false } ?? errorClass.isRetryable
+                    guard chosen else { continue }
+                    if !retryNow, let earliest = errorClass.earliestRetry(failedAt: m.failedAt ?? m.updatedAt), earliest > now {
+                        // Meta's per-user limit (131049): not before its time, unless --now.
+                        notYet = (notYet.count + 1, min(notYet.earliest, earliest))
+                        continue
+                    }
+                    candidates.append(m.id)
+                }
+                after = page.next
+            } while after != nil
+            let requeued = try await engine.store.requeue(messageIDs: candidates, at: Date().timeIntervalSince1970)
+            console.say("Run \(run): \(requeued.count) messages to send again")
+            if notYet.count > 0 {
+                console.say(
+                    "\(notYet.count) held back by Meta's per-user limit (131049) may go from \(iso8601(notYet.earliest) ?? "?") "
+                        + "(run this again then, or now with --now)")
+            }
+            var saved = record
+            saved.status = .sending
+            try await engine.store.saveRun(saved)
+            return RunOptions(run: run, manifest: record.manifest, rate: rate)
+        }
     }
 }
 
 struct ReportCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "report", abstract: "(Re)write a run's reports with the statuses known now.")
+    static let configuration = CommandConfiguration(
+        commandName: "report", abstract: "(Re)write a run's reports with the statuses known now.")
 
     @Argument(help: "The run's name.")
     var run: String

@@ -1,12 +1,12 @@
 import ArgumentParser
 import Dispatcher
+import Engine
 import Foundation
 import Hummingbird
 import Logging
+import Server
 import Store
 import WhatsApp
-import Engine
-import Server
 
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -54,7 +54,9 @@ struct ServeCommand: AsyncParsableCommand {
             logger.warning("WHATSAPP_WEBHOOK_VERIFY_TOKEN is not set: Meta's handshake (GET /webhook) will be refused")
         }
         if settings.apiToken == nil && settings.jwtSecret == nil {
-            logger.warning("neither DISPATCHER_API_TOKEN nor DISPATCHER_JWT_SECRET is set: every API route but the webhook, health and metrics will answer 401")
+            logger.warning(
+                "neither DISPATCHER_API_TOKEN nor DISPATCHER_JWT_SECRET is set: every API route but the webhook, health and metrics will answer 401"
+            )
         }
         let store = try await database.open(settings: settings)
         // The landlord UI's send route: only with credentials, through the same engine pieces as a run.
@@ -62,11 +64,14 @@ struct ServeCommand: AsyncParsableCommand {
         var client: GraphClient? = nil
         if let token = settings.accessToken, let phoneNumberID = settings.phoneNumberID {
             if let problem = settings.apiBaseURLProblem { throw ValidationError(problem) }
-            let graph = GraphClient(configuration: GraphConfiguration(baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion,
-                                                                      phoneNumberID: phoneNumberID, accessToken: token))
+            let graph = GraphClient(
+                configuration: GraphConfiguration(
+                    baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion,
+                    phoneNumberID: phoneNumberID, accessToken: token))
             client = graph
-            sender = InvoiceAPISender(store: store, client: graph, catalog: try TemplateCatalog(directory: templatesDirectory),
-                                      defaultLanguage: settings.templateLanguage, defaultCountryCode: settings.defaultCountryCode, rate: rate)
+            sender = InvoiceAPISender(
+                store: store, client: graph, catalog: try TemplateCatalog(directory: templatesDirectory),
+                defaultLanguage: settings.templateLanguage, defaultCountryCode: settings.defaultCountryCode, rate: rate)
         } else {
             logger.warning("WHATSAPP_ACCESS_TOKEN or WHATSAPP_PHONE_NUMBER_ID is not set: POST /send-invoice will answer 503")
         }
@@ -77,8 +82,12 @@ struct ServeCommand: AsyncParsableCommand {
                 jwtSecret: settings.jwtSecret, reportsDirectory: reports, metricsNeedToken: metricsNeedToken),
             sender: sender)
         defer { if let client { Task { try? await client.shutdown() } } }
-        logger.info("dispatcher serve listening", metadata: ["address": "\(host):\(port)", "base_path": "\(basePath.isEmpty ? "/" : basePath)",
-                                                             "database": "\(database.describe(settings: settings))"])
+        logger.info(
+            "dispatcher serve listening",
+            metadata: [
+                "address": "\(host):\(port)", "base_path": "\(basePath.isEmpty ? "/" : basePath)",
+                "database": "\(database.describe(settings: settings))",
+            ])
         try await server.application(host: host, port: port, logger: logger).runService()
     }
 }

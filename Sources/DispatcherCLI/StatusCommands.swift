@@ -1,10 +1,10 @@
 import ArgumentParser
 import Dispatcher
+import Engine
 import Foundation
+import Server
 import Store
 import WhatsApp
-import Engine
-import Server
 
 struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -32,14 +32,20 @@ struct StatusCommand: AsyncParsableCommand {
             return
         }
         print("\(message.id)  \(message.state.rawValue)")
-        print("  run \(message.run), invoice \(message.invoiceID), to +\(message.phone), template \(message.template) (\(message.language))")
+        print(
+            "  run \(message.run), invoice \(message.invoiceID), to +\(message.phone), template \(message.template) (\(message.language))")
         if let wamid = message.wamid { print("  wamid \(wamid)") }
-        if let code = message.errorCode { print("  error \(code): \(message.errorTitle ?? "")\(message.errorDetails.map { " — \($0)" } ?? "")") }
+        if let code = message.errorCode {
+            print("  error \(code): \(message.errorTitle ?? "")\(message.errorDetails.map { " — \($0)" } ?? "")")
+        }
         for attempt in attempts {
-            print("  attempt \(attempt.number) at \(iso(attempt.startedAt)): \(attempt.outcome)\(attempt.errorCode.map { " (\($0))" } ?? "")")
+            print(
+                "  attempt \(attempt.number) at \(iso(attempt.startedAt)): \(attempt.outcome)\(attempt.errorCode.map { " (\($0))" } ?? "")")
         }
         for event in events {
-            print("  \(iso(event.timestamp))  \(event.status)\(event.applied ? "" : " (changed nothing)")\(event.errorCode.map { " error \($0)" } ?? "")")
+            print(
+                "  \(iso(event.timestamp))  \(event.status)\(event.applied ? "" : " (changed nothing)")\(event.errorCode.map { " error \($0)" } ?? "")"
+            )
         }
     }
 }
@@ -68,7 +74,9 @@ struct RunsCommand: AsyncParsableCommand {
         if runs.isEmpty { print("no runs yet in \(database.describe(settings: settings))") }
         for summary in runs {
             let counts = MessageState.allCases.compactMap { state in summary.counts[state].map { "\(state.rawValue) \($0)" } }
-            print("\(summary.run.name)  \(summary.run.status.rawValue)  \(iso(summary.run.createdAt))  \(summary.invoices) invoices, \(summary.messages) messages: \(counts.joined(separator: ", "))")
+            print(
+                "\(summary.run.name)  \(summary.run.status.rawValue)  \(iso(summary.run.createdAt))  \(summary.invoices) invoices, \(summary.messages) messages: \(counts.joined(separator: ", "))"
+            )
         }
     }
 }

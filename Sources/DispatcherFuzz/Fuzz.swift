@@ -34,9 +34,11 @@ enum Target: String, CaseIterable {
 nonisolated(unsafe) var selected = Target.csv
 
 #if FUZZING
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
+    @_silgen_name("LLVMFuzzerRunDriver")
+    func LLVMFuzzerRunDriver(
+        _ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+        _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+    ) -> CInt
 #endif
 
 @main
@@ -49,40 +51,45 @@ enum DispatcherFuzz {
             setenv("DISPATCHER_FUZZ_TARGET", arguments[1], 1)
             arguments.remove(at: 1)
         }
-        guard let name = ProcessInfo.processInfo.environment["DISPATCHER_FUZZ_TARGET"] ?? getenv("DISPATCHER_FUZZ_TARGET").map({ String(cString: $0) }),
-              let target = Target(rawValue: name) else {
-            FileHandle.standardError.write(Data("usage: dispatcher-fuzz \(Target.allCases.map(\.rawValue).joined(separator: "|")) [options] [FILE or CORPUS…]\n".utf8))
+        guard
+            let name = ProcessInfo.processInfo.environment["DISPATCHER_FUZZ_TARGET"]
+                ?? getenv("DISPATCHER_FUZZ_TARGET").map({ String(cString: $0) }),
+            let target = Target(rawValue: name)
+        else {
+            FileHandle.standardError.write(
+                Data("usage: dispatcher-fuzz \(Target.allCases.map(\.rawValue).joined(separator: "|")) [options] [FILE or CORPUS…]\n".utf8))
             exit(64)
         }
         selected = target
         _ = Target.renderer
-#if FUZZING
-        // libFuzzer reads its own options and corpus folders; the target name is not one of them.
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        var argc = CInt(argv.count - 1)
-        let status = argv.withUnsafeMutableBufferPointer { buffer -> CInt in
-            var base = Optional(buffer.baseAddress!)
-            return LLVMFuzzerRunDriver(&argc, &base) { data, size in
-                selected.run(size == 0 ? [] : Array(UnsafeBufferPointer(start: data, count: size)))
-                return 0
+        #if FUZZING
+            // libFuzzer reads its own options and corpus folders; the target name is not one of them.
+            var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+            var argc = CInt(argv.count - 1)
+            let status = argv.withUnsafeMutableBufferPointer { buffer -> CInt in
+                var base = Optional(buffer.baseAddress!)
+                return LLVMFuzzerRunDriver(&argc, &base) { data, size in
+                    selected.run(size == 0 ? [] : Array(UnsafeBufferPointer(start: data, count: size)))
+                    return 0
+                }
             }
-        }
-        exit(status)
-#else
-        // Replay: every file given, or every file in every folder given.
-        var count = 0
-        for path in arguments.dropFirst() {
-            var isFolder: ObjCBool = false
-            _ = FileManager.default.fileExists(atPath: path, isDirectory: &isFolder)
-            let files = isFolder.boolValue
-                ? ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted().map { path + "/" + $0 } : [path]
-            for file in files {
-                guard let data = FileManager.default.contents(atPath: file) else { continue }
-                target.run(Array(data))
-                count += 1
+            exit(status)
+        #else
+            // Replay: every file given, or every file in every folder given.
+            var count = 0
+            for path in arguments.dropFirst() {
+                var isFolder: ObjCBool = false
+                _ = FileManager.default.fileExists(atPath: path, isDirectory: &isFolder)
+                let files =
+                    isFolder.boolValue
+                    ? ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted().map { path + "/" + $0 } : [path]
+                for file in files {
+                    guard let data = FileManager.default.contents(atPath: file) else { continue }
+                    target.run(Array(data))
+                    count += 1
+                }
             }
-        }
-        print("\(target.rawValue): \(count) inputs replayed, no finding")
-#endif
+            print("\(target.rawValue): \(count) inputs replayed, no finding")
+        #endif
     }
 }

@@ -1,6 +1,6 @@
 import Crypto
-import Foundation
 public import Dispatcher
+import Foundation
 public import Store
 public import WhatsApp
 
@@ -17,8 +17,10 @@ public final class InvoiceAPISender: InvoiceSendService {
 
     public static let templates: Set<String> = ["invoice", "rentcall", "rentcall_reminder", "rentcall_last_reminder"]
 
-    public init(store: any DispatchStore, client: GraphClient, catalog: TemplateCatalog, defaultLanguage: String,
-                defaultCountryCode: String?, rate: Double = 80) {
+    public init(
+        store: any DispatchStore, client: GraphClient, catalog: TemplateCatalog, defaultLanguage: String,
+        defaultCountryCode: String?, rate: Double = 80
+    ) {
         self.store = store
         self.client = client
         self.catalog = catalog
@@ -61,17 +63,29 @@ public final class InvoiceAPISender: InvoiceSendService {
         let components = Calendar(identifier: .gregorian).dateComponents(in: TimeZone(identifier: "UTC")!, from: today)
         let period = BillingPeriod(year: components.year!, month: components.month!)
         // Without invoiceId, the key is (organization, tenant, period, amount): the same call twice sends once.
-        let invoiceID = request.invoiceID ?? "api-" + lowercaseHex(SHA256.hash(data: Array(
-            "\(organizationID ?? request.organizationName ?? "")\u{1F}\(request.tenantName)\u{1F}\(request.invoicePeriod ?? "")\u{1F}\(minor)".utf8))
-            .prefix(8))
+        let invoiceID =
+            request.invoiceID ?? "api-"
+            + lowercaseHex(
+                SHA256.hash(
+                    data: Array(
+                        "\(organizationID ?? request.organizationName ?? "")\u{1F}\(request.tenantName)\u{1F}\(request.invoicePeriod ?? "")\u{1F}\(minor)"
+                            .utf8)
+                )
+                .prefix(8))
         var invoice = Invoice(
-            line: 0, invoiceID: invoiceID, tenantName: request.tenantName, phones: numbers, amount: Money(minorUnits: minor, currency: currency),
-            period: period, dueDate: request.dueDate.flatMap { date in var d = date; return d.withUTF8 { parseDate($0) } },
+            line: 0, invoiceID: invoiceID, tenantName: request.tenantName, phones: numbers,
+            amount: Money(minorUnits: minor, currency: currency),
+            period: period,
+            dueDate: request.dueDate.flatMap { date in
+                var d = date; return d.withUTF8 { parseDate($0) }
+            },
             landlord: request.organizationName, locale: request.locale.flatMap(normalizeLocale) ?? defaultLanguage,
             documentURL: request.invoiceURL)
         invoice.periodLabel = request.invoicePeriod
-        let renderer = try MessageRenderer(catalog: catalog, templateName: template,
-                                           defaultLanguage: catalog[template]!.languages[defaultLanguage] != nil ? defaultLanguage : catalog[template]!.languages.keys.sorted()[0])
+        let renderer = try MessageRenderer(
+            catalog: catalog, templateName: template,
+            defaultLanguage: catalog[template]!.languages[defaultLanguage] != nil
+                ? defaultLanguage : catalog[template]!.languages.keys.sorted()[0])
         let rendered: [RenderedMessage]
         switch renderer.render(invoice) {
         case .success(let messages): rendered = messages
@@ -81,8 +95,10 @@ public final class InvoiceAPISender: InvoiceSendService {
 
         let run = "api-" + (iso8601(today.timeIntervalSince1970) ?? "").prefix(10)
         if try await store.run(named: run) == nil {
-            try await store.saveRun(RunRecord(name: run, manifest: "POST /send-invoice", template: "various", sender: client.configuration.phoneNumberID,
-                                              status: .sending, createdAt: today.timeIntervalSince1970))
+            try await store.saveRun(
+                RunRecord(
+                    name: run, manifest: "POST /send-invoice", template: "various", sender: client.configuration.phoneNumberID,
+                    status: .sending, createdAt: today.timeIntervalSince1970))
         }
         try await store.addInvoices([InvoiceRecord(run: run, invoice: invoice)])
         let optedOut = try await OptOutList.load(from: store)
@@ -90,18 +106,29 @@ public final class InvoiceAPISender: InvoiceSendService {
         for message in rendered {
             let display = "+" + message.phone
             if optedOut.contains(message.phone) {
-                _ = try await store.addMessages([NewMessage(id: message.id, run: run, invoiceID: invoiceID, phone: message.phone, template: template,
-                                                            language: message.language, state: .skipped, skipReason: "opted out")])
-                results.append(.init(phoneNumber: display, success: false, id: message.id, wamid: nil, state: "skipped", error: "the tenant opted out of WhatsApp messages"))
+                _ = try await store.addMessages([
+                    NewMessage(
+                        id: message.id, run: run, invoiceID: invoiceID, phone: message.phone, template: template,
+                        language: message.language, state: .skipped, skipReason: "opted out")
+                ])
+                results.append(
+                    .init(
+                        phoneNumber: display, success: false, id: message.id, wamid: nil, state: "skipped",
+                        error: "the tenant opted out of WhatsApp messages"))
                 continue
             }
             let body = message.request.jsonBody
-            let insert = try await store.addMessages([NewMessage(id: message.id, run: run, invoiceID: invoiceID, phone: message.phone,
-                                                                 template: template, language: message.language, requestBody: body)])
+            let insert = try await store.addMessages([
+                NewMessage(
+                    id: message.id, run: run, invoiceID: invoiceID, phone: message.phone,
+                    template: template, language: message.language, requestBody: body)
+            ])
             if case .exists = insert.first, let existing = try await store.message(message.id), existing.state != .queued {
                 // Sent before: answered as it stands, never sent twice.
-                results.append(.init(phoneNumber: display, success: existing.state != .failed, id: existing.id, wamid: existing.wamid,
-                                     state: existing.state.rawValue, error: existing.errorTitle))
+                results.append(
+                    .init(
+                        phoneNumber: display, success: existing.state != .failed, id: existing.id, wamid: existing.wamid,
+                        state: existing.state.rawValue, error: existing.errorTitle))
                 continue
             }
             results.append(try await send(messageID: message.id, phone: message.phone, body: Array(body.utf8), display: display))
@@ -116,24 +143,35 @@ public final class InvoiceAPISender: InvoiceSendService {
             try await pacer.slot()
             switch await client.send(body: Data(body)) {
             case .accepted(let wamid, let waID):
-                try await store.recordOutcomes([AttemptOutcome.accepted(messageID: messageID, attempt: attempt, wamid: wamid,
-                                                                        waID: waID == phone ? nil : waID)], at: wallClock())
+                try await store.recordOutcomes(
+                    [
+                        AttemptOutcome.accepted(
+                            messageID: messageID, attempt: attempt, wamid: wamid,
+                            waID: waID == phone ? nil : waID)
+                    ], at: wallClock())
                 return .init(phoneNumber: display, success: true, id: messageID, wamid: wamid, state: "accepted", error: nil)
             case .unknown(let reason):
-                try await store.recordOutcomes([AttemptOutcome.unknown(messageID: messageID, attempt: attempt, reason: reason)], at: wallClock())
-                return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "unknown",
-                             error: "no answer from WhatsApp; its status will follow if it was sent")
+                try await store.recordOutcomes(
+                    [AttemptOutcome.unknown(messageID: messageID, attempt: attempt, reason: reason)], at: wallClock())
+                return .init(
+                    phoneNumber: display, success: false, id: messageID, wamid: nil, state: "unknown",
+                    error: "no answer from WhatsApp; its status will follow if it was sent")
             case .notSent(let reason):
                 let error = SendError(code: nil, title: "not sent: \(reason)")
-                try await store.recordOutcomes([AttemptOutcome.rejected(messageID: messageID, attempt: attempt, error: error, final: round == 2)], at: wallClock())
-                if round == 2 { return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed", error: error.title) }
+                try await store.recordOutcomes(
+                    [AttemptOutcome.rejected(messageID: messageID, attempt: attempt, error: error, final: round == 2)], at: wallClock())
+                if round == 2 {
+                    return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed", error: error.title)
+                }
             case .rejected(let e):
                 let retry = round < 2 && (e.errorClass == .transient || e.errorClass == .throttled)
                 let error = SendError(code: e.code, title: e.title, details: e.details)
-                try await store.recordOutcomes([AttemptOutcome.rejected(messageID: messageID, attempt: attempt, error: error, final: !retry)], at: wallClock())
+                try await store.recordOutcomes(
+                    [AttemptOutcome.rejected(messageID: messageID, attempt: attempt, error: error, final: !retry)], at: wallClock())
                 if !retry {
-                    return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed",
-                                 error: "\(e.code.map { "(#\($0)) " } ?? "")\(e.title)")
+                    return .init(
+                        phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed",
+                        error: "\(e.code.map { "(#\($0)) " } ?? "")\(e.title)")
                 }
                 if e.errorClass == .throttled { await pacer.pause(seconds: e.retryAfter ?? 1) }
             }

@@ -1,4 +1,5 @@
 import Dispatcher
+
 /// Paces requests from callers that each send one message (the single-invoice API): each waits
 /// for its turn from a `RateBudget`. The billing run's loop asks its own budget directly.
 public actor Pacer {

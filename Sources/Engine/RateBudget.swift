@@ -1,4 +1,5 @@
 import Dispatcher
+
 /// How many requests one sender number may release now: a token bucket refilled at the rate less a
 /// margin, with a hard cap on the trailing second. A plain value owned by one task (the dispatch
 /// loop, or the `Pacer` actor): asking it costs no thread hop.

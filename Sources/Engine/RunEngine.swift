@@ -1,9 +1,9 @@
-import Foundation
-import NIOCore
-public import Logging
-import Synchronization
 public import Dispatcher
+import Foundation
+public import Logging
+import NIOCore
 public import Store
+import Synchronization
 public import WhatsApp
 
 /// How a billing run is done.
@@ -34,8 +34,10 @@ public struct RunOptions: Sendable {
     /// that name made from another manifest is then refused rather than silently merged.
     public var nameDerived = false
 
-    public init(run: String, manifest: String, rate: Double = 80, skipInvalid: Bool = false, resend: Bool = false,
-                maxTransientRetries: Int = 5, pairSpacing: Duration = .seconds(6), haltAfterUnknownCodes: Int = 10) {
+    public init(
+        run: String, manifest: String, rate: Double = 80, skipInvalid: Bool = false, resend: Bool = false,
+        maxTransientRetries: Int = 5, pairSpacing: Duration = .seconds(6), haltAfterUnknownCodes: Int = 10
+    ) {
         self.run = run
         self.manifest = manifest
         self.rate = rate
@@ -135,9 +137,11 @@ public final class RunEngine: Sendable {
             if !check.isValid { return Preparation(preview: check) }
         }
         let now = wallClock()
-        try await store.saveRun(RunRecord(name: options.run, manifest: options.manifest, template: renderer.template.name,
-                                          sender: client.configuration.phoneNumberID, status: .sending,
-                                          createdAt: existing?.createdAt ?? now))
+        try await store.saveRun(
+            RunRecord(
+                name: options.run, manifest: options.manifest, template: renderer.template.name,
+                sender: client.configuration.phoneNumberID, status: .sending,
+                createdAt: existing?.createdAt ?? now))
         let interrupted = try await store.markInterrupted(run: options.run, at: now)
         let optedOut = try await OptOutList.load(from: store)
 
@@ -157,8 +161,9 @@ public final class RunEngine: Sendable {
             let preview = try previewer.run(path: options.manifest) { invoice, rendered in
                 batch.invoices.append(InvoiceRecord(run: run, invoice: invoice))
                 for message in rendered {
-                    var new = NewMessage(id: message.id, run: run, invoiceID: invoice.invoiceID, phone: message.phone,
-                                         template: message.key.template, language: message.language)
+                    var new = NewMessage(
+                        id: message.id, run: run, invoiceID: invoice.invoiceID, phone: message.phone,
+                        template: message.key.template, language: message.language)
                     if optedOut.contains(message.phone) {
                         new.state = .skipped
                         new.skipReason = "opted out: the tenant asked to stop receiving messages"
@@ -172,9 +177,11 @@ public final class RunEngine: Sendable {
                 batch.invoices.append(InvoiceRecord(run: run, invoice: invoice, skipReason: reason))
                 for phone in invoice.phones {
                     let key = MessageKey(invoiceID: invoice.invoiceID, phone: phone, template: template)
-                    batch.messages.append(NewMessage(id: "\(key.messageID)@\(run)", run: run, invoiceID: invoice.invoiceID, phone: phone,
-                                                     template: template, language: renderer.language(for: invoice.locale).code,
-                                                     state: .skipped, skipReason: reason))
+                    batch.messages.append(
+                        NewMessage(
+                            id: "\(key.messageID)@\(run)", run: run, invoiceID: invoice.invoiceID, phone: phone,
+                            template: template, language: renderer.language(for: invoice.locale).code,
+                            state: .skipped, skipReason: reason))
                 }
                 try handOver()
             }
@@ -300,7 +307,9 @@ public final class RunEngine: Sendable {
         defer { feeder.cancel() }
         // Account-level failures arrive by webhook too (a receiver writes them to the store): one
         // of them during this run halts it with the rest queued, as when answered at once.
-        let watcher = Task { await self.watchAccountFailures(run: options.run, since: wallClock() - 1, every: options.accountWatchInterval) }
+        let watcher = Task {
+            await self.watchAccountFailures(run: options.run, since: wallClock() - 1, every: options.accountWatchInterval)
+        }
         defer { watcher.cancel() }
 
         while true {
@@ -348,8 +357,10 @@ public final class RunEngine: Sendable {
             if stopping {
                 // Committed but not started: back in the queue, for the next run.
                 for (item, attempt) in ready[readyIndex...] {
-                    outcomes.append(.rejected(messageID: item.id, attempt: attempt,
-                                              error: SendError(code: nil, title: "not sent: the run stopped before this request left"), final: false))
+                    outcomes.append(
+                        .rejected(
+                            messageID: item.id, attempt: attempt,
+                            error: SendError(code: nil, title: "not sent: the run stopped before this request left"), final: false))
                 }
                 ready.removeAll()
                 readyIndex = 0
@@ -380,12 +391,17 @@ public final class RunEngine: Sendable {
                         if control.isStopped(language: item.language) {
                             // Committed before its language was stopped: back in the queue, unsent.
                             inFlight -= 1
-                            outcomes.append(.rejected(messageID: item.id, attempt: attempt, error: SendError(
-                                code: nil, title: "not sent: the template is missing in language \(item.language) at Meta (132001)"), final: false))
+                            outcomes.append(
+                                .rejected(
+                                    messageID: item.id, attempt: attempt,
+                                    error: SendError(
+                                        code: nil, title: "not sent: the template is missing in language \(item.language) at Meta (132001)"),
+                                    final: false))
                             continue
                         }
                         lastSent[item.phone] = now
-                        sends.append((item.body, { outcome in answers.add(Answer(item: item, attempt: attempt, sentAt: now, outcome: outcome)) }))
+                        sends.append(
+                            (item.body, { outcome in answers.add(Answer(item: item, attempt: attempt, sentAt: now, outcome: outcome)) }))
                     }
                     inFlight += count
                     let written: (@Sendable () -> Void)? = sentAny ? nil : { @Sendable in firstWritten.set() }
@@ -430,7 +446,9 @@ public final class RunEngine: Sendable {
                     oldestOutcome = nil
                     writing = (write, batch)
                     Task {
-                        do { write.finish(.success(try await store.recordLedger(outcomes: written, begin: ids, at: wallClock()))) } catch { write.finish(.failure(error)) }
+                        do { write.finish(.success(try await store.recordLedger(outcomes: written, begin: ids, at: wallClock()))) } catch {
+                            write.finish(.failure(error))
+                        }
                     }
                 }
             }
@@ -484,8 +502,11 @@ public final class RunEngine: Sendable {
                 try await Task.sleep(for: interval)
                 if let (code, title) = try await store.firstFailure(run: run, codes: ErrorClass.webhookHaltCodes, since: since) {
                     logger.error("account-level failure reported by webhook; halting", metadata: ["code": "\(code)"])
-                    control.stop(.halted(GraphError(code: code, title: (title ?? "account-level error") + " (reported by a status webhook during the run)",
-                                                    httpStatus: 0)))
+                    control.stop(
+                        .halted(
+                            GraphError(
+                                code: code, title: (title ?? "account-level error") + " (reported by a status webhook during the run)",
+                                httpStatus: 0)))
                     return
                 }
             } catch is CancellationError {
@@ -508,8 +529,11 @@ public final class RunEngine: Sendable {
                 }
                 let page = try await store.queuedMessages(run: run, after: last, limit: 2500)
                 last = page.last?.sequence ?? last
-                feed.add(page.compactMap { m in m.requestBody.map { Outgoing(id: m.id, phone: m.phone, body: ByteBuffer(string: $0), language: m.language) } },
-                         done: page.count < 2500)
+                feed.add(
+                    page.compactMap { m in
+                        m.requestBody.map { Outgoing(id: m.id, phone: m.phone, body: ByteBuffer(string: $0), language: m.language) }
+                    },
+                    done: page.count < 2500)
                 if page.count < 2500 { return }
             }
         } catch is CancellationError {
@@ -538,8 +562,9 @@ public final class RunEngine: Sendable {
     func decide(_ outcome: SendOutcome, item: Outgoing, attempt: Int, options: RunOptions) -> Decision {
         var item = item
         func requeue(_ error: SendError, after delay: Duration, releasePair: Bool = true) -> Decision {
-            Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item, requeueAfter: delay,
-                     releasePair: releasePair)
+            Decision(
+                record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item, requeueAfter: delay,
+                releasePair: releasePair)
         }
         func fail(_ error: SendError) -> Decision {
             control.count(failed: 1)
@@ -551,7 +576,8 @@ public final class RunEngine: Sendable {
         switch outcome {
         case .accepted(let wamid, let waID):
             control.count(accepted: 1)
-            return Decision(record: .accepted(messageID: item.id, attempt: attempt, wamid: wamid, waID: waID == item.phone ? nil : waID), item: item)
+            return Decision(
+                record: .accepted(messageID: item.id, attempt: attempt, wamid: wamid, waID: waID == item.phone ? nil : waID), item: item)
         case .unknown(let reason):
             control.count(unknown: 1)
             return Decision(record: .unknown(messageID: item.id, attempt: attempt, reason: reason), item: item)
@@ -602,17 +628,24 @@ public final class RunEngine: Sendable {
                     // the template or our request is wrong, not the tenants. Halt with the rest queued.
                     let streak = control.sameRequestError(code)
                     if streak >= options.haltAfterSameRequestErrors {
-                        control.stop(.halted(GraphError(code: code, title: "\(streak) requests in a row refused with (#\(code)) \(e.title): " +
-                                                        "the template or the request does not match what Meta approved", details: e.details,
-                                                        httpStatus: e.httpStatus)))
+                        control.stop(
+                            .halted(
+                                GraphError(
+                                    code: code,
+                                    title: "\(streak) requests in a row refused with (#\(code)) \(e.title): "
+                                        + "the template or the request does not match what Meta approved", details: e.details,
+                                    httpStatus: e.httpStatus)))
                     }
                 }
                 return decision
             case .unknownCode:
                 let decision = fail(error)
                 if control.unknownCode() >= options.haltAfterUnknownCodes {
-                    control.stop(.halted(GraphError(code: e.code, title: "\(options.haltAfterUnknownCodes) unknown error codes in a row (last: \(e.title))",
-                                                    httpStatus: e.httpStatus)))
+                    control.stop(
+                        .halted(
+                            GraphError(
+                                code: e.code, title: "\(options.haltAfterUnknownCodes) unknown error codes in a row (last: \(e.title))",
+                                httpStatus: e.httpStatus)))
                 }
                 return decision
             }
@@ -628,8 +661,9 @@ public final class RunEngine: Sendable {
         var item = item
         let now = ContinuousClock.now
         if let pause = control.transientFailure(threshold: options.breakerThreshold, now: now) {
-            var decision = Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item,
-                                    requeueAfter: .zero)
+            var decision = Decision(
+                record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item,
+                requeueAfter: .zero)
             decision.pauseSender = pause > 0 ? pause : nil
             decision.outage = true
             return decision
@@ -639,8 +673,9 @@ public final class RunEngine: Sendable {
             control.count(failed: 1)
             return Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: true), item: item)
         }
-        return Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item,
-                        requeueAfter: backoff(item.transientRetries))
+        return Decision(
+            record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item,
+            requeueAfter: backoff(item.transientRetries))
     }
 
     /// 1, 2, 4, 8… seconds, ±25 % jitter, at most 60.
@@ -787,9 +822,14 @@ final class RunControl: Sendable {
         let stopped = state.withLock { $0.stoppedLanguages }
         guard let first = stopped.sorted(by: { $0.key < $1.key }).first else { return }
         let languages = stopped.keys.sorted().joined(separator: ", ")
-        stop(.halted(GraphError(
-            code: 132001, title: "template '\(template)' does not exist at Meta in \(stopped.count == 1 ? "language" : "languages") \(languages): " +
-                "those messages are still queued, the other languages were sent", details: first.value.details, httpStatus: first.value.httpStatus)))
+        stop(
+            .halted(
+                GraphError(
+                    code: 132001,
+                    title:
+                        "template '\(template)' does not exist at Meta in \(stopped.count == 1 ? "language" : "languages") \(languages): "
+                        + "those messages are still queued, the other languages were sent", details: first.value.details,
+                    httpStatus: first.value.httpStatus)))
     }
 
     /// The first reason wins, except that a halt replaces an interrupt: a database that failed
@@ -881,8 +921,9 @@ final class RunControl: Sendable {
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
             let done = s.accepted + s.failed + s.unknown
             let rate = seconds > 0 ? Double(done) / seconds : 0
-            return RunProgress(accepted: s.accepted, failed: s.failed, unknown: s.unknown, remaining: queued, rate: rate,
-                               eta: rate > 0 ? Double(queued) / rate : nil)
+            return RunProgress(
+                accepted: s.accepted, failed: s.failed, unknown: s.unknown, remaining: queued, rate: rate,
+                eta: rate > 0 ? Double(queued) / rate : nil)
         }
     }
 }
@@ -891,23 +932,28 @@ func wallClock() -> Double { Date().timeIntervalSince1970 }
 
 extension InvoiceRecord {
     init(run: String, invoice: Invoice, skipReason: String? = nil) {
-        self.init(run: run, invoiceID: invoice.invoiceID, line: invoice.line, tenantName: invoice.tenantName, tenantID: invoice.tenantID,
-                  landlord: invoice.landlord, property: invoice.property, amountMinor: invoice.amount.minorUnits,
-                  currency: invoice.amount.currency.code, period: invoice.period.iso, dueDate: invoice.dueDate?.description,
-                  locale: invoice.locale, documentURL: invoice.documentURL, email: invoice.email, skipReason: skipReason)
+        self.init(
+            run: run, invoiceID: invoice.invoiceID, line: invoice.line, tenantName: invoice.tenantName, tenantID: invoice.tenantID,
+            landlord: invoice.landlord, property: invoice.property, amountMinor: invoice.amount.minorUnits,
+            currency: invoice.amount.currency.code, period: invoice.period.iso, dueDate: invoice.dueDate?.description,
+            locale: invoice.locale, documentURL: invoice.documentURL, email: invoice.email, skipReason: skipReason)
     }
 }
 
 /// What to do about a halt, in words an operator can act on.
 public func haltAdvice(_ error: GraphError) -> String {
     switch error.code ?? -1 {
-    case 190: return "The access token is invalid or expired: create a new one (a System User token in Meta's Business Manager) and set WHATSAPP_ACCESS_TOKEN."
-    case 0, 3, 10, 200...299: return "The token lacks a permission (whatsapp_business_messaging): grant it to the app's System User and set the new token."
+    case 190:
+        return
+            "The access token is invalid or expired: create a new one (a System User token in Meta's Business Manager) and set WHATSAPP_ACCESS_TOKEN."
+    case 0, 3, 10, 200...299:
+        return "The token lacks a permission (whatsapp_business_messaging): grant it to the app's System User and set the new token."
     case 131042: return "Meta reports a payment problem on the WhatsApp Business Account: fix the payment method in Business Manager."
     case 131031, 368: return "The WhatsApp Business Account is restricted or locked: see Business Manager's Account Quality page."
     case 132001: return "The template does not exist in this language at Meta: check WHATSAPP_TEMPLATE_NAME and the approved languages."
     case 132015, 132016: return "The template is paused or disabled at Meta (quality): edit it or use another, then run again."
-    case 133010, 131045: return "The sender phone number is not registered with the Cloud API: register it (and check WHATSAPP_PHONE_NUMBER_ID)."
+    case 133010, 131045:
+        return "The sender phone number is not registered with the Cloud API: register it (and check WHATSAPP_PHONE_NUMBER_ID)."
     case 131048: return "Meta's spam rate limit was hit: wait, and review the template's quality."
     default: return "Fix the cause above, then run the same command again: what was not sent is still queued."
     }
@@ -921,7 +967,7 @@ public struct RunNameConflict: Error, CustomStringConvertible {
     public var manifest: String
 
     public var description: String {
-        "run '\(run)' was made from \(existingManifest), not \(manifest): name this one's run with --run NAME " +
-            "(or --run \(run) to add its invoices to that run on purpose)"
+        "run '\(run)' was made from \(existingManifest), not \(manifest): name this one's run with --run NAME "
+            + "(or --run \(run) to add its invoices to that run on purpose)"
     }
 }

@@ -38,8 +38,11 @@ public struct SendInvoiceRequest: Decodable, Sendable {
             totalAmount = number
         } else {
             let text = try c.decode(String.self, forKey: .totalAmount).trimmingCharacters(in: .whitespaces)
-            guard let number = Decimal(string: text, locale: Locale(identifier: "en_US_POSIX")), text.allSatisfy({ $0.isNumber || $0 == "." || $0 == "-" }) else {
-                throw DecodingError.dataCorruptedError(forKey: .totalAmount, in: c, debugDescription: "totalAmount '\(text)' is not a number")
+            guard let number = Decimal(string: text, locale: Locale(identifier: "en_US_POSIX")),
+                text.allSatisfy({ $0.isNumber || $0 == "." || $0 == "-" })
+            else {
+                throw DecodingError.dataCorruptedError(
+                    forKey: .totalAmount, in: c, debugDescription: "totalAmount '\(text)' is not a number")
             }
             totalAmount = number
         }

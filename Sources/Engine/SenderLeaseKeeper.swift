@@ -1,5 +1,5 @@
-import Foundation
 import Dispatcher
+import Foundation
 public import Store
 
 /// Another process is sending from this number.
@@ -39,7 +39,8 @@ public final class SenderLeaseKeeper: Sendable {
     public func acquire(wait: Duration = .zero, poll: Duration = .seconds(1)) async throws {
         let deadline = ContinuousClock.now + wait
         while true {
-            let lease = try await store.acquireSenderLease(sender: sender, holder: holder, run: run, ttl: ttl, at: Date().timeIntervalSince1970)
+            let lease = try await store.acquireSenderLease(
+                sender: sender, holder: holder, run: run, ttl: ttl, at: Date().timeIntervalSince1970)
             if lease.holder == holder { return }
             if Self.holderIsDeadOnThisHost(lease.holder) {
                 // A crashed run on this machine (kill -9, power cut of the process): its lease is
@@ -74,7 +75,8 @@ public final class SenderLeaseKeeper: Sendable {
                 return
             }
             do {
-                let lease = try await store.acquireSenderLease(sender: sender, holder: holder, run: run, ttl: ttl, at: Date().timeIntervalSince1970)
+                let lease = try await store.acquireSenderLease(
+                    sender: sender, holder: holder, run: run, ttl: ttl, at: Date().timeIntervalSince1970)
                 if lease.holder != holder {
                     await lost("run '\(lease.run)' (\(lease.holder)) took sender \(sender) after this run's lease expired")
                     return

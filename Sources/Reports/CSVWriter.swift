@@ -1,8 +1,9 @@
 import Dispatcher
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Writes RFC 4180 CSV, row by row, through a buffer: a million rows never sit in memory.
@@ -180,8 +181,10 @@ public final class CSVWriter {
         // several times faster than through String's own index.
         s.withUTF8 { utf8 in
             let first = utf8.first
-            let risky = guardFormula && (first == UInt8(ascii: "=") || first == UInt8(ascii: "+") || first == UInt8(ascii: "-")
-                || first == UInt8(ascii: "@") || first == 0x09 || first == 0x0D)
+            let risky =
+                guardFormula
+                && (first == UInt8(ascii: "=") || first == UInt8(ascii: "+") || first == UInt8(ascii: "-")
+                    || first == UInt8(ascii: "@") || first == 0x09 || first == 0x0D)
             var needsQuotes = risky
             if !needsQuotes {
                 for b in utf8 where b == delimiter || b == UInt8(ascii: "\"") || b == 0x0A || b == 0x0D {

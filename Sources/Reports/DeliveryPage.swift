@@ -13,33 +13,39 @@ struct DeliveryPage {
 
         static func of(_ lang: String) -> Labels {
             if lang.hasPrefix("es") {
-                return Labels(title: "Informe de entrega", subtitle: "Facturas enviadas por WhatsApp", funnel: "Embudo de entrega",
-                              landlords: "Por arrendador", failures: "No entregados: motivo y qué hacer", retry: "Para reintentar",
-                              retryHint: "Estos mensajes pueden reintentarse con:", skipped: "No enviados a propósito", timeline: "Envíos y entregas por minuto",
-                              landlord: "Arrendador", invoices: "Facturas", billed: "Facturado", delivered: "Entregado", failed: "Fallidos",
-                              unreachable: "Sin WhatsApp", pending: "Sin confirmar", reason: "Motivo", action: "Qué hacer", count: "Cantidad",
-                              tenant: "Inquilino", phone: "Teléfono", invoice: "Factura", email: "Correo", none: "Ninguno.",
-                              moreInCSV: "La lista completa está en messages.csv.", sends: "envíos", deliveries: "entregas",
-                              manifest: "Manifiesto", template: "Plantilla", sender: "Número emisor", created: "Iniciado", finished: "Terminado",
-                              settle: "Espera de estados", status: "Estado", details: "Detalle", queued: "En cola", accepted: "Aceptados",
-                              sent: "Enviados", read: "Leídos", unknown: "Desconocidos", skippedState: "Omitidos",
-                              allGood: "Todos los mensajes llegaron o están en camino.", perMinute: "por minuto")
+                return Labels(
+                    title: "Informe de entrega", subtitle: "Facturas enviadas por WhatsApp", funnel: "Embudo de entrega",
+                    landlords: "Por arrendador", failures: "No entregados: motivo y qué hacer", retry: "Para reintentar",
+                    retryHint: "Estos mensajes pueden reintentarse con:", skipped: "No enviados a propósito",
+                    timeline: "Envíos y entregas por minuto",
+                    landlord: "Arrendador", invoices: "Facturas", billed: "Facturado", delivered: "Entregado", failed: "Fallidos",
+                    unreachable: "Sin WhatsApp", pending: "Sin confirmar", reason: "Motivo", action: "Qué hacer", count: "Cantidad",
+                    tenant: "Inquilino", phone: "Teléfono", invoice: "Factura", email: "Correo", none: "Ninguno.",
+                    moreInCSV: "La lista completa está en messages.csv.", sends: "envíos", deliveries: "entregas",
+                    manifest: "Manifiesto", template: "Plantilla", sender: "Número emisor", created: "Iniciado", finished: "Terminado",
+                    settle: "Espera de estados", status: "Estado", details: "Detalle", queued: "En cola", accepted: "Aceptados",
+                    sent: "Enviados", read: "Leídos", unknown: "Desconocidos", skippedState: "Omitidos",
+                    allGood: "Todos los mensajes llegaron o están en camino.", perMinute: "por minuto")
             }
-            return Labels(title: "Delivery report", subtitle: "Invoices sent over WhatsApp", funnel: "Delivery funnel", landlords: "Per landlord",
-                          failures: "Not delivered: the reason and what to do", retry: "To retry", retryHint: "These messages can be retried with:",
-                          skipped: "Not sent, on purpose", timeline: "Sends and deliveries per minute", landlord: "Landlord", invoices: "Invoices",
-                          billed: "Billed", delivered: "Delivered", failed: "Failed", unreachable: "Not on WhatsApp", pending: "Not yet known",
-                          reason: "Reason", action: "What to do", count: "Count", tenant: "Tenant", phone: "Phone", invoice: "Invoice",
-                          email: "Email", none: "None.", moreInCSV: "The full list is in messages.csv.", sends: "sends", deliveries: "deliveries",
-                          manifest: "Manifest", template: "Template", sender: "Sender number", created: "Started", finished: "Finished",
-                          settle: "Settle window", status: "Status", details: "Details", queued: "Queued", accepted: "Accepted", sent: "Sent",
-                          read: "Read", unknown: "Unknown", skippedState: "Skipped",
-                          allGood: "Every message arrived or is on its way.", perMinute: "per minute")
+            return Labels(
+                title: "Delivery report", subtitle: "Invoices sent over WhatsApp", funnel: "Delivery funnel", landlords: "Per landlord",
+                failures: "Not delivered: the reason and what to do", retry: "To retry", retryHint: "These messages can be retried with:",
+                skipped: "Not sent, on purpose", timeline: "Sends and deliveries per minute", landlord: "Landlord", invoices: "Invoices",
+                billed: "Billed", delivered: "Delivered", failed: "Failed", unreachable: "Not on WhatsApp", pending: "Not yet known",
+                reason: "Reason", action: "What to do", count: "Count", tenant: "Tenant", phone: "Phone", invoice: "Invoice",
+                email: "Email", none: "None.", moreInCSV: "The full list is in messages.csv.", sends: "sends", deliveries: "deliveries",
+                manifest: "Manifest", template: "Template", sender: "Sender number", created: "Started", finished: "Finished",
+                settle: "Settle window", status: "Status", details: "Details", queued: "Queued", accepted: "Accepted", sent: "Sent",
+                read: "Read", unknown: "Unknown", skippedState: "Skipped",
+                allGood: "Every message arrived or is on its way.", perMinute: "per minute")
         }
     }
 
     struct Bar { var label: String; var count: Int; var percent: String; var y: Int; var width: Int; var color: String; var textY: Int }
-    struct LandlordRow { var name: String; var invoices: Int; var billed: String; var delivered: String; var failed: Int; var unreachable: Int; var pending: Int }
+    struct LandlordRow {
+        var name: String; var invoices: Int; var billed: String; var delivered: String; var failed: Int; var unreachable: Int;
+        var pending: Int
+    }
     struct FailureGroup { var reason: String; var action: String; var code: String; var count: Int; var rows: [FailureRow]; var more: Bool }
     struct FailureRow { var tenant: String; var phone: String; var invoice: String; var email: String; var detail: String }
     struct RetryRow { var tenant: String; var phone: String; var invoice: String; var reason: String }
@@ -74,7 +80,8 @@ struct DeliveryPage {
         self.lang = lang.hasPrefix("es") ? "es" : "en"
         self.run = run.name + (landlordFilter.map { " · \($0)" } ?? "")
         facts = [
-            Fact(label: l.manifest, value: run.manifest), Fact(label: l.template, value: run.template), Fact(label: l.sender, value: run.sender),
+            Fact(label: l.manifest, value: run.manifest), Fact(label: l.template, value: run.template),
+            Fact(label: l.sender, value: run.sender),
             Fact(label: l.status, value: run.status.rawValue + (run.haltReason.map { ": \($0)" } ?? "")),
             Fact(label: l.created, value: iso(run.createdAt)), Fact(label: l.finished, value: iso(run.finishedAt)),
         ]
@@ -88,7 +95,8 @@ struct DeliveryPage {
         let accepted = (s[.accepted] ?? 0) + sent
         let toSend = s.filter { $0.key != .skipped }.values.reduce(0, +)
         let stages: [(String, Int, String)] = [
-            (lang.hasPrefix("es") ? "Para enviar" : "To send", toSend, "#8696a0"), (l.accepted, accepted, "#53bdeb"), (l.sent, sent, "#25a0d8"),
+            (lang.hasPrefix("es") ? "Para enviar" : "To send", toSend, "#8696a0"), (l.accepted, accepted, "#53bdeb"),
+            (l.sent, sent, "#25a0d8"),
             (l.delivered, delivered, "#25d366"), (l.read, read, "#128c7e"), (l.failed, s[.failed] ?? 0, "#d93025"),
             (l.unknown, s[.unknown] ?? 0, "#f29900"), (l.queued, (s[.queued] ?? 0) + (s[.sending] ?? 0), "#9aa0a6"),
             (l.skippedState, s[.skipped] ?? 0, "#c5c9cc"),
@@ -96,8 +104,9 @@ struct DeliveryPage {
         let top = max(1, stages.map(\.1).max() ?? 1)
         bars = stages.enumerated().map { i, stage in
             let percent = toSend > 0 && i < 7 ? String(format: "%.1f %%", Double(stage.1) * 100 / Double(toSend)) : ""
-            return Bar(label: stage.0, count: stage.1, percent: percent, y: 8 + i * 34, width: max(2, stage.1 * 420 / top),
-                       color: stage.2, textY: 8 + i * 34 + 18)
+            return Bar(
+                label: stage.0, count: stage.1, percent: percent, y: 8 + i * 34, width: max(2, stage.1 * 420 / top),
+                color: stage.2, textY: 8 + i * 34 + 18)
         }
         funnelHeight = 16 + stages.count * 34
 
@@ -111,13 +120,17 @@ struct DeliveryPage {
             let x = totals.landlords[name]!
             var delivered = x.delivered
             for code in x.billed.keys where delivered[code] == nil { delivered[code] = 0 }
-            return LandlordRow(name: name, invoices: x.invoices, billed: amounts(x.billed), delivered: amounts(delivered), failed: x.failed,
-                               unreachable: x.unreachable, pending: x.pending)
+            return LandlordRow(
+                name: name, invoices: x.invoices, billed: amounts(x.billed), delivered: amounts(delivered), failed: x.failed,
+                unreachable: x.unreachable, pending: x.pending)
         }
         failures = totals.failures.values.sorted { $0.count > $1.count }.map { f in
-            FailureGroup(reason: f.explanation.reason, action: f.explanation.action, code: f.code.map(String.init) ?? "—", count: f.count,
-                         rows: f.rows.map { FailureRow(tenant: $0.tenant, phone: $0.phone, invoice: $0.invoice, email: $0.email ?? "—", detail: $0.detail ?? "") },
-                         more: f.count > f.rows.count)
+            FailureGroup(
+                reason: f.explanation.reason, action: f.explanation.action, code: f.code.map(String.init) ?? "—", count: f.count,
+                rows: f.rows.map {
+                    FailureRow(tenant: $0.tenant, phone: $0.phone, invoice: $0.invoice, email: $0.email ?? "—", detail: $0.detail ?? "")
+                },
+                more: f.count > f.rows.count)
         }
         noFailures = failures.isEmpty
         retryable = totals.retryable.map { RetryRow(tenant: $0.tenant, phone: $0.phone, invoice: $0.invoice, reason: $0.reason) }
@@ -140,9 +153,13 @@ struct DeliveryPage {
         columns = shown.enumerated().map { i, minute in
             let sends = (totals.sendsPerMinute[minute] ?? 0) * 110 / peak
             let deliveries = (totals.deliveriesPerMinute[minute] ?? 0) * 110 / peak
-            let label = i % max(1, shown.count / 6) == 0
-                ? Date(timeIntervalSince1970: Double(minute * 60)).formatted(.iso8601.time(includingFractionalSeconds: false)).prefix(5).description : nil
-            return Column(x: 40 + i * width, sendY: 120 - sends, sendHeight: sends, deliveredY: 120 - deliveries, deliveredHeight: deliveries, label: label)
+            let label =
+                i % max(1, shown.count / 6) == 0
+                ? Date(timeIntervalSince1970: Double(minute * 60)).formatted(.iso8601.time(includingFractionalSeconds: false)).prefix(5)
+                    .description : nil
+            return Column(
+                x: 40 + i * width, sendY: 120 - sends, sendHeight: sends, deliveredY: 120 - deliveries, deliveredHeight: deliveries,
+                label: label)
         }
         self.generatedAt = iso(generatedAt.timeIntervalSince1970)
     }

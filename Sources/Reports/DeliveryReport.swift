@@ -33,12 +33,15 @@ public struct DeliveryReportWriter: Sendable {
         self.excel = excel
     }
 
-    public func write(run: RunRecord, store: any DispatchStore, to directory: String, settle: String? = nil,
-                      landlord: String? = nil, now: Date = Date()) async throws -> ReportFiles {
+    public func write(
+        run: RunRecord, store: any DispatchStore, to directory: String, settle: String? = nil,
+        landlord: String? = nil, now: Date = Date()
+    ) async throws -> ReportFiles {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let files = ReportFiles(html: (directory as NSString).appendingPathComponent("index.html"),
-                                messagesCSV: (directory as NSString).appendingPathComponent("messages.csv"),
-                                landlordsCSV: (directory as NSString).appendingPathComponent("landlords.csv"))
+        let files = ReportFiles(
+            html: (directory as NSString).appendingPathComponent("index.html"),
+            messagesCSV: (directory as NSString).appendingPathComponent("messages.csv"),
+            landlordsCSV: (directory as NSString).appendingPathComponent("landlords.csv"))
         try await writeMessagesCSV(run: run, store: store, to: files.messagesCSV, landlord: landlord)
         try await writePage(run: run, store: store, files: files, settle: settle, landlord: landlord, now: now)
         return files
@@ -47,9 +50,11 @@ public struct DeliveryReportWriter: Sendable {
     /// `messages.csv`: every message of the run (or of one landlord), a page of rows at a time.
     public func writeMessagesCSV(run: RunRecord, store: any DispatchStore, to path: String, landlord: String? = nil) async throws {
         let csv = try CSVWriter(path: path, dialect: excel ? .excel : .standard)
-        try csv.header(["run", "invoice_id", "tenant_name", "landlord", "property", "phone", "amount", "currency", "state", "wamid",
-                        "sent_at", "delivered_at", "read_at", "failed_at", "error_code", "error_title", "error_details", "retryable",
-                        "attempts", "skip_reason", "email", "message_id"])
+        try csv.header([
+            "run", "invoice_id", "tenant_name", "landlord", "property", "phone", "amount", "currency", "state", "wamid",
+            "sent_at", "delivered_at", "read_at", "failed_at", "error_code", "error_title", "error_details", "retryable",
+            "attempts", "skip_reason", "email", "message_id",
+        ])
         // Rows come in runs of one currency: its decimals are looked up when it changes.
         var lastCurrency = "", digits = 2
         let pageSize = 10_000
@@ -65,7 +70,8 @@ public struct DeliveryReportWriter: Sendable {
             }
             for row in rows where landlord == nil || row.landlord == landlord {
                 let m = row.message
-                let retryable = (m.state == .failed || m.state == .unknown)
+                let retryable =
+                    (m.state == .failed || m.state == .unknown)
                     ? explain(code: m.errorCode, title: m.errorTitle, state: m.state.rawValue, lang: lang).retryable : nil
                 try csv.row { line in
                     line.text(m.run)
@@ -101,10 +107,13 @@ public struct DeliveryReportWriter: Sendable {
     }
 
     /// `index.html` and `landlords.csv`, from the figures the database adds up: no pass over the messages.
-    public func writePage(run: RunRecord, store: any DispatchStore, files: ReportFiles, settle: String? = nil, landlord: String? = nil,
-                          now: Date = Date()) async throws {
+    public func writePage(
+        run: RunRecord, store: any DispatchStore, files: ReportFiles, settle: String? = nil, landlord: String? = nil,
+        now: Date = Date()
+    ) async throws {
         let dialect: CSVWriter.Dialect = excel ? .excel : .standard
-        var totals = Totals(try await store.reportSummary(run: run.name, landlord: landlord, samples: pageRows * 4), lang: lang, pageRows: pageRows)
+        var totals = Totals(
+            try await store.reportSummary(run: run.name, landlord: landlord, samples: pageRows * 4), lang: lang, pageRows: pageRows)
         for invoice in try await store.skippedInvoices(run: run.name) where landlord == nil || invoice.landlord == landlord {
             totals.addSkippedInvoice(invoice)
         }
@@ -185,7 +194,10 @@ struct Totals {
             var failure = failures[key] ?? Failure(explanation: explanation, code: group.errorCode)
             failure.count += group.count
             let examples = group.samples.map { s in
-                (sequence: s.sequence, tenant: s.tenantName, phone: displayPhone(s.phone), invoice: s.invoiceID, email: s.email, detail: s.errorDetails)
+                (
+                    sequence: s.sequence, tenant: s.tenantName, phone: displayPhone(s.phone), invoice: s.invoiceID, email: s.email,
+                    detail: s.errorDetails
+                )
             }
             failure.rows = Array((failure.rows + examples).sorted { $0.sequence < $1.sequence }.prefix(pageRows))
             failures[key] = failure
@@ -215,13 +227,18 @@ struct Totals {
 
     func writeLandlords(to path: String, dialect: CSVWriter.Dialect) throws {
         let csv = try CSVWriter(path: path, dialect: dialect)
-        try csv.header(["landlord", "currency", "invoices", "messages", "amount_billed", "amount_delivered", "failed", "unreachable", "pending"])
+        try csv.header([
+            "landlord", "currency", "invoices", "messages", "amount_billed", "amount_delivered", "failed", "unreachable", "pending",
+        ])
         for name in landlords.keys.sorted() {
             for (currency, x) in landlords[name]!.byCurrency.sorted(by: { $0.key < $1.key }) {
                 let c = Currency(code: currency) ?? Currency(code: "USD")!
-                try csv.row([.text(name), .plain(currency), .plain(String(x.invoices)), .plain(String(x.messages)),
-                             .plain(Money(minorUnits: x.billed, currency: c).plainDecimal), .plain(Money(minorUnits: x.delivered, currency: c).plainDecimal),
-                             .plain(String(x.failed)), .plain(String(x.unreachable)), .plain(String(x.pending))])
+                try csv.row([
+                    .text(name), .plain(currency), .plain(String(x.invoices)), .plain(String(x.messages)),
+                    .plain(Money(minorUnits: x.billed, currency: c).plainDecimal),
+                    .plain(Money(minorUnits: x.delivered, currency: c).plainDecimal),
+                    .plain(String(x.failed)), .plain(String(x.unreachable)), .plain(String(x.pending)),
+                ])
             }
         }
         try csv.finish()

@@ -154,7 +154,9 @@ struct PreviewPage {
         messageCount = r.messages
         var warnings = r.warnings
         if r.languageFallbacks > 0 {
-            warnings.append("\(r.languageFallbacks) messages use the default template language because their locale has none of its own in template '\(r.templateName)'.")
+            warnings.append(
+                "\(r.languageFallbacks) messages use the default template language because their locale has none of its own in template '\(r.templateName)'."
+            )
         }
         self.warnings = warnings
         hasErrors = !r.errors.isEmpty
@@ -176,9 +178,11 @@ struct PreviewPage {
                 document: m.document.map { Document(filename: $0.filename, link: $0.link) },
                 headerText: m.headerText, body: m.body, footer: m.footer,
                 buttons: m.buttons.map { Button(text: $0.text) },
-                fallbackNote: m.languageFallback ? "Locale \(m.invoice.locale) has no text of its own in this template: sent in \(m.language)." : nil)
+                fallbackNote: m.languageFallback
+                    ? "Locale \(m.invoice.locale) has no text of its own in this template: sent in \(m.language)." : nil)
         }
-        moreMessages = r.messages > r.samples.count
+        moreMessages =
+            r.messages > r.samples.count
             ? "The first \(r.samples.count) of \(r.messages) messages are shown; messages.csv has every one." : nil
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]

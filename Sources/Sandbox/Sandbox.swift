@@ -30,9 +30,11 @@ public struct SandboxConfiguration: Sendable {
     public var templates: TemplateCatalog
     public var scenario: Scenario
 
-    public init(accessToken: String = "sandbox-token", appSecret: String, webhookURL: String? = nil, throughput: Double = 80,
-                pairBurst: Int = 1, pairInterval: Double = 6, latency: Duration = .zero, statusSpacing: Double = 0.2,
-                batchSize: Int = 100, templates: TemplateCatalog, scenario: Scenario = Scenario()) {
+    public init(
+        accessToken: String = "sandbox-token", appSecret: String, webhookURL: String? = nil, throughput: Double = 80,
+        pairBurst: Int = 1, pairInterval: Double = 6, latency: Duration = .zero, statusSpacing: Double = 0.2,
+        batchSize: Int = 100, templates: TemplateCatalog, scenario: Scenario = Scenario()
+    ) {
         self.accessToken = accessToken
         self.appSecret = appSecret
         self.webhookURL = webhookURL
@@ -61,8 +63,10 @@ public struct Sandbox: Sendable {
 
     /// Serves on `host:port` and delivers webhooks until cancelled. `onListening` gets the bound
     /// port (useful with port 0).
-    public func run(host: String = "127.0.0.1", port: Int = 0, logger: Logger,
-                    onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+    public func run(
+        host: String = "127.0.0.1", port: Int = 0, logger: Logger,
+        onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) async throws {
         let app = Application(
             router: router(),
             configuration: .init(address: .hostname(host, port: port), serverName: "whatsapp-sandbox"),
@@ -105,10 +109,14 @@ public struct Sandbox: Sendable {
     }
 
     func phoneNumber(_ request: Request, context: BasicRequestContext) throws -> Response {
-        guard bearer(request) == configuration.accessToken else { return metaError(190, "Error validating access token: Session has expired", status: .unauthorized) }
+        guard bearer(request) == configuration.accessToken else {
+            return metaError(190, "Error validating access token: Session has expired", status: .unauthorized)
+        }
         let id = context.parameters.get("phoneNumberID") ?? ""
-        return try json(["id": id, "display_phone_number": "+1 809-555-0000", "verified_name": "Sandbox Inmobiliaria",
-                         "quality_rating": "GREEN", "throughput": "{\"level\":\"STANDARD\"}"])
+        return try json([
+            "id": id, "display_phone_number": "+1 809-555-0000", "verified_name": "Sandbox Inmobiliaria",
+            "quality_rating": "GREEN", "throughput": "{\"level\":\"STANDARD\"}",
+        ])
     }
 
     /// `--latency-ms` is spent after the request is counted and answered, before the answer goes
@@ -141,8 +149,10 @@ public struct Sandbox: Sendable {
         if let outage = configuration.scenario.outage(at: await state.sinceFirstSend(now: now)) {
             switch outage.code {
             case 133004: return await refuse(133004, "Server temporarily unavailable", status: .serviceUnavailable)
-            case 131057: return await refuse(131057, "Account in maintenance mode", status: .serviceUnavailable,
-                                             details: "Business Account is in maintenance mode: it may be undergoing a throughput upgrade.")
+            case 131057:
+                return await refuse(
+                    131057, "Account in maintenance mode", status: .serviceUnavailable,
+                    details: "Business Account is in maintenance mode: it may be undergoing a throughput upgrade.")
             case 132000: return await refuse(132000, "Number of parameters does not match the expected number of params")
             case 132012: return await refuse(132012, "Parameter format does not match format in the created template")
             case 100: return await refuse(100, "Invalid parameter")
@@ -158,8 +168,12 @@ public struct Sandbox: Sendable {
         record.to = message.to
         record.template = message.template?.name
         record.callbackData = message.bizOpaqueCallbackData
-        guard message.messagingProduct == "whatsapp" else { return await refuse(100, "Invalid parameter", details: "messaging_product must be whatsapp") }
-        guard let to = message.to, let waID = normalizedNumber(to) else { return await refuse(100, "Invalid parameter", details: "to is not a phone number") }
+        guard message.messagingProduct == "whatsapp" else {
+            return await refuse(100, "Invalid parameter", details: "messaging_product must be whatsapp")
+        }
+        guard let to = message.to, let waID = normalizedNumber(to) else {
+            return await refuse(100, "Invalid parameter", details: "to is not a phone number")
+        }
         guard message.type == "template", let template = message.template else {
             return await refuse(100, "Invalid parameter", details: "the sandbox takes template messages only")
         }
@@ -190,16 +204,22 @@ public struct Sandbox: Sendable {
             return await refuse(130429, "(#130429) Rate limit hit", details: "Cloud API message throughput has been reached.")
         }
         guard await state.admitPair(to: waID, burst: configuration.pairBurst, interval: configuration.pairInterval, now: now) else {
-            return await refuse(131056, "(Business Account, Consumer Account) pair rate limit hit",
-                                details: "Too many messages sent from the sender phone number to the same recipient phone number in a short period of time.")
+            return await refuse(
+                131056, "(Business Account, Consumer Account) pair rate limit hit",
+                details: "Too many messages sent from the sender phone number to the same recipient phone number in a short period of time."
+            )
         }
-        let wamid = "wamid.HBgL" + Data((0..<18).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
+        let wamid =
+            "wamid.HBgL"
+            + Data((0..<18).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
             .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "+", with: "-")
         record.wamid = wamid
         await state.record(record)
         let version = context.parameters.get("version") ?? "v23.0"
-        await state.schedule(events(for: outcome, wamid: wamid, recipient: Self.whatsAppID(for: waID), callback: message.bizOpaqueCallbackData,
-                                    accepted: now, apiVersion: version))
+        await state.schedule(
+            events(
+                for: outcome, wamid: wamid, recipient: Self.whatsAppID(for: waID), callback: message.bizOpaqueCallbackData,
+                accepted: now, apiVersion: version))
         if outcome == .slow { try await Task.sleep(for: .seconds(3)) }
         if outcome == .timeoutOnce && attempt == 1 {
             // Taken, never answered: the client gives up and must not send it again. (A graceful
@@ -220,51 +240,74 @@ public struct Sandbox: Sendable {
             return (132001, "Template name does not exist in the translation", "template name (\(t.name ?? "none")) does not exist")
         }
         guard let language = t.language?.code, definition.languages[language] != nil,
-              !configuration.scenario.lacks(template: name, language: language) else {
-            return (132001, "Template name does not exist in the translation",
-                    "template name (\(name)) does not exist in \(t.language?.code ?? "no language")")
+            !configuration.scenario.lacks(template: name, language: language)
+        else {
+            return (
+                132001, "Template name does not exist in the translation",
+                "template name (\(name)) does not exist in \(t.language?.code ?? "no language")"
+            )
         }
         let components = t.components ?? []
         let body = components.first { $0.type == "body" }?.parameters ?? []
         if body.count != definition.body.count {
-            return (132000, "Number of parameters does not match the expected number of params",
-                    "body: number of localizable_params (\(body.count)) does not match the expected number of params (\(definition.body.count))")
+            return (
+                132000, "Number of parameters does not match the expected number of params",
+                "body: number of localizable_params (\(body.count)) does not match the expected number of params (\(definition.body.count))"
+            )
         }
         for (index, (given, expected)) in zip(body, definition.body).enumerated() {
             let type = expected.type ?? "text"
             if given.type != type {
-                return (132012, "Parameter format does not match format in the created template", "body parameter \(index + 1) should be \(type)")
+                return (
+                    132012, "Parameter format does not match format in the created template",
+                    "body parameter \(index + 1) should be \(type)"
+                )
             }
-            if type == "currency", given.currency?.code == nil || given.currency?.amount1000 == nil || given.currency?.fallbackValue == nil {
-                return (132012, "Parameter format does not match format in the created template", "currency parameter \(index + 1) is incomplete")
+            if type == "currency", given.currency?.code == nil || given.currency?.amount1000 == nil || given.currency?.fallbackValue == nil
+            {
+                return (
+                    132012, "Parameter format does not match format in the created template",
+                    "currency parameter \(index + 1) is incomplete"
+                )
             }
             if type == "text" {
-                guard let text = given.text, !text.isEmpty else { return (131008, "Required parameter is missing", "body parameter \(index + 1) is empty") }
+                guard let text = given.text, !text.isEmpty else {
+                    return (131008, "Required parameter is missing", "body parameter \(index + 1) is empty")
+                }
                 if text.contains(where: { $0 == "\n" || $0 == "\t" }) || text.contains("     ") {
-                    return (132018, "There was an issue with the parameters in your template.",
-                            "Param text cannot have new-line/tab characters or more than 4 consecutive spaces")
+                    return (
+                        132018, "There was an issue with the parameters in your template.",
+                        "Param text cannot have new-line/tab characters or more than 4 consecutive spaces"
+                    )
                 }
             }
         }
         let header = components.first { $0.type == "header" }?.parameters ?? []
         if definition.header?.format.uppercased() == "DOCUMENT" {
             guard header.count == 1, header[0].type == "document", let link = header[0].document?.link, link.hasPrefix("https://") else {
-                return (132012, "Parameter format does not match format in the created template", "header: a document with an https link is expected")
+                return (
+                    132012, "Parameter format does not match format in the created template",
+                    "header: a document with an https link is expected"
+                )
             }
         } else if !header.isEmpty && definition.header == nil {
             return (132000, "Number of parameters does not match the expected number of params", "the template has no header")
         }
         let buttons = components.filter { $0.type == "button" }
         if buttons.count != (definition.buttons?.count ?? 0) {
-            return (132000, "Number of parameters does not match the expected number of params",
-                    "buttons: \(buttons.count) given, \(definition.buttons?.count ?? 0) expected")
+            return (
+                132000, "Number of parameters does not match the expected number of params",
+                "buttons: \(buttons.count) given, \(definition.buttons?.count ?? 0) expected"
+            )
         }
         return nil
     }
 
     // MARK: - Statuses
 
-    func events(for outcome: Outcome, wamid: String, recipient: String, callback: String?, accepted: Double, apiVersion: String) -> [SandboxState.Event] {
+    func events(
+        for outcome: Outcome, wamid: String, recipient: String, callback: String?, accepted: Double, apiVersion: String
+    ) -> [SandboxState.Event] {
         let step = configuration.statusSpacing
         let majorVersion = Int(apiVersion.dropFirst().prefix { $0 != "." }) ?? 23
         func status(_ s: String, _ n: Int, error: (Int, String)? = nil) -> SandboxState.Event {
@@ -278,23 +321,40 @@ public struct Sandbox: Sendable {
             if let callback { fields.append(("biz_opaque_callback_data", .string(callback))) }
             if s == "sent" || s == "delivered" {
                 if majorVersion < 24 && s == "sent" {
-                    fields.append(("conversation", .object([("id", .string("CONV" + wamid.suffix(8))), ("origin", .object([("type", .string("utility"))]))])))
+                    fields.append(
+                        (
+                            "conversation",
+                            .object([("id", .string("CONV" + wamid.suffix(8))), ("origin", .object([("type", .string("utility"))]))])
+                        ))
                 }
-                fields.append(("pricing", .object([("billable", .bool(true)), ("pricing_model", .string("PMP")),
-                                                   ("category", .string("utility")), ("type", .string("regular"))])))
+                fields.append(
+                    (
+                        "pricing",
+                        .object([
+                            ("billable", .bool(true)), ("pricing_model", .string("PMP")),
+                            ("category", .string("utility")), ("type", .string("regular")),
+                        ])
+                    ))
             }
             if let (code, title) = error {
-                fields.append(("errors", .array([.object([
-                    ("code", .number(Int64(code))), ("title", .string(title)), ("message", .string(title)),
-                    ("error_data", .object([("details", .string(title))])),
-                    ("href", .string("https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/")),
-                ])])))
+                fields.append(
+                    (
+                        "errors",
+                        .array([
+                            .object([
+                                ("code", .number(Int64(code))), ("title", .string(title)), ("message", .string(title)),
+                                ("error_data", .object([("details", .string(title))])),
+                                ("href", .string("https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/")),
+                            ])
+                        ])
+                    ))
             }
             return SandboxState.Event(due: at, value: .object(fields), isStatus: true)
         }
         func reply(_ text: String, _ n: Int) -> SandboxState.Event {
             let at = accepted + step * Double(n)
-            let sender: (String, MetaJSON) = outcome == .replyStopUsername
+            let sender: (String, MetaJSON) =
+                outcome == .replyStopUsername
                 ? ("from_user_id", .string(Self.userID(for: recipient))) : ("from", .string(recipient))
             let message = MetaJSON.object([
                 sender, ("id", .string("wamid.IN" + wamid.suffix(12))), ("timestamp", .string(String(Int64(at)))),
@@ -309,9 +369,19 @@ public struct Sandbox: Sendable {
         case .undeliverable: return [status("failed", 1, error: (131026, "Message undeliverable"))]
         case .paymentIssueByWebhook: return [status("failed", 1, error: (131042, "Business eligibility payment issue"))]
         case .spamLimitByWebhook: return [status("failed", 1, error: (131048, "Spam rate limit hit"))]
-        case .optedOutOfMarketing: return [status("failed", 1, error: (131050, "Unable to deliver the message. This recipient has chosen to stop receiving marketing messages on WhatsApp from your business"))]
-        case .reorderedDuplicated: return [status("read", 1), status("sent", 2), status("delivered", 3), status("delivered", 3), status("read", 1)]
-        case .lateFailure: return [status("sent", 1), status("failed", 2, error: (131026, "Message undeliverable")), status("delivered", 4)]
+        case .optedOutOfMarketing:
+            return [
+                status(
+                    "failed", 1,
+                    error: (
+                        131050,
+                        "Unable to deliver the message. This recipient has chosen to stop receiving marketing messages on WhatsApp from your business"
+                    ))
+            ]
+        case .reorderedDuplicated:
+            return [status("read", 1), status("sent", 2), status("delivered", 3), status("delivered", 3), status("read", 1)]
+        case .lateFailure:
+            return [status("sent", 1), status("failed", 2, error: (131026, "Message undeliverable")), status("delivered", 4)]
         case .replyStop, .replyStopUsername: return [status("sent", 1), status("delivered", 2), status("read", 3), reply("STOP", 4)]
         case .replyThanks: return [status("sent", 1), status("delivered", 2), status("read", 3), reply("¡Gracias! Recibí la factura 👍", 4)]
         default: return [status("sent", 1), status("delivered", 2), status("read", 3)]
@@ -332,8 +402,10 @@ public struct Sandbox: Sendable {
                     continue
                 }
                 guard let url = configuration.webhookURL else {
-                    await state.recordDelivery(.init(at: now, statuses: due.filter(\.isStatus).count, inbound: due.count - due.filter(\.isStatus).count,
-                                                     httpStatus: nil, error: "no webhook URL", attempt: 1), ok: true)
+                    await state.recordDelivery(
+                        .init(
+                            at: now, statuses: due.filter(\.isStatus).count, inbound: due.count - due.filter(\.isStatus).count,
+                            httpStatus: nil, error: "no webhook URL", attempt: 1), ok: true)
                     continue
                 }
                 let body = payload(due)
@@ -353,14 +425,18 @@ public struct Sandbox: Sendable {
                 }
                 let ok = status == 200
                 let statuses = due.filter(\.isStatus).count
-                await state.recordDelivery(.init(at: now, statuses: statuses, inbound: due.count - statuses, httpStatus: status, error: problem,
-                                                 attempt: failures + 1), ok: ok)
+                await state.recordDelivery(
+                    .init(
+                        at: now, statuses: statuses, inbound: due.count - statuses, httpStatus: status, error: problem,
+                        attempt: failures + 1), ok: ok)
                 if ok {
                     failures = 0
                 } else {
                     failures += 1
                     let delay = min(60, pow(2, Double(failures - 1)))
-                    logger.warning("sandbox webhook not accepted; will retry", metadata: ["status": "\(status.map(String.init) ?? "none")", "retry_in_s": "\(delay)"])
+                    logger.warning(
+                        "sandbox webhook not accepted; will retry",
+                        metadata: ["status": "\(status.map(String.init) ?? "none")", "retry_in_s": "\(delay)"])
                     await state.putBack(due, retryAt: now + delay)
                 }
             }
@@ -374,10 +450,17 @@ public struct Sandbox: Sendable {
         var changes: [MetaJSON] = []
         let statuses = events.filter(\.isStatus).map(\.value)
         for start in stride(from: 0, to: statuses.count, by: 50) {
-            changes.append(.object([("field", .string("messages")), ("value", .object([
-                ("messaging_product", .string("whatsapp")), ("metadata", metadata),
-                ("statuses", .array(Array(statuses[start..<min(start + 50, statuses.count)]))),
-            ]))]))
+            changes.append(
+                .object([
+                    ("field", .string("messages")),
+                    (
+                        "value",
+                        .object([
+                            ("messaging_product", .string("whatsapp")), ("metadata", metadata),
+                            ("statuses", .array(Array(statuses[start..<min(start + 50, statuses.count)]))),
+                        ])
+                    ),
+                ]))
         }
         let replies = events.filter { !$0.isStatus }.map(\.value)
         if !replies.isEmpty {
@@ -388,16 +471,27 @@ public struct Sandbox: Sendable {
                 }
                 // A username user: no number anywhere, the user id and the username instead.
                 guard case .string(let user)? = fields.first(where: { $0.0 == "from_user_id" })?.1 else { return nil }
-                return .object([("profile", .object([("name", .string("Inquilino")), ("username", .string("inquilino_" + user.suffix(4)))])),
-                                ("user_id", .string(user))])
+                return .object([
+                    ("profile", .object([("name", .string("Inquilino")), ("username", .string("inquilino_" + user.suffix(4)))])),
+                    ("user_id", .string(user)),
+                ])
             }
-            changes.append(.object([("field", .string("messages")), ("value", .object([
-                ("messaging_product", .string("whatsapp")), ("metadata", metadata), ("contacts", .array(contacts)), ("messages", .array(replies)),
-            ]))]))
+            changes.append(
+                .object([
+                    ("field", .string("messages")),
+                    (
+                        "value",
+                        .object([
+                            ("messaging_product", .string("whatsapp")), ("metadata", metadata), ("contacts", .array(contacts)),
+                            ("messages", .array(replies)),
+                        ])
+                    ),
+                ]))
         }
         var entries: [MetaJSON] = []
         for start in stride(from: 0, to: changes.count, by: 2) {
-            entries.append(.object([("id", .string("SANDBOX-WABA")), ("changes", .array(Array(changes[start..<min(start + 2, changes.count)])))]))
+            entries.append(
+                .object([("id", .string("SANDBOX-WABA")), ("changes", .array(Array(changes[start..<min(start + 2, changes.count)])))]))
         }
         return MetaJSON.object([("object", .string("whatsapp_business_account")), ("entry", .array(entries))]).bytes
     }
@@ -410,11 +504,16 @@ public struct Sandbox: Sendable {
     }
 
     func metaError(_ code: Int, _ message: String, status: HTTPResponse.Status = .badRequest, details: String? = nil) -> Response {
-        let body = MetaJSON.object([("error", .object([
-            ("message", .string(message)), ("type", .string("OAuthException")), ("code", .number(Int64(code))),
-            ("error_data", .object([("messaging_product", .string("whatsapp")), ("details", .string(details ?? message))])),
-            ("fbtrace_id", .string("Sandbox" + String(Int.random(in: 100_000...999_999)))),
-        ]))])
+        let body = MetaJSON.object([
+            (
+                "error",
+                .object([
+                    ("message", .string(message)), ("type", .string("OAuthException")), ("code", .number(Int64(code))),
+                    ("error_data", .object([("messaging_product", .string("whatsapp")), ("details", .string(details ?? message))])),
+                    ("fbtrace_id", .string("Sandbox" + String(Int.random(in: 100_000...999_999)))),
+                ])
+            )
+        ])
         var headers: HTTPFields = [.contentType: "application/json"]
         if code == 130429 { headers[.retryAfter] = "1" }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body.bytes)))
@@ -442,7 +541,8 @@ public struct Sandbox: Sendable {
 func json(_ value: some Encodable) throws -> Response {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys]
-    return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
+    return Response(
+        status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
 }
 
 /// The request body as the sandbox reads it.

@@ -30,8 +30,9 @@ func jsonResponse(_ value: some Encodable, status: HTTPResponse.Status = .ok) th
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
     let data = try encoder.encode(value)
-    return Response(status: status, headers: [.contentType: "application/json; charset=utf-8"],
-                    body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    return Response(
+        status: status, headers: [.contentType: "application/json; charset=utf-8"],
+        body: .init(byteBuffer: ByteBuffer(bytes: data)))
 }
 
 /// Turns every error into a JSON answer; anything we did not expect is logged at error level

@@ -29,13 +29,15 @@ public enum ServerFuzzTargets {
     /// A bearer token: as given, and signed correctly around the input's header and payload (so
     /// that their JSON is parsed, not only refused by the signature).
     public static func jwt(_ bytes: [UInt8]) {
-        check(verifier.verify(String(decoding: bytes, as: UTF8.self), now: 1_800_000_000) != .valid || bytes.count > 40,
-              "a short token was valid")
+        check(
+            verifier.verify(String(decoding: bytes, as: UTF8.self), now: 1_800_000_000) != .valid || bytes.count > 40,
+            "a short token was valid")
         let split = bytes.firstIndex(of: 0x0A) ?? bytes.count / 2
         let header = base64URL(Array(bytes[..<split]))
         let payload = base64URL(Array(bytes[min(split + 1, bytes.count)...]))
         let signed = Array("\(header).\(payload)".utf8)
-        let signature = base64URL(Array(HMAC<SHA256>.authenticationCode(for: signed, using: SymmetricKey(data: Array("fuzz-jwt-secret".utf8)))))
+        let signature = base64URL(
+            Array(HMAC<SHA256>.authenticationCode(for: signed, using: SymmetricKey(data: Array("fuzz-jwt-secret".utf8)))))
         _ = verifier.verify("\(header).\(payload).\(signature)", now: 1_800_000_000)
     }
 

@@ -1,7 +1,6 @@
+import Dispatcher
+public import Engine
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 import HTTPTypes
 public import Hummingbird
 import HummingbirdCore
@@ -9,9 +8,11 @@ public import Logging
 import NIOCore
 import Prometheus
 public import Store
-public import Engine
-import Dispatcher
 import WhatsApp
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// How `dispatcher serve` is set up. Secrets come from the environment; none is ever logged or served.
 public struct ServerConfiguration: Sendable {
@@ -47,8 +48,10 @@ public struct ServerConfiguration: Sendable {
         return max(16, min(maxConnections, Int(clamping: limit.rlim_cur) - 128))
     }
 
-    public init(basePath: String = "", appSecret: String, verifyToken: String? = nil, apiToken: String? = nil, jwtSecret: String? = nil,
-                maxWebhookBytes: Int = 3_500_000, reportsDirectory: String = "reports", metricsNeedToken: Bool = false) {
+    public init(
+        basePath: String = "", appSecret: String, verifyToken: String? = nil, apiToken: String? = nil, jwtSecret: String? = nil,
+        maxWebhookBytes: Int = 3_500_000, reportsDirectory: String = "reports", metricsNeedToken: Bool = false
+    ) {
         self.basePath = basePath
         self.appSecret = appSecret
         self.verifyToken = verifyToken
@@ -69,8 +72,10 @@ public struct DispatcherServer: Sendable {
     public let sender: (any InvoiceSendService)?
     let signature: WebhookSignature
 
-    public init(store: any DispatchStore, configuration: ServerConfiguration, metrics: ServerMetrics = ServerMetrics(),
-                sender: (any InvoiceSendService)? = nil) {
+    public init(
+        store: any DispatchStore, configuration: ServerConfiguration, metrics: ServerMetrics = ServerMetrics(),
+        sender: (any InvoiceSendService)? = nil
+    ) {
         self.store = store
         self.configuration = configuration
         self.metrics = metrics
@@ -89,8 +94,9 @@ public struct DispatcherServer: Sendable {
         root.get("webhook") { request, context in try self.handshake(request, context: context) }
         root.post("webhook") { request, context in try await self.receiveWebhook(request, context: context) }
 
-        let auth = BearerAuthMiddleware<BasicRequestContext>(apiToken: configuration.apiToken,
-                                                             jwt: configuration.jwtSecret.map(HS256Verifier.init(secret:)))
+        let auth = BearerAuthMiddleware<BasicRequestContext>(
+            apiToken: configuration.apiToken,
+            jwt: configuration.jwtSecret.map(HS256Verifier.init(secret:)))
         if configuration.metricsNeedToken {
             root.group().add(middleware: auth).get("metrics") { _, _ in self.metricsResponse() }
         } else {
@@ -101,8 +107,12 @@ public struct DispatcherServer: Sendable {
         api.get("message-statuses") { request, _ in try await self.messageStatuses(request) }
         api.get("runs") { _, _ in try await self.runs() }
         api.get("runs/:run") { _, context in try await self.run(context.parameters.require("run")) }
-        api.get("runs/:run/report.html") { _, context in try self.reportFile(context.parameters.require("run"), "index.html", "text/html; charset=utf-8") }
-        api.get("runs/:run/report.csv") { _, context in try self.reportFile(context.parameters.require("run"), "messages.csv", "text/csv; charset=utf-8") }
+        api.get("runs/:run/report.html") { _, context in
+            try self.reportFile(context.parameters.require("run"), "index.html", "text/html; charset=utf-8")
+        }
+        api.get("runs/:run/report.csv") { _, context in
+            try self.reportFile(context.parameters.require("run"), "messages.csv", "text/csv; charset=utf-8")
+        }
         api.post("send-invoice") { request, context in try await self.sendInvoice(request, context: context) }
         return router
     }
@@ -110,28 +120,32 @@ public struct DispatcherServer: Sendable {
     /// Serves on `host:port` until cancelled (for a run's settle window, in-process); `onListening`
     /// gets the bound port (useful with port 0).
     public func run(host: String, port: Int, logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
-        let app = Application(router: router(), server: .http1(configuration: http1Configuration),
-                              configuration: applicationConfiguration(host: host, port: port, logger: logger),
-                              onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) }, logger: logger)
+        let app = Application(
+            router: router(), server: .http1(configuration: http1Configuration),
+            configuration: applicationConfiguration(host: host, port: port, logger: logger),
+            onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) }, logger: logger)
         try await app.run()
     }
 
     /// An application listening on `host:port`, ready for `runService()` (graceful on SIGTERM).
     public func application(host: String, port: Int, logger: Logger) -> some ApplicationProtocol {
-        Application(router: router(), server: .http1(configuration: http1Configuration),
-                    configuration: applicationConfiguration(host: host, port: port, logger: logger), logger: logger)
+        Application(
+            router: router(), server: .http1(configuration: http1Configuration),
+            configuration: applicationConfiguration(host: host, port: port, logger: logger), logger: logger)
     }
 
     /// Idle connections closed: Hummingbird's HTTP/1 server keeps them forever by default.
     var http1Configuration: HTTP1Channel.Configuration {
-        let nanoseconds = configuration.idleTimeout.components.seconds * 1_000_000_000
+        let nanoseconds =
+            configuration.idleTimeout.components.seconds * 1_000_000_000
             + configuration.idleTimeout.components.attoseconds / 1_000_000_000
         return HTTP1Channel.Configuration(idleTimeout: .nanoseconds(nanoseconds))
     }
 
     func applicationConfiguration(host: String, port: Int, logger: Logger) -> ApplicationConfiguration {
-        ApplicationConfiguration(address: .hostname(host, port: port), serverName: "dispatcher",
-                                 availableConnectionsDelegate: MaximumAvailableConnections(configuration.effectiveMaxConnections, logger: logger))
+        ApplicationConfiguration(
+            address: .hostname(host, port: port), serverName: "dispatcher",
+            availableConnectionsDelegate: MaximumAvailableConnections(configuration.effectiveMaxConnections, logger: logger))
     }
 
     // MARK: - Webhook
@@ -148,8 +162,9 @@ public struct DispatcherServer: Sendable {
             context.logger.warning("webhook handshake refused: wrong mode or verify token (check the token in Meta's app settings)")
             throw APIError(.forbidden, "verification failed")
         }
-        return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
-                        body: .init(byteBuffer: ByteBuffer(string: challenge)))
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(string: challenge)))
     }
 
     /// Counts, logs and throws the refusal a signature verdict calls for; returns on `.valid`.
@@ -204,8 +219,9 @@ public struct DispatcherServer: Sendable {
         }
         let result: IngestResult
         do {
-            result = try await store.ingestWebhook(body: body, signature: header, contents: contents, parseError: parseError,
-                                                   at: Date().timeIntervalSince1970)
+            result = try await store.ingestWebhook(
+                body: body, signature: header, contents: contents, parseError: parseError,
+                at: Date().timeIntervalSince1970)
         } catch {
             // Nothing is acknowledged that is not stored: Meta retries a 503.
             metrics.webhooksUnavailable.increment()
@@ -215,9 +231,11 @@ public struct DispatcherServer: Sendable {
         metrics.record(result)
         metrics.intakeLatency.record(ContinuousClock.now - started)
         if let contents, !contents.systemErrors.isEmpty {
-            context.logger.warning("Meta reported system errors", metadata: [
-                "codes": "\(contents.systemErrors.map { $0.code.map(String.init) ?? "?" }.joined(separator: ","))",
-            ])
+            context.logger.warning(
+                "Meta reported system errors",
+                metadata: [
+                    "codes": "\(contents.systemErrors.map { $0.code.map(String.init) ?? "?" }.joined(separator: ","))"
+                ])
         }
         return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "OK")))
     }
@@ -237,7 +255,8 @@ public struct DispatcherServer: Sendable {
         filter.landlord = query.get("landlord")
         if let state = query.get("state") {
             guard let parsed = MessageState(rawValue: state) else {
-                throw APIError(.badRequest, "state '\(state)' is not one of \(MessageState.allCases.map(\.rawValue).joined(separator: ", "))")
+                throw APIError(
+                    .badRequest, "state '\(state)' is not one of \(MessageState.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             filter.state = parsed
         }
@@ -258,7 +277,9 @@ public struct DispatcherServer: Sendable {
     }
 
     func run(_ name: String) async throws -> Response {
-        guard let summary = try await store.runs().first(where: { $0.run.name == name }) else { throw APIError(.notFound, "no run \(name)") }
+        guard let summary = try await store.runs().first(where: { $0.run.name == name }) else {
+            throw APIError(.notFound, "no run \(name)")
+        }
         return try jsonResponse(RunView(summary))
     }
 
@@ -286,8 +307,9 @@ public struct DispatcherServer: Sendable {
     }
 
     func metricsResponse() -> Response {
-        Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                 body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition())))
+        Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition())))
     }
 
     // MARK: - Drop-in send
@@ -362,7 +384,8 @@ struct MessageStatusView: Encodable {
         try c.encode(m.state.rawValue, forKey: .state)
         try c.encode(m.landlord, forKey: .landlord)
         try c.encode(m.attempts, forKey: .attempts)
-        let error = (m.errorCode != nil || m.errorTitle != nil) ? ErrorView(code: m.errorCode, title: m.errorTitle, details: m.errorDetails) : nil
+        let error =
+            (m.errorCode != nil || m.errorTitle != nil) ? ErrorView(code: m.errorCode, title: m.errorTitle, details: m.errorDetails) : nil
         try c.encode(error, forKey: .error)
         if let events {
             try c.encode(events.map { EventView(status: $0.status, timestamp: iso8601($0.timestamp)) }, forKey: .events)

@@ -67,8 +67,10 @@ public protocol DispatchStore: Sendable {
 
     /// Stores a webhook POST durably (the raw bytes first) and applies what it carries, in one
     /// transaction. `contents` is nil when the body did not parse: it is kept for replay.
-    func ingestWebhook(body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
-                       at time: Double) async throws -> IngestResult
+    func ingestWebhook(
+        body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
+        at time: Double
+    ) async throws -> IngestResult
 
     // MARK: Opt-outs
 
@@ -131,7 +133,9 @@ extension DispatchStore {
     }
 
     public func beginAttempt(messageID: String, at time: Double) async throws -> Int {
-        guard let number = try await beginAttempts(messageIDs: [messageID], at: time)[messageID] else { throw StoreError("no message \(messageID)") }
+        guard let number = try await beginAttempts(messageIDs: [messageID], at: time)[messageID] else {
+            throw StoreError("no message \(messageID)")
+        }
         return number
     }
 
@@ -215,8 +219,10 @@ public struct RunRecord: Sendable, Codable, Equatable {
     public var finishedAt: Double?
     public var haltReason: String?
 
-    public init(name: String, manifest: String, template: String, sender: String, status: RunStatus = .created,
-                createdAt: Double, finishedAt: Double? = nil, haltReason: String? = nil) {
+    public init(
+        name: String, manifest: String, template: String, sender: String, status: RunStatus = .created,
+        createdAt: Double, finishedAt: Double? = nil, haltReason: String? = nil
+    ) {
         self.name = name
         self.manifest = manifest
         self.template = template
@@ -252,9 +258,11 @@ public struct InvoiceRecord: Sendable, Equatable {
     public var email: String?
     public var skipReason: String?
 
-    public init(run: String, invoiceID: String, line: Int, tenantName: String, tenantID: String? = nil, landlord: String? = nil,
-                property: String? = nil, amountMinor: Int64, currency: String, period: String, dueDate: String? = nil,
-                locale: String, documentURL: String? = nil, email: String? = nil, skipReason: String? = nil) {
+    public init(
+        run: String, invoiceID: String, line: Int, tenantName: String, tenantID: String? = nil, landlord: String? = nil,
+        property: String? = nil, amountMinor: Int64, currency: String, period: String, dueDate: String? = nil,
+        locale: String, documentURL: String? = nil, email: String? = nil, skipReason: String? = nil
+    ) {
         self.run = run
         self.invoiceID = invoiceID
         self.line = line
@@ -285,8 +293,10 @@ public struct NewMessage: Sendable, Equatable {
     /// The Graph API request body (JSON), kept so a retry sends exactly the same message.
     public var requestBody: String?
 
-    public init(id: String, run: String, invoiceID: String, phone: String, template: String, language: String,
-                state: MessageState = .queued, skipReason: String? = nil, requestBody: String? = nil) {
+    public init(
+        id: String, run: String, invoiceID: String, phone: String, template: String, language: String,
+        state: MessageState = .queued, skipReason: String? = nil, requestBody: String? = nil
+    ) {
         self.id = id
         self.run = run
         self.invoiceID = invoiceID
@@ -555,8 +565,10 @@ public struct OptOutChange: Sendable, Equatable, Codable {
     public var wamid: String?
     public var note: String?
 
-    public init(id: String, kind: OptOutKind, change: Change, at: Double, source: OptOutSource, word: String? = nil,
-                wamid: String? = nil, note: String? = nil) {
+    public init(
+        id: String, kind: OptOutKind, change: Change, at: Double, source: OptOutSource, word: String? = nil,
+        wamid: String? = nil, note: String? = nil
+    ) {
         self.id = id
         self.kind = kind
         self.change = change

@@ -66,9 +66,11 @@ public struct StatusRule: Sendable {
 
     public static let all: [StatusRule] = [
         StatusRule(status: "sent", target: .sent, timeColumn: "sent_at", keeps: [], overrides: [], recordsError: false),
-        StatusRule(status: "delivered", target: .delivered, timeColumn: "delivered_at", keeps: [], overrides: [.failed], recordsError: false),
+        StatusRule(
+            status: "delivered", target: .delivered, timeColumn: "delivered_at", keeps: [], overrides: [.failed], recordsError: false),
         StatusRule(status: "read", target: .read, timeColumn: "read_at", keeps: [], overrides: [.failed], recordsError: false),
-        StatusRule(status: "failed", target: .failed, timeColumn: "failed_at", keeps: [.delivered, .read], overrides: [], recordsError: true),
+        StatusRule(
+            status: "failed", target: .failed, timeColumn: "failed_at", keeps: [.delivered, .read], overrides: [], recordsError: true),
     ]
 
     /// The rule of a status; nil for `played` and any status Meta adds later (kept in the history only).

@@ -68,8 +68,10 @@ enum ReportSQL {
     }
 
     /// Adds a row of `byLandlordAndState` to the summary.
-    static func add(landlord: String?, currency: String, state: String, count: Int, unreachable: Int, to summary: inout ReportSummary,
-                    index: inout [String: Int]) {
+    static func add(
+        landlord: String?, currency: String, state: String, count: Int, unreachable: Int, to summary: inout ReportSummary,
+        index: inout [String: Int]
+    ) {
         guard let state = MessageState(rawValue: state) else { return }
         summary.states[state, default: 0] += count
         let at = figures(landlord, currency, in: &summary, index: &index)
@@ -86,8 +88,10 @@ enum ReportSQL {
     }
 
     /// Adds a row of `invoiceAmounts` to the summary.
-    static func addAmounts(landlord: String?, currency: String, invoices: Int, billed: Int64, delivered: Int64,
-                           to summary: inout ReportSummary, index: inout [String: Int]) {
+    static func addAmounts(
+        landlord: String?, currency: String, invoices: Int, billed: Int64, delivered: Int64,
+        to summary: inout ReportSummary, index: inout [String: Int]
+    ) {
         let at = figures(landlord, currency, in: &summary, index: &index)
         summary.landlords[at].invoices += invoices
         summary.landlords[at].billedMinor.addClamping(billed)

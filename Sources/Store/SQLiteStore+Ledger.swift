@@ -24,8 +24,10 @@ extension SQLiteStore {
         var numbers: [String: Int] = [:]
         guard !messageIDs.isEmpty else { return numbers }
         let select = try db.cachedStatement(sql: "SELECT attempts FROM messages WHERE id = ?")
-        let update = try db.cachedStatement(sql: "UPDATE messages SET state = 'sending', state_rank = ?, attempts = ?, updated_at = ? WHERE id = ?")
-        let insert = try db.cachedStatement(sql: "INSERT INTO attempts (message_id, number, started_at, outcome) VALUES (?, ?, ?, 'sending')")
+        let update = try db.cachedStatement(
+            sql: "UPDATE messages SET state = 'sending', state_rank = ?, attempts = ?, updated_at = ? WHERE id = ?")
+        let insert = try db.cachedStatement(
+            sql: "INSERT INTO attempts (message_id, number, started_at, outcome) VALUES (?, ?, ?, 'sending')")
         for id in messageIDs {
             guard let attempts = try Int.fetchOne(select, arguments: [id]) else { throw StoreError("no message \(id)") }
             let number = attempts + 1
@@ -38,46 +40,60 @@ extension SQLiteStore {
 
     static func recordOutcomes(_ db: Database, _ outcomes: [AttemptOutcome], at time: Double) throws {
         guard !outcomes.isEmpty else { return }
-        let attempt = try db.cachedStatement(sql: """
-            UPDATE attempts SET outcome = ?, finished_at = ?, wamid = ?, error_code = ?, error_title = ?, error_details = ?
-            WHERE message_id = ? AND number = ?
-            """)
+        let attempt = try db.cachedStatement(
+            sql: """
+                UPDATE attempts SET outcome = ?, finished_at = ?, wamid = ?, error_code = ?, error_title = ?, error_details = ?
+                WHERE message_id = ? AND number = ?
+                """)
         for outcome in outcomes {
             switch outcome {
             case .accepted(let id, let number, let wamid, let waID):
                 try attempt.execute(arguments: ["accepted", time, wamid, nil, nil, nil, id, number])
-                if let waID, let phone = try String.fetchOne(db.cachedStatement(sql: "SELECT phone FROM messages WHERE id = ?"), arguments: [id]) {
+                if let waID,
+                    let phone = try String.fetchOne(db.cachedStatement(sql: "SELECT phone FROM messages WHERE id = ?"), arguments: [id])
+                {
                     try Self.learn(db, phone: phone, id: waID, kind: .waID, at: time)
                 }
                 // Only forward: a webhook may already have said `sent` or more.
-                try db.cachedStatement(sql: """
-                    UPDATE messages SET wamid = ?, accepted_at = COALESCE(accepted_at, ?), updated_at = ?,
-                        state = CASE WHEN state_rank < 3 THEN 'accepted' ELSE state END,
-                        state_rank = CASE WHEN state_rank < 3 THEN 3 ELSE state_rank END
-                    WHERE id = ?
-                    """).execute(arguments: [wamid, time, time, id])
+                try db.cachedStatement(
+                    sql: """
+                        UPDATE messages SET wamid = ?, accepted_at = COALESCE(accepted_at, ?), updated_at = ?,
+                            state = CASE WHEN state_rank < 3 THEN 'accepted' ELSE state END,
+                            state_rank = CASE WHEN state_rank < 3 THEN 3 ELSE state_rank END
+                        WHERE id = ?
+                        """
+                ).execute(arguments: [wamid, time, time, id])
                 try Self.attachPendingEvents(db, messageID: id, wamid: wamid)
             case .rejected(let id, let number, let error, let final):
-                try attempt.execute(arguments: [final ? "rejected" : "retry", time, nil, error.code, error.title, error.details, id, number])
+                try attempt.execute(arguments: [
+                    final ? "rejected" : "retry", time, nil, error.code, error.title, error.details, id, number,
+                ])
                 let state: MessageState = final ? .failed : .queued
-                try db.cachedStatement(sql: """
-                    UPDATE messages SET state = ?, state_rank = ?, error_code = ?, error_title = ?, error_details = ?, updated_at = ?,
-                        failed_at = CASE WHEN ? THEN ? ELSE failed_at END
-                    WHERE id = ? AND state = 'sending'
-                    """).execute(arguments: [state.rawValue, state.rank, error.code, error.title, error.details, time, final, time, id])
+                try db.cachedStatement(
+                    sql: """
+                        UPDATE messages SET state = ?, state_rank = ?, error_code = ?, error_title = ?, error_details = ?, updated_at = ?,
+                            failed_at = CASE WHEN ? THEN ? ELSE failed_at END
+                        WHERE id = ? AND state = 'sending'
+                        """
+                ).execute(arguments: [state.rawValue, state.rank, error.code, error.title, error.details, time, final, time, id])
             case .unknown(let id, let number, let reason):
                 try attempt.execute(arguments: ["unknown", time, nil, nil, reason, nil, id, number])
-                try db.cachedStatement(sql: "UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = ? WHERE id = ? AND state = 'sending'")
-                    .execute(arguments: [time, id])
+                try db.cachedStatement(
+                    sql: "UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = ? WHERE id = ? AND state = 'sending'"
+                )
+                .execute(arguments: [time, id])
             }
         }
     }
 
     public func discardUnsentRun(_ name: String) async throws -> Bool {
         try await pool.write { db in
-            let attempted = try Bool.fetchOne(db, sql: """
-                SELECT EXISTS (SELECT 1 FROM attempts WHERE message_id IN (SELECT id FROM messages WHERE run = ?))
-                """, arguments: [name]) ?? false
+            let attempted =
+                try Bool.fetchOne(
+                    db,
+                    sql: """
+                        SELECT EXISTS (SELECT 1 FROM attempts WHERE message_id IN (SELECT id FROM messages WHERE run = ?))
+                        """, arguments: [name]) ?? false
             guard !attempted else { return false }
             try db.execute(sql: "DELETE FROM messages WHERE run = ?", arguments: [name])
             try db.execute(sql: "DELETE FROM invoices WHERE run = ?", arguments: [name])
@@ -88,21 +104,26 @@ extension SQLiteStore {
 
     public func markInterrupted(run: String, at time: Double) async throws -> Int {
         try await pool.write { db in
-            try db.execute(sql: """
-                UPDATE attempts SET outcome = 'unknown', finished_at = ?,
-                    error_title = 'interrupted: the process stopped while this request may have been in flight'
-                WHERE outcome = 'sending' AND message_id IN (SELECT id FROM messages WHERE run = ? AND state = 'sending')
-                """, arguments: [time, run])
-            try db.execute(sql: "UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = ? WHERE run = ? AND state = 'sending'",
-                           arguments: [time, run])
+            try db.execute(
+                sql: """
+                    UPDATE attempts SET outcome = 'unknown', finished_at = ?,
+                        error_title = 'interrupted: the process stopped while this request may have been in flight'
+                    WHERE outcome = 'sending' AND message_id IN (SELECT id FROM messages WHERE run = ? AND state = 'sending')
+                    """, arguments: [time, run])
+            try db.execute(
+                sql: "UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = ? WHERE run = ? AND state = 'sending'",
+                arguments: [time, run])
             return db.changesCount
         }
     }
 
     public func queuedMessages(run: String, after: Int64?, limit: Int) async throws -> [QueuedMessage] {
         try await pool.read { db in
-            let rows = try Row.fetchCursor(db, sql: "SELECT seq, id, phone, request_body, language FROM messages WHERE run = ? AND state = 'queued' AND seq > ? ORDER BY seq LIMIT ?",
-                                           arguments: [run, after ?? 0, limit])
+            let rows = try Row.fetchCursor(
+                db,
+                sql:
+                    "SELECT seq, id, phone, request_body, language FROM messages WHERE run = ? AND state = 'queued' AND seq > ? ORDER BY seq LIMIT ?",
+                arguments: [run, after ?? 0, limit])
             var page: [QueuedMessage] = []
             while let row = try rows.next() {
                 page.append(QueuedMessage(sequence: row[0], id: row[1], phone: row[2], requestBody: row[3], language: row[4]))
@@ -114,10 +135,11 @@ extension SQLiteStore {
     public func requeue(messageIDs: [String], at time: Double) async throws -> [String] {
         try await pool.write { db in
             var done: [String] = []
-            let update = try db.cachedStatement(sql: """
-                UPDATE messages SET state = 'queued', state_rank = 0, updated_at = ?, error_code = NULL, error_title = NULL, error_details = NULL
-                WHERE id = ? AND state IN ('failed', 'unknown') AND delivered_at IS NULL AND read_at IS NULL
-                """)
+            let update = try db.cachedStatement(
+                sql: """
+                    UPDATE messages SET state = 'queued', state_rank = 0, updated_at = ?, error_code = NULL, error_title = NULL, error_details = NULL
+                    WHERE id = ? AND state IN ('failed', 'unknown') AND delivered_at IS NULL AND read_at IS NULL
+                    """)
             for id in messageIDs {
                 try update.execute(arguments: [time, id])
                 if db.changesCount == 1 { done.append(id) }

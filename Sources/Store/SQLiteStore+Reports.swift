@@ -6,13 +6,14 @@ extension SQLiteStore {
     /// access, which was a fifth of a million-message report's time.
     public func reportRows(run: String, after: Int64?, limit: Int) async throws -> [ReportRow] {
         try await pool.read { db in
-            let statement = try db.cachedStatement(sql: """
-                SELECT m.seq, m.id, m.run, m.invoice_id, m.phone, m.template, m.language, m.state, m.wamid, m.error_code, m.error_title,
-                    m.error_details, m.skip_reason, m.attempts, m.created_at, m.updated_at, m.accepted_at, m.sent_at, m.delivered_at,
-                    m.read_at, m.failed_at, i.landlord, i.tenant_name, i.property, i.amount_minor, i.currency, i.period, i.email
-                FROM messages m JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
-                WHERE m.run = ? AND m.seq > ? ORDER BY m.seq LIMIT ?
-                """)
+            let statement = try db.cachedStatement(
+                sql: """
+                    SELECT m.seq, m.id, m.run, m.invoice_id, m.phone, m.template, m.language, m.state, m.wamid, m.error_code, m.error_title,
+                        m.error_details, m.skip_reason, m.attempts, m.created_at, m.updated_at, m.accepted_at, m.sent_at, m.delivered_at,
+                        m.read_at, m.failed_at, i.landlord, i.tenant_name, i.property, i.amount_minor, i.currency, i.period, i.email
+                    FROM messages m JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
+                    WHERE m.run = ? AND m.seq > ? ORDER BY m.seq LIMIT ?
+                    """)
             var rows: [ReportRow] = []
             rows.reserveCapacity(limit)
             let cursor = try Row.fetchCursor(statement, arguments: [run, after ?? 0, limit])
@@ -21,9 +22,12 @@ extension SQLiteStore {
                     id: r[1], run: r[2], invoiceID: r[3], phone: r[4], template: r[5], language: r[6],
                     state: MessageState(rawValue: r[7]) ?? .unknown, wamid: r[8], errorCode: r[9], errorTitle: r[10], errorDetails: r[11],
                     skipReason: r[12], attempts: r[13], createdAt: r[14], updatedAt: r[15], acceptedAt: r[16], sentAt: r[17],
-                    deliveredAt: r[18], readAt: r[19], failedAt: r[20], requestBody: nil, landlord: r[21], tenantName: r[22], sequence: r[0])
-                rows.append(ReportRow(message: message, tenantName: r[22], landlord: r[21], property: r[23], amountMinor: r[24],
-                                      currency: r[25], period: r[26], email: r[27]))
+                    deliveredAt: r[18], readAt: r[19], failedAt: r[20], requestBody: nil, landlord: r[21], tenantName: r[22], sequence: r[0]
+                )
+                rows.append(
+                    ReportRow(
+                        message: message, tenantName: r[22], landlord: r[21], property: r[23], amountMinor: r[24],
+                        currency: r[25], period: r[26], email: r[27]))
             }
             return rows
         }
@@ -31,12 +35,14 @@ extension SQLiteStore {
 
     public func skippedInvoices(run: String) async throws -> [InvoiceRecord] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM invoices WHERE run = ? AND skip_reason IS NOT NULL ORDER BY line", arguments: [run]).map { r in
-                InvoiceRecord(run: r["run"], invoiceID: r["invoice_id"], line: r["line"], tenantName: r["tenant_name"], tenantID: r["tenant_id"],
-                              landlord: r["landlord"], property: r["property"], amountMinor: r["amount_minor"], currency: r["currency"],
-                              period: r["period"], dueDate: r["due_date"], locale: r["locale"], documentURL: r["document_url"],
-                              email: r["email"], skipReason: r["skip_reason"])
-            }
+            try Row.fetchAll(db, sql: "SELECT * FROM invoices WHERE run = ? AND skip_reason IS NOT NULL ORDER BY line", arguments: [run])
+                .map { r in
+                    InvoiceRecord(
+                        run: r["run"], invoiceID: r["invoice_id"], line: r["line"], tenantName: r["tenant_name"], tenantID: r["tenant_id"],
+                        landlord: r["landlord"], property: r["property"], amountMinor: r["amount_minor"], currency: r["currency"],
+                        period: r["period"], dueDate: r["due_date"], locale: r["locale"], documentURL: r["document_url"],
+                        email: r["email"], skipReason: r["skip_reason"])
+                }
         }
     }
 
@@ -49,13 +55,18 @@ extension SQLiteStore {
         let filter = landlord ?? ""
         let halves: [ClosedRange<Int64>] = try await pool.read { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT MIN(seq), MAX(seq) FROM messages WHERE run = ?", arguments: [run]),
-                  let first = row[0] as Int64?, let last = row[1] as Int64? else { return [] }
+                let first = row[0] as Int64?, let last = row[1] as Int64?
+            else { return [] }
             // The messages of an invoice are stored together: cut where the invoice changes.
             let middle = first + (last - first) / 2
-            guard let invoice = try String.fetchOne(db, sql: "SELECT invoice_id FROM messages WHERE run = ? AND seq >= ? ORDER BY seq LIMIT 1",
-                                                    arguments: [run, middle]),
-                  let cut = try Int64.fetchOne(db, sql: "SELECT MIN(seq) FROM messages WHERE run = ? AND seq > ? AND invoice_id != ?",
-                                               arguments: [run, middle, invoice]) else { return [first...last] }
+            guard
+                let invoice = try String.fetchOne(
+                    db, sql: "SELECT invoice_id FROM messages WHERE run = ? AND seq >= ? ORDER BY seq LIMIT 1",
+                    arguments: [run, middle]),
+                let cut = try Int64.fetchOne(
+                    db, sql: "SELECT MIN(seq) FROM messages WHERE run = ? AND seq > ? AND invoice_id != ?",
+                    arguments: [run, middle, invoice])
+            else { return [first...last] }
             return [first...(cut - 1), cut...last]
         }
         let partials = try await withThrowingTaskGroup(of: ReportPass.self) { group in
@@ -87,17 +98,22 @@ extension SQLiteStore {
         return try await pool.read { [summary] db in
             var summary = summary
             func sample(_ r: Row) -> ReportSummary.Sample {
-                ReportSummary.Sample(sequence: r[0], invoiceID: r[1], tenantName: r[2], phone: r[3], email: r[4], errorDetails: r[5], skipReason: r[6])
+                ReportSummary.Sample(
+                    sequence: r[0], invoiceID: r[1], tenantName: r[2], phone: r[3], email: r[4], errorDetails: r[5], skipReason: r[6])
             }
             let groupSamples = try db.cachedStatement(sql: ReportSQL.samples(nullSafeEqual: "IS"))
             for (problem, count) in groups {
-                let rows = try Row.fetchAll(groupSamples, arguments: [run, filter, problem.state.rawValue, problem.code, problem.title, samples])
-                summary.problems.append(ReportSummary.Group(state: problem.state, errorCode: problem.code, errorTitle: problem.title, count: count,
-                                                            samples: rows.map(sample)))
+                let rows = try Row.fetchAll(
+                    groupSamples, arguments: [run, filter, problem.state.rawValue, problem.code, problem.title, samples])
+                summary.problems.append(
+                    ReportSummary.Group(
+                        state: problem.state, errorCode: problem.code, errorTitle: problem.title, count: count,
+                        samples: rows.map(sample)))
             }
             if let skipped = summary.states[.skipped] {
                 let rows = try Row.fetchAll(db, sql: ReportSQL.skippedSamples, arguments: [run, filter, samples])
-                summary.skipped = ReportSummary.Group(state: .skipped, errorCode: nil, errorTitle: nil, count: skipped, samples: rows.map(sample))
+                summary.skipped = ReportSummary.Group(
+                    state: .skipped, errorCode: nil, errorTitle: nil, count: skipped, samples: rows.map(sample))
             }
             return summary
         }
@@ -149,11 +165,13 @@ struct ReportPass: Sendable {
         func add(_ run: (minute: Int, count: Int), to perMinute: inout [Int: Int]) {
             if run.count > 0 { perMinute[run.minute, default: 0] += run.count }
         }
-        let rows = try Row.fetchCursor(db, sql: """
-            SELECT i.landlord, i.currency, i.rowid, i.amount_minor, m.state, m.error_code, m.accepted_at,
-                COALESCE(m.delivered_at, m.read_at), m.error_title
-            \(ReportSQL.join) WHERE m.run = ? AND (? = '' OR i.landlord = ?) AND m.seq BETWEEN ? AND ? ORDER BY m.seq
-            """, arguments: [run, landlord, landlord, range.lowerBound, range.upperBound])
+        let rows = try Row.fetchCursor(
+            db,
+            sql: """
+                SELECT i.landlord, i.currency, i.rowid, i.amount_minor, m.state, m.error_code, m.accepted_at,
+                    COALESCE(m.delivered_at, m.read_at), m.error_title
+                \(ReportSQL.join) WHERE m.run = ? AND (? = '' OR i.landlord = ?) AND m.seq BETWEEN ? AND ? ORDER BY m.seq
+                """, arguments: [run, landlord, landlord, range.lowerBound, range.upperBound])
         while let r = try rows.next() {
             let landlordAt = try r.withUnsafeData(atIndex: 0) { data -> Int in
                 guard let data else { return 0 }
@@ -165,11 +183,13 @@ struct ReportPass: Sendable {
             let bucket = Bucket(landlord: landlordAt, currency: currencyAt)
             if bucket != lastBucket {
                 lastBucket = bucket
-                lastAt = bucketIndex[bucket] ?? {
-                    figures.append(ReportSummary.Landlord(landlord: landlordNames[landlordAt], currency: currencyNames[currencyAt]))
-                    bucketIndex[bucket] = figures.count - 1
-                    return figures.count - 1
-                }()
+                lastAt =
+                    bucketIndex[bucket]
+                    ?? {
+                        figures.append(ReportSummary.Landlord(landlord: landlordNames[landlordAt], currency: currencyNames[currencyAt]))
+                        bucketIndex[bucket] = figures.count - 1
+                        return figures.count - 1
+                    }()
             }
             let state = try r.withUnsafeData(atIndex: 4) { data in data.flatMap { stateNames[$0] } } ?? .unknown
             stateCounts[state.rank] += 1
@@ -204,7 +224,11 @@ struct ReportPass: Sendable {
             }
             if let at = r[7] as Double? {
                 let minute = Int(at / 60)
-                if minute == deliveries.minute { deliveries.count += 1 } else { add(deliveries, to: &deliveriesPerMinute); deliveries = (minute, 1) }
+                if minute == deliveries.minute {
+                    deliveries.count += 1
+                } else {
+                    add(deliveries, to: &deliveriesPerMinute); deliveries = (minute, 1)
+                }
             }
         }
         closeInvoice()

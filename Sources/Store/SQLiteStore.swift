@@ -23,11 +23,15 @@ public final class SQLiteStore: DispatchStore {
             // report reads the whole run. The writer does not: SQLite maps the file again each
             // time a checkpoint grows it, and during a billing run that was 25 unmaps a second
             // and their page faults, about 5 % of the sending CPU.
-            if db.configuration.readonly { try db.execute(sql: "PRAGMA mmap_size = 1073741824") }
+            if db.configuration.readonly {
+                try db.execute(sql: "PRAGMA mmap_size = 1073741824")
+            }
             // The writer keeps 64 MB of pages (SQLite's default is 2 MB): message ids are hashes, so
             // a million-message run inserts all over its unique index, and with the default cache
             // each insert read its leaf page back from the file.
-            else { try db.execute(sql: "PRAGMA cache_size = -65536") }
+            else {
+                try db.execute(sql: "PRAGMA cache_size = -65536")
+            }
         }
         do {
             pool = try DatabasePool(path: path, configuration: configuration)
@@ -43,116 +47,117 @@ public final class SQLiteStore: DispatchStore {
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1: runs, invoices, messages, attempts, webhooks") { db in
-            try db.execute(sql: """
-                CREATE TABLE runs (
-                    name TEXT PRIMARY KEY NOT NULL,
-                    manifest TEXT NOT NULL,
-                    template TEXT NOT NULL,
-                    sender TEXT NOT NULL,
-                    status TEXT NOT NULL,
-                    created_at REAL NOT NULL,
-                    finished_at REAL,
-                    halt_reason TEXT
-                );
-                CREATE TABLE invoices (
-                    run TEXT NOT NULL REFERENCES runs(name),
-                    invoice_id TEXT NOT NULL,
-                    line INTEGER NOT NULL,
-                    tenant_name TEXT NOT NULL,
-                    tenant_id TEXT,
-                    landlord TEXT,
-                    property TEXT,
-                    amount_minor INTEGER NOT NULL,
-                    currency TEXT NOT NULL,
-                    period TEXT NOT NULL,
-                    due_date TEXT,
-                    locale TEXT NOT NULL,
-                    document_url TEXT,
-                    email TEXT,
-                    skip_reason TEXT,
-                    PRIMARY KEY (run, invoice_id)
-                );
-                CREATE TABLE messages (
-                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                    id TEXT NOT NULL UNIQUE,
-                    run TEXT NOT NULL REFERENCES runs(name),
-                    invoice_id TEXT NOT NULL,
-                    phone TEXT NOT NULL,
-                    template TEXT NOT NULL,
-                    language TEXT NOT NULL,
-                    state TEXT NOT NULL,
-                    state_rank INTEGER NOT NULL,
-                    wamid TEXT UNIQUE,
-                    error_code INTEGER,
-                    error_title TEXT,
-                    error_details TEXT,
-                    skip_reason TEXT,
-                    attempts INTEGER NOT NULL DEFAULT 0,
-                    created_at REAL NOT NULL,
-                    updated_at REAL NOT NULL,
-                    accepted_at REAL,
-                    sent_at REAL,
-                    delivered_at REAL,
-                    read_at REAL,
-                    failed_at REAL,
-                    request_body TEXT
-                );
-                CREATE INDEX messages_run_state ON messages(run, state);
-                CREATE TABLE attempts (
-                    message_id TEXT NOT NULL REFERENCES messages(id),
-                    number INTEGER NOT NULL,
-                    started_at REAL NOT NULL,
-                    finished_at REAL,
-                    outcome TEXT NOT NULL,
-                    wamid TEXT,
-                    error_code INTEGER,
-                    error_title TEXT,
-                    error_details TEXT,
-                    PRIMARY KEY (message_id, number)
-                );
-                CREATE TABLE webhook_payloads (
-                    id INTEGER PRIMARY KEY AUTOINCREMENT,
-                    received_at REAL NOT NULL,
-                    signature TEXT,
-                    body BLOB NOT NULL,
-                    parse_error TEXT,
-                    statuses INTEGER NOT NULL DEFAULT 0
-                );
-                CREATE TABLE status_events (
-                    id INTEGER PRIMARY KEY AUTOINCREMENT,
-                    payload_id INTEGER NOT NULL REFERENCES webhook_payloads(id),
-                    wamid TEXT NOT NULL,
-                    message_id TEXT,
-                    status TEXT NOT NULL,
-                    timestamp REAL NOT NULL,
-                    received_at REAL NOT NULL,
-                    recipient_id TEXT,
-                    callback_data TEXT,
-                    error_code INTEGER,
-                    error_title TEXT,
-                    error_details TEXT,
-                    pricing_category TEXT,
-                    applied INTEGER NOT NULL DEFAULT 0,
-                    UNIQUE (wamid, status, timestamp)
-                );
-                CREATE INDEX status_events_message ON status_events(message_id);
-                CREATE INDEX status_events_unmatched_wamid ON status_events(wamid) WHERE message_id IS NULL;
-                CREATE INDEX status_events_unmatched_callback ON status_events(callback_data) WHERE message_id IS NULL;
-                CREATE TABLE inbound_messages (
-                    wamid TEXT PRIMARY KEY NOT NULL,
-                    payload_id INTEGER NOT NULL REFERENCES webhook_payloads(id),
-                    from_phone TEXT NOT NULL,
-                    timestamp REAL NOT NULL,
-                    type TEXT NOT NULL,
-                    body TEXT
-                );
-                CREATE TABLE opt_outs (
-                    phone TEXT PRIMARY KEY NOT NULL,
-                    at REAL NOT NULL,
-                    word TEXT NOT NULL,
-                    wamid TEXT
-                );
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE runs (
+                        name TEXT PRIMARY KEY NOT NULL,
+                        manifest TEXT NOT NULL,
+                        template TEXT NOT NULL,
+                        sender TEXT NOT NULL,
+                        status TEXT NOT NULL,
+                        created_at REAL NOT NULL,
+                        finished_at REAL,
+                        halt_reason TEXT
+                    );
+                    CREATE TABLE invoices (
+                        run TEXT NOT NULL REFERENCES runs(name),
+                        invoice_id TEXT NOT NULL,
+                        line INTEGER NOT NULL,
+                        tenant_name TEXT NOT NULL,
+                        tenant_id TEXT,
+                        landlord TEXT,
+                        property TEXT,
+                        amount_minor INTEGER NOT NULL,
+                        currency TEXT NOT NULL,
+                        period TEXT NOT NULL,
+                        due_date TEXT,
+                        locale TEXT NOT NULL,
+                        document_url TEXT,
+                        email TEXT,
+                        skip_reason TEXT,
+                        PRIMARY KEY (run, invoice_id)
+                    );
+                    CREATE TABLE messages (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                        id TEXT NOT NULL UNIQUE,
+                        run TEXT NOT NULL REFERENCES runs(name),
+                        invoice_id TEXT NOT NULL,
+                        phone TEXT NOT NULL,
+                        template TEXT NOT NULL,
+                        language TEXT NOT NULL,
+                        state TEXT NOT NULL,
+                        state_rank INTEGER NOT NULL,
+                        wamid TEXT UNIQUE,
+                        error_code INTEGER,
+                        error_title TEXT,
+                        error_details TEXT,
+                        skip_reason TEXT,
+                        attempts INTEGER NOT NULL DEFAULT 0,
+                        created_at REAL NOT NULL,
+                        updated_at REAL NOT NULL,
+                        accepted_at REAL,
+                        sent_at REAL,
+                        delivered_at REAL,
+                        read_at REAL,
+                        failed_at REAL,
+                        request_body TEXT
+                    );
+                    CREATE INDEX messages_run_state ON messages(run, state);
+                    CREATE TABLE attempts (
+                        message_id TEXT NOT NULL REFERENCES messages(id),
+                        number INTEGER NOT NULL,
+                        started_at REAL NOT NULL,
+                        finished_at REAL,
+                        outcome TEXT NOT NULL,
+                        wamid TEXT,
+                        error_code INTEGER,
+                        error_title TEXT,
+                        error_details TEXT,
+                        PRIMARY KEY (message_id, number)
+                    );
+                    CREATE TABLE webhook_payloads (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        received_at REAL NOT NULL,
+                        signature TEXT,
+                        body BLOB NOT NULL,
+                        parse_error TEXT,
+                        statuses INTEGER NOT NULL DEFAULT 0
+                    );
+                    CREATE TABLE status_events (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        payload_id INTEGER NOT NULL REFERENCES webhook_payloads(id),
+                        wamid TEXT NOT NULL,
+                        message_id TEXT,
+                        status TEXT NOT NULL,
+                        timestamp REAL NOT NULL,
+                        received_at REAL NOT NULL,
+                        recipient_id TEXT,
+                        callback_data TEXT,
+                        error_code INTEGER,
+                        error_title TEXT,
+                        error_details TEXT,
+                        pricing_category TEXT,
+                        applied INTEGER NOT NULL DEFAULT 0,
+                        UNIQUE (wamid, status, timestamp)
+                    );
+                    CREATE INDEX status_events_message ON status_events(message_id);
+                    CREATE INDEX status_events_unmatched_wamid ON status_events(wamid) WHERE message_id IS NULL;
+                    CREATE INDEX status_events_unmatched_callback ON status_events(callback_data) WHERE message_id IS NULL;
+                    CREATE TABLE inbound_messages (
+                        wamid TEXT PRIMARY KEY NOT NULL,
+                        payload_id INTEGER NOT NULL REFERENCES webhook_payloads(id),
+                        from_phone TEXT NOT NULL,
+                        timestamp REAL NOT NULL,
+                        type TEXT NOT NULL,
+                        body TEXT
+                    );
+                    CREATE TABLE opt_outs (
+                        phone TEXT PRIMARY KEY NOT NULL,
+                        at REAL NOT NULL,
+                        word TEXT NOT NULL,
+                        wamid TEXT
+                    );
+                    """)
         }
         migrator.registerMigration("v2: messages of a run in order") { db in
             // Reports and the send queue page through a run by sequence: without this index SQLite
@@ -160,44 +165,46 @@ public final class SQLiteStore: DispatchStore {
             try db.execute(sql: "CREATE INDEX messages_run_seq ON messages(run, seq)")
         }
         migrator.registerMigration("v3: sender leases") { db in
-            try db.execute(sql: """
-                CREATE TABLE sender_leases (
-                    sender TEXT PRIMARY KEY NOT NULL,
-                    holder TEXT NOT NULL,
-                    run TEXT NOT NULL,
-                    acquired_at REAL NOT NULL,
-                    expires_at REAL NOT NULL
-                )
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE sender_leases (
+                        sender TEXT PRIMARY KEY NOT NULL,
+                        holder TEXT NOT NULL,
+                        run TEXT NOT NULL,
+                        acquired_at REAL NOT NULL,
+                        expires_at REAL NOT NULL
+                    )
+                    """)
         }
         migrator.registerMigration("v4: opt-outs under every id Meta gives a tenant") { db in
-            try db.execute(sql: """
-                ALTER TABLE inbound_messages ADD COLUMN from_user_id TEXT;
-                ALTER TABLE opt_outs ADD COLUMN kind TEXT NOT NULL DEFAULT 'wa_id';
-                ALTER TABLE opt_outs ADD COLUMN source TEXT NOT NULL DEFAULT 'reply';
-                ALTER TABLE opt_outs ADD COLUMN note TEXT;
-                CREATE TABLE opt_out_changes (
-                    id INTEGER PRIMARY KEY AUTOINCREMENT,
-                    key TEXT NOT NULL,
-                    kind TEXT NOT NULL,
-                    change TEXT NOT NULL,
-                    at REAL NOT NULL,
-                    source TEXT NOT NULL,
-                    word TEXT,
-                    wamid TEXT,
-                    note TEXT
-                );
-                INSERT INTO opt_out_changes (key, kind, change, at, source, word, wamid)
-                    SELECT phone, 'wa_id', 'out', at, 'reply', word, wamid FROM opt_outs ORDER BY at;
-                CREATE TABLE recipient_ids (
-                    phone TEXT NOT NULL,
-                    id TEXT NOT NULL,
-                    kind TEXT NOT NULL,
-                    learnt_at REAL NOT NULL,
-                    PRIMARY KEY (phone, id)
-                );
-                CREATE INDEX recipient_ids_id ON recipient_ids(id);
-                """)
+            try db.execute(
+                sql: """
+                    ALTER TABLE inbound_messages ADD COLUMN from_user_id TEXT;
+                    ALTER TABLE opt_outs ADD COLUMN kind TEXT NOT NULL DEFAULT 'wa_id';
+                    ALTER TABLE opt_outs ADD COLUMN source TEXT NOT NULL DEFAULT 'reply';
+                    ALTER TABLE opt_outs ADD COLUMN note TEXT;
+                    CREATE TABLE opt_out_changes (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        key TEXT NOT NULL,
+                        kind TEXT NOT NULL,
+                        change TEXT NOT NULL,
+                        at REAL NOT NULL,
+                        source TEXT NOT NULL,
+                        word TEXT,
+                        wamid TEXT,
+                        note TEXT
+                    );
+                    INSERT INTO opt_out_changes (key, kind, change, at, source, word, wamid)
+                        SELECT phone, 'wa_id', 'out', at, 'reply', word, wamid FROM opt_outs ORDER BY at;
+                    CREATE TABLE recipient_ids (
+                        phone TEXT NOT NULL,
+                        id TEXT NOT NULL,
+                        kind TEXT NOT NULL,
+                        learnt_at REAL NOT NULL,
+                        PRIMARY KEY (phone, id)
+                    );
+                    CREATE INDEX recipient_ids_id ON recipient_ids(id);
+                    """)
         }
         return migrator
     }
@@ -206,12 +213,16 @@ public final class SQLiteStore: DispatchStore {
 
     public func saveRun(_ run: RunRecord) async throws {
         try await pool.write { db in
-            try db.execute(sql: """
-                INSERT INTO runs (name, manifest, template, sender, status, created_at, finished_at, halt_reason)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT(name) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at,
-                    halt_reason = excluded.halt_reason
-                """, arguments: [run.name, run.manifest, run.template, run.sender, run.status.rawValue, run.createdAt, run.finishedAt, run.haltReason])
+            try db.execute(
+                sql: """
+                    INSERT INTO runs (name, manifest, template, sender, status, created_at, finished_at, halt_reason)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(name) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at,
+                        halt_reason = excluded.halt_reason
+                    """,
+                arguments: [
+                    run.name, run.manifest, run.template, run.sender, run.status.rawValue, run.createdAt, run.finishedAt, run.haltReason,
+                ])
         }
     }
 
@@ -247,12 +258,13 @@ public final class SQLiteStore: DispatchStore {
 
     public func addInvoices(_ invoices: [InvoiceRecord]) async throws {
         try await pool.write { db in
-            let statement = try db.cachedStatement(sql: """
-                INSERT INTO invoices (run, invoice_id, line, tenant_name, tenant_id, landlord, property, amount_minor,
-                    currency, period, due_date, locale, document_url, email, skip_reason)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT(run, invoice_id) DO NOTHING
-                """)
+            let statement = try db.cachedStatement(
+                sql: """
+                    INSERT INTO invoices (run, invoice_id, line, tenant_name, tenant_id, landlord, property, amount_minor,
+                        currency, period, due_date, locale, document_url, email, skip_reason)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(run, invoice_id) DO NOTHING
+                    """)
             for i in invoices {
                 try statement.execute(arguments: [
                     i.run, i.invoiceID, i.line, i.tenantName, i.tenantID, i.landlord, i.property, i.amountMinor,
@@ -265,12 +277,13 @@ public final class SQLiteStore: DispatchStore {
     public func addMessages(_ messages: [NewMessage]) async throws -> [MessageInsert] {
         let now = Date().timeIntervalSince1970
         return try await pool.write { db in
-            let insert = try db.cachedStatement(sql: """
-                INSERT INTO messages (id, run, invoice_id, phone, template, language, state, state_rank, skip_reason,
-                    created_at, updated_at, request_body)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT(id) DO NOTHING
-                """)
+            let insert = try db.cachedStatement(
+                sql: """
+                    INSERT INTO messages (id, run, invoice_id, phone, template, language, state, state_rank, skip_reason,
+                        created_at, updated_at, request_body)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(id) DO NOTHING
+                    """)
             var outcomes: [MessageInsert] = []
             outcomes.reserveCapacity(messages.count)
             // Statuses that arrived before their message are rare; when there is none at all (this
@@ -301,7 +314,9 @@ public final class SQLiteStore: DispatchStore {
             for start in stride(from: 0, to: ids.count, by: 500) {
                 let chunk = Array(ids[start..<min(start + 500, ids.count)])
                 let marks = chunk.map { _ in "?" }.joined(separator: ",")
-                for row in try Row.fetchAll(db, sql: "SELECT id, run, state FROM messages WHERE id IN (\(marks))", arguments: StatementArguments(chunk)) {
+                for row in try Row.fetchAll(
+                    db, sql: "SELECT id, run, state FROM messages WHERE id IN (\(marks))", arguments: StatementArguments(chunk))
+                {
                     found[row["id"]] = StoredMessage(run: row["run"], state: MessageState(rawValue: row["state"]) ?? .unknown)
                 }
             }
@@ -345,8 +360,9 @@ public final class SQLiteStore: DispatchStore {
             if let after = filter.after { conditions.append("m.seq > ?"); arguments += [after] }
             let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
             let limit = max(1, min(filter.limit, 1000))
-            let rows = try Row.fetchAll(db, sql: "SELECT \(Self.messageColumns) \(whereClause) ORDER BY m.seq LIMIT \(limit + 1)",
-                                        arguments: arguments)
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT \(Self.messageColumns) \(whereClause) ORDER BY m.seq LIMIT \(limit + 1)",
+                arguments: arguments)
             let messages = rows.prefix(limit).map(MessageRecord.init(row:))
             return MessagePage(messages: Array(messages), next: rows.count > limit ? messages.last?.sequence : nil)
         }
@@ -354,9 +370,12 @@ public final class SQLiteStore: DispatchStore {
 
     // MARK: - Webhooks
 
-    public func ingestWebhook(body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
-                              at time: Double) async throws -> IngestResult {
-        try await batcher.submit(IngestJob(body: body, signature: signature, contents: contents, parseError: parseError, time: time), to: self)
+    public func ingestWebhook(
+        body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
+        at time: Double
+    ) async throws -> IngestResult {
+        try await batcher.submit(
+            IngestJob(body: body, signature: signature, contents: contents, parseError: parseError, time: time), to: self)
     }
 
     /// Stores webhook payloads that arrived together in one transaction (one fsync), each in its
@@ -377,29 +396,38 @@ public final class SQLiteStore: DispatchStore {
     }
 
     static func ingest(_ db: Database, _ job: IngestJob) throws -> IngestResult {
-        try db.cachedStatement(sql: "INSERT INTO webhook_payloads (received_at, signature, body, parse_error, statuses) VALUES (?, ?, ?, ?, ?)")
-            .execute(arguments: [job.time, job.signature, Data(job.body), job.parseError, job.contents?.statuses.count ?? 0])
+        try db.cachedStatement(
+            sql: "INSERT INTO webhook_payloads (received_at, signature, body, parse_error, statuses) VALUES (?, ?, ?, ?, ?)"
+        )
+        .execute(arguments: [job.time, job.signature, Data(job.body), job.parseError, job.contents?.statuses.count ?? 0])
         var result = IngestResult(payloadID: db.lastInsertedRowID)
         guard let contents = job.contents else { return result }
         for update in contents.statuses {
             result.statuses += 1
             try Self.ingest(db, update, payloadID: result.payloadID, at: job.time, into: &result)
         }
-        let inbound = try db.cachedStatement(sql: """
-            INSERT INTO inbound_messages (wamid, payload_id, from_phone, from_user_id, timestamp, type, body) VALUES (?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT(wamid) DO NOTHING
-            """)
+        let inbound = try db.cachedStatement(
+            sql: """
+                INSERT INTO inbound_messages (wamid, payload_id, from_phone, from_user_id, timestamp, type, body) VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(wamid) DO NOTHING
+                """)
         for message in contents.inbound {
-            try inbound.execute(arguments: [message.wamid, result.payloadID, message.from ?? "", message.fromUserID,
-                                            Double(message.timestamp), message.type, message.body])
+            try inbound.execute(arguments: [
+                message.wamid, result.payloadID, message.from ?? "", message.fromUserID,
+                Double(message.timestamp), message.type, message.body,
+            ])
             // A STOP Meta delivers again is not a new opt-out (it would undo an opt-in made since).
             guard db.changesCount == 1 else { continue }
             result.inbound += 1
             guard message.isOptOut else { continue }
             var added = false
             for (id, kind) in message.senderIDs {
-                added = try optOut(db, OptOut(id: id, kind: kind, at: Double(message.timestamp), word: message.body?.uppercased() ?? "",
-                                              source: .reply, wamid: message.wamid)) || added
+                added =
+                    try optOut(
+                        db,
+                        OptOut(
+                            id: id, kind: kind, at: Double(message.timestamp), word: message.body?.uppercased() ?? "",
+                            source: .reply, wamid: message.wamid)) || added
             }
             if added { result.optOuts += 1 }
         }
@@ -408,13 +436,17 @@ public final class SQLiteStore: DispatchStore {
 
     /// Keeps an opt-out and its change; false when the id was opted out already.
     static func optOut(_ db: Database, _ o: OptOut) throws -> Bool {
-        try db.cachedStatement(sql: """
-            INSERT INTO opt_outs (phone, kind, at, word, source, note, wamid) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(phone) DO NOTHING
-            """).execute(arguments: [o.id, o.kind.rawValue, o.at, o.word, o.source.rawValue, o.note, o.wamid])
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO opt_outs (phone, kind, at, word, source, note, wamid) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(phone) DO NOTHING
+                """
+        ).execute(arguments: [o.id, o.kind.rawValue, o.at, o.word, o.source.rawValue, o.note, o.wamid])
         guard db.changesCount == 1 else { return false }
-        try db.cachedStatement(sql: """
-            INSERT INTO opt_out_changes (key, kind, change, at, source, word, wamid, note) VALUES (?, ?, 'out', ?, ?, ?, ?, ?)
-            """).execute(arguments: [o.id, o.kind.rawValue, o.at, o.source.rawValue, o.word, o.wamid, o.note])
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO opt_out_changes (key, kind, change, at, source, word, wamid, note) VALUES (?, ?, 'out', ?, ?, ?, ?, ?)
+                """
+        ).execute(arguments: [o.id, o.kind.rawValue, o.at, o.source.rawValue, o.word, o.wamid, o.note])
         return true
     }
 
@@ -431,8 +463,9 @@ public final class SQLiteStore: DispatchStore {
         var match = try Row.fetchOne(db.cachedStatement(sql: "SELECT id, state, phone FROM messages WHERE wamid = ?"), arguments: [u.wamid])
         if match == nil, let callback = u.callbackData, !callback.isEmpty {
             // The send's response may have been lost: the status tells us the wamid (applied below).
-            match = try Row.fetchOne(db.cachedStatement(sql: "SELECT id, state, phone FROM messages WHERE id = ? AND (wamid IS NULL OR wamid = ?)"),
-                                     arguments: [callback, u.wamid])
+            match = try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT id, state, phone FROM messages WHERE id = ? AND (wamid IS NULL OR wamid = ?)"),
+                arguments: [callback, u.wamid])
         }
         if let match {
             let phone: String = match["phone"]
@@ -443,13 +476,17 @@ public final class SQLiteStore: DispatchStore {
         if let match {
             applied = try apply(db, u, to: match["id"], from: MessageState(rawValue: match["state"]) ?? .unknown, at: time)
         }
-        try db.cachedStatement(sql: """
-            INSERT INTO status_events (payload_id, wamid, message_id, status, timestamp, received_at, recipient_id, callback_data,
-                error_code, error_title, error_details, pricing_category, applied)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT(wamid, status, timestamp) DO NOTHING
-            """).execute(arguments: [payloadID, u.wamid, match?["id"] as String?, u.status, Double(u.timestamp), time, u.recipientID ?? u.recipientUserID,
-                                     u.callbackData, u.errorCode, u.errorTitle, u.errorDetails, u.pricingCategory, applied != nil])
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO status_events (payload_id, wamid, message_id, status, timestamp, received_at, recipient_id, callback_data,
+                    error_code, error_title, error_details, pricing_category, applied)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(wamid, status, timestamp) DO NOTHING
+                """
+        ).execute(arguments: [
+            payloadID, u.wamid, match?["id"] as String?, u.status, Double(u.timestamp), time, u.recipientID ?? u.recipientUserID,
+            u.callbackData, u.errorCode, u.errorTitle, u.errorDetails, u.pricingCategory, applied != nil,
+        ])
         if db.changesCount == 0 {
             // Seen before: it changed nothing then, unless it was waiting for its message.
             result.duplicates += 1
@@ -463,27 +500,34 @@ public final class SQLiteStore: DispatchStore {
     /// two receivers applying statuses at once cannot undo each other. Also keeps the earliest
     /// timestamp Meta gave for each status and learns the wamid. Returns the new state if it changed
     /// (from `current`, read in the same transaction).
-    static func apply(_ db: Database, _ u: StatusUpdate, to messageID: String, from current: MessageState, at time: Double) throws -> MessageState? {
+    static func apply(
+        _ db: Database, _ u: StatusUpdate, to messageID: String, from current: MessageState, at time: Double
+    ) throws -> MessageState? {
         guard let rule = StatusRule.for(u.status) else {
             // `played`, future values: kept in the history; only the wamid is learnt.
-            try db.cachedStatement(sql: "UPDATE messages SET wamid = COALESCE(wamid, ?) WHERE id = ?").execute(arguments: [u.wamid, messageID])
+            try db.cachedStatement(sql: "UPDATE messages SET wamid = COALESCE(wamid, ?) WHERE id = ?").execute(arguments: [
+                u.wamid, messageID,
+            ])
             return nil
         }
         let (condition, column, state, failed) = (rule.sqlCondition, rule.timeColumn, rule.target, rule.recordsError)
-        let errors = failed ? """
+        let errors =
+            failed
+            ? """
             , error_code = CASE WHEN \(condition) THEN ?5 ELSE error_code END,
             error_title = CASE WHEN \(condition) THEN ?6 ELSE error_title END,
             error_details = CASE WHEN \(condition) THEN ?7 ELSE error_details END
             """ : ""
-        let statement = try db.cachedStatement(sql: """
-            UPDATE messages SET
-                \(column) = CASE WHEN \(column) IS NULL OR \(column) > ?1 THEN ?1 ELSE \(column) END,
-                wamid = COALESCE(wamid, ?2),
-                state = CASE WHEN \(condition) THEN '\(state.rawValue)' ELSE state END,
-                state_rank = CASE WHEN \(condition) THEN \(state.rank) ELSE state_rank END,
-                updated_at = CASE WHEN \(condition) THEN ?3 ELSE updated_at END\(errors)
-            WHERE id = ?4
-            """)
+        let statement = try db.cachedStatement(
+            sql: """
+                UPDATE messages SET
+                    \(column) = CASE WHEN \(column) IS NULL OR \(column) > ?1 THEN ?1 ELSE \(column) END,
+                    wamid = COALESCE(wamid, ?2),
+                    state = CASE WHEN \(condition) THEN '\(state.rawValue)' ELSE state END,
+                    state_rank = CASE WHEN \(condition) THEN \(state.rank) ELSE state_rank END,
+                    updated_at = CASE WHEN \(condition) THEN ?3 ELSE updated_at END\(errors)
+                WHERE id = ?4
+                """)
         var arguments: StatementArguments = [Double(u.timestamp), u.wamid, time, messageID]
         if failed { arguments += [u.errorCode, u.errorTitle, u.errorDetails] }
         try statement.execute(arguments: arguments)
@@ -493,21 +537,27 @@ public final class SQLiteStore: DispatchStore {
     /// Applies statuses that arrived before their message was known, in Meta's time order.
     static func attachPendingEvents(_ db: Database, messageID: String, wamid: String?) throws {
         // Cached: this runs for every accepted send (a statement compiled each time cost more than the lookup).
-        let rows = try Row.fetchAll(db.cachedStatement(sql: """
-            SELECT * FROM status_events WHERE message_id IS NULL AND (callback_data = ? OR wamid = ?) ORDER BY timestamp, id
-            """), arguments: [messageID, wamid ?? ""])
+        let rows = try Row.fetchAll(
+            db.cachedStatement(
+                sql: """
+                    SELECT * FROM status_events WHERE message_id IS NULL AND (callback_data = ? OR wamid = ?) ORDER BY timestamp, id
+                    """), arguments: [messageID, wamid ?? ""])
         guard !rows.isEmpty else { return }
         let now = Date().timeIntervalSince1970
         for row in rows {
             let eventWamid: String = row["wamid"]
             // A status naming us only by callback data, with another wamid than ours, is not ours.
             if let wamid, eventWamid != wamid { continue }
-            let update = StatusUpdate(wamid: eventWamid, status: row["status"], timestamp: Int64(row["timestamp"] as Double),
-                                      errorCode: row["error_code"], errorTitle: row["error_title"], errorDetails: row["error_details"])
-            let current = try String.fetchOne(db, sql: "SELECT state FROM messages WHERE id = ?", arguments: [messageID]).flatMap(MessageState.init(rawValue:)) ?? .unknown
+            let update = StatusUpdate(
+                wamid: eventWamid, status: row["status"], timestamp: Int64(row["timestamp"] as Double),
+                errorCode: row["error_code"], errorTitle: row["error_title"], errorDetails: row["error_details"])
+            let current =
+                try String.fetchOne(db, sql: "SELECT state FROM messages WHERE id = ?", arguments: [messageID]).flatMap(
+                    MessageState.init(rawValue:)) ?? .unknown
             let applied = try apply(db, update, to: messageID, from: current, at: now) != nil
-            try db.execute(sql: "UPDATE status_events SET message_id = ?, applied = ? WHERE id = ?",
-                           arguments: [messageID, applied, row["id"] as Int64])
+            try db.execute(
+                sql: "UPDATE status_events SET message_id = ?, applied = ? WHERE id = ?",
+                arguments: [messageID, applied, row["id"] as Int64])
         }
     }
 
@@ -515,10 +565,14 @@ public final class SQLiteStore: DispatchStore {
         guard !codes.isEmpty else { return nil }
         return try await pool.read { db in
             let list = codes.map(String.init).joined(separator: ",")
-            guard let row = try Row.fetchOne(db, sql: """
-                SELECT error_code, error_title FROM messages
-                WHERE run = ? AND state = 'failed' AND error_code IN (\(list)) AND failed_at >= ? LIMIT 1
-                """, arguments: [run, since]) else { return nil }
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    sql: """
+                        SELECT error_code, error_title FROM messages
+                        WHERE run = ? AND state = 'failed' AND error_code IN (\(list)) AND failed_at >= ? LIMIT 1
+                        """, arguments: [run, since])
+            else { return nil }
             return (row[0], row[1])
         }
     }
@@ -532,16 +586,20 @@ public final class SQLiteStore: DispatchStore {
     }
 
     static func optOut(row r: Row) -> OptOut {
-        OptOut(id: r["phone"], kind: OptOutKind(rawValue: r["kind"]) ?? .waID, at: r["at"], word: r["word"],
-               source: OptOutSource(rawValue: r["source"]) ?? .reply, note: r["note"], wamid: r["wamid"])
+        OptOut(
+            id: r["phone"], kind: OptOutKind(rawValue: r["kind"]) ?? .waID, at: r["at"], word: r["word"],
+            source: OptOutSource(rawValue: r["source"]) ?? .reply, note: r["note"], wamid: r["wamid"])
     }
 
     public func optedOutNumbers() async throws -> Set<String> {
         try await pool.read { db in
-            Set(try String.fetchAll(db, sql: """
-                SELECT phone FROM opt_outs
-                UNION SELECT r.phone FROM opt_outs o JOIN recipient_ids r ON r.id = o.phone
-                """))
+            Set(
+                try String.fetchAll(
+                    db,
+                    sql: """
+                        SELECT phone FROM opt_outs
+                        UNION SELECT r.phone FROM opt_outs o JOIN recipient_ids r ON r.id = o.phone
+                        """))
         }
     }
 
@@ -559,13 +617,16 @@ public final class SQLiteStore: DispatchStore {
             }
             let list = Array(ids)
             let marks = list.map { _ in "?" }.joined(separator: ",")
-            let removed = try Row.fetchAll(db, sql: "SELECT * FROM opt_outs WHERE phone IN (\(marks)) ORDER BY at", arguments: StatementArguments(list))
-                .map(Self.optOut(row:))
+            let removed = try Row.fetchAll(
+                db, sql: "SELECT * FROM opt_outs WHERE phone IN (\(marks)) ORDER BY at", arguments: StatementArguments(list)
+            )
+            .map(Self.optOut(row:))
             for o in removed {
                 try db.execute(sql: "DELETE FROM opt_outs WHERE phone = ?", arguments: [o.id])
-                try db.execute(sql: """
-                    INSERT INTO opt_out_changes (key, kind, change, at, source, note) VALUES (?, ?, 'in', ?, 'manual', ?)
-                    """, arguments: [o.id, o.kind.rawValue, time, note])
+                try db.execute(
+                    sql: """
+                        INSERT INTO opt_out_changes (key, kind, change, at, source, note) VALUES (?, ?, 'in', ?, 'manual', ?)
+                        """, arguments: [o.id, o.kind.rawValue, time, note])
             }
             return removed
         }
@@ -574,9 +635,10 @@ public final class SQLiteStore: DispatchStore {
     public func optOutChanges() async throws -> [OptOutChange] {
         try await pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM opt_out_changes ORDER BY id").map { r in
-                OptOutChange(id: r["key"], kind: OptOutKind(rawValue: r["kind"]) ?? .waID,
-                             change: OptOutChange.Change(rawValue: r["change"]) ?? .optedOut, at: r["at"],
-                             source: OptOutSource(rawValue: r["source"]) ?? .reply, word: r["word"], wamid: r["wamid"], note: r["note"])
+                OptOutChange(
+                    id: r["key"], kind: OptOutKind(rawValue: r["kind"]) ?? .waID,
+                    change: OptOutChange.Change(rawValue: r["change"]) ?? .optedOut, at: r["at"],
+                    source: OptOutSource(rawValue: r["source"]) ?? .reply, word: r["word"], wamid: r["wamid"], note: r["note"])
             }
         }
     }
@@ -599,7 +661,8 @@ public final class SQLiteStore: DispatchStore {
         try await pool.write { db in
             try db.execute(sql: SenderLeaseSQL.acquire, arguments: [sender, holder, run, time, time + ttl])
             let row = try Row.fetchOne(db, sql: "SELECT * FROM sender_leases WHERE sender = ?", arguments: [sender])!
-            return SenderLease(sender: row["sender"], holder: row["holder"], run: row["run"], acquiredAt: row["acquired_at"], expiresAt: row["expires_at"])
+            return SenderLease(
+                sender: row["sender"], holder: row["holder"], run: row["run"], acquiredAt: row["acquired_at"], expiresAt: row["expires_at"])
         }
     }
 
@@ -613,9 +676,11 @@ public final class SQLiteStore: DispatchStore {
 
     public func webhookPayloads(after: Int64?, limit: Int) async throws -> [StoredPayload] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM webhook_payloads WHERE id > ? ORDER BY id LIMIT ?", arguments: [after ?? 0, limit]).map { r in
-                StoredPayload(id: r["id"], receivedAt: r["received_at"], signature: r["signature"], body: [UInt8](r["body"] as Data),
-                              parseError: r["parse_error"], statuses: r["statuses"])
+            try Row.fetchAll(db, sql: "SELECT * FROM webhook_payloads WHERE id > ? ORDER BY id LIMIT ?", arguments: [after ?? 0, limit]).map
+            { r in
+                StoredPayload(
+                    id: r["id"], receivedAt: r["received_at"], signature: r["signature"], body: [UInt8](r["body"] as Data),
+                    parseError: r["parse_error"], statuses: r["statuses"])
             }
         }
     }
@@ -623,8 +688,9 @@ public final class SQLiteStore: DispatchStore {
     public func inboundMessages(limit: Int) async throws -> [InboundRecord] {
         try await pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM inbound_messages ORDER BY timestamp, wamid LIMIT ?", arguments: [limit]).map { r in
-                InboundRecord(wamid: r["wamid"], from: r["from_phone"], fromUserID: r["from_user_id"], timestamp: r["timestamp"],
-                              type: r["type"], body: r["body"])
+                InboundRecord(
+                    wamid: r["wamid"], from: r["from_phone"], fromUserID: r["from_user_id"], timestamp: r["timestamp"],
+                    type: r["type"], body: r["body"])
             }
         }
     }
@@ -645,8 +711,10 @@ enum SenderLeaseSQL {
 
 extension RunRecord {
     init(row: Row) {
-        self.init(name: row["name"], manifest: row["manifest"], template: row["template"], sender: row["sender"],
-                  status: RunStatus(stored: row["status"]), createdAt: row["created_at"], finishedAt: row["finished_at"], haltReason: row["halt_reason"])
+        self.init(
+            name: row["name"], manifest: row["manifest"], template: row["template"], sender: row["sender"],
+            status: RunStatus(stored: row["status"]), createdAt: row["created_at"], finishedAt: row["finished_at"],
+            haltReason: row["halt_reason"])
     }
 }
 
@@ -665,15 +733,17 @@ extension MessageRecord {
 
 extension StatusEventRecord {
     init(row: Row) {
-        self.init(wamid: row["wamid"], messageID: row["message_id"], status: row["status"], timestamp: row["timestamp"],
-                  receivedAt: row["received_at"], applied: row["applied"], errorCode: row["error_code"],
-                  errorTitle: row["error_title"], errorDetails: row["error_details"])
+        self.init(
+            wamid: row["wamid"], messageID: row["message_id"], status: row["status"], timestamp: row["timestamp"],
+            receivedAt: row["received_at"], applied: row["applied"], errorCode: row["error_code"],
+            errorTitle: row["error_title"], errorDetails: row["error_details"])
     }
 }
 
 extension AttemptRecord {
     init(row: Row) {
-        self.init(number: row["number"], startedAt: row["started_at"], finishedAt: row["finished_at"], outcome: row["outcome"],
-                  wamid: row["wamid"], errorCode: row["error_code"], errorTitle: row["error_title"])
+        self.init(
+            number: row["number"], startedAt: row["started_at"], finishedAt: row["finished_at"], outcome: row["outcome"],
+            wamid: row["wamid"], errorCode: row["error_code"], errorTitle: row["error_title"])
     }
 }

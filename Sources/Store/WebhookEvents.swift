@@ -19,9 +19,11 @@ public struct StatusUpdate: Sendable, Equatable {
     public var errorDetails: String?
     public var pricingCategory: String?
 
-    public init(wamid: String, status: String, timestamp: Int64, recipientID: String? = nil, recipientUserID: String? = nil,
-                callbackData: String? = nil, errorCode: Int? = nil, errorTitle: String? = nil, errorDetails: String? = nil,
-                pricingCategory: String? = nil) {
+    public init(
+        wamid: String, status: String, timestamp: Int64, recipientID: String? = nil, recipientUserID: String? = nil,
+        callbackData: String? = nil, errorCode: Int? = nil, errorTitle: String? = nil, errorDetails: String? = nil,
+        pricingCategory: String? = nil
+    ) {
         self.wamid = wamid
         self.status = status
         self.timestamp = timestamp

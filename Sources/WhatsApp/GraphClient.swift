@@ -1,5 +1,5 @@
-public import Dispatcher
 import AsyncHTTPClient
+public import Dispatcher
 public import Foundation
 package import NIOCore
 import NIOHTTP1
@@ -19,8 +19,10 @@ public struct GraphConfiguration: Sendable {
     /// Connections to one host: enough to hold 1,000 sends/s at 300 ms each over HTTP/1.1.
     public var maxConnections: Int
 
-    public init(baseURL: String, apiVersion: String, phoneNumberID: String, accessToken: String, timeout: Duration = .seconds(20),
-                connectTimeout: Duration = .seconds(5), maxResponseBytes: Int = 256 * 1024, maxConnections: Int = 512) {
+    public init(
+        baseURL: String, apiVersion: String, phoneNumberID: String, accessToken: String, timeout: Duration = .seconds(20),
+        connectTimeout: Duration = .seconds(5), maxResponseBytes: Int = 256 * 1024, maxConnections: Int = 512
+    ) {
         self.baseURL = baseURL
         self.apiVersion = apiVersion
         self.phoneNumberID = phoneNumberID
@@ -69,14 +71,16 @@ public final class GraphClient: Sendable {
     public init(configuration: GraphConfiguration) {
         self.configuration = configuration
         var config = HTTPClient.Configuration()
-        config.timeout.connect = .nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000
-                                              + configuration.connectTimeout.components.attoseconds / 1_000_000_000)
+        config.timeout.connect = .nanoseconds(
+            Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000
+                + configuration.connectTimeout.components.attoseconds / 1_000_000_000)
         config.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = configuration.maxConnections
         config.decompression = .disabled
         // One event loop of the process's shared group, used as the client's whole group.
         loop = HTTPClient.defaultEventLoopGroup.next()
         http = HTTPClient(eventLoopGroup: loop, configuration: config)
-        messagesURL = URL(string: "\(configuration.root)/\(configuration.phoneNumberID)/messages") ?? URL(fileURLWithPath: "/invalid-base-url")
+        messagesURL =
+            URL(string: "\(configuration.root)/\(configuration.phoneNumberID)/messages") ?? URL(fileURLWithPath: "/invalid-base-url")
         headers = ["Authorization": "Bearer \(configuration.accessToken)", "Content-Type": "application/json"]
         encoder = JSONEncoder()
         encoder.outputFormatting = [.withoutEscapingSlashes]
@@ -121,17 +125,21 @@ public final class GraphClient: Sendable {
             return completion(.notSent("cannot build the request: \(error)"))
         }
         let answer = AnswerReader(maxBodySize: configuration.maxResponseBytes, written: written)
-        http.execute(request: request, delegate: answer, eventLoop: .delegate(on: loop),
-                     deadline: .now() + timeAmount(configuration.timeout))
-            .futureResult.whenComplete { result in
-                switch result {
-                case .success(let response):
-                    completion(Self.outcome(status: Int(response.status.code), retryAfter: response.headers.first(name: "Retry-After"),
-                                            body: Data(response.body.readableBytesView)))
-                case .failure(let error):
-                    completion(Self.transportOutcome(error))
-                }
+        http.execute(
+            request: request, delegate: answer, eventLoop: .delegate(on: loop),
+            deadline: .now() + timeAmount(configuration.timeout)
+        )
+        .futureResult.whenComplete { result in
+            switch result {
+            case .success(let response):
+                completion(
+                    Self.outcome(
+                        status: Int(response.status.code), retryAfter: response.headers.first(name: "Retry-After"),
+                        body: Data(response.body.readableBytesView)))
+            case .failure(let error):
+                completion(Self.transportOutcome(error))
             }
+        }
     }
 
     /// Reads Meta's answer: a wamid, or its error envelope classified by code.
@@ -146,10 +154,14 @@ public final class GraphClient: Sendable {
         }
         if let envelope = try? JSONDecoder().decode(GraphErrorEnvelope.self, from: body) {
             let e = envelope.error
-            return .rejected(GraphError(code: e.code, title: e.errorUserTitle ?? e.message ?? "error", details: e.errorData?.details,
-                                        httpStatus: status, retryAfter: retry, fbtraceID: e.fbtraceID))
+            return .rejected(
+                GraphError(
+                    code: e.code, title: e.errorUserTitle ?? e.message ?? "error", details: e.errorData?.details,
+                    httpStatus: status, retryAfter: retry, fbtraceID: e.fbtraceID))
         }
-        if status == 429 { return .rejected(GraphError(code: 130429, title: "Rate limit hit (HTTP 429)", httpStatus: status, retryAfter: retry)) }
+        if status == 429 {
+            return .rejected(GraphError(code: 130429, title: "Rate limit hit (HTTP 429)", httpStatus: status, retryAfter: retry))
+        }
         return .rejected(GraphError(code: nil, title: "HTTP \(status) without an error body", httpStatus: status, retryAfter: retry))
     }
 
@@ -161,7 +173,8 @@ public final class GraphClient: Sendable {
         }
         let lower = text.lowercased()
         if lower.contains("connection refused") || lower.contains("connectionrefused") || lower.contains("nameresolution")
-            || lower.contains("name resolution") || lower.contains("connectTimeout".lowercased()) {
+            || lower.contains("name resolution") || lower.contains("connectTimeout".lowercased())
+        {
             return .notSent("could not connect: \(text)")
         }
         return .unknown("no answer read: \(text)")
@@ -169,7 +182,8 @@ public final class GraphClient: Sendable {
 
     /// `GET /{version}/{phone_number_id}`: checks the token and the number (for `doctor`).
     public func phoneNumberInfo() async -> Result<[String: String], GraphError> {
-        var request = HTTPClientRequest(url: "\(configuration.root)/\(configuration.phoneNumberID)?fields=display_phone_number,verified_name,quality_rating,throughput")
+        var request = HTTPClientRequest(
+            url: "\(configuration.root)/\(configuration.phoneNumberID)?fields=display_phone_number,verified_name,quality_rating,throughput")
         request.headers.add(name: "Authorization", value: "Bearer \(configuration.accessToken)")
         do {
             let response = try await http.execute(request, timeout: timeAmount(configuration.timeout))
@@ -179,7 +193,9 @@ public final class GraphClient: Sendable {
                 let object = (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
                 return .success(object.mapValues { "\($0)" })
             }
-            if case .rejected(let error) = Self.outcome(status: Int(response.status.code), retryAfter: nil, body: data) { return .failure(error) }
+            if case .rejected(let error) = Self.outcome(status: Int(response.status.code), retryAfter: nil, body: data) {
+                return .failure(error)
+            }
             return .failure(GraphError(code: nil, title: "unexpected answer", httpStatus: Int(response.status.code)))
         } catch {
             return .failure(GraphError(code: nil, title: "no answer: \(error)", httpStatus: 0))

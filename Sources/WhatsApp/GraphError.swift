@@ -1,4 +1,5 @@
 import Dispatcher
+
 /// What the dispatcher does about a Graph API error, from Meta's code (never the HTTP status or
 /// subcode, which Meta says are unreliable). See shared docs, "Errors".
 public enum ErrorClass: String, Sendable, Codable {
@@ -24,9 +25,11 @@ public enum ErrorClass: String, Sendable, Codable {
         case 131056: return .pairRate
         case 1, 2, 131000, 131016, 133004, 131057: return .transient
         case 131049: return .waitDay
-        case 0, 190, 3, 10, 200...299, 368, 131005, 131031, 131037, 131042, 131045, 133010, 132001, 132015, 132016, 131048, 131064: return .halt
+        case 0, 190, 3, 10, 200...299, 368, 131005, 131031, 131037, 131042, 131045, 133010, 132001, 132015, 132016, 131048, 131064:
+            return .halt
         case 100, 131008, 131009, 131026, 131047, 131050, 131051, 131053, 132000, 132005, 132007, 132012, 130472, 130403, 131021,
-            132018: return .final
+            132018:
+            return .final
         default: return .unknownCode
         }
     }

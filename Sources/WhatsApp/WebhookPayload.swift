@@ -1,5 +1,5 @@
-public import Store
 import Foundation
+public import Store
 
 /// Meta's webhook notification, as much of it as the dispatcher reads. Every field is optional and
 /// unknown ones are ignored: Meta adds fields without notice, and a payload we cannot fully read
@@ -139,9 +139,13 @@ public struct UnixSeconds: Decodable, Sendable, Equatable {
             value = Int64(d)
         } else {
             let text = try c.decode(String.self).trimmingCharacters(in: .whitespaces)
-            if let n = Int64(text) { value = n }
-            else if let d = Double(text), d.isFinite, abs(d) < 1e15 { value = Int64(d) }
-            else { value = 0 }  // unreadable: the status still applies, at the time it was received
+            if let n = Int64(text) {
+                value = n
+            } else if let d = Double(text), d.isFinite, abs(d) < 1e15 {
+                value = Int64(d)
+            } else {
+                value = 0
+            }  // unreadable: the status still applies, at the time it was received
         }
     }
 }
@@ -157,12 +161,13 @@ extension WebhookContents {
                 for s in value.statuses ?? [] {
                     guard let wamid = s.id, let status = s.status else { continue }
                     let error = s.errors?.first
-                    statuses.append(StatusUpdate(
-                        wamid: wamid, status: status, timestamp: s.timestamp?.value ?? 0,
-                        recipientID: s.recipientID?.isEmpty == false ? s.recipientID : nil,
-                        recipientUserID: s.recipientUserID?.isEmpty == false ? s.recipientUserID : nil,
-                        callbackData: s.bizOpaqueCallbackData, errorCode: error?.code, errorTitle: error?.title ?? error?.message,
-                        errorDetails: error?.errorData?.details, pricingCategory: s.pricing?.category))
+                    statuses.append(
+                        StatusUpdate(
+                            wamid: wamid, status: status, timestamp: s.timestamp?.value ?? 0,
+                            recipientID: s.recipientID?.isEmpty == false ? s.recipientID : nil,
+                            recipientUserID: s.recipientUserID?.isEmpty == false ? s.recipientUserID : nil,
+                            callbackData: s.bizOpaqueCallbackData, errorCode: error?.code, errorTitle: error?.title ?? error?.message,
+                            errorDetails: error?.errorData?.details, pricingCategory: s.pricing?.category))
                 }
                 let contacts = value.contacts ?? []
                 for m in value.messages ?? [] {
@@ -170,13 +175,16 @@ extension WebhookContents {
                     // contact that carries that user id may also give the WhatsApp id.
                     let from = m.from?.isEmpty == false ? m.from : nil
                     var userID = m.fromUserID?.isEmpty == false ? m.fromUserID : nil
-                    let contact = contacts.first { c in (userID != nil && c.userID == userID) || (from != nil && c.waID == from) }
+                    let contact =
+                        contacts.first { c in (userID != nil && c.userID == userID) || (from != nil && c.waID == from) }
                         ?? (from == nil && userID == nil && contacts.count == 1 ? contacts[0] : nil)
                     if userID == nil, let id = contact?.userID, !id.isEmpty { userID = id }
                     let waID = from ?? (contact?.waID?.isEmpty == false ? contact?.waID : nil)
                     guard let wamid = m.id, waID != nil || userID != nil else { continue }
-                    inbound.append(InboundText(wamid: wamid, from: waID, fromUserID: userID, timestamp: m.timestamp?.value ?? 0,
-                                               type: m.type ?? "unknown", body: m.text?.body))
+                    inbound.append(
+                        InboundText(
+                            wamid: wamid, from: waID, fromUserID: userID, timestamp: m.timestamp?.value ?? 0,
+                            type: m.type ?? "unknown", body: m.text?.body))
                 }
                 for e in value.errors ?? [] { systemErrors.append((e.code, e.title ?? e.message)) }
             }

@@ -1,12 +1,14 @@
 import Foundation
 import Testing
+
 @testable import Dispatcher
 
 @Suite("CSV manifests")
 struct CSVManifestReaderTests {
     @Test("a BOM, ';' and CRLF, as the property system exports them")
     func propertySystemExport() throws {
-        let text = "\u{FEFF}invoice_id;name;whatsapp;grandTotal;currency;term\r\nA-1;María Pérez;+1 809 555 0101;12345.50;DOP;2026030100\r\n"
+        let text =
+            "\u{FEFF}invoice_id;name;whatsapp;grandTotal;currency;term\r\nA-1;María Pérez;+1 809 555 0101;12345.50;DOP;2026030100\r\n"
         let reader = CSVManifestReader(bytes: Array(text.utf8))
         let records = try readAll(reader)
         #expect(reader.delimiter == UInt8(ascii: ";"))
@@ -32,7 +34,8 @@ struct CSVManifestReaderTests {
 
     @Test("RFC 4180 quoting: delimiters, doubled quotes and line breaks inside quotes; lines counted from where a record starts")
     func quoting() throws {
-        let text = "\(csvHeader),property\n"
+        let text =
+            "\(csvHeader),property\n"
             + "A,\"Pérez; Hermanos, SRL\",+18095550101,1,DOP,2026-03,\"Torre \"\"El Faro\"\"\nPiso 4\"\n"
             + "B,Ana,+18095550102,2,DOP,2026-03,\"\"\n"
         let records = try readAll(CSVManifestReader(bytes: Array(text.utf8)))
@@ -46,7 +49,8 @@ struct CSVManifestReaderTests {
 
     @Test("LF, CRLF and lone CR all end a record; blank lines are skipped")
     func lineEndings() throws {
-        let text = "\(csvHeader)\r\nA,a,+18095550101,1,DOP,2026-03\n\nB,b,+18095550102,1,DOP,2026-03\rC,c,+18095550103,1,DOP,2026-03\r\n,,,,,\n"
+        let text =
+            "\(csvHeader)\r\nA,a,+18095550101,1,DOP,2026-03\n\nB,b,+18095550102,1,DOP,2026-03\rC,c,+18095550103,1,DOP,2026-03\r\n,,,,,\n"
         let records = try readAll(CSVManifestReader(bytes: Array(text.utf8)))
         #expect(records.map { $0.fields["invoice_id"] } == ["A", "B", "C"])
         #expect(records.map(\.line) == [2, 4, 5])
@@ -54,7 +58,8 @@ struct CSVManifestReaderTests {
 
     @Test("phone2, phone3… are extra numbers; unknown columns are kept and listed once as a warning")
     func extraColumns() throws {
-        let text = "\(csvHeader),phone2,Phone3,unit_floor\nA,a,+18095550101,1,DOP,2026-03,+18095550102,,4\nB,b,+18095550103,1,DOP,2026-03,,,5\n"
+        let text =
+            "\(csvHeader),phone2,Phone3,unit_floor\nA,a,+18095550101,1,DOP,2026-03,+18095550102,,4\nB,b,+18095550103,1,DOP,2026-03,,,5\n"
         let reader = CSVManifestReader(bytes: Array(text.utf8))
         let records = try readAll(reader)
         #expect(records[0].phones == ["+18095550101", "+18095550102", ""])
@@ -75,7 +80,8 @@ struct CSVManifestReaderTests {
 
     @Test("text after a closing quote, and more cells than the header, are errors of that record only")
     func malformedRecords() throws {
-        let text = "\(csvHeader)\nA,\"a\"x,+18095550101,1,DOP,2026-03\nB,b,+18095550102,1,DOP,2026-03,extra\nC,c,+18095550103,1,DOP,2026-03\n"
+        let text =
+            "\(csvHeader)\nA,\"a\"x,+18095550101,1,DOP,2026-03\nB,b,+18095550102,1,DOP,2026-03,extra\nC,c,+18095550103,1,DOP,2026-03\n"
         let (invoices, summary) = try importCSV(text)
         #expect(invoices.map(\.invoiceID) == ["C"])
         #expect(summary.issues.contains { $0.line == 2 && $0.field == "tenant_name" && $0.message.contains("after the closing quote") })
@@ -85,8 +91,12 @@ struct CSVManifestReaderTests {
     @Test("a missing required column is one clear error naming it")
     func missingColumn() throws {
         let (_, summary) = try importCSV("invoice_id,tenant_name,amount,currency,period\nA,a,1,DOP,2026-03\n")
-        #expect(summary.issues == [ValidationIssue(line: 1, invoiceID: nil, field: "phone",
-            message: "required column missing from the header: phone (found: 5 columns, delimiter ',')")])
+        #expect(
+            summary.issues == [
+                ValidationIssue(
+                    line: 1, invoiceID: nil, field: "phone",
+                    message: "required column missing from the header: phone (found: 5 columns, delimiter ',')")
+            ])
         #expect(summary.stoppedEarly)
     }
 
@@ -109,8 +119,12 @@ struct CSVManifestReaderTests {
         bytes += Array(",+18095550101,1,DOP,2026-03\nB,b,+18095550102,1,DOP,2026-03\n".utf8)
         var invoices: [Invoice] = []
         let summary = try ManifestImporter(options: .init()).importManifest(
-            from: CSVManifestReader(bytes: bytes), format: .csv) { invoices.append($0) }
-        #expect(summary.issues == [ValidationIssue(line: 2, invoiceID: "A", field: "tenant_name", message: "is not valid UTF-8 (save the file as UTF-8)")])
+            from: CSVManifestReader(bytes: bytes), format: .csv
+        ) { invoices.append($0) }
+        #expect(
+            summary.issues == [
+                ValidationIssue(line: 2, invoiceID: "A", field: "tenant_name", message: "is not valid UTF-8 (save the file as UTF-8)")
+            ])
         #expect(invoices.map(\.invoiceID) == ["B"])
     }
 
@@ -118,7 +132,8 @@ struct CSVManifestReaderTests {
     func smallWindows(chunkSize: Int) throws {
         var text = "\u{FEFF}invoice_id;tenant_name;phone;amount;currency;period;property\r\n"
         for i in 1...200 {
-            text += "ID-\(i);\"Name \"\"\(i)\"\"\";+1809555\(String(format: "%04d", i));\(i).50;DOP;2026-03;\"Line one\nline two; with \"\"quotes\"\"\"\r\n"
+            text +=
+                "ID-\(i);\"Name \"\"\(i)\"\"\";+1809555\(String(format: "%04d", i));\(i).50;DOP;2026-03;\"Line one\nline two; with \"\"quotes\"\"\"\r\n"
         }
         let path = try temporaryFile("window.csv", text)
         let records = try readAll(CSVManifestReader(path: path, chunkSize: chunkSize))

@@ -20,8 +20,9 @@ struct FuzzCorpusTests {
     func replay(target: String) throws {
         let inputs = try Self.corpus(target)
         #expect(!inputs.isEmpty)
-        let renderer = try MessageRenderer(catalog: TemplateCatalog(directory: Self.root.appendingPathComponent("templates").path),
-                                           templateName: "invoice", defaultLanguage: "es")
+        let renderer = try MessageRenderer(
+            catalog: TemplateCatalog(directory: Self.root.appendingPathComponent("templates").path),
+            templateName: "invoice", defaultLanguage: "es")
         for (_, bytes) in inputs {
             switch target {
             case "csv": FuzzTargets.manifest(bytes, format: .csv, renderer: renderer)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import Dispatcher
 
 /// Input a careless export or an attacker could hand us: it must be refused by record and field,
@@ -8,12 +9,14 @@ import Testing
 struct HostileInputTests {
     // MARK: - Money
 
-    @Test("an amount too large for its currency is an error naming the record, never a crash", arguments: [
-        ("999999999999999.9999", "CLF"),  // 4 decimals: 19 digits of minor units would overflow
-        ("99999999999999.99", "DOP"),  // 16 digits in all
-        ("1000000000000000", "JPY"),
-        ("000000000000000000000000001.50", "DOP"),  // leading zeros are not digits: this one is fine
-    ])
+    @Test(
+        "an amount too large for its currency is an error naming the record, never a crash",
+        arguments: [
+            ("999999999999999.9999", "CLF"),  // 4 decimals: 19 digits of minor units would overflow
+            ("99999999999999.99", "DOP"),  // 16 digits in all
+            ("1000000000000000", "JPY"),
+            ("000000000000000000000000001.50", "DOP"),  // leading zeros are not digits: this one is fine
+        ])
     func tooLarge(amount: String, currency: String) throws {
         let (invoices, summary) = try importCSV("\(csvHeader)\nA,a,+18095550101,\(amount),\(currency),2026-03\n")
         if amount.hasPrefix("0000") {
@@ -31,7 +34,8 @@ struct HostileInputTests {
 
     @Test("the largest amount each currency takes has exact thousandths")
     func largestAmounts() throws {
-        let (invoices, summary) = try importCSV("""
+        let (invoices, summary) = try importCSV(
+            """
             \(csvHeader)
             A,a,+18095550101,9999999999999.99,DOP,2026-03
             B,b,+18095550102,99999999999.9999,CLF,2026-03
@@ -58,10 +62,12 @@ struct HostileInputTests {
     func manifestTotal() throws {
         var text = "\(csvHeader),due_date,document_url\n"
         for i in 0..<1001 {
-            text += "I\(i),Tenant,+1809\(String(format: "%07d", i)),9999999999999.99,DOP,2026-03,2026-03-10,https://docs.example.com/\(i).pdf\n"
+            text +=
+                "I\(i),Tenant,+1809\(String(format: "%07d", i)),9999999999999.99,DOP,2026-03,2026-03-10,https://docs.example.com/\(i).pdf\n"
         }
         let path = try temporaryFile("huge.csv", text)
-        let renderer = try MessageRenderer(catalog: try TemplateCatalog(directory: templatesPath), templateName: "invoice", defaultLanguage: "es")
+        let renderer = try MessageRenderer(
+            catalog: try TemplateCatalog(directory: templatesPath), templateName: "invoice", defaultLanguage: "es")
         let result = try Previewer(options: ValidationOptions(), renderer: renderer).run(path: path)
         #expect(result.errorCount == 1)
         #expect(result.errors.first?.invoiceID == "I1000")
@@ -75,9 +81,10 @@ struct HostileInputTests {
         let catalog = try TemplateCatalog(directory: templatesPath)
         let renderer = try MessageRenderer(catalog: catalog, templateName: "invoice", defaultLanguage: "es")
         func parameter(_ minor: Int64) throws -> TemplateMessageRequest.Parameter {
-            let invoice = Invoice(line: 2, invoiceID: "I", tenantName: "Ana", phones: ["18095550101"],
-                                  amount: Money(minorUnits: minor, currency: Currency(code: "DOP")!), period: BillingPeriod(year: 2026, month: 3),
-                                  locale: "es-DO", documentURL: "https://docs.example.com/i.pdf")
+            let invoice = Invoice(
+                line: 2, invoiceID: "I", tenantName: "Ana", phones: ["18095550101"],
+                amount: Money(minorUnits: minor, currency: Currency(code: "DOP")!), period: BillingPeriod(year: 2026, month: 3),
+                locale: "es-DO", documentURL: "https://docs.example.com/i.pdf")
             let message = try renderer.render(invoice).get()[0]
             return try #require(message.request.template.components.first { $0.type == "body" }).parameters[2]
         }
@@ -90,7 +97,9 @@ struct HostileInputTests {
 
     @Test("control characters are refused per field; a CRLF inside a quoted name is a line break Meta refuses")
     func controlCharacters() throws {
-        let (_, summary) = try importCSV("\(csvHeader),landlord\nA,Ana\u{1B}[31m,+18095550101,1,DOP,2026-03,Caribe\nB,Bo,+18095550102,1,DOP,2026-03,Ca\u{0}ribe\nC,Cy,+18095550103,1,DOP,2026-03,Ca\u{85}ribe\n")
+        let (_, summary) = try importCSV(
+            "\(csvHeader),landlord\nA,Ana\u{1B}[31m,+18095550101,1,DOP,2026-03,Caribe\nB,Bo,+18095550102,1,DOP,2026-03,Ca\u{0}ribe\nC,Cy,+18095550103,1,DOP,2026-03,Ca\u{85}ribe\n"
+        )
         #expect(summary.issues.map(\.field) == ["tenant_name", "landlord", "landlord"])
         #expect(summary.issues.map(\.invoiceID) == ["A", "B", "C"])
         #expect(summary.issues[0].message.contains("U+001B"))
@@ -100,7 +109,8 @@ struct HostileInputTests {
         // "\r\n" is one Character in Swift: it must still be seen as a line break.
         let catalog = try TemplateCatalog(directory: templatesPath)
         let renderer = try MessageRenderer(catalog: catalog, templateName: "invoice", defaultLanguage: "es")
-        let (invoices, imported) = try importCSV("\(csvHeader),document_url\r\nA,\"Ana\r\nMaría\",+18095550101,1,DOP,2026-03,https://docs.example.com/a.pdf\r\n")
+        let (invoices, imported) = try importCSV(
+            "\(csvHeader),document_url\r\nA,\"Ana\r\nMaría\",+18095550101,1,DOP,2026-03,https://docs.example.com/a.pdf\r\n")
         #expect(imported.isValid)
         guard case .failure(let problems) = renderer.render(try #require(invoices.first)) else {
             Issue.record("a name with CRLF was rendered")
@@ -113,10 +123,12 @@ struct HostileInputTests {
 
     // MARK: - Empty manifests
 
-    @Test("a manifest with no invoice is an error, not a month with nothing due", arguments: [
-        ("header.csv", "\(csvHeader)\n"),
-        ("empty-root.xml", "<?xml version=\"1.0\"?><invoices currency=\"DOP\"></invoices>"),
-    ])
+    @Test(
+        "a manifest with no invoice is an error, not a month with nothing due",
+        arguments: [
+            ("header.csv", "\(csvHeader)\n"),
+            ("empty-root.xml", "<?xml version=\"1.0\"?><invoices currency=\"DOP\"></invoices>"),
+        ])
     func empty(name: String, text: String) throws {
         let path = try temporaryFile(name, text)
         let summary = try ManifestImporter(options: .init()).importManifest(path: path) { _ in }
@@ -132,7 +144,9 @@ struct HostileInputTests {
         for i in 1...count {
             bytes += Array("<invoice><invoice_id>I\(i)</invoice_id><tenant_name>T".utf8)
             if i == at { bytes += bad }
-            bytes += Array("</tenant_name><phone>+1809555\(String(format: "%04d", i))</phone><amount>10</amount><period>2026-03</period></invoice>\n".utf8)
+            bytes += Array(
+                "</tenant_name><phone>+1809555\(String(format: "%04d", i))</phone><amount>10</amount><period>2026-03</period></invoice>\n"
+                    .utf8)
         }
         return bytes + Array("</invoices>\n".utf8)
     }
@@ -169,13 +183,16 @@ struct HostileInputTests {
     func encodings() throws {
         let latin1 = xmlBytes(count: 3, bad: [0xE9], at: 2, encoding: "ISO-8859-1")  // é
         var names: [String] = []
-        let ok = try ManifestImporter(options: .init()).importManifest(path: try temporaryFile("latin1.xml", latin1)) { names.append($0.tenantName) }
+        let ok = try ManifestImporter(options: .init()).importManifest(path: try temporaryFile("latin1.xml", latin1)) {
+            names.append($0.tenantName)
+        }
         #expect(ok.isValid)
         #expect(names == ["T", "Té", "T"])
 
         var count = 0
         let refused = try ManifestImporter(options: .init()).importManifest(
-            path: try temporaryFile("cp1252.xml", xmlBytes(count: 3, bad: [0x92], at: 2, encoding: "windows-1252"))) { _ in count += 1 }
+            path: try temporaryFile("cp1252.xml", xmlBytes(count: 3, bad: [0x92], at: 2, encoding: "windows-1252"))
+        ) { _ in count += 1 }
         #expect(!refused.isValid)
         #expect(count == 0)
         #expect(refused.issues.last?.message.contains("'windows-1252' is not accepted") == true)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import Dispatcher
 
 /// The package's root folder (samples/, templates/).
@@ -38,11 +39,13 @@ func readAll(_ reader: any ManifestReader) throws -> [ReadRecord] {
         for field in ManifestField.allCases {
             if let bytes = record[field] { fields[field.name] = String(decoding: bytes, as: UTF8.self) }
         }
-        out.append(ReadRecord(
-            line: record.line, fields: fields,
-            phones: record.phones.map { String(decoding: $0.bytes, as: UTF8.self) },
-            extras: Dictionary(record.extras.map { ($0.name, String(decoding: $0.bytes, as: UTF8.self)) }, uniquingKeysWith: { a, _ in a }),
-            issues: record.structuralIssues.map { "\($0.field ?? "-"): \($0.message)" }))
+        out.append(
+            ReadRecord(
+                line: record.line, fields: fields,
+                phones: record.phones.map { String(decoding: $0.bytes, as: UTF8.self) },
+                extras: Dictionary(
+                    record.extras.map { ($0.name, String(decoding: $0.bytes, as: UTF8.self)) }, uniquingKeysWith: { a, _ in a }),
+                issues: record.structuralIssues.map { "\($0.field ?? "-"): \($0.message)" }))
     }
     return out
 }
@@ -51,14 +54,16 @@ func readAll(_ reader: any ManifestReader) throws -> [ReadRecord] {
 func importCSV(_ text: String, options: ValidationOptions = .init()) throws -> (invoices: [Invoice], summary: ImportSummary) {
     var invoices: [Invoice] = []
     let summary = try ManifestImporter(options: options).importManifest(
-        from: CSVManifestReader(bytes: Array(text.utf8)), format: .csv) { invoices.append($0) }
+        from: CSVManifestReader(bytes: Array(text.utf8)), format: .csv
+    ) { invoices.append($0) }
     return (invoices, summary)
 }
 
 func importXML(_ text: String, options: ValidationOptions = .init()) throws -> (invoices: [Invoice], summary: ImportSummary) {
     var invoices: [Invoice] = []
     let summary = try ManifestImporter(options: options).importManifest(
-        from: XMLManifestReader(bytes: Array(text.utf8)), format: .xml) { invoices.append($0) }
+        from: XMLManifestReader(bytes: Array(text.utf8)), format: .xml
+    ) { invoices.append($0) }
     return (invoices, summary)
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import Dispatcher
 
 @Suite("WhatsApp templates")
@@ -7,12 +8,16 @@ struct TemplateTests {
     let catalog: TemplateCatalog
     init() throws { catalog = try TemplateCatalog(directory: templatesPath) }
 
-    func invoice(locale: String = "es-DO", amount: Int64 = 1_234_550, currency: String = "DOP", due: CalendarDate? = CalendarDate(year: 2026, month: 3, day: 10),
-                 name: String = "María Pérez", document: String? = "https://docs.example.com/INV-1.pdf", phones: [String] = ["18095550101"]) -> Invoice {
-        Invoice(line: 2, invoiceID: "INV-1", tenantName: name, phones: phones,
-                amount: Money(minorUnits: amount, currency: Currency(code: currency)!),
-                period: BillingPeriod(year: 2026, month: 3), dueDate: due, landlord: "Inmobiliaria Caribe",
-                locale: locale, documentURL: document)
+    func invoice(
+        locale: String = "es-DO", amount: Int64 = 1_234_550, currency: String = "DOP",
+        due: CalendarDate? = CalendarDate(year: 2026, month: 3, day: 10),
+        name: String = "María Pérez", document: String? = "https://docs.example.com/INV-1.pdf", phones: [String] = ["18095550101"]
+    ) -> Invoice {
+        Invoice(
+            line: 2, invoiceID: "INV-1", tenantName: name, phones: phones,
+            amount: Money(minorUnits: amount, currency: Currency(code: currency)!),
+            period: BillingPeriod(year: 2026, month: 3), dueDate: due, landlord: "Inmobiliaria Caribe",
+            locale: locale, documentURL: document)
     }
 
     func render(_ invoice: Invoice, template: String = "invoice") throws -> Result<[RenderedMessage], InvoiceProblems> {
@@ -23,7 +28,10 @@ struct TemplateTests {
     func spanishDominican() throws {
         let message = try render(invoice()).get()[0]
         #expect(message.language == "es")
-        #expect(message.body == "Hola María Pérez, le enviamos su factura de marzo 2026 por un total de RD$12,345.50. Fecha límite de pago: 10 de marzo de 2026. Gracias por su pago puntual.")
+        #expect(
+            message.body
+                == "Hola María Pérez, le enviamos su factura de marzo 2026 por un total de RD$12,345.50. Fecha límite de pago: 10 de marzo de 2026. Gracias por su pago puntual."
+        )
         #expect(message.document?.filename == "INV-1.pdf")
         let body = try #require(message.request.template.components.first { $0.type == "body" })
         #expect(body.parameters[2] == .currency(fallback: "RD$12,345.50", code: "DOP", amount1000: 12_345_500))
@@ -45,11 +53,13 @@ struct TemplateTests {
         #expect(checkTextParameter(String(repeating: "é", count: 1025)) == "is longer than 1,024 characters")
     }
 
-    @Test("amounts in the tenant's locale", arguments: [
-        ("es-DO", "DOP", "RD$12,345.50"), ("en", "USD", "$12,345.50"), ("es-DO", "USD", "US$12,345.50"),
-        ("es-ES", "EUR", "12.345,50\u{A0}€"), ("fr-FR", "EUR", "12\u{202F}345,50\u{A0}€"), ("pt-BR", "BRL", "R$\u{A0}12.345,50"),
-        ("es-CO", "COP", "$\u{A0}12.345,50"), ("en", "DOP", "RD$12,345.50"), ("en", "CHF", "CHF\u{A0}12,345.50"),
-    ])
+    @Test(
+        "amounts in the tenant's locale",
+        arguments: [
+            ("es-DO", "DOP", "RD$12,345.50"), ("en", "USD", "$12,345.50"), ("es-DO", "USD", "US$12,345.50"),
+            ("es-ES", "EUR", "12.345,50\u{A0}€"), ("fr-FR", "EUR", "12\u{202F}345,50\u{A0}€"), ("pt-BR", "BRL", "R$\u{A0}12.345,50"),
+            ("es-CO", "COP", "$\u{A0}12.345,50"), ("en", "DOP", "RD$12,345.50"), ("en", "CHF", "CHF\u{A0}12,345.50"),
+        ])
     func money(locale: String, currency: String, expected: String) {
         #expect(LocaleFormatting(locale: locale).money(Money(minorUnits: 1_234_550, currency: Currency(code: currency)!)) == expected)
     }
@@ -104,7 +114,8 @@ struct TemplateTests {
 
     @Test("a definition whose placeholders and parameters disagree is refused at load (132000)")
     func countMismatch() throws {
-        let bad = try definition(#"{"name":"t","category":"UTILITY","body":[{"source":"tenant_name"}],"languages":{"es":{"body":"Hola {{1}}, {{2}}"}}}"#)
+        let bad = try definition(
+            #"{"name":"t","category":"UTILITY","body":[{"source":"tenant_name"}],"languages":{"es":{"body":"Hola {{1}}, {{2}}"}}}"#)
         do {
             _ = try TemplateCatalog(templates: [bad])
             Issue.record("accepted")
@@ -112,24 +123,31 @@ struct TemplateTests {
             #expect(error.description.contains("2 placeholders but 1 parameters"))
             #expect(error.description.contains("132000"))
         }
-        let gap = try definition(#"{"name":"t","category":"UTILITY","body":[{"source":"tenant_name"},{"source":"period"}],"languages":{"es":{"body":"{{1}} {{3}}"}}}"#)
+        let gap = try definition(
+            #"{"name":"t","category":"UTILITY","body":[{"source":"tenant_name"},{"source":"period"}],"languages":{"es":{"body":"{{1}} {{3}}"}}}"#
+        )
         #expect(throws: TemplateError.self) { try TemplateCatalog(templates: [gap]) }
     }
 
     @Test("a currency parameter fed by something other than the amount is refused (132012)")
     func formatMismatch() throws {
-        let bad = try definition(#"{"name":"t","category":"UTILITY","body":[{"source":"tenant_name","type":"currency"}],"languages":{"es":{"body":"{{1}}"}}}"#)
+        let bad = try definition(
+            #"{"name":"t","category":"UTILITY","body":[{"source":"tenant_name","type":"currency"}],"languages":{"es":{"body":"{{1}}"}}}"#)
         #expect(throws: TemplateError.self) { try TemplateCatalog(templates: [bad]) }
     }
 
     @Test("a URL button takes its parameter and shows the final link")
     func urlButton() throws {
-        let template = try definition(#"{"name":"pay","category":"UTILITY","body":[{"source":"tenant_name"}],"buttons":[{"index":0,"sub_type":"url","source":"invoice_id"}],"languages":{"es":{"body":"Hola {{1}}","buttons":[{"text":"Pagar","url":"https://pay.example.com/i/{{1}}"}]}}}"#)
+        let template = try definition(
+            #"{"name":"pay","category":"UTILITY","body":[{"source":"tenant_name"}],"buttons":[{"index":0,"sub_type":"url","source":"invoice_id"}],"languages":{"es":{"body":"Hola {{1}}","buttons":[{"text":"Pagar","url":"https://pay.example.com/i/{{1}}"}]}}}"#
+        )
         let catalog = try TemplateCatalog(templates: [template])
         let message = try MessageRenderer(catalog: catalog, templateName: "pay", defaultLanguage: "es").render(invoice()).get()[0]
         #expect(message.buttons.first?.url == "https://pay.example.com/i/INV-1")
         #expect(message.request.template.components.last == .init(type: "button", subType: "url", index: "0", parameters: [.text("INV-1")]))
-        let unmapped = try definition(#"{"name":"pay","category":"UTILITY","body":[],"languages":{"es":{"body":"Hola","buttons":[{"text":"Pagar","url":"https://pay.example.com/i/{{1}}"}]}}}"#)
+        let unmapped = try definition(
+            #"{"name":"pay","category":"UTILITY","body":[],"languages":{"es":{"body":"Hola","buttons":[{"text":"Pagar","url":"https://pay.example.com/i/{{1}}"}]}}}"#
+        )
         #expect(throws: TemplateError.self) { try TemplateCatalog(templates: [unmapped]) }
     }
 
@@ -139,7 +157,9 @@ struct TemplateTests {
         for (name, template) in catalog.templates {
             for language in template.languages.keys {
                 let locale = language.replacingOccurrences(of: "_", with: "-")
-                let messages = try MessageRenderer(catalog: catalog, templateName: name, defaultLanguage: language).render(invoice(locale: locale)).get()
+                let messages = try MessageRenderer(catalog: catalog, templateName: name, defaultLanguage: language).render(
+                    invoice(locale: locale)
+                ).get()
                 #expect(!messages[0].body.contains("{{"), "\(name) \(language)")
             }
         }
@@ -149,7 +169,8 @@ struct TemplateTests {
 @Suite("Preview")
 struct PreviewTests {
     func preview(_ sample: String) throws -> PreviewResult {
-        let renderer = try MessageRenderer(catalog: TemplateCatalog(directory: templatesPath), templateName: "invoice", defaultLanguage: "es")
+        let renderer = try MessageRenderer(
+            catalog: TemplateCatalog(directory: templatesPath), templateName: "invoice", defaultLanguage: "es")
         return try Previewer(options: .init(), renderer: renderer).run(path: samplePath(sample))
     }
 
@@ -179,7 +200,10 @@ struct PreviewTests {
         let result = try preview("broken.csv")
         #expect(!result.isValid)
         #expect(result.errors.compactMap(\.line) == [3, 4, 5, 6, 7, 9, 10, 11, 12, 13])
-        #expect(result.errors.compactMap(\.field) == ["tenant_name", "phone", "phone", "amount", "amount", "currency", "period", "due_date", "invoice_id", "document_url"])
+        #expect(
+            result.errors.compactMap(\.field) == [
+                "tenant_name", "phone", "phone", "amount", "amount", "currency", "period", "due_date", "invoice_id", "document_url",
+            ])
         #expect(result.messages == 3)
         #expect(result.skipped.map(\.invoiceID) == ["BRK-2026-03-013"])
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import Dispatcher
 
 @Suite("Time as the project writes it")

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import Dispatcher
 
 @Suite("Record validation")
@@ -9,7 +10,8 @@ struct ValidationTests {
 
     @Test("a valid row becomes an invoice with money in minor units")
     func valid() throws {
-        let (invoices, summary) = try importCSV("\(csvHeader),due_date,landlord\nA, Ana ,+1 809 555 0101,12345.5,dop,2026030100,2026-03-10,Caribe\n")
+        let (invoices, summary) = try importCSV(
+            "\(csvHeader),due_date,landlord\nA, Ana ,+1 809 555 0101,12345.5,dop,2026030100,2026-03-10,Caribe\n")
         #expect(summary.isValid)
         let invoice = try #require(invoices.first)
         #expect(invoice.tenantName == "Ana")
@@ -21,14 +23,16 @@ struct ValidationTests {
         #expect(invoice.landlord == "Caribe")
     }
 
-    @Test("amount", arguments: [
-        ("12,345.50", "use '.' for decimals and no thousands separator"),
-        ("abc", "is not a number"),
-        ("12.", "is not a number"),
-        ("12.345", "has 3 decimals; this currency has 2"),
-        ("1e5", "is not a number"),
-        ("9999999999999999", "is too large"),
-    ])
+    @Test(
+        "amount",
+        arguments: [
+            ("12,345.50", "use '.' for decimals and no thousands separator"),
+            ("abc", "is not a number"),
+            ("12.", "is not a number"),
+            ("12.345", "has 3 decimals; this currency has 2"),
+            ("1e5", "is not a number"),
+            ("9999999999999999", "is too large"),
+        ])
     func badAmount(amount: String, expected: String) throws {
         let found = try issues("A,a,+18095550101,\"\(amount)\",DOP,2026-03,,,,")
         #expect(found.count == 1)
@@ -40,7 +44,8 @@ struct ValidationTests {
 
     @Test("zeros beyond the currency's decimals are fine; JPY has none; BHD has three")
     func decimals() throws {
-        let (invoices, summary) = try importCSV("\(csvHeader)\nA,a,+18095550101,9800.000,DOP,2026-03\nB,b,+18095550102,1500,JPY,2026-03\nC,c,+18095550103,1.234,BHD,2026-03\n")
+        let (invoices, summary) = try importCSV(
+            "\(csvHeader)\nA,a,+18095550101,9800.000,DOP,2026-03\nB,b,+18095550102,1500,JPY,2026-03\nC,c,+18095550103,1.234,BHD,2026-03\n")
         #expect(summary.isValid)
         #expect(invoices.map(\.amount.minorUnits) == [980_000, 1500, 1234])
         #expect(invoices.map(\.amount.amount1000) == [9_800_000, 1_500_000, 1234])
@@ -57,7 +62,10 @@ struct ValidationTests {
 
     @Test("currency must be ISO 4217, or come from a default")
     func currency() throws {
-        #expect(try issues("A,a,+18095550101,1,RDS,2026-03,,,,").map(\.message) == ["'RDS' is not an ISO 4217 currency code (e.g. DOP, USD, EUR)"])
+        #expect(
+            try issues("A,a,+18095550101,1,RDS,2026-03,,,,").map(\.message) == [
+                "'RDS' is not an ISO 4217 currency code (e.g. DOP, USD, EUR)"
+            ])
         #expect(try issues("A,a,+18095550101,1,,2026-03,,,,").map(\.message) == ["is missing and no default currency is set"])
         #expect(try issues("A,a,+18095550101,1,,2026-03,,,,", options: .init(defaultCurrency: "EUR")).isEmpty)
     }
@@ -85,16 +93,24 @@ struct ValidationTests {
         let text = "\(csvHeader)\n,,,abc,XXX,soon\nB,b,+18095550102,1,DOP,2026-03\nC,,+1,,DOP,2026-03\n"
         let (invoices, summary) = try importCSV(text)
         #expect(invoices.map(\.invoiceID) == ["B"])
-        #expect(summary.issues.filter { $0.line == 2 }.compactMap(\.field) == ["invoice_id", "tenant_name", "phone", "currency", "amount", "period"])
+        #expect(
+            summary.issues.filter { $0.line == 2 }.compactMap(\.field) == [
+                "invoice_id", "tenant_name", "phone", "currency", "amount", "period",
+            ])
         #expect(summary.issues.filter { $0.line == 4 }.compactMap(\.field) == ["tenant_name", "phone", "amount"])
         #expect(summary.invalidRecords == 2)
     }
 
     @Test("a duplicate invoice_id names the line that used it first")
     func duplicateID() throws {
-        let (invoices, summary) = try importCSV("\(csvHeader)\nA,a,+18095550101,1,DOP,2026-03\nB,b,+18095550102,1,DOP,2026-03\nA,c,+18095550103,1,DOP,2026-03\n")
+        let (invoices, summary) = try importCSV(
+            "\(csvHeader)\nA,a,+18095550101,1,DOP,2026-03\nB,b,+18095550102,1,DOP,2026-03\nA,c,+18095550103,1,DOP,2026-03\n")
         #expect(invoices.map(\.tenantName) == ["a", "b"])
-        #expect(summary.issues == [ValidationIssue(line: 4, invoiceID: "A", field: "invoice_id", message: "duplicate invoice_id: already used by the record on line 2")])
+        #expect(
+            summary.issues == [
+                ValidationIssue(
+                    line: 4, invoiceID: "A", field: "invoice_id", message: "duplicate invoice_id: already used by the record on line 2")
+            ])
     }
 
     @Test("locale, document_url and email")
@@ -109,31 +125,35 @@ struct ValidationTests {
 
 @Suite("Phone numbers")
 struct PhoneNumberTests {
-    @Test("normalised to E.164 digits", arguments: [
-        ("+1 809 555 0101", nil, "18095550101"),
-        ("+1 (829) 555-0102", nil, "18295550102"),
-        ("001-849-555-0103", nil, "18495550103"),
-        ("+1.809.555.0104", nil, "18095550104"),
-        ("809 555 0105", "1", "18095550105"),
-        ("1-809-555-0106", "1", "18095550106"),
-        ("06 12 34 56 78", "33", "33612345678"),
-        ("0034 612 345 678", "1", "34612345678"),
-        ("+34\u{A0}612\u{A0}345\u{A0}678", nil, "34612345678"),
-    ] as [(String, String?, String)])
+    @Test(
+        "normalised to E.164 digits",
+        arguments: [
+            ("+1 809 555 0101", nil, "18095550101"),
+            ("+1 (829) 555-0102", nil, "18295550102"),
+            ("001-849-555-0103", nil, "18495550103"),
+            ("+1.809.555.0104", nil, "18095550104"),
+            ("809 555 0105", "1", "18095550105"),
+            ("1-809-555-0106", "1", "18095550106"),
+            ("06 12 34 56 78", "33", "33612345678"),
+            ("0034 612 345 678", "1", "34612345678"),
+            ("+34\u{A0}612\u{A0}345\u{A0}678", nil, "34612345678"),
+        ] as [(String, String?, String)])
     func normalises(input: String, country: String?, expected: String) {
         #expect(PhoneNormalizer(defaultCountryCode: country).normalize(input) == .success(expected))
     }
 
-    @Test("refused, with a reason a person can act on", arguments: [
-        ("809-555", nil, "has no country code"),
-        ("809-555", "1", "too short"),
-        ("+1 809 555 ABCD", nil, "contains 'A'"),
-        ("+1 809 555 01011", nil, "numbers with country code 1 have 11"),
-        ("+12345678901234567", nil, "too long"),
-        ("+0 809 555 0101", nil, "starting with 0"),
-        ("+1 809 +555 0101", nil, "contains '+'"),
-        ("---", nil, "has no digits"),
-    ] as [(String, String?, String)])
+    @Test(
+        "refused, with a reason a person can act on",
+        arguments: [
+            ("809-555", nil, "has no country code"),
+            ("809-555", "1", "too short"),
+            ("+1 809 555 ABCD", nil, "contains 'A'"),
+            ("+1 809 555 01011", nil, "numbers with country code 1 have 11"),
+            ("+12345678901234567", nil, "too long"),
+            ("+0 809 555 0101", nil, "starting with 0"),
+            ("+1 809 +555 0101", nil, "contains '+'"),
+            ("---", nil, "has no digits"),
+        ] as [(String, String?, String)])
     func refuses(input: String, country: String?, expected: String) throws {
         guard case .failure(let error) = PhoneNormalizer(defaultCountryCode: country).normalize(input) else {
             Issue.record("\(input) was accepted")
@@ -144,7 +164,8 @@ struct PhoneNumberTests {
 
     @Test("the same number written twice in one invoice collapses to one message")
     func duplicatesCollapse() throws {
-        let (invoices, summary) = try importCSV("\(csvHeader),phone2,phone3\nA,a,+1.809.555.0104,1,DOP,2026-03,+1 (809) 555-0104,+18295550105\n")
+        let (invoices, summary) = try importCSV(
+            "\(csvHeader),phone2,phone3\nA,a,+1.809.555.0104,1,DOP,2026-03,+1 (809) 555-0104,+18295550105\n")
         #expect(summary.isValid)
         #expect(invoices[0].phones == ["18095550104", "18295550105"])
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import Dispatcher
 
 @Suite("XML manifests")
@@ -54,7 +55,8 @@ struct XMLManifestReaderTests {
     func chunked(chunkSize: Int) throws {
         var invoices: [Invoice] = []
         _ = try ManifestImporter(options: .init()).importManifest(
-            from: XMLManifestReader(bytes: Array(good.utf8), chunkSize: chunkSize), format: .xml) { invoices.append($0) }
+            from: XMLManifestReader(bytes: Array(good.utf8), chunkSize: chunkSize), format: .xml
+        ) { invoices.append($0) }
         #expect(invoices.map(\.invoiceID) == ["INV-1", "INV-2"])
         #expect(invoices[0].property == "Torre <Norte>")
     }
@@ -88,7 +90,8 @@ struct XMLManifestReaderTests {
             """
         var names: [String] = []
         let summary = try ManifestImporter(options: .init()).importManifest(
-            from: XMLManifestReader(bytes: Array(xml.utf8)), format: .xml) { names.append($0.tenantName) }
+            from: XMLManifestReader(bytes: Array(xml.utf8)), format: .xml
+        ) { names.append($0.tenantName) }
         #expect(names.isEmpty)
         #expect(summary.issues.first?.message.contains("not allowed") == true)
         #expect(!summary.issues.contains { $0.message.contains("TOP-SECRET") })
@@ -118,7 +121,8 @@ struct XMLManifestReaderTests {
         bytes += Array("</tenant_name></invoice></invoices>".utf8)
         var count = 0
         let summary = try ManifestImporter(options: .init()).importManifest(
-            from: XMLManifestReader(bytes: bytes), format: .xml) { _ in count += 1 }
+            from: XMLManifestReader(bytes: bytes), format: .xml
+        ) { _ in count += 1 }
         #expect(count == 0)
         #expect(summary.issues.last?.message.contains("UTF-8") == true)
         #expect(summary.issues.last?.line == 2)

@@ -1,9 +1,10 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import StoreTesting
 import Testing
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// A long-running `dispatcher` process (the sandbox, or a send to be killed).
 final class Running: @unchecked Sendable {
@@ -95,30 +96,37 @@ func crashWorkspace(invoices: Int) throws -> URL {
         csv += "INV-\(i),Tenant \(i),+1809\(String(format: "%07d", i)),\(100 + i).00,DOP,2026-03,https://docs.example.com/INV-\(i).pdf\n"
     }
     try csv.write(to: folder.appendingPathComponent("big.csv"), atomically: true, encoding: .utf8)
-    try #"{"rules":[{"match":"suffix:","outcome":"delivered_read"}]}"#.write(to: folder.appendingPathComponent("scenario.json"), atomically: true, encoding: .utf8)
+    try #"{"rules":[{"match":"suffix:","outcome":"delivered_read"}]}"#.write(
+        to: folder.appendingPathComponent("scenario.json"), atomically: true, encoding: .utf8)
     return folder
 }
 
 @Suite("Crash safety (real processes on loopback)", .serialized)
 struct CrashSafetyTests {
-    @Test("kill -9 at random points of a 2,000-message run, then resume, repeated: no tenant twice, none left without a state",
-          arguments: engines)
+    @Test(
+        "kill -9 at random points of a 2,000-message run, then resume, repeated: no tenant twice, none left without a state",
+        arguments: engines)
     func killAndResume(engine: StoreEngine) async throws {
         let folder = try crashWorkspace(invoices: 2000)
         let database = try await freshDatabaseURL(engine)
         let sandboxPort = freePort(), receiverPort = sandboxPort + 1
         let secret = "crash-secret"
-        let sandbox = try Running(["sandbox", "--listen", "127.0.0.1:\(sandboxPort)", "--webhook-url", "http://127.0.0.1:\(receiverPort)/webhook",
-                                   "--app-secret", secret, "--throughput", "1000", "--scenario", "scenario.json"],
-                                  in: folder, environment: ["LOG_LEVEL": "error"])
+        let sandbox = try Running(
+            [
+                "sandbox", "--listen", "127.0.0.1:\(sandboxPort)", "--webhook-url", "http://127.0.0.1:\(receiverPort)/webhook",
+                "--app-secret", secret, "--throughput", "1000", "--scenario", "scenario.json",
+            ],
+            in: folder, environment: ["LOG_LEVEL": "error"])
         defer { sandbox.kill(SIGTERM); _ = sandbox.wait() }
         try await waitForHTTP("http://127.0.0.1:\(sandboxPort)/_sandbox/counters")
         // A killed run leaves its sender lease (30 s by default) behind. The same command run again
         // at once, as an operator would, takes it over: its holder's process is gone from this host.
         // No --wait-for-sender: a run refused as busy fails the test.
-        let environment = ["WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(sandboxPort)", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
-                           "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX", "WHATSAPP_APP_SECRET": secret, "LOG_LEVEL": "error",
-                           "DISPATCHER_DATABASE_URL": database]
+        let environment = [
+            "WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(sandboxPort)", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
+            "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX", "WHATSAPP_APP_SECRET": secret, "LOG_LEVEL": "error",
+            "DISPATCHER_DATABASE_URL": database,
+        ]
         let send = ["send", "big.csv", "--rate", "1000", "--listen", "127.0.0.1:\(receiverPort)", "--settle", "1s"]
         var kills = 0
         var finished = false
@@ -158,8 +166,9 @@ struct CrashSafetyTests {
         let unknown = states["unknown"] ?? 0
         #expect(accepted.count + unknown == 2000, "accepted \(accepted.count), unknown \(unknown)")
         // The operator's way out for those: retry --include-unknown after the settle window.
-        let retry = try Running(["retry", "big", "--include-unknown", "--rate", "1000", "--listen", "127.0.0.1:\(receiverPort)", "--settle", "3s"],
-                                in: folder, environment: environment)
+        let retry = try Running(
+            ["retry", "big", "--include-unknown", "--rate", "1000", "--listen", "127.0.0.1:\(receiverPort)", "--settle", "3s"],
+            in: folder, environment: environment)
         #expect(retry.wait() == 0)
         accepted = try await acceptedByMessage()
         #expect(accepted.count == 2000)
@@ -172,12 +181,18 @@ struct CrashSafetyTests {
     func gracefulStop() async throws {
         let folder = try crashWorkspace(invoices: 300)
         let sandboxPort = freePort()
-        let sandbox = try Running(["sandbox", "--listen", "127.0.0.1:\(sandboxPort)", "--app-secret", "x", "--throughput", "1000", "--scenario", "scenario.json"],
-                                  in: folder, environment: ["LOG_LEVEL": "error"])
+        let sandbox = try Running(
+            [
+                "sandbox", "--listen", "127.0.0.1:\(sandboxPort)", "--app-secret", "x", "--throughput", "1000", "--scenario",
+                "scenario.json",
+            ],
+            in: folder, environment: ["LOG_LEVEL": "error"])
         defer { sandbox.kill(SIGTERM); _ = sandbox.wait() }
         try await waitForHTTP("http://127.0.0.1:\(sandboxPort)/_sandbox/counters")
-        let environment = ["WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(sandboxPort)", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
-                           "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX", "LOG_LEVEL": "error"]
+        let environment = [
+            "WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(sandboxPort)", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
+            "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX", "LOG_LEVEL": "error",
+        ]
         let run = try Running(["send", "big.csv", "--rate", "50", "--settle", "1s"], in: folder, environment: environment)
         try await Task.sleep(for: .seconds(2))
         run.kill(SIGTERM)

@@ -1,11 +1,12 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
+import Store
 import StoreTesting
 import Testing
-import Store
 import WhatsApp
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// Several machines on one database, played by several processes on loopback: receivers behind a
 /// load balancer, and one billing run per sender number.
@@ -15,13 +16,18 @@ struct MultiProcessTests {
     /// in run "multi".
     func seedAccepted(_ store: any DispatchStore, count n: Int) async throws -> [String: MessageState] {
         try await store.saveRun(RunRecord(name: "multi", manifest: "m.csv", template: "invoice", sender: "S", createdAt: 1))
-        try await store.addInvoices((0..<n).map {
-            InvoiceRecord(run: "multi", invoiceID: "I-\($0)", line: $0 + 2, tenantName: "T \($0)", amountMinor: 100, currency: "DOP",
-                          period: "2026-03", locale: "es")
-        })
-        _ = try await store.addMessages((0..<n).map {
-            NewMessage(id: "m-\($0)", run: "multi", invoiceID: "I-\($0)", phone: "1809555\(String(format: "%04d", $0))", template: "invoice", language: "es")
-        })
+        try await store.addInvoices(
+            (0..<n).map {
+                InvoiceRecord(
+                    run: "multi", invoiceID: "I-\($0)", line: $0 + 2, tenantName: "T \($0)", amountMinor: 100, currency: "DOP",
+                    period: "2026-03", locale: "es")
+            })
+        _ = try await store.addMessages(
+            (0..<n).map {
+                NewMessage(
+                    id: "m-\($0)", run: "multi", invoiceID: "I-\($0)", phone: "1809555\(String(format: "%04d", $0))", template: "invoice",
+                    language: "es")
+            })
         var start: [String: MessageState] = [:]
         let numbers = try await store.beginAttempts(messageIDs: (0..<n).map { "m-\($0)" }, at: 2)
         var outcomes: [AttemptOutcome] = []
@@ -43,7 +49,9 @@ struct MultiProcessTests {
         let items = statuses.map { s in
             #"{"id":"wamid.\#(s.id)","status":"\#(s.status)","timestamp":"\#(s.ts)","recipient_id":"1809555\#(String(format: "%04d", s.id))","biz_opaque_callback_data":"m-\#(s.id)"\#(s.status == "failed" ? #","errors":[{"code":131026,"title":"Message undeliverable"}]"# : "")}"#
         }.joined(separator: ",")
-        return Array(#"{"object":"whatsapp_business_account","entry":[{"id":"WABA","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"1","phone_number_id":"S"},"statuses":[\#(items)]}}]}]}"#.utf8)
+        return Array(
+            #"{"object":"whatsapp_business_account","entry":[{"id":"WABA","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"1","phone_number_id":"S"},"statuses":[\#(items)]}}]}]}"#
+                .utf8)
     }
 
     func post(_ body: [UInt8], to url: String, signer: WebhookSignature) async throws -> Int {
@@ -87,8 +95,9 @@ struct MultiProcessTests {
         let signer = WebhookSignature(appSecret: secret)
         let ports = [freePort(), freePort() + 1]
         let receivers = try ports.map { port in
-            try Running(["serve", "--listen", "127.0.0.1:\(port)", "--db", url], in: packageRoot,
-                        environment: ["WHATSAPP_APP_SECRET": secret, "DISPATCHER_API_TOKEN": "t", "LOG_LEVEL": "error"])
+            try Running(
+                ["serve", "--listen", "127.0.0.1:\(port)", "--db", url], in: packageRoot,
+                environment: ["WHATSAPP_APP_SECRET": secret, "DISPATCHER_API_TOKEN": "t", "LOG_LEVEL": "error"])
         }
         defer { for r in receivers { r.kill(SIGTERM); _ = r.wait() } }
         for port in ports { try await waitForHTTP("http://127.0.0.1:\(port)/health") }
@@ -135,10 +144,12 @@ struct MultiProcessTests {
     /// A folder with the templates and a manifest of `invoices` tenants, invoice ids prefixed.
     func senderWorkspace(_ name: String, invoices: Int, prefix: String) throws -> URL {
         let folder = try temporaryDirectory()
-        try FileManager.default.copyItem(at: packageRoot.appendingPathComponent("templates"), to: folder.appendingPathComponent("templates"))
+        try FileManager.default.copyItem(
+            at: packageRoot.appendingPathComponent("templates"), to: folder.appendingPathComponent("templates"))
         var csv = "invoice_id,tenant_name,phone,amount,currency,period,document_url\n"
         for i in 0..<invoices {
-            csv += "\(prefix)-\(i),Tenant \(i),+1809\(String(format: "%07d", i * 100 + 1)),\(100 + i).00,DOP,2026-03,https://docs.example.com/\(i).pdf\n"
+            csv +=
+                "\(prefix)-\(i),Tenant \(i),+1809\(String(format: "%07d", i * 100 + 1)),\(100 + i).00,DOP,2026-03,https://docs.example.com/\(i).pdf\n"
         }
         try csv.write(to: folder.appendingPathComponent(name), atomically: true, encoding: .utf8)
         return folder
@@ -153,7 +164,9 @@ struct MultiProcessTests {
         Issue.record("timed out")
     }
 
-    @Test("one run per sender number: a second send refuses, another number proceeds, a crashed holder's lease is taken over at once", arguments: engines)
+    @Test(
+        "one run per sender number: a second send refuses, another number proceeds, a crashed holder's lease is taken over at once",
+        arguments: engines)
     func senderLease(engine: StoreEngine) async throws {
         let url = try await freshDatabaseURL(engine)
         let store = try await StoreOpener.open(url: url)
@@ -166,20 +179,23 @@ struct MultiProcessTests {
         numberB["WHATSAPP_PHONE_NUMBER_ID"] = "NUMBER-B"
 
         // The first run sends slowly from number A.
-        let first = try Running(["send", "april.csv", "--sandbox", "--rate", "4", "--settle", "1s", "--db", url], in: folder, environment: numberA)
+        let first = try Running(
+            ["send", "april.csv", "--sandbox", "--rate", "4", "--settle", "1s", "--db", url], in: folder, environment: numberA)
         try await eventually {
             try await store.stateCounts(run: "april").filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +) > 0
         }
 
         // A second run from number A is refused, saying who sends and what to do.
-        let second = try DispatcherProcess.run(["send", "april.csv", "--sandbox", "--run", "april-again", "--db", url], in: folder, environment: numberA)
+        let second = try DispatcherProcess.run(
+            ["send", "april.csv", "--sandbox", "--run", "april-again", "--db", url], in: folder, environment: numberA)
         #expect(second.status == 1)
         #expect(second.stderr.contains("sender NUMBER-A is busy: run 'april'"), "\(second.stderr)")
         #expect(second.stderr.contains("--wait-for-sender"))
         #expect(try await store.stateCounts(run: "april-again").isEmpty)
 
         // Number B is not held up.
-        let parallel = try DispatcherProcess.run(["send", "may.csv", "--sandbox", "--settle", "1s", "--db", url], in: other, environment: numberB)
+        let parallel = try DispatcherProcess.run(
+            ["send", "may.csv", "--sandbox", "--settle", "1s", "--db", url], in: other, environment: numberB)
         #expect(parallel.status == 0, "\(parallel.stderr)")
         #expect(first.process.isRunning, "number B's run finished while number A's was still sending")
         #expect(try await store.stateCounts(run: "may")[.queued] == nil)
@@ -188,8 +204,9 @@ struct MultiProcessTests {
         // (no waiting for it to expire; a holder on another host would be waited for).
         first.kill(SIGKILL)
         _ = first.wait()
-        let resumed = try DispatcherProcess.run(["send", "april.csv", "--sandbox", "--settle", "1s", "--db", url],
-                                                in: folder, environment: numberA)
+        let resumed = try DispatcherProcess.run(
+            ["send", "april.csv", "--sandbox", "--settle", "1s", "--db", url],
+            in: folder, environment: numberA)
         #expect(resumed.status == 0, "\(resumed.stderr)")
         let counts = try await store.stateCounts(run: "april")
         #expect(counts[.queued] == nil && counts[.sending] == nil, "\(counts)")

@@ -34,7 +34,9 @@ struct DispatcherProcess {
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
         let stderr = err.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        return Output(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self))
+        return Output(
+            status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+            stderr: String(decoding: stderr, as: UTF8.self))
     }
 }
 
@@ -53,7 +55,9 @@ struct PreviewCommandTests {
         let out = try temporaryDirectory()
         // No database yet: the preview reads none and creates none.
         let database = out.appendingPathComponent("none.sqlite")
-        let result = try DispatcherProcess.run(["preview", "samples/march-2026.csv", "--json", "--out", out.path, "--db", "sqlite:" + database.path])
+        let result = try DispatcherProcess.run([
+            "preview", "samples/march-2026.csv", "--json", "--out", out.path, "--db", "sqlite:" + database.path,
+        ])
         #expect(result.status == 0)
         #expect(!FileManager.default.fileExists(atPath: database.path))
         let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
@@ -107,8 +111,10 @@ struct PreviewCommandTests {
         #expect(missing.stderr.contains("no manifest at no-such-file.csv"))
         let templates = try temporaryDirectory()
         try FileManager.default.createDirectory(at: templates.appendingPathComponent("whatsapp"), withIntermediateDirectories: true)
-        try Data(#"{"name":"invoice","category":"UTILITY","body":[{"source":"tenant_name"}],"languages":{"es":{"body":"{{1}} {{2}}"}}}"#.utf8)
-            .write(to: templates.appendingPathComponent("whatsapp/invoice.json"))
+        try Data(
+            #"{"name":"invoice","category":"UTILITY","body":[{"source":"tenant_name"}],"languages":{"es":{"body":"{{1}} {{2}}"}}}"#.utf8
+        )
+        .write(to: templates.appendingPathComponent("whatsapp/invoice.json"))
         let bad = try DispatcherProcess.run(["preview", "samples/march-2026.csv", "--templates", templates.path])
         #expect(bad.status == 1)
         #expect(bad.stderr.contains("132000"))
@@ -127,7 +133,8 @@ struct PreviewCommandTests {
 struct SendCommandTests {
     func workspace(_ csv: String) throws -> URL {
         let folder = try temporaryDirectory()
-        try FileManager.default.copyItem(at: packageRoot.appendingPathComponent("templates"), to: folder.appendingPathComponent("templates"))
+        try FileManager.default.copyItem(
+            at: packageRoot.appendingPathComponent("templates"), to: folder.appendingPathComponent("templates"))
         try csv.write(to: folder.appendingPathComponent("month.csv"), atomically: true, encoding: .utf8)
         return folder
     }
@@ -144,7 +151,8 @@ struct SendCommandTests {
 
     @Test("retry resends only what failed for a retryable reason; the --json object is the spec's")
     func retryOnlyRetryable() throws {
-        let folder = try workspace("""
+        let folder = try workspace(
+            """
             invoice_id,tenant_name,phone,amount,currency,period,document_url
             A,Ana,+18095550195,100.00,DOP,2026-03,https://docs.example.com/A.pdf
             B,Beto,+18095550107,200.00,DOP,2026-03,https://docs.example.com/B.pdf
@@ -154,7 +162,10 @@ struct SendCommandTests {
         let send = try DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "3s", "--json"], in: folder)
         #expect(send.status == 0)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(send.stdout.utf8)) as? [String: Any])
-        #expect(Set(object.keys) == ["run", "messages", "accepted", "sent", "delivered", "read", "failed", "pending", "unknown", "skipped", "report"])
+        #expect(
+            Set(object.keys) == [
+                "run", "messages", "accepted", "sent", "delivered", "read", "failed", "pending", "unknown", "skipped", "report",
+            ])
         #expect(object["failed"] as? Int == 2)
         #expect(object["read"] as? Int == 1)
         // 131049 is retryable, but not before 24 hours: retry says so and sends nothing…
@@ -178,7 +189,8 @@ struct SendCommandTests {
 
     @Test("optout add/list/remove by number; preview counts opt-outs and earlier sends as send will skip them")
     func optOutsAndPreview() throws {
-        let folder = try workspace("""
+        let folder = try workspace(
+            """
             invoice_id,tenant_name,phone,amount,currency,period,document_url
             A,Ana,+18095550101,100.00,DOP,2026-03,https://docs.example.com/A.pdf
             B,Beto,+18095550102,200.00,DOP,2026-03,https://docs.example.com/B.pdf
@@ -189,15 +201,16 @@ struct SendCommandTests {
         #expect(send.status == 0, "\(send.stderr)")
         // April's manifest: A and B again (new invoices), C's March invoice again, and D.
         try """
-            invoice_id,tenant_name,phone,amount,currency,period,document_url
-            A4,Ana,+18095550101,100.00,DOP,2026-04,https://docs.example.com/A4.pdf
-            B4,Beto,809-555-0102,200.00,DOP,2026-04,https://docs.example.com/B4.pdf
-            C,Cira,+18095550103,300.00,DOP,2026-03,https://docs.example.com/C.pdf
-            D4,Dora,+18095550104,400.00,DOP,2026-04,https://docs.example.com/D4.pdf
+        invoice_id,tenant_name,phone,amount,currency,period,document_url
+        A4,Ana,+18095550101,100.00,DOP,2026-04,https://docs.example.com/A4.pdf
+        B4,Beto,809-555-0102,200.00,DOP,2026-04,https://docs.example.com/B4.pdf
+        C,Cira,+18095550103,300.00,DOP,2026-03,https://docs.example.com/C.pdf
+        D4,Dora,+18095550104,400.00,DOP,2026-04,https://docs.example.com/D4.pdf
 
-            """.write(to: folder.appendingPathComponent("april.csv"), atomically: true, encoding: .utf8)
+        """.write(to: folder.appendingPathComponent("april.csv"), atomically: true, encoding: .utf8)
 
-        let add = try DispatcherProcess.run(["optout", "add", "809 555 0102", "--default-country-code", "1", "--note", "asked by phone"], in: folder)
+        let add = try DispatcherProcess.run(
+            ["optout", "add", "809 555 0102", "--default-country-code", "1", "--note", "asked by phone"], in: folder)
         #expect(add.status == 0, "\(add.stderr)")
         #expect(add.stdout.contains("opted out +18095550102"))
         let list = try DispatcherProcess.run(["optout", "list", "--json"], in: folder)
@@ -215,7 +228,8 @@ struct SendCommandTests {
         #expect(preview.stderr.contains("opted out    1"))
 
         // What send then does matches the preview.
-        let april = try DispatcherProcess.run(["send", "april.csv", "--sandbox", "--settle", "1s", "--json", "--default-country-code", "1"], in: folder)
+        let april = try DispatcherProcess.run(
+            ["send", "april.csv", "--sandbox", "--settle", "1s", "--json", "--default-country-code", "1"], in: folder)
         #expect(april.status == 0, "\(april.stderr)")
         let sent = try #require(try JSONSerialization.jsonObject(with: Data(april.stdout.utf8)) as? [String: Any])
         #expect(sent["skipped"] as? Int == 2)
@@ -234,7 +248,8 @@ struct SendCommandTests {
 
     @Test("a --listen port already taken ends the run at once with the reason, and nothing is sent")
     func listenPortTaken() async throws {
-        let folder = try workspace("""
+        let folder = try workspace(
+            """
             invoice_id,tenant_name,phone,amount,currency,period,document_url
             A,Ana,+18095550101,100.00,DOP,2026-03,https://docs.example.com/A.pdf
 
@@ -244,7 +259,8 @@ struct SendCommandTests {
         var held = true
         defer { if held { close(holder) } }
         // Before, the run waited forever for a receiver that had already failed to start.
-        let run = try Running(["send", "month.csv", "--sandbox", "--listen", "127.0.0.1:\(port)", "--settle", "1s"], in: folder, environment: [:])
+        let run = try Running(
+            ["send", "month.csv", "--sandbox", "--listen", "127.0.0.1:\(port)", "--settle", "1s"], in: folder, environment: [:])
         let deadline = ContinuousClock.now + .seconds(30)
         while run.process.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
         if run.process.isRunning { run.kill(SIGKILL) }
@@ -262,19 +278,25 @@ struct SendCommandTests {
 
     @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")
     func exitCodes() throws {
-        let invalid = try DispatcherProcess.run(["send", "samples/broken.csv", "--sandbox", "--db", "sqlite:\(try temporaryDirectory().path)/x.sqlite"])
+        let invalid = try DispatcherProcess.run([
+            "send", "samples/broken.csv", "--sandbox", "--db", "sqlite:\(try temporaryDirectory().path)/x.sqlite",
+        ])
         #expect(invalid.status == 65)
         #expect(invalid.stdout.contains("nothing was sent"))
-        let folder = try workspace("""
+        let folder = try workspace(
+            """
             invoice_id,tenant_name,phone,amount,currency,period,document_url
             A,Ana,+18095550101,100.00,DOP,2026-03,https://docs.example.com/A.pdf
 
             """)
-        let noToken = try DispatcherProcess.run(["send", "month.csv"], in: folder, environment: ["WHATSAPP_ACCESS_TOKEN": "", "WHATSAPP_PHONE_NUMBER_ID": ""])
+        let noToken = try DispatcherProcess.run(
+            ["send", "month.csv"], in: folder, environment: ["WHATSAPP_ACCESS_TOKEN": "", "WHATSAPP_PHONE_NUMBER_ID": ""])
         #expect(noToken.status == 64)
         #expect(noToken.stderr.contains("WHATSAPP_ACCESS_TOKEN"))
-        try #"{"rules":[{"match":"suffix:","outcome":"payment_issue"}]}"#.write(to: folder.appendingPathComponent("broke.json"), atomically: true, encoding: .utf8)
-        let halted = try DispatcherProcess.run(["send", "month.csv", "--sandbox", "--sandbox-scenario", "broke.json", "--settle", "1s"], in: folder)
+        try #"{"rules":[{"match":"suffix:","outcome":"payment_issue"}]}"#.write(
+            to: folder.appendingPathComponent("broke.json"), atomically: true, encoding: .utf8)
+        let halted = try DispatcherProcess.run(
+            ["send", "month.csv", "--sandbox", "--sandbox-scenario", "broke.json", "--settle", "1s"], in: folder)
         #expect(halted.status == 69)
         #expect(halted.stdout.contains("HALTED: (#131042)"))
         #expect(halted.stdout.contains("fix the payment method"))

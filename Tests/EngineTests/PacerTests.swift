@@ -1,6 +1,7 @@
 import Testing
-@testable import Engine
 import WhatsApp
+
+@testable import Engine
 
 @Suite("Pacer")
 struct PacerTests {

@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+
 @testable import Engine
 
 @Suite("Send queue: the pair rule per tenant")

@@ -1,6 +1,7 @@
 import Dispatcher
 import Foundation
 import Testing
+
 @testable import Reports
 
 @Suite("CSV writer")
@@ -44,15 +45,23 @@ struct CSVWriterTests {
         }
         try writer.finish()
         let text = try String(contentsOfFile: path, encoding: .utf8)
-        #expect(text == ",1970-01-01T00:00:00Z,2000-02-29T00:00:00Z,2026-02-25T06:13:20Z,2099-12-31T23:59:59Z,1969-12-30T23:59:59Z,,0,7,131026,-42,12345.50,-0.05,1500,0.007\r\n")
-        #expect(times.compactMap { $0 }.map { iso($0) } == ["1970-01-01T00:00:00Z", "2000-02-29T00:00:00Z", "2026-02-25T06:13:20Z",
-                                                              "2099-12-31T23:59:59Z", "1969-12-30T23:59:59Z"])
+        #expect(
+            text
+                == ",1970-01-01T00:00:00Z,2000-02-29T00:00:00Z,2026-02-25T06:13:20Z,2099-12-31T23:59:59Z,1969-12-30T23:59:59Z,,0,7,131026,-42,12345.50,-0.05,1500,0.007\r\n"
+        )
+        #expect(
+            times.compactMap { $0 }.map { iso($0) } == [
+                "1970-01-01T00:00:00Z", "2000-02-29T00:00:00Z", "2026-02-25T06:13:20Z",
+                "2099-12-31T23:59:59Z", "1969-12-30T23:59:59Z",
+            ])
     }
 
     @Test("cells a spreadsheet would run as formulas are defused; our own numbers are not")
     func formulaInjection() throws {
-        let (_, bytes) = try write(.standard, [[.text("=HYPERLINK(\"http://evil\")"), .text("+1"), .text("-2"), .text("@SUM(A1)"), .plain("-50.00"), .text("ok")]])
-        #expect(String(decoding: bytes, as: UTF8.self) == "\"'=HYPERLINK(\"\"http://evil\"\")\",\"'+1\",\"'-2\",\"'@SUM(A1)\",-50.00,ok\r\n")
+        let (_, bytes) = try write(
+            .standard, [[.text("=HYPERLINK(\"http://evil\")"), .text("+1"), .text("-2"), .text("@SUM(A1)"), .plain("-50.00"), .text("ok")]])
+        #expect(
+            String(decoding: bytes, as: UTF8.self) == "\"'=HYPERLINK(\"\"http://evil\"\")\",\"'+1\",\"'-2\",\"'@SUM(A1)\",-50.00,ok\r\n")
     }
 
     @Test("the Excel dialect has a BOM and ';'")

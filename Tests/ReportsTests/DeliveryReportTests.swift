@@ -2,6 +2,7 @@ import Dispatcher
 import Foundation
 import StoreTesting
 import Testing
+
 @testable import Reports
 @testable import Store
 @testable import WhatsApp
@@ -13,16 +14,24 @@ func reportStore(_ engine: StoreEngine = .sqlite) async throws -> any DispatchSt
 }
 
 /// A run: two landlords, DOP and USD, messages in every state.
-func seedReport(_ store: any DispatchStore, states: [(invoice: String, landlord: String, amount: Int64, currency: String, state: MessageState, code: Int?)]) async throws {
-    try await store.saveRun(RunRecord(name: "march", manifest: "m.csv", template: "invoice", sender: "123", status: .done, createdAt: 1_772_000_000))
-    try await store.addInvoices(states.map {
-        InvoiceRecord(run: "march", invoiceID: $0.invoice, line: 2, tenantName: "Tenant \($0.invoice), \"quoted\"", landlord: $0.landlord,
-                      amountMinor: $0.amount, currency: $0.currency, period: "2026-03", locale: "es-DO", email: "=cmd|' /C calc'!A0")
-    })
-    _ = try await store.addMessages(states.enumerated().map { i, s in
-        NewMessage(id: "m-\(i)", run: "march", invoiceID: s.invoice, phone: "1809555\(1000 + i)", template: "invoice", language: "es",
-                   state: s.state == .skipped ? .skipped : .queued, skipReason: s.state == .skipped ? "nothing due" : nil)
-    })
+func seedReport(
+    _ store: any DispatchStore,
+    states: [(invoice: String, landlord: String, amount: Int64, currency: String, state: MessageState, code: Int?)]
+) async throws {
+    try await store.saveRun(
+        RunRecord(name: "march", manifest: "m.csv", template: "invoice", sender: "123", status: .done, createdAt: 1_772_000_000))
+    try await store.addInvoices(
+        states.map {
+            InvoiceRecord(
+                run: "march", invoiceID: $0.invoice, line: 2, tenantName: "Tenant \($0.invoice), \"quoted\"", landlord: $0.landlord,
+                amountMinor: $0.amount, currency: $0.currency, period: "2026-03", locale: "es-DO", email: "=cmd|' /C calc'!A0")
+        })
+    _ = try await store.addMessages(
+        states.enumerated().map { i, s in
+            NewMessage(
+                id: "m-\(i)", run: "march", invoiceID: s.invoice, phone: "1809555\(1000 + i)", template: "invoice", language: "es",
+                state: s.state == .skipped ? .skipped : .queued, skipReason: s.state == .skipped ? "nothing due" : nil)
+        })
     for (i, s) in states.enumerated() where s.state != .skipped && s.state != .queued {
         let id = "m-\(i)"
         let attempt = try await store.beginAttempt(messageID: id, at: 1_772_000_000)
@@ -36,7 +45,11 @@ func seedReport(_ store: any DispatchStore, states: [(invoice: String, landlord:
         case .sent: contents.statuses = [StatusUpdate(wamid: "wamid.\(i)", status: "sent", timestamp: 1_772_000_002)]
         case .delivered: contents.statuses = [StatusUpdate(wamid: "wamid.\(i)", status: "delivered", timestamp: 1_772_000_003)]
         case .read: contents.statuses = [StatusUpdate(wamid: "wamid.\(i)", status: "read", timestamp: 1_772_000_004)]
-        case .failed: contents.statuses = [StatusUpdate(wamid: "wamid.\(i)", status: "failed", timestamp: 1_772_000_005, errorCode: s.code, errorTitle: "Message undeliverable")]
+        case .failed:
+            contents.statuses = [
+                StatusUpdate(
+                    wamid: "wamid.\(i)", status: "failed", timestamp: 1_772_000_005, errorCode: s.code, errorTitle: "Message undeliverable")
+            ]
         default: break
         }
         _ = try await store.ingestWebhook(body: [], signature: nil, contents: contents, parseError: nil, at: 1_772_000_010)
@@ -58,14 +71,20 @@ func readCSV(_ path: String) throws -> [[String: String]] {
             if c == "\"" {
                 let next = text.index(after: i)
                 if next < text.endIndex && text[next] == "\"" { field.append("\""); i = next } else { quoted = false }
-            } else { field.append(c) }
-        } else if c == "\"" { quoted = true }
-        else if c == delimiter { row.append(field); field = "" }
-        else if c == "\r\n" || c == "\n" || c == "\r" {
+            } else {
+                field.append(c)
+            }
+        } else if c == "\"" {
+            quoted = true
+        } else if c == delimiter {
+            row.append(field); field = ""
+        } else if c == "\r\n" || c == "\n" || c == "\r" {
             row.append(field); field = ""
             if let h = header { rows.append(Dictionary(uniqueKeysWithValues: zip(h, row))) } else { header = row }
             row = []
-        } else { field.append(c) }
+        } else {
+            field.append(c)
+        }
         i = text.index(after: i)
     }
     return rows
@@ -74,14 +93,17 @@ func readCSV(_ path: String) throws -> [[String: String]] {
 @Suite("Delivery report")
 struct DeliveryReportTests {
     let mix: [(invoice: String, landlord: String, amount: Int64, currency: String, state: MessageState, code: Int?)] = [
-        ("A", "Caribe", 1_000_00, "DOP", .read, nil), ("B", "Caribe", 2_000_00, "DOP", .delivered, nil), ("C", "Caribe", 3_000_00, "DOP", .failed, 131026),
-        ("D", "Caribe", 50_00, "USD", .sent, nil), ("E", "Próceres", 4_000_00, "DOP", .failed, 131049), ("F", "Próceres", 5_000_00, "DOP", .unknown, nil),
+        ("A", "Caribe", 1_000_00, "DOP", .read, nil), ("B", "Caribe", 2_000_00, "DOP", .delivered, nil),
+        ("C", "Caribe", 3_000_00, "DOP", .failed, 131026),
+        ("D", "Caribe", 50_00, "USD", .sent, nil), ("E", "Próceres", 4_000_00, "DOP", .failed, 131049),
+        ("F", "Próceres", 5_000_00, "DOP", .unknown, nil),
         ("G", "Próceres", 0, "DOP", .skipped, nil), ("H", "Próceres", 6_000_00, "DOP", .read, nil),
     ]
 
     func write(_ store: any DispatchStore, lang: String = "en", excel: Bool = false, landlord: String? = nil) async throws -> ReportFiles {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("report-\(UUID().uuidString)").path
-        let writer = try await DeliveryReportWriter(templatesDirectory: reportsRoot.appendingPathComponent("templates").path, lang: lang, excel: excel)
+        let writer = try await DeliveryReportWriter(
+            templatesDirectory: reportsRoot.appendingPathComponent("templates").path, lang: lang, excel: excel)
         return try await writer.write(run: try await store.run(named: "march")!, store: store, to: directory, landlord: landlord)
     }
 

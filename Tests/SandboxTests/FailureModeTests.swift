@@ -3,10 +3,11 @@ import Foundation
 import Sandbox
 import StoreTesting
 import Testing
-@testable import Store
-@testable import WhatsApp
+
 @testable import Engine
 @testable import Server
+@testable import Store
+@testable import WhatsApp
 
 func phones(_ count: Int, from start: Int = 0) -> [String] {
     // Numbers ending in 00: delivered and read by default, no scripted trouble (…90 would be transient_once).
@@ -55,7 +56,9 @@ struct FailureModeTests {
         }
     }
 
-    @Test("132001 for one language stops that language only: the others are sent, its messages stay queued, the run ends halted naming it", arguments: engines)
+    @Test(
+        "132001 for one language stops that language only: the others are sent, its messages stay queued, the run ends halted naming it",
+        arguments: engines)
     func missingLanguage(engine: StoreEngine) async throws {
         let scenario = Scenario(missingLanguages: ["fr"])
         try await Harness.run(scenario: scenario, engine: engine) { h in
@@ -64,7 +67,8 @@ struct FailureModeTests {
             let numbers = phones(90)
             var text = "invoice_id,tenant_name,phone,amount,currency,period,locale,document_url\n"
             for (i, phone) in numbers.enumerated() {
-                text += "L-\(i),Tenant \(i),+\(phone),100.00,DOP,2026-03,\(i % 3 == 0 ? "fr" : "es-DO"),https://docs.example.com/L-\(i).pdf\n"
+                text +=
+                    "L-\(i),Tenant \(i),+\(phone),100.00,DOP,2026-03,\(i % 3 == 0 ? "fr" : "es-DO"),https://docs.example.com/L-\(i).pdf\n"
             }
             let path = try freshPath().replacingOccurrences(of: "dispatcher.sqlite", with: "languages.csv")
             try text.write(toFile: path, atomically: true, encoding: .utf8)
@@ -156,11 +160,13 @@ struct FailureModeTests {
         try await keeper.acquire()
         await keeper.release()
 
-        _ = try await store.acquireSenderLease(sender: "S", holder: "other-host pid 1 #2", run: "remote", ttl: 3600, at: Date().timeIntervalSince1970)
+        _ = try await store.acquireSenderLease(
+            sender: "S", holder: "other-host pid 1 #2", run: "remote", ttl: 3600, at: Date().timeIntervalSince1970)
         await #expect(throws: SenderBusy.self) { try await SenderLeaseKeeper(store: store, sender: "S", run: "again", ttl: 30).acquire() }
         try await store.releaseSenderLease(sender: "S", holder: "other-host pid 1 #2")
 
-        _ = try await store.acquireSenderLease(sender: "S", holder: "\(host) pid \(getpid()) #3", run: "live", ttl: 3600, at: Date().timeIntervalSince1970)
+        _ = try await store.acquireSenderLease(
+            sender: "S", holder: "\(host) pid \(getpid()) #3", run: "live", ttl: 3600, at: Date().timeIntervalSince1970)
         await #expect(throws: SenderBusy.self) { try await SenderLeaseKeeper(store: store, sender: "S", run: "again", ttl: 30).acquire() }
     }
 }

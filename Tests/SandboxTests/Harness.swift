@@ -1,16 +1,18 @@
 import Dispatcher
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Logging
 import Sandbox
 import ServiceLifecycle
 import StoreTesting
-@testable import Store
-@testable import WhatsApp
+
 @testable import Engine
 @testable import Server
+@testable import Store
+@testable import WhatsApp
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 let testPackageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
@@ -26,7 +28,8 @@ struct Harness {
 
     static func run<T: Sendable>(
         throughput: Double = 1000, pairBurst: Int = 1, pairInterval: Double = 6, scenario: Scenario = Scenario(),
-        statusSpacing: Double = 0.05, clientTimeout: Duration = .seconds(10), store existing: (any DispatchStore)? = nil, engine: StoreEngine = .sqlite,
+        statusSpacing: Double = 0.05, clientTimeout: Duration = .seconds(10), store existing: (any DispatchStore)? = nil,
+        engine: StoreEngine = .sqlite,
         jwtSecret: String? = nil,
         _ body: @Sendable (Harness) async throws -> T
     ) async throws -> T {
@@ -40,28 +43,39 @@ struct Harness {
         let catalog = try TemplateCatalog(directory: testPackageRoot.appendingPathComponent("templates").path)
         let receiverReady = Ready(), sandboxReady = Ready()
         let senderBox = SenderBox()
-        let server = DispatcherServer(store: store, configuration: ServerConfiguration(appSecret: appSecret, apiToken: "api-token", jwtSecret: jwtSecret),
-                                      sender: senderBox)
-        let receiver = ServiceGroup(configuration: .init(services: [Body { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { await receiverReady.set($0) } }],
-                                                         gracefulShutdownSignals: [], logger: logger))
+        let server = DispatcherServer(
+            store: store, configuration: ServerConfiguration(appSecret: appSecret, apiToken: "api-token", jwtSecret: jwtSecret),
+            sender: senderBox)
+        let receiver = ServiceGroup(
+            configuration: .init(
+                services: [Body { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { await receiverReady.set($0) } }],
+                gracefulShutdownSignals: [], logger: logger))
         return try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await receiver.run() }
             let receiverPort = await receiverReady.wait()
-            let sandbox = Sandbox(configuration: SandboxConfiguration(
-                appSecret: appSecret, webhookURL: "http://127.0.0.1:\(receiverPort)/webhook", throughput: throughput, pairBurst: pairBurst,
-                pairInterval: pairInterval, statusSpacing: statusSpacing, templates: catalog, scenario: scenario))
-            let simulator = ServiceGroup(configuration: .init(services: [Body { try await sandbox.run(logger: logger) { await sandboxReady.set($0) } }],
-                                                              gracefulShutdownSignals: [], logger: logger))
+            let sandbox = Sandbox(
+                configuration: SandboxConfiguration(
+                    appSecret: appSecret, webhookURL: "http://127.0.0.1:\(receiverPort)/webhook", throughput: throughput,
+                    pairBurst: pairBurst,
+                    pairInterval: pairInterval, statusSpacing: statusSpacing, templates: catalog, scenario: scenario))
+            let simulator = ServiceGroup(
+                configuration: .init(
+                    services: [Body { try await sandbox.run(logger: logger) { await sandboxReady.set($0) } }],
+                    gracefulShutdownSignals: [], logger: logger))
             tasks.addTask { try await simulator.run() }
             let sandboxPort = await sandboxReady.wait()
-            let graph = GraphConfiguration(baseURL: "http://127.0.0.1:\(sandboxPort)", apiVersion: "v23.0", phoneNumberID: "SANDBOX",
-                                           accessToken: "sandbox-token", timeout: clientTimeout)
+            let graph = GraphConfiguration(
+                baseURL: "http://127.0.0.1:\(sandboxPort)", apiVersion: "v23.0", phoneNumberID: "SANDBOX",
+                accessToken: "sandbox-token", timeout: clientTimeout)
             let apiClient = GraphClient(configuration: graph)
-            await senderBox.set(InvoiceAPISender(store: store, client: apiClient, catalog: catalog, defaultLanguage: "es", defaultCountryCode: "1"))
-            let harness = Harness(store: store,
-                                  graph: GraphConfiguration(baseURL: "http://127.0.0.1:\(sandboxPort)", apiVersion: "v23.0", phoneNumberID: "SANDBOX",
-                                                            accessToken: "sandbox-token", timeout: clientTimeout),
-                                  sandboxURL: "http://127.0.0.1:\(sandboxPort)", receiverURL: "http://127.0.0.1:\(receiverPort)")
+            await senderBox.set(
+                InvoiceAPISender(store: store, client: apiClient, catalog: catalog, defaultLanguage: "es", defaultCountryCode: "1"))
+            let harness = Harness(
+                store: store,
+                graph: GraphConfiguration(
+                    baseURL: "http://127.0.0.1:\(sandboxPort)", apiVersion: "v23.0", phoneNumberID: "SANDBOX",
+                    accessToken: "sandbox-token", timeout: clientTimeout),
+                sandboxURL: "http://127.0.0.1:\(sandboxPort)", receiverURL: "http://127.0.0.1:\(receiverPort)")
             let result: Result<T, any Error>
             do { result = .success(try await body(harness)) } catch { result = .failure(error) }
             try? await apiClient.shutdown()
@@ -108,7 +122,6 @@ struct Body: Service {
     func run() async throws { try await body() }
 }
 
-
 func freshPath() throws -> String {
     let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-sandbox-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
@@ -117,20 +130,32 @@ func freshPath() throws -> String {
 
 /// A valid `invoice` template request to a number, naming message `id`.
 func invoiceRequest(to phone: String, id: String, language: String = "es", bodyParameters: Int = 4) -> TemplateMessageRequest {
-    var body: [TemplateMessageRequest.Parameter] = [.text("María Pérez"), .text("marzo 2026"),
-                                                    .currency(fallback: "RD$12,345.50", code: "DOP", amount1000: 12_345_500), .text("10 de marzo de 2026")]
+    var body: [TemplateMessageRequest.Parameter] = [
+        .text("María Pérez"), .text("marzo 2026"),
+        .currency(fallback: "RD$12,345.50", code: "DOP", amount1000: 12_345_500), .text("10 de marzo de 2026"),
+    ]
     body = Array(body.prefix(bodyParameters))
-    return TemplateMessageRequest(to: phone, callbackData: id, template: .init(name: "invoice", language: .init(code: language), components: [
-        .init(type: "header", parameters: [.document(link: "https://docs.example.com/i.pdf", filename: "i.pdf")]),
-        .init(type: "body", parameters: body),
-    ]))
+    return TemplateMessageRequest(
+        to: phone, callbackData: id,
+        template: .init(
+            name: "invoice", language: .init(code: language),
+            components: [
+                .init(type: "header", parameters: [.document(link: "https://docs.example.com/i.pdf", filename: "i.pdf")]),
+                .init(type: "body", parameters: body),
+            ]))
 }
 
 /// Stores a run with one queued message per phone, ids `m-PHONE`.
 func seedMessages(_ store: any DispatchStore, phones: [String], run: String = "t") async throws {
     try await store.saveRun(RunRecord(name: run, manifest: "m", template: "invoice", sender: "SANDBOX", createdAt: 1))
-    try await store.addInvoices(phones.map { InvoiceRecord(run: run, invoiceID: "I-\($0)", line: 2, tenantName: "T", amountMinor: 100, currency: "DOP", period: "2026-03", locale: "es") })
-    _ = try await store.addMessages(phones.map { NewMessage(id: "m-\($0)", run: run, invoiceID: "I-\($0)", phone: $0, template: "invoice", language: "es") })
+    try await store.addInvoices(
+        phones.map {
+            InvoiceRecord(
+                run: run, invoiceID: "I-\($0)", line: 2, tenantName: "T", amountMinor: 100, currency: "DOP", period: "2026-03", locale: "es"
+            )
+        })
+    _ = try await store.addMessages(
+        phones.map { NewMessage(id: "m-\($0)", run: run, invoiceID: "I-\($0)", phone: $0, template: "invoice", language: "es") })
 }
 
 /// The receiver is built before the sandbox's port is known; the sender is handed over once it is.

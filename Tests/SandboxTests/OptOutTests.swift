@@ -3,10 +3,11 @@ import Foundation
 import Sandbox
 import StoreTesting
 import Testing
-@testable import Store
-@testable import WhatsApp
+
 @testable import Engine
 @testable import Server
+@testable import Store
+@testable import WhatsApp
 
 /// Opt-outs that hold when Meta's ids for a tenant differ from the number in the manifest.
 @Suite("Opt-outs under every id Meta gives a tenant", .serialized)
@@ -18,7 +19,9 @@ struct OptOutTests {
     static let username = "18095550197"
     static let ordinary = "18095550101"
 
-    @Test("a STOP under a wa_id that differs from the number, or under a user id only, skips next month's invoice; opting back in sends it", arguments: engines)
+    @Test(
+        "a STOP under a wa_id that differs from the number, or under a user id only, skips next month's invoice; opting back in sends it",
+        arguments: engines)
     func nextMonth(engine: StoreEngine) async throws {
         try await Harness.run(engine: engine) { h in
             let e = try makeEngine(h)
@@ -43,7 +46,8 @@ struct OptOutTests {
 
             // April: both are skipped as opted out, the third goes.
             // (Another third tenant each month: the same one would wait out Meta's 6-second pair limit.)
-            let april = RunOptions(run: "april", manifest: try manifest([Self.mexican, Self.username, "18095550102"], invoicePrefix: "APR"), rate: 50)
+            let april = RunOptions(
+                run: "april", manifest: try manifest([Self.mexican, Self.username, "18095550102"], invoicePrefix: "APR"), rate: 50)
             let prepared = try await e.prepare(april)
             #expect(prepared.optedOut == 2)
             #expect(prepared.queued == 1)
@@ -64,12 +68,16 @@ struct OptOutTests {
             // Meta delivers the old STOP again: it must not undo the opt-in.
             let stop = try #require(inbound.first { $0.from == Self.mexicanWaID })
             var again = WebhookContents()
-            again.inbound = [InboundText(wamid: stop.wamid, from: Self.mexicanWaID, timestamp: Int64(stop.timestamp), type: "text", body: "STOP")]
-            let result = try await h.store.ingestWebhook(body: Array("{}".utf8), signature: nil, contents: again, parseError: nil, at: 6_000)
+            again.inbound = [
+                InboundText(wamid: stop.wamid, from: Self.mexicanWaID, timestamp: Int64(stop.timestamp), type: "text", body: "STOP")
+            ]
+            let result = try await h.store.ingestWebhook(
+                body: Array("{}".utf8), signature: nil, contents: again, parseError: nil, at: 6_000)
             #expect(result.optOuts == 0)
             #expect(try await !h.store.isOptedOut(phone: Self.mexican))
 
-            let may = RunOptions(run: "may", manifest: try manifest([Self.mexican, Self.username, "18095550103"], invoicePrefix: "MAY"), rate: 50)
+            let may = RunOptions(
+                run: "may", manifest: try manifest([Self.mexican, Self.username, "18095550103"], invoicePrefix: "MAY"), rate: 50)
             let mayPrepared = try await e.prepare(may)
             #expect(mayPrepared.optedOut == 1)
             #expect(mayPrepared.queued == 2)

@@ -4,16 +4,18 @@ import Logging
 import Sandbox
 import StoreTesting
 import Testing
-@testable import Store
-@testable import WhatsApp
+
 @testable import Engine
 @testable import Server
+@testable import Store
+@testable import WhatsApp
 
 /// A manifest with one invoice per phone (the same phone may repeat).
 func manifest(_ phones: [String], invoicePrefix: String = "INV") throws -> String {
     var text = "invoice_id,tenant_name,phone,amount,currency,period,due_date,landlord,document_url\n"
     for (i, phone) in phones.enumerated() {
-        text += "\(invoicePrefix)-\(i + 1),Tenant \(i + 1),+\(phone),\(1000 + i).50,DOP,2026-03,2026-03-10,Caribe,https://docs.example.com/INV-\(i + 1).pdf\n"
+        text +=
+            "\(invoicePrefix)-\(i + 1),Tenant \(i + 1),+\(phone),\(1000 + i).50,DOP,2026-03,2026-03-10,Caribe,https://docs.example.com/INV-\(i + 1).pdf\n"
     }
     let path = try freshPath().replacingOccurrences(of: "dispatcher.sqlite", with: "manifest.csv")
     try text.write(toFile: path, atomically: true, encoding: .utf8)
@@ -24,9 +26,10 @@ func makeEngine(_ h: Harness) throws -> RunEngine {
     let catalog = try TemplateCatalog(directory: testPackageRoot.appendingPathComponent("templates").path)
     var logger = Logger(label: "test")
     logger.logLevel = .critical
-    return RunEngine(store: h.store, client: GraphClient(configuration: h.graph),
-                     renderer: try MessageRenderer(catalog: catalog, templateName: "invoice", defaultLanguage: "es"),
-                     validation: ValidationOptions(), logger: logger)
+    return RunEngine(
+        store: h.store, client: GraphClient(configuration: h.graph),
+        renderer: try MessageRenderer(catalog: catalog, templateName: "invoice", defaultLanguage: "es"),
+        validation: ValidationOptions(), logger: logger)
 }
 
 /// Requests the sandbox accepted, by the message id they carried.
@@ -42,11 +45,14 @@ func acceptedByMessage(_ h: Harness) async throws -> [String: Int] {
 /// process stalled for 150-200 ms at times, which showed as bunched arrivals and lost rate.
 @Suite("The billing run against the sandbox", .serialized)
 struct RunEngineTests {
-    @Test("a whole month: every message ends where its number says; running again sends nothing; another run skips what was sent", arguments: engines)
+    @Test(
+        "a whole month: every message ends where its number says; running again sends nothing; another run skips what was sent",
+        arguments: engines)
     func month(engine: StoreEngine) async throws {
         try await Harness.run(engine: engine) { h in
             let e = try makeEngine(h)
-            let options = RunOptions(run: "march", manifest: testPackageRoot.appendingPathComponent("samples/march-2026.csv").path, rate: 200)
+            let options = RunOptions(
+                run: "march", manifest: testPackageRoot.appendingPathComponent("samples/march-2026.csv").path, rate: 200)
             let first = try await e.prepare(options)
             #expect(first.queued == 26)
             #expect(try await e.dispatch(options) == nil)
@@ -93,7 +99,11 @@ struct RunEngineTests {
                 if end - start + 1 > most { worst = (start, end) }
                 most = max(most, end - start + 1)
             }
-            if most > 55 { print("pacing test (\(engine)): at the sandbox \(most) window \(times[worst.0] - times[0])...\(times[worst.1] - times[0]) gaps \((max(1, worst.0 - 3)..<min(times.count, worst.1 + 3)).map { Int((times[$0] - times[$0 - 1]) * 1000) })") }
+            if most > 55 {
+                print(
+                    "pacing test (\(engine)): at the sandbox \(most) window \(times[worst.0] - times[0])...\(times[worst.1] - times[0]) gaps \((max(1, worst.0 - 3)..<min(times.count, worst.1 + 3)).map { Int((times[$0] - times[$0 - 1]) * 1000) })"
+                )
+            }
             // As the requests left: what the pacer controls, exactly. Where the sandbox (in this same
             // process) receives them, a loaded machine adds its own jitter: a debug build with the
             // suite in parallel put 52 in one window, and 56 in 2 runs of 11, after a 116 ms stall
@@ -178,11 +188,13 @@ struct RunEngineTests {
         }
     }
 
-    @Test("transient errors are retried, an unanswered request is unknown until its webhook says, 131049 fails for a day", arguments: engines)
+    @Test(
+        "transient errors are retried, an unanswered request is unknown until its webhook says, 131049 fails for a day", arguments: engines)
     func errorClasses(engine: StoreEngine) async throws {
         try await Harness.run(clientTimeout: .seconds(1), engine: engine) { h in
             let e = try makeEngine(h)
-            let options = RunOptions(run: "classes", manifest: try manifest(["18095550190", "18095550194", "18095550195", "18095550107"]), rate: 50)
+            let options = RunOptions(
+                run: "classes", manifest: try manifest(["18095550190", "18095550194", "18095550195", "18095550107"]), rate: 50)
             _ = try await e.prepare(options)
             #expect(try await e.dispatch(options) == nil)
             try await e.client.shutdown()
@@ -216,8 +228,9 @@ struct RunEngineTests {
         }
     }
 
-    @Test("a manifest invalid at its last row stores nothing, though batches of it were written; with --skip-invalid the rest is queued",
-          arguments: engines)
+    @Test(
+        "a manifest invalid at its last row stores nothing, though batches of it were written; with --skip-invalid the rest is queued",
+        arguments: engines)
     func invalidAfterBatches(engine: StoreEngine) async throws {
         try await Harness.run(engine: engine) { h in
             let e = try makeEngine(h)

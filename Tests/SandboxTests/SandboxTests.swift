@@ -1,16 +1,18 @@
 import Dispatcher
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import GRDB
 import Sandbox
 import StoreTesting
 import Testing
-@testable import Store
-@testable import WhatsApp
+
 @testable import Engine
 @testable import Server
+@testable import Store
+@testable import WhatsApp
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 @Suite("Sandbox: Meta's answers and limits, from the client's side")
 struct SandboxClientTests {
@@ -31,9 +33,12 @@ struct SandboxClientTests {
         }
     }
 
-    @Test("each refusal carries Meta's code and class", arguments: [
-        ("token", 190, ErrorClass.halt), ("template", 132001, .halt), ("language", 132001, .halt), ("count", 132000, .final), ("malformed", 100, .final),
-    ])
+    @Test(
+        "each refusal carries Meta's code and class",
+        arguments: [
+            ("token", 190, ErrorClass.halt), ("template", 132001, .halt), ("language", 132001, .halt), ("count", 132000, .final),
+            ("malformed", 100, .final),
+        ])
     func refusals(kind: String, code: Int, errorClass: ErrorClass) async throws {
         try await Harness.run { h in
             var configuration = h.graph
@@ -76,7 +81,9 @@ struct SandboxClientTests {
             let again = await client.send(invoiceRequest(to: "18095550101", id: "m-2"))
             let other = await client.send(invoiceRequest(to: "18095550102", id: "m-3"))
             try await client.shutdown()
-            guard case .accepted = first, case .accepted = other, case .rejected(let error) = again else { Issue.record("\(first) \(again) \(other)"); return }
+            guard case .accepted = first, case .accepted = other, case .rejected(let error) = again else {
+                Issue.record("\(first) \(again) \(other)"); return
+            }
             #expect(error.code == 131056)
             #expect(error.errorClass == .pairRate)
         }
@@ -135,7 +142,8 @@ struct SandboxWebhookTests {
         let client = GraphClient(configuration: h.graph)
         for phone in phones {
             if case .accepted(let wamid, _) = await client.send(invoiceRequest(to: phone, id: "m-\(phone)")) {
-                try await h.store.recordAccepted(messageID: "m-\(phone)", attempt: try await h.store.beginAttempt(messageID: "m-\(phone)", at: 1), wamid: wamid, at: 2)
+                try await h.store.recordAccepted(
+                    messageID: "m-\(phone)", attempt: try await h.store.beginAttempt(messageID: "m-\(phone)", at: 1), wamid: wamid, at: 2)
             }
         }
         try await client.shutdown()
@@ -217,7 +225,9 @@ struct MetaJSONTests {
         let scenario = Scenario()
         #expect(scenario.outcome(for: "18095550112") == .replyThanks)
         #expect(Scenario.defaultOutcome(for: "18095550107") == .undeliverable)
-        let custom = try JSONDecoder().decode(Scenario.self, from: Data(#"{"rules":[{"match":"suffix:07","outcome":"delivered"},{"match":"18095550101","outcome":"token_expired"}]}"#.utf8))
+        let custom = try JSONDecoder().decode(
+            Scenario.self,
+            from: Data(#"{"rules":[{"match":"suffix:07","outcome":"delivered"},{"match":"18095550101","outcome":"token_expired"}]}"#.utf8))
         #expect(custom.outcome(for: "18095550107") == .delivered)
         #expect(custom.outcome(for: "18095550101") == .tokenExpired)
         #expect(custom.outcome(for: "18095550102") == .deliveredRead)

@@ -1,13 +1,15 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import StoreTesting
 import Testing
-@testable import Store
-@testable import WhatsApp
+
 @testable import Engine
 @testable import Server
+@testable import Store
+@testable import WhatsApp
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 @Suite("Drop-in POST /send-invoice for the landlord UI")
 struct SendInvoiceAPITests {
@@ -24,12 +26,16 @@ struct SendInvoiceAPITests {
         return ((response as! HTTPURLResponse).statusCode, (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:])
     }
 
-    let oldBody = #"{"phoneNumbers": ["+1 809 555 0101", "+1 (829) 555-0102"], "tenantName": "María Pérez", "invoicePeriod": "marzo 2026", "totalAmount": "12345.5", "currency": "RD$", "organizationName": "Inmobiliaria Caribe", "invoiceUrl": "https://pm.example.com/api/v2/documents/invoice/T1/2026030100", "locale": "es-CO", "templateName": "invoice", "dueDate": "2026-03-10", "daysOverdue": 0}"#
+    let oldBody =
+        #"{"phoneNumbers": ["+1 809 555 0101", "+1 (829) 555-0102"], "tenantName": "María Pérez", "invoicePeriod": "marzo 2026", "totalAmount": "12345.5", "currency": "RD$", "organizationName": "Inmobiliaria Caribe", "invoiceUrl": "https://pm.example.com/api/v2/documents/invoice/T1/2026030100", "locale": "es-CO", "templateName": "invoice", "dueDate": "2026-03-10", "daysOverdue": 0}"#
 
-    @Test("the UI's own body and token: one send per number, the old answer shape, and the same call again sends nothing", arguments: engines)
+    @Test(
+        "the UI's own body and token: one send per number, the old answer shape, and the same call again sends nothing", arguments: engines)
     func dropIn(engine: StoreEngine) async throws {
         try await Harness.run(engine: engine, jwtSecret: secret) { h in
-            let token = try HS256Verifier(secret: secret).sign(["account": ["email": "landlord@example.com"], "exp": Int(Date().timeIntervalSince1970) + 600])
+            let token = try HS256Verifier(secret: secret).sign([
+                "account": ["email": "landlord@example.com"], "exp": Int(Date().timeIntervalSince1970) + 600,
+            ])
             let (status, answer) = try await post(h, oldBody, token: token)
             #expect(status == 200)
             #expect(answer["success"] as? Bool == true)
@@ -37,7 +43,8 @@ struct SendInvoiceAPITests {
             let results = try #require(answer["results"] as? [[String: Any]])
             #expect(results.map { $0["method"] as? String } == ["api", "api"])
             #expect(results.map { $0["phoneNumber"] as? String } == ["+18095550101", "+18295550102"])
-            #expect(results.allSatisfy { ($0["messageId"] as? String)?.hasPrefix("wamid.") == true && $0["state"] as? String == "accepted" })
+            #expect(
+                results.allSatisfy { ($0["messageId"] as? String)?.hasPrefix("wamid.") == true && $0["state"] as? String == "accepted" })
             // What the tenant reads: the amount in DOP, the period as the UI wrote it.
             let log = try await h.requests()
             #expect(log.count == 2)
@@ -67,7 +74,8 @@ struct SendInvoiceAPITests {
             let (badCurrency, error) = try await post(h, oldBody.replacingOccurrences(of: "RD$", with: "XYZ"), token: token)
             #expect(badCurrency == 400)
             #expect((error["error"] as? String)?.contains("XYZ") == true)
-            let (badTemplate, _) = try await post(h, oldBody.replacingOccurrences(of: #""templateName": "invoice""#, with: #""templateName": "promo""#), token: token)
+            let (badTemplate, _) = try await post(
+                h, oldBody.replacingOccurrences(of: #""templateName": "invoice""#, with: #""templateName": "promo""#), token: token)
             #expect(badTemplate == 400)
             // Amounts that once crashed the server (9.3e16: overflow) or went out as RD$0.00 (1e30).
             for amount in ["9.3e16", "1e30", #""99999999999999999999.5""#, "12345.555"] {

@@ -4,9 +4,10 @@ import Hummingbird
 import HummingbirdTesting
 import StoreTesting
 import Testing
+
+@testable import Server
 @testable import Store
 @testable import WhatsApp
-@testable import Server
 
 func bearer(_ token: String) -> HTTPFields { [.authorization: "Bearer \(token)"] }
 
@@ -118,7 +119,8 @@ struct APITests {
             let bad = try await client.execute(uri: "/message-statuses?state=lost", method: .get, headers: bearer("api-token"))
             #expect(bad.status == .badRequest)
             #expect(String(buffer: bad.body).contains("state 'lost' is not one of"))
-            let queued = try json(try await client.execute(uri: "/message-statuses?state=queued&landlord=Caribe", method: .get, headers: bearer("api-token")))
+            let queued = try json(
+                try await client.execute(uri: "/message-statuses?state=queued&landlord=Caribe", method: .get, headers: bearer("api-token")))
             #expect((queued["messages"] as? [Any])?.count == 5)
         }
     }
@@ -158,7 +160,8 @@ struct APITests {
     func sendNotConfigured(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
         try await withRouter(server(store)) { client in
-            let response = try await client.execute(uri: "/send-invoice", method: .post, headers: bearer("api-token"), body: ByteBuffer(string: "{}"))
+            let response = try await client.execute(
+                uri: "/send-invoice", method: .post, headers: bearer("api-token"), body: ByteBuffer(string: "{}"))
             #expect(response.status == .serviceUnavailable)
             #expect(String(buffer: response.body).contains("WHATSAPP_ACCESS_TOKEN"))
         }
@@ -171,11 +174,13 @@ struct LiveServerTests {
     func live(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
         let id = try await seed(store)[0]
-        let app = Application(router: server(store, basePath: "/api/v2/whatsapp").router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        let app = Application(
+            router: server(store, basePath: "/api/v2/whatsapp").router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
         try await app.test(.live) { client in
             let r11 = try await signedPost(client, statusPayload([("wamid.LIVE", "read", 100, id)]), path: "/api/v2/whatsapp/webhook")
             #expect(r11.status == .ok)
-            let object = try json(try await client.execute(uri: "/api/v2/whatsapp/message-status/wamid.LIVE", method: .get, headers: bearer("api-token")))
+            let object = try json(
+                try await client.execute(uri: "/api/v2/whatsapp/message-status/wamid.LIVE", method: .get, headers: bearer("api-token")))
             #expect(object["state"] as? String == "read")
         }
     }

@@ -1,8 +1,8 @@
 import Foundation
-import Testing
-import Store
-import WhatsApp
 import Server
+import Store
+import Testing
+import WhatsApp
 
 /// The webhook and token fuzzers' corpus and kept findings (Fuzz/corpus/TARGET), replayed.
 @Suite("Fuzz corpus replay (webhooks, tokens)")

@@ -4,9 +4,10 @@ import Hummingbird
 import HummingbirdTesting
 import StoreTesting
 import Testing
+
+@testable import Server
 @testable import Store
 @testable import WhatsApp
-@testable import Server
 
 /// docs/openapi.yaml is what `scripts/fuzz api` (schemathesis) and API users read: it must list
 /// exactly the routes `serve` has, with the authentication each really needs.
@@ -47,12 +48,16 @@ struct OpenAPITests {
     @Test("every route served is described, and every route described is served")
     func sameRoutes() async throws {
         let store = try await makeStore(.sqlite)
-        let served = Set(server(store).router().routes.map { route in
-            // Hummingbird writes captures `:id`; OpenAPI `{id}`.
-            Operation(method: route.method.rawValue, path: "/" + route.path.description.split(separator: "/").map { part in
-                part.hasPrefix(":") ? "{\(part.dropFirst())}" : String(part)
-            }.joined(separator: "/"))
-        })
+        let served = Set(
+            server(store).router().routes.map { route in
+                // Hummingbird writes captures `:id`; OpenAPI `{id}`.
+                Operation(
+                    method: route.method.rawValue,
+                    path: "/"
+                        + route.path.description.split(separator: "/").map { part in
+                            part.hasPrefix(":") ? "{\(part.dropFirst())}" : String(part)
+                        }.joined(separator: "/"))
+            })
         let (described, _) = try Self.described()
         #expect(described.count >= 10)
         #expect(served.subtracting(described).isEmpty, "served but not described: \(served.subtracting(described))")
@@ -72,7 +77,9 @@ struct OpenAPITests {
                 if open.contains(operation) {
                     #expect(challenge == nil, "\(operation) asked for a token")
                 } else {
-                    #expect(response.status == .unauthorized && challenge == "Bearer", "\(operation) answered \(response.status) without a token")
+                    #expect(
+                        response.status == .unauthorized && challenge == "Bearer",
+                        "\(operation) answered \(response.status) without a token")
                 }
             }
         }

@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
@@ -9,12 +6,17 @@ import Logging
 import NIOCore
 import StoreTesting
 import Testing
+
+@testable import Server
 @testable import Store
 @testable import WhatsApp
-@testable import Server
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The receiver as an attacker meets it: refuses early, closes what idles, serves reports inert.
@@ -26,8 +28,9 @@ struct ReceiverHardeningTests {
         // 3.5 MB declared and sent: refused on the header alone (401/403), nothing stored.
         let big = String(repeating: "x", count: 3_400_000)
         try await withRouter(server(store)) { client in
-            let none = try await client.execute(uri: "/webhook", method: .post, headers: [.contentType: "application/json"],
-                                                body: ByteBuffer(string: big))
+            let none = try await client.execute(
+                uri: "/webhook", method: .post, headers: [.contentType: "application/json"],
+                body: ByteBuffer(string: big))
             #expect(none.status == .unauthorized)
             let malformed = try await signedPost(client, big, signature: "sha256=zz")
             #expect(malformed.status == .forbidden)
@@ -41,8 +44,9 @@ struct ReceiverHardeningTests {
         try await withRouter(server(store, maxBytes: 1000)) { client in
             var headers: HTTPFields = [.contentType: "application/json", .contentLength: "5000"]
             headers[HTTPField.Name("X-Hub-Signature-256")!] = signer.header(for: Array("{}".utf8))
-            let response = try await client.execute(uri: "/webhook", method: .post, headers: headers,
-                                                    body: ByteBuffer(string: String(repeating: " ", count: 5000)))
+            let response = try await client.execute(
+                uri: "/webhook", method: .post, headers: headers,
+                body: ByteBuffer(string: String(repeating: " ", count: 5000)))
             #expect(response.status == .contentTooLarge)
         }
         #expect(try await payloadCount(store) == 0)
@@ -70,10 +74,14 @@ struct ReceiverHardeningTests {
         let reports = FileManager.default.temporaryDirectory.appendingPathComponent("reports-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: reports.appendingPathComponent("march"), withIntermediateDirectories: true)
         try Data("<html><script>alert(1)</script></html>".utf8).write(to: reports.appendingPathComponent("march/index.html"))
-        let server = DispatcherServer(store: store, configuration: ServerConfiguration(appSecret: appSecret, apiToken: "api-token",
-                                                                                        reportsDirectory: reports.path))
+        let server = DispatcherServer(
+            store: store,
+            configuration: ServerConfiguration(
+                appSecret: appSecret, apiToken: "api-token",
+                reportsDirectory: reports.path))
         try await withRouter(server) { client in
-            let response = try await client.execute(uri: "/runs/march/report.html", method: .get, headers: [.authorization: "Bearer api-token"])
+            let response = try await client.execute(
+                uri: "/runs/march/report.html", method: .get, headers: [.authorization: "Bearer api-token"])
             #expect(response.status == .ok)
             #expect(response.headers[HTTPField.Name("X-Content-Type-Options")!] == "nosniff")
             let csp = try #require(response.headers[HTTPField.Name("Content-Security-Policy")!])
@@ -121,7 +129,6 @@ struct ReceiverHardeningTests {
         #expect((response as? HTTPURLResponse)?.statusCode == 200)
     }
 }
-
 
 func connectLoopback(port: Int) throws -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

@@ -5,17 +5,20 @@ import Hummingbird
 import HummingbirdTesting
 import StoreTesting
 import Testing
+
+@testable import Server
 @testable import Store
 @testable import WhatsApp
-@testable import Server
 
 let appSecret = "app-secret-for-tests"
 let signer = WebhookSignature(appSecret: appSecret)
 
 func server(_ store: any DispatchStore, basePath: String = "", jwtSecret: String? = nil, maxBytes: Int = 3_500_000) -> DispatcherServer {
-    DispatcherServer(store: store, configuration: ServerConfiguration(
-        basePath: basePath, appSecret: appSecret, verifyToken: "verify-me", apiToken: "api-token", jwtSecret: jwtSecret,
-        maxWebhookBytes: maxBytes))
+    DispatcherServer(
+        store: store,
+        configuration: ServerConfiguration(
+            basePath: basePath, appSecret: appSecret, verifyToken: "verify-me", apiToken: "api-token", jwtSecret: jwtSecret,
+            maxWebhookBytes: maxBytes))
 }
 
 func withRouter(_ server: DispatcherServer, _ body: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
@@ -28,7 +31,8 @@ func statusPayload(_ statuses: [(wamid: String, status: String, ts: Int, callbac
         let items = statuses[start..<min(start + perChange, statuses.count)].map { s in
             #"{"id":"\#(s.wamid)","status":"\#(s.status)","timestamp":"\#(s.ts)","recipient_id":"18095550101"\#(s.callback.map { #","biz_opaque_callback_data":"\#($0)""# } ?? "")}"#
         }.joined(separator: ",")
-        return #"{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"18095550000","phone_number_id":"123"},"statuses":[\#(items)]}}"#
+        return
+            #"{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"18095550000","phone_number_id":"123"},"statuses":[\#(items)]}}"#
     }
     var entries: [String] = []
     var i = 0
@@ -39,7 +43,9 @@ func statusPayload(_ statuses: [(wamid: String, status: String, ts: Int, callbac
     return #"{"object":"whatsapp_business_account","entry":[\#(entries.joined(separator: ","))]}"#
 }
 
-func signedPost(_ client: any TestClientProtocol, _ body: String, path: String = "/webhook", signature: String? = nil) async throws -> TestResponse {
+func signedPost(
+    _ client: any TestClientProtocol, _ body: String, path: String = "/webhook", signature: String? = nil
+) async throws -> TestResponse {
     let bytes = Array(body.utf8)
     var headers: HTTPFields = [.contentType: "application/json"]
     headers[HTTPField.Name("X-Hub-Signature-256")!] = signature ?? signer.header(for: bytes)
@@ -56,14 +62,16 @@ struct WebhookHTTPTests {
     func handshake() async throws {
         let store = try freshStore()
         try await withRouter(server(store)) { client in
-            let ok = try await client.execute(uri: "/webhook?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=1158201444", method: .get)
+            let ok = try await client.execute(
+                uri: "/webhook?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=1158201444", method: .get)
             #expect(ok.status == .ok)
             #expect(String(buffer: ok.body) == "1158201444")
             #expect(ok.headers[.contentType]?.hasPrefix("text/plain") == true)
             let wrong = try await client.execute(uri: "/webhook?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1", method: .get)
             #expect(wrong.status == .forbidden)
             #expect(String(buffer: wrong.body) == #"{"error":"verification failed"}"#)
-            let mode = try await client.execute(uri: "/webhook?hub.mode=unsubscribe&hub.verify_token=verify-me&hub.challenge=1", method: .get)
+            let mode = try await client.execute(
+                uri: "/webhook?hub.mode=unsubscribe&hub.verify_token=verify-me&hub.challenge=1", method: .get)
             #expect(mode.status == .forbidden)
         }
     }
@@ -93,7 +101,8 @@ struct WebhookHTTPTests {
     @Test("a non-ASCII payload is verified on Meta's \\u-escaped bytes; the same JSON re-serialised is refused", arguments: engines)
     func nonASCII(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
-        let escaped = #"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","contacts":[{"profile":{"name":"Jos\u00e9 P\u00e9rez"},"wa_id":"18095550101"}],"messages":[{"from":"18095550101","id":"wamid.IN1","timestamp":"100","type":"text","text":{"body":"\u00a1Gracias! Recib\u00ed la factura"}}]}}]}]}"#
+        let escaped =
+            #"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","contacts":[{"profile":{"name":"Jos\u00e9 P\u00e9rez"},"wa_id":"18095550101"}],"messages":[{"from":"18095550101","id":"wamid.IN1","timestamp":"100","type":"text","text":{"body":"\u00a1Gracias! Recib\u00ed la factura"}}]}}]}]}"#
         let reserialised = escaped.replacingOccurrences(of: "\\u00e9", with: "é").replacingOccurrences(of: "\\u00a1", with: "¡")
             .replacingOccurrences(of: "\\u00ed", with: "í")
         try await withRouter(server(store)) { client in
@@ -113,10 +122,14 @@ struct WebhookHTTPTests {
     func batch(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
         try await store.saveRun(RunRecord(name: "big", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
-        _ = try await store.addMessages((0..<1000).map {
-            NewMessage(id: "m-\($0)", run: "big", invoiceID: "INV-\($0)", phone: "1809555\(1000 + $0)", template: "invoice", language: "es")
-        })
-        let statuses = (0..<1000).map { (wamid: "wamid.\($0)", status: $0 % 2 == 0 ? "delivered" : "read", ts: 100 + $0, callback: Optional("m-\($0)")) }
+        _ = try await store.addMessages(
+            (0..<1000).map {
+                NewMessage(
+                    id: "m-\($0)", run: "big", invoiceID: "INV-\($0)", phone: "1809555\(1000 + $0)", template: "invoice", language: "es")
+            })
+        let statuses = (0..<1000).map {
+            (wamid: "wamid.\($0)", status: $0 % 2 == 0 ? "delivered" : "read", ts: 100 + $0, callback: Optional("m-\($0)"))
+        }
         let body = statusPayload(statuses, perChange: 125)
         #expect(body.components(separatedBy: #""changes""#).count - 1 == 4)
         try await withRouter(server(store)) { client in
@@ -141,7 +154,8 @@ struct WebhookHTTPTests {
     @Test("other fields (template status, account updates) and system errors are stored, not failed", arguments: engines)
     func otherFields(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
-        let body = #"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"message_template_status_update","value":{"event":"APPROVED","message_template_name":"invoice"}},{"field":"messages","value":{"messaging_product":"whatsapp","errors":[{"code":130429,"title":"Rate limit hit"}]}}]}]}"#
+        let body =
+            #"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"message_template_status_update","value":{"event":"APPROVED","message_template_name":"invoice"}},{"field":"messages","value":{"messaging_product":"whatsapp","errors":[{"code":130429,"title":"Rate limit hit"}]}}]}]}"#
         try await withRouter(server(store)) { client in
             let r9 = try await signedPost(client, body)
             #expect(r9.status == .ok)
@@ -149,16 +163,24 @@ struct WebhookHTTPTests {
         #expect(try await payloadCount(store) == 1)
     }
 
-    @Test("2026 username users: a STOP with from_user_id and no from is kept and opts the user id out; a status's recipient_user_id is learnt for the number", arguments: engines)
+    @Test(
+        "2026 username users: a STOP with from_user_id and no from is kept and opts the user id out; a status's recipient_user_id is learnt for the number",
+        arguments: engines)
     func usernameUsers(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
         try await store.saveRun(RunRecord(name: "t", manifest: "m.csv", template: "invoice", sender: "123", status: .sending, createdAt: 0))
-        _ = try await store.addMessages([NewMessage(id: "m-1", run: "t", invoiceID: "INV-1", phone: "18095550101", template: "invoice",
-                                                    language: "es", requestBody: "{}")])
-        try await store.recordAccepted(messageID: "m-1", attempt: try await store.beginAttempt(messageID: "m-1", at: 1), wamid: "wamid.A", at: 2)
-        let status = #"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"123"},"statuses":[{"id":"wamid.A","status":"read","timestamp":"1767225700","recipient_id":"","recipient_user_id":"US.13491208655302741918"}]}}]}]}"#
+        _ = try await store.addMessages([
+            NewMessage(
+                id: "m-1", run: "t", invoiceID: "INV-1", phone: "18095550101", template: "invoice",
+                language: "es", requestBody: "{}")
+        ])
+        try await store.recordAccepted(
+            messageID: "m-1", attempt: try await store.beginAttempt(messageID: "m-1", at: 1), wamid: "wamid.A", at: 2)
+        let status =
+            #"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"123"},"statuses":[{"id":"wamid.A","status":"read","timestamp":"1767225700","recipient_id":"","recipient_user_id":"US.13491208655302741918"}]}}]}]}"#
         // Neither `from` nor `from_user_id` on the second message: the one contact says who wrote.
-        let replies = #"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"123"},"contacts":[{"profile":{"name":"Ana","username":"ana.r"},"user_id":"US.13491208655302741918"}],"messages":[{"from_user_id":"US.13491208655302741918","id":"wamid.IN1","timestamp":"1767225800","type":"text","text":{"body":"Stop"}}]}},{"field":"messages","value":{"messaging_product":"whatsapp","contacts":[{"profile":{"username":"bo"},"user_id":"US.2"}],"messages":[{"id":"wamid.IN2","timestamp":"1767225801","type":"text","text":{"body":"gracias"}}]}}]}]}"#
+        let replies =
+            #"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"123"},"contacts":[{"profile":{"name":"Ana","username":"ana.r"},"user_id":"US.13491208655302741918"}],"messages":[{"from_user_id":"US.13491208655302741918","id":"wamid.IN1","timestamp":"1767225800","type":"text","text":{"body":"Stop"}}]}},{"field":"messages","value":{"messaging_product":"whatsapp","contacts":[{"profile":{"username":"bo"},"user_id":"US.2"}],"messages":[{"id":"wamid.IN2","timestamp":"1767225801","type":"text","text":{"body":"gracias"}}]}}]}]}"#
         try await withRouter(server(store)) { (client: any TestClientProtocol) async throws in
             #expect(try await signedPost(client, status).status == .ok)
             #expect(try await signedPost(client, replies).status == .ok)
@@ -209,8 +231,9 @@ struct WebhookHTTPTests {
         #expect(try await payloadCount(store) == 1)
     }
 
-    @Test("PostgreSQL unable to take writes (a table locked past the statement timeout): 503, then stored once it can",
-          .enabled(if: engines.contains(.postgres)))
+    @Test(
+        "PostgreSQL unable to take writes (a table locked past the statement timeout): 503, then stored once it can",
+        .enabled(if: engines.contains(.postgres)))
     func postgresUnavailable() async throws {
         let url = try await freshDatabaseURL(.postgres)
         let store = try await StoreOpener.open(url: url + "&statement_timeout=0.5")
@@ -228,8 +251,9 @@ struct WebhookHTTPTests {
         #expect(try await payloadCount(store) == 1)
     }
 
-    @Test("PostgreSQL gone (connections refused): the webhook gets its 503 within the timeouts, not never; stored once it is back",
-          .enabled(if: engines.contains(.postgres)))
+    @Test(
+        "PostgreSQL gone (connections refused): the webhook gets its 503 within the timeouts, not never; stored once it is back",
+        .enabled(if: engines.contains(.postgres)))
     func postgresGone() async throws {
         let url = try await freshDatabaseURL(.postgres)
         let database = try PostgresURL(url).database
@@ -256,7 +280,8 @@ struct WebhookHTTPTests {
     func basePath() async throws {
         let store = try freshStore()
         try await withRouter(server(store, basePath: "/api/v2/whatsapp")) { client in
-            let ok = try await client.execute(uri: "/api/v2/whatsapp/webhook?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=7", method: .get)
+            let ok = try await client.execute(
+                uri: "/api/v2/whatsapp/webhook?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=7", method: .get)
             #expect(String(buffer: ok.body) == "7")
             let r11 = try await signedPost(client, statusPayload([("wamid.A", "sent", 1, nil)]), path: "/api/v2/whatsapp/webhook")
             #expect(r11.status == .ok)
@@ -274,9 +299,10 @@ struct GroupCommitTests {
     func concurrentPosts() async throws {
         let store = try freshStore()
         try await store.saveRun(RunRecord(name: "c", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
-        _ = try await store.addMessages((0..<1000).map {
-            NewMessage(id: "m-\($0)", run: "c", invoiceID: "I-\($0)", phone: "1809555\(1000 + $0)", template: "invoice", language: "es")
-        })
+        _ = try await store.addMessages(
+            (0..<1000).map {
+                NewMessage(id: "m-\($0)", run: "c", invoiceID: "I-\($0)", phone: "1809555\(1000 + $0)", template: "invoice", language: "es")
+            })
         try await withRouter(server(store)) { client in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for post in 0..<50 {

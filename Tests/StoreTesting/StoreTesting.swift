@@ -25,7 +25,8 @@ public let engines: [StoreEngine] = {
 /// The PostgreSQL server the tests use: a user who may create databases.
 public func postgresAdminURL() throws -> String {
     guard let url = ProcessInfo.processInfo.environment["DISPATCHER_TEST_POSTGRES_URL"], !url.isEmpty else {
-        throw StoreError("""
+        throw StoreError(
+            """
             DISPATCHER_TEST_POSTGRES_URL is not set: run the tests with scripts/test, which starts a throw-away PostgreSQL, \
             or set it to a server of yours (or DISPATCHER_TEST_SKIP_POSTGRES=1 to skip PostgreSQL)
             """)
@@ -93,8 +94,9 @@ func connect(_ text: String) async throws -> (PostgresConnection, Logger) {
     let url = try PostgresURL(text)
     var logger = Logger(label: "test.postgres")
     logger.logLevel = .critical
-    let configuration = PostgresConnection.Configuration(host: url.host, port: url.port, username: url.user, password: url.password,
-                                                         database: url.database, tls: .disable)
+    let configuration = PostgresConnection.Configuration(
+        host: url.host, port: url.port, username: url.user, password: url.password,
+        database: url.database, tls: .disable)
     return (try await PostgresConnection.connect(configuration: configuration, id: 1, logger: logger), logger)
 }
 
@@ -122,28 +124,37 @@ public func freshStore(busyTimeout: Double = 5) throws -> SQLiteStore {
 
 /// A run with one invoice and one queued message per phone.
 @discardableResult
-public func seed(_ store: any DispatchStore, run: String = "march", invoice: String = "INV-1", phones: [String] = ["18095550101"],
-          landlord: String = "Caribe") async throws -> [String] {
+public func seed(
+    _ store: any DispatchStore, run: String = "march", invoice: String = "INV-1", phones: [String] = ["18095550101"],
+    landlord: String = "Caribe"
+) async throws -> [String] {
     try await store.saveRun(RunRecord(name: run, manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1_772_000_000))
-    try await store.addInvoices([InvoiceRecord(run: run, invoiceID: invoice, line: 2, tenantName: "María Pérez", landlord: landlord,
-                                               amountMinor: 1_234_550, currency: "DOP", period: "2026-03", locale: "es-DO")])
-    let messages = phones.map { NewMessage(id: "m-\(invoice)-\($0)", run: run, invoiceID: invoice, phone: $0, template: "invoice", language: "es") }
+    try await store.addInvoices([
+        InvoiceRecord(
+            run: run, invoiceID: invoice, line: 2, tenantName: "María Pérez", landlord: landlord,
+            amountMinor: 1_234_550, currency: "DOP", period: "2026-03", locale: "es-DO")
+    ])
+    let messages = phones.map {
+        NewMessage(id: "m-\(invoice)-\($0)", run: run, invoiceID: invoice, phone: $0, template: "invoice", language: "es")
+    }
     _ = try await store.addMessages(messages)
     return messages.map(\.id)
 }
 
 /// A status as Meta would send it for our message.
 public func status(_ wamid: String, _ status: String, at timestamp: Int64, callback: String? = nil, error: Int? = nil) -> StatusUpdate {
-    StatusUpdate(wamid: wamid, status: status, timestamp: timestamp, recipientID: "18095550101", callbackData: callback,
-                 errorCode: error, errorTitle: error.map { "error \($0)" }, errorDetails: error.map { "details \($0)" })
+    StatusUpdate(
+        wamid: wamid, status: status, timestamp: timestamp, recipientID: "18095550101", callbackData: callback,
+        errorCode: error, errorTitle: error.map { "error \($0)" }, errorDetails: error.map { "details \($0)" })
 }
 
 public func ingest(_ store: any DispatchStore, _ updates: [StatusUpdate], inbound: [InboundText] = []) async throws -> IngestResult {
     var contents = WebhookContents()
     contents.statuses = updates
     contents.inbound = inbound
-    return try await store.ingestWebhook(body: Array("{}".utf8), signature: "sha256=test", contents: contents, parseError: nil,
-                                         at: Date().timeIntervalSince1970)
+    return try await store.ingestWebhook(
+        body: Array("{}".utf8), signature: "sha256=test", contents: contents, parseError: nil,
+        at: Date().timeIntervalSince1970)
 }
 
 /// Every ordering of a list.

@@ -1,6 +1,7 @@
 import Foundation
 import StoreTesting
 import Testing
+
 @testable import Store
 
 @Suite("Store (SQLite and PostgreSQL)")
@@ -9,10 +10,14 @@ struct StoreTests {
     func neverTwice(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
         let ids = try await seed(store, run: "march")
-        try await store.recordAccepted(messageID: ids[0], attempt: try await store.beginAttempt(messageID: ids[0], at: 1), wamid: "wamid.A", at: 2)
+        try await store.recordAccepted(
+            messageID: ids[0], attempt: try await store.beginAttempt(messageID: ids[0], at: 1), wamid: "wamid.A", at: 2)
         try await store.saveRun(RunRecord(name: "march-again", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 3))
-        let outcome = try await store.addMessages([NewMessage(id: ids[0], run: "march-again", invoiceID: "INV-1", phone: "18095550101",
-                                                              template: "invoice", language: "es")])
+        let outcome = try await store.addMessages([
+            NewMessage(
+                id: ids[0], run: "march-again", invoiceID: "INV-1", phone: "18095550101",
+                template: "invoice", language: "es")
+        ])
         #expect(outcome == [.exists(id: ids[0], run: "march", state: .accepted)])
         #expect(try await store.stateCounts(run: "march-again").isEmpty)
     }
@@ -35,19 +40,24 @@ struct StoreTests {
         #expect(try await store.attempts(messageID: sent[0]).count == 1)
     }
 
-    @Test("every ordering of a message's statuses ends in the same state, the one the rule gives", arguments: engines, [
-        ["sent", "delivered", "read", "failed"], ["sent", "failed"], ["failed", "delivered"], ["sent", "delivered", "failed"],
-        ["read", "delivered"], ["sent", "read"], ["failed", "read", "sent"], ["delivered", "sent"],
-    ])
+    @Test(
+        "every ordering of a message's statuses ends in the same state, the one the rule gives", arguments: engines,
+        [
+            ["sent", "delivered", "read", "failed"], ["sent", "failed"], ["failed", "delivered"], ["sent", "delivered", "failed"],
+            ["read", "delivered"], ["sent", "read"], ["failed", "read", "sent"], ["delivered", "sent"],
+        ])
     func orderIndependence(engine: StoreEngine, statuses: [String]) async throws {
         var finals: Set<MessageState> = []
         let store = try await makeStore(engine)
         for (n, order) in permutations(statuses).enumerated() {
             // A message of its own for each ordering.
             let id = try await seed(store, invoice: "INV-\(n)")[0]
-            try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.\(n)", at: 2)
+            try await store.recordAccepted(
+                messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.\(n)", at: 2)
             for (i, s) in order.enumerated() {
-                _ = try await ingest(store, [status("wamid.\(n)", s, at: 1_772_000_100 + Int64(statuses.firstIndex(of: s)!), error: s == "failed" ? 131026 : nil)])
+                _ = try await ingest(
+                    store,
+                    [status("wamid.\(n)", s, at: 1_772_000_100 + Int64(statuses.firstIndex(of: s)!), error: s == "failed" ? 131026 : nil)])
                 _ = i
             }
             let message = try #require(try await store.message(id))
@@ -98,7 +108,8 @@ struct StoreTests {
         let early = try await ingest(store, [status("wamid.EARLY", "sent", at: 100), status("wamid.EARLY", "delivered", at: 101)])
         #expect(early.unmatched == 2)
         #expect(try await store.message(id)?.state == .queued)
-        try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.EARLY", at: 2)
+        try await store.recordAccepted(
+            messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.EARLY", at: 2)
         let message = try #require(try await store.message(id))
         #expect(message.state == .delivered)
         #expect(message.sentAt == 100)
@@ -143,8 +154,13 @@ struct StoreTests {
     @Test("STOP, baja, ARRÊT put the number on the opt-out list; other replies do not", arguments: engines)
     func optOuts(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
-        let replies = [("18095550101", "STOP"), ("18095550102", " baja. "), ("18095550103", "Arrêt"), ("18095550104", "stop sending me the wrong invoice")]
-        let inbound = replies.enumerated().map { InboundText(wamid: "wamid.in\($0.offset)", from: $0.element.0, timestamp: 100, type: "text", body: $0.element.1) }
+        let replies = [
+            ("18095550101", "STOP"), ("18095550102", " baja. "), ("18095550103", "Arrêt"),
+            ("18095550104", "stop sending me the wrong invoice"),
+        ]
+        let inbound = replies.enumerated().map {
+            InboundText(wamid: "wamid.in\($0.offset)", from: $0.element.0, timestamp: 100, type: "text", body: $0.element.1)
+        }
         let result = try await ingest(store, [], inbound: inbound)
         #expect(result.inbound == 4)
         #expect(result.optOuts == 3)
@@ -159,13 +175,15 @@ struct StoreTests {
         let ids = try await seed(store, phones: ["18095550101", "18095550102"])
         let first = try await store.beginAttempt(messageID: ids[0], at: 10)
         #expect(try await store.message(ids[0])?.state == .sending)
-        try await store.recordRejected(messageID: ids[0], attempt: first, error: SendError(code: 131000, title: "Something went wrong"), final: false, at: 11)
+        try await store.recordRejected(
+            messageID: ids[0], attempt: first, error: SendError(code: 131000, title: "Something went wrong"), final: false, at: 11)
         #expect(try await store.message(ids[0])?.state == .queued)
         let second = try await store.beginAttempt(messageID: ids[0], at: 12)
         #expect(second == 2)
         try await store.recordAccepted(messageID: ids[0], attempt: second, wamid: "wamid.OK", at: 13)
         let third = try await store.beginAttempt(messageID: ids[1], at: 14)
-        try await store.recordRejected(messageID: ids[1], attempt: third, error: SendError(code: 131026, title: "Message undeliverable"), final: true, at: 15)
+        try await store.recordRejected(
+            messageID: ids[1], attempt: third, error: SendError(code: 131026, title: "Message undeliverable"), final: true, at: 15)
         #expect(try await store.message(ids[0])?.state == .accepted)
         #expect(try await store.attempts(messageID: ids[0]).map(\.outcome) == ["retry", "accepted"])
         let failed = try #require(try await store.message(ids[1]))
@@ -180,7 +198,8 @@ struct StoreTests {
         do {
             let store = try await StoreOpener.open(url: url)
             let id = try await seed(store)[0]
-            try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+            try await store.recordAccepted(
+                messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
             _ = try await ingest(store, [status("wamid.A", "delivered", at: 100)])
         }
         let reopened = try await StoreOpener.open(url: url)
@@ -239,7 +258,9 @@ struct StoreTests {
         #expect(try await store.acquireSenderLease(sender: "N1", holder: "c", run: "may", ttl: 30, at: 1061).holder == "c")
     }
 
-    @Test("PostgreSQL: an unreachable server, a missing database and an unknown user are clear errors", .enabled(if: engines.contains(.postgres)))
+    @Test(
+        "PostgreSQL: an unreachable server, a missing database and an unknown user are clear errors",
+        .enabled(if: engines.contains(.postgres)))
     func postgresErrors() async throws {
         let admin = try PostgresURL(try postgresAdminURL())
         func message(_ url: String) async -> String {
@@ -264,14 +285,20 @@ struct StoreTests {
         let store = try await makeStore(engine)
         try await store.saveRun(RunRecord(name: "march", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
         // 11 invoices of two messages each (two numbers), alternating landlords; amount 100 × n.
-        try await store.addInvoices((1...11).map { n in
-            InvoiceRecord(run: "march", invoiceID: "I-\(n)", line: n + 1, tenantName: "T\(n)", landlord: n % 2 == 0 ? "Par" : "Impar",
-                          amountMinor: Int64(100 * n), currency: "DOP", period: "2026-03", locale: "es")
-        })
-        _ = try await store.addMessages((1...11).flatMap { n in
-            ["18095550\(100 + n)", "18295550\(100 + n)"].map { NewMessage(id: "m-\(n)-\($0)", run: "march", invoiceID: "I-\(n)", phone: $0,
-                                                                       template: "invoice", language: "es") }
-        })
+        try await store.addInvoices(
+            (1...11).map { n in
+                InvoiceRecord(
+                    run: "march", invoiceID: "I-\(n)", line: n + 1, tenantName: "T\(n)", landlord: n % 2 == 0 ? "Par" : "Impar",
+                    amountMinor: Int64(100 * n), currency: "DOP", period: "2026-03", locale: "es")
+            })
+        _ = try await store.addMessages(
+            (1...11).flatMap { n in
+                ["18095550\(100 + n)", "18295550\(100 + n)"].map {
+                    NewMessage(
+                        id: "m-\(n)-\($0)", run: "march", invoiceID: "I-\(n)", phone: $0,
+                        template: "invoice", language: "es")
+                }
+            })
         // Invoices 1 to 6: their second message delivered; 7: the first failed (131026), the second unknown.
         var outcomes: [AttemptOutcome] = []
         let ids = (1...11).flatMap { n in ["m-\(n)-18095550\(100 + n)", "m-\(n)-18295550\(100 + n)"] }

@@ -1,6 +1,7 @@
+import Dispatcher
 import Foundation
 import Testing
-import Dispatcher
+
 @testable import WhatsApp
 
 /// Meta's side of our code: the JSON we send and how we read Meta's errors.
@@ -11,16 +12,21 @@ struct WhatsAppTests {
 
     @Test("the request body is Meta's JSON shape")
     func requestJSON() throws {
-        let invoice = Invoice(line: 2, invoiceID: "INV-1", tenantName: "María Pérez", phones: ["18095550101"],
-                              amount: Money(minorUnits: 145_000, currency: Currency(code: "USD")!),
-                              period: BillingPeriod(year: 2026, month: 3), dueDate: nil, landlord: "Inmobiliaria Caribe",
-                              locale: "en", documentURL: "https://docs.example.com/INV-1.pdf")
-        let renderer = try MessageRenderer(catalog: try TemplateCatalog(directory: templates), templateName: "invoice", defaultLanguage: "es")
+        let invoice = Invoice(
+            line: 2, invoiceID: "INV-1", tenantName: "María Pérez", phones: ["18095550101"],
+            amount: Money(minorUnits: 145_000, currency: Currency(code: "USD")!),
+            period: BillingPeriod(year: 2026, month: 3), dueDate: nil, landlord: "Inmobiliaria Caribe",
+            locale: "en", documentURL: "https://docs.example.com/INV-1.pdf")
+        let renderer = try MessageRenderer(
+            catalog: try TemplateCatalog(directory: templates), templateName: "invoice", defaultLanguage: "es")
         let message = try renderer.render(invoice).get()[0]
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let json = String(decoding: try encoder.encode(message.request), as: UTF8.self)
-        #expect(json == #"{"biz_opaque_callback_data":"\#(message.id)","messaging_product":"whatsapp","recipient_type":"individual","template":{"components":[{"parameters":[{"document":{"filename":"INV-1.pdf","link":"https://docs.example.com/INV-1.pdf"},"type":"document"}],"type":"header"},{"parameters":[{"text":"María Pérez","type":"text"},{"text":"March 2026","type":"text"},{"currency":{"amount_1000":1450000,"code":"USD","fallback_value":"$1,450.00"},"type":"currency"},{"text":"on receipt","type":"text"}],"type":"body"}],"language":{"code":"en"},"name":"invoice"},"to":"18095550101","type":"template"}"#)
+        #expect(
+            json
+                == #"{"biz_opaque_callback_data":"\#(message.id)","messaging_product":"whatsapp","recipient_type":"individual","template":{"components":[{"parameters":[{"document":{"filename":"INV-1.pdf","link":"https://docs.example.com/INV-1.pdf"},"type":"document"}],"type":"header"},{"parameters":[{"text":"María Pérez","type":"text"},{"text":"March 2026","type":"text"},{"currency":{"amount_1000":1450000,"code":"USD","fallback_value":"$1,450.00"},"type":"currency"},{"text":"on receipt","type":"text"}],"type":"body"}],"language":{"code":"en"},"name":"invoice"},"to":"18095550101","type":"template"}"#
+        )
     }
 
     @Test("one meaning of retryable: halts are, once fixed; 131049 not before 24 hours")
@@ -35,14 +41,23 @@ struct WhatsAppTests {
 
     @Test("the body written directly is the JSON JSONEncoder writes, escapes and all")
     func directJSON() throws {
-        let tricky = ["María \"la Jefa\" Pérez", "back\\slash", "tab\there", "line\nbreak", "\u{01}ctl", "emoji 🏠 ñ", "https://x.example/a/b?c=d&e=f", ""]
+        let tricky = [
+            "María \"la Jefa\" Pérez", "back\\slash", "tab\there", "line\nbreak", "\u{01}ctl", "emoji 🏠 ñ", "https://x.example/a/b?c=d&e=f",
+            "",
+        ]
         for (n, text) in tricky.enumerated() {
-            let request = TemplateMessageRequest(to: "18095550101", callbackData: "m-\(n)", template: .init(
-                name: "invoice", language: .init(code: "es"), components: [
-                    .init(type: "header", parameters: [.document(link: "https://docs.example.com/\(text).pdf", filename: "\(text).pdf")]),
-                    .init(type: "body", parameters: [.text(text), .currency(fallback: "RD$1,234.50", code: "DOP", amount1000: -1_234_500)]),
-                    .init(type: "button", subType: "url", index: "0", parameters: [.text(text)]),
-                ]))
+            let request = TemplateMessageRequest(
+                to: "18095550101", callbackData: "m-\(n)",
+                template: .init(
+                    name: "invoice", language: .init(code: "es"),
+                    components: [
+                        .init(
+                            type: "header", parameters: [.document(link: "https://docs.example.com/\(text).pdf", filename: "\(text).pdf")]),
+                        .init(
+                            type: "body",
+                            parameters: [.text(text), .currency(fallback: "RD$1,234.50", code: "DOP", amount1000: -1_234_500)]),
+                        .init(type: "button", subType: "url", index: "0", parameters: [.text(text)]),
+                    ]))
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.withoutEscapingSlashes]
             let expected = try JSONSerialization.jsonObject(with: try encoder.encode(request)) as? NSDictionary

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Streams a CSV manifest: UTF-8 with or without BOM, `,` or `;` (detected from the header),
@@ -56,8 +56,11 @@ public final class CSVManifestReader: ManifestReader {
         if !eof && fd < 0 {
             fd = open(path, O_RDONLY)
             if fd < 0 {
-                throw ManifestError(path: path, issue: .init(line: nil, invoiceID: nil, field: nil,
-                    message: "cannot open the file (\(String(cString: strerror(errno))))"))
+                throw ManifestError(
+                    path: path,
+                    issue: .init(
+                        line: nil, invoiceID: nil, field: nil,
+                        message: "cannot open the file (\(String(cString: strerror(errno))))"))
             }
             try fill()
         }
@@ -107,15 +110,21 @@ public final class CSVManifestReader: ManifestReader {
         for (index, cell) in cells.enumerated() {
             let bytes = UnsafeBufferPointer(start: buffer + cell.start, count: cell.end - cell.start)
             guard let name = validatedString(bytes) else {
-                throw ManifestError(path: path, issue: .init(line: line, invoiceID: nil, field: nil,
-                    message: "header cell \(index + 1) is not valid UTF-8 (save the file as UTF-8)"))
+                throw ManifestError(
+                    path: path,
+                    issue: .init(
+                        line: line, invoiceID: nil, field: nil,
+                        message: "header cell \(index + 1) is not valid UTF-8 (save the file as UTF-8)"))
             }
             let meaning = ManifestField.column(named: name)
             switch meaning {
             case .field(let field) where field != .phone:
                 if let first = seen[field] {
-                    throw ManifestError(path: path, issue: .init(line: line, invoiceID: nil, field: field.name,
-                        message: "the header names this field twice (columns \(first + 1) and \(index + 1))"))
+                    throw ManifestError(
+                        path: path,
+                        issue: .init(
+                            line: line, invoiceID: nil, field: field.name,
+                            message: "the header names this field twice (columns \(first + 1) and \(index + 1))"))
                 }
                 seen[field] = index
                 columns.append(Column(meaning: meaning, phoneName: ""))
@@ -126,8 +135,11 @@ public final class CSVManifestReader: ManifestReader {
                 columns.append(Column(meaning: meaning, phoneName: "phone\(n)"))
             case .extra(let original):
                 if original.isEmpty {
-                    throw ManifestError(path: path, issue: .init(line: line, invoiceID: nil, field: nil,
-                        message: "header cell \(index + 1) is empty: every column needs a name"))
+                    throw ManifestError(
+                        path: path,
+                        issue: .init(
+                            line: line, invoiceID: nil, field: nil,
+                            message: "header cell \(index + 1) is empty: every column needs a name"))
                 }
                 unknown.append(original)
                 columns.append(Column(meaning: meaning, phoneName: ""))
@@ -141,8 +153,13 @@ public final class CSVManifestReader: ManifestReader {
         if !hasPhone { missing.insert(.phone, at: min(2, missing.count)) }
         if let first = missing.first {
             let names = missing.map(\.name).joined(separator: ", ")
-            throw ManifestError(path: path, issue: .init(line: line, invoiceID: nil, field: first.name,
-                message: "required column missing from the header: \(names) (found: \(cells.count) columns, delimiter '\(Character(Unicode.Scalar(delimiter)))')"))
+            throw ManifestError(
+                path: path,
+                issue: .init(
+                    line: line, invoiceID: nil, field: first.name,
+                    message:
+                        "required column missing from the header: \(names) (found: \(cells.count) columns, delimiter '\(Character(Unicode.Scalar(delimiter)))')"
+                ))
         }
         return columns
     }
@@ -203,11 +220,15 @@ public final class CSVManifestReader: ManifestReader {
             var commas = 0, semicolons = 0, quoted = false, i = start
             while i < end {
                 let b = buffer[i]
-                if b == UInt8(ascii: "\"") { quoted.toggle() }
-                else if !quoted && (b == UInt8(ascii: "\n") || b == UInt8(ascii: "\r")) {
+                if b == UInt8(ascii: "\"") {
+                    quoted.toggle()
+                } else if !quoted && (b == UInt8(ascii: "\n") || b == UInt8(ascii: "\r")) {
                     return semicolons > commas ? UInt8(ascii: ";") : UInt8(ascii: ",")
-                } else if !quoted && b == UInt8(ascii: ",") { commas += 1 }
-                else if !quoted && b == UInt8(ascii: ";") { semicolons += 1 }
+                } else if !quoted && b == UInt8(ascii: ",") {
+                    commas += 1
+                } else if !quoted && b == UInt8(ascii: ";") {
+                    semicolons += 1
+                }
                 i += 1
             }
             if eof { return semicolons > commas ? UInt8(ascii: ";") : UInt8(ascii: ",") }
@@ -338,8 +359,11 @@ public final class CSVManifestReader: ManifestReader {
             let n = systemRead(fd, buffer + end, capacity - end)
             if n < 0 {
                 if errno == EINTR { continue }
-                throw ManifestError(path: path, issue: .init(line: line, invoiceID: nil, field: nil,
-                    message: "error while reading the file (\(String(cString: strerror(errno))))"))
+                throw ManifestError(
+                    path: path,
+                    issue: .init(
+                        line: line, invoiceID: nil, field: nil,
+                        message: "error while reading the file (\(String(cString: strerror(errno))))"))
             }
             if n == 0 { eof = true } else { end += n }
         }
@@ -365,7 +389,7 @@ public final class CSVManifestReader: ManifestReader {
 }
 
 #if canImport(Glibc)
-private let systemRead = Glibc.read
+    private let systemRead = Glibc.read
 #elseif canImport(Darwin)
-private let systemRead = Darwin.read
+    private let systemRead = Darwin.read
 #endif

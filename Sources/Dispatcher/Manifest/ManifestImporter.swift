@@ -85,8 +85,9 @@ public struct ManifestImporter {
         onSkipped: (Invoice, String) throws -> Void = { _, _ in }
     ) throws -> ImportSummary {
         let format = format ?? ManifestFormat.detect(path: path)
-        return try importManifest(from: Self.reader(for: path, format: format), format: format,
-                                  onInvoice: onInvoice, onSkipped: onSkipped)
+        return try importManifest(
+            from: Self.reader(for: path, format: format), format: format,
+            onInvoice: onInvoice, onSkipped: onSkipped)
     }
 
     public func importManifest(
@@ -127,8 +128,10 @@ public struct ManifestImporter {
         if summary.records == 0 && !summary.stoppedEarly {
             // An export that went wrong (a header row alone, an empty root) must not look like a month with nothing due.
             summary.issueCount += 1
-            summary.issues.append(ValidationIssue(line: nil, invoiceID: nil, field: nil,
-                                                  message: "the manifest has no invoice: nothing to preview or send (was the export empty?)"))
+            summary.issues.append(
+                ValidationIssue(
+                    line: nil, invoiceID: nil, field: nil,
+                    message: "the manifest has no invoice: nothing to preview or send (was the export empty?)"))
         }
         summary.warnings = reader.warnings
         return summary
@@ -136,9 +139,9 @@ public struct ManifestImporter {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 func readPrefix(path: String, count: Int) -> [UInt8]? {

@@ -69,8 +69,11 @@ public final class XMLManifestReader: ManifestReader {
                 let message = withUnsafeBytes(of: result.message) { raw in
                     String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
                 }
-                throw ManifestError(path: path, issue: .init(line: result.line > 0 ? result.line : nil,
-                    invoiceID: nil, field: nil, message: "not a well-formed XML manifest: \(message)"))
+                throw ManifestError(
+                    path: path,
+                    issue: .init(
+                        line: result.line > 0 ? result.line : nil,
+                        invoiceID: nil, field: nil, message: "not a well-formed XML manifest: \(message)"))
             }
             if !state.sawRoot {
                 throw ManifestError(path: path, issue: .init(line: 1, invoiceID: nil, field: nil, message: "the file has no root element"))
@@ -101,7 +104,8 @@ private final class ParseState {
         if event.kind == DX_XML_ROOT {
             sawRoot = true
             if element != "invoices" {
-                rootIssue = .init(line: event.line, invoiceID: nil, field: nil,
+                rootIssue = .init(
+                    line: event.line, invoiceID: nil, field: nil,
                     message: "the root element is <\(element)>; a manifest's root is <invoices>")
                 return 1
             }
@@ -124,8 +128,9 @@ private final class ParseState {
         var phoneCount = 0
         for field in fields {
             let name = string(field.name, field.name_length)
-            let bytes = UnsafeBufferPointer(start: UnsafeRawPointer(field.value).assumingMemoryBound(to: UInt8.self),
-                                            count: field.value_length)
+            let bytes = UnsafeBufferPointer(
+                start: UnsafeRawPointer(field.value).assumingMemoryBound(to: UInt8.self),
+                count: field.value_length)
             let column: ManifestField.Column
             if let known = columns[name] {
                 column = known

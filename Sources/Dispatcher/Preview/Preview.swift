@@ -49,17 +49,21 @@ public struct Previewer: Sendable {
     }
 
     /// Runs the preview, calling `onMessage` for every message that would be sent, in order.
-    public func run(path: String, format: ManifestFormat? = nil,
-                    onMessage: (RenderedMessage) throws -> Void = { _ in }) throws -> PreviewResult {
+    public func run(
+        path: String, format: ManifestFormat? = nil,
+        onMessage: (RenderedMessage) throws -> Void = { _ in }
+    ) throws -> PreviewResult {
         try run(path: path, format: format, onInvoice: { _, messages in for m in messages { try onMessage(m) } })
     }
 
     /// Runs the preview in one pass, handing over each invoice as its verdict is known: `onInvoice`
     /// for a valid one with its messages (what a billing run stores and sends), `onSkipped` for one
     /// with nothing due. Invalid records reach neither; they are in the result's errors.
-    public func run(path: String, format: ManifestFormat? = nil,
-                    onInvoice: (Invoice, [RenderedMessage]) throws -> Void,
-                    onSkipped: (Invoice, String) throws -> Void = { _, _ in }) throws -> PreviewResult {
+    public func run(
+        path: String, format: ManifestFormat? = nil,
+        onInvoice: (Invoice, [RenderedMessage]) throws -> Void,
+        onSkipped: (Invoice, String) throws -> Void = { _, _ in }
+    ) throws -> PreviewResult {
         let format = format ?? ManifestFormat.detect(path: path)
         var result = PreviewResult(manifest: path, format: format, templateName: renderer.template.name)
         var recipients = Set<UInt64>()
@@ -71,13 +75,16 @@ public struct Previewer: Sendable {
             switch renderer.render(invoice) {
             case .success(let messages):
                 let code = invoice.amount.currency.code
-                guard let total = result.billed[code, default: Money(minorUnits: 0, currency: invoice.amount.currency)].adding(invoice.amount) else {
+                guard
+                    let total = result.billed[code, default: Money(minorUnits: 0, currency: invoice.amount.currency)].adding(invoice.amount)
+                else {
                     // Never wrapped: the invoice that would pass the limit is refused, by name.
                     renderInvalid += 1
                     renderIssueCount += 1
-                    renderIssues.append(ValidationIssue(
-                        line: invoice.line, invoiceID: invoice.invoiceID, field: "amount",
-                        message: "brings the manifest's total in \(code) past 18 digits; split the manifest into smaller ones"))
+                    renderIssues.append(
+                        ValidationIssue(
+                            line: invoice.line, invoiceID: invoice.invoiceID, field: "amount",
+                            message: "brings the manifest's total in \(code) past 18 digits; split the manifest into smaller ones"))
                     return
                 }
                 result.billed[code] = total
@@ -125,9 +132,9 @@ public enum MessagingLimit {
     public static func warning(recipients: Int, limit: Int?) -> String? {
         guard let limit, recipients > limit else { return nil }
         let next = tiers.first { $0 >= recipients }.map { "the \($0.formatted(grouping: ","))-user tier" } ?? "the unlimited tier"
-        return "this run reaches \(recipients) distinct numbers but the messaging limit is \(limit) unique users per 24 h: " +
-            "\(recipients - limit) tenants would not get their invoice today. " +
-            "Split the run over several days or ask Meta for \(next)."
+        return "this run reaches \(recipients) distinct numbers but the messaging limit is \(limit) unique users per 24 h: "
+            + "\(recipients - limit) tenants would not get their invoice today. "
+            + "Split the run over several days or ask Meta for \(next)."
     }
 }
 

@@ -48,7 +48,9 @@ public struct LocaleFormatting: Sendable {
     public func symbol(for currency: Currency) -> String {
         switch currency.code {
         case "DOP": return "RD$"
-        case "USD": return (region == "US" || region == "PR" || (language == "en" && region == nil) || region == "EC" || region == "SV") ? "$" : "US$"
+        case "USD":
+            return (region == "US" || region == "PR" || (language == "en" && region == nil) || region == "EC" || region == "SV")
+                ? "$" : "US$"
         case "EUR": return "€"
         case "GBP": return "£"
         case "BRL": return "R$"
@@ -88,12 +90,19 @@ public struct LocaleFormatting: Sendable {
     // MARK: - Months and dates
 
     private static let months: [String: [String]] = [
-        "es": ["enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre", "octubre", "noviembre", "diciembre"],
+        "es": [
+            "enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre", "octubre", "noviembre", "diciembre",
+        ],
         "en": ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"],
         "fr": ["janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre", "octobre", "novembre", "décembre"],
-        "pt": ["janeiro", "fevereiro", "março", "abril", "maio", "junho", "julho", "agosto", "setembro", "outubro", "novembro", "dezembro"],
+        "pt": [
+            "janeiro", "fevereiro", "março", "abril", "maio", "junho", "julho", "agosto", "setembro", "outubro", "novembro", "dezembro",
+        ],
         "de": ["Januar", "Februar", "März", "April", "Mai", "Juni", "Juli", "August", "September", "Oktober", "November", "Dezember"],
-        "it": ["gennaio", "febbraio", "marzo", "aprile", "maggio", "giugno", "luglio", "agosto", "settembre", "ottobre", "novembre", "dicembre"],
+        "it": [
+            "gennaio", "febbraio", "marzo", "aprile", "maggio", "giugno", "luglio", "agosto", "settembre", "ottobre", "novembre",
+            "dicembre",
+        ],
     ]
 
     private var monthNames: [String] { Self.months[language] ?? Self.months["en"]! }

@@ -56,7 +56,8 @@ public struct MessageRenderer: Sendable {
         }
         guard template.languages[defaultLanguage] != nil else {
             let known = template.languages.keys.sorted().joined(separator: ", ")
-            throw TemplateError("template '\(templateName)' has no language '\(defaultLanguage)' (it has: \(known)); Meta would answer 132001")
+            throw TemplateError(
+                "template '\(templateName)' has no language '\(defaultLanguage)' (it has: \(known)); Meta would answer 132001")
         }
         self.catalog = catalog
         self.template = template
@@ -134,8 +135,11 @@ public struct MessageRenderer: Sendable {
                 }
             } else if let source = header.source {
                 let value = self.value(of: source, in: invoice, formatting: formatting) ?? ""
-                if value.isEmpty { fail(source, "is empty, but template '\(template.name)' needs it for the header (131008)") }
-                else if let problem = checkTextParameter(value) { fail(source, "\(problem), which Meta refuses in the header (132018)") }
+                if value.isEmpty {
+                    fail(source, "is empty, but template '\(template.name)' needs it for the header (131008)")
+                } else if let problem = checkTextParameter(value) {
+                    fail(source, "\(problem), which Meta refuses in the header (132018)")
+                }
                 headerText = headerText.map { fillPlaceholders($0, [value]) }
                 components.append(.init(type: "header", parameters: [.text(value)]))
             }

@@ -124,13 +124,17 @@ public struct TemplateCatalog: Sendable {
                 throw TemplateError("\(where_): body parameter {{\(index + 1)}} has type '\(type)'; use text or currency")
             }
             if type == "currency" && parameter.source != "amount" {
-                throw TemplateError("\(where_): body parameter {{\(index + 1)}} is a currency but its source is '\(parameter.source)', not amount (Meta would answer 132012)")
+                throw TemplateError(
+                    "\(where_): body parameter {{\(index + 1)}} is a currency but its source is '\(parameter.source)', not amount (Meta would answer 132012)"
+                )
             }
         }
         if let header = t.header {
             switch header.format.uppercased() {
             case "DOCUMENT":
-                if header.link == nil { throw TemplateError("\(where_): a DOCUMENT header needs 'link' (the field with the PDF's https URL)") }
+                if header.link == nil {
+                    throw TemplateError("\(where_): a DOCUMENT header needs 'link' (the field with the PDF's https URL)")
+                }
             case "TEXT":
                 break
             default:
@@ -141,10 +145,14 @@ public struct TemplateCatalog: Sendable {
             let here = "\(where_) (\(language))"
             let placeholders = Set(try placeholderNumbers(in: text.body, where: here + " body"))
             if !placeholders.isEmpty && placeholders != Set(1...placeholders.count) {
-                throw TemplateError("\(here): body placeholders must be {{1}}…{{n}} without gaps; found \(placeholders.sorted().map { "{{\($0)}}" }.joined(separator: " "))")
+                throw TemplateError(
+                    "\(here): body placeholders must be {{1}}…{{n}} without gaps; found \(placeholders.sorted().map { "{{\($0)}}" }.joined(separator: " "))"
+                )
             }
             if placeholders.count != t.body.count {
-                throw TemplateError("\(here): the body has \(placeholders.count) placeholders but \(t.body.count) parameters are mapped (Meta would answer 132000)")
+                throw TemplateError(
+                    "\(here): the body has \(placeholders.count) placeholders but \(t.body.count) parameters are mapped (Meta would answer 132000)"
+                )
             }
             if text.body.count > 1024 { throw TemplateError("\(here): the body is longer than Meta's 1,024 characters") }
             let headerPlaceholders = try placeholderNumbers(in: text.header ?? "", where: here + " header")
@@ -153,7 +161,9 @@ public struct TemplateCatalog: Sendable {
                 if text.header == nil { throw TemplateError("\(here): a TEXT header needs its text") }
                 if headerPlaceholders.count > 1 { throw TemplateError("\(here): a header takes at most one placeholder") }
                 if (headerPlaceholders.count == 1) != (t.header?.source != nil) {
-                    throw TemplateError("\(here): the header has \(headerPlaceholders.count) placeholders but \(t.header?.source == nil ? 0 : 1) parameters are mapped (Meta would answer 132000)")
+                    throw TemplateError(
+                        "\(here): the header has \(headerPlaceholders.count) placeholders but \(t.header?.source == nil ? 0 : 1) parameters are mapped (Meta would answer 132000)"
+                    )
                 }
             default:
                 if text.header != nil { throw TemplateError("\(here): header text given but the header is not TEXT") }
@@ -167,7 +177,9 @@ public struct TemplateCatalog: Sendable {
                 let count = try placeholderNumbers(in: button.url ?? "", where: here + " button \(index)").count
                 let mapped = buttons.contains { $0.index == index }
                 if count > 1 || (count == 1) != mapped {
-                    throw TemplateError("\(here): button \(index)'s URL has \(count) placeholders but \(mapped ? 1 : 0) parameters are mapped (Meta would answer 132000)")
+                    throw TemplateError(
+                        "\(here): button \(index)'s URL has \(count) placeholders but \(mapped ? 1 : 0) parameters are mapped (Meta would answer 132000)"
+                    )
                 }
             }
         }

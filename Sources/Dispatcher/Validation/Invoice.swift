@@ -21,10 +21,12 @@ public struct Invoice: Sendable, Hashable {
     /// The period as the caller wrote it (`marzo 2026` from the landlord UI), shown instead of the formatted one.
     public var periodLabel: String? = nil
 
-    public init(line: Int, invoiceID: String, tenantName: String, phones: [String], amount: Money,
-                period: BillingPeriod, dueDate: CalendarDate? = nil, landlord: String? = nil,
-                property: String? = nil, tenantID: String? = nil, locale: String, documentURL: String? = nil,
-                email: String? = nil, extras: [String: String] = [:]) {
+    public init(
+        line: Int, invoiceID: String, tenantName: String, phones: [String], amount: Money,
+        period: BillingPeriod, dueDate: CalendarDate? = nil, landlord: String? = nil,
+        property: String? = nil, tenantID: String? = nil, locale: String, documentURL: String? = nil,
+        email: String? = nil, extras: [String: String] = [:]
+    ) {
         self.line = line
         self.invoiceID = invoiceID
         self.tenantName = tenantName

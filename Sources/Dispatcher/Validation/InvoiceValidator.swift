@@ -151,23 +151,34 @@ public struct InvoiceValidator {
             if !raw.elementsEqual(lastLocale.raw) {
                 lastLocale = (Array(raw), validatedString(raw).flatMap(normalizeLocale))
             }
-            if let normal = lastLocale.normal { locale = normal }
-            else { fail("locale", "'\(String(decoding: raw, as: UTF8.self))' is not a BCP 47 language tag (e.g. es-DO, en, fr-FR)") }
+            if let normal = lastLocale.normal {
+                locale = normal
+            } else {
+                fail("locale", "'\(String(decoding: raw, as: UTF8.self))' is not a BCP 47 language tag (e.g. es-DO, en, fr-FR)")
+            }
         }
 
         var documentURL: String? = nil
         if let bytes = record[.documentURL], !isBlankBytes(bytes) {
             let raw = trimmed(bytes)
-            if let problem = checkDocumentURL(raw) { fail("document_url", problem) }
-            else { documentURL = String(decoding: raw, as: UTF8.self) }  // ASCII only: checked above
+            if let problem = checkDocumentURL(raw) {
+                fail("document_url", problem)
+            } else {
+                documentURL = String(decoding: raw, as: UTF8.self)
+            }  // ASCII only: checked above
         }
 
         var email: String? = nil
         if let bytes = record[.email], !isBlankBytes(bytes) {
             let raw = trimmed(bytes)
             if let value = validatedString(raw) {
-                if let control = forbiddenControl(raw) { fail("email", controlMessage(control)) }
-                else if looksLikeEmail(raw) { email = value } else { fail("email", "'\(value)' is not an email address") }
+                if let control = forbiddenControl(raw) {
+                    fail("email", controlMessage(control))
+                } else if looksLikeEmail(raw) {
+                    email = value
+                } else {
+                    fail("email", "'\(value)' is not an email address")
+                }
             } else {
                 fail("email", "is not valid UTF-8 (save the file as UTF-8)")
             }
@@ -224,8 +235,10 @@ public struct InvoiceValidator {
         return .text(s)
     }
 
-    private func requiredText(_ record: borrowing RawRecord, _ field: ManifestField,
-                              _ fail: (String?, String) -> Void) -> String? {
+    private func requiredText(
+        _ record: borrowing RawRecord, _ field: ManifestField,
+        _ fail: (String?, String) -> Void
+    ) -> String? {
         switch text(record[field]) {
         case nil: fail(field.name, "is missing"); return nil
         case .some(.invalidUTF8): fail(field.name, "is not valid UTF-8 (save the file as UTF-8)"); return nil
@@ -234,8 +247,10 @@ public struct InvoiceValidator {
         }
     }
 
-    private func optionalText(_ record: borrowing RawRecord, _ field: ManifestField,
-                              _ fail: (String?, String) -> Void) -> String? {
+    private func optionalText(
+        _ record: borrowing RawRecord, _ field: ManifestField,
+        _ fail: (String?, String) -> Void
+    ) -> String? {
         switch text(record[field]) {
         case nil: return nil
         case .some(.invalidUTF8): fail(field.name, "is not valid UTF-8 (save the file as UTF-8)"); return nil
@@ -276,7 +291,8 @@ package func parseAmount(_ raw: UnsafeBufferPointer<UInt8>, digits: Int?) -> Res
         } else if b == UInt8(ascii: ".") && !sawPoint {
             sawPoint = true
         } else if b == UInt8(ascii: ",") {
-            return .failure(AmountError(message: "'\(shown)' is not a plain decimal: use '.' for decimals and no thousands separator (12345.50)"))
+            return .failure(
+                AmountError(message: "'\(shown)' is not a plain decimal: use '.' for decimals and no thousands separator (12345.50)"))
         } else {
             return .failure(AmountError(message: "'\(shown)' is not a number (write a plain decimal such as 12345.50)"))
         }
@@ -295,7 +311,8 @@ package func parseAmount(_ raw: UnsafeBufferPointer<UInt8>, digits: Int?) -> Res
     // The whole part may have at most 15 − digits digits, so that minor units stay within
     // Money.maximumMinorUnits (and thousandths and totals cannot overflow).
     if wholeDigits > 15 - digits {
-        return .failure(AmountError(message: "'\(shown.prefix(40))' is too large: at most \(15 - digits) digits before the point in this currency"))
+        return .failure(
+            AmountError(message: "'\(shown.prefix(40))' is too large: at most \(15 - digits) digits before the point in this currency"))
     }
     while fraction.count < digits { fraction.append(0) }
     var minor = whole
@@ -335,7 +352,8 @@ func parsePeriod(_ raw: UnsafeBufferPointer<UInt8>) -> BillingPeriod? {
     case 10:
         year = number(b, 0..<4); month = number(b, 4..<6)
         guard let y = year, let m = month, let day = number(b, 6..<8), let hour = number(b, 8..<10),
-            CalendarDate(year: y, month: m, day: day) != nil, hour < 24 else { return nil }
+            CalendarDate(year: y, month: m, day: day) != nil, hour < 24
+        else { return nil }
     default:
         return nil
     }
@@ -347,7 +365,8 @@ func parsePeriod(_ raw: UnsafeBufferPointer<UInt8>) -> BillingPeriod? {
 package func parseDate(_ raw: UnsafeBufferPointer<UInt8>) -> CalendarDate? {
     let b = trimmed(raw)
     guard b.count == 10, b[4] == UInt8(ascii: "-"), b[7] == UInt8(ascii: "-"),
-        let y = number(b, 0..<4), let m = number(b, 5..<7), let d = number(b, 8..<10) else { return nil }
+        let y = number(b, 0..<4), let m = number(b, 5..<7), let d = number(b, 8..<10)
+    else { return nil }
     return CalendarDate(year: y, month: m, day: d)
 }
 
@@ -363,9 +382,13 @@ public func normalizeLocale(_ tag: String) -> String? {
     var out = [language.lowercased()]
     for part in parts.dropFirst() {
         guard (2...8).contains(part.count), part.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) else { return nil }
-        if part.count == 2 { out.append(part.uppercased()) }
-        else if part.count == 4 { out.append(part.prefix(1).uppercased() + part.dropFirst().lowercased()) }
-        else { out.append(part) }
+        if part.count == 2 {
+            out.append(part.uppercased())
+        } else if part.count == 4 {
+            out.append(part.prefix(1).uppercased() + part.dropFirst().lowercased())
+        } else {
+            out.append(part)
+        }
     }
     return out.joined(separator: "-")
 }
@@ -385,7 +408,8 @@ package func checkDocumentURL(_ url: UnsafeBufferPointer<UInt8>) -> String? {
     }
     if hostLength == 0 || !hostHasDot { return "'\(shown())' has no host" }
     for b in url where b <= 0x20 || b >= 0x7F {
-        return b >= 0x7F ? "'\(shown())' has characters that are not allowed in a link (percent-encode them)" : "'\(shown())' contains spaces"
+        return b >= 0x7F
+            ? "'\(shown())' has characters that are not allowed in a link (percent-encode them)" : "'\(shown())' contains spaces"
     }
     if url.count > 2000 { return "is longer than 2,000 characters" }
     return nil
@@ -406,4 +430,3 @@ func looksLikeEmail(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
     let domain = bytes[(at + 1)...]
     return domain.contains(UInt8(ascii: ".")) && domain.first != UInt8(ascii: ".") && domain.last != UInt8(ascii: ".")
 }
-

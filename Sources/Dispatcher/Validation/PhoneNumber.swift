@@ -62,7 +62,9 @@ public struct PhoneNormalizer: Sendable {
         if international.first == UInt8(ascii: "0") {
             return .failure(PhoneError("has a country code starting with 0"))
         }
-        if international.count < 8 { return .failure(PhoneError("is too short (\(international.count) digits with the country code; E.164 needs 8 to 15)")) }
+        if international.count < 8 {
+            return .failure(PhoneError("is too short (\(international.count) digits with the country code; E.164 needs 8 to 15)"))
+        }
         if international.count > 15 { return .failure(PhoneError("is too long (\(international.count) digits; E.164 allows 15)")) }
         if international.first == UInt8(ascii: "1") && international.count != 11 {
             return .failure(PhoneError("has \(international.count) digits; numbers with country code 1 have 11 (+1 and 10 digits)"))

@@ -54,7 +54,8 @@ func forbiddenControl(_ b: UnsafeBufferPointer<UInt8>) -> UInt32? {
 /// What a field with a control character is told.
 func controlMessage(_ scalar: UInt32) -> String {
     let digits = String(scalar, radix: 16, uppercase: true)
-    return "contains the control character U+\(String(repeating: "0", count: max(0, 4 - digits.count)) + digits), which cannot be sent or shown: remove it"
+    return
+        "contains the control character U+\(String(repeating: "0", count: max(0, 4 - digits.count)) + digits), which cannot be sent or shown: remove it"
 }
 
 /// A String from UTF-8 bytes, or nil when they are not valid UTF-8.

@@ -16,182 +16,189 @@ enum PostgresSchema {
     static let migrationLock: Int64 = 0x6469_7370_6174_6368  // "dispatch"
 
     static let migrations: [Migration] = [
-        Migration(name: "v1: runs, invoices, messages, attempts, webhooks", statements: [
-            """
-            CREATE TABLE runs (
-                name TEXT PRIMARY KEY,
-                manifest TEXT NOT NULL,
-                template TEXT NOT NULL,
-                sender TEXT NOT NULL,
-                status TEXT NOT NULL,
-                created_at DOUBLE PRECISION NOT NULL,
-                finished_at DOUBLE PRECISION,
-                halt_reason TEXT
-            )
-            """,
-            """
-            CREATE TABLE invoices (
-                run TEXT NOT NULL REFERENCES runs(name),
-                invoice_id TEXT NOT NULL,
-                line INTEGER NOT NULL,
-                tenant_name TEXT NOT NULL,
-                tenant_id TEXT,
-                landlord TEXT,
-                property TEXT,
-                amount_minor BIGINT NOT NULL,
-                currency TEXT NOT NULL,
-                period TEXT NOT NULL,
-                due_date TEXT,
-                locale TEXT NOT NULL,
-                document_url TEXT,
-                email TEXT,
-                skip_reason TEXT,
-                PRIMARY KEY (run, invoice_id)
-            )
-            """,
-            """
-            CREATE TABLE messages (
-                seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                id TEXT NOT NULL UNIQUE,
-                run TEXT NOT NULL REFERENCES runs(name),
-                invoice_id TEXT NOT NULL,
-                phone TEXT NOT NULL,
-                template TEXT NOT NULL,
-                language TEXT NOT NULL,
-                state TEXT NOT NULL,
-                state_rank INTEGER NOT NULL,
-                wamid TEXT UNIQUE,
-                error_code INTEGER,
-                error_title TEXT,
-                error_details TEXT,
-                skip_reason TEXT,
-                attempts INTEGER NOT NULL DEFAULT 0,
-                created_at DOUBLE PRECISION NOT NULL,
-                updated_at DOUBLE PRECISION NOT NULL,
-                accepted_at DOUBLE PRECISION,
-                sent_at DOUBLE PRECISION,
-                delivered_at DOUBLE PRECISION,
-                read_at DOUBLE PRECISION,
-                failed_at DOUBLE PRECISION,
-                request_body TEXT
-            )
-            """,
-            "CREATE INDEX messages_run_state ON messages(run, state)",
-            "CREATE INDEX messages_run_seq ON messages(run, seq)",
-            """
-            CREATE TABLE attempts (
-                message_id TEXT NOT NULL REFERENCES messages(id),
-                number INTEGER NOT NULL,
-                started_at DOUBLE PRECISION NOT NULL,
-                finished_at DOUBLE PRECISION,
-                outcome TEXT NOT NULL,
-                wamid TEXT,
-                error_code INTEGER,
-                error_title TEXT,
-                error_details TEXT,
-                PRIMARY KEY (message_id, number)
-            )
-            """,
-            """
-            CREATE TABLE webhook_payloads (
-                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                received_at DOUBLE PRECISION NOT NULL,
-                signature TEXT,
-                body BYTEA NOT NULL,
-                parse_error TEXT,
-                statuses INTEGER NOT NULL DEFAULT 0
-            )
-            """,
-            """
-            CREATE TABLE status_events (
-                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                payload_id BIGINT NOT NULL REFERENCES webhook_payloads(id),
-                wamid TEXT NOT NULL,
-                message_id TEXT,
-                status TEXT NOT NULL,
-                timestamp DOUBLE PRECISION NOT NULL,
-                received_at DOUBLE PRECISION NOT NULL,
-                recipient_id TEXT,
-                callback_data TEXT,
-                error_code INTEGER,
-                error_title TEXT,
-                error_details TEXT,
-                pricing_category TEXT,
-                applied BOOLEAN NOT NULL DEFAULT false,
-                UNIQUE (wamid, status, timestamp)
-            )
-            """,
-            "CREATE INDEX status_events_message ON status_events(message_id)",
-            "CREATE INDEX status_events_unmatched_wamid ON status_events(wamid) WHERE message_id IS NULL",
-            "CREATE INDEX status_events_unmatched_callback ON status_events(callback_data) WHERE message_id IS NULL",
-            """
-            CREATE TABLE inbound_messages (
-                wamid TEXT PRIMARY KEY,
-                payload_id BIGINT NOT NULL REFERENCES webhook_payloads(id),
-                from_phone TEXT NOT NULL,
-                timestamp DOUBLE PRECISION NOT NULL,
-                type TEXT NOT NULL,
-                body TEXT
-            )
-            """,
-            """
-            CREATE TABLE opt_outs (
-                phone TEXT PRIMARY KEY,
-                at DOUBLE PRECISION NOT NULL,
-                word TEXT NOT NULL,
-                wamid TEXT
-            )
-            """,
-        ]),
-        Migration(name: "v2: sender leases", statements: [
-            """
-            CREATE TABLE sender_leases (
-                sender TEXT PRIMARY KEY,
-                holder TEXT NOT NULL,
-                run TEXT NOT NULL,
-                acquired_at DOUBLE PRECISION NOT NULL,
-                expires_at DOUBLE PRECISION NOT NULL
-            )
-            """,
-        ]),
+        Migration(
+            name: "v1: runs, invoices, messages, attempts, webhooks",
+            statements: [
+                """
+                CREATE TABLE runs (
+                    name TEXT PRIMARY KEY,
+                    manifest TEXT NOT NULL,
+                    template TEXT NOT NULL,
+                    sender TEXT NOT NULL,
+                    status TEXT NOT NULL,
+                    created_at DOUBLE PRECISION NOT NULL,
+                    finished_at DOUBLE PRECISION,
+                    halt_reason TEXT
+                )
+                """,
+                """
+                CREATE TABLE invoices (
+                    run TEXT NOT NULL REFERENCES runs(name),
+                    invoice_id TEXT NOT NULL,
+                    line INTEGER NOT NULL,
+                    tenant_name TEXT NOT NULL,
+                    tenant_id TEXT,
+                    landlord TEXT,
+                    property TEXT,
+                    amount_minor BIGINT NOT NULL,
+                    currency TEXT NOT NULL,
+                    period TEXT NOT NULL,
+                    due_date TEXT,
+                    locale TEXT NOT NULL,
+                    document_url TEXT,
+                    email TEXT,
+                    skip_reason TEXT,
+                    PRIMARY KEY (run, invoice_id)
+                )
+                """,
+                """
+                CREATE TABLE messages (
+                    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                    id TEXT NOT NULL UNIQUE,
+                    run TEXT NOT NULL REFERENCES runs(name),
+                    invoice_id TEXT NOT NULL,
+                    phone TEXT NOT NULL,
+                    template TEXT NOT NULL,
+                    language TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    state_rank INTEGER NOT NULL,
+                    wamid TEXT UNIQUE,
+                    error_code INTEGER,
+                    error_title TEXT,
+                    error_details TEXT,
+                    skip_reason TEXT,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    created_at DOUBLE PRECISION NOT NULL,
+                    updated_at DOUBLE PRECISION NOT NULL,
+                    accepted_at DOUBLE PRECISION,
+                    sent_at DOUBLE PRECISION,
+                    delivered_at DOUBLE PRECISION,
+                    read_at DOUBLE PRECISION,
+                    failed_at DOUBLE PRECISION,
+                    request_body TEXT
+                )
+                """,
+                "CREATE INDEX messages_run_state ON messages(run, state)",
+                "CREATE INDEX messages_run_seq ON messages(run, seq)",
+                """
+                CREATE TABLE attempts (
+                    message_id TEXT NOT NULL REFERENCES messages(id),
+                    number INTEGER NOT NULL,
+                    started_at DOUBLE PRECISION NOT NULL,
+                    finished_at DOUBLE PRECISION,
+                    outcome TEXT NOT NULL,
+                    wamid TEXT,
+                    error_code INTEGER,
+                    error_title TEXT,
+                    error_details TEXT,
+                    PRIMARY KEY (message_id, number)
+                )
+                """,
+                """
+                CREATE TABLE webhook_payloads (
+                    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                    received_at DOUBLE PRECISION NOT NULL,
+                    signature TEXT,
+                    body BYTEA NOT NULL,
+                    parse_error TEXT,
+                    statuses INTEGER NOT NULL DEFAULT 0
+                )
+                """,
+                """
+                CREATE TABLE status_events (
+                    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                    payload_id BIGINT NOT NULL REFERENCES webhook_payloads(id),
+                    wamid TEXT NOT NULL,
+                    message_id TEXT,
+                    status TEXT NOT NULL,
+                    timestamp DOUBLE PRECISION NOT NULL,
+                    received_at DOUBLE PRECISION NOT NULL,
+                    recipient_id TEXT,
+                    callback_data TEXT,
+                    error_code INTEGER,
+                    error_title TEXT,
+                    error_details TEXT,
+                    pricing_category TEXT,
+                    applied BOOLEAN NOT NULL DEFAULT false,
+                    UNIQUE (wamid, status, timestamp)
+                )
+                """,
+                "CREATE INDEX status_events_message ON status_events(message_id)",
+                "CREATE INDEX status_events_unmatched_wamid ON status_events(wamid) WHERE message_id IS NULL",
+                "CREATE INDEX status_events_unmatched_callback ON status_events(callback_data) WHERE message_id IS NULL",
+                """
+                CREATE TABLE inbound_messages (
+                    wamid TEXT PRIMARY KEY,
+                    payload_id BIGINT NOT NULL REFERENCES webhook_payloads(id),
+                    from_phone TEXT NOT NULL,
+                    timestamp DOUBLE PRECISION NOT NULL,
+                    type TEXT NOT NULL,
+                    body TEXT
+                )
+                """,
+                """
+                CREATE TABLE opt_outs (
+                    phone TEXT PRIMARY KEY,
+                    at DOUBLE PRECISION NOT NULL,
+                    word TEXT NOT NULL,
+                    wamid TEXT
+                )
+                """,
+            ]),
+        Migration(
+            name: "v2: sender leases",
+            statements: [
+                """
+                CREATE TABLE sender_leases (
+                    sender TEXT PRIMARY KEY,
+                    holder TEXT NOT NULL,
+                    run TEXT NOT NULL,
+                    acquired_at DOUBLE PRECISION NOT NULL,
+                    expires_at DOUBLE PRECISION NOT NULL
+                )
+                """
+            ]),
         // Functions are written once, as they are now: a migration that changes one re-creates it
         // (CREATE OR REPLACE), and an earlier migration creating it uses the same text (PL/pgSQL
         // resolves tables and functions when it runs, so v3 may name what v4 adds).
-        Migration(name: "v3: intake and ledger functions", statements: [applyStatus, attachPending, ingest, beginAttempts, recordOutcomes]),
-        Migration(name: "v4: opt-outs under every id Meta gives a tenant", statements: [
-            "ALTER TABLE inbound_messages ADD COLUMN from_user_id TEXT",
-            "ALTER TABLE opt_outs ADD COLUMN kind TEXT NOT NULL DEFAULT 'wa_id'",
-            "ALTER TABLE opt_outs ADD COLUMN source TEXT NOT NULL DEFAULT 'reply'",
-            "ALTER TABLE opt_outs ADD COLUMN note TEXT",
-            """
-            CREATE TABLE opt_out_changes (
-                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                key TEXT NOT NULL,
-                kind TEXT NOT NULL,
-                change TEXT NOT NULL,
-                at DOUBLE PRECISION NOT NULL,
-                source TEXT NOT NULL,
-                word TEXT,
-                wamid TEXT,
-                note TEXT
-            )
-            """,
-            """
-            INSERT INTO opt_out_changes (key, kind, change, at, source, word, wamid)
-                SELECT phone, 'wa_id', 'out', at, 'reply', word, wamid FROM opt_outs ORDER BY at
-            """,
-            """
-            CREATE TABLE recipient_ids (
-                phone TEXT NOT NULL,
-                id TEXT NOT NULL,
-                kind TEXT NOT NULL,
-                learnt_at DOUBLE PRECISION NOT NULL,
-                PRIMARY KEY (phone, id)
-            )
-            """,
-            "CREATE INDEX recipient_ids_id ON recipient_ids(id)",
-            learn, optOut, ingest, recordOutcomes,
-        ]),
+        Migration(
+            name: "v3: intake and ledger functions", statements: [applyStatus, attachPending, ingest, beginAttempts, recordOutcomes]),
+        Migration(
+            name: "v4: opt-outs under every id Meta gives a tenant",
+            statements: [
+                "ALTER TABLE inbound_messages ADD COLUMN from_user_id TEXT",
+                "ALTER TABLE opt_outs ADD COLUMN kind TEXT NOT NULL DEFAULT 'wa_id'",
+                "ALTER TABLE opt_outs ADD COLUMN source TEXT NOT NULL DEFAULT 'reply'",
+                "ALTER TABLE opt_outs ADD COLUMN note TEXT",
+                """
+                CREATE TABLE opt_out_changes (
+                    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                    key TEXT NOT NULL,
+                    kind TEXT NOT NULL,
+                    change TEXT NOT NULL,
+                    at DOUBLE PRECISION NOT NULL,
+                    source TEXT NOT NULL,
+                    word TEXT,
+                    wamid TEXT,
+                    note TEXT
+                )
+                """,
+                """
+                INSERT INTO opt_out_changes (key, kind, change, at, source, word, wamid)
+                    SELECT phone, 'wa_id', 'out', at, 'reply', word, wamid FROM opt_outs ORDER BY at
+                """,
+                """
+                CREATE TABLE recipient_ids (
+                    phone TEXT NOT NULL,
+                    id TEXT NOT NULL,
+                    kind TEXT NOT NULL,
+                    learnt_at DOUBLE PRECISION NOT NULL,
+                    PRIMARY KEY (phone, id)
+                )
+                """,
+                "CREATE INDEX recipient_ids_id ON recipient_ids(id)",
+                learn, optOut, ingest, recordOutcomes,
+            ]),
         Migration(name: "v5: the forward-only rule generated from StatusRule", statements: [applyStatus]),
     ]
 
@@ -203,7 +210,9 @@ enum PostgresSchema {
         var branches = ""
         for (i, rule) in StatusRule.all.enumerated() {
             let c = rule.sqlCondition
-            let errors = rule.recordsError ? """
+            let errors =
+                rule.recordsError
+                ? """
                 ,
                                 error_code = CASE WHEN \(c) THEN p_code ELSE error_code END,
                                 error_title = CASE WHEN \(c) THEN p_title ELSE error_title END,

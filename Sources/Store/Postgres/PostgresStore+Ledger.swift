@@ -25,16 +25,19 @@ extension PostgresStore {
 
     public func recordOutcomes(_ outcomes: [AttemptOutcome], at time: Double) async throws {
         guard !outcomes.isEmpty else { return }
-        let json = try Self.json(outcomes.map { outcome in
-            switch outcome {
-            case .accepted(let id, let number, let wamid, let waID):
-                OutcomeJSON(kind: "accepted", id: id, number: number, wamid: wamid, wa_id: waID)
-            case .rejected(let id, let number, let error, let final):
-                OutcomeJSON(kind: "rejected", id: id, number: number, code: error.code, title: error.title, details: error.details, final: final)
-            case .unknown(let id, let number, let reason):
-                OutcomeJSON(kind: "unknown", id: id, number: number, title: reason)
-            }
-        })
+        let json = try Self.json(
+            outcomes.map { outcome in
+                switch outcome {
+                case .accepted(let id, let number, let wamid, let waID):
+                    OutcomeJSON(kind: "accepted", id: id, number: number, wamid: wamid, wa_id: waID)
+                case .rejected(let id, let number, let error, let final):
+                    OutcomeJSON(
+                        kind: "rejected", id: id, number: number, code: error.code, title: error.title, details: error.details, final: final
+                    )
+                case .unknown(let id, let number, let reason):
+                    OutcomeJSON(kind: "unknown", id: id, number: number, title: reason)
+                }
+            })
         try await rows("SELECT dispatcher_record_outcomes(\(json)::jsonb, \(time))")
     }
 
@@ -43,9 +46,11 @@ extension PostgresStore {
         return try await transaction { connection in
             // The run's row locked first: a second process cannot begin an attempt in between.
             try await connection.query("SELECT name FROM runs WHERE name = \(name) FOR UPDATE", logger: logger)
-            for try await attempted in try await connection.query("""
+            for try await attempted in try await connection.query(
+                """
                 SELECT EXISTS (SELECT 1 FROM attempts WHERE message_id IN (SELECT id FROM messages WHERE run = \(name)))
-                """, logger: logger).decode(Bool.self) where attempted {
+                """, logger: logger
+            ).decode(Bool.self) where attempted {
                 return false
             }
             try await connection.query("DELETE FROM messages WHERE run = \(name)", logger: logger)
@@ -58,15 +63,18 @@ extension PostgresStore {
     public func markInterrupted(run: String, at time: Double) async throws -> Int {
         let logger = self.logger
         return try await transaction { connection in
-            try await connection.query("""
+            try await connection.query(
+                """
                 UPDATE attempts SET outcome = 'unknown', finished_at = \(time),
                     error_title = 'interrupted: the process stopped while this request may have been in flight'
                 WHERE outcome = 'sending' AND message_id IN (SELECT id FROM messages WHERE run = \(run) AND state = 'sending')
                 """, logger: logger)
             var changed = 0
-            for try await _ in try await connection.query("""
+            for try await _ in try await connection.query(
+                """
                 UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = \(time) WHERE run = \(run) AND state = 'sending' RETURNING id
-                """, logger: logger) {
+                """, logger: logger)
+            {
                 changed += 1
             }
             return changed
@@ -74,9 +82,11 @@ extension PostgresStore {
     }
 
     public func queuedMessages(run: String, after: Int64?, limit: Int) async throws -> [QueuedMessage] {
-        try await rows("""
+        try await rows(
+            """
             SELECT seq, id, phone, request_body, language FROM messages WHERE run = \(run) AND state = 'queued' AND seq > \(after ?? 0) ORDER BY seq LIMIT \(limit)
-            """).map { row in
+            """
+        ).map { row in
             let (sequence, id, phone, body, language) = try row.decode((Int64, String, String, String?, String).self)
             return QueuedMessage(sequence: sequence, id: id, phone: phone, requestBody: body, language: language)
         }
@@ -85,11 +95,13 @@ extension PostgresStore {
     public func requeue(messageIDs: [String], at time: Double) async throws -> [String] {
         guard !messageIDs.isEmpty else { return [] }
         var done = Set<String>()
-        for row in try await rows("""
+        for row in try await rows(
+            """
             UPDATE messages SET state = 'queued', state_rank = 0, updated_at = \(time), error_code = NULL, error_title = NULL, error_details = NULL
             WHERE id = ANY(\(messageIDs)) AND state IN ('failed', 'unknown') AND delivered_at IS NULL AND read_at IS NULL
             RETURNING id
-            """) {
+            """)
+        {
             done.insert(try row.decode(String.self))
         }
         return messageIDs.filter(done.contains)

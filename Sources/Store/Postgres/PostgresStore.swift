@@ -89,18 +89,22 @@ public final class PostgresStore: DispatchStore {
     }
 
     static func connectionConfiguration(_ url: PostgresURL) throws -> PostgresConnection.Configuration {
-        let tls: PostgresConnection.Configuration.TLS = switch url.tls {
-        case .disable: .disable
-        case .prefer: .prefer(try NIOSSLContext(configuration: tlsConfiguration(url)))
-        case .require, .verifyFull: .require(try NIOSSLContext(configuration: tlsConfiguration(url)))
-        }
-        var configuration = if let folder = url.socketFolder {
-            PostgresConnection.Configuration(unixSocketPath: "\(folder)/.s.PGSQL.\(url.port)", username: url.user, password: url.password,
-                                             database: url.database)
-        } else {
-            PostgresConnection.Configuration(host: url.host, port: url.port, username: url.user, password: url.password,
-                                             database: url.database, tls: tls)
-        }
+        let tls: PostgresConnection.Configuration.TLS =
+            switch url.tls {
+            case .disable: .disable
+            case .prefer: .prefer(try NIOSSLContext(configuration: tlsConfiguration(url)))
+            case .require, .verifyFull: .require(try NIOSSLContext(configuration: tlsConfiguration(url)))
+            }
+        var configuration =
+            if let folder = url.socketFolder {
+                PostgresConnection.Configuration(
+                    unixSocketPath: "\(folder)/.s.PGSQL.\(url.port)", username: url.user, password: url.password,
+                    database: url.database)
+            } else {
+                PostgresConnection.Configuration(
+                    host: url.host, port: url.port, username: url.user, password: url.password,
+                    database: url.database, tls: tls)
+            }
         configuration.options.connectTimeout = .milliseconds(Int64(url.connectTimeout * 1000))
         configuration.options.additionalStartupParameters = startupParameters(url)
         if url.tls == .verifyFull { configuration.options.tlsServerName = url.host }
@@ -108,18 +112,22 @@ public final class PostgresStore: DispatchStore {
     }
 
     static func clientConfiguration(_ url: PostgresURL) throws -> PostgresClient.Configuration {
-        let tls: PostgresClient.Configuration.TLS = switch url.tls {
-        case .disable: .disable
-        case .prefer: .prefer(tlsConfiguration(url))
-        case .require, .verifyFull: .require(tlsConfiguration(url))
-        }
-        var configuration = if let folder = url.socketFolder {
-            PostgresClient.Configuration(unixSocketPath: "\(folder)/.s.PGSQL.\(url.port)", username: url.user, password: url.password,
-                                         database: url.database)
-        } else {
-            PostgresClient.Configuration(host: url.host, port: url.port, username: url.user, password: url.password,
-                                         database: url.database, tls: tls)
-        }
+        let tls: PostgresClient.Configuration.TLS =
+            switch url.tls {
+            case .disable: .disable
+            case .prefer: .prefer(tlsConfiguration(url))
+            case .require, .verifyFull: .require(tlsConfiguration(url))
+            }
+        var configuration =
+            if let folder = url.socketFolder {
+                PostgresClient.Configuration(
+                    unixSocketPath: "\(folder)/.s.PGSQL.\(url.port)", username: url.user, password: url.password,
+                    database: url.database)
+            } else {
+                PostgresClient.Configuration(
+                    host: url.host, port: url.port, username: url.user, password: url.password,
+                    database: url.database, tls: tls)
+            }
         configuration.options.connectTimeout = .milliseconds(Int64(url.connectTimeout * 1000))
         configuration.options.additionalStartupParameters = startupParameters(url)
         configuration.options.maximumConnections = url.maxConnections
@@ -149,7 +157,8 @@ public final class PostgresStore: DispatchStore {
             return "cannot reach PostgreSQL at \(url.socketFolder ?? "\(url.host):\(url.port)"): \(reason)"
         }
         if error.code == .sslUnsupported {
-            return "the PostgreSQL server at \(url.host):\(url.port) does not offer TLS, and the URL asks for it (sslmode=\(url.tls.rawValue))"
+            return
+                "the PostgreSQL server at \(url.host):\(url.port) does not offer TLS, and the URL asks for it (sslmode=\(url.tls.rawValue))"
         }
         if error.code == .authMechanismRequiresPassword {
             return "PostgreSQL wants a password for user '\(url.user)': put it in the URL (postgres://USER:PASSWORD@…)"
@@ -161,7 +170,8 @@ public final class PostgresStore: DispatchStore {
         try await connection.query("BEGIN", logger: logger)
         do {
             try await connection.query("SELECT pg_advisory_xact_lock(\(PostgresSchema.migrationLock))", logger: logger)
-            try await connection.query("""
+            try await connection.query(
+                """
                 CREATE TABLE IF NOT EXISTS dispatcher_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())
                 """, logger: logger)
             var applied = Set<String>()
@@ -210,7 +220,8 @@ public final class PostgresStore: DispatchStore {
     /// a task group cannot be used here.
     func bounded<T: Sendable>(within limit: Duration? = nil, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         let limit = limit ?? .milliseconds(Int64((url.connectTimeout + url.statementTimeout) * 1000))
-        let timeout = StoreError("PostgreSQL at \(url.socketFolder ?? "\(url.host):\(url.port)") did not answer within \(limit): is it running?")
+        let timeout = StoreError(
+            "PostgreSQL at \(url.socketFolder ?? "\(url.host):\(url.port)") did not answer within \(limit): is it running?")
         let answer = FirstAnswer<T>()
         let work = Task {
             do { answer.give(.success(try await body())) } catch { answer.give(.failure(error)) }
@@ -259,7 +270,8 @@ public final class PostgresStore: DispatchStore {
     // MARK: - Runs
 
     public func saveRun(_ run: RunRecord) async throws {
-        try await rows("""
+        try await rows(
+            """
             INSERT INTO runs (name, manifest, template, sender, status, created_at, finished_at, halt_reason)
             VALUES (\(run.name), \(run.manifest), \(run.template), \(run.sender), \(run.status.rawValue), \(run.createdAt), \(run.finishedAt), \(run.haltReason))
             ON CONFLICT (name) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, halt_reason = excluded.halt_reason
@@ -270,8 +282,9 @@ public final class PostgresStore: DispatchStore {
 
     static func runRecord(_ row: PostgresRow) throws -> RunRecord {
         var r = Cells(row)
-        return RunRecord(name: try r.next(), manifest: try r.next(), template: try r.next(), sender: try r.next(),
-                         status: RunStatus(stored: try r.next()), createdAt: try r.next(), finishedAt: try r.next(), haltReason: try r.next())
+        return RunRecord(
+            name: try r.next(), manifest: try r.next(), template: try r.next(), sender: try r.next(),
+            status: RunStatus(stored: try r.next()), createdAt: try r.next(), finishedAt: try r.next(), haltReason: try r.next())
     }
 
     public func run(named name: String) async throws -> RunRecord? {
@@ -282,7 +295,8 @@ public final class PostgresStore: DispatchStore {
         let runs = try await rows("SELECT \(unescaped: Self.runColumns) FROM runs ORDER BY created_at DESC, name").map(Self.runRecord)
         var summaries: [RunSummary] = []
         for run in runs {
-            let invoices = try await rows("SELECT COUNT(*) FROM invoices WHERE run = \(run.name)").first.map { try $0.decode(Int.self) } ?? 0
+            let invoices =
+                try await rows("SELECT COUNT(*) FROM invoices WHERE run = \(run.name)").first.map { try $0.decode(Int.self) } ?? 0
             summaries.append(RunSummary(run: run, invoices: invoices, counts: try await stateCounts(run: run.name)))
         }
         return summaries
@@ -313,12 +327,16 @@ public final class PostgresStore: DispatchStore {
 
     public func addInvoices(_ invoices: [InvoiceRecord]) async throws {
         guard !invoices.isEmpty else { return }
-        let json = try Self.json(invoices.map { i in
-            InvoiceJSON(run: i.run, invoice_id: i.invoiceID, line: i.line, tenant_name: i.tenantName, tenant_id: i.tenantID, landlord: i.landlord,
-                        property: i.property, amount_minor: i.amountMinor, currency: i.currency, period: i.period, due_date: i.dueDate,
-                        locale: i.locale, document_url: i.documentURL, email: i.email, skip_reason: i.skipReason)
-        })
-        try await rows("""
+        let json = try Self.json(
+            invoices.map { i in
+                InvoiceJSON(
+                    run: i.run, invoice_id: i.invoiceID, line: i.line, tenant_name: i.tenantName, tenant_id: i.tenantID,
+                    landlord: i.landlord,
+                    property: i.property, amount_minor: i.amountMinor, currency: i.currency, period: i.period, due_date: i.dueDate,
+                    locale: i.locale, document_url: i.documentURL, email: i.email, skip_reason: i.skipReason)
+            })
+        try await rows(
+            """
             INSERT INTO invoices (run, invoice_id, line, tenant_name, tenant_id, landlord, property, amount_minor, currency, period,
                 due_date, locale, document_url, email, skip_reason)
             SELECT run, invoice_id, line, tenant_name, tenant_id, landlord, property, amount_minor, currency, period,
@@ -340,15 +358,18 @@ public final class PostgresStore: DispatchStore {
     public func addMessages(_ messages: [NewMessage]) async throws -> [MessageInsert] {
         guard !messages.isEmpty else { return [] }
         let now = Date().timeIntervalSince1970
-        let json = try Self.json(messages.enumerated().map { n, m in
-            MessageJSON(n: n, id: m.id, run: m.run, invoice_id: m.invoiceID, phone: m.phone, template: m.template, language: m.language,
-                        state: m.state.rawValue, state_rank: m.state.rank, skip_reason: m.skipReason, request_body: m.requestBody)
-        })
+        let json = try Self.json(
+            messages.enumerated().map { n, m in
+                MessageJSON(
+                    n: n, id: m.id, run: m.run, invoice_id: m.invoiceID, phone: m.phone, template: m.template, language: m.language,
+                    state: m.state.rawValue, state_rank: m.state.rank, skip_reason: m.skipReason, request_body: m.requestBody)
+            })
         let logger = self.logger
         return try await transaction { connection in
             var inserted = Set<String>()
             // In the manifest's order (`n`): the sequence numbers follow it.
-            let rows = try await connection.query("""
+            let rows = try await connection.query(
+                """
                 INSERT INTO messages (id, run, invoice_id, phone, template, language, state, state_rank, skip_reason, created_at, updated_at,
                     request_body)
                 SELECT id, run, invoice_id, phone, template, language, state, state_rank, skip_reason, \(now), \(now), request_body
@@ -363,7 +384,8 @@ public final class PostgresStore: DispatchStore {
             var existing: [String: (String, MessageState)] = [:]
             if !others.isEmpty {
                 for try await (id, run, state) in try await connection.query(
-                    "SELECT id, run, state FROM messages WHERE id = ANY(\(others))", logger: logger).decode((String, String, String).self) {
+                    "SELECT id, run, state FROM messages WHERE id = ANY(\(others))", logger: logger
+                ).decode((String, String, String).self) {
                     existing[id] = (run, MessageState(rawValue: state) ?? .unknown)
                 }
             }
@@ -371,8 +393,9 @@ public final class PostgresStore: DispatchStore {
                 // A status may have arrived before the message was stored (the send's response
                 // lost, a crash): it is applied now.
                 let ids = Array(inserted)
-                try await connection.query("SELECT dispatcher_attach_pending(\(ids), \(Array(repeating: "", count: ids.count)), \(now))",
-                                           logger: logger)
+                try await connection.query(
+                    "SELECT dispatcher_attach_pending(\(ids), \(Array(repeating: "", count: ids.count)), \(now))",
+                    logger: logger)
             }
             return messages.map { m in
                 if inserted.contains(m.id) { return .inserted(id: m.id) }
@@ -393,7 +416,8 @@ public final class PostgresStore: DispatchStore {
         var r = Cells(row)
         let sequence: Int64 = try r.next()
         return MessageRecord(
-            id: try r.next(), run: try r.next(), invoiceID: try r.next(), phone: try r.next(), template: try r.next(), language: try r.next(),
+            id: try r.next(), run: try r.next(), invoiceID: try r.next(), phone: try r.next(), template: try r.next(),
+            language: try r.next(),
             state: MessageState(rawValue: try r.next()) ?? .unknown, wamid: try r.next(), errorCode: try r.next(), errorTitle: try r.next(),
             errorDetails: try r.next(), skipReason: try r.next(), attempts: try r.next(), createdAt: try r.next(), updatedAt: try r.next(),
             acceptedAt: try r.next(), sentAt: try r.next(), deliveredAt: try r.next(), readAt: try r.next(), failedAt: try r.next(),
@@ -406,25 +430,31 @@ public final class PostgresStore: DispatchStore {
     }
 
     public func events(messageID: String) async throws -> [StatusEventRecord] {
-        try await rows("""
+        try await rows(
+            """
             SELECT wamid, message_id, status, timestamp, received_at, applied, error_code, error_title, error_details
             FROM status_events WHERE message_id = \(messageID) ORDER BY timestamp, id
-            """).map { row in
+            """
+        ).map { row in
             var r = Cells(row)
-            return StatusEventRecord(wamid: try r.next(), messageID: try r.next(), status: try r.next(), timestamp: try r.next(),
-                                     receivedAt: try r.next(), applied: try r.next(), errorCode: try r.next(), errorTitle: try r.next(),
-                                     errorDetails: try r.next())
+            return StatusEventRecord(
+                wamid: try r.next(), messageID: try r.next(), status: try r.next(), timestamp: try r.next(),
+                receivedAt: try r.next(), applied: try r.next(), errorCode: try r.next(), errorTitle: try r.next(),
+                errorDetails: try r.next())
         }
     }
 
     public func attempts(messageID: String) async throws -> [AttemptRecord] {
-        try await rows("""
+        try await rows(
+            """
             SELECT number, started_at, finished_at, outcome, wamid, error_code, error_title
             FROM attempts WHERE message_id = \(messageID) ORDER BY number
-            """).map { row in
+            """
+        ).map { row in
             var r = Cells(row)
-            return AttemptRecord(number: try r.next(), startedAt: try r.next(), finishedAt: try r.next(), outcome: try r.next(),
-                                 wamid: try r.next(), errorCode: try r.next(), errorTitle: try r.next())
+            return AttemptRecord(
+                number: try r.next(), startedAt: try r.next(), finishedAt: try r.next(), outcome: try r.next(),
+                wamid: try r.next(), errorCode: try r.next(), errorTitle: try r.next())
         }
     }
 
@@ -441,8 +471,11 @@ public final class PostgresStore: DispatchStore {
         if let after = filter.after { condition("m.seq > ?", after) }
         let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let limit = max(1, min(filter.limit, 1000))
-        let found = try await rows(PostgresQuery(unsafeSQL: "SELECT \(Self.messageColumns) \(whereClause) ORDER BY m.seq LIMIT \(limit + 1)",
-                                                 binds: bindings)).map(Self.messageRecord)
+        let found = try await rows(
+            PostgresQuery(
+                unsafeSQL: "SELECT \(Self.messageColumns) \(whereClause) ORDER BY m.seq LIMIT \(limit + 1)",
+                binds: bindings)
+        ).map(Self.messageRecord)
         let page = Array(found.prefix(limit))
         return MessagePage(messages: page, next: found.count > limit ? page.last?.sequence : nil)
     }
@@ -450,37 +483,46 @@ public final class PostgresStore: DispatchStore {
     // MARK: - Reports
 
     public func reportRows(run: String, after: Int64?, limit: Int) async throws -> [ReportRow] {
-        try await rows("""
+        try await rows(
+            """
             SELECT m.seq, m.id, m.run, m.invoice_id, m.phone, m.template, m.language, m.state, m.wamid, m.error_code, m.error_title,
                 m.error_details, m.skip_reason, m.attempts, m.created_at, m.updated_at, m.accepted_at, m.sent_at, m.delivered_at,
                 m.read_at, m.failed_at, i.landlord, i.tenant_name, i.property, i.amount_minor, i.currency, i.period, i.email
             FROM messages m JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
             WHERE m.run = \(run) AND m.seq > \(after ?? 0) ORDER BY m.seq LIMIT \(limit)
-            """).map { row in
+            """
+        ).map { row in
             var r = Cells(row)
             let sequence: Int64 = try r.next()
             let message = MessageRecord(
-                id: try r.next(), run: try r.next(), invoiceID: try r.next(), phone: try r.next(), template: try r.next(), language: try r.next(),
-                state: MessageState(rawValue: try r.next()) ?? .unknown, wamid: try r.next(), errorCode: try r.next(), errorTitle: try r.next(),
-                errorDetails: try r.next(), skipReason: try r.next(), attempts: try r.next(), createdAt: try r.next(), updatedAt: try r.next(),
+                id: try r.next(), run: try r.next(), invoiceID: try r.next(), phone: try r.next(), template: try r.next(),
+                language: try r.next(),
+                state: MessageState(rawValue: try r.next()) ?? .unknown, wamid: try r.next(), errorCode: try r.next(),
+                errorTitle: try r.next(),
+                errorDetails: try r.next(), skipReason: try r.next(), attempts: try r.next(), createdAt: try r.next(),
+                updatedAt: try r.next(),
                 acceptedAt: try r.next(), sentAt: try r.next(), deliveredAt: try r.next(), readAt: try r.next(), failedAt: try r.next(),
                 requestBody: nil, landlord: try r.next(), tenantName: try r.next(), sequence: sequence)
-            return ReportRow(message: message, tenantName: message.tenantName ?? "", landlord: message.landlord, property: try r.next(),
-                             amountMinor: try r.next(), currency: try r.next(), period: try r.next(), email: try r.next())
+            return ReportRow(
+                message: message, tenantName: message.tenantName ?? "", landlord: message.landlord, property: try r.next(),
+                amountMinor: try r.next(), currency: try r.next(), period: try r.next(), email: try r.next())
         }
     }
 
     public func skippedInvoices(run: String) async throws -> [InvoiceRecord] {
-        try await rows("""
+        try await rows(
+            """
             SELECT run, invoice_id, line, tenant_name, tenant_id, landlord, property, amount_minor, currency, period, due_date, locale,
                 document_url, email, skip_reason
             FROM invoices WHERE run = \(run) AND skip_reason IS NOT NULL ORDER BY line
-            """).map { row in
+            """
+        ).map { row in
             var r = Cells(row)
-            return InvoiceRecord(run: try r.next(), invoiceID: try r.next(), line: try r.next(), tenantName: try r.next(), tenantID: try r.next(),
-                                 landlord: try r.next(), property: try r.next(), amountMinor: try r.next(), currency: try r.next(),
-                                 period: try r.next(), dueDate: try r.next(), locale: try r.next(), documentURL: try r.next(),
-                                 email: try r.next(), skipReason: try r.next())
+            return InvoiceRecord(
+                run: try r.next(), invoiceID: try r.next(), line: try r.next(), tenantName: try r.next(), tenantID: try r.next(),
+                landlord: try r.next(), property: try r.next(), amountMinor: try r.next(), currency: try r.next(),
+                period: try r.next(), dueDate: try r.next(), locale: try r.next(), documentURL: try r.next(),
+                email: try r.next(), skipReason: try r.next())
         }
     }
 
@@ -496,28 +538,36 @@ public final class PostgresStore: DispatchStore {
         var index: [String: Int] = [:]
         for row in try await rows(query(ReportSQL.byLandlordAndState)) {
             let (landlord, currency, state, count, unreachable) = try row.decode((String?, String, String, Int, Int).self)
-            ReportSQL.add(landlord: landlord, currency: currency, state: state, count: count, unreachable: unreachable, to: &summary, index: &index)
+            ReportSQL.add(
+                landlord: landlord, currency: currency, state: state, count: count, unreachable: unreachable, to: &summary, index: &index)
         }
         for row in try await rows(query(ReportSQL.invoiceAmounts)) {
             let (landlord, currency, invoices, billed, delivered) = try row.decode((String?, String, Int, Int64, Int64).self)
-            ReportSQL.addAmounts(landlord: landlord, currency: currency, invoices: invoices, billed: billed, delivered: delivered,
-                                 to: &summary, index: &index)
+            ReportSQL.addAmounts(
+                landlord: landlord, currency: currency, invoices: invoices, billed: billed, delivered: delivered,
+                to: &summary, index: &index)
         }
         func sample(_ row: PostgresRow) throws -> ReportSummary.Sample {
-            let (sequence, invoice, tenant, phone, email, details, skip) = try row.decode((Int64, String, String, String, String?, String?, String?).self)
-            return ReportSummary.Sample(sequence: sequence, invoiceID: invoice, tenantName: tenant, phone: phone, email: email,
-                                        errorDetails: details, skipReason: skip)
+            let (sequence, invoice, tenant, phone, email, details, skip) = try row.decode(
+                (Int64, String, String, String, String?, String?, String?).self)
+            return ReportSummary.Sample(
+                sequence: sequence, invoiceID: invoice, tenantName: tenant, phone: phone, email: email,
+                errorDetails: details, skipReason: skip)
         }
         for row in try await rows(query(ReportSQL.problems)) {
             let (state, code, title, count) = try row.decode((String, Int?, String?, Int).self)
-            let examples = try await rows(query(ReportSQL.samples(nullSafeEqual: "IS NOT DISTINCT FROM")) { b in
-                b.append(state)
-                b.append(code)
-                b.append(title)
-                b.append(samples)
-            }).map(sample)
-            summary.problems.append(ReportSummary.Group(state: MessageState(rawValue: state) ?? .unknown, errorCode: code, errorTitle: title,
-                                                        count: count, samples: examples))
+            let examples = try await rows(
+                query(ReportSQL.samples(nullSafeEqual: "IS NOT DISTINCT FROM")) { b in
+                    b.append(state)
+                    b.append(code)
+                    b.append(title)
+                    b.append(samples)
+                }
+            ).map(sample)
+            summary.problems.append(
+                ReportSummary.Group(
+                    state: MessageState(rawValue: state) ?? .unknown, errorCode: code, errorTitle: title,
+                    count: count, samples: examples))
         }
         if let skipped = summary.states[.skipped] {
             let examples = try await rows(query(ReportSQL.skippedSamples) { $0.append(samples) }).map(sample)
@@ -551,26 +601,33 @@ public final class PostgresStore: DispatchStore {
         var opt_out: String?
     }
 
-    public func ingestWebhook(body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
-                              at time: Double) async throws -> IngestResult {
+    public func ingestWebhook(
+        body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
+        at time: Double
+    ) async throws -> IngestResult {
         // In wamid order: every receiver then locks the messages of a payload in the same order,
         // so two receivers given overlapping payloads wait for each other instead of deadlocking.
         // (The final state does not depend on the order: that is the forward-only rule.)
         let statuses = try contents.map { c in
-            try Self.json(c.statuses.sorted { ($0.wamid, $0.timestamp) < ($1.wamid, $1.timestamp) }.map { u in
-                StatusJSON(wamid: u.wamid, status: u.status, ts: u.timestamp, recipient: u.recipientID, recipient_user: u.recipientUserID,
-                           callback: u.callbackData,
-                           code: u.errorCode, title: u.errorTitle, details: u.errorDetails, pricing: u.pricingCategory)
-            })
+            try Self.json(
+                c.statuses.sorted { ($0.wamid, $0.timestamp) < ($1.wamid, $1.timestamp) }.map { u in
+                    StatusJSON(
+                        wamid: u.wamid, status: u.status, ts: u.timestamp, recipient: u.recipientID, recipient_user: u.recipientUserID,
+                        callback: u.callbackData,
+                        code: u.errorCode, title: u.errorTitle, details: u.errorDetails, pricing: u.pricingCategory)
+                })
         }
         let inbound = try contents.map { c in
-            try Self.json(c.inbound.map { m in
-                InboundJSON(wamid: m.wamid, sender: m.from, sender_user: m.fromUserID, ts: m.timestamp, type: m.type, body: m.body,
-                            opt_out: m.isOptOut ? (m.body?.uppercased() ?? "") : nil)
-            })
+            try Self.json(
+                c.inbound.map { m in
+                    InboundJSON(
+                        wamid: m.wamid, sender: m.from, sender_user: m.fromUserID, ts: m.timestamp, type: m.type, body: m.body,
+                        opt_out: m.isOptOut ? (m.body?.uppercased() ?? "") : nil)
+                })
         }
         let count = contents?.statuses.count ?? 0
-        let row = try await rows("""
+        let row = try await rows(
+            """
             SELECT r_payload, r_duplicates, r_unmatched, r_inbound, r_opt_outs, r_applied
             FROM dispatcher_ingest(\(time)::float8, \(signature)::text, \(ByteBuffer(bytes: body))::bytea, \(parseError)::text, \(count)::integer,
                 \(statuses)::jsonb, \(inbound)::jsonb)
@@ -590,7 +647,8 @@ public final class PostgresStore: DispatchStore {
 
     public func firstFailure(run: String, codes: [Int], since: Double) async throws -> (code: Int, title: String?)? {
         guard !codes.isEmpty else { return nil }
-        let found = try await rows("""
+        let found = try await rows(
+            """
             SELECT error_code, error_title FROM messages
             WHERE run = \(run) AND state = 'failed' AND error_code = ANY(\(codes)) AND failed_at >= \(since) LIMIT 1
             """)
@@ -617,8 +675,9 @@ public final class PostgresStore: DispatchStore {
 
     static func optOut(_ row: PostgresRow) throws -> OptOut {
         let (id, kind, at, word, source, note, wamid) = try row.decode((String, String, Double, String, String, String?, String?).self)
-        return OptOut(id: id, kind: OptOutKind(rawValue: kind) ?? .waID, at: at, word: word, source: OptOutSource(rawValue: source) ?? .reply,
-                      note: note, wamid: wamid)
+        return OptOut(
+            id: id, kind: OptOutKind(rawValue: kind) ?? .waID, at: at, word: word, source: OptOutSource(rawValue: source) ?? .reply,
+            note: note, wamid: wamid)
     }
 
     public func optOuts() async throws -> [OptOut] {
@@ -626,9 +685,12 @@ public final class PostgresStore: DispatchStore {
     }
 
     public func optedOutNumbers() async throws -> Set<String> {
-        Set(try await rows("""
-            SELECT phone FROM opt_outs UNION SELECT r.phone FROM opt_outs o JOIN recipient_ids r ON r.id = o.phone
-            """).map { try $0.decode(String.self) })
+        Set(
+            try await rows(
+                """
+                SELECT phone FROM opt_outs UNION SELECT r.phone FROM opt_outs o JOIN recipient_ids r ON r.id = o.phone
+                """
+            ).map { try $0.decode(String.self) })
     }
 
     public func addOptOut(_ id: String, kind: OptOutKind, note: String?, at time: Double) async throws -> Bool {
@@ -640,14 +702,17 @@ public final class PostgresStore: DispatchStore {
         let ids = [number] + WhatsAppID.variants(of: number)
         return try await transaction { connection in
             var removed: [OptOut] = []
-            for try await row in try await connection.query("""
+            for try await row in try await connection.query(
+                """
                 DELETE FROM opt_outs WHERE phone = ANY(\(ids)) OR phone IN (SELECT id FROM recipient_ids WHERE phone = ANY(\(ids)))
                 RETURNING \(unescaped: Self.optOutColumns)
-                """, logger: logger) {
+                """, logger: logger)
+            {
                 removed.append(try Self.optOut(row))
             }
             for o in removed {
-                try await connection.query("""
+                try await connection.query(
+                    """
                     INSERT INTO opt_out_changes (key, kind, change, at, source, note) VALUES (\(o.id), \(o.kind.rawValue), 'in', \(time), 'manual', \(note))
                     """, logger: logger)
             }
@@ -657,9 +722,11 @@ public final class PostgresStore: DispatchStore {
 
     public func optOutChanges() async throws -> [OptOutChange] {
         try await rows("SELECT key, kind, change, at, source, word, wamid, note FROM opt_out_changes ORDER BY id").map { row in
-            let (id, kind, change, at, source, word, wamid, note) = try row.decode((String, String, String, Double, String, String?, String?, String?).self)
-            return OptOutChange(id: id, kind: OptOutKind(rawValue: kind) ?? .waID, change: OptOutChange.Change(rawValue: change) ?? .optedOut,
-                                at: at, source: OptOutSource(rawValue: source) ?? .reply, word: word, wamid: wamid, note: note)
+            let (id, kind, change, at, source, word, wamid, note) = try row.decode(
+                (String, String, String, Double, String, String?, String?, String?).self)
+            return OptOutChange(
+                id: id, kind: OptOutKind(rawValue: kind) ?? .waID, change: OptOutChange.Change(rawValue: change) ?? .optedOut,
+                at: at, source: OptOutSource(rawValue: source) ?? .reply, word: word, wamid: wamid, note: note)
         }
     }
 
@@ -677,11 +744,14 @@ public final class PostgresStore: DispatchStore {
     // MARK: - Senders
 
     public func acquireSenderLease(sender: String, holder: String, run: String, ttl: Double, at time: Double) async throws -> SenderLease {
-        try await rows(PostgresQuery(unsafeSQL: SenderLeaseSQL.acquire, binds: {
-            var b = PostgresBindings()
-            b.append(sender); b.append(holder); b.append(run); b.append(time); b.append(time + ttl)
-            return b
-        }()))
+        try await rows(
+            PostgresQuery(
+                unsafeSQL: SenderLeaseSQL.acquire,
+                binds: {
+                    var b = PostgresBindings()
+                    b.append(sender); b.append(holder); b.append(run); b.append(time); b.append(time + ttl)
+                    return b
+                }()))
         let row = try await rows("SELECT sender, holder, run, acquired_at, expires_at FROM sender_leases WHERE sender = \(sender)")[0]
         let (s, h, r, acquired, expires) = try row.decode((String, String, String, Double, Double).self)
         return SenderLease(sender: s, holder: h, run: r, acquiredAt: acquired, expiresAt: expires)
@@ -694,21 +764,26 @@ public final class PostgresStore: DispatchStore {
     // MARK: - Audit
 
     public func webhookPayloads(after: Int64?, limit: Int) async throws -> [StoredPayload] {
-        try await rows("""
+        try await rows(
+            """
             SELECT id, received_at, signature, body, parse_error, statuses FROM webhook_payloads WHERE id > \(after ?? 0) ORDER BY id LIMIT \(limit)
-            """).map { row in
+            """
+        ).map { row in
             var r = Cells(row)
             let id: Int64 = try r.next(), receivedAt: Double = try r.next(), signature: String? = try r.next()
             var body: ByteBuffer = try r.next()
-            return StoredPayload(id: id, receivedAt: receivedAt, signature: signature, body: body.readBytes(length: body.readableBytes) ?? [],
-                                 parseError: try r.next(), statuses: try r.next())
+            return StoredPayload(
+                id: id, receivedAt: receivedAt, signature: signature, body: body.readBytes(length: body.readableBytes) ?? [],
+                parseError: try r.next(), statuses: try r.next())
         }
     }
 
     public func inboundMessages(limit: Int) async throws -> [InboundRecord] {
-        try await rows("""
+        try await rows(
+            """
             SELECT wamid, from_phone, from_user_id, timestamp, type, body FROM inbound_messages ORDER BY timestamp, wamid LIMIT \(limit)
-            """).map { row in
+            """
+        ).map { row in
             let (wamid, from, userID, timestamp, type, body) = try row.decode((String, String, String?, Double, String, String?).self)
             return InboundRecord(wamid: wamid, from: from, fromUserID: userID, timestamp: timestamp, type: type, body: body)
         }

@@ -52,7 +52,10 @@ public struct PostgresURL: Sendable, Equatable {
             case "statement_timeout": statementTimeout = try Self.positive(value, item.name)
             case "max_connections": maxConnections = Int(try Self.positive(value, item.name))
             case "host": socketFolder = value
-            default: throw StoreError("unknown PostgreSQL URL option '\(item.name)' (known: sslmode, connect_timeout, statement_timeout, max_connections, host)")
+            default:
+                throw StoreError(
+                    "unknown PostgreSQL URL option '\(item.name)' (known: sslmode, connect_timeout, statement_timeout, max_connections, host)"
+                )
             }
         }
     }
