@@ -195,16 +195,20 @@ public final class RunEngine: Sendable {
                 try await store(batch, into: &preparation, options: options)
                 pipe.taken()
             }
+            // The loop also ends when this task is cancelled, with the reader perhaps waiting for
+            // room: closing the pipe lets it stop (it then throws, and so does this).
+            pipe.close()
+            try Task.checkCancellation()
         } catch {
             pipe.close()
             _ = try? await read
-            if existing == nil { _ = try? await store.discardUnsentRun(options.run) }
+            if existing == nil { await discardEvenIfCancelled(options.run) }
             throw error
         }
         do {
             preparation.preview = try await read
         } catch {
-            if existing == nil { _ = try? await store.discardUnsentRun(options.run) }
+            if existing == nil { await discardEvenIfCancelled(options.run) }
             throw error
         }
         if !preparation.preview.isValid && !options.skipInvalid {
@@ -213,6 +217,14 @@ public final class RunEngine: Sendable {
             return Preparation(preview: preparation.preview)
         }
         return preparation
+    }
+
+    /// Deletes a new run whose preparation failed or was cancelled (nothing of it was sent). In a
+    /// task of its own: the store's calls stop at once in a cancelled task, and this must finish.
+    private func discardEvenIfCancelled(_ run: String) async {
+        let store = self.store
+        let discarded = await Task.detached { try? await store.discardUnsentRun(run) }.value
+        if discarded != true { logger.warning("a run whose preparation stopped could not be discarded", metadata: ["run": "\(run)"]) }
     }
 
     /// Writes one batch of the preparation and counts what became of its messages.

@@ -270,4 +270,43 @@ struct RunEngineTests {
         #expect(try await h.store.stateCounts(run: "big") == [.queued: count - 1])
         #expect(try await h.requests().isEmpty)
     }
+
+    @Test("a preparation cancelled half way ends, stores nothing of a new run, and leaves the reader thread free")
+    func cancelledPreparation() async throws {
+        try await Harness.run(engine: .sqlite) { h in
+            let e = try makeEngine(h)
+            let phones = (0..<(RunEngine.preparationBatch * 20)).map { "1809\(String(format: "%07d", 2_000_000 + $0))" }
+            let options = RunOptions(run: "cancelled", manifest: try manifest(phones), rate: 200)
+            let preparing = Task { try await e.prepare(options) }
+            try await Task.sleep(for: .milliseconds(300))
+            preparing.cancel()
+            // Waited for with a deadline: a reader left waiting for room would hang the preparation;
+            // that must fail this test, not hang it.
+            let ended = Finished()
+            Task {
+                _ = await preparing.result
+                await ended.set()
+            }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while await !ended.isSet, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+            let finished = await ended.isSet
+            try await e.client.shutdown()
+            #expect(finished, "the cancelled preparation never ended")
+            guard finished else { return }
+            let result = await preparing.result
+            if case .success(let preparation) = result {
+                // Done before the cancellation arrived: then everything is there.
+                #expect(preparation.queued == phones.count)
+            } else {
+                #expect(try await h.store.run(named: "cancelled") == nil)
+                #expect(try await h.store.stateCounts(run: "cancelled").isEmpty)
+            }
+        }
+    }
+}
+
+/// Set once something has ended.
+actor Finished {
+    private(set) var isSet = false
+    func set() { isSet = true }
 }
