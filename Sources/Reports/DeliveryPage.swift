@@ -155,8 +155,7 @@ struct DeliveryPage {
             let deliveries = (totals.deliveriesPerMinute[minute] ?? 0) * 110 / peak
             let label =
                 i % max(1, shown.count / 6) == 0
-                ? Date(timeIntervalSince1970: Double(minute * 60)).formatted(.iso8601.time(includingFractionalSeconds: false)).prefix(5)
-                    .description : nil
+                ? String((iso8601(Double(minute * 60)) ?? "").dropFirst(11).prefix(5)) : nil
             return Column(
                 x: 40 + i * width, sendY: 120 - sends, sendHeight: sends, deliveredY: 120 - deliveries, deliveredHeight: deliveries,
                 label: label)
