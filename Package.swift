@@ -234,7 +234,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EngineTests",
-            dependencies: ["Engine", "WhatsApp"],
+            dependencies: ["Engine", "WhatsApp", "Store", "StoreTesting", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -264,55 +264,21 @@ public final class RunEngine: Sendable {
 
     /// Sends every queued message of the run, paced. Returns nil when the queue is empty, or why it stopped.
     ///
-    /// One loop does the work in ticks (about 10 ms at 1,000/s, one message's interval at lower
-    /// rates), with no task, actor or thread hop per message: at 1,000/s those hops, not the work,
-    /// were most of the CPU. Each tick it
-    /// - reads the answers that came back (they are read on the HTTP client's event loop and left
-    ///   for the loop), and decides what each means;
-    /// - starts the requests the rate budget allows now, from those whose attempt is already
-    ///   committed to the ledger;
-    /// - when fewer than about 75 ms of sends are committed ahead and no ledger write is under way,
-    ///   takes the next messages from the queue (the pair rule holds back a tenant's second
-    ///   invoice) and writes their attempts, together with the outcomes read so far, in one
-    ///   transaction beside the loop. A slow commit therefore never holds the pace back, and never
-    ///   releases a bunch of sends at once.
-    ///
-    /// A crash leaves at most those 100 ms of committed attempts unsent; like the requests in
-    /// flight, they become `unknown` on the next run. A stop (SIGINT/SIGTERM, a halt) puts them
-    /// back in the queue.
+    /// The decisions are `DispatchMachine`'s (see there); this loop does its I/O, on the real clock,
+    /// with no task, actor or thread hop per message: at 1,000/s those hops, not the work, were
+    /// most of the CPU. Each tick (about 10 ms at 1,000/s, one message's interval at lower rates) it
+    /// hands the machine the answers that came back (read on the HTTP client's event loop and left
+    /// here), a finished ledger write and the messages read ahead; starts the requests it says; and
+    /// begins the ledger write it asks for, in a task beside the loop.
     public func dispatch(_ options: RunOptions, progress: (@Sendable (RunProgress) -> Void)? = nil) async throws -> StopReason? {
         let clock = ContinuousClock()
-        var budget = RateBudget(rate: options.rate)
-        var begun = false
-        var answered = 0
-        var sentAny = false
-        var queue = SendQueue(pairSpacing: options.pairSpacing)
+        let started = clock.now
+        var machine = DispatchMachine(options: options, control: control, now: started)
         let feed = Feed()
         let answers = Answers()
         let firstWritten = Flag()
-        let maxInFlight = max(8, min(1024, Int(options.rate * 0.6)))
-        let perTick = max(1, Int(options.rate / 100))
-        // Attempts committed ahead of their requests: 100 ms of sends, written 25 ms at a time, so
-        // that a commit may take 75 ms before the sends run dry (50 ms fsyncs were measured while
-        // `serve` wrote the run's statuses to the same disk; with 25 ms of margin they cost 4 %).
-        let ahead = max(4, Int(options.rate / 10))
-        let refill = ahead * 3 / 4
-        let longestSleep = Duration.milliseconds(20)
-        /// When each recipient's last request left (the pair rule counts from there).
-        var lastSent: [String: ContinuousClock.Instant] = [:]
-        /// Committed as `sending`, to be started in this order as the budget allows.
-        var ready: [(item: Outgoing, attempt: Int)] = []
-        var readyIndex = 0
-        /// Outcomes read but not yet written, and since when the oldest of them waits.
-        var outcomes: [AttemptOutcome] = []
-        var oldestOutcome: ContinuousClock.Instant? = nil
-        /// The ledger write under way, and the messages it begins.
-        var writing: (write: LedgerWrite, items: [Outgoing])? = nil
-        var inFlight = 0
-        let started = clock.now
+        var writing: LedgerWrite? = nil
         var lastProgress = started
-        var lastForget = started
-        var failure: (any Error)? = nil
 
         // The queue is read ahead by a feeder, so the loop never waits on a page of the database.
         let feeder = Task { await self.feed(feed, run: options.run) }
@@ -327,182 +293,49 @@ public final class RunEngine: Sendable {
         while true {
             // A cancelled task's sleeps return at once: stop as for SIGINT rather than spin.
             if Task.isCancelled { control.stop(.interrupted) }
-            // The answers that came back, and what each means.
-            let arrived = answers.take()
-            inFlight -= arrived.count
-            answered += arrived.count
-            if !arrived.isEmpty {
-                let now = clock.now
-                for answer in arrived {
-                    let decision = decide(answer.outcome, item: answer.item, attempt: answer.attempt, options: options)
-                    outcomes.append(decision.record)
-                    if let delay = decision.requeueAfter {
-                        if decision.releasePair && lastSent[answer.item.phone] == answer.sentAt {
-                            // Refused before it reached the tenant: the pair rule does not count it
-                            // (else a throttled message would wait 6 s to be sent again). Only if it
-                            // was the last send to that number: a later one still counts.
-                            queue.release(answer.item.phone)
-                            lastSent[answer.item.phone] = nil
-                        }
-                        queue.hold(decision.item, for: delay, now: now)
-                    }
-                    if let pause = decision.pauseSender { budget.pause(seconds: pause, now: now, slowDown: !decision.outage) }
-                }
-            }
-            // A ledger write that finished: its messages may go.
-            if let current = writing, let result = current.write.result {
+            machine.receive(answers.take(), now: clock.now)
+            if let write = writing, let result = write.result {
                 writing = nil
-                switch result {
-                case .success(let numbers):
-                    ready.append(contentsOf: current.items.map { ($0, numbers[$0.id] ?? 0) })
-                case .failure(let error):
-                    // Stop rather than send what we cannot record. Outcomes not yet committed are lost
-                    // (on SQLite they share the transaction; PostgreSQL commits them first): their
-                    // messages stay `sending`, and become `unknown` on the next run.
+                if case .failure(let error) = result {
                     logger.error("the ledger could not be written; stopping", metadata: ["error": "\(error)"])
-                    control.stop(.halted(GraphError(code: nil, title: "the database could not record a send: \(error)", httpStatus: 0)))
                 }
+                machine.ledgerWritten(result, now: clock.now)
             }
-            if failure == nil, let error = feed.failure { failure = error }
-            let stopping = control.stopReason != nil || failure != nil
-
-            if stopping {
-                // Committed but not started: back in the queue, for the next run.
-                for (item, attempt) in ready[readyIndex...] {
-                    outcomes.append(
-                        .rejected(
-                            messageID: item.id, attempt: attempt,
-                            error: SendError(code: nil, title: "not sent: the run stopped before this request left"), final: false))
-                }
-                ready.removeAll()
-                readyIndex = 0
-            } else {
-                // Start what the budget allows now.
-                let now = clock.now
-                if !begun && ready.count > readyIndex {
-                    // The budget starts with the first send, empty: tokens saved up while the first
-                    // attempts were committed would leave as a burst, on connections still opening.
-                    budget = RateBudget(rate: options.rate, now: now)
-                    begun = true
-                }
-                // The first request goes alone, and the rest wait until it has been written out:
-                // it opens the connection (requests queued behind a connection being opened reach
-                // Meta bunched, above the rate). They do not wait for its answer, which would cost
-                // a round trip of sends (1 % of a 10-second run at 100 ms); a dead token or a
-                // missing template then halts the run after one round trip of requests, each
-                // refused and still queued.
-                var allowed = answered > 0 || firstWritten.isSet ? Int.max : sentAny ? 0 : 1
-                // While the circuit breaker is open, one probe at a time until one is accepted.
-                if control.breakerIsOpen { allowed = inFlight == 0 ? 1 : 0 }
-                let count = min(budget.available(now: now), ready.count - readyIndex, allowed)
-                if count > 0 {
-                    budget.take(count, now: now)
-                    var sends: [(body: ByteBuffer, completion: @Sendable (SendOutcome) -> Void)] = []
-                    sends.reserveCapacity(count)
-                    for (item, attempt) in ready[readyIndex..<readyIndex + count] {
-                        if control.isStopped(language: item.language) {
-                            // Committed before its language was stopped: back in the queue, unsent.
-                            inFlight -= 1
-                            outcomes.append(
-                                .rejected(
-                                    messageID: item.id, attempt: attempt,
-                                    error: SendError(
-                                        code: nil, title: "not sent: the template is missing in language \(item.language) at Meta (132001)"),
-                                    final: false))
-                            continue
-                        }
-                        lastSent[item.phone] = now
-                        sends.append(
-                            (item.body, { outcome in answers.add(Answer(item: item, attempt: attempt, sentAt: now, outcome: outcome)) }))
-                    }
-                    inFlight += count
-                    let written: (@Sendable () -> Void)? = sentAny ? nil : { @Sendable in firstWritten.set() }
-                    client.start(sends, written: written)
-                    sentAny = true
-                    readyIndex += count
-                    if readyIndex == ready.count {
-                        ready.removeAll(keepingCapacity: true)
-                        readyIndex = 0
-                    }
-                }
-            }
-
-            // The next ledger write: outcomes so far, and the attempts of the next sends. It waits
-            // until a quarter of the sends committed ahead have left, so that each commit carries
-            // about 25 ms of them (40 commits a second at 1,000/s rather than one per tick);
-            // outcomes go with it, or alone when no attempts are coming. Outcomes never wait more
-            // than 100 ms (during a throttling pause no attempts leave): after a crash, a message
-            // whose answer was not written is `unknown` (until its webhook, if it was accepted),
-            // and one that was refused is `unknown` instead of back in the queue.
-            let pending = ready.count - readyIndex
-            let checked = clock.now
-            if !outcomes.isEmpty && oldestOutcome == nil { oldestOutcome = checked }
-            let outcomesDue = oldestOutcome.map { checked - $0 >= .milliseconds(100) } ?? false
-            if writing == nil && (pending <= refill || outcomes.count >= ahead * 4 || outcomesDue) {
-                var batch: [Outgoing] = []
-                if !stopping {
-                    let stoppedLanguages = control.stoppedLanguages
-                    queue.append(stoppedLanguages.isEmpty ? feed.take() : feed.take().filter { !stoppedLanguages.contains($0.language) })
-                    let now = clock.now
-                    var room = min(ahead - pending, maxInFlight - inFlight - pending)
-                    while room > 0, let item = queue.pop(now: now, lastSent: { lastSent[$0] }) {
-                        if stoppedLanguages.contains(item.language) { continue }  // stays queued in the store
-                        batch.append(item)
-                        room -= 1
-                    }
-                }
-                if !batch.isEmpty || !outcomes.isEmpty {
-                    let write = LedgerWrite()
-                    let (store, written, ids) = (self.store, outcomes, batch.map(\.id))
-                    outcomes.removeAll(keepingCapacity: true)
-                    oldestOutcome = nil
-                    writing = (write, batch)
-                    Task {
-                        do { write.finish(.success(try await store.recordLedger(outcomes: written, begin: ids, at: wallClock()))) } catch {
-                            write.finish(.failure(error))
-                        }
-                    }
-                }
-            }
+            if firstWritten.isSet { machine.firstRequestWritten() }
+            if let error = feed.failure { machine.fail(error) }
 
             let now = clock.now
-            if now - lastForget >= .seconds(1) && lastSent.count + queue.remembered > 8192 {
-                // Numbers last sent to more than a pair interval ago: nothing to remember.
-                lastForget = now
-                let horizon = now - options.pairSpacing - .seconds(1)
-                lastSent = lastSent.filter { $0.value > horizon }
-                queue.forgetPast(now)
+            let step = machine.step(now: now, incoming: { feed.take() }, exhausted: feed.exhausted)
+            if !step.sends.isEmpty {
+                let sends = step.sends.map { item, attempt in
+                    (
+                        body: item.body,
+                        completion: { @Sendable (outcome: SendOutcome) in
+                            answers.add(Answer(item: item, attempt: attempt, sentAt: now, outcome: outcome))
+                        }
+                    )
+                }
+                client.start(sends, written: firstWritten.isSet ? nil : { @Sendable in firstWritten.set() })
+            }
+            if let (outcomes, begin) = step.write {
+                let write = LedgerWrite()
+                let (store, ids) = (self.store, begin.map(\.id))
+                writing = write
+                Task {
+                    do { write.finish(.success(try await store.recordLedger(outcomes: outcomes, begin: ids, at: wallClock()))) } catch {
+                        write.finish(.failure(error))
+                    }
+                }
             }
             if let progress, now - lastProgress >= .milliseconds(500) {
                 lastProgress = now
-                progress(control.progress(queued: queue.count + ready.count - readyIndex + inFlight, elapsed: now - started))
+                progress(control.progress(queued: machine.remaining, elapsed: now - started))
             }
-            if inFlight == 0 && writing == nil && outcomes.isEmpty && ready.count == readyIndex && answers.isEmpty {
-                if stopping || (queue.isEmpty && feed.exhausted) { break }
-            }
-
-            // Sleep until the next few sends are due, or a held message is; answers and writes
-            // are picked up on the way.
-            var wake = now + longestSleep
-            if writing != nil { wake = min(wake, now + .milliseconds(5)) }
-            if !stopping {
-                if answered == 0 && sentAny && !firstWritten.isSet {
-                    wake = min(wake, now + .milliseconds(1))  // the first request written
-                } else if pending > 0 {
-                    wake = min(wake, budget.due(min(perTick, pending), now: now))
-                }
-                // Room for more ahead: the next messages are due (or being read, or held back until
-                // a time). Without room, a held message's time is no reason to wake: that would
-                // spin while sends wait out a throttling pause.
-                if writing == nil && pending <= refill && inFlight + pending < maxInFlight {
-                    if !queue.isEmpty || !feed.exhausted { wake = min(wake, now + .milliseconds(5)) }
-                    if let held = queue.nextWake { wake = min(wake, held) }
-                }
-            }
-            try? await clock.sleep(until: max(wake, now + .milliseconds(1)))
+            if step.finished && answers.isEmpty { break }
+            try? await clock.sleep(until: step.wake)
         }
-        control.noteMostInOneSecond(budget.mostInOneSecond)
-        if let failure { throw failure }
+        control.noteMostInOneSecond(machine.mostInOneSecond)
+        if let failure = machine.failure { throw failure }
         control.haltForStoppedLanguages(template: renderer.template.name)
         return control.stopReason
     }
@@ -554,160 +387,13 @@ public final class RunEngine: Sendable {
         }
     }
 
-    /// What to do about one answer.
-    struct Decision {
-        var record: AttemptOutcome
-        /// The message as it goes back in the queue (its retry counts updated).
-        var item: Outgoing
-        /// Back in the queue after this long; nil when this attempt was the last.
-        var requeueAfter: Duration? = nil
-        /// A refusal that never reached the tenant does not count for the pair rule.
-        var releasePair = true
-        /// Meta throttled the whole sender: no sends for this many seconds.
-        var pauseSender: Double? = nil
-        /// The pause is the circuit breaker's (an outage), not throttling: the pace is not lowered.
-        var outage = false
-    }
-
-    /// One answer by Meta's error class: what the ledger records, whether the message goes back in
-    /// the queue, whether the sender pauses or the run halts.
-    func decide(_ outcome: SendOutcome, item: Outgoing, attempt: Int, options: RunOptions) -> Decision {
-        var item = item
-        func requeue(_ error: SendError, after delay: Duration, releasePair: Bool = true) -> Decision {
-            Decision(
-                record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item, requeueAfter: delay,
-                releasePair: releasePair)
-        }
-        func fail(_ error: SendError) -> Decision {
-            control.count(failed: 1)
-            return Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: true), item: item)
-        }
-        func transient(_ error: SendError) -> Decision {
-            self.transient(error, item: item, attempt: attempt, options: options)
-        }
-        switch outcome {
-        case .accepted(let wamid, let waID):
-            control.count(accepted: 1)
-            return Decision(
-                record: .accepted(messageID: item.id, attempt: attempt, wamid: wamid, waID: waID == item.phone ? nil : waID), item: item)
-        case .unknown(let reason):
-            control.count(unknown: 1)
-            return Decision(record: .unknown(messageID: item.id, attempt: attempt, reason: reason), item: item)
-        case .notSent(let reason):
-            return transient(SendError(code: nil, title: "not sent: \(reason)"))
-        case .rejected(let e):
-            let error = SendError(code: e.code, title: e.title, details: e.details)
-            if e.code == 131057 {
-                // Meta is upgrading the number's throughput, "up to a minute": the whole sender waits
-                // and then probes; the message keeps its retries.
-                var decision = requeue(error, after: .zero)
-                let pause = control.openBreaker(pause: options.throughputUpgradePause, now: ContinuousClock.now)
-                decision.pauseSender = pause > 0 ? pause : nil
-                decision.outage = true
-                return decision
-            }
-            switch e.errorClass {
-            case .throttled:
-                item.throttledRetries += 1
-                var decision = requeue(error, after: .zero)
-                decision.pauseSender = e.retryAfter ?? min(60, pow(2, Double(item.throttledRetries - 1)))
-                return decision
-            case .pairRate:
-                // 4^x seconds for this recipient only; others go on.
-                let delay = pow(4, Double(item.pairRetries))
-                item.pairRetries += 1
-                return requeue(error, after: .milliseconds(Int64(delay * 1000)), releasePair: false)
-            case .transient:
-                return transient(error)
-            case .waitDay:
-                let notBefore = iso8601(wallClock() + 86_400) ?? ""
-                return fail(SendError(code: e.code, title: e.title, details: "Meta's per-user limit: retry not before \(notBefore)"))
-            case .halt where e.code == 132001:
-                // The template is missing in this language at Meta (132001 is per template and
-                // language): that language's messages stay queued, the others go on. The run
-                // ends halted, saying which languages to fix; the same command then sends them.
-                control.stopLanguage(item.language, error: e)
-                return Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item)
-            case .halt:
-                // Left queued: once the cause is fixed, running the command again sends it.
-                control.stop(.halted(e))
-                return Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item)
-            case .final:
-                control.knownCode()
-                let decision = fail(error)
-                if let code = e.code, ErrorClass.requestShapeCodes.contains(code) {
-                    // The same refusal of the request's shape or template, message after message:
-                    // the template or our request is wrong, not the tenants. Halt with the rest queued.
-                    let streak = control.sameRequestError(code)
-                    if streak >= options.haltAfterSameRequestErrors {
-                        control.stop(
-                            .halted(
-                                GraphError(
-                                    code: code,
-                                    title: "\(streak) requests in a row refused with (#\(code)) \(e.title): "
-                                        + "the template or the request does not match what Meta approved", details: e.details,
-                                    httpStatus: e.httpStatus)))
-                    }
-                }
-                return decision
-            case .unknownCode:
-                let decision = fail(error)
-                if control.unknownCode() >= options.haltAfterUnknownCodes {
-                    control.stop(
-                        .halted(
-                            GraphError(
-                                code: e.code, title: "\(options.haltAfterUnknownCodes) unknown error codes in a row (last: \(e.title))",
-                                httpStatus: e.httpStatus)))
-                }
-                return decision
-            }
-        }
-    }
-
-    /// A transient failure (Meta's 1, 2, 131000, 131016, 133004, a 5xx, a request that could not be
-    /// sent). One message's bad luck is retried with back-off; a pile-up across messages is an
-    /// outage: the circuit breaker pauses the whole sender (2, 4, 8… 60 s) and probes with one
-    /// request at a time, and the messages refused meanwhile keep their retries, so an outage
-    /// never burns the queue.
-    func transient(_ error: SendError, item: Outgoing, attempt: Int, options: RunOptions) -> Decision {
-        var item = item
-        let now = ContinuousClock.now
-        if let pause = control.transientFailure(threshold: options.breakerThreshold, now: now) {
-            var decision = Decision(
-                record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item,
-                requeueAfter: .zero)
-            decision.pauseSender = pause > 0 ? pause : nil
-            decision.outage = true
-            return decision
-        }
-        item.transientRetries += 1
-        if item.transientRetries > options.maxTransientRetries {
-            control.count(failed: 1)
-            return Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: true), item: item)
-        }
-        return Decision(
-            record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item,
-            requeueAfter: backoff(item.transientRetries))
-    }
-
-    /// 1, 2, 4, 8… seconds, ±25 % jitter, at most 60.
-    func backoff(_ retry: Int) -> Duration {
-        let base = min(60, pow(2, Double(retry - 1)))
-        return .milliseconds(Int64(base * Double.random(in: 0.75...1.25) * 1000))
-    }
-
     // MARK: - Settling
 
     /// Waits until every message of the run is final (delivered, read, failed, skipped) or the
     /// window closes. Statuses come from a receiver writing to the same store.
     public func settle(run: String, window: Duration, poll: Duration = .milliseconds(500)) async throws -> [MessageState: Int] {
-        let deadline = ContinuousClock.now + window
-        while true {
-            let counts = try await store.stateCounts(run: run)
-            let open = counts.filter { !$0.key.isFinal }.values.reduce(0, +)
-            let stopped = control.stopReason != nil
-            if open == 0 || ContinuousClock.now >= deadline || stopped { return counts }
-            try await Task.sleep(for: min(poll, deadline - ContinuousClock.now))
+        try await settleWindow(store: store, run: run, window: window, poll: poll, clock: ContinuousClock()) { [control] in
+            control.stopReason != nil
         }
     }
 }

@@ -34,8 +34,11 @@ struct FailureModeTests {
             #expect(try await acceptedByMessage(h).count == 300)
             #expect(try await acceptedByMessage(h).values.allSatisfy { $0 == 1 })
             let refused = try await h.requests().filter { $0["errorCode"] as? Int == 133004 }.count
-            // Those in flight when it began, then one probe at a time with growing pauses.
-            #expect(refused < 40, "\(refused) requests during the outage")
+            // Those in flight when it began, then one probe at a time with growing pauses: without
+            // the breaker, 400 requests would meet the 4 s outage at 100/s. (48 were seen with the
+            // whole suite running beside it on two cores; the exact sequence is checked in virtual
+            // time, EngineTests' `DispatchMachineTests.outage`.)
+            #expect(refused < 100, "\(refused) requests during the outage")
         }
     }
 

@@ -101,7 +101,7 @@ struct Harness {
     func requests() async throws -> [[String: Any]] { try await control("requests") as? [[String: Any]] ?? [] }
 
     /// Waits until `condition` holds (statuses arrive asynchronously), or fails after `timeout`.
-    func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws {
+    func eventually(timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if try await condition() { return }

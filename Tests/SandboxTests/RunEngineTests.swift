@@ -41,8 +41,8 @@ func acceptedByMessage(_ h: Harness) async throws -> [String: Int] {
     return counts
 }
 
-/// One test at a time: they measure pacing, and with the suite in parallel on two cores the test
-/// process stalled for 150-200 ms at times, which showed as bunched arrivals and lost rate.
+/// One test at a time: they watch pacing as requests arrive, and with the suite in parallel on two
+/// cores the test process stalled for 150-200 ms at times, which showed as bunched arrivals.
 @Suite("The billing run against the sandbox", .serialized)
 struct RunEngineTests {
     @Test(
@@ -56,8 +56,10 @@ struct RunEngineTests {
             let first = try await e.prepare(options)
             #expect(first.queued == 26)
             #expect(try await e.dispatch(options) == nil)
-            let counts = try await e.settle(run: "march", window: .seconds(4))
-            #expect(counts == [.sent: 2, .delivered: 5, .read: 16, .failed: 3, .skipped: 1])
+            // Two stay `sent` for good, so this waits for the counts rather than a settle window
+            // (the window itself is tested in virtual time, EngineTests' SettleTests).
+            let expected: [MessageState: Int] = [.sent: 2, .delivered: 5, .read: 16, .failed: 3, .skipped: 1]
+            try await h.eventually { try await h.store.stateCounts(run: "march") == expected }
             #expect(try await acceptedByMessage(h).values.allSatisfy { $0 == 1 })
             let requests = try await h.requests().count
 
@@ -80,7 +82,11 @@ struct RunEngineTests {
         }
     }
 
-    @Test("pacing: no one-second window holds more than the rate, and the rate is reached", arguments: engines)
+    /// End to end on the wall clock: what the loop released, and what reached the sandbox. That
+    /// the rate is also reached (and exactly how the pacing behaves) is checked in virtual time
+    /// (EngineTests' `DispatchMachineTests.pacing`): on two cores shared with the rest of the suite
+    /// the achieved rate here says more about the machine than about the loop.
+    @Test("pacing end to end: no one-second window holds more than the rate", arguments: engines)
     func pacing(engine: StoreEngine) async throws {
         let phones = (0..<150).map { "1809" + String(format: "%07d", $0 * 100) }
         try await Harness.run(engine: engine) { h in
@@ -93,16 +99,9 @@ struct RunEngineTests {
             #expect(times.count == 150)
             var most = 0
             var start = 0
-            var worst = (0, 0)
             for end in times.indices {
                 while times[end] - times[start] >= 1 { start += 1 }
-                if end - start + 1 > most { worst = (start, end) }
                 most = max(most, end - start + 1)
-            }
-            if most > 55 {
-                print(
-                    "pacing test (\(engine)): at the sandbox \(most) window \(times[worst.0] - times[0])...\(times[worst.1] - times[0]) gaps \((max(1, worst.0 - 3)..<min(times.count, worst.1 + 3)).map { Int((times[$0] - times[$0 - 1]) * 1000) })"
-                )
             }
             // As the requests left: what the pacer controls, exactly. Where the sandbox (in this same
             // process) receives them, a loaded machine adds its own jitter: a debug build with the
@@ -112,12 +111,6 @@ struct RunEngineTests {
             #expect(e.mostSendsInOneSecond <= 50, "most in one second as they left: \(e.mostSendsInOneSecond)")
             #expect(most <= 60, "most in one second at the sandbox: \(most)")
             #expect(try await h.store.stateCounts(run: "paced")[.failed] == nil)
-            // The rate is reached, from the first arrival to the last (as the benchmark measures
-            // it): the first request goes alone, and the rest wait until it is written. One late
-            // arrival shortens the span, so the upper side allows 2 %; "never above" is the exact
-            // check on releases above.
-            let achieved = Double(times.count - 1) / (times.last! - times[0])
-            #expect(achieved >= 0.95 * 50 && achieved <= 1.02 * 50, "achieved \(achieved)/s")
         }
     }
 

@@ -1,0 +1,85 @@
+import Store
+import StoreTesting
+import Synchronization
+import Testing
+
+@testable import Engine
+
+/// A clock whose sleeps return at once, moving its time to their deadline (one sleeper at a time).
+/// `onSleep` runs after each move: a test makes things happen at a virtual moment there.
+final class VirtualClock: Clock, Sendable {
+    struct Instant: InstantProtocol {
+        var offset: Duration
+        func advanced(by duration: Duration) -> Instant { Instant(offset: offset + duration) }
+        func duration(to other: Instant) -> Duration { other.offset - offset }
+        static func < (a: Instant, b: Instant) -> Bool { a.offset < b.offset }
+    }
+
+    private let time = Mutex(Instant(offset: .zero))
+    let onSleep: @Sendable (Duration) async throws -> Void
+
+    init(onSleep: @escaping @Sendable (Duration) async throws -> Void = { _ in }) { self.onSleep = onSleep }
+
+    var now: Instant { time.withLock { $0 } }
+    var minimumResolution: Duration { .nanoseconds(1) }
+
+    func sleep(until deadline: Instant, tolerance: Duration?) async throws {
+        let now = time.withLock { now in
+            now = max(now, deadline)
+            return now
+        }
+        try await onSleep(now.offset)
+    }
+}
+
+@Suite("The settle window in virtual time")
+struct SettleTests {
+    @Test("with no statuses it waits the whole window, and returns the counts as they are")
+    func wholeWindow() async throws {
+        let store = try freshStore()
+        try await seed(store, phones: ["18095550101", "18095550102"])
+        let clock = VirtualClock()
+        let real = ContinuousClock.now
+        let counts = try await settleWindow(store: store, run: "march", window: .seconds(120), poll: .milliseconds(500), clock: clock) {
+            false
+        }
+        #expect(clock.now.offset == .seconds(120))
+        #expect(counts == [.queued: 2])
+        #expect(ContinuousClock.now - real < .seconds(10))
+    }
+
+    @Test("it ends as soon as every message is final, at the next poll")
+    func endsWhenFinal() async throws {
+        let store = try freshStore()
+        let ids = try await seed(store, phones: ["18095550101", "18095550102"])
+        let finished = Mutex(false)
+        let clock = VirtualClock { now in
+            guard now >= .seconds(30), !finished.withLock({ $0 }) else { return }
+            finished.withLock { $0 = true }
+            // Both refused for good at 30 s (as a status webhook of `failed` would end them).
+            let numbers = try await store.recordLedger(outcomes: [], begin: ids, at: 1_772_000_000)
+            try await store.recordOutcomes(
+                ids.map {
+                    .rejected(messageID: $0, attempt: numbers[$0]!, error: SendError(code: 131026, title: "undeliverable"), final: true)
+                },
+                at: 1_772_000_001)
+        }
+        let counts = try await settleWindow(store: store, run: "march", window: .seconds(120), poll: .milliseconds(500), clock: clock) {
+            false
+        }
+        #expect(counts == [.failed: 2])
+        #expect(clock.now.offset == .seconds(30))
+    }
+
+    @Test("a stopped run does not wait")
+    func stopped() async throws {
+        let store = try freshStore()
+        try await seed(store)
+        let clock = VirtualClock()
+        let counts = try await settleWindow(store: store, run: "march", window: .seconds(120), poll: .milliseconds(500), clock: clock) {
+            true
+        }
+        #expect(counts == [.queued: 1])
+        #expect(clock.now.offset == .zero)
+    }
+}
