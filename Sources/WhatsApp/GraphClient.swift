@@ -3,6 +3,7 @@ public import Dispatcher
 public import Foundation
 package import NIOCore
 import NIOHTTP1
+import NIOPosix
 
 /// Where and how to reach the Graph API.
 public struct GraphConfiguration: Sendable {
@@ -167,17 +168,24 @@ public final class GraphClient: Sendable {
 
     /// A failure before any answer: certain non-delivery only when the connection never opened.
     static func transportOutcome(_ error: any Error) -> SendOutcome {
-        let text = String(describing: error)
-        if let client = error as? HTTPClientError, client == .connectTimeout {
-            return .notSent("could not connect (timeout)")
+        neverConnected(error) ? .notSent("could not connect: \(error)") : .unknown("no answer read: \(error)")
+    }
+
+    /// Whether `error` says no connection was ever made (so the request cannot have reached Meta),
+    /// by its type: AsyncHTTPClient's connect timeout, NIO's failed connection attempts (every
+    /// address tried, name resolution included), or a refusal or unreachable network from the
+    /// socket's `connect`. Anything else (a reset, a timeout waiting for the answer, a closed
+    /// connection) may have come after Meta read the request: unknown.
+    static func neverConnected(_ error: any Error) -> Bool {
+        switch error {
+        case let error as HTTPClientError: return error == .connectTimeout
+        case is NIOConnectionError: return true
+        case let error as ChannelError:
+            if case .connectTimeout = error { return true }
+            return false
+        case let error as IOError: return [ECONNREFUSED, ENETUNREACH, EHOSTUNREACH].contains(error.errnoCode)
+        default: return false
         }
-        let lower = text.lowercased()
-        if lower.contains("connection refused") || lower.contains("connectionrefused") || lower.contains("nameresolution")
-            || lower.contains("name resolution") || lower.contains("connectTimeout".lowercased())
-        {
-            return .notSent("could not connect: \(text)")
-        }
-        return .unknown("no answer read: \(text)")
     }
 
     /// `GET /{version}/{phone_number_id}`: checks the token and the number (for `doctor`).
