@@ -338,13 +338,13 @@ struct DispatchMachine {
             case .throttled:
                 item.throttledRetries += 1
                 var decision = requeue(error, after: .zero)
-                decision.pauseSender = e.retryAfter ?? min(60, pow(2, Double(item.throttledRetries - 1)))
+                decision.pauseSender = RetryPolicy.throttlePause(retryAfter: e.retryAfter, retry: item.throttledRetries)
                 return decision
             case .pairRate:
-                // 4^x seconds for this recipient only; others go on.
-                let delay = pow(4, Double(item.pairRetries))
+                // For this recipient only; others go on.
+                let delay = RetryPolicy.pairDelay(retry: item.pairRetries)
                 item.pairRetries += 1
-                return requeue(error, after: .milliseconds(Int64(delay * 1000)), releasePair: false)
+                return requeue(error, after: delay, releasePair: false)
             case .transient:
                 return transient(error, item: item, attempt: attempt, now: now)
             case .waitDay:
@@ -406,19 +406,13 @@ struct DispatchMachine {
             decision.outage = true
             return decision
         }
-        item.transientRetries += 1
-        if item.transientRetries > options.maxTransientRetries {
+        guard options.retry.retriesNow(.transient, transientRetries: item.transientRetries) else {
             control.count(failed: 1)
             return Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: true), item: item)
         }
+        item.transientRetries += 1
         return Decision(
             record: .rejected(messageID: item.id, attempt: attempt, error: error, final: false), item: item,
-            requeueAfter: backoff(item.transientRetries))
-    }
-
-    /// 1, 2, 4, 8… seconds, ±25 % jitter, at most 60.
-    func backoff(_ retry: Int) -> Duration {
-        let base = min(60, pow(2, Double(retry - 1)))
-        return .milliseconds(Int64(base * jitter() * 1000))
+            requeueAfter: options.retry.backoff(retry: item.transientRetries, jitter: jitter()))
     }
 }

@@ -136,9 +136,12 @@ public final class InvoiceAPISender: InvoiceSendService {
         return SendInvoiceResponse(results: results)
     }
 
-    /// One message, with up to two quick retries of transient errors and one wait on throttling.
+    /// One message, retried as `RetryPolicy.interactive` says (two quick retries of transient
+    /// errors or throttling; the landlord UI is waiting).
     func send(messageID: String, phone: String, body: [UInt8], display: String) async throws -> SendInvoiceResponse.Result {
-        for round in 0..<3 {
+        let policy = RetryPolicy.interactive
+        let rounds = policy.maxTransientRetries + 1
+        for round in 0..<rounds {
             let attempt = try await store.beginAttempt(messageID: messageID, at: wallClock())
             try await pacer.slot()
             switch await client.send(body: Data(body)) {
@@ -159,12 +162,14 @@ public final class InvoiceAPISender: InvoiceSendService {
             case .notSent(let reason):
                 let error = SendError(code: nil, title: "not sent: \(reason)")
                 try await store.recordOutcomes(
-                    [AttemptOutcome.rejected(messageID: messageID, attempt: attempt, error: error, final: round == 2)], at: wallClock())
-                if round == 2 {
+                    [AttemptOutcome.rejected(messageID: messageID, attempt: attempt, error: error, final: round == rounds - 1)],
+                    at: wallClock())
+                if round == rounds - 1 {
                     return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed", error: error.title)
                 }
             case .rejected(let e):
-                let retry = round < 2 && (e.errorClass == .transient || e.errorClass == .throttled)
+                // Throttling counts against the same rounds: the UI cannot wait out a long pause.
+                let retry = round < rounds - 1 && policy.retriesNow(e.errorClass, transientRetries: round)
                 let error = SendError(code: e.code, title: e.title, details: e.details)
                 try await store.recordOutcomes(
                     [AttemptOutcome.rejected(messageID: messageID, attempt: attempt, error: error, final: !retry)], at: wallClock())
@@ -173,9 +178,11 @@ public final class InvoiceAPISender: InvoiceSendService {
                         phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed",
                         error: "\(e.code.map { "(#\($0)) " } ?? "")\(e.title)")
                 }
-                if e.errorClass == .throttled { await pacer.pause(seconds: e.retryAfter ?? 1) }
+                if e.errorClass == .throttled {
+                    await pacer.pause(seconds: RetryPolicy.throttlePause(retryAfter: e.retryAfter, retry: round + 1))
+                }
             }
-            try await Task.sleep(for: .milliseconds(500 * (round + 1)))
+            try await Task.sleep(for: policy.backoff(retry: round + 1))
         }
         return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed", error: "gave up after retries")
     }

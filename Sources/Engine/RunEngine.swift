@@ -15,8 +15,13 @@ public struct RunOptions: Sendable {
     public var skipInvalid: Bool
     /// Send again what an earlier run already sent.
     public var resend: Bool
+    /// How soon and how often a refused message goes again within the run.
+    public var retry = RetryPolicy.billingRun
     /// Transient errors are retried this many times, then the message fails (retryable).
-    public var maxTransientRetries: Int
+    public var maxTransientRetries: Int {
+        get { retry.maxTransientRetries }
+        set { retry.maxTransientRetries = newValue }
+    }
     /// Meta's pair rate: one message per 6 seconds to the same user.
     public var pairSpacing: Duration
     /// This many unknown error codes in a row halt the run.
@@ -43,9 +48,9 @@ public struct RunOptions: Sendable {
         self.rate = rate
         self.skipInvalid = skipInvalid
         self.resend = resend
-        self.maxTransientRetries = maxTransientRetries
         self.pairSpacing = pairSpacing
         self.haltAfterUnknownCodes = haltAfterUnknownCodes
+        self.maxTransientRetries = maxTransientRetries
     }
 }
 

@@ -39,6 +39,23 @@ struct WhatsAppTests {
         #expect(ErrorClass.of(code: 131000).earliestRetry(failedAt: 1000) == nil)
     }
 
+    @Test("one retry schedule: a run retries transient errors 5 times over a minute, the landlord UI twice in 1.5 s")
+    func retrySchedule() {
+        let run = RetryPolicy.billingRun
+        #expect((1...6).map { run.backoff(retry: $0) } == [1, 2, 4, 8, 16, 32].map { Duration.seconds($0) })
+        #expect(run.backoff(retry: 8) == .seconds(60))
+        #expect(run.backoff(retry: 1, jitter: 1.25) == .milliseconds(1250))
+        #expect(run.retriesNow(.transient, transientRetries: 4) && !run.retriesNow(.transient, transientRetries: 5))
+        #expect(run.retriesNow(.pairRate, transientRetries: 0) && run.retriesNow(.throttled, transientRetries: 99))
+        for never: ErrorClass in [.waitDay, .halt, .final, .unknownCode] { #expect(!run.retriesNow(never, transientRetries: 0)) }
+        let ui = RetryPolicy.interactive
+        #expect([ui.backoff(retry: 1), ui.backoff(retry: 2)] == [.milliseconds(500), .seconds(1)])
+        #expect(!ui.retriesNow(.transient, transientRetries: 2) && !ui.retriesNow(.pairRate, transientRetries: 0))
+        #expect(RetryPolicy.pairDelay(retry: 0) == .seconds(1) && RetryPolicy.pairDelay(retry: 2) == .seconds(16))
+        #expect(RetryPolicy.throttlePause(retryAfter: nil, retry: 1) == 1 && RetryPolicy.throttlePause(retryAfter: nil, retry: 9) == 60)
+        #expect(RetryPolicy.throttlePause(retryAfter: 7, retry: 1) == 7)
+    }
+
     @Test("the body written directly is the JSON JSONEncoder writes, escapes and all")
     func directJSON() throws {
         let tricky = [
