@@ -214,28 +214,17 @@ public final class PostgresStore: DispatchStore {
         }
     }
 
-    /// `body`, or an error once `limit` (default: connect + statement timeout) has passed. The
-    /// caller is answered then even if `body` cannot be cancelled (a query written to a connection
-    /// the server has cut may never complete): it is cancelled and left behind, not awaited, so
-    /// a task group cannot be used here.
+    /// `body`, or an error naming the server once `limit` (default: connect + statement timeout)
+    /// has passed: a query written to a connection the server has cut may never complete, and the
+    /// caller is answered anyway (`withDeadline`).
     func bounded<T: Sendable>(within limit: Duration? = nil, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         let limit = limit ?? .milliseconds(Int64((url.connectTimeout + url.statementTimeout) * 1000))
         let timeout = StoreError(
             "PostgreSQL at \(url.socketFolder ?? "\(url.host):\(url.port)") did not answer within \(limit): is it running?")
-        let answer = FirstAnswer<T>()
-        let work = Task {
-            do { answer.give(.success(try await body())) } catch { answer.give(.failure(error)) }
-        }
-        let timer = Task {
-            try await Task.sleep(for: limit)
-            answer.give(.failure(timeout))
-            work.cancel()
-        }
-        defer { timer.cancel() }
-        return try await withTaskCancellationHandler {
-            try await answer.value()
-        } onCancel: {
-            work.cancel()
+        do {
+            return try await withDeadline(limit, body)
+        } catch is DeadlineExceeded {
+            throw timeout
         }
     }
 
@@ -800,31 +789,5 @@ struct Cells {
     mutating func next<T: PostgresDecodable>(_: T.Type = T.self) throws -> T {
         defer { index += 1 }
         return try row[index].decode(T.self)
-    }
-}
-
-/// The first of several answers, for one waiter (`bounded`: the work or the timer, whichever comes first).
-final class FirstAnswer<T: Sendable>: Sendable {
-    private let state = Mutex<(result: Result<T, any Error>?, waiter: CheckedContinuation<T, any Error>?)>((nil, nil))
-
-    func give(_ result: Result<T, any Error>) {
-        let waiter = state.withLock { state -> CheckedContinuation<T, any Error>? in
-            guard state.result == nil else { return nil }
-            state.result = result
-            defer { state.waiter = nil }
-            return state.waiter
-        }
-        waiter?.resume(with: result)
-    }
-
-    func value() async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            let ready = state.withLock { state -> Result<T, any Error>? in
-                if let result = state.result { return result }
-                state.waiter = continuation
-                return nil
-            }
-            if let ready { continuation.resume(with: ready) }
-        }
     }
 }
