@@ -8,6 +8,7 @@ import Sandbox
 import Server
 import ServiceLifecycle
 import Store
+import Synchronization
 import UnixSignals
 import WhatsApp
 
@@ -30,7 +31,7 @@ struct RunSession {
         let console = Console(json: settle.json)
         let logger = bootstrapLogging(label: "dispatcher.run", level: .warning)
         let store = try await database.open(settings: settings)
-        let settleWindow = try settle.settle.map(parseDuration) ?? (sandbox ? .seconds(15) : .seconds(120))
+        let settleWindow = settle.settle ?? (sandbox ? .seconds(15) : .seconds(120))
 
         // Where to send: Meta, or the in-process sandbox with its webhooks wired to our receiver.
         let appSecret: String?
@@ -149,49 +150,37 @@ struct RunSession {
         prepare: @escaping @Sendable (RunEngine, Console) async throws -> RunOptions
     ) async throws {
         // One run per sender number at a time (on every machine sharing the database), from
-        // preparing (which resolves what a crash left `sending`) to the last send.
-        let lease = SenderLeaseKeeper(
-            store: store, sender: engine.client.configuration.phoneNumberID, run: run, ttl: settings.senderLeaseSeconds)
+        // preparing (which resolves what a crash left `sending`) to the last send: `BillingRun`.
+        let billing = BillingRun(
+            engine: engine, run: run, leaseSeconds: settings.senderLeaseSeconds, waitForSender: settle.waitForSender ?? .zero,
+            settleWindow: settleWindow)
+        let terminal = isatty(STDERR_FILENO) == 1 && !settle.json
+        // Preparing (import, rendering, storing) and sending are measured apart: the rate target is
+        // about sending; preparing is a one-off step before it.
+        let marks = StatsMarks(cpu: processCPUSeconds(), wall: ContinuousClock.now)
+        let sent: (options: RunOptions, stop: StopReason?)
         do {
-            try await lease.acquire(wait: try settle.waitForSender.map(parseDuration) ?? .zero)
+            sent = try await billing.send(
+                prepare: { engine in try await prepare(engine, console) },
+                beforeSending: { _ in
+                    // Only `--stats` needs them: on a million messages the count reads the whole index.
+                    marks.prepared(countsBefore: settle.stats ? try await store.stateCounts(run: run) : [:])
+                }, progress: terminal ? printProgress : nil)
         } catch let busy as SenderBusy {
             FileHandle.standardError.write(Data("error: \(busy)\n".utf8))
             throw ExitCode(1)
         }
-        logger.debug("run: sender lease acquired")
-        let terminal = isatty(STDERR_FILENO) == 1 && !settle.json
-        let cpuBefore = processCPUSeconds()
-        let wallBefore = ContinuousClock.now
-        // The lease is renewed beside the run; if another process took it, the run halts.
-        let renewal = Task { await lease.keep { reason in engine.halt(reason) } }
-        let sending: Result<(RunOptions, [MessageState: Int], StopReason?), any Error>
-        // Preparing (import, rendering, storing) and sending are measured apart: the rate target is
-        // about sending; preparing is a one-off step before it.
-        var prepared = (cpu: cpuBefore, wall: wallBefore)
-        do {
-            let options = try await prepare(engine, console)
-            // Only `--stats` needs them: on a million messages the count reads the whole index.
-            let countsBefore = settle.stats ? try await store.stateCounts(run: run) : [:]
-            prepared = (processCPUSeconds(), ContinuousClock.now)
-            logger.debug("run: prepared; dispatching")
-            sending = .success((options, countsBefore, try await engine.dispatch(options, progress: terminal ? printProgress : nil)))
-        } catch {
-            sending = .failure(error)
-        }
-        logger.debug("run: dispatch ended; releasing the sender lease")
-        renewal.cancel()
-        await renewal.value
-        await lease.release()
         logger.debug("run: sender lease released")
-        let (options, countsBefore, stop) = try sending.get()
+        let (options, stop) = sent
         if settle.stats {
+            let m = marks.read()
             let sent =
                 try await store.stateCounts(run: run).filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +)
-                - countsBefore.filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +)
+                - m.countsBefore.filter { ![.queued, .skipped].contains($0.key) }.values.reduce(0, +)
             func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
-            let wall = seconds(ContinuousClock.now - prepared.wall)
-            let cpu = processCPUSeconds() - prepared.cpu
-            let prepareWall = seconds(prepared.wall - wallBefore), prepareCPU = prepared.cpu - cpuBefore
+            let wall = seconds(ContinuousClock.now - m.prepared.wall)
+            let cpu = processCPUSeconds() - m.prepared.cpu
+            let prepareWall = seconds(m.prepared.wall - m.start.wall), prepareCPU = m.prepared.cpu - m.start.cpu
             console.say(
                 String(
                     format:
@@ -201,30 +190,13 @@ struct RunSession {
         }
         if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
 
-        var record = try await store.run(named: run)!
-        var counts: [MessageState: Int]
-        switch stop {
-        case .halted(let error):
-            record.status = .halted
-            record.haltReason = error.description
-            counts = try await store.stateCounts(run: run)
-        case .interrupted:
-            record.status = .interrupted
-            counts = try await store.stateCounts(run: run)
-        case nil:
-            console.say("waiting up to \(settleWindow) for delivery statuses…")
-            record.status = .settling
-            try await store.saveRun(record)
-            counts = try await engine.settle(run: run, window: settleWindow)
-            logger.debug("run: settled")
-            record.status = .done
+        let (record, counts) = try await billing.conclude(stop: stop) { window in
+            console.say("waiting up to \(window) for delivery statuses…")
         }
-        record.finishedAt = Date().timeIntervalSince1970
-        try await store.saveRun(record)
 
         logger.debug("run: writing the reports")
         let directory = settle.out ?? reportDirectory(run: run, landlord: nil)
-        let writer = try await DeliveryReportWriter(templatesDirectory: templatesDirectory, lang: settle.lang)
+        let writer = try await DeliveryReportWriter(templatesDirectory: templatesDirectory, lang: settle.lang.rawValue)
         let files = try await writer.write(run: record, store: store, to: directory, settle: "\(settleWindow)")
         let summary = MessageState.allCases.compactMap { s in counts[s].map { "\(s.rawValue) \($0)" } }.joined(separator: ", ")
         console.say("Run \(run): \(summary)")
@@ -282,21 +254,32 @@ struct StartFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Whether `body` finished within `limit`. It runs in a task of its own, and is left behind (not
-/// cancelled, not awaited) when it takes longer: for steps that must not keep a command from ending.
+/// When `send --stats` measures from: the start, and the end of preparing with the counts then.
+final class StatsMarks: Sendable {
+    struct Marks {
+        var start: (cpu: Double, wall: ContinuousClock.Instant)
+        var prepared: (cpu: Double, wall: ContinuousClock.Instant)
+        var countsBefore: [MessageState: Int] = [:]
+    }
+    private let marks: Mutex<Marks>
+
+    init(cpu: Double, wall: ContinuousClock.Instant) { marks = Mutex(Marks(start: (cpu, wall), prepared: (cpu, wall))) }
+
+    func prepared(countsBefore: [MessageState: Int]) {
+        let now = (processCPUSeconds(), ContinuousClock.now)
+        marks.withLock {
+            $0.prepared = now
+            $0.countsBefore = countsBefore
+        }
+    }
+
+    func read() -> Marks { marks.withLock { $0 } }
+}
+
+/// Whether `body` finished within `limit` (`withDeadline`: left behind when it takes longer), for
+/// steps that must not keep a command from ending.
 func finishes(within limit: Duration, _ body: @escaping @Sendable () async -> Void) async -> Bool {
-    let (stream, continuation) = AsyncStream.makeStream(of: Bool.self)
-    Task {
-        await body()
-        continuation.yield(true)
-    }
-    let timer = Task {
-        try await Task.sleep(for: limit)
-        continuation.yield(false)
-    }
-    defer { timer.cancel() }
-    for await finished in stream { return finished }
-    return false
+    (try? await withDeadline(limit) { await body() }) != nil
 }
 
 /// The progress line on a terminal: sent, failed, unknown, remaining, rate, ETA.

@@ -12,8 +12,10 @@ import WhatsApp
 
 /// Options shared by `send` and `retry`: where statuses come from during the settle window.
 struct SettleOptions: ParsableArguments {
-    @Option(help: "How long to wait for statuses after the last send (90s, 15m, 2h); ends early once every message is final.")
-    var settle: String?
+    @Option(
+        help: "How long to wait for statuses after the last send (90s, 15m, 2h); ends early once every message is final.",
+        transform: parseDuration)
+    var settle: Duration?
 
     @Option(help: "Receive Meta's webhooks here during the run (HOST:PORT); without it, a `serve` writing to the same database does.")
     var listen: String?
@@ -21,8 +23,8 @@ struct SettleOptions: ParsableArguments {
     @Option(help: "Where the reports go (default: reports/RUN/).")
     var out: String?
 
-    @Option(help: "Report language: en or es.")
-    var lang: String = "en"
+    @Option(help: "Report language.")
+    var lang: ReportLanguage = .en
 
     @Flag(help: "Print one JSON object on stdout (human output goes to stderr).")
     var json = false
@@ -30,8 +32,10 @@ struct SettleOptions: ParsableArguments {
     @Flag(help: "After sending, print the achieved rate and the CPU time per message of the sending phase.")
     var stats = false
 
-    @Option(help: "If another run is sending from the same number, wait this long for it (90s, 15m) instead of refusing at once.")
-    var waitForSender: String?
+    @Option(
+        help: "If another run is sending from the same number, wait this long for it (90s, 15m) instead of refusing at once.",
+        transform: parseDuration)
+    var waitForSender: Duration?
 }
 
 struct SendCommand: AsyncParsableCommand {
@@ -81,7 +85,6 @@ struct SendCommand: AsyncParsableCommand {
         guard rate > 0, rate <= 1000 else {
             throw ValidationError("--rate must be between 1 and 1000 messages per second (Meta's ceiling)")
         }
-        if let settle = settleOptions.settle { _ = try parseDuration(settle) }
         if let listen = settleOptions.listen { _ = try parseListen(listen) }
     }
 
@@ -177,38 +180,14 @@ struct RetryCommand: AsyncParsableCommand {
             guard let record = try await engine.store.run(named: run) else {
                 throw ValidationError("no run \(run): `dispatcher runs` lists them")
             }
-            var candidates: [String] = []
-            var notYet: (count: Int, earliest: Double) = (0, .infinity)
-            var after: Int64? = nil
-            let now = Date().timeIntervalSince1970
-            repeat {
-                let page = try await engine.store.messages(MessageFilter(run: run, after: after, limit: 1000))
-                for m in page.messages {
-                    if m.state == .unknown && includeUnknown { candidates.append(m.id) }
-                    guard m.state == .failed else { continue }
-                    let errorClass = ErrorClass.of(code: m.errorCode)
-                    // --codes names what to resend; otherwise the one rule of what is retryable.
-                    let chosen = wanted.map { set in m.errorCode.map(set.contains) ?? false } ?? errorClass.isRetryable
-                    guard chosen else { continue }
-                    if !retryNow, let earliest = errorClass.earliestRetry(failedAt: m.failedAt ?? m.updatedAt), earliest > now {
-                        // Meta's per-user limit (131049): not before its time, unless --now.
-                        notYet = (notYet.count + 1, min(notYet.earliest, earliest))
-                        continue
-                    }
-                    candidates.append(m.id)
-                }
-                after = page.next
-            } while after != nil
-            let requeued = try await engine.store.requeue(messageIDs: candidates, at: Date().timeIntervalSince1970)
-            console.say("Run \(run): \(requeued.count) messages to send again")
-            if notYet.count > 0 {
+            let selection = try await engine.requeueForRetry(
+                run: run, codes: wanted, includeUnknown: includeUnknown, ignoringWait: retryNow)
+            console.say("Run \(run): \(selection.requeued.count) messages to send again")
+            if selection.heldBack > 0 {
                 console.say(
-                    "\(notYet.count) held back by Meta's per-user limit (131049) may go from \(iso8601(notYet.earliest) ?? "?") "
-                        + "(run this again then, or now with --now)")
+                    "\(selection.heldBack) held back by Meta's per-user limit (131049) may go from "
+                        + "\(iso8601(selection.earliest) ?? "?") (run this again then, or now with --now)")
             }
-            var saved = record
-            saved.status = .sending
-            try await engine.store.saveRun(saved)
             return RunOptions(run: run, manifest: record.manifest, rate: rate)
         }
     }
@@ -230,8 +209,8 @@ struct ReportCommand: AsyncParsableCommand {
     @Option(help: "Only this landlord's invoices: a report to send them.")
     var landlord: String?
 
-    @Option(help: "Report language: en or es.")
-    var lang: String = "en"
+    @Option(help: "Report language.")
+    var lang: ReportLanguage = .en
 
     @Flag(help: "CSV for a spreadsheet in a Spanish or French locale: ';' and a BOM.")
     var excel = false
@@ -247,7 +226,7 @@ struct ReportCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let directory = out ?? reportDirectory(run: run, landlord: landlord)
-        let writer = try await DeliveryReportWriter(templatesDirectory: common.templatesDirectory, lang: lang, excel: excel)
+        let writer = try await DeliveryReportWriter(templatesDirectory: common.templatesDirectory, lang: lang.rawValue, excel: excel)
         let files = try await writer.write(run: record, store: store, to: directory, landlord: landlord)
         let counts = try await store.stateCounts(run: run)
         let console = Console(json: json)
@@ -286,7 +265,15 @@ struct RunResultJSON: Encodable {
 }
 
 /// `90s`, `15m`, `2h`, `1h30m`.
+/// The languages a report is written in.
+enum ReportLanguage: String, CaseIterable, ExpressibleByArgument {
+    case en, es
+}
+
+/// A duration as options take it: 90s, 15m, 2h, or several (1h30m); a bare number is seconds.
+/// Used as the options' `transform`, so a bad one is a usage error (exit 64) naming the option.
 func parseDuration(_ text: String) throws -> Duration {
+    guard !text.isEmpty else { throw ValidationError("an empty duration: write it as 90s, 15m or 2h") }
     var total = 0.0
     var number = ""
     for ch in text {

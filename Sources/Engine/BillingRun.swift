@@ -1,0 +1,113 @@
+import Foundation
+import Logging
+public import Store
+import WhatsApp
+
+/// A whole billing run, as the CLI, a test or (later) the server drives it: the sender's lease
+/// (taken before preparing, which resolves what a crash left `sending`; renewed beside the run, and
+/// if another process takes it the run halts; given back after the last send), preparing, sending,
+/// the run's status as it goes (settling, then done; or halted with the reason, or interrupted),
+/// and the settle window. Reports, printing and statistics are the caller's.
+///
+/// `perform` does it all; `send` and `conclude` are its two halves, for a caller that reports
+/// something between them (the CLI's `--stats`).
+public struct BillingRun: Sendable {
+    public let engine: RunEngine
+    public let run: String
+    /// How long a lease lasts unless renewed (renewed at a third of it).
+    public var leaseSeconds: Double
+    /// If another run holds the sender, wait this long for it (zero: refuse at once with `SenderBusy`).
+    public var waitForSender: Duration
+    /// How long to wait for statuses after the last send.
+    public var settleWindow: Duration
+
+    public init(engine: RunEngine, run: String, leaseSeconds: Double = 60, waitForSender: Duration = .zero, settleWindow: Duration) {
+        self.engine = engine
+        self.run = run
+        self.leaseSeconds = leaseSeconds
+        self.waitForSender = waitForSender
+        self.settleWindow = settleWindow
+    }
+
+    /// How the run ended: the options it was sent with, why it stopped (nil: the queue is empty),
+    /// its record as stored and its messages' states.
+    public struct Outcome: Sendable {
+        public var options: RunOptions
+        public var stop: StopReason?
+        public var record: RunRecord
+        public var counts: [MessageState: Int]
+    }
+
+    /// The whole run: `send`, then `conclude`.
+    public func perform(
+        prepare: (RunEngine) async throws -> RunOptions, progress: (@Sendable (RunProgress) -> Void)? = nil
+    ) async throws -> Outcome {
+        let (options, stop) = try await send(prepare: prepare, progress: progress)
+        let (record, counts) = try await conclude(stop: stop)
+        return Outcome(options: options, stop: stop, record: record, counts: counts)
+    }
+
+    /// Takes the sender's lease (throws `SenderBusy` if another run keeps it past `waitForSender`),
+    /// prepares with `prepare`, calls `beforeSending`, sends, and gives the lease back whatever
+    /// happened. Returns the options and why sending stopped.
+    public func send(
+        prepare: (RunEngine) async throws -> RunOptions, beforeSending: (RunOptions) async throws -> Void = { _ in },
+        progress: (@Sendable (RunProgress) -> Void)? = nil
+    ) async throws -> (options: RunOptions, stop: StopReason?) {
+        let lease = SenderLeaseKeeper(
+            store: engine.store, sender: engine.client.configuration.phoneNumberID, run: run, ttl: leaseSeconds)
+        try await lease.acquire(wait: waitForSender)
+        engine.logger.debug("run: sender lease acquired")
+        let engine = self.engine
+        // Renewed beside the run, in a child task that ends with it.
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await lease.keep { reason in engine.halt(reason) } }
+            let result: Result<(RunOptions, StopReason?), any Error>
+            do {
+                let options = try await prepare(engine)
+                try await beforeSending(options)
+                engine.logger.debug("run: prepared; dispatching")
+                result = .success((options, try await engine.dispatch(options, progress: progress)))
+            } catch {
+                result = .failure(error)
+            }
+            engine.logger.debug("run: dispatch ended; releasing the sender lease")
+            group.cancelAll()
+            try? await group.waitForAll()
+            await lease.release()
+            return try result.get()
+        }
+    }
+
+    /// Records how sending ended: a halt (with its reason) or an interrupt as they are; otherwise
+    /// `settling` while the settle window waits for statuses, then `done`. Returns the stored record
+    /// and the run's states.
+    public func conclude(
+        stop: StopReason?, settling: (Duration) -> Void = { _ in }
+    ) async throws -> (
+        record: RunRecord, counts: [MessageState: Int]
+    ) {
+        let store = engine.store
+        guard var record = try await store.run(named: run) else { throw StoreError("no run \(run) to conclude") }
+        let counts: [MessageState: Int]
+        switch stop {
+        case .halted(let error):
+            record.status = .halted
+            record.haltReason = error.description
+            counts = try await store.stateCounts(run: run)
+        case .interrupted:
+            record.status = .interrupted
+            counts = try await store.stateCounts(run: run)
+        case nil:
+            settling(settleWindow)
+            record.status = .settling
+            try await store.saveRun(record)
+            counts = try await engine.settle(run: run, window: settleWindow)
+            engine.logger.debug("run: settled")
+            record.status = .done
+        }
+        record.finishedAt = Date().timeIntervalSince1970
+        try await store.saveRun(record)
+        return (record, counts)
+    }
+}

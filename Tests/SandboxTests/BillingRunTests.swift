@@ -1,0 +1,68 @@
+import Dispatcher
+import Foundation
+import Sandbox
+import StoreTesting
+import Testing
+
+@testable import Engine
+@testable import Store
+@testable import WhatsApp
+
+/// The billing run as any caller (not only the CLI) drives it.
+@Suite("BillingRun: lease, prepare, send, status, settle")
+struct BillingRunTests {
+    @Test("a run ends done with its counts; a halted one stores why; a number another run holds is refused", arguments: engines)
+    func wholeRun(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine) { h in
+            let e = try makeEngine(h)
+            defer { Task { try? await e.client.shutdown() } }
+            let options = RunOptions(run: "billing", manifest: try manifest(phones(20)), rate: 100)
+            let billing = BillingRun(engine: e, run: "billing", settleWindow: .seconds(30))
+            let outcome = try await billing.perform(prepare: { engine in
+                _ = try await engine.prepare(options)
+                return options
+            })
+            #expect(outcome.stop == nil)
+            // Every number here is delivered, then read: the window ends once each has a final state.
+            #expect(outcome.counts[.delivered, default: 0] + outcome.counts[.read, default: 0] == 20, "\(outcome.counts)")
+            let stored = try #require(try await h.store.run(named: "billing"))
+            #expect(stored.status == .done && stored.finishedAt != nil)
+
+            // Another run holds the number (it could take it: the lease was given back): refused
+            // before anything is prepared or sent.
+            let other = SenderLeaseKeeper(store: h.store, sender: e.client.configuration.phoneNumberID, run: "other", ttl: 60)
+            try await other.acquire()
+            let requests = try await h.requests().count
+            await #expect(throws: SenderBusy.self) {
+                _ = try await BillingRun(engine: e, run: "billing", settleWindow: .seconds(1)).perform(prepare: { _ in
+                    Issue.record("prepared while another run held the number")
+                    return options
+                })
+            }
+            #expect(try await h.requests().count == requests)
+            await other.release()
+        }
+    }
+
+    @Test("a halt is stored with its reason, and the unsent stay queued", arguments: engines)
+    func halted(engine: StoreEngine) async throws {
+        try await Harness.run(scenario: Scenario(rules: [.init(match: "suffix:", outcome: .tokenExpired)]), engine: engine) { h in
+            let e = try makeEngine(h)
+            defer { Task { try? await e.client.shutdown() } }
+            let options = RunOptions(run: "halting", manifest: try manifest(phones(30)), rate: 50)
+            let outcome = try await BillingRun(engine: e, run: "halting", settleWindow: .seconds(30)).perform(prepare: { engine in
+                _ = try await engine.prepare(options)
+                return options
+            })
+            guard case .halted(let error) = outcome.stop else {
+                Issue.record("not halted: \(String(describing: outcome.stop))")
+                return
+            }
+            #expect(error.code == 190)
+            let stored = try #require(try await h.store.run(named: "halting"))
+            #expect(stored.status == .halted)
+            #expect(stored.haltReason?.contains("190") == true)
+            #expect(outcome.counts == [.queued: 30])
+        }
+    }
+}
