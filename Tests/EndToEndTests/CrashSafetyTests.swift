@@ -25,9 +25,20 @@ final class Running: @unchecked Sendable {
 
     func kill(_ signal: Int32) { Foundation.kill(process.processIdentifier, signal) }
 
+    /// Blocks until it exits (for `defer`, after a signal: short).
     func wait() -> Int32 {
         process.waitUntilExit()
         return process.terminationStatus
+    }
+
+    /// Its exit status, awaited on a thread of its own (see `DispatcherProcess.run`).
+    func exit() async -> Int32 {
+        let process = self.process
+        return
+            (try? await onOwnThread {
+                process.waitUntilExit()
+                return process.terminationStatus
+            }) ?? -1
     }
 
     var text: String { String(decoding: output.fileHandleForReading.availableData, as: UTF8.self) }
@@ -139,9 +150,9 @@ struct CrashSafetyTests {
                     run.kill(SIGKILL)
                     kills += 1
                 }
-                _ = run.wait()
+                _ = await run.exit()
             } else {
-                let status = run.wait()
+                let status = await run.exit()
                 if status == 0 { finished = true; break }
             }
         }
@@ -159,8 +170,8 @@ struct CrashSafetyTests {
         // A last settle lets late statuses in; then every invoice has a final state or `unknown`
         // (in flight at a kill: never resent blindly).
         let last = try Running(send, in: folder, environment: environment)
-        #expect(last.wait() == 0)
-        var states = try statesOfOnlyRun(folder, database: database)
+        #expect(await last.exit() == 0)
+        var states = try await statesOfOnlyRun(folder, database: database)
         #expect(states.values.reduce(0, +) == 2000)
         #expect((states["queued"] ?? 0) + (states["sending"] ?? 0) + (states["failed"] ?? 0) == 0, "\(states)")
         let unknown = states["unknown"] ?? 0
@@ -169,11 +180,11 @@ struct CrashSafetyTests {
         let retry = try Running(
             ["retry", "big", "--include-unknown", "--rate", "1000", "--listen", "127.0.0.1:\(receiverPort)", "--settle", "3s"],
             in: folder, environment: environment)
-        #expect(retry.wait() == 0)
+        #expect(await retry.exit() == 0)
         accepted = try await acceptedByMessage()
         #expect(accepted.count == 2000)
         #expect(accepted.values.allSatisfy { $0 == 1 })
-        states = try statesOfOnlyRun(folder, database: database)
+        states = try await statesOfOnlyRun(folder, database: database)
         #expect((states["read"] ?? 0) + (states["delivered"] ?? 0) == 2000, "\(states)")
     }
 
@@ -196,21 +207,21 @@ struct CrashSafetyTests {
         let run = try Running(["send", "big.csv", "--rate", "50", "--settle", "1s"], in: folder, environment: environment)
         try await Task.sleep(for: .seconds(2))
         run.kill(SIGTERM)
-        #expect(run.wait() == 1)
+        #expect(await run.exit() == 1)
         #expect(run.text.contains("Interrupted: run the same command again"))
-        let states = try statesOfOnlyRun(folder)
+        let states = try await statesOfOnlyRun(folder)
         #expect((states["sending"] ?? 0) == 0)
         #expect((states["unknown"] ?? 0) == 0)
         #expect((states["queued"] ?? 0) > 0)
         let again = try Running(["send", "big.csv", "--rate", "500", "--settle", "1s"], in: folder, environment: environment)
-        #expect(again.wait() == 0)
-        #expect((try statesOfOnlyRun(folder)["queued"] ?? 0) == 0)
+        #expect(await again.exit() == 0)
+        #expect((try await statesOfOnlyRun(folder)["queued"] ?? 0) == 0)
         let requests = try await getJSON("http://127.0.0.1:\(sandboxPort)/_sandbox/requests") as? [[String: Any]] ?? []
         #expect(Set(requests.compactMap { $0["callbackData"] as? String }).count == requests.count)
     }
 
-    func statesOfOnlyRun(_ folder: URL, database: String? = nil) throws -> [String: Int] {
-        let runs = try DispatcherProcess.run(["runs", "--json"] + (database.map { ["--db", $0] } ?? []), in: folder)
+    func statesOfOnlyRun(_ folder: URL, database: String? = nil) async throws -> [String: Int] {
+        let runs = try await DispatcherProcess.run(["runs", "--json"] + (database.map { ["--db", $0] } ?? []), in: folder)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(runs.stdout.utf8)) as? [String: Any])
         return try #require((object["runs"] as? [[String: Any]])?.first?["states"] as? [String: Int])
     }

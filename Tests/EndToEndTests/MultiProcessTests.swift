@@ -186,7 +186,7 @@ struct MultiProcessTests {
         }
 
         // A second run from number A is refused, saying who sends and what to do.
-        let second = try DispatcherProcess.run(
+        let second = try await DispatcherProcess.run(
             ["send", "april.csv", "--sandbox", "--run", "april-again", "--db", url], in: folder, environment: numberA)
         #expect(second.status == 1)
         #expect(second.stderr.contains("sender NUMBER-A is busy: run 'april'"), "\(second.stderr)")
@@ -194,7 +194,7 @@ struct MultiProcessTests {
         #expect(try await store.stateCounts(run: "april-again").isEmpty)
 
         // Number B is not held up.
-        let parallel = try DispatcherProcess.run(
+        let parallel = try await DispatcherProcess.run(
             ["send", "may.csv", "--sandbox", "--settle", "1s", "--db", url], in: other, environment: numberB)
         #expect(parallel.status == 0, "\(parallel.stderr)")
         #expect(first.process.isRunning, "number B's run finished while number A's was still sending")
@@ -203,8 +203,8 @@ struct MultiProcessTests {
         // The holder dies on this host: the same command run again at once takes its lease over
         // (no waiting for it to expire; a holder on another host would be waited for).
         first.kill(SIGKILL)
-        _ = first.wait()
-        let resumed = try DispatcherProcess.run(
+        _ = await first.exit()
+        let resumed = try await DispatcherProcess.run(
             ["send", "april.csv", "--sandbox", "--settle", "1s", "--db", url],
             in: folder, environment: numberA)
         #expect(resumed.status == 0, "\(resumed.stderr)")

@@ -19,7 +19,13 @@ struct DispatcherProcess {
         var stderr: String
     }
 
-    static func run(_ arguments: [String], in directory: URL = packageRoot, environment: [String: String] = [:]) throws -> Output {
+    /// Runs `dispatcher` and waits for it on a thread of its own: a test blocking one of the two
+    /// cooperative threads while a process runs starved every other test of half the machine.
+    static func run(_ arguments: [String], in directory: URL = packageRoot, environment: [String: String] = [:]) async throws -> Output {
+        try await onOwnThread { try runBlocking(arguments, in: directory, environment: environment) }
+    }
+
+    static func runBlocking(_ arguments: [String], in directory: URL, environment: [String: String]) throws -> Output {
         let process = Process()
         process.executableURL = executable
         process.arguments = arguments
@@ -40,6 +46,13 @@ struct DispatcherProcess {
     }
 }
 
+/// `body` on a new thread, awaited without holding a cooperative thread.
+func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+    }
+}
+
 let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
 func temporaryDirectory() throws -> URL {
@@ -51,11 +64,11 @@ func temporaryDirectory() throws -> URL {
 @Suite("dispatcher preview (the executable)")
 struct PreviewCommandTests {
     @Test("--json prints exactly the spec's object, and the report files exist")
-    func jsonShape() throws {
+    func jsonShape() async throws {
         let out = try temporaryDirectory()
         // No database yet: the preview reads none and creates none.
         let database = out.appendingPathComponent("none.sqlite")
-        let result = try DispatcherProcess.run([
+        let result = try await DispatcherProcess.run([
             "preview", "samples/march-2026.csv", "--json", "--out", out.path, "--db", "sqlite:" + database.path,
         ])
         #expect(result.status == 0)
@@ -83,9 +96,9 @@ struct PreviewCommandTests {
     }
 
     @Test("an invalid manifest exits 65 with every error in the JSON, each naming line, invoice and field")
-    func invalidManifest() throws {
+    func invalidManifest() async throws {
         let out = try temporaryDirectory()
-        let result = try DispatcherProcess.run(["preview", "samples/broken.csv", "--json", "--out", out.path])
+        let result = try await DispatcherProcess.run(["preview", "samples/broken.csv", "--json", "--out", out.path])
         #expect(result.status == 65)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
         let errors = try #require(object["errors"] as? [[String: Any]])
@@ -97,33 +110,41 @@ struct PreviewCommandTests {
     }
 
     @Test("a DTD in XML exits 65 and says why")
-    func refusedXML() throws {
+    func refusedXML() async throws {
         let out = try temporaryDirectory()
-        let result = try DispatcherProcess.run(["preview", "samples/broken.xml", "--out", out.path])
+        let result = try await DispatcherProcess.run(["preview", "samples/broken.xml", "--out", out.path])
         #expect(result.status == 65)
         #expect(result.stdout.contains("DOCTYPE (DTD) is not allowed"))
     }
 
     @Test("usage errors exit 64; a broken template folder exits 1 with the reason")
-    func usageAndConfiguration() throws {
-        let missing = try DispatcherProcess.run(["preview", "no-such-file.csv"])
+    func usageAndConfiguration() async throws {
+        let missing = try await DispatcherProcess.run(["preview", "no-such-file.csv"])
         #expect(missing.status == 64)
         #expect(missing.stderr.contains("no manifest at no-such-file.csv"))
+        // Options are checked as they are read, before anything is opened or sent.
+        let duration = try await DispatcherProcess.run(["send", "samples/march-2026.csv", "--sandbox", "--settle", "5x"])
+        #expect(duration.status == 64)
+        #expect(duration.stderr.contains("--settle") && duration.stderr.contains("'5x' is not a duration"), "\(duration.stderr)")
+        let language = try await DispatcherProcess.run(["report", "march-2026", "--lang", "de"])
+        #expect(language.status == 64)
+        #expect(
+            language.stderr.contains("--lang") && language.stderr.contains("en") && language.stderr.contains("es"), "\(language.stderr)")
         let templates = try temporaryDirectory()
         try FileManager.default.createDirectory(at: templates.appendingPathComponent("whatsapp"), withIntermediateDirectories: true)
         try Data(
             #"{"name":"invoice","category":"UTILITY","body":[{"source":"tenant_name"}],"languages":{"es":{"body":"{{1}} {{2}}"}}}"#.utf8
         )
         .write(to: templates.appendingPathComponent("whatsapp/invoice.json"))
-        let bad = try DispatcherProcess.run(["preview", "samples/march-2026.csv", "--templates", templates.path])
+        let bad = try await DispatcherProcess.run(["preview", "samples/march-2026.csv", "--templates", templates.path])
         #expect(bad.status == 1)
         #expect(bad.stderr.contains("132000"))
     }
 
     @Test("the messaging-limit tier warns when the run reaches more numbers")
-    func messagingLimit() throws {
+    func messagingLimit() async throws {
         let out = try temporaryDirectory()
-        let result = try DispatcherProcess.run(["preview", "samples/march-2026.csv", "--messaging-limit", "10", "--out", out.path])
+        let result = try await DispatcherProcess.run(["preview", "samples/march-2026.csv", "--messaging-limit", "10", "--out", out.path])
         #expect(result.status == 0)
         #expect(result.stderr.contains("this run reaches 26 distinct numbers but the messaging limit is 10"))
     }
@@ -139,8 +160,8 @@ struct SendCommandTests {
         return folder
     }
 
-    func messages(_ folder: URL) throws -> [[String: String]] {
-        let result = try DispatcherProcess.run(["report", "month", "--json"], in: folder)
+    func messages(_ folder: URL) async throws -> [[String: String]] {
+        let result = try await DispatcherProcess.run(["report", "month", "--json"], in: folder)
         #expect(result.status == 0)
         // messages.csv has no quoted cells here (no commas or quotes in these values).
         let lines = try String(contentsOf: folder.appendingPathComponent("reports/month/messages.csv"), encoding: .utf8)
@@ -150,7 +171,7 @@ struct SendCommandTests {
     }
 
     @Test("retry resends only what failed for a retryable reason; the --json object is the spec's")
-    func retryOnlyRetryable() throws {
+    func retryOnlyRetryable() async throws {
         let folder = try workspace(
             """
             invoice_id,tenant_name,phone,amount,currency,period,document_url
@@ -161,7 +182,7 @@ struct SendCommandTests {
             """)
         // Every message ends final here, so the settle window ends as soon as their statuses are in
         // (30 s only bounds a machine too busy to deliver them sooner).
-        let send = try DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "30s", "--json"], in: folder)
+        let send = try await DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "30s", "--json"], in: folder)
         #expect(send.status == 0)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(send.stdout.utf8)) as? [String: Any])
         #expect(
@@ -171,17 +192,17 @@ struct SendCommandTests {
         #expect(object["failed"] as? Int == 2)
         #expect(object["read"] as? Int == 1)
         // 131049 is retryable, but not before 24 hours: retry says so and sends nothing…
-        let early = try DispatcherProcess.run(["retry", "month", "--sandbox", "--settle", "1s", "--json"], in: folder)
+        let early = try await DispatcherProcess.run(["retry", "month", "--sandbox", "--settle", "1s", "--json"], in: folder)
         #expect(early.status == 0)
         #expect(early.stderr.contains("0 messages to send again"), "\(early.stderr)")
         #expect(early.stderr.contains("1 held back by Meta's per-user limit (131049)"))
         #expect(early.stderr.contains("--now"))
-        #expect(try messages(folder).first { $0["invoice_id"] == "A" }?["attempts"] == "1")
+        #expect(try await messages(folder).first { $0["invoice_id"] == "A" }?["attempts"] == "1")
         // …unless told --now.
-        let retry = try DispatcherProcess.run(["retry", "month", "--now", "--sandbox", "--settle", "2s", "--json"], in: folder)
+        let retry = try await DispatcherProcess.run(["retry", "month", "--now", "--sandbox", "--settle", "2s", "--json"], in: folder)
         #expect(retry.status == 0)
         #expect(retry.stderr.contains("1 messages to send again"))
-        let rows = try messages(folder)
+        let rows = try await messages(folder)
         func row(_ invoice: String) -> [String: String] { rows.first { $0["invoice_id"] == invoice }! }
         #expect(row("A")["attempts"] == "2")  // 131049 again: the sandbox refuses it again
         #expect(row("B")["attempts"] == "1")  // 131026: not on WhatsApp, final
@@ -190,7 +211,7 @@ struct SendCommandTests {
     }
 
     @Test("optout add/list/remove by number; preview counts opt-outs and earlier sends as send will skip them")
-    func optOutsAndPreview() throws {
+    func optOutsAndPreview() async throws {
         let folder = try workspace(
             """
             invoice_id,tenant_name,phone,amount,currency,period,document_url
@@ -199,7 +220,7 @@ struct SendCommandTests {
             C,Cira,+18095550103,300.00,DOP,2026-03,https://docs.example.com/C.pdf
 
             """)
-        let send = try DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "2s"], in: folder)
+        let send = try await DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "2s"], in: folder)
         #expect(send.status == 0, "\(send.stderr)")
         // April's manifest: A and B again (new invoices), C's March invoice again, and D.
         try """
@@ -211,16 +232,16 @@ struct SendCommandTests {
 
         """.write(to: folder.appendingPathComponent("april.csv"), atomically: true, encoding: .utf8)
 
-        let add = try DispatcherProcess.run(
+        let add = try await DispatcherProcess.run(
             ["optout", "add", "809 555 0102", "--default-country-code", "1", "--note", "asked by phone"], in: folder)
         #expect(add.status == 0, "\(add.stderr)")
         #expect(add.stdout.contains("opted out +18095550102"))
-        let list = try DispatcherProcess.run(["optout", "list", "--json"], in: folder)
+        let list = try await DispatcherProcess.run(["optout", "list", "--json"], in: folder)
         let listed = try #require(try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [String: [[String: Any]]])
         #expect(listed["opt_outs"]?.map { $0["id"] as? String } == ["18095550102"])
         #expect(listed["opt_outs"]?.first?["source"] as? String == "manual")
 
-        let preview = try DispatcherProcess.run(["preview", "april.csv", "--json", "--default-country-code", "1"], in: folder)
+        let preview = try await DispatcherProcess.run(["preview", "april.csv", "--json", "--default-country-code", "1"], in: folder)
         #expect(preview.status == 0, "\(preview.stderr)")
         let object = try #require(try JSONSerialization.jsonObject(with: Data(preview.stdout.utf8)) as? [String: Any])
         #expect(object["messages"] as? Int == 4)
@@ -230,7 +251,7 @@ struct SendCommandTests {
         #expect(preview.stderr.contains("opted out    1"))
 
         // What send then does matches the preview.
-        let april = try DispatcherProcess.run(
+        let april = try await DispatcherProcess.run(
             ["send", "april.csv", "--sandbox", "--settle", "1s", "--json", "--default-country-code", "1"], in: folder)
         #expect(april.status == 0, "\(april.stderr)")
         let sent = try #require(try JSONSerialization.jsonObject(with: Data(april.stdout.utf8)) as? [String: Any])
@@ -238,14 +259,14 @@ struct SendCommandTests {
         #expect(sent["messages"] as? Int == 4)
 
         // Opted back in: the history keeps both changes; removing again is an error.
-        #expect(try DispatcherProcess.run(["optout", "remove", "+1 809 555 0102"], in: folder).status == 0)
-        let again = try DispatcherProcess.run(["optout", "remove", "+1 809 555 0102"], in: folder)
+        #expect(try await DispatcherProcess.run(["optout", "remove", "+1 809 555 0102"], in: folder).status == 0)
+        let again = try await DispatcherProcess.run(["optout", "remove", "+1 809 555 0102"], in: folder)
         #expect(again.status == 1)
         #expect(again.stderr.contains("is not opted out"))
-        let history = try DispatcherProcess.run(["optout", "list", "--history"], in: folder)
+        let history = try await DispatcherProcess.run(["optout", "list", "--history"], in: folder)
         #expect(history.stdout.contains("opted out  +18095550102  by hand — asked by phone"))
         #expect(history.stdout.contains("opted in   +18095550102"))
-        #expect(try DispatcherProcess.run(["optout", "add", "not a number"], in: folder).status == 64)
+        #expect(try await DispatcherProcess.run(["optout", "add", "not a number"], in: folder).status == 64)
     }
 
     @Test("a --listen port already taken ends the run at once with the reason, and nothing is sent")
@@ -266,21 +287,21 @@ struct SendCommandTests {
         let deadline = ContinuousClock.now + .seconds(30)
         while run.process.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
         if run.process.isRunning { run.kill(SIGKILL) }
-        #expect(run.wait() == 1)
+        #expect(await run.exit() == 1)
         let printed = run.text
         #expect(printed.contains("cannot receive webhooks on 127.0.0.1:\(port)"), "\(printed)")
         #expect(printed.contains("Address already in use"))
         close(holder)
         held = false
-        let again = try DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "30s", "--json"], in: folder)
+        let again = try await DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "30s", "--json"], in: folder)
         #expect(again.status == 0)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(again.stdout.utf8)) as? [String: Any])
         #expect(object["read"] as? Int == 1)
     }
 
     @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")
-    func exitCodes() throws {
-        let invalid = try DispatcherProcess.run([
+    func exitCodes() async throws {
+        let invalid = try await DispatcherProcess.run([
             "send", "samples/broken.csv", "--sandbox", "--db", "sqlite:\(try temporaryDirectory().path)/x.sqlite",
         ])
         #expect(invalid.status == 65)
@@ -291,18 +312,18 @@ struct SendCommandTests {
             A,Ana,+18095550101,100.00,DOP,2026-03,https://docs.example.com/A.pdf
 
             """)
-        let noToken = try DispatcherProcess.run(
+        let noToken = try await DispatcherProcess.run(
             ["send", "month.csv"], in: folder, environment: ["WHATSAPP_ACCESS_TOKEN": "", "WHATSAPP_PHONE_NUMBER_ID": ""])
         #expect(noToken.status == 64)
         #expect(noToken.stderr.contains("WHATSAPP_ACCESS_TOKEN"))
         try #"{"rules":[{"match":"suffix:","outcome":"payment_issue"}]}"#.write(
             to: folder.appendingPathComponent("broke.json"), atomically: true, encoding: .utf8)
-        let halted = try DispatcherProcess.run(
+        let halted = try await DispatcherProcess.run(
             ["send", "month.csv", "--sandbox", "--sandbox-scenario", "broke.json", "--settle", "1s"], in: folder)
         #expect(halted.status == 69)
         #expect(halted.stdout.contains("HALTED: (#131042)"))
         #expect(halted.stdout.contains("fix the payment method"))
-        let fixed = try DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "30s", "--json"], in: folder)
+        let fixed = try await DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "30s", "--json"], in: folder)
         #expect(fixed.status == 0)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(fixed.stdout.utf8)) as? [String: Any])
         #expect(object["read"] as? Int == 1)
