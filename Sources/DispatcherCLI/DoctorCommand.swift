@@ -34,7 +34,10 @@ struct DoctorCommand: AsyncParsableCommand {
         line(nil, "WHATSAPP_TEMPLATE_LANGUAGE     \(settings.templateLanguage)")
         line(nil, "WHATSAPP_API_BASE_URL          \(settings.apiBaseURL) (\(settings.apiVersion))")
         line(settings.apiToken != nil || settings.jwtSecret != nil, "DISPATCHER_API_TOKEN           \(Settings.masked(settings.apiToken))")
-        line(nil, "DISPATCHER_JWT_SECRET          \(Settings.masked(settings.jwtSecret))")
+        let jwtProblem = settings.jwtSecret.flatMap(HS256Verifier.problem(withSecret:))
+        line(
+            jwtProblem == nil ? nil : false,
+            "DISPATCHER_JWT_SECRET          \(Settings.masked(settings.jwtSecret))\(jwtProblem.map { "  (\($0))" } ?? "")")
         line(nil, "DISPATCHER_DEFAULT_COUNTRY_CODE \(settings.defaultCountryCode ?? "(not set: numbers need +CC)")")
 
         print("Database")

@@ -53,6 +53,7 @@ struct ServeCommand: AsyncParsableCommand {
         if settings.verifyToken == nil {
             logger.warning("WHATSAPP_WEBHOOK_VERIFY_TOKEN is not set: Meta's handshake (GET /webhook) will be refused")
         }
+        if let secret = settings.jwtSecret, let problem = HS256Verifier.problem(withSecret: secret) { throw ValidationError(problem) }
         if settings.apiToken == nil && settings.jwtSecret == nil {
             logger.warning(
                 "neither DISPATCHER_API_TOKEN nor DISPATCHER_JWT_SECRET is set: every API route but the webhook, health and metrics will answer 401"

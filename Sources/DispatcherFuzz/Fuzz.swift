@@ -26,9 +26,20 @@ enum Target: String, CaseIterable {
         case .xml: FuzzTargets.manifest(bytes, format: .xml, renderer: Self.renderer)
         case .amounts: FuzzTargets.amountsAndPhones(bytes)
         case .webhook: ServerFuzzTargets.webhook(bytes)
-        case .jwt: ServerFuzzTargets.jwt(bytes)
+        case .jwt: waitFor { await ServerFuzzTargets.jwt(bytes) }
         }
     }
+}
+
+/// libFuzzer calls us on its own thread, synchronously: an async target runs in a task of its own
+/// while that thread waits (it is not one of the cooperative pool's, so nothing starves).
+func waitFor(_ body: @escaping @Sendable () async -> Void) {
+    let done = DispatchSemaphore(value: 0)
+    Task.detached {
+        await body()
+        done.signal()
+    }
+    done.wait()
 }
 
 nonisolated(unsafe) var selected = Target.csv

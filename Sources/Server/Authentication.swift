@@ -1,7 +1,8 @@
-import Crypto
 import Dispatcher
 import Foundation
 import Hummingbird
+public import JWTKit
+import Synchronization
 
 /// The API's bearer tokens: `DISPATCHER_API_TOKEN`, and, when `DISPATCHER_JWT_SECRET` is set, the
 /// property system's own HS256 access tokens (signature and expiry checked). Tokens are compared
@@ -20,7 +21,7 @@ struct BearerAuthMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         }
         if let jwt {
-            switch jwt.verify(token, now: Date().timeIntervalSince1970) {
+            switch await jwt.verify(token, now: Date().timeIntervalSince1970) {
             case .valid: return try await next(request, context)
             case .expired: throw APIError(.unauthorized, "the access token has expired", headers: challenge)
             case .invalid: break
@@ -30,16 +31,38 @@ struct BearerAuthMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-/// Verifies HS256 JSON Web Tokens: the property system's access tokens.
+/// The property system's access tokens: HS256 JSON Web Tokens signed with its secret (its
+/// `ACCESS_TOKEN_SECRET`; here `DISPATCHER_JWT_SECRET`), verified by jwt-kit. A token must carry an
+/// expiry (one that never expires is refused) and may carry a not-before (60 s of clock skew
+/// allowed). Only our HMAC key verifies a signature, whatever the token's header claims (`none`
+/// included).
 ///
-/// Written here rather than taken from jwt-kit: only HS256 with an expiry is needed, and jwt-kit
-/// would add X.509, ASN.1 and big-integer packages to every build for it. Other algorithms
-/// (`none` included) are refused.
-public struct HS256Verifier: Sendable {
-    private let key: SymmetricKey
+/// A secret shorter than 32 bytes is refused (jwt-kit asserts on such keys, and RFC 7518 forbids
+/// them): `serve` will not start with one.
+///
+/// jwt-kit costs 37 s more on a clean debug build on this machine's two cores (a package with
+/// swift-crypto alone: 127 s; with jwt-kit: 163 s) and 18 MB of debug binary; it replaces our own
+/// base64url, header and signature parsing, and the second HMAC check beside the webhook's.
+public final class HS256Verifier: Sendable {
+    private let keys = JWTKeyCollection()
+    private let key: HMACKey
+    /// The key is added to the collection (an actor) on first use.
+    private let ready = Atomic<Bool>(false)
 
-    public init(secret: String) {
-        key = SymmetricKey(data: Array(secret.utf8))
+    /// Nil when the secret is shorter than HS256 allows (`problem(withSecret:)` says why): jwt-kit
+    /// refuses such keys, and so do we, rather than verify with a guessable one.
+    public init?(secret: String) {
+        guard Self.problem(withSecret: secret) == nil else { return nil }
+        key = HMACKey(from: secret)
+    }
+
+    /// Why `secret` cannot sign HS256 tokens, or nil. RFC 7518 (3.2): an HS256 key must be at least
+    /// as long as the hash, 32 bytes; a shorter one is refused at startup (`serve`, `doctor`).
+    public static func problem(withSecret secret: String) -> String? {
+        let bytes = secret.utf8.count
+        guard bytes < 32 else { return nil }
+        return "DISPATCHER_JWT_SECRET is \(bytes) bytes; HS256 needs at least 32 (RFC 7518, 3.2): "
+            + "set a longer secret in the property system (ACCESS_TOKEN_SECRET) and here"
     }
 
     public enum Verdict: Equatable, Sendable {
@@ -48,38 +71,50 @@ public struct HS256Verifier: Sendable {
         case invalid
     }
 
-    public func verify(_ token: String, now: Double) -> Verdict {
-        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3, let headerBytes = base64URLDecode(parts[0]), let payloadBytes = base64URLDecode(parts[1]),
-            let signature = base64URLDecode(parts[2]),
-            let header = try? JSONSerialization.jsonObject(with: Data(headerBytes)) as? [String: Any],
-            header["alg"] as? String == "HS256"
-        else { return .invalid }
-        let signed = Array("\(parts[0]).\(parts[1])".utf8)
-        guard HMAC<SHA256>.isValidAuthenticationCode(signature, authenticating: signed, using: key) else { return .invalid }
-        guard let payload = try? JSONSerialization.jsonObject(with: Data(payloadBytes)) as? [String: Any],
-            let exp = (payload["exp"] as? NSNumber)?.doubleValue
-        else { return .invalid }  // a token that never expires is not accepted
-        if let nbf = (payload["nbf"] as? NSNumber)?.doubleValue, nbf > now + 60 { return .invalid }
-        return exp > now ? .valid : .expired
+    private func collection() async -> JWTKeyCollection {
+        if !ready.load(ordering: .acquiring) {
+            // Two first callers may both add it: the second replaces the first with the same key.
+            await keys.add(hmac: key, digestAlgorithm: .sha256)
+            ready.store(true, ordering: .releasing)
+        }
+        return keys
     }
 
-    /// Signs a payload (tests, and a way to mint a token for a script).
-    public func sign(_ payload: [String: Any]) throws -> String {
-        let header = base64URLEncode(Array(#"{"alg":"HS256","typ":"JWT"}"#.utf8))
-        let body = base64URLEncode(Array(try JSONSerialization.data(withJSONObject: payload, options: [.sortedKeys])))
-        let mac = HMAC<SHA256>.authenticationCode(for: Array("\(header).\(body)".utf8), using: key)
-        return "\(header).\(body).\(base64URLEncode(Array(mac)))"
+    /// Whether `token` is one of the property system's, valid at `now` (Unix seconds).
+    public func verify(_ token: String, now: Double) async -> Verdict {
+        guard let claims = try? await collection().verify(token, as: AccessClaims.self), let exp = claims.exp else {
+            return .invalid
+        }
+        if let nbf = claims.nbf, nbf.value.timeIntervalSince1970 > now + 60 { return .invalid }
+        return exp.value.timeIntervalSince1970 > now ? .valid : .expired
+    }
+
+    /// Signs claims with this secret (tests, and a way to mint a token for a script).
+    public func sign(_ claims: AccessClaims) async throws -> String {
+        try await collection().sign(claims)
     }
 }
 
-func base64URLDecode(_ text: Substring) -> [UInt8]? {
-    var s = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
-    while s.count % 4 != 0 { s += "=" }
-    return Data(base64Encoded: s).map(Array.init)
-}
+/// What the property system's access tokens carry that we read: the expiry, a not-before, and the
+/// account they were issued to.
+public struct AccessClaims: JWTPayload, Equatable {
+    public var exp: ExpirationClaim?
+    public var nbf: NotBeforeClaim?
+    public var account: Account?
 
-func base64URLEncode(_ bytes: [UInt8]) -> String {
-    Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
-        .replacingOccurrences(of: "=", with: "")
+    public struct Account: Codable, Sendable, Equatable {
+        public var email: String?
+        public init(email: String?) { self.email = email }
+    }
+
+    /// Expiring at `expires` (Unix seconds), or never (refused).
+    public init(expires: Double?, notBefore: Double? = nil, email: String? = nil) {
+        exp = expires.map { ExpirationClaim(value: Date(timeIntervalSince1970: $0)) }
+        nbf = notBefore.map { NotBeforeClaim(value: Date(timeIntervalSince1970: $0)) }
+        account = email.map { Account(email: $0) }
+    }
+
+    /// The times are checked by `HS256Verifier.verify` against the time it is given (tests and the
+    /// fuzzer fix it); jwt-kit has checked the signature when it calls this.
+    public func verify(using algorithm: some JWTAlgorithm) async throws {}
 }

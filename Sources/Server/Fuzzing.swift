@@ -7,7 +7,8 @@ import WhatsApp
 /// in Dispatcher): any bytes, no crash, and the properties checked here hold.
 public enum ServerFuzzTargets {
     static let signer = WebhookSignature(appSecret: "fuzz-app-secret")
-    static let verifier = HS256Verifier(secret: "fuzz-jwt-secret")
+    static let verifier = HS256Verifier(secret: fuzzSecret)!
+    static let fuzzSecret = "fuzz-jwt-secret-of-at-least-32-bytes"
 
     /// A webhook body as the receiver takes it: signature, then the payload parsed and flattened.
     public static func webhook(_ bytes: [UInt8]) {
@@ -28,17 +29,16 @@ public enum ServerFuzzTargets {
 
     /// A bearer token: as given, and signed correctly around the input's header and payload (so
     /// that their JSON is parsed, not only refused by the signature).
-    public static func jwt(_ bytes: [UInt8]) {
-        check(
-            verifier.verify(String(decoding: bytes, as: UTF8.self), now: 1_800_000_000) != .valid || bytes.count > 40,
-            "a short token was valid")
+    public static func jwt(_ bytes: [UInt8]) async {
+        let verdict = await verifier.verify(String(decoding: bytes, as: UTF8.self), now: 1_800_000_000)
+        check(verdict != .valid || bytes.count > 40, "a short token was valid")
         let split = bytes.firstIndex(of: 0x0A) ?? bytes.count / 2
         let header = base64URL(Array(bytes[..<split]))
         let payload = base64URL(Array(bytes[min(split + 1, bytes.count)...]))
         let signed = Array("\(header).\(payload)".utf8)
         let signature = base64URL(
-            Array(HMAC<SHA256>.authenticationCode(for: signed, using: SymmetricKey(data: Array("fuzz-jwt-secret".utf8)))))
-        _ = verifier.verify("\(header).\(payload).\(signature)", now: 1_800_000_000)
+            Array(HMAC<SHA256>.authenticationCode(for: signed, using: SymmetricKey(data: Array(fuzzSecret.utf8)))))
+        _ = await verifier.verify("\(header).\(payload).\(signature)", now: 1_800_000_000)
     }
 
     static func base64URL(_ bytes: [UInt8]) -> String {

@@ -96,7 +96,9 @@ public struct DispatcherServer: Sendable {
 
         let auth = BearerAuthMiddleware<BasicRequestContext>(
             apiToken: configuration.apiToken,
-            jwt: configuration.jwtSecret.map(HS256Verifier.init(secret:)))
+            // A secret too short to verify with is refused by `serve` before we get here; should a
+            // caller pass one anyway, no token is accepted by it (fail closed).
+            jwt: configuration.jwtSecret.flatMap(HS256Verifier.init(secret:)))
         if configuration.metricsNeedToken {
             root.group().add(middleware: auth).get("metrics") { _, _ in self.metricsResponse() }
         } else {

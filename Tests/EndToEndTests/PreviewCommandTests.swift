@@ -130,6 +130,12 @@ struct PreviewCommandTests {
         #expect(language.status == 64)
         #expect(
             language.stderr.contains("--lang") && language.stderr.contains("en") && language.stderr.contains("es"), "\(language.stderr)")
+        // A property-system secret too short for HS256: serve refuses to start, saying why.
+        let weak = try await DispatcherProcess.run(
+            ["serve", "--listen", "127.0.0.1:\(freePort())"],
+            environment: ["WHATSAPP_APP_SECRET": "app-secret", "DISPATCHER_JWT_SECRET": "access_token_secret"])
+        #expect(weak.status == 64)
+        #expect(weak.stderr.contains("DISPATCHER_JWT_SECRET is 19 bytes; HS256 needs at least 32"), "\(weak.stderr)")
         let templates = try temporaryDirectory()
         try FileManager.default.createDirectory(at: templates.appendingPathComponent("whatsapp"), withIntermediateDirectories: true)
         try Data(

@@ -33,9 +33,8 @@ struct SendInvoiceAPITests {
         "the UI's own body and token: one send per number, the old answer shape, and the same call again sends nothing", arguments: engines)
     func dropIn(engine: StoreEngine) async throws {
         try await Harness.run(engine: engine, jwtSecret: secret) { h in
-            let token = try HS256Verifier(secret: secret).sign([
-                "account": ["email": "landlord@example.com"], "exp": Int(Date().timeIntervalSince1970) + 600,
-            ])
+            let token = try await #require(HS256Verifier(secret: secret)).sign(
+                AccessClaims(expires: Date().timeIntervalSince1970 + 600, email: "landlord@example.com"))
             let (status, answer) = try await post(h, oldBody, token: token)
             #expect(status == 200)
             #expect(answer["success"] as? Bool == true)
@@ -65,7 +64,7 @@ struct SendInvoiceAPITests {
     @Test("nothing due sends nothing and says why; a bad currency or template is a 400; an expired token a 401", arguments: engines)
     func refusals(engine: StoreEngine) async throws {
         try await Harness.run(engine: engine, jwtSecret: secret) { h in
-            let token = try HS256Verifier(secret: secret).sign(["exp": Int(Date().timeIntervalSince1970) + 600])
+            let token = try await #require(HS256Verifier(secret: secret)).sign(AccessClaims(expires: Date().timeIntervalSince1970 + 600))
             let zero = oldBody.replacingOccurrences(of: #""12345.5""#, with: "0")
             let (status, answer) = try await post(h, zero, token: token)
             #expect(status == 200)
@@ -83,7 +82,7 @@ struct SendInvoiceAPITests {
                 #expect(tooLarge == 400, "\(amount)")
                 #expect((refusal["error"] as? String)?.hasPrefix("totalAmount:") == true, "\(amount): \(refusal)")
             }
-            let expired = try HS256Verifier(secret: secret).sign(["exp": Int(Date().timeIntervalSince1970) - 5])
+            let expired = try await #require(HS256Verifier(secret: secret)).sign(AccessClaims(expires: Date().timeIntervalSince1970 - 5))
             #expect(try await post(h, oldBody, token: expired).0 == 401)
             #expect(try await h.requests().isEmpty)
         }

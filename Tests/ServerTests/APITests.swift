@@ -42,11 +42,24 @@ struct APITests {
         let store = try await makeStore(engine)
         let secret = "the-property-systems-access-token-secret"
         let now = Date().timeIntervalSince1970
-        let valid = try HS256Verifier(secret: secret).sign(["account": ["email": "landlord@example.com"], "exp": Int(now) + 600])
-        let expired = try HS256Verifier(secret: secret).sign(["account": ["email": "landlord@example.com"], "exp": Int(now) - 10])
-        let forged = try HS256Verifier(secret: "someone-elses-secret").sign(["exp": Int(now) + 600])
-        let unsigned = base64URLEncode(Array(#"{"alg":"none"}"#.utf8)) + "." + base64URLEncode(Array(#"{"exp":9999999999}"#.utf8)) + "."
-        let neverExpires = try HS256Verifier(secret: secret).sign(["account": "x"])
+        let tokens = try #require(HS256Verifier(secret: secret))
+        let valid = try await tokens.sign(AccessClaims(expires: now + 600, email: "landlord@example.com"))
+        let expired = try await tokens.sign(AccessClaims(expires: now - 10, email: "landlord@example.com"))
+        let forged = try await #require(HS256Verifier(secret: "someone-elses-secret-just-as-long-as-ours")).sign(
+            AccessClaims(expires: now + 600))
+        func base64URL(_ text: String) -> String {
+            Data(text.utf8).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+                .replacingOccurrences(of: "=", with: "")
+        }
+        let unsigned = base64URL(#"{"alg":"none"}"#) + "." + base64URL(#"{"exp":9999999999}"#) + "."
+        // The right secret's signature on a header that says `none`: still only our key decides.
+        let relabelled =
+            base64URL(#"{"alg":"none","typ":"JWT"}"#) + "." + valid.split(separator: ".")[1] + "." + valid.split(separator: ".")[2]
+        let neverExpires = try await tokens.sign(AccessClaims(expires: nil, email: "landlord@example.com"))
+        let notYet = try await tokens.sign(AccessClaims(expires: now + 7200, notBefore: now + 3600))
+        #expect(await tokens.verify(notYet, now: now) == .invalid)
+        #expect(await tokens.verify(notYet, now: now + 3601) == .valid)
+        #expect(await tokens.verify(relabelled, now: now) == .invalid)
         try await withRouter(server(store, jwtSecret: secret)) { client in
             let r5 = try await client.execute(uri: "/runs", method: .get, headers: bearer(valid))
             #expect(r5.status == .ok)
