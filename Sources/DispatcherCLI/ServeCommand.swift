@@ -5,7 +5,9 @@ import Foundation
 import Hummingbird
 import Logging
 import Server
+import ServiceLifecycle
 import Store
+import UnixSignals
 import WhatsApp
 
 struct ServeCommand: AsyncParsableCommand {
@@ -82,14 +84,30 @@ struct ServeCommand: AsyncParsableCommand {
                 basePath: basePath, appSecret: appSecret, verifyToken: settings.verifyToken, apiToken: settings.apiToken,
                 jwtSecret: settings.jwtSecret, reportsDirectory: reports, metricsNeedToken: metricsNeedToken),
             sender: sender)
-        defer { if let client { Task { try? await client.shutdown() } } }
         logger.info(
             "dispatcher serve listening",
             metadata: [
                 "address": "\(host):\(port)", "base_path": "\(basePath.isEmpty ? "/" : basePath)",
                 "database": "\(database.describe(settings: settings))",
             ])
-        try await server.application(host: host, port: port, logger: logger).runService()
+        // One service group, stopped gracefully by SIGTERM or SIGINT, last started first: the
+        // server stops taking requests, then the Graph client its /send-invoice calls use shuts down.
+        let services: [any Service] =
+            (client.map { [GraphClientService(client: $0)] } ?? []) + [server.application(host: host, port: port, logger: logger)]
+        var configuration = serviceConfiguration(services, logger: logger)
+        configuration.gracefulShutdownSignals = [.sigterm, .sigint]
+        try await ServiceGroup(configuration: configuration).run()
+    }
+}
+
+/// The Graph client as a service: it lives while its group runs, and is shut down (given 5 s, then
+/// left behind) once the group shuts down gracefully.
+struct GraphClientService: Service {
+    let client: GraphClient
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        _ = try? await withDeadline(.seconds(5)) { try await client.shutdown() }
     }
 }
 

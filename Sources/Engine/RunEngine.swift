@@ -274,7 +274,7 @@ public final class RunEngine: Sendable {
     /// most of the CPU. Each tick (about 10 ms at 1,000/s, one message's interval at lower rates) it
     /// hands the machine the answers that came back (read on the HTTP client's event loop and left
     /// here), a finished ledger write and the messages read ahead; starts the requests it says; and
-    /// begins the ledger write it asks for, in a task beside the loop.
+    /// hands the ledger write it asks for to the writer beside the loop.
     public func dispatch(_ options: RunOptions, progress: (@Sendable (RunProgress) -> Void)? = nil) async throws -> StopReason? {
         let clock = ContinuousClock()
         let started = clock.now
@@ -285,64 +285,83 @@ public final class RunEngine: Sendable {
         var writing: LedgerWrite? = nil
         var lastProgress = started
 
-        // The queue is read ahead by a feeder, so the loop never waits on a page of the database.
-        let feeder = Task { await self.feed(feed, run: options.run) }
-        defer { feeder.cancel() }
-        // Account-level failures arrive by webhook too (a receiver writes them to the store): one
-        // of them during this run halts it with the rest queued, as when answered at once.
-        let watcher = Task {
-            await self.watchAccountFailures(run: options.run, since: wallClock() - 1, every: options.accountWatchInterval)
-        }
-        defer { watcher.cancel() }
-
-        while true {
-            // A cancelled task's sleeps return at once: stop as for SIGINT rather than spin.
-            if Task.isCancelled { control.stop(.interrupted) }
-            machine.receive(answers.take(), now: clock.now)
-            if let write = writing, let result = write.result {
-                writing = nil
-                if case .failure(let error) = result {
-                    logger.error("the ledger could not be written; stopping", metadata: ["error": "\(error)"])
-                }
-                machine.ledgerWritten(result, now: clock.now)
+        // Beside the loop, as child tasks that end with it: a feeder reads the queue ahead (the loop
+        // never waits on a page of the database); a watcher looks for account-level failures that
+        // arrive by webhook (a receiver writes them to the store: one of them during this run halts
+        // it with the rest queued, as when answered at once); a writer commits the ledger writes the
+        // loop asks for, one at a time.
+        let (writes, requestWrite) = AsyncStream.makeStream(of: (box: LedgerWrite, outcomes: [AttemptOutcome], begin: [String]).self)
+        let store = self.store
+        return try await withThrowingTaskGroup(of: Void.self) { children in
+            children.addTask { await self.feed(feed, run: options.run) }
+            children.addTask {
+                await self.watchAccountFailures(run: options.run, since: wallClock() - 1, every: options.accountWatchInterval)
             }
-            if firstWritten.isSet { machine.firstRequestWritten() }
-            if let error = feed.failure { machine.fail(error) }
-
-            let now = clock.now
-            let step = machine.step(now: now, incoming: { feed.take() }, exhausted: feed.exhausted)
-            if !step.sends.isEmpty {
-                let sends = step.sends.map { item, attempt in
-                    (
-                        body: item.body,
-                        completion: { @Sendable (outcome: SendOutcome) in
-                            answers.add(Answer(item: item, attempt: attempt, sentAt: now, outcome: outcome))
-                        }
-                    )
-                }
-                client.start(sends, written: firstWritten.isSet ? nil : { @Sendable in firstWritten.set() })
-            }
-            if let (outcomes, begin) = step.write {
-                let write = LedgerWrite()
-                let (store, ids) = (self.store, begin.map(\.id))
-                writing = write
-                Task {
-                    do { write.finish(.success(try await store.recordLedger(outcomes: outcomes, begin: ids, at: wallClock()))) } catch {
-                        write.finish(.failure(error))
+            children.addTask {
+                for await write in writes {
+                    do {
+                        write.box.finish(
+                            .success(try await store.recordLedger(outcomes: write.outcomes, begin: write.begin, at: wallClock())))
+                    } catch {
+                        write.box.finish(.failure(error))
                     }
                 }
             }
-            if let progress, now - lastProgress >= .milliseconds(500) {
-                lastProgress = now
-                progress(control.progress(queued: machine.remaining, elapsed: now - started))
+            defer {
+                requestWrite.finish()
+                children.cancelAll()
             }
-            if step.finished && answers.isEmpty { break }
-            try? await clock.sleep(until: step.wake)
+
+            while true {
+                // A cancelled task's sleeps return at once: stop as for SIGINT rather than spin.
+                if Task.isCancelled { control.stop(.interrupted) }
+                machine.receive(answers.take(), now: clock.now)
+                if let write = writing, let result = write.result {
+                    writing = nil
+                    if case .failure(let error) = result {
+                        if error is CancellationError {
+                            // This task was cancelled (not a signal: those stop the loop, which
+                            // then finishes its writes): the write did not happen, as in a crash.
+                            control.stop(.interrupted)
+                        } else {
+                            logger.error("the ledger could not be written; stopping", metadata: ["error": "\(error)"])
+                        }
+                    }
+                    machine.ledgerWritten(result, now: clock.now)
+                }
+                if firstWritten.isSet { machine.firstRequestWritten() }
+                if let error = feed.failure { machine.fail(error) }
+
+                let now = clock.now
+                let step = machine.step(now: now, incoming: { feed.take() }, exhausted: feed.exhausted)
+                if !step.sends.isEmpty {
+                    let sends = step.sends.map { item, attempt in
+                        (
+                            body: item.body,
+                            completion: { @Sendable (outcome: SendOutcome) in
+                                answers.add(Answer(item: item, attempt: attempt, sentAt: now, outcome: outcome))
+                            }
+                        )
+                    }
+                    client.start(sends, written: firstWritten.isSet ? nil : { @Sendable in firstWritten.set() })
+                }
+                if let (outcomes, begin) = step.write {
+                    let write = LedgerWrite()
+                    writing = write
+                    requestWrite.yield((write, outcomes, begin.map(\.id)))
+                }
+                if let progress, now - lastProgress >= .milliseconds(500) {
+                    lastProgress = now
+                    progress(control.progress(queued: machine.remaining, elapsed: now - started))
+                }
+                if step.finished && answers.isEmpty { break }
+                try? await clock.sleep(until: step.wake)
+            }
+            control.noteMostInOneSecond(machine.mostInOneSecond)
+            if let failure = machine.failure { throw failure }
+            control.haltForStoppedLanguages(template: renderer.template.name)
+            return control.stopReason
         }
-        control.noteMostInOneSecond(machine.mostInOneSecond)
-        if let failure = machine.failure { throw failure }
-        control.haltForStoppedLanguages(template: renderer.template.name)
-        return control.stopReason
     }
 
     /// Polls the store for webhook-reported account failures of this run until cancelled or stopped.
