@@ -96,6 +96,9 @@ struct ServeCommand: AsyncParsableCommand {
             (client.map { [GraphClientService(client: $0)] } ?? []) + [server.application(host: host, port: port, logger: logger)]
         var configuration = serviceConfiguration(services, logger: logger)
         configuration.gracefulShutdownSignals = [.sigterm, .sigint]
+        // No cut-off: a /send-invoice under way (a throttling pause, a slow answer) is let finish
+        // and record its outcome, as Hummingbird's own runService did.
+        configuration.maximumGracefulShutdownDuration = nil
         try await ServiceGroup(configuration: configuration).run()
     }
 }

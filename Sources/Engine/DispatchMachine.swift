@@ -147,6 +147,8 @@ struct DispatchMachine {
         switch result {
         case .success(let numbers):
             ready.append(contentsOf: items.map { ($0, numbers[$0.id] ?? 0) })
+        case .failure(let error) where error is CancellationError:
+            control.stop(.interrupted)  // the task was cancelled, not the database at fault
         case .failure(let error):
             control.stop(.halted(GraphError(code: nil, title: "the database could not record a send: \(error)", httpStatus: 0)))
         }

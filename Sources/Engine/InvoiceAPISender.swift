@@ -179,7 +179,8 @@ public final class InvoiceAPISender: InvoiceSendService {
                         error: "\(e.code.map { "(#\($0)) " } ?? "")\(e.title)")
                 }
                 if e.errorClass == .throttled {
-                    await pacer.pause(seconds: RetryPolicy.throttlePause(retryAfter: e.retryAfter, retry: round + 1))
+                    // Meta's Retry-After, else 1 s: the pause holds every API send back, and the UI waits.
+                    await pacer.pause(seconds: RetryPolicy.throttlePause(retryAfter: e.retryAfter, retry: 1))
                 }
             }
             try await Task.sleep(for: policy.backoff(retry: round + 1))

@@ -313,19 +313,18 @@ public final class RunEngine: Sendable {
             }
 
             while true {
-                // A cancelled task's sleeps return at once: stop as for SIGINT rather than spin.
-                if Task.isCancelled { control.stop(.interrupted) }
+                // Cancelled (not a signal: those stop the loop gracefully, through `requestStop`):
+                // its sleeps would return at once and its child writer is gone, so it ends now, as
+                // a crash would: what was committed and not answered becomes `unknown` on the next run.
+                if Task.isCancelled {
+                    control.stop(.interrupted)
+                    break
+                }
                 machine.receive(answers.take(), now: clock.now)
                 if let write = writing, let result = write.result {
                     writing = nil
-                    if case .failure(let error) = result {
-                        if error is CancellationError {
-                            // This task was cancelled (not a signal: those stop the loop, which
-                            // then finishes its writes): the write did not happen, as in a crash.
-                            control.stop(.interrupted)
-                        } else {
-                            logger.error("the ledger could not be written; stopping", metadata: ["error": "\(error)"])
-                        }
+                    if case .failure(let error) = result, !(error is CancellationError) {
+                        logger.error("the ledger could not be written; stopping", metadata: ["error": "\(error)"])
                     }
                     machine.ledgerWritten(result, now: clock.now)
                 }
@@ -348,7 +347,9 @@ public final class RunEngine: Sendable {
                 if let (outcomes, begin) = step.write {
                     let write = LedgerWrite()
                     writing = write
-                    requestWrite.yield((write, outcomes, begin.map(\.id)))
+                    if case .terminated = requestWrite.yield((write, outcomes, begin.map(\.id))) {
+                        write.finish(.failure(CancellationError()))  // the writer is gone: cancelled
+                    }
                 }
                 if let progress, now - lastProgress >= .milliseconds(500) {
                     lastProgress = now

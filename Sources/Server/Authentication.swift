@@ -95,23 +95,16 @@ public final class HS256Verifier: Sendable {
     }
 }
 
-/// What the property system's access tokens carry that we read: the expiry, a not-before, and the
-/// account they were issued to.
+/// What we read of the property system's access tokens: the expiry and a not-before. Its other
+/// claims (`account`…) are not decoded, so no shape of theirs can make a valid token invalid.
 public struct AccessClaims: JWTPayload, Equatable {
     public var exp: ExpirationClaim?
     public var nbf: NotBeforeClaim?
-    public var account: Account?
-
-    public struct Account: Codable, Sendable, Equatable {
-        public var email: String?
-        public init(email: String?) { self.email = email }
-    }
 
     /// Expiring at `expires` (Unix seconds), or never (refused).
-    public init(expires: Double?, notBefore: Double? = nil, email: String? = nil) {
+    public init(expires: Double?, notBefore: Double? = nil) {
         exp = expires.map { ExpirationClaim(value: Date(timeIntervalSince1970: $0)) }
         nbf = notBefore.map { NotBeforeClaim(value: Date(timeIntervalSince1970: $0)) }
-        account = email.map { Account(email: $0) }
     }
 
     /// The times are checked by `HS256Verifier.verify` against the time it is given (tests and the

@@ -173,9 +173,12 @@ public final class GraphClient: Sendable {
 
     /// Whether `error` says no connection was ever made (so the request cannot have reached Meta),
     /// by its type: AsyncHTTPClient's connect timeout, NIO's failed connection attempts (every
-    /// address tried, name resolution included), or a refusal or unreachable network from the
-    /// socket's `connect`. Anything else (a reset, a timeout waiting for the answer, a closed
-    /// connection) may have come after Meta read the request: unknown.
+    /// address tried, name resolution included), or a refused `connect` (only a connection being
+    /// opened can be refused). Anything else (a reset, an unreachable network, which Linux also
+    /// reports on an open connection, a timeout waiting for the answer, a closed connection) may
+    /// have come after Meta read the request: unknown. (On macOS AsyncHTTPClient uses Network.framework,
+    /// whose errors are not classified here: a refused connection there is unknown. Linux is what
+    /// we run.)
     static func neverConnected(_ error: any Error) -> Bool {
         switch error {
         case let error as HTTPClientError: return error == .connectTimeout
@@ -183,7 +186,7 @@ public final class GraphClient: Sendable {
         case let error as ChannelError:
             if case .connectTimeout = error { return true }
             return false
-        case let error as IOError: return [ECONNREFUSED, ENETUNREACH, EHOSTUNREACH].contains(error.errnoCode)
+        case let error as IOError: return error.errnoCode == ECONNREFUSED
         default: return false
         }
     }

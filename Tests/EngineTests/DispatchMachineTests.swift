@@ -213,6 +213,14 @@ struct DispatchMachineTests {
         #expect(run.requests.count < 100)
     }
 
+    @Test("a ledger write cancelled with its task ends the run as interrupted, not as a database failure")
+    func cancelledWrite() {
+        let run = VirtualRun(tenants: 200, rate: 80)
+        run.failWrite = 5
+        run.writeError = CancellationError()
+        #expect(run.run() == .interrupted)
+    }
+
     @Test("a request that could not be sent or got no answer: retried, or unknown (never failed, never sent twice)")
     func unknownAnswers() {
         let run = VirtualRun(tenants: 10, rate: 80)

@@ -30,8 +30,9 @@ final class VirtualRun {
     let options: RunOptions
     var answerLatency = Duration.milliseconds(80)
     var writeLatency = Duration.milliseconds(10)
-    /// The write with this number (1 is the first) fails.
+    /// The write with this number (1 is the first) fails, with `writeError`.
     var failWrite: Int? = nil
+    var writeError: any Error = StoreError("disk full")
     var meta: (Request, _ before: [Request]) -> SendOutcome = { request, _ in .accepted(wamid: "wamid.\(request.id)", waID: nil) }
     /// Every request Meta received, in order.
     private(set) var requests: [Request] = []
@@ -104,7 +105,7 @@ final class VirtualRun {
                 writes += 1
                 outcomes += written
                 if writes == failWrite {
-                    write = (now + writeLatency, .failure(StoreError("disk full")))
+                    write = (now + writeLatency, .failure(writeError))
                 } else {
                     var numbers: [String: Int] = [:]
                     for item in begin {

@@ -65,4 +65,27 @@ struct BillingRunTests {
             #expect(outcome.counts == [.queued: 30])
         }
     }
+
+    @Test("a dispatch whose task is cancelled ends at once, interrupted, with nothing sent twice on the next run")
+    func cancelledDispatch() async throws {
+        try await Harness.run(engine: .sqlite) { h in
+            let e = try makeEngine(h)
+            defer { Task { try? await e.client.shutdown() } }
+            let options = RunOptions(run: "cancelled", manifest: try manifest(phones(300)), rate: 50)
+            _ = try await e.prepare(options)
+            let sending = Task { try await e.dispatch(options) }
+            try await Task.sleep(for: .milliseconds(600))
+            sending.cancel()
+            // Before, a cancelled loop lost its ledger writer and spun forever.
+            let stop = try await withDeadline(.seconds(20)) { try await sending.value }
+            #expect(stop == .interrupted)
+            let sent = try await h.requests().count
+            #expect(sent > 0 && sent < 300)
+            // The next run resolves what was left `sending` and sends the rest, none twice.
+            let again = RunEngine(store: h.store, client: e.client, renderer: e.renderer, validation: e.validation, logger: e.logger)
+            _ = try await again.prepare(options)
+            #expect(try await again.dispatch(options) == nil)
+            #expect(try await acceptedByMessage(h).values.allSatisfy { $0 == 1 })
+        }
+    }
 }

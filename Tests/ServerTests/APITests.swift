@@ -43,8 +43,8 @@ struct APITests {
         let secret = "the-property-systems-access-token-secret"
         let now = Date().timeIntervalSince1970
         let tokens = try #require(HS256Verifier(secret: secret))
-        let valid = try await tokens.sign(AccessClaims(expires: now + 600, email: "landlord@example.com"))
-        let expired = try await tokens.sign(AccessClaims(expires: now - 10, email: "landlord@example.com"))
+        let valid = try await tokens.sign(AccessClaims(expires: now + 600))
+        let expired = try await tokens.sign(AccessClaims(expires: now - 10))
         let forged = try await #require(HS256Verifier(secret: "someone-elses-secret-just-as-long-as-ours")).sign(
             AccessClaims(expires: now + 600))
         func base64URL(_ text: String) -> String {
@@ -55,7 +55,7 @@ struct APITests {
         // The right secret's signature on a header that says `none`: still only our key decides.
         let relabelled =
             base64URL(#"{"alg":"none","typ":"JWT"}"#) + "." + valid.split(separator: ".")[1] + "." + valid.split(separator: ".")[2]
-        let neverExpires = try await tokens.sign(AccessClaims(expires: nil, email: "landlord@example.com"))
+        let neverExpires = try await tokens.sign(AccessClaims(expires: nil))
         let notYet = try await tokens.sign(AccessClaims(expires: now + 7200, notBefore: now + 3600))
         #expect(await tokens.verify(notYet, now: now) == .invalid)
         #expect(await tokens.verify(notYet, now: now + 3601) == .valid)
