@@ -40,7 +40,8 @@ struct StatusCommand: AsyncParsableCommand {
         }
         for attempt in attempts {
             print(
-                "  attempt \(attempt.number) at \(iso(attempt.startedAt)): \(attempt.outcome)\(attempt.errorCode.map { " (\($0))" } ?? "")")
+                "  attempt \(attempt.number) at \(iso(attempt.startedAt)): \(attempt.outcome.rawValue)\(attempt.errorCode.map { " (\($0))" } ?? "")"
+            )
         }
         for event in events {
             print(

@@ -367,12 +367,25 @@ public struct StatusEventRecord: Sendable, Equatable, Codable {
     public var errorDetails: String?
 }
 
+/// How one attempt ended, as the `attempts` table keeps it.
+public enum AttemptResult: String, Sendable, Codable, CaseIterable {
+    /// Begun, its answer not recorded (yet: after a crash, `unknown` on the next run).
+    case sending
+    /// Meta gave a wamid.
+    case accepted
+    /// Refused for good: the message failed.
+    case rejected
+    /// Refused, and the message went back in the queue.
+    case retry
+    /// No answer we could read: Meta may have it.
+    case unknown
+}
+
 public struct AttemptRecord: Sendable, Equatable, Codable {
     public var number: Int
     public var startedAt: Double
     public var finishedAt: Double?
-    /// `sending`, `accepted`, `rejected`, `retry`, `unknown`.
-    public var outcome: String
+    public var outcome: AttemptResult
     public var wamid: String?
     public var errorCode: Int?
     public var errorTitle: String?

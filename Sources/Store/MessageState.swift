@@ -18,6 +18,9 @@ public enum MessageState: String, Sendable, Codable, CaseIterable, Comparable {
     case skipped
 
     /// The order used by the forward-only rule, also stored as `state_rank`.
+    /// `state = '…', state_rank = N`: this state as SQL sets it (the rank is never written by hand).
+    public var sqlAssignment: String { "state = '\(rawValue)', state_rank = \(rank)" }
+
     public var rank: Int {
         switch self {
         case .queued: 0
@@ -41,7 +44,7 @@ public enum MessageState: String, Sendable, Codable, CaseIterable, Comparable {
     ///
     /// `StatusRule.all` is the rule; both engines' SQL is generated from it (tests hold them to
     /// each other): applying any permutation of a message's statuses ends in the same state.
-    public func applying(_ status: String) -> MessageState? {
+    public func applying(_ status: WebhookStatus) -> MessageState? {
         guard let rule = StatusRule.for(status), rule.moves(from: self) else { return nil }
         return rule.target
     }
@@ -52,8 +55,8 @@ public enum MessageState: String, Sendable, Codable, CaseIterable, Comparable {
 /// is in a state the rule overrides (a late `delivered` proves a `failed` wrong). `SQLiteStore` and
 /// `PostgresSchema` generate their SQL from this table; `MessageState.applying` reads it.
 public struct StatusRule: Sendable {
-    /// Meta's status, as its webhook spells it.
-    public let status: String
+    /// Meta's status.
+    public let status: WebhookStatus
     public let target: MessageState
     /// The message's column keeping the earliest time Meta gave for this status.
     public let timeColumn: String
@@ -74,7 +77,7 @@ public struct StatusRule: Sendable {
     ]
 
     /// The rule of a status; nil for `played` and any status Meta adds later (kept in the history only).
-    public static func `for`(_ status: String) -> StatusRule? { all.first { $0.status == status } }
+    public static func `for`(_ status: WebhookStatus) -> StatusRule? { all.first { $0.status == status } }
 
     public func moves(from state: MessageState) -> Bool {
         (state.rank < target.rank && !keeps.contains(state)) || overrides.contains(state)

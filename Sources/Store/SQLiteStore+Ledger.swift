@@ -58,15 +58,15 @@ extension SQLiteStore {
                 try db.cachedStatement(
                     sql: """
                         UPDATE messages SET wamid = ?, accepted_at = COALESCE(accepted_at, ?), updated_at = ?,
-                            state = CASE WHEN state_rank < 3 THEN 'accepted' ELSE state END,
-                            state_rank = CASE WHEN state_rank < 3 THEN 3 ELSE state_rank END
+                            state = CASE WHEN state_rank < \(MessageState.accepted.rank) THEN 'accepted' ELSE state END,
+                            state_rank = CASE WHEN state_rank < \(MessageState.accepted.rank) THEN \(MessageState.accepted.rank) ELSE state_rank END
                         WHERE id = ?
                         """
                 ).execute(arguments: [wamid, time, time, id])
                 try Self.attachPendingEvents(db, messageID: id, wamid: wamid)
             case .rejected(let id, let number, let error, let final):
                 try attempt.execute(arguments: [
-                    final ? "rejected" : "retry", time, nil, error.code, error.title, error.details, id, number,
+                    (final ? AttemptResult.rejected : .retry).rawValue, time, nil, error.code, error.title, error.details, id, number,
                 ])
                 let state: MessageState = final ? .failed : .queued
                 try db.cachedStatement(
@@ -79,7 +79,7 @@ extension SQLiteStore {
             case .unknown(let id, let number, let reason):
                 try attempt.execute(arguments: ["unknown", time, nil, nil, reason, nil, id, number])
                 try db.cachedStatement(
-                    sql: "UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = ? WHERE id = ? AND state = 'sending'"
+                    sql: "UPDATE messages SET \(MessageState.unknown.sqlAssignment), updated_at = ? WHERE id = ? AND state = 'sending'"
                 )
                 .execute(arguments: [time, id])
             }
@@ -111,7 +111,7 @@ extension SQLiteStore {
                     WHERE outcome = 'sending' AND message_id IN (SELECT id FROM messages WHERE run = ? AND state = 'sending')
                     """, arguments: [time, run])
             try db.execute(
-                sql: "UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = ? WHERE run = ? AND state = 'sending'",
+                sql: "UPDATE messages SET \(MessageState.unknown.sqlAssignment), updated_at = ? WHERE run = ? AND state = 'sending'",
                 arguments: [time, run])
             return db.changesCount
         }
@@ -137,7 +137,7 @@ extension SQLiteStore {
             var done: [String] = []
             let update = try db.cachedStatement(
                 sql: """
-                    UPDATE messages SET state = 'queued', state_rank = 0, updated_at = ?, error_code = NULL, error_title = NULL, error_details = NULL
+                    UPDATE messages SET \(MessageState.queued.sqlAssignment), updated_at = ?, error_code = NULL, error_title = NULL, error_details = NULL
                     WHERE id = ? AND state IN ('failed', 'unknown') AND delivered_at IS NULL AND read_at IS NULL
                     """)
             for id in messageIDs {

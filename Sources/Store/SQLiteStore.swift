@@ -484,7 +484,7 @@ public final class SQLiteStore: DispatchStore {
                 ON CONFLICT(wamid, status, timestamp) DO NOTHING
                 """
         ).execute(arguments: [
-            payloadID, u.wamid, match?["id"] as String?, u.status, Double(u.timestamp), time, u.recipientID ?? u.recipientUserID,
+            payloadID, u.wamid, match?["id"] as String?, u.status.rawValue, Double(u.timestamp), time, u.recipientID ?? u.recipientUserID,
             u.callbackData, u.errorCode, u.errorTitle, u.errorDetails, u.pricingCategory, applied != nil,
         ])
         if db.changesCount == 0 {
@@ -549,7 +549,7 @@ public final class SQLiteStore: DispatchStore {
             // A status naming us only by callback data, with another wamid than ours, is not ours.
             if let wamid, eventWamid != wamid { continue }
             let update = StatusUpdate(
-                wamid: eventWamid, status: row["status"], timestamp: Int64(row["timestamp"] as Double),
+                wamid: eventWamid, status: WebhookStatus(rawValue: row["status"]), timestamp: Int64(row["timestamp"] as Double),
                 errorCode: row["error_code"], errorTitle: row["error_title"], errorDetails: row["error_details"])
             let current =
                 try String.fetchOne(db, sql: "SELECT state FROM messages WHERE id = ?", arguments: [messageID]).flatMap(
@@ -743,7 +743,8 @@ extension StatusEventRecord {
 extension AttemptRecord {
     init(row: Row) {
         self.init(
-            number: row["number"], startedAt: row["started_at"], finishedAt: row["finished_at"], outcome: row["outcome"],
+            number: row["number"], startedAt: row["started_at"], finishedAt: row["finished_at"],
+            outcome: AttemptResult(rawValue: row["outcome"]) ?? .unknown,
             wamid: row["wamid"], errorCode: row["error_code"], errorTitle: row["error_title"])
     }
 }

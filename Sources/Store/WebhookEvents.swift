@@ -2,10 +2,41 @@ import Foundation
 
 // What a webhook told us, in the store's terms: the WhatsApp module maps Meta's JSON to these.
 
+/// A status as Meta's webhook names it: the four the dispatcher acts on (`StatusRule`), or any
+/// other (`played`, anything Meta adds later), kept in the message's history as it was spelt.
+public enum WebhookStatus: Sendable, Hashable, RawRepresentable, ExpressibleByStringLiteral, CustomStringConvertible {
+    case sent, delivered, read, failed
+    case other(String)
+
+    public init(rawValue: String) {
+        switch rawValue {
+        case "sent": self = .sent
+        case "delivered": self = .delivered
+        case "read": self = .read
+        case "failed": self = .failed
+        default: self = .other(rawValue)
+        }
+    }
+
+    public init(stringLiteral value: String) { self.init(rawValue: value) }
+
+    public var rawValue: String {
+        switch self {
+        case .sent: "sent"
+        case .delivered: "delivered"
+        case .read: "read"
+        case .failed: "failed"
+        case .other(let name): name
+        }
+    }
+
+    public var description: String { rawValue }
+}
+
 /// A status update, flattened from a payload, as the store applies it.
 public struct StatusUpdate: Sendable, Equatable {
     public var wamid: String
-    public var status: String
+    public var status: WebhookStatus
     /// Meta's timestamp, Unix seconds.
     public var timestamp: Int64
     /// `recipient_id`: the WhatsApp id Meta delivered to (nil when Meta gave none or `""`).
@@ -20,7 +51,7 @@ public struct StatusUpdate: Sendable, Equatable {
     public var pricingCategory: String?
 
     public init(
-        wamid: String, status: String, timestamp: Int64, recipientID: String? = nil, recipientUserID: String? = nil,
+        wamid: String, status: WebhookStatus, timestamp: Int64, recipientID: String? = nil, recipientUserID: String? = nil,
         callbackData: String? = nil, errorCode: Int? = nil, errorTitle: String? = nil, errorDetails: String? = nil,
         pricingCategory: String? = nil
     ) {

@@ -163,7 +163,7 @@ extension WebhookContents {
                     let error = s.errors?.first
                     statuses.append(
                         StatusUpdate(
-                            wamid: wamid, status: status, timestamp: s.timestamp?.value ?? 0,
+                            wamid: wamid, status: WebhookStatus(rawValue: status), timestamp: s.timestamp?.value ?? 0,
                             recipientID: s.recipientID?.isEmpty == false ? s.recipientID : nil,
                             recipientUserID: s.recipientUserID?.isEmpty == false ? s.recipientUserID : nil,
                             callbackData: s.bizOpaqueCallbackData, errorCode: error?.code, errorTitle: error?.title ?? error?.message,

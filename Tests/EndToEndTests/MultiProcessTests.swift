@@ -82,7 +82,7 @@ struct MultiProcessTests {
             let chosen = kinds.filter { _ in Bool.random(using: &rng) }
             var state = start["m-\(i)"]!
             for (k, status) in chosen.enumerated() {
-                state = state.applying(status) ?? state
+                state = state.applying(WebhookStatus(rawValue: status)) ?? state
                 // Each status once to three times: Meta redelivers.
                 for _ in 0..<Int.random(in: 1...3, using: &rng) { statuses.append((i, status, 1_772_000_000 + k)) }
             }
@@ -215,7 +215,7 @@ struct MultiProcessTests {
         let messages = try await store.messages(MessageFilter(run: "april", limit: 100)).messages
         #expect(messages.count == 40)
         for message in messages {
-            #expect(try await store.attempts(messageID: message.id).filter { $0.outcome == "accepted" }.count <= 1, "\(message.id)")
+            #expect(try await store.attempts(messageID: message.id).filter { $0.outcome == .accepted }.count <= 1, "\(message.id)")
         }
     }
 }

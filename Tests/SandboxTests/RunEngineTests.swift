@@ -193,10 +193,10 @@ struct RunEngineTests {
             try await e.client.shutdown()
             let ids = try await h.store.messages(MessageFilter(run: "classes")).messages
             func message(_ phone: String) -> MessageRecord { ids.first { $0.phone == phone }! }
-            #expect(try await h.store.attempts(messageID: message("18095550190").id).map(\.outcome) == ["retry", "accepted"])
+            #expect(try await h.store.attempts(messageID: message("18095550190").id).map(\.outcome) == [.retry, .accepted])
             #expect(message("18095550195").state == .failed)
             #expect(message("18095550195").errorDetails?.contains("retry not before") == true)
-            #expect(try await h.store.attempts(messageID: message("18095550194").id).map(\.outcome) == ["unknown"])
+            #expect(try await h.store.attempts(messageID: message("18095550194").id).map(\.outcome) == [.unknown])
             // The unknown one is resolved by its webhook, matched by biz_opaque_callback_data.
             try await h.eventually { try await h.store.message(message("18095550194").id)?.state == .read }
             try await h.eventually { try await h.store.message(message("18095550107").id)?.state == .failed }

@@ -142,7 +142,9 @@ public func seed(
 }
 
 /// A status as Meta would send it for our message.
-public func status(_ wamid: String, _ status: String, at timestamp: Int64, callback: String? = nil, error: Int? = nil) -> StatusUpdate {
+public func status(
+    _ wamid: String, _ status: WebhookStatus, at timestamp: Int64, callback: String? = nil, error: Int? = nil
+) -> StatusUpdate {
     StatusUpdate(
         wamid: wamid, status: status, timestamp: timestamp, recipientID: "18095550101", callbackData: callback,
         errorCode: error, errorTitle: error.map { "error \($0)" }, errorDetails: error.map { "details \($0)" })

@@ -46,7 +46,7 @@ struct StoreTests {
             ["sent", "delivered", "read", "failed"], ["sent", "failed"], ["failed", "delivered"], ["sent", "delivered", "failed"],
             ["read", "delivered"], ["sent", "read"], ["failed", "read", "sent"], ["delivered", "sent"],
         ])
-    func orderIndependence(engine: StoreEngine, statuses: [String]) async throws {
+    func orderIndependence(engine: StoreEngine, statuses: [WebhookStatus]) async throws {
         var finals: Set<MessageState> = []
         let store = try await makeStore(engine)
         for (n, order) in permutations(statuses).enumerated() {
@@ -185,7 +185,7 @@ struct StoreTests {
         try await store.recordRejected(
             messageID: ids[1], attempt: third, error: SendError(code: 131026, title: "Message undeliverable"), final: true, at: 15)
         #expect(try await store.message(ids[0])?.state == .accepted)
-        #expect(try await store.attempts(messageID: ids[0]).map(\.outcome) == ["retry", "accepted"])
+        #expect(try await store.attempts(messageID: ids[0]).map(\.outcome) == [.retry, .accepted])
         let failed = try #require(try await store.message(ids[1]))
         #expect(failed.state == .failed)
         #expect(failed.errorCode == 131026)

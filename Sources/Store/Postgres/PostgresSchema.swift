@@ -219,7 +219,7 @@ enum PostgresSchema {
                                 error_details = CASE WHEN \(c) THEN p_details ELSE error_details END
                 """ : ""
             branches += """
-                            \(i == 0 ? "IF" : "ELSIF") p_status = '\(rule.status)' THEN
+                            \(i == 0 ? "IF" : "ELSIF") p_status = '\(rule.status.rawValue)' THEN
                                 UPDATE messages SET \(rule.timeColumn) = LEAST(\(rule.timeColumn), p_ts), wamid = COALESCE(wamid, p_wamid),
                                     state = CASE WHEN \(c) THEN '\(rule.target.rawValue)' ELSE state END,
                                     state_rank = CASE WHEN \(c) THEN \(rule.target.rank) ELSE state_rank END,
@@ -375,8 +375,8 @@ enum PostgresSchema {
                         error_title = NULL, error_details = NULL
                     WHERE message_id = o.id AND number = o.number;
                     UPDATE messages SET wamid = o.wamid, accepted_at = COALESCE(accepted_at, p_time), updated_at = p_time,
-                        state = CASE WHEN state_rank < 3 THEN 'accepted' ELSE state END,
-                        state_rank = CASE WHEN state_rank < 3 THEN 3 ELSE state_rank END
+                        state = CASE WHEN state_rank < \(MessageState.accepted.rank) THEN 'accepted' ELSE state END,
+                        state_rank = CASE WHEN state_rank < \(MessageState.accepted.rank) THEN \(MessageState.accepted.rank) ELSE state_rank END
                     WHERE id = o.id;
                     IF o.wa_id IS NOT NULL THEN
                         PERFORM dispatcher_learn(phone, o.wa_id, 'wa_id', p_time) FROM messages WHERE id = o.id;
@@ -387,7 +387,7 @@ enum PostgresSchema {
                         wamid = NULL, error_code = o.code, error_title = o.title, error_details = o.details
                     WHERE message_id = o.id AND number = o.number;
                     UPDATE messages SET state = CASE WHEN o.final THEN 'failed' ELSE 'queued' END,
-                        state_rank = CASE WHEN o.final THEN 7 ELSE 0 END,
+                        state_rank = CASE WHEN o.final THEN \(MessageState.failed.rank) ELSE \(MessageState.queued.rank) END,
                         error_code = o.code, error_title = o.title, error_details = o.details, updated_at = p_time,
                         failed_at = CASE WHEN o.final THEN p_time ELSE failed_at END
                     WHERE id = o.id AND state = 'sending';
@@ -395,7 +395,7 @@ enum PostgresSchema {
                     UPDATE attempts SET outcome = 'unknown', finished_at = p_time, wamid = NULL, error_code = NULL,
                         error_title = o.title, error_details = NULL
                     WHERE message_id = o.id AND number = o.number;
-                    UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = p_time WHERE id = o.id AND state = 'sending';
+                    UPDATE messages SET \(MessageState.unknown.sqlAssignment), updated_at = p_time WHERE id = o.id AND state = 'sending';
                 END IF;
             END LOOP;
         END
@@ -445,7 +445,7 @@ enum PostgresSchema {
         BEGIN
             RETURN QUERY
                 WITH moved AS (
-                    UPDATE messages SET state = 'sending', state_rank = 1, attempts = attempts + 1, updated_at = p_time
+                    UPDATE messages SET \(MessageState.sending.sqlAssignment), attempts = attempts + 1, updated_at = p_time
                     WHERE id = ANY(p_ids) RETURNING id, attempts
                 )
                 INSERT INTO attempts (message_id, number, started_at, outcome)

@@ -72,7 +72,7 @@ extension PostgresStore {
             var changed = 0
             for try await _ in try await connection.query(
                 """
-                UPDATE messages SET state = 'unknown', state_rank = 2, updated_at = \(time) WHERE run = \(run) AND state = 'sending' RETURNING id
+                UPDATE messages SET \(unescaped: MessageState.unknown.sqlAssignment), updated_at = \(time) WHERE run = \(run) AND state = 'sending' RETURNING id
                 """, logger: logger)
             {
                 changed += 1
@@ -97,7 +97,7 @@ extension PostgresStore {
         var done = Set<String>()
         for row in try await rows(
             """
-            UPDATE messages SET state = 'queued', state_rank = 0, updated_at = \(time), error_code = NULL, error_title = NULL, error_details = NULL
+            UPDATE messages SET \(unescaped: MessageState.queued.sqlAssignment), updated_at = \(time), error_code = NULL, error_title = NULL, error_details = NULL
             WHERE id = ANY(\(messageIDs)) AND state IN ('failed', 'unknown') AND delivered_at IS NULL AND read_at IS NULL
             RETURNING id
             """)

@@ -442,7 +442,8 @@ public final class PostgresStore: DispatchStore {
         ).map { row in
             var r = Cells(row)
             return AttemptRecord(
-                number: try r.next(), startedAt: try r.next(), finishedAt: try r.next(), outcome: try r.next(),
+                number: try r.next(), startedAt: try r.next(), finishedAt: try r.next(),
+                outcome: AttemptResult(rawValue: try r.next() as String) ?? .unknown,
                 wamid: try r.next(), errorCode: try r.next(), errorTitle: try r.next())
         }
     }
@@ -601,7 +602,8 @@ public final class PostgresStore: DispatchStore {
             try Self.json(
                 c.statuses.sorted { ($0.wamid, $0.timestamp) < ($1.wamid, $1.timestamp) }.map { u in
                     StatusJSON(
-                        wamid: u.wamid, status: u.status, ts: u.timestamp, recipient: u.recipientID, recipient_user: u.recipientUserID,
+                        wamid: u.wamid, status: u.status.rawValue, ts: u.timestamp, recipient: u.recipientID,
+                        recipient_user: u.recipientUserID,
                         callback: u.callbackData,
                         code: u.errorCode, title: u.errorTitle, details: u.errorDetails, pricing: u.pricingCategory)
                 })
