@@ -104,12 +104,13 @@ struct RunEngineTests {
                 most = max(most, end - start + 1)
             }
             // As the requests left: what the pacer controls, exactly. Where the sandbox (in this same
-            // process) receives them, a loaded machine adds its own jitter: a debug build with the
-            // suite in parallel put 52 in one window, and 56 in 2 runs of 11, after a 116 ms stall
-            // of the test process. The bound there catches sends released in bunches (a window's
-            // worth at once would put up to twice the rate there), not that jitter.
+            // process) receives them, a loaded machine adds its own jitter: with the whole suite in
+            // one run on two cores, 63 and 67 were seen in one window (the releases still at most
+            // 50). The bound there catches sends released in bunches (a window's worth at once puts
+            // up to twice the rate there, 100), not that jitter; the exact pacing is checked in
+            // virtual time.
             #expect(e.mostSendsInOneSecond <= 50, "most in one second as they left: \(e.mostSendsInOneSecond)")
-            #expect(most <= 60, "most in one second at the sandbox: \(most)")
+            #expect(most < 80, "most in one second at the sandbox: \(most)")
             #expect(try await h.store.stateCounts(run: "paced")[.failed] == nil)
         }
     }
