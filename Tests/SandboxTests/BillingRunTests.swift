@@ -74,7 +74,8 @@ struct BillingRunTests {
             let options = RunOptions(run: "cancelled", manifest: try manifest(phones(300)), rate: 50)
             _ = try await e.prepare(options)
             let sending = Task { try await e.dispatch(options) }
-            try await Task.sleep(for: .milliseconds(600))
+            // Mid-run: once requests are going (on a loaded machine the first may take a while).
+            try await h.eventually { try await h.requests().count >= 5 }
             sending.cancel()
             // Before, a cancelled loop lost its ledger writer and spun forever.
             let stop = try await withDeadline(.seconds(20)) { try await sending.value }
