@@ -7,6 +7,8 @@ import Foundation
 public struct Settings: Sendable {
     public var accessToken: String?
     public var phoneNumberID: String?
+    /// The WhatsApp Business Account the number belongs to: its templates are read with it.
+    public var businessAccountID: String?
     public var appSecret: String?
     public var verifyToken: String?
     public var templateName: String
@@ -31,6 +33,7 @@ public struct Settings: Sendable {
         }
         accessToken = value("WHATSAPP_ACCESS_TOKEN")
         phoneNumberID = value("WHATSAPP_PHONE_NUMBER_ID")
+        businessAccountID = value("WHATSAPP_BUSINESS_ACCOUNT_ID")
         appSecret = value("WHATSAPP_APP_SECRET")
         verifyToken = value("WHATSAPP_WEBHOOK_VERIFY_TOKEN")
         templateName = value("WHATSAPP_TEMPLATE_NAME") ?? "invoice"

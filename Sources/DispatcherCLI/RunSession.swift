@@ -163,6 +163,7 @@ struct RunSession {
             sent = try await billing.send(
                 prepare: { engine in try await prepare(engine, console) },
                 beforeSending: { _ in
+                    try await checkTemplatesAtMeta(engine: engine, run: run, console: console)
                     // Only `--stats` needs them: on a million messages the count reads the whole index.
                     marks.prepared(countsBefore: settle.stats ? try await store.stateCounts(run: run) : [:])
                 }, progress: terminal ? printProgress : nil)
@@ -213,6 +214,58 @@ struct RunSession {
             throw ExitCode(1)
         case nil:
             break
+        }
+    }
+}
+
+extension RunSession {
+    /// The WhatsApp Business Account whose templates are checked before sending: the sandbox's
+    /// own, or `WHATSAPP_BUSINESS_ACCOUNT_ID`; nil: not checked (said once).
+    var businessAccountID: String? { sandbox ? (settings.businessAccountID ?? "SANDBOX-WABA") : settings.businessAccountID }
+
+    /// Before the first request: every (template, language) the queued messages need must be
+    /// APPROVED at Meta. Otherwise the run refuses to start (exit 69) naming each, or with
+    /// `--skip-unapproved-languages` their messages are skipped with the reason and the rest sent.
+    /// Without a business account id, or when Meta will not list the templates (a token without
+    /// `whatsapp_business_management`), it says so and sends: Meta's own answers still halt the run.
+    func checkTemplatesAtMeta(engine: RunEngine, run: String, console: Console) async throws {
+        guard let account = businessAccountID else {
+            console.warn("templates not checked against Meta before sending: set WHATSAPP_BUSINESS_ACCOUNT_ID (docs/operating.md)")
+            return
+        }
+        let needed = try await engine.store.queuedTemplates(run: run)
+        guard !needed.isEmpty else { return }
+        let templates: [AccountTemplate]
+        do {
+            templates = try await engine.client.messageTemplates(businessAccountID: account)
+        } catch {
+            console.warn("could not read the templates of business account \(account) from Meta (\(error)); sending without checking them")
+            return
+        }
+        let problems = UnapprovedTemplate.find(needed: needed.map { ($0.template, $0.language) }, account: templates)
+        if problems.isEmpty {
+            let names = Dictionary(grouping: needed, by: \.template).sorted { $0.key < $1.key }
+                .map { "\($0.key) (\($0.value.map(\.language).sorted().joined(separator: ", ")))" }
+            console.say("templates approved at Meta: \(names.joined(separator: ", "))")
+            return
+        }
+        guard settle.skipUnapprovedLanguages else {
+            for problem in problems { console.say("NOT APPROVED: \(problem)") }
+            console.say(
+                "Nothing was sent. Wait for Meta's approval (`dispatcher templates check`), or send the other languages with --skip-unapproved-languages."
+            )
+            if var record = try await engine.store.run(named: run) {
+                record.status = .halted
+                record.haltReason = problems.map(\.description).joined(separator: "; ")
+                try await engine.store.saveRun(record)
+            }
+            throw Exit.halted
+        }
+        for problem in problems {
+            let skipped = try await engine.store.skipQueued(
+                run: run, template: problem.template, language: problem.language, reason: "not sent: \(problem)",
+                at: Date().timeIntervalSince1970)
+            console.say("skipped \(skipped) messages: \(problem)")
         }
     }
 }

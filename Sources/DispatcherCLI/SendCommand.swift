@@ -36,6 +36,12 @@ struct SettleOptions: ParsableArguments {
         help: "If another run is sending from the same number, wait this long for it (90s, 15m) instead of refusing at once.",
         transform: parseDuration)
     var waitForSender: Duration?
+
+    @Flag(
+        help:
+            "When a language the run needs is not approved at Meta (WHATSAPP_BUSINESS_ACCOUNT_ID set), skip its messages instead of refusing to start."
+    )
+    var skipUnapprovedLanguages = false
 }
 
 struct SendCommand: AsyncParsableCommand {

@@ -674,7 +674,10 @@ public func haltAdvice(_ error: GraphError) -> String {
     case 131042: return "Meta reports a payment problem on the WhatsApp Business Account: fix the payment method in Business Manager."
     case 131031, 368: return "The WhatsApp Business Account is restricted or locked: see Business Manager's Account Quality page."
     case 132001: return "The template does not exist in this language at Meta: check WHATSAPP_TEMPLATE_NAME and the approved languages."
-    case 132015, 132016: return "The template is paused or disabled at Meta (quality): edit it or use another, then run again."
+    case 132015:
+        return
+            "Meta paused the template for its quality: 3 hours the first time, 6 the second (a third time disables it). Run the same command again once the pause is over (`dispatcher templates check` shows its status); what was not sent is still queued."
+    case 132016: return "The template is disabled at Meta (quality): edit it and submit it again, or send with another template."
     case 133010, 131045:
         return "The sender phone number is not registered with the Cloud API: register it (and check WHATSAPP_PHONE_NUMBER_ID)."
     case 131048: return "Meta's spam rate limit was hit: wait, and review the template's quality."

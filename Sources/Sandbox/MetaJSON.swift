@@ -1,3 +1,5 @@
+import Dispatcher
+
 /// JSON written the way Meta writes its webhooks: compact, and every non-ASCII character escaped
 /// as `\uXXXX` (UTF-16, surrogate pairs beyond the BMP), so signatures are computed over the same
 /// kind of bytes Meta signs.
@@ -56,5 +58,41 @@ indirect enum MetaJSON: Sendable {
             }
         }
         out.append(UInt8(ascii: "\""))
+    }
+}
+
+extension AccountTemplate {
+    /// The entry as Meta's template list writes it.
+    var metaJSON: MetaJSON {
+        var components: [MetaJSON] = []
+        if let format = headerFormat {
+            var header: [(String, MetaJSON)] = [("type", .string("HEADER")), ("format", .string(format))]
+            if let headerText { header.append(("text", .string(headerText))) }
+            components.append(.object(header))
+        }
+        components.append(.object([("type", .string("BODY")), ("text", .string(body))]))
+        if let footer { components.append(.object([("type", .string("FOOTER")), ("text", .string(footer))])) }
+        if !buttons.isEmpty {
+            components.append(
+                .object([
+                    ("type", .string("BUTTONS")),
+                    (
+                        "buttons",
+                        .array(
+                            buttons.map { b in
+                                var fields: [(String, MetaJSON)] = [("type", .string(b.type)), ("text", .string(b.text))]
+                                if let url = b.url { fields.append(("url", .string(url))) }
+                                return .object(fields)
+                            })
+                    ),
+                ]))
+        }
+        var fields: [(String, MetaJSON)] = [("name", .string(name))]
+        if let parameterFormat { fields.append(("parameter_format", .string(parameterFormat))) }
+        fields += [("components", .array(components)), ("language", .string(language)), ("status", .string(status))]
+        if let category { fields.append(("category", .string(category))) }
+        if let quality { fields.append(("quality_score", .object([("score", .string(quality))]))) }
+        if let id { fields.append(("id", .string(id))) }
+        return .object(fields)
     }
 }

@@ -90,6 +90,10 @@ public struct Sandbox: Sendable {
         router.get(":version/:phoneNumberID") { request, context in
             try self.phoneNumber(request, context: context)
         }
+        // The segment is the business account's id (the router wants one name per position).
+        router.get(":version/:phoneNumberID/message_templates") { request, context in
+            try await self.messageTemplates(request, context: context)
+        }
         router.get("_sandbox/requests") { _, _ in try json(await self.state.requests) }
         router.get("_sandbox/webhooks") { _, _ in try json(await self.state.deliveries) }
         router.get("_sandbox/counters") { _, _ in try json(await self.state.counters()) }
@@ -117,6 +121,58 @@ public struct Sandbox: Sendable {
             "id": id, "display_phone_number": "+1 809-555-0000", "verified_name": "Sandbox Inmobiliaria",
             "quality_rating": "GREEN", "throughput": "{\"level\":\"STANDARD\"}",
         ])
+    }
+
+    /// A template's status now: the scenario's, or PAUSED once a scenario's pause rule is reached.
+    func templateStatus(_ name: String, language: String) async -> String {
+        configuration.scenario.status(template: name, language: language, acceptedSends: await state.acceptedPerTemplate[name] ?? 0)
+    }
+
+    /// `GET /{version}/{WABA_ID}/message_templates`: the templates folder as Meta's management API
+    /// lists an account's templates (one entry per name and language, `limit` per page, `after`
+    /// cursors), with the scenario's statuses; languages the scenario says Meta lacks are absent.
+    func messageTemplates(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        guard bearer(request) == configuration.accessToken else {
+            return metaError(190, "Error validating access token: Session has expired", status: .unauthorized)
+        }
+        var entries: [AccountTemplate] = []
+        for (name, definition) in configuration.templates.templates.sorted(by: { $0.key < $1.key }) {
+            for (language, text) in definition.languages.sorted(by: { $0.key < $1.key })
+            where !configuration.scenario.lacks(template: name, language: language) {
+                var buttons: [AccountTemplate.Button] = []
+                for button in text.buttons ?? [] {
+                    buttons.append(.init(type: button.url == nil ? "QUICK_REPLY" : "URL", text: button.text, url: button.url))
+                }
+                entries.append(
+                    AccountTemplate(
+                        id: String(UInt32(truncatingIfNeeded: "\(name):\(language)".utf8.reduce(5381) { ($0 &* 33) &+ UInt64($1) })),
+                        name: name, language: language, status: await templateStatus(name, language: language),
+                        category: definition.category.uppercased(), parameterFormat: (definition.parameterFormat ?? .positional).rawValue,
+                        quality: "GREEN", headerFormat: definition.header?.format.uppercased(), headerText: text.header, body: text.body,
+                        footer: text.footer, buttons: buttons))
+            }
+        }
+        let limit = max(1, min(Int(request.uri.queryParameters.get("limit") ?? "") ?? 25, 100))
+        let start =
+            Int(
+                request.uri.queryParameters.get("after").flatMap { Data(base64Encoded: $0) }.map { String(decoding: $0, as: UTF8.self) }
+                    ?? "") ?? 0
+        let page = entries.dropFirst(start).prefix(limit)
+        var paging: [(String, MetaJSON)] = []
+        let end = start + page.count
+        paging.append(
+            (
+                "cursors",
+                .object([
+                    ("before", .string(Data(String(start).utf8).base64EncodedString())),
+                    ("after", .string(Data(String(end).utf8).base64EncodedString())),
+                ])
+            ))
+        if end < entries.count {
+            paging.append(("next", .string("\(request.uri.path)?limit=\(limit)&after=\(Data(String(end).utf8).base64EncodedString())")))
+        }
+        let answer = MetaJSON.object([("data", .array(page.map(\.metaJSON))), ("paging", .object(paging))])
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: answer.bytes)))
     }
 
     /// `--latency-ms` is spent after the request is counted and answered, before the answer goes
@@ -181,6 +237,19 @@ public struct Sandbox: Sendable {
             return await refuse(100, "Invalid parameter", details: "biz_opaque_callback_data is longer than 512 characters")
         }
         if let problem = validate(template) { return await refuse(problem.code, problem.title, details: problem.details) }
+        if let name = template.name, let language = template.language?.code {
+            switch await templateStatus(name, language: language) {
+            case "APPROVED": break
+            case "PAUSED":
+                return await refuse(132015, "Template is Paused", details: "template (\(name)) is paused because of low quality")
+            case "DISABLED":
+                return await refuse(132016, "Template is disabled", details: "template (\(name)) was disabled because of low quality")
+            case let status:
+                return await refuse(
+                    132001, "Template name does not exist in the translation",
+                    details: "template name (\(name)) is \(status) in \(language), not approved")
+            }
+        }
 
         let outcome = configuration.scenario.outcome(for: waID)
         switch outcome {
@@ -256,6 +325,18 @@ public struct Sandbox: Sendable {
             )
         }
         for (index, (given, expected)) in zip(body, definition.body).enumerated() {
+            if definition.isNamed && given.parameterName != expected.placeholderName {
+                return (
+                    100, "Invalid parameter",
+                    "body parameter \(index + 1): parameter_name '\(given.parameterName ?? "none")' is not '\(expected.placeholderName)' (the template has named parameters)"
+                )
+            }
+            if !definition.isNamed && given.parameterName != nil {
+                return (
+                    100, "Invalid parameter",
+                    "body parameter \(index + 1): parameter_name given, but the template's parameters are positional"
+                )
+            }
             let type = expected.type ?? "text"
             if given.type != type {
                 return (
@@ -574,9 +655,15 @@ struct IncomingMessage: Decodable {
 
     struct Parameter: Decodable {
         var type: String?
+        var parameterName: String?
         var text: String?
         var currency: CurrencyValue?
         var document: Document?
+
+        enum CodingKeys: String, CodingKey {
+            case type, text, currency, document
+            case parameterName = "parameter_name"
+        }
     }
 
     struct CurrencyValue: Decodable {

@@ -36,6 +36,8 @@ actor SandboxState {
     private var lastToRecipient: [String: [Double]] = [:]
     private var attemptsPerRecipient: [String: Int] = [:]
     private(set) var accepted = 0
+    /// Accepted sends per template name (a scenario may pause a template after some).
+    private(set) var acceptedPerTemplate: [String: Int] = [:]
     private(set) var rejected: [Int: Int] = [:]
     private(set) var webhooksPosted = 0
     private(set) var webhooksFailed = 0
@@ -52,7 +54,10 @@ actor SandboxState {
     func record(_ request: RequestRecord) {
         requests.append(request)
         if let code = request.errorCode { rejected[code, default: 0] += 1 }
-        if request.wamid != nil { accepted += 1 }
+        if request.wamid != nil {
+            accepted += 1
+            if let template = request.template { acceptedPerTemplate[template, default: 0] += 1 }
+        }
     }
 
     /// How many requests to this number came before (for "the first request fails" outcomes).
@@ -129,6 +134,7 @@ actor SandboxState {
         sendTimes = [:]
         lastToRecipient = [:]
         attemptsPerRecipient = [:]
+        acceptedPerTemplate = [:]
         accepted = 0
         rejected = [:]
         webhooksPosted = 0

@@ -81,16 +81,51 @@ public struct Scenario: Sendable, Decodable {
     /// Template languages Meta does not have (`"fr"`, or `"invoice:fr"` for one template): sends
     /// in them answer 132001, as when a translation was never approved or was deleted.
     public var missingLanguages: [String]?
+    /// Template statuses other than APPROVED, by `"invoice"` (every language) or `"invoice:fr"`:
+    /// `PAUSED` answers 132015, `DISABLED` 132016, anything else (`PENDING`, `REJECTED`…) 132001;
+    /// the template list shows them.
+    public var templateStatuses: [String: String]?
+    /// A template Meta pauses in the middle of a run (its quality dropped): after this many
+    /// accepted sends with it, it is PAUSED in every language.
+    public var pauseTemplate: PauseRule?
+
+    public struct PauseRule: Sendable, Decodable {
+        public var template: String
+        public var afterSends: Int
+
+        enum CodingKeys: String, CodingKey {
+            case template
+            case afterSends = "after_sends"
+        }
+
+        public init(template: String, afterSends: Int) {
+            self.template = template
+            self.afterSends = afterSends
+        }
+    }
 
     enum CodingKeys: String, CodingKey {
         case rules, outages
         case missingLanguages = "missing_languages"
+        case templateStatuses = "template_statuses"
+        case pauseTemplate = "pause_template"
     }
 
-    public init(rules: [Rule] = [], outages: [Outage] = [], missingLanguages: [String] = []) {
+    public init(
+        rules: [Rule] = [], outages: [Outage] = [], missingLanguages: [String] = [], templateStatuses: [String: String] = [:],
+        pauseTemplate: PauseRule? = nil
+    ) {
         self.rules = rules
         self.outages = outages
         self.missingLanguages = missingLanguages
+        self.templateStatuses = templateStatuses
+        self.pauseTemplate = pauseTemplate
+    }
+
+    /// The status the scenario gives `template` in `language` after `acceptedSends` sends with it.
+    public func status(template: String, language: String, acceptedSends: Int) -> String {
+        if let pause = pauseTemplate, pause.template == template, acceptedSends >= pause.afterSends { return "PAUSED" }
+        return templateStatuses?["\(template):\(language)"] ?? templateStatuses?[template] ?? "APPROVED"
     }
 
     /// True when the scenario says Meta has no `template` in `language`.

@@ -53,6 +53,13 @@ public protocol DispatchStore: Sendable {
     /// Messages waiting to be sent in a run, in order, a page at a time: only what sending needs
     /// (the billing run reads the whole queue this way, and decoding whole records was 6 % of its CPU).
     func queuedMessages(run: String, after: Int64?, limit: Int) async throws -> [QueuedMessage]
+    /// The (template, language) pairs the run's queued messages will be sent with (the template
+    /// as their stored request names it: a `with_document` variant shows as itself), for checking
+    /// them against Meta's approved templates before the first send.
+    func queuedTemplates(run: String) async throws -> [TemplateLanguage]
+    /// Marks the run's queued messages sent with `template` in `language` skipped, with `reason`
+    /// (Meta would refuse them: the template is not approved there). Returns how many.
+    func skipQueued(run: String, template: String, language: String, reason: String, at time: Double) async throws -> Int
     /// Puts failed or unknown messages back in the queue for `dispatcher retry`; never a message
     /// that reached the tenant. Returns the ids requeued.
     func requeue(messageIDs: [String], at time: Double) async throws -> [String]
@@ -638,6 +645,17 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
 }
 
 /// A message waiting in the queue, as the billing run sends it.
+/// A template in one language.
+public struct TemplateLanguage: Sendable, Hashable {
+    public var template: String
+    public var language: String
+
+    public init(template: String, language: String) {
+        self.template = template
+        self.language = language
+    }
+}
+
 public struct QueuedMessage: Sendable, Equatable {
     /// Its place in the queue (the order of the manifest).
     public var sequence: Int64

@@ -132,6 +132,29 @@ extension SQLiteStore {
         }
     }
 
+    public func queuedTemplates(run: String) async throws -> [TemplateLanguage] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT DISTINCT COALESCE(json_extract(request_body, '$.template.name'), template), language
+                    FROM messages WHERE run = ? AND state = 'queued'
+                    """, arguments: [run]
+            ).map { TemplateLanguage(template: $0[0], language: $0[1]) }
+        }
+    }
+
+    public func skipQueued(run: String, template: String, language: String, reason: String, at time: Double) async throws -> Int {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE messages SET \(MessageState.skipped.sqlAssignment), skip_reason = ?, updated_at = ?
+                    WHERE run = ? AND state = 'queued' AND language = ? AND COALESCE(json_extract(request_body, '$.template.name'), template) = ?
+                    """, arguments: [reason, time, run, language, template])
+            return db.changesCount
+        }
+    }
+
     public func requeue(messageIDs: [String], at time: Double) async throws -> [String] {
         try await pool.write { db in
             var done: [String] = []

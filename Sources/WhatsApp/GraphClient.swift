@@ -193,23 +193,35 @@ public final class GraphClient: Sendable {
 
     /// `GET /{version}/{phone_number_id}`: checks the token and the number (for `doctor`).
     public func phoneNumberInfo() async -> Result<[String: String], GraphError> {
-        var request = HTTPClientRequest(
-            url: "\(configuration.root)/\(configuration.phoneNumberID)?fields=display_phone_number,verified_name,quality_rating,throughput")
-        request.headers.add(name: "Authorization", value: "Bearer \(configuration.accessToken)")
         do {
-            let response = try await http.execute(request, timeout: timeAmount(configuration.timeout))
-            let body = try await response.body.collect(upTo: configuration.maxResponseBytes)
-            let data = Data(body.readableBytesView)
-            if response.status.code == 200 {
+            let (status, data) = try await get(
+                "\(configuration.root)/\(configuration.phoneNumberID)?fields=display_phone_number,verified_name,quality_rating,throughput")
+            if status == 200 {
                 let object = (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
                 return .success(object.mapValues { "\($0)" })
             }
-            if case .rejected(let error) = Self.outcome(status: Int(response.status.code), retryAfter: nil, body: data) {
+            if case .rejected(let error) = Self.outcome(status: status, retryAfter: nil, body: data) {
                 return .failure(error)
             }
-            return .failure(GraphError(code: nil, title: "unexpected answer", httpStatus: Int(response.status.code)))
+            return .failure(GraphError(code: nil, title: "unexpected answer", httpStatus: status))
+        } catch let error as GraphError {
+            return .failure(error)
         } catch {
             return .failure(GraphError(code: nil, title: "no answer: \(error)", httpStatus: 0))
+        }
+    }
+
+    /// A management `GET` with the token: the HTTP status and the body (at most `maxResponseBytes`,
+    /// times 16 for the template lists). Throws `GraphError` (status 0) when no answer came.
+    func get(_ url: String) async throws -> (status: Int, body: Data) {
+        var request = HTTPClientRequest(url: url)
+        request.headers.add(name: "Authorization", value: "Bearer \(configuration.accessToken)")
+        do {
+            let response = try await http.execute(request, timeout: timeAmount(configuration.timeout))
+            let body = try await response.body.collect(upTo: configuration.maxResponseBytes * 16)
+            return (Int(response.status.code), Data(body.readableBytesView))
+        } catch {
+            throw GraphError(code: nil, title: "no answer from \(configuration.baseURL): \(error)", httpStatus: 0)
         }
     }
 }

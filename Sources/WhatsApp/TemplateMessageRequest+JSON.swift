@@ -62,6 +62,7 @@ extension TemplateMessageRequest.Component: Encodable {
 extension TemplateMessageRequest.Parameter: Encodable {
     enum Keys: String, CodingKey {
         case type, text, currency, document
+        case parameterName = "parameter_name"
     }
     enum CurrencyKeys: String, CodingKey {
         case fallbackValue = "fallback_value"
@@ -73,19 +74,28 @@ extension TemplateMessageRequest.Parameter: Encodable {
     }
 
     public func encode(to encoder: any Encoder) throws {
+        try encode(to: encoder, name: nil)
+    }
+
+    private func encode(to encoder: any Encoder, name: String?) throws {
+        if case .named(let name, let inner) = self { return try inner.encode(to: encoder, name: name) }
         var c = encoder.container(keyedBy: Keys.self)
         switch self {
+        case .named: break
         case .text(let text):
             try c.encode("text", forKey: .type)
+            try c.encodeIfPresent(name, forKey: .parameterName)
             try c.encode(text, forKey: .text)
         case .currency(let fallback, let code, let amount1000):
             try c.encode("currency", forKey: .type)
+            try c.encodeIfPresent(name, forKey: .parameterName)
             var n = c.nestedContainer(keyedBy: CurrencyKeys.self, forKey: .currency)
             try n.encode(fallback, forKey: .fallbackValue)
             try n.encode(code, forKey: .code)
             try n.encode(amount1000, forKey: .amount1000)
         case .document(let link, let filename):
             try c.encode("document", forKey: .type)
+            try c.encodeIfPresent(name, forKey: .parameterName)
             var n = c.nestedContainer(keyedBy: DocumentKeys.self, forKey: .document)
             try n.encode(link, forKey: .link)
             try n.encode(filename, forKey: .filename)
@@ -130,31 +140,50 @@ extension TemplateMessageRequest {
             out.append(contentsOf: #","parameters":["#.utf8)
             for (p, parameter) in component.parameters.enumerated() {
                 if p > 0 { out.append(UInt8(ascii: ",")) }
-                switch parameter {
-                case .text(let text):
-                    out.append(contentsOf: #"{"type":"text","text":"#.utf8)
-                    appendJSONString(text, to: &out)
-                    out.append(UInt8(ascii: "}"))
-                case .currency(let fallback, let code, let amount1000):
-                    out.append(contentsOf: #"{"type":"currency","currency":{"fallback_value":"#.utf8)
-                    appendJSONString(fallback, to: &out)
-                    out.append(contentsOf: #","code":"#.utf8)
-                    appendJSONString(code, to: &out)
-                    out.append(contentsOf: #","amount_1000":"#.utf8)
-                    out.append(contentsOf: String(amount1000).utf8)
-                    out.append(contentsOf: "}}".utf8)
-                case .document(let link, let filename):
-                    out.append(contentsOf: #"{"type":"document","document":{"link":"#.utf8)
-                    appendJSONString(link, to: &out)
-                    out.append(contentsOf: #","filename":"#.utf8)
-                    appendJSONString(filename, to: &out)
-                    out.append(contentsOf: "}}".utf8)
-                }
+                appendParameter(parameter, name: nil, to: &out)
             }
             out.append(contentsOf: "]}".utf8)
         }
         out.append(contentsOf: "]}}".utf8)
         return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// One parameter object; `name` (a NAMED template's `parameter_name`) goes right after its type.
+private func appendParameter(_ parameter: TemplateMessageRequest.Parameter, name: String?, to out: inout [UInt8]) {
+    func named() {
+        if let name {
+            out.append(contentsOf: #","parameter_name":"#.utf8)
+            appendJSONString(name, to: &out)
+        }
+    }
+    switch parameter {
+    case .named(let name, let inner):
+        appendParameter(inner, name: name, to: &out)
+    case .text(let text):
+        out.append(contentsOf: #"{"type":"text""#.utf8)
+        named()
+        out.append(contentsOf: #","text":"#.utf8)
+        appendJSONString(text, to: &out)
+        out.append(UInt8(ascii: "}"))
+    case .currency(let fallback, let code, let amount1000):
+        out.append(contentsOf: #"{"type":"currency""#.utf8)
+        named()
+        out.append(contentsOf: #","currency":{"fallback_value":"#.utf8)
+        appendJSONString(fallback, to: &out)
+        out.append(contentsOf: #","code":"#.utf8)
+        appendJSONString(code, to: &out)
+        out.append(contentsOf: #","amount_1000":"#.utf8)
+        out.append(contentsOf: String(amount1000).utf8)
+        out.append(contentsOf: "}}".utf8)
+    case .document(let link, let filename):
+        out.append(contentsOf: #"{"type":"document""#.utf8)
+        named()
+        out.append(contentsOf: #","document":{"link":"#.utf8)
+        appendJSONString(link, to: &out)
+        out.append(contentsOf: #","filename":"#.utf8)
+        appendJSONString(filename, to: &out)
+        out.append(contentsOf: "}}".utf8)
     }
 }
 

@@ -30,7 +30,7 @@ struct Harness {
         throughput: Double = 1000, pairBurst: Int = 1, pairInterval: Double = 6, scenario: Scenario = Scenario(),
         statusSpacing: Double = 0.05, clientTimeout: Duration = .seconds(10), store existing: (any DispatchStore)? = nil,
         engine: StoreEngine = .sqlite,
-        jwtSecret: String? = nil,
+        jwtSecret: String? = nil, templates: TemplateCatalog? = nil,
         _ body: @Sendable (Harness) async throws -> T
     ) async throws -> T {
         let store: any DispatchStore
@@ -40,7 +40,7 @@ struct Harness {
             logger.logLevel = .critical
             return logger
         }()
-        let catalog = try TemplateCatalog(directory: testPackageRoot.appendingPathComponent("templates").path)
+        let catalog = try templates ?? TemplateCatalog(directory: testPackageRoot.appendingPathComponent("templates").path)
         let receiverReady = Ready(), sandboxReady = Ready()
         let senderBox = SenderBox()
         let server = DispatcherServer(
@@ -128,7 +128,7 @@ func freshPath() throws -> String {
     return folder.appendingPathComponent("dispatcher.sqlite").path
 }
 
-/// A valid `invoice` template request to a number, naming message `id`.
+/// A valid `invoice_pdf` template request (the invoice with its PDF) to a number, naming message `id`.
 func invoiceRequest(to phone: String, id: String, language: String = "es", bodyParameters: Int = 4) -> TemplateMessageRequest {
     var body: [TemplateMessageRequest.Parameter] = [
         .text("María Pérez"), .text("marzo 2026"),
@@ -138,7 +138,7 @@ func invoiceRequest(to phone: String, id: String, language: String = "es", bodyP
     return TemplateMessageRequest(
         to: phone, callbackData: id,
         template: .init(
-            name: "invoice", language: .init(code: language),
+            name: "invoice_pdf", language: .init(code: language),
             components: [
                 .init(type: "header", parameters: [.document(link: "https://docs.example.com/i.pdf", filename: "i.pdf")]),
                 .init(type: "body", parameters: body),

@@ -25,7 +25,7 @@ struct WhatsAppTests {
         let json = String(decoding: try encoder.encode(message.request), as: UTF8.self)
         #expect(
             json
-                == #"{"biz_opaque_callback_data":"\#(message.id)","messaging_product":"whatsapp","recipient_type":"individual","template":{"components":[{"parameters":[{"document":{"filename":"INV-1.pdf","link":"https://docs.example.com/INV-1.pdf"},"type":"document"}],"type":"header"},{"parameters":[{"text":"María Pérez","type":"text"},{"text":"March 2026","type":"text"},{"currency":{"amount_1000":1450000,"code":"USD","fallback_value":"$1,450.00"},"type":"currency"},{"text":"on receipt","type":"text"}],"type":"body"}],"language":{"code":"en"},"name":"invoice"},"to":"18095550101","type":"template"}"#
+                == #"{"biz_opaque_callback_data":"\#(message.id)","messaging_product":"whatsapp","recipient_type":"individual","template":{"components":[{"parameters":[{"document":{"filename":"INV-1.pdf","link":"https://docs.example.com/INV-1.pdf"},"type":"document"}],"type":"header"},{"parameters":[{"text":"María Pérez","type":"text"},{"text":"March 2026","type":"text"},{"currency":{"amount_1000":1450000,"code":"USD","fallback_value":"$1,450.00"},"type":"currency"},{"text":"on receipt","type":"text"}],"type":"body"}],"language":{"code":"en"},"name":"invoice_pdf"},"to":"18095550101","type":"template"}"#
         )
     }
 
@@ -72,7 +72,11 @@ struct WhatsAppTests {
                             type: "header", parameters: [.document(link: "https://docs.example.com/\(text).pdf", filename: "\(text).pdf")]),
                         .init(
                             type: "body",
-                            parameters: [.text(text), .currency(fallback: "RD$1,234.50", code: "DOP", amount1000: -1_234_500)]),
+                            parameters: [
+                                .text(text), .currency(fallback: "RD$1,234.50", code: "DOP", amount1000: -1_234_500),
+                                .named("tenant_name", .text(text)),
+                                .named("total", .currency(fallback: "RD$1,234.50", code: "DOP", amount1000: 1)),
+                            ]),
                         .init(type: "button", subType: "url", index: "0", parameters: [.text(text)]),
                     ]))
             let encoder = JSONEncoder()
@@ -82,5 +86,17 @@ struct WhatsAppTests {
             #expect(direct != nil && direct == expected, "\(text)")
             #expect(!request.jsonBody.contains("\\/"))
         }
+    }
+
+    @Test("a named parameter carries its parameter_name beside its type, a positional one none")
+    func namedParameterJSON() throws {
+        let request = TemplateMessageRequest(
+            to: "18095550101", callbackData: "m-1",
+            template: .init(
+                name: "aviso", language: .init(code: "es"),
+                components: [.init(type: "body", parameters: [.named("tenant_name", .text("Ana")), .text("x")])]))
+        #expect(
+            request.jsonBody.contains(
+                #""parameters":[{"type":"text","parameter_name":"tenant_name","text":"Ana"},{"type":"text","text":"x"}]"#))
     }
 }

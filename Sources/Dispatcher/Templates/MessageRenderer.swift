@@ -43,7 +43,10 @@ public struct RenderedMessage: Sendable {
 /// Fills a template's parameters from invoices, with Meta's checks on each value.
 public struct MessageRenderer: Sendable {
     public let catalog: TemplateCatalog
+    /// The template asked for: its name is every message's identity (`MessageKey.template`).
     public let template: TemplateDefinition
+    /// Its `with_document` variant, used for rows that have a document link.
+    public let documentTemplate: TemplateDefinition?
     public let defaultLanguage: String
 
     /// - Parameters:
@@ -54,18 +57,31 @@ public struct MessageRenderer: Sendable {
             let known = catalog.templates.keys.sorted().joined(separator: ", ")
             throw TemplateError("no template named '\(templateName)' in templates/whatsapp (known: \(known)); Meta would answer 132001")
         }
-        guard template.languages[defaultLanguage] != nil else {
-            let known = template.languages.keys.sorted().joined(separator: ", ")
-            throw TemplateError(
-                "template '\(templateName)' has no language '\(defaultLanguage)' (it has: \(known)); Meta would answer 132001")
+        let documentTemplate = template.withDocument.flatMap { catalog[$0] }
+        for t in [template] + (documentTemplate.map { [$0] } ?? []) {
+            guard t.languages[defaultLanguage] != nil else {
+                let known = t.languages.keys.sorted().joined(separator: ", ")
+                throw TemplateError(
+                    "template '\(t.name)' has no language '\(defaultLanguage)' (it has: \(known)); Meta would answer 132001")
+            }
+            if let unmapped = t.unmappedSources.first {
+                throw TemplateError(
+                    "template '\(t.name)': '\(unmapped)' is not mapped to a manifest field yet (templates pull cannot guess it): set its source in templates/whatsapp/\(t.name).json"
+                )
+            }
         }
         self.catalog = catalog
         self.template = template
+        self.documentTemplate = documentTemplate
         self.defaultLanguage = defaultLanguage
     }
 
     /// The template language for a locale: `es-DO` → `es_DO`, else `es`, else another `es_*`, else the default.
     public func language(for locale: String) -> (code: String, fallback: Bool) {
+        language(for: locale, in: template)
+    }
+
+    func language(for locale: String, in template: TemplateDefinition) -> (code: String, fallback: Bool) {
         let underscored = String(String.UnicodeScalarView(locale.unicodeScalars.map { $0 == "-" ? "_" : $0 }))
         if template.languages[underscored] != nil { return (underscored, false) }
         let base = String(underscored.prefix { $0 != "_" })
@@ -74,32 +90,50 @@ public struct MessageRenderer: Sendable {
         return (defaultLanguage, true)
     }
 
+    /// The template a row is sent with: the `with_document` variant when it has a document link.
+    public func sendingTemplate(for invoice: Invoice) -> TemplateDefinition {
+        if let documentTemplate, let link = documentTemplate.header?.link,
+            let value = value(of: link, in: invoice, formatting: LocaleFormatting(locale: invoice.locale)), !value.isEmpty
+        {
+            return documentTemplate
+        }
+        return template
+    }
+
     /// The messages for an invoice (one per distinct phone), or the issues that stop it being sent.
     public func render(_ invoice: Invoice) -> Result<[RenderedMessage], InvoiceProblems> {
         var issues: [ValidationIssue] = []
         func fail(_ field: String?, _ message: String) {
             issues.append(ValidationIssue(line: invoice.line, invoiceID: invoice.invoiceID, field: field, message: message))
         }
-        let (language, fallback) = language(for: invoice.locale)
+        let template = sendingTemplate(for: invoice)
+        let (language, fallback) = language(for: invoice.locale, in: template)
         let texts = template.languages[language]!
         // Formatting follows the row's locale, unless the text itself fell back to another language.
         let formatting = LocaleFormatting(locale: fallback ? language.replacingOccurrences(of: "_", with: "-") : invoice.locale)
         let languageBase = String(language.prefix { $0 != "_" })
+        let named = template.isNamed
 
         // Body parameters.
         var parameters: [TemplateMessageRequest.Parameter] = []
-        var shown: [String] = []
+        var shown: [String: String] = [:]
         for (index, parameter) in template.body.enumerated() {
-            let slot = "body parameter {{\(index + 1)}}"
+            let placeholder = template.placeholder(ofBodyParameter: index)
+            let slot = "body parameter {{\(placeholder)}}"
+            func add(_ value: TemplateMessageRequest.Parameter, shown text: String) {
+                parameters.append(named ? .named(placeholder, value) : value)
+                shown[placeholder] = text
+            }
             if parameter.type == "currency" {
                 let fallbackText = formatting.money(invoice.amount)
                 if let amount1000 = invoice.amount.metaAmount1000 {
-                    parameters.append(.currency(fallback: fallbackText, code: invoice.amount.currency.code, amount1000: Int64(amount1000)))
+                    add(
+                        .currency(fallback: fallbackText, code: invoice.amount.currency.code, amount1000: Int64(amount1000)),
+                        shown: fallbackText)
                 } else {
                     // Meta's amount_1000 is a 32-bit integer: a larger amount goes as the text the tenant reads.
-                    parameters.append(.text(fallbackText))
+                    add(.text(fallbackText), shown: fallbackText)
                 }
-                shown.append(fallbackText)
                 continue
             }
             var value = self.value(of: parameter.source, in: invoice, formatting: formatting)
@@ -108,14 +142,13 @@ public struct MessageRenderer: Sendable {
             }
             guard let text = value, !text.isEmpty else {
                 fail(parameter.source, "is empty, but template '\(template.name)' needs it for \(slot) (Meta would answer 131008)")
-                shown.append("")
+                shown[placeholder] = ""
                 continue
             }
             if let problem = checkTextParameter(text) { fail(parameter.source, "\(problem), which Meta refuses in \(slot) (132018)") }
-            parameters.append(.text(text))
-            shown.append(text)
+            add(.text(text), shown: text)
         }
-        let body = fillPlaceholders(texts.body, shown)
+        let body = fillPlaceholders(texts.body) { shown[String($0)] }
         if body.utf8.count > 1024 && body.count > 1024 {
             fail(nil, "the message body would be \(body.count) characters; Meta allows 1,024 (132005)")
         }
@@ -140,8 +173,9 @@ public struct MessageRenderer: Sendable {
                 } else if let problem = checkTextParameter(value) {
                     fail(source, "\(problem), which Meta refuses in the header (132018)")
                 }
-                headerText = headerText.map { fillPlaceholders($0, [value]) }
-                components.append(.init(type: "header", parameters: [.text(value)]))
+                headerText = headerText.map { fillPlaceholders($0) { _ in value } }
+                let name = header.name ?? source
+                components.append(.init(type: "header", parameters: [named ? .named(name, .text(value)) : .text(value)]))
             }
         }
         components.append(.init(type: "body", parameters: parameters))
@@ -161,7 +195,8 @@ public struct MessageRenderer: Sendable {
         if !issues.isEmpty { return .failure(InvoiceProblems(issues: issues)) }
 
         let messages = invoice.phones.map { phone in
-            let key = MessageKey(invoiceID: invoice.invoiceID, phone: phone, template: template.name)
+            // The identity is the template asked for, whichever variant carries it.
+            let key = MessageKey(invoiceID: invoice.invoiceID, phone: phone, template: self.template.name)
             let id = key.messageID
             let request = TemplateMessageRequest(
                 to: phone, callbackData: id,
@@ -231,15 +266,24 @@ func checkTextParameter(_ text: String) -> String? {
 /// A template text with `{{1}}`, `{{2}}`… replaced by the values, in one pass: a value that itself
 /// contains `{{2}}` stays as it is (as Meta fills it). A placeholder with no value stays too.
 func fillPlaceholders(_ text: String, _ values: [String]) -> String {
+    fillPlaceholders(text) { token in
+        guard let n = Int(token), n >= 1, n <= values.count else { return nil }
+        return values[n - 1]
+    }
+}
+
+/// A template text with each `{{token}}` (digits, or a named placeholder's letters, digits and `_`)
+/// replaced by `value(token)`, in one pass; a placeholder `value` has nothing for stays as it is.
+func fillPlaceholders(_ text: String, _ value: (Substring) -> String?) -> String {
     let bytes = text.utf8
     guard bytes.contains(UInt8(ascii: "{")) else { return text }
     var out: [UInt8] = []
-    out.reserveCapacity(bytes.count + values.reduce(0) { $0 + $1.utf8.count })
+    out.reserveCapacity(bytes.count + 64)
     var i = bytes.startIndex
     while i != bytes.endIndex {
         let byte = bytes[i]
-        if byte == UInt8(ascii: "{"), let (index, end) = placeholder(in: bytes, at: i), index >= 1, index <= values.count {
-            out.append(contentsOf: values[index - 1].utf8)
+        if byte == UInt8(ascii: "{"), let (token, end) = placeholder(in: text, at: i), let replacement = value(token) {
+            out.append(contentsOf: replacement.utf8)
             i = end
             continue
         }
@@ -249,22 +293,30 @@ func fillPlaceholders(_ text: String, _ values: [String]) -> String {
     return String(decoding: out, as: UTF8.self)
 }
 
-/// `{{N}}` at `start`: N and the index just past the closing braces.
-private func placeholder(in bytes: String.UTF8View, at start: String.UTF8View.Index) -> (Int, String.UTF8View.Index)? {
+/// `{{token}}` at `start` (a token of up to 64 ASCII letters, digits and `_`): the token and the
+/// index just past the closing braces.
+private func placeholder(in text: String, at start: String.Index) -> (Substring, String.Index)? {
+    let bytes = text.utf8
     var i = bytes.index(after: start)
     guard i != bytes.endIndex, bytes[i] == UInt8(ascii: "{") else { return nil }
     i = bytes.index(after: i)
-    var n = 0
-    var digits = 0
-    while i != bytes.endIndex, bytes[i] >= UInt8(ascii: "0"), bytes[i] <= UInt8(ascii: "9"), digits < 4 {
-        n = n * 10 + Int(bytes[i] - UInt8(ascii: "0"))
-        digits += 1
+    let tokenStart = i
+    var length = 0
+    while i != bytes.endIndex, length <= 64 {
+        let b = bytes[i]
+        let isToken =
+            b == UInt8(ascii: "_") || (b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9"))
+            || (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z"))
+            || (b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z"))
+        if !isToken { break }
+        length += 1
         i = bytes.index(after: i)
     }
-    guard digits > 0, i != bytes.endIndex, bytes[i] == UInt8(ascii: "}") else { return nil }
+    guard length > 0, length <= 64, i != bytes.endIndex, bytes[i] == UInt8(ascii: "}") else { return nil }
+    let tokenEnd = i
     i = bytes.index(after: i)
     guard i != bytes.endIndex, bytes[i] == UInt8(ascii: "}") else { return nil }
-    return (n, bytes.index(after: i))
+    return (text[tokenStart..<tokenEnd], bytes.index(after: i))
 }
 
 /// The problems that keep an invoice from being sent.

@@ -48,8 +48,10 @@ public struct TemplateMessageRequest: Sendable, Equatable {
         }
     }
 
-    public enum Parameter: Sendable, Equatable {
+    public indirect enum Parameter: Sendable, Equatable {
         case text(String)
+        /// A parameter of a NAMED template: its `parameter_name` and value.
+        case named(String, Parameter)
         case currency(fallback: String, code: String, amount1000: Int64)
         case document(link: String, filename: String)
     }

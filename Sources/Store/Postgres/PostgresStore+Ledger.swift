@@ -92,6 +92,29 @@ extension PostgresStore {
         }
     }
 
+    public func queuedTemplates(run: String) async throws -> [TemplateLanguage] {
+        try await rows(
+            """
+            SELECT DISTINCT COALESCE(request_body::jsonb #>> '{template,name}', template), language
+            FROM messages WHERE run = \(run) AND state = 'queued'
+            """
+        ).map {
+            let (template, language) = try $0.decode((String, String).self)
+            return TemplateLanguage(template: template, language: language)
+        }
+    }
+
+    public func skipQueued(run: String, template: String, language: String, reason: String, at time: Double) async throws -> Int {
+        try await rows(
+            """
+            UPDATE messages SET \(unescaped: MessageState.skipped.sqlAssignment), skip_reason = \(reason), updated_at = \(time)
+            WHERE run = \(run) AND state = 'queued' AND language = \(language)
+              AND COALESCE(request_body::jsonb #>> '{template,name}', template) = \(template)
+            RETURNING id
+            """
+        ).count
+    }
+
     public func requeue(messageIDs: [String], at time: Double) async throws -> [String] {
         guard !messageIDs.isEmpty else { return [] }
         var done = Set<String>()
