@@ -2,7 +2,7 @@ import Foundation
 
 /// The settings the service this replaces took from its environment, with their defaults.
 ///
-/// Secrets (`accessToken`, `appSecret`, `verifyToken`, `apiToken`, `jwtSecret`) are only ever
+/// Secrets (`accessToken`, `appSecret`, `verifyToken`, `apiToken`, `jwtSecret`, `propertySystemToken`) are only ever
 /// read from here: never printed, logged or served (see `masked`).
 public struct Settings: Sendable {
     public var accessToken: String?
@@ -19,6 +19,13 @@ public struct Settings: Sendable {
     public var apiToken: String?
     public var jwtSecret: String?
     public var defaultCountryCode: String?
+    /// The property system's address (`DISPATCHER_PROPERTY_SYSTEM_URL`): document links on it, or
+    /// relative to it, are fetched from it and uploaded to Meta.
+    public var propertySystemURL: String?
+    /// The service token batch runs fetch the property system's PDFs with (`Authorization: Bearer`).
+    public var propertySystemToken: String?
+    /// Sent as `organizationId` with those fetches (the property system wants its realm).
+    public var propertySystemOrganization: String?
     /// How long a sender number's lease lasts unless renewed (renewed every third of it): how long
     /// a crashed `send` keeps its number from the next one.
     public var senderLeaseSeconds: Double
@@ -44,6 +51,9 @@ public struct Settings: Sendable {
         apiToken = value("DISPATCHER_API_TOKEN")
         jwtSecret = value("DISPATCHER_JWT_SECRET")
         defaultCountryCode = value("DISPATCHER_DEFAULT_COUNTRY_CODE")
+        propertySystemURL = value("DISPATCHER_PROPERTY_SYSTEM_URL")
+        propertySystemToken = value("DISPATCHER_PROPERTY_SYSTEM_TOKEN")
+        propertySystemOrganization = value("DISPATCHER_PROPERTY_SYSTEM_ORGANIZATION")
         senderLeaseSeconds = value("DISPATCHER_SENDER_LEASE_SECONDS").flatMap(Double.init).flatMap { $0 > 0 ? $0 : nil } ?? 30
     }
 
@@ -65,6 +75,23 @@ public struct Settings: Sendable {
         return nil
     }
 
+    /// The property system, or why `DISPATCHER_PROPERTY_SYSTEM_URL` is not usable.
+    public func propertySystem() throws(SettingsError) -> PropertySystem? {
+        guard let url = propertySystemURL else { return nil }
+        guard let system = PropertySystem(url: url) else {
+            throw SettingsError("DISPATCHER_PROPERTY_SYSTEM_URL '\(url)' is not an http(s) address (e.g. https://pm.example.com)")
+        }
+        return system
+    }
+
+    /// What batch runs send with each PDF fetch: the service token and the organization.
+    public var propertySystemHeaders: [(String, String)] {
+        var headers: [(String, String)] = []
+        if let token = propertySystemToken { headers.append(("Authorization", "Bearer \(token)")) }
+        if let organization = propertySystemOrganization { headers.append(("organizationId", organization)) }
+        return headers
+    }
+
     /// The send endpoint, `{base}/{version}/{phone_number_id}/messages`.
     public var messagesEndpoint: String {
         var base = apiBaseURL
@@ -78,4 +105,10 @@ public struct Settings: Sendable {
         if secret.count < 20 { return "set (\(secret.count) characters)" }
         return String(repeating: "•", count: 8) + secret.suffix(2) + " (\(secret.count) characters)"
     }
+}
+
+/// A setting that cannot be used, named with what is wrong.
+public struct SettingsError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }

@@ -62,7 +62,8 @@ struct PreviewCommand: AsyncParsableCommand {
         let settings = common.settings
         let options = ValidationOptions(
             defaultCountryCode: try common.countryCode(), defaultCurrency: defaultCurrency,
-            defaultLocale: (language ?? settings.templateLanguage).replacingOccurrences(of: "_", with: "-"))
+            defaultLocale: (language ?? settings.templateLanguage).replacingOccurrences(of: "_", with: "-"),
+            propertySystem: try settings.propertySystem())
         // A template that does not match Meta's rules stops here (exit 1), before any manifest is read.
         let catalog = try TemplateCatalog(directory: common.templatesDirectory)
         let renderer = try MessageRenderer(

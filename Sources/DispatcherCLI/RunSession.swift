@@ -164,6 +164,7 @@ struct RunSession {
                 prepare: { engine in try await prepare(engine, console) },
                 beforeSending: { _ in
                     try await checkTemplatesAtMeta(engine: engine, run: run, console: console)
+                    try await uploadDocuments(engine: engine, run: run, console: console, logger: logger)
                     // Only `--stats` needs them: on a million messages the count reads the whole index.
                     marks.prepared(countsBefore: settle.stats ? try await store.stateCounts(run: run) : [:])
                 }, progress: terminal ? printProgress : nil)
@@ -267,6 +268,39 @@ extension RunSession {
                 at: Date().timeIntervalSince1970)
             console.say("skipped \(skipped) messages: \(problem)")
         }
+    }
+}
+
+extension RunSession {
+    /// Before the first request: the property system's PDFs are fetched (with its service token)
+    /// and uploaded to Meta, their messages then sent by media id; an invoice whose PDF cannot be
+    /// had fails with the reason, the rest go. A refusal that dooms every upload (the token) halts.
+    func uploadDocuments(engine: RunEngine, run: String, console: Console, logger: Logger) async throws {
+        guard let system = try settings.propertySystem() else { return }
+        let fetcher = DocumentFetcher()
+        let stager = MediaStager(
+            uploader: DocumentUploader(store: engine.store, client: engine.client, fetcher: fetcher), propertySystem: system,
+            headers: settings.propertySystemHeaders, logger: logger)
+        let result: Result<MediaStager.Report, any Error>
+        do { result = .success(try await stager.stage(run: run)) } catch { result = .failure(error) }
+        try? await fetcher.shutdown()
+        let report: MediaStager.Report
+        do {
+            report = try result.get()
+        } catch let error as GraphError {
+            console.say("HALTED: Meta refused the invoice PDFs' upload: \(error.description)\n\(haltAdvice(error))")
+            if var record = try await engine.store.run(named: run) {
+                record.status = .halted
+                record.haltReason = "PDF upload: \(error.description)"
+                try await engine.store.saveRun(record)
+            }
+            throw Exit.halted
+        }
+        if report.isEmpty { return }
+        console.say(
+            "invoice PDFs from \(system.origin): \(report.uploaded) uploaded to Meta, \(report.reused) already there"
+                + (report.failed > 0 ? ", \(report.failed) messages not sendable:" : ""))
+        for reason in report.reasons { console.say("  \(reason)") }
     }
 }
 

@@ -102,7 +102,7 @@ struct SendCommand: AsyncParsableCommand {
             catalog: catalog, templateName: template ?? settings.templateName, defaultLanguage: settings.templateLanguage)
         let validation = ValidationOptions(
             defaultCountryCode: try common.countryCode(), defaultCurrency: defaultCurrency,
-            defaultLocale: settings.templateLanguage)
+            defaultLocale: settings.templateLanguage, propertySystem: try settings.propertySystem())
         let options = {
             var options = RunOptions(run: runName, manifest: manifest, rate: rate, skipInvalid: skipInvalid, resend: resend)
             options.nameDerived = run == nil

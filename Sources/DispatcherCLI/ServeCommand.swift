@@ -65,6 +65,8 @@ struct ServeCommand: AsyncParsableCommand {
         // The landlord UI's send route: only with credentials, through the same engine pieces as a run.
         var sender: InvoiceAPISender? = nil
         var client: GraphClient? = nil
+        let propertySystem = try settings.propertySystem()
+        let fetcher = propertySystem.map { _ in DocumentFetcher() }
         if let token = settings.accessToken, let phoneNumberID = settings.phoneNumberID {
             if let problem = settings.apiBaseURLProblem { throw ValidationError(problem) }
             let graph = GraphClient(
@@ -74,7 +76,8 @@ struct ServeCommand: AsyncParsableCommand {
             client = graph
             sender = InvoiceAPISender(
                 store: store, client: graph, catalog: try TemplateCatalog(directory: templatesDirectory),
-                defaultLanguage: settings.templateLanguage, defaultCountryCode: settings.defaultCountryCode, rate: rate)
+                defaultLanguage: settings.templateLanguage, defaultCountryCode: settings.defaultCountryCode, rate: rate,
+                propertySystem: propertySystem, fetcher: fetcher, serviceHeaders: settings.propertySystemHeaders)
         } else {
             logger.warning("WHATSAPP_ACCESS_TOKEN or WHATSAPP_PHONE_NUMBER_ID is not set: POST /send-invoice will answer 503")
         }
@@ -93,7 +96,9 @@ struct ServeCommand: AsyncParsableCommand {
         // One service group, stopped gracefully by SIGTERM or SIGINT, last started first: the
         // server stops taking requests, then the Graph client its /send-invoice calls use shuts down.
         let services: [any Service] =
-            (client.map { [GraphClientService(client: $0)] } ?? []) + [server.application(host: host, port: port, logger: logger)]
+            (client.map { client in [ShutdownService { try await client.shutdown() }] } ?? [])
+            + (fetcher.map { fetcher in [ShutdownService { try await fetcher.shutdown() }] } ?? [])
+            + [server.application(host: host, port: port, logger: logger)]
         var configuration = serviceConfiguration(services, logger: logger)
         configuration.gracefulShutdownSignals = [.sigterm, .sigint]
         // No cut-off: a /send-invoice under way (a throttling pause, a slow answer) is let finish
@@ -103,14 +108,14 @@ struct ServeCommand: AsyncParsableCommand {
     }
 }
 
-/// The Graph client as a service: it lives while its group runs, and is shut down (given 5 s, then
-/// left behind) once the group shuts down gracefully.
-struct GraphClientService: Service {
-    let client: GraphClient
+/// An HTTP client (the Graph client, the PDF fetcher) as a service: it lives while its group
+/// runs, and is shut down (given 5 s, then left behind) once the group shuts down gracefully.
+struct ShutdownService: Service {
+    let shutdown: @Sendable () async throws -> Void
 
     func run() async throws {
         try? await gracefulShutdown()
-        _ = try? await withDeadline(.seconds(5)) { try await client.shutdown() }
+        _ = try? await withDeadline(.seconds(5)) { try await shutdown() }
     }
 }
 

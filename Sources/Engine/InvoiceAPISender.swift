@@ -14,12 +14,15 @@ public final class InvoiceAPISender: InvoiceSendService {
     let defaultLanguage: String
     let phones: PhoneNormalizer
     let pacer: Pacer
+    /// Where PDFs behind the property system's authentication are fetched from, and the uploader.
+    let documents: (system: PropertySystem, uploader: DocumentUploader, serviceHeaders: [(String, String)])?
 
     public static let templates: Set<String> = ["invoice", "rentcall", "rentcall_reminder", "rentcall_last_reminder"]
 
     public init(
         store: any DispatchStore, client: GraphClient, catalog: TemplateCatalog, defaultLanguage: String,
-        defaultCountryCode: String?, rate: Double = 80
+        defaultCountryCode: String?, rate: Double = 80, propertySystem: PropertySystem? = nil, fetcher: DocumentFetcher? = nil,
+        serviceHeaders: [(String, String)] = []
     ) {
         self.store = store
         self.client = client
@@ -27,9 +30,15 @@ public final class InvoiceAPISender: InvoiceSendService {
         self.defaultLanguage = defaultLanguage
         self.phones = PhoneNormalizer(defaultCountryCode: defaultCountryCode)
         self.pacer = Pacer(rate: rate)
+        if let propertySystem, let fetcher {
+            documents = (propertySystem, DocumentUploader(store: store, client: client, fetcher: fetcher), serviceHeaders)
+        } else {
+            documents = nil
+        }
     }
 
-    public func sendInvoice(_ request: SendInvoiceRequest, organizationID: String?) async throws -> SendInvoiceResponse {
+    public func sendInvoice(_ request: SendInvoiceRequest, caller: InvoiceCaller) async throws -> SendInvoiceResponse {
+        let organizationID = caller.organizationID
         let template = request.templateName ?? "invoice"
         guard Self.templates.contains(template), catalog[template] != nil else {
             throw InvoiceRequestError.invalid("templateName '\(template)' is not one of \(Self.templates.sorted().joined(separator: ", "))")
@@ -48,9 +57,22 @@ public final class InvoiceAPISender: InvoiceSendService {
             case .failure(let error): throw InvoiceRequestError.invalid("phoneNumbers: '\(raw)' \(error.message)")
             }
         }
+        var documentURL = request.invoiceURL
         if let url = request.invoiceURL {
-            var copy = url
-            if let problem = copy.withUTF8({ checkDocumentURL($0) }) { throw InvoiceRequestError.invalid("invoiceUrl: \(problem)") }
+            if let local = documents?.system.resolve(url) {
+                documentURL = local  // the property system's own PDF: fetched with the caller's token, uploaded
+            } else if url.hasPrefix("/") {
+                throw InvoiceRequestError.invalid(
+                    "invoiceUrl: '\(url)' is a path on the property system: set DISPATCHER_PROPERTY_SYSTEM_URL so that its PDF can be fetched"
+                )
+            } else {
+                var copy = url
+                if let problem = copy.withUTF8({ checkDocumentURL($0) }) {
+                    throw InvoiceRequestError.invalid(
+                        "invoiceUrl: \(problem)\(documents == nil ? " (or set DISPATCHER_PROPERTY_SYSTEM_URL if it is the property system's)" : "")"
+                    )
+                }
+            }
         }
         // Through the manifest's own amount parser: the same digit limits, never a wrapped or zeroed amount.
         var amountText = request.totalAmount.description
@@ -102,6 +124,24 @@ public final class InvoiceAPISender: InvoiceSendService {
         }
         try await store.addInvoices([InvoiceRecord(run: run, invoice: invoice)])
         let optedOut = try await OptOutList.load(from: store)
+        // The property system's PDF, fetched with the caller's own token and uploaded once for all numbers.
+        var mediaID: String? = nil
+        if let documents, let link = documentURL, documents.system.owns(link), let filename = rendered.first?.document?.filename {
+            var headers = documents.serviceHeaders.filter { $0.0 != "Authorization" || caller.propertySystemAuthorization == nil }
+            if let authorization = caller.propertySystemAuthorization { headers.append(("Authorization", authorization)) }
+            if let organizationID { headers.removeAll { $0.0 == "organizationId" }; headers.append(("organizationId", organizationID)) }
+            do {
+                mediaID = try await documents.uploader.mediaID(for: link, filename: filename, headers: headers).id
+            } catch let problem as DocumentProblem {
+                // Nothing is stored: the same call, once the PDF can be had, sends it.
+                return SendInvoiceResponse(
+                    results: rendered.map {
+                        .init(
+                            phoneNumber: "+" + $0.phone, success: false, id: $0.id, wamid: nil, state: "not_sent",
+                            error: problem.description)
+                    })
+            }
+        }
         var results: [SendInvoiceResponse.Result] = []
         for message in rendered {
             let display = "+" + message.phone
@@ -117,7 +157,12 @@ public final class InvoiceAPISender: InvoiceSendService {
                         error: "the tenant opted out of WhatsApp messages"))
                 continue
             }
-            let body = message.request.jsonBody
+            var body = message.request.jsonBody
+            if let mediaID, let link = documentURL,
+                let byID = TemplateMessageRequest.body(body, sendingDocument: link, asMedia: mediaID)
+            {
+                body = byID
+            }
             let insert = try await store.addMessages([
                 NewMessage(
                     id: message.id, run: run, invoiceID: invoiceID, phone: message.phone,

@@ -130,7 +130,21 @@ public struct SendInvoiceResponse: Encodable, Sendable {
 /// Sends one invoice for the HTTP API, through the same engine, pacing and idempotency as a run.
 public protocol InvoiceSendService: Sendable {
     /// Answers once each send has an outcome. Throws `APIError` for a request that cannot be sent.
-    func sendInvoice(_ request: SendInvoiceRequest, organizationID: String?) async throws -> SendInvoiceResponse
+    func sendInvoice(_ request: SendInvoiceRequest, caller: InvoiceCaller) async throws -> SendInvoiceResponse
+}
+
+/// Who called `/send-invoice`, as far as the property system's PDFs are concerned.
+public struct InvoiceCaller: Sendable {
+    /// The `organizationId` header.
+    public var organizationID: String?
+    /// The caller's `Authorization` header, only when it is the property system's own token (it
+    /// is sent back to the property system to fetch the invoice PDF); never our static API token.
+    public var propertySystemAuthorization: String?
+
+    public init(organizationID: String? = nil, propertySystemAuthorization: String? = nil) {
+        self.organizationID = organizationID
+        self.propertySystemAuthorization = propertySystemAuthorization
+    }
 }
 
 /// Why a `/send-invoice` request cannot be taken, by kind, so that the server answers by type

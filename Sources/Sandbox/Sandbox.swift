@@ -87,6 +87,9 @@ public struct Sandbox: Sendable {
         router.post(":version/:phoneNumberID/messages") { request, context in
             try await self.send(request, context: context)
         }
+        router.post(":version/:phoneNumberID/media") { request, context in
+            try await self.uploadMedia(request, context: context)
+        }
         router.get(":version/:phoneNumberID") { request, context in
             try self.phoneNumber(request, context: context)
         }
@@ -121,6 +124,41 @@ public struct Sandbox: Sendable {
             "id": id, "display_phone_number": "+1 809-555-0000", "verified_name": "Sandbox Inmobiliaria",
             "quality_rating": "GREEN", "throughput": "{\"level\":\"STANDARD\"}",
         ])
+    }
+
+    /// `POST /{version}/{phone_number_id}/media`: a multipart upload (`messaging_product`, `type`,
+    /// `file`) checked as Meta checks a document (a PDF, at most 100 MB), answered with a media id
+    /// that sends may name until it expires (30 days).
+    func uploadMedia(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        guard bearer(request) == configuration.accessToken else {
+            return metaError(190, "Error validating access token: Session has expired", status: .unauthorized)
+        }
+        var request = request
+        let contentType = request.headers[.contentType] ?? ""
+        guard
+            let boundary = contentType.split(separator: ";").map({ $0.trimmingCharacters(in: .whitespaces) })
+                .first(where: { $0.hasPrefix("boundary=") })?.dropFirst("boundary=".count), !boundary.isEmpty
+        else {
+            return metaError(100, "Invalid parameter", details: "the upload must be multipart/form-data")
+        }
+        let body: ByteBuffer
+        do {
+            body = try await request.collectBody(upTo: 100 * 1024 * 1024 + 64 * 1024)
+        } catch {
+            return metaError(131052, "Media upload error", details: "documents may be at most 100 MB")
+        }
+        let parts = multipartParts(Array(body.readableBytesView), boundary: String(boundary))
+        guard parts["messaging_product"].map({ String(decoding: $0, as: UTF8.self) }) == "whatsapp" else {
+            return metaError(100, "Invalid parameter", details: "messaging_product must be whatsapp")
+        }
+        let type = parts["type"].map { String(decoding: $0, as: UTF8.self) } ?? ""
+        guard let file = parts["file"], !file.isEmpty else { return metaError(100, "Invalid parameter", details: "file is required") }
+        guard type == "application/pdf", file.starts(with: Array("%PDF-".utf8)) else {
+            return metaError(131053, "Media upload error", details: "Unsupported document type: \(type); the file must be a PDF")
+        }
+        let id = String(UInt64.random(in: 1_000_000_000_000_000...9_999_999_999_999_999))
+        await state.addMedia(id: id, at: Date().timeIntervalSince1970, bytes: file.count)
+        return try json(["id": id])
     }
 
     /// A template's status now: the scenario's, or PAUSED once a scenario's pause rule is reached.
@@ -236,7 +274,9 @@ public struct Sandbox: Sendable {
         if let callback = message.bizOpaqueCallbackData, callback.count > 512 {
             return await refuse(100, "Invalid parameter", details: "biz_opaque_callback_data is longer than 512 characters")
         }
-        if let problem = validate(template) { return await refuse(problem.code, problem.title, details: problem.details) }
+        if let problem = validate(template, media: await state.media) {
+            return await refuse(problem.code, problem.title, details: problem.details)
+        }
         if let name = template.name, let language = template.language?.code {
             switch await templateStatus(name, language: language) {
             case "APPROVED": break
@@ -304,7 +344,7 @@ public struct Sandbox: Sendable {
     }
 
     /// Checks a template message against the definitions, as Meta checks it against the approved template.
-    func validate(_ t: IncomingMessage.Template) -> (code: Int, title: String, details: String)? {
+    func validate(_ t: IncomingMessage.Template, media: [String: Double] = [:]) -> (code: Int, title: String, details: String)? {
         guard let name = t.name, let definition = configuration.templates[name] else {
             return (132001, "Template name does not exist in the translation", "template name (\(t.name ?? "none")) does not exist")
         }
@@ -365,6 +405,12 @@ public struct Sandbox: Sendable {
         }
         let header = components.first { $0.type == "header" }?.parameters ?? []
         if definition.header?.format.uppercased() == "DOCUMENT" {
+            if header.count == 1, let id = header[0].document?.id {
+                guard let uploaded = media[id], uploaded > Date().timeIntervalSince1970 - 30 * 24 * 3600 else {
+                    return (131053, "Media upload error", "media id \(id) was not uploaded by this account or has expired")
+                }
+                return nil
+            }
             guard header.count == 1, header[0].type == "document", let link = header[0].document?.link, link.hasPrefix("https://") else {
                 return (
                     132012, "Parameter format does not match format in the created template",
@@ -680,6 +726,34 @@ struct IncomingMessage: Decodable {
 
     struct Document: Decodable {
         var link: String?
+        var id: String?
         var filename: String?
     }
+}
+
+/// The parts of a multipart/form-data body by name (enough for Meta's upload form).
+func multipartParts(_ body: [UInt8], boundary: String) -> [String: [UInt8]] {
+    let delimiter = Array("--\(boundary)".utf8)
+    var parts: [String: [UInt8]] = [:]
+    var starts: [Int] = []
+    var i = 0
+    while i + delimiter.count <= body.count {
+        if body[i] == delimiter[0] && Array(body[i..<i + delimiter.count]) == delimiter {
+            starts.append(i)
+            i += delimiter.count
+        } else {
+            i += 1
+        }
+    }
+    for (n, start) in starts.enumerated() where n + 1 < starts.count {
+        var part = Array(body[(start + delimiter.count)..<starts[n + 1]])
+        if part.starts(with: [13, 10]) { part.removeFirst(2) }
+        if part.suffix(2) == [13, 10] { part.removeLast(2) }
+        guard let split = (0..<max(0, part.count - 3)).first(where: { part[$0..<$0 + 4] == [13, 10, 13, 10] }) else { continue }
+        let headers = String(decoding: part[..<split], as: UTF8.self)
+        guard let nameRange = headers.range(of: "name=\"") else { continue }
+        let name = headers[nameRange.upperBound...].prefix { $0 != "\"" }
+        parts[String(name)] = Array(part[(split + 4)...])
+    }
+    return parts
 }

@@ -36,6 +36,15 @@ actor SandboxState {
     private var lastToRecipient: [String: [Double]] = [:]
     private var attemptsPerRecipient: [String: Int] = [:]
     private(set) var accepted = 0
+    /// Uploaded media ids and when they were uploaded.
+    private(set) var media: [String: Double] = [:]
+    private(set) var mediaUploads = 0
+
+    func addMedia(id: String, at time: Double, bytes: Int) {
+        media[id] = time
+        mediaUploads += 1
+    }
+
     /// Accepted sends per template name (a scenario may pause a template after some).
     private(set) var acceptedPerTemplate: [String: Int] = [:]
     private(set) var rejected: [Int: Int] = [:]
@@ -135,6 +144,8 @@ actor SandboxState {
         lastToRecipient = [:]
         attemptsPerRecipient = [:]
         acceptedPerTemplate = [:]
+        media = [:]
+        mediaUploads = 0
         accepted = 0
         rejected = [:]
         webhooksPosted = 0
@@ -145,7 +156,7 @@ actor SandboxState {
     func counters() -> [String: Int] {
         var out: [String: Int] = [
             "requests": requests.count, "accepted": accepted, "webhooks_posted": webhooksPosted, "webhooks_failed": webhooksFailed,
-            "statuses_delivered": statusesDelivered, "pending_events": events.count,
+            "statuses_delivered": statusesDelivered, "pending_events": events.count, "media_uploads": mediaUploads,
         ]
         for (code, n) in rejected { out["rejected_\(code)"] = n }
         return out

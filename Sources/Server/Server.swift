@@ -335,8 +335,16 @@ public struct DispatcherServer: Sendable {
             throw APIError(.badRequest, "the body is not the JSON /send-invoice takes")
         }
         let organization = request.headers[HTTPField.Name("organizationId")!]
+        // The caller's token goes back to the property system (for the PDF) only if it is the
+        // property system's own, never our static API token.
+        let authorization = request.headers[.authorization]
+        let isAPIToken =
+            configuration.apiToken.map { token in
+                authorization.map { constantTimeEquals(String($0.dropFirst(7)).trimmingCharacters(in: .whitespaces), token) } ?? false
+            } ?? false
+        let caller = InvoiceCaller(organizationID: organization, propertySystemAuthorization: isAPIToken ? nil : authorization)
         do {
-            return try jsonResponse(try await sender.sendInvoice(payload, organizationID: organization))
+            return try jsonResponse(try await sender.sendInvoice(payload, caller: caller))
         } catch let error as InvoiceRequestError {
             switch error.code {
             case .invalid: throw APIError(.badRequest, error.message)

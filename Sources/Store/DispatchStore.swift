@@ -60,6 +60,16 @@ public protocol DispatchStore: Sendable {
     /// Marks the run's queued messages sent with `template` in `language` skipped, with `reason`
     /// (Meta would refuse them: the template is not approved there). Returns how many.
     func skipQueued(run: String, template: String, language: String, reason: String, at time: Double) async throws -> Int
+    /// The media id of a PDF already uploaded to Meta from `sender`'s number, when the same link
+    /// gave the same bytes (`sha256`) at or after `notBefore` (Meta keeps uploads 30 days).
+    func cachedMedia(url: String, sha256: String, sender: String, notBefore: Double) async throws -> String?
+    func saveMedia(url: String, sha256: String, sender: String, mediaID: String, at time: Double) async throws
+    /// Replaces a queued message's stored request (its document now sent by media id); false
+    /// when the message is no longer queued.
+    func replaceQueuedRequest(messageID: String, body: String, at time: Double) async throws -> Bool
+    /// Fails a queued message without sending it (its PDF could not be fetched), with the reason;
+    /// false when it is no longer queued.
+    func failQueued(messageID: String, title: String, details: String?, at time: Double) async throws -> Bool
     /// Puts failed or unknown messages back in the queue for `dispatcher retry`; never a message
     /// that reached the tenant. Returns the ids requeued.
     func requeue(messageIDs: [String], at time: Double) async throws -> [String]

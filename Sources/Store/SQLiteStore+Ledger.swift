@@ -155,6 +155,45 @@ extension SQLiteStore {
         }
     }
 
+    public func cachedMedia(url: String, sha256: String, sender: String, notBefore: Double) async throws -> String? {
+        try await pool.read { db in
+            try String.fetchOne(
+                db, sql: "SELECT media_id FROM media WHERE url = ? AND sha256 = ? AND sender = ? AND uploaded_at >= ?",
+                arguments: [url, sha256, sender, notBefore])
+        }
+    }
+
+    public func saveMedia(url: String, sha256: String, sender: String, mediaID: String, at time: Double) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO media (url, sha256, sender, media_id, uploaded_at) VALUES (?, ?, ?, ?, ?)
+                    ON CONFLICT(url, sha256, sender) DO UPDATE SET media_id = excluded.media_id, uploaded_at = excluded.uploaded_at
+                    """, arguments: [url, sha256, sender, mediaID, time])
+        }
+    }
+
+    public func replaceQueuedRequest(messageID: String, body: String, at time: Double) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(
+                sql: "UPDATE messages SET request_body = ?, updated_at = ? WHERE id = ? AND state = 'queued'",
+                arguments: [body, time, messageID])
+            return db.changesCount == 1
+        }
+    }
+
+    public func failQueued(messageID: String, title: String, details: String?, at time: Double) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE messages SET \(MessageState.failed.sqlAssignment), error_code = NULL, error_title = ?, error_details = ?,
+                        failed_at = ?, updated_at = ?
+                    WHERE id = ? AND state = 'queued'
+                    """, arguments: [title, details, time, time, messageID])
+            return db.changesCount == 1
+        }
+    }
+
     public func requeue(messageIDs: [String], at time: Double) async throws -> [String] {
         try await pool.write { db in
             var done: [String] = []

@@ -206,6 +206,19 @@ public final class SQLiteStore: DispatchStore {
                     CREATE INDEX recipient_ids_id ON recipient_ids(id);
                     """)
         }
+        migrator.registerMigration("v5: PDFs uploaded to Meta") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE media (
+                        url TEXT NOT NULL,
+                        sha256 TEXT NOT NULL,
+                        sender TEXT NOT NULL,
+                        media_id TEXT NOT NULL,
+                        uploaded_at REAL NOT NULL,
+                        PRIMARY KEY (url, sha256, sender)
+                    )
+                    """)
+        }
         return migrator
     }
 

@@ -58,7 +58,7 @@ public enum SendOutcome: Sendable, Equatable {
 /// Owns its HTTP client (a connection pool sized for the send rate); call `shutdown()` when done.
 public final class GraphClient: Sendable {
     public let configuration: GraphConfiguration
-    private let http: HTTPClient
+    let http: HTTPClient
     private let encoder: JSONEncoder
     private let messagesURL: URL
     private let headers: HTTPHeaders
@@ -226,7 +226,7 @@ public final class GraphClient: Sendable {
     }
 }
 
-func timeAmount(_ duration: Duration) -> TimeAmount {
+package func timeAmount(_ duration: Duration) -> TimeAmount {
     .nanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
 }
 

@@ -30,7 +30,7 @@ struct Harness {
         throughput: Double = 1000, pairBurst: Int = 1, pairInterval: Double = 6, scenario: Scenario = Scenario(),
         statusSpacing: Double = 0.05, clientTimeout: Duration = .seconds(10), store existing: (any DispatchStore)? = nil,
         engine: StoreEngine = .sqlite,
-        jwtSecret: String? = nil, templates: TemplateCatalog? = nil,
+        jwtSecret: String? = nil, templates: TemplateCatalog? = nil, propertySystem: PropertySystem? = nil,
         _ body: @Sendable (Harness) async throws -> T
     ) async throws -> T {
         let store: any DispatchStore
@@ -68,8 +68,11 @@ struct Harness {
                 baseURL: "http://127.0.0.1:\(sandboxPort)", apiVersion: "v23.0", phoneNumberID: "SANDBOX",
                 accessToken: "sandbox-token", timeout: clientTimeout)
             let apiClient = GraphClient(configuration: graph)
+            let fetcher = propertySystem.map { _ in DocumentFetcher() }
             await senderBox.set(
-                InvoiceAPISender(store: store, client: apiClient, catalog: catalog, defaultLanguage: "es", defaultCountryCode: "1"))
+                InvoiceAPISender(
+                    store: store, client: apiClient, catalog: catalog, defaultLanguage: "es", defaultCountryCode: "1",
+                    propertySystem: propertySystem, fetcher: fetcher, serviceHeaders: [("Authorization", "Bearer service-token")]))
             let harness = Harness(
                 store: store,
                 graph: GraphConfiguration(
@@ -79,6 +82,7 @@ struct Harness {
             let result: Result<T, any Error>
             do { result = .success(try await body(harness)) } catch { result = .failure(error) }
             try? await apiClient.shutdown()
+            try? await fetcher?.shutdown()
             await simulator.triggerGracefulShutdown()
             await receiver.triggerGracefulShutdown()
             try await tasks.waitForAll()
@@ -162,7 +166,7 @@ func seedMessages(_ store: any DispatchStore, phones: [String], run: String = "t
 actor SenderBox: InvoiceSendService {
     private var sender: (any InvoiceSendService)?
     func set(_ sender: any InvoiceSendService) { self.sender = sender }
-    func sendInvoice(_ request: SendInvoiceRequest, organizationID: String?) async throws -> SendInvoiceResponse {
-        try await sender!.sendInvoice(request, organizationID: organizationID)
+    func sendInvoice(_ request: SendInvoiceRequest, caller: InvoiceCaller) async throws -> SendInvoiceResponse {
+        try await sender!.sendInvoice(request, caller: caller)
     }
 }

@@ -6,11 +6,18 @@ public struct ValidationOptions: Sendable {
     public var defaultCurrency: String?
     /// Locale for records that give none (after the manifest's own default).
     public var defaultLocale: String
+    /// Where document links may also point (relative, or on its origin, over http too): their
+    /// PDFs are fetched and uploaded to Meta before sending.
+    public var propertySystem: PropertySystem?
 
-    public init(defaultCountryCode: String? = nil, defaultCurrency: String? = nil, defaultLocale: String = "es") {
+    public init(
+        defaultCountryCode: String? = nil, defaultCurrency: String? = nil, defaultLocale: String = "es",
+        propertySystem: PropertySystem? = nil
+    ) {
         self.defaultCountryCode = defaultCountryCode
         self.defaultCurrency = defaultCurrency
         self.defaultLocale = defaultLocale
+        self.propertySystem = propertySystem
     }
 }
 
@@ -161,10 +168,19 @@ public struct InvoiceValidator {
         var documentURL: String? = nil
         if let bytes = record[.documentURL], !isBlankBytes(bytes) {
             let raw = trimmed(bytes)
-            if let problem = checkDocumentURL(raw) {
+            let text = String(decoding: raw, as: UTF8.self)
+            if let local = options.propertySystem.flatMap({ $0.resolve(text) }) {
+                // The property system's own document: fetched with credentials, uploaded to Meta.
+                if let problem = checkLinkCharacters(raw) { fail("document_url", problem) } else { documentURL = local }
+            } else if text.hasPrefix("/") {
+                fail(
+                    "document_url",
+                    "'\(text)' is a path on the property system: set DISPATCHER_PROPERTY_SYSTEM_URL (its address) so that the PDF can be fetched and uploaded to Meta"
+                )
+            } else if let problem = checkDocumentURL(raw) {
                 fail("document_url", problem)
             } else {
-                documentURL = String(decoding: raw, as: UTF8.self)
+                documentURL = text
             }  // ASCII only: checked above
         }
 
@@ -407,6 +423,12 @@ package func checkDocumentURL(_ url: UnsafeBufferPointer<UInt8>) -> String? {
         hostLength += 1
     }
     if hostLength == 0 || !hostHasDot { return "'\(shown())' has no host" }
+    return checkLinkCharacters(url)
+}
+
+/// ASCII without spaces or controls, at most 2,000 bytes; nil when fine, else the problem.
+package func checkLinkCharacters(_ url: UnsafeBufferPointer<UInt8>) -> String? {
+    let shown = { String(decoding: url, as: UTF8.self) }
     for b in url where b <= 0x20 || b >= 0x7F {
         return b >= 0x7F
             ? "'\(shown())' has characters that are not allowed in a link (percent-encode them)" : "'\(shown())' contains spaces"

@@ -200,6 +200,20 @@ enum PostgresSchema {
                 learn, optOut, ingest, recordOutcomes,
             ]),
         Migration(name: "v5: the forward-only rule generated from StatusRule", statements: [applyStatus]),
+        Migration(
+            name: "v6: PDFs uploaded to Meta",
+            statements: [
+                """
+                CREATE TABLE media (
+                    url TEXT NOT NULL,
+                    sha256 TEXT NOT NULL,
+                    sender TEXT NOT NULL,
+                    media_id TEXT NOT NULL,
+                    uploaded_at DOUBLE PRECISION NOT NULL,
+                    PRIMARY KEY (url, sha256, sender)
+                )
+                """
+            ]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one

@@ -115,6 +115,40 @@ extension PostgresStore {
         ).count
     }
 
+    public func cachedMedia(url: String, sha256: String, sender: String, notBefore: Double) async throws -> String? {
+        try await rows(
+            """
+            SELECT media_id FROM media WHERE url = \(url) AND sha256 = \(sha256) AND sender = \(sender) AND uploaded_at >= \(notBefore)
+            """
+        ).first?.decode(String.self)
+    }
+
+    public func saveMedia(url: String, sha256: String, sender: String, mediaID: String, at time: Double) async throws {
+        try await rows(
+            """
+            INSERT INTO media (url, sha256, sender, media_id, uploaded_at) VALUES (\(url), \(sha256), \(sender), \(mediaID), \(time))
+            ON CONFLICT (url, sha256, sender) DO UPDATE SET media_id = excluded.media_id, uploaded_at = excluded.uploaded_at
+            """)
+    }
+
+    public func replaceQueuedRequest(messageID: String, body: String, at time: Double) async throws -> Bool {
+        try await !rows(
+            """
+            UPDATE messages SET request_body = \(body), updated_at = \(time) WHERE id = \(messageID) AND state = 'queued' RETURNING id
+            """
+        ).isEmpty
+    }
+
+    public func failQueued(messageID: String, title: String, details: String?, at time: Double) async throws -> Bool {
+        try await !rows(
+            """
+            UPDATE messages SET \(unescaped: MessageState.failed.sqlAssignment), error_code = NULL, error_title = \(title),
+                error_details = \(details), failed_at = \(time), updated_at = \(time)
+            WHERE id = \(messageID) AND state = 'queued' RETURNING id
+            """
+        ).isEmpty
+    }
+
     public func requeue(messageIDs: [String], at time: Double) async throws -> [String] {
         guard !messageIDs.isEmpty else { return [] }
         var done = Set<String>()

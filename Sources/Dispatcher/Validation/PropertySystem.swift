@@ -1,0 +1,32 @@
+import Foundation
+
+/// The property system whose PDFs sit behind its own authentication
+/// (`DISPATCHER_PROPERTY_SYSTEM_URL`): a document link on its origin, or relative to it
+/// (`/api/v2/documents/invoice/T1/2026030100`, as its landlord UI sends them), is fetched with
+/// credentials and uploaded to Meta, never handed to Meta as a link it could not fetch.
+public struct PropertySystem: Sendable, Equatable {
+    /// `scheme://host[:port]`, lowercased, without a trailing slash.
+    public let origin: String
+
+    /// Nil when `url` is not an http(s) URL with a host.
+    public init?(url: String) {
+        guard let parsed = URL(string: url.trimmingASCIIWhitespace()), let scheme = parsed.scheme?.lowercased(),
+            scheme == "https" || scheme == "http", let host = parsed.host?.lowercased(), !host.isEmpty
+        else { return nil }
+        origin = "\(scheme)://\(host)" + (parsed.port.map { ":\($0)" } ?? "")
+    }
+
+    /// The link as an absolute URL on this origin, or nil when it is not one of ours: a path
+    /// (`/api/…`) is resolved against the origin; an absolute link must start with the origin.
+    public func resolve(_ link: String) -> String? {
+        if link.hasPrefix("/") && !link.hasPrefix("//") { return origin + link }
+        let lowered = link.lowercased()
+        guard lowered.hasPrefix(origin) else { return nil }
+        let rest = lowered.dropFirst(origin.count)
+        guard rest.isEmpty || rest.hasPrefix("/") || rest.hasPrefix("?") else { return nil }  // not https://pm.example.com.evil
+        return link
+    }
+
+    /// Whether a (resolved) document link is to be fetched from the property system.
+    public func owns(_ link: String) -> Bool { resolve(link) != nil && !link.hasPrefix("/") }
+}
