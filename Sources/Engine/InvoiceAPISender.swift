@@ -81,6 +81,15 @@ public final class InvoiceAPISender: InvoiceSendService {
         case .success(let value): minor = value
         case .failure(let error): throw InvoiceRequestError.invalid("totalAmount: \(error.message)")
         }
+        // ISO (2026-03-10), or day first as the landlord UI writes it (10/03/2026); never dropped without a word.
+        var dueDate: CalendarDate? = nil
+        if let text = request.dueDate, !text.trimmingCharacters(in: .whitespaces).isEmpty {
+            var copy = text
+            guard let date = copy.withUTF8({ parseDate($0) }) ?? parseDayFirstDate(text) else {
+                throw InvoiceRequestError.invalid("dueDate: '\(text)' is not a date (2026-03-10 or 10/03/2026)")
+            }
+            dueDate = date
+        }
         let today = Date()
         let components = Calendar(identifier: .gregorian).dateComponents(in: TimeZone(identifier: "UTC")!, from: today)
         let period = BillingPeriod(year: components.year!, month: components.month!)
@@ -98,9 +107,7 @@ public final class InvoiceAPISender: InvoiceSendService {
             line: 0, invoiceID: invoiceID, tenantName: request.tenantName, phones: numbers,
             amount: Money(minorUnits: minor, currency: currency),
             period: period,
-            dueDate: request.dueDate.flatMap { date in
-                var d = date; return d.withUTF8 { parseDate($0) }
-            },
+            dueDate: dueDate,
             landlord: request.organizationName, locale: request.locale.flatMap(normalizeLocale) ?? defaultLanguage,
             documentURL: request.invoiceURL)
         invoice.periodLabel = request.invoicePeriod

@@ -82,9 +82,29 @@ struct SendInvoiceAPITests {
                 #expect(tooLarge == 400, "\(amount)")
                 #expect((refusal["error"] as? String)?.hasPrefix("totalAmount:") == true, "\(amount): \(refusal)")
             }
+            // A due date the UI cannot have meant is refused, never dropped for "on receipt".
+            for date in ["31/02/2026", "March 10", "2026-13-01"] {
+                let (bad, refusal) = try await post(
+                    h, oldBody.replacingOccurrences(of: #""dueDate": "2026-03-10""#, with: #""dueDate": "\#(date)""#), token: token)
+                #expect(bad == 400, "\(date)")
+                #expect((refusal["error"] as? String)?.hasPrefix("dueDate:") == true, "\(date): \(refusal)")
+            }
             let expired = try await #require(HS256Verifier(secret: secret)).sign(AccessClaims(expires: Date().timeIntervalSince1970 - 5))
             #expect(try await post(h, oldBody, token: expired).0 == 401)
             #expect(try await h.requests().isEmpty)
+        }
+    }
+
+    @Test("the UI's due date written day first (10/03/2026) is the tenant's due date")
+    func dayFirstDueDate() async throws {
+        try await Harness.run(jwtSecret: secret) { h in
+            let token = try await #require(HS256Verifier(secret: secret)).sign(AccessClaims(expires: Date().timeIntervalSince1970 + 600))
+            let body = oldBody.replacingOccurrences(of: #""dueDate": "2026-03-10""#, with: #""dueDate": "10/03/2026""#)
+            let (status, answer) = try await post(h, body, token: token)
+            #expect(status == 200, "\(answer)")
+            let id = try #require((answer["results"] as? [[String: Any]])?.first?["id"] as? String)
+            let stored = try #require(try await h.store.message(id)?.requestBody)
+            #expect(stored.contains(#""text":"10 de marzo de 2026""#), "\(stored)")
         }
     }
 }

@@ -386,6 +386,16 @@ package func parseDate(_ raw: UnsafeBufferPointer<UInt8>) -> CalendarDate? {
     return CalendarDate(year: y, month: m, day: d)
 }
 
+/// A date as the property system's landlord UI writes it, day first: `10/03/2026` (or `1/3/2026`).
+package func parseDayFirstDate(_ text: String) -> CalendarDate? {
+    let parts = text.trimmingASCIIWhitespace().split(separator: "/", omittingEmptySubsequences: false)
+    guard parts.count == 3, (1...2).contains(parts[0].count), (1...2).contains(parts[1].count), parts[2].count == 4,
+        parts.allSatisfy({ $0.allSatisfy { $0.isASCII && $0.isNumber } }),
+        let d = Int(parts[0]), let m = Int(parts[1]), let y = Int(parts[2])
+    else { return nil }
+    return CalendarDate(year: y, month: m, day: d)
+}
+
 func isBlankBytes(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
     bytes.allSatisfy(isASCIISpace)
 }
