@@ -202,6 +202,11 @@ struct RunSession {
         let files = try await writer.write(run: record, store: store, to: directory, settle: "\(settleWindow)")
         let summary = MessageState.allCases.compactMap { s in counts[s].map { "\(s.rawValue) \($0)" } }.joined(separator: ", ")
         console.say("Run \(run): \(summary)")
+        if let held = counts[.held], held > 0 {
+            console.say(
+                "\(held) messages are held by Meta (quality assessment, or a paused template): their statuses follow when Meta releases them; `dispatcher report \(run)` later shows them."
+            )
+        }
         console.say("Report: \(files.html)")
         if settle.json { try console.emit(RunResultJSON(run: run, counts: counts, report: files.html)) }
         switch stop {

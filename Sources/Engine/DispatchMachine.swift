@@ -316,10 +316,11 @@ struct DispatchMachine {
             return Decision(record: .rejected(messageID: item.id, attempt: attempt, error: error, final: true), item: item)
         }
         switch outcome {
-        case .accepted(let wamid, let waID):
+        case .accepted(let wamid, let waID, let held):
             control.count(accepted: 1)
             return Decision(
-                record: .accepted(messageID: item.id, attempt: attempt, wamid: wamid, waID: waID == item.phone ? nil : waID), item: item)
+                record: .accepted(messageID: item.id, attempt: attempt, wamid: wamid, waID: waID == item.phone ? nil : waID, held: held),
+                item: item)
         case .unknown(let reason):
             control.count(unknown: 1)
             return Decision(record: .unknown(messageID: item.id, attempt: attempt, reason: reason), item: item)

@@ -197,14 +197,16 @@ public final class InvoiceAPISender: InvoiceSendService {
             let attempt = try await store.beginAttempt(messageID: messageID, at: wallClock())
             try await pacer.slot()
             switch await client.send(body: Data(body)) {
-            case .accepted(let wamid, let waID):
+            case .accepted(let wamid, let waID, let held):
                 try await store.recordOutcomes(
                     [
                         AttemptOutcome.accepted(
                             messageID: messageID, attempt: attempt, wamid: wamid,
-                            waID: waID == phone ? nil : waID)
+                            waID: waID == phone ? nil : waID, held: held)
                     ], at: wallClock())
-                return .init(phoneNumber: display, success: true, id: messageID, wamid: wamid, state: "accepted", error: nil)
+                return .init(
+                    phoneNumber: display, success: true, id: messageID, wamid: wamid, state: held ? "held" : "accepted",
+                    error: held ? "Meta holds the message for now (quality assessment or a paused template): its status will follow" : nil)
             case .unknown(let reason):
                 try await store.recordOutcomes(
                     [AttemptOutcome.unknown(messageID: messageID, attempt: attempt, reason: reason)], at: wallClock())

@@ -8,7 +8,8 @@ struct DeliveryPage {
     struct Labels {
         var title, subtitle, funnel, landlords, failures, retry, retryHint, skipped, timeline, landlord, invoices, billed, delivered,
             failed, unreachable, pending, reason, action, count, tenant, phone, invoice, email, none, moreInCSV, sends, deliveries,
-            manifest, template, sender, created, finished, settle, status, details, queued, accepted, sent, read, unknown, skippedState,
+            manifest, template, sender, created, finished, settle, status, details, queued, accepted, held, sent, read, unknown,
+            skippedState,
             allGood, perMinute: String
 
         static func of(_ lang: String) -> Labels {
@@ -24,6 +25,7 @@ struct DeliveryPage {
                     moreInCSV: "La lista completa está en messages.csv.", sends: "envíos", deliveries: "entregas",
                     manifest: "Manifiesto", template: "Plantilla", sender: "Número emisor", created: "Iniciado", finished: "Terminado",
                     settle: "Espera de estados", status: "Estado", details: "Detalle", queued: "En cola", accepted: "Aceptados",
+                    held: "Retenidos por Meta",
                     sent: "Enviados", read: "Leídos", unknown: "Desconocidos", skippedState: "Omitidos",
                     allGood: "Todos los mensajes llegaron o están en camino.", perMinute: "por minuto")
             }
@@ -35,7 +37,8 @@ struct DeliveryPage {
                 reason: "Reason", action: "What to do", count: "Count", tenant: "Tenant", phone: "Phone", invoice: "Invoice",
                 email: "Email", none: "None.", moreInCSV: "The full list is in messages.csv.", sends: "sends", deliveries: "deliveries",
                 manifest: "Manifest", template: "Template", sender: "Sender number", created: "Started", finished: "Finished",
-                settle: "Settle window", status: "Status", details: "Details", queued: "Queued", accepted: "Accepted", sent: "Sent",
+                settle: "Settle window", status: "Status", details: "Details", queued: "Queued", accepted: "Accepted", held: "Held by Meta",
+                sent: "Sent",
                 read: "Read", unknown: "Unknown", skippedState: "Skipped",
                 allGood: "Every message arrived or is on its way.", perMinute: "per minute")
         }
@@ -92,18 +95,20 @@ struct DeliveryPage {
         let read = s[.read] ?? 0
         let delivered = (s[.delivered] ?? 0) + read
         let sent = (s[.sent] ?? 0) + delivered
-        let accepted = (s[.accepted] ?? 0) + sent
+        // Held messages were taken by Meta too: counted as accepted, and shown on their own.
+        let accepted = (s[.accepted] ?? 0) + (s[.held] ?? 0) + sent
         let toSend = s.filter { $0.key != .skipped }.values.reduce(0, +)
         let stages: [(String, Int, String)] = [
             (lang.hasPrefix("es") ? "Para enviar" : "To send", toSend, "#8696a0"), (l.accepted, accepted, "#53bdeb"),
             (l.sent, sent, "#25a0d8"),
             (l.delivered, delivered, "#25d366"), (l.read, read, "#128c7e"), (l.failed, s[.failed] ?? 0, "#d93025"),
-            (l.unknown, s[.unknown] ?? 0, "#f29900"), (l.queued, (s[.queued] ?? 0) + (s[.sending] ?? 0), "#9aa0a6"),
+            (l.unknown, s[.unknown] ?? 0, "#f29900"), (l.held, s[.held] ?? 0, "#b06000"),
+            (l.queued, (s[.queued] ?? 0) + (s[.sending] ?? 0), "#9aa0a6"),
             (l.skippedState, s[.skipped] ?? 0, "#c5c9cc"),
         ]
         let top = max(1, stages.map(\.1).max() ?? 1)
         bars = stages.enumerated().map { i, stage in
-            let percent = toSend > 0 && i < 7 ? String(format: "%.1f %%", Double(stage.1) * 100 / Double(toSend)) : ""
+            let percent = toSend > 0 && i < 8 ? String(format: "%.1f %%", Double(stage.1) * 100 / Double(toSend)) : ""
             return Bar(
                 label: stage.0, count: stage.1, percent: percent, y: 8 + i * 34, width: max(2, stage.1 * 420 / top),
                 color: stage.2, textY: 8 + i * 34 + 18)

@@ -338,7 +338,15 @@ public struct Sandbox: Sendable {
         let answer = MetaJSON.object([
             ("messaging_product", .string("whatsapp")),
             ("contacts", .array([.object([("input", .string(to)), ("wa_id", .string(Self.whatsAppID(for: waID)))])])),
-            ("messages", .array([.object([("id", .string(wamid)), ("message_status", .string("accepted"))])])),
+            (
+                "messages",
+                .array([
+                    .object([
+                        ("id", .string(wamid)),
+                        ("message_status", .string(outcome == .heldForQuality ? "held_for_quality_assessment" : "accepted")),
+                    ])
+                ])
+            ),
         ])
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: answer.bytes)))
     }
@@ -491,6 +499,7 @@ public struct Sandbox: Sendable {
         }
         switch outcome {
         case .delivered: return [status("sent", 1), status("delivered", 2)]
+        case .heldForQuality: return [status("sent", 4), status("delivered", 5)]
         case .readWithoutDelivered: return [status("sent", 1), status("read", 3)]
         case .neverDelivered: return [status("sent", 1)]
         case .undeliverable: return [status("failed", 1, error: (131026, "Message undeliverable"))]

@@ -45,6 +45,8 @@ public enum Outcome: String, Sendable, Codable, CaseIterable {
     case paymentIssueByWebhook = "payment_issue_by_webhook"
     /// Accepted, then failed 131048 in a webhook: the number hit Meta's spam rate limit.
     case spamLimitByWebhook = "spam_limit_by_webhook"
+    /// Taken but held (`message_status: held_for_quality_assessment`), released later: sent, delivered.
+    case heldForQuality = "held_for_quality"
 }
 
 /// How outcomes are chosen: rules from a scenario file first, then the default rules on the

@@ -479,7 +479,8 @@ public struct ReportSummary: Sendable, Equatable {
 public enum AttemptOutcome: Sendable, Equatable {
     /// `waID`: the WhatsApp id Meta answered with, when it differs from the number sent to (kept,
     /// so that the tenant's STOP under that id holds for the number).
-    case accepted(messageID: String, attempt: Int, wamid: String, waID: String? = nil)
+    /// `held`: Meta answered `message_status` `held_for_quality_assessment` or `paused`.
+    case accepted(messageID: String, attempt: Int, wamid: String, waID: String? = nil, held: Bool = false)
     /// `final`: failed for good; otherwise back in the queue.
     case rejected(messageID: String, attempt: Int, error: SendError, final: Bool)
     case unknown(messageID: String, attempt: Int, reason: String)

@@ -9,6 +9,9 @@ public enum MessageState: String, Sendable, Codable, CaseIterable, Comparable {
     case unknown
     /// Meta answered with a wamid.
     case accepted
+    /// Meta took it (a wamid) but holds it: `message_status` `held_for_quality_assessment` (Meta
+    /// is assessing the template's quality) or `paused`. A `sent` status releases it.
+    case held
     case sent
     case delivered
     case read
@@ -27,10 +30,28 @@ public enum MessageState: String, Sendable, Codable, CaseIterable, Comparable {
         case .sending: 1
         case .unknown: 2
         case .accepted: 3
+        case .held: 3  // beside accepted: both are "Meta took it"; every status moves it on
         case .sent: 4
         case .delivered: 5
         case .read: 6
         case .failed: 7
+        case .skipped: 9
+        }
+    }
+
+    /// Its place among `allCases`: unique (ranks are not: `held` and `accepted` share one), for
+    /// counting into an array.
+    public var ordinal: Int {
+        switch self {
+        case .queued: 0
+        case .sending: 1
+        case .unknown: 2
+        case .accepted: 3
+        case .held: 4
+        case .sent: 5
+        case .delivered: 6
+        case .read: 7
+        case .failed: 8
         case .skipped: 9
         }
     }

@@ -80,7 +80,7 @@ enum ReportSQL {
         case .failed:
             summary.landlords[at].failed += count
             summary.landlords[at].unreachable += unreachable
-        case .queued, .sending, .accepted, .sent, .unknown:
+        case .queued, .sending, .accepted, .held, .sent, .unknown:
             summary.landlords[at].pending += count
         default:
             break

@@ -47,7 +47,7 @@ extension SQLiteStore {
                 """)
         for outcome in outcomes {
             switch outcome {
-            case .accepted(let id, let number, let wamid, let waID):
+            case .accepted(let id, let number, let wamid, let waID, let held):
                 try attempt.execute(arguments: ["accepted", time, wamid, nil, nil, nil, id, number])
                 if let waID,
                     let phone = try String.fetchOne(db.cachedStatement(sql: "SELECT phone FROM messages WHERE id = ?"), arguments: [id])
@@ -58,11 +58,11 @@ extension SQLiteStore {
                 try db.cachedStatement(
                     sql: """
                         UPDATE messages SET wamid = ?, accepted_at = COALESCE(accepted_at, ?), updated_at = ?,
-                            state = CASE WHEN state_rank < \(MessageState.accepted.rank) THEN 'accepted' ELSE state END,
+                            state = CASE WHEN state_rank < \(MessageState.accepted.rank) THEN ? ELSE state END,
                             state_rank = CASE WHEN state_rank < \(MessageState.accepted.rank) THEN \(MessageState.accepted.rank) ELSE state_rank END
                         WHERE id = ?
                         """
-                ).execute(arguments: [wamid, time, time, id])
+                ).execute(arguments: [wamid, time, time, (held ? MessageState.held : .accepted).rawValue, id])
                 try Self.attachPendingEvents(db, messageID: id, wamid: wamid)
             case .rejected(let id, let number, let error, let final):
                 try attempt.execute(arguments: [

@@ -160,7 +160,7 @@ struct ReportPass: Sendable {
         func closeInvoice() {
             if lastInvoice >= 0 && invoiceDelivered { figures[invoiceAt].deliveredMinor.addClamping(invoiceAmount) }
         }
-        var stateCounts = [Int](repeating: 0, count: MessageState.allCases.map(\.rank).max()! + 1)
+        var stateCounts = [Int](repeating: 0, count: MessageState.allCases.count)
         var sends: (minute: Int, count: Int) = (Int.min, 0), deliveries: (minute: Int, count: Int) = (Int.min, 0)
         func add(_ run: (minute: Int, count: Int), to perMinute: inout [Int: Int]) {
             if run.count > 0 { perMinute[run.minute, default: 0] += run.count }
@@ -192,7 +192,7 @@ struct ReportPass: Sendable {
                     }()
             }
             let state = try r.withUnsafeData(atIndex: 4) { data in data.flatMap { stateNames[$0] } } ?? .unknown
-            stateCounts[state.rank] += 1
+            stateCounts[state.ordinal] += 1
             // The messages of one invoice are stored together: an invoice counts once, when it changes.
             let invoice: Int64 = r[2]
             if invoice != lastInvoice {
@@ -211,7 +211,7 @@ struct ReportPass: Sendable {
             case .failed:
                 figures[lastAt].failed += 1
                 if r[5] as Int? == 131026 { figures[lastAt].unreachable += 1 }
-            case .queued, .sending, .accepted, .sent, .unknown:
+            case .queued, .sending, .accepted, .held, .sent, .unknown:
                 figures[lastAt].pending += 1
             case .skipped:
                 break
@@ -234,7 +234,7 @@ struct ReportPass: Sendable {
         closeInvoice()
         add(sends, to: &sendsPerMinute)
         add(deliveries, to: &deliveriesPerMinute)
-        for state in MessageState.allCases where stateCounts[state.rank] > 0 { states[state] = stateCounts[state.rank] }
+        for state in MessageState.allCases where stateCounts[state.ordinal] > 0 { states[state] = stateCounts[state.ordinal] }
         self.figures = figures
     }
 }

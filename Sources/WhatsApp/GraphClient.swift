@@ -43,8 +43,9 @@ public struct GraphConfiguration: Sendable {
 
 /// What became of one send.
 public enum SendOutcome: Sendable, Equatable {
-    /// Meta took it: a wamid (and the `wa_id` it resolved the number to).
-    case accepted(wamid: String, waID: String?)
+    /// Meta took it: a wamid (and the `wa_id` it resolved the number to); `held` when its
+    /// `message_status` says it holds the message (`held_for_quality_assessment`, `paused`).
+    case accepted(wamid: String, waID: String?, held: Bool = false)
     case rejected(GraphError)
     /// The request may have reached Meta but no answer was read (timeout, connection lost after
     /// sending): the message must not be sent again blindly; its webhook will tell.
@@ -148,7 +149,8 @@ public final class GraphClient: Sendable {
         let retry = retryAfter.flatMap(Double.init)
         if (200..<300).contains(status) {
             if let response = try? JSONDecoder().decode(SendResponse.self, from: body), let message = response.messages?.first {
-                return .accepted(wamid: message.id, waID: response.contacts?.first?.waID)
+                let held = message.messageStatus.map { $0 != "accepted" } ?? false
+                return .accepted(wamid: message.id, waID: response.contacts?.first?.waID, held: held)
             }
             // A 200 we cannot read: Meta may well have taken it.
             return .unknown("HTTP \(status) with a body that is not Meta's answer")

@@ -165,7 +165,7 @@ final class VirtualRun {
 extension AttemptOutcome {
     var messageID: String {
         switch self {
-        case .accepted(let id, _, _, _), .rejected(let id, _, _, _), .unknown(let id, _, _): id
+        case .accepted(let id, _, _, _, _), .rejected(let id, _, _, _), .unknown(let id, _, _): id
         }
     }
 

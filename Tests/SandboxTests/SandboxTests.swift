@@ -21,7 +21,7 @@ struct SandboxClientTests {
         try await Harness.run { h in
             let client = GraphClient(configuration: h.graph)
             defer { Task { try? await client.shutdown() } }
-            guard case .accepted(let wamid, let waID) = await client.send(invoiceRequest(to: "18095550101", id: "m-1")) else {
+            guard case .accepted(let wamid, let waID, _) = await client.send(invoiceRequest(to: "18095550101", id: "m-1")) else {
                 Issue.record("not accepted"); return
             }
             #expect(wamid.hasPrefix("wamid."))
@@ -144,7 +144,7 @@ struct SandboxWebhookTests {
             // The attempt is recorded before the request leaves, as the engine does: a status may
             // come back before the answer (it did, on a loaded machine), and it must find it.
             let attempt = try await h.store.beginAttempt(messageID: "m-\(phone)", at: 1)
-            if case .accepted(let wamid, _) = await client.send(invoiceRequest(to: phone, id: "m-\(phone)")) {
+            if case .accepted(let wamid, _, _) = await client.send(invoiceRequest(to: phone, id: "m-\(phone)")) {
                 try await h.store.recordAccepted(messageID: "m-\(phone)", attempt: attempt, wamid: wamid, at: 2)
             }
         }

@@ -113,6 +113,32 @@ struct TemplateAccountTests {
         }
     }
 
+    @Test("Meta's message_status: a held message is taken but held, and its statuses release it")
+    func heldMessage() async throws {
+        let scenario = Scenario(rules: [.init(match: "18095550100", outcome: .heldForQuality)])
+        try await Harness.run(scenario: scenario) { h in
+            let client = GraphClient(configuration: h.graph)
+            let held = await client.send(invoiceRequest(to: "18095550100", id: "m-held"))
+            let plain = await client.send(invoiceRequest(to: "18095550200", id: "m-plain"))
+            try? await client.shutdown()
+            guard case .accepted(_, _, let isHeld) = held, case .accepted(_, _, let plainHeld) = plain else {
+                Issue.record("not accepted: \(held) \(plain)")
+                return
+            }
+            #expect(isHeld && !plainHeld)
+
+            let e = try makeEngine(h)
+            defer { Task { try? await e.client.shutdown() } }
+            let options = RunOptions(run: "held", manifest: try manifest(["18095550100", "18095550300"], invoicePrefix: "H"), rate: 50)
+            _ = try await e.prepare(options)
+            _ = try await e.dispatch(options)
+            let first = try #require(try await h.store.messages(MessageFilter(run: "held")).messages.first { $0.phone == "18095550100" })
+            // Held at once, unless its statuses (0.2 s later) already came in.
+            #expect([.held, .sent, .delivered].contains(first.state), "\(first.state)")
+            try await h.eventually { try await h.store.message(first.id)?.state == .delivered }
+        }
+    }
+
     @Test("a template Meta pauses in the middle of a run halts it (132015) with what to do; the rest stay queued")
     func pausedMidRun() async throws {
         let scenario = Scenario(pauseTemplate: .init(template: "invoice_pdf", afterSends: 3))

@@ -87,6 +87,28 @@ struct StoreTests {
         #expect(message.deliveredAt == 200)
     }
 
+    @Test("a message Meta holds is held, counted as such, and its first status releases it", arguments: engines)
+    func held(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let ids = try await seed(store, phones: ["18095550101", "18095550102"])
+        for (n, id) in ids.enumerated() {
+            let attempt = try await store.beginAttempt(messageID: id, at: 1)
+            try await store.recordOutcomes([.accepted(messageID: id, attempt: attempt, wamid: "wamid.H\(n)", held: n == 0)], at: 2)
+        }
+        #expect(try await store.message(ids[0])?.state == .held)
+        #expect(try await store.message(ids[1])?.state == .accepted)
+        #expect(try await store.stateCounts(run: "march") == [.held: 1, .accepted: 1])
+        #expect(try await store.reportSummary(run: "march", landlord: nil, samples: 5).states == [.held: 1, .accepted: 1])
+        _ = try await ingest(store, [status("wamid.H0", "sent", at: 100)])
+        #expect(try await store.message(ids[0])?.state == .sent)
+        // A status that came before the answer is not undone by a held answer.
+        let late = try await seed(store, run: "april", invoice: "INV-2")[0]
+        let attempt = try await store.beginAttempt(messageID: late, at: 1)
+        _ = try await ingest(store, [status("wamid.L", "delivered", at: 100, callback: late)])
+        try await store.recordOutcomes([.accepted(messageID: late, attempt: attempt, wamid: "wamid.L", held: true)], at: 2)
+        #expect(try await store.message(late)?.state == .delivered)
+    }
+
     @Test("duplicates change nothing and are not kept twice in the history", arguments: engines)
     func duplicates(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)

@@ -214,6 +214,7 @@ enum PostgresSchema {
                 )
                 """
             ]),
+        Migration(name: "v7: held messages (Meta's message_status)", statements: [recordOutcomes]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one
@@ -384,12 +385,12 @@ enum PostgresSchema {
         BEGIN
             FOR o IN SELECT * FROM jsonb_to_recordset(p_outcomes) AS x(kind TEXT, id TEXT, number INTEGER, wamid TEXT, wa_id TEXT,
                          code INTEGER, title TEXT, details TEXT, final BOOLEAN) LOOP
-                IF o.kind = 'accepted' THEN
+                IF o.kind = 'accepted' OR o.kind = 'held' THEN
                     UPDATE attempts SET outcome = 'accepted', finished_at = p_time, wamid = o.wamid, error_code = NULL,
                         error_title = NULL, error_details = NULL
                     WHERE message_id = o.id AND number = o.number;
                     UPDATE messages SET wamid = o.wamid, accepted_at = COALESCE(accepted_at, p_time), updated_at = p_time,
-                        state = CASE WHEN state_rank < \(MessageState.accepted.rank) THEN 'accepted' ELSE state END,
+                        state = CASE WHEN state_rank < \(MessageState.accepted.rank) THEN o.kind ELSE state END,
                         state_rank = CASE WHEN state_rank < \(MessageState.accepted.rank) THEN \(MessageState.accepted.rank) ELSE state_rank END
                     WHERE id = o.id;
                     IF o.wa_id IS NOT NULL THEN

@@ -28,8 +28,8 @@ extension PostgresStore {
         let json = try Self.json(
             outcomes.map { outcome in
                 switch outcome {
-                case .accepted(let id, let number, let wamid, let waID):
-                    OutcomeJSON(kind: "accepted", id: id, number: number, wamid: wamid, wa_id: waID)
+                case .accepted(let id, let number, let wamid, let waID, let held):
+                    OutcomeJSON(kind: held ? "held" : "accepted", id: id, number: number, wamid: wamid, wa_id: waID)
                 case .rejected(let id, let number, let error, let final):
                     OutcomeJSON(
                         kind: "rejected", id: id, number: number, code: error.code, title: error.title, details: error.details, final: final
