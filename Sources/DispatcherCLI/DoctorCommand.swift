@@ -28,6 +28,10 @@ struct DoctorCommand: AsyncParsableCommand {
         print("Settings")
         line(settings.accessToken != nil, "WHATSAPP_ACCESS_TOKEN          \(Settings.masked(settings.accessToken))")
         line(settings.phoneNumberID != nil, "WHATSAPP_PHONE_NUMBER_ID       \(settings.phoneNumberID ?? "(not set)")")
+        line(
+            nil,
+            "WHATSAPP_BUSINESS_ACCOUNT_ID   \(settings.businessAccountID ?? "(not set: templates are not checked against Meta before sending)")"
+        )
         line(settings.appSecret != nil, "WHATSAPP_APP_SECRET            \(Settings.masked(settings.appSecret))")
         line(settings.verifyToken != nil, "WHATSAPP_WEBHOOK_VERIFY_TOKEN  \(Settings.masked(settings.verifyToken))")
         line(nil, "WHATSAPP_TEMPLATE_NAME         \(settings.templateName)")
@@ -39,6 +43,17 @@ struct DoctorCommand: AsyncParsableCommand {
             jwtProblem == nil ? nil : false,
             "DISPATCHER_JWT_SECRET          \(Settings.masked(settings.jwtSecret))\(jwtProblem.map { "  (\($0))" } ?? "")")
         line(nil, "DISPATCHER_DEFAULT_COUNTRY_CODE \(settings.defaultCountryCode ?? "(not set: numbers need +CC)")")
+        let propertySystem = Result { try settings.propertySystem() }
+        switch propertySystem {
+        case .success(let system?):
+            line(nil, "DISPATCHER_PROPERTY_SYSTEM_URL \(system.origin) (its PDFs are fetched and uploaded to Meta)")
+            line(
+                settings.propertySystemToken != nil ? nil : false,
+                "DISPATCHER_PROPERTY_SYSTEM_TOKEN \(Settings.masked(settings.propertySystemToken))"
+                    + (settings.propertySystemToken == nil ? "  (batch runs cannot fetch its PDFs)" : ""))
+        case .success(nil): line(nil, "DISPATCHER_PROPERTY_SYSTEM_URL (not set: document links must be public https)")
+        case .failure(let error): line(false, "\(error)")
+        }
 
         print("Database")
         do {

@@ -133,7 +133,7 @@ struct DocumentUploadTests {
                     request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
                     request.setValue("org-42", forHTTPHeaderField: "organizationId")
                     request.httpBody = Data(
-                        #"{"phoneNumbers": ["+1 809 555 0101"], "tenantName": "María Pérez", "invoicePeriod": "marzo 2026", "totalAmount": "12345.5", "currency": "RD$", "organizationName": "Inmobiliaria Caribe", "invoiceUrl": "\#(url)", "locale": "es-CO", "templateName": "rentcall", "dueDate": "2026-03-10"}"#
+                        #"{"phoneNumbers": ["+1 809 555 0101"], "tenantName": "María Pérez", "invoicePeriod": "marzo 2026", "totalAmount": "12345.5", "currency": "RD$", "organizationName": "Inmobiliaria Caribe", "invoiceUrl": "\#(url)", "locale": "es-CO", "templateName": "invoice", "dueDate": "10/03/2026"}"#
                             .utf8)
                     let (data, _) = try await URLSession.shared.data(for: request)
                     return (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
@@ -146,6 +146,7 @@ struct DocumentUploadTests {
                 let id = try #require(results.first?["id"] as? String)
                 let body = try #require(try await h.store.message(id)?.requestBody)
                 #expect(body.contains(#""document":{"id":"#) && body.contains(#""filename":"#), "\(body)")
+                #expect(body.contains(#""text":"10 de marzo de 2026""#), "\(body)")  // the UI's day-first due date
 
                 // A PDF the property system does not have: that invoice is not sent, and says why.
                 let missing = try await post("/api/v2/documents/invoice/MISSING/2026030100", token: token)
