@@ -74,6 +74,11 @@ struct TemplatesPullCommand: AsyncParsableCommand {
         let byName = Dictionary(grouping: templates, by: \.name)
         print("\(templates.count) templates in \(byName.count) names at Meta (business account \(settings.businessAccountID ?? ""))")
         for (name, entries) in byName.sorted(by: { $0.key < $1.key }) {
+            guard isTemplateName(name) else {
+                print("  '\(name)': skipped: not a template name Meta gives (lowercase letters, digits, _); nothing written")
+                failures += 1
+                continue
+            }
             let file = folder.appendingPathComponent("\(name).json")
             let definition: TemplateDefinition
             let verb: String

@@ -154,6 +154,16 @@ struct AccountTemplateTests {
         }
     }
 
+    @Test("a template name is Meta's kind of name, never a path")
+    func templateNames() throws {
+        #expect(isTemplateName("invoice_pdf_2"))
+        for bad in ["../evil", "Invoice", "a/b", "", "factura-marzo", String(repeating: "a", count: 513)] {
+            #expect(!isTemplateName(bad), "\(bad)")
+        }
+        let pathLike = #"{"name":"../../etc/x","category":"UTILITY","body":[],"languages":{"es":{"body":"Hola"}}}"#
+        #expect(throws: TemplateError.self) { try TemplateCatalog(templates: [try definition(pathLike)]) }
+    }
+
     @Test("check explains each difference with Meta, and none when they agree")
     func differences() throws {
         let local = try #require(catalog["invoice_pdf"])

@@ -219,6 +219,9 @@ public struct TemplateCatalog: Sendable {
     /// placeholders of every language's text (else 132000), and each kind must fit its slot (132012).
     static func check(_ t: TemplateDefinition) throws {
         let where_ = "template '\(t.name)'"
+        if !isTemplateName(t.name) {
+            throw TemplateError("\(where_): a template name is lowercase letters, digits and _ (at most 512), as Meta names them")
+        }
         if t.languages.isEmpty { throw TemplateError("\(where_) has no languages") }
         if !["UTILITY", "MARKETING", "AUTHENTICATION"].contains(t.category.uppercased()) {
             throw TemplateError("\(where_): category '\(t.category)' is not UTILITY, MARKETING or AUTHENTICATION")
@@ -339,6 +342,16 @@ extension TemplateCatalog {
             throw TemplateError("\(here): button \(button.index) has a parameter mapped but no such button is defined")
         }
     }
+}
+
+/// Meta's rule for a template name: lowercase letters, digits and underscores, at most 512. (Also
+/// what keeps a name read from the Graph API from being a path: `templates pull` writes NAME.json.)
+public func isTemplateName(_ name: String) -> Bool {
+    !name.isEmpty && name.utf8.count <= 512
+        && name.utf8.allSatisfy {
+            $0 == UInt8(ascii: "_") || ($0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z"))
+                || ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9"))
+        }
 }
 
 /// Meta's rule for a named placeholder: lowercase letters, digits and underscores, starting with
