@@ -45,7 +45,9 @@ struct SettleTests {
         }
         #expect(clock.now.offset == .seconds(120))
         #expect(counts == [.queued: 2])
-        #expect(ContinuousClock.now - real < .seconds(10))
+        // Virtual: far less than the 120 s window, however loaded the machine (240 reads of the
+        // store took 12 s in CI with every suite running at once).
+        #expect(ContinuousClock.now - real < .seconds(60))
     }
 
     @Test("it ends as soon as every message is final, at the next poll")
