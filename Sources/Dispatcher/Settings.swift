@@ -29,6 +29,16 @@ public struct Settings: Sendable {
     /// How long a sender number's lease lasts unless renewed (renewed every third of it): how long
     /// a crashed `send` keeps its number from the next one.
     public var senderLeaseSeconds: Double
+    /// The template for each kind the landlord UI asks for (`invoice`, `rentcall`,
+    /// `rentcall_reminder`, `rentcall_last_reminder`), from the old service's
+    /// `WHATSAPP_INVOICE_TEMPLATE`, `WHATSAPP_PAYMENT_NOTICE_TEMPLATE`,
+    /// `WHATSAPP_PAYMENT_REMINDER_TEMPLATE`, `WHATSAPP_FINAL_NOTICE_TEMPLATE`; a kind not set is
+    /// sent with the template of its own name.
+    public var templateNames: [String: String]
+    /// `serve`'s port when `--listen` is not given (the old service's `WHATSAPP_PORT`).
+    public var servePort: Int?
+    /// The old service's settings read under their old names, said once by the commands that use them.
+    public var notes: [String]
 
     public static let defaultDatabaseURL = "sqlite:dispatcher.sqlite"
 
@@ -38,23 +48,49 @@ public struct Settings: Sendable {
             guard let v = environment[key]?.trimmingASCIIWhitespace(), !v.isEmpty else { return nil }
             return v
         }
+        var notes: [String] = []
         accessToken = value("WHATSAPP_ACCESS_TOKEN")
         phoneNumberID = value("WHATSAPP_PHONE_NUMBER_ID")
         businessAccountID = value("WHATSAPP_BUSINESS_ACCOUNT_ID")
         appSecret = value("WHATSAPP_APP_SECRET")
         verifyToken = value("WHATSAPP_WEBHOOK_VERIFY_TOKEN")
-        templateName = value("WHATSAPP_TEMPLATE_NAME") ?? "invoice"
+        templateNames = [:]
+        for (kind, key) in Settings.kindTemplateKeys {
+            if let name = value(key) { templateNames[kind] = name }
+        }
+        templateName = value("WHATSAPP_TEMPLATE_NAME") ?? templateNames["invoice"] ?? "invoice"
         templateLanguage = value("WHATSAPP_TEMPLATE_LANGUAGE") ?? "es"
         apiBaseURL = value("WHATSAPP_API_BASE_URL") ?? "https://graph.facebook.com"
         apiVersion = value("WHATSAPP_API_VERSION") ?? "v23.0"
+        // The old service's WHATSAPP_API_URL carried the version: https://graph.facebook.com/v18.0.
+        if value("WHATSAPP_API_BASE_URL") == nil, let old = value("WHATSAPP_API_URL") {
+            let (base, version) = Settings.splitVersion(old)
+            apiBaseURL = base
+            if let version, value("WHATSAPP_API_VERSION") == nil { apiVersion = version }
+            notes.append(
+                "WHATSAPP_API_URL is read as WHATSAPP_API_BASE_URL=\(base)\(version.map { " and WHATSAPP_API_VERSION=\($0)" } ?? "") (the new names)"
+            )
+        }
         databaseURL = value("DISPATCHER_DATABASE_URL") ?? Settings.defaultDatabaseURL
         apiToken = value("DISPATCHER_API_TOKEN")
         jwtSecret = value("DISPATCHER_JWT_SECRET")
+        if jwtSecret == nil, let old = value("ACCESS_TOKEN_SECRET") {
+            jwtSecret = old
+            notes.append("ACCESS_TOKEN_SECRET (the property system's name) is read as DISPATCHER_JWT_SECRET")
+        }
         defaultCountryCode = value("DISPATCHER_DEFAULT_COUNTRY_CODE")
         propertySystemURL = value("DISPATCHER_PROPERTY_SYSTEM_URL")
         propertySystemToken = value("DISPATCHER_PROPERTY_SYSTEM_TOKEN")
         propertySystemOrganization = value("DISPATCHER_PROPERTY_SYSTEM_ORGANIZATION")
         senderLeaseSeconds = value("DISPATCHER_SENDER_LEASE_SECONDS").flatMap(Double.init).flatMap { $0 > 0 ? $0 : nil } ?? 30
+        servePort = value("WHATSAPP_PORT").flatMap(Int.init).flatMap { (1...65535).contains($0) ? $0 : nil }
+        if let port = value("WHATSAPP_PORT") {
+            notes.append(
+                servePort == nil
+                    ? "WHATSAPP_PORT '\(port)' is not a port: ignored"
+                    : "WHATSAPP_PORT is read as serve's port (the new way: --listen HOST:PORT)")
+        }
+        self.notes = notes
     }
 
     /// Why `WHATSAPP_API_BASE_URL` cannot be used, or nil when it can: checked when a command
@@ -73,6 +109,24 @@ public struct Settings: Sendable {
         if url.query != nil || url.fragment != nil { return problem + "it must not have a query or fragment" }
         if !url.path.isEmpty && url.path != "/" { return problem + "give the host only; the version is WHATSAPP_API_VERSION" }
         return nil
+    }
+
+    /// The old service's per-kind template settings.
+    public static let kindTemplateKeys: [(kind: String, key: String)] = [
+        ("invoice", "WHATSAPP_INVOICE_TEMPLATE"), ("rentcall", "WHATSAPP_PAYMENT_NOTICE_TEMPLATE"),
+        ("rentcall_reminder", "WHATSAPP_PAYMENT_REMINDER_TEMPLATE"), ("rentcall_last_reminder", "WHATSAPP_FINAL_NOTICE_TEMPLATE"),
+    ]
+
+    /// `https://graph.facebook.com/v18.0` → (`https://graph.facebook.com`, `v18.0`); a URL without a
+    /// version as it is.
+    static func splitVersion(_ url: String) -> (base: String, version: String?) {
+        var text = url
+        while text.hasSuffix("/") { text.removeLast() }
+        guard let slash = text.lastIndex(of: "/") else { return (text, nil) }
+        let last = text[text.index(after: slash)...]
+        let isVersion =
+            last.first == "v" && last.count > 1 && last.dropFirst().allSatisfy { $0.isASCII && ($0.isNumber || $0 == ".") }
+        return isVersion ? (String(text[..<slash]), String(last)) : (text, nil)
     }
 
     /// The property system, or why `DISPATCHER_PROPERTY_SYSTEM_URL` is not usable.

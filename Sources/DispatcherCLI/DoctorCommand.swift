@@ -26,6 +26,7 @@ struct DoctorCommand: AsyncParsableCommand {
             print("\(mark) \(text)")
         }
         print("Settings")
+        for note in settings.notes { line(nil, note) }
         line(settings.accessToken != nil, "WHATSAPP_ACCESS_TOKEN          \(Settings.masked(settings.accessToken))")
         line(settings.phoneNumberID != nil, "WHATSAPP_PHONE_NUMBER_ID       \(settings.phoneNumberID ?? "(not set)")")
         line(
@@ -35,6 +36,11 @@ struct DoctorCommand: AsyncParsableCommand {
         line(settings.appSecret != nil, "WHATSAPP_APP_SECRET            \(Settings.masked(settings.appSecret))")
         line(settings.verifyToken != nil, "WHATSAPP_WEBHOOK_VERIFY_TOKEN  \(Settings.masked(settings.verifyToken))")
         line(nil, "WHATSAPP_TEMPLATE_NAME         \(settings.templateName)")
+        for (kind, key) in Settings.kindTemplateKeys {
+            if let name = settings.templateNames[kind] {
+                line(nil, "\(key.padding(toLength: 31, withPad: " ", startingAt: 0))\(name) (for \(kind))")
+            }
+        }
         line(nil, "WHATSAPP_TEMPLATE_LANGUAGE     \(settings.templateLanguage)")
         line(nil, "WHATSAPP_API_BASE_URL          \(settings.apiBaseURL) (\(settings.apiVersion))")
         line(settings.apiToken != nil || settings.jwtSecret != nil, "DISPATCHER_API_TOKEN           \(Settings.masked(settings.apiToken))")

@@ -30,6 +30,7 @@ struct RunSession {
     ) async throws {
         let console = Console(json: settle.json)
         let logger = bootstrapLogging(label: "dispatcher.run", level: .warning)
+        for note in settings.notes { console.warn(note) }
         let store = try await database.open(settings: settings)
         let settleWindow = settle.settle ?? (sandbox ? .seconds(15) : .seconds(120))
 

@@ -21,8 +21,8 @@ struct ServeCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "Address to listen on.")
-    var listen: String = "0.0.0.0:8500"
+    @Option(help: "Address to listen on (default 0.0.0.0:8500, or 0.0.0.0:WHATSAPP_PORT).")
+    var listen: String?
 
     @Option(help: "Mount every route below this path (e.g. /api/v2/whatsapp behind the property system's gateway).")
     var basePath: String = ""
@@ -42,13 +42,14 @@ struct ServeCommand: AsyncParsableCommand {
     var rate: Double = 80
 
     func validate() throws {
-        _ = try parseListen(listen)
+        if let listen { _ = try parseListen(listen) }
     }
 
     func run() async throws {
-        let (host, port) = try parseListen(listen)
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
+        let (host, port) = try parseListen(listen ?? "0.0.0.0:\(settings.servePort ?? 8500)")
         let logger = bootstrapLogging(label: "dispatcher.serve")
+        for note in settings.notes { logger.warning("\(note)") }
         guard let appSecret = settings.appSecret else {
             throw ValidationError("WHATSAPP_APP_SECRET is not set: without it no webhook can be verified, so none would be accepted")
         }
@@ -77,7 +78,8 @@ struct ServeCommand: AsyncParsableCommand {
             sender = InvoiceAPISender(
                 store: store, client: graph, catalog: try TemplateCatalog(directory: templatesDirectory),
                 defaultLanguage: settings.templateLanguage, defaultCountryCode: settings.defaultCountryCode, rate: rate,
-                propertySystem: propertySystem, fetcher: fetcher, serviceHeaders: settings.propertySystemHeaders)
+                propertySystem: propertySystem, fetcher: fetcher, serviceHeaders: settings.propertySystemHeaders,
+                templateNames: settings.templateNames)
         } else {
             logger.warning("WHATSAPP_ACCESS_TOKEN or WHATSAPP_PHONE_NUMBER_ID is not set: POST /send-invoice will answer 503")
         }

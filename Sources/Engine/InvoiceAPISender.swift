@@ -17,13 +17,21 @@ public final class InvoiceAPISender: InvoiceSendService {
     /// Where PDFs behind the property system's authentication are fetched from, and the uploader.
     let documents: (system: PropertySystem, uploader: DocumentUploader, serviceHeaders: [(String, String)])?
 
-    public static let templates: Set<String> = ["invoice", "rentcall", "rentcall_reminder", "rentcall_last_reminder"]
+    /// The kinds the landlord UI asks for by `templateName`.
+    public static let kinds: Set<String> = ["invoice", "rentcall", "rentcall_reminder", "rentcall_last_reminder"]
+    /// The organization's template name for each kind (`WHATSAPP_INVOICE_TEMPLATE`…); a kind not
+    /// named here is sent with the template of its own name.
+    let templateNames: [String: String]
+    /// For a body without `currency`: the old service's default was `RD$`.
+    let defaultCurrency: String
 
     public init(
         store: any DispatchStore, client: GraphClient, catalog: TemplateCatalog, defaultLanguage: String,
         defaultCountryCode: String?, rate: Double = 80, propertySystem: PropertySystem? = nil, fetcher: DocumentFetcher? = nil,
-        serviceHeaders: [(String, String)] = []
+        serviceHeaders: [(String, String)] = [], templateNames: [String: String] = [:], defaultCurrency: String = "DOP"
     ) {
+        self.templateNames = templateNames
+        self.defaultCurrency = defaultCurrency
         self.store = store
         self.client = client
         self.catalog = catalog
@@ -39,15 +47,23 @@ public final class InvoiceAPISender: InvoiceSendService {
 
     public func sendInvoice(_ request: SendInvoiceRequest, caller: InvoiceCaller) async throws -> SendInvoiceResponse {
         let organizationID = caller.organizationID
-        let template = request.templateName ?? "invoice"
-        guard Self.templates.contains(template), catalog[template] != nil else {
-            throw InvoiceRequestError.invalid("templateName '\(template)' is not one of \(Self.templates.sorted().joined(separator: ", "))")
+        let kind = request.templateName ?? "invoice"
+        guard Self.kinds.contains(kind) else {
+            throw InvoiceRequestError.invalid("templateName '\(kind)' is not one of \(Self.kinds.sorted().joined(separator: ", "))")
         }
-        guard let code = request.currencyCode, let currency = Currency(code: code) else {
+        let template = templateNames[kind] ?? kind
+        guard catalog[template] != nil else {
+            throw InvoiceRequestError.invalid(
+                "templateName '\(kind)' is sent with template '\(template)', which is not in templates/whatsapp (dispatcher templates pull reads the account's)"
+            )
+        }
+        guard let code = request.currencyCode ?? (request.currency == nil ? defaultCurrency : nil), let currency = Currency(code: code)
+        else {
             throw InvoiceRequestError.invalid("currency '\(request.currency ?? "")' is not an ISO 4217 code (or RD$)")
         }
         guard request.totalAmount > 0 else {
-            return SendInvoiceResponse(results: [], message: "nothing due (totalAmount \(request.totalAmount)): nothing was sent")
+            return SendInvoiceResponse(
+                results: [], nothingDue: "nothing due (totalAmount \(request.totalAmount)): nothing was sent", templateName: template)
         }
         guard !request.phoneNumbers.isEmpty else { throw InvoiceRequestError.invalid("phoneNumbers is empty") }
         var numbers: [String] = []
@@ -129,6 +145,19 @@ public final class InvoiceAPISender: InvoiceSendService {
                     name: run, manifest: "POST /send-invoice", template: "various", sender: client.configuration.phoneNumberID,
                     status: .sending, createdAt: today.timeIntervalSince1970))
         }
+        // The same invoice sent before with another amount: a correction needs its own invoiceId,
+        // never the first answer replayed as if it were this one.
+        if request.invoiceID != nil, let first = rendered.first, let earlier = try await store.message(first.id),
+            let stored = try await store.invoice(run: earlier.run, invoiceID: invoiceID),
+            stored.amountMinor != minor || stored.currency != currency.code
+        {
+            let was = LocaleFormatting(locale: "en").money(
+                Money(minorUnits: stored.amountMinor, currency: Currency(code: stored.currency) ?? currency))
+            let now = LocaleFormatting(locale: "en").money(Money(minorUnits: minor, currency: currency))
+            throw InvoiceRequestError.conflict(
+                "invoiceId '\(invoiceID)' was sent before (\(earlier.run)) for \(was); this call says \(now): send the corrected invoice with a new invoiceId"
+            )
+        }
         try await store.addInvoices([InvoiceRecord(run: run, invoice: invoice)])
         let optedOut = try await OptOutList.load(from: store)
         // The property system's PDF, fetched with the caller's own token and uploaded once for all numbers.
@@ -146,7 +175,7 @@ public final class InvoiceAPISender: InvoiceSendService {
                         .init(
                             phoneNumber: "+" + $0.phone, success: false, id: $0.id, wamid: nil, state: "not_sent",
                             error: problem.description)
-                    })
+                    }, templateName: template)
             }
         }
         var results: [SendInvoiceResponse.Result] = []
@@ -175,7 +204,9 @@ public final class InvoiceAPISender: InvoiceSendService {
                     id: message.id, run: run, invoiceID: invoiceID, phone: message.phone,
                     template: template, language: message.language, requestBody: body)
             ])
-            if case .exists = insert.first, let existing = try await store.message(message.id), existing.state != .queued {
+            if case .exists = insert.first, let existing = try await store.message(message.id), existing.state != .queued,
+                !(try await sendsAgain(existing))
+            {
                 // Sent before: answered as it stands, never sent twice.
                 results.append(
                     .init(
@@ -185,15 +216,28 @@ public final class InvoiceAPISender: InvoiceSendService {
             }
             results.append(try await send(messageID: message.id, phone: message.phone, body: Array(body.utf8), display: display))
         }
-        return SendInvoiceResponse(results: results)
+        return SendInvoiceResponse(results: results, templateName: template)
     }
 
     /// One message, retried as `RetryPolicy.interactive` says (two quick retries of transient
     /// errors or throttling; the landlord UI is waiting).
+    /// Whether a message this call finds already stored is sent again: only one that failed for a
+    /// passing reason Meta gave before taking it (the pair rule, throttling, a transient error, no
+    /// connection), and never reached the tenant. Requeued here; anything else is answered as it stands.
+    func sendsAgain(_ message: MessageRecord) async throws -> Bool {
+        guard message.state == .failed, message.deliveredAt == nil, message.readAt == nil,
+            [.pairRate, .throttled, .transient].contains(ErrorClass.of(code: message.errorCode))
+        else { return false }
+        return try await store.requeue(messageIDs: [message.id], at: wallClock()) == [message.id]
+    }
+
     func send(messageID: String, phone: String, body: [UInt8], display: String) async throws -> SendInvoiceResponse.Result {
         let policy = RetryPolicy.interactive
         let rounds = policy.maxTransientRetries + 1
-        for round in 0..<rounds {
+        var round = 0
+        var pairWaits = 0
+        while round < rounds {
+            defer { round += 1 }
             let attempt = try await store.beginAttempt(messageID: messageID, at: wallClock())
             try await pacer.slot()
             switch await client.send(body: Data(body)) {
@@ -221,6 +265,18 @@ public final class InvoiceAPISender: InvoiceSendService {
                 if round == rounds - 1 {
                     return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed", error: error.title)
                 }
+            case .rejected(let e) where e.errorClass == .pairRate && pairWaits < policy.pairWaits:
+                // A second invoice to this tenant within Meta's 6 s: waited out (the UI waits), not a failure.
+                try await store.recordOutcomes(
+                    [
+                        AttemptOutcome.rejected(
+                            messageID: messageID, attempt: attempt, error: SendError(code: e.code, title: e.title, details: e.details),
+                            final: false)
+                    ], at: wallClock())
+                pairWaits += 1
+                round -= 1  // not one of the transient rounds
+                try await Task.sleep(for: RetryPolicy.pairWindow)
+                continue
             case .rejected(let e):
                 // Throttling counts against the same rounds: the UI cannot wait out a long pause.
                 let retry = round < rounds - 1 && policy.retriesNow(e.errorClass, transientRetries: round)

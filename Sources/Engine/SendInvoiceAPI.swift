@@ -73,8 +73,10 @@ public struct SendInvoiceResponse: Encodable, Sendable {
     public var success: Bool
     public var results: [Result]
     public var summary: Summary
-    /// Why nothing was sent, when nothing was (amount `<= 0`).
+    /// What happened, in a sentence the landlord UI shows (the old service's field).
     public var message: String?
+    /// The template sent (the old service's field): the organization's name for the kind asked.
+    public var templateName: String?
 
     public struct Result: Encodable, Sendable {
         public var phoneNumber: String
@@ -115,15 +117,27 @@ public struct SendInvoiceResponse: Encodable, Sendable {
     public struct Summary: Encodable, Sendable {
         public var total: Int
         public var apiSuccess: Int
+        /// Messages the old service could only offer as a wa.me link: never here (always 0; the
+        /// UI reads the field).
+        public var urlFallback = 0
         public var failed: Int
     }
 
-    public init(results: [Result], message: String? = nil) {
+    /// `nothingDue`: why nothing was sent, when nothing was to be (amount `<= 0`).
+    public init(results: [Result], nothingDue: String? = nil, templateName: String? = nil) {
         self.results = results
-        self.message = message
+        self.templateName = templateName
         let ok = results.filter(\.success).count
-        self.success = message != nil || (ok == results.count && !results.isEmpty)
+        self.success = nothingDue != nil || (ok == results.count && !results.isEmpty)
         self.summary = Summary(total: results.count, apiSuccess: ok, failed: results.count - ok)
+        if let nothingDue {
+            message = nothingDue
+        } else if ok == results.count {
+            message = "WhatsApp took the invoice for \(ok) of \(results.count) number\(results.count == 1 ? "" : "s")"
+        } else {
+            let reasons = Array(Set(results.compactMap(\.error))).sorted().prefix(3).joined(separator: "; ")
+            message = "WhatsApp took the invoice for \(ok) of \(results.count) number\(results.count == 1 ? "" : "s"): \(reasons)"
+        }
     }
 }
 
@@ -153,11 +167,14 @@ public struct InvoiceRequestError: Error, Sendable, CustomStringConvertible {
     public enum Code: Sendable, Equatable {
         /// The request names a field wrongly: the message says which and why.
         case invalid
+        /// The same `invoiceId` was sent before with another amount or currency (a 409).
+        case conflict
     }
     public var code: Code
     public var message: String
 
     public static func invalid(_ message: String) -> InvoiceRequestError { InvoiceRequestError(code: .invalid, message: message) }
+    public static func conflict(_ message: String) -> InvoiceRequestError { InvoiceRequestError(code: .conflict, message: message) }
 
     public var description: String { message }
 }

@@ -348,6 +348,7 @@ public struct DispatcherServer: Sendable {
         } catch let error as InvoiceRequestError {
             switch error.code {
             case .invalid: throw APIError(.badRequest, error.message)
+            case .conflict: throw APIError(.conflict, error.message)
             }
         }
     }

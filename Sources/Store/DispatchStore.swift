@@ -27,6 +27,8 @@ public protocol DispatchStore: Sendable {
     func reportRows(run: String, after: Int64?, limit: Int) async throws -> [ReportRow]
     /// Invoices of a run that were not sent at all (nothing due), for reports.
     func skippedInvoices(run: String) async throws -> [InvoiceRecord]
+    /// One invoice of a run, as stored (the first version of it: a run keeps an invoice once).
+    func invoice(run: String, invoiceID: String) async throws -> InvoiceRecord?
     /// A run's figures for its report page, added up by the database (no pass over the messages
     /// here): one landlord's when `landlord` is given, with up to `samples` example rows per group.
     func reportSummary(run: String, landlord: String?, samples: Int) async throws -> ReportSummary

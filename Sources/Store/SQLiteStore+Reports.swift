@@ -36,14 +36,23 @@ extension SQLiteStore {
     public func skippedInvoices(run: String) async throws -> [InvoiceRecord] {
         try await pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM invoices WHERE run = ? AND skip_reason IS NOT NULL ORDER BY line", arguments: [run])
-                .map { r in
-                    InvoiceRecord(
-                        run: r["run"], invoiceID: r["invoice_id"], line: r["line"], tenantName: r["tenant_name"], tenantID: r["tenant_id"],
-                        landlord: r["landlord"], property: r["property"], amountMinor: r["amount_minor"], currency: r["currency"],
-                        period: r["period"], dueDate: r["due_date"], locale: r["locale"], documentURL: r["document_url"],
-                        email: r["email"], skipReason: r["skip_reason"])
-                }
+                .map(Self.invoiceRecord)
         }
+    }
+
+    public func invoice(run: String, invoiceID: String) async throws -> InvoiceRecord? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM invoices WHERE run = ? AND invoice_id = ?", arguments: [run, invoiceID])
+                .map(Self.invoiceRecord)
+        }
+    }
+
+    static func invoiceRecord(_ r: Row) -> InvoiceRecord {
+        InvoiceRecord(
+            run: r["run"], invoiceID: r["invoice_id"], line: r["line"], tenantName: r["tenant_name"], tenantID: r["tenant_id"],
+            landlord: r["landlord"], property: r["property"], amountMinor: r["amount_minor"], currency: r["currency"],
+            period: r["period"], dueDate: r["due_date"], locale: r["locale"], documentURL: r["document_url"],
+            email: r["email"], skipReason: r["skip_reason"])
     }
 
     /// The page's figures, from passes over the run's messages in sequence added up here rather

@@ -10,22 +10,30 @@ public struct RetryPolicy: Sendable, Equatable {
     public var maxBackoff: Duration
     /// 131056 (a second message to one user within 6 s) sent again after 4^x seconds.
     public var retriesPairRate: Bool
+    /// For a caller that waits (`/send-invoice`): how many times Meta's 6-second pair window is
+    /// waited out (`pairWindow`) before the message fails. A run requeues the tenant instead.
+    public var pairWaits: Int
 
-    public init(maxTransientRetries: Int, firstBackoff: Duration, maxBackoff: Duration, retriesPairRate: Bool) {
+    public init(maxTransientRetries: Int, firstBackoff: Duration, maxBackoff: Duration, retriesPairRate: Bool, pairWaits: Int = 0) {
         self.maxTransientRetries = maxTransientRetries
         self.firstBackoff = firstBackoff
         self.maxBackoff = maxBackoff
         self.retriesPairRate = retriesPairRate
+        self.pairWaits = pairWaits
     }
+
+    /// Meta's pair rule: one message to a user per 6 seconds (after a burst).
+    public static let pairWindow: Duration = .seconds(6)
 
     /// A billing run: five transient retries over about a minute (1, 2, 4, 8, 16 s), and the pair
     /// rule's wait for that tenant only.
     public static let billingRun = RetryPolicy(
         maxTransientRetries: 5, firstBackoff: .seconds(1), maxBackoff: .seconds(60), retriesPairRate: true)
 
-    /// The landlord UI waits for its answer: two quick retries (0.5 s, 1 s), no 6-second wait.
+    /// The landlord UI waits for its answer: two quick retries (0.5 s, 1 s), and Meta's 6-second
+    /// pair window waited out once (two invoices to one tenant in a row are both sent).
     public static let interactive = RetryPolicy(
-        maxTransientRetries: 2, firstBackoff: .milliseconds(500), maxBackoff: .seconds(2), retriesPairRate: false)
+        maxTransientRetries: 2, firstBackoff: .milliseconds(500), maxBackoff: .seconds(2), retriesPairRate: false, pairWaits: 1)
 
     /// Whether a refusal of this class is sent again now (after its delay), `transientRetries`
     /// transient retries having been made before.

@@ -31,6 +31,7 @@ struct Harness {
         statusSpacing: Double = 0.05, clientTimeout: Duration = .seconds(10), store existing: (any DispatchStore)? = nil,
         engine: StoreEngine = .sqlite,
         jwtSecret: String? = nil, templates: TemplateCatalog? = nil, propertySystem: PropertySystem? = nil,
+        templateNames: [String: String] = [:],
         _ body: @Sendable (Harness) async throws -> T
     ) async throws -> T {
         let store: any DispatchStore
@@ -72,7 +73,8 @@ struct Harness {
             await senderBox.set(
                 InvoiceAPISender(
                     store: store, client: apiClient, catalog: catalog, defaultLanguage: "es", defaultCountryCode: "1",
-                    propertySystem: propertySystem, fetcher: fetcher, serviceHeaders: [("Authorization", "Bearer service-token")]))
+                    propertySystem: propertySystem, fetcher: fetcher, serviceHeaders: [("Authorization", "Bearer service-token")],
+                    templateNames: templateNames))
             let harness = Harness(
                 store: store,
                 graph: GraphConfiguration(

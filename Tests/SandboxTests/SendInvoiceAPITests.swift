@@ -38,7 +38,7 @@ struct SendInvoiceAPITests {
             let (status, answer) = try await post(h, oldBody, token: token)
             #expect(status == 200)
             #expect(answer["success"] as? Bool == true)
-            #expect(answer["summary"] as? [String: Int] == ["total": 2, "apiSuccess": 2, "failed": 0])
+            #expect(answer["summary"] as? [String: Int] == ["total": 2, "apiSuccess": 2, "urlFallback": 0, "failed": 0])
             let results = try #require(answer["results"] as? [[String: Any]])
             #expect(results.map { $0["method"] as? String } == ["api", "api"])
             #expect(results.map { $0["phoneNumber"] as? String } == ["+18095550101", "+18295550102"])
@@ -105,6 +105,63 @@ struct SendInvoiceAPITests {
             let id = try #require((answer["results"] as? [[String: Any]])?.first?["id"] as? String)
             let stored = try #require(try await h.store.message(id)?.requestBody)
             #expect(stored.contains(#""text":"10 de marzo de 2026""#), "\(stored)")
+        }
+    }
+
+    @Test("the old answer's fields, the old currency default, and each kind sent with its configured template")
+    func oldAnswerAndKinds() async throws {
+        try await Harness.run(jwtSecret: secret, templateNames: ["rentcall": "invoice_pdf", "rentcall_reminder": "payment_reminder"]) { h in
+            let token = try await #require(HS256Verifier(secret: secret)).sign(AccessClaims(expires: Date().timeIntervalSince1970 + 600))
+            let noCurrency = oldBody.replacingOccurrences(of: #""currency": "RD$", "#, with: "")
+                .replacingOccurrences(of: #""templateName": "invoice""#, with: #""templateName": "rentcall""#)
+            let (status, answer) = try await post(h, noCurrency, token: token)
+            #expect(status == 200, "\(answer)")
+            #expect(answer["templateName"] as? String == "invoice_pdf")
+            #expect((answer["summary"] as? [String: Int])?["urlFallback"] == 0)
+            #expect(answer["message"] as? String == "WhatsApp took the invoice for 2 of 2 numbers")
+            #expect(try await h.requests().allSatisfy { $0["template"] as? String == "invoice_pdf" })
+            let id = try #require((answer["results"] as? [[String: Any]])?.first?["id"] as? String)
+            #expect(try await h.store.message(id)?.requestBody?.contains(#""code":"DOP""#) == true)
+            // A kind configured with a template the folder does not have: a 400 naming both.
+            let (missing, refusal) = try await post(
+                h, oldBody.replacingOccurrences(of: #""templateName": "invoice""#, with: #""templateName": "rentcall_reminder""#),
+                token: token)
+            #expect(missing == 400)
+            #expect((refusal["error"] as? String)?.contains("'payment_reminder'") == true, "\(refusal)")
+        }
+    }
+
+    @Test("the same invoiceId with another amount is a 409, never the first answer replayed", arguments: engines)
+    func changedAmount(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine, jwtSecret: secret) { h in
+            let token = try await #require(HS256Verifier(secret: secret)).sign(AccessClaims(expires: Date().timeIntervalSince1970 + 600))
+            let first = oldBody.replacingOccurrences(of: #""daysOverdue": 0"#, with: #""daysOverdue": 0, "invoiceId": "INV-77""#)
+            #expect(try await post(h, first, token: token).0 == 200)
+            #expect(try await post(h, first, token: token).0 == 200)  // the same call again: answered from the ledger
+            let (status, answer) = try await post(h, first.replacingOccurrences(of: #""12345.5""#, with: #""12000""#), token: token)
+            #expect(status == 409)
+            #expect((answer["error"] as? String)?.contains("INV-77") == true, "\(answer)")
+            #expect((answer["error"] as? String)?.contains("new invoiceId") == true, "\(answer)")
+            #expect(try await h.requests().count == 2)
+        }
+    }
+
+    @Test("two invoices to one tenant in a row: the second waits out Meta's 6-second pair rule and is sent, not failed")
+    func pairRule() async throws {
+        try await Harness.run(jwtSecret: secret) { h in
+            let token = try await #require(HS256Verifier(secret: secret)).sign(AccessClaims(expires: Date().timeIntervalSince1970 + 600))
+            let one = oldBody.replacingOccurrences(of: #"["+1 809 555 0101", "+1 (829) 555-0102"]"#, with: #"["+1 809 555 0101"]"#)
+            let first = one.replacingOccurrences(of: #""daysOverdue": 0"#, with: #""daysOverdue": 0, "invoiceId": "P-1""#)
+            let second = one.replacingOccurrences(of: #""daysOverdue": 0"#, with: #""daysOverdue": 0, "invoiceId": "P-2""#)
+            #expect(try await post(h, first, token: token).0 == 200)
+            let started = ContinuousClock.now
+            let (status, answer) = try await post(h, second, token: token)
+            #expect(status == 200)
+            let result = try #require((answer["results"] as? [[String: Any]])?.first, "\(answer)")
+            #expect(result["state"] as? String == "accepted", "\(answer)")
+            #expect(ContinuousClock.now - started >= .seconds(5))
+            let codes = try await h.requests().map { $0["errorCode"] as? Int }
+            #expect(codes == [nil, 131056, nil], "\(codes)")
         }
     }
 }

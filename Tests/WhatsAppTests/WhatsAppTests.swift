@@ -39,7 +39,9 @@ struct WhatsAppTests {
         #expect(ErrorClass.of(code: 131000).earliestRetry(failedAt: 1000) == nil)
     }
 
-    @Test("one retry schedule: a run retries transient errors 5 times over a minute, the landlord UI twice in 1.5 s")
+    @Test(
+        "one retry schedule: a run retries transient errors 5 times over a minute, the landlord UI twice in 1.5 s and waits out the pair rule once"
+    )
     func retrySchedule() {
         let run = RetryPolicy.billingRun
         #expect((1...6).map { run.backoff(retry: $0) } == [1, 2, 4, 8, 16, 32].map { Duration.seconds($0) })
@@ -50,7 +52,7 @@ struct WhatsAppTests {
         for never: ErrorClass in [.waitDay, .halt, .final, .unknownCode] { #expect(!run.retriesNow(never, transientRetries: 0)) }
         let ui = RetryPolicy.interactive
         #expect([ui.backoff(retry: 1), ui.backoff(retry: 2)] == [.milliseconds(500), .seconds(1)])
-        #expect(!ui.retriesNow(.transient, transientRetries: 2) && !ui.retriesNow(.pairRate, transientRetries: 0))
+        #expect(!ui.retriesNow(.transient, transientRetries: 2) && ui.pairWaits == 1 && RetryPolicy.billingRun.pairWaits == 0)
         #expect(RetryPolicy.pairDelay(retry: 0) == .seconds(1) && RetryPolicy.pairDelay(retry: 2) == .seconds(16))
         #expect(RetryPolicy.throttlePause(retryAfter: nil, retry: 1) == 1 && RetryPolicy.throttlePause(retryAfter: nil, retry: 9) == 60)
         #expect(RetryPolicy.throttlePause(retryAfter: 7, retry: 1) == 7)

@@ -502,18 +502,29 @@ public final class PostgresStore: DispatchStore {
     public func skippedInvoices(run: String) async throws -> [InvoiceRecord] {
         try await rows(
             """
-            SELECT run, invoice_id, line, tenant_name, tenant_id, landlord, property, amount_minor, currency, period, due_date, locale,
-                document_url, email, skip_reason
+            SELECT \(unescaped: Self.invoiceColumns)
             FROM invoices WHERE run = \(run) AND skip_reason IS NOT NULL ORDER BY line
             """
-        ).map { row in
-            var r = Cells(row)
-            return InvoiceRecord(
-                run: try r.next(), invoiceID: try r.next(), line: try r.next(), tenantName: try r.next(), tenantID: try r.next(),
-                landlord: try r.next(), property: try r.next(), amountMinor: try r.next(), currency: try r.next(),
-                period: try r.next(), dueDate: try r.next(), locale: try r.next(), documentURL: try r.next(),
-                email: try r.next(), skipReason: try r.next())
-        }
+        ).map(Self.invoiceRecord)
+    }
+
+    public func invoice(run: String, invoiceID: String) async throws -> InvoiceRecord? {
+        try await rows("SELECT \(unescaped: Self.invoiceColumns) FROM invoices WHERE run = \(run) AND invoice_id = \(invoiceID)")
+            .first.map(Self.invoiceRecord)
+    }
+
+    static let invoiceColumns = """
+        run, invoice_id, line, tenant_name, tenant_id, landlord, property, amount_minor, currency, period, due_date, locale,
+            document_url, email, skip_reason
+        """
+
+    static func invoiceRecord(_ row: PostgresRow) throws -> InvoiceRecord {
+        var r = Cells(row)
+        return InvoiceRecord(
+            run: try r.next(), invoiceID: try r.next(), line: try r.next(), tenantName: try r.next(), tenantID: try r.next(),
+            landlord: try r.next(), property: try r.next(), amountMinor: try r.next(), currency: try r.next(),
+            period: try r.next(), dueDate: try r.next(), locale: try r.next(), documentURL: try r.next(),
+            email: try r.next(), skipReason: try r.next())
     }
 
     public func reportSummary(run: String, landlord: String?, samples: Int) async throws -> ReportSummary {
