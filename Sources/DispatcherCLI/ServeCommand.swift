@@ -41,6 +41,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Messages per second for POST /send-invoice.")
     var rate: Double = 80
 
+    @Option(help: "Organizations, each with its own number, token and templates (env DISPATCHER_CONFIG; docs/configuration.md).")
+    var config: String?
+
     func validate() throws {
         if let listen { _ = try parseListen(listen) }
     }
@@ -63,26 +66,44 @@ struct ServeCommand: AsyncParsableCommand {
             )
         }
         let store = try await database.open(settings: settings)
-        // The landlord UI's send route: only with credentials, through the same engine pieces as a run.
-        var sender: InvoiceAPISender? = nil
-        var client: GraphClient? = nil
+        // The landlord UI's send route: only with credentials, through the same engine pieces as a
+        // run; one sender (its own number, token and templates) per organization.
+        let organizations: [Organization]
+        if let path = config ?? ProcessInfo.processInfo.environment["DISPATCHER_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            do {
+                organizations = try OrganizationsFile(contentsOf: path, environment: ProcessInfo.processInfo.environment).organizations
+            } catch let error as ConfigurationError {
+                throw ValidationError(error.description)
+            }
+        } else {
+            organizations = Organization.fromEnvironment(settings).map { [$0] } ?? []
+        }
+        var clients: [GraphClient] = []
+        var senders: [String: any InvoiceSendService] = [:]
         let propertySystem = try settings.propertySystem()
         let fetcher = propertySystem.map { _ in DocumentFetcher() }
-        if let token = settings.accessToken, let phoneNumberID = settings.phoneNumberID {
+        if !organizations.isEmpty {
             if let problem = settings.apiBaseURLProblem { throw ValidationError(problem) }
-            let graph = GraphClient(
-                configuration: GraphConfiguration(
-                    baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion,
-                    phoneNumberID: phoneNumberID, accessToken: token))
-            client = graph
-            sender = InvoiceAPISender(
-                store: store, client: graph, catalog: try TemplateCatalog(directory: templatesDirectory),
-                defaultLanguage: settings.templateLanguage, defaultCountryCode: settings.defaultCountryCode, rate: rate,
-                propertySystem: propertySystem, fetcher: fetcher, serviceHeaders: settings.propertySystemHeaders,
-                templateNames: settings.templateNames)
+            let catalog = try TemplateCatalog(directory: templatesDirectory)
+            for organization in organizations {
+                let graph = GraphClient(
+                    configuration: GraphConfiguration(
+                        baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion,
+                        phoneNumberID: organization.phoneNumberID, accessToken: organization.accessToken))
+                clients.append(graph)
+                senders[organization.id] = InvoiceAPISender(
+                    store: store, client: graph, catalog: catalog, defaultLanguage: organization.language,
+                    defaultCountryCode: organization.defaultCountryCode ?? settings.defaultCountryCode, rate: rate,
+                    propertySystem: propertySystem, fetcher: fetcher, serviceHeaders: settings.propertySystemHeaders,
+                    templateNames: organization.templateNames, defaultCurrency: organization.currency)
+            }
+            logger.info(
+                "sending for \(organizations.count) organization(s)",
+                metadata: ["organizations": "\(organizations.map { "\($0.id) (\($0.phoneNumberID))" }.joined(separator: ", "))"])
         } else {
             logger.warning("WHATSAPP_ACCESS_TOKEN or WHATSAPP_PHONE_NUMBER_ID is not set: POST /send-invoice will answer 503")
         }
+        let sender: OrganizationRouter? = senders.isEmpty ? nil : OrganizationRouter(senders: senders)
         let server = DispatcherServer(
             store: store,
             configuration: ServerConfiguration(
@@ -98,7 +119,7 @@ struct ServeCommand: AsyncParsableCommand {
         // One service group, stopped gracefully by SIGTERM or SIGINT, last started first: the
         // server stops taking requests, then the Graph client its /send-invoice calls use shuts down.
         let services: [any Service] =
-            (client.map { client in [ShutdownService { try await client.shutdown() }] } ?? [])
+            clients.map { client in ShutdownService { try await client.shutdown() } }
             + (fetcher.map { fetcher in [ShutdownService { try await fetcher.shutdown() }] } ?? [])
             + [server.application(host: host, port: port, logger: logger)]
         var configuration = serviceConfiguration(services, logger: logger)

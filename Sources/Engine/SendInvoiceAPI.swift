@@ -169,12 +169,17 @@ public struct InvoiceRequestError: Error, Sendable, CustomStringConvertible {
         case invalid
         /// The same `invoiceId` was sent before with another amount or currency (a 409).
         case conflict
+        /// The `organizationId` is not one this process sends for (a 403).
+        case unknownOrganization
     }
     public var code: Code
     public var message: String
 
     public static func invalid(_ message: String) -> InvoiceRequestError { InvoiceRequestError(code: .invalid, message: message) }
     public static func conflict(_ message: String) -> InvoiceRequestError { InvoiceRequestError(code: .conflict, message: message) }
+    public static func unknownOrganization(_ message: String) -> InvoiceRequestError {
+        InvoiceRequestError(code: .unknownOrganization, message: message)
+    }
 
     public var description: String { message }
 }

@@ -349,6 +349,7 @@ public struct DispatcherServer: Sendable {
             switch error.code {
             case .invalid: throw APIError(.badRequest, error.message)
             case .conflict: throw APIError(.conflict, error.message)
+            case .unknownOrganization: throw APIError(.forbidden, error.message)
             }
         }
     }

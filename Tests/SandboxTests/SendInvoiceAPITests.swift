@@ -1,3 +1,4 @@
+import Dispatcher
 import Foundation
 import StoreTesting
 import Testing
@@ -162,6 +163,59 @@ struct SendInvoiceAPITests {
             #expect(ContinuousClock.now - started >= .seconds(5))
             let codes = try await h.requests().map { $0["errorCode"] as? Int }
             #expect(codes == [nil, 131056, nil], "\(codes)")
+        }
+    }
+
+    @Test("organizations: each organizationId sends from its own number with its own defaults; an unknown one is refused")
+    func organizations() async throws {
+        try await Harness.run { h in
+            let catalog = try TemplateCatalog(directory: testPackageRoot.appendingPathComponent("templates").path)
+            var clients: [GraphClient] = []
+            var senders: [String: any InvoiceSendService] = [:]
+            for (id, number, country) in [("caribe", "PN-CARIBE", "1"), ("espana", "PN-ESPANA", "34")] {
+                var graph = h.graph
+                graph.phoneNumberID = number
+                let client = GraphClient(configuration: graph)
+                clients.append(client)
+                senders[id] = InvoiceAPISender(
+                    store: h.store, client: client, catalog: catalog, defaultLanguage: "es", defaultCountryCode: country,
+                    defaultCurrency: id == "caribe" ? "DOP" : "EUR")
+            }
+            let router = OrganizationRouter(senders: senders)
+            func body(_ phone: String) throws -> SendInvoiceRequest {
+                try JSONDecoder().decode(
+                    SendInvoiceRequest.self,
+                    from: Data(
+                        #"{"phoneNumbers": ["\#(phone)"], "tenantName": "Ana", "invoicePeriod": "marzo 2026", "totalAmount": 100, "templateName": "invoice"}"#
+                            .utf8))
+            }
+            let outcome = await result {
+                // Numbers as the landlord typed them, national: each organization's own country code.
+                let caribe = try await router.sendInvoice(try body("809 555 0100"), caller: InvoiceCaller(organizationID: "caribe"))
+                let espana = try await router.sendInvoice(try body("612 345 600"), caller: InvoiceCaller(organizationID: "espana"))
+                return (caribe, espana)
+            }
+            let refused = await result {
+                try await router.sendInvoice(try body("809 555 0100"), caller: InvoiceCaller(organizationID: "otra"))
+            }
+            let anonymous = await result { try await router.sendInvoice(try body("809 555 0100"), caller: InvoiceCaller()) }
+            for client in clients { try? await client.shutdown() }
+            let (caribe, espana) = try outcome.get()
+            #expect(caribe.results.map(\.phoneNumber) == ["+18095550100"])
+            #expect(espana.results.map(\.phoneNumber) == ["+34612345600"])
+            let requests = try await h.requests()
+            #expect(requests.map { $0["phoneNumberID"] as? String } == ["PN-CARIBE", "PN-ESPANA"], "\(requests)")
+            let espanaID = try #require(espana.results.first?.id)
+            let espanaBody = try #require(try await h.store.message(espanaID)?.requestBody)
+            #expect(espanaBody.contains(#""code":"EUR""#))
+            for failed in [refused, anonymous] {
+                guard case .failure(let error as InvoiceRequestError) = failed else {
+                    Issue.record("sent for an organization not configured: \(failed)")
+                    continue
+                }
+                #expect(error.code == .unknownOrganization)
+            }
+            #expect(try await h.requests().count == 2)
         }
     }
 }

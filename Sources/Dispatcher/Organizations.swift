@@ -1,0 +1,146 @@
+public import Foundation
+
+/// One organization (a realm of the property system) as `serve` sends for it: its own WhatsApp
+/// number, token, business account and templates, and the defaults its landlords' data needs.
+public struct Organization: Sendable, Equatable {
+    /// The property system's organization id (its `organizationId` header).
+    public var id: String
+    public var name: String
+    public var phoneNumberID: String
+    public var accessToken: String
+    public var businessAccountID: String?
+    /// Kind (`invoice`, `rentcall`, …) → template name.
+    public var templateNames: [String: String]
+    public var defaultCountryCode: String?
+    /// For `/send-invoice` bodies without `currency`.
+    public var currency: String
+    /// Template language for rows or calls without a usable locale.
+    public var language: String
+
+    public init(
+        id: String, name: String, phoneNumberID: String, accessToken: String, businessAccountID: String? = nil,
+        templateNames: [String: String] = [:], defaultCountryCode: String? = nil, currency: String = "DOP", language: String = "es"
+    ) {
+        self.id = id
+        self.name = name
+        self.phoneNumberID = phoneNumberID
+        self.accessToken = accessToken
+        self.businessAccountID = businessAccountID
+        self.templateNames = templateNames
+        self.defaultCountryCode = defaultCountryCode
+        self.currency = currency
+        self.language = language
+    }
+
+    /// The single-number environment settings as a one-organization configuration (id `default`),
+    /// or nil without a token and number id.
+    public static func fromEnvironment(_ settings: Settings) -> Organization? {
+        guard let token = settings.accessToken, let number = settings.phoneNumberID else { return nil }
+        return Organization(
+            id: "default", name: "default", phoneNumberID: number, accessToken: token, businessAccountID: settings.businessAccountID,
+            templateNames: settings.templateNames, defaultCountryCode: settings.defaultCountryCode, currency: "DOP",
+            language: settings.templateLanguage)
+    }
+}
+
+/// A configuration file that cannot be used, naming the organization and the field.
+public struct ConfigurationError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// `dispatcher.json`: the organizations, secrets by reference to the environment (a token is
+/// never written in the file). See docs/configuration.md.
+public struct OrganizationsFile: Sendable {
+    public var organizations: [Organization]
+
+    struct Raw: Decodable {
+        var organizations: [Entry]
+
+        struct Entry: Decodable {
+            var id: String?
+            var name: String?
+            var phoneNumberID: String?
+            var tokenEnv: String?
+            var token: String?
+            var businessAccountID: String?
+            var templates: [String: String]?
+            var defaultCountryCode: String?
+            var currency: String?
+            var language: String?
+
+            enum CodingKeys: String, CodingKey {
+                case id, name, token, templates, currency, language
+                case phoneNumberID = "phone_number_id"
+                case tokenEnv = "token_env"
+                case businessAccountID = "business_account_id"
+                case defaultCountryCode = "default_country_code"
+            }
+        }
+    }
+
+    /// Reads and checks the file; `environment` resolves `token_env`.
+    public init(contentsOf path: String, environment: [String: String]) throws {
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            throw ConfigurationError("\(path): cannot be read (\(error.localizedDescription))")
+        }
+        try self.init(json: data, source: path, environment: environment)
+    }
+
+    public init(json: Data, source: String, environment: [String: String]) throws {
+        let raw: Raw
+        do {
+            raw = try JSONDecoder().decode(Raw.self, from: json)
+        } catch {
+            throw ConfigurationError("\(source): not the configuration's JSON (\(error))")
+        }
+        var seen = Set<String>(), numbers = Set<String>()
+        var organizations: [Organization] = []
+        for (index, entry) in raw.organizations.enumerated() {
+            let label = entry.id.map { "organization '\($0)'" } ?? "organization #\(index + 1)"
+            func fail(_ field: String, _ problem: String) -> ConfigurationError {
+                ConfigurationError("\(source): \(label): \(field) \(problem)")
+            }
+            guard let id = entry.id?.trimmingASCIIWhitespace(), !id.isEmpty else { throw fail("id", "is required") }
+            guard seen.insert(id).inserted else { throw fail("id", "appears twice") }
+            if entry.token != nil {
+                throw fail("token", "must not be written in the file: put it in the environment and name the variable with token_env")
+            }
+            guard let number = entry.phoneNumberID?.trimmingASCIIWhitespace(), !number.isEmpty,
+                number.allSatisfy({ $0.isASCII && ($0.isNumber || $0.isLetter || $0 == "-" || $0 == "_") })
+            else { throw fail("phone_number_id", "is required (the sender number's id in WhatsApp Manager)") }
+            guard numbers.insert(number).inserted else {
+                throw fail("phone_number_id", "is another organization's too: each organization sends from its own number")
+            }
+            guard let variable = entry.tokenEnv, !variable.isEmpty else {
+                throw fail("token_env", "is required (the environment variable holding its WhatsApp token)")
+            }
+            guard let token = environment[variable]?.trimmingASCIIWhitespace(), !token.isEmpty else {
+                throw fail("token_env", "names \(variable), which is not set in the environment")
+            }
+            if let code = entry.defaultCountryCode, !(1...3).contains(code.count) || !code.allSatisfy({ $0.isASCII && $0.isNumber }) {
+                throw fail("default_country_code", "'\(code)' is not a calling code (1 to 3 digits)")
+            }
+            if let currency = entry.currency, Currency(code: currency) == nil {
+                throw fail("currency", "'\(currency)' is not an ISO 4217 code")
+            }
+            for (kind, name) in entry.templates ?? [:] {
+                guard ["invoice", "rentcall", "rentcall_reminder", "rentcall_last_reminder"].contains(kind) else {
+                    throw fail(
+                        "templates", "names kind '\(kind)'; the kinds are invoice, rentcall, rentcall_reminder, rentcall_last_reminder")
+                }
+                guard isTemplateName(name) else { throw fail("templates.\(kind)", "'\(name)' is not a template name") }
+            }
+            organizations.append(
+                Organization(
+                    id: id, name: entry.name ?? id, phoneNumberID: number, accessToken: token, businessAccountID: entry.businessAccountID,
+                    templateNames: entry.templates ?? [:], defaultCountryCode: entry.defaultCountryCode, currency: entry.currency ?? "DOP",
+                    language: entry.language ?? "es"))
+        }
+        if organizations.isEmpty { throw ConfigurationError("\(source): no organizations") }
+        self.organizations = organizations
+    }
+}

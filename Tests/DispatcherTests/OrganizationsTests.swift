@@ -1,0 +1,71 @@
+import Foundation
+import Testing
+
+@testable import Dispatcher
+
+@Suite("Organizations file")
+struct OrganizationsTests {
+    let environment = ["CARIBE_TOKEN": "token-caribe", "NORTE_TOKEN": "token-norte"]
+
+    func load(_ json: String) throws -> [Organization] {
+        try OrganizationsFile(json: Data(json.utf8), source: "dispatcher.json", environment: environment).organizations
+    }
+
+    @Test("each organization with its number, its token from the environment, its templates and defaults")
+    func twoOrganizations() throws {
+        let organizations = try load(
+            #"""
+            {"organizations": [
+              {"id": "caribe", "name": "Inmobiliaria Caribe", "phone_number_id": "1111", "token_env": "CARIBE_TOKEN",
+               "business_account_id": "9001", "templates": {"invoice": "factura2", "rentcall": "payment_notice"},
+               "default_country_code": "1", "currency": "DOP", "language": "es"},
+              {"id": "norte", "phone_number_id": "2222", "token_env": "NORTE_TOKEN", "currency": "EUR", "language": "fr"}
+            ]}
+            """#)
+        #expect(organizations.map(\.id) == ["caribe", "norte"])
+        #expect(organizations[0].accessToken == "token-caribe" && organizations[1].accessToken == "token-norte")
+        #expect(organizations[0].templateNames == ["invoice": "factura2", "rentcall": "payment_notice"])
+        #expect(organizations[0].defaultCountryCode == "1" && organizations[1].defaultCountryCode == nil)
+        #expect(organizations[1].name == "norte" && organizations[1].currency == "EUR" && organizations[1].language == "fr")
+    }
+
+    @Test("what cannot be used is refused, naming the organization and the field")
+    func refusals() throws {
+        let cases: [(String, String)] = [
+            (#"{"organizations": [{"id": "a", "phone_number_id": "1", "token": "EAAG…"}]}"#, "organization 'a': token must not be written"),
+            (#"{"organizations": [{"id": "a", "phone_number_id": "1", "token_env": "MISSING"}]}"#, "names MISSING, which is not set"),
+            (
+                #"{"organizations": [{"id": "a", "phone_number_id": "1", "token_env": "CARIBE_TOKEN"}, {"id": "b", "phone_number_id": "1", "token_env": "NORTE_TOKEN"}]}"#,
+                "organization 'b': phone_number_id is another organization's"
+            ),
+            (#"{"organizations": [{"phone_number_id": "1", "token_env": "CARIBE_TOKEN"}]}"#, "organization #1: id is required"),
+            (
+                #"{"organizations": [{"id": "a", "phone_number_id": "1", "token_env": "CARIBE_TOKEN", "templates": {"promo": "x"}}]}"#,
+                "names kind 'promo'"
+            ),
+            (
+                #"{"organizations": [{"id": "a", "phone_number_id": "1", "token_env": "CARIBE_TOKEN", "currency": "RD$"}]}"#,
+                "currency 'RD$' is not an ISO 4217 code"
+            ),
+            (#"{"organizations": []}"#, "no organizations"),
+            ("{", "not the configuration's JSON"),
+        ]
+        for (json, expected) in cases {
+            do {
+                _ = try load(json)
+                Issue.record("accepted: \(json)")
+            } catch let error as ConfigurationError {
+                #expect(error.description.contains(expected), "\(error)")
+                #expect(!error.description.contains("token-caribe"))
+            }
+        }
+    }
+
+    @Test("the single-number environment is a one-organization configuration")
+    func fromEnvironment() {
+        #expect(Organization.fromEnvironment(Settings(environment: [:])) == nil)
+        let single = Organization.fromEnvironment(
+            Settings(environment: ["WHATSAPP_ACCESS_TOKEN": "t", "WHATSAPP_PHONE_NUMBER_ID": "p", "WHATSAPP_INVOICE_TEMPLATE": "factura2"]))
+        #expect(single?.id == "default" && single?.phoneNumberID == "p" && single?.templateNames == ["invoice": "factura2"])
+    }
+}
