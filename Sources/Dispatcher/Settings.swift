@@ -26,6 +26,8 @@ public struct Settings: Sendable {
     public var propertySystemToken: String?
     /// Sent as `organizationId` with those fetches (the property system wants its realm).
     public var propertySystemOrganization: String?
+    /// Only links below this path are fetched (default `/api/v2/documents/`).
+    public var propertySystemDocumentsPath: String?
     /// How long a sender number's lease lasts unless renewed (renewed every third of it): how long
     /// a crashed `send` keeps its number from the next one.
     public var senderLeaseSeconds: Double
@@ -75,13 +77,21 @@ public struct Settings: Sendable {
         apiToken = value("DISPATCHER_API_TOKEN")
         jwtSecret = value("DISPATCHER_JWT_SECRET")
         if jwtSecret == nil, let old = value("ACCESS_TOKEN_SECRET") {
-            jwtSecret = old
-            notes.append("ACCESS_TOKEN_SECRET (the property system's name) is read as DISPATCHER_JWT_SECRET")
+            if old.utf8.count >= 32 {
+                jwtSecret = old
+                notes.append("ACCESS_TOKEN_SECRET (the property system's name) is read as DISPATCHER_JWT_SECRET")
+            } else {
+                // Taken, it would stop serve (jwt-kit refuses short HMAC keys): said instead.
+                notes.append(
+                    "ACCESS_TOKEN_SECRET is shorter than 32 bytes: the property system's tokens are not accepted until it is lengthened (there and here) or DISPATCHER_JWT_SECRET is set"
+                )
+            }
         }
         defaultCountryCode = value("DISPATCHER_DEFAULT_COUNTRY_CODE")
         propertySystemURL = value("DISPATCHER_PROPERTY_SYSTEM_URL")
         propertySystemToken = value("DISPATCHER_PROPERTY_SYSTEM_TOKEN")
         propertySystemOrganization = value("DISPATCHER_PROPERTY_SYSTEM_ORGANIZATION")
+        propertySystemDocumentsPath = value("DISPATCHER_PROPERTY_SYSTEM_DOCUMENTS_PATH")
         senderLeaseSeconds = value("DISPATCHER_SENDER_LEASE_SECONDS").flatMap(Double.init).flatMap { $0 > 0 ? $0 : nil } ?? 30
         servePort = value("WHATSAPP_PORT").flatMap(Int.init).flatMap { (1...65535).contains($0) ? $0 : nil }
         if let port = value("WHATSAPP_PORT") {
@@ -132,7 +142,8 @@ public struct Settings: Sendable {
     /// The property system, or why `DISPATCHER_PROPERTY_SYSTEM_URL` is not usable.
     public func propertySystem() throws(SettingsError) -> PropertySystem? {
         guard let url = propertySystemURL else { return nil }
-        guard let system = PropertySystem(url: url) else {
+        let documents = propertySystemDocumentsPath ?? "/api/v2/documents/"
+        guard let system = PropertySystem(url: url, documentsPath: documents) else {
             throw SettingsError("DISPATCHER_PROPERTY_SYSTEM_URL '\(url)' is not an http(s) address (e.g. https://pm.example.com)")
         }
         return system

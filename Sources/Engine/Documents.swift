@@ -147,7 +147,9 @@ public struct MediaStager: Sendable {
 
     public func stage(run: String) async throws -> Report {
         let store = uploader.store
-        var byLink: [String: [(id: String, body: String, filename: String)]] = [:]
+        // Ids only (bodies are read back per message when rewritten): memory stays small
+        // whatever the run's size.
+        var byLink: [String: [(id: String, filename: String)]] = [:]
         var after: Int64? = nil
         while true {
             let page = try await store.queuedMessages(run: run, after: after, limit: 1000)
@@ -157,7 +159,7 @@ public struct MediaStager: Sendable {
                 guard let body = message.requestBody, let document = TemplateMessageRequest.documentLink(inBody: body),
                     propertySystem.owns(document.link)
                 else { continue }
-                byLink[document.link, default: []].append((message.id, body, document.filename ?? "invoice.pdf"))
+                byLink[document.link, default: []].append((message.id, document.filename ?? "invoice.pdf"))
             }
         }
         guard !byLink.isEmpty else { return Report() }
@@ -188,8 +190,17 @@ public struct MediaStager: Sendable {
                 case .success(let media):
                     if media.reused { report.reused += 1 } else { report.uploaded += 1 }
                     for message in byLink[link]! {
-                        if let body = TemplateMessageRequest.body(message.body, sendingDocument: link, asMedia: media.id) {
+                        guard let stored = try await store.message(message.id), stored.state == .queued else { continue }
+                        if let body = stored.requestBody.flatMap({
+                            TemplateMessageRequest.body($0, sendingDocument: link, asMedia: media.id)
+                        }) {
                             _ = try await store.replaceQueuedRequest(messageID: message.id, body: body, at: now)
+                        } else if try await store.failQueued(
+                            messageID: message.id, title: "not sent: the invoice PDF could not be sent",
+                            details: "its stored request does not carry the link \(link) any more", at: now)
+                        {
+                            // Never sent with a link Meta cannot fetch (its 131053 would halt the run).
+                            report.failed += 1
                         }
                     }
                 case .failure(let problem):

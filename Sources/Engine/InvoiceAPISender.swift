@@ -125,7 +125,7 @@ public final class InvoiceAPISender: InvoiceSendService {
             period: period,
             dueDate: dueDate,
             landlord: request.organizationName, locale: request.locale.flatMap(normalizeLocale) ?? defaultLanguage,
-            documentURL: request.invoiceURL)
+            documentURL: documentURL)
         invoice.periodLabel = request.invoicePeriod
         let renderer = try MessageRenderer(
             catalog: catalog, templateName: template,
@@ -145,38 +145,50 @@ public final class InvoiceAPISender: InvoiceSendService {
                     name: run, manifest: "POST /send-invoice", template: "various", sender: client.configuration.phoneNumberID,
                     status: .sending, createdAt: today.timeIntervalSince1970))
         }
-        // The same invoice sent before with another amount: a correction needs its own invoiceId,
-        // never the first answer replayed as if it were this one.
-        if request.invoiceID != nil, let first = rendered.first, let earlier = try await store.message(first.id),
-            let stored = try await store.invoice(run: earlier.run, invoiceID: invoiceID),
-            stored.amountMinor != minor || stored.currency != currency.code
-        {
-            let was = LocaleFormatting(locale: "en").money(
-                Money(minorUnits: stored.amountMinor, currency: Currency(code: stored.currency) ?? currency))
-            let now = LocaleFormatting(locale: "en").money(Money(minorUnits: minor, currency: currency))
-            throw InvoiceRequestError.conflict(
-                "invoiceId '\(invoiceID)' was sent before (\(earlier.run)) for \(was); this call says \(now): send the corrected invoice with a new invoiceId"
-            )
+        // The same invoice received before with another amount: a correction needs its own
+        // invoiceId, never the first answer replayed as if it were this one. Any of its numbers
+        // (one may be new), in any earlier run, and today's.
+        if request.invoiceID != nil {
+            var earlierRuns = [run]
+            for message in rendered {
+                if let earlier = try await store.message(message.id), !earlierRuns.contains(earlier.run) { earlierRuns.append(earlier.run) }
+            }
+            for earlierRun in earlierRuns {
+                guard let stored = try await store.invoice(run: earlierRun, invoiceID: invoiceID),
+                    stored.amountMinor != minor || stored.currency != currency.code
+                else { continue }
+                let was = LocaleFormatting(locale: "en").money(
+                    Money(minorUnits: stored.amountMinor, currency: Currency(code: stored.currency) ?? currency))
+                let now = LocaleFormatting(locale: "en").money(Money(minorUnits: minor, currency: currency))
+                throw InvoiceRequestError.conflict(
+                    "invoiceId '\(invoiceID)' was received before (\(earlierRun)) for \(was); this call says \(now): send the corrected invoice with a new invoiceId"
+                )
+            }
         }
         try await store.addInvoices([InvoiceRecord(run: run, invoice: invoice)])
         let optedOut = try await OptOutList.load(from: store)
-        // The property system's PDF, fetched with the caller's own token and uploaded once for all numbers.
-        var mediaID: String? = nil
-        if let documents, let link = documentURL, documents.system.owns(link), let filename = rendered.first?.document?.filename {
+        // The property system's PDF: fetched (with the caller's own token) and uploaded once, and
+        // only when a message is actually to be sent, so that a repeated call for an invoice
+        // already sent is answered from the ledger whatever the property system says now.
+        var upload: Result<String, DocumentProblem>? = nil
+        func mediaID() async throws -> Result<String, DocumentProblem>? {
+            guard let documents, let link = documentURL, documents.system.owns(link), let filename = rendered.first?.document?.filename
+            else { return nil }
+            if let upload { return upload }
             var headers = documents.serviceHeaders.filter { $0.0 != "Authorization" || caller.propertySystemAuthorization == nil }
             if let authorization = caller.propertySystemAuthorization { headers.append(("Authorization", authorization)) }
-            if let organizationID { headers.removeAll { $0.0 == "organizationId" }; headers.append(("organizationId", organizationID)) }
-            do {
-                mediaID = try await documents.uploader.mediaID(for: link, filename: filename, headers: headers).id
-            } catch let problem as DocumentProblem {
-                // Nothing is stored: the same call, once the PDF can be had, sends it.
-                return SendInvoiceResponse(
-                    results: rendered.map {
-                        .init(
-                            phoneNumber: "+" + $0.phone, success: false, id: $0.id, wamid: nil, state: "not_sent",
-                            error: problem.description)
-                    }, templateName: template)
+            if let organizationID {
+                headers.removeAll { $0.0 == "organizationId" }
+                headers.append(("organizationId", organizationID))
             }
+            do {
+                upload = .success(try await documents.uploader.mediaID(for: link, filename: filename, headers: headers).id)
+            } catch let problem as DocumentProblem {
+                upload = .failure(problem)
+            } catch let error as GraphError {
+                upload = .failure(DocumentProblem("Meta refused the invoice PDF's upload: \(error.description)"))
+            }
+            return upload
         }
         var results: [SendInvoiceResponse.Result] = []
         for message in rendered {
@@ -194,11 +206,6 @@ public final class InvoiceAPISender: InvoiceSendService {
                 continue
             }
             var body = message.request.jsonBody
-            if let mediaID, let link = documentURL,
-                let byID = TemplateMessageRequest.body(body, sendingDocument: link, asMedia: mediaID)
-            {
-                body = byID
-            }
             let insert = try await store.addMessages([
                 NewMessage(
                     id: message.id, run: run, invoiceID: invoiceID, phone: message.phone,
@@ -212,6 +219,22 @@ public final class InvoiceAPISender: InvoiceSendService {
                     .init(
                         phoneNumber: display, success: existing.state != .failed, id: existing.id, wamid: existing.wamid,
                         state: existing.state.rawValue, error: existing.errorTitle))
+                continue
+            }
+            switch try await mediaID() {
+            case nil: break
+            case .success(let id)?:
+                if let link = documentURL, let byID = TemplateMessageRequest.body(body, sendingDocument: link, asMedia: id) {
+                    body = byID
+                    _ = try await store.replaceQueuedRequest(messageID: message.id, body: body, at: wallClock())
+                }
+            case .failure(let problem)?:
+                // Failed with the reason, no code: a later call (the PDF fixed) sends it again.
+                _ = try await store.failQueued(
+                    messageID: message.id, title: "not sent: the invoice PDF could not be sent", details: problem.description,
+                    at: wallClock())
+                results.append(
+                    .init(phoneNumber: display, success: false, id: message.id, wamid: nil, state: "failed", error: problem.description))
                 continue
             }
             results.append(try await send(messageID: message.id, phone: message.phone, body: Array(body.utf8), display: display))
@@ -238,7 +261,13 @@ public final class InvoiceAPISender: InvoiceSendService {
         var pairWaits = 0
         while round < rounds {
             defer { round += 1 }
-            let attempt = try await store.beginAttempt(messageID: messageID, at: wallClock())
+            // Claimed, not just begun: a second call for the same invoice (the UI retrying while this
+            // one waits out a back-off) finds it taken and does not send it too.
+            guard let attempt = try await store.claimAttempt(messageID: messageID, at: wallClock()) else {
+                return .init(
+                    phoneNumber: display, success: false, id: messageID, wamid: nil, state: "sending",
+                    error: "another call is sending this invoice to this number now; its status will follow")
+            }
             try await pacer.slot()
             switch await client.send(body: Data(body)) {
             case .accepted(let wamid, let waID, let held):

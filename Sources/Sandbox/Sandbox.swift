@@ -191,10 +191,9 @@ public struct Sandbox: Sendable {
             }
         }
         let limit = max(1, min(Int(request.uri.queryParameters.get("limit") ?? "") ?? 25, 100))
-        let start =
-            Int(
-                request.uri.queryParameters.get("after").flatMap { Data(base64Encoded: $0) }.map { String(decoding: $0, as: UTF8.self) }
-                    ?? "") ?? 0
+        let cursor = request.uri.queryParameters.get("after").flatMap { Data(base64Encoded: String($0)) }
+        // A cursor is ours (an offset); anything else starts at the beginning, never traps.
+        let start = min(entries.count, max(0, cursor.flatMap { Int(String(decoding: $0, as: UTF8.self)) } ?? 0))
         let page = entries.dropFirst(start).prefix(limit)
         var paging: [(String, MetaJSON)] = []
         let end = start + page.count

@@ -37,6 +37,10 @@ public protocol DispatchStore: Sendable {
 
     /// Marks the message `sending` and records a new attempt before the request leaves; returns its number.
     func beginAttempt(messageID: String, at time: Double) async throws -> Int
+    /// Begins an attempt only if the message is `queued` (atomically: of two callers, one gets it).
+    /// Returns the attempt number, or nil when it is not queued (another caller is sending it, or
+    /// it was sent). What `/send-invoice` sends with: two calls for one invoice never both send.
+    func claimAttempt(messageID: String, at time: Double) async throws -> Int?
     /// Several messages at once (one transaction): the ledger entry before each request leaves.
     /// Returns each message's attempt number.
     func beginAttempts(messageIDs: [String], at time: Double) async throws -> [String: Int]

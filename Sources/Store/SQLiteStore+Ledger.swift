@@ -132,6 +132,22 @@ extension SQLiteStore {
         }
     }
 
+    public func claimAttempt(messageID: String, at time: Double) async throws -> Int? {
+        try await pool.write { db in
+            try db.execute(
+                sql:
+                    "UPDATE messages SET state = 'sending', state_rank = ?, attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = 'queued'",
+                arguments: [MessageState.sending.rank, time, messageID])
+            guard db.changesCount == 1,
+                let number = try Int.fetchOne(db, sql: "SELECT attempts FROM messages WHERE id = ?", arguments: [messageID])
+            else { return nil }
+            try db.execute(
+                sql: "INSERT INTO attempts (message_id, number, started_at, outcome) VALUES (?, ?, ?, 'sending')",
+                arguments: [messageID, number, time])
+            return number
+        }
+    }
+
     public func queuedTemplates(run: String) async throws -> [TemplateLanguage] {
         try await pool.read { db in
             try Row.fetchAll(

@@ -69,3 +69,27 @@ struct OrganizationsTests {
         #expect(single?.id == "default" && single?.phoneNumberID == "p" && single?.templateNames == ["invoice": "factura2"])
     }
 }
+
+@Suite("Property system links")
+struct PropertySystemTests {
+    @Test("only its documents, on its origin or relative to it, are fetched with credentials")
+    func documentsOnly() throws {
+        let system = try #require(PropertySystem(url: "https://pm.example.com/"))
+        #expect(
+            system.resolve("/api/v2/documents/invoice/T1/2026030100") == "https://pm.example.com/api/v2/documents/invoice/T1/2026030100")
+        #expect(
+            system.resolve("https://PM.example.com/api/v2/documents/invoice/T1/1") == "https://PM.example.com/api/v2/documents/invoice/T1/1"
+        )
+        for outside in [
+            "/api/v2/tenants/T1", "/api/v2/documents/../tenants", "/api/v2/documents/%2e%2e/tenants",
+            "https://pm.example.com.evil.com/api/v2/documents/x",
+            "https://pm.example.com@evil.com/api/v2/documents/x", "//evil.com/api/v2/documents/x",
+            "https://other.example.com/api/v2/documents/x",
+            "http://pm.example.com/api/v2/documents/x", "/api/v2/documents/x\\..\\y",
+        ] {
+            #expect(system.resolve(outside) == nil, "\(outside)")
+        }
+        #expect(PropertySystem(url: "ftp://pm.example.com") == nil)
+        #expect(PropertySystem(url: "http://localhost:8080")?.origin == "http://localhost:8080")
+    }
+}

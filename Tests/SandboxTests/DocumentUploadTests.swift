@@ -128,12 +128,14 @@ struct DocumentUploadTests {
         try await PropertySystemStandIn.run(tokens: [token]) { base, standIn in
             try await Harness.run(jwtSecret: secret, propertySystem: PropertySystem(url: base)) { h in
                 func post(_ url: String, token: String) async throws -> [String: Any] {
+                    // Each document its own invoice (the tenant id in the link).
+                    let invoiceID = url.split(separator: "/").dropLast().last.map(String.init) ?? "I"
                     var request = URLRequest(url: URL(string: "\(h.receiverURL)/send-invoice")!)
                     request.httpMethod = "POST"
                     request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
                     request.setValue("org-42", forHTTPHeaderField: "organizationId")
                     request.httpBody = Data(
-                        #"{"phoneNumbers": ["+1 809 555 0101"], "tenantName": "María Pérez", "invoicePeriod": "marzo 2026", "totalAmount": "12345.5", "currency": "RD$", "organizationName": "Inmobiliaria Caribe", "invoiceUrl": "\#(url)", "locale": "es-CO", "templateName": "invoice", "dueDate": "10/03/2026"}"#
+                        #"{"phoneNumbers": ["+1 809 555 0101"], "tenantName": "María Pérez", "invoicePeriod": "marzo 2026", "totalAmount": "12345.5", "currency": "RD$", "organizationName": "Inmobiliaria Caribe", "invoiceUrl": "\#(url)", "locale": "es-CO", "templateName": "invoice", "dueDate": "10/03/2026", "invoiceId": "\#(invoiceID)"}"#
                             .utf8)
                     let (data, _) = try await URLSession.shared.data(for: request)
                     return (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
@@ -148,6 +150,19 @@ struct DocumentUploadTests {
                 #expect(body.contains(#""document":{"id":"#) && body.contains(#""filename":"#), "\(body)")
                 #expect(body.contains(#""text":"10 de marzo de 2026""#), "\(body)")  // the UI's day-first due date
 
+                // The same call again, by the operator (whose service token the property system refuses):
+                // answered from the ledger, never "not sent" for an invoice that was.
+                let replay = try await post("\(base)/api/v2/documents/invoice/T1/2026030100", token: "api-token")
+                #expect((replay["results"] as? [[String: Any]])?.first?["success"] as? Bool == true, "\(replay)")
+                #expect(standIn.fetchCount == 1)
+
+                // A relative link, as the UI may send it: resolved on the property system, fetched, sent by id.
+                let relative = try await post("/api/v2/documents/invoice/T5/2026030100", token: token)
+                let relativeID = try #require((relative["results"] as? [[String: Any]])?.first?["id"] as? String, "\(relative)")
+                #expect((relative["results"] as? [[String: Any]])?.first?["state"] as? String == "accepted", "\(relative)")
+                let relativeBody = try #require(try await h.store.message(relativeID)?.requestBody)
+                #expect(relativeBody.contains(#""document":{"id":"#) && !relativeBody.contains("/api/v2/"), "\(relativeBody)")
+
                 // A PDF the property system does not have: that invoice is not sent, and says why.
                 let missing = try await post("/api/v2/documents/invoice/MISSING/2026030100", token: token)
                 let failed = try #require(missing["results"] as? [[String: Any]], "\(missing)")
@@ -160,7 +175,8 @@ struct DocumentUploadTests {
                 #expect((refused.first?["error"] as? String)?.contains("HTTP 401") == true, "\(operator_)")
                 #expect(!standIn.tokensSeen.contains("api-token"))
                 #expect(standIn.tokensSeen.last == "service-token")
-                #expect(try await h.requests().count == 1)
+                // Two invoices sent (T1, T5: the second after Meta's 6-second pair window), nothing else.
+                #expect(try await h.requests().filter { $0["httpStatus"] as? Int == 200 }.count == 2)
             }
         }
     }

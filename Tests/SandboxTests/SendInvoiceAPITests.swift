@@ -218,4 +218,18 @@ struct SendInvoiceAPITests {
             #expect(try await h.requests().count == 2)
         }
     }
+
+    @Test("the same call five times at once (a double click, a retrying UI): each number is sent once", arguments: engines)
+    func concurrentCalls(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine, jwtSecret: secret) { h in
+            let token = try await #require(HS256Verifier(secret: secret)).sign(AccessClaims(expires: Date().timeIntervalSince1970 + 600))
+            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<5 { group.addTask { try await self.post(h, self.oldBody, token: token).0 } }
+                return try await group.reduce(into: [Int]()) { $0.append($1) }
+            }
+            #expect(statuses.allSatisfy { $0 == 200 }, "\(statuses)")
+            let accepted = try await h.requests().filter { $0["httpStatus"] as? Int == 200 }.compactMap { $0["to"] as? String }
+            #expect(accepted.sorted() == ["18095550101", "18295550102"], "\(accepted)")
+        }
+    }
 }

@@ -7,9 +7,14 @@ import Foundation
 public struct PropertySystem: Sendable, Equatable {
     /// `scheme://host[:port]`, lowercased, without a trailing slash.
     public let origin: String
+    /// Only links below this path are fetched with credentials (the property system's documents,
+    /// `/api/v2/documents/`): the service token opens nothing else, whatever a manifest or a
+    /// caller names.
+    public let documentsPath: String
 
     /// Nil when `url` is not an http(s) URL with a host.
-    public init?(url: String) {
+    public init?(url: String, documentsPath: String = "/api/v2/documents/") {
+        self.documentsPath = documentsPath.hasPrefix("/") ? documentsPath : "/" + documentsPath
         guard let parsed = URL(string: url.trimmingASCIIWhitespace()), let scheme = parsed.scheme?.lowercased(),
             scheme == "https" || scheme == "http", let host = parsed.host?.lowercased(), !host.isEmpty
         else { return nil }
@@ -19,12 +24,23 @@ public struct PropertySystem: Sendable, Equatable {
     /// The link as an absolute URL on this origin, or nil when it is not one of ours: a path
     /// (`/api/…`) is resolved against the origin; an absolute link must start with the origin.
     public func resolve(_ link: String) -> String? {
-        if link.hasPrefix("/") && !link.hasPrefix("//") { return origin + link }
-        let lowered = link.lowercased()
-        guard lowered.hasPrefix(origin) else { return nil }
-        let rest = lowered.dropFirst(origin.count)
-        guard rest.isEmpty || rest.hasPrefix("/") || rest.hasPrefix("?") else { return nil }  // not https://pm.example.com.evil
-        return link
+        let path: Substring
+        if link.hasPrefix("/") && !link.hasPrefix("//") {
+            path = Substring(link)
+        } else {
+            guard link.lowercased().hasPrefix(origin) else { return nil }
+            path = link.dropFirst(origin.count)
+            guard path.hasPrefix("/") else { return nil }  // not https://pm.example.com.evil, nor …@evil
+        }
+        guard path.hasPrefix(documentsPath) else { return nil }
+        // No way out of the documents: no dot segments, plain or percent-encoded, no backslashes.
+        let lowered = path.lowercased()
+        if lowered.contains("/../") || lowered.hasSuffix("/..") || lowered.contains("/./") || lowered.contains("%2e")
+            || lowered.contains("\\") || lowered.contains("%5c")
+        {
+            return nil
+        }
+        return link.hasPrefix("/") ? origin + link : link
     }
 
     /// Whether a (resolved) document link is to be fetched from the property system.

@@ -92,6 +92,26 @@ extension PostgresStore {
         }
     }
 
+    public func claimAttempt(messageID: String, at time: Double) async throws -> Int? {
+        let logger = self.logger
+        return try await transaction { connection in
+            var number: Int? = nil
+            for try await attempts in try await connection.query(
+                """
+                UPDATE messages SET state = 'sending', state_rank = \(MessageState.sending.rank), attempts = attempts + 1, updated_at = \(time)
+                WHERE id = \(messageID) AND state = 'queued' RETURNING attempts
+                """, logger: logger
+            ).decode(Int.self) {
+                number = attempts
+            }
+            guard let number else { return nil }
+            try await connection.query(
+                "INSERT INTO attempts (message_id, number, started_at, outcome) VALUES (\(messageID), \(number), \(time), 'sending')",
+                logger: logger)
+            return number
+        }
+    }
+
     public func queuedTemplates(run: String) async throws -> [TemplateLanguage] {
         try await rows(
             """
