@@ -261,11 +261,7 @@ extension RunSession {
             console.say(
                 "Nothing was sent. Wait for Meta's approval (`dispatcher templates check`), or send the other languages with --skip-unapproved-languages."
             )
-            if var record = try await engine.store.run(named: run) {
-                record.status = .halted
-                record.haltReason = problems.map(\.description).joined(separator: "; ")
-                try await engine.store.saveRun(record)
-            }
+            try await recordHalt(run: run, reason: problems.map(\.description).joined(separator: "; "), store: engine.store)
             throw Exit.halted
         }
         for problem in problems {
@@ -278,6 +274,14 @@ extension RunSession {
 }
 
 extension RunSession {
+    /// A run stopped before its first request: halted, with why (as `BillingRun.conclude` records a halt).
+    func recordHalt(run: String, reason: String, store: any DispatchStore) async throws {
+        guard var record = try await store.run(named: run) else { return }
+        record.status = .halted
+        record.haltReason = reason
+        try await store.saveRun(record)
+    }
+
     /// Before the first request: the property system's PDFs are fetched (with its service token)
     /// and uploaded to Meta, their messages then sent by media id; an invoice whose PDF cannot be
     /// had fails with the reason, the rest go. A refusal that dooms every upload (the token) halts.
@@ -295,11 +299,7 @@ extension RunSession {
             report = try result.get()
         } catch let error as GraphError {
             console.say("HALTED: Meta refused the invoice PDFs' upload: \(error.description)\n\(haltAdvice(error))")
-            if var record = try await engine.store.run(named: run) {
-                record.status = .halted
-                record.haltReason = "PDF upload: \(error.description)"
-                try await engine.store.saveRun(record)
-            }
+            try await recordHalt(run: run, reason: "PDF upload: \(error.description)", store: engine.store)
             throw Exit.halted
         }
         if report.isEmpty { return }

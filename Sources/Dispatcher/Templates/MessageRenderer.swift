@@ -92,8 +92,11 @@ public struct MessageRenderer: Sendable {
 
     /// The template a row is sent with: the `with_document` variant when it has a document link.
     public func sendingTemplate(for invoice: Invoice) -> TemplateDefinition {
+        // Asked of every row: the usual link field is read as it is, without building a formatter.
         if let documentTemplate, let link = documentTemplate.header?.link,
-            let value = value(of: link, in: invoice, formatting: LocaleFormatting(locale: invoice.locale)), !value.isEmpty
+            let value = link == "document_url"
+                ? invoice.documentURL : value(of: link, in: invoice, formatting: LocaleFormatting(locale: invoice.locale)),
+            !value.isEmpty
         {
             return documentTemplate
         }
