@@ -67,9 +67,12 @@ struct RunsCommand: AsyncParsableCommand {
 
     func run() async throws {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
-        let runs = try await database.open(settings: settings).runs()
+        let store = try await database.open(settings: settings)
+        let runs = try await store.runs()
+        let others = try await store.statusesForOtherNumbers()
         if json {
-            try Console(json: true).emit(["runs": runs.map(RunJSON.init)])
+            try Console(json: true).emit(
+                RunsJSON(runs: runs.map(RunJSON.init), statuses_for_other_numbers: Dictionary(uniqueKeysWithValues: others)))
             return
         }
         if runs.isEmpty { print("no runs yet in \(database.describe(settings: settings))") }
@@ -79,7 +82,18 @@ struct RunsCommand: AsyncParsableCommand {
                 "\(summary.run.name)  \(summary.run.status.rawValue)  \(iso(summary.run.createdAt))  \(summary.invoices) invoices, \(summary.messages) messages: \(counts.joined(separator: ", "))"
             )
         }
+        for (number, statuses) in others {
+            print(
+                "\(statuses) statuses came for number \(number), which no run was sent from: kept, applied to nothing (another organization's number?)"
+            )
+        }
     }
+}
+
+struct RunsJSON: Encodable {
+    var runs: [RunJSON]
+    /// Statuses Meta sent for numbers no run was sent from, per number: kept, applied to nothing.
+    var statuses_for_other_numbers: [String: Int]
 }
 
 struct RunJSON: Encodable {

@@ -6,7 +6,9 @@ public import WhatsApp
 
 /// `POST /send-invoice` for the property system's landlord UI: one invoice, sent through the same
 /// Graph client, pacing, ledger and idempotency as a billing run, answered once each send has an
-/// outcome. Each day's API sends form one run, `api-YYYY-MM-DD`.
+/// outcome. Each day's API sends form one run per number: `api-YYYY-MM-DD`, or
+/// `api-YYYY-MM-DD@ORGANIZATION` with organizations from the configuration file (a run is sent
+/// from one number, and its statuses are applied only when they come for that number).
 public final class InvoiceAPISender: InvoiceSendService {
     let store: any DispatchStore
     let client: GraphClient
@@ -24,12 +26,16 @@ public final class InvoiceAPISender: InvoiceSendService {
     let templateNames: [String: String]
     /// For a body without `currency`: the old service's default was `RD$`.
     let defaultCurrency: String
+    /// The configured organization this sender sends for (its daily run's suffix); nil: the single-number setup.
+    let organization: String?
 
     public init(
         store: any DispatchStore, client: GraphClient, catalog: TemplateCatalog, defaultLanguage: String,
         defaultCountryCode: String?, rate: Double = 80, propertySystem: PropertySystem? = nil, fetcher: DocumentFetcher? = nil,
-        serviceHeaders: [(String, String)] = [], templateNames: [String: String] = [:], defaultCurrency: String = "DOP"
+        serviceHeaders: [(String, String)] = [], templateNames: [String: String] = [:], defaultCurrency: String = "DOP",
+        organization: String? = nil
     ) {
+        self.organization = organization
         self.templateNames = templateNames
         self.defaultCurrency = defaultCurrency
         self.store = store
@@ -138,7 +144,7 @@ public final class InvoiceAPISender: InvoiceSendService {
             throw InvoiceRequestError.invalid(problems.issues.map { "\($0.field ?? "body"): \($0.message)" }.joined(separator: "; "))
         }
 
-        let run = "api-" + (iso8601(today.timeIntervalSince1970) ?? "").prefix(10)
+        let run = "api-" + (iso8601(today.timeIntervalSince1970) ?? "").prefix(10) + (organization.map { "@\($0)" } ?? "")
         if try await store.run(named: run) == nil {
             try await store.saveRun(
                 RunRecord(

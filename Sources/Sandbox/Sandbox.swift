@@ -326,7 +326,8 @@ public struct Sandbox: Sendable {
         let version = context.parameters.get("version") ?? "v23.0"
         await state.schedule(
             events(
-                for: outcome, wamid: wamid, recipient: Self.whatsAppID(for: waID), callback: message.bizOpaqueCallbackData,
+                for: outcome, phoneNumberID: phoneNumberID, wamid: wamid, recipient: Self.whatsAppID(for: waID),
+                callback: message.bizOpaqueCallbackData,
                 accepted: now, apiVersion: version))
         if outcome == .slow { try await Task.sleep(for: .seconds(3)) }
         if outcome == .timeoutOnce && attempt == 1 {
@@ -440,7 +441,8 @@ public struct Sandbox: Sendable {
     // MARK: - Statuses
 
     func events(
-        for outcome: Outcome, wamid: String, recipient: String, callback: String?, accepted: Double, apiVersion: String
+        for outcome: Outcome, phoneNumberID: String = "SANDBOX", wamid: String, recipient: String, callback: String?, accepted: Double,
+        apiVersion: String
     ) -> [SandboxState.Event] {
         let step = configuration.statusSpacing
         let majorVersion = Int(apiVersion.dropFirst().prefix { $0 != "." }) ?? 23
@@ -483,7 +485,7 @@ public struct Sandbox: Sendable {
                         ])
                     ))
             }
-            return SandboxState.Event(due: at, value: .object(fields), isStatus: true)
+            return SandboxState.Event(due: at, value: .object(fields), isStatus: true, phoneNumberID: phoneNumberID)
         }
         func reply(_ text: String, _ n: Int) -> SandboxState.Event {
             let at = accepted + step * Double(n)
@@ -494,7 +496,7 @@ public struct Sandbox: Sendable {
                 sender, ("id", .string("wamid.IN" + wamid.suffix(12))), ("timestamp", .string(String(Int64(at)))),
                 ("type", .string("text")), ("text", .object([("body", .string(text))])),
             ])
-            return SandboxState.Event(due: at, value: message, isStatus: false)
+            return SandboxState.Event(due: at, value: message, isStatus: false, phoneNumberID: phoneNumberID)
         }
         switch outcome {
         case .delivered: return [status("sent", 1), status("delivered", 2)]
@@ -579,9 +581,23 @@ public struct Sandbox: Sendable {
         try? await client.shutdown()
     }
 
-    /// Meta's envelope: statuses 50 to a change, two changes to an entry; replies in their own change.
+    /// Meta's envelope: statuses 50 to a change, two changes to an entry; replies in their own
+    /// change; each change names the number it is about (`metadata.phone_number_id`).
     func payload(_ events: [SandboxState.Event]) -> [UInt8] {
-        let metadata = MetaJSON.object([("display_phone_number", .string("18095550000")), ("phone_number_id", .string("SANDBOX"))])
+        var numbers: [String] = []
+        for event in events where !numbers.contains(event.phoneNumberID) { numbers.append(event.phoneNumberID) }
+        let changes = numbers.flatMap { number in self.changes(events.filter { $0.phoneNumberID == number }, number: number) }
+        var entries: [MetaJSON] = []
+        for start in stride(from: 0, to: changes.count, by: 2) {
+            entries.append(
+                .object([("id", .string("SANDBOX-WABA")), ("changes", .array(Array(changes[start..<min(start + 2, changes.count)])))]))
+        }
+        return MetaJSON.object([("object", .string("whatsapp_business_account")), ("entry", .array(entries))]).bytes
+    }
+
+    /// One number's changes.
+    func changes(_ events: [SandboxState.Event], number: String) -> [MetaJSON] {
+        let metadata = MetaJSON.object([("display_phone_number", .string("18095550000")), ("phone_number_id", .string(number))])
         var changes: [MetaJSON] = []
         let statuses = events.filter(\.isStatus).map(\.value)
         for start in stride(from: 0, to: statuses.count, by: 50) {
@@ -623,12 +639,7 @@ public struct Sandbox: Sendable {
                     ),
                 ]))
         }
-        var entries: [MetaJSON] = []
-        for start in stride(from: 0, to: changes.count, by: 2) {
-            entries.append(
-                .object([("id", .string("SANDBOX-WABA")), ("changes", .array(Array(changes[start..<min(start + 2, changes.count)])))]))
-        }
-        return MetaJSON.object([("object", .string("whatsapp_business_account")), ("entry", .array(entries))]).bytes
+        return changes
     }
 
     // MARK: - Helpers

@@ -27,6 +27,8 @@ actor SandboxState {
         var due: Double
         var value: MetaJSON
         var isStatus: Bool
+        /// The sender number the event is about (its webhook's `metadata.phone_number_id`).
+        var phoneNumberID = "SANDBOX"
     }
 
     private(set) var requests: [RequestRecord] = []
@@ -117,7 +119,8 @@ actor SandboxState {
 
     /// A delivery that failed: its events go back, due again after `delay`.
     func putBack(_ failed: [Event], retryAt: Double) {
-        events.append(contentsOf: failed.map { Event(due: retryAt, value: $0.value, isStatus: $0.isStatus) })
+        events.append(
+            contentsOf: failed.map { Event(due: retryAt, value: $0.value, isStatus: $0.isStatus, phoneNumberID: $0.phoneNumberID) })
     }
 
     func recordDelivery(_ record: DeliveryRecord, ok: Bool) {

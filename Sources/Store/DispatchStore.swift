@@ -22,6 +22,9 @@ public protocol DispatchStore: Sendable {
     func attempts(messageID: String) async throws -> [AttemptRecord]
     func messages(_ filter: MessageFilter) async throws -> MessagePage
     func stateCounts(run: String) async throws -> [MessageState: Int]
+    /// Statuses kept but applied to no message because Meta sent them for a number no run was
+    /// sent from (another organization's, an unknown one), counted per number.
+    func statusesForOtherNumbers() async throws -> [(number: String, statuses: Int)]
 
     /// A run's messages with their invoices, in order, a page at a time (for reports).
     func reportRows(run: String, after: Int64?, limit: Int) async throws -> [ReportRow]

@@ -219,6 +219,11 @@ public final class SQLiteStore: DispatchStore {
                     )
                     """)
         }
+        migrator.registerMigration("v6: statuses by sender number") { db in
+            // A status applies only to a message sent from the number Meta names in its webhook;
+            // one for another number is kept (and reported) unapplied.
+            try db.execute(sql: "ALTER TABLE status_events ADD COLUMN phone_number_id TEXT")
+        }
         return migrator
     }
 
@@ -257,6 +262,19 @@ public final class SQLiteStore: DispatchStore {
 
     public func stateCounts(run: String) async throws -> [MessageState: Int] {
         try await pool.read { db in try Self.counts(db, run: run) }
+    }
+
+    public func statusesForOtherNumbers() async throws -> [(number: String, statuses: Int)] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT phone_number_id, COUNT(*) FROM status_events
+                    WHERE message_id IS NULL AND phone_number_id IS NOT NULL AND phone_number_id NOT IN (SELECT sender FROM runs)
+                    GROUP BY phone_number_id ORDER BY phone_number_id
+                    """
+            ).map { ($0[0], $0[1]) }
+        }
     }
 
     static func counts(_ db: Database, run: String) throws -> [MessageState: Int] {
@@ -473,12 +491,17 @@ public final class SQLiteStore: DispatchStore {
     /// Matches one status to its message (by wamid, else by our id echoed in
     /// `biz_opaque_callback_data`), applies it under the forward-only rule, and keeps it in the history.
     static func ingest(_ db: Database, _ u: StatusUpdate, payloadID: Int64, at time: Double, into result: inout IngestResult) throws {
-        var match = try Row.fetchOne(db.cachedStatement(sql: "SELECT id, state, phone FROM messages WHERE wamid = ?"), arguments: [u.wamid])
+        var match = try Row.fetchOne(
+            db.cachedStatement(sql: "SELECT id, state, phone, run FROM messages WHERE wamid = ?"), arguments: [u.wamid])
         if match == nil, let callback = u.callbackData, !callback.isEmpty {
             // The send's response may have been lost: the status tells us the wamid (applied below).
             match = try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT id, state, phone FROM messages WHERE id = ? AND (wamid IS NULL OR wamid = ?)"),
+                db.cachedStatement(sql: "SELECT id, state, phone, run FROM messages WHERE id = ? AND (wamid IS NULL OR wamid = ?)"),
                 arguments: [callback, u.wamid])
+        }
+        if let found = match, let number = u.phoneNumberID, try !sentFrom(db, run: found["run"], number: number) {
+            // Another number's status: never applied to this number's message (kept, reported apart).
+            match = nil
         }
         if let match {
             let phone: String = match["phone"]
@@ -492,13 +515,13 @@ public final class SQLiteStore: DispatchStore {
         try db.cachedStatement(
             sql: """
                 INSERT INTO status_events (payload_id, wamid, message_id, status, timestamp, received_at, recipient_id, callback_data,
-                    error_code, error_title, error_details, pricing_category, applied)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    error_code, error_title, error_details, pricing_category, applied, phone_number_id)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(wamid, status, timestamp) DO NOTHING
                 """
         ).execute(arguments: [
             payloadID, u.wamid, match?["id"] as String?, u.status.rawValue, Double(u.timestamp), time, u.recipientID ?? u.recipientUserID,
-            u.callbackData, u.errorCode, u.errorTitle, u.errorDetails, u.pricingCategory, applied != nil,
+            u.callbackData, u.errorCode, u.errorTitle, u.errorDetails, u.pricingCategory, applied != nil, u.phoneNumberID,
         ])
         if db.changesCount == 0 {
             // Seen before: it changed nothing then, unless it was waiting for its message.
@@ -547,6 +570,11 @@ public final class SQLiteStore: DispatchStore {
         return current.applying(u.status)
     }
 
+    /// Whether `run` was sent from `number` (its sender).
+    static func sentFrom(_ db: Database, run: String, number: String) throws -> Bool {
+        try String.fetchOne(db.cachedStatement(sql: "SELECT sender FROM runs WHERE name = ?"), arguments: [run]) == number
+    }
+
     /// Applies statuses that arrived before their message was known, in Meta's time order.
     static func attachPendingEvents(_ db: Database, messageID: String, wamid: String?) throws {
         // Cached: this runs for every accepted send (a statement compiled each time cost more than the lookup).
@@ -559,8 +587,16 @@ public final class SQLiteStore: DispatchStore {
         let now = Date().timeIntervalSince1970
         for row in rows {
             let eventWamid: String = row["wamid"]
-            // A status naming us only by callback data, with another wamid than ours, is not ours.
+            // A status naming us only by callback data, with another wamid than ours, is not ours;
+            // nor one about another sender number.
             if let wamid, eventWamid != wamid { continue }
+            if let number = row["phone_number_id"] as String?,
+                try !sentFrom(
+                    db, run: String.fetchOne(db, sql: "SELECT run FROM messages WHERE id = ?", arguments: [messageID]) ?? "", number: number
+                )
+            {
+                continue
+            }
             let update = StatusUpdate(
                 wamid: eventWamid, status: WebhookStatus(rawValue: row["status"]), timestamp: Int64(row["timestamp"] as Double),
                 errorCode: row["error_code"], errorTitle: row["error_title"], errorDetails: row["error_details"])

@@ -49,12 +49,16 @@ public struct StatusUpdate: Sendable, Equatable {
     public var errorTitle: String?
     public var errorDetails: String?
     public var pricingCategory: String?
+    /// The sender number the status is about (`metadata.phone_number_id`): applied only to a
+    /// message of a run sent from that number; nil (not given) matches any.
+    public var phoneNumberID: String?
 
     public init(
         wamid: String, status: WebhookStatus, timestamp: Int64, recipientID: String? = nil, recipientUserID: String? = nil,
         callbackData: String? = nil, errorCode: Int? = nil, errorTitle: String? = nil, errorDetails: String? = nil,
-        pricingCategory: String? = nil
+        pricingCategory: String? = nil, phoneNumberID: String? = nil
     ) {
+        self.phoneNumberID = phoneNumberID
         self.wamid = wamid
         self.status = status
         self.timestamp = timestamp

@@ -167,7 +167,8 @@ extension WebhookContents {
                             recipientID: s.recipientID?.isEmpty == false ? s.recipientID : nil,
                             recipientUserID: s.recipientUserID?.isEmpty == false ? s.recipientUserID : nil,
                             callbackData: s.bizOpaqueCallbackData, errorCode: error?.code, errorTitle: error?.title ?? error?.message,
-                            errorDetails: error?.errorData?.details, pricingCategory: s.pricing?.category))
+                            errorDetails: error?.errorData?.details, pricingCategory: s.pricing?.category,
+                            phoneNumberID: value.metadata?.phoneNumberID.flatMap { $0.isEmpty ? nil : $0 }))
                 }
                 let contacts = value.contacts ?? []
                 for m in value.messages ?? [] {

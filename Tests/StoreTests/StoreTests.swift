@@ -109,6 +109,41 @@ struct StoreTests {
         #expect(try await store.message(late)?.state == .delivered)
     }
 
+    @Test(
+        "a status for another sender number is kept but never applied (not even when its message learns the wamid later), and counted per number",
+        arguments: engines)
+    func statusesByNumber(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let ids = try await seed(store, phones: ["18095550101", "18095550102"])  // run "march", sent from "123"
+        for (n, id) in ids.enumerated() {
+            try await store.recordAccepted(
+                messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.N\(n)", at: 2)
+        }
+        var ours = status("wamid.N0", "delivered", at: 100)
+        ours.phoneNumberID = "123"
+        var theirs = status("wamid.N1", "read", at: 100)
+        theirs.phoneNumberID = "999"
+        let result = try await ingest(store, [ours, theirs])
+        #expect(result.applied == [.delivered: 1])
+        #expect(result.unmatched == 1)
+        #expect(try await store.message(ids[0])?.state == .delivered)
+        #expect(try await store.message(ids[1])?.state == .accepted)
+        // Not given (older payloads, hand-written tests): matched as before.
+        #expect(try await ingest(store, [status("wamid.N1", "sent", at: 101)]).applied == [.sent: 1])
+
+        // Before its message is known, by callback data: kept, then not attached to this number's message.
+        let late = try await seed(store, run: "april", invoice: "INV-2")[0]
+        var early = status("wamid.L", "read", at: 100, callback: late)
+        early.phoneNumberID = "999"
+        _ = try await ingest(store, [early])
+        try await store.recordAccepted(
+            messageID: late, attempt: try await store.beginAttempt(messageID: late, at: 1), wamid: "wamid.L", at: 2)
+        #expect(try await store.message(late)?.state == .accepted)
+        let others = try await store.statusesForOtherNumbers()
+        #expect(others.map(\.number) == ["999"])
+        #expect(others.map(\.statuses) == [2])
+    }
+
     @Test("duplicates change nothing and are not kept twice in the history", arguments: engines)
     func duplicates(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)

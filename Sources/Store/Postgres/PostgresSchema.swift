@@ -215,6 +215,10 @@ enum PostgresSchema {
                 """
             ]),
         Migration(name: "v7: held messages (Meta's message_status)", statements: [recordOutcomes]),
+        // A status applies only to a message sent from the number Meta names in its webhook.
+        Migration(
+            name: "v8: statuses by sender number",
+            statements: ["ALTER TABLE status_events ADD COLUMN phone_number_id TEXT", ingest, attachPending]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one
@@ -321,12 +325,17 @@ enum PostgresSchema {
                 VALUES (p_time, p_signature, p_body, p_parse_error, p_status_count) RETURNING id INTO r_payload;
             FOR s IN SELECT * FROM jsonb_to_recordset(COALESCE(p_statuses, '[]'::jsonb)) AS x(wamid TEXT, status TEXT,
                          ts DOUBLE PRECISION, recipient TEXT, recipient_user TEXT, callback TEXT, code INTEGER, title TEXT, details TEXT,
-                         pricing TEXT) LOOP
+                         pricing TEXT, phone TEXT) LOOP
                 m_id := NULL; m_phone := NULL;
                 SELECT id, phone INTO m_id, m_phone FROM messages WHERE wamid = s.wamid;
                 IF m_id IS NULL AND COALESCE(s.callback, '') <> '' THEN
                     -- The send's response may have been lost: the status tells us the wamid.
                     SELECT id, phone INTO m_id, m_phone FROM messages WHERE id = s.callback AND (wamid IS NULL OR wamid = s.wamid);
+                END IF;
+                IF m_id IS NOT NULL AND s.phone IS NOT NULL AND NOT EXISTS (
+                    SELECT 1 FROM messages mm JOIN runs r ON r.name = mm.run WHERE mm.id = m_id AND r.sender = s.phone) THEN
+                    -- Another number's status: never applied to this number's message (kept, reported apart).
+                    m_id := NULL; m_phone := NULL;
                 END IF;
                 new_state := NULL;
                 IF m_id IS NOT NULL THEN
@@ -335,9 +344,9 @@ enum PostgresSchema {
                     new_state := dispatcher_apply_status(m_id, s.wamid, s.status, s.ts, s.code, s.title, s.details, p_time);
                 END IF;
                 INSERT INTO status_events (payload_id, wamid, message_id, status, timestamp, received_at, recipient_id, callback_data,
-                    error_code, error_title, error_details, pricing_category, applied)
+                    error_code, error_title, error_details, pricing_category, applied, phone_number_id)
                 VALUES (r_payload, s.wamid, m_id, s.status, s.ts, p_time, COALESCE(s.recipient, s.recipient_user), s.callback, s.code,
-                    s.title, s.details, s.pricing, new_state IS NOT NULL)
+                    s.title, s.details, s.pricing, new_state IS NOT NULL, s.phone)
                 ON CONFLICT (wamid, status, timestamp) DO NOTHING;
                 GET DIAGNOSTICS n = ROW_COUNT;
                 IF n = 0 THEN
@@ -437,6 +446,9 @@ enum PostgresSchema {
                          ORDER BY timestamp, id LOOP
                     -- A status naming us only by callback data, with another wamid than ours, is not ours.
                     CONTINUE WHEN p_wamids[i] <> '' AND e.wamid <> p_wamids[i];
+                    -- Nor one about another sender number.
+                    CONTINUE WHEN e.phone_number_id IS NOT NULL AND NOT EXISTS (
+                        SELECT 1 FROM messages mm JOIN runs r ON r.name = mm.run WHERE mm.id = p_ids[i] AND r.sender = e.phone_number_id);
                     new_state := dispatcher_apply_status(p_ids[i], e.wamid, e.status, e.timestamp, e.error_code, e.error_title,
                                                          e.error_details, p_time);
                     UPDATE status_events SET message_id = p_ids[i], applied = new_state IS NOT NULL WHERE id = e.id;

@@ -291,6 +291,16 @@ public final class PostgresStore: DispatchStore {
         return summaries
     }
 
+    public func statusesForOtherNumbers() async throws -> [(number: String, statuses: Int)] {
+        try await rows(
+            """
+            SELECT phone_number_id, COUNT(*) FROM status_events
+            WHERE message_id IS NULL AND phone_number_id IS NOT NULL AND phone_number_id NOT IN (SELECT sender FROM runs)
+            GROUP BY phone_number_id ORDER BY phone_number_id
+            """
+        ).map { try $0.decode((String, Int).self) }
+    }
+
     public func stateCounts(run: String) async throws -> [MessageState: Int] {
         var counts: [MessageState: Int] = [:]
         for row in try await rows("SELECT state, COUNT(*) FROM messages WHERE run = \(run) GROUP BY state") {
@@ -590,6 +600,7 @@ public final class PostgresStore: DispatchStore {
         var recipient, recipient_user, callback: String?
         var code: Int?
         var title, details, pricing: String?
+        var phone: String?
     }
 
     struct InboundJSON: Encodable {
@@ -616,7 +627,8 @@ public final class PostgresStore: DispatchStore {
                         wamid: u.wamid, status: u.status.rawValue, ts: u.timestamp, recipient: u.recipientID,
                         recipient_user: u.recipientUserID,
                         callback: u.callbackData,
-                        code: u.errorCode, title: u.errorTitle, details: u.errorDetails, pricing: u.pricingCategory)
+                        code: u.errorCode, title: u.errorTitle, details: u.errorDetails, pricing: u.pricingCategory,
+                        phone: u.phoneNumberID)
                 })
         }
         let inbound = try contents.map { c in
