@@ -32,6 +32,14 @@ public struct Organization: Sendable, Equatable {
         self.language = language
     }
 
+    /// The in-process sandbox's organization: the environment's number if set, its own token.
+    public static func sandbox(_ settings: Settings) -> Organization {
+        Organization(
+            id: "default", name: "default", phoneNumberID: settings.phoneNumberID ?? "SANDBOX", accessToken: "sandbox-token",
+            businessAccountID: settings.businessAccountID, templateNames: settings.templateNames,
+            defaultCountryCode: settings.defaultCountryCode, currency: "DOP", language: settings.templateLanguage)
+    }
+
     /// The single-number environment settings as a one-organization configuration (id `default`),
     /// or nil without a token and number id.
     public static func fromEnvironment(_ settings: Settings) -> Organization? {
@@ -142,5 +150,95 @@ public struct OrganizationsFile: Sendable {
         }
         if organizations.isEmpty { throw ConfigurationError("\(source): no organizations") }
         self.organizations = organizations
+    }
+}
+
+/// Which rows of a manifest one run sends, by the manifest's `organization` column: each
+/// organization's rows go in its own run, from its own number. A row naming no organization goes
+/// to `fallback` (the only organization configured, or `--organization`); a row naming one not
+/// configured, or none when there is no fallback, is an error that exactly one run reports
+/// (`reportsStrays`), so that no row is sent from the wrong number or dropped without a word.
+public struct OrganizationScope: Sendable, Equatable {
+    /// The organization whose rows are this run's; nil: every configured one's (a check of the
+    /// whole manifest before the runs start).
+    public var organization: String?
+    /// Every organization configured, in the configuration's order.
+    public var known: [String]
+    /// The organization of rows that name none; nil: such rows are errors.
+    public var fallback: String?
+    /// This run reports the rows that belong to no configured organization.
+    public var reportsStrays: Bool
+    /// Said after a row's unknown organization (how this setup takes another one).
+    public var strayHint: String?
+
+    public init(organization: String?, known: [String], fallback: String?, reportsStrays: Bool, strayHint: String? = nil) {
+        self.organization = organization
+        self.known = known
+        self.fallback = fallback
+        self.reportsStrays = reportsStrays
+        self.strayHint = strayHint
+    }
+
+    public enum Owner: Sendable, Equatable {
+        /// This run's row, for the organization with this id.
+        case this(String)
+        /// A configured organization's, sent by its own run.
+        case other
+        /// Nobody's: why (the row's error).
+        case nobody(String)
+    }
+
+    public func owner(of value: String?) -> Owner {
+        let id: String
+        if let value, !value.isEmpty {
+            id = value
+        } else if let fallback {
+            id = fallback
+        } else {
+            return .nobody(
+                "is missing: several organizations are configured (\(known.joined(separator: ", "))); name one per row, or send with --organization"
+            )
+        }
+        guard known.contains(id) else {
+            return .nobody(
+                "'\(id)' is not a configured organization (configured: \(known.joined(separator: ", "))): \(strayHint ?? "see docs/configuration.md")"
+            )
+        }
+        if let organization, organization != id { return .other }
+        return .this(id)
+    }
+}
+
+/// A manifest's rows by organization, read in one pass before the organizations' runs start:
+/// which runs to start, and the rows no configured organization owns (each named).
+public struct OrganizationCensus: Sendable {
+    /// Rows per organization id.
+    public var rows: [String: Int] = [:]
+    /// Rows that belong to no configured organization, up to `ManifestImporter.issueLimit`.
+    public var strays: [ValidationIssue] = []
+    public var strayCount = 0
+
+    /// Reads `path` (its `organization` column or element, and the XML root's default) against
+    /// `scope` (its `organization` is ignored: every configured one is counted). A manifest that
+    /// cannot be read is left to the runs, which report it with the line.
+    public init(path: String, scope: OrganizationScope) {
+        var scope = scope
+        scope.organization = nil
+        let reader = ManifestImporter.reader(for: path)
+        var census = (rows: [String: Int](), strays: [ValidationIssue](), strayCount: 0)
+        try? reader.read { record in
+            let value = record[.organization].map { String(decoding: $0, as: UTF8.self).trimmingASCIIWhitespace() }
+            switch scope.owner(of: value?.isEmpty == false ? value : reader.declaredDefaults[.organization]) {
+            case .this(let id): census.rows[id, default: 0] += 1
+            case .other: break
+            case .nobody(let problem):
+                census.strayCount += 1
+                if census.strays.count < ManifestImporter.issueLimit {
+                    let id = record[.invoiceID].map { String(decoding: $0, as: UTF8.self).trimmingASCIIWhitespace() }
+                    census.strays.append(ValidationIssue(line: record.line, invoiceID: id, field: "organization", message: problem))
+                }
+            }
+        }
+        (rows, strays, strayCount) = census
     }
 }

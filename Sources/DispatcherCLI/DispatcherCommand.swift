@@ -44,17 +44,19 @@ struct CommonOptions: ParsableArguments {
 /// Writes human output to stderr when stdout is reserved for `--json`.
 struct Console {
     var json: Bool
+    /// Put before every line (`[caribe] `) when a run spans several organizations.
+    var prefix = ""
 
     func say(_ text: String) {
         if json {
-            FileHandle.standardError.write(Data((text + "\n").utf8))
+            FileHandle.standardError.write(Data((prefix + text + "\n").utf8))
         } else {
-            print(text)
+            print(prefix + text)
         }
     }
 
     func warn(_ text: String) {
-        FileHandle.standardError.write(Data(("warning: " + text + "\n").utf8))
+        FileHandle.standardError.write(Data((prefix + "warning: " + text + "\n").utf8))
     }
 
     /// Prints one JSON object on stdout.
@@ -76,4 +78,17 @@ func runName(forManifest path: String) -> String {
 enum Exit {
     static let invalidManifest = ExitCode(65)
     static let halted = ExitCode(69)
+}
+
+/// The organizations to send for: `--config`'s file (or `DISPATCHER_CONFIG`), else the single-number
+/// environment settings as one organization (id `default`; none without a token and number id).
+func loadOrganizations(config: String?, settings: Settings) throws -> (organizations: [Organization], fromFile: Bool) {
+    guard let path = config ?? ProcessInfo.processInfo.environment["DISPATCHER_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) else {
+        return (Organization.fromEnvironment(settings).map { [$0] } ?? [], false)
+    }
+    do {
+        return (try OrganizationsFile(contentsOf: path, environment: ProcessInfo.processInfo.environment).organizations, true)
+    } catch let error as ConfigurationError {
+        throw ValidationError(error.description)
+    }
 }

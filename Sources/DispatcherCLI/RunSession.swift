@@ -12,7 +12,28 @@ import Synchronization
 import UnixSignals
 import WhatsApp
 
-/// What `send` and `retry` share: the store, the Graph client (Meta or the in-process sandbox),
+/// One organization's part of a billing run: its own run (name, lease, pacing, halt), sent from its
+/// number with its token and templates, reported in its own folder. A run of one organization (the
+/// single-number setup) is one lane with no label.
+struct RunLane: Sendable {
+    var run: String
+    var organization: Organization
+    /// `[caribe] ` before the lane's lines when several lanes run at once; nil for one.
+    var label: String?
+    var renderer: MessageRenderer
+    var validation: ValidationOptions
+    var reportDirectory: String
+}
+
+/// How one lane ended, for the command's exit status and `--json`.
+struct LaneResult: Sendable {
+    var lane: RunLane
+    var counts: [MessageState: Int]
+    var stop: StopReason?
+    var report: String
+}
+
+/// What `send` and `retry` share: the store, the Graph clients (Meta or the in-process sandbox),
 /// the embedded receiver, signals, dispatching, settling, the reports and the summary.
 struct RunSession {
     var settings: Settings
@@ -22,11 +43,28 @@ struct RunSession {
     var catalog: TemplateCatalog
     var templatesDirectory: String
     var scenario = Scenario()
+    /// The organizations come from a configuration file (the property system's organization id is
+    /// then what PDF fetches name, not `DISPATCHER_PROPERTY_SYSTEM_ORGANIZATION`).
+    var organizationsFromFile = false
 
-    /// Prepares with `prepare` (which returns the run's options), then sends, settles and reports.
+    /// The one-lane run of `run` (the single-number setup): prepares with `prepare`, then sends,
+    /// settles and reports.
     func execute(
-        run: String, renderer: MessageRenderer, validation: ValidationOptions,
+        run: String, organization: Organization, renderer: MessageRenderer, validation: ValidationOptions,
         prepare: @escaping @Sendable (RunEngine, Console) async throws -> RunOptions
+    ) async throws {
+        let lane = RunLane(
+            run: run, organization: organization, label: nil, renderer: renderer, validation: validation,
+            reportDirectory: settle.out ?? reportDirectory(run: run, landlord: nil))
+        try await execute(lanes: [lane]) { engine, _, console in try await prepare(engine, console) }
+    }
+
+    /// Every lane at once, each from its own number at its own rate, with its own lease, pair rule,
+    /// back-off and halt (a dead token halts its organization, not the others); the receiver and
+    /// the sandbox are shared. The command then exits with the worst of the lanes' endings.
+    func execute(
+        lanes: [RunLane], prepare: @escaping @Sendable (RunEngine, RunLane, Console) async throws -> RunOptions,
+        onLaneFailed: @escaping @Sendable (RunLane) async -> Void = { _ in }
     ) async throws {
         let console = Console(json: settle.json)
         let logger = bootstrapLogging(label: "dispatcher.run", level: .warning)
@@ -36,20 +74,20 @@ struct RunSession {
 
         // Where to send: Meta, or the in-process sandbox with its webhooks wired to our receiver.
         let appSecret: String?
-        let graph: GraphConfiguration
+        var graphs: [GraphConfiguration] = lanes.map { lane in
+            GraphConfiguration(
+                baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion, phoneNumberID: lane.organization.phoneNumberID,
+                accessToken: lane.organization.accessToken)
+        }
         if sandbox {
             appSecret = "sandbox-app-secret-\(UInt64.random(in: 0...UInt64.max))"
-            graph = GraphConfiguration(
-                baseURL: "http://127.0.0.1:0", apiVersion: settings.apiVersion, phoneNumberID: settings.phoneNumberID ?? "SANDBOX",
-                accessToken: "sandbox-token", timeout: .seconds(10))
-        } else {
-            guard let token = settings.accessToken, let phoneNumberID = settings.phoneNumberID else {
-                throw ValidationError("set WHATSAPP_ACCESS_TOKEN and WHATSAPP_PHONE_NUMBER_ID (or try --sandbox)")
+            for i in graphs.indices {
+                graphs[i].accessToken = "sandbox-token"
+                graphs[i].timeout = .seconds(10)
             }
+        } else {
             if let problem = settings.apiBaseURLProblem { throw ValidationError(problem) }
             appSecret = settings.appSecret
-            graph = GraphConfiguration(
-                baseURL: settings.apiBaseURL, apiVersion: settings.apiVersion, phoneNumberID: phoneNumberID, accessToken: token)
         }
         if settle.listen != nil && appSecret == nil {
             throw ValidationError("--listen needs WHATSAPP_APP_SECRET to verify Meta's webhooks")
@@ -59,7 +97,6 @@ struct RunSession {
         // The embedded receiver and the sandbox run as services, shut down gracefully at the end.
         var services: [any Service] = []
         var receiverPort: Int? = nil
-        var graphConfiguration = graph
         let receiverReady = PortSignal(), sandboxReady = PortSignal()
         if let (host, port) = listen, let appSecret {
             let server = DispatcherServer(store: store, configuration: ServerConfiguration(appSecret: appSecret))
@@ -87,49 +124,62 @@ struct RunSession {
                         ], logger: logger))
                 sandboxGroup = simulatorGroup
                 tasks.addTask { try await simulatorGroup.run() }
-                graphConfiguration.baseURL = "http://127.0.0.1:\(try await sandboxReady.wait())"
+                let port = try await sandboxReady.wait()
+                for i in graphs.indices { graphs[i].baseURL = "http://127.0.0.1:\(port)" }
                 console.say(
                     "sandbox: a local WhatsApp Cloud API simulator; nothing reaches Meta (outcomes by the numbers' last digits, docs/sandbox.md)"
                 )
             }
-            let client = GraphClient(configuration: graphConfiguration)
-            let engine = RunEngine(store: store, client: client, renderer: renderer, validation: validation, logger: logger)
-            // The run, beside a watcher for SIGINT/SIGTERM (no new sends; those in flight are resolved
-            // and recorded). The watcher is cancelled when the run ends; the services are not: they
-            // are shut down gracefully, then awaited.
-            let outcome: Result<Void, any Error> = await withTaskGroup(of: Result<Void, any Error>?.self) { inner in
+            let clients = graphs.map { GraphClient(configuration: $0) }
+            let engines = zip(lanes, clients).map { lane, client in
+                RunEngine(store: store, client: client, renderer: lane.renderer, validation: lane.validation, logger: logger)
+            }
+            // The lanes, beside a watcher for SIGINT/SIGTERM (no new sends; those in flight are
+            // resolved and recorded). The watcher is cancelled when the lanes end; the services are
+            // not: they are shut down gracefully, then awaited.
+            let results: [Result<LaneResult, any Error>] = await withTaskGroup(of: (Int, Result<LaneResult, any Error>)?.self) { inner in
                 inner.addTask {
                     for await _ in await UnixSignalsSequence(trapping: .sigint, .sigterm) {
                         FileHandle.standardError.write(Data("\nstopping: no new sends; waiting for those in flight…\n".utf8))
-                        await engine.requestStop()
+                        for engine in engines { await engine.requestStop() }
                         break
                     }
                     return nil
                 }
-                inner.addTask {
-                    do {
-                        try await perform(
-                            engine: engine, store: store, run: run, console: console, settleWindow: settleWindow, logger: logger,
-                            prepare: prepare)
-                        return .success(())
-                    } catch {
-                        return .failure(error)
+                for (index, (lane, engine)) in zip(lanes, engines).enumerated() {
+                    var laneConsole = console
+                    laneConsole.prefix = lane.label.map { "[\($0)] " } ?? ""
+                    let progress = lanes.count == 1 && isatty(STDERR_FILENO) == 1 && !settle.json
+                    inner.addTask {
+                        do {
+                            return (
+                                index,
+                                .success(
+                                    try await perform(
+                                        lane: lane, engine: engine, store: store, console: laneConsole, settleWindow: settleWindow,
+                                        logger: logger, showProgress: progress, prepare: prepare))
+                            )
+                        } catch {
+                            await onLaneFailed(lane)
+                            return (index, .failure(error))
+                        }
                     }
                 }
-                var outcome: Result<Void, any Error> = .success(())
-                for await result in inner {
-                    if let result {
-                        outcome = result
-                        inner.cancelAll()
-                    }
+                var results = [Result<LaneResult, any Error>?](repeating: nil, count: lanes.count)
+                var pending = lanes.count
+                for await finished in inner {
+                    guard let (index, result) = finished else { continue }
+                    results[index] = result
+                    pending -= 1
+                    if pending == 0 { inner.cancelAll() }
                 }
-                return outcome
+                return results.map { $0 ?? .failure(CancellationError()) }
             }
             // The run is over and recorded: shutting down must not keep the command from returning,
-            // nor change what it reports. The Graph client gets 5 s, then is left behind; the
+            // nor change what it reports. The Graph clients get 5 s, then are left behind; the
             // services get 10 s to stop gracefully, then are cancelled (`serviceConfiguration`).
-            logger.debug("run: shutting down the Graph client")
-            if !(await finishes(within: .seconds(5), { try? await client.shutdown() })) {
+            logger.debug("run: shutting down the Graph clients")
+            if !(await finishes(within: .seconds(5), { for client in clients { try? await client.shutdown() } })) {
                 logger.warning("the Graph API client did not shut down within 5 s; exiting without it")
             }
             logger.debug("run: shutting down the sandbox and the receiver")
@@ -142,35 +192,61 @@ struct RunSession {
                 logger.warning("the webhook receiver or the sandbox stopped with an error", metadata: ["error": "\(error)"])
             }
             logger.debug("run: services stopped")
-            try outcome.get()
+            try conclude(results, console: console)
         }
     }
 
+    /// The command's ending from its lanes': `--json`, then the worst exit (an error before sending,
+    /// a halt, an interrupt), after every lane has said its own.
+    private func conclude(_ results: [Result<LaneResult, any Error>], console: Console) throws {
+        let finished = results.compactMap { try? $0.get() }
+        if settle.json, finished.count == results.count {
+            if finished.count == 1 {
+                try console.emit(RunResultJSON(run: finished[0].lane.run, counts: finished[0].counts, report: finished[0].report))
+            } else {
+                var total: [MessageState: Int] = [:]
+                for result in finished { total.merge(result.counts, uniquingKeysWith: +) }
+                var json = RunResultJSON(run: settle.out ?? "", counts: total, report: "")
+                json.organizations = finished.map { result in
+                    var one = RunResultJSON(run: result.lane.run, counts: result.counts, report: result.report)
+                    one.organization = result.lane.organization.id
+                    one.halted = result.stop.map { if case .halted(let e) = $0 { e.description } else { nil } } ?? nil
+                    return one
+                }
+                try console.emit(json)
+            }
+        }
+        for result in results { if case .failure(let error) = result, !(error is CancellationError) { throw error } }
+        if finished.contains(where: { if case .halted = $0.stop { true } else { false } }) { throw Exit.halted }
+        if finished.contains(where: { $0.stop == .interrupted }) { throw ExitCode(1) }
+        for result in results { _ = try result.get() }
+    }
+
     private func perform(
-        engine: RunEngine, store: any DispatchStore, run: String, console: Console, settleWindow: Duration, logger: Logger,
-        prepare: @escaping @Sendable (RunEngine, Console) async throws -> RunOptions
-    ) async throws {
+        lane: RunLane, engine: RunEngine, store: any DispatchStore, console: Console, settleWindow: Duration, logger: Logger,
+        showProgress: Bool, prepare: @escaping @Sendable (RunEngine, RunLane, Console) async throws -> RunOptions
+    ) async throws -> LaneResult {
+        let run = lane.run
         // One run per sender number at a time (on every machine sharing the database), from
         // preparing (which resolves what a crash left `sending`) to the last send: `BillingRun`.
         let billing = BillingRun(
             engine: engine, run: run, leaseSeconds: settings.senderLeaseSeconds, waitForSender: settle.waitForSender ?? .zero,
             settleWindow: settleWindow)
-        let terminal = isatty(STDERR_FILENO) == 1 && !settle.json
         // Preparing (import, rendering, storing) and sending are measured apart: the rate target is
         // about sending; preparing is a one-off step before it.
         let marks = StatsMarks(cpu: processCPUSeconds(), wall: ContinuousClock.now)
         let sent: (options: RunOptions, stop: StopReason?)
         do {
             sent = try await billing.send(
-                prepare: { engine in try await prepare(engine, console) },
+                prepare: { engine in try await prepare(engine, lane, console) },
                 beforeSending: { _ in
-                    try await checkTemplatesAtMeta(engine: engine, run: run, console: console)
-                    try await uploadDocuments(engine: engine, run: run, console: console, logger: logger)
+                    try await checkTemplatesAtMeta(engine: engine, lane: lane, console: console)
+                    try await uploadDocuments(engine: engine, lane: lane, console: console, logger: logger)
                     // Only `--stats` needs them: on a million messages the count reads the whole index.
                     marks.prepared(countsBefore: settle.stats ? try await store.stateCounts(run: run) : [:])
-                }, progress: terminal ? printProgress : nil)
+                }, progress: showProgress ? printProgress : nil)
         } catch let busy as SenderBusy {
-            FileHandle.standardError.write(Data("error: \(busy)\n".utf8))
+            FileHandle.standardError.write(Data("\(console.prefix)error: \(busy)\n".utf8))
             throw ExitCode(1)
         }
         logger.debug("run: sender lease released")
@@ -184,23 +260,24 @@ struct RunSession {
             let wall = seconds(ContinuousClock.now - m.prepared.wall)
             let cpu = processCPUSeconds() - m.prepared.cpu
             let prepareWall = seconds(m.prepared.wall - m.start.wall), prepareCPU = m.prepared.cpu - m.start.cpu
+            // CPU is the process's: with several lanes at once it is every lane's, per this lane's message.
             console.say(
                 String(
                     format:
-                        "stats: %d messages in %.2f s (%.1f/s, %.1f%% of --rate %.0f, at most %d in any second as they left); %.0f µs CPU per message while sending (%.2f of a core); preparing took %.2f s, %.0f µs CPU per message",
+                        "stats: %d messages in %.2f s (%.1f/s, %.1f%% of --rate %.0f, at most %d in any second as they left); %.0f µs CPU per message while sending (%.2f of a core%@); preparing took %.2f s, %.0f µs CPU per message",
                     sent, wall, Double(sent) / wall, Double(sent) / wall / options.rate * 100, options.rate, engine.mostSendsInOneSecond,
-                    sent > 0 ? cpu / Double(sent) * 1e6 : 0, cpu / wall, prepareWall, sent > 0 ? prepareCPU / Double(sent) * 1e6 : 0))
+                    sent > 0 ? cpu / Double(sent) * 1e6 : 0, cpu / wall, lane.label == nil ? "" : ", the whole process", prepareWall,
+                    sent > 0 ? prepareCPU / Double(sent) * 1e6 : 0))
         }
-        if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+        if showProgress { FileHandle.standardError.write(Data("\n".utf8)) }
 
         let (record, counts) = try await billing.conclude(stop: stop) { window in
             console.say("waiting up to \(window) for delivery statuses…")
         }
 
         logger.debug("run: writing the reports")
-        let directory = settle.out ?? reportDirectory(run: run, landlord: nil)
         let writer = try await DeliveryReportWriter(templatesDirectory: templatesDirectory, lang: settle.lang.rawValue)
-        let files = try await writer.write(run: record, store: store, to: directory, settle: "\(settleWindow)")
+        let files = try await writer.write(run: record, store: store, to: lane.reportDirectory, settle: "\(settleWindow)")
         let summary = MessageState.allCases.compactMap { s in counts[s].map { "\(s.rawValue) \($0)" } }.joined(separator: ", ")
         console.say("Run \(run): \(summary)")
         if let held = counts[.held], held > 0 {
@@ -209,34 +286,35 @@ struct RunSession {
             )
         }
         console.say("Report: \(files.html)")
-        if settle.json { try console.emit(RunResultJSON(run: run, counts: counts, report: files.html)) }
         switch stop {
         case .halted(let error):
             console.say(
                 "HALTED: \(error.description)\n\(haltAdvice(error))\nWhat was not sent is still queued: run the same command again once it is fixed."
             )
-            throw Exit.halted
         case .interrupted:
             console.say("Interrupted: run the same command again to continue; nothing already sent will be sent twice.")
-            throw ExitCode(1)
         case nil:
             break
         }
+        return LaneResult(lane: lane, counts: counts, stop: stop, report: files.html)
     }
 }
 
 extension RunSession {
     /// The WhatsApp Business Account whose templates are checked before sending: the sandbox's
-    /// own, or `WHATSAPP_BUSINESS_ACCOUNT_ID`; nil: not checked (said once).
-    var businessAccountID: String? { sandbox ? (settings.businessAccountID ?? "SANDBOX-WABA") : settings.businessAccountID }
+    /// own, or the organization's (`WHATSAPP_BUSINESS_ACCOUNT_ID`); nil: not checked (said once).
+    func businessAccountID(_ lane: RunLane) -> String? {
+        sandbox ? (lane.organization.businessAccountID ?? "SANDBOX-WABA") : lane.organization.businessAccountID
+    }
 
     /// Before the first request: every (template, language) the queued messages need must be
     /// APPROVED at Meta. Otherwise the run refuses to start (exit 69) naming each, or with
     /// `--skip-unapproved-languages` their messages are skipped with the reason and the rest sent.
     /// Without a business account id, or when Meta will not list the templates (a token without
     /// `whatsapp_business_management`), it says so and sends: Meta's own answers still halt the run.
-    func checkTemplatesAtMeta(engine: RunEngine, run: String, console: Console) async throws {
-        guard let account = businessAccountID else {
+    func checkTemplatesAtMeta(engine: RunEngine, lane: RunLane, console: Console) async throws {
+        let run = lane.run
+        guard let account = businessAccountID(lane) else {
             console.warn("templates not checked against Meta before sending: set WHATSAPP_BUSINESS_ACCOUNT_ID (docs/operating.md)")
             return
         }
@@ -285,12 +363,19 @@ extension RunSession {
     /// Before the first request: the property system's PDFs are fetched (with its service token)
     /// and uploaded to Meta, their messages then sent by media id; an invoice whose PDF cannot be
     /// had fails with the reason, the rest go. A refusal that dooms every upload (the token) halts.
-    func uploadDocuments(engine: RunEngine, run: String, console: Console, logger: Logger) async throws {
+    func uploadDocuments(engine: RunEngine, lane: RunLane, console: Console, logger: Logger) async throws {
+        let run = lane.run
         guard let system = try settings.propertySystem() else { return }
+        // With organizations from the file, each fetch names the lane's organization.
+        var headers = settings.propertySystemHeaders
+        if organizationsFromFile {
+            headers.removeAll { $0.0 == "organizationId" }
+            headers.append(("organizationId", lane.organization.id))
+        }
         let fetcher = DocumentFetcher()
         let stager = MediaStager(
             uploader: DocumentUploader(store: engine.store, client: engine.client, fetcher: fetcher), propertySystem: system,
-            headers: settings.propertySystemHeaders, logger: logger)
+            headers: headers, logger: logger)
         let result: Result<MediaStager.Report, any Error>
         do { result = .success(try await stager.stage(run: run)) } catch { result = .failure(error) }
         try? await fetcher.shutdown()

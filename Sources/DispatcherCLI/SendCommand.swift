@@ -86,6 +86,17 @@ struct SendCommand: AsyncParsableCommand {
     @Flag(help: "Send again what an earlier run already sent.")
     var resend = false
 
+    @Option(
+        help:
+            "Organizations, each with its own number, token and templates (env DISPATCHER_CONFIG; docs/configuration.md): the manifest's `organization` column picks each row's."
+    )
+    var config: String?
+
+    @Option(
+        help:
+            "Send only this organization's rows (with --config), or the organization that rows without an `organization` belong to.")
+    var organization: String?
+
     func validate() throws {
         guard FileManager.default.fileExists(atPath: manifest) else { throw ValidationError("no manifest at \(manifest)") }
         guard rate > 0, rate <= 1000 else {
@@ -96,44 +107,149 @@ struct SendCommand: AsyncParsableCommand {
 
     func run() async throws {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
-        let runName = run ?? runName(forManifest: manifest)
+        let baseName = run ?? runName(forManifest: manifest)
         let catalog = try TemplateCatalog(directory: common.templatesDirectory)
-        let renderer = try MessageRenderer(
-            catalog: catalog, templateName: template ?? settings.templateName, defaultLanguage: settings.templateLanguage)
-        let validation = ValidationOptions(
-            defaultCountryCode: try common.countryCode(), defaultCurrency: defaultCurrency,
-            defaultLocale: settings.templateLanguage, propertySystem: try settings.propertySystem())
-        let options = {
-            var options = RunOptions(run: runName, manifest: manifest, rate: rate, skipInvalid: skipInvalid, resend: resend)
-            options.nameDerived = run == nil
-            return options
-        }()
-        try await RunSession(
+        let loaded = try loadOrganizations(config: config, settings: settings)
+        let console = Console(json: settleOptions.json)
+
+        // Which organizations send, and which rows each sends (the manifest's `organization`).
+        var lanes: [RunLane] = []
+        func lane(_ organization: Organization, run: String, label: String?, scope: OrganizationScope, reports: String) throws -> RunLane {
+            let renderer = try MessageRenderer(
+                catalog: catalog,
+                templateName: template ?? (loaded.fromFile ? organization.templateNames["invoice"] : nil) ?? settings.templateName,
+                defaultLanguage: organization.language)
+            var validation = ValidationOptions(
+                defaultCountryCode: try common.countryCode() ?? organization.defaultCountryCode,
+                defaultCurrency: defaultCurrency ?? (loaded.fromFile ? organization.currency : nil),
+                defaultLocale: organization.language, propertySystem: try settings.propertySystem())
+            validation.organizations = scope
+            return RunLane(
+                run: run, organization: organization, label: label, renderer: renderer, validation: validation, reportDirectory: reports)
+        }
+        if loaded.fromFile {
+            let known = loaded.organizations.map(\.id)
+            if let organization, !known.contains(organization) {
+                throw ValidationError("--organization \(organization) is not configured (configured: \(known.joined(separator: ", ")))")
+            }
+            let scope = OrganizationScope(
+                organization: nil, known: known, fallback: organization ?? (known.count == 1 ? known[0] : nil), reportsStrays: false)
+            let census = OrganizationCensus(path: manifest, scope: scope)
+            if census.strayCount > 0 {
+                for issue in census.strays.prefix(30) { console.say("  \(issue)") }
+                if census.strayCount > 30 { console.say("  …and \(census.strayCount - 30) more") }
+                guard skipInvalid else {
+                    console.say(
+                        "\(census.strayCount) invoices belong to no configured organization: nothing was sent. Fix them, or send the rest with --skip-invalid."
+                    )
+                    throw Exit.invalidManifest
+                }
+                console.say("skipping \(census.strayCount) invoices of no configured organization (--skip-invalid)")
+            }
+            let others = census.rows.filter { $0.key != organization && organization != nil }.values.reduce(0, +)
+            if others > 0 {
+                console.say("\(others) invoices of other organizations are not in this run (send without --organization for them)")
+            }
+            for org in loaded.organizations where census.rows[org.id, default: 0] > 0 && (organization == nil || organization == org.id) {
+                var own = scope
+                own.organization = org.id
+                let out = settleOptions.out ?? reportDirectory(run: baseName, landlord: nil)
+                lanes.append(try lane(org, run: "\(baseName)@\(org.id)", label: org.id, scope: own, reports: "\(out)/\(org.id)"))
+            }
+            if lanes.isEmpty {
+                // Nothing any organization could send: the one-lane path reports it (an empty export, an unreadable file).
+                let org = loaded.organizations.first { $0.id == (organization ?? known[0]) }!
+                var own = scope
+                own.organization = org.id
+                own.reportsStrays = true
+                lanes.append(
+                    try lane(
+                        org, run: "\(baseName)@\(org.id)", label: nil, scope: own,
+                        reports: "\(settleOptions.out ?? reportDirectory(run: baseName, landlord: nil))/\(org.id)"))
+            }
+        } else {
+            guard var org = sandbox ? Organization.sandbox(settings) : loaded.organizations.first else {
+                throw ValidationError(
+                    "set WHATSAPP_ACCESS_TOKEN and WHATSAPP_PHONE_NUMBER_ID, or organizations with --config (or try --sandbox)")
+            }
+            org.id = organization ?? org.id
+            let scope = OrganizationScope(
+                organization: org.id, known: [org.id], fallback: org.id, reportsStrays: true,
+                strayHint: "this setup sends for one organization: name it with --organization, or configure several with --config")
+            lanes.append(
+                try lane(
+                    org, run: baseName, label: nil, scope: scope,
+                    reports: settleOptions.out ?? reportDirectory(run: baseName, landlord: nil)))
+        }
+        if lanes.count > 1 {
+            console.say(
+                "Run \(baseName): \(lanes.count) organizations at once: \(lanes.map { "\($0.organization.id) (\($0.organization.phoneNumberID))" }.joined(separator: ", "))"
+            )
+        }
+
+        // Several organizations: all or none sent when rows are invalid, as for one manifest.
+        let barrier = LaneBarrier(lanes: lanes.count)
+        let (skipInvalid, resend, rate, nameDerived, manifest) = (skipInvalid, resend, rate, run == nil, manifest)
+        var session = RunSession(
             settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
-            templatesDirectory: common.templatesDirectory, scenario: try sandboxScenario.map(Scenario.load) ?? Scenario()
-        )
-        .execute(run: runName, renderer: renderer, validation: validation) { engine, console in
+            templatesDirectory: common.templatesDirectory, scenario: try sandboxScenario.map(Scenario.load) ?? Scenario())
+        session.organizationsFromFile = loaded.fromFile
+        try await session.execute(lanes: lanes) { engine, lane, console in
+            var options = RunOptions(run: lane.run, manifest: manifest, rate: rate, skipInvalid: skipInvalid, resend: resend)
+            options.nameDerived = nameDerived
+            let existed = try await engine.store.run(named: lane.run) != nil
             let preparation = try await engine.prepare(options)
             let preview = preparation.preview
             if !preview.isValid {
                 for issue in preview.errors.prefix(30) { console.say("  \(issue)") }
                 if preview.errorCount > 30 { console.say("  …and \(preview.errorCount - 30) more (dispatcher preview writes them all)") }
-                if !options.skipInvalid {
+            }
+            guard await barrier.arrive(lane.run, ok: preview.isValid || options.skipInvalid) else {
+                if preview.isValid {
+                    if !existed { _ = try? await engine.store.discardUnsentRun(lane.run) }
+                    console.say("another organization's invoices have problems: nothing was sent")
+                } else {
                     console.say(
                         "\(preview.invalidInvoices) invoices have problems: nothing was sent. Fix them, or send the rest with --skip-invalid."
                     )
-                    throw Exit.invalidManifest
                 }
-                console.say("skipping \(preview.invalidInvoices) invalid invoices (--skip-invalid)")
+                throw Exit.invalidManifest
             }
+            if !preview.isValid { console.say("skipping \(preview.invalidInvoices) invalid invoices (--skip-invalid)") }
             console.say(
-                "Run \(runName): \(preview.invoices) invoices, \(preparation.queued + preparation.resumed) messages to send"
+                "Run \(lane.run): \(preview.invoices) invoices, \(preparation.queued + preparation.resumed) messages to send"
                     + (preparation.alreadySent > 0 ? ", \(preparation.alreadySent) already sent by an earlier run (skipped)" : "")
                     + (preparation.optedOut > 0 ? ", \(preparation.optedOut) opted out" : "")
                     + (preparation.interrupted > 0 ? ", \(preparation.interrupted) left in flight by an interrupted run (now unknown)" : "")
             )
             return options
+        } onLaneFailed: { lane in
+            await barrier.arrive(lane.run, ok: false)
         }
+    }
+}
+
+/// Lanes of one run wait here after preparing: they send only if every lane's invoices are valid
+/// (or `--skip-invalid`); a lane that fails before it gets here counts as invalid. A lane counts
+/// once (a failure after preparing changes nothing).
+actor LaneBarrier {
+    private var waiting: [CheckedContinuation<Bool, Never>] = []
+    private var arrived = Set<String>()
+    private var allOK = true
+    private let lanes: Int
+
+    init(lanes: Int) { self.lanes = lanes }
+
+    @discardableResult
+    func arrive(_ lane: String, ok: Bool) async -> Bool {
+        guard arrived.insert(lane).inserted else { return allOK }
+        allOK = allOK && ok
+        if arrived.count == lanes {
+            for waiter in waiting { waiter.resume(returning: allOK) }
+            waiting.removeAll()
+            return allOK
+        }
+        return await withCheckedContinuation { waiting.append($0) }
     }
 }
 
@@ -164,8 +280,26 @@ struct RetryCommand: AsyncParsableCommand {
     @Flag(help: "Send to a local simulator instead of Meta.")
     var sandbox = false
 
+    @Option(help: "Organizations (env DISPATCHER_CONFIG): the run is sent again from its own number with that organization's token.")
+    var config: String?
+
     func run() async throws {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
+        let loaded = try loadOrganizations(config: config, settings: settings)
+        // The organization whose number sent the run: its token and templates send it again.
+        let record = try await database.open(settings: settings).run(named: run)
+        guard let record else { throw ValidationError("no run \(run): `dispatcher runs` lists them") }
+        let organization: Organization
+        if sandbox {
+            organization = Organization.sandbox(settings)
+        } else if let own = loaded.organizations.first(where: { $0.phoneNumberID == record.sender }) {
+            organization = own
+        } else if loaded.fromFile {
+            throw ValidationError("run \(run) was sent from number \(record.sender), which no organization of the configuration has")
+        } else {
+            throw ValidationError(
+                "set WHATSAPP_ACCESS_TOKEN and WHATSAPP_PHONE_NUMBER_ID (the number run \(run) was sent from: \(record.sender))")
+        }
         let wanted: Set<Int>? = try codes.map { list in
             Set(
                 try list.split(separator: ",").map { part in
@@ -177,15 +311,13 @@ struct RetryCommand: AsyncParsableCommand {
         }
         let catalog = try TemplateCatalog(directory: common.templatesDirectory)
         let renderer = try MessageRenderer(
-            catalog: catalog, templateName: settings.templateName, defaultLanguage: settings.templateLanguage)
-        try await RunSession(
+            catalog: catalog, templateName: record.template, defaultLanguage: organization.language)
+        var session = RunSession(
             settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
-            templatesDirectory: common.templatesDirectory
-        )
-        .execute(run: run, renderer: renderer, validation: ValidationOptions()) { engine, console in
-            guard let record = try await engine.store.run(named: run) else {
-                throw ValidationError("no run \(run): `dispatcher runs` lists them")
-            }
+            templatesDirectory: common.templatesDirectory)
+        session.organizationsFromFile = loaded.fromFile
+        try await session.execute(run: run, organization: organization, renderer: renderer, validation: ValidationOptions()) {
+            engine, console in
             let selection = try await engine.requeueForRetry(
                 run: run, codes: wanted, includeUnknown: includeUnknown, ignoringWait: retryNow)
             console.say("Run \(run): \(selection.requeued.count) messages to send again")
@@ -256,6 +388,11 @@ struct RunResultJSON: Encodable {
     var unknown: Int
     var skipped: Int
     var report: String
+    /// With several organizations: this lane's organization, and why it halted.
+    var organization: String?
+    var halted: String?
+    /// With several organizations: each one's run (the counts above are their sum).
+    var organizations: [RunResultJSON]?
 
     init(run: String, counts: [MessageState: Int], report: String) {
         self.run = run

@@ -68,16 +68,7 @@ struct ServeCommand: AsyncParsableCommand {
         let store = try await database.open(settings: settings)
         // The landlord UI's send route: only with credentials, through the same engine pieces as a
         // run; one sender (its own number, token and templates) per organization.
-        let organizations: [Organization]
-        if let path = config ?? ProcessInfo.processInfo.environment["DISPATCHER_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) {
-            do {
-                organizations = try OrganizationsFile(contentsOf: path, environment: ProcessInfo.processInfo.environment).organizations
-            } catch let error as ConfigurationError {
-                throw ValidationError(error.description)
-            }
-        } else {
-            organizations = Organization.fromEnvironment(settings).map { [$0] } ?? []
-        }
+        let (organizations, fromFile) = try loadOrganizations(config: config, settings: settings)
         var clients: [GraphClient] = []
         var senders: [String: any InvoiceSendService] = [:]
         let propertySystem = try settings.propertySystem()
@@ -95,7 +86,8 @@ struct ServeCommand: AsyncParsableCommand {
                     store: store, client: graph, catalog: catalog, defaultLanguage: organization.language,
                     defaultCountryCode: organization.defaultCountryCode ?? settings.defaultCountryCode, rate: rate,
                     propertySystem: propertySystem, fetcher: fetcher, serviceHeaders: settings.propertySystemHeaders,
-                    templateNames: organization.templateNames, defaultCurrency: organization.currency)
+                    templateNames: organization.templateNames, defaultCurrency: organization.currency,
+                    organization: fromFile ? organization.id : nil)
             }
             logger.info(
                 "sending for \(organizations.count) organization(s)",

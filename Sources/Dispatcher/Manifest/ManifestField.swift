@@ -2,6 +2,9 @@
 public enum ManifestField: Int, CaseIterable, Sendable {
     case invoiceID, tenantName, phone, amount, currency, period, dueDate
     case landlord, property, tenantID, locale, documentURL, email
+    /// The property system's organization (realm) the invoice is sent for: its number, token and
+    /// templates (`dispatcher.json`, docs/configuration.md).
+    case organization
 
     /// The name a manifest uses for the field, and the name every error reports.
     public var name: String {
@@ -19,6 +22,7 @@ public enum ManifestField: Int, CaseIterable, Sendable {
         case .locale: "locale"
         case .documentURL: "document_url"
         case .email: "email"
+        case .organization: "organization"
         }
     }
 
@@ -47,6 +51,9 @@ public enum ManifestField: Int, CaseIterable, Sendable {
         map["amount_due"] = .amount
         map["reference"] = .tenantID
         map["whatsapp"] = .phone
+        map["organization_id"] = .organization
+        map["organizationid"] = .organization
+        map["realm"] = .organization
         return map
     }()
 }

@@ -35,6 +35,8 @@ public struct ImportSummary: Sendable {
     public var issueCount = 0
     /// Records with at least one issue.
     public var invalidRecords = 0
+    /// Records of other organizations (`OrganizationScope`): neither sent nor reported by this run.
+    public var elsewhere = 0
     /// True when the file itself could not be read to its end (its issue is the last in `issues`).
     public var stoppedEarly = false
     public var warnings: [String] = []
@@ -113,6 +115,8 @@ public struct ManifestImporter {
                 case .skipped(let invoice, let reason):
                     summary.skipped.append(SkippedInvoice(invoiceID: invoice.invoiceID, reason: reason, line: invoice.line))
                     try onSkipped(invoice, reason)
+                case .elsewhere:
+                    summary.elsewhere += 1
                 case .invalid(let issues):
                     summary.invalidRecords += 1
                     summary.issueCount += issues.count

@@ -3,8 +3,10 @@ public struct PreviewResult: Sendable {
     public var manifest: String
     public var format: ManifestFormat
     public var templateName: String
-    /// Records in the manifest (valid, skipped and invalid).
+    /// Records in the manifest (valid, skipped and invalid), other organizations' not counted.
     public var invoices = 0
+    /// Records of other organizations, sent by their own runs (`OrganizationScope`).
+    public var otherOrganizations = 0
     /// Messages that would be sent (one per valid invoice and distinct number).
     public var messages = 0
     /// Distinct numbers those messages go to.
@@ -105,7 +107,8 @@ public struct Previewer: Sendable {
         } onSkipped: { invoice, reason in
             try onSkipped(invoice, reason)
         }
-        result.invoices = summary.records
+        result.invoices = summary.records - summary.elsewhere
+        result.otherOrganizations = summary.elsewhere
         result.recipients = recipients.count
         result.skipped = summary.skipped
         result.warnings = summary.warnings

@@ -20,6 +20,8 @@ public struct Invoice: Sendable, Hashable {
     public var extras: [String: String]
     /// The period as the caller wrote it (`marzo 2026` from the landlord UI), shown instead of the formatted one.
     public var periodLabel: String? = nil
+    /// The organization the invoice is sent for, when the run reads the manifest's `organization`.
+    public var organization: String? = nil
 
     public init(
         line: Int, invoiceID: String, tenantName: String, phones: [String], amount: Money,

@@ -9,6 +9,8 @@ public struct ValidationOptions: Sendable {
     /// Where document links may also point (relative, or on its origin, over http too): their
     /// PDFs are fetched and uploaded to Meta before sending.
     public var propertySystem: PropertySystem?
+    /// Which rows are this run's, by their `organization` (nil: the column is not read).
+    public var organizations: OrganizationScope?
 
     public init(
         defaultCountryCode: String? = nil, defaultCurrency: String? = nil, defaultLocale: String = "es",
@@ -27,6 +29,8 @@ public enum RecordVerdict: Sendable {
     /// Valid, but nothing is to be sent (amount `<= 0`).
     case skipped(Invoice, reason: String)
     case invalid([ValidationIssue])
+    /// Another organization's row: its own run sends it (`OrganizationScope`).
+    case elsewhere
 }
 
 /// Checks records one by one and remembers invoice ids to catch duplicates.
@@ -77,6 +81,18 @@ public struct InvoiceValidator {
             if id.utf8.contains(where: { $0 < 0x20 }) { fail("invoice_id", "contains a control character") }
             if let first = seenIDs.insert(trimmed(record[.invoiceID]!), line: line) {
                 fail("invoice_id", "duplicate invoice_id: already used by the record on line \(first)")
+            }
+        }
+
+        var organization: String? = nil
+        if let scope = options.organizations {
+            let value = optionalText(record, .organization, fail) ?? manifestDefaults[.organization]
+            switch scope.owner(of: value) {
+            case .this(let id): organization = id
+            case .other: return .elsewhere
+            case .nobody(let problem):
+                guard scope.reportsStrays else { return .elsewhere }
+                fail("organization", problem)
             }
         }
 
@@ -216,11 +232,12 @@ public struct InvoiceValidator {
         guard issues.isEmpty, case .text(let id)? = invoiceID, let tenantName, let currency, let minorUnits, let period else {
             return .invalid(issues)
         }
-        let invoice = Invoice(
+        var invoice = Invoice(
             line: line, invoiceID: id, tenantName: tenantName, phones: numbers,
             amount: Money(minorUnits: minorUnits, currency: currency), period: period, dueDate: dueDate,
             landlord: landlord, property: property, tenantID: tenantID, locale: locale,
             documentURL: documentURL, email: email, extras: extras)
+        invoice.organization = organization
         if minorUnits <= 0 {
             return .skipped(invoice, reason: "nothing due (amount \(invoice.amount.plainDecimal) \(currency.code))")
         }
