@@ -241,6 +241,92 @@ func sendBenchmark(
     )
 }
 
+/// One `dispatcher send` of a manifest for `numbers` organizations, each with its own sender
+/// number at `rate` (issue 16: four numbers at 1,000/s in one process): each number's achieved
+/// rate and busiest second from the sandbox's log of arrivals, and the send process's CPU.
+func organizationsBenchmark(
+    dispatcher: String, numbers: Int, rate: Int, seconds duration: Int, placement: Placement
+) async throws -> [(String, String, String, String)] {
+    let folder = try workspace()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    let ids = (1...numbers).map { "org\($0)" }
+    let config = ids.enumerated().map { i, id in
+        #"{"id": "\#(id)", "phone_number_id": "PN\#(i + 1)", "token_env": "BENCH_TOKEN"}"#
+    }.joined(separator: ", ")
+    try #"{"organizations": [\#(config)]}"#.write(toFile: folder + "/dispatcher.json", atomically: true, encoding: .utf8)
+    var csv = "invoice_id,organization,tenant_name,phone,amount,currency,period\n"
+    for i in 0..<(rate * duration) {
+        for (n, id) in ids.enumerated() {
+            csv += "\(id)-\(i),\(id),Tenant \(i),+1809\(n)\(String(format: "%06d", i)),\(100 + i % 900).00,DOP,2026-03\n"
+        }
+    }
+    try csv.write(toFile: folder + "/run.csv", atomically: true, encoding: .utf8)
+    let port = 26_000 + Int.random(in: 0..<5000)
+    let serve = try Child(
+        dispatcher, ["serve", "--listen", "127.0.0.1:\(port + 1)", "--db", "sqlite:\(folder)/dispatcher.sqlite"], in: folder,
+        environment: ["WHATSAPP_APP_SECRET": "bench"], prefix: placement.world)
+    defer { serve.stop() }
+    let sandbox = try Child(
+        dispatcher,
+        [
+            "sandbox", "--listen", "127.0.0.1:\(port)", "--webhook-url", "http://127.0.0.1:\(port + 1)/webhook",
+            "--app-secret", "bench", "--throughput", "\(rate)", "--scenario", "scenario.json",
+        ],
+        in: folder, prefix: placement.world)
+    defer { sandbox.stop() }
+    try await waitUp("http://127.0.0.1:\(port)/_sandbox/counters")
+    let cpuBefore = childrenCPUSeconds()
+    let send = Process()
+    let arguments = ["send", "run.csv", "--config", "dispatcher.json", "--rate", "\(rate)", "--settle", "2s", "--stats"]
+    send.executableURL = URL(fileURLWithPath: placement.sender.first ?? dispatcher)
+    send.arguments = placement.sender.isEmpty ? arguments : Array(placement.sender.dropFirst()) + [dispatcher] + arguments
+    send.currentDirectoryURL = URL(fileURLWithPath: folder)
+    var env = ProcessInfo.processInfo.environment
+    env["WHATSAPP_API_BASE_URL"] = "http://127.0.0.1:\(port)"
+    env["BENCH_TOKEN"] = "sandbox-token"
+    env["WHATSAPP_APP_SECRET"] = "bench"
+    env["LOG_LEVEL"] = "error"
+    send.environment = env
+    let output = Pipe()
+    send.standardOutput = output
+    send.standardError = FileHandle.nullDevice
+    try send.run()
+    let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    send.waitUntilExit()
+    let cpu = childrenCPUSeconds() - cpuBefore
+    // "[org1] stats: … (X of a core, the whole process); …": every lane's line gives the process's share.
+    let shares = printed.split(separator: "\n").filter { $0.contains("stats:") }.compactMap { line in
+        line.range(of: #"[0-9.]+ of a core"#, options: .regularExpression).map { String(line[$0]) }
+    }
+    let requests = try await getJSON("http://127.0.0.1:\(port)/_sandbox/requests") as? [[String: Any]] ?? []
+    var rows: [(String, String, String, String)] = []
+    var total = 0
+    for (n, id) in ids.enumerated() {
+        let mine = requests.filter { $0["phoneNumberID"] as? String == "PN\(n + 1)" }
+        let times = mine.filter { $0["wamid"] != nil }.compactMap { $0["at"] as? Double }.sorted()
+        total += times.count
+        let throttled = mine.filter { $0["errorCode"] as? Int == 130429 }.count
+        var most = 0, start = 0
+        for end in times.indices {
+            while times[end] - times[start] >= 1 { start += 1 }
+            most = max(most, end - start + 1)
+        }
+        let achieved = times.count > 1 ? Double(times.count - 1) / (times.last! - times.first!) : 0
+        rows.append(
+            (
+                "\(numbers) numbers at \(rate)/s at once: \(id)", String(format: "%.1f%% of the rate", achieved / Double(rate) * 100),
+                n == 0 ? "process: \(shares.first ?? "?") while sending" : "",
+                "\(times.count.formatted()) accepted, max \(most) in any 1 s, \(throttled) × 130429"
+            ))
+    }
+    rows.append(
+        (
+            "\(numbers) numbers at \(rate)/s at once: all", "\(total.formatted()) accepted, exit \(send.terminationStatus)",
+            String(format: "%.0f µs CPU/msg (whole process)", cpu / Double(max(total, 1)) * 1e6), "preparing included; one process, \(numbers) leases"
+        ))
+    return rows
+}
+
 // MARK: - Reports
 
 /// The delivery report of a 1,000,000-message run, from a store seeded directly.
