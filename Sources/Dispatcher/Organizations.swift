@@ -16,6 +16,9 @@ public struct Organization: Sendable, Equatable {
     public var currency: String
     /// Template language for rows or calls without a usable locale.
     public var language: String
+    /// The property system's accounts (emails) that may reach this organization through `serve`'s
+    /// API with their own tokens (`OrganizationAccess`).
+    public var members: [String] = []
 
     public init(
         id: String, name: String, phoneNumberID: String, accessToken: String, businessAccountID: String? = nil,
@@ -76,9 +79,10 @@ public struct OrganizationsFile: Sendable {
             var defaultCountryCode: String?
             var currency: String?
             var language: String?
+            var members: [String]?
 
             enum CodingKeys: String, CodingKey {
-                case id, name, token, templates, currency, language
+                case id, name, token, templates, currency, language, members
                 case phoneNumberID = "phone_number_id"
                 case tokenEnv = "token_env"
                 case businessAccountID = "business_account_id"
@@ -113,6 +117,10 @@ public struct OrganizationsFile: Sendable {
                 ConfigurationError("\(source): \(label): \(field) \(problem)")
             }
             guard let id = entry.id?.trimmingASCIIWhitespace(), !id.isEmpty else { throw fail("id", "is required") }
+            // It names runs (`march@caribe`) and report folders.
+            guard id.first != ".", id.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
+                throw fail("id", "'\(id)' may hold only letters, digits, '-', '_' and '.' (it names runs and report folders)")
+            }
             guard seen.insert(id).inserted else { throw fail("id", "appears twice") }
             if entry.token != nil {
                 throw fail("token", "must not be written in the file: put it in the environment and name the variable with token_env")
@@ -142,11 +150,15 @@ public struct OrganizationsFile: Sendable {
                 }
                 guard isTemplateName(name) else { throw fail("templates.\(kind)", "'\(name)' is not a template name") }
             }
-            organizations.append(
-                Organization(
-                    id: id, name: entry.name ?? id, phoneNumberID: number, accessToken: token, businessAccountID: entry.businessAccountID,
-                    templateNames: entry.templates ?? [:], defaultCountryCode: entry.defaultCountryCode, currency: entry.currency ?? "DOP",
-                    language: entry.language ?? "es"))
+            for member in entry.members ?? [] where !member.contains("@") {
+                throw fail("members", "'\(member)' is not an email address (the property system's account)")
+            }
+            var organization = Organization(
+                id: id, name: entry.name ?? id, phoneNumberID: number, accessToken: token, businessAccountID: entry.businessAccountID,
+                templateNames: entry.templates ?? [:], defaultCountryCode: entry.defaultCountryCode, currency: entry.currency ?? "DOP",
+                language: entry.language ?? "es")
+            organization.members = entry.members ?? []
+            organizations.append(organization)
         }
         if organizations.isEmpty { throw ConfigurationError("\(source): no organizations") }
         self.organizations = organizations

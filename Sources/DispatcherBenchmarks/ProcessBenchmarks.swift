@@ -322,7 +322,8 @@ func organizationsBenchmark(
     rows.append(
         (
             "\(numbers) numbers at \(rate)/s at once: all", "\(total.formatted()) accepted, exit \(send.terminationStatus)",
-            String(format: "%.0f µs CPU/msg (whole process)", cpu / Double(max(total, 1)) * 1e6), "preparing included; one process, \(numbers) leases"
+            String(format: "%.0f µs CPU/msg (whole process)", cpu / Double(max(total, 1)) * 1e6),
+            "preparing included; one process, \(numbers) leases"
         ))
     return rows
 }

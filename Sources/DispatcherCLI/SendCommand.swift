@@ -441,7 +441,9 @@ func parseDuration(_ text: String) throws -> Duration {
 
 /// `reports/RUN/`, or `reports/RUN/LANDLORD/` with the landlord's name made safe for a folder.
 func reportDirectory(run: String, landlord: String?) -> String {
-    guard let landlord else { return "reports/\(run)" }
+    // An organization's run (`march@caribe`) reports beside the others of its month: reports/march/caribe/.
+    let folder = "reports/\(run.replacingOccurrences(of: "@", with: "/"))"
+    guard let landlord else { return folder }
     let safe = String(landlord.map { ch -> Character in ch.isLetter || ch.isNumber ? ch : "-" })
-    return "reports/\(run)/\(safe)"
+    return "\(folder)/\(safe)"
 }

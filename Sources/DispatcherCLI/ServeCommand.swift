@@ -100,7 +100,9 @@ struct ServeCommand: AsyncParsableCommand {
             store: store,
             configuration: ServerConfiguration(
                 basePath: basePath, appSecret: appSecret, verifyToken: settings.verifyToken, apiToken: settings.apiToken,
-                jwtSecret: settings.jwtSecret, reportsDirectory: reports, metricsNeedToken: metricsNeedToken),
+                jwtSecret: settings.jwtSecret, reportsDirectory: reports, metricsNeedToken: metricsNeedToken,
+                organizationAccess: fromFile
+                    ? OrganizationAccess(members: Dictionary(uniqueKeysWithValues: organizations.map { ($0.id, $0.members) })) : nil),
             sender: sender)
         logger.info(
             "dispatcher serve listening",

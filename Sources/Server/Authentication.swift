@@ -82,11 +82,16 @@ public final class HS256Verifier: Sendable {
 
     /// Whether `token` is one of the property system's, valid at `now` (Unix seconds).
     public func verify(_ token: String, now: Double) async -> Verdict {
+        await claims(token, now: now).verdict
+    }
+
+    /// The verdict and, when valid, the token's claims.
+    public func claims(_ token: String, now: Double) async -> (verdict: Verdict, claims: AccessClaims?) {
         guard let claims = try? await collection().verify(token, as: AccessClaims.self), let exp = claims.exp else {
-            return .invalid
+            return (.invalid, nil)
         }
-        if let nbf = claims.nbf, nbf.value.timeIntervalSince1970 > now + 60 { return .invalid }
-        return exp.value.timeIntervalSince1970 > now ? .valid : .expired
+        if let nbf = claims.nbf, nbf.value.timeIntervalSince1970 > now + 60 { return (.invalid, nil) }
+        return exp.value.timeIntervalSince1970 > now ? (.valid, claims) : (.expired, nil)
     }
 
     /// Signs claims with this secret (tests, and a way to mint a token for a script).
@@ -95,19 +100,72 @@ public final class HS256Verifier: Sendable {
     }
 }
 
-/// What we read of the property system's access tokens: the expiry and a not-before. Its other
-/// claims (`account`…) are not decoded, so no shape of theirs can make a valid token invalid.
+/// What we read of the property system's access tokens: the expiry, a not-before, and the
+/// account's email (`account.email`: its landlord tokens are `{type, account}`), which says which
+/// organizations the caller belongs to. The account is read leniently and the other claims not at
+/// all, so that no shape of theirs can make a valid token invalid.
 public struct AccessClaims: JWTPayload, Equatable {
     public var exp: ExpirationClaim?
     public var nbf: NotBeforeClaim?
+    public var account: Account?
 
-    /// Expiring at `expires` (Unix seconds), or never (refused).
-    public init(expires: Double?, notBefore: Double? = nil) {
+    public struct Account: Codable, Equatable, Sendable {
+        public var email: String?
+
+        public init(email: String?) { self.email = email }
+
+        public init(from decoder: any Decoder) throws {
+            email = try? decoder.container(keyedBy: CodingKeys.self).decodeIfPresent(String.self, forKey: .email)
+        }
+
+        enum CodingKeys: String, CodingKey { case email }
+    }
+
+    enum CodingKeys: String, CodingKey { case exp, nbf, account }
+
+    /// Expiring at `expires` (Unix seconds), or never (refused); for the account with `email`.
+    public init(expires: Double?, notBefore: Double? = nil, email: String? = nil) {
         exp = expires.map { ExpirationClaim(value: Date(timeIntervalSince1970: $0)) }
         nbf = notBefore.map { NotBeforeClaim(value: Date(timeIntervalSince1970: $0)) }
+        account = email.map { Account(email: $0) }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        exp = try c.decodeIfPresent(ExpirationClaim.self, forKey: .exp)
+        nbf = try c.decodeIfPresent(NotBeforeClaim.self, forKey: .nbf)
+        account = try? c.decodeIfPresent(Account.self, forKey: .account)
     }
 
     /// The times are checked by `HS256Verifier.verify` against the time it is given (tests and the
     /// fuzzer fix it); jwt-kit has checked the signature when it calls this.
     public func verify(using algorithm: some JWTAlgorithm) async throws {}
+}
+
+/// Which organizations a caller of the API reaches. With organizations from a configuration file
+/// (`serve --config`), a property-system token reaches only the organizations whose `members`
+/// list its account's email; the static token (`DISPATCHER_API_TOKEN`) is the operator's and
+/// reaches all. Without the file (one organization) every valid token reaches everything, as
+/// before. A run belongs to an organization by its name: `RUN@ORGANIZATION` (batch lanes) and
+/// `api-DATE@ORGANIZATION` (`/send-invoice`).
+public struct OrganizationAccess: Sendable, Equatable {
+    /// Organization id → its members' emails (lowercased).
+    public var members: [String: Set<String>]
+
+    public init(members: [String: [String]]) {
+        self.members = members.mapValues { Set($0.map { $0.lowercased() }) }
+    }
+
+    /// The organizations the account with `email` belongs to.
+    public func organizations(of email: String?) -> Set<String> {
+        guard let email = email?.lowercased(), !email.isEmpty else { return [] }
+        return Set(members.filter { $0.value.contains(email) }.keys)
+    }
+
+    /// Whether a caller reaching `organizations` (nil: all) may see `run`.
+    public static func reaches(_ organizations: Set<String>?, run: String) -> Bool {
+        guard let organizations else { return true }
+        guard let at = run.lastIndex(of: "@") else { return false }
+        return organizations.contains(String(run[run.index(after: at)...]))
+    }
 }

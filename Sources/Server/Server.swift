@@ -32,6 +32,9 @@ public struct ServerConfiguration: Sendable {
     public var reportsDirectory: String
     /// `/metrics` answers only with the bearer token.
     public var metricsNeedToken: Bool
+    /// Which organizations a property-system token reaches (nil: every organization; the
+    /// single-number setup). See `OrganizationAccess`.
+    public var organizationAccess: OrganizationAccess?
     /// A connection that sends nothing for this long is closed (idle keep-alive, or a client
     /// that stops half-way through a request).
     public var idleTimeout: Duration = .seconds(30)
@@ -50,8 +53,10 @@ public struct ServerConfiguration: Sendable {
 
     public init(
         basePath: String = "", appSecret: String, verifyToken: String? = nil, apiToken: String? = nil, jwtSecret: String? = nil,
-        maxWebhookBytes: Int = 3_500_000, reportsDirectory: String = "reports", metricsNeedToken: Bool = false
+        maxWebhookBytes: Int = 3_500_000, reportsDirectory: String = "reports", metricsNeedToken: Bool = false,
+        organizationAccess: OrganizationAccess? = nil
     ) {
+        self.organizationAccess = organizationAccess
         self.basePath = basePath
         self.appSecret = appSecret
         self.verifyToken = verifyToken
@@ -105,15 +110,19 @@ public struct DispatcherServer: Sendable {
             root.get("metrics") { _, _ in self.metricsResponse() }
         }
         let api = root.group().add(middleware: auth)
-        api.get("message-status/:id") { _, context in try await self.messageStatus(context.parameters.require("id")) }
-        api.get("message-statuses") { request, _ in try await self.messageStatuses(request) }
-        api.get("runs") { _, _ in try await self.runs() }
-        api.get("runs/:run") { _, context in try await self.run(context.parameters.require("run")) }
-        api.get("runs/:run/report.html") { _, context in
-            try self.reportFile(context.parameters.require("run"), "index.html", "text/html; charset=utf-8")
+        api.get("message-status/:id") { request, context in
+            try await self.messageStatus(context.parameters.require("id"), reach: await self.reach(request))
         }
-        api.get("runs/:run/report.csv") { _, context in
-            try self.reportFile(context.parameters.require("run"), "messages.csv", "text/csv; charset=utf-8")
+        api.get("message-statuses") { request, _ in try await self.messageStatuses(request, reach: await self.reach(request)) }
+        api.get("runs") { request, _ in try await self.runs(reach: await self.reach(request)) }
+        api.get("runs/:run") { request, context in try await self.run(context.parameters.require("run"), reach: await self.reach(request)) }
+        api.get("runs/:run/report.html") { request, context in
+            try self.reportFile(
+                context.parameters.require("run"), "index.html", "text/html; charset=utf-8", reach: await self.reach(request))
+        }
+        api.get("runs/:run/report.csv") { request, context in
+            try self.reportFile(
+                context.parameters.require("run"), "messages.csv", "text/csv; charset=utf-8", reach: await self.reach(request))
         }
         api.post("send-invoice") { request, context in try await self.sendInvoice(request, context: context) }
         return router
@@ -244,16 +253,33 @@ public struct DispatcherServer: Sendable {
 
     // MARK: - Status API
 
-    func messageStatus(_ id: String) async throws -> Response {
-        guard let message = try await store.message(id) else { throw APIError(.notFound, "no message \(id)") }
+    /// The organizations the request's (already authenticated) caller reaches; nil: all.
+    func reach(_ request: Request) async -> Set<String>? {
+        guard let access = configuration.organizationAccess else { return nil }
+        guard let header = request.headers[.authorization], header.count > 7 else { return [] }
+        let token = header.dropFirst(7).trimmingCharacters(in: .whitespaces)
+        if let apiToken = configuration.apiToken, constantTimeEquals(token, apiToken) { return nil }
+        guard let verifier = configuration.jwtSecret.flatMap(HS256Verifier.init(secret:)) else { return [] }
+        return access.organizations(of: await verifier.claims(token, now: Date().timeIntervalSince1970).claims?.account?.email)
+    }
+
+    func messageStatus(_ id: String, reach: Set<String>?) async throws -> Response {
+        guard let message = try await store.message(id), OrganizationAccess.reaches(reach, run: message.run) else {
+            throw APIError(.notFound, "no message \(id)")
+        }
         let events = try await store.events(messageID: message.id)
         return try jsonResponse(MessageStatusView(message, events: events))
     }
 
-    func messageStatuses(_ request: Request) async throws -> Response {
+    func messageStatuses(_ request: Request, reach: Set<String>?) async throws -> Response {
         let query = request.uri.queryParameters
         var filter = MessageFilter()
         filter.run = query.get("run")
+        if reach != nil {
+            // An organization's caller lists one of its runs at a time.
+            guard let run = filter.run else { throw APIError(.forbidden, "name one of your organization's runs: ?run=RUN@ORGANIZATION") }
+            guard OrganizationAccess.reaches(reach, run: run) else { throw APIError(.notFound, "no run \(run)") }
+        }
         filter.landlord = query.get("landlord")
         if let state = query.get("state") {
             guard let parsed = MessageState(rawValue: state) else {
@@ -274,20 +300,26 @@ public struct DispatcherServer: Sendable {
         return try jsonResponse(MessageListView(messages: page.messages.map { MessageStatusView($0, events: nil) }, next: page.next))
     }
 
-    func runs() async throws -> Response {
-        try jsonResponse(["runs": try await store.runs().map(RunView.init)])
+    func runs(reach: Set<String>?) async throws -> Response {
+        try jsonResponse(["runs": try await store.runs().filter { OrganizationAccess.reaches(reach, run: $0.run.name) }.map(RunView.init)])
     }
 
-    func run(_ name: String) async throws -> Response {
-        guard let summary = try await store.runs().first(where: { $0.run.name == name }) else {
+    func run(_ name: String, reach: Set<String>?) async throws -> Response {
+        guard OrganizationAccess.reaches(reach, run: name), let summary = try await store.runs().first(where: { $0.run.name == name })
+        else {
             throw APIError(.notFound, "no run \(name)")
         }
         return try jsonResponse(RunView(summary))
     }
 
-    func reportFile(_ run: String, _ file: String, _ type: String) throws -> Response {
-        guard !run.contains("/"), !run.hasPrefix(".") else { throw APIError(.badRequest, "not a run name") }
-        let path = (configuration.reportsDirectory as NSString).appendingPathComponent("\(run)/\(file)")
+    func reportFile(_ run: String, _ file: String, _ type: String, reach: Set<String>?) throws -> Response {
+        // `march@caribe` is reports/march/caribe/ (as `send` writes it); no part may leave the folder.
+        let parts = run.split(separator: "@", omittingEmptySubsequences: false)
+        guard !run.contains("/"), parts.allSatisfy({ !$0.isEmpty && !$0.hasPrefix(".") }) else {
+            throw APIError(.badRequest, "not a run name")
+        }
+        guard OrganizationAccess.reaches(reach, run: run) else { throw APIError(.notFound, "no report for run \(run)") }
+        let path = (configuration.reportsDirectory as NSString).appendingPathComponent("\(parts.joined(separator: "/"))/\(file)")
         guard let data = FileManager.default.contents(atPath: path) else {
             throw APIError(.notFound, "no report for run \(run) yet: run `dispatcher report \(run)`")
         }
@@ -317,6 +349,16 @@ public struct DispatcherServer: Sendable {
     // MARK: - Drop-in send
 
     func sendInvoice(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        // An organization's caller sends only for the organizations its account belongs to.
+        if let reach = await reach(request) {
+            guard let organization = request.headers[HTTPField.Name("organizationId")!], reach.contains(organization) else {
+                throw APIError(
+                    .forbidden,
+                    request.headers[HTTPField.Name("organizationId")!].map {
+                        "this account is not a member of organization '\($0)' here: nothing was sent"
+                    } ?? "the organizationId header is required")
+            }
+        }
         guard let sender else {
             throw APIError(.serviceUnavailable, "sending is not configured: set WHATSAPP_ACCESS_TOKEN and WHATSAPP_PHONE_NUMBER_ID")
         }

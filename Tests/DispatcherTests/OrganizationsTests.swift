@@ -47,6 +47,11 @@ struct OrganizationsTests {
                 #"{"organizations": [{"id": "a", "phone_number_id": "1", "token_env": "CARIBE_TOKEN", "currency": "RD$"}]}"#,
                 "currency 'RD$' is not an ISO 4217 code"
             ),
+            (#"{"organizations": [{"id": "a/../b", "phone_number_id": "1", "token_env": "CARIBE_TOKEN"}]}"#, "id 'a/../b' may hold only"),
+            (
+                #"{"organizations": [{"id": "a", "phone_number_id": "1", "token_env": "CARIBE_TOKEN", "members": ["ana"]}]}"#,
+                "members 'ana' is not an email address"
+            ),
             (#"{"organizations": []}"#, "no organizations"),
             ("{", "not the configuration's JSON"),
         ]
@@ -91,5 +96,58 @@ struct PropertySystemTests {
         }
         #expect(PropertySystem(url: "ftp://pm.example.com") == nil)
         #expect(PropertySystem(url: "http://localhost:8080")?.origin == "http://localhost:8080")
+    }
+}
+
+@Suite("A manifest's rows by organization")
+struct OrganizationScopeTests {
+    let scope = OrganizationScope(organization: "caribe", known: ["caribe", "norte"], fallback: nil, reportsStrays: true)
+
+    @Test("each row is this run's, another organization's, or nobody's with the reason; a fallback takes rows that name none")
+    func owners() {
+        #expect(scope.owner(of: "caribe") == .this("caribe"))
+        #expect(scope.owner(of: "norte") == .other)
+        guard case .nobody(let unknown) = scope.owner(of: "sur") else { Issue.record("sur was accepted"); return }
+        #expect(unknown.contains("'sur' is not a configured organization (configured: caribe, norte)"))
+        guard case .nobody(let missing) = scope.owner(of: nil) else { Issue.record("a row without one was accepted"); return }
+        #expect(missing.contains("is missing: several organizations are configured"))
+        var fallback = scope
+        fallback.fallback = "caribe"
+        #expect(fallback.owner(of: "") == .this("caribe"))
+        fallback.organization = nil
+        #expect(fallback.owner(of: "norte") == .this("norte"))
+    }
+
+    @Test("the validator sends only this organization's rows, reports strays once, and still sees every invoice id")
+    func validation() throws {
+        let path = try temporaryFile(
+            "orgs.csv",
+            """
+            invoice_id,organization,tenant_name,phone,amount,currency,period
+            A-1,caribe,Ana,+18095550101,10.00,DOP,2026-03
+            B-1,norte,Bea,+18095550102,10.00,DOP,2026-03
+            A-1,norte,Dup,+18095550103,10.00,DOP,2026-03
+            X-1,sur,Xavier,+18095550104,10.00,DOP,2026-03
+
+            """)
+        var options = ValidationOptions()
+        options.organizations = scope
+        var valid: [String] = []
+        let caribe = try ManifestImporter(options: options).importManifest(path: path) { valid.append($0.invoiceID) }
+        #expect(valid == ["A-1"])
+        #expect(caribe.elsewhere == 2)
+        #expect(caribe.issues.map(\.field) == ["organization"])
+        options.organizations?.organization = "norte"
+        options.organizations?.reportsStrays = false
+        valid = []
+        let norte = try ManifestImporter(options: options).importManifest(path: path) { valid.append($0.invoiceID) }
+        // The duplicate id is norte's row, caught although the first A-1 is caribe's.
+        #expect(valid == ["B-1"])
+        #expect(norte.issues.map(\.message).contains { $0.contains("duplicate invoice_id") })
+        #expect(!norte.issues.contains { $0.field == "organization" })
+        let census = OrganizationCensus(path: path, scope: scope)
+        #expect(census.rows == ["caribe": 1, "norte": 2])
+        #expect(census.strayCount == 1)
+        #expect(census.strays.first?.line == 5)
     }
 }

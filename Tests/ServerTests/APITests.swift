@@ -37,6 +37,66 @@ struct APITests {
         }
     }
 
+    @Test(
+        "with organizations from a file, a property-system token reaches only its account's organizations' runs, messages, reports and sending; the static token reaches all",
+        arguments: engines)
+    func accessPerOrganization(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let caribe = try await seed(store, run: "march@caribe", invoice: "C-1")[0]
+        let norte = try await seed(store, run: "march@norte", invoice: "N-1", phones: ["18095550202"])[0]
+        _ = try await seed(store, run: "march", invoice: "D-1", phones: ["18095550303"])
+        let reports = URL(fileURLWithPath: try freshSQLitePath()).deletingLastPathComponent()
+        for folder in ["march/caribe", "march/norte"] {
+            let url = reports.appendingPathComponent(folder)
+            try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+            try "report \(folder)".write(to: url.appendingPathComponent("index.html"), atomically: true, encoding: .utf8)
+        }
+        let secret = "the-property-systems-access-token-secret"
+        var configuration = ServerConfiguration(
+            appSecret: appSecret, apiToken: "api-token", jwtSecret: secret, reportsDirectory: reports.path,
+            organizationAccess: OrganizationAccess(members: ["caribe": ["Ana@Caribe.do"], "norte": ["luis@norte.com"]]))
+        configuration.verifyToken = nil
+        let tokens = try #require(HS256Verifier(secret: secret))
+        let now = Date().timeIntervalSince1970
+        let ana = try await tokens.sign(AccessClaims(expires: now + 600, email: "ana@caribe.do"))
+        let stranger = try await tokens.sign(AccessClaims(expires: now + 600, email: "eve@example.com"))
+        let anonymous = try await tokens.sign(AccessClaims(expires: now + 600))
+        try await withRouter(DispatcherServer(store: store, configuration: configuration)) { client in
+            func get(_ path: String, _ token: String) async throws -> TestResponse {
+                try await client.execute(uri: path, method: .get, headers: bearer(token))
+            }
+            let runs = try json(try await get("/runs", ana))["runs"] as? [[String: Any]] ?? []
+            #expect(runs.compactMap { $0["run"] as? String ?? $0["name"] as? String } == ["march@caribe"], "\(runs)")
+            #expect(try await get("/runs/march@caribe", ana).status == .ok)
+            #expect(try await get("/runs/march@norte", ana).status == .notFound)
+            #expect(try await get("/runs/march", ana).status == .notFound)
+            #expect(try await get("/message-status/\(caribe)", ana).status == .ok)
+            #expect(try await get("/message-status/\(norte)", ana).status == .notFound)
+            #expect(try await get("/message-statuses", ana).status == .forbidden)
+            #expect(try await get("/message-statuses?run=march@norte", ana).status == .notFound)
+            let listed = try json(try await get("/message-statuses?run=march@caribe", ana))["messages"] as? [[String: Any]] ?? []
+            #expect(listed.count == 1)
+            #expect(try await get("/runs/march@caribe/report.html", ana).status == .ok)
+            #expect(String(buffer: try await get("/runs/march@caribe/report.html", ana).body) == "report march/caribe")
+            #expect(try await get("/runs/march@norte/report.html", ana).status == .notFound)
+            #expect(try await get("/runs/march@../report.html", "api-token").status == .badRequest)
+            // Nothing for an account in no organization, or a token without one.
+            for token in [stranger, anonymous] {
+                #expect((try json(try await get("/runs", token))["runs"] as? [[String: Any]] ?? []).isEmpty)
+                #expect(try await get("/message-status/\(caribe)", token).status == .notFound)
+            }
+            // Sending for another organization: refused before anything else.
+            let send = try await client.execute(
+                uri: "/send-invoice", method: .post,
+                headers: [.authorization: "Bearer \(ana)", HTTPField.Name("organizationId")!: "norte", .contentType: "application/json"],
+                body: ByteBuffer(string: #"{"invoiceId":"X","phoneNumbers":["+18095550101"],"tenantName":"T","totalAmount":10}"#))
+            #expect(send.status == .forbidden)
+            #expect(String(buffer: send.body).contains("not a member of organization 'norte'"))
+            // The operator's token sees every run.
+            #expect((try json(try await get("/runs", "api-token"))["runs"] as? [[String: Any]] ?? []).count == 3)
+        }
+    }
+
     @Test("the property system's own access tokens: valid accepted; expired, forged and alg=none refused", arguments: engines)
     func propertySystemTokens(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
