@@ -3,11 +3,15 @@ public import Hummingbird
 import Logging
 import NIOCore
 
-/// An error the API answers with, as `{"error": "…"}` and its status.
+/// An error the API answers with, as `{"error": "…"}` and its status; on `/send-invoice`, as the
+/// old service answered, with `"success": false` too (the landlord UI reads `success` and `error`
+/// whatever the status).
 public struct APIError: Error, HTTPResponseError, Sendable {
     public var status: HTTPResponse.Status
     public var message: String
     public var headers: HTTPFields
+    /// Answer with the old service's `success: false` beside `error`.
+    public var oldServiceShape = false
 
     public init(_ status: HTTPResponse.Status, _ message: String, headers: HTTPFields = [:]) {
         self.status = status
@@ -19,10 +23,17 @@ public struct APIError: Error, HTTPResponseError, Sendable {
     public static func badRequest(_ message: String) -> APIError { APIError(.badRequest, message) }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
-        var response = try jsonResponse(["error": message], status: status)
+        var response =
+            oldServiceShape
+            ? try jsonResponse(ErrorBody(error: message), status: status) : try jsonResponse(["error": message], status: status)
         for field in headers { response.headers.append(field) }
         return response
     }
+}
+
+struct ErrorBody: Encodable {
+    var error: String
+    var success = false
 }
 
 /// A JSON response: sorted keys, slashes unescaped.

@@ -349,6 +349,15 @@ public struct DispatcherServer: Sendable {
     // MARK: - Drop-in send
 
     func sendInvoice(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        do {
+            return try await sendInvoiceAnswer(request, context: context)
+        } catch var error as APIError {
+            error.oldServiceShape = true
+            throw error
+        }
+    }
+
+    func sendInvoiceAnswer(_ request: Request, context: BasicRequestContext) async throws -> Response {
         // An organization's caller sends only for the organizations its account belongs to.
         if let reach = await reach(request) {
             guard let organization = request.headers[HTTPField.Name("organizationId")!], reach.contains(organization) else {

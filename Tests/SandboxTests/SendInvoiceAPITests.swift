@@ -62,6 +62,78 @@ struct SendInvoiceAPITests {
         }
     }
 
+    /// The bodies the landlord UI posts, as its code builds them (perezjoseph/microrealestate-fork,
+    /// webapps/landlord/src/components/rents/WhatsAppActions.js and tenants/WhatsAppInvoiceButton.js,
+    /// commit 1cb55bff): the rents page's bulk action (any kind, amount net of payments, due date
+    /// `DD/MM/YYYY` at the end of the term's month, days overdue) and the tenant page's invoice
+    /// button (gross amount, the page's locale, no due date). Neither reads the HTTP status: both
+    /// branch on `success`, count `results[].method == "api"` and `success`, read
+    /// `summary.apiSuccess` and `summary.urlFallback` (opening `whatsappURL` for `url` results),
+    /// and show `error` otherwise.
+    static let uiBodies: [(kind: String, body: String)] = [
+        (
+            "rentcall",
+            #"{"phoneNumbers":["+1 809 555 0111"],"tenantName":"María Pérez","invoicePeriod":"January 2025","totalAmount":28500,"currency":"RD$","organizationName":"Inmobiliaria Caribe","invoiceUrl":"https://pm.example.com/api/v2/documents/rentcall/64b7f0c2a1/2025010100","locale":"es-CO","templateName":"rentcall","dueDate":"31/01/2025","daysOverdue":0}"#
+        ),
+        (
+            "rentcall_reminder",
+            #"{"phoneNumbers":["+1 809 555 0112","+1 829 555 0113"],"tenantName":"José Rodríguez","invoicePeriod":"January 2025","totalAmount":12345.5,"currency":"RD$","organizationName":"Inmobiliaria Caribe","invoiceUrl":"https://pm.example.com/api/v2/documents/rentcall_reminder/64b7f0c2a2/2025010100","locale":"es-CO","templateName":"rentcall_reminder","dueDate":"31/01/2025","daysOverdue":12}"#
+        ),
+        (
+            "rentcall_last_reminder",
+            #"{"phoneNumbers":["+1 809 555 0114"],"tenantName":"Ana Núñez","invoicePeriod":"January 2025","totalAmount":9800,"currency":"DOP","organizationName":"MicroRealEstate","invoiceUrl":"https://pm.example.com/api/v2/documents/rentcall_last_reminder/64b7f0c2a3/2025010100","locale":"es-CO","templateName":"rentcall_last_reminder","dueDate":"31/01/2025","daysOverdue":40}"#
+        ),
+        (
+            "invoice",
+            #"{"phoneNumbers":["+1 809 555 0115"],"tenantName":"Ramón Peña","invoicePeriod":"January 2025","totalAmount":35000,"currency":"RD$","organizationName":"Inmobiliaria Caribe","invoiceUrl":"https://pm.example.com/api/v2/documents/invoice/64b7f0c2a4/2025010100","locale":"es-CO","templateName":"invoice","dueDate":"31/01/2025","daysOverdue":0}"#
+        ),
+        (
+            "invoice (tenant page)",
+            #"{"phoneNumbers":["+18095550116"],"tenantName":"Claire Roy","invoicePeriod":"January 2025","totalAmount":1180.5,"currency":"RD$","invoiceUrl":"https://pm.example.com/api/v2/documents/invoice/64b7f0c2a5/2025010100","organizationName":"Inmobiliaria Caribe","locale":"en","templateName":"invoice"}"#
+        ),
+    ]
+
+    @Test("the landlord UI's own bodies, every kind, answered as the old service answered them (what the UI reads)", arguments: engines)
+    func uiBodiesReplayed(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine, jwtSecret: secret) { h in
+            let token = try await #require(HS256Verifier(secret: secret)).sign(AccessClaims(expires: Date().timeIntervalSince1970 + 600))
+            var sent = 0
+            for (kind, body) in Self.uiBodies {
+                let (status, answer) = try await post(h, body, token: token)
+                #expect(status == 200, "\(kind): \(answer)")
+                #expect(answer["success"] as? Bool == true, "\(kind): \(answer)")
+                let numbers =
+                    (try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])?["phoneNumbers"] as? [String] ?? []
+                let results = answer["results"] as? [[String: Any]] ?? []
+                // WhatsAppActions: apiResults = results.filter(method == 'api' && success).
+                #expect(
+                    results.filter { $0["method"] as? String == "api" && $0["success"] as? Bool == true }.count == numbers.count, "\(kind)")
+                #expect(!results.contains { $0["method"] as? String == "url" }, "\(kind): a wa.me fallback the UI would open")
+                // WhatsAppInvoiceButton: summary.apiSuccess and summary.urlFallback.
+                let summary = answer["summary"] as? [String: Int] ?? [:]
+                #expect(summary["apiSuccess"] == numbers.count, "\(kind)")
+                #expect(summary["urlFallback"] == 0, "\(kind)")
+                #expect(answer["message"] is String, "\(kind)")
+                sent += numbers.count
+            }
+            #expect(try await h.requests().count == sent)
+            // The rents page skips rents with nothing due; the tenant page does not: success, nothing sent.
+            let zero = Self.uiBodies[4].body.replacingOccurrences(of: #""totalAmount":1180.5"#, with: #""totalAmount":0"#)
+            let (zeroStatus, nothing) = try await post(h, zero, token: token)
+            #expect(zeroStatus == 200)
+            #expect(nothing["success"] as? Bool == true)
+            #expect((nothing["results"] as? [Any])?.isEmpty == true)
+            #expect((nothing["summary"] as? [String: Int])?["apiSuccess"] == 0)
+            // A refusal: the UI reads `success` and `error` whatever the status.
+            let noPhones = Self.uiBodies[0].body.replacingOccurrences(of: #"["+1 809 555 0111"]"#, with: "[]")
+            let (refusedStatus, refused) = try await post(h, noPhones, token: token)
+            #expect(refusedStatus == 400)
+            #expect(refused["success"] as? Bool == false)
+            #expect((refused["error"] as? String)?.contains("phoneNumbers") == true, "\(refused)")
+            #expect(try await h.requests().count == sent)
+        }
+    }
+
     @Test("nothing due sends nothing and says why; a bad currency or template is a 400; an expired token a 401", arguments: engines)
     func refusals(engine: StoreEngine) async throws {
         try await Harness.run(engine: engine, jwtSecret: secret) { h in
