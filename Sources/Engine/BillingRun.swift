@@ -65,6 +65,9 @@ public struct BillingRun: Sendable {
             let result: Result<(RunOptions, StopReason?), any Error>
             do {
                 let options = try await prepare(engine)
+                // The run's pace, reserved in the store a second ahead, so that `/send-invoice` calls
+                // on any machine take only what is left of the number's rate (`SendSlots`).
+                group.addTask { await reserveSlots(rate: options.rate) }
                 try await beforeSending(options)
                 engine.logger.debug("run: prepared; dispatching")
                 result = .success((options, try await engine.dispatch(options, progress: progress)))
@@ -76,6 +79,27 @@ public struct BillingRun: Sendable {
             try? await group.waitForAll()
             await lease.release()
             return try result.get()
+        }
+    }
+
+    /// Reserves the run's sends for this second and the next three, every second until cancelled: what
+    /// the run may send in any sliding second under `RateBudget`. A failed write
+    /// is retried the next second (the lease keeper halts the run if the store is gone for good).
+    func reserveSlots(rate: Double) async {
+        let sender = engine.client.configuration.phoneNumberID
+        // Its budget refills at rate × margin: that many sends are 1/(rate × margin) apart, so a
+        // sliding second can hold the next whole number of them (10 at 10/s, 79 at 80/s, 985 at 1,000/s).
+        let count = max(1, Int((rate * RateBudget.defaultMargin).rounded(.up)))
+        let capacity = Int(rate.rounded(.down))
+        while !Task.isCancelled {
+            let now = Date().timeIntervalSince1970
+            let second = Int64(now.rounded(.down))
+            // Three seconds ahead: a loaded machine may wake this loop late; the run must never send in
+            // a second it has not reserved.
+            for ahead in second...(second + 3) {
+                try? await engine.store.reserveSendSlots(sender: sender, second: ahead, count: count, capacity: capacity)
+            }
+            try? await Task.sleep(for: .milliseconds(Int64((Double(second + 1) - now) * 1000) + 1))
         }
     }
 

@@ -260,6 +260,26 @@ public final class InvoiceAPISender: InvoiceSendService {
         return try await store.requeue(messageIDs: [message.id], at: wallClock()) == [message.id]
     }
 
+    /// How long a call waits for room in its number's rate (`SendSlots`) before answering that the
+    /// number is busy.
+    static let sharedWait = 20.0
+
+    /// One send within the number's rate as every process sending from it shares it (a billing
+    /// run reserves its pace; these calls take what is left): waits for a second with room, up to
+    /// `sharedWait`. False: none came.
+    func sharedSlot() async throws -> Bool {
+        let sender = client.configuration.phoneNumberID
+        let capacity = max(1, Int(pacer.rate.rounded(.down)))
+        let deadline = wallClock() + Self.sharedWait
+        while true {
+            let now = wallClock()
+            let second = Int64(now.rounded(.down))
+            if try await store.takeSendSlot(sender: sender, second: second, capacity: capacity) { return true }
+            guard now < deadline else { return false }
+            try await Task.sleep(for: .milliseconds(Int64((Double(second + 1) - now) * 1000) + 1))
+        }
+    }
+
     func send(messageID: String, phone: String, body: [UInt8], display: String) async throws -> SendInvoiceResponse.Result {
         let policy = RetryPolicy.interactive
         let rounds = policy.maxTransientRetries + 1
@@ -275,6 +295,18 @@ public final class InvoiceAPISender: InvoiceSendService {
                     error: "another call is sending this invoice to this number now; its status will follow")
             }
             try await pacer.slot()
+            guard try await sharedSlot() else {
+                // The number's rate is taken (a billing run sending from it): not sent, back in the
+                // queue; the same call later sends it.
+                let busy = "the number is at its rate (a billing run is sending from it): not sent now; call again later"
+                try await store.recordOutcomes(
+                    [
+                        AttemptOutcome.rejected(
+                            messageID: messageID, attempt: attempt, error: SendError(code: nil, title: busy), final: false)
+                    ],
+                    at: wallClock())
+                return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "queued", error: busy)
+            }
             switch await client.send(body: Data(body)) {
             case .accepted(let wamid, let waID, let held):
                 try await store.recordOutcomes(

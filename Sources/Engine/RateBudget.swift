@@ -35,7 +35,13 @@ struct RateBudget {
     /// The most releases there were in any one second.
     private(set) var mostInOneSecond = 0
 
-    init(rate: Double, margin: Double = 0.985, cap: Double = 0.985, burstSeconds: Double = 0.015, now: ContinuousClock.Instant = .now) {
+    /// The share of its rate a budget releases in any second by default (`margin` and `cap`).
+    static let defaultMargin = 0.985
+
+    init(
+        rate: Double, margin: Double = defaultMargin, cap: Double = defaultMargin, burstSeconds: Double = 0.015,
+        now: ContinuousClock.Instant = .now
+    ) {
         self.rate = rate
         refill = rate * margin
         burst = max(2, (rate * burstSeconds).rounded(.down))

@@ -44,6 +44,12 @@ public protocol DispatchStore: Sendable {
     /// Returns the attempt number, or nil when it is not queued (another caller is sending it, or
     /// it was sent). What `/send-invoice` sends with: two calls for one invoice never both send.
     func claimAttempt(messageID: String, at time: Double) async throws -> Int?
+    /// A sender number's sends per second, shared by every process that sends from it (see
+    /// `SendSlots`): a billing run reserves its pace for a second ahead of it.
+    func reserveSendSlots(sender: String, second: Int64, count: Int, capacity: Int) async throws
+    /// One send of `/send-invoice` in `second`, if what is left of the number's rate allows it
+    /// (`SendSlots.allows`; `capacity`: the sender's own rate); false: try a later second.
+    func takeSendSlot(sender: String, second: Int64, capacity: Int) async throws -> Bool
     /// Several messages at once (one transaction): the ledger entry before each request leaves.
     /// Returns each message's attempt number.
     func beginAttempts(messageIDs: [String], at time: Double) async throws -> [String: Int]
@@ -693,4 +699,26 @@ public struct QueuedMessage: Sendable, Equatable {
         self.requestBody = requestBody
         self.language = language
     }
+}
+
+/// The rule that shares a sender number's rate between a billing run and `/send-invoice` calls
+/// (on any number of machines). Sends are counted per wall-clock second: a run *reserves* its pace
+/// (at most `RateBudget`'s 98.5 % of its rate, in any sliding second) for each second before it
+/// begins; single sends *take* what is left, one at a time. Any sliding second overlaps at most two
+/// wall-clock seconds, so single sends are limited over each pair of consecutive seconds: then the
+/// run's sends plus the single ones never pass the number's capacity in any second.
+public enum SendSlots {
+    /// Whether one more single send fits in `second`, given the counts of that second and the one
+    /// before it. While a run reserves, the number's capacity is the run's rate (the one chosen for
+    /// it); otherwise `capacity`, the single sends' own.
+    public static func allows(
+        previous: (reserved: Int, taken: Int, capacity: Int)?, current: (reserved: Int, taken: Int, capacity: Int)?, capacity: Int
+    ) -> Bool {
+        let reserved = max(previous?.reserved ?? 0, current?.reserved ?? 0)
+        let limit = reserved > 0 ? max(previous?.capacity ?? 0, current?.capacity ?? 0) : capacity
+        return (previous?.taken ?? 0) + (current?.taken ?? 0) + 1 <= limit - reserved
+    }
+
+    /// Seconds kept: older rows are deleted as new ones are written.
+    public static let kept: Int64 = 120
 }

@@ -132,6 +132,41 @@ extension SQLiteStore {
         }
     }
 
+    public func reserveSendSlots(sender: String, second: Int64, count: Int, capacity: Int) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO send_slots (sender, second, reserved, capacity) VALUES (?, ?, ?, ?)
+                    ON CONFLICT (sender, second) DO UPDATE SET reserved = MAX(reserved, excluded.reserved), capacity = MAX(capacity, excluded.capacity)
+                    """, arguments: [sender, second, count, capacity])
+            try db.execute(
+                sql: "DELETE FROM send_slots WHERE sender = ? AND second < ?", arguments: [sender, second - SendSlots.kept])
+        }
+    }
+
+    public func takeSendSlot(sender: String, second: Int64, capacity: Int) async throws -> Bool {
+        try await pool.write { db in
+            var rows: [Int64: (reserved: Int, taken: Int, capacity: Int)] = [:]
+            for row in try Row.fetchAll(
+                db, sql: "SELECT second, reserved, taken, capacity FROM send_slots WHERE sender = ? AND second IN (?, ?)",
+                arguments: [sender, second - 1, second])
+            {
+                rows[row[0]] = (row[1], row[2], row[3])
+            }
+            guard SendSlots.allows(previous: rows[second - 1], current: rows[second], capacity: capacity) else { return false }
+            try db.execute(
+                sql: """
+                    INSERT INTO send_slots (sender, second, taken) VALUES (?, ?, 1)
+                    ON CONFLICT (sender, second) DO UPDATE SET taken = taken + 1
+                    """, arguments: [sender, second])
+            if second % 64 == 0 {
+                try db.execute(
+                    sql: "DELETE FROM send_slots WHERE sender = ? AND second < ?", arguments: [sender, second - SendSlots.kept])
+            }
+            return true
+        }
+    }
+
     public func claimAttempt(messageID: String, at time: Double) async throws -> Int? {
         try await pool.write { db in
             try db.execute(

@@ -224,6 +224,19 @@ public final class SQLiteStore: DispatchStore {
             // one for another number is kept (and reported) unapplied.
             try db.execute(sql: "ALTER TABLE status_events ADD COLUMN phone_number_id TEXT")
         }
+        migrator.registerMigration("v7: a sender number's sends per second, shared") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE send_slots (
+                        sender TEXT NOT NULL,
+                        second INTEGER NOT NULL,
+                        reserved INTEGER NOT NULL DEFAULT 0,
+                        taken INTEGER NOT NULL DEFAULT 0,
+                        capacity INTEGER NOT NULL DEFAULT 0,
+                        PRIMARY KEY (sender, second)
+                    )
+                    """)
+        }
         return migrator
     }
 

@@ -8,6 +8,10 @@ import Testing
 @testable import Store
 @testable import WhatsApp
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 /// The billing run as any caller (not only the CLI) drives it.
 @Suite("BillingRun: lease, prepare, send, status, settle")
 struct BillingRunTests {
@@ -41,6 +45,49 @@ struct BillingRunTests {
             }
             #expect(try await h.requests().count == requests)
             await other.release()
+        }
+    }
+
+    @Test(
+        "a run and /send-invoice calls on one number share its rate through the store: a call waits while the run's pace is the whole rate, then goes",
+        arguments: engines)
+    func sharedRate(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine) { h in
+            let e = try makeEngine(h)
+            defer { Task { try? await e.client.shutdown() } }
+            // At 9/s the run's pace (a send every 1/(9 × 0.985) s) fills every second: it reserves all 9.
+            let options = RunOptions(run: "shared", manifest: try manifest(phones(27)), rate: 9)
+            async let run = BillingRun(engine: e, run: "shared", settleWindow: .seconds(1)).perform(prepare: { engine in
+                _ = try await engine.prepare(options)
+                return options
+            })
+            try await Task.sleep(for: .milliseconds(800))
+            // Three landlords press "send" while the run goes (the API's own rate is 80/s).
+            let answers = try await withThrowingTaskGroup(of: String.self) { group in
+                for i in 0..<3 {
+                    group.addTask {
+                        var request = URLRequest(url: URL(string: "\(h.receiverURL)/send-invoice")!)
+                        request.httpMethod = "POST"
+                        request.setValue("Bearer api-token", forHTTPHeaderField: "Authorization")
+                        request.httpBody = Data(
+                            #"{"phoneNumbers":["+1 809 777 00\#(i)0"],"tenantName":"T\#(i)","invoicePeriod":"marzo 2026","totalAmount":100,"currency":"DOP","templateName":"invoice","invoiceId":"API-\#(i)"}"#
+                                .utf8)
+                        let (data, _) = try await URLSession.shared.data(for: request)
+                        return String(decoding: data, as: UTF8.self)
+                    }
+                }
+                return try await group.reduce(into: [String]()) { $0.append($1) }
+            }
+            let outcome = try await run
+            #expect(outcome.stop == nil)
+            #expect(answers.allSatisfy { $0.contains(#""success":true"#) }, "\(answers)")
+            // None of the calls went while the run was sending (they would have passed the rate).
+            let log = try await h.requests().filter { $0["wamid"] != nil }
+            let runTimes = log.filter { ($0["to"] as? String)?.hasPrefix("1809777") == false }.compactMap { $0["at"] as? Double }
+            let callTimes = log.filter { ($0["to"] as? String)?.hasPrefix("1809777") == true }.compactMap { $0["at"] as? Double }
+            #expect(runTimes.count == 27)
+            #expect(callTimes.count == 3)
+            #expect(callTimes.min() ?? 0 > runTimes.max() ?? .infinity, "a call went while the run was using the whole rate")
         }
     }
 

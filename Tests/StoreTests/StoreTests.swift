@@ -144,6 +144,36 @@ struct StoreTests {
         #expect(others.map(\.statuses) == [2])
     }
 
+    @Test(
+        "a number's rate shared: a run's reserved pace leaves single sends what is left over any two seconds; without a run, their own rate",
+        arguments: engines)
+    func sendSlots(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        // A run at 20/s reserves 19 a second; single sends (their own rate 80) get 1 per two seconds.
+        for second in Int64(100)...101 { try await store.reserveSendSlots(sender: "N", second: second, count: 19, capacity: 20) }
+        #expect(try await store.takeSendSlot(sender: "N", second: 100, capacity: 80))
+        #expect(!(try await store.takeSendSlot(sender: "N", second: 100, capacity: 80)))
+        #expect(!(try await store.takeSendSlot(sender: "N", second: 101, capacity: 80)), "two in a sliding second with the run's 19")
+        // Reserving again changes nothing (the run writes each second twice).
+        try await store.reserveSendSlots(sender: "N", second: 101, count: 19, capacity: 20)
+        #expect(!(try await store.takeSendSlot(sender: "N", second: 101, capacity: 80)))
+        // After the run: its last second still counts beside the next (19 + 1 fits, once).
+        #expect(try await store.takeSendSlot(sender: "N", second: 102, capacity: 80))
+        #expect(!(try await store.takeSendSlot(sender: "N", second: 102, capacity: 80)))
+        // Then their own rate, over any two seconds (one of 5 taken in 102 already).
+        var taken = 0
+        while try await store.takeSendSlot(sender: "N", second: 103, capacity: 5) { taken += 1 }
+        #expect(taken == 4)
+        // Another number is its own.
+        #expect(try await store.takeSendSlot(sender: "M", second: 100, capacity: 1))
+        // Concurrent takers never pass the limit.
+        let results = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for _ in 0..<12 { group.addTask { try await store.takeSendSlot(sender: "C", second: 500, capacity: 7) } }
+            return try await group.reduce(into: [Bool]()) { $0.append($1) }
+        }
+        #expect(results.filter { $0 }.count == 7)
+    }
+
     @Test("duplicates change nothing and are not kept twice in the history", arguments: engines)
     func duplicates(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)

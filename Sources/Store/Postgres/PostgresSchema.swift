@@ -219,6 +219,20 @@ enum PostgresSchema {
         Migration(
             name: "v8: statuses by sender number",
             statements: ["ALTER TABLE status_events ADD COLUMN phone_number_id TEXT", ingest, attachPending]),
+        Migration(
+            name: "v9: a sender number's sends per second, shared",
+            statements: [
+                """
+                CREATE TABLE send_slots (
+                    sender TEXT NOT NULL,
+                    second BIGINT NOT NULL,
+                    reserved INTEGER NOT NULL DEFAULT 0,
+                    taken INTEGER NOT NULL DEFAULT 0,
+                    capacity INTEGER NOT NULL DEFAULT 0,
+                    PRIMARY KEY (sender, second)
+                )
+                """
+            ]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one

@@ -92,6 +92,51 @@ extension PostgresStore {
         }
     }
 
+    public func reserveSendSlots(sender: String, second: Int64, count: Int, capacity: Int) async throws {
+        let logger = self.logger
+        try await transaction { connection in
+            try await connection.query(
+                """
+                INSERT INTO send_slots (sender, second, reserved, capacity) VALUES (\(sender), \(second), \(count), \(capacity))
+                ON CONFLICT (sender, second) DO UPDATE
+                SET reserved = GREATEST(send_slots.reserved, EXCLUDED.reserved), capacity = GREATEST(send_slots.capacity, EXCLUDED.capacity)
+                """, logger: logger)
+            try await connection.query(
+                "DELETE FROM send_slots WHERE sender = \(sender) AND second < \(second - SendSlots.kept)", logger: logger)
+        }
+    }
+
+    public func takeSendSlot(sender: String, second: Int64, capacity: Int) async throws -> Bool {
+        let logger = self.logger
+        return try await transaction { connection in
+            // The second's row exists and is locked: takers of one second go one at a time.
+            try await connection.query(
+                """
+                INSERT INTO send_slots (sender, second) VALUES (\(sender), \(second))
+                ON CONFLICT (sender, second) DO NOTHING
+                """, logger: logger)
+            var rows: [Int64: (reserved: Int, taken: Int, capacity: Int)] = [:]
+            for try await (at, reserved, taken, cap) in try await connection.query(
+                """
+                SELECT second, reserved, taken, capacity FROM send_slots
+                WHERE sender = \(sender) AND second IN (\(second - 1), \(second)) ORDER BY second FOR UPDATE
+                """, logger: logger
+            ).decode((Int64, Int, Int, Int).self) {
+                rows[at] = (reserved, taken, cap)
+            }
+            guard SendSlots.allows(previous: rows[second - 1], current: rows[second], capacity: capacity) else { return false }
+            try await connection.query(
+                """
+                UPDATE send_slots SET taken = taken + 1 WHERE sender = \(sender) AND second = \(second)
+                """, logger: logger)
+            if second % 64 == 0 {
+                try await connection.query(
+                    "DELETE FROM send_slots WHERE sender = \(sender) AND second < \(second - SendSlots.kept)", logger: logger)
+            }
+            return true
+        }
+    }
+
     public func claimAttempt(messageID: String, at time: Double) async throws -> Int? {
         let logger = self.logger
         return try await transaction { connection in
