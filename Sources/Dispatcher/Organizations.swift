@@ -19,6 +19,8 @@ public struct Organization: Sendable, Equatable {
     /// The property system's accounts (emails) that may reach this organization through `serve`'s
     /// API with their own tokens (`OrganizationAccess`).
     public var members: [String] = []
+    /// The environment variable its token comes from (said when Meta refuses the token).
+    public var tokenVariable = "WHATSAPP_ACCESS_TOKEN"
 
     public init(
         id: String, name: String, phoneNumberID: String, accessToken: String, businessAccountID: String? = nil,
@@ -158,6 +160,7 @@ public struct OrganizationsFile: Sendable {
                 templateNames: entry.templates ?? [:], defaultCountryCode: entry.defaultCountryCode, currency: entry.currency ?? "DOP",
                 language: entry.language ?? "es")
             organization.members = entry.members ?? []
+            organization.tokenVariable = variable
             organizations.append(organization)
         }
         if organizations.isEmpty { throw ConfigurationError("\(source): no organizations") }

@@ -289,7 +289,7 @@ struct RunSession {
         switch stop {
         case .halted(let error):
             console.say(
-                "HALTED: \(error.description)\n\(haltAdvice(error))\nWhat was not sent is still queued: run the same command again once it is fixed."
+                "HALTED: \(error.description)\n\(haltAdvice(error, tokenVariable: lane.organization.tokenVariable))\nWhat was not sent is still queued: run the same command again once it is fixed."
             )
         case .interrupted:
             console.say("Interrupted: run the same command again to continue; nothing already sent will be sent twice.")
@@ -383,7 +383,9 @@ extension RunSession {
         do {
             report = try result.get()
         } catch let error as GraphError {
-            console.say("HALTED: Meta refused the invoice PDFs' upload: \(error.description)\n\(haltAdvice(error))")
+            console.say(
+                "HALTED: Meta refused the invoice PDFs' upload: \(error.description)\n\(haltAdvice(error, tokenVariable: lane.organization.tokenVariable))"
+            )
             try await recordHalt(run: run, reason: "PDF upload: \(error.description)", store: engine.store)
             throw Exit.halted
         }

@@ -664,11 +664,11 @@ extension InvoiceRecord {
 }
 
 /// What to do about a halt, in words an operator can act on.
-public func haltAdvice(_ error: GraphError) -> String {
+public func haltAdvice(_ error: GraphError, tokenVariable: String = "WHATSAPP_ACCESS_TOKEN") -> String {
     switch error.code ?? -1 {
     case 190:
         return
-            "The access token is invalid or expired: create a new one (a System User token in Meta's Business Manager) and set WHATSAPP_ACCESS_TOKEN."
+            "The access token is invalid or expired: create a new one (a System User token in Meta's Business Manager) and set \(tokenVariable)."
     case 0, 3, 10, 200...299:
         return "The token lacks a permission (whatsapp_business_messaging): grant it to the app's System User and set the new token."
     case 131042: return "Meta reports a payment problem on the WhatsApp Business Account: fix the payment method in Business Manager."

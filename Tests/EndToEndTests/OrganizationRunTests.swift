@@ -135,6 +135,7 @@ struct OrganizationRunTests {
         #expect(split.last?["pending"] as? Int == 5, "\(split)")
         #expect((split.last?["halted"] as? String)?.contains("190") == true, "\(split)")
         #expect(halted.stderr.contains("[norte] HALTED"), "\(halted.stderr)")
+        #expect(halted.stderr.contains("and set TOKEN_NORTE"), "the advice names the organization's token variable: \(halted.stderr)")
 
         // Fixed, the same command sends norte's five and nothing of caribe's again.
         let caribeBefore = (try await getJSON("http://127.0.0.1:\(port)/_sandbox/requests") as? [[String: Any]] ?? []).filter {
