@@ -152,14 +152,15 @@ public struct OrganizationsFile: Sendable {
                 }
                 guard isTemplateName(name) else { throw fail("templates.\(kind)", "'\(name)' is not a template name") }
             }
-            for member in entry.members ?? [] where !member.contains("@") {
+            let members = (entry.members ?? []).map { $0.trimmingASCIIWhitespace() }
+            for member in members where member.split(separator: "@").count != 2 || member.contains(" ") {
                 throw fail("members", "'\(member)' is not an email address (the property system's account)")
             }
             var organization = Organization(
                 id: id, name: entry.name ?? id, phoneNumberID: number, accessToken: token, businessAccountID: entry.businessAccountID,
                 templateNames: entry.templates ?? [:], defaultCountryCode: entry.defaultCountryCode, currency: entry.currency ?? "DOP",
                 language: entry.language ?? "es")
-            organization.members = entry.members ?? []
+            organization.members = members
             organization.tokenVariable = variable
             organizations.append(organization)
         }

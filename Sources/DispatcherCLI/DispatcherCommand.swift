@@ -31,8 +31,11 @@ struct CommonOptions: ParsableArguments {
 
     var settings: Settings { Settings(environment: ProcessInfo.processInfo.environment) }
 
-    func countryCode() throws -> String? {
-        guard let code = defaultCountryCode ?? settings.defaultCountryCode else { return nil }
+    func countryCode() throws -> String? { try countryCode(organization: nil) }
+
+    /// The flag, else the organization's own, else the environment's.
+    func countryCode(organization: String?) throws -> String? {
+        guard let code = defaultCountryCode ?? organization ?? settings.defaultCountryCode else { return nil }
         let digits = code.hasPrefix("+") ? String(code.dropFirst()) : code
         guard (1...3).contains(digits.count), digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber), !digits.hasPrefix("0") else {
             throw ValidationError("--default-country-code '\(code)' is not a country calling code (1 to 3 digits, e.g. 1 or 34)")

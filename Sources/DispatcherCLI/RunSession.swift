@@ -46,6 +46,8 @@ struct RunSession {
     /// The organizations come from a configuration file (the property system's organization id is
     /// then what PDF fetches name, not `DISPATCHER_PROPERTY_SYSTEM_ORGANIZATION`).
     var organizationsFromFile = false
+    /// The run's name as the user knows it (its lanes are `NAME@ORGANIZATION`), for `--json`.
+    var runName: String?
 
     /// The one-lane run of `run` (the single-number setup): prepares with `prepare`, then sends,
     /// settles and reports.
@@ -93,6 +95,20 @@ struct RunSession {
             throw ValidationError("--listen needs WHATSAPP_APP_SECRET to verify Meta's webhooks")
         }
         let listen = try settle.listen.map(parseListen) ?? (sandbox ? ("127.0.0.1", 0) : nil)
+        if listen == nil {
+            // Statuses come only through a receiver: say before sending whether one is there.
+            let heard = try? await store.lastHeardReceiver()
+            if let heard, Date().timeIntervalSince1970 - heard.at < 60 {
+                console.say(
+                    "statuses: received by `dispatcher serve` at \(heard.address) (heard \(Int(Date().timeIntervalSince1970 - heard.at)) s ago)"
+                )
+            } else {
+                console.warn(
+                    "nothing is receiving Meta's webhooks for this database (no `dispatcher serve` heard from in the last minute, and no --listen): "
+                        + "delivery statuses will not arrive during this run, and the report will say so. Start `dispatcher serve` where Meta's webhook points (docs/operating.md), or send with --listen HOST:PORT."
+                )
+            }
+        }
 
         // The embedded receiver and the sandbox run as services, shut down gracefully at the end.
         var services: [any Service] = []
@@ -192,21 +208,21 @@ struct RunSession {
                 logger.warning("the webhook receiver or the sandbox stopped with an error", metadata: ["error": "\(error)"])
             }
             logger.debug("run: services stopped")
-            try conclude(results, console: console)
+            try conclude(results, lanes: lanes, console: console)
         }
     }
 
     /// The command's ending from its lanes': `--json`, then the worst exit (an error before sending,
     /// a halt, an interrupt), after every lane has said its own.
-    private func conclude(_ results: [Result<LaneResult, any Error>], console: Console) throws {
+    private func conclude(_ results: [Result<LaneResult, any Error>], lanes: [RunLane], console: Console) throws {
         let finished = results.compactMap { try? $0.get() }
-        if settle.json, finished.count == results.count {
-            if finished.count == 1 {
+        if settle.json, !finished.isEmpty {
+            if results.count == 1 {
                 try console.emit(RunResultJSON(run: finished[0].lane.run, counts: finished[0].counts, report: finished[0].report))
             } else {
                 var total: [MessageState: Int] = [:]
                 for result in finished { total.merge(result.counts, uniquingKeysWith: +) }
-                var json = RunResultJSON(run: settle.out ?? "", counts: total, report: "")
+                var json = RunResultJSON(run: runName ?? "", counts: total, report: "")
                 json.organizations = finished.map { result in
                     var one = RunResultJSON(run: result.lane.run, counts: result.counts, report: result.report)
                     one.organization = result.lane.organization.id
@@ -216,7 +232,20 @@ struct RunSession {
                 try console.emit(json)
             }
         }
-        for result in results { if case .failure(let error) = result, !(error is CancellationError) { throw error } }
+        // Every lane's own failure, said with its organization; the command ends with the first
+        // one's exit status (a lane that stopped because of another is not a cause).
+        let failures = results.compactMap { result -> (any Error)? in
+            guard case .failure(let error) = result, !(error is CancellationError), !(error is OtherLaneFailed) else { return nil }
+            return error
+        }
+        if results.count > 1 {
+            for (result, lane) in zip(results, results.indices) {
+                guard case .failure(let error) = result, !(error is CancellationError), !(error is OtherLaneFailed), !(error is ExitCode)
+                else { continue }
+                FileHandle.standardError.write(Data("[\(lanes[lane].organization.id)] error: \(error)\n".utf8))
+            }
+        }
+        if let first = failures.first { throw first }
         if finished.contains(where: { if case .halted = $0.stop { true } else { false } }) { throw Exit.halted }
         if finished.contains(where: { $0.stop == .interrupted }) { throw ExitCode(1) }
         for result in results { _ = try result.get() }
@@ -248,6 +277,12 @@ struct RunSession {
         } catch let busy as SenderBusy {
             FileHandle.standardError.write(Data("\(console.prefix)error: \(busy)\n".utf8))
             throw ExitCode(1)
+        } catch let halt as LaneHalted {
+            // Stopped before its first request (a template not approved, the PDFs' upload refused):
+            // a halt like any other, said already; the other organizations go on.
+            return LaneResult(
+                lane: lane, counts: try await store.stateCounts(run: run),
+                stop: .halted(GraphError(code: halt.code, title: halt.reason, httpStatus: 0)), report: "")
         }
         logger.debug("run: sender lease released")
         let (options, stop) = sent
@@ -271,15 +306,26 @@ struct RunSession {
         }
         if showProgress { FileHandle.standardError.write(Data("\n".utf8)) }
 
-        let (record, counts) = try await billing.conclude(stop: stop) { window in
-            console.say("waiting up to \(window) for delivery statuses…")
-        }
+        let (record, counts) = try await billing.conclude(
+            stop: stop,
+            settling: { window in console.say("waiting up to \(window) for delivery statuses…") },
+            nothingSent: {
+                console.say(
+                    "nothing was sent now: not waiting for statuses (those of earlier sends arrive through `dispatcher serve`; `dispatcher report \(run)` shows them)"
+                )
+            })
 
         logger.debug("run: writing the reports")
         let writer = try await DeliveryReportWriter(templatesDirectory: templatesDirectory, lang: settle.lang.rawValue)
         let files = try await writer.write(run: record, store: store, to: lane.reportDirectory, settle: "\(settleWindow)")
-        let summary = MessageState.allCases.compactMap { s in counts[s].map { "\(s.rawValue) \($0)" } }.joined(separator: ", ")
-        console.say("Run \(run): \(summary)")
+        console.say("Run \(run): \(cumulativeSummary(counts))")
+        let taken = [MessageState.accepted, .held, .sent, .delivered, .read].reduce(0) { $0 + (counts[$1] ?? 0) }
+        let statused = [MessageState.sent, .delivered, .read].reduce(0) { $0 + (counts[$1] ?? 0) }
+        if taken > 0 && statused == 0 {
+            console.say(
+                "no delivery status arrived for this run: nothing was receiving Meta's webhooks (`dispatcher serve` where Meta's webhook points, or --listen). \"accepted\" means WhatsApp took the message, not that it failed; `dispatcher report \(run)` shows statuses that arrive later."
+            )
+        }
         if let held = counts[.held], held > 0 {
             console.say(
                 "\(held) messages are held by Meta (quality assessment, or a paused template): their statuses follow when Meta releases them; `dispatcher report \(run)` later shows them."
@@ -339,8 +385,9 @@ extension RunSession {
             console.say(
                 "Nothing was sent. Wait for Meta's approval (`dispatcher templates check`), or send the other languages with --skip-unapproved-languages."
             )
-            try await recordHalt(run: run, reason: problems.map(\.description).joined(separator: "; "), store: engine.store)
-            throw Exit.halted
+            let reason = problems.map(\.description).joined(separator: "; ")
+            try await recordHalt(run: run, reason: reason, store: engine.store)
+            throw LaneHalted(reason: reason, code: nil)
         }
         for problem in problems {
             let skipped = try await engine.store.skipQueued(
@@ -387,7 +434,7 @@ extension RunSession {
                 "HALTED: Meta refused the invoice PDFs' upload: \(error.description)\n\(haltAdvice(error, tokenVariable: lane.organization.tokenVariable))"
             )
             try await recordHalt(run: run, reason: "PDF upload: \(error.description)", store: engine.store)
-            throw Exit.halted
+            throw LaneHalted(reason: "PDF upload: \(error.description)", code: error.code)
         }
         if report.isEmpty { return }
         console.say(
@@ -395,6 +442,12 @@ extension RunSession {
                 + (report.failed > 0 ? ", \(report.failed) messages not sendable:" : ""))
         for reason in report.reasons { console.say("  \(reason)") }
     }
+}
+
+/// A lane halted before its first request, with why (already said and recorded).
+struct LaneHalted: Error {
+    var reason: String
+    var code: Int?
 }
 
 /// Hands a listening port (or why there is none) from a server task to the code waiting for it.
@@ -499,4 +552,23 @@ func processCPUSeconds() -> Double {
     getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
     return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(
         usage.ru_stime.tv_usec) / 1e6
+}
+
+/// A run's messages as a reader counts them: each status includes those after it (a read message
+/// was sent and delivered), so the numbers only shrink from left to right; failed, not known,
+/// skipped and still queued apart. `26 messages: 22 accepted by Meta, 21 sent, 20 delivered,
+/// 16 read; 3 failed; 1 skipped`.
+func cumulativeSummary(_ counts: [MessageState: Int]) -> String {
+    func n(_ states: MessageState...) -> Int { states.reduce(0) { $0 + (counts[$1] ?? 0) } }
+    let total = counts.values.reduce(0, +)
+    var parts = [
+        "\(n(.accepted, .held, .sent, .delivered, .read)) accepted by Meta, \(n(.sent, .delivered, .read)) sent, "
+            + "\(n(.delivered, .read)) delivered, \(n(.read)) read"
+    ]
+    if n(.held) > 0 { parts.append("\(n(.held)) held by Meta") }
+    if n(.failed) > 0 { parts.append("\(n(.failed)) failed") }
+    if n(.unknown) > 0 { parts.append("\(n(.unknown)) not known (no answer to the request)") }
+    if n(.queued, .sending) > 0 { parts.append("\(n(.queued, .sending)) not sent yet") }
+    if n(.skipped) > 0 { parts.append("\(n(.skipped)) skipped") }
+    return "\(total) messages: " + parts.joined(separator: "; ")
 }

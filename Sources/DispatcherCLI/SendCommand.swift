@@ -120,7 +120,7 @@ struct SendCommand: AsyncParsableCommand {
                 templateName: template ?? (loaded.fromFile ? organization.templateNames["invoice"] : nil) ?? settings.templateName,
                 defaultLanguage: organization.language)
             var validation = ValidationOptions(
-                defaultCountryCode: try common.countryCode() ?? organization.defaultCountryCode,
+                defaultCountryCode: try common.countryCode(organization: organization.defaultCountryCode),
                 defaultCurrency: defaultCurrency ?? (loaded.fromFile ? organization.currency : nil),
                 defaultLocale: organization.language, propertySystem: try settings.propertySystem())
             validation.organizations = scope
@@ -194,6 +194,7 @@ struct SendCommand: AsyncParsableCommand {
             settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
             templatesDirectory: common.templatesDirectory, scenario: try sandboxScenario.map(Scenario.load) ?? Scenario())
         session.organizationsFromFile = loaded.fromFile
+        session.runName = baseName
         try await session.execute(lanes: lanes) { engine, lane, console in
             var options = RunOptions(run: lane.run, manifest: manifest, rate: rate, skipInvalid: skipInvalid, resend: resend)
             options.nameDerived = nameDerived
@@ -206,8 +207,15 @@ struct SendCommand: AsyncParsableCommand {
             }
             guard await barrier.arrive(lane.run, ok: preview.isValid || options.skipInvalid) else {
                 if preview.isValid {
-                    if !existed { _ = try? await engine.store.discardUnsentRun(lane.run) }
-                    console.say("another organization's invoices have problems: nothing was sent")
+                    // Another lane failed (its own reason is said and decides the exit status).
+                    if !existed {
+                        _ = try? await engine.store.discardUnsentRun(lane.run)
+                    } else if var record = try? await engine.store.run(named: lane.run) {
+                        record.status = .interrupted
+                        try? await engine.store.saveRun(record)
+                    }
+                    console.say("nothing was sent: another organization's part of the run could not start")
+                    throw OtherLaneFailed()
                 } else {
                     console.say(
                         "\(preview.invalidInvoices) invoices have problems: nothing was sent. Fix them, or send the rest with --skip-invalid."
@@ -228,6 +236,9 @@ struct SendCommand: AsyncParsableCommand {
         }
     }
 }
+
+/// A lane that stopped before sending because another one failed (that one's error is the command's).
+struct OtherLaneFailed: Error {}
 
 /// Lanes of one run wait here after preparing: they send only if every lane's invoices are valid
 /// (or `--skip-invalid`); a lane that fails before it gets here counts as invalid. A lane counts
@@ -291,7 +302,14 @@ struct RetryCommand: AsyncParsableCommand {
         guard let record else { throw ValidationError("no run \(run): `dispatcher runs` lists them") }
         let organization: Organization
         if sandbox {
-            organization = Organization.sandbox(settings)
+            // The in-process sandbox, from the number the run was sent from (its lease and statuses are that number's).
+            var own = Organization.sandbox(settings)
+            own.phoneNumberID = record.sender
+            if let configured = loaded.organizations.first(where: { $0.phoneNumberID == record.sender }) {
+                own.templateNames = configured.templateNames
+                own.language = configured.language
+            }
+            organization = own
         } else if let own = loaded.organizations.first(where: { $0.phoneNumberID == record.sender }) {
             organization = own
         } else if loaded.fromFile {
@@ -310,8 +328,12 @@ struct RetryCommand: AsyncParsableCommand {
                 })
         }
         let catalog = try TemplateCatalog(directory: common.templatesDirectory)
+        // A run's template (`various` for /send-invoice's daily runs: each message keeps its own request).
         let renderer = try MessageRenderer(
-            catalog: catalog, templateName: record.template, defaultLanguage: organization.language)
+            catalog: catalog,
+            templateName: catalog[record.template] != nil
+                ? record.template : (organization.templateNames["invoice"] ?? settings.templateName),
+            defaultLanguage: organization.language)
         var session = RunSession(
             settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
             templatesDirectory: common.templatesDirectory)
@@ -362,6 +384,19 @@ struct ReportCommand: AsyncParsableCommand {
         guard let record = try await store.run(named: run) else {
             FileHandle.standardError.write(Data("error: no run \(run): `dispatcher runs` lists them\n".utf8))
             throw ExitCode(1)
+        }
+        if let landlord {
+            // A mistyped name would write an empty report: refused, with the names there are.
+            let known = try await store.reportSummary(run: run, landlord: nil, samples: 0).landlords.compactMap(\.landlord)
+            guard known.contains(landlord) else {
+                let list = Array(Set(known)).sorted()
+                FileHandle.standardError.write(
+                    Data(
+                        ("error: run \(run) has no landlord '\(landlord)'; "
+                            + (list.isEmpty ? "its invoices name no landlord" : "its landlords: \(list.joined(separator: ", "))") + "\n")
+                            .utf8))
+                throw ExitCode(1)
+            }
         }
         let directory = out ?? reportDirectory(run: run, landlord: landlord)
         let writer = try await DeliveryReportWriter(templatesDirectory: common.templatesDirectory, lang: lang.rawValue, excel: excel)

@@ -69,6 +69,13 @@ struct ServeCommand: AsyncParsableCommand {
         // The landlord UI's send route: only with credentials, through the same engine pieces as a
         // run; one sender (its own number, token and templates) per organization.
         let (organizations, fromFile) = try loadOrganizations(config: config, settings: settings)
+        if fromFile, settings.jwtSecret != nil {
+            for organization in organizations where organization.members.isEmpty {
+                logger.warning(
+                    "organization \(organization.id) lists no members: no property-system token reaches it (its landlord UI gets 403s); list its accounts' emails under members (docs/configuration.md)"
+                )
+            }
+        }
         var clients: [GraphClient] = []
         var senders: [String: any InvoiceSendService] = [:]
         let propertySystem = try settings.propertySystem()
@@ -112,8 +119,11 @@ struct ServeCommand: AsyncParsableCommand {
             ])
         // One service group, stopped gracefully by SIGTERM or SIGINT, last started first: the
         // server stops taking requests, then the Graph client its /send-invoice calls use shuts down.
+        let heartbeat = HeartbeatService(
+            store: store, id: "\(ProcessInfo.processInfo.hostName):\(getpid())",
+            address: "\(host):\(port)\(basePath.isEmpty ? "" : basePath)")
         let services: [any Service] =
-            clients.map { client in ShutdownService { try await client.shutdown() } }
+            [heartbeat] + clients.map { client in ShutdownService { try await client.shutdown() } }
             + (fetcher.map { fetcher in [ShutdownService { try await fetcher.shutdown() }] } ?? [])
             + [server.application(host: host, port: port, logger: logger)]
         var configuration = serviceConfiguration(services, logger: logger)
@@ -122,6 +132,25 @@ struct ServeCommand: AsyncParsableCommand {
         // and record its outcome, as Hummingbird's own runService did.
         configuration.maximumGracefulShutdownDuration = nil
         try await ServiceGroup(configuration: configuration).run()
+    }
+}
+
+/// Says in the store, every 15 s, that this receiver is up: `send` checks it before a run, to say
+/// whether statuses will arrive.
+struct HeartbeatService: Service {
+    let store: any DispatchStore
+    let id: String
+    let address: String
+
+    static let interval: Duration = .seconds(15)
+
+    func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try? await store.heardFromReceiver(id: id, address: address, at: Date().timeIntervalSince1970)
+                try await Task.sleep(for: Self.interval)
+            }
+        }
     }
 }
 

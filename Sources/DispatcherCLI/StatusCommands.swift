@@ -84,7 +84,7 @@ struct RunsCommand: AsyncParsableCommand {
         }
         for (number, statuses) in others {
             print(
-                "\(statuses) statuses came for number \(number), which no run was sent from: kept, applied to nothing (another organization's number?)"
+                "\(statuses) statuses came for number \(number) and were applied to no message: kept (a number no run was sent from, or about another number's message)"
             )
         }
     }

@@ -20,6 +20,9 @@ public struct BillingRun: Sendable {
     public var waitForSender: Duration
     /// How long to wait for statuses after the last send.
     public var settleWindow: Duration
+    /// A run that sent nothing now (a re-run with nothing left) does not wait for statuses: those
+    /// of earlier sends arrive through `serve`, and `report` shows them.
+    public var settleOnlyAfterSends = true
 
     public init(engine: RunEngine, run: String, leaseSeconds: Double = 60, waitForSender: Duration = .zero, settleWindow: Duration) {
         self.engine = engine
@@ -65,10 +68,10 @@ public struct BillingRun: Sendable {
             let result: Result<(RunOptions, StopReason?), any Error>
             do {
                 let options = try await prepare(engine)
-                // The run's pace, reserved in the store a second ahead, so that `/send-invoice` calls
-                // on any machine take only what is left of the number's rate (`SendSlots`).
-                group.addTask { await reserveSlots(rate: options.rate) }
                 try await beforeSending(options)
+                // The run's pace, reserved in the store ahead, so that `/send-invoice` calls on any
+                // machine take only what is left of the number's rate (`SendSlots`) while it sends.
+                group.addTask { await reserveSlots(rate: options.rate) }
                 engine.logger.debug("run: prepared; dispatching")
                 result = .success((options, try await engine.dispatch(options, progress: progress)))
             } catch {
@@ -107,7 +110,7 @@ public struct BillingRun: Sendable {
     /// `settling` while the settle window waits for statuses, then `done`. Returns the stored record
     /// and the run's states.
     public func conclude(
-        stop: StopReason?, settling: (Duration) -> Void = { _ in }
+        stop: StopReason?, settling: (Duration) -> Void = { _ in }, nothingSent: () -> Void = {}
     ) async throws -> (
         record: RunRecord, counts: [MessageState: Int]
     ) {
@@ -122,6 +125,10 @@ public struct BillingRun: Sendable {
         case .interrupted:
             record.status = .interrupted
             counts = try await store.stateCounts(run: run)
+        case nil where settleOnlyAfterSends && engine.requestsAnswered == 0:
+            nothingSent()
+            counts = try await store.stateCounts(run: run)
+            record.status = .done
         case nil:
             settling(settleWindow)
             record.status = .settling

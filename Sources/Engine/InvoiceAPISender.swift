@@ -287,25 +287,20 @@ public final class InvoiceAPISender: InvoiceSendService {
         var pairWaits = 0
         while round < rounds {
             defer { round += 1 }
+            // Room in the number's rate first (it may take a while): the message is claimed only
+            // when it can go, so a wait that fails or is cut short leaves it queued, not `sending`.
+            try await pacer.slot()
+            guard try await sharedSlot() else {
+                return .init(
+                    phoneNumber: display, success: false, id: messageID, wamid: nil, state: "queued",
+                    error: "the number is at its rate (a billing run is sending from it): not sent now; call again later")
+            }
             // Claimed, not just begun: a second call for the same invoice (the UI retrying while this
             // one waits out a back-off) finds it taken and does not send it too.
             guard let attempt = try await store.claimAttempt(messageID: messageID, at: wallClock()) else {
                 return .init(
                     phoneNumber: display, success: false, id: messageID, wamid: nil, state: "sending",
                     error: "another call is sending this invoice to this number now; its status will follow")
-            }
-            try await pacer.slot()
-            guard try await sharedSlot() else {
-                // The number's rate is taken (a billing run sending from it): not sent, back in the
-                // queue; the same call later sends it.
-                let busy = "the number is at its rate (a billing run is sending from it): not sent now; call again later"
-                try await store.recordOutcomes(
-                    [
-                        AttemptOutcome.rejected(
-                            messageID: messageID, attempt: attempt, error: SendError(code: nil, title: busy), final: false)
-                    ],
-                    at: wallClock())
-                return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "queued", error: busy)
             }
             switch await client.send(body: Data(body)) {
             case .accepted(let wamid, let waID, let held):

@@ -110,6 +110,9 @@ public final class RunEngine: Sendable {
     /// gate that releases them).
     public var mostSendsInOneSecond: Int { control.mostInOneSecond }
 
+    /// Requests of this engine's runs that got an answer (accepted, refused for good, or unknown).
+    public var requestsAnswered: Int { control.answered }
+
     /// Stops dispatching (SIGINT/SIGTERM): no new sends; those in flight are resolved.
     public func requestStop() async { control.stop(.interrupted) }
 
@@ -565,6 +568,8 @@ final class RunControl: Sendable {
             }
         }
     }
+
+    var answered: Int { state.withLock { $0.accepted + $0.failed + $0.unknown } }
 
     func count(accepted: Int = 0, failed: Int = 0, unknown: Int = 0) {
         state.withLock {

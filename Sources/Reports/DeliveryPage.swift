@@ -10,7 +10,7 @@ struct DeliveryPage {
             failed, unreachable, pending, reason, action, count, tenant, phone, invoice, email, none, moreInCSV, sends, deliveries,
             manifest, template, sender, created, finished, settle, status, details, queued, accepted, held, sent, read, unknown,
             skippedState,
-            allGood, perMinute: String
+            allGood, perMinute, noStatuses: String
 
         static func of(_ lang: String) -> Labels {
             if lang.hasPrefix("es") {
@@ -27,7 +27,10 @@ struct DeliveryPage {
                     settle: "Espera de estados", status: "Estado", details: "Detalle", queued: "En cola", accepted: "Aceptados",
                     held: "Retenidos por Meta",
                     sent: "Enviados", read: "Leídos", unknown: "Desconocidos", skippedState: "Omitidos",
-                    allGood: "Todos los mensajes llegaron o están en camino.", perMinute: "por minuto")
+                    allGood: "Todos los mensajes llegaron o están en camino.", perMinute: "por minuto",
+                    noStatuses:
+                        "No llegó ningún estado de entrega para esta ejecución: nada recibía los webhooks de Meta (inicie `dispatcher serve` donde apunta el webhook de Meta, o envíe con --listen). «Aceptados» quiere decir que WhatsApp tomó el mensaje, no que haya fallado; `dispatcher report` muestra los estados que lleguen después."
+                )
             }
             return Labels(
                 title: "Delivery report", subtitle: "Invoices sent over WhatsApp", funnel: "Delivery funnel", landlords: "Per landlord",
@@ -40,7 +43,10 @@ struct DeliveryPage {
                 settle: "Settle window", status: "Status", details: "Details", queued: "Queued", accepted: "Accepted", held: "Held by Meta",
                 sent: "Sent",
                 read: "Read", unknown: "Unknown", skippedState: "Skipped",
-                allGood: "Every message arrived or is on its way.", perMinute: "per minute")
+                allGood: "Every message arrived or is on its way.", perMinute: "per minute",
+                noStatuses:
+                    "No delivery status was received for this run: nothing was receiving Meta's webhooks (start `dispatcher serve` where Meta's webhook points, or send with --listen). \"Accepted\" means WhatsApp took the message, not that it failed; `dispatcher report` shows statuses that arrive later."
+            )
         }
     }
 
@@ -77,6 +83,8 @@ struct DeliveryPage {
     var hasTimeline: Bool
     var timelineMax: Int
     var generatedAt: String
+    /// Meta took messages but not one status came back: said, so that "accepted" is not read as failure.
+    var noStatuses: Bool
 
     init(run: RunRecord, totals: Totals, settle: String?, landlordFilter: String?, lang: String, generatedAt: Date) {
         l = Labels.of(lang)
@@ -97,6 +105,7 @@ struct DeliveryPage {
         let sent = (s[.sent] ?? 0) + delivered
         // Held messages were taken by Meta too: counted as accepted, and shown on their own.
         let accepted = (s[.accepted] ?? 0) + (s[.held] ?? 0) + sent
+        noStatuses = accepted > 0 && sent == 0
         let toSend = s.filter { $0.key != .skipped }.values.reduce(0, +)
         let stages: [(String, Int, String)] = [
             (lang.hasPrefix("es") ? "Para enviar" : "To send", toSend, "#8696a0"), (l.accepted, accepted, "#53bdeb"),

@@ -76,6 +76,8 @@ public struct DispatcherServer: Sendable {
     public let metrics: ServerMetrics
     public let sender: (any InvoiceSendService)?
     let signature: WebhookSignature
+    /// The property system's tokens, read again for who the caller is (`reach`).
+    let verifier: HS256Verifier?
 
     public init(
         store: any DispatchStore, configuration: ServerConfiguration, metrics: ServerMetrics = ServerMetrics(),
@@ -86,6 +88,7 @@ public struct DispatcherServer: Sendable {
         self.metrics = metrics
         self.sender = sender
         self.signature = WebhookSignature(appSecret: configuration.appSecret)
+        self.verifier = configuration.jwtSecret.flatMap(HS256Verifier.init(secret:))
     }
 
     /// The router with every route, below the base path.
@@ -117,11 +120,11 @@ public struct DispatcherServer: Sendable {
         api.get("runs") { request, _ in try await self.runs(reach: await self.reach(request)) }
         api.get("runs/:run") { request, context in try await self.run(context.parameters.require("run"), reach: await self.reach(request)) }
         api.get("runs/:run/report.html") { request, context in
-            try self.reportFile(
+            try await self.reportFile(
                 context.parameters.require("run"), "index.html", "text/html; charset=utf-8", reach: await self.reach(request))
         }
         api.get("runs/:run/report.csv") { request, context in
-            try self.reportFile(
+            try await self.reportFile(
                 context.parameters.require("run"), "messages.csv", "text/csv; charset=utf-8", reach: await self.reach(request))
         }
         api.post("send-invoice") { request, context in try await self.sendInvoice(request, context: context) }
@@ -259,7 +262,7 @@ public struct DispatcherServer: Sendable {
         guard let header = request.headers[.authorization], header.count > 7 else { return [] }
         let token = header.dropFirst(7).trimmingCharacters(in: .whitespaces)
         if let apiToken = configuration.apiToken, constantTimeEquals(token, apiToken) { return nil }
-        guard let verifier = configuration.jwtSecret.flatMap(HS256Verifier.init(secret:)) else { return [] }
+        guard let verifier else { return [] }
         return access.organizations(of: await verifier.claims(token, now: Date().timeIntervalSince1970).claims?.account?.email)
     }
 
@@ -312,13 +315,20 @@ public struct DispatcherServer: Sendable {
         return try jsonResponse(RunView(summary))
     }
 
-    func reportFile(_ run: String, _ file: String, _ type: String, reach: Set<String>?) throws -> Response {
-        // `march@caribe` is reports/march/caribe/ (as `send` writes it); no part may leave the folder.
+    func reportFile(_ run: String, _ file: String, _ type: String, reach: Set<String>?) async throws -> Response {
+        // `march@caribe` is reports/march/caribe/ (as `send` writes it): a run's own folder only,
+        // one `@` at most, no part that leaves the folder, and a run that exists.
         let parts = run.split(separator: "@", omittingEmptySubsequences: false)
-        guard !run.contains("/"), parts.allSatisfy({ !$0.isEmpty && !$0.hasPrefix(".") }) else {
+        guard !run.contains("/"), parts.count <= 2, parts.allSatisfy({ !$0.isEmpty && !$0.hasPrefix(".") }) else {
             throw APIError(.badRequest, "not a run name")
         }
-        guard OrganizationAccess.reaches(reach, run: run) else { throw APIError(.notFound, "no report for run \(run)") }
+        // An organization's caller: only its own runs' folders, and runs that exist (not a folder
+        // that happens to be there).
+        if reach != nil {
+            guard OrganizationAccess.reaches(reach, run: run), try await store.run(named: run) != nil else {
+                throw APIError(.notFound, "no report for run \(run)")
+            }
+        }
         let path = (configuration.reportsDirectory as NSString).appendingPathComponent("\(parts.joined(separator: "/"))/\(file)")
         guard let data = FileManager.default.contents(atPath: path) else {
             throw APIError(.notFound, "no report for run \(run) yet: run `dispatcher report \(run)`")

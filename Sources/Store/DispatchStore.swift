@@ -22,8 +22,9 @@ public protocol DispatchStore: Sendable {
     func attempts(messageID: String) async throws -> [AttemptRecord]
     func messages(_ filter: MessageFilter) async throws -> MessagePage
     func stateCounts(run: String) async throws -> [MessageState: Int]
-    /// Statuses kept but applied to no message because Meta sent them for a number no run was
-    /// sent from (another organization's, an unknown one), counted per number.
+    /// Statuses Meta named a sender number for that are applied to no message (for a number no
+    /// run was sent from, or about a message another number sent; also, briefly, one that came
+    /// before its send's answer), counted per number.
     func statusesForOtherNumbers() async throws -> [(number: String, statuses: Int)]
 
     /// A run's messages with their invoices, in order, a page at a time (for reports).
@@ -44,6 +45,11 @@ public protocol DispatchStore: Sendable {
     /// Returns the attempt number, or nil when it is not queued (another caller is sending it, or
     /// it was sent). What `/send-invoice` sends with: two calls for one invoice never both send.
     func claimAttempt(messageID: String, at time: Double) async throws -> Int?
+    /// A receiver (`serve`) says it is up: what `send` checks before a run, so that it can say
+    /// whether statuses will arrive.
+    func heardFromReceiver(id: String, address: String, at time: Double) async throws
+    /// The receiver heard from last, and when.
+    func lastHeardReceiver() async throws -> (address: String, at: Double)?
     /// A sender number's sends per second, shared by every process that sends from it (see
     /// `SendSlots`): a billing run reserves its pace for a second ahead of it.
     func reserveSendSlots(sender: String, second: Int64, count: Int, capacity: Int) async throws
@@ -710,12 +716,17 @@ public struct QueuedMessage: Sendable, Equatable {
 public enum SendSlots {
     /// Whether one more single send fits in `second`, given the counts of that second and the one
     /// before it. While a run reserves, the number's capacity is the run's rate (the one chosen for
-    /// it); otherwise `capacity`, the single sends' own.
+    /// it), and single sends are counted over both seconds; otherwise `capacity`, the single sends'
+    /// own, per second.
     public static func allows(
         previous: (reserved: Int, taken: Int, capacity: Int)?, current: (reserved: Int, taken: Int, capacity: Int)?, capacity: Int
     ) -> Bool {
         let reserved = max(previous?.reserved ?? 0, current?.reserved ?? 0)
-        let limit = reserved > 0 ? max(previous?.capacity ?? 0, current?.capacity ?? 0) : capacity
+        guard reserved > 0 else {
+            // No run: the calls' own rate per second (each process's pacer keeps its sliding second).
+            return (current?.taken ?? 0) + 1 <= capacity
+        }
+        let limit = max(previous?.capacity ?? 0, current?.capacity ?? 0)
         return (previous?.taken ?? 0) + (current?.taken ?? 0) + 1 <= limit - reserved
     }
 

@@ -150,4 +150,24 @@ struct OrganizationScopeTests {
         #expect(census.strayCount == 1)
         #expect(census.strays.first?.line == 5)
     }
+
+    @Test("an XML manifest's root organization is its rows' default")
+    func xmlRoot() throws {
+        let path = try temporaryFile(
+            "orgs.xml",
+            """
+            <invoices organization="norte" currency="DOP">
+              <invoice><invoice_id>N-1</invoice_id><tenant_name>Ana</tenant_name><phone>+18095550101</phone><amount>10</amount><period>2026-03</period></invoice>
+              <invoice><invoice_id>C-1</invoice_id><organization>caribe</organization><tenant_name>Bea</tenant_name><phone>+18095550102</phone><amount>10</amount><period>2026-03</period></invoice>
+            </invoices>
+            """)
+        let census = OrganizationCensus(path: path, scope: scope)
+        #expect(census.rows == ["norte": 1, "caribe": 1])
+        #expect(census.strayCount == 0)
+        var options = ValidationOptions()
+        options.organizations = scope
+        var valid: [String] = []
+        _ = try ManifestImporter(options: options).importManifest(path: path) { valid.append($0.invoiceID) }
+        #expect(valid == ["C-1"])
+    }
 }

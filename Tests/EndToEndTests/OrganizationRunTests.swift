@@ -19,7 +19,8 @@ struct OrganizationRunTests {
         try #"""
         {"organizations": [
           {"id": "caribe", "name": "Inmobiliaria Caribe", "phone_number_id": "111", "token_env": "TOKEN_CARIBE"},
-          {"id": "norte", "name": "Norte Rentals", "phone_number_id": "222", "token_env": "TOKEN_NORTE", "currency": "USD"}
+          {"id": "norte", "name": "Norte Rentals", "phone_number_id": "222", "token_env": "TOKEN_NORTE", "currency": "USD",
+           "default_country_code": "34"}
         ]}
         """#.write(to: folder.appendingPathComponent("dispatcher.json"), atomically: true, encoding: .utf8)
         var rows = ["invoice_id,organization,tenant_name,phone,amount,period,landlord,locale"]
@@ -34,6 +35,7 @@ struct OrganizationRunTests {
 
     func environment(sandbox: Int, caribe: String = "sandbox-token", norte: String = "sandbox-token") -> [String: String] {
         [
+            "DISPATCHER_DEFAULT_COUNTRY_CODE": "1",
             "WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(sandbox)", "WHATSAPP_APP_SECRET": "x", "TOKEN_CARIBE": caribe,
             "TOKEN_NORTE": norte,
             "DISPATCHER_DATABASE_URL": "", "WHATSAPP_ACCESS_TOKEN": "", "WHATSAPP_PHONE_NUMBER_ID": "",
@@ -117,7 +119,7 @@ struct OrganizationRunTests {
         let (_, response) = try await URLSession.shared.data(for: request)
         #expect((response as? HTTPURLResponse)?.statusCode == 200)
         let after = try await DispatcherProcess.run(["runs"], in: folder, environment: environment(sandbox: port))
-        #expect(after.stdout.contains("1 statuses came for number 999, which no run was sent from"), "\(after.stdout)")
+        #expect(after.stdout.contains("1 statuses came for number 999 and were applied to no message"), "\(after.stdout)")
         let afterJSON = try await DispatcherProcess.run(["runs", "--json"], in: folder, environment: environment(sandbox: port))
         let statesAfter = (try json(afterJSON.stdout)["runs"] as? [[String: Any]] ?? []).map { $0["states"] as? [String: Int] ?? [:] }
         #expect(statesAfter == statesBefore, "the stray failure was applied")
@@ -155,7 +157,10 @@ struct OrganizationRunTests {
     @Test("rows of no configured organization stop the run before any request, each named; --organization sends one organization's rows")
     func strays() async throws {
         let folder = try workspace("march", perOrganization: 2)
-        try "C-9,nowhere,Tenant X,+18095559999,10.00,2026-03,X,es\n".data(using: .utf8).map { data in
+        // A national number in norte's row: norte's country code (34), not the environment's (1).
+        try "N-8,norte,Tenant Y,612 345 678,10.00,2026-03,Norte,es\nC-9,nowhere,Tenant X,+18095559999,10.00,2026-03,X,es\n".data(
+            using: .utf8
+        ).map { data in
             let handle = try FileHandle(forWritingTo: folder.appendingPathComponent("march.csv"))
             handle.seekToEndOfFile()
             handle.write(data)
@@ -168,7 +173,7 @@ struct OrganizationRunTests {
         #expect(refused.status == 65, "\(refused.stdout)\(refused.stderr)")
         #expect(
             refused.stdout.contains(
-                "line 6, invoice C-9, field organization: 'nowhere' is not a configured organization (configured: caribe, norte)"),
+                "line 7, invoice C-9, field organization: 'nowhere' is not a configured organization (configured: caribe, norte)"),
             "\(refused.stdout)")
         let one = try await DispatcherProcess.run(
             [
@@ -179,7 +184,99 @@ struct OrganizationRunTests {
             in: folder, environment: environment(sandbox: 1))
         #expect(one.status == 0, "\(one.stdout)\(one.stderr)")
         #expect(one.stdout.contains("2 invoices of other organizations are not in this run"), "\(one.stdout)")
-        #expect(one.stdout.contains("Run march@norte: 2 invoices, 2 messages to send"), "\(one.stdout)")
+        #expect(one.stdout.contains("Run march@norte: 3 invoices, 3 messages to send"), "\(one.stdout)")
+        let norteCSV = try String(contentsOf: folder.appendingPathComponent("reports/march/norte/messages.csv"), encoding: .utf8)
+        #expect(norteCSV.contains("34612345678"), "norte's national number took another country code: \(norteCSV)")
         #expect(!one.stdout.contains("march@caribe"), "\(one.stdout)")
+        // The summary counts as a reader does: each status includes those after it.
+        #expect(one.stdout.contains("Run march@norte: 3 messages: "), "\(one.stdout)")
+        #expect(one.stdout.contains(" accepted by Meta, "), "\(one.stdout)")
+
+        // Again: nothing left to send, so no settle wait (it would be 1 s here, 120 s against Meta).
+        let again = try await DispatcherProcess.run(
+            [
+                "send", "march.csv", "--config", "dispatcher.json", "--sandbox", "--settle", "30s", "--organization", "norte",
+                "--skip-invalid", "--templates", templates,
+            ],
+            in: folder, environment: environment(sandbox: 1))
+        #expect(again.status == 0, "\(again.stdout)\(again.stderr)")
+        #expect(again.stdout.contains("nothing was sent now: not waiting for statuses"), "\(again.stdout)")
+        #expect(!again.stdout.contains("waiting up to"), "\(again.stdout)")
+
+        // An invalid row in caribe's part: neither organization sends, and the reason is caribe's.
+        var bad = try String(contentsOf: folder.appendingPathComponent("march.csv"), encoding: .utf8)
+        bad = bad.replacingOccurrences(of: "C-0,caribe,Tenant C0,+18095551000,100.00", with: "C-0,caribe,Tenant C0,+18095551000,12,50")
+        try bad.replacingOccurrences(of: "C-9,nowhere,Tenant X,+18095559999,10.00,2026-03,X,es\n", with: "").write(
+            to: folder.appendingPathComponent("may.csv"), atomically: true, encoding: .utf8)
+        let invalid = try await DispatcherProcess.run(
+            ["send", "may.csv", "--config", "dispatcher.json", "--sandbox", "--settle", "1s", "--templates", templates], in: folder,
+            environment: environment(sandbox: 1))
+        #expect(invalid.status == 65, "\(invalid.stdout)\(invalid.stderr)")
+        #expect(invalid.stdout.contains("[caribe] 1 invoices have problems: nothing was sent"), "\(invalid.stdout)")
+        #expect(
+            invalid.stdout.contains("[norte] nothing was sent: another organization's part of the run could not start"), "\(invalid.stdout)"
+        )
+        let runsAfter = try await DispatcherProcess.run(["runs"], in: folder, environment: environment(sandbox: 1))
+        #expect(!runsAfter.stdout.contains("may@"), "a run of the refused manifest was kept: \(runsAfter.stdout)")
+
+        // A landlord the run does not have: refused with the ones it has, instead of an empty report.
+        let typo = try await DispatcherProcess.run(
+            ["report", "march@norte", "--landlord", "Nort", "--templates", templates], in: folder, environment: environment(sandbox: 1))
+        #expect(typo.status == 1)
+        #expect(typo.stderr.contains("run march@norte has no landlord 'Nort'; its landlords: Norte"), "\(typo.stderr)")
+        let pack = try await DispatcherProcess.run(
+            ["report", "march@norte", "--landlord", "Norte", "--templates", templates], in: folder, environment: environment(sandbox: 1))
+        #expect(pack.status == 0, "\(pack.stderr)")
+        #expect(pack.stdout.contains("reports/march/norte/Norte/"), "\(pack.stdout)")
+    }
+
+    @Test("send says before sending whether statuses can arrive (a serve heard from, or nothing), and the report says when none came")
+    func receiverHeardFrom() async throws {
+        let folder = try workspace("march", perOrganization: 2)
+        let port = freePort(), receiver = freePort()
+        let templates = packageRoot.appendingPathComponent("templates").path
+        let sandbox = try Running(
+            [
+                "sandbox", "--listen", "127.0.0.1:\(port)", "--app-secret", "x", "--throughput", "1000",
+                "--webhook-url", "http://127.0.0.1:\(receiver)/webhook", "--templates", templates,
+            ], in: folder, environment: [:])
+        defer {
+            sandbox.kill(SIGTERM)
+            _ = sandbox.wait()
+        }
+        try await waitForHTTP("http://127.0.0.1:\(port)/_sandbox/counters")
+        var env = environment(sandbox: port)
+        env["WHATSAPP_ACCESS_TOKEN"] = "sandbox-token"
+        env["WHATSAPP_PHONE_NUMBER_ID"] = "111"
+        // Nothing listens where the sandbox posts its webhooks.
+        let blind = try await DispatcherProcess.run(
+            [
+                "send", "march.csv", "--organization", "caribe", "--skip-invalid", "--default-currency", "DOP", "--settle", "2s",
+                "--templates", templates,
+            ], in: folder,
+            environment: env)
+        #expect(blind.status == 0, "\(blind.stdout)\(blind.stderr)")
+        #expect(blind.stderr.contains("nothing is receiving Meta's webhooks for this database"), "\(blind.stderr)")
+        #expect(blind.stdout.contains("no delivery status arrived for this run"), "\(blind.stdout)")
+        let page = try String(contentsOf: folder.appendingPathComponent("reports/march/index.html"), encoding: .utf8)
+        #expect(page.contains("No delivery status was received for this run"))
+
+        // A serve on the same database: heard from, said, and the statuses come.
+        let serve = try Running(["serve", "--listen", "127.0.0.1:\(receiver)", "--templates", templates], in: folder, environment: env)
+        defer {
+            serve.kill(SIGTERM)
+            _ = serve.wait()
+        }
+        try await waitForHTTP("http://127.0.0.1:\(receiver)/health")
+        _ = try workspace("april", perOrganization: 2, first: 50, in: folder)
+        let heard = try await DispatcherProcess.run(
+            [
+                "send", "april.csv", "--organization", "caribe", "--skip-invalid", "--default-currency", "DOP", "--settle", "3s",
+                "--templates", templates,
+            ], in: folder,
+            environment: env)
+        #expect(heard.status == 0, "\(heard.stdout)\(heard.stderr)")
+        #expect(heard.stdout.contains("statuses: received by `dispatcher serve` at 127.0.0.1:\(receiver)"), "\(heard.stdout)")
+        #expect(!heard.stdout.contains("no delivery status arrived"), "\(heard.stdout)")
     }
 }

@@ -80,6 +80,9 @@ struct APITests {
             #expect(String(buffer: try await get("/runs/march@caribe/report.html", ana).body) == "report march/caribe")
             #expect(try await get("/runs/march@norte/report.html", ana).status == .notFound)
             #expect(try await get("/runs/march@../report.html", "api-token").status == .badRequest)
+            // One `@` at most: not another organization's per-landlord folder under a name that ends in ours.
+            #expect(try await get("/runs/march@norte@caribe/report.html", ana).status == .badRequest)
+            #expect(try await get("/runs/nosuch@caribe/report.html", ana).status == .notFound)
             // Nothing for an account in no organization, or a token without one.
             for token in [stranger, anonymous] {
                 #expect((try json(try await get("/runs", token))["runs"] as? [[String: Any]] ?? []).isEmpty)

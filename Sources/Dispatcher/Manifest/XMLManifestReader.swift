@@ -116,6 +116,7 @@ private final class ParseState {
                 case "currency": defaults[.currency] = value
                 case "locale": defaults[.locale] = value
                 case "landlord": defaults[.landlord] = value
+                case "organization": defaults[.organization] = value
                 default: unknownRootAttributes.append(name)
                 }
             }

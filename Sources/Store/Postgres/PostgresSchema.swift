@@ -233,6 +233,9 @@ enum PostgresSchema {
                 )
                 """
             ]),
+        Migration(
+            name: "v10: receivers heard from",
+            statements: ["CREATE TABLE receivers (id TEXT PRIMARY KEY, address TEXT NOT NULL, heard_at DOUBLE PRECISION NOT NULL)"]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one
@@ -346,8 +349,11 @@ enum PostgresSchema {
                     -- The send's response may have been lost: the status tells us the wamid.
                     SELECT id, phone INTO m_id, m_phone FROM messages WHERE id = s.callback AND (wamid IS NULL OR wamid = s.wamid);
                 END IF;
+                -- (A daily /send-invoice run without an organization, api-DATE, counts as any number's:
+                -- several organizations' calls once shared one.)
                 IF m_id IS NOT NULL AND s.phone IS NOT NULL AND NOT EXISTS (
-                    SELECT 1 FROM messages mm JOIN runs r ON r.name = mm.run WHERE mm.id = m_id AND r.sender = s.phone) THEN
+                    SELECT 1 FROM messages mm JOIN runs r ON r.name = mm.run WHERE mm.id = m_id
+                    AND (r.sender = s.phone OR (r.name LIKE 'api-%' AND position('@' in r.name) = 0))) THEN
                     -- Another number's status: never applied to this number's message (kept, reported apart).
                     m_id := NULL; m_phone := NULL;
                 END IF;
@@ -462,7 +468,8 @@ enum PostgresSchema {
                     CONTINUE WHEN p_wamids[i] <> '' AND e.wamid <> p_wamids[i];
                     -- Nor one about another sender number.
                     CONTINUE WHEN e.phone_number_id IS NOT NULL AND NOT EXISTS (
-                        SELECT 1 FROM messages mm JOIN runs r ON r.name = mm.run WHERE mm.id = p_ids[i] AND r.sender = e.phone_number_id);
+                        SELECT 1 FROM messages mm JOIN runs r ON r.name = mm.run WHERE mm.id = p_ids[i]
+                        AND (r.sender = e.phone_number_id OR (r.name LIKE 'api-%' AND position('@' in r.name) = 0)));
                     new_state := dispatcher_apply_status(p_ids[i], e.wamid, e.status, e.timestamp, e.error_code, e.error_title,
                                                          e.error_details, p_time);
                     UPDATE status_events SET message_id = p_ids[i], applied = new_state IS NOT NULL WHERE id = e.id;

@@ -291,11 +291,25 @@ public final class PostgresStore: DispatchStore {
         return summaries
     }
 
+    public func heardFromReceiver(id: String, address: String, at time: Double) async throws {
+        _ = try await rows(
+            """
+            INSERT INTO receivers (id, address, heard_at) VALUES (\(id), \(address), \(time))
+            ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, heard_at = EXCLUDED.heard_at
+            """)
+    }
+
+    public func lastHeardReceiver() async throws -> (address: String, at: Double)? {
+        try await rows("SELECT address, heard_at FROM receivers ORDER BY heard_at DESC LIMIT 1").first.map {
+            try $0.decode((String, Double).self)
+        }
+    }
+
     public func statusesForOtherNumbers() async throws -> [(number: String, statuses: Int)] {
         try await rows(
             """
             SELECT phone_number_id, COUNT(*) FROM status_events
-            WHERE message_id IS NULL AND phone_number_id IS NOT NULL AND phone_number_id NOT IN (SELECT sender FROM runs)
+            WHERE message_id IS NULL AND phone_number_id IS NOT NULL
             GROUP BY phone_number_id ORDER BY phone_number_id
             """
         ).map { try $0.decode((String, Int).self) }
