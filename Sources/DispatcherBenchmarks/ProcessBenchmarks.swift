@@ -244,8 +244,10 @@ func sendBenchmark(
 /// One `dispatcher send` of a manifest for `numbers` organizations, each with its own sender
 /// number at `rate` (issue 16: four numbers at 1,000/s in one process): each number's achieved
 /// rate and busiest second from the sandbox's log of arrivals, and the send process's CPU.
+/// `webhooks: false`: the sandbox posts no statuses and no `serve` runs, so that only the sender and
+/// the sandbox share the machine (is the sender or the world the limit?).
 func organizationsBenchmark(
-    dispatcher: String, numbers: Int, rate: Int, seconds duration: Int, placement: Placement
+    dispatcher: String, numbers: Int, rate: Int, seconds duration: Int, placement: Placement, webhooks: Bool = true
 ) async throws -> [(String, String, String, String)] {
     let folder = try workspace()
     defer { try? FileManager.default.removeItem(atPath: folder) }
@@ -262,16 +264,17 @@ func organizationsBenchmark(
     }
     try csv.write(toFile: folder + "/run.csv", atomically: true, encoding: .utf8)
     let port = 26_000 + Int.random(in: 0..<5000)
-    let serve = try Child(
-        dispatcher, ["serve", "--listen", "127.0.0.1:\(port + 1)", "--db", "sqlite:\(folder)/dispatcher.sqlite"], in: folder,
-        environment: ["WHATSAPP_APP_SECRET": "bench"], prefix: placement.world)
-    defer { serve.stop() }
+    let serve =
+        webhooks
+        ? try Child(
+            dispatcher, ["serve", "--listen", "127.0.0.1:\(port + 1)", "--db", "sqlite:\(folder)/dispatcher.sqlite"], in: folder,
+            environment: ["WHATSAPP_APP_SECRET": "bench"], prefix: placement.world) : nil
+    defer { serve?.stop() }
     let sandbox = try Child(
         dispatcher,
         [
-            "sandbox", "--listen", "127.0.0.1:\(port)", "--webhook-url", "http://127.0.0.1:\(port + 1)/webhook",
-            "--app-secret", "bench", "--throughput", "\(rate)", "--scenario", "scenario.json",
-        ],
+            "sandbox", "--listen", "127.0.0.1:\(port)", "--app-secret", "bench", "--throughput", "\(rate)", "--scenario", "scenario.json",
+        ] + (webhooks ? ["--webhook-url", "http://127.0.0.1:\(port + 1)/webhook"] : []),
         in: folder, prefix: placement.world)
     defer { sandbox.stop() }
     try await waitUp("http://127.0.0.1:\(port)/_sandbox/counters")
@@ -314,14 +317,16 @@ func organizationsBenchmark(
         let achieved = times.count > 1 ? Double(times.count - 1) / (times.last! - times.first!) : 0
         rows.append(
             (
-                "\(numbers) numbers at \(rate)/s at once: \(id)", String(format: "%.1f%% of the rate", achieved / Double(rate) * 100),
+                "\(numbers) numbers at \(rate)/s at once\(webhooks ? "" : ", no webhooks"): \(id)",
+                String(format: "%.1f%% of the rate", achieved / Double(rate) * 100),
                 n == 0 ? "process: \(shares.first ?? "?") while sending" : "",
                 "\(times.count.formatted()) accepted, max \(most) in any 1 s, \(throttled) × 130429"
             ))
     }
     rows.append(
         (
-            "\(numbers) numbers at \(rate)/s at once: all", "\(total.formatted()) accepted, exit \(send.terminationStatus)",
+            "\(numbers) numbers at \(rate)/s at once\(webhooks ? "" : ", no webhooks"): all",
+            "\(total.formatted()) accepted, exit \(send.terminationStatus)",
             String(format: "%.0f µs CPU/msg (whole process)", cpu / Double(max(total, 1)) * 1e6),
             "preparing included; one process, \(numbers) leases"
         ))

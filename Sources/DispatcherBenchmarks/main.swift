@@ -177,8 +177,10 @@ if only == nil || only == "organizations" {
     var orgRate = 1000
     if let i = arguments.firstIndex(of: "--org-rate"), i + 1 < arguments.count, let n = Int(arguments[i + 1]) { orgRate = n }
     print("organizations: 4 numbers at \(orgRate)/s each in one send (\(placement.label))…")
+    // --no-webhooks: the sandbox posts no statuses and no serve runs (the sender and the sandbox alone).
     table += try await organizationsBenchmark(
-        dispatcher: dispatcherPath, numbers: 4, rate: orgRate, seconds: max(10, 10_000 / orgRate), placement: placement)
+        dispatcher: dispatcherPath, numbers: 4, rate: orgRate, seconds: max(10, 10_000 / orgRate), placement: placement,
+        webhooks: !arguments.contains("--no-webhooks"))
 }
 
 // 5. A whole send of the big manifest, until its first request: memory and time to start (issue 14).

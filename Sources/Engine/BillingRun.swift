@@ -71,6 +71,8 @@ public struct BillingRun: Sendable {
                 try await beforeSending(options)
                 // The run's pace, reserved in the store ahead, so that `/send-invoice` calls on any
                 // machine take only what is left of the number's rate (`SendSlots`) while it sends.
+                // The first seconds are reserved before the first request, then kept ahead beside it.
+                await reserve(rate: options.rate)
                 group.addTask { await reserveSlots(rate: options.rate) }
                 engine.logger.debug("run: prepared; dispatching")
                 result = .success((options, try await engine.dispatch(options, progress: progress)))
@@ -89,20 +91,25 @@ public struct BillingRun: Sendable {
     /// the run may send in any sliding second under `RateBudget`. A failed write
     /// is retried the next second (the lease keeper halts the run if the store is gone for good).
     func reserveSlots(rate: Double) async {
+        while !Task.isCancelled {
+            await reserve(rate: rate)
+            let now = Date().timeIntervalSince1970
+            try? await Task.sleep(for: .milliseconds(Int64((now.rounded(.down) + 1 - now) * 1000) + 1))
+        }
+    }
+
+    /// This second and the next three, reserved once.
+    func reserve(rate: Double) async {
         let sender = engine.client.configuration.phoneNumberID
         // Its budget refills at rate × margin: that many sends are 1/(rate × margin) apart, so a
         // sliding second can hold the next whole number of them (10 at 10/s, 79 at 80/s, 985 at 1,000/s).
         let count = max(1, Int((rate * RateBudget.defaultMargin).rounded(.up)))
         let capacity = Int(rate.rounded(.down))
-        while !Task.isCancelled {
-            let now = Date().timeIntervalSince1970
-            let second = Int64(now.rounded(.down))
-            // Three seconds ahead: a loaded machine may wake this loop late; the run must never send in
-            // a second it has not reserved.
-            for ahead in second...(second + 3) {
-                try? await engine.store.reserveSendSlots(sender: sender, second: ahead, count: count, capacity: capacity)
-            }
-            try? await Task.sleep(for: .milliseconds(Int64((Double(second + 1) - now) * 1000) + 1))
+        let second = Int64(Date().timeIntervalSince1970.rounded(.down))
+        // Three seconds ahead: a loaded machine may wake the loop late; the run must never send in
+        // a second it has not reserved.
+        for ahead in second...(second + 3) {
+            try? await engine.store.reserveSendSlots(sender: sender, second: ahead, count: count, capacity: capacity)
         }
     }
 

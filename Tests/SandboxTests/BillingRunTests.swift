@@ -61,8 +61,9 @@ struct BillingRunTests {
                 _ = try await engine.prepare(options)
                 return options
             })
-            try await Task.sleep(for: .milliseconds(800))
-            // Three landlords press "send" while the run goes (the API's own rate is 80/s).
+            // Once the run is sending (a loaded machine may take a while to prepare it)…
+            try await h.eventually { try await h.requests().count >= 3 }
+            // …three landlords press "send" (the API's own rate is 80/s).
             let answers = try await withThrowingTaskGroup(of: String.self) { group in
                 for i in 0..<3 {
                     group.addTask {
