@@ -372,7 +372,7 @@ struct ReportCommand: AsyncParsableCommand {
     @Option(help: "Report language.")
     var lang: ReportLanguage = .en
 
-    @Flag(help: "CSV for a spreadsheet in a Spanish or French locale: ';' and a BOM.")
+    @Flag(help: "CSV for a spreadsheet in a Spanish, French or Portuguese locale: ';' between cells, decimal commas, and a BOM.")
     var excel = false
 
     @Flag(help: "Print one JSON object on stdout.")

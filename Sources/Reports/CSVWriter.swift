@@ -15,7 +15,8 @@ public final class CSVWriter {
     public enum Dialect: Sendable {
         /// `,`, no BOM: for tools and imports.
         case standard
-        /// `;` and a UTF-8 BOM, so that Excel in a Spanish or French locale opens the file right.
+        /// `;`, a decimal comma in amounts, and a UTF-8 BOM: what a spreadsheet in a Spanish, French
+        /// or Portuguese locale reads without an import wizard.
         case excel
     }
 
@@ -40,6 +41,11 @@ public final class CSVWriter {
     }
 
     deinit { if let file { fclose(file) } }
+
+    /// A plain decimal (`1234.50`) as this dialect writes amounts: `1234,50` in the Excel dialect.
+    public func amount(_ plainDecimal: String) -> String {
+        delimiter == UInt8(ascii: ";") ? String(plainDecimal.map { $0 == "." ? "," : $0 }) : plainDecimal
+    }
 
     /// A cell: text is quoted when needed and guarded against formula injection.
     public enum Cell {
@@ -116,7 +122,8 @@ public final class CSVWriter {
             CSVWriter.append(s, guardFormula: false, delimiter: delimiter, to: &bytes)
         }
 
-        /// An amount in minor units as a plain decimal with `digits` decimals (`-1234.50`).
+        /// An amount in minor units as a plain decimal with `digits` decimals (`-1234.50`; in the
+        /// Excel dialect, whose cells are `;`-separated, `-1234,50`).
         public mutating func decimal(_ minorUnits: Int64, digits: Int) {
             next()
             if minorUnits < 0 { bytes.append(UInt8(ascii: "-")) }
@@ -124,7 +131,7 @@ public final class CSVWriter {
             for _ in 0..<digits { scale *= 10 }
             appendDigits(minorUnits.magnitude / scale, minimum: 1)
             if digits > 0 {
-                bytes.append(UInt8(ascii: "."))
+                bytes.append(delimiter == UInt8(ascii: ";") ? UInt8(ascii: ",") : UInt8(ascii: "."))
                 appendDigits(minorUnits.magnitude % scale, minimum: digits)
             }
         }

@@ -235,8 +235,8 @@ struct Totals {
                 let c = Currency(code: currency) ?? Currency(code: "USD")!
                 try csv.row([
                     .text(name), .plain(currency), .plain(String(x.invoices)), .plain(String(x.messages)),
-                    .plain(Money(minorUnits: x.billed, currency: c).plainDecimal),
-                    .plain(Money(minorUnits: x.delivered, currency: c).plainDecimal),
+                    .plain(csv.amount(Money(minorUnits: x.billed, currency: c).plainDecimal)),
+                    .plain(csv.amount(Money(minorUnits: x.delivered, currency: c).plainDecimal)),
                     .plain(String(x.failed)), .plain(String(x.unreachable)), .plain(String(x.pending)),
                 ])
             }

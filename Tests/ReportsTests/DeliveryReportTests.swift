@@ -176,7 +176,7 @@ struct DeliveryReportTests {
         #expect(html.contains("(5 · 131026)"))
     }
 
-    @Test("one landlord's own report has only their invoices; --excel writes ';' and a BOM", arguments: engines)
+    @Test("one landlord's own report has only their invoices; --excel writes ';', decimal commas and a BOM", arguments: engines)
     func landlordAndExcel(engine: StoreEngine) async throws {
         let store = try await reportStore(engine)
         try await seedReport(store, states: mix)
@@ -185,5 +185,11 @@ struct DeliveryReportTests {
         #expect(Array(bytes.prefix(3)) == [0xEF, 0xBB, 0xBF])
         let rows = try readCSV(files.messagesCSV)
         #expect(Set(rows.map { $0["invoice_id"]! }) == ["E", "F", "G", "H"])
+        // A decimal comma where cells are `;`-separated: a Spanish or French spreadsheet reads numbers.
+        let text = String(decoding: bytes.dropFirst(3), as: UTF8.self)
+        #expect(text.contains(";4000,00;"), "\(text.prefix(400))")
+        #expect(!text.contains(";4000.00;"))
+        let landlords = String(decoding: Array(try Data(contentsOf: URL(fileURLWithPath: files.landlordsCSV))).dropFirst(3), as: UTF8.self)
+        #expect(landlords.contains(",00;") && !landlords.contains(".00"), "\(landlords)")
     }
 }
