@@ -200,24 +200,12 @@ func sendBenchmark(
     defer { sandbox.stop() }
     try await waitUp("http://127.0.0.1:\(port)/_sandbox/counters")
     let cpuBefore = childrenCPUSeconds()
-    let send = Process()
-    let arguments = ["send", "run.csv", "--rate", "\(rate)", "--settle", "2s", "--stats"]
-    send.executableURL = URL(fileURLWithPath: placement.sender.first ?? dispatcher)
-    send.arguments = placement.sender.isEmpty ? arguments : Array(placement.sender.dropFirst()) + [dispatcher] + arguments
-    send.currentDirectoryURL = URL(fileURLWithPath: folder)
-    var env = ProcessInfo.processInfo.environment
-    env["WHATSAPP_API_BASE_URL"] = "http://127.0.0.1:\(port)"
-    env["WHATSAPP_ACCESS_TOKEN"] = "sandbox-token"
-    env["WHATSAPP_PHONE_NUMBER_ID"] = "SANDBOX"
-    env["WHATSAPP_APP_SECRET"] = "bench"
-    env["LOG_LEVEL"] = "error"
-    send.environment = env
-    let output = Pipe()
-    send.standardOutput = output
-    send.standardError = FileHandle.nullDevice
-    try send.run()
-    let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    send.waitUntilExit()
+    let (printed, exit) = try runSend(
+        dispatcher, ["send", "run.csv", "--rate", "\(rate)", "--settle", "2s", "--stats"], in: folder, placement: placement,
+        environment: [
+            "WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(port)", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
+            "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX",
+        ])
     let stats = printed.split(separator: "\n").first { $0.hasPrefix("stats:") }.map(String.init) ?? "no stats"
     // "… N µs CPU per message while sending (X of a core); preparing took S s, M µs CPU per message"
     let cpuPerMessage = stats.range(of: #"[0-9]+ µs CPU per message"#, options: .regularExpression).map { String(stats[$0]) } ?? "?"
@@ -225,18 +213,11 @@ func sendBenchmark(
     let preparing = stats.range(of: #"preparing took .*$"#, options: .regularExpression).map { String(stats[$0]) } ?? "?"
     let cpu = childrenCPUSeconds() - cpuBefore
     let requests = try await getJSON("http://127.0.0.1:\(port)/_sandbox/requests") as? [[String: Any]] ?? []
-    let times = requests.filter { $0["wamid"] != nil }.compactMap { $0["at"] as? Double }.sorted()
-    let throttled = requests.filter { $0["errorCode"] as? Int == 130429 }.count
-    var most = 0, start = 0
-    for end in times.indices {
-        while times[end] - times[start] >= 1 { start += 1 }
-        most = max(most, end - start + 1)
-    }
-    let achieved = times.count > 1 ? Double(times.count - 1) / (times.last! - times.first!) : 0
+    let a = Arrivals(requests)
     return (
-        "send at \(rate)/s, +\(latencyMs) ms API latency", String(format: "%.1f%% of the rate", achieved / Double(rate) * 100),
+        "send at \(rate)/s, +\(latencyMs) ms API latency", String(format: "%.1f%% of the rate", a.rate / Double(rate) * 100),
         "\(cpuPerMessage.replacingOccurrences(of: " per message", with: "/msg sending")), \(share)",
-        "\(times.count.formatted()) accepted, max \(most) in any 1 s, \(throttled) × 130429, exit \(send.terminationStatus); "
+        "\(a.accepted.formatted()) accepted, max \(a.most) in any 1 s, \(a.throttled) × 130429, exit \(exit); "
             + "\(preparing.replacingOccurrences(of: " CPU per message", with: "/msg")); whole process \(String(format: "%.0f", cpu / Double(messages) * 1e6)) µs/msg"
     )
 }
@@ -279,23 +260,9 @@ func organizationsBenchmark(
     defer { sandbox.stop() }
     try await waitUp("http://127.0.0.1:\(port)/_sandbox/counters")
     let cpuBefore = childrenCPUSeconds()
-    let send = Process()
-    let arguments = ["send", "run.csv", "--config", "dispatcher.json", "--rate", "\(rate)", "--settle", "2s", "--stats"]
-    send.executableURL = URL(fileURLWithPath: placement.sender.first ?? dispatcher)
-    send.arguments = placement.sender.isEmpty ? arguments : Array(placement.sender.dropFirst()) + [dispatcher] + arguments
-    send.currentDirectoryURL = URL(fileURLWithPath: folder)
-    var env = ProcessInfo.processInfo.environment
-    env["WHATSAPP_API_BASE_URL"] = "http://127.0.0.1:\(port)"
-    env["BENCH_TOKEN"] = "sandbox-token"
-    env["WHATSAPP_APP_SECRET"] = "bench"
-    env["LOG_LEVEL"] = "error"
-    send.environment = env
-    let output = Pipe()
-    send.standardOutput = output
-    send.standardError = FileHandle.nullDevice
-    try send.run()
-    let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    send.waitUntilExit()
+    let (printed, exit) = try runSend(
+        dispatcher, ["send", "run.csv", "--config", "dispatcher.json", "--rate", "\(rate)", "--settle", "2s", "--stats"], in: folder,
+        placement: placement, environment: ["WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(port)", "BENCH_TOKEN": "sandbox-token"])
     let cpu = childrenCPUSeconds() - cpuBefore
     // "[org1] stats: … (X of a core, the whole process); …": every lane's line gives the process's share.
     let shares = printed.split(separator: "\n").filter { $0.contains("stats:") }.compactMap { line in
@@ -305,32 +272,66 @@ func organizationsBenchmark(
     var rows: [(String, String, String, String)] = []
     var total = 0
     for (n, id) in ids.enumerated() {
-        let mine = requests.filter { $0["phoneNumberID"] as? String == "PN\(n + 1)" }
-        let times = mine.filter { $0["wamid"] != nil }.compactMap { $0["at"] as? Double }.sorted()
-        total += times.count
-        let throttled = mine.filter { $0["errorCode"] as? Int == 130429 }.count
-        var most = 0, start = 0
-        for end in times.indices {
-            while times[end] - times[start] >= 1 { start += 1 }
-            most = max(most, end - start + 1)
-        }
-        let achieved = times.count > 1 ? Double(times.count - 1) / (times.last! - times.first!) : 0
+        let a = Arrivals(requests.filter { $0["phoneNumberID"] as? String == "PN\(n + 1)" })
+        total += a.accepted
         rows.append(
             (
                 "\(numbers) numbers at \(rate)/s at once\(webhooks ? "" : ", no webhooks"): \(id)",
-                String(format: "%.1f%% of the rate", achieved / Double(rate) * 100),
+                String(format: "%.1f%% of the rate", a.rate / Double(rate) * 100),
                 n == 0 ? "process: \(shares.first ?? "?") while sending" : "",
-                "\(times.count.formatted()) accepted, max \(most) in any 1 s, \(throttled) × 130429"
+                "\(a.accepted.formatted()) accepted, max \(a.most) in any 1 s, \(a.throttled) × 130429"
             ))
     }
     rows.append(
         (
             "\(numbers) numbers at \(rate)/s at once\(webhooks ? "" : ", no webhooks"): all",
-            "\(total.formatted()) accepted, exit \(send.terminationStatus)",
+            "\(total.formatted()) accepted, exit \(exit)",
             String(format: "%.0f µs CPU/msg (whole process)", cpu / Double(max(total, 1)) * 1e6),
             "preparing included; one process, \(numbers) leases"
         ))
     return rows
+}
+
+/// A `dispatcher send` process (pinned as `placement` says), its stdout and exit status; the
+/// environment adds to this one's, with the benchmarks' app secret and quiet logs.
+func runSend(
+    _ dispatcher: String, _ arguments: [String], in folder: String, placement: Placement, environment: [String: String]
+) throws -> (printed: String, exit: Int32) {
+    let send = Process()
+    send.executableURL = URL(fileURLWithPath: placement.sender.first ?? dispatcher)
+    send.arguments = placement.sender.isEmpty ? arguments : Array(placement.sender.dropFirst()) + [dispatcher] + arguments
+    send.currentDirectoryURL = URL(fileURLWithPath: folder)
+    var env = ProcessInfo.processInfo.environment
+    env["WHATSAPP_APP_SECRET"] = "bench"
+    env["LOG_LEVEL"] = "error"
+    for (k, v) in environment { env[k] = v }
+    send.environment = env
+    let output = Pipe()
+    send.standardOutput = output
+    send.standardError = FileHandle.nullDevice
+    try send.run()
+    let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    send.waitUntilExit()
+    return (printed, send.terminationStatus)
+}
+
+/// What the sandbox's log of requests says about a sender: accepted sends, the busiest sliding
+/// second, 130429 answers, and the achieved rate from the first acceptance to the last.
+struct Arrivals {
+    var accepted = 0, most = 0, throttled = 0
+    var rate = 0.0
+
+    init(_ requests: [[String: Any]]) {
+        let times = requests.filter { $0["wamid"] != nil }.compactMap { $0["at"] as? Double }.sorted()
+        accepted = times.count
+        throttled = requests.filter { $0["errorCode"] as? Int == 130429 }.count
+        var start = 0
+        for end in times.indices {
+            while times[end] - times[start] >= 1 { start += 1 }
+            most = max(most, end - start + 1)
+        }
+        rate = times.count > 1 ? Double(times.count - 1) / (times.last! - times.first!) : 0
+    }
 }
 
 // MARK: - Reports

@@ -48,6 +48,8 @@ struct RunSession {
     var organizationsFromFile = false
     /// The run's name as the user knows it (its lanes are `NAME@ORGANIZATION`), for `--json`.
     var runName: String?
+    /// The store, when the command opened it already (`retry` reads the run first); else opened here.
+    var store: (any DispatchStore)?
 
     /// The one-lane run of `run` (the single-number setup): prepares with `prepare`, then sends,
     /// settles and reports.
@@ -71,7 +73,8 @@ struct RunSession {
         let console = Console(json: settle.json)
         let logger = bootstrapLogging(label: "dispatcher.run", level: .warning)
         for note in settings.notes { console.warn(note) }
-        let store = try await database.open(settings: settings)
+        let store: any DispatchStore
+        if let opened = self.store { store = opened } else { store = try await database.open(settings: settings) }
         let settleWindow = settle.settle ?? (sandbox ? .seconds(15) : .seconds(120))
 
         // Where to send: Meta, or the in-process sandbox with its webhooks wired to our receiver.

@@ -298,7 +298,8 @@ struct RetryCommand: AsyncParsableCommand {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
         let loaded = try loadOrganizations(config: config, settings: settings)
         // The organization whose number sent the run: its token and templates send it again.
-        let record = try await database.open(settings: settings).run(named: run)
+        let store = try await database.open(settings: settings)
+        let record = try await store.run(named: run)
         guard let record else { throw ValidationError("no run \(run): `dispatcher runs` lists them") }
         let organization: Organization
         if sandbox {
@@ -338,6 +339,7 @@ struct RetryCommand: AsyncParsableCommand {
             settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
             templatesDirectory: common.templatesDirectory)
         session.organizationsFromFile = loaded.fromFile
+        session.store = store
         try await session.execute(run: run, organization: organization, renderer: renderer, validation: ValidationOptions()) {
             engine, console in
             let selection = try await engine.requeueForRetry(
