@@ -86,6 +86,13 @@ let package = Package(
                 "CXMLReader",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            // Meta's rate cards and the markets of calling codes: data files, compiled into the
+            // binary (no bundle to lose when the executable is copied elsewhere). docs/pricing.md.
+            resources: [
+                .embedInCode("Pricing/RateCards/meta-usd-2026-04-01.csv"),
+                .embedInCode("Pricing/RateCards/meta-usd-2026-10-01.csv"),
+                .embedInCode("Pricing/RateCards/markets.csv"),
+            ],
             swiftSettings: swiftSettings + fuzzedSwift
         ),
         // The store: the protocol, its records, migrations, and the SQLite and PostgreSQL engines.
@@ -147,6 +154,7 @@ let package = Package(
                 "Store",
                 "WhatsApp",
                 "Engine",
+                "Reports",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Hummingbird", package: "hummingbird"),

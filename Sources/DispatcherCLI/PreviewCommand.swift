@@ -86,26 +86,53 @@ struct PreviewCommand: AsyncParsableCommand {
         if let store { optOuts = try await OptOutList.load(from: store) }
         var toLookUp: [String] = []
         var optedOut = 0
+        // The estimate: every message to send, by organization, landlord, market and category;
+        // those the store says are sent already come off below.
+        guard let card = try await rateCard(on: isoDay(Date()), store: store).0 else { throw ValidationError("no rate card in USD") }
+        var estimate = CostEstimate(card: card)
+        let category = PricingCategory(meta: renderer.template.category) ?? .utility
+        var keys: [CostEstimate.Key] = []
+        var keyIndex: [CostEstimate.Key: Int] = [:]
+        var lookUpKeys: [Int] = []
         let csv = try writer.messagesCSV()
         let result = try Previewer(options: options, renderer: renderer).run(path: manifest) { message in
             try csv.add(message)
+            if store != nil, optOuts.contains(message.phone) {
+                optedOut += 1
+                return
+            }
+            let key = estimate.key(
+                organization: message.invoice.organization, landlord: message.invoice.landlord, phone: message.phone, category: category)
+            estimate.add(key)
             guard store != nil else { return }
-            if optOuts.contains(message.phone) { optedOut += 1 } else { toLookUp.append(message.id) }
+            toLookUp.append(message.id)
+            if let i = keyIndex[key] {
+                lookUpKeys.append(i)
+            } else {
+                keyIndex[key] = keys.count
+                lookUpKeys.append(keys.count)
+                keys.append(key)
+            }
         }
         try csv.finish()
         var history = StoreCounts(optedOut: optedOut)
         if let store {
-            for (_, stored) in try await store.storedMessages(ids: toLookUp) {
+            let found = try await store.storedMessages(ids: toLookUp)
+            for (i, id) in toLookUp.enumerated() {
+                guard let stored = found[id] else { continue }
                 if stored.run != runName {
                     history.alreadySent += 1
                 } else if stored.state == .queued {
                     history.resumed += 1
+                    continue
                 } else {
                     history.alreadyInRun += 1
                 }
+                estimate.remove(keys[lookUpKeys[i]])
             }
         }
         toLookUp = []
+        lookUpKeys = []
         let report = try writer.writeHTML(result, endpoint: settings.messagesEndpoint)
 
         // Human summary.
@@ -134,6 +161,7 @@ struct PreviewCommand: AsyncParsableCommand {
         if result.errorCount > 20 { console.say("    …\(result.errorCount - 20) more in the report") }
         for warning in result.warnings { console.warn(warning) }
         if let warning = MessagingLimit.warning(recipients: result.recipients, limit: messagingLimit) { console.warn(warning) }
+        for line in EstimateOutput(estimate: estimate).lines() { console.say(line) }
         console.say("Report: \(report)")
         console.say("Messages: \(csv.path)")
 
@@ -143,7 +171,8 @@ struct PreviewCommand: AsyncParsableCommand {
                     invoices: result.invoices, messages: result.messages, recipients: result.recipients,
                     skipped: result.skipped, errors: result.errors, report: report,
                     opted_out: store == nil ? nil : history.optedOut, already_sent: store == nil ? nil : history.alreadySent,
-                    to_send: store == nil ? nil : result.messages - history.optedOut - history.alreadySent - history.alreadyInRun))
+                    to_send: store == nil ? nil : result.messages - history.optedOut - history.alreadySent - history.alreadyInRun,
+                    estimate: EstimateOutput(estimate: estimate).json))
         }
         if !result.isValid { throw Exit.invalidManifest }
     }
@@ -160,6 +189,8 @@ struct PreviewJSON: Encodable {
     var opted_out: Int?
     var already_sent: Int?
     var to_send: Int?
+    /// What the messages to send will cost, on the rate card in force today.
+    var estimate: EstimateJSON
 }
 
 /// What the store says about a preview's messages, counted as `send` will count them.

@@ -273,6 +273,7 @@ struct RunSession {
                 prepare: { engine in try await prepare(engine, lane, console) },
                 beforeSending: { _ in
                     try await checkTemplatesAtMeta(engine: engine, lane: lane, console: console)
+                    try await checkCost(store: store, lane: lane, console: console)
                     try await uploadDocuments(engine: engine, lane: lane, console: console, logger: logger)
                     // Only `--stats` needs them: on a million messages the count reads the whole index.
                     marks.prepared(countsBefore: settle.stats ? try await store.stateCounts(run: run) : [:])
@@ -402,6 +403,24 @@ extension RunSession {
 }
 
 extension RunSession {
+    /// The estimate of what is still queued, before the first request; refused (a halt, nothing
+    /// sent) over `--max-cost`.
+    func checkCost(store: any DispatchStore, lane: RunLane, console: Console) async throws {
+        let queued = try await store.chargeCounts(run: lane.run, states: [.queued])
+        guard !queued.isEmpty, let card = try await rateCard(on: isoDay(Date()), store: store).0 else { return }
+        let estimate = CostEstimate(
+            card: card, counts: queued, organization: nil, category: PricingCategory(meta: lane.renderer.template.category) ?? .utility)
+        for line in EstimateOutput(estimate: estimate).lines() { console.say(line) }
+        guard let limit = settle.maxCost else { return }
+        let limitMicros = Int64((limit * 1_000_000).rounded())
+        guard estimate.total > limitMicros else { return }
+        let reason =
+            "the estimated cost \(CostEstimate.format(estimate.total, currency: card.currency)) is above --max-cost \(CostEstimate.format(limitMicros, currency: card.currency))"
+        console.say("REFUSED: \(reason). Nothing was sent; the messages stay queued (run again with a higher --max-cost to send them).")
+        try await recordHalt(run: lane.run, reason: reason, store: store)
+        throw LaneHalted(reason: reason, code: nil)
+    }
+
     /// A run stopped before its first request: halted, with why (as `BillingRun.conclude` records a halt).
     func recordHalt(run: String, reason: String, store: any DispatchStore) async throws {
         guard var record = try await store.run(named: run) else { return }

@@ -42,6 +42,18 @@ struct SettleOptions: ParsableArguments {
             "When a language the run needs is not approved at Meta (WHATSAPP_BUSINESS_ACCOUNT_ID set), skip its messages instead of refusing to start."
     )
     var skipUnapprovedLanguages = false
+
+    @Option(
+        help: ArgumentHelp(
+            "Refuse to send when the estimated cost of what is still to send passes this amount (in the rate card's currency, USD); per organization with --config.",
+            valueName: "USD"))
+    var maxCost: Double?
+
+    func validate() throws {
+        if let maxCost, !(maxCost >= 0) || !maxCost.isFinite {
+            throw ValidationError("--max-cost must be an amount of US dollars, 0 or more (e.g. 25 or 12.50)")
+        }
+    }
 }
 
 struct SendCommand: AsyncParsableCommand {

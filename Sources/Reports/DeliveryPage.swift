@@ -10,7 +10,7 @@ struct DeliveryPage {
             failed, unreachable, pending, reason, action, count, tenant, phone, invoice, email, none, moreInCSV, sends, deliveries,
             manifest, template, sender, created, finished, settle, status, details, queued, accepted, held, sent, read, unknown,
             skippedState,
-            allGood, perMinute, noStatuses: String
+            allGood, perMinute, noStatuses, cost: String
 
         static func of(_ lang: String) -> Labels {
             if lang.hasPrefix("es") {
@@ -29,7 +29,8 @@ struct DeliveryPage {
                     sent: "Enviados", read: "Leídos", unknown: "Desconocidos", skippedState: "Omitidos",
                     allGood: "Todos los mensajes llegaron o están en camino.", perMinute: "por minuto",
                     noStatuses:
-                        "No llegó ningún estado de entrega para esta ejecución: nada recibía los webhooks de Meta (inicie `dispatcher serve` donde apunta el webhook de Meta, o envíe con --listen). «Aceptados» quiere decir que WhatsApp tomó el mensaje, no que haya fallado; `dispatcher report` muestra los estados que lleguen después."
+                        "No llegó ningún estado de entrega para esta ejecución: nada recibía los webhooks de Meta (inicie `dispatcher serve` donde apunta el webhook de Meta, o envíe con --listen). «Aceptados» quiere decir que WhatsApp tomó el mensaje, no que haya fallado; `dispatcher report` muestra los estados que lleguen después.",
+                    cost: "Costo de WhatsApp"
                 )
             }
             return Labels(
@@ -45,7 +46,8 @@ struct DeliveryPage {
                 read: "Read", unknown: "Unknown", skippedState: "Skipped",
                 allGood: "Every message arrived or is on its way.", perMinute: "per minute",
                 noStatuses:
-                    "No delivery status was received for this run: nothing was receiving Meta's webhooks (start `dispatcher serve` where Meta's webhook points, or send with --listen). \"Accepted\" means WhatsApp took the message, not that it failed; `dispatcher report` shows statuses that arrive later."
+                    "No delivery status was received for this run: nothing was receiving Meta's webhooks (start `dispatcher serve` where Meta's webhook points, or send with --listen). \"Accepted\" means WhatsApp took the message, not that it failed; `dispatcher report` shows statuses that arrive later.",
+                cost: "WhatsApp cost"
             )
         }
     }
@@ -53,7 +55,7 @@ struct DeliveryPage {
     struct Bar { var label: String; var count: Int; var percent: String; var y: Int; var width: Int; var color: String; var textY: Int }
     struct LandlordRow {
         var name: String; var invoices: Int; var billed: String; var delivered: String; var failed: Int; var unreachable: Int;
-        var pending: Int
+        var pending: Int; var cost: String
     }
     struct FailureGroup { var reason: String; var action: String; var code: String; var count: Int; var rows: [FailureRow]; var more: Bool }
     struct FailureRow { var tenant: String; var phone: String; var invoice: String; var email: String; var detail: String }
@@ -85,6 +87,8 @@ struct DeliveryPage {
     var generatedAt: String
     /// Meta took messages but not one status came back: said, so that "accepted" is not read as failure.
     var noStatuses: Bool
+    /// What Meta charged, in a sentence with the rate card's date; nil without a card.
+    var cost: String?
 
     init(run: RunRecord, totals: Totals, settle: String?, landlordFilter: String?, lang: String, generatedAt: Date) {
         l = Labels.of(lang)
@@ -136,7 +140,25 @@ struct DeliveryPage {
             for code in x.billed.keys where delivered[code] == nil { delivered[code] = 0 }
             return LandlordRow(
                 name: name, invoices: x.invoices, billed: amounts(x.billed), delivered: amounts(delivered), failed: x.failed,
-                unreachable: x.unreachable, pending: x.pending)
+                unreachable: x.unreachable, pending: x.pending,
+                cost: totals.cost.map { CostEstimate.format(x.cost, currency: $0.card.currency) } ?? "—")
+        }
+        cost = totals.cost.map { c in
+            let es = lang.hasPrefix("es")
+            let total = CostEstimate.format(c.total, currency: c.card.currency)
+            let free = c.notCharged.values.reduce(0, +)
+            var text =
+                es
+                ? "\(total) por \(c.messages) mensajes entregados (tarifas de Meta vigentes desde el \(c.card.effective), según el precio que cada estado indica)"
+                : "\(total) for \(c.messages) delivered messages (Meta's rates effective \(c.card.effective), as each status's pricing says)"
+            if free > 0 { text += es ? "; \(free) entregados sin cargo" : "; \(free) delivered free of charge" }
+            if c.unpriced > 0 {
+                text +=
+                    es
+                    ? "; \(c.unpriced) sin precio en sus estados, contados como utilidad"
+                    : "; \(c.unpriced) without pricing in their statuses, counted as utility"
+            }
+            return text + "."
         }
         failures = totals.failures.values.sorted { $0.count > $1.count }.map { f in
             FailureGroup(

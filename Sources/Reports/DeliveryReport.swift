@@ -117,6 +117,13 @@ public struct DeliveryReportWriter: Sendable {
         for invoice in try await store.skippedInvoices(run: run.name) where landlord == nil || invoice.landlord == landlord {
             totals.addSkippedInvoice(invoice)
         }
+        // What Meta charged, from the statuses' pricing, on the rate card of the run's day.
+        if let card = try await RateCards.inForce(on: localDay(run.createdAt), store: store).0 {
+            let charged = try await store.chargeCounts(run: run.name, states: [.delivered, .read]).filter {
+                landlord == nil || $0.landlord == landlord
+            }
+            totals.add(cost: CostEstimate(card: card, counts: charged, organization: nil, category: .utility))
+        }
         try totals.writeLandlords(to: files.landlordsCSV, dialect: dialect)
         let page = DeliveryPage(run: run, totals: totals, settle: settle, landlordFilter: landlord, lang: lang, generatedAt: now)
         guard let html = library.render(page, withTemplate: "delivery") else {
@@ -137,6 +144,8 @@ struct Totals {
     struct Counts {
         var invoices = 0
         var messages = 0
+        /// What Meta charged for the delivered messages, millionths of the rate card's currency.
+        var cost: Int64 = 0
         var billed: Int64 = 0
         var delivered: Int64 = 0
         var failed = 0
@@ -152,6 +161,7 @@ struct Totals {
         var pending: Int { byCurrency.values.map(\.pending).reduce(0, +) }
         var billed: [String: Int64] { byCurrency.mapValues(\.billed) }
         var delivered: [String: Int64] { byCurrency.mapValues(\.delivered) }
+        var cost: Int64 { byCurrency.values.map(\.cost).reduce(0, +) }
     }
 
     typealias Example = (sequence: Int64, tenant: String, phone: String, invoice: String, email: String?, detail: String?)
@@ -174,6 +184,8 @@ struct Totals {
     var skippedCount = 0
     var sendsPerMinute: [Int: Int]
     var deliveriesPerMinute: [Int: Int]
+    /// What Meta charged (nil: no rate card).
+    var cost: CostEstimate?
 
     init(_ summary: ReportSummary, lang: String, pageRows: Int) {
         self.lang = lang
@@ -225,10 +237,21 @@ struct Totals {
         if landlords[name] == nil { landlords[name] = Landlord() }
     }
 
+    /// The run's cost, shared out to its landlords (per currency of their invoices).
+    mutating func add(cost estimate: CostEstimate) {
+        cost = estimate
+        for line in estimate.lines() {
+            let name = landlordName(line.key.landlord)
+            landlords[name, default: Landlord()].byCurrency[line.key.invoiceCurrency ?? "", default: Counts()].cost += line.cost
+        }
+    }
+
     func writeLandlords(to path: String, dialect: CSVWriter.Dialect) throws {
         let csv = try CSVWriter(path: path, dialect: dialect)
+        let costCurrency = (cost?.card.currency ?? "USD").lowercased()
         try csv.header([
             "landlord", "currency", "invoices", "messages", "amount_billed", "amount_delivered", "failed", "unreachable", "pending",
+            "whatsapp_cost_\(costCurrency)",
         ])
         for name in landlords.keys.sorted() {
             for (currency, x) in landlords[name]!.byCurrency.sorted(by: { $0.key < $1.key }) {
@@ -238,6 +261,7 @@ struct Totals {
                     .plain(csv.amount(Money(minorUnits: x.billed, currency: c).plainDecimal)),
                     .plain(csv.amount(Money(minorUnits: x.delivered, currency: c).plainDecimal)),
                     .plain(String(x.failed)), .plain(String(x.unreachable)), .plain(String(x.pending)),
+                    .plain(cost == nil ? "" : csv.amount(CostEstimate.decimal(x.cost))),
                 ])
             }
         }

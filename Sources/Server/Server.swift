@@ -7,6 +7,7 @@ import HummingbirdCore
 public import Logging
 import NIOCore
 import Prometheus
+import Reports
 public import Store
 import WhatsApp
 
@@ -312,7 +313,15 @@ public struct DispatcherServer: Sendable {
         else {
             throw APIError(.notFound, "no run \(name)")
         }
-        return try jsonResponse(RunView(summary))
+        var view = RunView(summary)
+        // What Meta charged so far, from the statuses' pricing (as the report's cost).
+        if let card = try await RateCards.inForce(on: localDay(summary.run.createdAt), store: store).0 {
+            let estimate = CostEstimate(
+                card: card, counts: try await store.chargeCounts(run: name, states: [.delivered, .read]), organization: nil,
+                category: .utility)
+            view.cost = RunCostView(estimate)
+        }
+        return try jsonResponse(view)
     }
 
     func reportFile(_ run: String, _ file: String, _ type: String, reach: Set<String>?) async throws -> Response {
@@ -488,7 +497,36 @@ struct MessageListView: Encodable {
     }
 }
 
+/// A run's cost in `GET /api/runs/:run` (snake_case, amounts as decimal strings in `currency`).
+struct RunCostView: Encodable {
+    struct Landlord: Encodable {
+        var landlord: String?
+        var messages: Int
+        var cost: String
+    }
+    var currency: String
+    var total: String
+    var charged_messages: Int
+    var not_charged: [String: Int]
+    var without_pricing: Int
+    var rate_card_effective: String
+    var landlords: [Landlord]
+
+    init(_ e: CostEstimate) {
+        currency = e.card.currency
+        total = CostEstimate.decimal(e.total)
+        charged_messages = e.messages
+        not_charged = e.notCharged
+        without_pricing = e.unpriced
+        rate_card_effective = e.card.effective
+        landlords = e.totals(by: { $0.landlord }).map {
+            Landlord(landlord: $0.0, messages: $0.messages, cost: CostEstimate.decimal($0.cost))
+        }
+    }
+}
+
 struct RunView: Encodable {
+    var cost: RunCostView?
     var run: String
     var manifest: String
     var template: String
@@ -516,7 +554,7 @@ struct RunView: Encodable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case run, manifest, template, sender, status, invoices, messages, states
+        case run, manifest, template, sender, status, invoices, messages, states, cost
         case createdAt = "created_at"
         case finishedAt = "finished_at"
         case haltReason = "halt_reason"

@@ -142,6 +142,28 @@ public protocol DispatchStore: Sendable {
     /// Gives the lease up (nothing happens if `holder` no longer has it).
     func releaseSenderLease(sender: String, holder: String) async throws
 
+    // MARK: Prices and fallbacks
+
+    /// Keeps a rate card (`dispatcher pricing import`); cards are never replaced, only added.
+    func saveRateCard(_ card: StoredRateCard) async throws
+    /// Every rate card imported, newest effective date first.
+    func rateCards() async throws -> [StoredRateCard]
+    /// A run's messages in `states` by landlord, number prefix and pricing (`ChargeCount`):
+    /// `[.delivered, .read]` for what was charged, `[.queued]` for what is still to send.
+    func chargeCounts(run: String, states: [MessageState]) async throws -> [ChargeCount]
+    /// Invoices of a run WhatsApp could not carry (`unreachableCodes`, opt-outs), in run order,
+    /// each with its fallback so far.
+    func fallbackCandidates(run: String) async throws -> [FallbackCandidate]
+    /// Claims an invoice's fallback before it is sent: true when this call claimed it (no fallback
+    /// yet, or the last one `failed`); false when one is `sending`, `sent` or recorded otherwise.
+    func claimFallback(run: String, invoiceID: String, via: String, address: String?, at time: Double) async throws -> Bool
+    /// Records how a claimed fallback ended (or `noAddress` without a claim).
+    func finishFallback(
+        run: String, invoiceID: String, via: String, state: FallbackState, detail: String?, at time: Double
+    ) async throws
+    /// A run's fallbacks, by invoice id.
+    func fallbacks(run: String) async throws -> [String: FallbackRecord]
+
     // MARK: Audit
 
     /// Webhook POSTs exactly as received, oldest first, a page at a time (for audits and replay).

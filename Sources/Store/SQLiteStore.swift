@@ -241,6 +241,31 @@ public final class SQLiteStore: DispatchStore {
             try db.execute(
                 sql: "CREATE TABLE receivers (id TEXT PRIMARY KEY NOT NULL, address TEXT NOT NULL, heard_at REAL NOT NULL)")
         }
+        migrator.registerMigration("v9: prices and email fallbacks") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE status_events ADD COLUMN pricing_type TEXT;
+                    CREATE TABLE rate_cards (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        effective TEXT NOT NULL,
+                        currency TEXT NOT NULL,
+                        source TEXT NOT NULL,
+                        imported_at REAL NOT NULL,
+                        body TEXT NOT NULL
+                    );
+                    CREATE TABLE fallbacks (
+                        run TEXT NOT NULL,
+                        invoice_id TEXT NOT NULL,
+                        via TEXT NOT NULL,
+                        address TEXT,
+                        state TEXT NOT NULL,
+                        detail TEXT,
+                        started_at REAL NOT NULL,
+                        finished_at REAL,
+                        PRIMARY KEY (run, invoice_id)
+                    );
+                    """)
+        }
         return migrator
     }
 
@@ -548,13 +573,14 @@ public final class SQLiteStore: DispatchStore {
         try db.cachedStatement(
             sql: """
                 INSERT INTO status_events (payload_id, wamid, message_id, status, timestamp, received_at, recipient_id, callback_data,
-                    error_code, error_title, error_details, pricing_category, applied, phone_number_id)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    error_code, error_title, error_details, pricing_category, applied, phone_number_id, pricing_type)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(wamid, status, timestamp) DO NOTHING
                 """
         ).execute(arguments: [
             payloadID, u.wamid, match?["id"] as String?, u.status.rawValue, Double(u.timestamp), time, u.recipientID ?? u.recipientUserID,
             u.callbackData, u.errorCode, u.errorTitle, u.errorDetails, u.pricingCategory, applied != nil, u.phoneNumberID,
+            u.pricingType,
         ])
         if db.changesCount == 0 {
             // Seen before: it changed nothing then, unless it was waiting for its message.

@@ -49,6 +49,9 @@ public struct StatusUpdate: Sendable, Equatable {
     public var errorTitle: String?
     public var errorDetails: String?
     public var pricingCategory: String?
+    /// `pricing.type`: `regular` (charged), `free_customer_service`, `free_entry_point`; from the
+    /// deprecated `billable` when Meta gave no type (`regular` when true, `free` when false).
+    public var pricingType: String?
     /// The sender number the status is about (`metadata.phone_number_id`): applied only to a
     /// message of a run sent from that number; nil (not given) matches any.
     public var phoneNumberID: String?
@@ -56,8 +59,9 @@ public struct StatusUpdate: Sendable, Equatable {
     public init(
         wamid: String, status: WebhookStatus, timestamp: Int64, recipientID: String? = nil, recipientUserID: String? = nil,
         callbackData: String? = nil, errorCode: Int? = nil, errorTitle: String? = nil, errorDetails: String? = nil,
-        pricingCategory: String? = nil, phoneNumberID: String? = nil
+        pricingCategory: String? = nil, pricingType: String? = nil, phoneNumberID: String? = nil
     ) {
+        self.pricingType = pricingType
         self.phoneNumberID = phoneNumberID
         self.wamid = wamid
         self.status = status

@@ -168,6 +168,7 @@ extension WebhookContents {
                             recipientUserID: s.recipientUserID?.isEmpty == false ? s.recipientUserID : nil,
                             callbackData: s.bizOpaqueCallbackData, errorCode: error?.code, errorTitle: error?.title ?? error?.message,
                             errorDetails: error?.errorData?.details, pricingCategory: s.pricing?.category,
+                            pricingType: s.pricing.flatMap { $0.type ?? $0.billable.map { $0 ? "regular" : "free" } },
                             phoneNumberID: value.metadata?.phoneNumberID.flatMap { $0.isEmpty ? nil : $0 }))
                 }
                 let contacts = value.contacts ?? []

@@ -74,7 +74,7 @@ struct PreviewCommandTests {
         #expect(result.status == 0)
         #expect(!FileManager.default.fileExists(atPath: database.path))
         let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
-        #expect(Set(object.keys) == ["invoices", "messages", "recipients", "skipped", "errors", "report"])
+        #expect(Set(object.keys) == ["invoices", "messages", "recipients", "skipped", "errors", "report", "estimate"])
         #expect(object["invoices"] as? Int == 24)
         #expect(object["messages"] as? Int == 26)
         #expect(object["recipients"] as? Int == 26)

@@ -236,6 +236,35 @@ enum PostgresSchema {
         Migration(
             name: "v10: receivers heard from",
             statements: ["CREATE TABLE receivers (id TEXT PRIMARY KEY, address TEXT NOT NULL, heard_at DOUBLE PRECISION NOT NULL)"]),
+        Migration(
+            name: "v11: prices and email fallbacks",
+            statements: [
+                "ALTER TABLE status_events ADD COLUMN pricing_type TEXT",
+                """
+                CREATE TABLE rate_cards (
+                    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                    effective TEXT NOT NULL,
+                    currency TEXT NOT NULL,
+                    source TEXT NOT NULL,
+                    imported_at DOUBLE PRECISION NOT NULL,
+                    body TEXT NOT NULL
+                )
+                """,
+                """
+                CREATE TABLE fallbacks (
+                    run TEXT NOT NULL,
+                    invoice_id TEXT NOT NULL,
+                    via TEXT NOT NULL,
+                    address TEXT,
+                    state TEXT NOT NULL,
+                    detail TEXT,
+                    started_at DOUBLE PRECISION NOT NULL,
+                    finished_at DOUBLE PRECISION,
+                    PRIMARY KEY (run, invoice_id)
+                )
+                """,
+                ingest,
+            ]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one
@@ -342,7 +371,7 @@ enum PostgresSchema {
                 VALUES (p_time, p_signature, p_body, p_parse_error, p_status_count) RETURNING id INTO r_payload;
             FOR s IN SELECT * FROM jsonb_to_recordset(COALESCE(p_statuses, '[]'::jsonb)) AS x(wamid TEXT, status TEXT,
                          ts DOUBLE PRECISION, recipient TEXT, recipient_user TEXT, callback TEXT, code INTEGER, title TEXT, details TEXT,
-                         pricing TEXT, phone TEXT) LOOP
+                         pricing TEXT, phone TEXT, pricing_type TEXT) LOOP
                 m_id := NULL; m_phone := NULL;
                 SELECT id, phone INTO m_id, m_phone FROM messages WHERE wamid = s.wamid;
                 IF m_id IS NULL AND COALESCE(s.callback, '') <> '' THEN
@@ -364,9 +393,9 @@ enum PostgresSchema {
                     new_state := dispatcher_apply_status(m_id, s.wamid, s.status, s.ts, s.code, s.title, s.details, p_time);
                 END IF;
                 INSERT INTO status_events (payload_id, wamid, message_id, status, timestamp, received_at, recipient_id, callback_data,
-                    error_code, error_title, error_details, pricing_category, applied, phone_number_id)
+                    error_code, error_title, error_details, pricing_category, applied, phone_number_id, pricing_type)
                 VALUES (r_payload, s.wamid, m_id, s.status, s.ts, p_time, COALESCE(s.recipient, s.recipient_user), s.callback, s.code,
-                    s.title, s.details, s.pricing, new_state IS NOT NULL, s.phone)
+                    s.title, s.details, s.pricing, new_state IS NOT NULL, s.phone, s.pricing_type)
                 ON CONFLICT (wamid, status, timestamp) DO NOTHING;
                 GET DIAGNOSTICS n = ROW_COUNT;
                 IF n = 0 THEN

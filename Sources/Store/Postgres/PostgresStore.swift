@@ -167,6 +167,13 @@ public final class PostgresStore: DispatchStore {
     }
 
     static func migrate(_ connection: PostgresConnection, logger: Logger) async throws {
+        // Up to date already (every start after the first): no lock. The advisory lock is the
+        // server's, not the database's, so a start would otherwise wait for another database's
+        // migration, past a short statement timeout.
+        if let names = try? await connection.query("SELECT name FROM dispatcher_migrations", logger: logger).collect() {
+            let applied = Set(names.compactMap { try? $0.decode(String.self) })
+            if PostgresSchema.migrations.allSatisfy({ applied.contains($0.name) }) { return }
+        }
         try await connection.query("BEGIN", logger: logger)
         do {
             try await connection.query("SELECT pg_advisory_xact_lock(\(PostgresSchema.migrationLock))", logger: logger)
@@ -615,6 +622,7 @@ public final class PostgresStore: DispatchStore {
         var code: Int?
         var title, details, pricing: String?
         var phone: String?
+        var pricing_type: String?
     }
 
     struct InboundJSON: Encodable {
@@ -642,7 +650,7 @@ public final class PostgresStore: DispatchStore {
                         recipient_user: u.recipientUserID,
                         callback: u.callbackData,
                         code: u.errorCode, title: u.errorTitle, details: u.errorDetails, pricing: u.pricingCategory,
-                        phone: u.phoneNumberID)
+                        phone: u.phoneNumberID, pricing_type: u.pricingType)
                 })
         }
         let inbound = try contents.map { c in

@@ -1,0 +1,89 @@
+import Foundation
+import Testing
+
+/// The cost of a run before it starts and after it: `preview`, `send --max-cost`, the report,
+/// `pricing import`. Figures are hand-computed from Meta's card effective 2026-10-01 (built in):
+/// every number of the sample month is in the Dominican Republic, priced as "Rest of Latin
+/// America", utility US$0.0113.
+@Suite("Cost estimates and the cost of a run (the executable)")
+struct PricingCommandTests {
+    @Test("preview prints the estimate with its rate card's date: 26 messages × US$0.0113")
+    func previewEstimate() async throws {
+        let out = try temporaryDirectory()
+        let result = try await DispatcherProcess.run([
+            "preview", "samples/march-2026.csv", "--json", "--out", out.path, "--ignore-store",
+        ])
+        #expect(result.status == 0)
+        #expect(result.stderr.contains("Estimated cost: US$0.2938 for 26 messages"), "\(result.stderr)")
+        #expect(result.stderr.contains("rate card effective 2026-10-01"))
+        #expect(result.stderr.contains("market Rest of Latin America, utility: 26 × US$0.0113 = US$0.2938"))
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        let estimate = try #require(object["estimate"] as? [String: Any])
+        #expect(estimate["total"] as? String == "0.293800")
+        #expect(estimate["currency"] as? String == "USD")
+        #expect(estimate["is_estimate"] as? Bool == true)
+        #expect(estimate["rate_card_effective"] as? String == "2026-10-01")
+        let lines = try #require(estimate["lines"] as? [[String: Any]])
+        #expect(Set(lines.compactMap { $0["landlord"] as? String }) == ["Inmobiliaria Caribe", "Residencial Los Próceres"])
+        #expect(lines.map { $0["messages"] as? Int ?? 0 }.reduce(0, +) == 26)
+    }
+
+    @Test("send --max-cost refuses a run that would cost more, sending nothing; then the report shows what Meta charged")
+    func maxCostAndReport() async throws {
+        let folder = try temporaryDirectory()
+        let db = "sqlite:" + folder.appendingPathComponent("d.sqlite").path
+        let out = folder.appendingPathComponent("report").path
+        let refused = try await DispatcherProcess.run([
+            "send", "samples/march-2026.csv", "--sandbox", "--db", db, "--out", out, "--max-cost", "0.25", "--settle", "20s",
+        ])
+        #expect(refused.status == 69, "\(refused.stderr)")
+        #expect(refused.stdout.contains("REFUSED: the estimated cost US$0.2938 is above --max-cost US$0.2500"), "\(refused.stdout)")
+        let runs = try await DispatcherProcess.run(["runs", "--json", "--db", db])
+        #expect(runs.stdout.contains("\"queued\":26") || runs.stdout.contains("\"queued\" : 26"), "\(runs.stdout)")
+
+        let sent = try await DispatcherProcess.run([
+            "send", "samples/march-2026.csv", "--sandbox", "--db", db, "--out", out, "--max-cost", "0.30", "--settle", "10s",
+        ])
+        #expect(sent.status == 0, "\(sent.stderr)")
+        // The sandbox delivers 21 of the 26 messages, each status priced `utility`/`regular`:
+        // 21 × 0.0113 = 0.2373.
+        let landlords = try String(contentsOfFile: out + "/landlords.csv", encoding: .utf8)
+        let rows = landlords.split(whereSeparator: \.isNewline).map { $0.split(separator: ",", omittingEmptySubsequences: false) }
+        #expect(rows.first?.last == "whatsapp_cost_usd")
+        let total = rows.dropFirst().compactMap { Double($0.last ?? "") }.reduce(0, +)
+        #expect(abs(total - 0.2373) < 1e-9, "\(landlords)")
+        let html = try String(contentsOfFile: out + "/index.html", encoding: .utf8)
+        #expect(html.contains("US$0.2373 for 21 delivered messages (Meta&#39;s rates effective 2026-10-01"), "\(html)")
+    }
+
+    @Test("pricing import keeps Meta's CSV in the database; show uses it from its date; a bad file names its line")
+    func importCard() async throws {
+        let folder = try temporaryDirectory()
+        let db = "sqlite:" + folder.appendingPathComponent("d.sqlite").path
+        let card = folder.appendingPathComponent("usd.csv")
+        try """
+        "Cost per message in USD on the WhatsApp Business Platform, effective January 1, 2027",,,,,,
+        Market,Currency,Marketing,Utility,Authentication,"Authentication-
+        International",Service
+        Rest of Latin America,USD,0.0750,0.0120,0.0120,n/a,0.0120
+        Other,USD,0.0604,0.0077,0.0077,n/a,0.0077
+        """.write(to: card, atomically: true, encoding: .utf8)
+        let imported = try await DispatcherProcess.run(["pricing", "import", card.path, "--db", db])
+        #expect(imported.status == 0, "\(imported.stderr)")
+        #expect(imported.stdout.contains("USD card effective 2027-01-01, 2 markets"))
+        let show = try await DispatcherProcess.run(["pricing", "show", "--on", "2027-02-01", "--json", "--db", db])
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [String: Any])
+        #expect(object["effective"] as? String == "2027-01-01")
+        let rates = try #require(object["rates"] as? [String: [String: String]])
+        #expect(rates["Rest of Latin America"]?["utility"] == "0.012000")
+        // Before its date, the built-in card still holds.
+        let before = try await DispatcherProcess.run(["pricing", "show", "--on", "2026-12-31", "--db", db])
+        #expect(before.stdout.contains("card effective 2026-10-01"))
+
+        try "Market,Currency,Marketing,Utility\nSpain,USD,0.07,0.02\nChile,USD,cheap,0.02\n".write(
+            to: card, atomically: true, encoding: .utf8)
+        let bad = try await DispatcherProcess.run(["pricing", "import", card.path, "--effective", "2027-04-01", "--db", db])
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains("line 3: 'cheap' is not a rate"), "\(bad.stderr)")
+    }
+}
