@@ -13,7 +13,8 @@ struct DispatcherCommand: AsyncParsableCommand {
             """,
         subcommands: [
             PreviewCommand.self, SendCommand.self, RetryCommand.self, ReportCommand.self, RunsCommand.self, StatusCommand.self,
-            OptOutCommand.self, TemplatesCommand.self, PricingCommand.self, ServeCommand.self, SandboxCommand.self, DoctorCommand.self,
+            OptOutCommand.self, TemplatesCommand.self, PricingCommand.self, FallbackCommand.self, ServeCommand.self, SandboxCommand.self,
+            DoctorCommand.self,
         ]
     )
 }

@@ -52,6 +52,19 @@ struct DeliveryPage {
         }
     }
 
+    /// " · sent by email on 2026-12-02T10:00:00Z", " · needs a call"…: what `dispatcher fallback` did.
+    static func fallbackNote(_ record: FallbackRecord?, lang: String) -> String {
+        guard let record else { return "" }
+        let es = lang.hasPrefix("es")
+        let when = iso(record.finishedAt ?? record.startedAt)
+        switch record.state {
+        case .sent: return es ? " · enviada por correo el \(when)" : " · sent by email on \(when)"
+        case .noAddress: return es ? " · sin correo: llamar" : " · no email address: call"
+        case .failed: return es ? " · el envío por correo falló" : " · the email failed"
+        case .sending: return es ? " · envío por correo sin confirmar" : " · email hand-over unconfirmed"
+        }
+    }
+
     struct Bar { var label: String; var count: Int; var percent: String; var y: Int; var width: Int; var color: String; var textY: Int }
     struct LandlordRow {
         var name: String; var invoices: Int; var billed: String; var delivered: String; var failed: Int; var unreachable: Int;
@@ -90,7 +103,10 @@ struct DeliveryPage {
     /// What Meta charged, in a sentence with the rate card's date; nil without a card.
     var cost: String?
 
-    init(run: RunRecord, totals: Totals, settle: String?, landlordFilter: String?, lang: String, generatedAt: Date) {
+    init(
+        run: RunRecord, totals: Totals, settle: String?, landlordFilter: String?, lang: String, generatedAt: Date,
+        fallbacks: [String: FallbackRecord] = [:]
+    ) {
         l = Labels.of(lang)
         self.lang = lang.hasPrefix("es") ? "es" : "en"
         self.run = run.name + (landlordFilter.map { " · \($0)" } ?? "")
@@ -164,7 +180,9 @@ struct DeliveryPage {
             FailureGroup(
                 reason: f.explanation.reason, action: f.explanation.action, code: f.code.map(String.init) ?? "—", count: f.count,
                 rows: f.rows.map {
-                    FailureRow(tenant: $0.tenant, phone: $0.phone, invoice: $0.invoice, email: $0.email ?? "—", detail: $0.detail ?? "")
+                    FailureRow(
+                        tenant: $0.tenant, phone: $0.phone, invoice: $0.invoice,
+                        email: ($0.email ?? "—") + DeliveryPage.fallbackNote(fallbacks[$0.invoice], lang: lang), detail: $0.detail ?? "")
                 },
                 more: f.count > f.rows.count)
         }

@@ -125,7 +125,9 @@ public struct DeliveryReportWriter: Sendable {
             totals.add(cost: CostEstimate(card: card, counts: charged, organization: nil, category: .utility))
         }
         try totals.writeLandlords(to: files.landlordsCSV, dialect: dialect)
-        let page = DeliveryPage(run: run, totals: totals, settle: settle, landlordFilter: landlord, lang: lang, generatedAt: now)
+        let page = DeliveryPage(
+            run: run, totals: totals, settle: settle, landlordFilter: landlord, lang: lang, generatedAt: now,
+            fallbacks: try await store.fallbacks(run: run.name))
         guard let html = library.render(page, withTemplate: "delivery") else {
             throw ReportError("the report template 'delivery' is missing from templates/reports")
         }

@@ -23,6 +23,10 @@ final class PropertySystemStandIn: Sendable {
     let fetches = Mutex(0)
     /// Every bearer token it was shown.
     let seen = Mutex<[String]>([])
+    /// The bodies posted to its emailer (`POST /api/v2/emails`), as JSON text.
+    let emails = Mutex<[String]>([])
+    /// Answer the emailer's calls with this status (500: its emailer is down).
+    let emailStatus = Mutex(HTTPResponse.Status.ok)
 
     /// Serves on a free port for the length of `body`, which gets the base URL.
     static func run<T: Sendable>(
@@ -50,6 +54,22 @@ final class PropertySystemStandIn: Sendable {
                     status: .ok, headers: [.contentType: "application/pdf"],
                     body: .init(byteBuffer: ByteBuffer(string: "%PDF-1.4\n% invoice \(tenant) \(term)\n%%EOF\n")))
             }
+        }
+        // The emailer, as the landlord UI calls it: {document, tenantIds, terms}; it answers per tenant.
+        router.post("api/v2/emails") { request, context -> Response in
+            let token = request.headers[.authorization].map { String($0.dropFirst("Bearer ".count)) }
+            guard let token, standIn.tokens.contains(token), request.headers[HTTPField.Name("organizationId")!] == standIn.organization
+            else {
+                return Response(status: .unauthorized, body: .init(byteBuffer: ByteBuffer(string: #"{"error":"unauthorized"}"#)))
+            }
+            let body = String(buffer: try await request.body.collect(upTo: 64 * 1024))
+            standIn.emails.withLock { $0.append(body) }
+            let status = standIn.emailStatus.withLock { $0 }
+            return Response(
+                status: status, headers: [.contentType: "application/json"],
+                body: .init(
+                    byteBuffer: ByteBuffer(
+                        string: status == .ok ? #"[{"status":"queued","email":"tenant@example.com"}]"# : #"{"error":"emailer down"}"#)))
         }
         var logger = Logger(label: "property-system")
         logger.logLevel = .critical
