@@ -133,7 +133,8 @@ struct PreviewCommand: AsyncParsableCommand {
         }
         toLookUp = []
         lookUpKeys = []
-        let report = try writer.writeHTML(result, endpoint: settings.messagesEndpoint)
+        let estimateLines = EstimateOutput(estimate: estimate).lines()
+        let report = try writer.writeHTML(result, endpoint: settings.messagesEndpoint, estimate: estimateLines)
 
         // Human summary.
         console.say("Preview of \(manifest) (\(result.format.rawValue.uppercased())), template \(result.templateName): nothing sent")
@@ -161,7 +162,7 @@ struct PreviewCommand: AsyncParsableCommand {
         if result.errorCount > 20 { console.say("    …\(result.errorCount - 20) more in the report") }
         for warning in result.warnings { console.warn(warning) }
         if let warning = MessagingLimit.warning(recipients: result.recipients, limit: messagingLimit) { console.warn(warning) }
-        for line in EstimateOutput(estimate: estimate).lines() { console.say(line) }
+        for line in estimateLines { console.say(line) }
         console.say("Report: \(report)")
         console.say("Messages: \(csv.path)")
 

@@ -26,8 +26,11 @@ public struct PreviewReportWriter: Sendable {
 
     /// Writes `index.html` and returns its path.
     @discardableResult
-    public func writeHTML(_ result: PreviewResult, endpoint: String, generatedAt: Date = Date()) throws -> String {
-        let page = PreviewPage(result, requestsShown: requestsShown, endpoint: endpoint, generatedAt: generatedAt)
+    /// `estimate`: the cost lines to show (the console's), when there is an estimate.
+    public func writeHTML(_ result: PreviewResult, endpoint: String, estimate: [String] = [], generatedAt: Date = Date()) throws -> String {
+        var page = PreviewPage(result, requestsShown: requestsShown, endpoint: endpoint, generatedAt: generatedAt)
+        page.estimate = estimate.first
+        page.estimateLines = Array(estimate.dropFirst()).map { $0.trimmingCharacters(in: .whitespaces) }
         guard let html = library.render(page, withTemplate: "preview") else {
             throw ReportError("the report template 'preview' is missing from templates/reports")
         }
@@ -128,6 +131,9 @@ struct PreviewPage {
     var hasSkipped: Bool
     var skipped: [SkippedRow]
     var hasBilled: Bool
+    /// The estimate's headline and its lines (per landlord, market, what is not charged).
+    var estimate: String? = nil
+    var estimateLines: [String] = []
     var billed: [Billed]
     var messages: [Bubble]
     var moreMessages: String?

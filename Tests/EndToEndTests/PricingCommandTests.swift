@@ -26,6 +26,8 @@ struct PricingCommandTests {
         let lines = try #require(estimate["lines"] as? [[String: Any]])
         #expect(Set(lines.compactMap { $0["landlord"] as? String }) == ["Inmobiliaria Caribe", "Residencial Los Próceres"])
         #expect(lines.map { $0["messages"] as? Int ?? 0 }.reduce(0, +) == 26)
+        let html = try String(contentsOfFile: out.appendingPathComponent("index.html").path, encoding: .utf8)
+        #expect(html.contains("Estimated cost: US$0.2938 for 26 messages"))
     }
 
     @Test("send --max-cost refuses a run that would cost more, sending nothing; then the report shows what Meta charged")

@@ -216,6 +216,37 @@ struct APITests {
         }
     }
 
+    @Test("a run's cost: what its statuses say Meta charged, on the rate card of the run's day, per landlord", arguments: engines)
+    func runCost(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let ids = try await seed(store, phones: ["18095550101", "18095550102"])
+        for (i, id) in ids.enumerated() {
+            try await store.recordAccepted(
+                messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.\(i)", at: 2)
+        }
+        var charged = status("wamid.0", "delivered", at: 10)
+        charged.pricingCategory = "utility"
+        charged.pricingType = "regular"
+        var free = status("wamid.1", "delivered", at: 10)
+        free.pricingCategory = "utility"
+        free.pricingType = "free_customer_service"
+        _ = try await ingest(store, [charged, free])
+        try await withRouter(server(store)) { client in
+            let object = try json(try await client.execute(uri: "/runs/march", method: .get, headers: bearer("api-token")))
+            let cost = try #require(object["cost"] as? [String: Any])
+            // The run began 2026-02-25, before every card: the oldest, 2026-04-01. One message
+            // charged, Dominican Republic ("Rest of Latin America"), utility: 0.0113.
+            #expect(cost["rate_card_effective"] as? String == "2026-04-01")
+            #expect(cost["currency"] as? String == "USD")
+            #expect(cost["total"] as? String == "0.011300")
+            #expect(cost["charged_messages"] as? Int == 1)
+            #expect(cost["not_charged"] as? [String: Int] == ["free_customer_service": 1])
+            let landlords = try #require(cost["landlords"] as? [[String: Any]])
+            #expect(landlords.first?["landlord"] as? String == "Caribe")
+            #expect(landlords.first?["cost"] as? String == "0.011300")
+        }
+    }
+
     @Test("metrics count what the receiver did, in Prometheus' format", arguments: engines)
     func metrics(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
