@@ -39,6 +39,9 @@ struct EstimateOutput {
                     + " = \(CostEstimate.format(cost, currency: currency))"
                     + (tiered ? " (volume tiers from the month's first message)" : " (list rate)"))
         }
+        if estimate.withoutRate > 0 {
+            out.append("    NO RATE on this card for \(estimate.withoutRate) messages: counted at nothing (import a complete card)")
+        }
         out.append(
             "    not charged: messages not delivered, and utility messages inside a customer-service window"
                 + " (Meta's statuses say which, after the run)")

@@ -16,7 +16,8 @@ struct FallbackCommand: AsyncParsableCommand {
             link), through the machine's mail program (sendmail interface: msmtp, Postfix…); tenants \
             with no email address are listed as needing a call. --via property-system: the property \
             system's own emailer (POST /api/v2/emails, as its landlord UI), per tenant id and term. \
-            Exit status: 0 done; 1 when a hand-over failed (run again to retry those).
+            Exit status: 0 done; 1 when a hand-over failed (run again to retry those) or its outcome \
+            is uncertain (check, then --again).
             """)
 
     enum Via: String, ExpressibleByArgument, CaseIterable {
@@ -73,15 +74,17 @@ struct FallbackCommand: AsyncParsableCommand {
             let documents = DocumentFetcher()
             fetcher = documents
             let system = try settings.propertySystem()
-            let headers = settings.propertySystemHeaders
+            let headers = propertySystemHeaders(settings)
             channel = SendmailChannel(command: command, from: from) { invoice in
                 guard let link = invoice.documentURL else { return .failure(DocumentProblem("no document link")) }
-                // The property system's links with its credentials; other https links without any.
-                let (url, credentials): (String?, [(String, String)]) =
-                    system?.resolve(link).map { ($0, headers) } ?? (link.lowercased().hasPrefix("https://") ? (link, []) : (nil, []))
-                guard let url else { return .failure(DocumentProblem("\(link) is neither https nor the property system's")) }
+                // Only the property system's PDFs are fetched (with its credentials; the tenant
+                // could not open those links). Any other link goes as it is: this machine fetches
+                // nothing a manifest names elsewhere, so nothing internal is mailed out.
+                guard let url = system?.resolve(link) else {
+                    return .failure(DocumentProblem("only the property system's PDFs are fetched"))
+                }
                 do throws(DocumentProblem) {
-                    return .success(try await documents.fetch(url, headers: credentials))
+                    return .success(try await documents.fetch(url, headers: headers))
                 } catch {
                     return .failure(error)
                 }
@@ -92,11 +95,12 @@ struct FallbackCommand: AsyncParsableCommand {
                     "--via property-system needs DISPATCHER_PROPERTY_SYSTEM_URL and DISPATCHER_PROPERTY_SYSTEM_TOKEN (docs/configuration.md)"
                 )
             }
-            let property = PropertySystemEmailChannel(origin: system.origin, headers: settings.propertySystemHeaders)
+            let property = PropertySystemEmailChannel(origin: system.origin, headers: propertySystemHeaders(settings))
             emailer = property
             channel = property
         }
         let report: FallbackReport
+        let started = Date().timeIntervalSince1970
         do {
             report = try await FallbackRunner(store: store, channel: channel).run(run, dryRun: dryRun, again: Set(again))
         } catch {
@@ -135,12 +139,17 @@ struct FallbackCommand: AsyncParsableCommand {
                 row = .init(
                     invoice_id: invoice.invoiceID, tenant: invoice.tenantName, reason: reason, outcome: "sent_before", address: address,
                     detail: iso8601(at))
-            case .uncertain(let address, let since):
+            case .uncertain(let address, let since, let why):
                 console.say(
-                    "UNCERTAIN     \(who) → \(address ?? "—"): a pass stopped while handing it over (\(iso8601(since) ?? "")); check the mailbox, then --again \(invoice.invoiceID) if it did not arrive"
+                    "UNCERTAIN     \(who) → \(address ?? "—"): \(why ?? "a pass stopped while handing it over") (\(iso8601(since) ?? "")); it may have gone: check, then --again \(invoice.invoiceID) if it did not arrive"
                 )
                 row = .init(
-                    invoice_id: invoice.invoiceID, tenant: invoice.tenantName, reason: reason, outcome: "uncertain", address: address)
+                    invoice_id: invoice.invoiceID, tenant: invoice.tenantName, reason: reason, outcome: "uncertain", address: address,
+                    detail: why)
+            case .inProgress(let address):
+                console.say("in progress   \(who) → \(address ?? "—"): another pass is handing it over now")
+                row = .init(
+                    invoice_id: invoice.invoiceID, tenant: invoice.tenantName, reason: reason, outcome: "in_progress", address: address)
             }
             rows.append(row)
         }
@@ -148,11 +157,24 @@ struct FallbackCommand: AsyncParsableCommand {
         console.say(
             "Fallback of \(run) via \(via.rawValue)\(dryRun ? " (dry run: nothing sent)" : ""): \(rows.count) invoices WhatsApp could not carry; "
                 + "\(n("sent")) sent now, \(n("would_send")) would be sent, \(n("sent_before")) sent before, \(n("no_address")) need a call, "
-                + "\(n("failed")) failed, \(n("uncertain")) uncertain")
+                + "\(n("failed")) failed, \(n("uncertain")) uncertain\(n("in_progress") > 0 ? ", \(n("in_progress")) in progress elsewhere" : "")"
+        )
         if json {
             try console.emit(FallbackJSON(run: run, via: via.rawValue, dry_run: dryRun, invoices: rows))
         }
-        if n("failed") > 0 { throw ExitCode(1) }
+        if n("failed") > 0 || report.count({ if case .uncertain(_, let since, _) = $0 { since >= started } else { false } }) > 0 {
+            throw ExitCode(1)
+        }
+    }
+
+    /// The property system's headers; a run of one organization (`RUN@ORG`) names that one.
+    func propertySystemHeaders(_ settings: Settings) -> [(String, String)] {
+        var headers = settings.propertySystemHeaders
+        if let at = run.lastIndex(of: "@") {
+            headers.removeAll { $0.0 == "organizationId" }
+            headers.append(("organizationId", String(run[run.index(after: at)...])))
+        }
+        return headers
     }
 
     /// `sendmail` when the machine has one, else `msmtp`.

@@ -320,7 +320,8 @@ struct RunSession {
             })
 
         logger.debug("run: writing the reports")
-        let writer = try await DeliveryReportWriter(templatesDirectory: templatesDirectory, lang: settle.lang.rawValue)
+        let writer = try await DeliveryReportWriter(
+            templatesDirectory: templatesDirectory, lang: settle.lang.rawValue, timeZone: settle.timeZone)
         let files = try await writer.write(run: record, store: store, to: lane.reportDirectory, settle: "\(settleWindow)")
         console.say("Run \(run): \(cumulativeSummary(counts))")
         let taken = [MessageState.accepted, .held, .sent, .delivered, .read].reduce(0) { $0 + (counts[$1] ?? 0) }
@@ -413,9 +414,11 @@ extension RunSession {
         for line in EstimateOutput(estimate: estimate).lines() { console.say(line) }
         guard let limit = settle.maxCost else { return }
         let limitMicros = Int64((limit * 1_000_000).rounded())
-        guard estimate.total > limitMicros else { return }
+        guard estimate.total > limitMicros || estimate.withoutRate > 0 else { return }
         let reason =
-            "the estimated cost \(CostEstimate.format(estimate.total, currency: card.currency)) is above --max-cost \(CostEstimate.format(limitMicros, currency: card.currency))"
+            estimate.withoutRate > 0
+            ? "\(estimate.withoutRate) messages have no rate on the card effective \(card.effective): --max-cost cannot be checked"
+            : "the estimated cost \(CostEstimate.format(estimate.total, currency: card.currency)) is above --max-cost \(CostEstimate.format(limitMicros, currency: card.currency))"
         console.say("REFUSED: \(reason). Nothing was sent; the messages stay queued (run again with a higher --max-cost to send them).")
         try await recordHalt(run: lane.run, reason: reason, store: store)
         throw LaneHalted(reason: reason, code: nil)

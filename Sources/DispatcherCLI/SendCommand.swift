@@ -26,6 +26,9 @@ struct SettleOptions: ParsableArguments {
     @Option(help: "Report language.")
     var lang: ReportLanguage = .en
 
+    @Option(help: ArgumentHelp("Times on the report page in this zone (default: the machine's).", valueName: "America/Santo_Domingo"))
+    var timezone: String?
+
     @Flag(help: "Print one JSON object on stdout (human output goes to stderr).")
     var json = false
 
@@ -49,8 +52,12 @@ struct SettleOptions: ParsableArguments {
             valueName: "USD"))
     var maxCost: Double?
 
+    /// The zone the report page's times are in.
+    var timeZone: TimeZone { timezone.flatMap(TimeZone.init(identifier:)) ?? .current }
+
     func validate() throws {
-        if let maxCost, !(maxCost >= 0) || !maxCost.isFinite {
+        try validateTimeZone(timezone)
+        if let maxCost, !(maxCost >= 0) || !maxCost.isFinite || maxCost > 1_000_000_000 {
             throw ValidationError("--max-cost must be an amount of US dollars, 0 or more (e.g. 25 or 12.50)")
         }
     }
@@ -389,8 +396,20 @@ struct ReportCommand: AsyncParsableCommand {
     @Flag(help: "CSV for a spreadsheet in a Spanish, French or Portuguese locale: ';' between cells, decimal commas, and a BOM.")
     var excel = false
 
+    @Option(help: ArgumentHelp("Times on the report page in this zone (default: the machine's).", valueName: "America/Santo_Domingo"))
+    var timezone: String?
+
+    @Flag(help: "Also one folder per landlord (reports/RUN/LANDLORD/): each landlord's own report and CSVs, ready to send them.")
+    var perLandlord = false
+
     @Flag(help: "Print one JSON object on stdout.")
     var json = false
+
+    func validate() throws {
+        try validateTimeZone(timezone)
+        if perLandlord && landlord != nil { throw ValidationError("--per-landlord writes every landlord's folder: leave out --landlord") }
+        if perLandlord && out != nil { throw ValidationError("--per-landlord writes under reports/RUN/: leave out --out") }
+    }
 
     func run() async throws {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
@@ -398,6 +417,40 @@ struct ReportCommand: AsyncParsableCommand {
         guard let record = try await store.run(named: run) else {
             FileHandle.standardError.write(Data("error: no run \(run): `dispatcher runs` lists them\n".utf8))
             throw ExitCode(1)
+        }
+        if perLandlord {
+            let writer = try await DeliveryReportWriter(
+                templatesDirectory: common.templatesDirectory, lang: lang.rawValue, excel: excel,
+                timeZone: timezone.flatMap(TimeZone.init(identifier:)) ?? .current)
+            let whole = try await writer.write(run: record, store: store, to: reportDirectory(run: run, landlord: nil))
+            let known = Set(try await store.reportSummary(run: run, landlord: nil, samples: 0).landlords.compactMap(\.landlord)).sorted()
+            let console = Console(json: json)
+            console.say("Report: \(whole.html)")
+            var folders: [String: String] = [:]
+            var used = Set<String>()
+            for name in known {
+                // Two names that make the same folder ("A&B", "A B") get their own.
+                var directory = reportDirectory(run: run, landlord: name)
+                let base = directory
+                var n = 2
+                while used.contains(directory) {
+                    directory = "\(base)-\(n)"
+                    n += 1
+                }
+                used.insert(directory)
+                let files = try await writer.write(run: record, store: store, to: directory, landlord: name)
+                folders[name] = directory
+                console.say("  \(name): \(files.html)")
+            }
+            if known.isEmpty { console.say("(the run's invoices name no landlord: only the whole report)") }
+            if json {
+                struct PackJSON: Encodable {
+                    var run, report: String
+                    var landlords: [String: String]
+                }
+                try console.emit(PackJSON(run: run, report: whole.html, landlords: folders))
+            }
+            return
         }
         if let landlord {
             // A mistyped name would write an empty report: refused, with the names there are.
@@ -413,7 +466,9 @@ struct ReportCommand: AsyncParsableCommand {
             }
         }
         let directory = out ?? reportDirectory(run: run, landlord: landlord)
-        let writer = try await DeliveryReportWriter(templatesDirectory: common.templatesDirectory, lang: lang.rawValue, excel: excel)
+        let writer = try await DeliveryReportWriter(
+            templatesDirectory: common.templatesDirectory, lang: lang.rawValue, excel: excel,
+            timeZone: timezone.flatMap(TimeZone.init(identifier:)) ?? .current)
         let files = try await writer.write(run: record, store: store, to: directory, landlord: landlord)
         let counts = try await store.stateCounts(run: run)
         let console = Console(json: json)
@@ -495,4 +550,11 @@ func reportDirectory(run: String, landlord: String?) -> String {
     guard let landlord else { return folder }
     let safe = String(landlord.map { ch -> Character in ch.isLetter || ch.isNumber ? ch : "-" })
     return "\(folder)/\(safe)"
+}
+
+/// `--timezone`: an IANA zone name, refused with examples when it is not one.
+func validateTimeZone(_ name: String?) throws {
+    guard let name, TimeZone(identifier: name) == nil else { return }
+    throw ValidationError(
+        "--timezone '\(name)' is not a time zone: use an IANA name such as America/Santo_Domingo, Europe/Madrid or UTC")
 }

@@ -20,7 +20,13 @@ public protocol FallbackChannel: Sendable {
 
 public struct FallbackProblem: Error, Sendable, CustomStringConvertible {
     public var description: String
-    public init(_ description: String) { self.description = description }
+    /// The hand-over may have happened (a timeout, a gateway's 502 after the request left): the
+    /// invoice stays claimed and is not sent again by itself (never twice).
+    public var uncertain: Bool
+    public init(_ description: String, uncertain: Bool = false) {
+        self.description = description
+        self.uncertain = uncertain
+    }
 }
 
 /// What a fallback pass did, invoice by invoice.
@@ -32,9 +38,11 @@ public struct FallbackReport: Sendable {
         case noAddress
         /// Sent by an earlier pass (never twice).
         case sentBefore(address: String?, at: Double)
-        /// An earlier pass was stopped while handing it over: it may have gone. Not sent again
-        /// by itself; the operator checks the mailbox.
-        case uncertain(address: String?, since: Double)
+        /// An earlier pass was stopped while handing it over, or the hand-over's answer did not
+        /// say (`reason`): it may have gone. Not sent again by itself; the operator checks.
+        case uncertain(address: String?, since: Double, reason: String?)
+        /// Another pass claimed it while this one ran: it is that pass's to send.
+        case inProgress(address: String?)
     }
 
     public var outcomes: [(invoice: InvoiceRecord, reason: String, outcome: Outcome)] = []
@@ -62,19 +70,27 @@ public struct FallbackRunner: Sendable {
         for candidate in try await store.fallbackCandidates(run: run) {
             let invoice = candidate.invoice
             func add(_ outcome: FallbackReport.Outcome) { report.outcomes.append((invoice, candidate.reason, outcome)) }
-            if let done = candidate.fallback, again.contains(invoice.invoiceID), done.state == .sending || done.state == .sent {
-                if !dryRun {
-                    try await store.finishFallback(
-                        run: run, invoiceID: invoice.invoiceID, via: done.via, state: .failed,
-                        detail: "to be sent again (--again; it was \(done.state.rawValue))", at: now())
+            var known = candidate.fallback
+            if let done = known, again.contains(invoice.invoiceID), done.state == .sending || done.state == .sent {
+                if dryRun {
+                    known = nil
+                } else if try await store.markFallback(
+                    run: run, invoiceID: invoice.invoiceID, via: done.via, state: .failed,
+                    detail: "to be sent again (--again; it was \(done.state.rawValue))", expecting: done, at: now())
+                {
+                    known?.state = .failed
+                } else {
+                    add(.inProgress(address: done.address))
+                    continue
                 }
-            } else if let done = candidate.fallback {
+            }
+            if let done = known {
                 switch done.state {
                 case .sent:
                     add(.sentBefore(address: done.address, at: done.finishedAt ?? done.startedAt))
                     continue
                 case .sending:
-                    add(.uncertain(address: done.address, since: done.startedAt))
+                    add(.uncertain(address: done.address, since: done.startedAt, reason: done.detail))
                     continue
                 case .failed, .noAddress:
                     break
@@ -82,9 +98,9 @@ public struct FallbackRunner: Sendable {
             }
             guard let address = channel.address(for: invoice) else {
                 if !dryRun {
-                    try await store.finishFallback(
+                    _ = try await store.markFallback(
                         run: run, invoiceID: invoice.invoiceID, via: channel.name, state: .noAddress,
-                        detail: "no email address in the manifest: call the tenant", at: now())
+                        detail: "no email address in the manifest: call the tenant", expecting: nil, at: now())
                 }
                 add(.noAddress)
                 continue
@@ -93,10 +109,10 @@ public struct FallbackRunner: Sendable {
                 add(.wouldSend(address: address))
                 continue
             }
-            guard try await store.claimFallback(run: run, invoiceID: invoice.invoiceID, via: channel.name, address: address, at: now())
+            let claimedAt = now()
+            guard try await store.claimFallback(run: run, invoiceID: invoice.invoiceID, via: channel.name, address: address, at: claimedAt)
             else {
-                // Another pass claimed it meanwhile.
-                add(.uncertain(address: address, since: now()))
+                add(.inProgress(address: address))
                 continue
             }
             let sent: Result<String, FallbackProblem>
@@ -107,12 +123,17 @@ public struct FallbackRunner: Sendable {
             }
             switch sent {
             case .success(let note):
-                try await store.finishFallback(
-                    run: run, invoiceID: invoice.invoiceID, via: channel.name, state: .sent, detail: note, at: now())
+                _ = try await store.finishFallback(
+                    run: run, invoiceID: invoice.invoiceID, claimedAt: claimedAt, state: .sent, detail: note, at: now())
                 add(.sent(address: address, note: note))
+            case .failure(let problem) where problem.uncertain:
+                // Kept `sending`, with why: the operator checks, then `--again`.
+                _ = try await store.finishFallback(
+                    run: run, invoiceID: invoice.invoiceID, claimedAt: claimedAt, state: .sending, detail: problem.description, at: now())
+                add(.uncertain(address: address, since: claimedAt, reason: problem.description))
             case .failure(let problem):
-                try await store.finishFallback(
-                    run: run, invoiceID: invoice.invoiceID, via: channel.name, state: .failed, detail: problem.description, at: now())
+                _ = try await store.finishFallback(
+                    run: run, invoiceID: invoice.invoiceID, claimedAt: claimedAt, state: .failed, detail: problem.description, at: now())
                 add(.failed(address: address, reason: problem.description))
             }
         }
@@ -223,19 +244,22 @@ public struct SendmailChannel: FallbackChannel {
         }
         try? stdin.fileHandleForWriting.write(contentsOf: Data(input))
         try? stdin.fileHandleForWriting.close()
-        done.wait()
-        let errorBytes = errorData.withLock { $0 }
+        // The program's exit first (the killer bounds it), then its error output, briefly: a
+        // program that leaves a child holding the pipe must not hold us.
         process.waitUntilExit()
         killer.cancel()
+        _ = done.wait(timeout: .now() + 2)
+        let errorBytes = errorData.withLock { $0 }
         if process.terminationReason == .uncaughtSignal {
-            return .failure(FallbackProblem("\(path) did not finish within \(timeout) (stopped)"))
+            // Stopped mid-way: the message may have been accepted already.
+            return .failure(FallbackProblem("\(path) did not finish within \(timeout) (stopped)", uncertain: true))
         }
         return .success(
             (process.terminationStatus, String(decoding: errorBytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)))
     }
 }
 
-/// The email for one invoice: a text part in the tenant's language (Spanish or English) with the
+/// The email for one invoice: a text part in the tenant's language (es, fr, pt, else en) with the
 /// amount, period, due date and, when no PDF is attached, the link; the PDF attached when there
 /// is one. Header values are stripped of line breaks (no header injection from a manifest) and
 /// encoded per RFC 2047 when they are not ASCII.
@@ -260,45 +284,60 @@ public struct InvoiceEmail: Sendable {
             && text.unicodeScalars.allSatisfy { $0.value > 32 && $0.value < 127 && !"<>()[]\\,;:\"".unicodeScalars.contains($0) }
     }
 
-    var spanish: Bool { invoice.locale.lowercased().hasPrefix("es") }
-
-    public var subject: String {
-        spanish ? "Factura \(invoice.invoiceID) — \(invoice.period)" : "Invoice \(invoice.invoiceID) — \(invoice.period)"
+    /// The email's words in the tenant's language: the property system's locales (es, fr, pt,
+    /// else English).
+    struct Words {
+        var subject, greeting, invoice, due, attached, link, why: String
     }
 
+    var words: Words {
+        let id = invoice.invoiceID, period = invoice.period
+        switch invoice.locale.lowercased().prefix(2) {
+        case "es":
+            return Words(
+                subject: "Factura \(id) — \(period)", greeting: "Hola \(invoice.tenantName):",
+                invoice: "Le enviamos su factura \(id) de \(period) por un total de %@.", due: "Fecha límite de pago: %@.",
+                attached: "La factura va adjunta en PDF.", link: "Puede verla aquí: %@",
+                why: "No pudimos enviársela por WhatsApp; por eso le llega por correo.")
+        case "fr":
+            return Words(
+                subject: "Facture \(id) — \(period)", greeting: "Bonjour \(invoice.tenantName),",
+                invoice: "Voici votre facture \(id) de \(period), d'un montant de %@.", due: "Date limite de paiement : %@.",
+                attached: "La facture est jointe en PDF.", link: "Vous pouvez la consulter ici : %@",
+                why: "Nous n'avons pas pu vous l'envoyer par WhatsApp ; elle vous parvient donc par courriel.")
+        case "pt":
+            return Words(
+                subject: "Fatura \(id) — \(period)", greeting: "Olá \(invoice.tenantName),",
+                invoice: "Segue a sua fatura \(id) de \(period), no valor de %@.", due: "Vencimento: %@.",
+                attached: "A fatura segue em anexo, em PDF.", link: "Pode consultá-la aqui: %@",
+                why: "Não conseguimos enviá-la pelo WhatsApp; por isso chega por e-mail.")
+        default:
+            return Words(
+                subject: "Invoice \(id) — \(period)", greeting: "Hello \(invoice.tenantName),",
+                invoice: "Here is your invoice \(id) for \(period), amounting to %@.", due: "Please pay by %@.",
+                attached: "The invoice is attached as a PDF.", link: "You can see it here: %@",
+                why: "We could not send it over WhatsApp, so it comes by email.")
+        }
+    }
+
+    public var subject: String { words.subject }
+
     public var text: String {
+        let w = words
         let amount =
             Currency(code: invoice.currency).map {
                 LocaleFormatting(locale: invoice.locale).money(Money(minorUnits: invoice.amountMinor, currency: $0))
             } ?? "\(invoice.amountMinor) \(invoice.currency)"
-        var lines: [String] = []
-        if spanish {
-            lines.append("Hola \(invoice.tenantName):")
-            lines.append("")
-            lines.append("Le enviamos su factura \(invoice.invoiceID) de \(invoice.period) por un total de \(amount).")
-            if let due = invoice.dueDate { lines.append("Fecha límite de pago: \(due).") }
-            if pdf != nil {
-                lines.append("La factura va adjunta en PDF.")
-            } else if let link = invoice.documentURL {
-                lines.append("Puede verla aquí: \(link)")
-            }
-            lines.append("")
-            lines.append("No pudimos enviársela por WhatsApp; por eso le llega por correo.")
-            if let landlord = invoice.landlord { lines.append(landlord) }
-        } else {
-            lines.append("Hello \(invoice.tenantName),")
-            lines.append("")
-            lines.append("Here is your invoice \(invoice.invoiceID) for \(invoice.period), amounting to \(amount).")
-            if let due = invoice.dueDate { lines.append("Please pay by \(due).") }
-            if pdf != nil {
-                lines.append("The invoice is attached as a PDF.")
-            } else if let link = invoice.documentURL {
-                lines.append("You can see it here: \(link)")
-            }
-            lines.append("")
-            lines.append("We could not send it over WhatsApp, so it comes by email.")
-            if let landlord = invoice.landlord { lines.append(landlord) }
+        // `%@` is filled by replacing it, not by String(format:): the manifest's text is never a format.
+        var lines = [w.greeting, "", w.invoice.replacingOccurrences(of: "%@", with: amount)]
+        if let due = invoice.dueDate { lines.append(w.due.replacingOccurrences(of: "%@", with: due)) }
+        if pdf != nil {
+            lines.append(w.attached)
+        } else if let link = invoice.documentURL {
+            lines.append(w.link.replacingOccurrences(of: "%@", with: link))
         }
+        lines += ["", w.why]
+        if let landlord = invoice.landlord { lines.append(landlord) }
         return lines.joined(separator: "\r\n") + "\r\n"
     }
 
@@ -314,7 +353,9 @@ public struct InvoiceEmail: Sendable {
         let domain = from.split(separator: "@").last.map(String.init) ?? "dispatcher.invalid"
         var head = [
             "From: \(Self.header(from))",
-            "To: \(Self.encodedWord(invoice.tenantName)) <\(Self.header(to))>",
+            // The display name as an encoded word whatever it holds: a `,` `<` `@` in a name
+            // ("Smith, John") can never make another recipient for `sendmail -t`.
+            "To: =?UTF-8?B?\(Data(Self.header(invoice.tenantName).utf8).base64EncodedString())?= <\(Self.header(to))>",
             "Subject: \(Self.encodedWord(subject))",
             "Date: \(formatter.string(from: date))",
             "Message-ID: <fallback.\(idPart)@\(Self.header(domain))>",
@@ -373,7 +414,10 @@ public struct PropertySystemEmailChannel: FallbackChannel {
         endpoint = origin + path
         self.headers = headers
         self.document = document
-        http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup)
+        var configuration = HTTPClient.Configuration()
+        // Never follow the emailer elsewhere: its headers (organizationId) would go along.
+        configuration.redirectConfiguration = .disallow
+        http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
     }
 
     public func shutdown() async throws { try await http.shutdown() }
@@ -420,17 +464,35 @@ public struct PropertySystemEmailChannel: FallbackChannel {
             throw FallbackProblem("cannot encode the request: \(error)")
         }
         let response: HTTPClientResponse
-        let answer: String
         do {
             response = try await http.execute(request, timeout: .seconds(30))
+        } catch {
+            // Refused before the request left: nothing was sent. Anything else (a timeout, a
+            // connection dropped after the request) may have reached the emailer.
+            let refused = "\(error)".contains("connectTimeout") || "\(error)".localizedCaseInsensitiveContains("connection refused")
+            throw FallbackProblem("the property system's emailer at \(endpoint) did not answer: \(error)", uncertain: !refused)
+        }
+        let answer: String
+        do {
             answer = String(buffer: try await response.body.collect(upTo: 64 * 1024))
         } catch {
-            throw FallbackProblem("the property system's emailer at \(endpoint) did not answer: \(error)")
+            throw FallbackProblem("the property system's emailer's answer was cut: \(error)", uncertain: true)
         }
-        guard (200..<300).contains(Int(response.status.code)) else {
-            throw FallbackProblem("the property system's emailer answered HTTP \(response.status.code): \(answer.prefix(300))")
+        let code = Int(response.status.code)
+        guard (200..<300).contains(code) else {
+            // A 4xx refused the request; a 5xx (or a gateway's 502/504) may come after the mail left.
+            throw FallbackProblem(
+                "the property system's emailer answered HTTP \(code): \(answer.prefix(300))", uncertain: code >= 500)
         }
-        // Its answer, per tenant, kept as given (the emailer reports which addresses it used).
-        return "emailer: HTTP \(response.status.code) \(answer.prefix(500))"
+        // Its answer per tenant: an empty list, or an entry that says it failed, sent nothing.
+        if let entries = (try? JSONSerialization.jsonObject(with: Data(answer.utf8))) as? [Any] {
+            let failed = entries.compactMap { $0 as? [String: Any] }.filter {
+                $0["error"] != nil || ["failed", "error"].contains(($0["status"] as? String)?.lowercased() ?? "")
+            }
+            if entries.isEmpty || failed.count == entries.count {
+                throw FallbackProblem("the property system's emailer sent nothing: \(answer.prefix(300)) (no email address there?)")
+            }
+        }
+        return "emailer: HTTP \(code) \(answer.prefix(500))"
     }
 }

@@ -1,5 +1,5 @@
 import Dispatcher
-import Foundation
+public import Foundation
 import Store
 import WhatsApp
 
@@ -10,7 +10,7 @@ struct DeliveryPage {
             failed, unreachable, pending, reason, action, count, tenant, phone, invoice, email, none, moreInCSV, sends, deliveries,
             manifest, template, sender, created, finished, settle, status, details, queued, accepted, held, sent, read, unknown,
             skippedState,
-            allGood, perMinute, noStatuses, cost: String
+            allGood, perMinute, noStatuses, cost, notYetKnown, notYetKnownHint, amount, times: String
 
         static func of(_ lang: String) -> Labels {
             if lang.hasPrefix("es") {
@@ -30,7 +30,10 @@ struct DeliveryPage {
                     allGood: "Todos los mensajes llegaron o están en camino.", perMinute: "por minuto",
                     noStatuses:
                         "No llegó ningún estado de entrega para esta ejecución: nada recibía los webhooks de Meta (inicie `dispatcher serve` donde apunta el webhook de Meta, o envíe con --listen). «Aceptados» quiere decir que WhatsApp tomó el mensaje, no que haya fallado; `dispatcher report` muestra los estados que lleguen después.",
-                    cost: "Costo de WhatsApp"
+                    cost: "Costo de WhatsApp", notYetKnown: "Aún sin confirmar",
+                    notYetKnownHint:
+                        "WhatsApp aún no dijo si llegaron. Espere: `dispatcher report` muestra los estados que lleguen; si mañana siguen sin confirmar, llame al inquilino.",
+                    amount: "Importe", times: "Horas"
                 )
             }
             return Labels(
@@ -47,16 +50,19 @@ struct DeliveryPage {
                 allGood: "Every message arrived or is on its way.", perMinute: "per minute",
                 noStatuses:
                     "No delivery status was received for this run: nothing was receiving Meta's webhooks (start `dispatcher serve` where Meta's webhook points, or send with --listen). \"Accepted\" means WhatsApp took the message, not that it failed; `dispatcher report` shows statuses that arrive later.",
-                cost: "WhatsApp cost"
+                cost: "WhatsApp cost", notYetKnown: "Not yet known",
+                notYetKnownHint:
+                    "WhatsApp has not said yet whether these arrived. Wait: `dispatcher report` shows the statuses that come; if they are still unknown tomorrow, call the tenant.",
+                amount: "Amount", times: "Times"
             )
         }
     }
 
     /// " · sent by email on 2026-12-02T10:00:00Z", " · needs a call"…: what `dispatcher fallback` did.
-    static func fallbackNote(_ record: FallbackRecord?, lang: String) -> String {
+    static func fallbackNote(_ record: FallbackRecord?, lang: String, clock: LocalClock) -> String {
         guard let record else { return "" }
         let es = lang.hasPrefix("es")
-        let when = iso(record.finishedAt ?? record.startedAt)
+        let when = clock.dateTime(record.finishedAt ?? record.startedAt)
         switch record.state {
         case .sent: return es ? " · enviada por correo el \(when)" : " · sent by email on \(when)"
         case .noAddress: return es ? " · sin correo: llamar" : " · no email address: call"
@@ -74,6 +80,7 @@ struct DeliveryPage {
     struct FailureRow { var tenant: String; var phone: String; var invoice: String; var email: String; var detail: String }
     struct RetryRow { var tenant: String; var phone: String; var invoice: String; var reason: String }
     struct SkippedRow { var invoice: String; var tenant: String; var reason: String }
+    struct PendingRow { var tenant: String; var phone: String; var invoice: String; var amount: String; var state: String }
     struct Column { var x: Int; var sendY: Int; var sendHeight: Int; var deliveredY: Int; var deliveredHeight: Int; var label: String? }
     struct Fact { var label: String; var value: String }
 
@@ -102,11 +109,17 @@ struct DeliveryPage {
     var noStatuses: Bool
     /// What Meta charged, in a sentence with the rate card's date; nil without a card.
     var cost: String?
+    /// Tenants whose message's outcome is not known yet, by name.
+    var pending: [PendingRow]
+    var pendingCount: Int
+    var hasPending: Bool
+    var morePending: Bool
 
     init(
         run: RunRecord, totals: Totals, settle: String?, landlordFilter: String?, lang: String, generatedAt: Date,
-        fallbacks: [String: FallbackRecord] = [:]
+        fallbacks: [String: FallbackRecord] = [:], clock: LocalClock = LocalClock(zone: .current)
     ) {
+        func iso(_ seconds: Double?) -> String { seconds.map(clock.dateTime) ?? "" }
         l = Labels.of(lang)
         self.lang = lang.hasPrefix("es") ? "es" : "en"
         self.run = run.name + (landlordFilter.map { " · \($0)" } ?? "")
@@ -115,6 +128,7 @@ struct DeliveryPage {
             Fact(label: l.sender, value: run.sender),
             Fact(label: l.status, value: run.status.rawValue + (run.haltReason.map { ": \($0)" } ?? "")),
             Fact(label: l.created, value: iso(run.createdAt)), Fact(label: l.finished, value: iso(run.finishedAt)),
+            Fact(label: l.times, value: clock.description),
         ]
         if let settle { facts.append(Fact(label: l.settle, value: settle)) }
 
@@ -182,11 +196,24 @@ struct DeliveryPage {
                 rows: f.rows.map {
                     FailureRow(
                         tenant: $0.tenant, phone: $0.phone, invoice: $0.invoice,
-                        email: ($0.email ?? "—") + DeliveryPage.fallbackNote(fallbacks[$0.invoice], lang: lang), detail: $0.detail ?? "")
+                        email: ($0.email ?? "—") + DeliveryPage.fallbackNote(fallbacks[$0.invoice], lang: lang, clock: clock),
+                        detail: $0.detail ?? "")
                 },
                 more: f.count > f.rows.count)
         }
         noFailures = failures.isEmpty
+        let states: [MessageState: String] = [
+            .queued: l.queued, .sending: l.queued, .accepted: l.accepted, .held: l.held, .sent: l.sent,
+        ]
+        pending = totals.pending.map { p in
+            PendingRow(
+                tenant: p.tenantName, phone: displayPhone(p.phone), invoice: p.invoiceID,
+                amount: english.money(Money(minorUnits: p.amountMinor, currency: Currency(code: p.currency) ?? Currency(code: "USD")!)),
+                state: states[p.state] ?? p.state.rawValue)
+        }
+        pendingCount = totals.pendingCount
+        hasPending = totals.pendingCount > 0
+        morePending = totals.pendingCount > pending.count
         retryable = totals.retryable.map { RetryRow(tenant: $0.tenant, phone: $0.phone, invoice: $0.invoice, reason: $0.reason) }
         retryableCount = totals.retryableCount
         moreRetryable = totals.retryableCount > retryable.count
@@ -209,11 +236,43 @@ struct DeliveryPage {
             let deliveries = (totals.deliveriesPerMinute[minute] ?? 0) * 110 / peak
             let label =
                 i % max(1, shown.count / 6) == 0
-                ? String((iso8601(Double(minute * 60)) ?? "").dropFirst(11).prefix(5)) : nil
+                ? clock.hourMinute(Double(minute * 60)) : nil
             return Column(
                 x: 40 + i * width, sendY: 120 - sends, sendHeight: sends, deliveredY: 120 - deliveries, deliveredHeight: deliveries,
                 label: label)
         }
         self.generatedAt = iso(generatedAt.timeIntervalSince1970)
+    }
+}
+
+/// Times on the page in one time zone (`--timezone`, default the machine's), said once on the page.
+public struct LocalClock: Sendable, CustomStringConvertible {
+    public let zone: TimeZone
+
+    public init(zone: TimeZone) { self.zone = zone }
+
+    func parts(_ seconds: Double) -> DateComponents {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = zone
+        return calendar.dateComponents([.year, .month, .day, .hour, .minute], from: Date(timeIntervalSince1970: seconds))
+    }
+
+    /// `2026-12-01 22:14`
+    public func dateTime(_ seconds: Double) -> String {
+        let c = parts(seconds)
+        return String(format: "%04d-%02d-%02d %02d:%02d", c.year!, c.month!, c.day!, c.hour!, c.minute!)
+    }
+
+    /// `22:14`
+    public func hourMinute(_ seconds: Double) -> String {
+        let c = parts(seconds)
+        return String(format: "%02d:%02d", c.hour!, c.minute!)
+    }
+
+    /// `America/Santo_Domingo (UTC-04:00)`
+    public var description: String {
+        let offset = zone.secondsFromGMT()
+        let sign = offset < 0 ? "-" : "+"
+        return String(format: "%@ (UTC%@%02d:%02d)", zone.identifier, sign, abs(offset) / 3600, abs(offset) % 3600 / 60)
     }
 }

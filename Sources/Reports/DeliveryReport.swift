@@ -27,10 +27,14 @@ public struct DeliveryReportWriter: Sendable {
     /// Rows per failure group and in the retryable list on the page.
     public var pageRows = 50
 
-    public init(templatesDirectory: String, lang: String = "en", excel: Bool = false) async throws {
+    /// The page's times (the CSVs keep UTC, ISO 8601 with `Z`, for spreadsheets and imports).
+    public var timeZone: TimeZone
+
+    public init(templatesDirectory: String, lang: String = "en", excel: Bool = false, timeZone: TimeZone = .current) async throws {
         library = try await loadReportTemplates(templatesDirectory)
         self.lang = lang
         self.excel = excel
+        self.timeZone = timeZone
     }
 
     public func write(
@@ -127,7 +131,7 @@ public struct DeliveryReportWriter: Sendable {
         try totals.writeLandlords(to: files.landlordsCSV, dialect: dialect)
         let page = DeliveryPage(
             run: run, totals: totals, settle: settle, landlordFilter: landlord, lang: lang, generatedAt: now,
-            fallbacks: try await store.fallbacks(run: run.name))
+            fallbacks: try await store.fallbacks(run: run.name), clock: LocalClock(zone: timeZone))
         guard let html = library.render(page, withTemplate: "delivery") else {
             throw ReportError("the report template 'delivery' is missing from templates/reports")
         }
@@ -188,11 +192,16 @@ struct Totals {
     var deliveriesPerMinute: [Int: Int]
     /// What Meta charged (nil: no rate card).
     var cost: CostEstimate?
+    /// The first messages whose outcome is not known yet, and how many there are.
+    var pending: [ReportSummary.Pending]
+    var pendingCount: Int
 
     init(_ summary: ReportSummary, lang: String, pageRows: Int) {
         self.lang = lang
         self.pageRows = pageRows
         states = summary.states
+        pending = Array(summary.pending.prefix(pageRows * 4))
+        pendingCount = [MessageState.queued, .sending, .accepted, .held, .sent].reduce(0) { $0 + (summary.states[$1] ?? 0) }
         sendsPerMinute = summary.sendsPerMinute
         deliveriesPerMinute = summary.deliveriesPerMinute
         for figures in summary.landlords {

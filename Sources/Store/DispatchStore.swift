@@ -157,10 +157,17 @@ public protocol DispatchStore: Sendable {
     /// Claims an invoice's fallback before it is sent: true when this call claimed it (no fallback
     /// yet, or the last one `failed`); false when one is `sending`, `sent` or recorded otherwise.
     func claimFallback(run: String, invoiceID: String, via: String, address: String?, at time: Double) async throws -> Bool
-    /// Records how a claimed fallback ended (or `noAddress` without a claim).
+    /// Records how a claim ended: only the claim this caller made (`sending`, started at
+    /// `claimedAt`) changes; false when another pass's write came first.
     func finishFallback(
-        run: String, invoiceID: String, via: String, state: FallbackState, detail: String?, at time: Double
-    ) async throws
+        run: String, invoiceID: String, claimedAt: Double, state: FallbackState, detail: String?, at time: Double
+    ) async throws -> Bool
+    /// Records a fallback without a hand-over (`noAddress`; `failed` to let `--again` send one
+    /// once more), only over what the caller read: `expecting` nil means no record yet (or one
+    /// `failed`/`no_address`); else that record, unchanged since. False when it changed meanwhile.
+    func markFallback(
+        run: String, invoiceID: String, via: String, state: FallbackState, detail: String?, expecting: FallbackRecord?, at time: Double
+    ) async throws -> Bool
     /// A run's fallbacks, by invoice id.
     func fallbacks(run: String) async throws -> [String: FallbackRecord]
 
@@ -506,7 +513,20 @@ public struct ReportSummary: Sendable, Equatable {
         public var skipReason: String?
     }
 
+    /// A message whose outcome is not known yet, named on the page.
+    public struct Pending: Sendable, Equatable {
+        public var sequence: Int64
+        public var invoiceID: String
+        public var tenantName: String
+        public var phone: String
+        public var state: MessageState
+        public var amountMinor: Int64
+        public var currency: String
+    }
+
     public var states: [MessageState: Int] = [:]
+    /// The first messages not final yet (queued, sending, accepted, held, sent), in run order.
+    public var pending: [Pending] = []
     public var landlords: [Landlord] = []
     /// Failed and unknown messages by (state, code, title), largest first.
     public var problems: [Group] = []

@@ -99,9 +99,9 @@ public struct FallbackRecord: Sendable, Equatable, Codable {
 /// because the tenant opted out) are `fallback`'s candidates.
 public let unreachableCodes: [Int] = [131026, 130497, 131050]
 
-/// The SQL both engines share for the candidates: invoices of the run with at least one message,
-/// none of which reached the tenant or may still (queued, sending, unknown, accepted, held, sent,
-/// delivered, read), and at least one failed with an unreachable code or skipped as opted out.
+/// The SQL both engines share for the candidates: invoices of the run whose every message failed
+/// with an unreachable code or was skipped as opted out (one that may still arrive, failed for
+/// another reason, or was skipped as sent before keeps the invoice out).
 enum FallbackSQL {
     static let codes = unreachableCodes.map(String.init).joined(separator: ", ")
     static func candidates(run: String) -> String {
@@ -112,9 +112,8 @@ enum FallbackSQL {
         FROM invoices i JOIN messages m ON m.run = i.run AND m.invoice_id = i.invoice_id
         WHERE i.run = \(run)
         GROUP BY i.invoice_id
-        HAVING SUM(CASE WHEN m.state IN ('failed', 'skipped') THEN 0 ELSE 1 END) = 0
-           AND SUM(CASE WHEN (m.state = 'failed' AND m.error_code IN (\(codes)))
-                         OR (m.state = 'skipped' AND m.skip_reason LIKE 'opted out%') THEN 1 ELSE 0 END) > 0
+        HAVING SUM(CASE WHEN (m.state = 'failed' AND m.error_code IN (\(codes)))
+                         OR (m.state = 'skipped' AND m.skip_reason LIKE 'opted out%') THEN 0 ELSE 1 END) = 0
         ORDER BY MIN(m.seq)
         """
     }

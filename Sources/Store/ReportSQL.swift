@@ -48,6 +48,14 @@ enum ReportSQL {
         WHERE m.run = $1 AND \(landlordFilter) AND m.state = 'skipped' ORDER BY m.seq LIMIT $3
         """
 
+    /// The first messages whose outcome is not known yet (queued, sending, accepted, held, sent):
+    /// `$3` how many. Their state and invoice amount are shown with them.
+    static let pendingSamples = """
+        SELECT m.seq, m.invoice_id, i.tenant_name, m.phone, m.state, i.amount_minor, i.currency \(join)
+        WHERE m.run = $1 AND \(landlordFilter) AND m.state IN ('queued', 'sending', 'accepted', 'held', 'sent')
+        ORDER BY m.seq LIMIT $3
+        """
+
     /// Messages by the minute they were accepted and the minute they were delivered (or read);
     /// `minute` turns seconds into whole minutes in the engine's SQL.
     static func timeline(minute: (String) -> String) -> String {

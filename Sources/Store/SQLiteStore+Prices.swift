@@ -59,15 +59,39 @@ extension SQLiteStore {
     }
 
     public func finishFallback(
-        run: String, invoiceID: String, via: String, state: FallbackState, detail: String?, at time: Double
-    ) async throws {
+        run: String, invoiceID: String, claimedAt: Double, state: FallbackState, detail: String?, at time: Double
+    ) async throws -> Bool {
         try await pool.write { db in
             try db.execute(
                 sql: """
-                    INSERT INTO fallbacks (run, invoice_id, via, state, detail, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT (run, invoice_id) DO UPDATE SET state = excluded.state, detail = excluded.detail,
-                        finished_at = excluded.finished_at
-                    """, arguments: [run, invoiceID, via, state.rawValue, detail, time, time])
+                    UPDATE fallbacks SET state = ?, detail = ?, finished_at = ?
+                    WHERE run = ? AND invoice_id = ? AND state = 'sending' AND started_at = ?
+                    """, arguments: [state.rawValue, detail, time, run, invoiceID, claimedAt])
+            return db.changesCount == 1
+        }
+    }
+
+    public func markFallback(
+        run: String, invoiceID: String, via: String, state: FallbackState, detail: String?, expecting: FallbackRecord?, at time: Double
+    ) async throws -> Bool {
+        try await pool.write { db in
+            if let expecting {
+                try db.execute(
+                    sql: """
+                        UPDATE fallbacks SET via = ?, state = ?, detail = ?, finished_at = ?
+                        WHERE run = ? AND invoice_id = ? AND state = ? AND started_at = ?
+                        """,
+                    arguments: [via, state.rawValue, detail, time, run, invoiceID, expecting.state.rawValue, expecting.startedAt])
+            } else {
+                try db.execute(
+                    sql: """
+                        INSERT INTO fallbacks (run, invoice_id, via, state, detail, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                        ON CONFLICT (run, invoice_id) DO UPDATE SET via = excluded.via, state = excluded.state, detail = excluded.detail,
+                            started_at = excluded.started_at, finished_at = excluded.finished_at
+                        WHERE fallbacks.state IN ('failed', 'no_address')
+                        """, arguments: [run, invoiceID, via, state.rawValue, detail, time, time])
+            }
+            return db.changesCount == 1
         }
     }
 

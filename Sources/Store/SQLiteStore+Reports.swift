@@ -119,6 +119,14 @@ extension SQLiteStore {
                         state: problem.state, errorCode: problem.code, errorTitle: problem.title, count: count,
                         samples: rows.map(sample)))
             }
+            let open = [MessageState.queued, .sending, .accepted, .held, .sent].reduce(0) { $0 + (summary.states[$1] ?? 0) }
+            if open > 0 {
+                summary.pending = try Row.fetchAll(db, sql: ReportSQL.pendingSamples, arguments: [run, filter, samples]).map {
+                    ReportSummary.Pending(
+                        sequence: $0[0], invoiceID: $0[1], tenantName: $0[2], phone: $0[3], state: MessageState(rawValue: $0[4]) ?? .sent,
+                        amountMinor: $0[5], currency: $0[6])
+                }
+            }
             if let skipped = summary.states[.skipped] {
                 let rows = try Row.fetchAll(db, sql: ReportSQL.skippedSamples, arguments: [run, filter, samples])
                 summary.skipped = ReportSummary.Group(

@@ -90,6 +90,16 @@ struct PricingTests {
         #expect(throws: RateCardError.self) {
             try RateCard.parse("Market,Currency,Marketing,Utility\nSpain,USD,0.07,0.02\n", source: "x", effective: "2026-13-01")
         }
+        // A rate is a plain decimal: a comma, an exponent or a sign is refused, never guessed.
+        for bad in ["\"0,0250\"", "8.00E-04", "-0.01", "1234567.0"] {
+            #expect(throws: RateCardError.self, "\(bad)") {
+                try RateCard.parse("Market,Currency,Marketing,Utility\nSpain,USD,0.07,\(bad)\n", source: "x", effective: "2026-01-01")
+            }
+        }
+        #expect(throws: RateCardError.self) {  // a quote never closed would swallow every market after it
+            try RateCard.parse(
+                "Market,Currency,Marketing,Utility\n\"Spain,USD,0.07,0.02\nChile,USD,0.08,0.02\n", source: "x", effective: "2026-01-01")
+        }
         do {
             _ = try RateCard.parse(
                 "Market,Currency,Marketing,Utility\nSpain,USD,0.07,0.02\nChile,USD,x,y\n", source: "x", effective: "2026-01-01")
@@ -99,6 +109,33 @@ struct PricingTests {
         } catch {
             Issue.record("\(error)")
         }
+    }
+
+    @Test("one file with the list rates, a note below, then the tiers; a partial card takes the rest from the card before it")
+    func oneFileAndPartial() throws {
+        let lines = Self.tiersExcerpt.split(separator: "\n", omittingEmptySubsequences: false).dropFirst(2).joined(separator: "\n")
+        let file = """
+            "Cost per message in USD on the WhatsApp Business Platform, effective April 1, 2026",,,,,,
+            Market,Currency,Marketing,Utility,Authentication,"Authentication-
+            International",Service
+            Rest of Latin America,USD,0.0740,0.0113,0.0113,n/a,n/a
+            Other,USD,0.0604,0.0077,0.0077,n/a,n/a
+            Rates change quarterly; see Meta's page,,,,,,
+            \(lines)
+            """
+        let card = try RateCard.parse(file, source: "both.csv")
+        #expect(card.rates.count == 2)
+        #expect(card.tiers["Rest of Latin America"]?[.utility]?.count == 6)
+        // A January card giving one market: Spain still has its price, from October's.
+        let partial = try RateCard.parse(
+            "Market,Currency,Marketing,Utility\nRest of Latin America,USD,0.0750,0.0120\n", source: "mine.csv", effective: "2027-01-01")
+        let january = try #require(RateCards.inForce(on: "2027-01-15", imported: [partial]))
+        #expect(january.rates["Rest of Latin America"]?[.utility] == 12_000)
+        #expect(january.rates["Spain"]?[.utility] == 20_000)
+        var estimate = CostEstimate(
+            card: try RateCard.parse("Market,Currency,Marketing,Utility\nSpain,USD,0.07,n/a\n", source: "m", effective: "2026-01-01"))
+        estimate.add(estimate.key(organization: nil, landlord: nil, phone: "34600111222", category: .utility))
+        #expect(estimate.withoutRate == 1)
     }
 
     @Test("numbers find their market: the country's own when the card has one, else its group, else Other")

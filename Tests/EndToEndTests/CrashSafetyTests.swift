@@ -75,12 +75,17 @@ private func canBind(_ port: Int) -> Bool {
 }
 
 private func bindLoopback(_ fd: Int32, port: Int) -> Bool {
+    withLoopback(port: port) { bind(fd, $0, $1) == 0 }
+}
+
+/// 127.0.0.1:`port` as the socket calls take it.
+func withLoopback<T>(port: Int, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = in_port_t(UInt16(port).bigEndian)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
 }
 

@@ -56,6 +56,31 @@ struct PricingCommandTests {
         #expect(abs(total - 0.2373) < 1e-9, "\(landlords)")
         let html = try String(contentsOfFile: out + "/index.html", encoding: .utf8)
         #expect(html.contains("US$0.2373 for 21 delivered messages (Meta&#39;s rates effective 2026-10-01"), "\(html)")
+
+        // A pack per landlord, ready to send: each folder has only that landlord's invoices.
+        let templates = packageRoot.appendingPathComponent("templates").path
+        let badZone = try await DispatcherProcess.run(
+            ["report", "march-2026", "--per-landlord", "--db", db, "--templates", templates, "--timezone", "Mars/Olympus"], in: folder)
+        #expect(badZone.status == 64)
+        #expect(badZone.stderr.contains("not a time zone"), "\(badZone.stderr)")
+        let pack = try await DispatcherProcess.run(
+            [
+                "report", "march-2026", "--per-landlord", "--db", db, "--templates", templates, "--json", "--timezone",
+                "America/Santo_Domingo",
+            ],
+            in: folder)
+        #expect(pack.status == 0, "\(pack.stderr)")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(pack.stdout.utf8)) as? [String: Any])
+        let folders = try #require(object["landlords"] as? [String: String])
+        #expect(Set(folders.keys) == ["Inmobiliaria Caribe", "Residencial Los Próceres"])
+        for (landlord, path) in folders {
+            let rows = try String(contentsOfFile: folder.appendingPathComponent(path + "/messages.csv").path, encoding: .utf8)
+                .split(whereSeparator: \.isNewline).dropFirst()
+            #expect(rows.count >= 12, "\(landlord): \(rows.count)")
+            #expect(rows.allSatisfy { $0.contains(landlord) }, "\(landlord)")
+            let page = try String(contentsOfFile: folder.appendingPathComponent(path + "/index.html").path, encoding: .utf8)
+            #expect(page.contains("America/Santo_Domingo (UTC-04:00)"))
+        }
     }
 
     @Test("pricing import keeps Meta's CSV in the database; show uses it from its date; a bad file names its line")

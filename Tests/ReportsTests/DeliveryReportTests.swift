@@ -163,6 +163,31 @@ struct DeliveryReportTests {
         #expect(spanish.contains("Enviar la factura por correo electrónico"))
     }
 
+    @Test(
+        "the page names the tenants whose outcome is not known yet, with amount and state; times in the zone asked for; the CSVs linked",
+        arguments: engines)
+    func pendingAndTimes(engine: StoreEngine) async throws {
+        let store = try await reportStore(engine)
+        try await seedReport(store, states: mix)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("report-\(UUID().uuidString)").path
+        let writer = try await DeliveryReportWriter(
+            templatesDirectory: reportsRoot.appendingPathComponent("templates").path,
+            timeZone: try #require(TimeZone(identifier: "America/Santo_Domingo")))
+        let files = try await writer.write(run: try await store.run(named: "march")!, store: store, to: directory)
+        let html = try String(contentsOfFile: files.html, encoding: .utf8)
+        // D was sent, never delivered: named, with its amount and state.
+        #expect(html.contains("Not yet known (1)"))
+        #expect(
+            html.contains(
+                "<td>Tenant D, &quot;quoted&quot;</td><td>+1 809 555 1003</td><td>D</td><td class=\"n\">$50.00</td><td>Sent</td>"),
+            "\(html)")
+        // 1,772,000,000 is 2026-02-25 06:13:20 UTC: 02:13 in Santo Domingo (UTC-04:00), said on the page.
+        #expect(html.contains("2026-02-25 02:13"))
+        #expect(html.contains("America/Santo_Domingo (UTC-04:00)"))
+        #expect(html.contains("<a href=\"messages.csv\">messages.csv</a>"))
+        #expect(try readCSV(files.messagesCSV).first { $0["invoice_id"] == "A" }?["read_at"] == "2026-02-25T06:13:24Z")  // CSVs stay UTC
+    }
+
     @Test("a run with no messages, and one where every message failed, still render", arguments: engines)
     func edgeRuns(engine: StoreEngine) async throws {
         let empty = try await reportStore(engine)

@@ -29,6 +29,18 @@ struct FallbackTests {
         #expect(!head.contains("\r\nX-Evil:"))
         #expect(head.components(separatedBy: "\r\n").allSatisfy { $0.contains(": ") })
 
+        // A comma or angle brackets in a name make no second recipient for `sendmail -t`.
+        let comma = String(
+            decoding: InvoiceEmail(
+                invoice: Self.invoice(name: "Smith, John <x@evil.example>"), from: "b@example.com", to: "j@example.com", pdf: nil
+            )
+            .rendered(), as: UTF8.self)
+        #expect(
+            comma.contains("\r\nTo: =?UTF-8?B?\(Data("Smith, John <x@evil.example>".utf8).base64EncodedString())?= <j@example.com>\r\n"))
+        let french = InvoiceEmail(invoice: Self.invoice(locale: "fr-FR"), from: "b@example.com", to: "m@example.com", pdf: nil)
+        #expect(french.subject == "Facture INV-1 — 2026-03")
+        #expect(french.text.hasPrefix("Bonjour María Pérez,"))
+
         let spanish = InvoiceEmail(
             invoice: Self.invoice(), from: "billing@example.com", to: "maria@example.com", pdf: Array("%PDF-1.4".utf8))
         let rendered = String(decoding: spanish.rendered(), as: UTF8.self)
@@ -79,14 +91,15 @@ struct FallbackTests {
             defer { Task { try? await channel.shutdown() } }
             let runner = FallbackRunner(store: store, channel: channel)
 
-            standIn.emailStatus.withLock { $0 = .internalServerError }
-            let down = try await runner.run("march", dryRun: false)
-            guard case .failed(let address, let reason)? = down.outcomes.first?.outcome else {
-                Issue.record("\(down.outcomes)")
+            // Refused (a 4xx): nothing went; the next pass sends it.
+            standIn.emailStatus.withLock { $0 = .unprocessableContent }
+            let refused = try await runner.run("march", dryRun: false)
+            guard case .failed(let address, let reason)? = refused.outcomes.first?.outcome else {
+                Issue.record("\(refused.outcomes)")
                 return
             }
             #expect(address == "tenant T-1")
-            #expect(reason.contains("HTTP 500"))
+            #expect(reason.contains("HTTP 422"))
 
             standIn.emailStatus.withLock { $0 = .ok }
             let sent = try await runner.run("march", dryRun: false)
@@ -102,6 +115,16 @@ struct FallbackTests {
             #expect(again.count { if case .sentBefore = $0 { true } else { false } } == 1)
             #expect(standIn.emails.withLock { $0.count } == 2)
             #expect(try await store.fallbacks(run: "march")["INV-1"]?.detail?.contains("queued") == true)
+
+            // Sent once more on the operator's word; a gateway's 502 may come after the mail left:
+            // uncertain, kept claimed, not posted again by the next pass.
+            standIn.emailStatus.withLock { $0 = .badGateway }
+            let gateway = try await runner.run("march", dryRun: false, again: ["INV-1"])
+            #expect(gateway.count { if case .uncertain = $0 { true } else { false } } == 1)
+            standIn.emailStatus.withLock { $0 = .ok }
+            let after = try await runner.run("march", dryRun: false)
+            #expect(after.count { if case .uncertain = $0 { true } else { false } } == 1)
+            #expect(standIn.emails.withLock { $0.count } == 3)
         }
     }
 }

@@ -78,6 +78,16 @@ struct PricesAndFallbacksTests {
             messageID: otherFailure, attempt: try await store.beginAttempt(messageID: otherFailure, at: 1),
             error: SendError(code: 132000, title: "params"), final: true, at: 2)
 
+        // One number not on WhatsApp, the other held back for 24 h (131049): a retry may still
+        // carry it, so no email.
+        let mixed = try await seed(store, invoice: "INV-5", phones: ["18095550501", "18095550502"])
+        for (i, id) in mixed.enumerated() {
+            try await store.recordAccepted(
+                messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.M\(i)", at: 2)
+        }
+        _ = try await ingest(
+            store, [status("wamid.M0", "failed", at: 10, error: 131026), status("wamid.M1", "failed", at: 10, error: 131049)])
+
         let candidates = try await store.fallbackCandidates(run: "march")
         #expect(candidates.map(\.invoice.invoiceID) == ["INV-2"])
         #expect(candidates.first?.errorCode == 131026)
@@ -85,11 +95,22 @@ struct PricesAndFallbacksTests {
 
         #expect(try await store.claimFallback(run: "march", invoiceID: "INV-2", via: "smtp", address: "a@example.com", at: 20))
         #expect(try await !store.claimFallback(run: "march", invoiceID: "INV-2", via: "smtp", address: "a@example.com", at: 21))
-        try await store.finishFallback(run: "march", invoiceID: "INV-2", via: "smtp", state: .failed, detail: "mta down", at: 22)
+        // Only the claim's own maker finishes it.
+        #expect(try await !store.finishFallback(run: "march", invoiceID: "INV-2", claimedAt: 21, state: .sent, detail: nil, at: 22))
+        #expect(try await store.finishFallback(run: "march", invoiceID: "INV-2", claimedAt: 20, state: .failed, detail: "mta down", at: 22))
         #expect(try await store.fallbacks(run: "march")["INV-2"]?.state == .failed)
         #expect(try await store.claimFallback(run: "march", invoiceID: "INV-2", via: "smtp", address: "a@example.com", at: 23))
-        try await store.finishFallback(run: "march", invoiceID: "INV-2", via: "smtp", state: .sent, detail: nil, at: 24)
+        #expect(try await store.finishFallback(run: "march", invoiceID: "INV-2", claimedAt: 23, state: .sent, detail: nil, at: 24))
         #expect(try await !store.claimFallback(run: "march", invoiceID: "INV-2", via: "smtp", address: "a@example.com", at: 25))
+        // No address is written only where nothing was sent; `--again` only over what was read.
+        #expect(
+            try await !store.markFallback(
+                run: "march", invoiceID: "INV-2", via: "smtp", state: .noAddress, detail: nil, expecting: nil, at: 26))
+        let stale = FallbackRecord(
+            run: "march", invoiceID: "INV-2", via: "smtp", address: nil, state: .sending, detail: nil, startedAt: 23, finishedAt: nil)
+        #expect(
+            try await !store.markFallback(
+                run: "march", invoiceID: "INV-2", via: "smtp", state: .failed, detail: nil, expecting: stale, at: 26))
         let record = try #require(try await store.fallbackCandidates(run: "march").first?.fallback)
         #expect(record.state == .sent)
         #expect(record.startedAt == 23)

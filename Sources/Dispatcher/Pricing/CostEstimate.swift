@@ -16,9 +16,12 @@ public enum RateCards {
         let all = (imported + builtIn).filter { $0.currency == currency }
         let dates = Set(all.map(\.effective)).sorted()
         guard let date = dates.last(where: { $0 <= day }) ?? dates.first else { return nil }
-        // Imported first: where they give a rate (or tiers) for a market, theirs counts.
+        // Imported first: where they give a rate (or tiers) for a market, theirs counts. Markets
+        // none of that date's files gives come from the cards before it, newest first.
         let chosen = all.filter { $0.effective == date }
-        return chosen.dropFirst().reduce(chosen[0]) { $0.merged(with: $1) }
+        let older = all.filter { $0.effective < date }.sorted { $0.effective > $1.effective }
+        let card = chosen.dropFirst().reduce(chosen[0]) { $0.merged(with: $1) }
+        return older.reduce(card) { $0.filling(from: $1) }
     }
 }
 
@@ -84,6 +87,12 @@ public struct CostEstimate: Sendable {
     }
 
     public var messages: Int { counts.values.reduce(0, +) }
+
+    /// Messages whose market has no rate for their category on this card: priced at nothing,
+    /// and said (`--max-cost` refuses a run with any).
+    public var withoutRate: Int {
+        counts.filter { card.rate(market: $0.key.market, category: $0.key.category) == nil }.values.reduce(0, +)
+    }
 
     /// Every line, priced: tiers over each market and category's total, shared out in proportion.
     public func lines() -> [Line] {

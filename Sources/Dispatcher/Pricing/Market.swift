@@ -17,7 +17,7 @@ public struct MarketMap: Sendable {
 
     public init(csv: String) {
         var table: [String: Country] = [:]
-        for (_, cells) in CSVRecords.split(csv) {
+        for (_, cells) in (try? CSVRecords.split(csv)) ?? [] {
             guard cells.count >= 4, let first = cells.first, !first.hasPrefix("#"), first.allSatisfy(\.isNumber), !first.isEmpty
             else { continue }
             table[first] = Country(

@@ -112,7 +112,7 @@ extension RateCard {
         var tierMarket: String? = nil
         // The last row naming categories over columns (the tier table's top header).
         var labels: [(column: Int, category: PricingCategory)] = []
-        for (line, cells) in CSVRecords.split(text) {
+        for (line, cells) in try CSVRecords.split(text) {
             let trimmed = cells.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
             let names = trimmed.map { $0.lowercased().filter { $0.isLetter } }
             let first = trimmed.first ?? ""
@@ -177,7 +177,19 @@ extension RateCard {
                 }
                 continue
             }
-            guard !first.isEmpty else { continue }
+            // A row naming categories over columns: a tier table follows.
+            let labelled = names.enumerated().compactMap { i, name in
+                PricingCategory(meta: name == "authenticationinternational" ? "authentication_international" : name).map {
+                    (column: i, category: $0)
+                }
+            }
+            if first.isEmpty && !labelled.isEmpty {
+                labels = labelled
+                listColumns = nil
+                continue
+            }
+            // A note below the table (no rate in any category column) is not a market.
+            guard !first.isEmpty, columns.keys.contains(where: { $0 < trimmed.count && !trimmed[$0].isEmpty }) else { continue }
             var row: [PricingCategory: Int64] = [:]
             for (i, category) in columns where i < trimmed.count {
                 if let value = try micros(trimmed[i], line: line) { row[category] = value }
@@ -208,6 +220,17 @@ extension RateCard {
             effective: date, currency: currencies.first ?? noteCurrency ?? "USD", source: source, rates: rates, tiers: tiers)
     }
 
+    /// Markets this card lacks, from an older card (with their tiers from it): a partial import
+    /// never prices a message at nothing.
+    public func filling(from older: RateCard) -> RateCard {
+        var card = self
+        for (market, rates) in older.rates where card.rates[market] == nil {
+            card.rates[market] = rates
+            card.tiers[market] = older.tiers[market]
+        }
+        return card
+    }
+
     /// Two files of the same card (Meta publishes the list rates and the volume tiers apart) as one.
     public func merged(with other: RateCard) -> RateCard {
         var card = self
@@ -217,21 +240,26 @@ extension RateCard {
         return card
     }
 
-    /// `0.0250`, `$0.0250`, `US$ 0.025` → 25,000 millionths; `n/a`, `-`, `` → nil.
+    /// `0.0250`, `$0.0250`, `US$ 0.025` → 25,000 millionths; `n/a`, `-`, `` → nil. Anything else
+    /// (`0,0250`, `8E-04`, `-0.01`, words) is refused with its line: a rate is never guessed.
     static func micros(_ cell: String, line: Int) throws -> Int64? {
-        let text = cell.trimmingCharacters(in: .whitespaces)
+        var text = cell.trimmingCharacters(in: .whitespaces)
         let lowered = text.lowercased()
-        if text.isEmpty || lowered == "n/a" || lowered == "na" || lowered == "-" || lowered == "–" { return nil }
+        if text.isEmpty || lowered == "n/a" || lowered == "na" || lowered == "-" || lowered == "–" || lowered == "--" { return nil }
         if lowered == "free" { return 0 }
-        let number = text.filter { $0.isNumber || $0 == "." }
-        let parts = number.split(separator: ".", omittingEmptySubsequences: false)
-        guard !number.isEmpty, parts.count <= 2, let whole = Int64(parts[0].isEmpty ? "0" : parts[0]) else {
-            throw RateCardError(description: "line \(line): '\(cell)' is not a rate")
+        for prefix in ["US$", "$"] where text.hasPrefix(prefix) {
+            text = String(text.dropFirst(prefix.count)).trimmingCharacters(in: .whitespaces)
+        }
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), (1...6).contains(parts[0].count), parts[0].allSatisfy(\.isASCII),
+            parts[0].allSatisfy(\.isNumber),
+            parts.count == 1 || ((1...6).contains(parts[1].count) && parts[1].allSatisfy({ $0.isASCII && $0.isNumber }))
+        else {
+            throw RateCardError(description: "line \(line): '\(cell)' is not a rate (a decimal like 0.0250)")
         }
         var fraction = parts.count == 2 ? String(parts[1]) : ""
-        guard fraction.count <= 6 else { throw RateCardError(description: "line \(line): '\(cell)' has more than six decimals") }
         fraction += String(repeating: "0", count: 6 - fraction.count)
-        return whole * 1_000_000 + (Int64(fraction) ?? 0)
+        return Int64(parts[0])! * 1_000_000 + Int64(fraction)!
     }
 
     /// "effective April 1, 2026" or "effective 2026-04-01" → `2026-04-01`.
@@ -260,7 +288,7 @@ extension RateCard {
 /// RFC 4180 records (quoted cells may hold commas, quotes and line breaks), each with the line it
 /// starts on. Rate cards are a few dozen lines: this is all they need.
 enum CSVRecords {
-    static func split(_ text: String) -> [(line: Int, cells: [String])] {
+    static func split(_ text: String) throws -> [(line: Int, cells: [String])] {
         var records: [(Int, [String])] = []
         var cells: [String] = []
         var cell = ""
@@ -284,7 +312,8 @@ enum CSVRecords {
                     if c == "\n" { line += 1 }
                     cell.append(c)
                 }
-            } else if c == "\"" {
+            } else if c == "\"" && cell.isEmpty {
+                // A quote opens a quoted cell only at its start; elsewhere it is text.
                 quoted = true
             } else if c == "," {
                 cells.append(cell)
@@ -301,6 +330,7 @@ enum CSVRecords {
             }
             i += 1
         }
+        if quoted { throw RateCardError(description: "line \(start): a quoted cell is never closed") }
         return records
     }
 }

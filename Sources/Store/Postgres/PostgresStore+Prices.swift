@@ -64,14 +64,39 @@ extension PostgresStore {
     }
 
     public func finishFallback(
-        run: String, invoiceID: String, via: String, state: FallbackState, detail: String?, at time: Double
-    ) async throws {
-        try await rows(
+        run: String, invoiceID: String, claimedAt: Double, state: FallbackState, detail: String?, at time: Double
+    ) async throws -> Bool {
+        try await !rows(
+            """
+            UPDATE fallbacks SET state = \(state.rawValue), detail = \(detail), finished_at = \(time)
+            WHERE run = \(run) AND invoice_id = \(invoiceID) AND state = 'sending' AND started_at = \(claimedAt)
+            RETURNING invoice_id
+            """
+        ).isEmpty
+    }
+
+    public func markFallback(
+        run: String, invoiceID: String, via: String, state: FallbackState, detail: String?, expecting: FallbackRecord?, at time: Double
+    ) async throws -> Bool {
+        if let expecting {
+            return try await !rows(
+                """
+                UPDATE fallbacks SET via = \(via), state = \(state.rawValue), detail = \(detail), finished_at = \(time)
+                WHERE run = \(run) AND invoice_id = \(invoiceID) AND state = \(expecting.state.rawValue) AND started_at = \(expecting.startedAt)
+                RETURNING invoice_id
+                """
+            ).isEmpty
+        }
+        return try await !rows(
             """
             INSERT INTO fallbacks (run, invoice_id, via, state, detail, started_at, finished_at)
             VALUES (\(run), \(invoiceID), \(via), \(state.rawValue), \(detail), \(time), \(time))
-            ON CONFLICT (run, invoice_id) DO UPDATE SET state = EXCLUDED.state, detail = EXCLUDED.detail, finished_at = EXCLUDED.finished_at
-            """)
+            ON CONFLICT (run, invoice_id) DO UPDATE SET via = EXCLUDED.via, state = EXCLUDED.state, detail = EXCLUDED.detail,
+                started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at
+            WHERE fallbacks.state IN ('failed', 'no_address')
+            RETURNING invoice_id
+            """
+        ).isEmpty
     }
 
     public func fallbacks(run: String) async throws -> [String: FallbackRecord] {

@@ -601,6 +601,16 @@ public final class PostgresStore: DispatchStore {
                     state: MessageState(rawValue: state) ?? .unknown, errorCode: code, errorTitle: title,
                     count: count, samples: examples))
         }
+        let open = [MessageState.queued, .sending, .accepted, .held, .sent].reduce(0) { $0 + (summary.states[$1] ?? 0) }
+        if open > 0 {
+            summary.pending = try await rows(query(ReportSQL.pendingSamples) { $0.append(samples) }).map {
+                let (sequence, invoice, tenant, phone, state, amount, currency) = try $0.decode(
+                    (Int64, String, String, String, String, Int64, String).self)
+                return ReportSummary.Pending(
+                    sequence: sequence, invoiceID: invoice, tenantName: tenant, phone: phone, state: MessageState(rawValue: state) ?? .sent,
+                    amountMinor: amount, currency: currency)
+            }
+        }
         if let skipped = summary.states[.skipped] {
             let examples = try await rows(query(ReportSQL.skippedSamples) { $0.append(samples) }).map(sample)
             summary.skipped = ReportSummary.Group(state: .skipped, errorCode: nil, errorTitle: nil, count: skipped, samples: examples)
