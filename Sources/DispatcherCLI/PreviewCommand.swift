@@ -45,6 +45,12 @@ struct PreviewCommand: AsyncParsableCommand {
     @Flag(help: "Do not read the database (opt-outs, messages sent before): count as if it were empty.")
     var ignoreStore = false
 
+    @Flag(
+        help:
+            "Add each message's exact request to Meta to messages.csv (request_body; a property-system PDF link becomes its uploaded media id when sent)."
+    )
+    var bodies = false
+
     func validate() throws {
         guard FileManager.default.fileExists(atPath: manifest) else {
             throw ValidationError("no manifest at \(manifest)")
@@ -94,7 +100,7 @@ struct PreviewCommand: AsyncParsableCommand {
         var keys: [CostEstimate.Key] = []
         var keyIndex: [CostEstimate.Key: Int] = [:]
         var lookUpKeys: [Int] = []
-        let csv = try writer.messagesCSV()
+        let csv = try writer.messagesCSV(bodies: bodies)
         let result = try Previewer(options: options, renderer: renderer).run(path: manifest) { message in
             try csv.add(message)
             if store != nil, optOuts.contains(message.phone) {

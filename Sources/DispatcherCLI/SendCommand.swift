@@ -515,8 +515,9 @@ struct RunResultJSON: Encodable {
 
 /// `90s`, `15m`, `2h`, `1h30m`.
 /// The languages a report is written in.
+/// The report's language: the property system's locales.
 enum ReportLanguage: String, CaseIterable, ExpressibleByArgument {
-    case en, es
+    case en, es, fr, pt
 }
 
 /// A duration as options take it: 90s, 15m, 2h, or several (1h30m); a bare number is seconds.

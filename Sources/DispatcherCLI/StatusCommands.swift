@@ -51,10 +51,55 @@ struct StatusCommand: AsyncParsableCommand {
     }
 }
 
+/// `status --json`, in the convention every `--json` follows: snake_case keys, ISO 8601 times
+/// (UTC, `Z`).
 struct StatusJSON: Encodable {
-    var message: MessageRecord
-    var events: [StatusEventRecord]
-    var attempts: [AttemptRecord]
+    struct Message: Encodable {
+        var id, run, invoice_id, phone, template, language, state: String
+        var wamid, error_title, error_details, skip_reason: String?
+        var error_code: Int?
+        var attempts: Int
+        var created_at, updated_at: String
+        var accepted_at, sent_at, delivered_at, read_at, failed_at: String?
+        var landlord, tenant_name: String?
+    }
+    struct Event: Encodable {
+        var wamid, status, timestamp, received_at: String
+        var applied: Bool
+        var error_code: Int?
+        var error_title, error_details: String?
+    }
+    struct Attempt: Encodable {
+        var number: Int
+        var started_at: String
+        var finished_at: String?
+        var outcome: String
+        var wamid: String?
+        var error_code: Int?
+        var error_title: String?
+    }
+    var message: Message
+    var events: [Event]
+    var attempts: [Attempt]
+
+    init(message m: MessageRecord, events: [StatusEventRecord], attempts: [AttemptRecord]) {
+        message = Message(
+            id: m.id, run: m.run, invoice_id: m.invoiceID, phone: m.phone, template: m.template, language: m.language,
+            state: m.state.rawValue, wamid: m.wamid, error_title: m.errorTitle, error_details: m.errorDetails, skip_reason: m.skipReason,
+            error_code: m.errorCode, attempts: m.attempts, created_at: iso(m.createdAt), updated_at: iso(m.updatedAt),
+            accepted_at: iso8601(m.acceptedAt), sent_at: iso8601(m.sentAt), delivered_at: iso8601(m.deliveredAt),
+            read_at: iso8601(m.readAt), failed_at: iso8601(m.failedAt), landlord: m.landlord, tenant_name: m.tenantName)
+        self.events = events.map {
+            Event(
+                wamid: $0.wamid, status: $0.status, timestamp: iso($0.timestamp), received_at: iso($0.receivedAt), applied: $0.applied,
+                error_code: $0.errorCode, error_title: $0.errorTitle, error_details: $0.errorDetails)
+        }
+        self.attempts = attempts.map {
+            Attempt(
+                number: $0.number, started_at: iso($0.startedAt), finished_at: iso8601($0.finishedAt), outcome: $0.outcome.rawValue,
+                wamid: $0.wamid, error_code: $0.errorCode, error_title: $0.errorTitle)
+        }
+    }
 }
 
 struct RunsCommand: AsyncParsableCommand {

@@ -13,7 +13,52 @@ struct DeliveryPage {
             allGood, perMinute, noStatuses, cost, notYetKnown, notYetKnownHint, amount, times: String
 
         static func of(_ lang: String) -> Labels {
-            if lang.hasPrefix("es") {
+            switch ReportLanguageWords(lang).code {
+            case .fr:
+                return Labels(
+                    title: "Rapport de distribution", subtitle: "Factures envoyées par WhatsApp", funnel: "Entonnoir de distribution",
+                    landlords: "Par bailleur", failures: "Non remis : la raison et que faire", retry: "À relancer",
+                    retryHint: "Ces messages peuvent être relancés avec :", skipped: "Non envoyés, volontairement",
+                    timeline: "Envois et remises par minute",
+                    landlord: "Bailleur", invoices: "Factures", billed: "Facturé", delivered: "Remis", failed: "Échecs",
+                    unreachable: "Sans WhatsApp", pending: "Pas encore connu", reason: "Raison", action: "Que faire", count: "Nombre",
+                    tenant: "Locataire", phone: "Téléphone", invoice: "Facture", email: "Courriel", none: "Aucun.",
+                    moreInCSV: "La liste complète est dans messages.csv.", sends: "envois", deliveries: "remises",
+                    manifest: "Manifeste", template: "Modèle", sender: "Numéro d'envoi", created: "Commencé", finished: "Terminé",
+                    settle: "Attente des statuts", status: "État", details: "Détail", queued: "En file", accepted: "Acceptés",
+                    held: "Retenus par Meta",
+                    sent: "Envoyés", read: "Lus", unknown: "Inconnus", skippedState: "Omis",
+                    allGood: "Tous les messages sont arrivés ou en route.", perMinute: "par minute",
+                    noStatuses:
+                        "Aucun statut de distribution n'est arrivé pour cet envoi : rien ne recevait les webhooks de Meta (lancez `dispatcher serve` là où pointe le webhook de Meta, ou envoyez avec --listen). « Acceptés » veut dire que WhatsApp a pris le message, pas qu'il a échoué ; `dispatcher report` montre les statuts qui arrivent ensuite.",
+                    cost: "Coût WhatsApp", notYetKnown: "Pas encore connu",
+                    notYetKnownHint:
+                        "WhatsApp n'a pas encore dit s'ils sont arrivés. Attendez : `dispatcher report` montre les statuts qui arrivent ; s'ils restent inconnus demain, appelez le locataire.",
+                    amount: "Montant", times: "Heures"
+                )
+            case .pt:
+                return Labels(
+                    title: "Relatório de entrega", subtitle: "Faturas enviadas pelo WhatsApp", funnel: "Funil de entrega",
+                    landlords: "Por proprietário", failures: "Não entregues: o motivo e o que fazer", retry: "Para reenviar",
+                    retryHint: "Estas mensagens podem ser reenviadas com:", skipped: "Não enviadas, de propósito",
+                    timeline: "Envios e entregas por minuto",
+                    landlord: "Proprietário", invoices: "Faturas", billed: "Faturado", delivered: "Entregue", failed: "Falhas",
+                    unreachable: "Sem WhatsApp", pending: "Ainda não se sabe", reason: "Motivo", action: "O que fazer", count: "Quantidade",
+                    tenant: "Inquilino", phone: "Telefone", invoice: "Fatura", email: "E-mail", none: "Nenhum.",
+                    moreInCSV: "A lista completa está em messages.csv.", sends: "envios", deliveries: "entregas",
+                    manifest: "Manifesto", template: "Modelo", sender: "Número de envio", created: "Início", finished: "Fim",
+                    settle: "Espera de status", status: "Estado", details: "Detalhe", queued: "Na fila", accepted: "Aceitas",
+                    held: "Retidas pela Meta",
+                    sent: "Enviadas", read: "Lidas", unknown: "Desconhecidas", skippedState: "Omitidas",
+                    allGood: "Todas as mensagens chegaram ou estão a caminho.", perMinute: "por minuto",
+                    noStatuses:
+                        "Nenhum status de entrega chegou para este envio: nada recebia os webhooks da Meta (inicie `dispatcher serve` onde aponta o webhook da Meta, ou envie com --listen). \"Aceitas\" quer dizer que o WhatsApp recebeu a mensagem, não que ela falhou; `dispatcher report` mostra os status que chegarem depois.",
+                    cost: "Custo do WhatsApp", notYetKnown: "Ainda não se sabe",
+                    notYetKnownHint:
+                        "O WhatsApp ainda não disse se chegaram. Aguarde: `dispatcher report` mostra os status que chegarem; se amanhã continuarem sem confirmação, ligue para o inquilino.",
+                    amount: "Valor", times: "Horários"
+                )
+            case .es:
                 return Labels(
                     title: "Informe de entrega", subtitle: "Facturas enviadas por WhatsApp", funnel: "Embudo de entrega",
                     landlords: "Por arrendador", failures: "No entregados: motivo y qué hacer", retry: "Para reintentar",
@@ -35,6 +80,8 @@ struct DeliveryPage {
                         "WhatsApp aún no dijo si llegaron. Espere: `dispatcher report` muestra los estados que lleguen; si mañana siguen sin confirmar, llame al inquilino.",
                     amount: "Importe", times: "Horas"
                 )
+            case .en:
+                break
             }
             return Labels(
                 title: "Delivery report", subtitle: "Invoices sent over WhatsApp", funnel: "Delivery funnel", landlords: "Per landlord",
@@ -61,13 +108,22 @@ struct DeliveryPage {
     /// " · sent by email on 2026-12-02T10:00:00Z", " · needs a call"…: what `dispatcher fallback` did.
     static func fallbackNote(_ record: FallbackRecord?, lang: String, clock: LocalClock) -> String {
         guard let record else { return "" }
-        let es = lang.hasPrefix("es")
+        let w = ReportLanguageWords(lang)
         let when = clock.dateTime(record.finishedAt ?? record.startedAt)
         switch record.state {
-        case .sent: return es ? " · enviada por correo el \(when)" : " · sent by email on \(when)"
-        case .noAddress: return es ? " · sin correo: llamar" : " · no email address: call"
-        case .failed: return es ? " · el envío por correo falló" : " · the email failed"
-        case .sending: return es ? " · envío por correo sin confirmar" : " · email hand-over unconfirmed"
+        case .sent:
+            return w.pick(
+                " · sent by email on \(when)", " · enviada por correo el \(when)", " · envoyée par courriel le \(when)",
+                " · enviada por e-mail em \(when)")
+        case .noAddress:
+            return w.pick(" · no email address: call", " · sin correo: llamar", " · pas de courriel : appeler", " · sem e-mail: ligar")
+        case .failed:
+            return w.pick(
+                " · the email failed", " · el envío por correo falló", " · l'envoi par courriel a échoué", " · o envio por e-mail falhou")
+        case .sending:
+            return w.pick(
+                " · email hand-over unconfirmed", " · envío por correo sin confirmar", " · envoi par courriel non confirmé",
+                " · envio por e-mail não confirmado")
         }
     }
 
@@ -121,7 +177,7 @@ struct DeliveryPage {
     ) {
         func iso(_ seconds: Double?) -> String { seconds.map(clock.dateTime) ?? "" }
         l = Labels.of(lang)
-        self.lang = lang.hasPrefix("es") ? "es" : "en"
+        self.lang = ReportLanguageWords(lang).code.rawValue
         self.run = run.name + (landlordFilter.map { " · \($0)" } ?? "")
         facts = [
             Fact(label: l.manifest, value: run.manifest), Fact(label: l.template, value: run.template),
@@ -142,7 +198,8 @@ struct DeliveryPage {
         noStatuses = accepted > 0 && sent == 0
         let toSend = s.filter { $0.key != .skipped }.values.reduce(0, +)
         let stages: [(String, Int, String)] = [
-            (lang.hasPrefix("es") ? "Para enviar" : "To send", toSend, "#8696a0"), (l.accepted, accepted, "#53bdeb"),
+            (ReportLanguageWords(lang).pick("To send", "Para enviar", "À envoyer", "Para enviar"), toSend, "#8696a0"),
+            (l.accepted, accepted, "#53bdeb"),
             (l.sent, sent, "#25a0d8"),
             (l.delivered, delivered, "#25d366"), (l.read, read, "#128c7e"), (l.failed, s[.failed] ?? 0, "#d93025"),
             (l.unknown, s[.unknown] ?? 0, "#f29900"), (l.held, s[.held] ?? 0, "#b06000"),
@@ -158,7 +215,7 @@ struct DeliveryPage {
         }
         funnelHeight = 16 + stages.count * 34
 
-        let english = LocaleFormatting(locale: lang.hasPrefix("es") ? "es-DO" : "en")
+        let english = LocaleFormatting(locale: ReportLanguageWords(lang).locale)
         func amounts(_ map: [String: Int64]) -> String {
             map.keys.sorted().map { code in
                 english.money(Money(minorUnits: map[code] ?? 0, currency: Currency(code: code) ?? Currency(code: "USD")!))
@@ -174,19 +231,26 @@ struct DeliveryPage {
                 cost: totals.cost.map { CostEstimate.format(x.cost, currency: $0.card.currency) } ?? "—")
         }
         cost = totals.cost.map { c in
-            let es = lang.hasPrefix("es")
+            let w = ReportLanguageWords(lang)
             let total = CostEstimate.format(c.total, currency: c.card.currency)
             let free = c.notCharged.values.reduce(0, +)
-            var text =
-                es
-                ? "\(total) por \(c.messages) mensajes entregados (tarifas de Meta vigentes desde el \(c.card.effective), según el precio que cada estado indica)"
-                : "\(total) for \(c.messages) delivered messages (Meta's rates effective \(c.card.effective), as each status's pricing says)"
-            if free > 0 { text += es ? "; \(free) entregados sin cargo" : "; \(free) delivered free of charge" }
+            let (n, date) = (c.messages, c.card.effective)
+            var text = w.pick(
+                "\(total) for \(n) delivered messages (Meta's rates effective \(date), as each status's pricing says)",
+                "\(total) por \(n) mensajes entregados (tarifas de Meta vigentes desde el \(date), según el precio que cada estado indica)",
+                "\(total) pour \(n) messages remis (tarifs de Meta en vigueur au \(date), selon le prix indiqué par chaque statut)",
+                "\(total) por \(n) mensagens entregues (tarifas da Meta em vigor desde \(date), conforme o preço de cada status)")
+            if free > 0 {
+                text += w.pick(
+                    "; \(free) delivered free of charge", "; \(free) entregados sin cargo", "; \(free) remis sans frais",
+                    "; \(free) entregues sem custo")
+            }
             if c.unpriced > 0 {
-                text +=
-                    es
-                    ? "; \(c.unpriced) sin precio en sus estados, contados como utilidad"
-                    : "; \(c.unpriced) without pricing in their statuses, counted as utility"
+                text += w.pick(
+                    "; \(c.unpriced) without pricing in their statuses, counted as utility",
+                    "; \(c.unpriced) sin precio en sus estados, contados como utilidad",
+                    "; \(c.unpriced) sans prix dans leurs statuts, comptés comme utilitaires",
+                    "; \(c.unpriced) sem preço nos seus status, contadas como utilidade")
             }
             return text + "."
         }

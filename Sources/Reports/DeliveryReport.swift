@@ -239,7 +239,7 @@ struct Totals {
     }
 
     func landlordName(_ name: String?) -> String {
-        name ?? (lang.hasPrefix("es") ? "(sin arrendador)" : "(no landlord)")
+        name ?? ReportLanguageWords(lang).pick("(no landlord)", "(sin arrendador)", "(sans bailleur)", "(sem proprietário)")
     }
 
     /// An invoice with nothing to send still shows its landlord.

@@ -1,6 +1,7 @@
 public import Dispatcher
 public import Foundation
 import Mustache
+import WhatsApp
 
 /// Writes a preview's report: `messages.csv` while the preview runs (every rendered message), and
 /// `index.html` at the end (totals, problems, skipped invoices, chat bubbles, Graph API bodies).
@@ -20,8 +21,9 @@ public struct PreviewReportWriter: Sendable {
     }
 
     /// The CSV of rendered messages, to be fed with `add(_:)` while the preview runs.
-    public func messagesCSV() throws -> PreviewMessagesCSV {
-        try PreviewMessagesCSV(path: (outputDirectory as NSString).appendingPathComponent("messages.csv"))
+    /// `bodies`: a `request_body` column with each message's exact request to Meta.
+    public func messagesCSV(bodies: Bool = false) throws -> PreviewMessagesCSV {
+        try PreviewMessagesCSV(path: (outputDirectory as NSString).appendingPathComponent("messages.csv"), bodies: bodies)
     }
 
     /// Writes `index.html` and returns its path.
@@ -54,19 +56,23 @@ public final class PreviewMessagesCSV {
         "amount", "currency", "period", "due_date", "email", "document_url", "text",
     ]
 
-    init(path: String) throws {
+    let bodies: Bool
+
+    init(path: String, bodies: Bool = false) throws {
         writer = try CSVWriter(path: path)
-        try writer.header(Self.columns)
+        self.bodies = bodies
+        try writer.header(Self.columns + (bodies ? ["request_body"] : []))
     }
 
     public func add(_ m: RenderedMessage) throws {
         let i = m.invoice
-        try writer.row([
-            .plain(m.id), .text(i.invoiceID), .text(i.tenantName), .text(i.landlord), .text(i.property),
-            .plain("+" + m.phone), .plain(m.language), .plain(m.key.template), .plain(i.amount.plainDecimal),
-            .plain(i.amount.currency.code), .plain(i.period.iso), .plain(i.dueDate?.description ?? ""),
-            .text(i.email), .text(i.documentURL), .text(m.body),
-        ])
+        try writer.row(
+            [
+                .plain(m.id), .text(i.invoiceID), .text(i.tenantName), .text(i.landlord), .text(i.property),
+                .plain("+" + m.phone), .plain(m.language), .plain(m.key.template), .plain(i.amount.plainDecimal),
+                .plain(i.amount.currency.code), .plain(i.period.iso), .plain(i.dueDate?.description ?? ""),
+                .text(i.email), .text(i.documentURL), .text(m.body),
+            ] + (bodies ? [.text(m.request.jsonBody)] : []))
     }
 
     public func finish() throws { try writer.finish() }

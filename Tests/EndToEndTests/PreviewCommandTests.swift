@@ -93,6 +93,17 @@ struct PreviewCommandTests {
         let csv = try String(contentsOfFile: out.appendingPathComponent("messages.csv").path, encoding: .utf8)
         #expect(csv.components(separatedBy: "\r\n").filter { !$0.isEmpty }.count == 27)  // the header and 26 messages
         #expect(result.stderr.contains("invoices     24"))
+
+        // --bodies: every message's exact request, not only the first three on the page.
+        let withBodies = try await DispatcherProcess.run([
+            "preview", "samples/march-2026.csv", "--bodies", "--out", out.path, "--ignore-store",
+        ])
+        #expect(withBodies.status == 0)
+        let rows = try String(contentsOfFile: out.appendingPathComponent("messages.csv").path, encoding: .utf8)
+            .components(separatedBy: "\r\n").filter { !$0.isEmpty }
+        #expect(rows.first?.hasSuffix(",text,request_body") == true)
+        #expect(rows.count == 27)
+        #expect(rows.dropFirst().allSatisfy { $0.contains("\"\"messaging_product\"\":\"\"whatsapp\"\"") }, "\(rows.prefix(2))")
     }
 
     @Test("an invalid manifest exits 65 with every error in the JSON, each naming line, invoice and field")

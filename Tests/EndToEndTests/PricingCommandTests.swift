@@ -57,6 +57,18 @@ struct PricingCommandTests {
         let html = try String(contentsOfFile: out + "/index.html", encoding: .utf8)
         #expect(html.contains("US$0.2373 for 21 delivered messages (Meta&#39;s rates effective 2026-10-01"), "\(html)")
 
+        // One JSON convention: `status --json` in snake_case with ISO 8601 times.
+        let firstID = try #require(
+            String(landlords.split(whereSeparator: \.isNewline).first ?? "").isEmpty ? nil : try messageID(in: out + "/messages.csv"))
+        let status = try await DispatcherProcess.run(["status", firstID, "--json", "--db", db])
+        #expect(status.status == 0, "\(status.stderr)")
+        let statusObject = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        let message = try #require(statusObject["message"] as? [String: Any])
+        #expect(message["invoice_id"] != nil && message["invoiceID"] == nil)
+        #expect((message["created_at"] as? String)?.hasSuffix("Z") == true)
+        let attempts = try #require(statusObject["attempts"] as? [[String: Any]])
+        #expect((attempts.first?["started_at"] as? String)?.hasSuffix("Z") == true)
+
         // A pack per landlord, ready to send: each folder has only that landlord's invoices.
         let templates = packageRoot.appendingPathComponent("templates").path
         let badZone = try await DispatcherProcess.run(
@@ -113,4 +125,10 @@ struct PricingCommandTests {
         #expect(bad.status != 0)
         #expect(bad.stderr.contains("line 3: 'cheap' is not a rate"), "\(bad.stderr)")
     }
+}
+
+/// The first message id of a report's messages.csv (its last column).
+func messageID(in path: String) throws -> String {
+    let lines = try String(contentsOfFile: path, encoding: .utf8).split(whereSeparator: \.isNewline)
+    return String(lines.dropFirst().first?.split(separator: ",").last ?? "")
 }

@@ -161,6 +161,16 @@ struct DeliveryReportTests {
         let spanish = try String(contentsOfFile: try await write(store, lang: "es").html, encoding: .utf8)
         #expect(spanish.contains("Informe de entrega"))
         #expect(spanish.contains("Enviar la factura por correo electrónico"))
+        // French and Portuguese, Meta's codes included, through our own words.
+        let french = try String(contentsOfFile: try await write(store, lang: "fr").html, encoding: .utf8)
+        #expect(french.contains("Rapport de distribution"))
+        #expect(french.contains("Ce numéro n&#39;est pas sur WhatsApp"))
+        #expect(french.contains("<html lang=\"fr\">"))
+        #expect(!french.contains("Delivery report") && !french.contains("Not on WhatsApp"))
+        let portuguese = try String(contentsOfFile: try await write(store, lang: "pt").html, encoding: .utf8)
+        #expect(portuguese.contains("Relatório de entrega"))
+        #expect(portuguese.contains("Enviar a fatura por e-mail"))
+        #expect(!portuguese.contains("Not on WhatsApp"))
     }
 
     @Test(
