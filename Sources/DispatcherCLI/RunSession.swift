@@ -290,6 +290,8 @@ struct RunSession {
         }
         logger.debug("run: sender lease released")
         let (options, stop) = sent
+        // The progress line ends before anything else is said (the stats included).
+        if showProgress { FileHandle.standardError.write(Data("\n".utf8)) }
         if settle.stats {
             let m = marks.read()
             let sent =
@@ -308,8 +310,8 @@ struct RunSession {
                     sent > 0 ? cpu / Double(sent) * 1e6 : 0, cpu / wall, lane.label == nil ? "" : ", the whole process", prepareWall,
                     sent > 0 ? prepareCPU / Double(sent) * 1e6 : 0))
         }
-        if showProgress { FileHandle.standardError.write(Data("\n".utf8)) }
 
+        var liveLine = false
         let (record, counts) = try await billing.conclude(
             stop: stop,
             settling: { window in console.say("waiting up to \(window) for delivery statuses…") },
@@ -317,7 +319,13 @@ struct RunSession {
                 console.say(
                     "nothing was sent now: not waiting for statuses (those of earlier sends arrive through `dispatcher serve`; `dispatcher report \(run)` shows them)"
                 )
+            },
+            settleProgress: { counts, left in
+                guard showProgress else { return }
+                liveLine = true
+                FileHandle.standardError.write(Data(settleLine(counts, left: left, prefix: console.prefix).utf8))
             })
+        if liveLine { FileHandle.standardError.write(Data("\n".utf8)) }
 
         logger.debug("run: writing the reports")
         let writer = try await DeliveryReportWriter(
@@ -542,9 +550,19 @@ func finishes(within limit: Duration, _ body: @escaping @Sendable () async -> Vo
 
 /// The progress line on a terminal: sent, failed, unknown, remaining, rate, ETA.
 @Sendable func printProgress(_ p: RunProgress) {
-    let eta = p.eta.map { " ETA \(Int($0))s" } ?? ""
-    let line = "\r  sent \(p.accepted)  failed \(p.failed)  unknown \(p.unknown)  remaining \(p.remaining)  \(Int(p.rate))/s\(eta)   "
+    let eta =
+        p.isWaiting
+        ? " waiting for \(p.inFlight) answer\(p.inFlight == 1 ? "" : "s") from Meta: nothing for \(Int(p.quietFor))s"
+        : p.eta.map { " ETA \(Int($0))s" } ?? ""
+    let line = "\r  accepted \(p.accepted)  failed \(p.failed)  unknown \(p.unknown)  remaining \(p.remaining)  \(Int(p.rate))/s\(eta)   "
     FileHandle.standardError.write(Data(line.utf8))
+}
+
+/// The live line of the settle window: statuses so far (cumulative, as the summary counts them),
+/// what is still open, and the time left.
+func settleLine(_ counts: [MessageState: Int], left: Duration, prefix: String) -> String {
+    let open = counts.filter { !$0.key.isFinal }.values.reduce(0, +)
+    return "\r\(prefix)  statuses: \(cumulativeSummary(counts)); \(open) still open; \(Int(left.components.seconds))s left   "
 }
 
 /// A long-running piece of a run (the receiver, the sandbox) as a ServiceLifecycle service.

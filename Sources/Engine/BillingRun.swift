@@ -117,7 +117,8 @@ public struct BillingRun: Sendable {
     /// `settling` while the settle window waits for statuses, then `done`. Returns the stored record
     /// and the run's states.
     public func conclude(
-        stop: StopReason?, settling: (Duration) -> Void = { _ in }, nothingSent: () -> Void = {}
+        stop: StopReason?, settling: (Duration) -> Void = { _ in }, nothingSent: () -> Void = {},
+        settleProgress: ([MessageState: Int], Duration) -> Void = { _, _ in }
     ) async throws -> (
         record: RunRecord, counts: [MessageState: Int]
     ) {
@@ -140,7 +141,7 @@ public struct BillingRun: Sendable {
             settling(settleWindow)
             record.status = .settling
             try await store.saveRun(record)
-            counts = try await engine.settle(run: run, window: settleWindow)
+            counts = try await engine.settle(run: run, window: settleWindow, observe: settleProgress)
             engine.logger.debug("run: settled")
             record.status = .done
         }

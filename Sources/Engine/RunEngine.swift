@@ -315,6 +315,7 @@ public final class RunEngine: Sendable {
                 children.cancelAll()
             }
 
+            var lastActivity = clock.now
             while true {
                 // Cancelled (not a signal: those stop the loop gracefully, through `requestStop`):
                 // its sleeps would return at once and its child writer is gone, so it ends now, as
@@ -323,7 +324,9 @@ public final class RunEngine: Sendable {
                     control.stop(.interrupted)
                     break
                 }
-                machine.receive(answers.take(), now: clock.now)
+                let arrived = answers.take()
+                if !arrived.isEmpty { lastActivity = clock.now }
+                machine.receive(arrived, now: clock.now)
                 if let write = writing, let result = write.result {
                     writing = nil
                     if case .failure(let error) = result, !(error is CancellationError) {
@@ -337,6 +340,7 @@ public final class RunEngine: Sendable {
                 let now = clock.now
                 let step = machine.step(now: now, incoming: { feed.take() }, exhausted: feed.exhausted)
                 if !step.sends.isEmpty {
+                    lastActivity = now
                     let sends = step.sends.map { item, attempt in
                         (
                             body: item.body,
@@ -356,7 +360,11 @@ public final class RunEngine: Sendable {
                 }
                 if let progress, now - lastProgress >= .milliseconds(500) {
                     lastProgress = now
-                    progress(control.progress(queued: machine.remaining, elapsed: now - started))
+                    var report = control.progress(queued: machine.remaining, elapsed: now - started)
+                    // Requests out and nothing heard for a while: said, not an "ETA 0s".
+                    report.inFlight = machine.inFlight
+                    report.quietFor = seconds(now - lastActivity)
+                    progress(report)
                 }
                 if step.finished && answers.isEmpty { break }
                 try? await clock.sleep(until: step.wake)
@@ -419,10 +427,15 @@ public final class RunEngine: Sendable {
 
     /// Waits until every message of the run is final (delivered, read, failed, skipped) or the
     /// window closes. Statuses come from a receiver writing to the same store.
-    public func settle(run: String, window: Duration, poll: Duration = .milliseconds(500)) async throws -> [MessageState: Int] {
-        try await settleWindow(store: store, run: run, window: window, poll: poll, clock: ContinuousClock()) { [control] in
-            control.stopReason != nil
-        }
+    /// `observe`: the counts and the time left, at every look at the store (the live line).
+    public func settle(
+        run: String, window: Duration, poll: Duration = .milliseconds(500),
+        observe: ([MessageState: Int], Duration) -> Void = { _, _ in }
+    ) async throws -> [MessageState: Int] {
+        try await settleWindow(
+            store: store, run: run, window: window, poll: poll, clock: ContinuousClock(),
+            stopped: { [control] in control.stopReason != nil },
+            observe: observe)
     }
 }
 
@@ -434,6 +447,13 @@ public struct RunProgress: Sendable {
     public var remaining: Int
     public var rate: Double
     public var eta: Double?
+    /// Requests sent and not answered yet.
+    public var inFlight = 0
+    /// Seconds since the last request left or answer came.
+    public var quietFor: Double = 0
+
+    /// Requests are out and nothing has moved for 3 s: a request hangs (Meta, the network).
+    public var isWaiting: Bool { inFlight > 0 && quietFor >= 3 }
 }
 
 /// Messages read ahead for the dispatch loop.

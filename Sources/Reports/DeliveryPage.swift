@@ -129,8 +129,8 @@ struct DeliveryPage {
 
     struct Bar { var label: String; var count: Int; var percent: String; var y: Int; var width: Int; var color: String; var textY: Int }
     struct LandlordRow {
-        var name: String; var invoices: Int; var billed: String; var delivered: String; var failed: Int; var unreachable: Int;
-        var pending: Int; var cost: String
+        var name: String; var invoices: Int; var billed: String; var delivered: String; var read: String; var failed: String;
+        var unreachable: Int; var pending: String; var cost: String
     }
     struct FailureGroup { var reason: String; var action: String; var code: String; var count: Int; var rows: [FailureRow]; var more: Bool }
     struct FailureRow { var tenant: String; var phone: String; var invoice: String; var email: String; var detail: String }
@@ -225,9 +225,15 @@ struct DeliveryPage {
             let x = totals.landlords[name]!
             var delivered = x.delivered
             for code in x.billed.keys where delivered[code] == nil { delivered[code] = 0 }
+            // Counts with their money: "2 · RD$23,400.00" (invoices by outcome; messages for the count).
+            func counted(_ n: Int, _ money: [String: Int64]) -> String {
+                let shown = money.filter { $0.value != 0 }
+                return shown.isEmpty ? String(n) : "\(n) · \(amounts(shown))"
+            }
             return LandlordRow(
-                name: name, invoices: x.invoices, billed: amounts(x.billed), delivered: amounts(delivered), failed: x.failed,
-                unreachable: x.unreachable, pending: x.pending,
+                name: name, invoices: x.invoices, billed: amounts(x.billed), delivered: amounts(delivered),
+                read: amounts(x.read.filter { $0.value != 0 }), failed: counted(x.failed, x.failedAmount),
+                unreachable: x.unreachable, pending: counted(x.pending, x.pendingAmount),
                 cost: totals.cost.map { CostEstimate.format(x.cost, currency: $0.card.currency) } ?? "—")
         }
         cost = totals.cost.map { c in

@@ -157,6 +157,10 @@ struct Totals {
         var failed = 0
         var unreachable = 0
         var pending = 0
+        /// Amounts of the invoices by outcome (delivered counts read ones too).
+        var readAmount: Int64 = 0
+        var pendingAmount: Int64 = 0
+        var failedAmount: Int64 = 0
     }
 
     struct Landlord {
@@ -167,6 +171,9 @@ struct Totals {
         var pending: Int { byCurrency.values.map(\.pending).reduce(0, +) }
         var billed: [String: Int64] { byCurrency.mapValues(\.billed) }
         var delivered: [String: Int64] { byCurrency.mapValues(\.delivered) }
+        var read: [String: Int64] { byCurrency.mapValues(\.readAmount) }
+        var pendingAmount: [String: Int64] { byCurrency.mapValues(\.pendingAmount) }
+        var failedAmount: [String: Int64] { byCurrency.mapValues(\.failedAmount) }
         var cost: Int64 { byCurrency.values.map(\.cost).reduce(0, +) }
     }
 
@@ -207,7 +214,8 @@ struct Totals {
         for figures in summary.landlords {
             landlords[landlordName(figures.landlord), default: Landlord()].byCurrency[figures.currency] = Counts(
                 invoices: figures.invoices, messages: figures.messages, billed: figures.billedMinor, delivered: figures.deliveredMinor,
-                failed: figures.failed, unreachable: figures.unreachable, pending: figures.pending)
+                failed: figures.failed, unreachable: figures.unreachable, pending: figures.pending, readAmount: figures.readMinor,
+                pendingAmount: figures.pendingMinor, failedAmount: figures.failedMinor)
         }
         // Groups Meta told apart (by title) that mean the same to a landlord are shown as one.
         var retryableExamples: [(Example, String)] = []
@@ -261,8 +269,8 @@ struct Totals {
         let csv = try CSVWriter(path: path, dialect: dialect)
         let costCurrency = (cost?.card.currency ?? "USD").lowercased()
         try csv.header([
-            "landlord", "currency", "invoices", "messages", "amount_billed", "amount_delivered", "failed", "unreachable", "pending",
-            "whatsapp_cost_\(costCurrency)",
+            "landlord", "currency", "invoices", "messages", "amount_billed", "amount_delivered", "amount_read", "amount_pending",
+            "amount_failed", "failed", "unreachable", "pending", "whatsapp_cost_\(costCurrency)",
         ])
         for name in landlords.keys.sorted() {
             for (currency, x) in landlords[name]!.byCurrency.sorted(by: { $0.key < $1.key }) {
@@ -271,6 +279,9 @@ struct Totals {
                     .text(name), .plain(currency), .plain(String(x.invoices)), .plain(String(x.messages)),
                     .plain(csv.amount(Money(minorUnits: x.billed, currency: c).plainDecimal)),
                     .plain(csv.amount(Money(minorUnits: x.delivered, currency: c).plainDecimal)),
+                    .plain(csv.amount(Money(minorUnits: x.readAmount, currency: c).plainDecimal)),
+                    .plain(csv.amount(Money(minorUnits: x.pendingAmount, currency: c).plainDecimal)),
+                    .plain(csv.amount(Money(minorUnits: x.failedAmount, currency: c).plainDecimal)),
                     .plain(String(x.failed)), .plain(String(x.unreachable)), .plain(String(x.pending)),
                     .plain(cost == nil ? "" : csv.amount(CostEstimate.decimal(x.cost))),
                 ])

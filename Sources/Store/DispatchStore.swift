@@ -482,6 +482,12 @@ public struct ReportSummary: Sendable, Equatable {
         public var billedMinor: Int64 = 0
         /// The amount of invoices with a message delivered or read.
         public var deliveredMinor: Int64 = 0
+        /// Of those, the invoices with a message read.
+        public var readMinor: Int64 = 0
+        /// The amount of invoices not delivered and not final yet (a message queued, sent, unknown…).
+        public var pendingMinor: Int64 = 0
+        /// The amount of invoices whose every message ended failed (or skipped), one failed at least.
+        public var failedMinor: Int64 = 0
         public var failed = 0
         /// Failed with 131026: not on WhatsApp.
         public var unreachable = 0

@@ -12,12 +12,19 @@ enum ReportSQL {
         GROUP BY i.landlord, i.currency, m.state
         """
 
-    /// Per landlord and currency: invoices with messages, billed, and billed for invoices delivered.
+    /// Per landlord and currency: invoices with messages, billed, and billed for invoices by their
+    /// outcome (`InvoiceOutcome`): delivered (read or not), read, pending, failed.
     static let invoiceAmounts = """
         SELECT i.landlord, i.currency, COUNT(*), CAST(SUM(i.amount_minor) AS BIGINT),
-            CAST(SUM(CASE WHEN d.delivered = 1 THEN i.amount_minor ELSE 0 END) AS BIGINT)
+            CAST(SUM(CASE WHEN d.delivered = 1 THEN i.amount_minor ELSE 0 END) AS BIGINT),
+            CAST(SUM(CASE WHEN d.read = 1 THEN i.amount_minor ELSE 0 END) AS BIGINT),
+            CAST(SUM(CASE WHEN d.delivered = 0 AND d.open = 1 THEN i.amount_minor ELSE 0 END) AS BIGINT),
+            CAST(SUM(CASE WHEN d.delivered = 0 AND d.open = 0 AND d.failed = 1 THEN i.amount_minor ELSE 0 END) AS BIGINT)
         FROM invoices i JOIN (
-            SELECT invoice_id, MAX(CASE WHEN state IN ('delivered', 'read') THEN 1 ELSE 0 END) AS delivered
+            SELECT invoice_id, MAX(CASE WHEN state IN ('delivered', 'read') THEN 1 ELSE 0 END) AS delivered,
+                MAX(CASE WHEN state = 'read' THEN 1 ELSE 0 END) AS read,
+                MAX(CASE WHEN state IN ('queued', 'sending', 'unknown', 'accepted', 'held', 'sent') THEN 1 ELSE 0 END) AS open,
+                MAX(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed
             FROM messages WHERE run = $1 GROUP BY invoice_id
         ) d ON d.invoice_id = i.invoice_id
         WHERE i.run = $1 AND \(landlordFilter)
@@ -97,13 +104,16 @@ enum ReportSQL {
 
     /// Adds a row of `invoiceAmounts` to the summary.
     static func addAmounts(
-        landlord: String?, currency: String, invoices: Int, billed: Int64, delivered: Int64,
-        to summary: inout ReportSummary, index: inout [String: Int]
+        landlord: String?, currency: String, invoices: Int, billed: Int64, delivered: Int64, read: Int64, pending: Int64,
+        failed: Int64, to summary: inout ReportSummary, index: inout [String: Int]
     ) {
         let at = figures(landlord, currency, in: &summary, index: &index)
         summary.landlords[at].invoices += invoices
         summary.landlords[at].billedMinor.addClamping(billed)
         summary.landlords[at].deliveredMinor.addClamping(delivered)
+        summary.landlords[at].readMinor.addClamping(read)
+        summary.landlords[at].pendingMinor.addClamping(pending)
+        summary.landlords[at].failedMinor.addClamping(failed)
     }
 }
 

@@ -98,6 +98,9 @@ extension SQLiteStore {
                 summary.landlords[at].messages += f.messages
                 summary.landlords[at].billedMinor.addClamping(f.billedMinor)
                 summary.landlords[at].deliveredMinor.addClamping(f.deliveredMinor)
+                summary.landlords[at].readMinor.addClamping(f.readMinor)
+                summary.landlords[at].pendingMinor.addClamping(f.pendingMinor)
+                summary.landlords[at].failedMinor.addClamping(f.failedMinor)
                 summary.landlords[at].failed += f.failed
                 summary.landlords[at].unreachable += f.unreachable
                 summary.landlords[at].pending += f.pending
@@ -174,8 +177,19 @@ struct ReportPass: Sendable {
         var lastBucket = Bucket(landlord: -1, currency: -1), lastAt = -1
         var lastInvoice: Int64 = -1
         var invoiceAt = 0, invoiceAmount: Int64 = 0, invoiceDelivered = false
+        var invoiceRead = false, invoiceOpen = false, invoiceFailed = false
+        // An invoice's outcome (as `ReportSQL.invoiceAmounts`): delivered (read or not), else
+        // pending while a message may still arrive, else failed.
         func closeInvoice() {
-            if lastInvoice >= 0 && invoiceDelivered { figures[invoiceAt].deliveredMinor.addClamping(invoiceAmount) }
+            guard lastInvoice >= 0 else { return }
+            if invoiceDelivered {
+                figures[invoiceAt].deliveredMinor.addClamping(invoiceAmount)
+                if invoiceRead { figures[invoiceAt].readMinor.addClamping(invoiceAmount) }
+            } else if invoiceOpen {
+                figures[invoiceAt].pendingMinor.addClamping(invoiceAmount)
+            } else if invoiceFailed {
+                figures[invoiceAt].failedMinor.addClamping(invoiceAmount)
+            }
         }
         var stateCounts = [Int](repeating: 0, count: MessageState.allCases.count)
         var sends: (minute: Int, count: Int) = (Int.min, 0), deliveries: (minute: Int, count: Int) = (Int.min, 0)
@@ -218,6 +232,9 @@ struct ReportPass: Sendable {
                 invoiceAt = lastAt
                 invoiceAmount = r[3]
                 invoiceDelivered = false
+                invoiceRead = false
+                invoiceOpen = false
+                invoiceFailed = false
                 figures[lastAt].invoices += 1
                 figures[lastAt].billedMinor.addClamping(invoiceAmount)
             }
@@ -225,10 +242,13 @@ struct ReportPass: Sendable {
             switch state {
             case .delivered, .read:
                 invoiceDelivered = true
+                if state == .read { invoiceRead = true }
             case .failed:
+                invoiceFailed = true
                 figures[lastAt].failed += 1
                 if r[5] as Int? == 131026 { figures[lastAt].unreachable += 1 }
             case .queued, .sending, .accepted, .held, .sent, .unknown:
+                invoiceOpen = true
                 figures[lastAt].pending += 1
             case .skipped:
                 break

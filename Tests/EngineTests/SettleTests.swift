@@ -50,6 +50,21 @@ struct SettleTests {
         #expect(ContinuousClock.now - real < .seconds(60))
     }
 
+    @Test("the live line sees every look at the store: the counts and the time left, down to zero")
+    func observed() async throws {
+        let store = try freshStore()
+        try await seed(store, phones: ["18095550101"])
+        let clock = VirtualClock()
+        let seen = Mutex<[Duration]>([])
+        _ = try await settleWindow(
+            store: store, run: "march", window: .seconds(3), poll: .milliseconds(500), clock: clock, stopped: { false },
+            observe: { counts, left in
+                #expect(counts == [.queued: 1])
+                seen.withLock { $0.append(left) }
+            })
+        #expect(seen.withLock { $0 } == stride(from: 3000, through: 0, by: -500).map { Duration.milliseconds($0) })
+    }
+
     @Test("it ends as soon as every message is final, at the next poll")
     func endsWhenFinal() async throws {
         let store = try freshStore()

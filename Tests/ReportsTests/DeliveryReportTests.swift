@@ -135,14 +135,20 @@ struct DeliveryReportTests {
         #expect(caribeDOP["invoices"] == "3")
         #expect(caribeDOP["amount_billed"] == "6000.00")
         #expect(caribeDOP["amount_delivered"] == "3000.00")  // A read + B delivered
+        #expect(caribeDOP["amount_read"] == "1000.00")  // A
+        #expect(caribeDOP["amount_failed"] == "3000.00")  // C, not on WhatsApp
+        #expect(caribeDOP["amount_pending"] == "0.00")
         #expect(caribeDOP["failed"] == "1")
         #expect(caribeDOP["unreachable"] == "1")
         let caribeUSD = try #require(rows.first { $0["landlord"] == "Caribe" && $0["currency"] == "USD" })
         #expect(caribeUSD["pending"] == "1")
+        #expect(caribeUSD["amount_pending"] == "50.00")  // D, sent and not delivered yet
         #expect(caribeUSD["amount_delivered"] == "0.00")
         let proceres = try #require(rows.first { $0["landlord"] == "Próceres" })
         #expect(proceres["invoices"] == "4")
         #expect(proceres["pending"] == "1")  // the unknown one
+        #expect(proceres["amount_pending"] == "5000.00")  // F, unknown
+        #expect(proceres["amount_failed"] == "4000.00")  // E, held back 24 h (131049)
         #expect(proceres["amount_delivered"] == "6000.00")
     }
 

@@ -233,8 +233,12 @@ struct SendInvoiceAPITests {
             let result = try #require((answer["results"] as? [[String: Any]])?.first, "\(answer)")
             #expect(result["state"] as? String == "accepted", "\(answer)")
             #expect(ContinuousClock.now - started >= .seconds(5))
-            let codes = try await h.requests().map { $0["errorCode"] as? Int }
-            #expect(codes == [nil, 131056, nil], "\(codes)")
+            let requests = try await h.requests()
+            let codes = requests.map { $0["errorCode"] as? Int }
+            // Meta's 131056 when the second call came within 6 s of the first; on a machine so
+            // loaded that it came later (CI saw it once), no pair rule was crossed at all.
+            let gap = ((requests.last?["at"] as? Double) ?? 0) - ((requests.first?["at"] as? Double) ?? 0)
+            #expect(codes == [nil, 131056, nil] || (codes == [nil, nil] && gap >= 6), "\(codes), \(gap) s apart")
         }
     }
 

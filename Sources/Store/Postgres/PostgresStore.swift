@@ -574,10 +574,11 @@ public final class PostgresStore: DispatchStore {
                 landlord: landlord, currency: currency, state: state, count: count, unreachable: unreachable, to: &summary, index: &index)
         }
         for row in try await rows(query(ReportSQL.invoiceAmounts)) {
-            let (landlord, currency, invoices, billed, delivered) = try row.decode((String?, String, Int, Int64, Int64).self)
+            let (landlord, currency, invoices, billed, delivered, read, pending, failed) = try row.decode(
+                (String?, String, Int, Int64, Int64, Int64, Int64, Int64).self)
             ReportSQL.addAmounts(
-                landlord: landlord, currency: currency, invoices: invoices, billed: billed, delivered: delivered,
-                to: &summary, index: &index)
+                landlord: landlord, currency: currency, invoices: invoices, billed: billed, delivered: delivered, read: read,
+                pending: pending, failed: failed, to: &summary, index: &index)
         }
         func sample(_ row: PostgresRow) throws -> ReportSummary.Sample {
             let (sequence, invoice, tenant, phone, email, details, skip) = try row.decode(
