@@ -323,7 +323,7 @@ struct RunSession {
             settleProgress: { counts, left in
                 guard showProgress else { return }
                 liveLine = true
-                FileHandle.standardError.write(Data(settleLine(counts, left: left, prefix: console.prefix).utf8))
+                terminalLine(settleLine(counts, left: left, prefix: console.prefix))
             })
         if liveLine { FileHandle.standardError.write(Data("\n".utf8)) }
 
@@ -554,15 +554,22 @@ func finishes(within limit: Duration, _ body: @escaping @Sendable () async -> Vo
         p.isWaiting
         ? " waiting for \(p.inFlight) answer\(p.inFlight == 1 ? "" : "s") from Meta: nothing for \(Int(p.quietFor))s"
         : p.eta.map { " ETA \(Int($0))s" } ?? ""
-    let line = "\r  accepted \(p.accepted)  failed \(p.failed)  unknown \(p.unknown)  remaining \(p.remaining)  \(Int(p.rate))/s\(eta)   "
-    FileHandle.standardError.write(Data(line.utf8))
+    terminalLine("  accepted \(p.accepted)  failed \(p.failed)  unknown \(p.unknown)  remaining \(p.remaining)  \(Int(p.rate))/s\(eta)")
+}
+
+/// Rewrites the terminal's current line with `text`, cut to its width: a line that wrapped would
+/// leave a new row at every update, and a shorter one the end of the longer before it.
+func terminalLine(_ text: String) {
+    var size = winsize()
+    let width = ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &size) == 0 && size.ws_col > 0 ? Int(size.ws_col) : 80
+    FileHandle.standardError.write(Data(("\r\u{1B}[K" + String(text.prefix(width - 1))).utf8))
 }
 
 /// The live line of the settle window: statuses so far (cumulative, as the summary counts them),
 /// what is still open, and the time left.
 func settleLine(_ counts: [MessageState: Int], left: Duration, prefix: String) -> String {
     let open = counts.filter { !$0.key.isFinal }.values.reduce(0, +)
-    return "\r\(prefix)  statuses: \(cumulativeSummary(counts)); \(open) still open; \(Int(left.components.seconds))s left   "
+    return "\(prefix)  statuses: \(cumulativeSummary(counts)); \(open) still open; \(Int(left.components.seconds))s left"
 }
 
 /// A long-running piece of a run (the receiver, the sandbox) as a ServiceLifecycle service.

@@ -433,11 +433,12 @@ struct ReportCommand: AsyncParsableCommand {
                 var directory = reportDirectory(run: run, landlord: name)
                 let base = directory
                 var n = 2
-                while used.contains(directory) {
+                // Compared without case: "ACME" and "Acme" are one folder on some file systems.
+                while used.contains(directory.lowercased()) {
                     directory = "\(base)-\(n)"
                     n += 1
                 }
-                used.insert(directory)
+                used.insert(directory.lowercased())
                 let files = try await writer.write(run: record, store: store, to: directory, landlord: name)
                 folders[name] = directory
                 console.say("  \(name): \(files.html)")
@@ -549,7 +550,8 @@ func reportDirectory(run: String, landlord: String?) -> String {
     // An organization's run (`march@caribe`) reports beside the others of its month: reports/march/caribe/.
     let folder = "reports/\(run.replacingOccurrences(of: "@", with: "/"))"
     guard let landlord else { return folder }
-    let safe = String(landlord.map { ch -> Character in ch.isLetter || ch.isNumber ? ch : "-" })
+    // Letters and digits only (no `/`, no `..`), and short enough for any file system.
+    let safe = String(landlord.map { ch -> Character in ch.isLetter || ch.isNumber ? ch : "-" }.prefix(80))
     return "\(folder)/\(safe)"
 }
 

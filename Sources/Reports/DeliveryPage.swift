@@ -21,7 +21,7 @@ struct DeliveryPage {
                     retryHint: "Ces messages peuvent être relancés avec :", skipped: "Non envoyés, volontairement",
                     timeline: "Envois et remises par minute",
                     landlord: "Bailleur", invoices: "Factures", billed: "Facturé", delivered: "Remis", failed: "Échecs",
-                    unreachable: "Sans WhatsApp", pending: "Pas encore connu", reason: "Raison", action: "Que faire", count: "Nombre",
+                    unreachable: "Sans WhatsApp", pending: "En cours", reason: "Raison", action: "Que faire", count: "Nombre",
                     tenant: "Locataire", phone: "Téléphone", invoice: "Facture", email: "Courriel", none: "Aucun.",
                     moreInCSV: "La liste complète est dans messages.csv.", sends: "envois", deliveries: "remises",
                     manifest: "Manifeste", template: "Modèle", sender: "Numéro d'envoi", created: "Commencé", finished: "Terminé",
@@ -43,7 +43,7 @@ struct DeliveryPage {
                     retryHint: "Estas mensagens podem ser reenviadas com:", skipped: "Não enviadas, de propósito",
                     timeline: "Envios e entregas por minuto",
                     landlord: "Proprietário", invoices: "Faturas", billed: "Faturado", delivered: "Entregue", failed: "Falhas",
-                    unreachable: "Sem WhatsApp", pending: "Ainda não se sabe", reason: "Motivo", action: "O que fazer", count: "Quantidade",
+                    unreachable: "Sem WhatsApp", pending: "Em aberto", reason: "Motivo", action: "O que fazer", count: "Quantidade",
                     tenant: "Inquilino", phone: "Telefone", invoice: "Fatura", email: "E-mail", none: "Nenhum.",
                     moreInCSV: "A lista completa está em messages.csv.", sends: "envios", deliveries: "entregas",
                     manifest: "Manifesto", template: "Modelo", sender: "Número de envio", created: "Início", finished: "Fim",
@@ -65,7 +65,7 @@ struct DeliveryPage {
                     retryHint: "Estos mensajes pueden reintentarse con:", skipped: "No enviados a propósito",
                     timeline: "Envíos y entregas por minuto",
                     landlord: "Arrendador", invoices: "Facturas", billed: "Facturado", delivered: "Entregado", failed: "Fallidos",
-                    unreachable: "Sin WhatsApp", pending: "Sin confirmar", reason: "Motivo", action: "Qué hacer", count: "Cantidad",
+                    unreachable: "Sin WhatsApp", pending: "Abiertos", reason: "Motivo", action: "Qué hacer", count: "Cantidad",
                     tenant: "Inquilino", phone: "Teléfono", invoice: "Factura", email: "Correo", none: "Ninguno.",
                     moreInCSV: "La lista completa está en messages.csv.", sends: "envíos", deliveries: "entregas",
                     manifest: "Manifiesto", template: "Plantilla", sender: "Número emisor", created: "Iniciado", finished: "Terminado",
@@ -87,7 +87,7 @@ struct DeliveryPage {
                 title: "Delivery report", subtitle: "Invoices sent over WhatsApp", funnel: "Delivery funnel", landlords: "Per landlord",
                 failures: "Not delivered: the reason and what to do", retry: "To retry", retryHint: "These messages can be retried with:",
                 skipped: "Not sent, on purpose", timeline: "Sends and deliveries per minute", landlord: "Landlord", invoices: "Invoices",
-                billed: "Billed", delivered: "Delivered", failed: "Failed", unreachable: "Not on WhatsApp", pending: "Not yet known",
+                billed: "Billed", delivered: "Delivered", failed: "Failed", unreachable: "Not on WhatsApp", pending: "Open",
                 reason: "Reason", action: "What to do", count: "Count", tenant: "Tenant", phone: "Phone", invoice: "Invoice",
                 email: "Email", none: "None.", moreInCSV: "The full list is in messages.csv.", sends: "sends", deliveries: "deliveries",
                 manifest: "Manifest", template: "Template", sender: "Sender number", created: "Started", finished: "Finished",
@@ -184,7 +184,7 @@ struct DeliveryPage {
             Fact(label: l.sender, value: run.sender),
             Fact(label: l.status, value: run.status.rawValue + (run.haltReason.map { ": \($0)" } ?? "")),
             Fact(label: l.created, value: iso(run.createdAt)), Fact(label: l.finished, value: iso(run.finishedAt)),
-            Fact(label: l.times, value: clock.description),
+            Fact(label: l.times, value: clock.describe(at: run.createdAt)),
         ]
         if let settle { facts.append(Fact(label: l.settle, value: settle)) }
 
@@ -339,9 +339,11 @@ public struct LocalClock: Sendable, CustomStringConvertible {
         return String(format: "%02d:%02d", c.hour!, c.minute!)
     }
 
-    /// `America/Santo_Domingo (UTC-04:00)`
-    public var description: String {
-        let offset = zone.secondsFromGMT()
+    /// `America/Santo_Domingo (UTC-04:00)`, the offset on the run's day (summer time included).
+    public var description: String { describe(at: Date().timeIntervalSince1970) }
+
+    public func describe(at seconds: Double) -> String {
+        let offset = zone.secondsFromGMT(for: Date(timeIntervalSince1970: seconds))
         let sign = offset < 0 ? "-" : "+"
         return String(format: "%@ (UTC%@%02d:%02d)", zone.identifier, sign, abs(offset) / 3600, abs(offset) % 3600 / 60)
     }

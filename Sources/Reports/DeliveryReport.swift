@@ -199,7 +199,7 @@ struct Totals {
     var deliveriesPerMinute: [Int: Int]
     /// What Meta charged (nil: no rate card).
     var cost: CostEstimate?
-    /// The first messages whose outcome is not known yet, and how many there are.
+    /// The first messages WhatsApp took whose outcome is not known yet (accepted, held, sent), and how many.
     var pending: [ReportSummary.Pending]
     var pendingCount: Int
 
@@ -208,7 +208,7 @@ struct Totals {
         self.pageRows = pageRows
         states = summary.states
         pending = Array(summary.pending.prefix(pageRows * 4))
-        pendingCount = [MessageState.queued, .sending, .accepted, .held, .sent].reduce(0) { $0 + (summary.states[$1] ?? 0) }
+        pendingCount = [MessageState.accepted, .held, .sent].reduce(0) { $0 + (summary.states[$1] ?? 0) }
         sendsPerMinute = summary.sendsPerMinute
         deliveriesPerMinute = summary.deliveriesPerMinute
         for figures in summary.landlords {

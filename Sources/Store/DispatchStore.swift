@@ -531,7 +531,7 @@ public struct ReportSummary: Sendable, Equatable {
     }
 
     public var states: [MessageState: Int] = [:]
-    /// The first messages not final yet (queued, sending, accepted, held, sent), in run order.
+    /// The first messages WhatsApp took whose outcome is not known yet (accepted, held, sent), in run order.
     public var pending: [Pending] = []
     public var landlords: [Landlord] = []
     /// Failed and unknown messages by (state, code, title), largest first.

@@ -55,11 +55,12 @@ enum ReportSQL {
         WHERE m.run = $1 AND \(landlordFilter) AND m.state = 'skipped' ORDER BY m.seq LIMIT $3
         """
 
-    /// The first messages whose outcome is not known yet (queued, sending, accepted, held, sent):
-    /// `$3` how many. Their state and invoice amount are shown with them.
+    /// The first messages WhatsApp took whose outcome is not known yet (accepted, held, sent):
+    /// `$3` how many. Their state and invoice amount are shown with them. (Queued ones were never
+    /// sent, unknown ones have their own advice: neither is "wait".)
     static let pendingSamples = """
         SELECT m.seq, m.invoice_id, i.tenant_name, m.phone, m.state, i.amount_minor, i.currency \(join)
-        WHERE m.run = $1 AND \(landlordFilter) AND m.state IN ('queued', 'sending', 'accepted', 'held', 'sent')
+        WHERE m.run = $1 AND \(landlordFilter) AND m.state IN ('accepted', 'held', 'sent')
         ORDER BY m.seq LIMIT $3
         """
 

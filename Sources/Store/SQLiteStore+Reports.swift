@@ -122,7 +122,7 @@ extension SQLiteStore {
                         state: problem.state, errorCode: problem.code, errorTitle: problem.title, count: count,
                         samples: rows.map(sample)))
             }
-            let open = [MessageState.queued, .sending, .accepted, .held, .sent].reduce(0) { $0 + (summary.states[$1] ?? 0) }
+            let open = [MessageState.accepted, .held, .sent].reduce(0) { $0 + (summary.states[$1] ?? 0) }
             if open > 0 {
                 summary.pending = try Row.fetchAll(db, sql: ReportSQL.pendingSamples, arguments: [run, filter, samples]).map {
                     ReportSummary.Pending(

@@ -29,8 +29,21 @@ func chromiumRun(_ arguments: [String]) async throws -> (status: Int32, console:
         process.standardError = err
         process.standardOutput = FileHandle.nullDevice
         try process.run()
-        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        // Never longer than a minute: a hung browser must not hold CI. Its log is read beside it
+        // (a full pipe would stall it), and not waited for past its exit (a helper may hold it).
+        let pid = process.processIdentifier
+        let killer = DispatchWorkItem { kill(pid, SIGKILL) }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 60, execute: killer)
+        let log = LogBox()
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            log.set(err.fileHandleForReading.readDataToEndOfFile())
+            done.signal()
+        }
         process.waitUntilExit()
+        killer.cancel()
+        _ = done.wait(timeout: .now() + 5)
+        let text = String(decoding: log.get(), as: UTF8.self)
         let console = text.split(whereSeparator: \.isNewline).map(String.init).filter {
             $0.contains(":CONSOLE") || $0.contains("Refused to") || $0.contains("Content Security Policy")
         }
@@ -96,4 +109,12 @@ struct BrowserTests {
         }
         FileHandle.standardError.write(Data("browser: screenshots for review in \(shots.path)\n".utf8))
     }
+}
+
+/// A browser's log, handed from the thread that reads it.
+final class LogBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var data = Data()
+    func set(_ new: Data) { lock.withLock { data = new } }
+    func get() -> Data { lock.withLock { data } }
 }

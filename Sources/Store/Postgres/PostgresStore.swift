@@ -602,7 +602,7 @@ public final class PostgresStore: DispatchStore {
                     state: MessageState(rawValue: state) ?? .unknown, errorCode: code, errorTitle: title,
                     count: count, samples: examples))
         }
-        let open = [MessageState.queued, .sending, .accepted, .held, .sent].reduce(0) { $0 + (summary.states[$1] ?? 0) }
+        let open = [MessageState.accepted, .held, .sent].reduce(0) { $0 + (summary.states[$1] ?? 0) }
         if open > 0 {
             summary.pending = try await rows(query(ReportSQL.pendingSamples) { $0.append(samples) }).map {
                 let (sequence, invoice, tenant, phone, state, amount, currency) = try $0.decode(
