@@ -121,13 +121,7 @@ public struct DeliveryReportWriter: Sendable {
         for invoice in try await store.skippedInvoices(run: run.name) where landlord == nil || invoice.landlord == landlord {
             totals.addSkippedInvoice(invoice)
         }
-        // What Meta charged, from the statuses' pricing, on the rate card of the run's day.
-        if let card = try await RateCards.inForce(on: localDay(run.createdAt), store: store).0 {
-            let charged = try await store.chargeCounts(run: run.name, states: [.delivered, .read]).filter {
-                landlord == nil || $0.landlord == landlord
-            }
-            totals.add(cost: CostEstimate(card: card, counts: charged, organization: nil, category: .utility))
-        }
+        if let cost = try await CostEstimate.charged(run: run, store: store, landlord: landlord) { totals.add(cost: cost) }
         try totals.writeLandlords(to: files.landlordsCSV, dialect: dialect)
         let page = DeliveryPage(
             run: run, totals: totals, settle: settle, landlordFilter: landlord, lang: lang, generatedAt: now,

@@ -314,13 +314,7 @@ public struct DispatcherServer: Sendable {
             throw APIError(.notFound, "no run \(name)")
         }
         var view = RunView(summary)
-        // What Meta charged so far, from the statuses' pricing (as the report's cost).
-        if let card = try await RateCards.inForce(on: localDay(summary.run.createdAt), store: store).0 {
-            let estimate = CostEstimate(
-                card: card, counts: try await store.chargeCounts(run: name, states: [.delivered, .read]), organization: nil,
-                category: .utility)
-            view.cost = RunCostView(estimate)
-        }
+        view.cost = try await CostEstimate.charged(run: summary.run, store: store).map(RunCostView.init)
         return try jsonResponse(view)
     }
 

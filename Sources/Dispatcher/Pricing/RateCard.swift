@@ -71,12 +71,14 @@ public enum PricingCategory: String, Sendable, CaseIterable, Codable, Comparable
 
     /// From a template's category (`UTILITY`) or a status's `pricing.category`
     /// (`marketing_lite` is marketing; `referral_conversion` and the like are not charged).
+    /// Letters only are compared: `authentication-international` (webhooks),
+    /// `AUTHENTICATION_INTERNATIONAL` (analytics) and a card's "Authentication-\nInternational" alike.
     public init?(meta: String) {
-        switch meta.lowercased().replacingOccurrences(of: "-", with: "_") {
-        case "marketing", "marketing_lite": self = .marketing
+        switch meta.lowercased().filter(\.isLetter) {
+        case "marketing", "marketinglite": self = .marketing
         case "utility": self = .utility
         case "authentication": self = .authentication
-        case "authentication_international": self = .authenticationInternational
+        case "authenticationinternational": self = .authenticationInternational
         case "service": self = .service
         default: return nil
         }
@@ -134,12 +136,7 @@ extension RateCard {
                     tierMarket = nil
                     continue
                 }
-                var found: [Int: PricingCategory] = [:]
-                for (i, name) in names.enumerated() {
-                    if let category = PricingCategory(meta: name == "authenticationinternational" ? "authentication_international" : name) {
-                        found[i] = category
-                    }
-                }
+                let found = Dictionary(uniqueKeysWithValues: categoryColumns(names).map { ($0.column, $0.category) })
                 guard found.values.contains(.utility) else {
                     throw RateCardError(description: "line \(line): a 'Market' header without a Utility column")
                 }
@@ -164,11 +161,7 @@ extension RateCard {
             guard let columns = listColumns else {
                 // Notes above a table: the currency and the date may be in them; or the row naming
                 // the categories of a tier table.
-                let found = names.enumerated().compactMap { i, name in
-                    PricingCategory(meta: name == "authenticationinternational" ? "authentication_international" : name).map {
-                        (column: i, category: $0)
-                    }
-                }
+                let found = categoryColumns(names)
                 if !found.isEmpty { labels = found }
                 let note = trimmed.joined(separator: " ")
                 if noteDate == nil, let date = effectiveDate(in: note) { noteDate = date }
@@ -178,11 +171,7 @@ extension RateCard {
                 continue
             }
             // A row naming categories over columns: a tier table follows.
-            let labelled = names.enumerated().compactMap { i, name in
-                PricingCategory(meta: name == "authenticationinternational" ? "authentication_international" : name).map {
-                    (column: i, category: $0)
-                }
-            }
+            let labelled = categoryColumns(names)
             if first.isEmpty && !labelled.isEmpty {
                 labels = labelled
                 listColumns = nil
@@ -229,6 +218,11 @@ extension RateCard {
             card.tiers[market] = older.tiers[market]
         }
         return card
+    }
+
+    /// The columns of a row that name a category ("Utility", "Authentication-International").
+    static func categoryColumns(_ names: [String]) -> [(column: Int, category: PricingCategory)] {
+        names.enumerated().compactMap { i, name in PricingCategory(meta: name).map { (column: i, category: $0) } }
     }
 
     /// Two files of the same card (Meta publishes the list rates and the volume tiers apart) as one.
