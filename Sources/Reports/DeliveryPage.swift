@@ -128,9 +128,10 @@ struct DeliveryPage {
     }
 
     struct Bar { var label: String; var count: Int; var percent: String; var y: Int; var width: Int; var color: String; var textY: Int }
+    /// Each outcome cell: invoices, and their amounts ("2 · RD$23,400.00").
     struct LandlordRow {
-        var name: String; var invoices: Int; var billed: String; var delivered: String; var read: String; var failed: String;
-        var unreachable: Int; var pending: String; var cost: String
+        var name: String; var invoices: Int; var billed: String; var delivered: String; var read: String; var open: String
+        var failed: String; var notOnWhatsApp: String; var notSent: String; var cost: String
     }
     struct FailureGroup { var reason: String; var action: String; var code: String; var count: Int; var rows: [FailureRow]; var more: Bool }
     struct FailureRow { var tenant: String; var phone: String; var invoice: String; var email: String; var detail: String }
@@ -147,6 +148,9 @@ struct DeliveryPage {
     var bars: [Bar]
     var funnelHeight: Int
     var landlords: [LandlordRow]
+    /// Words the labels lack: the "not sent" column, and how the table adds up.
+    var notSentLabel: String
+    var landlordsNote: String
     var failures: [FailureGroup]
     var noFailures: Bool
     var retryable: [RetryRow]
@@ -223,19 +227,25 @@ struct DeliveryPage {
         }
         landlords = totals.landlords.keys.sorted().map { name in
             let x = totals.landlords[name]!
-            var delivered = x.delivered
-            for code in x.billed.keys where delivered[code] == nil { delivered[code] = 0 }
-            // Counts with their money: "2 · RD$23,400.00" (invoices by outcome; messages for the count).
-            func counted(_ n: Int, _ money: [String: Int64]) -> String {
+            // Invoices by outcome with their money: "2 · RD$23,400.00", or "0".
+            func counted(_ tally: KeyPath<Totals.Counts, ReportSummary.Tally>) -> String {
+                let (n, money) = x.outcome(tally)
                 let shown = money.filter { $0.value != 0 }
                 return shown.isEmpty ? String(n) : "\(n) · \(amounts(shown))"
             }
             return LandlordRow(
-                name: name, invoices: x.invoices, billed: amounts(x.billed), delivered: amounts(delivered),
-                read: amounts(x.read.filter { $0.value != 0 }), failed: counted(x.failed, x.failedAmount),
-                unreachable: x.unreachable, pending: counted(x.pending, x.pendingAmount),
+                name: name, invoices: x.invoices, billed: amounts(x.billed), delivered: counted(\.delivered), read: counted(\.read),
+                open: counted(\.open), failed: counted(\.failed), notOnWhatsApp: counted(\.notOnWhatsApp), notSent: counted(\.notSent),
                 cost: totals.cost.map { CostEstimate.format(x.cost, currency: $0.card.currency) } ?? "—")
         }
+        let words = ReportLanguageWords(lang)
+        notSentLabel = words.pick("Not sent", "No enviadas", "Non envoyées", "Não enviadas")
+        landlordsNote = words.pick(
+            "Invoices, each counted once: delivered (read among them), open, failed, not on WhatsApp and not sent add up to the invoices and the amount billed.",
+            "Facturas, cada una contada una vez: entregadas (las leídas entre ellas), abiertas, fallidas, sin WhatsApp y no enviadas suman las facturas y lo facturado.",
+            "Factures, chacune comptée une fois : remises (les lues parmi elles), en cours, échecs, sans WhatsApp et non envoyées font le total des factures et du facturé.",
+            "Faturas, cada uma contada uma vez: entregues (as lidas entre elas), em aberto, falhas, sem WhatsApp e não enviadas somam as faturas e o faturado."
+        )
         cost = totals.cost.map { c in
             let w = ReportLanguageWords(lang)
             let total = CostEstimate.format(c.total, currency: c.card.currency)

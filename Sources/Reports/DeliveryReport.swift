@@ -116,12 +116,14 @@ public struct DeliveryReportWriter: Sendable {
         now: Date = Date()
     ) async throws {
         let dialect: CSVWriter.Dialect = excel ? .excel : .standard
-        var totals = Totals(
-            try await store.reportSummary(run: run.name, landlord: landlord, samples: pageRows * 4), lang: lang, pageRows: pageRows)
+        let summary = try await store.reportSummary(run: run.name, landlord: landlord, samples: pageRows * 4)
+        var totals = Totals(summary, lang: lang, pageRows: pageRows)
         for invoice in try await store.skippedInvoices(run: run.name) where landlord == nil || invoice.landlord == landlord {
             totals.addSkippedInvoice(invoice)
         }
-        if let cost = try await CostEstimate.charged(run: run, store: store, landlord: landlord) { totals.add(cost: cost) }
+        if let cost = try await CostEstimate.charged(run: run, store: store, landlord: landlord, counts: summary.charges) {
+            totals.add(cost: cost)
+        }
         try totals.writeLandlords(to: files.landlordsCSV, dialect: dialect)
         let page = DeliveryPage(
             run: run, totals: totals, settle: settle, landlordFilter: landlord, lang: lang, generatedAt: now,
@@ -140,35 +142,26 @@ func iso(_ seconds: Double?) -> String { iso8601(seconds) ?? "" }
 
 /// Everything the page and landlords.csv need, from the store's summary of the run.
 struct Totals {
-    /// One landlord's figures in one currency.
+    /// One landlord's figures in one currency: invoices by outcome, each counted once.
     struct Counts {
+        typealias Tally = ReportSummary.Tally
         var invoices = 0
         var messages = 0
         /// What Meta charged for the delivered messages, millionths of the rate card's currency.
         var cost: Int64 = 0
         var billed: Int64 = 0
-        var delivered: Int64 = 0
-        var failed = 0
-        var unreachable = 0
-        var pending = 0
-        /// Amounts of the invoices by outcome (delivered counts read ones too).
-        var readAmount: Int64 = 0
-        var pendingAmount: Int64 = 0
-        var failedAmount: Int64 = 0
+        var delivered = Tally(), read = Tally(), open = Tally(), failed = Tally(), notOnWhatsApp = Tally(), notSent = Tally()
     }
 
     struct Landlord {
         var byCurrency: [String: Counts] = [:]
         var invoices: Int { byCurrency.values.map(\.invoices).reduce(0, +) }
-        var failed: Int { byCurrency.values.map(\.failed).reduce(0, +) }
-        var unreachable: Int { byCurrency.values.map(\.unreachable).reduce(0, +) }
-        var pending: Int { byCurrency.values.map(\.pending).reduce(0, +) }
         var billed: [String: Int64] { byCurrency.mapValues(\.billed) }
-        var delivered: [String: Int64] { byCurrency.mapValues(\.delivered) }
-        var read: [String: Int64] { byCurrency.mapValues(\.readAmount) }
-        var pendingAmount: [String: Int64] { byCurrency.mapValues(\.pendingAmount) }
-        var failedAmount: [String: Int64] { byCurrency.mapValues(\.failedAmount) }
         var cost: Int64 { byCurrency.values.map(\.cost).reduce(0, +) }
+        /// One outcome's invoices, and their amounts per currency.
+        func outcome(_ tally: KeyPath<Counts, ReportSummary.Tally>) -> (count: Int, amounts: [String: Int64]) {
+            (byCurrency.values.map { $0[keyPath: tally].count }.reduce(0, +), byCurrency.mapValues { $0[keyPath: tally].amountMinor })
+        }
     }
 
     typealias Example = (sequence: Int64, tenant: String, phone: String, invoice: String, email: String?, detail: String?)
@@ -207,9 +200,9 @@ struct Totals {
         deliveriesPerMinute = summary.deliveriesPerMinute
         for figures in summary.landlords {
             landlords[landlordName(figures.landlord), default: Landlord()].byCurrency[figures.currency] = Counts(
-                invoices: figures.invoices, messages: figures.messages, billed: figures.billedMinor, delivered: figures.deliveredMinor,
-                failed: figures.failed, unreachable: figures.unreachable, pending: figures.pending, readAmount: figures.readMinor,
-                pendingAmount: figures.pendingMinor, failedAmount: figures.failedMinor)
+                invoices: figures.invoices, messages: figures.messages, billed: figures.billedMinor, delivered: figures.delivered,
+                read: figures.read, open: figures.open, failed: figures.failed, notOnWhatsApp: figures.notOnWhatsApp,
+                notSent: figures.notSent)
         }
         // Groups Meta told apart (by title) that mean the same to a landlord are shown as one.
         var retryableExamples: [(Example, String)] = []
@@ -262,23 +255,24 @@ struct Totals {
     func writeLandlords(to path: String, dialect: CSVWriter.Dialect) throws {
         let csv = try CSVWriter(path: path, dialect: dialect)
         let costCurrency = (cost?.card.currency ?? "USD").lowercased()
-        try csv.header([
-            "landlord", "currency", "invoices", "messages", "amount_billed", "amount_delivered", "amount_read", "amount_pending",
-            "amount_failed", "failed", "unreachable", "pending", "whatsapp_cost_\(costCurrency)",
-        ])
+        // Each invoice once, under its outcome: the outcomes' invoices and amounts add up to
+        // `invoices` and `amount_billed` (read ones are among the delivered). `pending` is the
+        // page's "Open", `unreachable` its "Not on WhatsApp" (131026).
+        let outcomes: [(String, KeyPath<Counts, ReportSummary.Tally>)] = [
+            ("delivered", \.delivered), ("read", \.read), ("pending", \.open), ("failed", \.failed),
+            ("unreachable", \.notOnWhatsApp), ("not_sent", \.notSent),
+        ]
+        try csv.header(
+            ["landlord", "currency", "invoices", "messages", "amount_billed"]
+                + outcomes.flatMap { [$0.0, "amount_\($0.0)"] } + ["whatsapp_cost_\(costCurrency)"])
         for name in landlords.keys.sorted() {
             for (currency, x) in landlords[name]!.byCurrency.sorted(by: { $0.key < $1.key }) {
                 let c = Currency(code: currency) ?? Currency(code: "USD")!
-                try csv.row([
-                    .text(name), .plain(currency), .plain(String(x.invoices)), .plain(String(x.messages)),
-                    .plain(csv.amount(Money(minorUnits: x.billed, currency: c).plainDecimal)),
-                    .plain(csv.amount(Money(minorUnits: x.delivered, currency: c).plainDecimal)),
-                    .plain(csv.amount(Money(minorUnits: x.readAmount, currency: c).plainDecimal)),
-                    .plain(csv.amount(Money(minorUnits: x.pendingAmount, currency: c).plainDecimal)),
-                    .plain(csv.amount(Money(minorUnits: x.failedAmount, currency: c).plainDecimal)),
-                    .plain(String(x.failed)), .plain(String(x.unreachable)), .plain(String(x.pending)),
-                    .plain(cost == nil ? "" : csv.amount(CostEstimate.decimal(x.cost))),
-                ])
+                func amount(_ minor: Int64) -> CSVWriter.Cell { .plain(csv.amount(Money(minorUnits: minor, currency: c).plainDecimal)) }
+                try csv.row(
+                    [.text(name), .plain(currency), .plain(String(x.invoices)), .plain(String(x.messages)), amount(x.billed)]
+                        + outcomes.flatMap { [.plain(String(x[keyPath: $0.1].count)), amount(x[keyPath: $0.1].amountMinor)] }
+                        + [.plain(cost == nil ? "" : csv.amount(CostEstimate.decimal(x.cost)))])
             }
         }
         try csv.finish()

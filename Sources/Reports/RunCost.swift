@@ -27,11 +27,14 @@ extension CostEstimate {
     /// What Meta charged for a run's delivered messages so far (one landlord's, or all), from the
     /// statuses' pricing, on the rate card in force on the run's day; nil without a card. The
     /// report, `landlords.csv` and the API all read it here.
-    public static func charged(run: RunRecord, store: any DispatchStore, landlord: String? = nil) async throws -> CostEstimate? {
+    /// `counts`: the delivered and read messages' counts when already at hand (`ReportSummary.charges`).
+    public static func charged(
+        run: RunRecord, store: any DispatchStore, landlord: String? = nil, counts: [ChargeCount]? = nil
+    ) async throws -> CostEstimate? {
         guard let card = try await RateCards.inForce(on: localDay(run.createdAt), store: store).0 else { return nil }
-        let counts = try await store.chargeCounts(run: run.name, states: [.delivered, .read]).filter {
-            landlord == nil || $0.landlord == landlord
-        }
+        var counts = counts ?? []
+        if counts.isEmpty { counts = try await store.chargeCounts(run: run.name, states: [.delivered, .read]) }
+        counts = counts.filter { landlord == nil || $0.landlord == landlord }
         return CostEstimate(card: card, counts: counts, organization: nil, category: .utility)
     }
 }

@@ -473,6 +473,9 @@ public struct ReportRow: Sendable {
 /// A run's figures, as its report page shows them.
 public struct ReportSummary: Sendable, Equatable {
     /// One landlord's figures in one currency.
+    ///
+    /// Invoices are counted once each, under their outcome (`InvoiceOutcome`), so that
+    /// `invoices` = delivered + open + notOnWhatsApp + failed + notSent, and so do the amounts.
     public struct Landlord: Sendable, Equatable {
         public var landlord: String?
         public var currency: String
@@ -480,23 +483,51 @@ public struct ReportSummary: Sendable, Equatable {
         public var invoices = 0
         public var messages = 0
         public var billedMinor: Int64 = 0
-        /// The amount of invoices with a message delivered or read.
-        public var deliveredMinor: Int64 = 0
+        /// Invoices with a message delivered or read.
+        public var delivered = Tally()
         /// Of those, the invoices with a message read.
-        public var readMinor: Int64 = 0
-        /// The amount of invoices not delivered and not final yet (a message queued, sent, unknown…).
-        public var pendingMinor: Int64 = 0
-        /// The amount of invoices whose every message ended failed (or skipped), one failed at least.
-        public var failedMinor: Int64 = 0
-        public var failed = 0
-        /// Failed with 131026: not on WhatsApp.
-        public var unreachable = 0
-        /// Not final yet: queued, sending, unknown, accepted, sent.
-        public var pending = 0
+        public var read = Tally()
+        /// Not delivered, and a message may still be (queued, sending, accepted, held, sent, unknown).
+        public var open = Tally()
+        /// Every message ended, at least one failed for another reason than 131026.
+        public var failed = Tally()
+        /// Every message ended, those that failed because the number is not on WhatsApp (131026).
+        public var notOnWhatsApp = Tally()
+        /// Every message skipped on purpose (nothing due, opted out, already sent in another run).
+        public var notSent = Tally()
 
         public init(landlord: String?, currency: String) {
             self.landlord = landlord
             self.currency = currency
+        }
+
+        /// Adds `count` invoices of `amountMinor` in all with this outcome.
+        public mutating func add(_ outcome: InvoiceOutcome, read: Bool, count: Int, amountMinor: Int64) {
+            invoices += count
+            billedMinor.addClamping(amountMinor)
+            switch outcome {
+            case .delivered:
+                delivered.add(count, amountMinor)
+                if read { self.read.add(count, amountMinor) }
+            case .open: open.add(count, amountMinor)
+            case .notOnWhatsApp: notOnWhatsApp.add(count, amountMinor)
+            case .failed: failed.add(count, amountMinor)
+            case .notSent: notSent.add(count, amountMinor)
+            }
+        }
+    }
+
+    /// Invoices and their amount.
+    public struct Tally: Sendable, Equatable {
+        public var count = 0
+        public var amountMinor: Int64 = 0
+        public init(count: Int = 0, amountMinor: Int64 = 0) {
+            self.count = count
+            self.amountMinor = amountMinor
+        }
+        mutating func add(_ count: Int, _ amount: Int64) {
+            self.count += count
+            amountMinor.addClamping(amount)
         }
     }
 
@@ -540,6 +571,9 @@ public struct ReportSummary: Sendable, Equatable {
     /// Messages accepted, and delivered (or read), per minute since 1970.
     public var sendsPerMinute: [Int: Int] = [:]
     public var deliveriesPerMinute: [Int: Int] = [:]
+    /// The delivered and read messages as `chargeCounts(run:states:)` counts them, when the engine
+    /// adds them up in the same pass (SQLite); nil when they are to be asked for apart.
+    public var charges: [ChargeCount]?
 
     public init() {}
 }

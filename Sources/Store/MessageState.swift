@@ -113,3 +113,58 @@ public struct StatusRule: Sendable {
         return condition
     }
 }
+
+/// What became of an invoice, from the states of its messages (one per phone, and any sent again):
+/// the first that applies, so that each invoice is counted once. The raw values are the numbers
+/// PostgreSQL's report query computes (`ReportSQL.invoiceOutcomes`).
+public enum InvoiceOutcome: Int, Sendable, CaseIterable {
+    /// A message was delivered (or read).
+    case delivered = 0
+    /// None delivered, and one may still be: queued, sending, unknown, accepted, held, sent.
+    case open = 1
+    /// Every message ended; those that failed, failed because the number is not on WhatsApp (131026).
+    case notOnWhatsApp = 2
+    /// Every message ended, one failed for another reason.
+    case failed = 3
+    /// Every message was skipped on purpose.
+    case notSent = 4
+
+    /// An invoice's messages, folded into bits as they are read (in any order).
+    public struct Marks: OptionSet, Sendable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        public static let seen = Marks(rawValue: 1)
+        public static let delivered = Marks(rawValue: 2)
+        public static let read = Marks(rawValue: 4)
+        public static let open = Marks(rawValue: 8)
+        public static let notOnWhatsApp = Marks(rawValue: 16)
+        public static let failed = Marks(rawValue: 32)
+
+        /// What one message in `state` (with Meta's `errorCode` when failed) says of its invoice.
+        public init(state: MessageState, errorCode: Int?) {
+            switch state {
+            case .delivered: self = [.seen, .delivered]
+            case .read: self = [.seen, .delivered, .read]
+            case .queued, .sending, .unknown, .accepted, .held, .sent: self = [.seen, .open]
+            case .failed: self = errorCode == Self.notOnWhatsAppCode ? [.seen, .notOnWhatsApp] : [.seen, .failed]
+            case .skipped: self = .seen
+            }
+        }
+
+        static let notOnWhatsAppCode = 131026
+    }
+
+    public init(_ marks: Marks) {
+        if marks.contains(.delivered) {
+            self = .delivered
+        } else if marks.contains(.open) {
+            self = .open
+        } else if marks.contains(.failed) {
+            self = .failed
+        } else if marks.contains(.notOnWhatsApp) {
+            self = .notOnWhatsApp
+        } else {
+            self = .notSent
+        }
+    }
+}

@@ -1,3 +1,5 @@
+import Foundation
+
 /// A rate card as imported by `dispatcher pricing import`: Meta's CSV as given, parsed when used
 /// (the parser, not the store, knows Meta's layout).
 public struct StoredRateCard: Sendable, Equatable {
@@ -21,6 +23,90 @@ public struct StoredRateCard: Sendable, Equatable {
 /// Messages of a run Meta delivered, grouped by what their price depends on: the landlord, the
 /// start of the number (enough digits to tell its market: `1809`, `34`…), and the `pricing` the
 /// statuses carried (nil when none did).
+/// SQLite's charge counts, added up in a pass over messages (`chargeCounts`, and the report's own
+/// pass) rather than by GROUP BY, which sorts. Each message gives its landlord and currency (a
+/// bucket the caller numbers), its number and what its statuses said of its pricing (kept on its
+/// row, schema v10); the number's first four digits and the pricing are matched by their bytes
+/// with those seen before (a run has a few: no String per row).
+struct ChargeTally: Sendable {
+    private struct Key: Hashable, Sendable { var bucket: Int32; var prefix: UInt32; var category: Int16; var type: Int16 }
+    private var counts: [Key: Int] = [:]
+    private var categories = ByteNames(), types = ByteNames()
+    private var last: Key?
+    private var lastCount = 0
+
+    /// One message: `phone` its E.164 digits, `category` and `type` its pricing, nil when none.
+    mutating func add(bucket: Int, phone: Data?, category: Data?, type: Data?) {
+        var prefix: UInt32 = 0
+        phone?.withUnsafeBytes { phone in
+            for i in 0..<min(4, phone.count) { prefix |= UInt32(phone[i]) << (8 * UInt32(i)) }
+        }
+        let category = category.map { data in data.withUnsafeBytes { categories.index($0) } } ?? -1
+        let type = type.map { data in data.withUnsafeBytes { types.index($0) } } ?? -1
+        let key = Key(bucket: Int32(bucket), prefix: prefix, category: Int16(category), type: Int16(type))
+        // Runs of one key are common (one landlord's tenants in one country): counted apart.
+        if key == last {
+            lastCount += 1
+        } else {
+            flush()
+            last = key
+            lastCount = 1
+        }
+    }
+
+    private mutating func flush() {
+        if let last, lastCount > 0 { counts[last, default: 0] += lastCount }
+        lastCount = 0
+    }
+
+    /// The counts, with each bucket's landlord and currency.
+    func counts(buckets: (Int) -> (landlord: String?, currency: String)) -> [ChargeCount] {
+        var tally = self
+        tally.flush()
+        return ChargeCount.merged(
+            tally.counts.map { key, n in
+                let (landlord, currency) = buckets(Int(key.bucket))
+                let digits = (0..<4).map { UInt8(truncatingIfNeeded: key.prefix >> (8 * UInt32($0))) }.filter { $0 != 0 }
+                return ChargeCount(
+                    landlord: landlord, currency: currency, prefix: String(decoding: digits, as: UTF8.self),
+                    category: key.category < 0 ? nil : tally.categories.names[Int(key.category)],
+                    type: key.type < 0 ? nil : tally.types.names[Int(key.type)], messages: n)
+            })
+    }
+}
+
+/// Short strings read as bytes, numbered in the order first seen (a few per run: found by
+/// comparing bytes, no hashing).
+struct ByteNames: Sendable {
+    private var bytes: [[UInt8]] = []
+    private(set) var names: [String] = []
+
+    mutating func index(_ new: UnsafeRawBufferPointer) -> Int {
+        for (i, known) in bytes.enumerated() where known.count == new.count {
+            if new.isEmpty || known.withUnsafeBytes({ memcmp($0.baseAddress!, new.baseAddress!, new.count) == 0 }) { return i }
+        }
+        bytes.append([UInt8](new))
+        names.append(String(decoding: new, as: UTF8.self))
+        return bytes.count - 1
+    }
+}
+
+extension ChargeCount {
+    /// Counts with the same landlord, currency, prefix and pricing added together, in order.
+    static func merged(_ counts: [ChargeCount]) -> [ChargeCount] {
+        var merged: [ChargeCount] = []
+        var at: [String: Int] = [:]
+        for c in counts {
+            let key = [c.landlord.map { "=" + $0 } ?? "", c.currency, c.prefix, c.category ?? "", c.type ?? ""].joined(separator: "\u{1F}")
+            if let i = at[key] { merged[i].messages += c.messages } else { at[key] = merged.count; merged.append(c) }
+        }
+        return merged.sorted {
+            ($0.landlord ?? "", $0.currency, $0.prefix, $0.category ?? "", $0.type ?? "")
+                < ($1.landlord ?? "", $1.currency, $1.prefix, $1.category ?? "", $1.type ?? "")
+        }
+    }
+}
+
 public struct ChargeCount: Sendable, Equatable {
     public var landlord: String?
     /// The invoice's currency (landlords.csv has a row per landlord and currency).

@@ -5,30 +5,31 @@ enum ReportSQL {
     static let join = "FROM messages m JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id"
     static let landlordFilter = "($2 = '' OR i.landlord = $2)"
 
-    /// Per landlord, currency and state: messages, and those failed as unreachable (131026).
+    /// Per landlord, currency and state: messages.
     static let byLandlordAndState = """
-        SELECT i.landlord, i.currency, m.state, COUNT(*), SUM(CASE WHEN m.error_code = 131026 THEN 1 ELSE 0 END)
+        SELECT i.landlord, i.currency, m.state, COUNT(*)
         \(join) WHERE m.run = $1 AND \(landlordFilter)
         GROUP BY i.landlord, i.currency, m.state
         """
 
-    /// Per landlord and currency: invoices with messages, billed, and billed for invoices by their
-    /// outcome (`InvoiceOutcome`): delivered (read or not), read, pending, failed.
-    static let invoiceAmounts = """
-        SELECT i.landlord, i.currency, COUNT(*), CAST(SUM(i.amount_minor) AS BIGINT),
-            CAST(SUM(CASE WHEN d.delivered = 1 THEN i.amount_minor ELSE 0 END) AS BIGINT),
-            CAST(SUM(CASE WHEN d.read = 1 THEN i.amount_minor ELSE 0 END) AS BIGINT),
-            CAST(SUM(CASE WHEN d.delivered = 0 AND d.open = 1 THEN i.amount_minor ELSE 0 END) AS BIGINT),
-            CAST(SUM(CASE WHEN d.delivered = 0 AND d.open = 0 AND d.failed = 1 THEN i.amount_minor ELSE 0 END) AS BIGINT)
+    /// Per landlord, currency, outcome (`InvoiceOutcome`'s raw value) and read or not: invoices
+    /// with messages, and their amount.
+    static let invoiceOutcomes = """
+        SELECT i.landlord, i.currency, d.outcome, d.read, COUNT(*), CAST(SUM(i.amount_minor) AS BIGINT)
         FROM invoices i JOIN (
-            SELECT invoice_id, MAX(CASE WHEN state IN ('delivered', 'read') THEN 1 ELSE 0 END) AS delivered,
-                MAX(CASE WHEN state = 'read' THEN 1 ELSE 0 END) AS read,
-                MAX(CASE WHEN state IN ('queued', 'sending', 'unknown', 'accepted', 'held', 'sent') THEN 1 ELSE 0 END) AS open,
-                MAX(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed
+            SELECT invoice_id,
+                CASE WHEN MAX(CASE WHEN state IN ('delivered', 'read') THEN 1 ELSE 0 END) = 1 THEN \(InvoiceOutcome.delivered.rawValue)
+                    WHEN MAX(CASE WHEN state IN ('queued', 'sending', 'unknown', 'accepted', 'held', 'sent') THEN 1 ELSE 0 END) = 1
+                        THEN \(InvoiceOutcome.open.rawValue)
+                    WHEN MAX(CASE WHEN state = 'failed' AND error_code IS DISTINCT FROM \(InvoiceOutcome.Marks.notOnWhatsAppCode)
+                        THEN 1 ELSE 0 END) = 1 THEN \(InvoiceOutcome.failed.rawValue)
+                    WHEN MAX(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) = 1 THEN \(InvoiceOutcome.notOnWhatsApp.rawValue)
+                    ELSE \(InvoiceOutcome.notSent.rawValue) END AS outcome,
+                MAX(CASE WHEN state = 'read' THEN 1 ELSE 0 END) AS read
             FROM messages WHERE run = $1 GROUP BY invoice_id
         ) d ON d.invoice_id = i.invoice_id
         WHERE i.run = $1 AND \(landlordFilter)
-        GROUP BY i.landlord, i.currency
+        GROUP BY i.landlord, i.currency, d.outcome, d.read
         """
 
     /// Failed and unknown messages by error, largest first.
@@ -85,36 +86,12 @@ enum ReportSQL {
 
     /// Adds a row of `byLandlordAndState` to the summary.
     static func add(
-        landlord: String?, currency: String, state: String, count: Int, unreachable: Int, to summary: inout ReportSummary,
-        index: inout [String: Int]
+        landlord: String?, currency: String, state: String, count: Int, to summary: inout ReportSummary, index: inout [String: Int]
     ) {
         guard let state = MessageState(rawValue: state) else { return }
         summary.states[state, default: 0] += count
         let at = figures(landlord, currency, in: &summary, index: &index)
         summary.landlords[at].messages += count
-        switch state {
-        case .failed:
-            summary.landlords[at].failed += count
-            summary.landlords[at].unreachable += unreachable
-        case .queued, .sending, .accepted, .held, .sent, .unknown:
-            summary.landlords[at].pending += count
-        default:
-            break
-        }
-    }
-
-    /// Adds a row of `invoiceAmounts` to the summary.
-    static func addAmounts(
-        landlord: String?, currency: String, invoices: Int, billed: Int64, delivered: Int64, read: Int64, pending: Int64,
-        failed: Int64, to summary: inout ReportSummary, index: inout [String: Int]
-    ) {
-        let at = figures(landlord, currency, in: &summary, index: &index)
-        summary.landlords[at].invoices += invoices
-        summary.landlords[at].billedMinor.addClamping(billed)
-        summary.landlords[at].deliveredMinor.addClamping(delivered)
-        summary.landlords[at].readMinor.addClamping(read)
-        summary.landlords[at].pendingMinor.addClamping(pending)
-        summary.landlords[at].failedMinor.addClamping(failed)
     }
 }
 

@@ -18,10 +18,38 @@ extension SQLiteStore {
     }
 
     public func chargeCounts(run: String, states: [MessageState]) async throws -> [ChargeCount] {
+        // Counted in a cursor, not by GROUP BY: SQLite sorts the grouped rows (3.9 s for a
+        // million delivered messages).
         try await pool.read { db in
-            try Row.fetchAll(db, sql: FallbackSQL.charges(run: "?", states: states), arguments: [run, run]).map {
-                ChargeCount(landlord: $0[0], currency: $0[1], prefix: $0[2], category: $0[3], type: $0[4], messages: $0[5])
+            let states = states.map { "'\($0.rawValue)'" }.joined(separator: ", ")
+            let rows = try Row.fetchCursor(
+                db,
+                sql: """
+                    SELECT i.landlord, i.currency, m.phone, m.pricing_category, m.pricing_type \(ReportSQL.join)
+                    WHERE m.run = ? AND m.state IN (\(states))
+                    """, arguments: [run])
+            var tally = ChargeTally()
+            var buckets: [String: Int] = [:]
+            var named: [(landlord: String?, currency: String)] = []
+            while let row = try rows.next() {
+                let landlord: String? = row[0], currency: String = row[1]
+                let key = (landlord.map { "=" + $0 } ?? "") + "\u{1F}" + currency
+                let bucket =
+                    buckets[key]
+                    ?? {
+                        named.append((landlord, currency))
+                        buckets[key] = named.count - 1
+                        return named.count - 1
+                    }()
+                try row.withUnsafeData(atIndex: 2) { phone in
+                    try row.withUnsafeData(atIndex: 3) { category in
+                        try row.withUnsafeData(atIndex: 4) { type in
+                            tally.add(bucket: bucket, phone: phone, category: category, type: type)
+                        }
+                    }
+                }
             }
+            return tally.counts { named[$0] }
         }
     }
 

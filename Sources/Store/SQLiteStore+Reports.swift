@@ -58,54 +58,53 @@ extension SQLiteStore {
     /// The page's figures, from passes over the run's messages in sequence added up here rather
     /// than by GROUP BY: SQLite sorts a million grouped rows in a temporary B-tree (6 s for the
     /// page's four queries), where a hash table in this loop costs a fraction of the reading. The
-    /// run is cut in two at an invoice boundary and both halves are read at once (the pool has
-    /// several readers; this machine has two cores), then merged.
+    /// run is cut in two and both halves are read at once (the pool has several readers; this
+    /// machine has two cores), then merged. An invoice's messages need not be stored together (a
+    /// re-run adds a message for an old invoice at the end): each pass marks the invoices it meets
+    /// by rowid (`InvoiceMarks`), and invoices are counted once, from both halves' marks.
     public func reportSummary(run: String, landlord: String?, samples: Int) async throws -> ReportSummary {
         let filter = landlord ?? ""
         let halves: [ClosedRange<Int64>] = try await pool.read { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT MIN(seq), MAX(seq) FROM messages WHERE run = ?", arguments: [run]),
                 let first = row[0] as Int64?, let last = row[1] as Int64?
             else { return [] }
-            // The messages of an invoice are stored together: cut where the invoice changes.
             let middle = first + (last - first) / 2
-            guard
-                let invoice = try String.fetchOne(
-                    db, sql: "SELECT invoice_id FROM messages WHERE run = ? AND seq >= ? ORDER BY seq LIMIT 1",
-                    arguments: [run, middle]),
-                let cut = try Int64.fetchOne(
-                    db, sql: "SELECT MIN(seq) FROM messages WHERE run = ? AND seq > ? AND invoice_id != ?",
-                    arguments: [run, middle, invoice])
-            else { return [first...last] }
-            return [first...(cut - 1), cut...last]
+            return middle < last ? [first...middle, (middle + 1)...last] : [first...last]
         }
         let partials = try await withThrowingTaskGroup(of: ReportPass.self) { group in
             for range in halves {
-                group.addTask { try await self.pool.read { db in try ReportPass(db, run: run, landlord: filter, range: range) } }
+                group.addTask {
+                    try await self.pool.read { db in try ReportPass(db, run: run, landlord: filter, range: range) }
+                }
             }
             return try await group.reduce(into: [ReportPass]()) { $0.append($1) }
         }
         var summary = ReportSummary()
         var problems: [ReportPass.Problem: Int] = [:]
         var figures: [String: Int] = [:]
-        for partial in partials {
+        var marks: InvoiceMarks?
+        var buckets: [[Int]] = []
+        var charges: [ChargeCount] = []
+        for (k, partial) in partials.enumerated() {
             summary.states.merge(partial.states) { $0 + $1 }
             summary.sendsPerMinute.merge(partial.sendsPerMinute) { $0 + $1 }
             summary.deliveriesPerMinute.merge(partial.deliveriesPerMinute) { $0 + $1 }
             problems.merge(partial.problems) { $0 + $1 }
-            for f in partial.figures {
-                let at = ReportSQL.figures(f.landlord, f.currency, in: &summary, index: &figures)
-                summary.landlords[at].invoices += f.invoices
-                summary.landlords[at].messages += f.messages
-                summary.landlords[at].billedMinor.addClamping(f.billedMinor)
-                summary.landlords[at].deliveredMinor.addClamping(f.deliveredMinor)
-                summary.landlords[at].readMinor.addClamping(f.readMinor)
-                summary.landlords[at].pendingMinor.addClamping(f.pendingMinor)
-                summary.landlords[at].failedMinor.addClamping(f.failedMinor)
-                summary.landlords[at].failed += f.failed
-                summary.landlords[at].unreachable += f.unreachable
-                summary.landlords[at].pending += f.pending
-            }
+            charges += partial.charges.counts { (partial.figures[$0].landlord, partial.figures[$0].currency) }
+            buckets.append(
+                partial.figures.map { f in
+                    let at = ReportSQL.figures(f.landlord, f.currency, in: &summary, index: &figures)
+                    summary.landlords[at].messages += f.messages
+                    return at
+                })
+            var invoices = partial.invoices
+            invoices.relabel(buckets[k])
+            if marks == nil { marks = invoices } else { marks!.merge(invoices) }
         }
+        marks?.forEach { bucket, amount, marks in
+            summary.landlords[bucket].add(InvoiceOutcome(marks), read: marks.contains(.read), count: 1, amountMinor: amount)
+        }
+        summary.charges = ChargeCount.merged(charges)
         let groups = problems.sorted(by: { $0.value > $1.value }).prefix(500)
         return try await pool.read { [summary] db in
             var summary = summary
@@ -147,10 +146,15 @@ struct ReportPass: Sendable {
     struct Problem: Hashable, Sendable { var state: MessageState; var code: Int?; var title: String? }
 
     var states: [MessageState: Int] = [:]
+    /// Messages per landlord and currency (the invoices' figures are added up from `invoices`).
     var figures: [ReportSummary.Landlord] = []
+    /// What the messages read say of their invoices, with each invoice's bucket in `figures`.
+    var invoices: InvoiceMarks
     var problems: [Problem: Int] = [:]
     var sendsPerMinute: [Int: Int] = [:]
     var deliveriesPerMinute: [Int: Int] = [:]
+    /// The delivered and read messages, for what Meta charged (`chargeCounts`).
+    var charges = ChargeTally()
 
     init(_ db: Database, run: String, landlord: String, range: ClosedRange<Int64>) throws {
         let stateNames = Dictionary(uniqueKeysWithValues: MessageState.allCases.map { (Data($0.rawValue.utf8), $0) })
@@ -174,23 +178,9 @@ struct ReportPass: Sendable {
         }
         var bucketIndex: [Bucket: Int] = [:]
         var figures: [ReportSummary.Landlord] = []
+        var invoices = InvoiceMarks()
+        var charged = ChargeTally()
         var lastBucket = Bucket(landlord: -1, currency: -1), lastAt = -1
-        var lastInvoice: Int64 = -1
-        var invoiceAt = 0, invoiceAmount: Int64 = 0, invoiceDelivered = false
-        var invoiceRead = false, invoiceOpen = false, invoiceFailed = false
-        // An invoice's outcome (as `ReportSQL.invoiceAmounts`): delivered (read or not), else
-        // pending while a message may still arrive, else failed.
-        func closeInvoice() {
-            guard lastInvoice >= 0 else { return }
-            if invoiceDelivered {
-                figures[invoiceAt].deliveredMinor.addClamping(invoiceAmount)
-                if invoiceRead { figures[invoiceAt].readMinor.addClamping(invoiceAmount) }
-            } else if invoiceOpen {
-                figures[invoiceAt].pendingMinor.addClamping(invoiceAmount)
-            } else if invoiceFailed {
-                figures[invoiceAt].failedMinor.addClamping(invoiceAmount)
-            }
-        }
         var stateCounts = [Int](repeating: 0, count: MessageState.allCases.count)
         var sends: (minute: Int, count: Int) = (Int.min, 0), deliveries: (minute: Int, count: Int) = (Int.min, 0)
         func add(_ run: (minute: Int, count: Int), to perMinute: inout [Int: Int]) {
@@ -200,7 +190,8 @@ struct ReportPass: Sendable {
             db,
             sql: """
                 SELECT i.landlord, i.currency, i.rowid, i.amount_minor, m.state, m.error_code, m.accepted_at,
-                    COALESCE(m.delivered_at, m.read_at), m.error_title
+                    COALESCE(m.delivered_at, m.read_at), m.error_title,
+                    m.phone, m.pricing_category, m.pricing_type
                 \(ReportSQL.join) WHERE m.run = ? AND (? = '' OR i.landlord = ?) AND m.seq BETWEEN ? AND ? ORDER BY m.seq
                 """, arguments: [run, landlord, landlord, range.lowerBound, range.upperBound])
         while let r = try rows.next() {
@@ -224,36 +215,19 @@ struct ReportPass: Sendable {
             }
             let state = try r.withUnsafeData(atIndex: 4) { data in data.flatMap { stateNames[$0] } } ?? .unknown
             stateCounts[state.ordinal] += 1
-            // The messages of one invoice are stored together: an invoice counts once, when it changes.
-            let invoice: Int64 = r[2]
-            if invoice != lastInvoice {
-                closeInvoice()
-                lastInvoice = invoice
-                invoiceAt = lastAt
-                invoiceAmount = r[3]
-                invoiceDelivered = false
-                invoiceRead = false
-                invoiceOpen = false
-                invoiceFailed = false
-                figures[lastAt].invoices += 1
-                figures[lastAt].billedMinor.addClamping(invoiceAmount)
-            }
             figures[lastAt].messages += 1
-            switch state {
-            case .delivered, .read:
-                invoiceDelivered = true
-                if state == .read { invoiceRead = true }
-            case .failed:
-                invoiceFailed = true
-                figures[lastAt].failed += 1
-                if r[5] as Int? == 131026 { figures[lastAt].unreachable += 1 }
-            case .queued, .sending, .accepted, .held, .sent, .unknown:
-                invoiceOpen = true
-                figures[lastAt].pending += 1
-            case .skipped:
-                break
+            let code: Int? = state == .failed || state == .unknown ? r[5] : nil
+            invoices.mark(r[2], bucket: lastAt, amount: { r[3] }, InvoiceOutcome.Marks(state: state, errorCode: code))
+            if state == .failed || state == .unknown { problems[Problem(state: state, code: code, title: r[8]), default: 0] += 1 }
+            if state == .delivered || state == .read {
+                try r.withUnsafeData(atIndex: 9) { phone in
+                    try r.withUnsafeData(atIndex: 10) { category in
+                        try r.withUnsafeData(atIndex: 11) { type in
+                            charged.add(bucket: lastAt, phone: phone, category: category, type: type)
+                        }
+                    }
+                }
             }
-            if state == .failed || state == .unknown { problems[Problem(state: state, code: r[5], title: r[8]), default: 0] += 1 }
             // Minutes come in runs (messages are sent in sequence): counted per run, added when it ends.
             if let at = r[6] as Double? {
                 let minute = Int(at / 60)
@@ -268,10 +242,73 @@ struct ReportPass: Sendable {
                 }
             }
         }
-        closeInvoice()
         add(sends, to: &sendsPerMinute)
         add(deliveries, to: &deliveriesPerMinute)
         for state in MessageState.allCases where stateCounts[state.ordinal] > 0 { states[state] = stateCounts[state.ordinal] }
         self.figures = figures
+        self.invoices = invoices
+        self.charges = charged
+    }
+}
+
+/// What a report pass learned of each invoice it met: the marks of its messages, its landlord and
+/// currency (a bucket) and its amount (13 bytes an invoice). Kept in chunks of 16,384 rowids: a
+/// run's invoices have neighbouring rowids, and nothing needs to be known of them before the pass.
+struct InvoiceMarks: Sendable {
+    private static let shift: Int64 = 14
+    private static let size = 1 << 14
+    struct Chunk: Sendable {
+        var marks = [UInt8](repeating: 0, count: InvoiceMarks.size)
+        var buckets = [Int32](repeating: 0, count: InvoiceMarks.size)
+        var amounts = [Int64](repeating: 0, count: InvoiceMarks.size)
+    }
+    private var chunks: [Int64: Chunk] = [:]
+
+    mutating func mark(_ rowid: Int64, bucket: Int, amount: () -> Int64, _ new: InvoiceOutcome.Marks) {
+        let (key, i) = (rowid >> Self.shift, Int(rowid & Int64(Self.size - 1)))
+        if chunks[key] == nil { chunks[key] = Chunk() }
+        // In place (no copy of the chunk): the dictionary's storage is unique.
+        chunks[key]!.mark(i, bucket: bucket, amount: amount, new)
+    }
+
+    /// Buckets renumbered: `map[b]` for `b`.
+    mutating func relabel(_ map: [Int]) {
+        for key in chunks.keys {
+            for i in 0..<Self.size where chunks[key]!.marks[i] != 0 {
+                chunks[key]!.buckets[i] = Int32(map[Int(chunks[key]!.buckets[i])])
+            }
+        }
+    }
+
+    /// Another pass's marks added (an invoice whose messages fell in both is counted once).
+    mutating func merge(_ other: InvoiceMarks) {
+        for (key, theirs) in other.chunks {
+            guard chunks[key] != nil else {
+                chunks[key] = theirs
+                continue
+            }
+            for i in 0..<Self.size where theirs.marks[i] != 0 {
+                chunks[key]!.mark(i, bucket: Int(theirs.buckets[i]), amount: { theirs.amounts[i] }, .init(rawValue: theirs.marks[i]))
+            }
+        }
+    }
+
+    /// Each invoice met: its bucket, amount and marks.
+    func forEach(_ body: (Int, Int64, InvoiceOutcome.Marks) -> Void) {
+        for chunk in chunks.values {
+            for i in 0..<Self.size where chunk.marks[i] != 0 {
+                body(Int(chunk.buckets[i]), chunk.amounts[i], InvoiceOutcome.Marks(rawValue: chunk.marks[i]))
+            }
+        }
+    }
+}
+
+extension InvoiceMarks.Chunk {
+    mutating func mark(_ i: Int, bucket: Int, amount: () -> Int64, _ new: InvoiceOutcome.Marks) {
+        if marks[i] == 0 {
+            buckets[i] = Int32(bucket)
+            amounts[i] = amount()
+        }
+        marks[i] |= new.rawValue
     }
 }

@@ -266,6 +266,22 @@ public final class SQLiteStore: DispatchStore {
                     );
                     """)
         }
+        migrator.registerMigration("v10: a message's pricing on its row; skipped invoices indexed") { db in
+            // What Meta's statuses said of a message's pricing (the greatest value, as the history
+            // gives it), kept on the message so that a report reads it in its one pass instead of
+            // looking up each message's statuses (3 s a million on this machine).
+            try db.execute(
+                sql: """
+                    ALTER TABLE messages ADD COLUMN pricing_category TEXT;
+                    ALTER TABLE messages ADD COLUMN pricing_type TEXT;
+                    UPDATE messages SET
+                        pricing_category = (SELECT MAX(e.pricing_category) FROM status_events e WHERE e.message_id = messages.id),
+                        pricing_type = (SELECT MAX(e.pricing_type) FROM status_events e WHERE e.message_id = messages.id)
+                    WHERE id IN (SELECT message_id FROM status_events
+                                 WHERE message_id IS NOT NULL AND (pricing_category IS NOT NULL OR pricing_type IS NOT NULL));
+                    CREATE INDEX invoices_skipped ON invoices(run, line) WHERE skip_reason IS NOT NULL;
+                    """)
+        }
         return migrator
     }
 
@@ -598,11 +614,16 @@ public final class SQLiteStore: DispatchStore {
     static func apply(
         _ db: Database, _ u: StatusUpdate, to messageID: String, from current: MessageState, at time: Double
     ) throws -> MessageState? {
+        // The message's pricing: the greatest value any status gave (as `status_events` holds them).
+        let pricing = """
+            pricing_category = CASE WHEN pricing_category IS NULL OR ?8 > pricing_category THEN COALESCE(?8, pricing_category)
+                ELSE pricing_category END,
+            pricing_type = CASE WHEN pricing_type IS NULL OR ?9 > pricing_type THEN COALESCE(?9, pricing_type) ELSE pricing_type END
+            """
         guard let rule = StatusRule.for(u.status) else {
-            // `played`, future values: kept in the history; only the wamid is learnt.
-            try db.cachedStatement(sql: "UPDATE messages SET wamid = COALESCE(wamid, ?) WHERE id = ?").execute(arguments: [
-                u.wamid, messageID,
-            ])
+            // `played`, future values: kept in the history; only the wamid (and pricing) is learnt.
+            try db.cachedStatement(sql: "UPDATE messages SET wamid = COALESCE(wamid, ?2), \(pricing) WHERE id = ?4").execute(
+                arguments: [nil, u.wamid, nil, messageID, nil, nil, nil, u.pricingCategory, u.pricingType])
             return nil
         }
         let (condition, column, state, failed) = (rule.sqlCondition, rule.timeColumn, rule.target, rule.recordsError)
@@ -620,11 +641,13 @@ public final class SQLiteStore: DispatchStore {
                     wamid = COALESCE(wamid, ?2),
                     state = CASE WHEN \(condition) THEN '\(state.rawValue)' ELSE state END,
                     state_rank = CASE WHEN \(condition) THEN \(state.rank) ELSE state_rank END,
-                    updated_at = CASE WHEN \(condition) THEN ?3 ELSE updated_at END\(errors)
+                    updated_at = CASE WHEN \(condition) THEN ?3 ELSE updated_at END\(errors),
+                    \(pricing)
                 WHERE id = ?4
                 """)
-        var arguments: StatementArguments = [Double(u.timestamp), u.wamid, time, messageID]
-        if failed { arguments += [u.errorCode, u.errorTitle, u.errorDetails] }
+        let arguments: StatementArguments = [
+            Double(u.timestamp), u.wamid, time, messageID, u.errorCode, u.errorTitle, u.errorDetails, u.pricingCategory, u.pricingType,
+        ]
         try statement.execute(arguments: arguments)
         return current.applying(u.status)
     }
@@ -661,7 +684,8 @@ public final class SQLiteStore: DispatchStore {
             }
             let update = StatusUpdate(
                 wamid: eventWamid, status: WebhookStatus(rawValue: row["status"]), timestamp: Int64(row["timestamp"] as Double),
-                errorCode: row["error_code"], errorTitle: row["error_title"], errorDetails: row["error_details"])
+                errorCode: row["error_code"], errorTitle: row["error_title"], errorDetails: row["error_details"],
+                pricingCategory: row["pricing_category"], pricingType: row["pricing_type"])
             let current =
                 try String.fetchOne(db, sql: "SELECT state FROM messages WHERE id = ?", arguments: [messageID]).flatMap(
                     MessageState.init(rawValue:)) ?? .unknown

@@ -136,10 +136,10 @@ struct DeliveryReportTests {
         #expect(caribeDOP["amount_billed"] == "6000.00")
         #expect(caribeDOP["amount_delivered"] == "3000.00")  // A read + B delivered
         #expect(caribeDOP["amount_read"] == "1000.00")  // A
-        #expect(caribeDOP["amount_failed"] == "3000.00")  // C, not on WhatsApp
-        #expect(caribeDOP["amount_pending"] == "0.00")
-        #expect(caribeDOP["failed"] == "1")
-        #expect(caribeDOP["unreachable"] == "1")
+        #expect(caribeDOP["unreachable"] == "1" && caribeDOP["amount_unreachable"] == "3000.00")  // C, not on WhatsApp
+        #expect(caribeDOP["failed"] == "0" && caribeDOP["amount_failed"] == "0.00")
+        #expect(caribeDOP["delivered"] == "2" && caribeDOP["read"] == "1")
+        #expect(caribeDOP["pending"] == "0" && caribeDOP["amount_pending"] == "0.00")
         let caribeUSD = try #require(rows.first { $0["landlord"] == "Caribe" && $0["currency"] == "USD" })
         #expect(caribeUSD["pending"] == "1")
         #expect(caribeUSD["amount_pending"] == "50.00")  // D, sent and not delivered yet
@@ -148,8 +148,16 @@ struct DeliveryReportTests {
         #expect(proceres["invoices"] == "4")
         #expect(proceres["pending"] == "1")  // the unknown one
         #expect(proceres["amount_pending"] == "5000.00")  // F, unknown
-        #expect(proceres["amount_failed"] == "4000.00")  // E, held back 24 h (131049)
+        #expect(proceres["failed"] == "1" && proceres["amount_failed"] == "4000.00")  // E, held back 24 h (131049)
         #expect(proceres["amount_delivered"] == "6000.00")
+        #expect(proceres["not_sent"] == "1" && proceres["amount_not_sent"] == "0.00")  // G, nothing due
+        // Each invoice once: the outcomes add up to the invoices and the amount billed.
+        for row in rows {
+            let counts = ["delivered", "pending", "failed", "unreachable", "not_sent"].map { Int(row[$0]!)! }
+            #expect(counts.reduce(0, +) == Int(row["invoices"]!)!)
+            let amounts = ["delivered", "pending", "failed", "unreachable", "not_sent"].map { Decimal(string: row["amount_\($0)"]!)! }
+            #expect(amounts.reduce(0, +) == Decimal(string: row["amount_billed"]!)!)
+        }
     }
 
     @Test("the page: the funnel's figures, failures with their reason and action, the retry command; Spanish labels", arguments: engines)

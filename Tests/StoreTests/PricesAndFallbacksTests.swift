@@ -49,6 +49,26 @@ struct PricesAndFallbacksTests {
         // Only sent, not delivered: not charged. Queued ones, for an estimate: none left.
         #expect(try await store.chargeCounts(run: "march", states: [.queued]).isEmpty)
         #expect(try await store.chargeCounts(run: "march", states: [.sent]).map(\.messages) == [1])
+        // The report page counts them in its own pass on SQLite: the same figures.
+        if let together = try await store.reportSummary(run: "march", landlord: nil, samples: 5).charges { #expect(together == counts) }
+    }
+
+    @Test("a status that came before its message was known still says what the message cost", arguments: engines)
+    func chargesOfEarlyStatuses(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let id = try await seed(store, phones: ["18095550101"])[0]
+        let attempt = try await store.beginAttempt(messageID: id, at: 1)
+        // Meta's status overtakes the answer to the send: kept unmatched, applied when the wamid is known.
+        var early = status("wamid.E", "delivered", at: 10)
+        early.pricingCategory = "utility"
+        early.pricingType = "regular"
+        #expect(try await ingest(store, [early]).unmatched == 1)
+        try await store.recordAccepted(messageID: id, attempt: attempt, wamid: "wamid.E", at: 2)
+        #expect(try await store.message(id)?.state == .delivered)
+        #expect(
+            try await store.chargeCounts(run: "march", states: [.delivered]) == [
+                ChargeCount(landlord: "Caribe", currency: "DOP", prefix: "1809", category: "utility", type: "regular", messages: 1)
+            ])
     }
 
     @Test("rate cards are kept as imported, newest first", arguments: engines)

@@ -410,15 +410,75 @@ struct StoreTests {
         let billed: (odd: Int64, even: Int64) = (100 * 36, 100 * 30), delivered: (odd: Int64, even: Int64) = (100 * 9, 100 * 12)
         #expect(odd?.billedMinor == billed.odd)
         #expect(even?.billedMinor == billed.even)
-        #expect(odd?.deliveredMinor == delivered.odd)  // invoices 1, 3, 5
-        #expect(even?.deliveredMinor == delivered.even)  // invoices 2, 4, 6
-        #expect(byLandlord["Impar"]?.failed == 1 && byLandlord["Impar"]?.unreachable == 1)
-        #expect(byLandlord["Impar"]?.pending == 12 - 3 - 1)
+        // Invoices by outcome: 1 to 6 delivered; 7 has one message failed and one unknown (open); 8 to 11 only accepted.
+        #expect(
+            odd?.delivered == .init(count: 3, amountMinor: delivered.odd) && even?.delivered == .init(count: 3, amountMinor: delivered.even)
+        )
+        #expect(odd?.open == .init(count: 3, amountMinor: 100 * (7 + 9 + 11)) && even?.open == .init(count: 2, amountMinor: 100 * 18))
+        #expect(odd?.failed.count == 0 && odd?.notOnWhatsApp.count == 0 && odd?.notSent.count == 0)
         #expect(summary.problems.map(\.count).reduce(0, +) == 2)
         #expect(summary.problems.first { $0.state == .failed }?.samples.map(\.invoiceID) == ["I-7"])
         #expect(summary.sendsPerMinute == [1: 21])
         #expect(summary.deliveriesPerMinute == [2: 6])
         let one = try await store.reportSummary(run: "march", landlord: "Par", samples: 10)
         #expect(one.landlords.map(\.landlord) == ["Par"] && one.states.values.reduce(0, +) == 10)
+    }
+
+    @Test(
+        "an invoice whose messages are not stored together (a re-run after a phone was fixed) is counted once, by its best outcome",
+        arguments: engines)
+    func reportSummaryScatteredInvoice(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        try await store.saveRun(RunRecord(name: "march", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
+        let amounts: [String: Int64] = ["A": 100, "B": 200, "C": 300, "D": 400, "E": 500]
+        try await store.addInvoices(
+            amounts.keys.sorted().enumerated().map { n, id in
+                InvoiceRecord(
+                    run: "march", invoiceID: id, line: n + 2, tenantName: "T\(id)", landlord: "L", amountMinor: amounts[id]!,
+                    currency: "DOP", period: "2026-03", locale: "es")
+            })
+        func send(_ invoice: String, _ phone: String, wamid: String) async throws {
+            let id = "m-\(invoice)-\(phone)"
+            _ = try await store.addMessages([
+                NewMessage(id: id, run: "march", invoiceID: invoice, phone: phone, template: "invoice", language: "es")
+            ])
+            try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 2), wamid: wamid, at: 3)
+        }
+        // The first pass: A not on WhatsApp, B failed otherwise, C delivered, D accepted, E not on WhatsApp.
+        for (invoice, phone) in [
+            ("A", "18095550101"), ("B", "18095550102"), ("C", "18095550103"), ("D", "18095550104"), ("E", "18095550105"),
+        ] {
+            try await send(invoice, phone, wamid: "w.\(invoice)")
+        }
+        // Later, at the end of the run: A and B to fixed numbers (A delivered, B not on WhatsApp).
+        try await send("A", "18295550101", wamid: "w.A2")
+        try await send("B", "18295550102", wamid: "w.B2")
+        _ = try await ingest(
+            store,
+            [
+                status("w.A", "failed", at: 10, error: 131026), status("w.B", "failed", at: 10, error: 131049),
+                status("w.C", "delivered", at: 10), status("w.E", "failed", at: 10, error: 131026),
+                status("w.A2", "read", at: 20), status("w.B2", "failed", at: 20, error: 131026),
+            ])
+        let summary = try await store.reportSummary(run: "march", landlord: nil, samples: 10)
+        let l = try #require(summary.landlords.first)
+        #expect(summary.landlords.count == 1)
+        #expect(l.invoices == 5 && l.messages == 7 && l.billedMinor == 1500)
+        #expect(l.delivered == .init(count: 2, amountMinor: 400))  // A (its second number) and C
+        #expect(l.read == .init(count: 1, amountMinor: 100))
+        #expect(l.failed == .init(count: 1, amountMinor: 200))  // B: one failure not 131026 is a failure
+        #expect(l.notOnWhatsApp == .init(count: 1, amountMinor: 500))  // E
+        #expect(l.open == .init(count: 1, amountMinor: 400))  // D
+        let outcomes = [l.delivered, l.open, l.failed, l.notOnWhatsApp, l.notSent]
+        #expect(outcomes.map(\.count).reduce(0, +) == l.invoices)
+        #expect(outcomes.map(\.amountMinor).reduce(0, +) == l.billedMinor)
+        // SQLite counts what Meta charged in the same pass: the same as asked for apart.
+        let charged = try await store.chargeCounts(run: "march", states: [.delivered, .read])
+        #expect(
+            charged == [
+                ChargeCount(landlord: "L", currency: "DOP", prefix: "1809", category: nil, type: nil, messages: 1),
+                ChargeCount(landlord: "L", currency: "DOP", prefix: "1829", category: nil, type: nil, messages: 1),
+            ])
+        if let together = summary.charges { #expect(together == charged) }
     }
 }

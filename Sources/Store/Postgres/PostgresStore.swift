@@ -569,16 +569,14 @@ public final class PostgresStore: DispatchStore {
         var summary = ReportSummary()
         var index: [String: Int] = [:]
         for row in try await rows(query(ReportSQL.byLandlordAndState)) {
-            let (landlord, currency, state, count, unreachable) = try row.decode((String?, String, String, Int, Int).self)
-            ReportSQL.add(
-                landlord: landlord, currency: currency, state: state, count: count, unreachable: unreachable, to: &summary, index: &index)
+            let (landlord, currency, state, count) = try row.decode((String?, String, String, Int).self)
+            ReportSQL.add(landlord: landlord, currency: currency, state: state, count: count, to: &summary, index: &index)
         }
-        for row in try await rows(query(ReportSQL.invoiceAmounts)) {
-            let (landlord, currency, invoices, billed, delivered, read, pending, failed) = try row.decode(
-                (String?, String, Int, Int64, Int64, Int64, Int64, Int64).self)
-            ReportSQL.addAmounts(
-                landlord: landlord, currency: currency, invoices: invoices, billed: billed, delivered: delivered, read: read,
-                pending: pending, failed: failed, to: &summary, index: &index)
+        for row in try await rows(query(ReportSQL.invoiceOutcomes)) {
+            let (landlord, currency, outcome, read, invoices, amount) = try row.decode((String?, String, Int, Int, Int, Int64).self)
+            guard let outcome = InvoiceOutcome(rawValue: outcome) else { continue }
+            let at = ReportSQL.figures(landlord, currency, in: &summary, index: &index)
+            summary.landlords[at].add(outcome, read: read == 1, count: invoices, amountMinor: amount)
         }
         func sample(_ row: PostgresRow) throws -> ReportSummary.Sample {
             let (sequence, invoice, tenant, phone, email, details, skip) = try row.decode(
