@@ -47,7 +47,7 @@ struct PreviewCommand: AsyncParsableCommand {
 
     @Flag(
         help:
-            "Add each message's exact request to Meta to messages.csv (request_body; a property-system PDF link becomes its uploaded media id when sent)."
+            "Add each message's exact request to Meta to messages.csv (request_body) and, with --json, as `requests` (a property-system PDF link becomes its uploaded media id when sent)."
     )
     var bodies = false
 
@@ -101,8 +101,12 @@ struct PreviewCommand: AsyncParsableCommand {
         var keyIndex: [CostEstimate.Key: Int] = [:]
         var lookUpKeys: [Int] = []
         let csv = try writer.messagesCSV(bodies: bodies)
+        // With --json, every request goes in the object too: kept in a file meanwhile (a million
+        // of them do not fit in memory), copied into the object at the end.
+        let requests = json && bodies ? try RequestSpool() : nil
         let result = try Previewer(options: options, renderer: renderer).run(path: manifest) { message in
             try csv.add(message)
+            try requests?.add(message)
             if store != nil, optOuts.contains(message.phone) {
                 optedOut += 1
                 return
@@ -174,6 +178,7 @@ struct PreviewCommand: AsyncParsableCommand {
 
         if json {
             try console.emit(
+                requests: requests,
                 PreviewJSON(
                     invoices: result.invoices, messages: result.messages, recipients: result.recipients,
                     skipped: result.skipped, errors: result.errors, report: report,
@@ -209,4 +214,85 @@ struct StoreCounts {
     var alreadyInRun = 0
     /// Stored by this run and still queued: `send` goes on with them.
     var resumed = 0
+}
+
+/// The `requests` of `preview --json --bodies`: one object per message (its id, invoice, number and
+/// the exact request body to Meta), written to a temporary file as the manifest is read.
+final class RequestSpool {
+    private let path = NSTemporaryDirectory() + "dispatcher-requests-\(UUID().uuidString).json"
+    private let file: FileHandle
+    private var buffer: [UInt8] = []
+    private var count = 0
+
+    init() throws {
+        guard FileManager.default.createFile(atPath: path, contents: nil),
+            let file = FileHandle(forUpdatingAtPath: path)
+        else { throw ValidationError("cannot write a temporary file in \(NSTemporaryDirectory())") }
+        self.file = file
+        unlink(path)  // gone with the process, however it ends
+    }
+
+    func add(_ m: RenderedMessage) throws {
+        if count > 0 { buffer.append(UInt8(ascii: ",")) }
+        count += 1
+        // Keys in order, as the rest of the object (sortedKeys).
+        buffer += Array(#"{"body":"#.utf8)
+        buffer += Array(m.request.jsonBody.utf8)
+        buffer += Array(#","invoice_id":"#.utf8)
+        appendString(m.invoice.invoiceID)
+        buffer += Array(#","message_id":"#.utf8)
+        appendString(m.id)
+        buffer += Array(#","phone":"#.utf8)
+        appendString("+" + m.phone)
+        buffer.append(UInt8(ascii: "}"))
+        if buffer.count > 1 << 20 { try flush() }
+    }
+
+    private func flush() throws {
+        try file.write(contentsOf: buffer)
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    /// A JSON string, escaped as RFC 8259 asks.
+    private func appendString(_ text: String) {
+        buffer.append(UInt8(ascii: "\""))
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+                buffer += [UInt8(ascii: "\\"), byte]
+            case 0..<0x20:
+                buffer += Array(String(format: "\\u%04x", byte).utf8)
+            default:
+                buffer.append(byte)
+            }
+        }
+        buffer.append(UInt8(ascii: "\""))
+    }
+
+    /// Writes `"requests":[…]` to `out`, after everything added.
+    func copy(to out: FileHandle) throws {
+        try flush()
+        try out.write(contentsOf: Array(#""requests":["#.utf8))
+        try file.seek(toOffset: 0)
+        while let chunk = try file.read(upToCount: 1 << 20), !chunk.isEmpty { try out.write(contentsOf: chunk) }
+        try out.write(contentsOf: Array("]".utf8))
+    }
+}
+
+extension Console {
+    /// `emit`, with the spooled requests as the object's last member.
+    func emit<T: Encodable>(requests: RequestSpool?, _ value: T) throws {
+        guard let requests else { return try emit(value) }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var object = try encoder.encode(value)
+        guard object.last == UInt8(ascii: "}") else { return try emit(value) }
+        object.removeLast()
+        fflush(nil)  // whatever print() buffered goes first
+        let out = FileHandle.standardOutput
+        try out.write(contentsOf: object)
+        if object.count > 1 { try out.write(contentsOf: Array(",".utf8)) }
+        try requests.copy(to: out)
+        try out.write(contentsOf: Array("}\n".utf8))
+    }
 }

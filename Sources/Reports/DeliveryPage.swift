@@ -105,6 +105,19 @@ struct DeliveryPage {
         }
     }
 
+    /// The run's status in the page's language.
+    static func statusWord(_ status: RunStatus, lang: String) -> String {
+        let w = ReportLanguageWords(lang)
+        switch status {
+        case .created: return w.pick("created", "creada", "créé", "criada")
+        case .sending: return w.pick("sending", "enviando", "en cours d'envoi", "enviando")
+        case .settling: return w.pick("waiting for statuses", "esperando estados", "en attente des statuts", "aguardando status")
+        case .done: return w.pick("done", "terminada", "terminé", "concluída")
+        case .halted: return w.pick("halted", "detenida", "arrêté", "interrompida")
+        case .interrupted: return w.pick("interrupted", "interrumpida", "interrompu", "interrompida")
+        }
+    }
+
     /// " · sent by email on 2026-12-02T10:00:00Z", " · needs a call"…: what `dispatcher fallback` did.
     static func fallbackNote(_ record: FallbackRecord?, lang: String, clock: LocalClock) -> String {
         guard let record else { return "" }
@@ -151,6 +164,8 @@ struct DeliveryPage {
     /// Words the labels lack: the "not sent" column, and how the table adds up.
     var notSentLabel: String
     var landlordsNote: String
+    /// Meta's own words on a failure, which only Meta writes (in English): said as such.
+    var detailsLabel: String
     var failures: [FailureGroup]
     var noFailures: Bool
     var retryable: [RetryRow]
@@ -186,7 +201,7 @@ struct DeliveryPage {
         facts = [
             Fact(label: l.manifest, value: run.manifest), Fact(label: l.template, value: run.template),
             Fact(label: l.sender, value: run.sender),
-            Fact(label: l.status, value: run.status.rawValue + (run.haltReason.map { ": \($0)" } ?? "")),
+            Fact(label: l.status, value: Self.statusWord(run.status, lang: lang) + (run.haltReason.map { ": \($0)" } ?? "")),
             Fact(label: l.created, value: iso(run.createdAt)), Fact(label: l.finished, value: iso(run.finishedAt)),
             Fact(label: l.times, value: clock.describe(at: run.createdAt)),
         ]
@@ -239,6 +254,8 @@ struct DeliveryPage {
                 cost: totals.cost.map { CostEstimate.format(x.cost, currency: $0.card.currency) } ?? "—")
         }
         let words = ReportLanguageWords(lang)
+        detailsLabel = words.pick(
+            "Meta's details", "Detalle de Meta (en inglés)", "Détail de Meta (en anglais)", "Detalhe da Meta (em inglês)")
         notSentLabel = words.pick("Not sent", "No enviadas", "Non envoyées", "Não enviadas")
         landlordsNote = words.pick(
             "Invoices, each counted once: delivered (read among them), open, failed, not on WhatsApp and not sent add up to the invoices and the amount billed.",

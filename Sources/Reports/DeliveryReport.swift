@@ -229,7 +229,7 @@ struct Totals {
         }
         if let group = summary.skipped {
             skippedCount = group.count
-            skipped = group.samples.prefix(pageRows * 4).map { ($0.invoiceID, $0.tenantName, $0.skipReason ?? "") }
+            skipped = group.samples.prefix(pageRows * 4).map { ($0.invoiceID, $0.tenantName, skipReason($0.skipReason ?? "", lang: lang)) }
         }
     }
 

@@ -1,4 +1,6 @@
 import Dispatcher
+import Foundation
+import Store
 import WhatsApp
 
 /// A failure in words a landlord can act on.
@@ -125,4 +127,55 @@ struct ReportLanguageWords: Sendable {
 
     /// How amounts are written on the page.
     var locale: String { pick("en", "es-DO", "fr-FR", "pt-BR") }
+}
+
+/// Why a message was not sent, as the store keeps it (in English, for the CSV and the logs), in
+/// the page's language: the reasons the engine writes are recognised by their beginning; any
+/// other is shown as kept.
+func skipReason(_ reason: String, lang: String) -> String {
+    let w = ReportLanguageWords(lang)
+    if reason.hasPrefix("nothing due") {
+        // "nothing due (amount 0.00 DOP)", or the send API's "nothing due (totalAmount 0): nothing was sent".
+        var amount = ""
+        if let open = reason.firstIndex(of: "("), let close = reason[open...].firstIndex(of: ")") {
+            amount = reason[reason.index(after: open)..<close].split(separator: " ", maxSplits: 1).last.map(String.init) ?? ""
+        }
+        let suffix = amount.isEmpty ? "" : " (\(w.pick("amount", "importe", "montant", "valor")) \(amount))"
+        return w.pick("nothing due", "nada que cobrar", "rien à payer", "nada a cobrar") + suffix
+    }
+    if reason.hasPrefix("opted out") {
+        return w.pick(
+            "opted out: the tenant asked to stop receiving messages", "baja: el inquilino pidió no recibir más mensajes",
+            "désinscrit : le locataire a demandé à ne plus recevoir de messages",
+            "descadastrado: o inquilino pediu para não receber mais mensagens")
+    }
+    if reason.hasPrefix("already sent in run "), let open = reason.firstIndex(of: "("),
+        let close = reason[open...].firstIndex(of: ")")
+    {
+        let run = reason[reason.index(reason.startIndex, offsetBy: "already sent in run ".count)..<open]
+            .trimmingCharacters(in: .whitespaces)
+        let state = stateWord(String(reason[reason.index(after: open)..<close]), w)
+        return w.pick(
+            "already sent in run \(run) (\(state)); --resend sends it again",
+            "ya enviada en la ejecución \(run) (\(state)); --resend la envía de nuevo",
+            "déjà envoyée dans l'envoi \(run) (\(state)) ; --resend l'envoie à nouveau",
+            "já enviada na execução \(run) (\(state)); --resend envia de novo")
+    }
+    return reason
+}
+
+/// One message's state in a sentence.
+private func stateWord(_ state: String, _ w: ReportLanguageWords) -> String {
+    switch MessageState(rawValue: state) {
+    case .queued, .sending: w.pick("queued", "en cola", "en file", "na fila")
+    case .unknown: w.pick("unknown", "desconocido", "inconnu", "desconhecido")
+    case .accepted: w.pick("accepted", "aceptado", "accepté", "aceito")
+    case .held: w.pick("held by Meta", "retenido por Meta", "retenu par Meta", "retido pela Meta")
+    case .sent: w.pick("sent", "enviado", "envoyé", "enviado")
+    case .delivered: w.pick("delivered", "entregado", "remis", "entregue")
+    case .read: w.pick("read", "leído", "lu", "lido")
+    case .failed: w.pick("failed", "fallido", "échoué", "falhou")
+    case .skipped: w.pick("skipped", "omitido", "omis", "omitido")
+    case nil: state
+    }
 }

@@ -272,7 +272,7 @@ public struct DispatcherServer: Sendable {
             throw APIError(.notFound, "no message \(id)")
         }
         let events = try await store.events(messageID: message.id)
-        return try jsonResponse(MessageStatusView(message, events: events))
+        return try jsonResponse(MessageStatusView(message, events: events, oldFields: true))
     }
 
     func messageStatuses(_ request: Request, reach: Set<String>?) async throws -> Response {
@@ -301,7 +301,8 @@ public struct DispatcherServer: Sendable {
             filter.after = n
         }
         let page = try await store.messages(filter)
-        return try jsonResponse(MessageListView(messages: page.messages.map { MessageStatusView($0, events: nil) }, next: page.next))
+        return try jsonResponse(
+            MessageListView(messages: page.messages.map { MessageStatusView($0, events: nil, oldFields: false) }, next: page.next))
     }
 
     func runs(reach: Set<String>?) async throws -> Response {
@@ -421,14 +422,19 @@ public struct DispatcherServer: Sendable {
 
 // MARK: - Views
 
-/// One message as the status API shows it, with the old service's fields beside ours.
+/// One message as the status API shows it (snake_case, ISO 8601 times). `GET /message-status/{id}`,
+/// the old service's route, adds the old service's fields beside ours (`success`, `messageId`,
+/// `status`, `timestamp`, `recipientId`, `lastUpdated`: what its callers read); the list,
+/// `GET /message-statuses`, is ours alone and gives each field once.
 struct MessageStatusView: Encodable {
     var message: MessageRecord
     var events: [StatusEventRecord]?
+    var oldFields: Bool
 
-    init(_ message: MessageRecord, events: [StatusEventRecord]?) {
+    init(_ message: MessageRecord, events: [StatusEventRecord]?, oldFields: Bool) {
         self.message = message
         self.events = events
+        self.oldFields = oldFields
     }
 
     enum Keys: String, CodingKey {
@@ -467,7 +473,7 @@ struct MessageStatusView: Encodable {
             try c.encode(events.map { EventView(status: $0.status, timestamp: iso8601($0.timestamp)) }, forKey: .events)
         }
         try c.encode(iso8601(m.updatedAt), forKey: .updatedAt)
-        // The old service's fields, which the landlord UI reads.
+        guard oldFields else { return }
         try c.encode(m.state != .failed, forKey: .success)
         try c.encode(m.wamid ?? m.id, forKey: .messageId)
         try c.encode(m.state.rawValue, forKey: .status)

@@ -104,6 +104,23 @@ struct PreviewCommandTests {
         #expect(rows.first?.hasSuffix(",text,request_body") == true)
         #expect(rows.count == 27)
         #expect(rows.dropFirst().allSatisfy { $0.contains("\"\"messaging_product\"\":\"\"whatsapp\"\"") }, "\(rows.prefix(2))")
+
+        // --json --bodies: the same requests in the object, one per message, each Meta's JSON as sent.
+        let json = try await DispatcherProcess.run([
+            "preview", "samples/march-2026.csv", "--bodies", "--json", "--out", out.path, "--ignore-store",
+        ])
+        #expect(json.status == 0)
+        let parsed = try #require(
+            try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any], "\(json.stdout.prefix(300))")
+        #expect(parsed["messages"] as? Int == 26)
+        let requests = try #require(parsed["requests"] as? [[String: Any]])
+        #expect(requests.count == 26)
+        #expect(Set(requests.map { $0["message_id"] as? String ?? "" }).count == 26)
+        let first = try #require(requests.first { $0["invoice_id"] as? String == "CAR-2026-03-001" })
+        let body = try #require(first["body"] as? [String: Any])
+        #expect(body["messaging_product"] as? String == "whatsapp")
+        #expect(body["to"] as? String == (first["phone"] as? String)?.dropFirst().description)
+        #expect(body["biz_opaque_callback_data"] as? String == first["message_id"] as? String)
     }
 
     @Test("an invalid manifest exits 65 with every error in the JSON, each naming line, invoice and field")

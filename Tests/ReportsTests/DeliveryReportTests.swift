@@ -175,6 +175,10 @@ struct DeliveryReportTests {
         let spanish = try String(contentsOfFile: try await write(store, lang: "es").html, encoding: .utf8)
         #expect(spanish.contains("Informe de entrega"))
         #expect(spanish.contains("Enviar la factura por correo electrónico"))
+        // Every word ours in Spanish: the skip reason, the run's status; Meta's own details said to be Meta's, in English.
+        #expect(spanish.contains("<td>nada que cobrar</td>") && !spanish.contains("nothing due"))
+        #expect(spanish.contains("Detalle de Meta (en inglés)") && spanish.contains("<td class=\"muted\" lang=\"en\">"))
+        #expect(spanish.contains("No enviadas") && spanish.contains("Sin WhatsApp"))
         // French and Portuguese, Meta's codes included, through our own words.
         let french = try String(contentsOfFile: try await write(store, lang: "fr").html, encoding: .utf8)
         #expect(french.contains("Rapport de distribution"))
@@ -240,5 +244,19 @@ struct DeliveryReportTests {
         #expect(!text.contains(";4000.00;"))
         let landlords = String(decoding: Array(try Data(contentsOf: URL(fileURLWithPath: files.landlordsCSV))).dropFirst(3), as: UTF8.self)
         #expect(landlords.contains(",00;") && !landlords.contains(".00"), "\(landlords)")
+    }
+
+    @Test("skip reasons and run statuses in the page's language; an unknown reason as kept")
+    func skipReasonsTranslated() {
+        #expect(skipReason("nothing due (amount 0.00 DOP)", lang: "es") == "nada que cobrar (importe 0.00 DOP)")
+        #expect(skipReason("nothing due (totalAmount 0): nothing was sent", lang: "fr") == "rien à payer (montant 0)")
+        #expect(skipReason("nothing due", lang: "pt") == "nada a cobrar")
+        #expect(
+            skipReason("already sent in run feb-2026 (delivered); --resend sends it again", lang: "es")
+                == "ya enviada en la ejecución feb-2026 (entregado); --resend la envía de nuevo")
+        #expect(skipReason("opted out: the tenant asked to stop receiving messages", lang: "pt").hasPrefix("descadastrado"))
+        #expect(skipReason("opted out", lang: "en") == "opted out: the tenant asked to stop receiving messages")
+        #expect(skipReason("something new", lang: "es") == "something new")
+        #expect(DeliveryPage.statusWord(.done, lang: "es") == "terminada" && DeliveryPage.statusWord(.halted, lang: "fr") == "arrêté")
     }
 }

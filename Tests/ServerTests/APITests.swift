@@ -192,6 +192,12 @@ struct APITests {
                 uri = "/message-statuses?run=march&limit=2&after=\(next)"
             }
             #expect(ids.count == 5)
+            // The list is ours alone: each field once (the old service's names only on /message-status/{id}).
+            let first = try #require(
+                (try json(try await client.execute(uri: "/message-statuses?run=march&limit=1", method: .get, headers: bearer("api-token")))[
+                    "messages"] as? [[String: Any]])?.first)
+            #expect(first["state"] as? String == "queued" && first["updated_at"] is String)
+            #expect(Set(first.keys).isDisjoint(with: ["success", "messageId", "status", "timestamp", "recipientId", "lastUpdated"]))
             let bad = try await client.execute(uri: "/message-statuses?state=lost", method: .get, headers: bearer("api-token"))
             #expect(bad.status == .badRequest)
             #expect(String(buffer: bad.body).contains("state 'lost' is not one of"))
