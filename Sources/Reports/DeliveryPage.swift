@@ -105,6 +105,18 @@ struct DeliveryPage {
         }
     }
 
+    /// A failure's details when they are ours (the engine writes them for Meta's per-user limit),
+    /// in the page's language; nil for Meta's own words.
+    static func detail(_ text: String, lang: String, clock: LocalClock) -> String? {
+        let prefix = "Meta's per-user limit: retry not before "
+        guard text.hasPrefix(prefix) else { return nil }
+        let stamp = String(text.dropFirst(prefix.count))
+        let when = ISO8601DateFormatter().date(from: stamp).map { clock.dateTime($0.timeIntervalSince1970) } ?? stamp
+        return ReportLanguageWords(lang).pick(
+            "Meta's limit per tenant: retry not before \(when)", "Límite de Meta por inquilino: reintentar no antes de \(when)",
+            "Limite de Meta par locataire : relancer pas avant \(when)", "Limite da Meta por inquilino: reenviar não antes de \(when)")
+    }
+
     /// The run's status in the page's language.
     static func statusWord(_ status: RunStatus, lang: String) -> String {
         let w = ReportLanguageWords(lang)
@@ -141,13 +153,18 @@ struct DeliveryPage {
     }
 
     struct Bar { var label: String; var count: Int; var percent: String; var y: Int; var width: Int; var color: String; var textY: Int }
-    /// Each outcome cell: invoices, and their amounts ("2 · RD$23,400.00").
+    /// Each outcome cell: invoices, and under them their amount in each currency (a line each, so
+    /// that the table fits the page).
     struct LandlordRow {
-        var name: String; var invoices: Int; var billed: String; var delivered: String; var read: String; var open: String
-        var failed: String; var notOnWhatsApp: String; var notSent: String; var cost: String
+        struct Cell { var count: String; var amounts: [String] }
+        var name: String; var invoices: Int; var billed: [String]; var delivered: Cell; var read: Cell; var open: Cell
+        var failed: Cell; var notOnWhatsApp: Cell; var notSent: Cell; var cost: String
     }
     struct FailureGroup { var reason: String; var action: String; var code: String; var count: Int; var rows: [FailureRow]; var more: Bool }
-    struct FailureRow { var tenant: String; var phone: String; var invoice: String; var email: String; var detail: String }
+    /// `detailLang`: "en" for Meta's own words, the page's language for ours.
+    struct FailureRow {
+        var tenant: String; var phone: String; var invoice: String; var email: String; var detail: String; var detailLang: String
+    }
     struct RetryRow { var tenant: String; var phone: String; var invoice: String; var reason: String }
     struct SkippedRow { var invoice: String; var tenant: String; var reason: String }
     struct PendingRow { var tenant: String; var phone: String; var invoice: String; var amount: String; var state: String }
@@ -235,18 +252,17 @@ struct DeliveryPage {
         funnelHeight = 16 + stages.count * 34
 
         let english = LocaleFormatting(locale: ReportLanguageWords(lang).locale)
-        func amounts(_ map: [String: Int64]) -> String {
+        func amounts(_ map: [String: Int64]) -> [String] {
             map.keys.sorted().map { code in
                 english.money(Money(minorUnits: map[code] ?? 0, currency: Currency(code: code) ?? Currency(code: "USD")!))
-            }.joined(separator: " · ")
+            }
         }
         landlords = totals.landlords.keys.sorted().map { name in
             let x = totals.landlords[name]!
-            // Invoices by outcome with their money: "2 · RD$23,400.00", or "0".
-            func counted(_ tally: KeyPath<Totals.Counts, ReportSummary.Tally>) -> String {
+            // Invoices by outcome with their money: "2" over "RD$23,400.00", or "0" alone.
+            func counted(_ tally: KeyPath<Totals.Counts, ReportSummary.Tally>) -> LandlordRow.Cell {
                 let (n, money) = x.outcome(tally)
-                let shown = money.filter { $0.value != 0 }
-                return shown.isEmpty ? String(n) : "\(n) · \(amounts(shown))"
+                return LandlordRow.Cell(count: String(n), amounts: amounts(money.filter { $0.value != 0 }))
             }
             return LandlordRow(
                 name: name, invoices: x.invoices, billed: amounts(x.billed), delivered: counted(\.delivered), read: counted(\.read),
@@ -287,6 +303,7 @@ struct DeliveryPage {
             }
             return text + "."
         }
+        let pageLang = self.lang
         failures = totals.failures.values.sorted { $0.count > $1.count }.map { f in
             FailureGroup(
                 reason: f.explanation.reason, action: f.explanation.action, code: f.code.map(String.init) ?? "—", count: f.count,
@@ -294,7 +311,8 @@ struct DeliveryPage {
                     FailureRow(
                         tenant: $0.tenant, phone: $0.phone, invoice: $0.invoice,
                         email: ($0.email ?? "—") + DeliveryPage.fallbackNote(fallbacks[$0.invoice], lang: lang, clock: clock),
-                        detail: $0.detail ?? "")
+                        detail: Self.detail($0.detail ?? "", lang: lang, clock: clock) ?? $0.detail ?? "",
+                        detailLang: Self.detail($0.detail ?? "", lang: lang, clock: clock) == nil ? "en" : pageLang)
                 },
                 more: f.count > f.rows.count)
         }

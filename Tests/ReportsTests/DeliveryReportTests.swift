@@ -258,5 +258,11 @@ struct DeliveryReportTests {
         #expect(skipReason("opted out", lang: "en") == "opted out: the tenant asked to stop receiving messages")
         #expect(skipReason("something new", lang: "es") == "something new")
         #expect(DeliveryPage.statusWord(.done, lang: "es") == "terminada" && DeliveryPage.statusWord(.halted, lang: "fr") == "arrêté")
+        // Details we wrote (Meta's per-user limit) are ours to translate, in local time; Meta's own are not.
+        let utc = LocalClock(zone: TimeZone(identifier: "UTC")!)
+        #expect(
+            DeliveryPage.detail("Meta's per-user limit: retry not before 2026-12-03T05:18:53Z", lang: "es", clock: utc)
+                == "Límite de Meta por inquilino: reintentar no antes de 2026-12-03 05:18")
+        #expect(DeliveryPage.detail("Message failed to send because more than 24 hours have passed", lang: "es", clock: utc) == nil)
     }
 }
