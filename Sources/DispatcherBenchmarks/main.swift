@@ -5,6 +5,7 @@ import Foundation
 //
 //   swift run -c release dispatcher-bench            # all benchmarks, 1,000,000 rows
 //   swift run -c release dispatcher-bench --rows 200000
+//   swift run -c release dispatcher-bench --only preview   # the whole preview beside csv.reader and xmllint
 //   swift run -c release dispatcher-bench --only send --pin   # sender on core 0, sandbox + serve on the last
 //
 // Each measurement runs in a child process of this one, so that its peak memory (VmHWM) is its own.
@@ -191,7 +192,51 @@ if only == nil || only == "prepare" {
     table += try await prepareBenchmark(dispatcher: dispatcherPath, manifest: manifest, rows: rows)
 }
 
-// 6. Reports of a 1,000,000-message run.
+// 6. The whole `preview` a user runs, beside its peers on the same files in the same run (issue 19):
+// Python's csv.reader reading the CSV, xmllint --stream reading the XML.
+if only == nil || only == "preview" {
+    let csvPath = "\(dataDirectory)/invoices-\(rows).csv"
+    let xmlPath = "\(dataDirectory)/invoices-\(rows).xml"
+    try ManifestGenerator(rows: rows).writeCSV(to: csvPath)
+    try ManifestGenerator(rows: rows).writeXML(to: xmlPath)
+    guard FileManager.default.isExecutableFile(atPath: "/usr/bin/time") else { throw BenchError("preview: /usr/bin/time is missing") }
+    let out = NSTemporaryDirectory() + "bench-preview-\(UUID().uuidString)"
+    defer { try? FileManager.default.removeItem(atPath: out) }
+    func timed(_ executable: String, _ arguments: [String]) throws -> (seconds: Double, peakMB: Double) {
+        let started = Date()
+        let result = try runProcess("/usr/bin/time", ["-f", "peak_kb=%M", executable] + arguments)
+        let seconds = Date().timeIntervalSince(started)
+        let peak = result.stderr.split(separator: "\n").last { $0.hasPrefix("peak_kb=") }.flatMap { Double($0.dropFirst(8)) } ?? 0
+        return (seconds, peak / 1024)
+    }
+    for (kind, path) in [("CSV", csvPath), ("XML", xmlPath)] {
+        print("preview: dispatcher preview of the \(kind), whole command…")
+        let ours = try timed(dispatcherPath, ["preview", path, "--ignore-store", "--out", out, "--templates", "templates"])
+        var peer: (name: String, seconds: Double)? = nil
+        if kind == "CSV", let python = which("python3") {
+            let read = "import csv,sys\nfor r in csv.reader(open(sys.argv[1], newline='', encoding='utf-8'), delimiter=';'): pass"
+            peer = ("Python csv.reader", try timed(python, ["-c", read, path]).seconds)
+        } else if kind == "XML", let xmllint = which("xmllint") {
+            peer = ("xmllint --stream --noout", try timed(xmllint, ["--stream", "--noout", path]).seconds)
+        }
+        table.append(
+            (
+                "preview \(kind), whole command", "\(Int(Double(rows) / ours.seconds).formatted()) rows/s",
+                String(format: "%.2f s", ours.seconds), String(format: "peak %.0f MB", ours.peakMB)
+            ))
+        if peer == nil { print("preview: no peer for the \(kind) (python3; xmllint is Debian's libxml2-utils): its ratio is not printed") }
+        if let peer {
+            table.append(
+                (
+                    "  beside: \(peer.name)", "\(Int(Double(rows) / peer.seconds).formatted()) rows/s",
+                    String(format: "%.2f s", peer.seconds),
+                    String(format: "ours / peer = %.2f× (target ≤ %@)", ours.seconds / peer.seconds, kind == "CSV" ? "3×" : "2×")
+                ))
+        }
+    }
+}
+
+// 7. Reports of a 1,000,000-message run.
 if only == nil || only == "report" {
     print("report: seeding \(rows.formatted()) messages…")
     table += try await reportBenchmark(messages: rows)

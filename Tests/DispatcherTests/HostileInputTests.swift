@@ -76,6 +76,37 @@ struct HostileInputTests {
         #expect(result.billed["DOP"]?.minorUnits == Money.maximumMinorUnits * 1000)
     }
 
+    @Test("reading runs ahead on its own thread: everything arrives in manifest order, and a caller that stops stops the reader")
+    func readAhead() throws {
+        // More rows than the reader may keep waiting (8 batches of 256): it must block, and wake when stopped.
+        var text = "\(csvHeader),due_date,document_url\n"
+        for i in 0..<6000 {
+            text +=
+                "I\(i),Tenant,+1809\(String(format: "%07d", i)),\(i % 10 == 0 ? "0" : "100"),DOP,2026-03,2026-03-10,https://docs.example.com/\(i).pdf\n"
+        }
+        let path = try temporaryFile("ahead.csv", text)
+        let renderer = try MessageRenderer(
+            catalog: try TemplateCatalog(directory: templatesPath), templateName: "invoice", defaultLanguage: "es")
+        var seen: [String] = []
+        let result = try Previewer(options: ValidationOptions(), renderer: renderer).run(path: path) { invoice, _ in
+            seen.append(invoice.invoiceID)
+        } onSkipped: { invoice, _ in
+            seen.append(invoice.invoiceID)  // nothing due: in its place among the others
+        }
+        #expect(seen == (0..<6000).map { "I\($0)" })
+        #expect(result.messages == 5400 && result.skipped.count == 600)
+
+        struct Enough: Error {}
+        var handed = 0
+        #expect(throws: Enough.self) {
+            try Previewer(options: ValidationOptions(), renderer: renderer).run(path: path) { _, _ in
+                handed += 1
+                if handed == 1000 { throw Enough() }
+            }
+        }
+        #expect(handed == 1000)
+    }
+
     @Test("amount_1000 past a 32-bit integer goes as the text the tenant reads; below it, as Meta's currency")
     func amount1000() throws {
         let catalog = try TemplateCatalog(directory: templatesPath)

@@ -72,9 +72,19 @@ public struct Previewer: Sendable {
         var renderIssues: [ValidationIssue] = []
         var renderIssueCount = 0
         var renderInvalid = 0
-        let importer = ManifestImporter(options: options)
-        let summary = try importer.importManifest(path: path, format: format) { invoice in
-            switch renderer.render(invoice) {
+        let (options, renderer) = (self.options, self.renderer)
+        // Reading, validating and rendering on one thread; counting and handing over on this one.
+        let ahead = ReadAhead()
+        ahead.start { emit in
+            let memo = MessageRenderer.Memo()
+            return try ManifestImporter(options: options).importManifest(path: path, format: format) {
+                try emit(.invoice($0, renderer.render($0, memo: memo)))
+            } onSkipped: {
+                try emit(.skipped($0, $1))
+            }
+        }
+        func take(_ invoice: Invoice, _ rendered: Result<[RenderedMessage], InvoiceProblems>) throws {
+            switch rendered {
             case .success(let messages):
                 let code = invoice.amount.currency.code
                 guard
@@ -104,9 +114,22 @@ public struct Previewer: Sendable {
                 renderIssueCount += issues.count
                 if renderIssues.count < ManifestImporter.issueLimit { renderIssues.append(contentsOf: issues) }
             }
-        } onSkipped: { invoice, reason in
-            try onSkipped(invoice, reason)
         }
+        do {
+            while let batch = ahead.next() {
+                for item in batch {
+                    switch item {
+                    case .invoice(let invoice, let rendered): try take(invoice, rendered)
+                    case .skipped(let invoice, let reason): try onSkipped(invoice, reason)
+                    }
+                }
+            }
+        } catch {
+            ahead.stop()
+            _ = try? ahead.summary()  // the reader has stopped before this returns
+            throw error
+        }
+        let summary = try ahead.summary()
         result.invoices = summary.records - summary.elsewhere
         result.otherOrganizations = summary.elsewhere
         result.recipients = recipients.count

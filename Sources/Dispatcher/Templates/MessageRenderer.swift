@@ -103,17 +103,36 @@ public struct MessageRenderer: Sendable {
         return template
     }
 
+    /// What `render` works out from a row's locale and template (its language and formatting), kept
+    /// for the next rows with the same: a manifest has a few locales and a million rows. For one
+    /// thread at a time.
+    public final class Memo {
+        struct Entry { var language: String; var fallback: Bool; var formatting: LocaleFormatting }
+        var entries: [String: Entry] = [:]
+        public init() {}
+    }
+
     /// The messages for an invoice (one per distinct phone), or the issues that stop it being sent.
-    public func render(_ invoice: Invoice) -> Result<[RenderedMessage], InvoiceProblems> {
+    public func render(_ invoice: Invoice, memo: Memo? = nil) -> Result<[RenderedMessage], InvoiceProblems> {
         var issues: [ValidationIssue] = []
         func fail(_ field: String?, _ message: String) {
             issues.append(ValidationIssue(line: invoice.line, invoiceID: invoice.invoiceID, field: field, message: message))
         }
         let template = sendingTemplate(for: invoice)
-        let (language, fallback) = language(for: invoice.locale, in: template)
+        let memoKey = template.name + "\u{1F}" + invoice.locale
+        let entry: Memo.Entry
+        if let known = memo?.entries[memoKey] {
+            entry = known
+        } else {
+            let chosen = self.language(for: invoice.locale, in: template)
+            // Formatting follows the row's locale, unless the text itself fell back to another language.
+            let formatting = LocaleFormatting(
+                locale: chosen.fallback ? chosen.code.replacingOccurrences(of: "_", with: "-") : invoice.locale)
+            entry = Memo.Entry(language: chosen.code, fallback: chosen.fallback, formatting: formatting)
+            memo?.entries[memoKey] = entry
+        }
+        let (language, fallback, formatting) = (entry.language, entry.fallback, entry.formatting)
         let texts = template.languages[language]!
-        // Formatting follows the row's locale, unless the text itself fell back to another language.
-        let formatting = LocaleFormatting(locale: fallback ? language.replacingOccurrences(of: "_", with: "-") : invoice.locale)
         let languageBase = String(language.prefix { $0 != "_" })
         let named = template.isNamed
 

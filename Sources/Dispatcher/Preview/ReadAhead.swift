@@ -1,0 +1,82 @@
+import Foundation
+
+/// Reads, validates and renders a manifest on a thread of its own while the caller's thread hands
+/// over what was read (a preview's CSV and estimate, a billing run's batches for the store): two
+/// cores at work instead of one. Items come to the caller in manifest order, in batches; at most `depth` batches wait,
+/// so memory stays bounded whatever the manifest's size.
+final class ReadAhead: @unchecked Sendable {
+    enum Item: Sendable {
+        case invoice(Invoice, Result<[RenderedMessage], InvoiceProblems>)
+        case skipped(Invoice, String)
+    }
+
+    private let condition = NSCondition()
+    // Guarded by `condition`.
+    private var batches: [[Item]] = []
+    private var finished: Result<ImportSummary, any Error>?
+    private var stopped = false
+    private let depth: Int
+
+    init(depth: Int = 8) { self.depth = depth }
+
+    /// Starts the reader thread: `read` imports, handing each item to `emit`.
+    func start(batchSize: Int = 256, _ read: @escaping @Sendable (_ emit: (Item) throws -> Void) throws -> ImportSummary) {
+        let thread = Thread { [self] in
+            var batch: [Item] = []
+            batch.reserveCapacity(batchSize)
+            let result = Result {
+                let summary = try read { item in
+                    batch.append(item)
+                    if batch.count >= batchSize {
+                        try put(batch)
+                        batch.removeAll(keepingCapacity: true)
+                    }
+                }
+                if !batch.isEmpty { try put(batch) }
+                return summary
+            }
+            condition.lock()
+            finished = result
+            condition.broadcast()
+            condition.unlock()
+        }
+        thread.stackSize = 8 << 20
+        thread.start()
+    }
+
+    private func put(_ batch: [Item]) throws {
+        condition.lock()
+        defer { condition.unlock() }
+        while batches.count >= depth && !stopped { condition.wait() }
+        if stopped { throw CancellationError() }
+        batches.append(batch)
+        condition.broadcast()
+    }
+
+    /// The next batch, or nil once the reader is done (then `summary` says how it ended).
+    func next() -> [Item]? {
+        condition.lock()
+        defer { condition.unlock() }
+        while batches.isEmpty && finished == nil { condition.wait() }
+        guard !batches.isEmpty else { return nil }
+        condition.broadcast()
+        return batches.removeFirst()
+    }
+
+    /// How the reader ended (after `next()` returned nil, or after `stop()`): its summary or its error.
+    func summary() throws -> ImportSummary {
+        condition.lock()
+        defer { condition.unlock() }
+        while finished == nil { condition.wait() }
+        return try finished!.get()
+    }
+
+    /// The caller gives up (its own callback threw): the reader stops at its next batch.
+    func stop() {
+        condition.lock()
+        stopped = true
+        batches.removeAll()
+        condition.broadcast()
+        condition.unlock()
+    }
+}
