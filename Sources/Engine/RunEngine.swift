@@ -135,7 +135,9 @@ public final class RunEngine: Sendable {
     /// run that turns out invalid is discarded at the end of the pass (it was never sent); a run already
     /// in the store is checked in a first pass before anything of it changes.
     public func prepare(_ options: RunOptions) async throws -> Preparation {
-        let previewer = Previewer(options: validation, renderer: renderer, sampleLimit: 0)
+        var reading = Previewer(options: validation, renderer: self.renderer, sampleLimit: 0)
+        reading.readAhead = false  // the store's writes need the other core (see `Previewer.readAhead`)
+        let previewer = reading
         let existing = try await store.run(named: options.run)
         if let existing, options.nameDerived, existing.manifest.split(separator: "/").last != options.manifest.split(separator: "/").last {
             throw RunNameConflict(run: options.run, existingManifest: existing.manifest, manifest: options.manifest)

@@ -181,7 +181,7 @@ struct DeliveryPage {
     /// Words the labels lack: the "not sent" column, and how the table adds up.
     var notSentLabel: String
     var landlordsNote: String
-    /// Meta's own words on a failure, which only Meta writes (in English): said as such.
+    /// The details column: Meta's own words on a failure are English, said as such (ours are translated).
     var detailsLabel: String
     var failures: [FailureGroup]
     var noFailures: Bool
@@ -271,7 +271,7 @@ struct DeliveryPage {
         }
         let words = ReportLanguageWords(lang)
         detailsLabel = words.pick(
-            "Meta's details", "Detalle de Meta (en inglés)", "Détail de Meta (en anglais)", "Detalhe da Meta (em inglês)")
+            "Details", "Detalle (el de Meta, en inglés)", "Détail (celui de Meta, en anglais)", "Detalhe (o da Meta, em inglês)")
         notSentLabel = words.pick("Not sent", "No enviadas", "Non envoyées", "Não enviadas")
         landlordsNote = words.pick(
             "Invoices, each counted once: delivered (read among them), open, failed, not on WhatsApp and not sent add up to the invoices and the amount billed.",

@@ -32,10 +32,10 @@ extension CostEstimate {
         run: RunRecord, store: any DispatchStore, landlord: String? = nil, counts: [ChargeCount]? = nil
     ) async throws -> CostEstimate? {
         guard let card = try await RateCards.inForce(on: localDay(run.createdAt), store: store).0 else { return nil }
-        var counts = counts ?? []
-        if counts.isEmpty { counts = try await store.chargeCounts(run: run.name, states: [.delivered, .read]) }
-        counts = counts.filter { landlord == nil || $0.landlord == landlord }
-        return CostEstimate(card: card, counts: counts, organization: nil, category: .utility)
+        var counts = counts
+        if counts == nil { counts = try await store.chargeCounts(run: run.name, states: [.delivered, .read]) }
+        let charged = (counts ?? []).filter { landlord == nil || $0.landlord == landlord }
+        return CostEstimate(card: card, counts: charged, organization: nil, category: .utility)
     }
 }
 

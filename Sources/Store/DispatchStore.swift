@@ -571,8 +571,9 @@ public struct ReportSummary: Sendable, Equatable {
     /// Messages accepted, and delivered (or read), per minute since 1970.
     public var sendsPerMinute: [Int: Int] = [:]
     public var deliveriesPerMinute: [Int: Int] = [:]
-    /// The delivered and read messages as `chargeCounts(run:states:)` counts them, when the engine
-    /// adds them up in the same pass (SQLite); nil when they are to be asked for apart.
+    /// The delivered and read messages (of the landlord asked for, or all) as
+    /// `chargeCounts(run:states:)` counts them, when the engine adds them up in the same pass
+    /// (SQLite); nil when they are to be asked for apart.
     public var charges: [ChargeCount]?
 
     public init() {}

@@ -20,9 +20,6 @@ public struct StoredRateCard: Sendable, Equatable {
     }
 }
 
-/// Messages of a run Meta delivered, grouped by what their price depends on: the landlord, the
-/// start of the number (enough digits to tell its market: `1809`, `34`…), and the `pricing` the
-/// statuses carried (nil when none did).
 /// SQLite's charge counts, added up in a pass over messages (`chargeCounts`, and the report's own
 /// pass) rather than by GROUP BY, which sorts. Each message gives its landlord and currency (a
 /// bucket the caller numbers), its number and what its statuses said of its pricing (kept on its
@@ -107,6 +104,9 @@ extension ChargeCount {
     }
 }
 
+/// Messages of a run Meta delivered, grouped by what their price depends on: the landlord, the
+/// start of the number (enough digits to tell its market: `1809`, `34`…), and the `pricing` the
+/// statuses carried (nil when none did). Both engines give them in `ChargeCount.merged`'s order.
 public struct ChargeCount: Sendable, Equatable {
     public var landlord: String?
     /// The invoice's currency (landlords.csv has a row per landlord and currency).

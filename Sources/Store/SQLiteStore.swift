@@ -35,6 +35,10 @@ public final class SQLiteStore: DispatchStore {
         }
         do {
             pool = try DatabasePool(path: path, configuration: configuration)
+            if try pool.read({ try SQLiteStore.migrator.hasBeenSuperseded($0) }) {
+                throw StoreError(
+                    "it was upgraded by a newer dispatcher (its schema has migrations this one does not know): use that version")
+            }
             try SQLiteStore.migrator.migrate(pool)
         } catch {
             throw StoreError("cannot open the SQLite database at \(path): \(error)")

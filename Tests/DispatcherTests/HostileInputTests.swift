@@ -76,7 +76,9 @@ struct HostileInputTests {
         #expect(result.billed["DOP"]?.minorUnits == Money.maximumMinorUnits * 1000)
     }
 
-    @Test("reading runs ahead on its own thread: everything arrives in manifest order, and a caller that stops stops the reader")
+    @Test(
+        "reading runs ahead on its own thread: everything arrives in manifest order, and a caller that stops stops the reader",
+        .timeLimit(.minutes(1)))
     func readAhead() throws {
         // More rows than the reader may keep waiting (8 batches of 256): it must block, and wake when stopped.
         var text = "\(csvHeader),due_date,document_url\n"

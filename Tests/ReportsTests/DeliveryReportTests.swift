@@ -177,7 +177,7 @@ struct DeliveryReportTests {
         #expect(spanish.contains("Enviar la factura por correo electrónico"))
         // Every word ours in Spanish: the skip reason, the run's status; Meta's own details said to be Meta's, in English.
         #expect(spanish.contains("<td>nada que cobrar</td>") && !spanish.contains("nothing due"))
-        #expect(spanish.contains("Detalle de Meta (en inglés)") && spanish.contains("<td class=\"muted\" lang=\"en\">"))
+        #expect(spanish.contains("Detalle (el de Meta, en inglés)") && spanish.contains("<td class=\"muted\" lang=\"en\">"))
         #expect(spanish.contains("No enviadas") && spanish.contains("Sin WhatsApp"))
         // French and Portuguese, Meta's codes included, through our own words.
         let french = try String(contentsOfFile: try await write(store, lang: "fr").html, encoding: .utf8)

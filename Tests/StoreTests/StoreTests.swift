@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import StoreTesting
 import Testing
 
@@ -430,12 +431,12 @@ struct StoreTests {
     func reportSummaryScatteredInvoice(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
         try await store.saveRun(RunRecord(name: "march", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
-        let amounts: [String: Int64] = ["A": 100, "B": 200, "C": 300, "D": 400, "E": 500]
+        let amounts: [String: Int64] = ["A": 100, "B": 200, "C": 300, "D": 400, "E": 500, "F": 600]
         try await store.addInvoices(
             amounts.keys.sorted().enumerated().map { n, id in
                 InvoiceRecord(
-                    run: "march", invoiceID: id, line: n + 2, tenantName: "T\(id)", landlord: "L", amountMinor: amounts[id]!,
-                    currency: "DOP", period: "2026-03", locale: "es")
+                    run: "march", invoiceID: id, line: n + 2, tenantName: "T\(id)", landlord: id == "F" ? "M" : "L",
+                    amountMinor: amounts[id]!, currency: "DOP", period: "2026-03", locale: "es")
             })
         func send(_ invoice: String, _ phone: String, wamid: String) async throws {
             let id = "m-\(invoice)-\(phone)"
@@ -444,9 +445,11 @@ struct StoreTests {
             ])
             try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 2), wamid: wamid, at: 3)
         }
-        // The first pass: A not on WhatsApp, B failed otherwise, C delivered, D accepted, E not on WhatsApp.
+        // The first pass: A not on WhatsApp, B failed otherwise, C delivered, D accepted, F (another
+        // landlord's: the second half of SQLite's pass meets M before L) delivered, E not on WhatsApp.
         for (invoice, phone) in [
-            ("A", "18095550101"), ("B", "18095550102"), ("C", "18095550103"), ("D", "18095550104"), ("E", "18095550105"),
+            ("A", "18095550101"), ("B", "18095550102"), ("C", "18095550103"), ("D", "18095550104"), ("F", "18095550106"),
+            ("E", "18095550105"),
         ] {
             try await send(invoice, phone, wamid: "w.\(invoice)")
         }
@@ -457,18 +460,20 @@ struct StoreTests {
             store,
             [
                 status("w.A", "failed", at: 10, error: 131026), status("w.B", "failed", at: 10, error: 131049),
-                status("w.C", "delivered", at: 10), status("w.E", "failed", at: 10, error: 131026),
+                status("w.C", "delivered", at: 10), status("w.E", "failed", at: 10, error: 131026), status("w.F", "delivered", at: 10),
                 status("w.A2", "read", at: 20), status("w.B2", "failed", at: 20, error: 131026),
             ])
         let summary = try await store.reportSummary(run: "march", landlord: nil, samples: 10)
-        let l = try #require(summary.landlords.first)
-        #expect(summary.landlords.count == 1)
+        let l = try #require(summary.landlords.first { $0.landlord == "L" })
+        let m = try #require(summary.landlords.first { $0.landlord == "M" })
+        #expect(summary.landlords.count == 2)
         #expect(l.invoices == 5 && l.messages == 7 && l.billedMinor == 1500)
         #expect(l.delivered == .init(count: 2, amountMinor: 400))  // A (its second number) and C
         #expect(l.read == .init(count: 1, amountMinor: 100))
         #expect(l.failed == .init(count: 1, amountMinor: 200))  // B: one failure not 131026 is a failure
         #expect(l.notOnWhatsApp == .init(count: 1, amountMinor: 500))  // E
         #expect(l.open == .init(count: 1, amountMinor: 400))  // D
+        #expect(m.invoices == 1 && m.messages == 1 && m.delivered == .init(count: 1, amountMinor: 600) && m.billedMinor == 600)
         let outcomes = [l.delivered, l.open, l.failed, l.notOnWhatsApp, l.notSent]
         #expect(outcomes.map(\.count).reduce(0, +) == l.invoices)
         #expect(outcomes.map(\.amountMinor).reduce(0, +) == l.billedMinor)
@@ -478,7 +483,26 @@ struct StoreTests {
             charged == [
                 ChargeCount(landlord: "L", currency: "DOP", prefix: "1809", category: nil, type: nil, messages: 1),
                 ChargeCount(landlord: "L", currency: "DOP", prefix: "1829", category: nil, type: nil, messages: 1),
+                ChargeCount(landlord: "M", currency: "DOP", prefix: "1809", category: nil, type: nil, messages: 1),
             ])
-        if let together = summary.charges { #expect(together == charged) }
+        if engine == .sqlite { #expect(try #require(summary.charges) == charged) }
+        // One landlord asked for: only its figures, and only its charges.
+        let onlyM = try await store.reportSummary(run: "march", landlord: "M", samples: 10)
+        #expect(onlyM.landlords.map(\.landlord) == ["M"] && onlyM.landlords.first?.delivered.count == 1)
+        if engine == .sqlite { #expect(try #require(onlyM.charges).map(\.landlord) == ["M"]) }
+    }
+
+    @Test("a SQLite database a newer dispatcher migrated is refused, by name, not written to")
+    func newerSchema() async throws {
+        let path = try freshSQLitePath()
+        _ = try SQLiteStore(path: path)
+        try await DatabaseQueue(path: path).write {
+            try $0.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v99: from the future')")
+        }
+        #expect {
+            _ = try SQLiteStore(path: path)
+        } throws: { error in
+            "\(error)".contains("upgraded by a newer dispatcher") && "\(error)".contains(path)
+        }
     }
 }

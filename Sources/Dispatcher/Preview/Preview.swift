@@ -43,6 +43,11 @@ public struct Previewer: Sendable {
     public var renderer: MessageRenderer
     /// How many rendered messages to keep for the report.
     public var sampleLimit: Int
+    /// Read, validate and render on a second thread while the caller's callbacks run on this one:
+    /// a preview's whole command a quarter faster. A billing run's preparation turns it off: its
+    /// store's writes are the slower half and need the second core (with it on, a million-invoice
+    /// `send` reached its first request 10 % later).
+    public var readAhead = true
 
     public init(options: ValidationOptions, renderer: MessageRenderer, sampleLimit: Int = 200) {
         self.options = options
@@ -73,9 +78,7 @@ public struct Previewer: Sendable {
         var renderIssueCount = 0
         var renderInvalid = 0
         let (options, renderer) = (self.options, self.renderer)
-        // Reading, validating and rendering on one thread; counting and handing over on this one.
-        let ahead = ReadAhead()
-        ahead.start { emit in
+        @Sendable func read(_ emit: (ReadAhead.Item) throws -> Void) throws -> ImportSummary {
             let memo = MessageRenderer.Memo()
             return try ManifestImporter(options: options).importManifest(path: path, format: format) {
                 try emit(.invoice($0, renderer.render($0, memo: memo)))
@@ -115,21 +118,30 @@ public struct Previewer: Sendable {
                 if renderIssues.count < ManifestImporter.issueLimit { renderIssues.append(contentsOf: issues) }
             }
         }
-        do {
-            while let batch = ahead.next() {
-                for item in batch {
-                    switch item {
-                    case .invoice(let invoice, let rendered): try take(invoice, rendered)
-                    case .skipped(let invoice, let reason): try onSkipped(invoice, reason)
-                    }
-                }
+        func hand(_ item: ReadAhead.Item) throws {
+            switch item {
+            case .invoice(let invoice, let rendered): try take(invoice, rendered)
+            case .skipped(let invoice, let reason): try onSkipped(invoice, reason)
             }
-        } catch {
-            ahead.stop()
-            _ = try? ahead.summary()  // the reader has stopped before this returns
-            throw error
         }
-        let summary = try ahead.summary()
+        let summary: ImportSummary
+        if readAhead {
+            // Reading, validating and rendering on a thread of their own; counting and handing over on this one.
+            let ahead = ReadAhead()
+            ahead.start { emit in try read(emit) }
+            do {
+                while let batch = ahead.next() {
+                    for item in batch { try hand(item) }
+                }
+            } catch {
+                ahead.stop()
+                _ = try? ahead.summary()  // the reader has stopped before this returns
+                throw error
+            }
+            summary = try ahead.summary()
+        } else {
+            summary = try read(hand)
+        }
         result.invoices = summary.records - summary.elsewhere
         result.otherOrganizations = summary.elsewhere
         result.recipients = recipients.count

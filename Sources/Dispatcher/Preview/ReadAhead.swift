@@ -25,15 +25,22 @@ final class ReadAhead: @unchecked Sendable {
             var batch: [Item] = []
             batch.reserveCapacity(batchSize)
             let result = Result {
-                let summary = try read { item in
-                    batch.append(item)
-                    if batch.count >= batchSize {
-                        try put(batch)
-                        batch.removeAll(keepingCapacity: true)
+                do {
+                    let summary = try read { item in
+                        batch.append(item)
+                        if batch.count >= batchSize {
+                            try put(batch)
+                            batch.removeAll(keepingCapacity: true)
+                        }
                     }
+                    if !batch.isEmpty { try put(batch) }
+                    return summary
+                } catch {
+                    // What was read before the error is handed over first, as a reader on the
+                    // caller's thread would have (unless the caller stopped: then nobody takes it).
+                    if !batch.isEmpty { try? put(batch) }
+                    throw error
                 }
-                if !batch.isEmpty { try put(batch) }
-                return summary
             }
             condition.lock()
             finished = result

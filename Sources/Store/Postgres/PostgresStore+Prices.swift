@@ -24,10 +24,12 @@ extension PostgresStore {
     }
 
     public func chargeCounts(run: String, states: [MessageState]) async throws -> [ChargeCount] {
-        try await rows(byRun({ FallbackSQL.charges(run: $0, states: states) }, run)).map {
-            let (landlord, currency, prefix, category, type, count) = try $0.decode((String?, String, String, String?, String?, Int).self)
-            return ChargeCount(landlord: landlord, currency: currency, prefix: prefix, category: category, type: type, messages: count)
-        }
+        ChargeCount.merged(
+            try await rows(byRun({ FallbackSQL.charges(run: $0, states: states) }, run)).map {
+                let (landlord, currency, prefix, category, type, count) = try $0.decode(
+                    (String?, String, String, String?, String?, Int).self)
+                return ChargeCount(landlord: landlord, currency: currency, prefix: prefix, category: category, type: type, messages: count)
+            })
     }
 
     public func fallbackCandidates(run: String) async throws -> [FallbackCandidate] {
