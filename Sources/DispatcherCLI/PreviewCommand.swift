@@ -239,11 +239,11 @@ final class RequestSpool {
         buffer += Array(#"{"body":"#.utf8)
         buffer += Array(m.request.jsonBody.utf8)
         buffer += Array(#","invoice_id":"#.utf8)
-        appendString(m.invoice.invoiceID)
+        appendJSONString(m.invoice.invoiceID, to: &buffer)
         buffer += Array(#","message_id":"#.utf8)
-        appendString(m.id)
+        appendJSONString(m.id, to: &buffer)
         buffer += Array(#","phone":"#.utf8)
-        appendString("+" + m.phone)
+        appendJSONString("+" + m.phone, to: &buffer)
         buffer.append(UInt8(ascii: "}"))
         if buffer.count > 1 << 20 { try flush() }
     }
@@ -251,22 +251,6 @@ final class RequestSpool {
     private func flush() throws {
         try file.write(contentsOf: buffer)
         buffer.removeAll(keepingCapacity: true)
-    }
-
-    /// A JSON string, escaped as RFC 8259 asks.
-    private func appendString(_ text: String) {
-        buffer.append(UInt8(ascii: "\""))
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""), UInt8(ascii: "\\"):
-                buffer += [UInt8(ascii: "\\"), byte]
-            case 0..<0x20:
-                buffer += Array(String(format: "\\u%04x", byte).utf8)
-            default:
-                buffer.append(byte)
-            }
-        }
-        buffer.append(UInt8(ascii: "\""))
     }
 
     /// Writes `"requests":[…]` to `out`, after everything added.

@@ -352,7 +352,7 @@ struct DispatchMachine {
                 return transient(error, item: item, attempt: attempt, now: now)
             case .waitDay:
                 let notBefore = iso8601(wallClock() + 86_400) ?? ""
-                return fail(SendError(code: e.code, title: e.title, details: "Meta's per-user limit: retry not before \(notBefore)"))
+                return fail(SendError(code: e.code, title: e.title, details: FailureDetail.perUserLimit(notBefore: notBefore)))
             case .halt where e.code == 132001:
                 // The template is missing in this language at Meta (132001 is per template and
                 // language): that language's messages stay queued, the others go on. The run ends

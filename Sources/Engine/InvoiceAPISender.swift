@@ -69,7 +69,8 @@ public final class InvoiceAPISender: InvoiceSendService {
         }
         guard request.totalAmount > 0 else {
             return SendInvoiceResponse(
-                results: [], nothingDue: "nothing due (totalAmount \(request.totalAmount)): nothing was sent", templateName: template)
+                results: [], nothingDue: "\(SkipReason.nothingDue) (totalAmount \(request.totalAmount)): nothing was sent",
+                templateName: template)
         }
         guard !request.phoneNumbers.isEmpty else { throw InvoiceRequestError.invalid("phoneNumbers is empty") }
         var numbers: [String] = []
@@ -203,7 +204,7 @@ public final class InvoiceAPISender: InvoiceSendService {
                 _ = try await store.addMessages([
                     NewMessage(
                         id: message.id, run: run, invoiceID: invoiceID, phone: message.phone, template: template,
-                        language: message.language, state: .skipped, skipReason: "opted out")
+                        language: message.language, state: .skipped, skipReason: SkipReason.optedOut)
                 ])
                 results.append(
                     .init(

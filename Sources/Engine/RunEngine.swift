@@ -176,7 +176,7 @@ public final class RunEngine: Sendable {
                         template: message.key.template, language: message.language)
                     if optedOut.contains(message.phone) {
                         new.state = .skipped
-                        new.skipReason = "opted out: the tenant asked to stop receiving messages"
+                        new.skipReason = SkipReason.optedOutByTenant
                     } else {
                         new.requestBody = message.request.jsonBody
                     }
@@ -244,7 +244,7 @@ public final class RunEngine: Sendable {
             switch outcome {
             case .inserted:
                 if message.state == .queued { preparation.queued += 1 }
-                if message.skipReason?.hasPrefix("opted out") == true { preparation.optedOut += 1 }
+                if message.skipReason?.hasPrefix(SkipReason.optedOut) == true { preparation.optedOut += 1 }
             case .exists(_, let run, let state) where run == options.run:
                 if state == .queued { preparation.resumed += 1 }
             case .exists(let id, let run, let state):
@@ -261,7 +261,7 @@ public final class RunEngine: Sendable {
                     var skipped = message
                     skipped.id = "\(id)@\(options.run)"
                     skipped.state = .skipped
-                    skipped.skipReason = "already sent in run \(run) (\(state.rawValue)); --resend sends it again"
+                    skipped.skipReason = SkipReason.alreadySent(run: run, state: state.rawValue)
                     skipped.requestBody = nil
                     _ = try await store.addMessages([skipped])
                     preparation.alreadySent += 1

@@ -108,9 +108,8 @@ struct DeliveryPage {
     /// A failure's details when they are ours (the engine writes them for Meta's per-user limit),
     /// in the page's language; nil for Meta's own words.
     static func detail(_ text: String, lang: String, clock: LocalClock) -> String? {
-        let prefix = "Meta's per-user limit: retry not before "
-        guard text.hasPrefix(prefix) else { return nil }
-        let stamp = String(text.dropFirst(prefix.count))
+        guard text.hasPrefix(FailureDetail.perUserLimit) else { return nil }
+        let stamp = String(text.dropFirst(FailureDetail.perUserLimit.count))
         let when = ISO8601DateFormatter().date(from: stamp).map { clock.dateTime($0.timeIntervalSince1970) } ?? stamp
         return ReportLanguageWords(lang).pick(
             "Meta's limit per tenant: retry not before \(when)", "Límite de Meta por inquilino: reintentar no antes de \(when)",

@@ -134,7 +134,7 @@ struct ReportLanguageWords: Sendable {
 /// other is shown as kept.
 func skipReason(_ reason: String, lang: String) -> String {
     let w = ReportLanguageWords(lang)
-    if reason.hasPrefix("nothing due") {
+    if reason.hasPrefix(SkipReason.nothingDue) {
         // "nothing due (amount 0.00 DOP)", or the send API's "nothing due (totalAmount 0): nothing was sent".
         var amount = ""
         if let open = reason.firstIndex(of: "("), let close = reason[open...].firstIndex(of: ")") {
@@ -143,16 +143,16 @@ func skipReason(_ reason: String, lang: String) -> String {
         let suffix = amount.isEmpty ? "" : " (\(w.pick("amount", "importe", "montant", "valor")) \(amount))"
         return w.pick("nothing due", "nada que cobrar", "rien à payer", "nada a cobrar") + suffix
     }
-    if reason.hasPrefix("opted out") {
+    if reason.hasPrefix(SkipReason.optedOut) {
         return w.pick(
             "opted out: the tenant asked to stop receiving messages", "baja: el inquilino pidió no recibir más mensajes",
             "désinscrit : le locataire a demandé à ne plus recevoir de messages",
             "descadastrado: o inquilino pediu para não receber mais mensagens")
     }
-    if reason.hasPrefix("already sent in run "), let open = reason.firstIndex(of: "("),
+    if reason.hasPrefix(SkipReason.alreadySent), let open = reason.firstIndex(of: "("),
         let close = reason[open...].firstIndex(of: ")")
     {
-        let run = reason[reason.index(reason.startIndex, offsetBy: "already sent in run ".count)..<open]
+        let run = reason[reason.index(reason.startIndex, offsetBy: SkipReason.alreadySent.count)..<open]
             .trimmingCharacters(in: .whitespaces)
         let state = stateWord(String(reason[reason.index(after: open)..<close]), w)
         return w.pick(

@@ -273,23 +273,24 @@ struct InvoiceMarks: Sendable {
 
     /// Buckets renumbered: `map[b]` for `b`.
     mutating func relabel(_ map: [Int]) {
-        for key in chunks.keys {
-            for i in 0..<Self.size where chunks[key]!.marks[i] != 0 {
-                chunks[key]!.buckets[i] = Int32(map[Int(chunks[key]!.buckets[i])])
-            }
+        for key in Array(chunks.keys) {
+            var chunk = chunks.removeValue(forKey: key)!  // out of the dictionary: changed in place
+            for i in 0..<Self.size where chunk.marks[i] != 0 { chunk.buckets[i] = Int32(map[Int(chunk.buckets[i])]) }
+            chunks[key] = chunk
         }
     }
 
     /// Another pass's marks added (an invoice whose messages fell in both is counted once).
     mutating func merge(_ other: InvoiceMarks) {
         for (key, theirs) in other.chunks {
-            guard chunks[key] != nil else {
+            guard var chunk = chunks.removeValue(forKey: key) else {
                 chunks[key] = theirs
                 continue
             }
             for i in 0..<Self.size where theirs.marks[i] != 0 {
-                chunks[key]!.mark(i, bucket: Int(theirs.buckets[i]), amount: { theirs.amounts[i] }, .init(rawValue: theirs.marks[i]))
+                chunk.mark(i, bucket: Int(theirs.buckets[i]), amount: { theirs.amounts[i] }, .init(rawValue: theirs.marks[i]))
             }
+            chunks[key] = chunk
         }
     }
 

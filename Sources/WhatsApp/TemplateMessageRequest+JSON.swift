@@ -188,7 +188,7 @@ private func appendParameter(_ parameter: TemplateMessageRequest.Parameter, name
 }
 
 /// A JSON string literal: quotes, backslashes and control characters escaped, the rest as UTF-8.
-func appendJSONString(_ text: String, to out: inout [UInt8]) {
+public func appendJSONString(_ text: String, to out: inout [UInt8]) {
     out.append(UInt8(ascii: "\""))
     for byte in text.utf8 {
         switch byte {

@@ -239,7 +239,7 @@ public struct InvoiceValidator {
             documentURL: documentURL, email: email, extras: extras)
         invoice.organization = organization
         if minorUnits <= 0 {
-            return .skipped(invoice, reason: "nothing due (amount \(invoice.amount.plainDecimal) \(currency.code))")
+            return .skipped(invoice, reason: SkipReason.nothingDue(amount: "\(invoice.amount.plainDecimal) \(currency.code)"))
         }
         return .valid(invoice)
     }
