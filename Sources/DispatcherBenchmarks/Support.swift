@@ -119,3 +119,25 @@ final class BufferedFile {
         try handle.close()
     }
 }
+
+/// Stops a server the benchmark started: SIGINT (gunicorn's quick shutdown; serve's too), then
+/// SIGKILL if it is still there after five seconds. (Foundation's `waitUntilExit` spins a core
+/// while it waits, so it is called only once the process is gone.)
+func stopProcess(_ process: Process) {
+    guard process.isRunning else { return }
+    process.interrupt()
+    for _ in 0..<100 where process.isRunning { usleep(50_000) }
+    if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    process.waitUntilExit()
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc/PID/stat; nil when gone.
+func cpuSeconds(of pid: Int32) -> Double? {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = stat.lastIndex(of: ")")
+    else { return nil }
+    // Fields after the command's ")": state is the 3rd field of the line, utime the 14th, stime the 15th.
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}

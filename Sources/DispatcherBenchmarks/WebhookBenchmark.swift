@@ -43,19 +43,35 @@ struct WebhookBenchmark {
             database = "sqlite:\(path)"
         }
 
-        // Messages to receive statuses for: three statuses (sent, delivered, read) each.
         let messages = 120_000
+        try await Self.seed(database, messages: messages)
+        let (server, port) = try await Self.startServe(dispatcher: dispatcher, database: database, secret: secret)
+        defer { stopProcess(server) }
+        let url = "http://127.0.0.1:\(port)/webhook"
+
+        let batches = BatchSource(messages: messages, signature: WebhookSignature(appSecret: secret))
+        let saturation = try await load(url: url, batches: batches, concurrency: 8, requestsPerSecond: nil, duration: seconds)
+        let paced = try await load(url: url, batches: batches, concurrency: 8, requestsPerSecond: 30, duration: seconds)
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        return (saturation, paced, postgresAdminURL == nil ? "\(size / 1_048_576) MB" : "PostgreSQL")
+    }
+
+    /// Messages to receive statuses for, in a run "bench" of sender 123: m-0, m-1…
+    static func seed(_ database: String, messages: Int) async throws {
         let store = try await StoreOpener.open(url: database)
         try await store.saveRun(RunRecord(name: "bench", manifest: "bench", template: "invoice", sender: "123", createdAt: 0))
         for start in stride(from: 0, to: messages, by: 10_000) {
             _ = try await store.addMessages(
-                (start..<start + 10_000).map {
+                (start..<min(start + 10_000, messages)).map {
                     NewMessage(
                         id: "m-\($0)", run: "bench", invoiceID: "INV-\($0)", phone: "1809\(String(format: "%07d", $0))",
                         template: "invoice", language: "es")
                 })
         }
+    }
 
+    /// A release `dispatcher serve` of its own on a free port, once it answers /health.
+    static func startServe(dispatcher: String, database: String, secret: String) async throws -> (Process, Int) {
         let port = 18_000 + Int.random(in: 0..<2000)
         let server = Process()
         server.executableURL = URL(fileURLWithPath: dispatcher)
@@ -65,18 +81,16 @@ struct WebhookBenchmark {
         environment["LOG_LEVEL"] = "error"
         server.environment = environment
         try server.run()
-        defer { server.terminate(); server.waitUntilExit() }
-        let url = "http://127.0.0.1:\(port)/webhook"
-        try await waitUntilUp("http://127.0.0.1:\(port)/health")
-
-        let batches = BatchSource(messages: messages, signature: WebhookSignature(appSecret: secret))
-        let saturation = try await load(url: url, batches: batches, concurrency: 8, requestsPerSecond: nil, duration: seconds)
-        let paced = try await load(url: url, batches: batches, concurrency: 8, requestsPerSecond: 30, duration: seconds)
-        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-        return (saturation, paced, postgresAdminURL == nil ? "\(size / 1_048_576) MB" : "PostgreSQL")
+        do {
+            try await waitUntilUp("http://127.0.0.1:\(port)/health")
+        } catch {
+            server.terminate()
+            throw error
+        }
+        return (server, port)
     }
 
-    private func waitUntilUp(_ url: String) async throws {
+    static func waitUntilUp(_ url: String) async throws {
         for _ in 0..<100 {
             if let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(1)),
                 response.status.code == 200
@@ -85,7 +99,7 @@ struct WebhookBenchmark {
             }
             try await Task.sleep(for: .milliseconds(100))
         }
-        throw BenchError("dispatcher serve did not start")
+        throw BenchError("no answer from \(url)")
     }
 
     /// `concurrency` workers post batches back to back, or together at `requestsPerSecond`.

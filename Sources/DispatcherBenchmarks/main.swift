@@ -5,6 +5,7 @@ import Foundation
 //
 //   swift run -c release dispatcher-bench            # all benchmarks, 1,000,000 rows
 //   swift run -c release dispatcher-bench --rows 200000
+//   swift run -c release dispatcher-bench --only serve     # one status per POST under wrk, beside pywa
 //   swift run -c release dispatcher-bench --only preview   # the whole preview beside csv.reader and xmllint
 //   swift run -c release dispatcher-bench --only send --pin   # sender on core 0, sandbox + serve on the last
 //
@@ -49,6 +50,11 @@ print("dispatcher benchmarks on \(ProcessInfo.processInfo.activeProcessorCount) 
 print("")
 
 var table: [(String, String, String, String)] = []
+
+// DISPATCHER_BENCH_DISPATCHER: another build's binary (an earlier commit's, for before/after in one session).
+let dispatcherPath =
+    ProcessInfo.processInfo.environment["DISPATCHER_BENCH_DISPATCHER"]
+    ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dispatcher").path
 
 if only == nil || only == "import" {
     let csvPath = "\(dataDirectory)/invoices-\(rows).csv"
@@ -120,7 +126,7 @@ if only == nil || only == "import" {
 // on SQLite, then on PostgreSQL (the server DISPATCHER_BENCH_POSTGRES_URL names; scripts/bench
 // starts a throw-away one with PostgreSQL's durable defaults).
 if only == nil || only == "webhooks" {
-    let dispatcher = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dispatcher").path
+    let dispatcher = dispatcherPath
     guard FileManager.default.isExecutableFile(atPath: dispatcher) else {
         throw BenchError("build dispatcher first: swift build -c release")
     }
@@ -149,7 +155,43 @@ if only == nil || only == "webhooks" {
     }
 }
 
-let dispatcherPath = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dispatcher").path
+// 2b. One status per POST under wrk, as Meta posts them (issue 19): the pywa receiver first (its
+// virtual environment made by scripts/bench: DISPATCHER_BENCH_PYWA), then serve on SQLite and on
+// PostgreSQL (durable), all on the same pre-signed bodies.
+if only == nil || only == "serve" {
+    let benchmark = ServeBenchmark(dispatcher: dispatcherPath, seconds: seconds)
+    let bodies = NSTemporaryDirectory() + "dispatcher-bench-bodies-\(UUID().uuidString).txt"
+    defer { try? FileManager.default.removeItem(atPath: bodies) }
+    try benchmark.writeBodies(to: bodies)
+    func ms(_ s: Double) -> String { String(format: "%.1f", s * 1000) }
+    func row(_ name: String, _ f: ServeBenchmark.Figures, _ extra: String = "") -> (String, String, String, String) {
+        (
+            name, "\(Int(f.rate).formatted()) statuses/s", String(format: "%.1f s", f.seconds),
+            "p50 \(ms(f.p50)) ms, p99 \(ms(f.p99)) ms, max \(ms(f.max)) ms, \(f.non2xx + f.errors) non-200\(extra)"
+        )
+    }
+    var peer: ServeBenchmark.Figures? = nil
+    if let venv = ProcessInfo.processInfo.environment["DISPATCHER_BENCH_PYWA"], !venv.isEmpty {
+        print("serve: pywa receiver (gunicorn, 2 workers, SQLite), \(Int(seconds)) s under wrk…")
+        peer = try await benchmark.pywa(bodies: bodies, venv: venv)
+        table.append(row("one status per POST: pywa + Flask + gunicorn + SQLite", peer!))
+    } else {
+        print(
+            "serve: the pywa peer skipped (set DISPATCHER_BENCH_PYWA to a virtual environment with pywa, flask, gunicorn; scripts/bench makes one)"
+        )
+    }
+    var engines: [(String, String?)] = [("SQLite", nil)]
+    if let postgres = ProcessInfo.processInfo.environment["DISPATCHER_BENCH_POSTGRES_URL"], !postgres.isEmpty {
+        engines.append(("PostgreSQL", postgres))
+    }
+    for (engine, postgres) in engines {
+        print("serve: dispatcher serve on \(engine), \(Int(seconds)) s under wrk…")
+        let ours = try await benchmark.ours(bodies: bodies, postgresAdminURL: postgres)
+        var ratio = peer.map { String(format: "; %.1f× pywa", ours.rate / $0.rate) } ?? ""
+        if let cpu = ours.cpu { ratio += String(format: "; serve's CPU %.0f µs/status", cpu / Double(max(1, ours.requests)) * 1e6) }
+        table.append(row("one status per POST: dispatcher serve (\(engine))", ours, ratio))
+    }
+}
 
 // 3. The sandbox flat out, its webhooks into a real serve.
 if only == nil || only == "sandbox" {
@@ -255,6 +297,7 @@ print("")
 print("Targets: import (issue 2) CSV ≥ 500,000 rows/s, XML within 2× of xmllint --stream, peak < 150 MB;")
 print("         webhooks (issue 3) ≥ 20,000 statuses/s sustained, p99 ack < 50 ms at 3,000 statuses/s;")
 print("         webhooks on PostgreSQL (issue 7) ≥ 10,000 statuses/s with one receiver;")
+print("         one status per POST (issue 19): ≥ 10× the pywa receiver, p99 < 10 ms; ≥ 10,000/s on PostgreSQL;")
 print("         sandbox (issue 4) ≥ 2,000 sends/s with their webhooks delivered;")
 print("         send (issue 5) ≥ 98% of the rate and never above, ≤ 300 µs CPU/message at 1,000/s;")
 print("         reports (issue 6) of 1,000,000 messages: CSV < 5 s, HTML < 2 s and < 5 MB;")

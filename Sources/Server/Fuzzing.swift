@@ -18,7 +18,12 @@ public enum ServerFuzzTargets {
         let other = String(decoding: bytes.prefix(80), as: UTF8.self)
         check(signer.verify(header: other, body: bytes) != .valid || other == header, "a made-up header was valid: \(other)")
         _ = WebhookSignature.shape(of: other)
-        guard let payload = try? JSONDecoder().decode(WebhookPayload.self, from: Data(bytes)) else { return }
+        // The receiver's own reader decides only what JSONDecoder decides the same way.
+        let decoded = try? JSONDecoder().decode(WebhookPayload.self, from: Data(bytes))
+        if let plain = WebhookPayload.fromPlainBytes(bytes) {
+            check(decoded == plain, "the plain reader read \(plain), JSONDecoder \(decoded.map { "\($0)" } ?? "an error")")
+        }
+        guard let payload = decoded else { return }
         let contents = WebhookContents(payload)
         check(contents.statuses.count <= bytes.count, "more statuses than bytes")
         for message in contents.inbound {

@@ -225,7 +225,7 @@ public struct DispatcherServer: Sendable {
         var contents: WebhookContents? = nil
         var parseError: String? = nil
         do {
-            contents = WebhookContents(try JSONDecoder().decode(WebhookPayload.self, from: Data(body)))
+            contents = WebhookContents(try WebhookPayload.decode(body))
         } catch {
             // Signed by Meta but unreadable to us: kept for replay, and acknowledged, or Meta
             // would send it again for seven days.

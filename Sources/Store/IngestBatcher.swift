@@ -8,47 +8,71 @@ struct IngestJob: Sendable {
 }
 
 /// Group commit for webhook intake: POSTs that arrive while a transaction is being written wait
-/// and go together into the next one, so N concurrent POSTs cost one fsync, not N. Each caller
-/// still gets its answer only after its own payload is committed.
+/// and go together into the next one, so N concurrent POSTs cost one commit (one fsync), not N.
+/// Each caller still gets its answer only after its own payload is committed. Both engines use
+/// it: SQLite writes a batch in one transaction with a savepoint per payload, PostgreSQL in one
+/// call of `dispatcher_ingest_many` with a subtransaction per payload.
 ///
 /// The first caller to find no transaction under way does the writing, for itself and for
 /// whoever queues meanwhile; the others wait for their result.
 actor IngestBatcher {
+    /// Writes a batch in one transaction: one result per job, in order; a throw means the
+    /// transaction itself failed and none of the batch is stored.
+    typealias Write = @Sendable ([IngestJob]) async throws -> [Result<IngestResult, any Error>]
+
     /// The most payloads in one transaction (up to 1,000 statuses each).
     let maxBatch = 32
     private var pending: [(id: Int, job: IngestJob)] = []
-    private var finished: [Int: Result<IngestResult, any Error>] = [:]
-    private var waiting: [Int: CheckedContinuation<IngestResult, any Error>] = [:]
+    private var waiting: [Int: CheckedContinuation<Turn, Never>] = [:]
     private var nextID = 0
     private var writing = false
 
-    func submit(_ job: IngestJob, to store: SQLiteStore) async throws -> IngestResult {
+    /// What a queued caller is woken with: its payload's result, or the writer's role.
+    private enum Turn {
+        case done(Result<IngestResult, any Error>)
+        case write
+    }
+
+    func submit(_ job: IngestJob, write: Write) async throws -> IngestResult {
         let id = nextID
         nextID += 1
         pending.append((id, job))
-        if !writing {
-            writing = true
-            while !pending.isEmpty {
-                let batch = Array(pending.prefix(maxBatch))
-                pending.removeFirst(batch.count)
-                let results: [Result<IngestResult, any Error>]
-                do {
-                    results = try await store.writeBatch(batch.map(\.job))
-                } catch {
-                    // The transaction itself failed (database locked, disk full): nobody in it is stored.
-                    results = Array(repeating: .failure(error), count: batch.count)
-                }
-                for (entry, result) in zip(batch, results) {
-                    if let continuation = waiting.removeValue(forKey: entry.id) {
-                        continuation.resume(with: result)
-                    } else {
-                        finished[entry.id] = result
-                    }
+        if writing {
+            // (Registered before this actor runs anything else: the writer finds every queued caller.)
+            switch await withCheckedContinuation({ waiting[id] = $0 }) {
+            case .done(let result): return try result.get()
+            case .write: break
+            }
+        }
+        writing = true
+        var mine: Result<IngestResult, any Error>? = nil
+        while mine == nil, !pending.isEmpty {
+            let batch = Array(pending.prefix(maxBatch))
+            pending.removeFirst(batch.count)
+            let results: [Result<IngestResult, any Error>]
+            do {
+                results = try await write(batch.map(\.job))
+            } catch {
+                // The transaction itself failed (database locked, disk full): nobody in it is stored.
+                results = Array(repeating: .failure(error), count: batch.count)
+            }
+            for (entry, result) in zip(batch, results) {
+                if entry.id == id {
+                    mine = result
+                } else {
+                    waiting.removeValue(forKey: entry.id)?.resume(returning: .done(result))
                 }
             }
+        }
+        // The writer answers its own POST as soon as its payload is committed: the oldest caller
+        // still queued writes the next batch. (A writer that kept going while others queued was
+        // answered only when the queue ran dry: seconds, under steady load.)
+        if let next = pending.first, let continuation = waiting.removeValue(forKey: next.id) {
+            continuation.resume(returning: .write)
+        } else {
             writing = false
         }
-        if let result = finished.removeValue(forKey: id) { return try result.get() }
-        return try await withCheckedThrowingContinuation { waiting[id] = $0 }
+        guard let mine else { throw StoreError("the webhook payload was not written (internal error: lost from the batch)") }
+        return try mine.get()
     }
 }

@@ -484,7 +484,8 @@ public final class SQLiteStore: DispatchStore {
         at time: Double
     ) async throws -> IngestResult {
         try await batcher.submit(
-            IngestJob(body: body, signature: signature, contents: contents, parseError: parseError, time: time), to: self)
+            IngestJob(body: body, signature: signature, contents: contents, parseError: parseError, time: time),
+            write: { try await self.writeBatch($0) })
     }
 
     /// Stores webhook payloads that arrived together in one transaction (one fsync), each in its

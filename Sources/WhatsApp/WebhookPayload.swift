@@ -4,21 +4,21 @@ public import Store
 /// Meta's webhook notification, as much of it as the dispatcher reads. Every field is optional and
 /// unknown ones are ignored: Meta adds fields without notice, and a payload we cannot fully read
 /// is still stored raw.
-public struct WebhookPayload: Decodable, Sendable {
+public struct WebhookPayload: Decodable, Sendable, Equatable {
     public var object: String?
     public var entry: [Entry]?
 
-    public struct Entry: Decodable, Sendable {
+    public struct Entry: Decodable, Sendable, Equatable {
         public var id: String?
         public var changes: [Change]?
     }
 
-    public struct Change: Decodable, Sendable {
+    public struct Change: Decodable, Sendable, Equatable {
         public var field: String?
         public var value: Value?
     }
 
-    public struct Value: Decodable, Sendable {
+    public struct Value: Decodable, Sendable, Equatable {
         public var messagingProduct: String?
         public var metadata: Metadata?
         public var statuses: [Status]?
@@ -32,7 +32,7 @@ public struct WebhookPayload: Decodable, Sendable {
         }
     }
 
-    public struct Metadata: Decodable, Sendable {
+    public struct Metadata: Decodable, Sendable, Equatable {
         public var displayPhoneNumber: String?
         public var phoneNumberID: String?
 
@@ -42,7 +42,7 @@ public struct WebhookPayload: Decodable, Sendable {
         }
     }
 
-    public struct Status: Decodable, Sendable {
+    public struct Status: Decodable, Sendable, Equatable {
         /// The wamid.
         public var id: String?
         /// `sent`, `delivered`, `read`, `failed`, `played`…; unknown values are kept, not applied.
@@ -63,7 +63,7 @@ public struct WebhookPayload: Decodable, Sendable {
         }
     }
 
-    public struct Pricing: Decodable, Sendable {
+    public struct Pricing: Decodable, Sendable, Equatable {
         public var billable: Bool?
         public var pricingModel: String?
         public var category: String?
@@ -75,14 +75,14 @@ public struct WebhookPayload: Decodable, Sendable {
         }
     }
 
-    public struct ErrorDetail: Decodable, Sendable {
+    public struct ErrorDetail: Decodable, Sendable, Equatable {
         public var code: Int?
         public var title: String?
         public var message: String?
         public var errorData: ErrorData?
         public var href: String?
 
-        public struct ErrorData: Decodable, Sendable {
+        public struct ErrorData: Decodable, Sendable, Equatable {
             public var details: String?
         }
 
@@ -92,7 +92,7 @@ public struct WebhookPayload: Decodable, Sendable {
         }
     }
 
-    public struct InboundMessage: Decodable, Sendable {
+    public struct InboundMessage: Decodable, Sendable, Equatable {
         /// The sender's WhatsApp id (their number's digits). Absent since 2026 for users who set a
         /// username: `from_user_id` then says who wrote.
         public var from: String?
@@ -102,7 +102,7 @@ public struct WebhookPayload: Decodable, Sendable {
         public var type: String?
         public var text: Text?
 
-        public struct Text: Decodable, Sendable {
+        public struct Text: Decodable, Sendable, Equatable {
             public var body: String?
         }
 
@@ -112,7 +112,7 @@ public struct WebhookPayload: Decodable, Sendable {
         }
     }
 
-    public struct Contact: Decodable, Sendable {
+    public struct Contact: Decodable, Sendable, Equatable {
         public var waID: String?
         /// The business-scoped user id (2026).
         public var userID: String?
@@ -134,18 +134,24 @@ public struct UnixSeconds: Decodable, Sendable, Equatable {
     public init(from decoder: any Decoder) throws {
         let c = try decoder.singleValueContainer()
         if let n = try? c.decode(Int64.self) {
-            value = n
+            self.init(n)
         } else if let d = try? c.decode(Double.self), d.isFinite, abs(d) < 1e15 {
+            self.init(Int64(d))
+        } else {
+            self.init(text: try c.decode(String.self))
+        }
+    }
+
+    /// Seconds written as text; unreadable text gives 0 (the status still applies, at the time it
+    /// was received).
+    init(text: String) {
+        let text = text.trimmingCharacters(in: .whitespaces)
+        if let n = Int64(text) {
+            value = n
+        } else if let d = Double(text), d.isFinite, abs(d) < 1e15 {
             value = Int64(d)
         } else {
-            let text = try c.decode(String.self).trimmingCharacters(in: .whitespaces)
-            if let n = Int64(text) {
-                value = n
-            } else if let d = Double(text), d.isFinite, abs(d) < 1e15 {
-                value = Int64(d)
-            } else {
-                value = 0
-            }  // unreadable: the status still applies, at the time it was received
+            value = 0
         }
     }
 }

@@ -319,9 +319,9 @@ struct WebhookHTTPTests {
 
 @Suite("Group commit")
 struct GroupCommitTests {
-    @Test("50 POSTs at once are each stored once, with every status applied, and each answered only when stored")
-    func concurrentPosts() async throws {
-        let store = try freshStore()
+    @Test("50 POSTs at once are each stored once, with every status applied, and each answered only when stored", arguments: engines)
+    func concurrentPosts(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
         try await store.saveRun(RunRecord(name: "c", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
         _ = try await store.addMessages(
             (0..<1000).map {
@@ -346,5 +346,35 @@ struct GroupCommitTests {
         }
         #expect(try await payloadCount(store) == 50)
         #expect(try await store.stateCounts(run: "c") == [.delivered: 1000])
+    }
+
+    @Test("a payload the database refuses in a batch costs the POSTs committed with it nothing", arguments: engines)
+    func refusedPayloadAlone(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        try await store.saveRun(RunRecord(name: "c", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
+        _ = try await store.addMessages(
+            (0..<40).map {
+                NewMessage(id: "m-\($0)", run: "c", invoiceID: "I-\($0)", phone: "1809555\(1000 + $0)", template: "invoice", language: "es")
+            })
+        // A NUL in a text field: SQLite keeps it; PostgreSQL's text cannot hold one, so that
+        // payload is answered 503 (Meta sends it again), and only that one.
+        let refused = statusPayload([("wamid.x", "delivered", 99, "m-\\u0000")])
+        try await withRouter(server(store)) { client in
+            let codes = try await withThrowingTaskGroup(of: (Int, HTTPResponse.Status).self) { group in
+                for post in 0..<41 {
+                    group.addTask {
+                        let body = post == 40 ? refused : statusPayload([("wamid.\(post)", "delivered", 100 + post, "m-\(post)")])
+                        return (post, try await signedPost(client, body).status)
+                    }
+                }
+                var codes: [Int: HTTPResponse.Status] = [:]
+                for try await (post, status) in group { codes[post] = status }
+                return codes
+            }
+            #expect((0..<40).allSatisfy { codes[$0] == .ok })
+            #expect(codes[40] == (engine == .postgres ? .serviceUnavailable : .ok))
+        }
+        #expect(try await store.stateCounts(run: "c") == [.delivered: 40])
+        #expect(try await payloadCount(store) == (engine == .postgres ? 40 : 41))
     }
 }

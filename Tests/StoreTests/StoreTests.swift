@@ -1,5 +1,7 @@
 import Foundation
 import GRDB
+import NIOCore
+import PostgresNIO
 import StoreTesting
 import Testing
 
@@ -504,5 +506,82 @@ struct StoreTests {
         } throws: { error in
             "\(error)".contains("upgraded by a newer dispatcher") && "\(error)".contains(path)
         }
+    }
+
+    @Test(
+        "PostgreSQL: a payload that fails inside a batch of payloads is rolled back alone",
+        .enabled(if: engines.contains(.postgres)))
+    func ingestManyIsolation() async throws {
+        let store = try #require(try await makeStore(.postgres) as? PostgresStore)
+        try await store.saveRun(RunRecord(name: "b", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
+        _ = try await store.addMessages([
+            NewMessage(id: "m-0", run: "b", invoiceID: "I-0", phone: "18095551000", template: "invoice", language: "es")
+        ])
+        let good = #"{"time":5,"count":1,"statuses":[{"wamid":"wamid.0","status":"delivered","ts":100,"callback":"m-0"}]}"#
+        let bad = #"{"time":5,"count":"many"}"#
+        let rows = try await store.rows(
+            """
+            SELECT r_index, r_error, r_payload FROM dispatcher_ingest_many(\("[\(bad),\(good)]")::jsonb,
+                \([ByteBuffer(string: "bad"), ByteBuffer(string: "good")])::bytea[])
+            """
+        ).map { try $0.decode((Int, String?, Int64?).self) }
+        #expect(rows.count == 2)
+        #expect(rows[0].0 == 0 && rows[0].1?.hasPrefix("22P02") == true && rows[0].2 == nil)
+        #expect(rows[1].0 == 1 && rows[1].1 == nil && rows[1].2 != nil)
+        #expect(try await store.message("wamid.0")?.state == .delivered)
+        #expect(try await store.webhookPayloads(after: nil, limit: 10).map { String(decoding: $0.body, as: UTF8.self) } == ["good"])
+    }
+
+    @Test("group commit answers each POST once its own payload is committed, not once the queue runs dry")
+    func batcherAnswersEachInTurn() async throws {
+        let batcher = IngestBatcher()
+        let batches = Counter()
+        // Each transaction takes 20 ms; 48 callers (more than one batch holds) post again as soon
+        // as they are answered, for 1.5 s: the queue never runs dry.
+        let write: IngestBatcher.Write = { jobs in
+            try await Task.sleep(for: .milliseconds(20))
+            let first = batches.add(jobs.count)
+            return jobs.indices.map { .success(IngestResult(payloadID: Int64(first + $0))) }
+        }
+        func job(_ n: Int) -> IngestJob { IngestJob(body: Array("\(n)".utf8), signature: nil, contents: nil, parseError: nil, time: 0) }
+        let until = ContinuousClock.now + .milliseconds(1500)
+        let latencies = try await withThrowingTaskGroup(of: [Duration].self) { group in
+            for sender in 0..<48 {
+                group.addTask {
+                    var latencies: [Duration] = []
+                    var n = sender
+                    while ContinuousClock.now < until {
+                        let started = ContinuousClock.now
+                        _ = try await batcher.submit(job(n), write: write)
+                        latencies.append(ContinuousClock.now - started)
+                        n += 48
+                    }
+                    return latencies
+                }
+            }
+            return try await group.reduce(into: []) { $0 += $1 }
+        }
+        // One batch at a time: nobody waits for more than a few batches.
+        #expect(latencies.count > 100)
+        #expect(latencies.max()! < .milliseconds(300), "slowest answer \(latencies.max()!)")
+        #expect(batches.total == latencies.count)
+    }
+}
+
+/// A count shared by concurrent writers.
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    /// Adds `n`; returns the total before.
+    func add(_ n: Int) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        value += n
+        return value - n
+    }
+    var total: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return value
     }
 }

@@ -265,6 +265,7 @@ enum PostgresSchema {
                 """,
                 ingest,
             ]),
+        Migration(name: "v12: webhook payloads committed together", statements: [ingestMany]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one
@@ -429,6 +430,37 @@ enum PostgresSchema {
                         r_opt_outs := r_opt_outs + 1;
                     END IF;
                 END IF;
+            END LOOP;
+        END
+        $$
+        """
+
+    /// `ingestMany`: several payloads' `dispatcher_ingest` in one call and one transaction (group
+    /// commit across POSTs), each in a subtransaction (the EXCEPTION block): a payload that fails
+    /// is rolled back alone and answered with its error (`r_error`), the others are kept.
+    static let ingestMany = """
+        CREATE OR REPLACE FUNCTION dispatcher_ingest_many(p_payloads JSONB, p_bodies BYTEA[],
+            OUT r_index INTEGER, OUT r_error TEXT, OUT r_payload BIGINT, OUT r_duplicates INTEGER, OUT r_unmatched INTEGER,
+            OUT r_inbound INTEGER, OUT r_opt_outs INTEGER, OUT r_applied TEXT[])
+        RETURNS SETOF RECORD
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            p RECORD;
+            r RECORD;
+        BEGIN
+            FOR p IN SELECT (e.n - 1)::integer AS i, e.v FROM jsonb_array_elements(p_payloads) WITH ORDINALITY AS e(v, n) LOOP
+                r_index := p.i;
+                r_error := NULL; r_payload := NULL; r_duplicates := NULL; r_unmatched := NULL; r_inbound := NULL;
+                r_opt_outs := NULL; r_applied := NULL;
+                BEGIN
+                    SELECT * INTO r FROM dispatcher_ingest((p.v->>'time')::float8, p.v->>'signature', p_bodies[p.i + 1],
+                        p.v->>'parse_error', (p.v->>'count')::integer, p.v->'statuses', p.v->'inbound');
+                    r_payload := r.r_payload; r_duplicates := r.r_duplicates; r_unmatched := r.r_unmatched;
+                    r_inbound := r.r_inbound; r_opt_outs := r.r_opt_outs; r_applied := r.r_applied;
+                EXCEPTION WHEN OTHERS THEN
+                    r_error := SQLSTATE || ': ' || SQLERRM;
+                END;
+                RETURN NEXT;
             END LOOP;
         END
         $$

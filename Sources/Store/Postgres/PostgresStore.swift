@@ -17,6 +17,7 @@ import Synchronization
 public final class PostgresStore: DispatchStore {
     let client: PostgresClient
     let runner: Task<Void, Never>
+    let batcher = IngestBatcher()
     let logger: Logger
     public let url: PostgresURL
 
@@ -644,15 +645,23 @@ public final class PostgresStore: DispatchStore {
         var opt_out: String?
     }
 
-    public func ingestWebhook(
-        body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
-        at time: Double
-    ) async throws -> IngestResult {
+    /// One payload's arguments to `dispatcher_ingest`, as an element of `dispatcher_ingest_many`'s list.
+    struct PayloadJSON: Encodable {
+        var time: Double
+        var signature: String?
+        var parse_error: String?
+        var count: Int
+        var statuses: [StatusJSON]?
+        var inbound: [InboundJSON]?
+    }
+
+    static func payloadJSON(_ job: IngestJob) -> PayloadJSON {
         // In wamid order: every receiver then locks the messages of a payload in the same order,
         // so two receivers given overlapping payloads wait for each other instead of deadlocking.
         // (The final state does not depend on the order: that is the forward-only rule.)
-        let statuses = try contents.map { c in
-            try Self.json(
+        PayloadJSON(
+            time: job.time, signature: job.signature, parse_error: job.parseError, count: job.contents?.statuses.count ?? 0,
+            statuses: job.contents.map { c in
                 c.statuses.sorted { ($0.wamid, $0.timestamp) < ($1.wamid, $1.timestamp) }.map { u in
                     StatusJSON(
                         wamid: u.wamid, status: u.status.rawValue, ts: u.timestamp, recipient: u.recipientID,
@@ -660,26 +669,86 @@ public final class PostgresStore: DispatchStore {
                         callback: u.callbackData,
                         code: u.errorCode, title: u.errorTitle, details: u.errorDetails, pricing: u.pricingCategory,
                         phone: u.phoneNumberID, pricing_type: u.pricingType)
-                })
-        }
-        let inbound = try contents.map { c in
-            try Self.json(
+                }
+            },
+            inbound: job.contents.map { c in
                 c.inbound.map { m in
                     InboundJSON(
                         wamid: m.wamid, sender: m.from, sender_user: m.fromUserID, ts: m.timestamp, type: m.type, body: m.body,
                         opt_out: m.isOptOut ? (m.body?.uppercased() ?? "") : nil)
-                })
+                }
+            })
+    }
+
+    /// Group commit, as on SQLite: POSTs that arrive while a batch is being written go together
+    /// into the next call (`IngestBatcher`), one transaction and one WAL flush for all of them.
+    public func ingestWebhook(
+        body: [UInt8], signature: String?, contents: WebhookContents?, parseError: String?,
+        at time: Double
+    ) async throws -> IngestResult {
+        try await batcher.submit(
+            IngestJob(body: body, signature: signature, contents: contents, parseError: parseError, time: time),
+            write: { try await self.writeBatch($0) })
+    }
+
+    /// A batch in one round trip and one transaction, each payload in a subtransaction of its
+    /// own (`dispatcher_ingest_many`): a payload that fails there (overlapping batches of two
+    /// receivers deadlocked on it, a value the server refuses) is rolled back alone and written
+    /// again alone afterwards, as it would have been without the batch. A throw (the server
+    /// unreachable) fails the whole batch: nothing of it is stored, every caller gets a 503.
+    func writeBatch(_ jobs: [IngestJob]) async throws -> [Result<IngestResult, any Error>] {
+        if jobs.count == 1 { return [.success(try await ingestAlone(jobs[0]))] }
+        let payloads = try Self.json(jobs.map(Self.payloadJSON))
+        let bodies = jobs.map { ByteBuffer(bytes: $0.body) }
+        var results = [Result<IngestResult, any Error>?](repeating: nil, count: jobs.count)
+        let query: PostgresQuery = """
+            SELECT r_index, r_error, r_payload, r_duplicates, r_unmatched, r_inbound, r_opt_outs, r_applied
+            FROM dispatcher_ingest_many(\(payloads)::jsonb, \(bodies)::bytea[])
+            """
+        let found = try await retrying { () async throws -> [PostgresRow]? in
+            do {
+                return try await self.client.query(query, logger: self.logger).collect()
+            } catch let error as PSQLError where error.serverInfo != nil {
+                // The server refused the call as a whole (a value in one payload it cannot take
+                // as JSON, such as a NUL): each payload is written alone below.
+                return nil
+            }
         }
-        let count = contents?.statuses.count ?? 0
+        for row in found ?? [] {
+            var cells = Cells(row)
+            let index: Int = try cells.next()
+            guard jobs.indices.contains(index), try cells.next(String?.self) == nil else { continue }
+            results[index] = .success(try Self.ingestResult(&cells, statuses: jobs[index].contents?.statuses.count ?? 0))
+        }
+        for i in results.indices where results[i] == nil {
+            do {
+                results[i] = .success(try await ingestAlone(jobs[i]))
+            } catch {
+                results[i] = .failure(error)
+            }
+        }
+        return results.map { $0! }
+    }
+
+    /// One payload, one call of `dispatcher_ingest`.
+    func ingestAlone(_ job: IngestJob) async throws -> IngestResult {
+        let p = Self.payloadJSON(job)
+        let statuses = try p.statuses.map(Self.json)
+        let inbound = try p.inbound.map(Self.json)
         let row = try await rows(
             """
             SELECT r_payload, r_duplicates, r_unmatched, r_inbound, r_opt_outs, r_applied
-            FROM dispatcher_ingest(\(time)::float8, \(signature)::text, \(ByteBuffer(bytes: body))::bytea, \(parseError)::text, \(count)::integer,
-                \(statuses)::jsonb, \(inbound)::jsonb)
+            FROM dispatcher_ingest(\(p.time)::float8, \(p.signature)::text, \(ByteBuffer(bytes: job.body))::bytea, \(p.parse_error)::text,
+                \(p.count)::integer, \(statuses)::jsonb, \(inbound)::jsonb)
             """)[0]
-        var r = Cells(row)
+        var cells = Cells(row)
+        return try Self.ingestResult(&cells, statuses: p.count)
+    }
+
+    /// r_payload, r_duplicates, r_unmatched, r_inbound, r_opt_outs, r_applied, from `cells`' position.
+    static func ingestResult(_ r: inout Cells, statuses: Int) throws -> IngestResult {
         var result = IngestResult(payloadID: try r.next())
-        result.statuses = count
+        result.statuses = statuses
         result.duplicates = try r.next()
         result.unmatched = try r.next()
         result.inbound = try r.next()
