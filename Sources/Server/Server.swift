@@ -6,6 +6,7 @@ public import Hummingbird
 import HummingbirdCore
 public import Logging
 import NIOCore
+import NIOPosix
 import Prometheus
 import Reports
 public import Store
@@ -334,7 +335,9 @@ public struct DispatcherServer: Sendable {
             }
         }
         let path = (configuration.reportsDirectory as NSString).appendingPathComponent("\(parts.joined(separator: "/"))/\(file)")
-        guard let data = FileManager.default.contents(atPath: path) else {
+        // Read on NIO's thread pool: `serve` runs its tasks on the event loops (DispatcherCommand),
+        // and a million-message report is 100+ MB that webhooks on the same loop would wait for.
+        guard let data = try await NIOThreadPool.singleton.runIfActive({ FileManager.default.contents(atPath: path) }) else {
             throw APIError(.notFound, "no report for run \(run) yet: run `dispatcher report \(run)`")
         }
         // Reports hold tenants' text: never sniffed as something else, no script, no outside fetch.

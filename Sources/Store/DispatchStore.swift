@@ -756,7 +756,13 @@ public enum WhatsAppID {
 /// A store could not be opened or used; the message says what to do.
 public struct StoreError: Error, Sendable, CustomStringConvertible {
     public var description: String
-    public init(_ description: String) { self.description = description }
+    /// The database server answered with an error (it refused this statement), as opposed to not
+    /// answering at all.
+    public var refusedByServer = false
+    public init(_ description: String, refusedByServer: Bool = false) {
+        self.description = description
+        self.refusedByServer = refusedByServer
+    }
 }
 
 /// A message waiting in the queue, as the billing run sends it.

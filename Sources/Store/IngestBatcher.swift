@@ -20,8 +20,10 @@ actor IngestBatcher {
     /// transaction itself failed and none of the batch is stored.
     typealias Write = @Sendable ([IngestJob]) async throws -> [Result<IngestResult, any Error>]
 
-    /// The most payloads in one transaction (up to 1,000 statuses each).
+    /// The most payloads in one transaction, and the most statuses (a batch takes at least one
+    /// payload, of up to 1,000): a transaction stays well within PostgreSQL's statement timeout.
     let maxBatch = 32
+    let maxStatuses = 2_000
     private var pending: [(id: Int, job: IngestJob)] = []
     private var waiting: [Int: CheckedContinuation<Turn, Never>] = [:]
     private var nextID = 0
@@ -47,11 +49,23 @@ actor IngestBatcher {
         writing = true
         var mine: Result<IngestResult, any Error>? = nil
         while mine == nil, !pending.isEmpty {
-            let batch = Array(pending.prefix(maxBatch))
+            var count = 0, statuses = 0
+            for entry in pending.prefix(maxBatch) {
+                let size = entry.job.contents?.statuses.count ?? 0
+                if count > 0, statuses + size > maxStatuses { break }
+                count += 1
+                statuses += size
+            }
+            let batch = Array(pending.prefix(count))
             pending.removeFirst(batch.count)
-            let results: [Result<IngestResult, any Error>]
+            var results: [Result<IngestResult, any Error>]
             do {
                 results = try await write(batch.map(\.job))
+                if results.count != batch.count {
+                    results = Array(
+                        repeating: .failure(StoreError("the webhook batch was answered for \(results.count) of \(batch.count) payloads")),
+                        count: batch.count)
+                }
             } catch {
                 // The transaction itself failed (database locked, disk full): nobody in it is stored.
                 results = Array(repeating: .failure(error), count: batch.count)

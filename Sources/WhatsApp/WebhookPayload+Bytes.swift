@@ -82,7 +82,7 @@ struct PlainJSONReader {
         i += 1
         depth += 1
         defer { depth -= 1 }
-        var seen: [String] = []
+        var seen = Set<String>()
         if peek() == UInt8(ascii: "}") {
             i += 1
             return true
@@ -91,8 +91,7 @@ struct PlainJSONReader {
             guard peek() == UInt8(ascii: "\""), let key = rawString() else { return false }
             guard peek() == UInt8(ascii: ":") else { return false }
             i += 1
-            if seen.contains(key) { return false }
-            seen.append(key)
+            guard seen.insert(key).inserted else { return false }
             guard member(&self, key) else { return false }
             switch peek() {
             case UInt8(ascii: ","): i += 1

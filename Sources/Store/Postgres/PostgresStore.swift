@@ -217,7 +217,7 @@ public final class PostgresStore: DispatchStore {
             } catch let error as StoreError {
                 throw error
             } catch {
-                throw StoreError(Self.explain(error, url: url))
+                throw StoreError(Self.explain(error, url: url), refusedByServer: (error as? PSQLError)?.serverInfo != nil)
             }
         }
     }
@@ -714,20 +714,42 @@ public final class PostgresStore: DispatchStore {
                 return nil
             }
         }
+        // Committed by now: a row that cannot be read is that payload's problem alone (answered
+        // with an error; Meta sends it again, and the duplicate is recognised), not the batch's.
         for row in found ?? [] {
             var cells = Cells(row)
-            let index: Int = try cells.next()
-            guard jobs.indices.contains(index), try cells.next(String?.self) == nil else { continue }
-            results[index] = .success(try Self.ingestResult(&cells, statuses: jobs[index].contents?.statuses.count ?? 0))
+            guard let index = try? cells.next(Int.self), jobs.indices.contains(index) else { continue }
+            do {
+                if let error = try cells.next(String?.self) {
+                    logger.warning("webhook payload written again alone", metadata: ["error": "\(error)"])
+                    continue
+                }
+                results[index] = .success(try Self.ingestResult(&cells, statuses: jobs[index].contents?.statuses.count ?? 0))
+            } catch {
+                results[index] = .failure(StoreError("the stored webhook payload's result could not be read: \(error)"))
+            }
         }
+        var unreachable: (any Error)? = nil
         for i in results.indices where results[i] == nil {
+            // Once the server stops answering, the rest fail at once instead of each waiting out the timeout.
+            if let unreachable {
+                results[i] = .failure(unreachable)
+                continue
+            }
             do {
                 results[i] = .success(try await ingestAlone(jobs[i]))
             } catch {
                 results[i] = .failure(error)
+                if !Self.isServerRefusal(error) { unreachable = error }
             }
         }
         return results.map { $0! }
+    }
+
+    /// An error the server answered with (the payload refused), not a server gone or slow.
+    static func isServerRefusal(_ error: any Error) -> Bool {
+        if let error = error as? PSQLError { return error.serverInfo != nil }
+        return (error as? StoreError)?.refusedByServer == true
     }
 
     /// One payload, one call of `dispatcher_ingest`.
