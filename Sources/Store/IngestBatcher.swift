@@ -24,67 +24,90 @@ actor IngestBatcher {
     /// payload, of up to 1,000): a transaction stays well within PostgreSQL's statement timeout.
     let maxBatch = 32
     let maxStatuses = 2_000
-    private var pending: [(id: Int, job: IngestJob)] = []
+    /// Batches written at once: 1 for SQLite (one writer anyway); more for PostgreSQL, whose
+    /// server works on several connections at once.
+    let maxWriters: Int
+    private var pending: [Entry] = []
     private var waiting: [Int: CheckedContinuation<Turn, Never>] = [:]
     private var nextID = 0
-    private var writing = false
+    private var writers = 0
 
-    /// What a queued caller is woken with: its payload's result, or the writer's role.
+    typealias Entry = (id: Int, job: IngestJob)
+
+    /// What a queued caller is woken with: its payload's result, or a batch to write (its own
+    /// payload first).
     private enum Turn {
         case done(Result<IngestResult, any Error>)
-        case write
+        case write([Entry])
     }
 
+    init(maxWriters: Int = 1) { self.maxWriters = max(1, maxWriters) }
+
+    /// The oldest queued payloads, within the limits.
+    private func carve() -> [Entry] {
+        var count = 0, statuses = 0
+        for entry in pending.prefix(maxBatch) {
+            let size = entry.job.contents?.statuses.count ?? 0
+            if count > 0, statuses + size > maxStatuses { break }
+            count += 1
+            statuses += size
+        }
+        defer { pending.removeFirst(count) }
+        return Array(pending.prefix(count))
+    }
+
+    // Each writer writes one batch, its own payload in it, answers the others in it, and hands the
+    // next batch to the oldest caller still queued (or stops writing when none is). So a queue is
+    // only ever kept while all `maxWriters` are writing, and a newcomer that finds a writer free
+    // finds the queue empty: its batch is its own payload.
     func submit(_ job: IngestJob, write: Write) async throws -> IngestResult {
         let id = nextID
         nextID += 1
         pending.append((id, job))
-        if writing {
-            // (Registered before this actor runs anything else: the writer finds every queued caller.)
+        var batch: [Entry]
+        if writers < maxWriters {
+            writers += 1
+            batch = carve()
+        } else {
+            // (Registered before this actor runs anything else: the writers find every queued caller.)
             switch await withCheckedContinuation({ waiting[id] = $0 }) {
             case .done(let result): return try result.get()
-            case .write: break
+            case .write(let given): batch = given
             }
         }
-        writing = true
+        var results: [Result<IngestResult, any Error>]
+        do {
+            results = try await write(batch.map(\.job))
+            if results.count != batch.count {
+                results = Array(
+                    repeating: .failure(StoreError("the webhook batch was answered for \(results.count) of \(batch.count) payloads")),
+                    count: batch.count)
+            }
+        } catch {
+            // The transaction itself failed (database locked, disk full): nobody in it is stored.
+            results = Array(repeating: .failure(error), count: batch.count)
+        }
         var mine: Result<IngestResult, any Error>? = nil
-        while mine == nil, !pending.isEmpty {
-            var count = 0, statuses = 0
-            for entry in pending.prefix(maxBatch) {
-                let size = entry.job.contents?.statuses.count ?? 0
-                if count > 0, statuses + size > maxStatuses { break }
-                count += 1
-                statuses += size
-            }
-            let batch = Array(pending.prefix(count))
-            pending.removeFirst(batch.count)
-            var results: [Result<IngestResult, any Error>]
-            do {
-                results = try await write(batch.map(\.job))
-                if results.count != batch.count {
-                    results = Array(
-                        repeating: .failure(StoreError("the webhook batch was answered for \(results.count) of \(batch.count) payloads")),
-                        count: batch.count)
-                }
-            } catch {
-                // The transaction itself failed (database locked, disk full): nobody in it is stored.
-                results = Array(repeating: .failure(error), count: batch.count)
-            }
-            for (entry, result) in zip(batch, results) {
-                if entry.id == id {
-                    mine = result
-                } else {
-                    waiting.removeValue(forKey: entry.id)?.resume(returning: .done(result))
-                }
+        for (entry, result) in zip(batch, results) {
+            if entry.id == id {
+                mine = result
+            } else {
+                waiting.removeValue(forKey: entry.id)?.resume(returning: .done(result))
             }
         }
-        // The writer answers its own POST as soon as its payload is committed: the oldest caller
-        // still queued writes the next batch. (A writer that kept going while others queued was
-        // answered only when the queue ran dry: seconds, under steady load.)
-        if let next = pending.first, let continuation = waiting.removeValue(forKey: next.id) {
-            continuation.resume(returning: .write)
+        // Answered as soon as its own payload is committed: the next batch is someone else's to
+        // write. (A writer that kept going while others queued was answered only when the queue
+        // ran dry: seconds, under steady load.)
+        if !pending.isEmpty {
+            let next = carve()
+            if let continuation = waiting.removeValue(forKey: next[0].id) {
+                continuation.resume(returning: .write(next))
+            } else {
+                pending.insert(contentsOf: next, at: 0)
+                writers -= 1
+            }
         } else {
-            writing = false
+            writers -= 1
         }
         guard let mine else { throw StoreError("the webhook payload was not written (internal error: lost from the batch)") }
         return try mine.get()

@@ -567,6 +567,34 @@ struct StoreTests {
         // The writer that kept going until the queue was empty waited for about 20.
         #expect(waits.max() ?? 99 <= 6, "most batches waited for: \(waits.max() ?? -1) of \(batches.total)")
     }
+
+    @Test("group commit with several writers (PostgreSQL's): never more batches at once than allowed, every caller answered")
+    func batcherSeveralWriters() async throws {
+        let batcher = IngestBatcher(maxWriters: 3)
+        let gauge = Gauge()
+        let write: IngestBatcher.Write = { jobs in
+            gauge.enter()
+            defer { gauge.leave() }
+            try await Task.sleep(for: .milliseconds(2))
+            return jobs.map { .success(IngestResult(payloadID: Int64(String(decoding: $0.body, as: UTF8.self))!)) }
+        }
+        let answered = try await withThrowingTaskGroup(of: [Bool].self) { group in
+            for sender in 0..<48 {
+                group.addTask {
+                    var answers: [Bool] = []
+                    for round in 0..<10 {
+                        let n = round * 48 + sender
+                        let job = IngestJob(body: Array("\(n)".utf8), signature: nil, contents: nil, parseError: nil, time: 0)
+                        answers.append(try await batcher.submit(job, write: write).payloadID == Int64(n))
+                    }
+                    return answers
+                }
+            }
+            return try await group.reduce(into: []) { $0 += $1 }
+        }
+        #expect(answered.count == 480 && answered.allSatisfy { $0 }, "each caller gets its own payload's result")
+        #expect(gauge.most <= 3 && gauge.most >= 2, "batches at once: \(gauge.most)")
+    }
 }
 
 /// A count shared by concurrent writers.
@@ -584,5 +612,23 @@ final class Counter: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         return value
+    }
+}
+
+/// How many writes run at once, and the most seen.
+final class Gauge: @unchecked Sendable {
+    private let lock = NSLock()
+    private var now = 0
+    private(set) var most = 0
+    func enter() {
+        lock.lock()
+        defer { lock.unlock() }
+        now += 1
+        most = max(most, now)
+    }
+    func leave() {
+        lock.lock()
+        defer { lock.unlock() }
+        now -= 1
     }
 }
