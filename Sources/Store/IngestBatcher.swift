@@ -13,8 +13,8 @@ struct IngestJob: Sendable {
 /// it: SQLite writes a batch in one transaction with a savepoint per payload, PostgreSQL in one
 /// call of `dispatcher_ingest_many` with a subtransaction per payload.
 ///
-/// The first caller to find no transaction under way does the writing, for itself and for
-/// whoever queues meanwhile; the others wait for their result.
+/// A caller that finds a writer free writes its own payload; the others queue, and each writer,
+/// once its batch is committed, hands the next batch to the oldest caller queued (see `submit`).
 actor IngestBatcher {
     /// Writes a batch in one transaction: one result per job, in order; a throw means the
     /// transaction itself failed and none of the batch is stored.
@@ -24,8 +24,8 @@ actor IngestBatcher {
     /// payload, of up to 1,000): a transaction stays well within PostgreSQL's statement timeout.
     let maxBatch = 32
     let maxStatuses = 2_000
-    /// Batches written at once: 1 for SQLite (one writer anyway); more for PostgreSQL, whose
-    /// server works on several connections at once.
+    /// Batches written at once. Both engines use 1: SQLite has one writer anyway, and PostgreSQL's
+    /// batches deadlocked on each other with four (see `PostgresStore.batcher`).
     let maxWriters: Int
     private var pending: [Entry] = []
     private var waiting: [Int: CheckedContinuation<Turn, Never>] = [:]
