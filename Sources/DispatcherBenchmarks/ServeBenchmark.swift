@@ -71,13 +71,7 @@ struct ServeBenchmark {
         let folder = NSTemporaryDirectory() + "dispatcher-bench-serve-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
-        let database: String
-        if let postgresAdminURL {
-            database = try await PostgresStore.createDatabase(
-                named: "bench_\(UInt32.random(in: 0...UInt32.max))", adminURL: postgresAdminURL)
-        } else {
-            database = "sqlite:\(folder)/serve.sqlite"
-        }
+        let database = try await WebhookBenchmark.freshDatabase(sqlitePath: "\(folder)/serve.sqlite", postgresAdminURL: postgresAdminURL)
         try await WebhookBenchmark.seed(database, messages: messages)
         let (server, port) = try await WebhookBenchmark.startServe(dispatcher: dispatcher, database: database, secret: secret)
         defer { stopProcess(server) }

@@ -35,13 +35,7 @@ struct WebhookBenchmark {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
         let path = folder.appendingPathComponent("bench.sqlite").path
-        let database: String
-        if let postgresAdminURL {
-            database = try await PostgresStore.createDatabase(
-                named: "bench_\(UInt32.random(in: 0...UInt32.max))", adminURL: postgresAdminURL)
-        } else {
-            database = "sqlite:\(path)"
-        }
+        let database = try await Self.freshDatabase(sqlitePath: path, postgresAdminURL: postgresAdminURL)
 
         let messages = 120_000
         try await Self.seed(database, messages: messages)
@@ -54,6 +48,12 @@ struct WebhookBenchmark {
         let paced = try await load(url: url, batches: batches, concurrency: 8, requestsPerSecond: 30, duration: seconds)
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
         return (saturation, paced, postgresAdminURL == nil ? "\(size / 1_048_576) MB" : "PostgreSQL")
+    }
+
+    /// A new database on `postgresAdminURL`'s server, else a new SQLite file at `sqlitePath`.
+    static func freshDatabase(sqlitePath: String, postgresAdminURL: String?) async throws -> String {
+        guard let postgresAdminURL else { return "sqlite:\(sqlitePath)" }
+        return try await PostgresStore.createDatabase(named: "bench_\(UInt32.random(in: 0...UInt32.max))", adminURL: postgresAdminURL)
     }
 
     /// Messages to receive statuses for, in a run "bench" of sender 123: m-0, m-1…

@@ -751,9 +751,9 @@ public final class PostgresStore: DispatchStore {
     }
 
     /// An error the server answered with (the payload refused), not a server gone or slow.
+    /// (`ingestAlone` throws through `retrying`, which turns every error into a `StoreError`.)
     static func isServerRefusal(_ error: any Error) -> Bool {
-        if let error = error as? PSQLError { return error.serverInfo != nil }
-        return (error as? StoreError)?.refusedByServer == true
+        (error as? StoreError)?.refusedByServer == true
     }
 
     /// One payload, one call of `dispatcher_ingest`.
