@@ -149,6 +149,24 @@ public final class CSVWriter {
             }
         }
 
+        /// `2026-03` (a billing period) or `2026-03-10`, as `BillingPeriod.iso` and `CalendarDate`
+        /// write them (a year past 9999 in full).
+        public mutating func date(year: Int, month: Int, day: Int?) {
+            next()
+            if year < 0 {
+                bytes.append(UInt8(ascii: "-"))
+                appendDigits(UInt64(year.magnitude), minimum: 1)
+            } else {
+                appendDigits(UInt64(year), minimum: 1)
+            }
+            bytes.append(UInt8(ascii: "-"))
+            appendDigits(UInt64(month.magnitude), minimum: 2)
+            if let day {
+                bytes.append(UInt8(ascii: "-"))
+                appendDigits(UInt64(day.magnitude), minimum: 2)
+            }
+        }
+
         /// `2026-03-10T14:05:09Z` (UTC), or nothing.
         public mutating func time(_ seconds: Double?) {
             next()
@@ -192,22 +210,33 @@ public final class CSVWriter {
                 guardFormula
                 && (first == UInt8(ascii: "=") || first == UInt8(ascii: "+") || first == UInt8(ascii: "-")
                     || first == UInt8(ascii: "@") || first == 0x09 || first == 0x0D)
-            var needsQuotes = risky
-            if !needsQuotes {
-                for b in utf8 where b == delimiter || b == UInt8(ascii: "\"") || b == 0x0A || b == 0x0D {
-                    needsQuotes = true
+            // One pass finds both whether the cell needs quotes and whether it holds a quote.
+            var special = false, quotes = false
+            for b in utf8 {
+                if b == UInt8(ascii: "\"") {
+                    quotes = true
                     break
                 }
+                if b == delimiter || b == 0x0A || b == 0x0D { special = true }
             }
-            if !needsQuotes {
+            if !risky && !special && !quotes {
                 buffer.append(contentsOf: utf8)
                 return
             }
             buffer.append(UInt8(ascii: "\""))
             if risky { buffer.append(UInt8(ascii: "'")) }
-            for b in utf8 {
-                if b == UInt8(ascii: "\"") { buffer.append(b) }
-                buffer.append(b)
+            if quotes {
+                // Each run up to and including a quote, then the quote again.
+                var start = 0
+                for i in utf8.indices where utf8[i] == UInt8(ascii: "\"") {
+                    buffer.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[start...i]))
+                    buffer.append(UInt8(ascii: "\""))
+                    start = i + 1
+                }
+                buffer.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[start...]))
+            } else {
+                // A message body has commas in it as a rule, and no quote: copied in one go.
+                buffer.append(contentsOf: utf8)
             }
             buffer.append(UInt8(ascii: "\""))
         }

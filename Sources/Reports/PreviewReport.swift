@@ -66,13 +66,25 @@ public final class PreviewMessagesCSV {
 
     public func add(_ m: RenderedMessage) throws {
         let i = m.invoice
-        try writer.row(
-            [
-                .plain(m.id), .text(i.invoiceID), .text(i.tenantName), .text(i.landlord), .text(i.property),
-                .plain("+" + m.phone), .plain(m.language), .plain(m.key.template), .plain(i.amount.plainDecimal),
-                .plain(i.amount.currency.code), .plain(i.period.iso), .plain(i.dueDate?.description ?? ""),
-                .text(i.email), .text(i.documentURL), .text(m.body),
-            ] + (bodies ? [.text(m.request.jsonBody)] : []))
+        // Written straight into the line: no array of cells, no strings for the amount and dates.
+        try writer.row { line in
+            line.plain(m.id)
+            line.text(i.invoiceID)
+            line.text(i.tenantName)
+            line.text(i.landlord)
+            line.text(i.property)
+            line.plain("+", m.phone)
+            line.plain(m.language)
+            line.plain(m.key.template)
+            line.decimal(i.amount.minorUnits, digits: i.amount.currency.minorUnitDigits)
+            line.plain(i.amount.currency.code)
+            line.date(year: i.period.year, month: i.period.month, day: nil)
+            if let due = i.dueDate { line.date(year: due.year, month: due.month, day: due.day) } else { line.plain("") }
+            line.text(i.email)
+            line.text(i.documentURL)
+            line.text(m.body)
+            if bodies { line.text(m.request.jsonBody) }
+        }
     }
 
     public func finish() throws { try writer.finish() }

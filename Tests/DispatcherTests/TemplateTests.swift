@@ -105,6 +105,53 @@ struct TemplateTests {
         #expect(try render(invoice(phones: ["18095550101"])).get()[0].id == messages[0].id)
     }
 
+    @Test("message ids are the same as every earlier version made them: a re-run after an upgrade sends nothing twice")
+    func messageIDsPinned() {
+        // SHA-256 of "invoice␟phone␟template", its first 12 bytes in hex (Python's hashlib gives the same).
+        #expect(MessageKey(invoiceID: "INV-1", phone: "18095550101", template: "invoice").messageID == "m-388125a4dd3500bfff6711ae")
+        #expect(
+            MessageKey(invoiceID: "FAC-ñ/2026", phone: "18095550101", template: "invoice_pdf").messageID == "m-9e727561abd3511be3a239ac")
+    }
+
+    @Test("a compiled body reads as the one-pass fill of its text, whatever stands around the placeholders")
+    func compiledBodies() throws {
+        let texts = [
+            "Hola {{1}}, total {{2}}.", "{{2}}{{1}}", "{{1}}", "sin nada", "", "{ {{1}} }} {{x}} {{", "{{{1}}}", "{{3}} {{ 1}} {{2}}",
+            "ñ{{2}}é{{1}}ü", "{{1}}{{1}}{{1}}", "{{01}} {{1x}} {{" + String(repeating: "9", count: 70) + "}}",
+        ]
+        for text in texts {
+            let escaped = text.replacingOccurrences(of: "\"", with: "\\\"")
+            let template = try definition(
+                #"{"name":"t","category":"UTILITY","body":[{"source":"tenant_name"},{"source":"invoice_id"}],"languages":{"es":{"body":"\#(escaped)"}}}"#
+            )
+            let compiled = CompiledTemplate(template)
+            let texts = try #require(compiled.texts["es"])
+            let values = ["Ana {{2}}", "INV-ñ"]
+            // What the renderer filled before templates were compiled: each placeholder looked up
+            // by its exact text (`{{01}}` is not `{{1}}`).
+            let byPlaceholder = ["1": values[0], "2": values[1]]
+            #expect(
+                CompiledTemplate.fill(texts.body, literalBytes: texts.literalBytes, values: values)
+                    == fillPlaceholders(text) { byPlaceholder[String($0)] }, "\(text)")
+        }
+    }
+
+    @Test("a document's file name: each {field} filled, anything else kept as written")
+    func documentFilename() throws {
+        for (pattern, expected) in [
+            ("Factura {invoice_id} {period}.pdf", "Factura INV-1 marzo 2026.pdf"), ("{invoice_id}", "INV-1"),
+            ("{nope}-{invoice_id}{.pdf", "-INV-1{.pdf"), ("plain.pdf", "plain.pdf"), ("{landlord}}.pdf", "Inmobiliaria Caribe}.pdf"),
+        ] {
+            let template = try definition(
+                #"{"name":"doc","category":"UTILITY","header":{"format":"DOCUMENT","link":"document_url","filename":"\#(pattern)"},"body":[{"source":"tenant_name"}],"languages":{"es":{"body":"Hola {{1}}"}}}"#
+            )
+            let catalog = try TemplateCatalog(templates: [template])
+            let message = try MessageRenderer(catalog: catalog, templateName: "doc", defaultLanguage: "es").render(invoice()).get()[0]
+            #expect(message.document?.filename == expected)
+            #expect(message.body == "Hola María Pérez")
+        }
+    }
+
     @Test("an unknown template or language is refused as Meta would (132001)")
     func unknownTemplate() throws {
         #expect(throws: TemplateError.self) { try MessageRenderer(catalog: catalog, templateName: "nope", defaultLanguage: "es") }

@@ -56,6 +56,30 @@ struct CSVWriterTests {
             ])
     }
 
+    @Test("each way a cell is quoted, byte for byte: commas alone, quotes anywhere, a formula with quotes; dates as the records write them")
+    func quotingExactly() throws {
+        let cells: [String] = [
+            "plain", "a, b", "\"", "\"\"", "say \"hi\", then go", "end\"", "\"start", "=1+\"x\"", "ñ,é\r\nü", "",
+        ]
+        let (_, bytes) = try write(.standard, [cells.map { .text($0) }])
+        #expect(
+            String(decoding: bytes, as: UTF8.self)
+                == "plain,\"a, b\",\"\"\"\",\"\"\"\"\"\",\"say \"\"hi\"\", then go\",\"end\"\"\",\"\"\"start\",\"'=1+\"\"x\"\"\",\"ñ,é\r\nü\",\r\n"
+        )
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("csvwriter-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let path = folder.appendingPathComponent("dates.csv").path
+        let writer = try CSVWriter(path: path)
+        let period = BillingPeriod(year: 2026, month: 3)
+        let due = try #require(CalendarDate(year: 2026, month: 12, day: 5))
+        try writer.row { line in
+            line.date(year: period.year, month: period.month, day: nil)
+            line.date(year: due.year, month: due.month, day: due.day)
+        }
+        try writer.finish()
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "\(period.iso),\(due.description)\r\n")
+    }
+
     @Test("cells a spreadsheet would run as formulas are defused; our own numbers are not")
     func formulaInjection() throws {
         let (_, bytes) = try write(

@@ -13,6 +13,7 @@ public struct LocaleFormatting: Sendable {
         let parts = locale.split(whereSeparator: { $0 == "-" || $0 == "_" })
         language = parts.first.map { $0.lowercased() } ?? "en"
         region = parts.dropFirst().first { $0.count == 2 }.map { $0.uppercased() }
+        numberStyle = Self.numberStyle(language: language, region: region)
     }
 
     // MARK: - Money
@@ -24,7 +25,10 @@ public struct LocaleFormatting: Sendable {
         var gap: String  // between symbol and number
     }
 
-    private var numberStyle: NumberStyle {
+    /// Worked out once per locale: a formatting is kept for every row with its locale.
+    private let numberStyle: NumberStyle
+
+    private static func numberStyle(language: String, region: String?) -> NumberStyle {
         switch (language, region) {
         case ("es", "ES"), ("es", "AR"), ("es", "CL"), ("es", "UY"), ("es", "VE"), ("es", "PY"), ("es", "BO"), ("es", "EC"):
             return NumberStyle(group: ".", decimal: ",", symbolFirst: region != "ES", gap: region == "ES" ? "\u{A0}" : "")
@@ -69,22 +73,34 @@ public struct LocaleFormatting: Sendable {
         let digits = money.currency.minorUnitDigits
         let magnitude = money.minorUnits.magnitude
         let scale = UInt64(pow10(digits))
-        let whole = String(magnitude / scale)
-        var grouped = ""
-        for (i, ch) in whole.enumerated() {
-            if i > 0 && (whole.count - i) % 3 == 0 { grouped += style.group }
-            grouped.append(ch)
-        }
-        var number = grouped
-        if digits > 0 {
-            var fraction = String(magnitude % scale)
-            while fraction.count < digits { fraction = "0" + fraction }
-            number += style.decimal + fraction
-        }
         let symbol = symbol(for: money.currency)
         let gap = symbol.count == 3 && symbol == money.currency.code ? "\u{A0}" : style.gap
-        let sign = money.minorUnits < 0 ? "-" : ""
-        return style.symbolFirst ? sign + symbol + gap + number : sign + number + gap + symbol
+        // Written in one string, left to right: no intermediate strings for the parts.
+        var out = ""
+        out.reserveCapacity(32)
+        if money.minorUnits < 0 { out.append("-") }
+        if style.symbolFirst {
+            out.append(symbol)
+            out.append(gap)
+        }
+        let whole = String(magnitude / scale)  // at most 20 ASCII digits: a small string, not allocated
+        var remaining = whole.utf8.count
+        for digit in whole.unicodeScalars {
+            out.unicodeScalars.append(digit)
+            remaining -= 1
+            if remaining > 0 && remaining % 3 == 0 { out.append(style.group) }
+        }
+        if digits > 0 {
+            out.append(style.decimal)
+            let fraction = String(magnitude % scale)
+            for _ in fraction.utf8.count..<max(digits, fraction.utf8.count) { out.append("0") }
+            out.append(fraction)
+        }
+        if !style.symbolFirst {
+            out.append(gap)
+            out.append(symbol)
+        }
+        return out
     }
 
     // MARK: - Months and dates

@@ -16,8 +16,28 @@ public struct MessageKey: Sendable, Hashable {
     /// A stable id derived from the key (`m-` and 24 hex digits of SHA-256): the same in a preview,
     /// a first run and a re-run, and sent as `biz_opaque_callback_data`.
     public var messageID: String {
-        let digest = SHA256.hash(data: Array("\(invoiceID)\u{1F}\(phone)\u{1F}\(template)".utf8))
-        return "m-" + lowercaseHex(digest.prefix(12))
+        // The three fields hashed in place, as the bytes of "invoiceID␟phone␟template".
+        var hasher = SHA256()
+        func add(_ field: String, separated: Bool) {
+            var field = field
+            field.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }
+            if separated { withUnsafeBytes(of: UInt8(0x1F)) { hasher.update(bufferPointer: $0) } }
+        }
+        add(invoiceID, separated: true)
+        add(phone, separated: true)
+        add(template, separated: false)
+        let digits = Array("0123456789abcdef".utf8)
+        return hasher.finalize().withUnsafeBytes { digest in
+            String(unsafeUninitializedCapacity: 26) { out in
+                out[0] = UInt8(ascii: "m")
+                out[1] = UInt8(ascii: "-")
+                for i in 0..<12 {
+                    out[2 + 2 * i] = digits[Int(digest[i] >> 4)]
+                    out[3 + 2 * i] = digits[Int(digest[i] & 0x0F)]
+                }
+                return 26
+            }
+        }
     }
 }
 
@@ -48,6 +68,11 @@ public struct MessageRenderer: Sendable {
     /// Its `with_document` variant, used for rows that have a document link.
     public let documentTemplate: TemplateDefinition?
     public let defaultLanguage: String
+    /// Both, worked out once (`CompiledTemplate`).
+    let compiled: CompiledTemplate
+    let compiledDocument: CompiledTemplate?
+    /// The document variant's link field (`document_url` as a rule).
+    let documentLink: InvoiceField?
 
     /// - Parameters:
     ///   - templateName: `WHATSAPP_TEMPLATE_NAME` (default `invoice`).
@@ -74,6 +99,9 @@ public struct MessageRenderer: Sendable {
         self.template = template
         self.documentTemplate = documentTemplate
         self.defaultLanguage = defaultLanguage
+        compiled = CompiledTemplate(template)
+        compiledDocument = documentTemplate.map(CompiledTemplate.init)
+        documentLink = documentTemplate?.header?.link.map(InvoiceField.init)
     }
 
     /// The template language for a locale: `es-DO` → `es_DO`, else `es`, else another `es_*`, else the default.
@@ -92,23 +120,63 @@ public struct MessageRenderer: Sendable {
 
     /// The template a row is sent with: the `with_document` variant when it has a document link.
     public func sendingTemplate(for invoice: Invoice) -> TemplateDefinition {
-        // Asked of every row: the usual link field is read as it is, without building a formatter.
-        if let documentTemplate, let link = documentTemplate.header?.link,
-            let value = link == "document_url"
-                ? invoice.documentURL : value(of: link, in: invoice, formatting: LocaleFormatting(locale: invoice.locale)),
-            !value.isEmpty
-        {
-            return documentTemplate
-        }
-        return template
+        sendingVariant(for: invoice).definition
     }
 
-    /// What `render` works out from a row's locale and template (its language and formatting), kept
-    /// for the next rows with the same: a manifest has a few locales and a million rows. For one
-    /// thread at a time.
+    func sendingVariant(for invoice: Invoice) -> CompiledTemplate {
+        // Asked of every row: the usual link field is read as it is, without building a formatter.
+        if let compiledDocument, let documentLink,
+            let value = documentLink == .documentURL
+                ? invoice.documentURL : documentLink.value(in: invoice, formatting: LocaleFormatting(locale: invoice.locale)),
+            !value.isEmpty
+        {
+            return compiledDocument
+        }
+        return compiled
+    }
+
+    /// What `render` works out from a row's locale and template (its language, texts and
+    /// formatting), kept for the next rows with the same: a manifest has a few locales and a
+    /// million rows. For one thread at a time.
     public final class Memo {
-        struct Entry { var language: String; var fallback: Bool; var formatting: LocaleFormatting }
-        var entries: [String: Entry] = [:]
+        struct Key: Hashable { var document: Bool; var locale: String }
+        /// A class: handed to each row by reference, not copied field by field.
+        final class Entry {
+            let language: String
+            let fallback: Bool
+            let formatting: LocaleFormatting
+            let texts: CompiledTemplate.Texts
+            /// The last period and due date written, and how: most rows of a month share them.
+            private var period: (BillingPeriod, String)?
+            private var dueDate: (CalendarDate, String)?
+
+            init(language: String, fallback: Bool, formatting: LocaleFormatting, texts: CompiledTemplate.Texts) {
+                self.language = language
+                self.fallback = fallback
+                self.formatting = formatting
+                self.texts = texts
+            }
+
+            /// `field.value(in:formatting:)`, with the period and due date written once per change.
+            func value(_ field: InvoiceField, in invoice: Invoice) -> String? {
+                switch field {
+                case .period where invoice.periodLabel == nil:
+                    if let period, period.0 == invoice.period { return period.1 }
+                    let text = formatting.period(invoice.period)
+                    period = (invoice.period, text)
+                    return text
+                case .dueDate:
+                    guard let due = invoice.dueDate else { return nil }
+                    if let dueDate, dueDate.0 == due { return dueDate.1 }
+                    let text = formatting.date(due)
+                    dueDate = (due, text)
+                    return text
+                default:
+                    return field.value(in: invoice, formatting: formatting)
+                }
+            }
+        }
+        var entries: [Key: Entry] = [:]
         public init() {}
     }
 
@@ -118,35 +186,35 @@ public struct MessageRenderer: Sendable {
         func fail(_ field: String?, _ message: String) {
             issues.append(ValidationIssue(line: invoice.line, invoiceID: invoice.invoiceID, field: field, message: message))
         }
-        let template = sendingTemplate(for: invoice)
-        let memoKey = template.name + "\u{1F}" + invoice.locale
+        let variant = sendingVariant(for: invoice)
+        let memoKey = Memo.Key(document: variant !== compiled, locale: invoice.locale)
         let entry: Memo.Entry
         if let known = memo?.entries[memoKey] {
             entry = known
         } else {
-            let chosen = self.language(for: invoice.locale, in: template)
+            let chosen = self.language(for: invoice.locale, in: variant.definition)
             // Formatting follows the row's locale, unless the text itself fell back to another language.
             let formatting = LocaleFormatting(
                 locale: chosen.fallback ? chosen.code.replacingOccurrences(of: "_", with: "-") : invoice.locale)
-            entry = Memo.Entry(language: chosen.code, fallback: chosen.fallback, formatting: formatting)
+            entry = Memo.Entry(
+                language: chosen.code, fallback: chosen.fallback, formatting: formatting, texts: variant.texts[chosen.code]!)
             memo?.entries[memoKey] = entry
         }
-        let (language, fallback, formatting) = (entry.language, entry.fallback, entry.formatting)
-        let texts = template.languages[language]!
-        let languageBase = String(language.prefix { $0 != "_" })
-        let named = template.isNamed
+        let (language, fallback, formatting, texts) = (entry.language, entry.fallback, entry.formatting, entry.texts)
+        let named = variant.named
+        let templateName = variant.definition.name
 
-        // Body parameters.
+        // Body parameters: each one's value in the request, and the text the tenant reads in its slot.
         var parameters: [TemplateMessageRequest.Parameter] = []
-        var shown: [String: String] = [:]
-        for (index, parameter) in template.body.enumerated() {
-            let placeholder = template.placeholder(ofBodyParameter: index)
-            let slot = "body parameter {{\(placeholder)}}"
+        parameters.reserveCapacity(variant.parameters.count)
+        var shown: [String] = []
+        shown.reserveCapacity(variant.parameters.count)
+        for parameter in variant.parameters {
             func add(_ value: TemplateMessageRequest.Parameter, shown text: String) {
-                parameters.append(named ? .named(placeholder, value) : value)
-                shown[placeholder] = text
+                parameters.append(named ? .named(parameter.placeholder, value) : value)
+                shown.append(text)
             }
-            if parameter.type == "currency" {
+            if parameter.isCurrency {
                 let fallbackText = formatting.money(invoice.amount)
                 if let amount1000 = invoice.amount.metaAmount1000 {
                     add(
@@ -158,40 +226,52 @@ public struct MessageRenderer: Sendable {
                 }
                 continue
             }
-            var value = self.value(of: parameter.source, in: invoice, formatting: formatting)
+            var value = entry.value(parameter.field, in: invoice)
             if value == nil || value!.isEmpty {
-                value = parameter.ifEmpty?[language] ?? parameter.ifEmpty?[languageBase]
+                value = parameter.ifEmpty?[language] ?? parameter.ifEmpty?[texts.base]
             }
             guard let text = value, !text.isEmpty else {
-                fail(parameter.source, "is empty, but template '\(template.name)' needs it for \(slot) (Meta would answer 131008)")
-                shown[placeholder] = ""
+                fail(
+                    parameter.source,
+                    "is empty, but template '\(templateName)' needs it for body parameter {{\(parameter.placeholder)}} (Meta would answer 131008)"
+                )
+                shown.append("")
                 continue
             }
-            if let problem = checkTextParameter(text) { fail(parameter.source, "\(problem), which Meta refuses in \(slot) (132018)") }
+            if let problem = checkTextParameter(text) {
+                fail(parameter.source, "\(problem), which Meta refuses in body parameter {{\(parameter.placeholder)}} (132018)")
+            }
             add(.text(text), shown: text)
         }
-        let body = fillPlaceholders(texts.body) { shown[String($0)] }
+        let body = CompiledTemplate.fill(texts.body, literalBytes: texts.literalBytes, values: shown)
         if body.utf8.count > 1024 && body.count > 1024 {
             fail(nil, "the message body would be \(body.count) characters; Meta allows 1,024 (132005)")
         }
         var components: [TemplateMessageRequest.Component] = []
+        components.reserveCapacity(2 + (variant.definition.buttons?.count ?? 0))
 
         // Header.
         var document: (link: String, filename: String)? = nil
-        var headerText = texts.header
-        if let header = template.header {
+        var headerText = texts.text.header
+        if let header = variant.definition.header {
             if header.format.uppercased() == "DOCUMENT", let linkField = header.link {
                 if let link = self.value(of: linkField, in: invoice, formatting: formatting), !link.isEmpty {
-                    let filename = fillBraces(header.filename ?? "{invoice_id}.pdf", invoice: invoice, formatting: formatting)
+                    var filename = ""
+                    for part in variant.filename {
+                        switch part {
+                        case .literal(let s): filename.append(s)
+                        case .field(let field): filename.append(entry.value(field, in: invoice) ?? "")
+                        }
+                    }
                     document = (link, filename)
                     components.append(.init(type: "header", parameters: [.document(link: link, filename: filename)]))
                 } else {
-                    fail(linkField, "is missing, but template '\(template.name)' has a document header that needs the invoice's PDF link")
+                    fail(linkField, "is missing, but template '\(templateName)' has a document header that needs the invoice's PDF link")
                 }
             } else if let source = header.source {
                 let value = self.value(of: source, in: invoice, formatting: formatting) ?? ""
                 if value.isEmpty {
-                    fail(source, "is empty, but template '\(template.name)' needs it for the header (131008)")
+                    fail(source, "is empty, but template '\(templateName)' needs it for the header (131008)")
                 } else if let problem = checkTextParameter(value) {
                     fail(source, "\(problem), which Meta refuses in the header (132018)")
                 }
@@ -203,11 +283,11 @@ public struct MessageRenderer: Sendable {
         components.append(.init(type: "body", parameters: parameters))
 
         // Buttons.
-        var buttons: [(text: String, url: String?)] = (texts.buttons ?? []).map { ($0.text, $0.url) }
-        for button in template.buttons ?? [] {
+        var buttons: [(text: String, url: String?)] = (texts.text.buttons ?? []).map { ($0.text, $0.url) }
+        for button in variant.definition.buttons ?? [] {
             let value = self.value(of: button.source, in: invoice, formatting: formatting) ?? ""
             if value.isEmpty {
-                fail(button.source, "is empty, but template '\(template.name)' needs it for button \(button.index) (131008)")
+                fail(button.source, "is empty, but template '\(templateName)' needs it for button \(button.index) (131008)")
             }
             if button.index < buttons.count {
                 buttons[button.index].url = buttons[button.index].url.map { fillPlaceholders($0, [value]) }
@@ -216,49 +296,22 @@ public struct MessageRenderer: Sendable {
         }
         if !issues.isEmpty { return .failure(InvoiceProblems(issues: issues)) }
 
+        let request = TemplateMessageRequest.Template(name: templateName, language: .init(code: language), components: components)
         let messages = invoice.phones.map { phone in
             // The identity is the template asked for, whichever variant carries it.
             let key = MessageKey(invoiceID: invoice.invoiceID, phone: phone, template: self.template.name)
             let id = key.messageID
-            let request = TemplateMessageRequest(
-                to: phone, callbackData: id,
-                template: .init(name: template.name, language: .init(code: language), components: components))
             return RenderedMessage(
                 id: id, key: key, invoice: invoice, phone: phone, language: language, languageFallback: fallback,
-                headerText: headerText, document: document, body: body, footer: texts.footer, buttons: buttons,
-                request: request)
+                headerText: headerText, document: document, body: body, footer: texts.text.footer, buttons: buttons,
+                request: TemplateMessageRequest(to: phone, callbackData: id, template: request))
         }
         return .success(messages)
     }
 
     /// A manifest field's value as the tenant reads it, or an extra column's.
     func value(of source: String, in invoice: Invoice, formatting: LocaleFormatting) -> String? {
-        switch source {
-        case "tenant_name": invoice.tenantName
-        case "invoice_id": invoice.invoiceID
-        case "period": invoice.periodLabel ?? formatting.period(invoice.period)
-        case "amount": formatting.money(invoice.amount)
-        case "currency": invoice.amount.currency.code
-        case "due_date": invoice.dueDate.map(formatting.date)
-        case "landlord": invoice.landlord
-        case "property": invoice.property
-        case "tenant_id": invoice.tenantID
-        case "email": invoice.email
-        case "document_url": invoice.documentURL
-        default: invoice.extras[source]
-        }
-    }
-
-    private func fillBraces(_ pattern: String, invoice: Invoice, formatting: LocaleFormatting) -> String {
-        var result = ""
-        var rest = Substring(pattern)
-        while let open = rest.firstIndex(of: "{"), let close = rest[open...].firstIndex(of: "}") {
-            result += rest[..<open]
-            let name = String(rest[rest.index(after: open)..<close])
-            result += value(of: name, in: invoice, formatting: formatting) ?? ""
-            rest = rest[rest.index(after: close)...]
-        }
-        return result + rest
+        InvoiceField(source).value(in: invoice, formatting: formatting)
     }
 }
 
@@ -317,7 +370,7 @@ func fillPlaceholders(_ text: String, _ value: (Substring) -> String?) -> String
 
 /// `{{token}}` at `start` (a token of up to 64 ASCII letters, digits and `_`): the token and the
 /// index just past the closing braces.
-private func placeholder(in text: String, at start: String.Index) -> (Substring, String.Index)? {
+func placeholder(in text: String, at start: String.Index) -> (Substring, String.Index)? {
     let bytes = text.utf8
     var i = bytes.index(after: start)
     guard i != bytes.endIndex, bytes[i] == UInt8(ascii: "{") else { return nil }

@@ -48,10 +48,11 @@ public struct TemplateMessageRequest: Sendable, Equatable {
         }
     }
 
-    public indirect enum Parameter: Sendable, Equatable {
+    public enum Parameter: Sendable, Equatable {
         case text(String)
-        /// A parameter of a NAMED template: its `parameter_name` and value.
-        case named(String, Parameter)
+        /// A parameter of a NAMED template: its `parameter_name` and value (the one case boxed on
+        /// the heap: a positional template's parameters are not).
+        indirect case named(String, Parameter)
         case currency(fallback: String, code: String, amount1000: Int64)
         case document(link: String, filename: String)
     }
