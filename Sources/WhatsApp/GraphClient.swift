@@ -148,7 +148,7 @@ public final class GraphClient: Sendable {
     static func outcome(status: Int, retryAfter: String?, body: Data) -> SendOutcome {
         let retry = retryAfter.flatMap(Double.init)
         if (200..<300).contains(status) {
-            if let response = try? JSONDecoder().decode(SendResponse.self, from: body), let message = response.messages?.first {
+            if let response = SendResponse.decode(body), let message = response.messages?.first {
                 let held = message.messageStatus.map { $0 != "accepted" } ?? false
                 return .accepted(wamid: message.id, waID: response.contacts?.first?.waID, held: held)
             }

@@ -1,4 +1,5 @@
 import Dispatcher
+import Foundation
 
 /// What the dispatcher does about a Graph API error, from Meta's code (never the HTTP status or
 /// subcode, which Meta says are unreliable). See shared docs, "Errors".
@@ -110,19 +111,69 @@ struct GraphErrorEnvelope: Decodable {
 }
 
 /// Meta's answer to an accepted send.
-struct SendResponse: Decodable {
+struct SendResponse: Decodable, Equatable {
     var contacts: [Contact]?
     var messages: [Message]?
 
-    struct Contact: Decodable {
+    struct Contact: Decodable, Equatable {
         var input: String?
         var waID: String?
         enum CodingKeys: String, CodingKey { case input; case waID = "wa_id" }
     }
 
-    struct Message: Decodable {
+    struct Message: Decodable, Equatable {
         var id: String
         var messageStatus: String?
         enum CodingKeys: String, CodingKey { case id; case messageStatus = "message_status" }
+    }
+
+    /// Meta's answer read from its bytes when it is the plain shape Meta sends, else by
+    /// `JSONDecoder`, which then decides; nil when neither can read it. The same reader, on the same
+    /// terms, as `WebhookPayload.decode`: it never decides differently (held equal by tests), and
+    /// saves `JSONDecoder`'s share of a send (about 4 % of the sender's CPU at 1,000/s).
+    static func decode(_ body: Data) -> SendResponse? {
+        if let plain = body.withUnsafeBytes({ fromPlainBytes($0.bindMemory(to: UInt8.self)) }) { return plain }
+        return try? JSONDecoder().decode(SendResponse.self, from: body)
+    }
+
+    /// The answer, or nil when the bytes are not for the plain reader to decide.
+    static func fromPlainBytes(_ bytes: UnsafeBufferPointer<UInt8>) -> SendResponse? {
+        guard !bytes.contains(where: { $0 >= 0x80 }) else { return nil }
+        var reader = PlainJSONReader(bytes)
+        var response = SendResponse()
+        let read = reader.object { r, key in
+            switch key {
+            case "contacts":
+                return r.array(into: &response.contacts) { r in
+                    var contact = Contact()
+                    let read = r.object { r, key in
+                        switch key {
+                        case "input": return r.string(into: &contact.input)
+                        case "wa_id": return r.string(into: &contact.waID)
+                        default: return r.skipValue()
+                        }
+                    }
+                    return read ? contact : nil
+                }
+            case "messages":
+                return r.array(into: &response.messages) { r in
+                    var id: String? = nil
+                    var status: String? = nil
+                    let read = r.object { r, key in
+                        switch key {
+                        case "id": return r.string(into: &id)
+                        case "message_status": return r.string(into: &status)
+                        default: return r.skipValue()
+                        }
+                    }
+                    // Without an id (or with null) JSONDecoder refuses the whole answer: its call.
+                    guard read, let id else { return nil }
+                    return Message(id: id, messageStatus: status)
+                }
+            default: return r.skipValue()
+            }
+        }
+        guard read, reader.atEnd() else { return nil }
+        return response
     }
 }

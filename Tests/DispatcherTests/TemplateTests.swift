@@ -136,6 +136,37 @@ struct TemplateTests {
         }
     }
 
+    @Test("one memo over a month of rows gives each row what rendering it alone gives: periods, due dates, labels, locales, templates")
+    func memoAcrossRows() throws {
+        var rows: [Invoice] = []
+        for (i, due) in [
+            CalendarDate(year: 2026, month: 3, day: 10), CalendarDate(year: 2026, month: 3, day: 10), nil,
+            CalendarDate(year: 2026, month: 4, day: 1), CalendarDate(year: 2026, month: 3, day: 10),
+        ].enumerated() {
+            for locale in ["es-DO", "en-US", "fr"] {
+                for document in ["https://docs.example.com/INV-1.pdf", nil] as [String?] {
+                    var row = invoice(locale: locale, due: due, document: document)
+                    row.period = BillingPeriod(year: 2026, month: i % 2 == 0 ? 3 : 4)
+                    if i == 4 { row.periodLabel = "marzo-abril" }
+                    rows.append(row)
+                }
+            }
+        }
+        let renderer = try MessageRenderer(catalog: catalog, templateName: "invoice", defaultLanguage: "es")
+        let memo = MessageRenderer.Memo()
+        for row in rows {
+            let alone = try renderer.render(row).get()[0], remembered = try renderer.render(row, memo: memo).get()[0]
+            #expect(remembered.body == alone.body && remembered.request == alone.request && remembered.language == alone.language)
+            #expect(remembered.document?.filename == alone.document?.filename)
+        }
+        // A memo handed to a renderer of another template gives it that template's texts, not the first one's.
+        let other = try MessageRenderer(catalog: catalog, templateName: "rentcall", defaultLanguage: "es")
+        let row = invoice()
+        let alone = try other.render(row).get()[0].body
+        #expect(try other.render(row, memo: memo).get()[0].body == alone)
+        #expect(try renderer.render(row, memo: memo).get()[0].body != alone)
+    }
+
     @Test("a document's file name: each {field} filled, anything else kept as written")
     func documentFilename() throws {
         for (pattern, expected) in [

@@ -139,7 +139,9 @@ public struct MessageRenderer: Sendable {
     /// formatting), kept for the next rows with the same: a manifest has a few locales and a
     /// million rows. For one thread at a time.
     public final class Memo {
-        struct Key: Hashable { var document: Bool; var locale: String }
+        /// The compiled template itself, not only whether it is the document variant: a memo handed
+        /// to another renderer must not give it this one's slots.
+        struct Key: Hashable { var template: ObjectIdentifier; var locale: String }
         /// A class: handed to each row by reference, not copied field by field.
         final class Entry {
             let language: String
@@ -187,7 +189,7 @@ public struct MessageRenderer: Sendable {
             issues.append(ValidationIssue(line: invoice.line, invoiceID: invoice.invoiceID, field: field, message: message))
         }
         let variant = sendingVariant(for: invoice)
-        let memoKey = Memo.Key(document: variant !== compiled, locale: invoice.locale)
+        let memoKey = Memo.Key(template: ObjectIdentifier(variant), locale: invoice.locale)
         let entry: Memo.Entry
         if let known = memo?.entries[memoKey] {
             entry = known
