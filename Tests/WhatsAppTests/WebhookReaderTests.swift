@@ -77,22 +77,9 @@ struct WebhookReaderTests {
         // Seeded, so a failure can be run again: the seed is in the failure's message.
         let seed = UInt64.random(in: 1...UInt64.max)
         var generator = SeededGenerator(seed: seed)
-        let alphabet = Array(#"{}[]",:0123456789.-+eE\"u nultrfasx"#.utf8)
         var read = 0, compared = 0
         for text in Self.payloads {
-            let bytes = Array(text.utf8)
-            var variants: [[UInt8]] = (0..<bytes.count).map { Array(bytes[..<$0]) }
-            for _ in 0..<400 {
-                var changed = bytes
-                let at = Int.random(in: 0..<bytes.count, using: &generator)
-                switch Int.random(in: 0..<3, using: &generator) {
-                case 0: changed[at] = alphabet.randomElement(using: &generator)!
-                case 1: changed.remove(at: at)
-                default: changed.insert(alphabet.randomElement(using: &generator)!, at: at)
-                }
-                variants.append(changed)
-            }
-            for variant in variants {
+            for variant in mutatedVariants(of: text, using: &generator) {
                 compared += 1
                 guard let plain = WebhookPayload.fromPlainBytes(variant) else { continue }
                 read += 1
@@ -102,6 +89,25 @@ struct WebhookReaderTests {
         }
         #expect(read > 100 && compared > 3000)
     }
+}
+
+/// Every prefix of a JSON text, and 400 seeded one-byte changes (a byte replaced, removed or
+/// inserted, from JSON's own characters): what the byte readers are held equal to JSONDecoder on.
+func mutatedVariants(of text: String, using generator: inout SeededGenerator) -> [[UInt8]] {
+    let alphabet = Array(#"{}[]",:0123456789.-+eE\"u nultrfasx"#.utf8)
+    let bytes = Array(text.utf8)
+    var variants: [[UInt8]] = (0..<bytes.count).map { Array(bytes[..<$0]) }
+    for _ in 0..<400 {
+        var changed = bytes
+        let at = Int.random(in: 0..<bytes.count, using: &generator)
+        switch Int.random(in: 0..<3, using: &generator) {
+        case 0: changed[at] = alphabet.randomElement(using: &generator)!
+        case 1: changed.remove(at: at)
+        default: changed.insert(alphabet.randomElement(using: &generator)!, at: at)
+        }
+        variants.append(changed)
+    }
+    return variants
 }
 
 /// SplitMix64: a small seeded generator for reproducible mutations.
