@@ -1,14 +1,23 @@
 // Hex text for digests: message ids, signatures.
 
-/// Bytes as lowercase hex, two digits each (signatures, message ids).
-public func lowercaseHex(_ bytes: some Sequence<UInt8>) -> String {
-    let digits = Array("0123456789abcdef".utf8)
-    var out: [UInt8] = []
-    for byte in bytes {
-        out.append(digits[Int(byte >> 4)])
-        out.append(digits[Int(byte & 0x0F)])
+/// Bytes as lowercase hex, two digits each, after `prefix` (signatures, message ids), written
+/// straight into the string's own storage.
+public func lowercaseHex(_ bytes: some Collection<UInt8>, prefix: StaticString = "") -> String {
+    let count = prefix.utf8CodeUnitCount + 2 * bytes.count
+    return String(unsafeUninitializedCapacity: count) { out in
+        let digits: StaticString = "0123456789abcdef"
+        var i = 0
+        for k in 0..<prefix.utf8CodeUnitCount {
+            out[i] = prefix.utf8Start[k]
+            i += 1
+        }
+        for byte in bytes {
+            out[i] = digits.utf8Start[Int(byte >> 4)]
+            out[i + 1] = digits.utf8Start[Int(byte & 0x0F)]
+            i += 2
+        }
+        return count
     }
-    return String(decoding: out, as: UTF8.self)
 }
 
 /// Hex digits (either case) as bytes; nil for an odd count or a non-hex digit.
@@ -43,4 +52,9 @@ public func constantTimeEquals(_ a: String, _ b: String) -> Bool {
         difference |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0)
     }
     return difference == 0
+}
+
+/// The same, for digests and other sequences that are not collections.
+public func lowercaseHex(_ bytes: some Sequence<UInt8>, prefix: StaticString = "") -> String {
+    lowercaseHex(Array(bytes), prefix: prefix)
 }

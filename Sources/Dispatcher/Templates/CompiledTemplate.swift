@@ -10,6 +10,8 @@ final class CompiledTemplate: Sendable {
     let texts: [String: Texts]
     /// The document header's file name (`{invoice_id}.pdf`) as literal text and fields.
     let filename: [FilenamePart]
+    /// The field holding a DOCUMENT header's PDF link (`document_url` as a rule); nil without one.
+    let documentLink: InvoiceField?
 
     struct Parameter: Sendable {
         let source: String
@@ -62,6 +64,7 @@ final class CompiledTemplate: Sendable {
         }
         self.texts = texts
         filename = compileBraces(definition.header?.filename ?? "{invoice_id}.pdf")
+        documentLink = definition.header.flatMap { $0.format.uppercased() == "DOCUMENT" ? $0.link.map(InvoiceField.init) : nil }
     }
 
     /// The body with `values[n]` in each parameter's slot.

@@ -26,18 +26,7 @@ public struct MessageKey: Sendable, Hashable {
         add(invoiceID, separated: true)
         add(phone, separated: true)
         add(template, separated: false)
-        let digits = Array("0123456789abcdef".utf8)
-        return hasher.finalize().withUnsafeBytes { digest in
-            String(unsafeUninitializedCapacity: 26) { out in
-                out[0] = UInt8(ascii: "m")
-                out[1] = UInt8(ascii: "-")
-                for i in 0..<12 {
-                    out[2 + 2 * i] = digits[Int(digest[i] >> 4)]
-                    out[3 + 2 * i] = digits[Int(digest[i] & 0x0F)]
-                }
-                return 26
-            }
-        }
+        return hasher.finalize().withUnsafeBytes { lowercaseHex($0.prefix(12), prefix: "m-") }
     }
 }
 
@@ -256,8 +245,8 @@ public struct MessageRenderer: Sendable {
         var document: (link: String, filename: String)? = nil
         var headerText = texts.text.header
         if let header = variant.definition.header {
-            if header.format.uppercased() == "DOCUMENT", let linkField = header.link {
-                if let link = self.value(of: linkField, in: invoice, formatting: formatting), !link.isEmpty {
+            if let linkField = header.link, let linkValue = variant.documentLink {
+                if let link = entry.value(linkValue, in: invoice), !link.isEmpty {
                     var filename = ""
                     for part in variant.filename {
                         switch part {
