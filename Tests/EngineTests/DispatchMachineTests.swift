@@ -186,7 +186,11 @@ struct DispatchMachineTests {
         #expect(error.code == 132001 && error.title.contains("language fr"))
         #expect(run.accepted.count == 40)
         #expect(run.failedForGood.isEmpty)
-        #expect(run.requests.filter { $0.language == "fr" }.count <= 8)
+        // Exactly: no French request leaves once the first refusal is read; those before it were in flight.
+        let french = run.requests.filter { $0.language == "fr" }
+        let refusalRead = french[0].at + run.answerLatency
+        #expect(french.allSatisfy { $0.at < refusalRead }, "\(french.map(\.at)) after \(refusalRead)")
+        #expect(french.count >= 2, "the requests in flight when the refusal came are the ones counted")
     }
 
     @Test("a stop (SIGINT) sends nothing more; what was in flight is answered and recorded")

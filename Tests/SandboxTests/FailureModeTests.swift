@@ -75,7 +75,10 @@ struct FailureModeTests {
             }
             let path = try freshPath().replacingOccurrences(of: "dispatcher.sqlite", with: "languages.csv")
             try text.write(toFile: path, atomically: true, encoding: .utf8)
-            let options = RunOptions(run: "languages", manifest: path, rate: 100)
+            // 30/s: the French requests already sent when the first refusal is read are those of the
+            // last answer's delay (a few ms idle, a few hundred on a loaded CI); the exact rule, no
+            // French request after the refusal was read, is DispatchMachineTests' in virtual time.
+            let options = RunOptions(run: "languages", manifest: path, rate: 30)
             #expect(try await e.prepare(options).queued == 90)
             let stop = try await e.dispatch(options)
             guard case .halted(let error)? = stop else { Issue.record("not halted: \(String(describing: stop))"); return }
@@ -87,7 +90,7 @@ struct FailureModeTests {
             #expect(counts[.failed] == nil, "\(counts)")
             #expect(try await acceptedByMessage(h).count == 60)
             let frenchRequests = try await h.requests().filter { $0["errorCode"] as? Int == 132001 }.count
-            #expect(frenchRequests <= 5, "\(frenchRequests) French requests refused")
+            #expect(frenchRequests >= 1 && frenchRequests <= 10, "\(frenchRequests) French requests refused")
             try await e.client.shutdown()
         }
     }
