@@ -273,7 +273,7 @@ struct RunSession {
                 prepare: { engine in try await prepare(engine, lane, console) },
                 beforeSending: { _ in
                     try await checkTemplatesAtMeta(engine: engine, lane: lane, console: console)
-                    try await checkCost(store: store, lane: lane, console: console)
+                    try await checkCost(engine: engine, lane: lane, console: console)
                     try await uploadDocuments(engine: engine, lane: lane, console: console, logger: logger)
                     // Only `--stats` needs them: on a million messages the count reads the whole index.
                     marks.prepared(countsBefore: settle.stats ? try await store.stateCounts(run: run) : [:])
@@ -292,6 +292,9 @@ struct RunSession {
         let (options, stop) = sent
         // The progress line ends before anything else is said (the stats included).
         if showProgress { FileHandle.standardError.write(Data("\n".utf8)) }
+        if let stored = engine.stored, stored.alreadySent > 0 {
+            console.say("\(stored.alreadySent) messages were already sent by an earlier run: skipped, not sent again")
+        }
         if settle.stats {
             let m = marks.read()
             let sent =
@@ -377,7 +380,7 @@ extension RunSession {
             console.warn("templates not checked against Meta before sending: set WHATSAPP_BUSINESS_ACCOUNT_ID (docs/operating.md)")
             return
         }
-        let needed = try await engine.store.queuedTemplates(run: run)
+        let needed = try await engine.queuedTemplates(run: run)
         guard !needed.isEmpty else { return }
         let templates: [AccountTemplate]
         do {
@@ -403,9 +406,8 @@ extension RunSession {
             throw LaneHalted(reason: reason, code: nil)
         }
         for problem in problems {
-            let skipped = try await engine.store.skipQueued(
-                run: run, template: problem.template, language: problem.language, reason: "not sent: \(problem)",
-                at: Date().timeIntervalSince1970)
+            let skipped = try await engine.skipQueued(
+                run: run, template: problem.template, language: problem.language, reason: "not sent: \(problem)")
             console.say("skipped \(skipped) messages: \(problem)")
         }
     }
@@ -414,8 +416,11 @@ extension RunSession {
 extension RunSession {
     /// The estimate of what is still queued, before the first request; refused (a halt, nothing
     /// sent) over `--max-cost`.
-    func checkCost(store: any DispatchStore, lane: RunLane, console: Console) async throws {
-        let queued = try await store.chargeCounts(run: lane.run, states: [.queued])
+    func checkCost(engine: RunEngine, lane: RunLane, console: Console) async throws {
+        let store = engine.store
+        // A run stored while it sends: the check pass's count, which includes any message an earlier
+        // run already sent (skipped when stored), so the estimate is never below the cost.
+        let queued = try await engine.queuedCharges(run: lane.run)
         guard !queued.isEmpty, let card = try await rateCard(on: isoDay(Date()), store: store).0 else { return }
         let estimate = CostEstimate(
             card: card, counts: queued, organization: nil, category: PricingCategory(meta: lane.renderer.template.category) ?? .utility)

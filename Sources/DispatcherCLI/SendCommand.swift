@@ -209,6 +209,9 @@ struct SendCommand: AsyncParsableCommand {
         // Several organizations: all or none sent when rows are invalid, as for one manifest.
         let barrier = LaneBarrier(lanes: lanes.count)
         let (skipInvalid, resend, rate, nameDerived, manifest) = (skipInvalid, resend, rate, run == nil, manifest)
+        // PDFs staged from the property system before the first request need the stored messages:
+        // such a run is stored before it sends; any other new run sends while it is stored.
+        let stagesDocuments = try settings.propertySystem() != nil
         var session = RunSession(
             settings: settings, database: database, settle: settleOptions, sandbox: sandbox, catalog: catalog,
             templatesDirectory: common.templatesDirectory, scenario: try sandboxScenario.map(Scenario.load) ?? Scenario())
@@ -217,6 +220,7 @@ struct SendCommand: AsyncParsableCommand {
         try await session.execute(lanes: lanes) { engine, lane, console in
             var options = RunOptions(run: lane.run, manifest: manifest, rate: rate, skipInvalid: skipInvalid, resend: resend)
             options.nameDerived = nameDerived
+            options.sendWhileStoring = !stagesDocuments
             let existed = try await engine.store.run(named: lane.run) != nil
             let preparation = try await engine.prepare(options)
             let preview = preparation.preview
@@ -248,6 +252,7 @@ struct SendCommand: AsyncParsableCommand {
                     + (preparation.alreadySent > 0 ? ", \(preparation.alreadySent) already sent by an earlier run (skipped)" : "")
                     + (preparation.optedOut > 0 ? ", \(preparation.optedOut) opted out" : "")
                     + (preparation.interrupted > 0 ? ", \(preparation.interrupted) left in flight by an interrupted run (now unknown)" : "")
+                    + (preparation.storing ? " (stored while sending)" : "")
             )
             return options
         } onLaneFailed: { lane in

@@ -68,7 +68,15 @@ public struct BillingRun: Sendable {
             let result: Result<(RunOptions, StopReason?), any Error>
             do {
                 let options = try await prepare(engine)
-                try await beforeSending(options)
+                do {
+                    try await beforeSending(options)
+                } catch {
+                    // Refused before its first request (a template not approved, over --max-cost):
+                    // a run checked but not stored yet is stored now, queued, as the report and a
+                    // re-run expect.
+                    await engine.storeUnsent(run: run)
+                    throw error
+                }
                 // The run's pace, reserved in the store ahead, so that `/send-invoice` calls on any
                 // machine take only what is left of the number's rate (`SendSlots`) while it sends.
                 // The first seconds are reserved before the first request, then kept ahead beside it.

@@ -49,7 +49,7 @@ struct DispatchMachine {
     private var begun = false
     private var answered = 0
     private var sentAny = false
-    private var firstWritten = false
+    private(set) var firstWritten = false
     private var queue: SendQueue
     private let maxInFlight: Int
     private let perTick: Int
@@ -66,6 +66,10 @@ struct DispatchMachine {
     private var commitTime = Duration.zero
     private var writeBegan: Instant? = nil
     private static let longestSleep = Duration.milliseconds(20)
+    /// Messages taken from the feed only while fewer than this wait ready in the queue: the feed
+    /// stays a page ahead of the queue, the store holds the rest (taking all it offered, a
+    /// million-message run held its whole queue, 1.5 GB, within a few minutes of its first request).
+    static let queueAhead = 4_096
     /// When each recipient's last request left (the pair rule counts from there).
     private var lastSent: [String: Instant] = [:]
     /// Committed as `sending`, to be started in this order as the budget allows.
@@ -187,7 +191,7 @@ struct DispatchMachine {
             var batch: [Outgoing] = []
             if !stopping {
                 let stoppedLanguages = control.stoppedLanguages
-                let read = incoming()
+                let read = queue.readyCount < Self.queueAhead ? incoming() : []
                 queue.append(stoppedLanguages.isEmpty ? read : read.filter { !stoppedLanguages.contains($0.language) })
                 var room = min(ahead - pending, maxInFlight - inFlight - pending)
                 while room > 0, let item = queue.pop(now: now, lastSent: { lastSent[$0] }) {

@@ -38,6 +38,9 @@ public struct RunOptions: Sendable {
     /// The run's name was derived from the manifest's file name (no `--run`): an existing run of
     /// that name made from another manifest is then refused rather than silently merged.
     public var nameDerived = false
+    /// A new run starts sending once its manifest is checked, while its messages are still being
+    /// stored (`prepare`, "Sending while storing"). Off, everything is stored before the first send.
+    public var sendWhileStoring = false
 
     public init(
         run: String, manifest: String, rate: Double = 80, skipInvalid: Bool = false, resend: Bool = false,
@@ -66,6 +69,10 @@ public struct Preparation: Sendable {
     public var optedOut = 0
     /// Left `sending` by a crash: now `unknown`, resolved by their webhooks or by `retry --include-unknown`.
     public var interrupted = 0
+    /// The messages are stored while the run sends (`RunOptions.sendWhileStoring`): `queued` and
+    /// `optedOut` are the check pass's count; what an earlier run already sent is known once stored
+    /// (`RunEngine.stored`).
+    public var storing = false
 }
 
 /// Invoices and their messages, written together while preparing.
@@ -97,6 +104,10 @@ public final class RunEngine: Sendable {
     public let validation: ValidationOptions
     let logger: Logger
     let control = RunControl()
+    /// A run checked and waiting to be stored while it sends (`prepare` with `sendWhileStoring`).
+    let pending = Mutex<PendingStore?>(nil)
+    /// How storing the last such run ended.
+    let storedPreparation = Mutex<Preparation?>(nil)
 
     public init(store: any DispatchStore, client: GraphClient, renderer: MessageRenderer, validation: ValidationOptions, logger: Logger) {
         self.store = store
@@ -134,6 +145,9 @@ public final class RunEngine: Sendable {
     /// Nothing may stay stored for a manifest with invalid rows (unless they are to be skipped): a new
     /// run that turns out invalid is discarded at the end of the pass (it was never sent); a run already
     /// in the store is checked in a first pass before anything of it changes.
+    ///
+    /// With `sendWhileStoring`, a new run is only checked here (the first pass, nothing stored but
+    /// the run's record); `dispatch` stores it while it sends (see `prepareToSendWhileStoring`).
     public func prepare(_ options: RunOptions) async throws -> Preparation {
         var reading = Previewer(options: validation, renderer: self.renderer, sampleLimit: 0)
         reading.readAhead = false  // the store's writes need the other core (see `Previewer.readAhead`)
@@ -142,6 +156,7 @@ public final class RunEngine: Sendable {
         if let existing, options.nameDerived, existing.manifest.split(separator: "/").last != options.manifest.split(separator: "/").last {
             throw RunNameConflict(run: options.run, existingManifest: existing.manifest, manifest: options.manifest)
         }
+        if existing == nil && options.sendWhileStoring { return try await prepareToSendWhileStoring(options) }
         if existing != nil && !options.skipInvalid {
             let check = try previewer.run(path: options.manifest)
             if !check.isValid { return Preparation(preview: check) }
@@ -154,7 +169,28 @@ public final class RunEngine: Sendable {
                 createdAt: existing?.createdAt ?? now))
         let interrupted = try await store.markInterrupted(run: options.run, at: now)
         let optedOut = try await OptOutList.load(from: store)
+        var preparation = try await storePass(
+            options, previewer: previewer, optedOut: optedOut, discardOnFailure: existing == nil)
+        preparation.interrupted = interrupted
+        if !preparation.preview.isValid && !options.skipInvalid {
+            // Only a new run gets here (an existing one was checked first): it was never sent.
+            _ = try await store.discardUnsentRun(options.run)
+            return Preparation(preview: preparation.preview)
+        }
+        return preparation
+    }
 
+    /// One pass over the manifest, validating and rendering each invoice on a thread of its own,
+    /// its invoices and messages stored in batches beside it. Messages in `skip` (a template not
+    /// approved in a language) are stored skipped with the reason. On failure, a new run
+    /// (`discardOnFailure`) is deleted: nothing of it was sent.
+    func storePass(
+        _ options: RunOptions, previewer: Previewer, optedOut: OptOutList, skip: [TemplateLanguage: String] = [:],
+        discardOnFailure: Bool
+    ) async throws -> Preparation {
+        var storing = previewer
+        storing.countsRecipients = false  // the preview's count, not the store's (memory: 16 MB a million)
+        let previewer = storing
         let pipe = BatchPipe<PreparedBatch>(depth: Self.preparationDepth)
         let run = options.run
         let template = renderer.template.name
@@ -179,6 +215,12 @@ public final class RunEngine: Sendable {
                         new.skipReason = SkipReason.optedOutByTenant
                     } else {
                         new.requestBody = message.request.jsonBody
+                        if !skip.isEmpty,
+                            let reason = skip[TemplateLanguage(template: message.request.template.name, language: message.language)]
+                        {
+                            new.state = .skipped
+                            new.skipReason = reason
+                        }
                     }
                     batch.messages.append(new)
                 }
@@ -199,7 +241,6 @@ public final class RunEngine: Sendable {
             return preview
         }
         var preparation = Preparation(preview: PreviewResult(manifest: options.manifest, format: .csv, templateName: template))
-        preparation.interrupted = interrupted
         do {
             for await batch in pipe.batches {
                 try await store(batch, into: &preparation, options: options)
@@ -212,19 +253,14 @@ public final class RunEngine: Sendable {
         } catch {
             pipe.close()
             _ = try? await read
-            if existing == nil { await discardEvenIfCancelled(options.run) }
+            if discardOnFailure { await discardEvenIfCancelled(options.run) }
             throw error
         }
         do {
             preparation.preview = try await read
         } catch {
-            if existing == nil { await discardEvenIfCancelled(options.run) }
+            if discardOnFailure { await discardEvenIfCancelled(options.run) }
             throw error
-        }
-        if !preparation.preview.isValid && !options.skipInvalid {
-            // Only a new run gets here (an existing one was checked first): it was never sent.
-            _ = try await store.discardUnsentRun(options.run)
-            return Preparation(preview: preparation.preview)
         }
         return preparation
     }
@@ -297,8 +333,14 @@ public final class RunEngine: Sendable {
         // loop asks for, one at a time.
         let (writes, requestWrite) = AsyncStream.makeStream(of: (box: LedgerWrite, outcomes: [AttemptOutcome], begin: [String]).self)
         let store = self.store
+        // A run checked but not stored yet is stored beside the loop (`SendWhileStoring.swift`);
+        // the feeder reads what is committed and ends after the last batch.
+        let storing = takePending(run: options.run)
+        let stored = Flag()
+        if storing == nil { stored.set() }
         return try await withThrowingTaskGroup(of: Void.self) { children in
-            children.addTask { await self.feed(feed, run: options.run) }
+            if let storing { children.addTask { await self.storeWhileSending(storing, feed: feed, done: stored) } }
+            children.addTask { await self.feed(feed, run: options.run, complete: stored) }
             children.addTask {
                 await self.watchAccountFailures(run: options.run, since: wallClock() - 1, every: options.accountWatchInterval)
             }
@@ -336,7 +378,10 @@ public final class RunEngine: Sendable {
                     }
                     machine.ledgerWritten(result, now: clock.now)
                 }
-                if firstWritten.isSet { machine.firstRequestWritten() }
+                if firstWritten.isSet {
+                    if !machine.firstWritten { logger.debug("run: first request written") }
+                    machine.firstRequestWritten()
+                }
                 if let error = feed.failure { machine.fail(error) }
 
                 let now = clock.now
@@ -371,6 +416,12 @@ public final class RunEngine: Sendable {
                 if step.finished && answers.isEmpty { break }
                 try? await clock.sleep(until: step.wake)
             }
+            // Stopped early (a halt, an interrupt) while storing: storing finishes first, so that
+            // every invoice is in the store and the report, queued with why.
+            if !stored.isSet && !Task.isCancelled {
+                logger.notice("sending stopped; storing the rest of the manifest so that the report lists every invoice")
+                while !stored.isSet && !Task.isCancelled { try? await Task.sleep(for: .milliseconds(50)) }
+            }
             control.noteMostInOneSecond(machine.mostInOneSecond)
             if let failure = machine.failure { throw failure }
             control.haltForStoppedLanguages(template: renderer.template.name)
@@ -401,8 +452,10 @@ public final class RunEngine: Sendable {
         }
     }
 
-    /// Reads the run's queued messages a page at a time, staying a page ahead of the loop.
-    func feed(_ feed: Feed, run: String) async {
+    /// Reads the run's queued messages a page at a time, staying a page ahead of the loop. While
+    /// the run is being stored (`complete` not set), a short page is not the end: it reads on as
+    /// batches commit (in sequence order: one writer stores them, one batch after another).
+    func feed(_ feed: Feed, run: String, complete: Flag) async {
         var last: Int64? = nil
         do {
             while control.stopReason == nil && !Task.isCancelled {
@@ -410,14 +463,19 @@ public final class RunEngine: Sendable {
                     try await Task.sleep(for: .milliseconds(100))
                     continue
                 }
+                // Read before the page: once set, the page holds everything stored.
+                let stored = complete.isSet
                 let page = try await store.queuedMessages(run: run, after: last, limit: 2500)
                 last = page.last?.sequence ?? last
                 feed.add(
                     page.compactMap { m in
                         m.requestBody.map { Outgoing(id: m.id, phone: m.phone, body: ByteBuffer(string: $0), language: m.language) }
                     },
-                    done: page.count < 2500)
-                if page.count < 2500 { return }
+                    done: page.count < 2500 && stored)
+                if page.count < 2500 {
+                    if stored { return }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
             }
         } catch is CancellationError {
         } catch {

@@ -32,6 +32,8 @@ struct SendQueue {
 
     var isEmpty: Bool { readyIndex >= ready.count && held.isEmpty }
     var count: Int { ready.count - readyIndex + held.count }
+    /// Messages in order, not held back.
+    var readyCount: Int { ready.count - readyIndex }
 
     mutating func append(_ items: [Outgoing]) {
         if readyIndex > 4096 && readyIndex * 2 > ready.count {

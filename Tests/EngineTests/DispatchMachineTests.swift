@@ -193,6 +193,16 @@ struct DispatchMachineTests {
         #expect(french.count >= 2, "the requests in flight when the refusal came are the ones counted")
     }
 
+    @Test("the loop holds a bounded part of the queue, whatever the run's size: it takes from the feed only as it sends")
+    func boundedQueue() {
+        let run = VirtualRun(tenants: 30_000, rate: 1000)
+        run.feedPage = 2_500
+        #expect(run.run() == nil)
+        #expect(run.accepted.count == 30_000)
+        // The queue's bound, a page over it, and the sends committed ahead (under a second's).
+        #expect(run.mostHeld <= DispatchMachine.queueAhead + 2_500 + 1_000, "\(run.mostHeld) messages held by the loop")
+    }
+
     @Test("a stop (SIGINT) sends nothing more; what was in flight is answered and recorded")
     func interrupted() {
         let run = VirtualRun(tenants: 1000, rate: 80)

@@ -42,6 +42,10 @@ final class VirtualRun {
     private(set) var attempts: [String: Int] = [:]
     /// The most requests without an answer at any moment.
     private(set) var mostInFlight = 0
+    /// Hand the queue over this many messages per read, as the store's feeder does (nil: all at once).
+    var feedPage: Int? = nil
+    /// The most messages taken from the feed and not yet sent, at any moment (what the loop holds).
+    private(set) var mostHeld = 0
     private var events: [(at: Duration, action: (VirtualRun) -> Void)] = []
     private var queued: [Outgoing]
 
@@ -75,6 +79,8 @@ final class VirtualRun {
         var writes = 0
         var firstWrittenAt: ContinuousClock.Instant? = nil
         var fed = false
+        var offset = 0
+        var firstRequests = 0
         while now - start < limit {
             for event in events where start + event.at <= now { event.action(self) }
             events.removeAll { start + $0.at <= now }
@@ -90,17 +96,24 @@ final class VirtualRun {
             let step = machine.step(
                 now: now,
                 incoming: {
+                    if let page = feedPage {
+                        let chunk = queued[offset..<min(offset + page, queued.count)]
+                        offset += chunk.count
+                        return Array(chunk)
+                    }
                     defer { fed = true }
                     return fed ? [] : queued
-                }, exhausted: fed)
+                }, exhausted: feedPage.map { _ in offset >= queued.count } ?? fed)
             for (item, attempt) in step.sends {
                 let request = Request(id: item.id, phone: item.phone, language: item.language, attempt: attempt, at: now - start)
                 let outcome = meta(request, requests)
                 requests.append(request)
+                if attempt == 1 { firstRequests += 1 }
                 inFlight.append((now + answerLatency, Answer(item: item, attempt: attempt, sentAt: now, outcome: outcome)))
                 if firstWrittenAt == nil { firstWrittenAt = now + .milliseconds(1) }
             }
             mostInFlight = max(mostInFlight, inFlight.count)
+            if feedPage != nil { mostHeld = max(mostHeld, offset - firstRequests) }
             if let (written, begin) = step.write {
                 writes += 1
                 outcomes += written

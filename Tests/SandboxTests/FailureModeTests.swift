@@ -106,10 +106,13 @@ struct FailureModeTests {
             try await e.client.shutdown()
             #expect(error.code == 132000)
             #expect(error.title.contains("in a row"))
+            // Five refusals and the requests in flight when the fifth was read: exactly so in virtual
+            // time (DispatchMachineTests); here, on a CI machine busy with other suites, answers may
+            // be read late, so the bound is loose. Every request is a failure, the rest queued.
             let requests = try await h.requests().count
-            #expect(requests < 30, "\(requests) requests before the halt")
+            #expect(requests >= 5 && requests < 100, "\(requests) requests before the halt")
             let counts = try await h.store.stateCounts(run: "template")
-            #expect((counts[.queued] ?? 0) >= 170, "\(counts)")
+            #expect(counts[.failed] == requests && counts[.queued] == 200 - requests, "\(counts)")
         }
     }
 

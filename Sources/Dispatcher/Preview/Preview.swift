@@ -48,6 +48,9 @@ public struct Previewer: Sendable {
     /// store's writes are the slower half and need the second core (with it on, a million-invoice
     /// `send` reached its first request 10 % later).
     public var readAhead = true
+    /// Count the distinct numbers (`PreviewResult.recipients`): a set of every number, 16 MB or
+    /// more for a million. A billing run's storing pass does not need it.
+    public var countsRecipients = true
 
     public init(options: ValidationOptions, renderer: MessageRenderer, sampleLimit: Int = 200) {
         self.options = options
@@ -77,7 +80,7 @@ public struct Previewer: Sendable {
         var renderIssues: [ValidationIssue] = []
         var renderIssueCount = 0
         var renderInvalid = 0
-        let (options, renderer) = (self.options, self.renderer)
+        let (options, renderer, countsRecipients) = (self.options, self.renderer, self.countsRecipients)
         @Sendable func read(_ emit: (ReadAhead.Item) throws -> Void) throws -> ImportSummary {
             let memo = MessageRenderer.Memo()
             return try ManifestImporter(options: options).importManifest(path: path, format: format) {
@@ -105,7 +108,7 @@ public struct Previewer: Sendable {
                 result.billed[code] = total
                 for message in messages {
                     result.messages += 1
-                    recipients.insert(UInt64(message.phone) ?? 0)
+                    if countsRecipients { recipients.insert(UInt64(message.phone) ?? 0) }
                     if message.languageFallback { result.languageFallbacks += 1 }
                     result.languages[message.language, default: 0] += 1
                     if result.samples.count < sampleLimit { result.samples.append(message) }

@@ -1,0 +1,183 @@
+import Dispatcher
+import Foundation
+import Logging
+public import Store
+import Synchronization
+import WhatsApp
+
+// MARK: - Sending while storing (issue 14: a million-invoice run's first request within seconds)
+//
+// Storing a million invoices and their rendered requests takes a minute or more; a run used to
+// send nothing until all of it was stored. A new run (`RunOptions.sendWhileStoring`) now goes:
+//
+// 1. `prepare`: one check pass over the manifest on both cores, storing nothing: validation and
+//    rendering (so an invalid manifest still sends nothing, all or none), and what the checks before
+//    the first request need, counted as it goes: the (template, language) pairs for Meta's approval,
+//    and the messages per landlord, currency and number prefix for the cost estimate and
+//    `--max-cost`. Only the run's record is written.
+// 2. The checks read those counts (`queuedTemplates`, `queuedCharges`, `skipQueued`) instead of
+//    the store.
+// 3. `dispatch` stores the run (the same pass as before, `storePass`) beside the send loop, whose
+//    feeder reads the queue as batches commit and ends only after the last one. A stop (a halt, an
+//    interrupt) waits for storing to finish, so that every invoice of the manifest is in the store
+//    and in the report, queued with why.
+//
+// The counts of step 1 are what storing will queue, except messages an earlier run already sent:
+// those are skipped when stored (and said after the run, `stored`), so the estimate before the
+// first request can only be above the cost, never below. A run already in the store (a re-run)
+// and a run whose PDFs are staged from the property system first (that needs the stored messages)
+// are stored before sending, as before.
+
+/// A checked run waiting to be stored while it sends.
+struct PendingStore: Sendable {
+    var options: RunOptions
+    var optedOut: OptOutList
+    var tally: QueuedTally
+    /// (template, language) pairs not approved at Meta: their messages are stored skipped with this reason.
+    var skip: [TemplateLanguage: String] = [:]
+}
+
+/// What the check pass counts of the messages storing will queue (opted-out numbers apart).
+struct QueuedTally: Sendable {
+    struct Charge: Hashable, Sendable {
+        var landlord: String?
+        var currency: String
+        /// The first four digits of the number, as `DispatchStore.chargeCounts` groups them.
+        var prefix: Substring
+    }
+    var queued = 0
+    var optedOut = 0
+    var templates: [TemplateLanguage: Int] = [:]
+    var charges: [Charge: Int] = [:]
+
+    mutating func add(_ invoice: Invoice, _ message: RenderedMessage, optedOut isOptedOut: Bool) {
+        guard !isOptedOut else {
+            optedOut += 1
+            return
+        }
+        queued += 1
+        templates[TemplateLanguage(template: message.request.template.name, language: message.language), default: 0] += 1
+        let charge = Charge(landlord: invoice.landlord, currency: invoice.amount.currency.code, prefix: message.phone.prefix(4))
+        charges[charge, default: 0] += 1
+    }
+
+    var chargeCounts: [ChargeCount] {
+        charges.map { key, n in
+            ChargeCount(landlord: key.landlord, currency: key.currency, prefix: String(key.prefix), category: nil, type: nil, messages: n)
+        }.sorted { ($0.landlord ?? "", $0.currency, $0.prefix) < ($1.landlord ?? "", $1.currency, $1.prefix) }
+    }
+}
+
+extension RunEngine {
+    /// Step 1: the check pass of a new run, on both cores; nothing stored but the run's record
+    /// (and not even that when the manifest is invalid without `skipInvalid`).
+    func prepareToSendWhileStoring(_ options: RunOptions) async throws -> Preparation {
+        let optedOut = try await OptOutList.load(from: store)
+        let previewer = Previewer(options: validation, renderer: renderer, sampleLimit: 0)  // reads ahead
+        let (preview, tally) = try await onOwnThread {
+            var tally = QueuedTally()
+            let preview = try previewer.run(path: options.manifest) { invoice, messages in
+                for message in messages { tally.add(invoice, message, optedOut: optedOut.contains(message.phone)) }
+            }
+            return (preview, tally)
+        }
+        guard preview.isValid || options.skipInvalid else { return Preparation(preview: preview) }
+        try await store.saveRun(
+            RunRecord(
+                name: options.run, manifest: options.manifest, template: renderer.template.name,
+                sender: client.configuration.phoneNumberID, status: .sending, createdAt: wallClock()))
+        pending.withLock { $0 = PendingStore(options: options, optedOut: optedOut, tally: tally) }
+        logger.debug("run: checked; storing while sending", metadata: ["messages": "\(tally.queued)"])
+        return Preparation(preview: preview, queued: tally.queued, optedOut: tally.optedOut, storing: true)
+    }
+
+    /// The run's checked (template, language) pairs, if it is waiting to be stored.
+    private func pendingTally(run: String) -> QueuedTally? {
+        pending.withLock { $0.flatMap { $0.options.run == run ? $0.tally : nil } }
+    }
+
+    /// The (template, language) pairs the run's queued messages are sent with: the store's, or the
+    /// check pass's for a run not stored yet.
+    public func queuedTemplates(run: String) async throws -> [TemplateLanguage] {
+        if let tally = pendingTally(run: run) {
+            return tally.templates.keys.sorted { ($0.template, $0.language) < ($1.template, $1.language) }
+        }
+        return try await store.queuedTemplates(run: run)
+    }
+
+    /// The run's queued messages by landlord, currency and number prefix (the cost estimate's input):
+    /// the store's, or the check pass's for a run not stored yet.
+    public func queuedCharges(run: String) async throws -> [ChargeCount] {
+        if let tally = pendingTally(run: run) { return tally.chargeCounts }
+        return try await store.chargeCounts(run: run, states: [.queued])
+    }
+
+    /// Skips the run's queued messages sent with `template` in `language`, with `reason` (not
+    /// approved at Meta); for a run not stored yet they are stored skipped. Returns how many.
+    public func skipQueued(run: String, template: String, language: String, reason: String) async throws -> Int {
+        let key = TemplateLanguage(template: template, language: language)
+        let counted: Int? = pending.withLock { pending in
+            guard pending?.options.run == run else { return nil }
+            pending!.skip[key] = reason
+            let n = pending!.tally.templates.removeValue(forKey: key) ?? 0
+            pending!.tally.queued -= n
+            return n
+        }
+        if let counted { return counted }
+        return try await store.skipQueued(run: run, template: template, language: language, reason: reason, at: wallClock())
+    }
+
+    /// How storing the last run that sent while storing ended (nil: none did, or it did not finish).
+    public var stored: Preparation? { storedPreparation.withLock { $0 } }
+
+    /// The run's pending store, taken by `dispatch` (nil when it was stored before sending).
+    func takePending(run: String) -> PendingStore? {
+        pending.withLock { pending in
+            guard pending?.options.run == run else { return nil }
+            defer { pending = nil }
+            return pending
+        }
+    }
+
+    /// A checked run refused before its first request (a template not approved, over `--max-cost`):
+    /// stored as a run stored before sending would be, its messages queued (or skipped with why),
+    /// so that the report lists them and a re-run sends them. Nothing to do for a run stored already.
+    public func storeUnsent(run: String) async {
+        guard let pending = takePending(run: run) else { return }
+        var previewer = Previewer(options: validation, renderer: renderer, sampleLimit: 0)
+        previewer.readAhead = false  // the store's writes need the other core
+        do {
+            let preparation = try await storePass(
+                pending.options, previewer: previewer, optedOut: pending.optedOut, skip: pending.skip, discardOnFailure: false)
+            storedPreparation.withLock { $0 = preparation }
+        } catch {
+            logger.error("the run's messages could not be stored", metadata: ["run": "\(run)", "error": "\(error)"])
+        }
+    }
+
+    /// Step 3, beside the send loop: stores the run, then says so through `done` (also when it
+    /// failed: the failure reaches the loop through `feed`, and stops it). Cancelled, it says
+    /// nothing: the loop is ending then, and must not take an unfinished queue for the whole run.
+    func storeWhileSending(_ pending: PendingStore, feed: Feed, done: Flag) async {
+        var previewer = Previewer(options: validation, renderer: renderer, sampleLimit: 0)
+        previewer.readAhead = false  // the store's writes and the send loop need the other core
+        do {
+            let preparation = try await storePass(
+                pending.options, previewer: previewer, optedOut: pending.optedOut, skip: pending.skip, discardOnFailure: false)
+            storedPreparation.withLock { $0 = preparation }
+            logger.debug("run: stored while sending", metadata: ["queued": "\(preparation.queued)"])
+            if !preparation.preview.isValid && !pending.options.skipInvalid {
+                // Valid when checked, invalid when stored: the file changed in between.
+                halt(
+                    "the manifest changed while the run was sending: \(preparation.preview.invalidInvoices) invoices are invalid now (they were not when it was checked); fix them and run again"
+                )
+            }
+            done.set()
+        } catch is CancellationError {
+        } catch {
+            logger.error("storing the run's messages failed; stopping", metadata: ["error": "\(error)"])
+            feed.fail(error)
+            done.set()
+        }
+    }
+}

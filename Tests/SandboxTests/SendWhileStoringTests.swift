@@ -1,0 +1,167 @@
+import Dispatcher
+import Foundation
+import Sandbox
+import StoreTesting
+import Testing
+import WhatsApp
+
+@testable import Engine
+@testable import Store
+
+/// A new run sends while its messages are stored (issue 14: a million-invoice run's first request
+/// within seconds, not after a minute of storing), against the real sandbox and both engines.
+@Suite("Sending while storing", .serialized)
+struct SendWhileStoringTests {
+    func options(_ run: String, _ manifest: String, rate: Double = 200) -> RunOptions {
+        var options = RunOptions(run: run, manifest: manifest, rate: rate)
+        options.sendWhileStoring = true
+        return options
+    }
+
+    @Test(
+        "checked first with nothing stored but the run; the checks' counts are the store's; every message sent once",
+        arguments: engines)
+    func sendsEveryMessageOnce(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine) { h in
+            let e = try makeEngine(h)
+            let numbers = phones(300)
+            let streamed = options("streamed", try manifest(numbers))
+            let preparation = try await e.prepare(streamed)
+            #expect(preparation.storing && preparation.queued == 300 && preparation.preview.isValid)
+            #expect(try await h.store.run(named: "streamed")?.status == .sending)
+            #expect(try await h.store.stateCounts(run: "streamed").isEmpty, "stored before sending")
+
+            // The same invoices under other ids, stored before sending: what the checks read from the store.
+            let stored = RunOptions(run: "stored", manifest: try manifest(numbers, invoicePrefix: "B"))
+            #expect(try await e.prepare(stored).queued == 300)
+            #expect(
+                try await e.queuedTemplates(run: "streamed")
+                    == h.store.queuedTemplates(run: "stored").sorted { $0.template + $0.language < $1.template + $1.language })
+            let charges = try await e.queuedCharges(run: "streamed")
+            #expect(charges.map(\.messages).reduce(0, +) == 300)
+            #expect(
+                Set(charges.map { "\($0.landlord ?? "")|\($0.currency)|\($0.prefix)|\($0.messages)" })
+                    == Set(
+                        try await h.store.chargeCounts(run: "stored", states: [.queued]).map {
+                            "\($0.landlord ?? "")|\($0.currency)|\($0.prefix)|\($0.messages)"
+                        }))
+
+            #expect(try await e.dispatch(streamed) == nil)
+            let accepted = try await acceptedByMessage(h)
+            #expect(accepted.count == 300 && accepted.values.allSatisfy { $0 == 1 }, "each message once")
+            #expect(try await h.store.stateCounts(run: "streamed")[.queued] == nil)
+            #expect(e.stored?.queued == 300 && e.stored?.alreadySent == 0)
+            try await e.client.shutdown()
+        }
+    }
+
+    @Test("an invalid manifest sends nothing and stores nothing, not even the run", arguments: engines)
+    func invalidStoresNothing(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine) { h in
+            let e = try makeEngine(h)
+            let path = try manifest(phones(20))
+            var text = try String(contentsOfFile: path, encoding: .utf8)
+            text += "INV-21,Tenant 21,+1809notaphone,100.00,DOP,2026-03,2026-03-10,Caribe,https://docs.example.com/x.pdf\n"
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            let preparation = try await e.prepare(options("invalid", path))
+            #expect(!preparation.preview.isValid)
+            #expect(preparation.preview.errors.contains { $0.invoiceID == "INV-21" && $0.field == "phone" })
+            #expect(try await h.store.run(named: "invalid") == nil)
+            #expect(try await e.dispatch(options("invalid", path)) == nil)
+            #expect(try await h.requests().isEmpty)
+            try await e.client.shutdown()
+        }
+    }
+
+    @Test(
+        "a language not approved, skipped before storing: its messages are stored skipped with the reason, none sent",
+        arguments: engines)
+    func skippedLanguage(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine) { h in
+            let e = try makeEngine(h)
+            var text = "invoice_id,tenant_name,phone,amount,currency,period,locale,document_url\n"
+            for (i, phone) in phones(30).enumerated() {
+                text +=
+                    "L-\(i),Tenant \(i),+\(phone),100.00,DOP,2026-03,\(i % 3 == 0 ? "fr" : "es-DO"),https://docs.example.com/L-\(i).pdf\n"
+            }
+            let path = try freshPath().replacingOccurrences(of: "dispatcher.sqlite", with: "languages.csv")
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            let run = options("languages", path)
+            _ = try await e.prepare(run)
+            let french = try await e.queuedTemplates(run: "languages").filter { $0.language == "fr" }
+            #expect(french.count == 1)
+            for pair in french {
+                #expect(
+                    try await e.skipQueued(run: "languages", template: pair.template, language: "fr", reason: "not sent: not approved")
+                        == 10)
+            }
+            #expect(try await e.queuedTemplates(run: "languages").allSatisfy { $0.language != "fr" })
+            #expect(try await e.dispatch(run) == nil)
+            #expect(try await acceptedByMessage(h).count == 20)
+            let counts = try await h.store.stateCounts(run: "languages")
+            #expect(counts[.skipped] == 10, "\(counts)")
+            let skipped = try await h.store.messages(MessageFilter(run: "languages", state: .skipped, limit: 100)).messages
+            #expect(skipped.allSatisfy { $0.language == "fr" && $0.skipReason == "not sent: not approved" })
+            try await e.client.shutdown()
+        }
+    }
+
+    @Test(
+        "refused before its first request (over --max-cost, say): the checked run is stored as before, every message queued, none sent",
+        arguments: engines)
+    func refusedIsStoredQueued(engine: StoreEngine) async throws {
+        struct Refused: Error {}
+        try await Harness.run(engine: engine) { h in
+            let e = try makeEngine(h)
+            let run = options("refused", try manifest(phones(50)))
+            await #expect(throws: Refused.self) {
+                _ = try await BillingRun(engine: e, run: "refused", settleWindow: .seconds(1)).send(
+                    prepare: { engine throws in
+                        let preparation = try await engine.prepare(run)
+                        #expect(preparation.storing)
+                        return run
+                    },
+                    beforeSending: { _ throws in
+                        let counts = try await h.store.stateCounts(run: "refused")
+                        #expect(counts.isEmpty)
+                        throw Refused()
+                    })
+            }
+            #expect(try await h.store.stateCounts(run: "refused") == [.queued: 50])
+            #expect(try await h.requests().isEmpty)
+            // Re-run (the run is in the store now): stored already, it sends all 50, once.
+            #expect(try await e.prepare(run).resumed == 50)
+            #expect(try await e.dispatch(run) == nil)
+            #expect(try await acceptedByMessage(h).count == 50)
+            try await e.client.shutdown()
+        }
+    }
+
+    @Test(
+        "the first request leaves while the run is still being stored; a halt then waits for the rest, so every invoice is stored and queued with why",
+        arguments: engines)
+    func haltWhileStoring(engine: StoreEngine) async throws {
+        let scenario = Scenario(outages: [.init(start: 0, seconds: 3600, code: 132000)])
+        try await Harness.run(scenario: scenario, engine: engine) { h in
+            let e = try makeEngine(h)
+            let total = 6_000
+            let run = options("big", try manifest(phones(total)), rate: 80)
+            _ = try await e.prepare(run)
+            async let stop = e.dispatch(run)
+            try await h.eventually { try await !h.requests().isEmpty }
+            let storedAtFirstRequest = try await h.store.stateCounts(run: "big").values.reduce(0, +)
+            #expect(storedAtFirstRequest < total, "the first request waited for the whole run to be stored")
+            guard case .halted(let error)? = try await stop else {
+                Issue.record("not halted")
+                return
+            }
+            #expect(error.code == 132000)
+            let counts = try await h.store.stateCounts(run: "big")
+            #expect(counts.values.reduce(0, +) == total, "\(counts)")
+            let requests = try await h.requests().count
+            #expect(requests < 200, "\(requests) requests: the halt came late")
+            #expect(counts[.failed] == requests && counts[.queued] == total - requests, "\(counts)")
+            try await e.client.shutdown()
+        }
+    }
+}
