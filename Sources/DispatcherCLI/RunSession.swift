@@ -159,7 +159,10 @@ struct RunSession {
             let results: [Result<LaneResult, any Error>] = await withTaskGroup(of: (Int, Result<LaneResult, any Error>)?.self) { inner in
                 inner.addTask {
                     for await _ in await UnixSignalsSequence(trapping: .sigint, .sigterm) {
-                        FileHandle.standardError.write(Data("\nstopping: no new sends; waiting for those in flight…\n".utf8))
+                        FileHandle.standardError.write(
+                            Data(
+                                "\nstopping: no new sends; waiting for those in flight (and, if the manifest is still being stored, for that: the report lists every invoice)…\n"
+                                    .utf8))
                         for engine in engines { await engine.requestStop() }
                         break
                     }

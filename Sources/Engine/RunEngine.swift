@@ -186,7 +186,7 @@ public final class RunEngine: Sendable {
     /// (`discardOnFailure`) is deleted: nothing of it was sent.
     func storePass(
         _ options: RunOptions, previewer: Previewer, optedOut: OptOutList, skip: [TemplateLanguage: String] = [:],
-        discardOnFailure: Bool
+        unchanged stamp: ManifestStamp? = nil, discardOnFailure: Bool
     ) async throws -> Preparation {
         var storing = previewer
         storing.countsRecipients = false  // the preview's count, not the store's (memory: 16 MB a million)
@@ -198,8 +198,14 @@ public final class RunEngine: Sendable {
         async let read: PreviewResult = onOwnThread {
             defer { pipe.finish() }
             var batch = PreparedBatch()
+            // Checked before each batch is stored: nothing read after the file changed is stored.
+            func checkUnchanged() throws {
+                if let stamp, ManifestStamp(path: options.manifest) != stamp { throw ManifestChanged(path: options.manifest) }
+            }
+            try checkUnchanged()
             func handOver() throws {
                 if batch.invoices.count >= Self.preparationBatch {
+                    try checkUnchanged()
                     try pipe.put(batch)
                     batch = PreparedBatch()
                 }
@@ -237,6 +243,7 @@ public final class RunEngine: Sendable {
                 }
                 try handOver()
             }
+            try checkUnchanged()
             if !batch.invoices.isEmpty { try pipe.put(batch) }
             return preview
         }
@@ -286,8 +293,20 @@ public final class RunEngine: Sendable {
             case .exists(let id, let run, let state):
                 // Sent (or tried) by an earlier run.
                 if options.resend {
+                    // This run's own copy, from before a stop or a crash: resumed, not made again.
                     var generation = 2
-                    while try await store.message("\(id)-r\(generation)") != nil { generation += 1 }
+                    var own: MessageRecord? = nil
+                    while let found = try await store.message("\(id)-r\(generation)") {
+                        if found.run == options.run {
+                            own = found
+                            break
+                        }
+                        generation += 1
+                    }
+                    if let own {
+                        if own.state == .queued { preparation.resumed += 1 }
+                        continue
+                    }
                     var again = message
                     again.id = "\(id)-r\(generation)"
                     again.requestBody = again.requestBody?.replacingOccurrences(of: "\"\(id)\"", with: "\"\(again.id)\"")
@@ -421,6 +440,8 @@ public final class RunEngine: Sendable {
             if !stored.isSet && !Task.isCancelled {
                 logger.notice("sending stopped; storing the rest of the manifest so that the report lists every invoice")
                 while !stored.isSet && !Task.isCancelled { try? await Task.sleep(for: .milliseconds(50)) }
+                // Storing failed after the stop: part of the manifest is not in the store; said, not hidden.
+                if let error = feed.failure { throw error }
             }
             control.noteMostInOneSecond(machine.mostInOneSecond)
             if let failure = machine.failure { throw failure }

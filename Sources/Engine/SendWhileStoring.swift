@@ -28,9 +28,37 @@ import WhatsApp
 // and a run whose PDFs are staged from the property system first (that needs the stored messages)
 // are stored before sending, as before.
 
+/// The manifest's file as the check pass read it: storing it later must read the same file.
+struct ManifestStamp: Equatable, Sendable {
+    var size: Int
+    var modified: Date
+    var fileNumber: Int
+
+    init?(path: String) {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+            let size = (attributes[.size] as? NSNumber)?.intValue,
+            let modified = attributes[.modificationDate] as? Date
+        else { return nil }
+        self.size = size
+        self.modified = modified
+        fileNumber = (attributes[.systemFileNumber] as? NSNumber)?.intValue ?? 0
+    }
+}
+
+/// The manifest changed after it was checked (edited, replaced or deleted): nothing read from the
+/// change is stored or sent.
+struct ManifestChanged: Error, CustomStringConvertible {
+    var path: String
+    var description: String {
+        "the manifest \(path) changed after it was checked, while the run was sending: nothing read after the change was stored or sent. Run the same command again to check it and send the rest"
+    }
+}
+
 /// A checked run waiting to be stored while it sends.
 struct PendingStore: Sendable {
     var options: RunOptions
+    /// The file the check pass read.
+    var stamp: ManifestStamp?
     var optedOut: OptOutList
     var tally: QueuedTally
     /// (template, language) pairs not approved at Meta: their messages are stored skipped with this reason.
@@ -40,6 +68,8 @@ struct PendingStore: Sendable {
 /// What the check pass counts of the messages storing will queue (opted-out numbers apart).
 struct QueuedTally: Sendable {
     struct Charge: Hashable, Sendable {
+        /// The message's template and language: a language skipped before sending is not priced.
+        var template: TemplateLanguage
         var landlord: String?
         var currency: String
         /// The first four digits of the number, as `DispatchStore.chargeCounts` groups them.
@@ -56,15 +86,33 @@ struct QueuedTally: Sendable {
             return
         }
         queued += 1
-        templates[TemplateLanguage(template: message.request.template.name, language: message.language), default: 0] += 1
-        let charge = Charge(landlord: invoice.landlord, currency: invoice.amount.currency.code, prefix: message.phone.prefix(4))
+        let template = TemplateLanguage(template: message.request.template.name, language: message.language)
+        templates[template, default: 0] += 1
+        let charge = Charge(
+            template: template, landlord: invoice.landlord, currency: invoice.amount.currency.code, prefix: message.phone.prefix(4))
         charges[charge, default: 0] += 1
     }
 
     var chargeCounts: [ChargeCount] {
-        charges.map { key, n in
-            ChargeCount(landlord: key.landlord, currency: key.currency, prefix: String(key.prefix), category: nil, type: nil, messages: n)
-        }.sorted { ($0.landlord ?? "", $0.currency, $0.prefix) < ($1.landlord ?? "", $1.currency, $1.prefix) }
+        var merged: [String: ChargeCount] = [:]
+        for (key, n) in charges {
+            let name = "\(key.landlord ?? "")\u{1F}\(key.currency)\u{1F}\(key.prefix)"
+            merged[
+                name,
+                default: ChargeCount(
+                    landlord: key.landlord, currency: key.currency, prefix: String(key.prefix), category: nil, type: nil, messages: 0)
+            ]
+            .messages += n
+        }
+        return merged.values.sorted { ($0.landlord ?? "", $0.currency, $0.prefix) < ($1.landlord ?? "", $1.currency, $1.prefix) }
+    }
+
+    /// The messages sent with `template` are not to be sent (skipped): no longer counted. Returns how many.
+    mutating func drop(_ template: TemplateLanguage) -> Int {
+        let n = templates.removeValue(forKey: template) ?? 0
+        queued -= n
+        charges = charges.filter { $0.key.template != template }
+        return n
     }
 }
 
@@ -74,6 +122,7 @@ extension RunEngine {
     func prepareToSendWhileStoring(_ options: RunOptions) async throws -> Preparation {
         let optedOut = try await OptOutList.load(from: store)
         let previewer = Previewer(options: validation, renderer: renderer, sampleLimit: 0)  // reads ahead
+        let stamp = ManifestStamp(path: options.manifest)
         let (preview, tally) = try await onOwnThread {
             var tally = QueuedTally()
             let preview = try previewer.run(path: options.manifest) { invoice, messages in
@@ -86,7 +135,7 @@ extension RunEngine {
             RunRecord(
                 name: options.run, manifest: options.manifest, template: renderer.template.name,
                 sender: client.configuration.phoneNumberID, status: .sending, createdAt: wallClock()))
-        pending.withLock { $0 = PendingStore(options: options, optedOut: optedOut, tally: tally) }
+        pending.withLock { $0 = PendingStore(options: options, stamp: stamp, optedOut: optedOut, tally: tally) }
         logger.debug("run: checked; storing while sending", metadata: ["messages": "\(tally.queued)"])
         return Preparation(preview: preview, queued: tally.queued, optedOut: tally.optedOut, storing: true)
     }
@@ -119,9 +168,7 @@ extension RunEngine {
         let counted: Int? = pending.withLock { pending in
             guard pending?.options.run == run else { return nil }
             pending!.skip[key] = reason
-            let n = pending!.tally.templates.removeValue(forKey: key) ?? 0
-            pending!.tally.queued -= n
-            return n
+            return pending!.tally.drop(key)
         }
         if let counted { return counted }
         return try await store.skipQueued(run: run, template: template, language: language, reason: reason, at: wallClock())
@@ -148,7 +195,8 @@ extension RunEngine {
         previewer.readAhead = false  // the store's writes need the other core
         do {
             let preparation = try await storePass(
-                pending.options, previewer: previewer, optedOut: pending.optedOut, skip: pending.skip, discardOnFailure: false)
+                pending.options, previewer: previewer, optedOut: pending.optedOut, skip: pending.skip, unchanged: pending.stamp,
+                discardOnFailure: false)
             storedPreparation.withLock { $0 = preparation }
         } catch {
             logger.error("the run's messages could not be stored", metadata: ["run": "\(run)", "error": "\(error)"])
@@ -163,7 +211,8 @@ extension RunEngine {
         previewer.readAhead = false  // the store's writes and the send loop need the other core
         do {
             let preparation = try await storePass(
-                pending.options, previewer: previewer, optedOut: pending.optedOut, skip: pending.skip, discardOnFailure: false)
+                pending.options, previewer: previewer, optedOut: pending.optedOut, skip: pending.skip, unchanged: pending.stamp,
+                discardOnFailure: false)
             storedPreparation.withLock { $0 = preparation }
             logger.debug("run: stored while sending", metadata: ["queued": "\(preparation.queued)"])
             if !preparation.preview.isValid && !pending.options.skipInvalid {
@@ -174,6 +223,9 @@ extension RunEngine {
             }
             done.set()
         } catch is CancellationError {
+        } catch let changed as ManifestChanged {
+            halt(changed.description)
+            done.set()
         } catch {
             logger.error("storing the run's messages failed; stopping", metadata: ["error": "\(error)"])
             feed.fail(error)

@@ -297,10 +297,33 @@ struct RunEngineTests {
             }
         }
     }
+
+    @Test("--resend run again after a stop resumes its own copies: an invoice is resent once, not once per attempt", arguments: engines)
+    func resendResumes(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine) { h in
+            let e = try makeEngine(h)
+            let path = try manifest(phones(20))
+            let first = RunOptions(run: "first", manifest: path, rate: 200)
+            _ = try await e.prepare(first)
+            #expect(try await e.dispatch(first) == nil)
+            let again = RunOptions(run: "again", manifest: path, rate: 200, resend: true)
+            #expect(try await e.prepare(again).queued == 20)
+            // Stopped before sending, then the same command: its -r2 copies are resumed, no -r3 made.
+            let resumed = try await e.prepare(again)
+            #expect(resumed.queued == 0 && resumed.resumed == 20, "\(resumed.queued) queued, \(resumed.resumed) resumed")
+            #expect(try await e.dispatch(again) == nil)
+            // Accepted once each as -r2 (the pair rule may have Meta refuse and the run retry some: same ids).
+            let accepted = try await acceptedByMessage(h).filter { $0.key.contains("-r") }
+            #expect(accepted.count == 20 && accepted.allSatisfy { $0.key.hasSuffix("-r2") && $0.value == 1 }, "\(accepted)")
+            #expect(try await h.store.stateCounts(run: "again")[.queued] == nil)
+            try await e.client.shutdown()
+        }
+    }
 }
 
 /// Set once something has ended.
 actor Finished {
     private(set) var isSet = false
     func set() { isSet = true }
+
 }

@@ -55,6 +55,55 @@ struct SendWhileStoringTests {
         }
     }
 
+    @Test("a run of several batches, stored while it sends: every message sent exactly once", arguments: engines)
+    func severalBatches(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine) { h in
+            let e = try makeEngine(h)
+            // 400/s: a debug build storing, sending, simulating Meta and receiving its webhooks on
+            // two cores at 1,000/s left some requests waiting past their deadline (unknown, honestly).
+            let total = 2 * RunEngine.preparationBatch + 500
+            let run = options("batches", try manifest(phones(total)), rate: 400)
+            #expect(try await e.prepare(run).queued == total)
+            #expect(try await e.dispatch(run) == nil)
+            let accepted = try await acceptedByMessage(h)
+            #expect(
+                accepted.count == total && accepted.values.allSatisfy { $0 == 1 },
+                "\(accepted.count) accepted, \(accepted.values.filter { $0 > 1 }.count) more than once")
+            let counts = try await h.store.stateCounts(run: "batches")
+            #expect(counts[.queued] == nil, "\(counts)")
+            let codes = try await h.requests().compactMap { $0["errorCode"] as? Int }
+            #expect(codes.isEmpty, "\(counts) \(Dictionary(grouping: codes, by: { $0 }).mapValues(\.count))")
+            try await e.client.shutdown()
+        }
+    }
+
+    @Test(
+        "a manifest changed after it was checked: the run halts naming it, and nothing read from the change is stored or sent",
+        arguments: engines)
+    func changedAfterCheck(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine) { h in
+            let e = try makeEngine(h)
+            let path = try manifest(phones(30))
+            let run = options("changed", path)
+            #expect(try await e.prepare(run).queued == 30)
+            // Still valid, but not what was checked (nor priced): one more invoice.
+            let handle = try #require(FileHandle(forWritingAtPath: path))
+            try handle.seekToEnd()
+            try handle.write(
+                contentsOf: Data(
+                    "INV-31,Tenant 31,+18095559900,99999.00,DOP,2026-03,2026-03-10,Caribe,https://docs.example.com/x.pdf\n".utf8))
+            try handle.close()
+            guard case .halted(let error)? = try await e.dispatch(run) else {
+                Issue.record("not halted")
+                return
+            }
+            #expect(error.title.contains("changed after it was checked"), "\(error.title)")
+            #expect(try await h.requests().isEmpty)
+            #expect(try await h.store.stateCounts(run: "changed").isEmpty)
+            try await e.client.shutdown()
+        }
+    }
+
     @Test("an invalid manifest sends nothing and stores nothing, not even the run", arguments: engines)
     func invalidStoresNothing(engine: StoreEngine) async throws {
         try await Harness.run(engine: engine) { h in
@@ -96,6 +145,8 @@ struct SendWhileStoringTests {
                         == 10)
             }
             #expect(try await e.queuedTemplates(run: "languages").allSatisfy { $0.language != "fr" })
+            // Not priced either: the estimate and --max-cost count the 20 that will go.
+            #expect(try await e.queuedCharges(run: "languages").map(\.messages).reduce(0, +) == 20)
             #expect(try await e.dispatch(run) == nil)
             #expect(try await acceptedByMessage(h).count == 20)
             let counts = try await h.store.stateCounts(run: "languages")

@@ -63,8 +63,8 @@ func controlMessage(_ scalar: UInt32) -> String {
     isValidUTF8(bytes) ? String(decoding: bytes, as: UTF8.self) : nil
 }
 
-/// Remembers which invoice ids were seen, on which line: an open-addressing table of 128-bit
-/// hashes of each id's bytes. A million ids take 48 MB at most and no String is kept.
+/// Remembers which invoice ids were seen, on which line: an open-addressing table of 96-bit
+/// hashes of each id's bytes. A million ids take 32 MB at most and no String is kept.
 struct SeenIDs {
     private var slots: [Slot]
     private var count = 0

@@ -266,6 +266,12 @@ enum PostgresSchema {
                 ingest,
             ]),
         Migration(name: "v12: webhook payloads committed together", statements: [ingestMany]),
+        // The feeder reads a run's queue by sequence while the run is still being stored: with
+        // (run, seq) alone each read walked every skipped or sent row after the last queued one
+        // (SQLite's (run, state) index carries its seq, the rowid, already).
+        Migration(
+            name: "v13: the queue by sequence",
+            statements: ["CREATE INDEX messages_queued ON messages(run, seq) WHERE state = 'queued'"]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one
