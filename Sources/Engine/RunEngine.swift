@@ -186,7 +186,7 @@ public final class RunEngine: Sendable {
     /// (`discardOnFailure`) is deleted: nothing of it was sent.
     func storePass(
         _ options: RunOptions, previewer: Previewer, optedOut: OptOutList, skip: [TemplateLanguage: String] = [:],
-        unchanged stamp: ManifestStamp? = nil, discardOnFailure: Bool
+        unchanged stamp: ManifestStamp? = nil, pace: (@Sendable (_ queued: Int) async -> Void)? = nil, discardOnFailure: Bool
     ) async throws -> Preparation {
         var storing = previewer
         storing.countsRecipients = false  // the preview's count, not the store's (memory: 16 MB a million)
@@ -250,6 +250,7 @@ public final class RunEngine: Sendable {
         var preparation = Preparation(preview: PreviewResult(manifest: options.manifest, format: .csv, templateName: template))
         do {
             for await batch in pipe.batches {
+                if let pace { await pace(preparation.queued) }
                 try await store(batch, into: &preparation, options: options)
                 pipe.taken()
             }
@@ -539,11 +540,12 @@ public struct RunProgress: Sendable {
 
 /// Messages read ahead for the dispatch loop.
 final class Feed: Sendable {
-    private let state = Mutex<(items: [Outgoing], done: Bool, failure: (any Error)?)>(([], false, nil))
+    private let state = Mutex<(items: [Outgoing], done: Bool, failure: (any Error)?, read: Int)>(([], false, nil, 0))
 
     func add(_ items: [Outgoing], done: Bool) {
         state.withLock {
             $0.items.append(contentsOf: items)
+            $0.read += items.count
             if done { $0.done = true }
         }
     }
@@ -561,6 +563,8 @@ final class Feed: Sendable {
     }
 
     var count: Int { state.withLock { $0.items.count } }
+    /// Messages read from the store so far.
+    var read: Int { state.withLock { $0.read } }
     /// Everything queued has been read (and taken or waiting in `items`).
     var exhausted: Bool { state.withLock { $0.done && $0.items.isEmpty } }
 }
