@@ -318,7 +318,8 @@ struct RunEngineTests {
             #expect(counts[.queued] == nil && counts.values.reduce(0, +) == 20, "\(counts)")
             // Every -r2 the store does not call unknown or failed (a loaded CI) was accepted, once; no -r3.
             #expect(accepted.allSatisfy { $0.key.hasSuffix("-r2") && $0.value == 1 }, "\(accepted)")
-            #expect(accepted.count == 20 - (counts[.unknown] ?? 0) - (counts[.failed] ?? 0), "\(accepted.count); \(counts)")
+            let (unknown, failed) = (counts[.unknown] ?? 0, counts[.failed] ?? 0)  // unknown: perhaps accepted after the deadline
+            #expect(accepted.count >= 20 - unknown - failed && accepted.count <= 20 - failed, "\(accepted.count); \(counts)")
             try await e.client.shutdown()
         }
     }

@@ -12,15 +12,17 @@ import WhatsApp
 /// within seconds, not after a minute of storing), against the real sandbox and both engines.
 @Suite("Sending while storing", .serialized)
 struct SendWhileStoringTests {
-    /// Every message left the queue, none was accepted twice, and every one the store does not
-    /// call unknown or failed was accepted. (On a CI machine busy with other suites a request may
+    /// Every message left the queue, none was accepted twice, every one the store does not call
+    /// unknown or failed was accepted, and none it calls failed. (On a CI machine busy with other suites a request may
     /// pass its deadline: `unknown`, honestly; so the count accepted is not asserted alone.)
     func expectEachOnce(_ h: Harness, run: String, total: Int) async throws {
         let accepted = try await acceptedByMessage(h)
         let counts = try await h.store.stateCounts(run: run)
         #expect(counts[.queued] == nil && counts.values.reduce(0, +) == total, "\(counts)")
         #expect(accepted.values.allSatisfy { $0 == 1 }, "\(accepted.values.filter { $0 > 1 }.count) accepted more than once")
-        #expect(accepted.count == total - (counts[.unknown] ?? 0) - (counts[.failed] ?? 0), "\(accepted.count) accepted; \(counts)")
+        // An unknown one may have been accepted: its answer came after the deadline.
+        let (unknown, failed) = (counts[.unknown] ?? 0, counts[.failed] ?? 0)
+        #expect(accepted.count >= total - unknown - failed && accepted.count <= total - failed, "\(accepted.count) accepted; \(counts)")
     }
 
     func options(_ run: String, _ manifest: String, rate: Double = 200) -> RunOptions {
