@@ -149,16 +149,13 @@ public final class RunEngine: Sendable {
     /// With `sendWhileStoring`, a new run is only checked here (the first pass, nothing stored but
     /// the run's record); `dispatch` stores it while it sends (see `prepareToSendWhileStoring`).
     public func prepare(_ options: RunOptions) async throws -> Preparation {
-        var reading = Previewer(options: validation, renderer: self.renderer, sampleLimit: 0)
-        reading.readAhead = false  // the store's writes need the other core (see `Previewer.readAhead`)
-        let previewer = reading
         let existing = try await store.run(named: options.run)
         if let existing, options.nameDerived, existing.manifest.split(separator: "/").last != options.manifest.split(separator: "/").last {
             throw RunNameConflict(run: options.run, existingManifest: existing.manifest, manifest: options.manifest)
         }
         if existing == nil && options.sendWhileStoring { return try await prepareToSendWhileStoring(options) }
         if existing != nil && !options.skipInvalid {
-            let check = try previewer.run(path: options.manifest)
+            let check = try storingPreviewer.run(path: options.manifest)
             if !check.isValid { return Preparation(preview: check) }
         }
         let now = wallClock()
@@ -169,8 +166,7 @@ public final class RunEngine: Sendable {
                 createdAt: existing?.createdAt ?? now))
         let interrupted = try await store.markInterrupted(run: options.run, at: now)
         let optedOut = try await OptOutList.load(from: store)
-        var preparation = try await storePass(
-            options, previewer: previewer, optedOut: optedOut, discardOnFailure: existing == nil)
+        var preparation = try await storePass(options, optedOut: optedOut, discardOnFailure: existing == nil)
         preparation.interrupted = interrupted
         if !preparation.preview.isValid && !options.skipInvalid {
             // Only a new run gets here (an existing one was checked first): it was never sent.
@@ -180,15 +176,23 @@ public final class RunEngine: Sendable {
         return preparation
     }
 
+    /// The reader of a pass beside the store's writes: it does not read ahead, so that the writes
+    /// have the other core (see `Previewer.readAhead`).
+    var storingPreviewer: Previewer {
+        var previewer = Previewer(options: validation, renderer: renderer, sampleLimit: 0)
+        previewer.readAhead = false
+        return previewer
+    }
+
     /// One pass over the manifest, validating and rendering each invoice on a thread of its own,
     /// its invoices and messages stored in batches beside it. Messages in `skip` (a template not
     /// approved in a language) are stored skipped with the reason. On failure, a new run
     /// (`discardOnFailure`) is deleted: nothing of it was sent.
     func storePass(
-        _ options: RunOptions, previewer: Previewer, optedOut: OptOutList, skip: [TemplateLanguage: String] = [:],
+        _ options: RunOptions, optedOut: OptOutList, skip: [TemplateLanguage: String] = [:],
         unchanged stamp: ManifestStamp? = nil, pace: (@Sendable (_ queued: Int) async -> Void)? = nil, discardOnFailure: Bool
     ) async throws -> Preparation {
-        var storing = previewer
+        var storing = storingPreviewer
         storing.countsRecipients = false  // the preview's count, not the store's (memory: 16 MB a million)
         let previewer = storing
         let pipe = BatchPipe<PreparedBatch>(depth: Self.preparationDepth)

@@ -140,7 +140,7 @@ extension RunEngine {
         return Preparation(preview: preview, queued: tally.queued, optedOut: tally.optedOut, storing: true)
     }
 
-    /// The run's checked (template, language) pairs, if it is waiting to be stored.
+    /// The check pass's counts of the run, if it is waiting to be stored.
     private func pendingTally(run: String) -> QueuedTally? {
         pending.withLock { $0.flatMap { $0.options.run == run ? $0.tally : nil } }
     }
@@ -196,16 +196,20 @@ extension RunEngine {
     /// so that the report lists them and a re-run sends them. Nothing to do for a run stored already.
     public func storeUnsent(run: String) async {
         guard let pending = takePending(run: run) else { return }
-        var previewer = Previewer(options: validation, renderer: renderer, sampleLimit: 0)
-        previewer.readAhead = false  // the store's writes need the other core
         do {
-            let preparation = try await storePass(
-                pending.options, previewer: previewer, optedOut: pending.optedOut, skip: pending.skip, unchanged: pending.stamp,
-                discardOnFailure: false)
-            storedPreparation.withLock { $0 = preparation }
+            _ = try await storePending(pending, pace: nil)
         } catch {
             logger.error("the run's messages could not be stored", metadata: ["run": "\(run)", "error": "\(error)"])
         }
+    }
+
+    /// Stores a checked run (the pass a run stored before sending makes), and keeps how it ended in `stored`.
+    private func storePending(_ pending: PendingStore, pace: (@Sendable (_ queued: Int) async -> Void)?) async throws -> Preparation {
+        let preparation = try await storePass(
+            pending.options, optedOut: pending.optedOut, skip: pending.skip, unchanged: pending.stamp, pace: pace,
+            discardOnFailure: false)
+        storedPreparation.withLock { $0 = preparation }
+        return preparation
     }
 
     /// Step 3, beside the send loop: stores the run, then says so through `done` (also when it
@@ -216,19 +220,14 @@ extension RunEngine {
     /// takes both cores, and a send at 1,000/s beside it fell to 71 % of its rate with a request in
     /// a hundred timing out. Once the run stops, the rest is stored at full speed.
     func storeWhileSending(_ pending: PendingStore, feed: Feed, done: Flag) async {
-        var previewer = Previewer(options: validation, renderer: renderer, sampleLimit: 0)
-        previewer.readAhead = false  // the store's writes and the send loop need the other core
         let ahead = Self.storeAhead(rate: pending.options.rate)
         let control = self.control
         do {
-            let preparation = try await storePass(
-                pending.options, previewer: previewer, optedOut: pending.optedOut, skip: pending.skip, unchanged: pending.stamp,
-                pace: { queued in
-                    while queued - feed.read > ahead && control.stopReason == nil && !Task.isCancelled {
-                        try? await Task.sleep(for: .milliseconds(50))
-                    }
-                }, discardOnFailure: false)
-            storedPreparation.withLock { $0 = preparation }
+            let preparation = try await storePending(pending) { queued in
+                while queued - feed.read > ahead && control.stopReason == nil && !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+            }
             logger.debug("run: stored while sending", metadata: ["queued": "\(preparation.queued)"])
             if !preparation.preview.isValid && !pending.options.skipInvalid {
                 // Valid when checked, invalid when stored: the file changed in between.

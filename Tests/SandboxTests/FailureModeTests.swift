@@ -14,6 +14,19 @@ func phones(_ count: Int, from start: Int = 0) -> [String] {
     (start..<start + count).map { "1809" + String(format: "%07d", $0 * 100) }
 }
 
+/// A manifest of `count` invoices in which every third tenant reads French, the others Spanish;
+/// returns its path.
+func languagesManifest(count: Int) throws -> String {
+    var text = "invoice_id,tenant_name,phone,amount,currency,period,locale,document_url\n"
+    for (i, phone) in phones(count).enumerated() {
+        text +=
+            "L-\(i),Tenant \(i),+\(phone),100.00,DOP,2026-03,\(i % 3 == 0 ? "fr" : "es-DO"),https://docs.example.com/L-\(i).pdf\n"
+    }
+    let path = try freshPath().replacingOccurrences(of: "dispatcher.sqlite", with: "languages.csv")
+    try text.write(toFile: path, atomically: true, encoding: .utf8)
+    return path
+}
+
 /// Meta's real failure modes against the sandbox: outages, upgrades, wrong templates, account
 /// errors that arrive by webhook.
 @Suite("Meta's failure modes", .serialized)
@@ -66,15 +79,7 @@ struct FailureModeTests {
         let scenario = Scenario(missingLanguages: ["fr"])
         try await Harness.run(scenario: scenario, engine: engine) { h in
             let e = try makeEngine(h)
-            // Every third tenant reads French.
-            let numbers = phones(90)
-            var text = "invoice_id,tenant_name,phone,amount,currency,period,locale,document_url\n"
-            for (i, phone) in numbers.enumerated() {
-                text +=
-                    "L-\(i),Tenant \(i),+\(phone),100.00,DOP,2026-03,\(i % 3 == 0 ? "fr" : "es-DO"),https://docs.example.com/L-\(i).pdf\n"
-            }
-            let path = try freshPath().replacingOccurrences(of: "dispatcher.sqlite", with: "languages.csv")
-            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            let path = try languagesManifest(count: 90)  // every third tenant reads French
             // 30/s: the French requests already sent when the first refusal is read are those of the
             // last answer's delay (a few ms idle, a few hundred on a loaded CI); the exact rule, no
             // French request after the refusal was read, is DispatchMachineTests' in virtual time.

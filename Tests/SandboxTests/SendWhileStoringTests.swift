@@ -132,13 +132,7 @@ struct SendWhileStoringTests {
     func skippedLanguage(engine: StoreEngine) async throws {
         try await Harness.run(engine: engine) { h in
             let e = try makeEngine(h)
-            var text = "invoice_id,tenant_name,phone,amount,currency,period,locale,document_url\n"
-            for (i, phone) in phones(30).enumerated() {
-                text +=
-                    "L-\(i),Tenant \(i),+\(phone),100.00,DOP,2026-03,\(i % 3 == 0 ? "fr" : "es-DO"),https://docs.example.com/L-\(i).pdf\n"
-            }
-            let path = try freshPath().replacingOccurrences(of: "dispatcher.sqlite", with: "languages.csv")
-            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            let path = try languagesManifest(count: 30)
             let run = options("languages", path)
             _ = try await e.prepare(run)
             let french = try await e.queuedTemplates(run: "languages").filter { $0.language == "fr" }
