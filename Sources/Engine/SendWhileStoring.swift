@@ -121,7 +121,9 @@ extension RunEngine {
     /// (and not even that when the manifest is invalid without `skipInvalid`).
     func prepareToSendWhileStoring(_ options: RunOptions) async throws -> Preparation {
         let optedOut = try await OptOutList.load(from: store)
-        let previewer = Previewer(options: validation, renderer: renderer, sampleLimit: 0)  // reads ahead
+        var checking = Previewer(options: validation, renderer: renderer, sampleLimit: 0)  // reads ahead
+        checking.rendersAhead = false  // this thread only counts: it renders, the reader parses and validates
+        let previewer = checking
         let stamp = ManifestStamp(path: options.manifest)
         let (preview, tally) = try await onOwnThread {
             var tally = QueuedTally()

@@ -109,6 +109,38 @@ struct HostileInputTests {
         #expect(handed == 1000)
     }
 
+    @Test("rendering on the caller's thread (a billing run's check pass) finds what rendering on the reader's finds, in the same order")
+    func rendersOnCaller() throws {
+        // Every seventh tenant's name has six spaces in a row: valid to import, refused when rendered (132018).
+        var text = "\(csvHeader),due_date,document_url\n"
+        for i in 0..<3000 {
+            let name = i % 7 == 0 ? "Ana      Paula" : "Tenant \(i)"
+            text +=
+                "I\(i),\(name),+1809\(String(format: "%07d", i)),\(i % 10 == 0 ? "0" : "100"),DOP,2026-03,2026-03-10,https://docs.example.com/\(i).pdf\n"
+        }
+        let path = try temporaryFile("caller.csv", text)
+        let renderer = try MessageRenderer(
+            catalog: try TemplateCatalog(directory: templatesPath), templateName: "invoice", defaultLanguage: "es")
+        func preview(rendersAhead: Bool) throws -> (PreviewResult, [String]) {
+            var previewer = Previewer(options: ValidationOptions(), renderer: renderer)
+            previewer.rendersAhead = rendersAhead
+            var bodies: [String] = []
+            let result = try previewer.run(path: path) { _, messages in
+                bodies += messages.map { "\($0.id) \($0.language) \($0.request.template.components.count) \($0.body)" }
+            }
+            return (result, bodies)
+        }
+        let (ahead, aheadBodies) = try preview(rendersAhead: true)
+        let (here, hereBodies) = try preview(rendersAhead: false)
+        #expect(ahead.errorCount > 300 && ahead.errors.allSatisfy { $0.field == "tenant_name" })
+        #expect(here.errorCount == ahead.errorCount)
+        #expect(here.invalidInvoices == ahead.invalidInvoices)
+        #expect(here.errors.map(\.line) == ahead.errors.map(\.line))
+        #expect(here.messages == ahead.messages && here.recipients == ahead.recipients)
+        #expect(here.billed["DOP"]?.minorUnits == ahead.billed["DOP"]?.minorUnits)
+        #expect(hereBodies.count == ahead.messages && hereBodies == aheadBodies)
+    }
+
     @Test("amount_1000 past a 32-bit integer goes as the text the tenant reads; below it, as Meta's currency")
     func amount1000() throws {
         let catalog = try TemplateCatalog(directory: templatesPath)

@@ -51,6 +51,12 @@ public struct Previewer: Sendable {
     /// Count the distinct numbers (`PreviewResult.recipients`): a set of every number, 16 MB or
     /// more for a million. A billing run's storing pass does not need it.
     public var countsRecipients = true
+    /// With `readAhead`, render on the reader thread (true) or on the caller's (false). The reader
+    /// thread parses and validates; rendering goes where the other thread has time: a preview's
+    /// caller writes the CSV and is the busier one, a billing run's check pass only counts, and
+    /// rendering on its side brought a million-invoice `send` to its first request in 9.7 s instead of 13.3 s
+    /// (medians of five, the two builds alternating).
+    public var rendersAhead = true
 
     public init(options: ValidationOptions, renderer: MessageRenderer, sampleLimit: Int = 200) {
         self.options = options
@@ -81,10 +87,11 @@ public struct Previewer: Sendable {
         var renderIssueCount = 0
         var renderInvalid = 0
         let (options, renderer, countsRecipients) = (self.options, self.renderer, self.countsRecipients)
+        let rendersHere = readAhead && !rendersAhead
         @Sendable func read(_ emit: (ReadAhead.Item) throws -> Void) throws -> ImportSummary {
             let memo = MessageRenderer.Memo()
             return try ManifestImporter(options: options).importManifest(path: path, format: format) {
-                try emit(.invoice($0, renderer.render($0, memo: memo)))
+                try emit(.invoice($0, rendersHere ? nil : renderer.render($0, memo: memo)))
             } onSkipped: {
                 try emit(.skipped($0, $1))
             }
@@ -121,9 +128,10 @@ public struct Previewer: Sendable {
                 if renderIssues.count < ManifestImporter.issueLimit { renderIssues.append(contentsOf: issues) }
             }
         }
+        let memo = MessageRenderer.Memo()  // this thread's, when it renders
         func hand(_ item: ReadAhead.Item) throws {
             switch item {
-            case .invoice(let invoice, let rendered): try take(invoice, rendered)
+            case .invoice(let invoice, let rendered): try take(invoice, rendered ?? renderer.render(invoice, memo: memo))
             case .skipped(let invoice, let reason): try onSkipped(invoice, reason)
             }
         }

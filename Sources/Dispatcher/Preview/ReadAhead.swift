@@ -6,7 +6,9 @@ import Foundation
 /// so memory stays bounded whatever the manifest's size.
 final class ReadAhead: @unchecked Sendable {
     enum Item: Sendable {
-        case invoice(Invoice, Result<[RenderedMessage], InvoiceProblems>)
+        /// A valid invoice, rendered on the reader thread, or nil: to be rendered on the caller's
+        /// (`Previewer.rendersAhead`).
+        case invoice(Invoice, Result<[RenderedMessage], InvoiceProblems>?)
         case skipped(Invoice, String)
     }
 
