@@ -214,6 +214,10 @@ struct RunSession {
                 logger.warning("the webhook receiver or the sandbox stopped with an error", metadata: ["error": "\(error)"])
             }
             logger.debug("run: services stopped")
+            // Last, once nothing uses it: the store's connections (PostgreSQL's pool).
+            if !(await finishes(within: .seconds(5), { await store.close() })) {
+                logger.warning("the database connections did not close within 5 s; exiting without them")
+            }
             try conclude(results, lanes: lanes, console: console)
         }
     }

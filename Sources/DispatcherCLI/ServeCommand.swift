@@ -118,12 +118,14 @@ struct ServeCommand: AsyncParsableCommand {
                 "database": "\(database.describe(settings: settings))",
             ])
         // One service group, stopped gracefully by SIGTERM or SIGINT, last started first: the
-        // server stops taking requests, then the Graph client its /send-invoice calls use shuts down.
+        // server stops taking requests (those under way are let finish), then the Graph client its
+        // /send-invoice calls use shuts down, then the heartbeat stops, and the store's connections
+        // close last.
         let heartbeat = HeartbeatService(
             store: store, id: "\(ProcessInfo.processInfo.hostName):\(getpid())",
             address: "\(host):\(port)\(basePath.isEmpty ? "" : basePath)")
         let services: [any Service] =
-            [heartbeat] + clients.map { client in ShutdownService { try await client.shutdown() } }
+            [ShutdownService { await store.close() }, heartbeat] + clients.map { client in ShutdownService { try await client.shutdown() } }
             + (fetcher.map { fetcher in [ShutdownService { try await fetcher.shutdown() }] } ?? [])
             + [server.application(host: host, port: port, logger: logger)]
         var configuration = serviceConfiguration(services, logger: logger)
@@ -154,8 +156,8 @@ struct HeartbeatService: Service {
     }
 }
 
-/// An HTTP client (the Graph client, the PDF fetcher) as a service: it lives while its group
-/// runs, and is shut down (given 5 s, then left behind) once the group shuts down gracefully.
+/// An HTTP client (the Graph client, the PDF fetcher) or the store as a service: it lives while
+/// its group runs, and is shut down (given 5 s, then left behind) once the group shuts down gracefully.
 struct ShutdownService: Service {
     let shutdown: @Sendable () async throws -> Void
 

@@ -64,14 +64,14 @@ public struct DeliveryReportWriter: Sendable {
         let pageSize = 10_000
         // The next page is read while this one is written: the database and the writer each
         // have a core (a third faster on two cores than taking turns).
-        var reading: Task<[ReportRow], any Error>? = Task { try await store.reportRows(run: run.name, after: nil, limit: pageSize) }
-        while let current = reading {
-            let rows = try await current.value
-            if rows.count == pageSize, let last = rows.last?.message.sequence {
-                reading = Task { try await store.reportRows(run: run.name, after: last, limit: pageSize) }
-            } else {
-                reading = nil
-            }
+        // (`async let`: a failed write cancels the read under way, and waits for it.)
+        @Sendable func page(after last: Int64?) async throws -> [ReportRow] {
+            try await store.reportRows(run: run.name, after: last, limit: pageSize)
+        }
+        var rows = try await page(after: nil)
+        while true {
+            let last = rows.count == pageSize ? rows.last?.message.sequence : nil
+            async let next = last == nil ? [] : page(after: last)
             for row in rows where landlord == nil || row.landlord == landlord {
                 let m = row.message
                 let retryable =
@@ -106,6 +106,8 @@ public struct DeliveryReportWriter: Sendable {
                     line.plain(m.id)
                 }
             }
+            guard last != nil else { break }
+            rows = try await next
         }
         try csv.finish()
     }

@@ -182,9 +182,16 @@ public protocol DispatchStore: Sendable {
     func ping() async throws
     /// Which database this is, without any password (for logs and `doctor`).
     var location: String { get }
+    /// Ends the store's connections once the work that uses them is over: a long-running command
+    /// (`serve`, `send`) closes it last, after its server and its sends have stopped. Nothing may
+    /// use the store afterwards.
+    func close() async
 }
 
 extension DispatchStore {
+    /// SQLite keeps no connection to end: its files close with the store.
+    public func close() async {}
+
     /// Whether nothing may be sent to `phone` (one lookup; a run loads `OptOutList` once instead).
     public func isOptedOut(phone: String) async throws -> Bool {
         try await OptOutList.load(from: self).contains(phone)

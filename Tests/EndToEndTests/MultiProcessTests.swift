@@ -139,6 +139,9 @@ struct MultiProcessTests {
         }
         #expect(wrong.isEmpty, "\(wrong.prefix(10))")
         #expect(try await store.webhookPayloads(after: nil, limit: 100_000).count == payloads.count)
+        // SIGTERM stops each receiver gracefully, its database connections closed last: exit 0.
+        for r in receivers { r.kill(SIGTERM) }
+        for r in receivers { #expect(await r.exit() == 0, "\(r.text)") }
     }
 
     /// A folder with the templates and a manifest of `invoices` tenants, invoice ids prefixed.

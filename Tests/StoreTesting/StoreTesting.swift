@@ -89,6 +89,17 @@ public func postgresAdmin(_ sql: String) async throws {
     try await connection.close()
 }
 
+/// How many connections the dispatcher has open to `databaseURL`'s database (its `application_name`).
+public func dispatcherConnections(to databaseURL: String) async throws -> Int {
+    let database = try PostgresURL(databaseURL).database
+    let (connection, logger) = try await connect(try postgresAdminURL())
+    let rows = try await connection.query(
+        "SELECT count(*)::int FROM pg_stat_activity WHERE datname = \(database) AND application_name = 'dispatcher'", logger: logger
+    ).collect()
+    try await connection.close()
+    return try rows[0].decode(Int.self)
+}
+
 /// A connection of the test's own, beside the store's pool (the test server takes no TLS).
 func connect(_ text: String) async throws -> (PostgresConnection, Logger) {
     let url = try PostgresURL(text)

@@ -370,6 +370,21 @@ struct StoreTests {
         #expect(!stranger.contains("secret-pw"))
     }
 
+    @Test("PostgreSQL: closing the store ends its connections (serve and send close it last)", .enabled(if: engines.contains(.postgres)))
+    func postgresClose() async throws {
+        let url = try await freshDatabaseURL(.postgres)
+        let store = try await StoreOpener.open(url: url)
+        try await store.ping()
+        #expect(try await dispatcherConnections(to: url) >= 1)
+        try await withDeadline(.seconds(10)) { await store.close() }
+        var open = try await dispatcherConnections(to: url)
+        for _ in 0..<50 where open > 0 {
+            try await Task.sleep(for: .milliseconds(100))
+            open = try await dispatcherConnections(to: url)
+        }
+        #expect(open == 0)
+    }
+
     @Test("the report summary counts each invoice once, however its messages fall, with the amounts of those delivered", arguments: engines)
     func reportSummary(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)

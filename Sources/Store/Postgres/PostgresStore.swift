@@ -59,8 +59,13 @@ public final class PostgresStore: DispatchStore {
         logger.logLevel = .critical
         do {
             let connection = try await PostgresConnection.connect(configuration: try connectionConfiguration(admin), id: 0, logger: logger)
-            defer { Task { try? await connection.close() } }
-            try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: logger)
+            do {
+                try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: logger)
+            } catch {
+                try? await connection.close()
+                throw error
+            }
+            try? await connection.close()
         } catch {
             throw StoreError("cannot create database \(name): \(explain(error, url: admin))")
         }
@@ -78,6 +83,15 @@ public final class PostgresStore: DispatchStore {
     }
 
     deinit { runner.cancel() }
+
+    /// Stops the connection pool (its connections are closed) and waits for it. The pool runs in
+    /// a task the store owns (`runner`) rather than as a service of each command's group: the
+    /// store is opened by one-shot commands and tests that have no group, and `serve` and `send`
+    /// close it last, after their servers and sends have stopped.
+    public func close() async {
+        runner.cancel()
+        await runner.value
+    }
 
     public var location: String { url.redacted }
 
