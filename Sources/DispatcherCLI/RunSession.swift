@@ -214,7 +214,8 @@ struct RunSession {
                 logger.warning("the webhook receiver or the sandbox stopped with an error", metadata: ["error": "\(error)"])
             }
             logger.debug("run: services stopped")
-            // Last, once nothing uses it: the store's connections (PostgreSQL's pool).
+            // Last, once nothing uses it: the store's connections (PostgreSQL's pool). Also a store
+            // the command opened and handed over (`retry`): nothing uses it after the session.
             if !(await finishes(within: .seconds(5), { await store.close() })) {
                 logger.warning("the database connections did not close within 5 s; exiting without them")
             }

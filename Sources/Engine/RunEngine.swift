@@ -176,8 +176,8 @@ public final class RunEngine: Sendable {
         return preparation
     }
 
-    /// The reader of a pass beside the store's writes: it does not read ahead, so that the writes
-    /// have the other core (see `Previewer.readAhead`).
+    /// The reader of a pass beside the store's writes (and of a re-run's check before them): it does
+    /// not read ahead, so that the writes have the other core (see `Previewer.readAhead`).
     var storingPreviewer: Previewer {
         var previewer = Previewer(options: validation, renderer: renderer, sampleLimit: 0)
         previewer.readAhead = false

@@ -107,7 +107,10 @@ struct BrowserTests {
             #expect(bytes.hasPrefix("%PDF"), "\(name)")
             #expect(bytes.range(of: #"MediaBox \[0 0 59[45]\.\d+ 84[12]\.\d+\]"#, options: .regularExpression) != nil, "\(name): not A4")
         }
-        FileHandle.standardError.write(Data("browser: screenshots for review in \(shots.path)\n".utf8))
+        FileHandle.standardError.write(
+            Data(
+                "browser: screenshots for review in \(shots.path) (scripts/test removes them after a green run unless DISPATCHER_TEST_KEEP_FILES=1)\n"
+                    .utf8))
     }
 }
 

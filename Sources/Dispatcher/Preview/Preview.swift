@@ -43,7 +43,7 @@ public struct Previewer: Sendable {
     public var renderer: MessageRenderer
     /// How many rendered messages to keep for the report.
     public var sampleLimit: Int
-    /// Read, validate and render on a second thread while the caller's callbacks run on this one:
+    /// Read, validate and (with `rendersAhead`) render on a second thread while the caller's callbacks run on this one:
     /// a preview's whole command a quarter faster. A billing run's preparation turns it off: its
     /// store's writes are the slower half and need the second core (with it on, a million-invoice
     /// `send` reached its first request 10 % later).
@@ -137,7 +137,8 @@ public struct Previewer: Sendable {
         }
         let summary: ImportSummary
         if readAhead {
-            // Reading, validating and rendering on a thread of their own; counting and handing over on this one.
+            // Reading and validating (and rendering, with `rendersAhead`) on a thread of their own;
+            // counting and handing over on this one.
             let ahead = ReadAhead()
             ahead.start { emit in try read(emit) }
             do {

@@ -1,6 +1,6 @@
 import Foundation
 
-/// Reads, validates and renders a manifest on a thread of its own while the caller's thread hands
+/// Reads, validates and (unless the caller renders, `Previewer.rendersAhead`) renders a manifest on a thread of its own while the caller's thread hands
 /// over what was read (a preview's CSV and estimate, a billing run's batches for the store): two
 /// cores at work instead of one. Items come to the caller in manifest order, in batches; at most `depth` batches wait,
 /// so memory stays bounded whatever the manifest's size.
