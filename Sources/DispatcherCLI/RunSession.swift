@@ -158,13 +158,24 @@ struct RunSession {
             // not: they are shut down gracefully, then awaited.
             let results: [Result<LaneResult, any Error>] = await withTaskGroup(of: (Int, Result<LaneResult, any Error>)?.self) { inner in
                 inner.addTask {
-                    for await _ in await UnixSignalsSequence(trapping: .sigint, .sigterm) {
+                    // A second interrupt exits at once, as a crash would: what was in flight is
+                    // resolved by the next run of the same command (never resent blindly), and
+                    // what was not stored yet is stored by it.
+                    var stopping = false
+                    for await signal in await UnixSignalsSequence(trapping: .sigint, .sigterm) {
+                        if stopping {
+                            FileHandle.standardError.write(
+                                Data(
+                                    "\nstopped at once. Run the same command again: it finishes the run and sends no invoice twice (what was in flight is checked first).\n"
+                                        .utf8))
+                            Foundation.exit(signal == .sigint ? 130 : 143)
+                        }
+                        stopping = true
                         FileHandle.standardError.write(
                             Data(
-                                "\nstopping: no new sends; waiting for those in flight (and, if the manifest is still being stored, for that: the report lists every invoice)…\n"
+                                "\nstopping: no new sends; waiting for those in flight (and, if the manifest is still being stored, for that: the report lists every invoice). Interrupt again to stop at once.\n"
                                     .utf8))
                         for engine in engines { await engine.requestStop() }
-                        break
                     }
                     return nil
                 }

@@ -772,7 +772,6 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
     }
 }
 
-/// A message waiting in the queue, as the billing run sends it.
 /// A template in one language.
 public struct TemplateLanguage: Sendable, Hashable {
     public var template: String
@@ -784,6 +783,7 @@ public struct TemplateLanguage: Sendable, Hashable {
     }
 }
 
+/// A message waiting in the queue, as the billing run sends it.
 public struct QueuedMessage: Sendable, Equatable {
     /// Its place in the queue (the order of the manifest).
     public var sequence: Int64

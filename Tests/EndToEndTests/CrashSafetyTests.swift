@@ -225,6 +225,50 @@ struct CrashSafetyTests {
         #expect(Set(requests.compactMap { $0["callbackData"] as? String }).count == requests.count)
     }
 
+    @Test("a second interrupt stops at once (exit 130), and the same command then finishes the run, no invoice sent twice")
+    func secondInterrupt() async throws {
+        let folder = try crashWorkspace(invoices: 300)
+        let sandboxPort = freePort()
+        // Every answer takes 5 s: after the first interrupt, the sends in flight keep the run stopping.
+        let sandbox = try Running(
+            [
+                "sandbox", "--listen", "127.0.0.1:\(sandboxPort)", "--app-secret", "x", "--throughput", "1000", "--scenario",
+                "scenario.json", "--latency-ms", "5000",
+            ],
+            in: folder, environment: ["LOG_LEVEL": "error"])
+        defer { sandbox.kill(SIGTERM); _ = sandbox.wait() }
+        try await waitForHTTP("http://127.0.0.1:\(sandboxPort)/_sandbox/counters")
+        let environment = [
+            "WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(sandboxPort)", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
+            "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX", "LOG_LEVEL": "error",
+        ]
+        let run = try Running(["send", "big.csv", "--rate", "50", "--settle", "1s"], in: folder, environment: environment)
+        // Sending (its first requests at the sandbox), not still preparing.
+        for _ in 0..<600 {
+            let requests = try await getJSON("http://127.0.0.1:\(sandboxPort)/_sandbox/requests") as? [[String: Any]] ?? []
+            if requests.count >= 20 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        run.kill(SIGINT)
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(run.process.isRunning, "the first interrupt waits for the sends in flight (5 s each)")
+        let interrupted = ContinuousClock.now
+        run.kill(SIGINT)
+        #expect(await run.exit() == 130)
+        #expect(ContinuousClock.now - interrupted < .seconds(3), "the second interrupt did not stop it at once")
+        #expect(run.text.contains("stopped at once. Run the same command again"), "\(run.text)")
+        // The next run resolves what was in flight (unknown: never resent blindly) and sends the rest.
+        let again = try Running(["send", "big.csv", "--rate", "500", "--settle", "6s"], in: folder, environment: environment)
+        #expect(await again.exit() == 0, "\(again.text)")
+        let states = try await statesOfOnlyRun(folder)
+        #expect((states["queued"] ?? 0) + (states["sending"] ?? 0) == 0, "\(states)")
+        #expect(states.values.reduce(0, +) == 300, "\(states)")
+        let requests = try await getJSON("http://127.0.0.1:\(sandboxPort)/_sandbox/requests") as? [[String: Any]] ?? []
+        let sent = requests.compactMap { $0["callbackData"] as? String }
+        #expect(Set(sent).count == sent.count, "\(sent.count - Set(sent).count) invoices sent twice")
+        #expect(Set(sent).count + (states["unknown"] ?? 0) >= 300)
+    }
+
     func statesOfOnlyRun(_ folder: URL, database: String? = nil) async throws -> [String: Int] {
         let runs = try await DispatcherProcess.run(["runs", "--json"] + (database.map { ["--db", $0] } ?? []), in: folder)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(runs.stdout.utf8)) as? [String: Any])
