@@ -394,40 +394,28 @@ extension RunSession {
     /// Without a business account id, or when Meta will not list the templates (a token without
     /// `whatsapp_business_management`), it says so and sends: Meta's own answers still halt the run.
     func checkTemplatesAtMeta(engine: RunEngine, lane: RunLane, console: Console) async throws {
-        let run = lane.run
-        guard let account = businessAccountID(lane) else {
-            console.warn("templates not checked against Meta before sending: set WHATSAPP_BUSINESS_ACCOUNT_ID (docs/operating.md)")
-            return
-        }
-        let needed = try await engine.queuedTemplates(run: run)
-        guard !needed.isEmpty else { return }
-        let templates: [AccountTemplate]
-        do {
-            templates = try await engine.client.messageTemplates(businessAccountID: account)
-        } catch {
-            console.warn("could not read the templates of business account \(account) from Meta (\(error)); sending without checking them")
-            return
-        }
-        let problems = UnapprovedTemplate.find(needed: needed.map { ($0.template, $0.language) }, account: templates)
-        if problems.isEmpty {
+        let check = try await engine.checkTemplates(
+            run: lane.run, businessAccountID: businessAccountID(lane), skipUnapproved: settle.skipUnapprovedLanguages)
+        switch check {
+        case .nothingQueued:
+            break
+        case .notChecked(let reason):
+            console.warn(
+                businessAccountID(lane) == nil
+                    ? "templates not checked against Meta before sending: set WHATSAPP_BUSINESS_ACCOUNT_ID (docs/operating.md)"
+                    : "\(reason); sending without checking them")
+        case .approved(let needed):
             let names = Dictionary(grouping: needed, by: \.template).sorted { $0.key < $1.key }
                 .map { "\($0.key) (\($0.value.map(\.language).sorted().joined(separator: ", ")))" }
             console.say("templates approved at Meta: \(names.joined(separator: ", "))")
-            return
-        }
-        guard settle.skipUnapprovedLanguages else {
+        case .refused(let problems):
             for problem in problems { console.say("NOT APPROVED: \(problem)") }
             console.say(
                 "Nothing was sent. Wait for Meta's approval (`dispatcher templates check`), or send the other languages with --skip-unapproved-languages."
             )
-            let reason = problems.map(\.description).joined(separator: "; ")
-            try await recordHalt(run: run, reason: reason, store: engine.store)
-            throw LaneHalted(reason: reason, code: nil)
-        }
-        for problem in problems {
-            let skipped = try await engine.skipQueued(
-                run: run, template: problem.template, language: problem.language, reason: "not sent: \(problem)")
-            console.say("skipped \(skipped) messages: \(problem)")
+            throw LaneHalted(reason: problems.map(\.description).joined(separator: "; "), code: nil)
+        case .skipped(let skipped):
+            for (problem, n) in skipped { console.say("skipped \(n) messages: \(problem)") }
         }
     }
 }
@@ -436,32 +424,16 @@ extension RunSession {
     /// The estimate of what is still queued, before the first request; refused (a halt, nothing
     /// sent) over `--max-cost`.
     func checkCost(engine: RunEngine, lane: RunLane, console: Console) async throws {
-        let store = engine.store
-        // A run stored while it sends: the check pass's count, which includes any message an earlier
-        // run already sent (skipped when stored), so the estimate is never below the cost.
         let queued = try await engine.queuedCharges(run: lane.run)
-        guard !queued.isEmpty, let card = try await rateCard(on: isoDay(Date()), store: store).0 else { return }
+        guard !queued.isEmpty, let card = try await rateCard(on: isoDay(Date()), store: engine.store).0 else { return }
         let estimate = CostEstimate(
             card: card, counts: queued, organization: nil, category: PricingCategory(meta: lane.renderer.template.category) ?? .utility)
         for line in EstimateOutput(estimate: estimate).lines() { console.say(line) }
-        guard let limit = settle.maxCost else { return }
-        let limitMicros = Int64((limit * 1_000_000).rounded())
-        guard estimate.total > limitMicros || estimate.withoutRate > 0 else { return }
-        let reason =
-            estimate.withoutRate > 0
-            ? "\(estimate.withoutRate) messages have no rate on the card effective \(card.effective): --max-cost cannot be checked"
-            : "the estimated cost \(CostEstimate.format(estimate.total, currency: card.currency)) is above --max-cost \(CostEstimate.format(limitMicros, currency: card.currency))"
-        console.say("REFUSED: \(reason). Nothing was sent; the messages stay queued (run again with a higher --max-cost to send them).")
-        try await recordHalt(run: lane.run, reason: reason, store: store)
-        throw LaneHalted(reason: reason, code: nil)
-    }
-
-    /// A run stopped before its first request: halted, with why (as `BillingRun.conclude` records a halt).
-    func recordHalt(run: String, reason: String, store: any DispatchStore) async throws {
-        guard var record = try await store.run(named: run) else { return }
-        record.status = .halted
-        record.haltReason = reason
-        try await store.saveRun(record)
+        if let refusal = try await engine.refusal(run: lane.run, estimate: estimate, maxCost: settle.maxCost) {
+            console.say(
+                "REFUSED: \(refusal). Nothing was sent; the messages stay queued (run again with a higher --max-cost to send them).")
+            throw LaneHalted(reason: refusal, code: nil)
+        }
     }
 
     /// Before the first request: the property system's PDFs are fetched (with its service token)
@@ -490,7 +462,7 @@ extension RunSession {
             console.say(
                 "HALTED: Meta refused the invoice PDFs' upload: \(error.description)\n\(haltAdvice(error, tokenVariable: lane.organization.tokenVariable))"
             )
-            try await recordHalt(run: run, reason: "PDF upload: \(error.description)", store: engine.store)
+            try await engine.haltBeforeSending(run: run, reason: "PDF upload: \(error.description)")
             throw LaneHalted(reason: "PDF upload: \(error.description)", code: error.code)
         }
         if report.isEmpty { return }

@@ -113,6 +113,59 @@ struct TemplateAccountTests {
         }
     }
 
+    @Test(
+        "before the first request: a language Meta lacks halts the run with why, nothing sent; or, asked to, its messages are skipped and the rest queued",
+        arguments: engines)
+    func checkBeforeSending(engine: StoreEngine) async throws {
+        try await Harness.run(scenario: Scenario(missingLanguages: ["fr"]), engine: engine) { h in
+            let e = try makeEngine(h)
+            defer { Task { try? await e.client.shutdown() } }
+            func manifest(_ prefix: String) throws -> String {
+                let path = try freshPath().replacingOccurrences(of: "dispatcher.sqlite", with: "\(prefix).csv")
+                try """
+                invoice_id,tenant_name,phone,amount,currency,period,locale,document_url
+                \(prefix)-1,Ana,+18095550100,100.00,DOP,2026-03,es-DO,
+                \(prefix)-2,Cy,+18095550300,300.00,DOP,2026-03,fr-FR,
+                \(prefix)-3,Di,+18095550400,400.00,DOP,2026-03,fr-FR,
+
+                """.write(toFile: path, atomically: true, encoding: .utf8)
+                return path
+            }
+            // No account to ask: not checked, and said why.
+            _ = try await e.prepare(RunOptions(run: "refused", manifest: try manifest("R"), rate: 80))
+            guard case .notChecked = try await e.checkTemplates(run: "refused", businessAccountID: nil, skipUnapproved: false) else {
+                Issue.record("checked without an account")
+                return
+            }
+            // Refused: the run is halted with the language named, and its messages stay queued.
+            guard
+                case .refused(let problems) = try await e.checkTemplates(
+                    run: "refused", businessAccountID: "SANDBOX-WABA", skipUnapproved: false)
+            else {
+                Issue.record("not refused")
+                return
+            }
+            #expect(problems.map(\.language) == ["fr"])
+            let halted = try #require(try await h.store.run(named: "refused"))
+            #expect(halted.status == .halted)
+            #expect(halted.haltReason?.contains("fr") == true, "\(halted.haltReason ?? "")")
+            #expect(try await h.store.stateCounts(run: "refused") == [.queued: 3])
+            // Skipped instead: the French messages skipped with the reason, the Spanish one queued.
+            _ = try await e.prepare(RunOptions(run: "skipping", manifest: try manifest("S"), rate: 80))
+            guard
+                case .skipped(let skipped) = try await e.checkTemplates(
+                    run: "skipping", businessAccountID: "SANDBOX-WABA", skipUnapproved: true)
+            else {
+                Issue.record("not skipped")
+                return
+            }
+            #expect(skipped.map(\.messages) == [2])
+            #expect(try await h.store.stateCounts(run: "skipping") == [.queued: 1, .skipped: 2])
+            #expect(try await h.store.run(named: "skipping")?.status != .halted)
+            #expect(try await h.requests().isEmpty, "nothing is sent by the checks")
+        }
+    }
+
     @Test("Meta's message_status: a held message is taken but held, and its statuses release it")
     func heldMessage() async throws {
         let scenario = Scenario(rules: [.init(match: "18095550100", outcome: .heldForQuality)])
