@@ -220,6 +220,27 @@ struct StoreTests {
         #expect(message.state == .sent)
     }
 
+    @Test(
+        "a run resumed after a crash closes every attempt left in flight, also one whose message its statuses have moved on since",
+        arguments: engines)
+    func interruptedAttempts(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let ids = try await seed(store, phones: ["18095550101", "18095550102"])
+        _ = try await store.beginAttempts(messageIDs: ids, at: 1)
+        // The process dies with both requests in flight; Meta took the second, and its status
+        // arrives (through `serve`) before the run is resumed.
+        _ = try await ingest(store, [status("wamid.B", "read", at: 100, callback: ids[1])])
+        #expect(try await store.message(ids[1])?.state == .read)
+        #expect(try await store.markInterrupted(run: "march", at: 200) == 1)
+        #expect(try await store.message(ids[0])?.state == .unknown)
+        #expect(try await store.message(ids[1])?.state == .read)
+        for id in ids {
+            let attempt = try #require(try await store.attempts(messageID: id).first)
+            #expect(attempt.outcome == .unknown, "\(id): \(attempt.outcome)")
+            #expect(attempt.finishedAt == 200)
+        }
+    }
+
     @Test("a status that arrives before its message is stored is applied when the message is added (by callback data)", arguments: engines)
     func unmatchedThenMessage(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
