@@ -166,7 +166,7 @@ struct RunSession {
                         if stopping {
                             FileHandle.standardError.write(
                                 Data(
-                                    "\nstopped at once. Run the same command again: it finishes the run and sends no invoice twice (what was in flight is checked first).\n"
+                                    "\nstopped at once. Run the same command again: it finishes the run and sends no invoice twice (what was in flight is marked unknown: its webhooks settle it, and `retry --include-unknown` resends the rest).\n"
                                         .utf8))
                             Foundation.exit(signal == .sigint ? 130 : 143)
                         }
@@ -429,7 +429,7 @@ extension RunSession {
         let estimate = CostEstimate(
             card: card, counts: queued, organization: nil, category: PricingCategory(meta: lane.renderer.template.category) ?? .utility)
         for line in EstimateOutput(estimate: estimate).lines() { console.say(line) }
-        if let refusal = try await engine.refusal(run: lane.run, estimate: estimate, maxCost: settle.maxCost) {
+        if let refusal = try await engine.refuseOverCost(run: lane.run, estimate: estimate, maxCost: settle.maxCost) {
             console.say(
                 "REFUSED: \(refusal). Nothing was sent; the messages stay queued (run again with a higher --max-cost to send them).")
             throw LaneHalted(reason: refusal, code: nil)

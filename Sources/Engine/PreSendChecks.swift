@@ -51,12 +51,11 @@ extension RunEngine {
         return .skipped(skipped)
     }
 
-    /// Whether the run may send at `estimate` (of what it still has queued, `queuedCharges`) with
-    /// `maxCost` in the card's currency (nil: no limit): nil, or why not (over the limit, or
-    /// messages without a rate so that the limit cannot be checked). A refused run is halted with
-    /// the reason. For a run stored while it sends, the count is the check pass's, which includes
+    /// Refuses the run, recording the halt, when `estimate` (of what it still has queued,
+    /// `queuedCharges`) is over `maxCost` in the card's currency (nil: no limit), or has messages
+    /// without a rate so that the limit cannot be checked: returns why, or nil when it may send. For a run stored while it sends, the count is the check pass's, which includes
     /// messages an earlier run already sent (skipped when stored): the estimate is never below the cost.
-    public func refusal(run: String, estimate: CostEstimate, maxCost: Double?) async throws -> String? {
+    public func refuseOverCost(run: String, estimate: CostEstimate, maxCost: Double?) async throws -> String? {
         guard let maxCost else { return nil }
         let card = estimate.card
         let limit = Int64((maxCost * 1_000_000).rounded())

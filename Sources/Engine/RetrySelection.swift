@@ -22,6 +22,9 @@ extension RunEngine {
         now: Double? = nil
     ) async throws -> RetrySelection {
         let now = now ?? wallClock()
+        // What a crash (or a second Ctrl-C) left in flight is `unknown` first, as `prepare` does
+        // for `send`: `--include-unknown` can then resend it, and it is never left `sending`.
+        _ = try await store.markInterrupted(run: run, at: now)
         var candidates: [String] = []
         var heldBack = 0
         var earliest: Double? = nil

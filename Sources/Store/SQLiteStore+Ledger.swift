@@ -108,7 +108,7 @@ extension SQLiteStore {
                 sql: """
                     UPDATE attempts SET outcome = 'unknown', finished_at = ?,
                         error_title = 'interrupted: the process stopped while this request may have been in flight'
-                    WHERE outcome = 'sending' AND message_id IN (SELECT id FROM messages WHERE run = ?)
+                    WHERE outcome = 'sending' AND EXISTS (SELECT 1 FROM messages m WHERE m.id = attempts.message_id AND m.run = ?)
                     """, arguments: [time, run])
             try db.execute(
                 sql: "UPDATE messages SET \(MessageState.unknown.sqlAssignment), updated_at = ? WHERE run = ? AND state = 'sending'",

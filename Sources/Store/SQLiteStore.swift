@@ -282,6 +282,10 @@ public final class SQLiteStore: DispatchStore {
                     CREATE INDEX invoices_skipped ON invoices(run, line) WHERE skip_reason IS NOT NULL;
                     """)
         }
+        migrator.registerMigration("v11: attempts in flight") { db in
+            // What a resumed run closes (`markInterrupted`): found without reading the run's every attempt.
+            try db.execute(sql: "CREATE INDEX attempts_in_flight ON attempts(message_id) WHERE outcome = 'sending'")
+        }
         return migrator
     }
 

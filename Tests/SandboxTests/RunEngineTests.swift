@@ -86,6 +86,26 @@ struct RunEngineTests {
     /// the rate is also reached (and exactly how the pacing behaves) is checked in virtual time
     /// (EngineTests' `DispatchMachineTests.pacing`): on two cores shared with the rest of the suite
     /// the achieved rate here says more about the machine than about the loop.
+    @Test(
+        "retry after a crash (or a second Ctrl-C): what was left in flight becomes unknown, and --include-unknown resends it",
+        arguments: engines)
+    func retryAfterCrash(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine) { h in
+            let e = try makeEngine(h)
+            defer { Task { try? await e.client.shutdown() } }
+            try await seedMessages(h.store, phones: ["18095550100", "18095550200"], run: "crashed")
+            // Both requests were in flight when the process died.
+            _ = try await h.store.beginAttempts(messageIDs: ["m-18095550100", "m-18095550200"], at: 1)
+            let held = try await e.requeueForRetry(run: "crashed")
+            #expect(held.requeued.isEmpty, "nothing is resent without --include-unknown")
+            #expect(try await h.store.stateCounts(run: "crashed") == [.unknown: 2])
+            #expect(try await h.store.attempts(messageID: "m-18095550100").map(\.outcome) == [.unknown])
+            let selection = try await e.requeueForRetry(run: "crashed", includeUnknown: true)
+            #expect(Set(selection.requeued) == ["m-18095550100", "m-18095550200"])
+            #expect(try await h.store.stateCounts(run: "crashed") == [.queued: 2])
+        }
+    }
+
     @Test("pacing end to end: no one-second window holds more than the rate", arguments: engines)
     func pacing(engine: StoreEngine) async throws {
         let phones = (0..<150).map { "1809" + String(format: "%07d", $0 * 100) }

@@ -272,6 +272,10 @@ enum PostgresSchema {
         Migration(
             name: "v13: the queue by sequence",
             statements: ["CREATE INDEX messages_queued ON messages(run, seq) WHERE state = 'queued'"]),
+        // What a resumed run closes (`markInterrupted`): found without reading the run's every attempt.
+        Migration(
+            name: "v14: attempts in flight",
+            statements: ["CREATE INDEX attempts_in_flight ON attempts(message_id) WHERE outcome = 'sending'"]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one

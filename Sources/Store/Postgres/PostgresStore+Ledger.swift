@@ -67,7 +67,7 @@ extension PostgresStore {
                 """
                 UPDATE attempts SET outcome = 'unknown', finished_at = \(time),
                     error_title = 'interrupted: the process stopped while this request may have been in flight'
-                WHERE outcome = 'sending' AND message_id IN (SELECT id FROM messages WHERE run = \(run))
+                WHERE outcome = 'sending' AND EXISTS (SELECT 1 FROM messages m WHERE m.id = attempts.message_id AND m.run = \(run))
                 """, logger: logger)
             var changed = 0
             for try await _ in try await connection.query(
