@@ -399,11 +399,10 @@ extension RunSession {
         switch check {
         case .nothingQueued:
             break
-        case .notChecked(let reason):
-            console.warn(
-                businessAccountID(lane) == nil
-                    ? "templates not checked against Meta before sending: set WHATSAPP_BUSINESS_ACCOUNT_ID (docs/operating.md)"
-                    : "\(reason); sending without checking them")
+        case .noAccount:
+            console.warn("templates not checked against Meta before sending: set WHATSAPP_BUSINESS_ACCOUNT_ID (docs/operating.md)")
+        case .unreadable(let reason):
+            console.warn("\(reason); sending without checking them")
         case .approved(let needed):
             let names = Dictionary(grouping: needed, by: \.template).sorted { $0.key < $1.key }
                 .map { "\($0.key) (\($0.value.map(\.language).sorted().joined(separator: ", ")))" }

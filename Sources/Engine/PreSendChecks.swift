@@ -10,9 +10,11 @@ import WhatsApp
 
 /// What the template check before the first request found.
 public enum TemplateCheck: Sendable {
-    /// Not checked: no business account id to ask Meta with, or Meta would not list the templates
-    /// (a token without `whatsapp_business_management`); Meta's own answers still halt the run.
-    case notChecked(reason: String)
+    /// Not checked: no business account id to ask Meta with. Meta's own answers still halt the run.
+    case noAccount
+    /// Not checked: Meta would not list the account's templates (a token without
+    /// `whatsapp_business_management`), for this reason. Meta's own answers still halt the run.
+    case unreadable(reason: String)
     /// Nothing is queued: nothing to check.
     case nothingQueued
     /// Every (template, language) the queued messages need is APPROVED.
@@ -28,14 +30,14 @@ extension RunEngine {
     /// business account `account` (nil: not checked). Refused without `skipUnapproved`: the run is
     /// halted with the reason, nothing sent; with it, those messages are skipped with the reason.
     public func checkTemplates(run: String, businessAccountID account: String?, skipUnapproved: Bool) async throws -> TemplateCheck {
-        guard let account else { return .notChecked(reason: "no business account id (WHATSAPP_BUSINESS_ACCOUNT_ID)") }
+        guard let account else { return .noAccount }
         let needed = try await queuedTemplates(run: run)
         guard !needed.isEmpty else { return .nothingQueued }
         let templates: [AccountTemplate]
         do {
             templates = try await client.messageTemplates(businessAccountID: account)
         } catch {
-            return .notChecked(reason: "could not read the templates of business account \(account) from Meta (\(error))")
+            return .unreadable(reason: "could not read the templates of business account \(account) from Meta (\(error))")
         }
         let problems = UnapprovedTemplate.find(needed: needed.map { ($0.template, $0.language) }, account: templates)
         if problems.isEmpty { return .approved(needed) }

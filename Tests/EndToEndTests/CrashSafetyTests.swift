@@ -196,19 +196,8 @@ struct CrashSafetyTests {
     @Test("SIGTERM stops gracefully: no new sends, nothing left in flight, and the same command finishes the run")
     func gracefulStop() async throws {
         let folder = try crashWorkspace(invoices: 300)
-        let sandboxPort = freePort()
-        let sandbox = try Running(
-            [
-                "sandbox", "--listen", "127.0.0.1:\(sandboxPort)", "--app-secret", "x", "--throughput", "1000", "--scenario",
-                "scenario.json",
-            ],
-            in: folder, environment: ["LOG_LEVEL": "error"])
+        let (sandbox, sandboxPort, environment) = try await startSandbox(in: folder)
         defer { sandbox.kill(SIGTERM); _ = sandbox.wait() }
-        try await waitForHTTP("http://127.0.0.1:\(sandboxPort)/_sandbox/counters")
-        let environment = [
-            "WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(sandboxPort)", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
-            "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX", "LOG_LEVEL": "error",
-        ]
         let run = try Running(["send", "big.csv", "--rate", "50", "--settle", "1s"], in: folder, environment: environment)
         try await Task.sleep(for: .seconds(2))
         run.kill(SIGTERM)
@@ -228,20 +217,9 @@ struct CrashSafetyTests {
     @Test("a second interrupt stops at once (exit 130), and the same command then finishes the run, no invoice sent twice")
     func secondInterrupt() async throws {
         let folder = try crashWorkspace(invoices: 300)
-        let sandboxPort = freePort()
         // Every answer takes 5 s: after the first interrupt, the sends in flight keep the run stopping.
-        let sandbox = try Running(
-            [
-                "sandbox", "--listen", "127.0.0.1:\(sandboxPort)", "--app-secret", "x", "--throughput", "1000", "--scenario",
-                "scenario.json", "--latency-ms", "5000",
-            ],
-            in: folder, environment: ["LOG_LEVEL": "error"])
+        let (sandbox, sandboxPort, environment) = try await startSandbox(in: folder, latencyMs: 5000)
         defer { sandbox.kill(SIGTERM); _ = sandbox.wait() }
-        try await waitForHTTP("http://127.0.0.1:\(sandboxPort)/_sandbox/counters")
-        let environment = [
-            "WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(sandboxPort)", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
-            "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX", "LOG_LEVEL": "error",
-        ]
         let run = try Running(["send", "big.csv", "--rate", "50", "--settle", "1s"], in: folder, environment: environment)
         // Sending (its first requests at the sandbox), not still preparing.
         for _ in 0..<600 {
@@ -267,6 +245,30 @@ struct CrashSafetyTests {
         let sent = requests.compactMap { $0["callbackData"] as? String }
         #expect(Set(sent).count == sent.count, "\(sent.count - Set(sent).count) invoices sent twice")
         #expect(Set(sent).count + (states["unknown"] ?? 0) >= 300)
+    }
+
+    /// A `dispatcher sandbox` process on a free port with `folder`'s scenario (answers delayed by
+    /// `latencyMs`), and the environment a `send` in `folder` needs to send to it.
+    func startSandbox(in folder: URL, latencyMs: Int = 0) async throws -> (Running, port: Int, environment: [String: String]) {
+        let port = freePort()
+        let sandbox = try Running(
+            [
+                "sandbox", "--listen", "127.0.0.1:\(port)", "--app-secret", "x", "--throughput", "1000", "--scenario",
+                "scenario.json", "--latency-ms", "\(latencyMs)",
+            ],
+            in: folder, environment: ["LOG_LEVEL": "error"])
+        do {
+            try await waitForHTTP("http://127.0.0.1:\(port)/_sandbox/counters")
+        } catch {
+            sandbox.kill(SIGTERM)
+            _ = sandbox.wait()
+            throw error
+        }
+        let environment = [
+            "WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(port)", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
+            "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX", "LOG_LEVEL": "error",
+        ]
+        return (sandbox, port, environment)
     }
 
     func statesOfOnlyRun(_ folder: URL, database: String? = nil) async throws -> [String: Int] {

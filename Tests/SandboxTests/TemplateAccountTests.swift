@@ -133,7 +133,7 @@ struct TemplateAccountTests {
             }
             // No account to ask: not checked, and said why.
             _ = try await e.prepare(RunOptions(run: "refused", manifest: try manifest("R"), rate: 80))
-            guard case .notChecked = try await e.checkTemplates(run: "refused", businessAccountID: nil, skipUnapproved: false) else {
+            guard case .noAccount = try await e.checkTemplates(run: "refused", businessAccountID: nil, skipUnapproved: false) else {
                 Issue.record("checked without an account")
                 return
             }
