@@ -105,11 +105,14 @@ public struct StatusRule: Sendable {
     }
 
     /// The same test in SQL, on a `messages` row's `state` and `state_rank`.
-    public var sqlCondition: String {
+    public var sqlCondition: String { sqlCondition(state: "state", rank: "state_rank") }
+
+    /// The same test in SQL, on the state and rank named (columns, or PL/pgSQL variables).
+    public func sqlCondition(state: String, rank: String) -> String {
         func list(_ states: [MessageState]) -> String { states.map { "'\($0.rawValue)'" }.joined(separator: ", ") }
-        var condition = "state_rank < \(target.rank)"
-        if !keeps.isEmpty { condition += " AND state NOT IN (\(list(keeps)))" }
-        if !overrides.isEmpty { condition = "(\(condition) OR state IN (\(list(overrides))))" }
+        var condition = "\(rank) < \(target.rank)"
+        if !keeps.isEmpty { condition += " AND \(state) NOT IN (\(list(keeps)))" }
+        if !overrides.isEmpty { condition = "(\(condition) OR \(state) IN (\(list(overrides))))" }
         return condition
     }
 }

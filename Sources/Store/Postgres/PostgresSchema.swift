@@ -276,6 +276,8 @@ enum PostgresSchema {
         Migration(
             name: "v14: attempts in flight",
             statements: ["CREATE INDEX attempts_in_flight ON attempts(message_id) WHERE outcome = 'sending'"]),
+        // Webhook batches as sets (`ingestStatuses`): a few statements a batch, not a dozen a status.
+        Migration(name: "v15: webhook statuses applied as sets", statements: [ingestStatuses]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one
