@@ -81,6 +81,9 @@ struct DispatchMachine {
     /// The messages whose attempts the ledger write under way begins (nil: no write under way).
     private var writing: [Outgoing]? = nil
     private(set) var inFlight = 0
+    /// Messages read from the queue that another process began before this one could (see
+    /// `ledgerWritten`): not sent here.
+    private(set) var takenElsewhere = 0
     private var lastForget: Instant
     /// Reading the queue failed: stop as for a halt, and report this error.
     private(set) var failure: (any Error)? = nil
@@ -150,7 +153,11 @@ struct DispatchMachine {
         }
         switch result {
         case .success(let numbers):
-            ready.append(contentsOf: items.map { ($0, numbers[$0.id] ?? 0) })
+            // A message the ledger gave no number was taken by another process since it was read
+            // (`beginAttempts`): it is that process's to send, and the store says where it is.
+            for item in items {
+                if let number = numbers[item.id] { ready.append((item, number)) } else { takenElsewhere += 1 }
+            }
         case .failure(let error) where error is CancellationError:
             control.stop(.interrupted)  // the task was cancelled, not the database at fault
         case .failure(let error):

@@ -449,6 +449,11 @@ public final class RunEngine: Sendable {
                 if let error = feed.failure { throw error }
             }
             control.noteMostInOneSecond(machine.mostInOneSecond)
+            if machine.takenElsewhere > 0 {
+                logger.warning(
+                    "another process began messages this run had read (this run's sender lease lapsed and was taken over?): not sent here",
+                    metadata: ["messages": "\(machine.takenElsewhere)", "run": "\(options.run)"])
+            }
             if let failure = machine.failure { throw failure }
             control.haltForStoppedLanguages(template: renderer.template.name)
             return control.stopReason

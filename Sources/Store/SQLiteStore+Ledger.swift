@@ -23,14 +23,16 @@ extension SQLiteStore {
     static func beginAttempts(_ db: Database, messageIDs: [String], at time: Double) throws -> [String: Int] {
         var numbers: [String: Int] = [:]
         guard !messageIDs.isEmpty else { return numbers }
-        let select = try db.cachedStatement(sql: "SELECT attempts FROM messages WHERE id = ?")
+        let select = try db.cachedStatement(sql: "SELECT attempts, state FROM messages WHERE id = ?")
         let update = try db.cachedStatement(
             sql: "UPDATE messages SET state = 'sending', state_rank = ?, attempts = ?, updated_at = ? WHERE id = ?")
         let insert = try db.cachedStatement(
             sql: "INSERT INTO attempts (message_id, number, started_at, outcome) VALUES (?, ?, ?, 'sending')")
         for id in messageIDs {
-            guard let attempts = try Int.fetchOne(select, arguments: [id]) else { throw StoreError("no message \(id)") }
-            let number = attempts + 1
+            guard let row = try Row.fetchOne(select, arguments: [id]) else { throw StoreError("no message \(id)") }
+            // Taken since it was read (another process sending the run: a lease lost while paused).
+            guard row[1] as String == MessageState.queued.rawValue else { continue }
+            let number = (row[0] as Int) + 1
             try update.execute(arguments: [MessageState.sending.rank, number, time, id])
             try insert.execute(arguments: [id, number, time])
             numbers[id] = number

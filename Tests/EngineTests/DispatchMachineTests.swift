@@ -251,4 +251,15 @@ struct DispatchMachineTests {
         #expect(run.finalOutcomes["m1"]?.isUnknown == true, "m1 is \(String(describing: run.finalOutcomes["m1"]))")
         #expect(run.accepted.count == 9 && run.failedForGood.isEmpty)
     }
+
+    @Test("a message another process began after this run read it is not sent here; the rest go, the run ends normally")
+    func takenElsewhere() {
+        let run = VirtualRun(tenants: 50, rate: 80)
+        run.takenElsewhere = ["m3", "m17", "m50"]
+        #expect(run.run() == nil)
+        #expect(run.requests.count == 47)
+        #expect(run.requests.allSatisfy { !run.takenElsewhere.contains($0.id) })
+        #expect(run.accepted.count == 47)
+        #expect(run.machine.takenElsewhere == 3)
+    }
 }

@@ -34,6 +34,9 @@ final class VirtualRun {
     var failWrite: Int? = nil
     var writeError: any Error = StoreError("disk full")
     var meta: (Request, _ before: [Request]) -> SendOutcome = { request, _ in .accepted(wamid: "wamid.\(request.id)", waID: nil) }
+    /// Messages another process begins before this run's ledger write does: the ledger gives them
+    /// no number (`beginAttempts`).
+    var takenElsewhere: Set<String> = []
     /// Every request Meta received, in order.
     private(set) var requests: [Request] = []
     /// Every outcome written to the ledger, in order.
@@ -121,7 +124,7 @@ final class VirtualRun {
                     write = (now + writeLatency, .failure(writeError))
                 } else {
                     var numbers: [String: Int] = [:]
-                    for item in begin {
+                    for item in begin where !takenElsewhere.contains(item.id) {
                         attempts[item.id, default: 0] += 1
                         numbers[item.id] = attempts[item.id]
                     }

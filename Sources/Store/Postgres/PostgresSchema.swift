@@ -278,6 +278,7 @@ enum PostgresSchema {
             statements: ["CREATE INDEX attempts_in_flight ON attempts(message_id) WHERE outcome = 'sending'"]),
         // Webhook batches as sets (`ingestStatuses`): a few statements a batch, not a dozen a status.
         Migration(name: "v15: webhook statuses applied as sets", statements: [ingestStatuses]),
+        Migration(name: "v16: an attempt begins only for a message still queued", statements: [beginAttempts]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one
@@ -555,6 +556,7 @@ enum PostgresSchema {
         """
 
     /// The ledger entry before requests leave: each message `sending`, a new attempt numbered.
+    /// A message no longer `queued` (taken since it was read) is left alone and gets no number.
     /// Fails (and changes nothing) if a message does not exist.
     static let beginAttempts = """
         CREATE OR REPLACE FUNCTION dispatcher_begin_attempts(p_ids TEXT[], p_time DOUBLE PRECISION)
@@ -567,7 +569,7 @@ enum PostgresSchema {
             RETURN QUERY
                 WITH moved AS (
                     UPDATE messages SET \(MessageState.sending.sqlAssignment), attempts = attempts + 1, updated_at = p_time
-                    WHERE id = ANY(p_ids) RETURNING id, attempts
+                    WHERE id = ANY(p_ids) AND state = 'queued' RETURNING id, attempts
                 )
                 INSERT INTO attempts (message_id, number, started_at, outcome)
                 SELECT id, attempts, p_time, 'sending' FROM moved
@@ -575,7 +577,9 @@ enum PostgresSchema {
             GET DIAGNOSTICS n = ROW_COUNT;
             IF n < cardinality(p_ids) THEN
                 SELECT x INTO missing FROM unnest(p_ids) AS x WHERE NOT EXISTS (SELECT 1 FROM messages WHERE id = x) LIMIT 1;
-                RAISE EXCEPTION 'no message %', missing;
+                IF missing IS NOT NULL THEN
+                    RAISE EXCEPTION 'no message %', missing;
+                END IF;
             END IF;
         END
         $$
