@@ -30,11 +30,18 @@ extension PostgresSchema {
                 """
         }
         fold += "            END IF;\n"
+        // The message folded so far goes into the UPDATE's arrays (when it changed): when the next
+        // message begins, and after the last.
+        let keep = """
+            IF cur_id IS NOT NULL AND touched THEN
+                u_id := u_id || cur_id; u_state := u_state || cur_state; u_rank := u_rank || cur_rank; u_wamid := u_wamid || cur_wamid;
+                u_time := u_time || CASE WHEN moved THEN cur_time END; \(times.map { "u_\($0) := u_\($0) || t_\($0); " }.joined())
+                u_error := u_error || e_set; u_code := u_code || e_code; u_title := u_title || e_title; u_details := u_details || e_details;
+            END IF;
+            """
         let targets = StatusRule.all.map { "WHEN '\($0.status.rawValue)' THEN '\($0.target.rawValue)'" }.joined(separator: " ")
         return """
-            CREATE OR REPLACE FUNCTION dispatcher_ingest_statuses(p_payloads JSONB, p_bodies BYTEA[],
-                OUT r_index INTEGER, OUT r_error TEXT, OUT r_payload BIGINT, OUT r_duplicates INTEGER, OUT r_unmatched INTEGER,
-                OUT r_inbound INTEGER, OUT r_opt_outs INTEGER, OUT r_applied TEXT[])
+            CREATE OR REPLACE FUNCTION dispatcher_ingest_statuses(p_payloads JSONB, p_bodies BYTEA[], \(ingestAnswer))
             RETURNS SETOF RECORD
             LANGUAGE plpgsql AS $$
             DECLARE
@@ -89,12 +96,7 @@ extension PostgresSchema {
                 LOOP
                     m_id := CASE WHEN s.ours THEN s.mid END;
                     IF s.mid IS DISTINCT FROM cur_id THEN
-                        IF cur_id IS NOT NULL AND touched THEN
-                            u_id := u_id || cur_id; u_state := u_state || cur_state; u_rank := u_rank || cur_rank; u_wamid := u_wamid || cur_wamid;
-                            u_time := u_time || CASE WHEN moved THEN cur_time END; \(times.map { "u_\($0) := u_\($0) || t_\($0); " }.joined())
-                            u_error := u_error || e_set; u_code := u_code || e_code;
-                            u_title := u_title || e_title; u_details := u_details || e_details;
-                        END IF;
+                        \(keep)
                         cur_id := s.mid;
                         IF s.mid IS NOT NULL THEN
                             cur_phone := s.m_phone; cur_state := s.m_state; cur_rank := s.m_rank; cur_wamid := s.m_wamid; moved := false; touched := false;
@@ -131,12 +133,7 @@ extension PostgresSchema {
                     ev_pricing := ev_pricing || s.pricing; ev_state := ev_state || new_state; ev_phone := ev_phone || s.phone;
                     ev_pricing_type := ev_pricing_type || s.pricing_type;
                 END LOOP;
-                IF cur_id IS NOT NULL AND touched THEN
-                    u_id := u_id || cur_id; u_state := u_state || cur_state; u_rank := u_rank || cur_rank; u_wamid := u_wamid || cur_wamid;
-                    u_time := u_time || CASE WHEN moved THEN cur_time END; \(times.map { "u_\($0) := u_\($0) || t_\($0); " }.joined())
-                    u_error := u_error || e_set; u_code := u_code || e_code;
-                    u_title := u_title || e_title; u_details := u_details || e_details;
-                END IF;
+                \(keep)
                 UPDATE messages m SET state = u.state, state_rank = u.rank, wamid = COALESCE(m.wamid, u.wamid),
                     updated_at = COALESCE(u.at, m.updated_at),
                     \(times.map { "\($0) = LEAST(m.\($0), u.\($0)), " }.joined())

@@ -448,13 +448,18 @@ enum PostgresSchema {
         $$
         """
 
+    /// What `dispatcher_ingest_many` and `dispatcher_ingest_statuses` answer, a row per payload
+    /// (`PostgresStore.ingestResult` reads them).
+    static let ingestAnswer = """
+        OUT r_index INTEGER, OUT r_error TEXT, OUT r_payload BIGINT, OUT r_duplicates INTEGER, OUT r_unmatched INTEGER,
+            OUT r_inbound INTEGER, OUT r_opt_outs INTEGER, OUT r_applied TEXT[]
+        """
+
     /// `ingestMany`: several payloads' `dispatcher_ingest` in one call and one transaction (group
     /// commit across POSTs), each in a subtransaction (the EXCEPTION block): a payload that fails
     /// is rolled back alone and answered with its error (`r_error`), the others are kept.
     static let ingestMany = """
-        CREATE OR REPLACE FUNCTION dispatcher_ingest_many(p_payloads JSONB, p_bodies BYTEA[],
-            OUT r_index INTEGER, OUT r_error TEXT, OUT r_payload BIGINT, OUT r_duplicates INTEGER, OUT r_unmatched INTEGER,
-            OUT r_inbound INTEGER, OUT r_opt_outs INTEGER, OUT r_applied TEXT[])
+        CREATE OR REPLACE FUNCTION dispatcher_ingest_many(p_payloads JSONB, p_bodies BYTEA[], \(ingestAnswer))
         RETURNS SETOF RECORD
         LANGUAGE plpgsql AS $$
         DECLARE
