@@ -81,9 +81,9 @@ struct DispatchMachine {
     /// The messages whose attempts the ledger write under way begins (nil: no write under way).
     private var writing: [Outgoing]? = nil
     private(set) var inFlight = 0
-    /// Messages read from the queue that another process began before this one could (see
-    /// `ledgerWritten`): not sent here.
-    private(set) var takenElsewhere = 0
+    /// Messages read from the queue that were no longer queued when their attempt was to begin
+    /// (see `ledgerWritten`): not sent.
+    private(set) var notQueued = 0
     private var lastForget: Instant
     /// Reading the queue failed: stop as for a halt, and report this error.
     private(set) var failure: (any Error)? = nil
@@ -128,7 +128,7 @@ struct DispatchMachine {
                     // Refused before it reached the tenant: the pair rule does not count it (else a
                     // throttled message would wait 6 s to be sent again). Only if it was the last
                     // send to that number: a later one still counts.
-                    queue.release(answer.item.phone)
+                    queue.release(answer.item.phone, now: now)
                     lastSent[answer.item.phone] = nil
                 }
                 queue.hold(decision.item, for: delay, now: now)
@@ -153,10 +153,16 @@ struct DispatchMachine {
         }
         switch result {
         case .success(let numbers):
-            // A message the ledger gave no number was taken by another process since it was read
-            // (`beginAttempts`): it is that process's to send, and the store says where it is.
+            // A message the ledger gave no number was no longer queued (`beginAttempts`): another
+            // process began it since it was read, or a late status of an earlier attempt moved it.
+            // It is not sent, and its tenant's next invoice need not wait for it (the pair rule).
             for item in items {
-                if let number = numbers[item.id] { ready.append((item, number)) } else { takenElsewhere += 1 }
+                if let number = numbers[item.id] {
+                    ready.append((item, number))
+                } else {
+                    notQueued += 1
+                    queue.release(item.phone, now: now)
+                }
             }
         case .failure(let error) where error is CancellationError:
             control.stop(.interrupted)  // the task was cancelled, not the database at fault

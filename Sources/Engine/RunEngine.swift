@@ -449,10 +449,10 @@ public final class RunEngine: Sendable {
                 if let error = feed.failure { throw error }
             }
             control.noteMostInOneSecond(machine.mostInOneSecond)
-            if machine.takenElsewhere > 0 {
+            if machine.notQueued > 0 {
                 logger.warning(
-                    "another process began messages this run had read (this run's sender lease lapsed and was taken over?): not sent here",
-                    metadata: ["messages": "\(machine.takenElsewhere)", "run": "\(options.run)"])
+                    "messages were no longer queued when their turn came, and were not sent: a status of an earlier attempt moved them, or another process began them (this run's sender lease lapsed?)",
+                    metadata: ["messages": "\(machine.notQueued)", "run": "\(options.run)"])
             }
             if let failure = machine.failure { throw failure }
             control.haltForStoppedLanguages(template: renderer.template.name)

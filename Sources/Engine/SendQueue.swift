@@ -19,8 +19,8 @@ struct Outgoing: Sendable {
 struct SendQueue {
     private var ready: [Outgoing] = []
     private var readyIndex = 0
-    /// Held back until an instant: the recipient's 6 seconds, or a retry's back-off.
-    private var held: [(at: ContinuousClock.Instant, item: Outgoing)] = []
+    /// Held back until an instant: the recipient's 6 seconds (`pair`), or a retry's back-off.
+    private var held: [(at: ContinuousClock.Instant, item: Outgoing, pair: Bool)] = []
     private var nextAllowed: [String: ContinuousClock.Instant] = [:]
     /// The pair interval plus a margin: the interval is counted from when a message leaves the
     /// queue, and its request leaves a little later (the ledger write), by a few milliseconds.
@@ -45,7 +45,7 @@ struct SendQueue {
 
     /// Back in the queue after `delay` (a retry), still subject to the pair rule.
     mutating func hold(_ item: Outgoing, for delay: Duration, now: ContinuousClock.Instant) {
-        held.append((now + delay, item))
+        held.append((now + delay, item, false))
     }
 
     /// The next message that may go now, or nil (see `nextWake`). `lastSent` tells when the last
@@ -71,7 +71,7 @@ struct SendQueue {
             readyIndex += 1
             let at = allowed(item.phone)
             if at > now {
-                held.append((at, item))
+                held.append((at, item, true))
                 continue
             }
             nextAllowed[item.phone] = now + pairSpacing
@@ -88,9 +88,14 @@ struct SendQueue {
 
     var remembered: Int { nextAllowed.count }
 
-    /// A send to this number was refused before reaching the tenant: it does not count for the pair rule.
-    mutating func release(_ phone: String) {
+    /// A message to this number was refused before reaching the tenant, or not sent at all: it does
+    /// not count for the pair rule. The number's messages held back for that rule alone may go from
+    /// `now` (unless a request to it that did leave still holds them).
+    mutating func release(_ phone: String, now: ContinuousClock.Instant) {
         nextAllowed[phone] = nil
+        for i in held.indices where held[i].pair && held[i].item.phone == phone && held[i].at > now {
+            held[i].at = now
+        }
     }
 
     /// When something held becomes due, if anything is held.

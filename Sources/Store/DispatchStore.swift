@@ -210,7 +210,7 @@ extension DispatchStore {
 
     public func beginAttempt(messageID: String, at time: Double) async throws -> Int {
         guard let number = try await beginAttempts(messageIDs: [messageID], at: time)[messageID] else {
-            throw StoreError("no message \(messageID)")
+            throw StoreError("message \(messageID) is not queued: no attempt begun")
         }
         return number
     }

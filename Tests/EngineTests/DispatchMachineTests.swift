@@ -260,6 +260,18 @@ struct DispatchMachineTests {
         #expect(run.requests.count == 47)
         #expect(run.requests.allSatisfy { !run.takenElsewhere.contains($0.id) })
         #expect(run.accepted.count == 47)
-        #expect(run.machine.takenElsewhere == 3)
+        #expect(run.machine.notQueued == 3)
+    }
+
+    @Test("a tenant's next invoice does not wait the pair interval for one that was not sent because it was no longer queued")
+    func notQueuedKeepsNoPair() {
+        let run = VirtualRun(
+            [("18095550100", "es"), ("18095550100", "es"), ("18095550200", "es")],
+            options: RunOptions(run: "v", manifest: "v.csv", rate: 80))
+        run.takenElsewhere = ["m1"]
+        #expect(run.run() == nil)
+        #expect(run.requests.map(\.id).sorted() == ["m2", "m3"])
+        let second = run.requests.first { $0.id == "m2" }
+        #expect(second.map { $0.at < .seconds(1) } == true, "m2 left at \(String(describing: second?.at))")
     }
 }

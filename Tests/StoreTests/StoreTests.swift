@@ -225,13 +225,13 @@ struct StoreTests {
         arguments: engines)
     func beginOnlyQueued(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
-        let ids = try await seed(store, phones: ["18095550101", "18095550102", "18095550103"])
+        let ids = try await seed(store, phones: ["18095550101", "18095550102", "18095550103", "18095550104"])
         // Another process (this run's lease taken over) began the first and Meta accepted it.
         let theirs = try await store.beginAttempts(messageIDs: [ids[0]], at: 1)
         #expect(theirs == [ids[0]: 1])
         try await store.recordOutcomes([.accepted(messageID: ids[0], attempt: 1, wamid: "wamid.A")], at: 2)
         // This process had read all three as queued before that, and now begins them.
-        let ours = try await store.beginAttempts(messageIDs: ids, at: 3)
+        let ours = try await store.beginAttempts(messageIDs: Array(ids[0...2]), at: 3)
         #expect(ours == [ids[1]: 1, ids[2]: 1])
         #expect(try await store.message(ids[0])?.state == .accepted)
         #expect(try await store.attempts(messageID: ids[0]).count == 1)
@@ -239,9 +239,9 @@ struct StoreTests {
         #expect(try await store.recordLedger(outcomes: [], begin: [ids[1]], at: 4).isEmpty)
         #expect(try await store.attempts(messageID: ids[1]).count == 1)
         // A message that does not exist is still an error, and nothing of the call is kept.
-        await #expect(throws: (any Error).self) { try await store.beginAttempts(messageIDs: [ids[2], "m-nobody"], at: 5) }
-        #expect(try await store.message(ids[2])?.state == .sending)
-        #expect(try await store.attempts(messageID: ids[2]).count == 1)
+        await #expect(throws: (any Error).self) { try await store.beginAttempts(messageIDs: [ids[3], "m-nobody"], at: 5) }
+        #expect(try await store.message(ids[3])?.state == .queued)
+        #expect(try await store.attempts(messageID: ids[3]).isEmpty)
     }
 
     @Test(

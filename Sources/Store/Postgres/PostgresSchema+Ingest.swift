@@ -64,8 +64,10 @@ extension PostgresSchema {
                \(times.map { " u_\($0) DOUBLE PRECISION[] := '{}';" }.joined())
                 u_error BOOLEAN[] := '{}'; u_code INTEGER[] := '{}'; u_title TEXT[] := '{}'; u_details TEXT[] := '{}';
                 -- ids learnt for numbers
-                l_phone TEXT[] := '{}'; l_id TEXT[] := '{}'; l_kind TEXT[] := '{}'; l_time DOUBLE PRECISION[] := '{}';
+                l_phone TEXT[] := '{}'; l_id TEXT[] := '{}'; l_kind TEXT[] := '{}'; l_time DOUBLE PRECISION[] := '{}'; l_order BIGINT[] := '{}';
             BEGIN
+                -- Shared with other set batches, exclusive of one-at-a-time writes (see `intakeLock`).
+                PERFORM pg_advisory_xact_lock_shared(\(intakeLock));
                 WITH ins AS (
                     INSERT INTO webhook_payloads (received_at, signature, body, parse_error, statuses)
                     SELECT (e.v->>'time')::float8, e.v->>'signature', p_bodies[e.n], e.v->>'parse_error', (e.v->>'count')::integer
@@ -106,6 +108,11 @@ extension PostgresSchema {
                     END IF;
                     new_state := NULL;
                     IF m_id IS NOT NULL THEN
+                        IF s.m_wamid <> s.wamid THEN
+                            -- Found without a wamid, or with this one, but given another (a resend's) while
+                            -- the batch waited for its lock: one at a time decides on the row as it is now.
+                            RAISE EXCEPTION 'dispatcher: % has another wamid than when it was found', m_id USING ERRCODE = 'P0001';
+                        END IF;
                         touched := true;
                         IF cur_wamid IS NULL THEN
                             cur_wamid := s.wamid;
@@ -116,9 +123,11 @@ extension PostgresSchema {
                         END IF;
                         IF COALESCE(s.recipient, '') <> '' AND s.recipient <> cur_phone THEN
                             l_phone := l_phone || cur_phone; l_id := l_id || s.recipient; l_kind := l_kind || 'wa_id'::text; l_time := l_time || s.at;
+                            l_order := l_order || (s.pn::bigint * 1000000 + s.o);
                         END IF;
                         IF COALESCE(s.recipient_user, '') <> '' AND s.recipient_user <> cur_phone THEN
                             l_phone := l_phone || cur_phone; l_id := l_id || s.recipient_user; l_kind := l_kind || 'user_id'::text; l_time := l_time || s.at;
+                            l_order := l_order || (s.pn::bigint * 1000000 + s.o);
                         END IF;
             \(fold)            IF new_state IS NOT NULL THEN
                             cur_state := new_state; moved := true; cur_time := s.at;
@@ -144,8 +153,8 @@ extension PostgresSchema {
                     AS u(id, state, rank, wamid, at, \(times.map { "\($0), " }.joined())err, code, title, details)
                 WHERE m.id = u.id;
                 INSERT INTO recipient_ids (phone, id, kind, learnt_at)
-                    SELECT l.phone, l.id, l.kind, l.at FROM unnest(l_phone, l_id, l_kind, l_time) AS l(phone, id, kind, at)
-                    ORDER BY l.phone, l.id ON CONFLICT DO NOTHING;
+                    SELECT l.phone, l.id, l.kind, l.at FROM unnest(l_phone, l_id, l_kind, l_time, l_order) AS l(phone, id, kind, at, o)
+                    ORDER BY l.phone, l.id, l.o ON CONFLICT DO NOTHING;
                 FOR s IN
                     WITH ins AS (
                         INSERT INTO status_events (payload_id, wamid, message_id, status, timestamp, received_at, recipient_id, callback_data,
@@ -155,7 +164,7 @@ extension PostgresSchema {
                         FROM unnest(ev_pn, ev_wamid, ev_message, ev_status, ev_ts, ev_time, ev_recipient, ev_callback, ev_code, ev_title, ev_details,
                                     ev_pricing, ev_state, ev_phone, ev_pricing_type, ev_o)
                             AS v(pn, wamid, message, status, ts, at, recipient, callback, code, title, details, pricing, state, phone, pricing_type, o)
-                        ORDER BY v.pn, v.o
+                        ORDER BY v.wamid, v.status, v.ts, v.pn, v.o
                         ON CONFLICT (wamid, status, timestamp) DO NOTHING
                         RETURNING payload_id, message_id, applied, wamid, status, timestamp)
                     SELECT p.i, p.id,

@@ -279,6 +279,8 @@ enum PostgresSchema {
         // Webhook batches as sets (`ingestStatuses`): a few statements a batch, not a dozen a status.
         Migration(name: "v15: webhook statuses applied as sets", statements: [ingestStatuses]),
         Migration(name: "v16: an attempt begins only for a message still queued", statements: [beginAttempts]),
+        Migration(
+            name: "v17: webhook writes one at a time exclude those applied as sets", statements: [ingest, ingestMany, ingestStatuses]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one
@@ -380,6 +382,7 @@ enum PostgresSchema {
             n INTEGER;
             added INTEGER;
         BEGIN
+            PERFORM pg_advisory_xact_lock(\(intakeLock));
             r_duplicates := 0; r_unmatched := 0; r_inbound := 0; r_opt_outs := 0; r_applied := '{}';
             INSERT INTO webhook_payloads (received_at, signature, body, parse_error, statuses)
                 VALUES (p_time, p_signature, p_body, p_parse_error, p_status_count) RETURNING id INTO r_payload;
@@ -448,6 +451,14 @@ enum PostgresSchema {
         $$
         """
 
+    /// The advisory lock webhook writes take first, so that they cannot deadlock on messages: a
+    /// batch applied as sets locks its messages in id order and takes it shared (such batches run
+    /// side by side); one status at a time (`dispatcher_ingest`, `dispatcher_ingest_many`) locks
+    /// them as its statuses come and takes it alone. Those are rare (payloads with inbound
+    /// messages, batches the sets leave), and wait for the set batches under way rather than
+    /// deadlock with one and wait out `deadlock_timeout` (1 s).
+    static let intakeLock: Int64 = 0x6469_7370_696E_7461  // "dispinta"
+
     /// What `dispatcher_ingest_many` and `dispatcher_ingest_statuses` answer, a row per payload
     /// (`PostgresStore.ingestResult` reads them).
     static let ingestAnswer = """
@@ -466,6 +477,8 @@ enum PostgresSchema {
             p RECORD;
             r RECORD;
         BEGIN
+            -- Taken here too, outside the payloads' subtransactions (one rolled back would let go of its own).
+            PERFORM pg_advisory_xact_lock(\(intakeLock));
             FOR p IN SELECT (e.n - 1)::integer AS i, e.v FROM jsonb_array_elements(p_payloads) WITH ORDINALITY AS e(v, n) LOOP
                 r_index := p.i;
                 r_error := NULL; r_payload := NULL; r_duplicates := NULL; r_unmatched := NULL; r_inbound := NULL;
