@@ -18,8 +18,9 @@ public final class PostgresStore: DispatchStore {
     let client: PostgresClient
     let runner: Task<Void, Never>
     /// Group commit, two batches at a time. Batches of statuses lock their messages in id order
-    /// (`dispatcher_ingest_statuses`), so two writers no longer deadlock as four did when each
-    /// batch locked in payload order (p99 885 ms, PostgreSQL's 1 s `deadlock_timeout`). Measured
+    /// (`dispatcher_ingest_statuses`), and the rest wait for them (`PostgresSchema.intakeLock`),
+    /// so two writers do not deadlock as four did when each batch locked in payload order (p99
+    /// 885 ms, PostgreSQL's 1 s `deadlock_timeout`). Measured
     /// (2 cores, durable, 8 senders posting 100 statuses): one writer 15,763-17,816 statuses/s,
     /// two 20,492, three 17,519-24,246; one status per POST was the same within the noise for all
     /// three (2,060-3,663/s, bound by the receiver's CPU), so two: the gain without the spread.
