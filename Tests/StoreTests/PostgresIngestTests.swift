@@ -134,6 +134,66 @@ struct PostgresIngestTests {
         #expect(setsTaken >= 100, "\(setsTaken) of 120 batches applied as sets")
     }
 
+    @Test(
+        "two writers at once, sets beside one status at a time (POSTs with inbound messages): every POST answered, the states one after another gives"
+    )
+    func twoWritersAtOnce() async throws {
+        guard engines.contains(.postgres) else { return }
+        let together = try #require(await makeStore(.postgres) as? PostgresStore)
+        let alone = try #require(await makeStore(.postgres) as? PostgresStore)
+        var random = SeededGenerator(seed: 99)
+        try await seedMessages(together, messages: 40, random: &random)
+        random = SeededGenerator(seed: 99)
+        try await seedMessages(alone, messages: 40, random: &random)
+        // 60 POSTs over the same 40 messages; one in five carries a tenant's reply, which goes one
+        // status at a time.
+        var jobs: [IngestJob] = []
+        for call in 0..<20 { jobs += batch(messages: 40, random: &random, time: 1_772_000_000.5 + Double(call)) }
+        // One wamid per message: which of two a message without one learns depends on which
+        // arrives first, and here the order is the scheduler's.
+        for k in jobs.indices {
+            for i in jobs[k].contents!.statuses.indices {
+                jobs[k].contents!.statuses[i].wamid = jobs[k].contents!.statuses[i].wamid.replacingOccurrences(
+                    of: "wamid.E", with: "wamid.D")
+            }
+        }
+        for k in jobs.indices where k % 5 == 0 {
+            jobs[k].contents?.inbound = [
+                InboundText(wamid: "wamid.in\(k)", from: "1809555\(1000 + k % 40)", timestamp: 1_772_000_000, type: "text", body: "gracias")
+            ]
+        }
+        let answered = try await withThrowingTaskGroup(of: Int.self) { group in
+            for job in jobs {
+                group.addTask {
+                    _ = try await together.ingestWebhook(
+                        body: job.body, signature: job.signature, contents: job.contents, parseError: nil, at: job.time)
+                    return 1
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        #expect(answered == jobs.count)
+        // Set batches wait for one status at a time and the reverse (`PostgresSchema.intakeLock`):
+        // no deadlock to wait out (without that lock: 3 to 8 deadlocks a run, a second each).
+        #expect(together.conflictsRetried == 0)
+        for job in jobs { _ = try await alone.writeOneStatusAtATime([job]) }
+        // Statuses apply in any order (forward only, earliest times): the same ends either way.
+        let query: PostgresQuery =
+            "SELECT concat_ws('|', id, state, wamid, sent_at, delivered_at, read_at, failed_at) FROM messages ORDER BY id"
+        let (a, b) = (
+            try await together.rows(query).map { try $0.decode(String.self) },
+            try await alone.rows(query).map { try $0.decode(String.self) }
+        )
+        let same = a == b
+        #expect(same, "\(zip(a, b).first { $0 != $1 }.map { "\($0.0) ≠ \($0.1)" } ?? "\(a.count) ≠ \(b.count) rows")")
+        let events = "SELECT count(*) FROM status_events"
+        #expect(
+            try await together.rows(PostgresQuery(unsafeSQL: events)).first?.decode(Int.self)
+                == alone.rows(PostgresQuery(unsafeSQL: events)).first?.decode(Int.self))
+        await together.close()
+        await alone.close()
+    }
+
     @Test("a message with no wamid yet named by two wamids is left to one status at a time, which keeps the first")
     func twoWamidsGoSlow() async throws {
         guard engines.contains(.postgres) else { return }

@@ -25,6 +25,10 @@ public final class PostgresStore: DispatchStore {
     /// two 20,492, three 17,519-24,246; one status per POST was the same within the noise for all
     /// three (2,060-3,663/s, bound by the receiver's CPU), so two: the gain without the spread.
     let batcher = IngestBatcher(maxWriters: 2)
+    /// Deadlocks and serialisation failures met and retried since the store opened (a whole call,
+    /// or one payload of a webhook batch written again alone).
+    private let conflicts = Atomic<Int>(0)
+    public var conflictsRetried: Int { conflicts.load(ordering: .relaxed) }
     let logger: Logger
     public let url: PostgresURL
 
@@ -233,6 +237,7 @@ public final class PostgresStore: DispatchStore {
             do {
                 return try await bounded(within: limit, body)
             } catch let error as PSQLError where attempt < 8 && ["40P01", "40001"].contains(error.serverInfo?[.sqlState]) {
+                conflicts.add(1, ordering: .relaxed)
                 attempt += 1
                 try await Task.sleep(for: .milliseconds(Int.random(in: 1...(5 << min(attempt, 5)))))
             } catch let error as StoreError {
@@ -751,6 +756,7 @@ public final class PostgresStore: DispatchStore {
             guard let index = try? cells.next(Int.self), jobs.indices.contains(index) else { continue }
             do {
                 if let error = try cells.next(String?.self) {
+                    if error.hasPrefix("40P01") || error.hasPrefix("40001") { conflicts.add(1, ordering: .relaxed) }
                     logger.warning("webhook payload written again alone", metadata: ["error": "\(error)"])
                     continue
                 }
