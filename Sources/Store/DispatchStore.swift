@@ -57,9 +57,10 @@ public protocol DispatchStore: Sendable {
     /// (`SendSlots.allows`; `capacity`: the sender's own rate); false: try a later second.
     func takeSendSlot(sender: String, second: Int64, capacity: Int) async throws -> Bool
     /// Several messages at once (one transaction): the ledger entry before each request leaves.
-    /// Returns each message's attempt number. A message no longer `queued` (another process took
-    /// it since it was read: a run whose lease expired while its process was stopped, and was
-    /// taken over) is left as it is and gets no number: it must not be sent.
+    /// Returns each message's attempt number. A message no longer `queued` (moved since it was
+    /// read: another process began it, its run's lease having lapsed while this one was stopped, or
+    /// a late status of an earlier attempt moved it) is left as it is and gets no number: it must
+    /// not be sent.
     func beginAttempts(messageIDs: [String], at time: Double) async throws -> [String: Int]
     /// Several outcomes at once (one transaction).
     func recordOutcomes(_ outcomes: [AttemptOutcome], at time: Double) async throws

@@ -30,7 +30,7 @@ extension SQLiteStore {
             sql: "INSERT INTO attempts (message_id, number, started_at, outcome) VALUES (?, ?, ?, 'sending')")
         for id in messageIDs {
             guard let row = try Row.fetchOne(select, arguments: [id]) else { throw StoreError("no message \(id)") }
-            // Taken since it was read (another process sending the run: a lease lost while paused).
+            // Moved since it was read (another process began it, or a late status of an earlier attempt).
             guard row[1] as String == MessageState.queued.rawValue else { continue }
             let number = (row[0] as Int) + 1
             try update.execute(arguments: [MessageState.sending.rank, number, time, id])

@@ -1,9 +1,10 @@
 /// Webhook intake on PostgreSQL, applied as sets: the fast path of `PostgresStore.writeBatch`.
 extension PostgresSchema {
     /// `dispatcher_ingest_statuses`: a batch of payloads without inbound messages in a handful of
-    /// statements instead of a dozen per status. The statuses' messages are found in one query and
-    /// locked in id order (so several receivers writing overlapping batches wait for each other
-    /// instead of deadlocking); each message's statuses are then folded in memory, in the order
+    /// statements instead of a dozen per status. It takes `intakeLock` shared first (one status at
+    /// a time takes it alone). The statuses' messages are found in one query and locked in id order
+    /// (so several receivers writing overlapping batches wait for each other instead of
+    /// deadlocking); each message's statuses are then folded in memory, in the order
     /// `dispatcher_ingest_many` would apply them (payload, then position), by the same
     /// forward-only rule (generated from `StatusRule.all`); then one UPDATE of the messages, one
     /// INSERT of the ids learnt and one of the events, whose conflicts are the duplicates. The
@@ -11,7 +12,8 @@ extension PostgresSchema {
     ///
     /// Where one status at a time could decide differently, it raises (SQLSTATE P0001, "dispatcher:
     /// …") and the caller writes the batch the slow way: a message with no wamid yet named by two
-    /// wamids, or a status that only matches through a wamid another status of the batch teaches.
+    /// wamids; a status that only matches through a wamid another status of the batch teaches; a
+    /// message whose wamid another process changed while the batch waited for its lock.
     /// Any other error (a deadlock, a refused value) also fails the whole call, with nothing kept.
     static let ingestStatuses: String = {
         let times = StatusRule.all.map(\.timeColumn)
@@ -47,12 +49,11 @@ extension PostgresSchema {
             DECLARE
                 ids BIGINT[];
                 s RECORD;
-                n INTEGER := 0;
                 -- the message being folded
                 cur_id TEXT; cur_phone TEXT; cur_state TEXT; cur_rank INTEGER; cur_wamid TEXT; cur_time DOUBLE PRECISION;
                 moved BOOLEAN; touched BOOLEAN;\(times.map { " t_\($0) DOUBLE PRECISION;" }.joined())
                 e_set BOOLEAN; e_code INTEGER; e_title TEXT; e_details TEXT;
-                new_state TEXT; m_id TEXT; t DOUBLE PRECISION;
+                new_state TEXT; m_id TEXT;
                 learnt TEXT[] := '{}';
                 -- the statuses' events, in (payload, position) order once inserted
                 ev_pn INTEGER[] := '{}'; ev_o INTEGER[] := '{}'; ev_wamid TEXT[] := '{}'; ev_message TEXT[] := '{}'; ev_status TEXT[] := '{}';

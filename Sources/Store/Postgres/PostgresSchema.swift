@@ -463,7 +463,7 @@ enum PostgresSchema {
     /// (`PostgresStore.ingestResult` reads them).
     static let ingestAnswer = """
         OUT r_index INTEGER, OUT r_error TEXT, OUT r_payload BIGINT, OUT r_duplicates INTEGER, OUT r_unmatched INTEGER,
-            OUT r_inbound INTEGER, OUT r_opt_outs INTEGER, OUT r_applied TEXT[]
+        OUT r_inbound INTEGER, OUT r_opt_outs INTEGER, OUT r_applied TEXT[]
         """
 
     /// `ingestMany`: several payloads' `dispatcher_ingest` in one call and one transaction (group
