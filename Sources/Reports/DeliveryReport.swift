@@ -61,17 +61,7 @@ public struct DeliveryReportWriter: Sendable {
         ])
         // Rows come in runs of one currency: its decimals are looked up when it changes.
         var lastCurrency = "", digits = 2
-        let pageSize = 10_000
-        // The next page is read while this one is written: the database and the writer each
-        // have a core (a third faster on two cores than taking turns).
-        // (`async let`: a failed write cancels the read under way, and waits for it.)
-        @Sendable func page(after last: Int64?) async throws -> [ReportRow] {
-            try await store.reportRows(run: run.name, after: last, limit: pageSize)
-        }
-        var rows = try await page(after: nil)
-        while true {
-            let last = rows.count == pageSize ? rows.last?.message.sequence : nil
-            async let next = last == nil ? [] : page(after: last)
+        func write(_ rows: [ReportRow]) throws {
             for row in rows where landlord == nil || row.landlord == landlord {
                 let m = row.message
                 let retryable =
@@ -106,8 +96,37 @@ public struct DeliveryReportWriter: Sendable {
                     line.plain(m.id)
                 }
             }
-            guard last != nil else { break }
-            rows = try await next
+        }
+        // Pages are ranges of 10,000 sequence numbers (fewer rows where other runs' messages are
+        // interleaved), so that two can be read at once while the one before is written: reading
+        // (SQLite, a String per cell) takes more than writing, and a million rows took 2.55-2.62 s
+        // this way against 2.78-2.80 s with one page read ahead (2026-12-03, two cores).
+        if let all = try await store.messageSequences(run: run.name) {
+            let span: Int64 = 10_000, readers = 2
+            let pages = Int((all.upperBound - all.lowerBound) / span) + 1
+            let name = run.name
+            @Sendable func read(_ page: Int) async throws -> (Int, [ReportRow]) {
+                let first = all.lowerBound + Int64(page) * span
+                return (page, try await store.reportRows(run: name, sequences: first...min(first + (span - 1), all.upperBound)))
+            }
+            // A failed write leaves the group, which cancels the reads under way and waits for them.
+            try await withThrowingTaskGroup(of: (Int, [ReportRow]).self) { group in
+                var requested = 0
+                while requested < min(readers, pages) {
+                    group.addTask { [requested] in try await read(requested) }
+                    requested += 1
+                }
+                var ready: [Int: [ReportRow]] = [:]
+                for page in 0..<pages {
+                    while ready[page] == nil, let (at, rows) = try await group.next() { ready[at] = rows }
+                    let rows = ready.removeValue(forKey: page) ?? []
+                    if requested < pages {
+                        group.addTask { [requested] in try await read(requested) }
+                        requested += 1
+                    }
+                    try write(rows)
+                }
+            }
         }
         try csv.finish()
     }

@@ -27,8 +27,13 @@ public protocol DispatchStore: Sendable {
     /// before its send's answer), counted per number.
     func statusesForOtherNumbers() async throws -> [(number: String, statuses: Int)]
 
-    /// A run's messages with their invoices, in order, a page at a time (for reports).
-    func reportRows(run: String, after: Int64?, limit: Int) async throws -> [ReportRow]
+    /// The first and last sequence number of a run's messages, nil when it has none: what a
+    /// report reads between, a range of sequence numbers at a time.
+    func messageSequences(run: String) async throws -> ClosedRange<Int64>?
+
+    /// A run's messages whose sequence number is in `sequences`, with their invoices, in order
+    /// (for reports: a page is a range of sequence numbers, so several pages can be read at once).
+    func reportRows(run: String, sequences: ClosedRange<Int64>) async throws -> [ReportRow]
     /// Invoices of a run that were not sent at all (nothing due), for reports.
     func skippedInvoices(run: String) async throws -> [InvoiceRecord]
     /// One invoice of a run, as stored (the first version of it: a run keeps an invoice once).

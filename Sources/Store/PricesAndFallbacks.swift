@@ -33,13 +33,13 @@ struct ChargeTally: Sendable {
     private var lastCount = 0
 
     /// One message: `phone` its E.164 digits, `category` and `type` its pricing, nil when none.
-    mutating func add(bucket: Int, phone: Data?, category: Data?, type: Data?) {
+    mutating func add(bucket: Int, phone: UnsafeRawBufferPointer?, category: UnsafeRawBufferPointer?, type: UnsafeRawBufferPointer?) {
         var prefix: UInt32 = 0
-        phone?.withUnsafeBytes { phone in
+        if let phone {
             for i in 0..<min(4, phone.count) { prefix |= UInt32(phone[i]) << (8 * UInt32(i)) }
         }
-        let category = category.map { data in data.withUnsafeBytes { categories.index($0) } } ?? -1
-        let type = type.map { data in data.withUnsafeBytes { types.index($0) } } ?? -1
+        let category = category.map { categories.index($0) } ?? -1
+        let type = type.map { types.index($0) } ?? -1
         let key = Key(bucket: Int32(bucket), prefix: prefix, category: Int16(category), type: Int16(type))
         // Runs of one key are common (one landlord's tenants in one country): counted apart.
         if key == last {

@@ -22,17 +22,18 @@ extension SQLiteStore {
         // million delivered messages).
         try await pool.read { db in
             let states = states.map { "'\($0.rawValue)'" }.joined(separator: ", ")
-            let rows = try Row.fetchCursor(
-                db,
+            let statement = try db.makeStatement(
                 sql: """
                     SELECT i.landlord, i.currency, m.phone, m.pricing_category, m.pricing_type \(ReportSQL.join)
                     WHERE m.run = ? AND m.state IN (\(states))
-                    """, arguments: [run])
+                    """)
+            let rows = try Row.fetchCursor(statement, arguments: [run])
+            let c = SQLiteColumns(statement)
             var tally = ChargeTally()
             var buckets: [String: Int] = [:]
             var named: [(landlord: String?, currency: String)] = []
-            while let row = try rows.next() {
-                let landlord: String? = row[0], currency: String = row[1]
+            while try rows.next() != nil {
+                let landlord = c.stringOrNil(0), currency = c.string(1)
                 let key = (landlord.map { "=" + $0 } ?? "") + "\u{1F}" + currency
                 let bucket =
                     buckets[key]
@@ -41,13 +42,7 @@ extension SQLiteStore {
                         buckets[key] = named.count - 1
                         return named.count - 1
                     }()
-                try row.withUnsafeData(atIndex: 2) { phone in
-                    try row.withUnsafeData(atIndex: 3) { category in
-                        try row.withUnsafeData(atIndex: 4) { type in
-                            tally.add(bucket: bucket, phone: phone, category: category, type: type)
-                        }
-                    }
-                }
+                tally.add(bucket: bucket, phone: c.bytes(2), category: c.bytes(3), type: c.bytes(4))
             }
             return tally.counts { named[$0] }
         }

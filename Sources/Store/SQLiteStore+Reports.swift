@@ -2,32 +2,47 @@ import Foundation
 import GRDB
 
 extension SQLiteStore {
-    /// Reads columns by position, not by name: GRDB's name lookup lowercases the name on every
-    /// access, which was a fifth of a million-message report's time.
-    public func reportRows(run: String, after: Int64?, limit: Int) async throws -> [ReportRow] {
+    public func messageSequences(run: String) async throws -> ClosedRange<Int64>? {
+        try await pool.read { db in
+            let row = try Row.fetchOne(db, sql: "SELECT MIN(seq), MAX(seq) FROM messages WHERE run = ?", arguments: [run])
+            guard let first = row?[0] as Int64?, let last = row?[1] as Int64? else { return nil }
+            return first...last
+        }
+    }
+
+    /// The messages of the range, with each one's invoice found by `SQLiteInvoiceFollower` rather
+    /// than joined in SQL. Cells are read by position from SQLite itself (`SQLiteColumns`): GRDB's
+    /// name lookup lowercased the name on every access, a fifth of a million-message report's time.
+    public func reportRows(run: String, sequences: ClosedRange<Int64>) async throws -> [ReportRow] {
         try await pool.read { db in
             let statement = try db.cachedStatement(
                 sql: """
-                    SELECT m.seq, m.id, m.run, m.invoice_id, m.phone, m.template, m.language, m.state, m.wamid, m.error_code, m.error_title,
-                        m.error_details, m.skip_reason, m.attempts, m.created_at, m.updated_at, m.accepted_at, m.sent_at, m.delivered_at,
-                        m.read_at, m.failed_at, i.landlord, i.tenant_name, i.property, i.amount_minor, i.currency, i.period, i.email
-                    FROM messages m JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
-                    WHERE m.run = ? AND m.seq > ? ORDER BY m.seq LIMIT ?
+                    SELECT seq, id, invoice_id, phone, template, language, state, wamid, error_code, error_title, error_details,
+                        skip_reason, attempts, created_at, updated_at, accepted_at, sent_at, delivered_at, read_at, failed_at
+                    FROM messages WHERE seq BETWEEN ? AND ? AND run = ? ORDER BY seq
                     """)
+            var invoices = try SQLiteInvoiceFollower(
+                db, run: run, columns: "landlord, tenant_name, property, amount_minor, currency, period, email")
             var rows: [ReportRow] = []
-            rows.reserveCapacity(limit)
-            let cursor = try Row.fetchCursor(statement, arguments: [run, after ?? 0, limit])
-            while let r = try cursor.next() {
+            rows.reserveCapacity(Int(clamping: min(sequences.upperBound - sequences.lowerBound + 1, 1 << 16)))
+            let cursor = try Row.fetchCursor(statement, arguments: [sequences.lowerBound, sequences.upperBound, run])
+            let c = SQLiteColumns(statement)
+            let states = StateNames()
+            while try cursor.next() != nil {
+                guard let invoiceID = c.bytes(2), let i = try invoices.invoice(invoiceID) else { continue }
+                let tenantName = i.string(3), landlord = i.stringOrNil(2)
                 let message = MessageRecord(
-                    id: r[1], run: r[2], invoiceID: r[3], phone: r[4], template: r[5], language: r[6],
-                    state: MessageState(rawValue: r[7]) ?? .unknown, wamid: r[8], errorCode: r[9], errorTitle: r[10], errorDetails: r[11],
-                    skipReason: r[12], attempts: r[13], createdAt: r[14], updatedAt: r[15], acceptedAt: r[16], sentAt: r[17],
-                    deliveredAt: r[18], readAt: r[19], failedAt: r[20], requestBody: nil, landlord: r[21], tenantName: r[22], sequence: r[0]
+                    id: c.string(1), run: run, invoiceID: c.string(2), phone: c.string(3), template: c.string(4), language: c.string(5),
+                    state: states.state(c.bytes(6)), wamid: c.stringOrNil(7), errorCode: c.intOrNil(8), errorTitle: c.stringOrNil(9),
+                    errorDetails: c.stringOrNil(10), skipReason: c.stringOrNil(11), attempts: Int(c.int64(12)),
+                    createdAt: c.doubleOrNil(13) ?? 0, updatedAt: c.doubleOrNil(14) ?? 0, acceptedAt: c.doubleOrNil(15),
+                    sentAt: c.doubleOrNil(16), deliveredAt: c.doubleOrNil(17), readAt: c.doubleOrNil(18), failedAt: c.doubleOrNil(19),
+                    requestBody: nil, landlord: landlord, tenantName: tenantName, sequence: c.int64(0)
                 )
                 rows.append(
                     ReportRow(
-                        message: message, tenantName: r[22], landlord: r[21], property: r[23], amountMinor: r[24],
-                        currency: r[25], period: r[26], email: r[27]))
+                        message: message, tenantName: tenantName, landlord: landlord, property: i.stringOrNil(4),
+                        amountMinor: i.int64(5), currency: i.string(6), period: i.string(7), email: i.stringOrNil(8)))
             }
             return rows
         }
@@ -64,13 +79,12 @@ extension SQLiteStore {
     /// by rowid (`InvoiceMarks`), and invoices are counted once, from both halves' marks.
     public func reportSummary(run: String, landlord: String?, samples: Int) async throws -> ReportSummary {
         let filter = landlord ?? ""
-        let halves: [ClosedRange<Int64>] = try await pool.read { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT MIN(seq), MAX(seq) FROM messages WHERE run = ?", arguments: [run]),
-                let first = row[0] as Int64?, let last = row[1] as Int64?
-            else { return [] }
-            let middle = first + (last - first) / 2
-            return middle < last ? [first...middle, (middle + 1)...last] : [first...last]
-        }
+        let halves: [ClosedRange<Int64>] =
+            try await messageSequences(run: run).map { all in
+                let (first, last) = (all.lowerBound, all.upperBound)
+                let middle = first + (last - first) / 2
+                return middle < last ? [first...middle, (middle + 1)...last] : [first...last]
+            } ?? []
         let partials = try await withThrowingTaskGroup(of: ReportPass.self) { group in
             for range in halves {
                 group.addTask {
@@ -157,25 +171,11 @@ struct ReportPass: Sendable {
     var charges = ChargeTally()
 
     init(_ db: Database, run: String, landlord: String, range: ClosedRange<Int64>) throws {
-        let stateNames = Dictionary(uniqueKeysWithValues: MessageState.allCases.map { (Data($0.rawValue.utf8), $0) })
+        let stateNames = StateNames()
         struct Bucket: Hashable { var landlord: Int; var currency: Int }
         // Landlords and currencies are few: found by comparing bytes with those seen (no hashing
         // per row); figures kept in an array, found through the last bucket used.
-        var landlordBytes: [[UInt8]] = [], landlordNames: [String?] = [nil]
-        var currencyBytes: [[UInt8]] = [], currencyNames: [String] = []
-        func find(_ data: Data, in known: inout [[UInt8]], add: (Data) -> Void) -> Int {
-            let found = data.withUnsafeBytes { new -> Int? in
-                for (i, bytes) in known.enumerated() where bytes.count == new.count {
-                    if new.isEmpty { return i }
-                    if bytes.withUnsafeBytes({ memcmp($0.baseAddress!, new.baseAddress!, new.count) == 0 }) { return i }
-                }
-                return nil
-            }
-            if let found { return found }
-            known.append([UInt8](data))
-            add(data)
-            return known.count - 1
-        }
+        var landlords = ByteNames(), currencies = ByteNames()
         var bucketIndex: [Bucket: Int] = [:]
         var figures: [ReportSummary.Landlord] = []
         var invoices = InvoiceMarks()
@@ -186,54 +186,54 @@ struct ReportPass: Sendable {
         func add(_ run: (minute: Int, count: Int), to perMinute: inout [Int: Int]) {
             if run.count > 0 { perMinute[run.minute, default: 0] += run.count }
         }
-        let rows = try Row.fetchCursor(
-            db,
+        let statement = try db.makeStatement(
             sql: """
-                SELECT i.landlord, i.currency, i.rowid, i.amount_minor, m.state, m.error_code, m.accepted_at,
-                    COALESCE(m.delivered_at, m.read_at), m.error_title,
-                    m.phone, m.pricing_category, m.pricing_type
-                \(ReportSQL.join) WHERE m.run = ? AND (? = '' OR i.landlord = ?) AND m.seq BETWEEN ? AND ? ORDER BY m.seq
-                """, arguments: [run, landlord, landlord, range.lowerBound, range.upperBound])
-        while let r = try rows.next() {
-            let landlordAt = try r.withUnsafeData(atIndex: 0) { data -> Int in
-                guard let data else { return 0 }
-                return 1 + find(data, in: &landlordBytes) { landlordNames.append(String(decoding: $0, as: UTF8.self)) }
+                SELECT invoice_id, state, error_code, accepted_at, COALESCE(delivered_at, read_at), error_title,
+                    phone, pricing_category, pricing_type
+                FROM messages WHERE seq BETWEEN ? AND ? AND run = ? ORDER BY seq
+                """)
+        let rows = try Row.fetchCursor(statement, arguments: [range.lowerBound, range.upperBound, run])
+        var follower = try SQLiteInvoiceFollower(db, run: run, columns: "landlord, currency, amount_minor")
+        let only = Array(landlord.utf8)
+        let c = SQLiteColumns(statement)
+        while try rows.next() != nil {
+            guard let invoiceID = c.bytes(0), let i = try follower.invoice(invoiceID) else { continue }
+            if !only.isEmpty {
+                guard let name = i.bytes(2), name.elementsEqual(only) else { continue }
             }
-            let currencyAt = try r.withUnsafeData(atIndex: 1) { data -> Int in
-                find(data ?? Data(), in: &currencyBytes) { currencyNames.append(String(decoding: $0, as: UTF8.self)) }
-            }
+            // A NULL landlord is bucket 0's; the others are 1 and up.
+            let landlordAt = i.bytes(2).map { 1 + landlords.index($0) } ?? 0
+            let currencyAt = currencies.index(i.bytes(3) ?? UnsafeRawBufferPointer(start: nil, count: 0))
             let bucket = Bucket(landlord: landlordAt, currency: currencyAt)
             if bucket != lastBucket {
                 lastBucket = bucket
                 lastAt =
                     bucketIndex[bucket]
                     ?? {
-                        figures.append(ReportSummary.Landlord(landlord: landlordNames[landlordAt], currency: currencyNames[currencyAt]))
+                        figures.append(
+                            ReportSummary.Landlord(
+                                landlord: landlordAt == 0 ? nil : landlords.names[landlordAt - 1], currency: currencies.names[currencyAt]))
                         bucketIndex[bucket] = figures.count - 1
                         return figures.count - 1
                     }()
             }
-            let state = try r.withUnsafeData(atIndex: 4) { data in data.flatMap { stateNames[$0] } } ?? .unknown
+            let state = stateNames.state(c.bytes(1))
             stateCounts[state.ordinal] += 1
             figures[lastAt].messages += 1
-            let code: Int? = state == .failed || state == .unknown ? r[5] : nil
-            invoices.mark(r[2], bucket: lastAt, amount: { r[3] }, InvoiceOutcome.Marks(state: state, errorCode: code))
-            if state == .failed || state == .unknown { problems[Problem(state: state, code: code, title: r[8]), default: 0] += 1 }
+            let code: Int? = state == .failed || state == .unknown ? c.intOrNil(2) : nil
+            invoices.mark(i.int64(0), bucket: lastAt, amount: { i.int64(4) }, InvoiceOutcome.Marks(state: state, errorCode: code))
+            if state == .failed || state == .unknown {
+                problems[Problem(state: state, code: code, title: c.stringOrNil(5)), default: 0] += 1
+            }
             if state == .delivered || state == .read {
-                try r.withUnsafeData(atIndex: 9) { phone in
-                    try r.withUnsafeData(atIndex: 10) { category in
-                        try r.withUnsafeData(atIndex: 11) { type in
-                            charged.add(bucket: lastAt, phone: phone, category: category, type: type)
-                        }
-                    }
-                }
+                charged.add(bucket: lastAt, phone: c.bytes(6), category: c.bytes(7), type: c.bytes(8))
             }
             // Minutes come in runs (messages are sent in sequence): counted per run, added when it ends.
-            if let at = r[6] as Double? {
+            if let at = c.doubleOrNil(3) {
                 let minute = Int(at / 60)
                 if minute == sends.minute { sends.count += 1 } else { add(sends, to: &sendsPerMinute); sends = (minute, 1) }
             }
-            if let at = r[7] as Double? {
+            if let at = c.doubleOrNil(4) {
                 let minute = Int(at / 60)
                 if minute == deliveries.minute {
                     deliveries.count += 1

@@ -35,7 +35,7 @@ struct StoreTests {
         #expect(try await store.discardUnsentRun("invalid"))
         #expect(try await store.run(named: "invalid") == nil)
         #expect(try await store.stateCounts(run: "invalid").isEmpty)
-        #expect(try await store.reportRows(run: "invalid", after: nil, limit: 10).isEmpty)
+        #expect(try await store.messageSequences(run: "invalid") == nil)
 
         #expect(try await store.discardUnsentRun("sent") == false)
         #expect(try await store.run(named: "sent") != nil)
@@ -552,6 +552,97 @@ struct StoreTests {
         let onlyM = try await store.reportSummary(run: "march", landlord: "M", samples: 10)
         #expect(onlyM.landlords.map(\.landlord) == ["M"] && onlyM.landlords.first?.delivered.count == 1)
         if engine == .sqlite { #expect(try #require(onlyM.charges).map(\.landlord) == ["M"]) }
+    }
+
+    @Test(
+        """
+        reports pair each message with its own invoice whatever the order: another run's invoices and messages in between, \
+        invoices without messages, two numbers, re-runs at the end, more invoices than SQLite reads ahead at once
+        """,
+        arguments: engines)
+    func reportRowsInAnyOrder(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        for run in ["march", "april"] {
+            try await store.saveRun(RunRecord(name: run, manifest: "\(run).csv", template: "invoice", sender: "123", createdAt: 1))
+        }
+        var random = SeededGenerator(seed: 19)
+        // 9,000 of March's invoices in blocks of 1,500, each followed by 40 of April's (their rowids interleave).
+        var invoices: [String: InvoiceRecord] = [:]
+        for block in 0..<6 {
+            let march = (0..<1_500).map { k in
+                let n = block * 1_500 + k
+                return InvoiceRecord(
+                    run: "march", invoiceID: "I-\(n)", line: n + 2, tenantName: "Tenant \(n)",
+                    landlord: [nil, "Norte", "Sur"][n % 3], amountMinor: Int64(100 + n), currency: n % 5 == 0 ? "USD" : "DOP",
+                    period: "2026-03", locale: "es")
+            }
+            try await store.addInvoices(march)
+            for invoice in march { invoices[invoice.invoiceID] = invoice }
+            try await store.addInvoices(
+                (0..<40).map { k in
+                    InvoiceRecord(
+                        run: "april", invoiceID: "I-\(block * 40 + k)", line: k + 2, tenantName: "April \(k)", landlord: "Otro",
+                        amountMinor: 1, currency: "EUR", period: "2026-04", locale: "es")
+                })
+        }
+        // March's messages in manifest order, but one invoice in seven without any and one in ten with
+        // a second number; April's messages stored in the middle; then re-runs of old invoices at the end.
+        var march: [NewMessage] = []
+        func message(_ n: Int, _ phone: String) -> NewMessage {
+            NewMessage(id: "m-\(n)-\(phone)", run: "march", invoiceID: "I-\(n)", phone: phone, template: "invoice", language: "es")
+        }
+        for n in 0..<9_000 where n % 7 != 3 {
+            march.append(message(n, "1809\(String(format: "%07d", n))"))
+            if n % 10 == 0 { march.append(message(n, "1829\(String(format: "%07d", n))")) }
+        }
+        _ = try await store.addMessages(Array(march[..<4_000]))
+        _ = try await store.addMessages(
+            (0..<240).map { k in
+                NewMessage(
+                    id: "a-\(k)", run: "april", invoiceID: "I-\(k)", phone: "1849555\(1000 + k)", template: "invoice", language: "es")
+            })
+        _ = try await store.addMessages(Array(march[4_000...]))
+        let reruns = (0..<60).map { _ in Int.random(in: 0..<9_000, using: &random) }
+        let rerun = reruns.enumerated().map { k, n in message(n, "1849\(String(format: "%07d", k))") }
+        _ = try await store.addMessages(rerun)
+        march += rerun
+
+        let all = try #require(try await store.messageSequences(run: "march"))
+        var rows: [ReportRow] = []
+        // In pages, as messages.csv reads them, of a size that cuts through April's messages.
+        for first in stride(from: all.lowerBound, through: all.upperBound, by: 997) {
+            rows += try await store.reportRows(run: "march", sequences: first...min(first + 996, all.upperBound))
+        }
+        #expect(rows.map(\.message.id) == march.map(\.id))
+        #expect(rows.map(\.message.sequence) == rows.map(\.message.sequence).sorted())
+        var mismatched: [String] = []
+        for row in rows {
+            let invoice = try #require(invoices[row.message.invoiceID])
+            if row.tenantName != invoice.tenantName || row.landlord != invoice.landlord || row.amountMinor != invoice.amountMinor
+                || row.currency != invoice.currency || row.message.run != "march"
+            {
+                mismatched.append(row.message.id)
+            }
+        }
+        #expect(mismatched.isEmpty, "\(mismatched.count) rows with another invoice's cells, first \(mismatched.prefix(3))")
+
+        // The page's figures from the same pairing: messages and invoices per landlord and currency.
+        var messages: [String: Int] = [:], met: [String: Set<String>] = [:]
+        for m in march {
+            let invoice = invoices[m.invoiceID]!
+            let key = (invoice.landlord ?? "-") + " " + invoice.currency
+            messages[key, default: 0] += 1
+            met[key, default: []].insert(m.invoiceID)
+        }
+        let summary = try await store.reportSummary(run: "march", landlord: nil, samples: 3)
+        #expect(summary.states == [.queued: march.count])
+        let figures = Dictionary(uniqueKeysWithValues: summary.landlords.map { (($0.landlord ?? "-") + " " + $0.currency, $0) })
+        #expect(figures.mapValues(\.messages) == messages)
+        #expect(figures.mapValues(\.invoices) == met.mapValues(\.count))
+        #expect(
+            figures.mapValues(\.billedMinor) == met.mapValues { ids in ids.reduce(Int64(0)) { $0 + invoices[$1]!.amountMinor } })
+        let sur = try await store.reportSummary(run: "march", landlord: "Sur", samples: 3)
+        #expect(sur.landlords.map(\.landlord) == ["Sur", "Sur"] && sur.states[.queued] == messages["Sur DOP"]! + messages["Sur USD"]!)
     }
 
     @Test("a SQLite database a newer dispatcher migrated is refused, by name, not written to")

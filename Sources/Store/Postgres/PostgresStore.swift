@@ -530,14 +530,23 @@ public final class PostgresStore: DispatchStore {
 
     // MARK: - Reports
 
-    public func reportRows(run: String, after: Int64?, limit: Int) async throws -> [ReportRow] {
+    public func messageSequences(run: String) async throws -> ClosedRange<Int64>? {
+        let row = try await rows("SELECT MIN(seq), MAX(seq) FROM messages WHERE run = \(run)").first
+        guard let row else { return nil }
+        var r = Cells(row)
+        let first: Int64? = try r.next(), last: Int64? = try r.next()
+        guard let first, let last else { return nil }
+        return first...last
+    }
+
+    public func reportRows(run: String, sequences: ClosedRange<Int64>) async throws -> [ReportRow] {
         try await rows(
             """
             SELECT m.seq, m.id, m.run, m.invoice_id, m.phone, m.template, m.language, m.state, m.wamid, m.error_code, m.error_title,
                 m.error_details, m.skip_reason, m.attempts, m.created_at, m.updated_at, m.accepted_at, m.sent_at, m.delivered_at,
                 m.read_at, m.failed_at, i.landlord, i.tenant_name, i.property, i.amount_minor, i.currency, i.period, i.email
             FROM messages m JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
-            WHERE m.run = \(run) AND m.seq > \(after ?? 0) ORDER BY m.seq LIMIT \(limit)
+            WHERE m.run = \(run) AND m.seq BETWEEN \(sequences.lowerBound) AND \(sequences.upperBound) ORDER BY m.seq
             """
         ).map { row in
             var r = Cells(row)
