@@ -36,6 +36,13 @@ func runProcess(_ executable: String, _ arguments: [String]) throws -> (stdout: 
     return (String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
 }
 
+/// Reads a file to its end and drops what it read: afterwards it is in the page cache.
+func warmPageCache(_ path: String) throws {
+    guard let file = FileHandle(forReadingAtPath: path) else { throw BenchError("cannot read \(path)") }
+    defer { try? file.close() }
+    while let chunk = try file.read(upToCount: 4 << 20), !chunk.isEmpty {}
+}
+
 /// Writes a realistic month of invoices: 13 columns, accents, two phones on one row in ten, a
 /// quoted property with a `;` in one row in five. Deterministic, and skipped when the file exists.
 struct ManifestGenerator {

@@ -122,7 +122,7 @@ extension RunEngine {
     func prepareToSendWhileStoring(_ options: RunOptions) async throws -> Preparation {
         let optedOut = try await OptOutList.load(from: store)
         var checking = Previewer(options: validation, renderer: renderer, sampleLimit: 0)  // reads ahead
-        checking.rendersAhead = false  // this thread only counts: it renders, the reader parses and validates
+        checking.rendering = .caller  // this thread only counts: it renders, the reader parses and validates
         let previewer = checking
         let stamp = ManifestStamp(path: options.manifest)
         let (preview, tally) = try await onOwnThread {

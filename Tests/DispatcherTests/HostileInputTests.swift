@@ -109,7 +109,9 @@ struct HostileInputTests {
         #expect(handed == 1000)
     }
 
-    @Test("rendering on the caller's thread (a billing run's check pass) finds what rendering on the reader's finds, in the same order")
+    @Test(
+        "rendering on the caller's thread (a billing run's check pass), or on whichever is free, finds what rendering on the reader's finds, in the same order"
+    )
     func rendersOnCaller() throws {
         // Every seventh tenant's name has six spaces in a row: valid to import, refused when rendered (132018).
         var text = "\(csvHeader),due_date,document_url\n"
@@ -121,24 +123,27 @@ struct HostileInputTests {
         let path = try temporaryFile("caller.csv", text)
         let renderer = try MessageRenderer(
             catalog: try TemplateCatalog(directory: templatesPath), templateName: "invoice", defaultLanguage: "es")
-        func preview(rendersAhead: Bool) throws -> (PreviewResult, [String]) {
+        func preview(_ rendering: Previewer.Rendering, slowCaller: Bool = false) throws -> (PreviewResult, [String]) {
             var previewer = Previewer(options: ValidationOptions(), renderer: renderer)
-            previewer.rendersAhead = rendersAhead
+            previewer.rendering = rendering
             var bodies: [String] = []
             let result = try previewer.run(path: path) { _, messages in
+                // A caller that falls behind now and then: the balanced reader renders some invoices, leaves others.
+                if slowCaller && bodies.count % 500 < 2 { usleep(2_000) }
                 bodies += messages.map { "\($0.id) \($0.language) \($0.request.template.components.count) \($0.body)" }
             }
             return (result, bodies)
         }
-        let (ahead, aheadBodies) = try preview(rendersAhead: true)
-        let (here, hereBodies) = try preview(rendersAhead: false)
+        let (ahead, aheadBodies) = try preview(.reader)
         #expect(ahead.errorCount > 300 && ahead.errors.allSatisfy { $0.field == "tenant_name" })
-        #expect(here.errorCount == ahead.errorCount)
-        #expect(here.invalidInvoices == ahead.invalidInvoices)
-        #expect(here.errors.map(\.line) == ahead.errors.map(\.line))
-        #expect(here.messages == ahead.messages && here.recipients == ahead.recipients)
-        #expect(here.billed["DOP"]?.minorUnits == ahead.billed["DOP"]?.minorUnits)
-        #expect(hereBodies.count == ahead.messages && hereBodies == aheadBodies)
+        for (here, hereBodies) in [try preview(.caller), try preview(.balanced), try preview(.balanced, slowCaller: true)] {
+            #expect(here.errorCount == ahead.errorCount)
+            #expect(here.invalidInvoices == ahead.invalidInvoices)
+            #expect(here.errors.map(\.line) == ahead.errors.map(\.line))
+            #expect(here.messages == ahead.messages && here.recipients == ahead.recipients)
+            #expect(here.billed["DOP"]?.minorUnits == ahead.billed["DOP"]?.minorUnits)
+            #expect(hereBodies.count == ahead.messages && hereBodies == aheadBodies)
+        }
     }
 
     @Test("amount_1000 past a 32-bit integer goes as the text the tenant reads; below it, as Meta's currency")

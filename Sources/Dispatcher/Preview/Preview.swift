@@ -43,7 +43,7 @@ public struct Previewer: Sendable {
     public var renderer: MessageRenderer
     /// How many rendered messages to keep for the report.
     public var sampleLimit: Int
-    /// Read, validate and (with `rendersAhead`) render on a second thread while the caller's callbacks run on this one:
+    /// Read, validate and (as `rendering` says) render on a second thread while the caller's callbacks run on this one:
     /// a preview's whole command a quarter faster. A billing run's preparation turns it off: its
     /// store's writes are the slower half and need the second core (with it on, a million-invoice
     /// `send` reached its first request 10 % later).
@@ -51,12 +51,21 @@ public struct Previewer: Sendable {
     /// Count the distinct numbers (`PreviewResult.recipients`): a set of every number, 16 MB or
     /// more for a million. A billing run's storing pass does not need it.
     public var countsRecipients = true
-    /// With `readAhead`, render on the reader thread (true) or on the caller's (false). The reader
-    /// thread parses and validates; rendering goes where the other thread has time: a preview's
-    /// caller writes the CSV and is the busier one, a billing run's check pass only counts, and
-    /// rendering on its side brought a million-invoice `send` to its first request in 9.7 s instead of 13.3 s
-    /// (medians of five, the two builds alternating).
-    public var rendersAhead = true
+    /// With `readAhead`, which thread renders. The reader thread parses and validates; rendering
+    /// goes where the other thread has time.
+    public enum Rendering: Sendable {
+        /// The reader thread renders every invoice.
+        case reader
+        /// The caller's thread does: a billing run's check pass only counts, and rendering on its
+        /// side brought a million-invoice `send` to its first request in 9.7 s instead of 13.3 s
+        /// (medians of five, the two builds alternating).
+        case caller
+        /// The reader renders while the caller is behind (more than half the batches that may
+        /// wait are waiting) and leaves it to the caller otherwise: in a preview, reading and
+        /// writing the CSV take about the same time, and neither side is idle for long.
+        case balanced
+    }
+    public var rendering = Rendering.balanced
 
     public init(options: ValidationOptions, renderer: MessageRenderer, sampleLimit: Int = 200) {
         self.options = options
@@ -87,11 +96,11 @@ public struct Previewer: Sendable {
         var renderIssueCount = 0
         var renderInvalid = 0
         let (options, renderer, countsRecipients) = (self.options, self.renderer, self.countsRecipients)
-        let rendersHere = readAhead && !rendersAhead
-        @Sendable func read(_ emit: (ReadAhead.Item) throws -> Void) throws -> ImportSummary {
+        /// `readerRenders`: whether to render an invoice here or leave it to `hand`.
+        @Sendable func read(_ emit: (ReadAhead.Item) throws -> Void, readerRenders: () -> Bool) throws -> ImportSummary {
             let memo = MessageRenderer.Memo()
             return try ManifestImporter(options: options).importManifest(path: path, format: format) {
-                try emit(.invoice($0, rendersHere ? nil : renderer.render($0, memo: memo)))
+                try emit(.invoice($0, readerRenders() ? renderer.render($0, memo: memo) : nil))
             } onSkipped: {
                 try emit(.skipped($0, $1))
             }
@@ -137,10 +146,19 @@ public struct Previewer: Sendable {
         }
         let summary: ImportSummary
         if readAhead {
-            // Reading and validating (and rendering, with `rendersAhead`) on a thread of their own;
+            // Reading and validating (and rendering, as `rendering` says) on a thread of their own;
             // counting and handing over on this one.
             let ahead = ReadAhead()
-            ahead.start { emit in try read(emit) }
+            let rendering = self.rendering
+            ahead.start { emit in
+                try read(emit) {
+                    switch rendering {
+                    case .reader: true
+                    case .caller: false
+                    case .balanced: ahead.callerIsBehind
+                    }
+                }
+            }
             do {
                 while let batch = ahead.next() {
                     for item in batch { try hand(item) }
@@ -152,7 +170,7 @@ public struct Previewer: Sendable {
             }
             summary = try ahead.summary()
         } else {
-            summary = try read(hand)
+            summary = try read(hand) { true }
         }
         result.invoices = summary.records - summary.elsewhere
         result.otherOrganizations = summary.elsewhere

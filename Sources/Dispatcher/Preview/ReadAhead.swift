@@ -1,13 +1,13 @@
 import Foundation
 
-/// Reads, validates and (unless the caller renders, `Previewer.rendersAhead`) renders a manifest on a thread of its own while the caller's thread hands
-/// over what was read (a preview's CSV and estimate, a billing run's batches for the store): two
-/// cores at work instead of one. Items come to the caller in manifest order, in batches; at most `depth` batches wait,
+/// Reads, validates and (as `Previewer.rendering` says) renders a manifest on a thread of its own
+/// while the caller's thread hands over what was read (a preview's CSV and estimate, a billing
+/// run's batches for the store): two cores at work instead of one. Items come to the caller in manifest order, in batches; at most `depth` batches wait,
 /// so memory stays bounded whatever the manifest's size.
 final class ReadAhead: @unchecked Sendable {
     enum Item: Sendable {
         /// A valid invoice, rendered on the reader thread, or nil: to be rendered on the caller's
-        /// (`Previewer.rendersAhead`).
+        /// (`Previewer.rendering`).
         case invoice(Invoice, Result<[RenderedMessage], InvoiceProblems>?)
         case skipped(Invoice, String)
     }
@@ -18,8 +18,15 @@ final class ReadAhead: @unchecked Sendable {
     private var finished: Result<ImportSummary, any Error>?
     private var stopped = false
     private let depth: Int
+    /// Whether more than half of `depth` batches wait: the caller is the slower thread. Read and
+    /// written on the reader thread only (set as each batch is handed over).
+    private var behind = false
 
     init(depth: Int = 8) { self.depth = depth }
+
+    /// On the reader thread: whether the caller is behind, so that work which could go either side
+    /// (rendering) is better done here (`Previewer.Rendering.balanced`).
+    var callerIsBehind: Bool { behind }
 
     /// Starts the reader thread: `read` imports, handing each item to `emit`.
     func start(batchSize: Int = 256, _ read: @escaping @Sendable (_ emit: (Item) throws -> Void) throws -> ImportSummary) {
@@ -59,6 +66,7 @@ final class ReadAhead: @unchecked Sendable {
         while batches.count >= depth && !stopped { condition.wait() }
         if stopped { throw CancellationError() }
         batches.append(batch)
+        behind = batches.count > depth / 2
         condition.broadcast()
     }
 
