@@ -27,9 +27,9 @@ public protocol DispatchStore: Sendable {
     /// before its send's answer), counted per number.
     func statusesForOtherNumbers() async throws -> [(number: String, statuses: Int)]
 
-    /// The first and last sequence number of a run's messages, nil when it has none: what a
-    /// report reads between, a range of sequence numbers at a time.
-    func messageSequences(run: String) async throws -> ClosedRange<Int64>?
+    /// The first and last sequence number of a run's messages (of those after `after`, if given),
+    /// nil when there is none: what a report reads between, a range of sequence numbers at a time.
+    func messageSequences(run: String, after: Int64?) async throws -> ClosedRange<Int64>?
 
     /// A run's messages whose sequence number is in `sequences`, with their invoices, in order
     /// (for reports: a page is a range of sequence numbers, so several pages can be read at once).
@@ -471,6 +471,13 @@ public struct AttemptRecord: Sendable, Equatable, Codable {
     public var wamid: String?
     public var errorCode: Int?
     public var errorTitle: String?
+}
+
+extension DispatchStore {
+    /// The first and last sequence number of a run's messages, nil when it has none.
+    public func messageSequences(run: String) async throws -> ClosedRange<Int64>? {
+        try await messageSequences(run: run, after: nil)
+    }
 }
 
 /// One message and its invoice, as a report shows it.

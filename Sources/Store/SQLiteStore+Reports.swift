@@ -2,9 +2,10 @@ import Foundation
 import GRDB
 
 extension SQLiteStore {
-    public func messageSequences(run: String) async throws -> ClosedRange<Int64>? {
+    public func messageSequences(run: String, after: Int64?) async throws -> ClosedRange<Int64>? {
         try await pool.read { db in
-            let row = try Row.fetchOne(db, sql: "SELECT MIN(seq), MAX(seq) FROM messages WHERE run = ?", arguments: [run])
+            let row = try Row.fetchOne(
+                db, sql: "SELECT MIN(seq), MAX(seq) FROM messages WHERE run = ? AND seq > ?", arguments: [run, after ?? Int64.min])
             guard let first = row?[0] as Int64?, let last = row?[1] as Int64? else { return nil }
             return first...last
         }

@@ -126,6 +126,38 @@ struct DeliveryReportTests {
         #expect(rows.first { $0["invoice_id"] == "A" }?["amount"] == "1000.00")
     }
 
+    @Test(
+        "messages.csv of a run retried after another, larger run: its rows in order, none of the other's, the gap between read past",
+        arguments: engines)
+    func messagesCSVAcrossAGap(engine: StoreEngine) async throws {
+        let store = try await reportStore(engine)
+        try await seedReport(store, states: mix)
+        // April's 25,000 messages after March's: more than two pages (10,000 sequence numbers each) with none of March's.
+        try await store.saveRun(RunRecord(name: "april", manifest: "a.csv", template: "invoice", sender: "123", createdAt: 2))
+        for start in stride(from: 0, to: 25_000, by: 5_000) {
+            try await store.addInvoices(
+                (start..<start + 5_000).map {
+                    InvoiceRecord(
+                        run: "april", invoiceID: "A-\($0)", line: $0 + 2, tenantName: "April \($0)", amountMinor: 1, currency: "DOP",
+                        period: "2026-04", locale: "es")
+                })
+            _ = try await store.addMessages(
+                (start..<start + 5_000).map {
+                    NewMessage(
+                        id: "a-\($0)", run: "april", invoiceID: "A-\($0)", phone: "1829\(String(format: "%07d", $0))", template: "invoice",
+                        language: "es")
+                })
+        }
+        // Then March's invoice A again, to a fixed number (a retry).
+        _ = try await store.addMessages([
+            NewMessage(id: "m-retry", run: "march", invoiceID: "A", phone: "18495551000", template: "invoice", language: "es")
+        ])
+        let rows = try readCSV(try await write(store).messagesCSV)
+        #expect(rows.map { $0["message_id"]! } == (0..<mix.count).map { "m-\($0)" } + ["m-retry"])
+        #expect(rows.allSatisfy { $0["run"] == "march" })
+        #expect(rows.last?["tenant_name"] == "Tenant A, \"quoted\"" && rows.last?["state"] == "queued")
+    }
+
     @Test("landlords.csv: invoices, billed and delivered per landlord and currency, as the store says", arguments: engines)
     func landlordsCSV(engine: StoreEngine) async throws {
         let store = try await reportStore(engine)

@@ -530,8 +530,8 @@ public final class PostgresStore: DispatchStore {
 
     // MARK: - Reports
 
-    public func messageSequences(run: String) async throws -> ClosedRange<Int64>? {
-        let row = try await rows("SELECT MIN(seq), MAX(seq) FROM messages WHERE run = \(run)").first
+    public func messageSequences(run: String, after: Int64?) async throws -> ClosedRange<Int64>? {
+        let row = try await rows("SELECT MIN(seq), MAX(seq) FROM messages WHERE run = \(run) AND seq > \(after ?? Int64.min)").first
         guard let row else { return nil }
         var r = Cells(row)
         let first: Int64? = try r.next(), last: Int64? = try r.next()
