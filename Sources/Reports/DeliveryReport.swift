@@ -24,6 +24,8 @@ public struct DeliveryReportWriter: Sendable {
     let library: MustacheLibrary
     public var lang: String
     public var excel: Bool
+    /// How many sequence numbers a page of `messages.csv` covers (smaller in tests, to cross pages).
+    var pageSpan: Int64 = 10_000
     /// Rows per failure group and in the retryable list on the page.
     public var pageRows = 50
 
@@ -105,7 +107,7 @@ public struct DeliveryReportWriter: Sendable {
         // starts at the run's next message: a gap of 50 million sequence numbers cost 0.8 s of
         // empty pages.
         if let all = try await store.messageSequences(run: run.name) {
-            let span: Int64 = 10_000, readers = 2, last = all.upperBound, name = run.name
+            let span = pageSpan, readers = 2, last = all.upperBound, name = run.name
             try await withThrowingTaskGroup(of: (Int, [ReportRow]).self) { group in
                 var next = all.lowerBound  // where the next page to ask for starts
                 var ends: [Int64] = []  // each page's last sequence number, by page

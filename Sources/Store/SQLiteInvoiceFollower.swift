@@ -57,11 +57,17 @@ struct SQLiteInvoiceFollower {
         return found
     }
 
+    /// Steps with SQLite's own call (GRDB's `setArguments` has reset and bound it): GRDB's steps
+    /// are for statements it iterates itself.
     private func step(_ statement: Statement) throws -> Bool {
         switch sqlite3_step(statement.sqliteStatement) {
         case SQLITE_ROW: return true
         case SQLITE_DONE: return false
-        case let code: throw DatabaseError(resultCode: ResultCode(rawValue: code), message: "reading a run's invoices")
+        case let code:
+            // GRDB interrupts the connection when the task is cancelled: say so, as its own steps would.
+            if code == SQLITE_INTERRUPT { try Task.checkCancellation() }
+            let message = sqlite3_errmsg(sqlite3_db_handle(statement.sqliteStatement)).map { String(cString: $0) }
+            throw DatabaseError(resultCode: ResultCode(rawValue: code), message: message, sql: statement.sql)
         }
     }
 

@@ -25,7 +25,7 @@ extension SQLiteStore {
             var invoices = try SQLiteInvoiceFollower(
                 db, run: run, columns: "landlord, tenant_name, property, amount_minor, currency, period, email")
             var rows: [ReportRow] = []
-            rows.reserveCapacity(Int(clamping: min(sequences.upperBound - sequences.lowerBound + 1, 1 << 16)))
+            rows.reserveCapacity(Int(clamping: max(0, min(sequences.upperBound &- sequences.lowerBound &+ 1, 1 << 16))))
             let cursor = try Row.fetchCursor(statement, arguments: [sequences.lowerBound, sequences.upperBound, run])
             let c = SQLiteColumns(statement)
             let states = StateNames()

@@ -128,15 +128,20 @@ struct HostileInputTests {
             previewer.rendering = rendering
             var bodies: [String] = []
             let result = try previewer.run(path: path) { _, messages in
-                // A caller that falls behind now and then: the balanced reader renders some invoices, leaves others.
-                if slowCaller && bodies.count % 500 < 2 { usleep(2_000) }
+                // A caller held up at its first invoice: the reader runs ahead and, once more than
+                // half its queue waits, renders; the caller renders the first batches, queued before.
+                if slowCaller && bodies.isEmpty { usleep(300_000) }
                 bodies += messages.map { "\($0.id) \($0.language) \($0.request.template.components.count) \($0.body)" }
             }
             return (result, bodies)
         }
         let (ahead, aheadBodies) = try preview(.reader)
         #expect(ahead.errorCount > 300 && ahead.errors.allSatisfy { $0.field == "tenant_name" })
-        for (here, hereBodies) in [try preview(.caller), try preview(.balanced), try preview(.balanced, slowCaller: true)] {
+        #expect(ahead.renderedAhead == 2_700)  // every invoice with something due
+        let caller = try preview(.caller), balanced = try preview(.balanced, slowCaller: true)
+        #expect(caller.0.renderedAhead == 0)
+        #expect(balanced.0.renderedAhead > 0 && balanced.0.renderedAhead < 2_700, "\(balanced.0.renderedAhead) rendered ahead")
+        for (here, hereBodies) in [caller, try preview(.balanced), balanced] {
             #expect(here.errorCount == ahead.errorCount)
             #expect(here.invalidInvoices == ahead.invalidInvoices)
             #expect(here.errors.map(\.line) == ahead.errors.map(\.line))

@@ -25,6 +25,9 @@ public struct PreviewResult: Sendable {
     public var languages: [String: Int] = [:]
     /// Amount billed per currency (valid invoices with something due), in minor units.
     public var billed: [String: Money] = [:]
+    /// Invoices rendered as they were read (on the reader thread, when reading ahead), the others
+    /// on the caller's (`Previewer.rendering`).
+    public var renderedAhead = 0
 
     public var isValid: Bool { errorCount == 0 }
 
@@ -140,7 +143,9 @@ public struct Previewer: Sendable {
         let memo = MessageRenderer.Memo()  // this thread's, when it renders
         func hand(_ item: ReadAhead.Item) throws {
             switch item {
-            case .invoice(let invoice, let rendered): try take(invoice, rendered ?? renderer.render(invoice, memo: memo))
+            case .invoice(let invoice, let rendered):
+                if rendered != nil { result.renderedAhead += 1 }
+                try take(invoice, rendered ?? renderer.render(invoice, memo: memo))
             case .skipped(let invoice, let reason): try onSkipped(invoice, reason)
             }
         }
