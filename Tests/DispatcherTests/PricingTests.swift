@@ -134,7 +134,8 @@ struct PricingTests {
         #expect(january.rates["Spain"]?[.utility] == 20_000)
         var estimate = CostEstimate(
             card: try RateCard.parse("Market,Currency,Marketing,Utility\nSpain,USD,0.07,n/a\n", source: "m", effective: "2026-01-01"))
-        estimate.add(estimate.key(organization: nil, landlord: nil, phone: "34600111222", category: .utility))
+        let spain = estimate.key(organization: nil, landlord: nil, phone: "34600111222", category: .utility)
+        estimate.add(spain)
         #expect(estimate.withoutRate == 1)
     }
 
@@ -155,12 +156,35 @@ struct PricingTests {
         #expect(map.market(of: "8821234567", on: april) == "Other")  // not in the table at all
     }
 
+    @Test("an estimate finds the market a number's start gives once, and the same as asking the map each time")
+    func marketsRemembered() {
+        let map = MarketMap.builtIn
+        for card in RateCards.builtIn {
+            var estimate = CostEstimate(card: card)
+            var random = SystemRandomNumberGenerator()
+            let starts = ["1809", "1829", "1212", "1", "34", "351", "48", "77", "79", "535", "882", "999", "44", "521", "57"]
+            var phones = ["", "+", "1", "18", "+1809", "++18095550101", "+18095550101", "1809x550101", "+4420", "7", "07011234567"]
+            for _ in 0..<2_000 {
+                let start = starts.randomElement(using: &random)!
+                let rest = String((0..<Int.random(in: 0...9, using: &random)).map { _ in "0123456789".randomElement(using: &random)! })
+                phones.append((Bool.random(using: &random) ? "+" : "") + start + rest)
+            }
+            for phone in phones + phones.shuffled(using: &random) {
+                let found = estimate.key(organization: nil, landlord: nil, phone: phone, category: .utility).market
+                #expect(found == map.market(of: phone, on: card), "\(phone)")
+            }
+        }
+    }
+
     @Test("an estimate adds up per landlord and market, and prints with the card's currency")
     func estimate() {
         var e = CostEstimate(card: RateCards.builtIn[1])
-        for _ in 0..<13 { e.add(e.key(organization: nil, landlord: "Caribe", phone: "18095550101", category: .utility)) }
-        for _ in 0..<2 { e.add(e.key(organization: nil, landlord: "Próceres", phone: "34600111222", category: .utility)) }
-        e.remove(e.key(organization: nil, landlord: "Caribe", phone: "18295550102", category: .utility))
+        let caribe = e.key(organization: nil, landlord: "Caribe", phone: "18095550101", category: .utility)
+        let proceres = e.key(organization: nil, landlord: "Próceres", phone: "34600111222", category: .utility)
+        for _ in 0..<13 { e.add(caribe) }
+        for _ in 0..<2 { e.add(proceres) }
+        let another = e.key(organization: nil, landlord: "Caribe", phone: "18295550102", category: .utility)
+        e.remove(another)
         // 12 × 0.0113 + 2 × 0.0200 = 0.1356 + 0.0400.
         #expect(e.total == 175_600)
         #expect(e.messages == 14)

@@ -73,8 +73,23 @@ public struct CostEstimate: Sendable {
         self.markets = markets
     }
 
-    public func key(organization: String?, landlord: String?, phone: String, category: PricingCategory) -> Key {
-        Key(organization: organization, landlord: landlord, market: markets.market(of: phone, on: card), category: category)
+    /// Markets found, by the start of the number (`MarketMap.start`): a month's numbers share a few
+    /// dozen, and finding one takes several lookups of strings (3 % of a million-row preview).
+    private var marketsByStart: [Int: String] = [:]
+
+    public mutating func key(organization: String?, landlord: String?, phone: String, category: PricingCategory) -> Key {
+        let market: String
+        if let start = markets.start(of: phone) {
+            if let known = marketsByStart[start] {
+                market = known
+            } else {
+                market = markets.market(of: phone, on: card)
+                marketsByStart[start] = market
+            }
+        } else {
+            market = markets.market(of: phone, on: card)
+        }
+        return Key(organization: organization, landlord: landlord, market: market, category: category)
     }
 
     public mutating func add(_ key: Key, count: Int = 1) {

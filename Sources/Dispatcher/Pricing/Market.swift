@@ -42,6 +42,21 @@ public struct MarketMap: Sendable {
         return nil
     }
 
+    /// The first `longest` digits of a number (after a `+`) as one integer, with how many there
+    /// are: every prefix the table matches lies within them, so numbers with the same start have
+    /// the same market. Nil when they are not all digits.
+    public func start(of phone: String) -> Int? {
+        var value = 0, count = 0
+        for (i, byte) in phone.utf8.enumerated() {
+            if i == 0 && byte == UInt8(ascii: "+") { continue }  // as `country(of:)`: one `+`, first
+            guard count < longest else { break }
+            guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { return nil }
+            value = value * 10 + Int(byte - UInt8(ascii: "0"))
+            count += 1
+        }
+        return value * 10 + count
+    }
+
     /// The market of a number on this card: the country's own, its group's, or `Other`.
     public func market(of phone: String, on card: RateCard) -> String {
         guard let country = country(of: phone) else { return Market.other }
