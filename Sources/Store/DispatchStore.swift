@@ -204,6 +204,11 @@ extension DispatchStore {
     public func isOptedOut(phone: String) async throws -> Bool {
         try await OptOutList.load(from: self).contains(phone)
     }
+
+    /// The first and last sequence number of a run's messages, nil when it has none.
+    public func messageSequences(run: String) async throws -> ClosedRange<Int64>? {
+        try await messageSequences(run: run, after: nil)
+    }
 }
 
 /// The single-message forms of the ledger, the same for every store.
@@ -471,13 +476,6 @@ public struct AttemptRecord: Sendable, Equatable, Codable {
     public var wamid: String?
     public var errorCode: Int?
     public var errorTitle: String?
-}
-
-extension DispatchStore {
-    /// The first and last sequence number of a run's messages, nil when it has none.
-    public func messageSequences(run: String) async throws -> ClosedRange<Int64>? {
-        try await messageSequences(run: run, after: nil)
-    }
 }
 
 /// One message and its invoice, as a report shows it.

@@ -16,8 +16,6 @@ struct SQLiteColumns {
 
     func int64(_ column: Int32) -> Int64 { sqlite3_column_int64(statement, column) }
 
-    func int64OrNil(_ column: Int32) -> Int64? { isNull(column) ? nil : sqlite3_column_int64(statement, column) }
-
     func intOrNil(_ column: Int32) -> Int? { isNull(column) ? nil : Int(sqlite3_column_int64(statement, column)) }
 
     func doubleOrNil(_ column: Int32) -> Double? { isNull(column) ? nil : sqlite3_column_double(statement, column) }

@@ -78,16 +78,12 @@ public struct CostEstimate: Sendable {
     private var marketsByStart: [Int: String] = [:]
 
     public mutating func key(organization: String?, landlord: String?, phone: String, category: PricingCategory) -> Key {
-        let market: String
-        if let start = markets.start(of: phone) {
-            if let known = marketsByStart[start] {
-                market = known
-            } else {
-                market = markets.market(of: phone, on: card)
-                marketsByStart[start] = market
-            }
+        let start = markets.start(of: phone), market: String
+        if let start, let known = marketsByStart[start] {
+            market = known
         } else {
             market = markets.market(of: phone, on: card)
+            if let start { marketsByStart[start] = market }
         }
         return Key(organization: organization, landlord: landlord, market: market, category: category)
     }
