@@ -336,14 +336,23 @@ struct Arrivals {
 
 // MARK: - Reports
 
-/// The delivery report of a 1,000,000-message run, from a store seeded directly.
-func reportBenchmark(messages: Int) async throws -> [(String, String, String, String)] {
+/// Reports of a seeded run of `messages` messages (issue 6, 19): `messages.csv` and the page
+/// timed apart through `DeliveryReportWriter`, then the whole `dispatcher report` under
+/// `/usr/bin/time` (its peak memory). On SQLite the seeded file is kept in bench-data/ and reused
+/// (seeding takes a minute); on PostgreSQL (`postgresAdminURL`) a new database is seeded each time.
+func reportBenchmark(messages: Int, dispatcher: String, postgresAdminURL: String? = nil) async throws -> [(String, String, String, String)]
+{
     let folder = try workspace()
     defer { try? FileManager.default.removeItem(atPath: folder) }
-    // The seeded store is kept in bench-data/ and reused: seeding takes a minute.
-    let database = "bench-data/report-\(messages).sqlite"
-    let seeded = FileManager.default.fileExists(atPath: database)
-    let store = try SQLiteStore(path: database)
+    let sqlitePath = "bench-data/report-\(messages).sqlite"
+    var database = "sqlite:\(sqlitePath)"
+    if let postgresAdminURL {
+        database = try await PostgresStore.createDatabase(
+            named: "bench_report_\(UInt32.random(in: 0...UInt32.max))", adminURL: postgresAdminURL)
+    }
+    let engine = postgresAdminURL == nil ? "SQLite" : "PostgreSQL"
+    let seeded = postgresAdminURL == nil && FileManager.default.fileExists(atPath: sqlitePath)
+    let store = try await StoreOpener.open(url: database)
     let seedStart = ContinuousClock.now
     if !seeded {
         try await store.saveRun(
@@ -369,17 +378,27 @@ func reportBenchmark(messages: Int) async throws -> [(String, String, String, St
         }
         // Outcomes, in bulk: mostly read, some delivered, failed and unknown.
         // (Directly in SQL: a million statuses through the API would take minutes and measure something else.)
-        try await DatabaseQueue(path: database).write { db in
-            try db.execute(
-                sql: """
-                    UPDATE messages SET
-                      state = CASE WHEN seq % 20 = 0 THEN 'failed' WHEN seq % 50 = 1 THEN 'unknown' WHEN seq % 7 = 0 THEN 'delivered' ELSE 'read' END,
-                      error_code = CASE WHEN seq % 20 = 0 THEN (CASE WHEN seq % 40 = 0 THEN 131026 ELSE 131049 END) END,
-                      error_title = CASE WHEN seq % 20 = 0 THEN 'Message undeliverable' END,
-                      wamid = 'wamid.' || seq, attempts = 1, accepted_at = 1772000000 + seq / 1000, sent_at = 1772000001 + seq / 1000,
-                      delivered_at = CASE WHEN seq % 20 != 0 AND seq % 50 != 1 THEN 1772000002 + seq / 1000 END,
-                      read_at = CASE WHEN seq % 20 != 0 AND seq % 50 != 1 AND seq % 7 != 0 THEN 1772000030 + seq / 1000 END
-                    """)
+        let outcomes = """
+            UPDATE messages SET
+              state = CASE WHEN seq % 20 = 0 THEN 'failed' WHEN seq % 50 = 1 THEN 'unknown' WHEN seq % 7 = 0 THEN 'delivered' ELSE 'read' END,
+              error_code = CASE WHEN seq % 20 = 0 THEN (CASE WHEN seq % 40 = 0 THEN 131026 ELSE 131049 END) END,
+              error_title = CASE WHEN seq % 20 = 0 THEN 'Message undeliverable' END,
+              wamid = 'wamid.' || seq, attempts = 1, accepted_at = 1772000000 + seq / 1000, sent_at = 1772000001 + seq / 1000,
+              delivered_at = CASE WHEN seq % 20 != 0 AND seq % 50 != 1 THEN 1772000002 + seq / 1000 END,
+              read_at = CASE WHEN seq % 20 != 0 AND seq % 50 != 1 AND seq % 7 != 0 THEN 1772000030 + seq / 1000 END
+            """
+        if postgresAdminURL == nil {
+            try await DatabaseQueue(path: sqlitePath).write { db in try db.execute(sql: outcomes) }
+        } else {
+            guard let psql = which("psql") else { throw BenchError("report on PostgreSQL: psql is missing (Debian's postgresql-client)") }
+            let ranks = MessageState.allCases.map { "WHEN '\($0.rawValue)' THEN \($0.rank)" }.joined(separator: " ")
+            let result = try runProcess(
+                psql,
+                [
+                    database, "-v", "ON_ERROR_STOP=1", "-c", outcomes, "-c", "UPDATE messages SET state_rank = CASE state \(ranks) END",
+                    "-c", "ANALYZE",
+                ])
+            if !result.stderr.isEmpty { throw BenchError("report on PostgreSQL: seeding the outcomes failed: \(result.stderr)") }
         }
     }
     let seedTime = seconds(ContinuousClock.now - seedStart)
@@ -395,10 +414,12 @@ func reportBenchmark(messages: Int) async throws -> [(String, String, String, St
     let pageStart = ContinuousClock.now
     try await writer.writePage(run: run, store: store, files: files)
     let pageTime = seconds(ContinuousClock.now - pageStart)
+    await store.close()
     let htmlSize = (try FileManager.default.attributesOfItem(atPath: files.html)[.size] as? Int) ?? 0
     let csvSize = (try FileManager.default.attributesOfItem(atPath: files.messagesCSV)[.size] as? Int) ?? 0
-    let label = "report of \(messages.formatted()) messages" + (seeded ? "" : " (seeded in \(String(format: "%.0f", seedTime)) s)")
-    return [
+    let label =
+        "report of \(messages.formatted()) messages, \(engine)" + (seeded ? "" : " (seeded in \(String(format: "%.0f", seedTime)) s)")
+    var rows = [
         (
             label + ": messages.csv", String(format: "%.2f s", csvTime), "\(csvSize / 1_048_576) MB",
             String(format: "%.0f rows/s", Double(messages) / csvTime)
@@ -408,6 +429,23 @@ func reportBenchmark(messages: Int) async throws -> [(String, String, String, St
             ""
         ),
     ]
+    // The whole command, as a user runs it.
+    if FileManager.default.isExecutableFile(atPath: "/usr/bin/time") {
+        print("report: dispatcher report on \(engine), whole command…")
+        let started = ContinuousClock.now
+        let result = try runProcess(
+            "/usr/bin/time",
+            ["-f", "peak_kb=%M", dispatcher, "report", "big", "--db", database, "--out", folder + "/whole", "--timezone", "UTC"])
+        let wall = seconds(ContinuousClock.now - started)
+        let peak = result.stderr.split(separator: "\n").last { $0.hasPrefix("peak_kb=") }.flatMap { Double($0.dropFirst(8)) } ?? 0
+        let written = FileManager.default.fileExists(atPath: folder + "/whole/messages.csv")
+        rows.append(
+            (
+                "dispatcher report, \(engine), whole command", String(format: "%.2f s", wall), String(format: "peak %.0f MB", peak / 1024),
+                written ? "" : "no messages.csv written: \(result.stderr.suffix(300))"
+            ))
+    }
+    return rows  // (a PostgreSQL database is left in the throw-away cluster, which `scripts/bench` deletes)
 }
 
 func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }

@@ -283,8 +283,12 @@ if only == nil || only == "preview" {
 
 // 7. Reports of a 1,000,000-message run.
 if only == nil || only == "report" {
-    print("report: seeding \(rows.formatted()) messages…")
-    table += try await reportBenchmark(messages: rows)
+    print("report: seeding \(rows.formatted()) messages (SQLite: once, kept in bench-data/)…")
+    table += try await reportBenchmark(messages: rows, dispatcher: dispatcherPath)
+    if let postgres = ProcessInfo.processInfo.environment["DISPATCHER_BENCH_POSTGRES_URL"], !postgres.isEmpty {
+        print("report: seeding \(rows.formatted()) messages in PostgreSQL…")
+        table += try await reportBenchmark(messages: rows, dispatcher: dispatcherPath, postgresAdminURL: postgres)
+    }
 }
 
 let widths = [
