@@ -592,8 +592,8 @@ public struct ReportSummary: Sendable, Equatable {
     public var sendsPerMinute: [Int: Int] = [:]
     public var deliveriesPerMinute: [Int: Int] = [:]
     /// The delivered and read messages (of the landlord asked for, or all) as
-    /// `chargeCounts(run:states:)` counts them, when the engine adds them up in the same pass
-    /// (SQLite); nil when they are to be asked for apart.
+    /// `chargeCounts(run:states:)` counts them, when the engine counts them with the rest (SQLite
+    /// in the same pass, PostgreSQL in a query beside the others); nil when they are to be asked for apart.
     public var charges: [ChargeCount]?
 
     public init() {}
