@@ -394,6 +394,39 @@ struct StoreTests {
     }
 
     @Test(
+        "PostgreSQL: a report of a run stored a moment ago gives its tables statistics first, once",
+        .enabled(if: engines.contains(.postgres)))
+    func reportAnalyzesFreshTables() async throws {
+        let store = try #require(try await makeStore(.postgres) as? PostgresStore)
+        try await store.saveRun(RunRecord(name: "march", manifest: "march.csv", template: "invoice", sender: "123", createdAt: 1))
+        try await store.addInvoices(
+            (0..<2_000).map {
+                InvoiceRecord(
+                    run: "march", invoiceID: "I-\($0)", line: $0 + 2, tenantName: "T", amountMinor: 100, currency: "DOP", period: "2026-03",
+                    locale: "es")
+            })
+        _ = try await store.addMessages(
+            (0..<2_000).map {
+                NewMessage(id: "m-\($0)", run: "march", invoiceID: "I-\($0)", phone: "1809555\($0)", template: "invoice", language: "es")
+            })
+        func stale() async throws -> Set<String> {
+            Set(try await store.rows(PostgresQuery(unsafeSQL: PostgresStore.staleTables)).map { try $0.decode(String.self) })
+        }
+        // Never analyzed: the planner has no figures (reltuples -1), and both tables count as stale.
+        func planned() async throws -> [Double] {
+            try await store.rows("SELECT reltuples::float8 FROM pg_class WHERE relname IN ('messages', 'invoices') ORDER BY relname")
+                .map { try $0.decode(Double.self) }
+        }
+        #expect(try await planned() == [-1, -1])
+        #expect(try await stale().isSuperset(of: ["messages", "invoices"]))
+        let summary = try await store.reportSummary(run: "march", landlord: nil, samples: 3)
+        #expect(summary.states == [.queued: 2_000])
+        #expect(try await planned() == [2_000, 2_000])
+        // Nothing stale afterwards: the next report does not analyze again.
+        #expect(try await stale().isEmpty)
+    }
+
+    @Test(
         "PostgreSQL: an unreachable server, a missing database and an unknown user are clear errors",
         .enabled(if: engines.contains(.postgres)))
     func postgresErrors() async throws {

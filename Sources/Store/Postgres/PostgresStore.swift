@@ -598,7 +598,28 @@ public final class PostgresStore: DispatchStore {
             email: try r.next(), skipReason: try r.next())
     }
 
+    /// The tables a report adds up get fresh statistics first when they have grown by more than a
+    /// tenth (and 64 KB) since their last ANALYZE, or more rows changed than autovacuum waits for:
+    /// a run stored a moment ago, before autovacuum came by. Without them the planner chose nested
+    /// loops over whole tables: the page's GROUP BYs of a 9,000-message run took 5.5-9.2 s each,
+    /// instead of milliseconds. Growth is read from the files' size, which is exact at once (the
+    /// counters of changed rows reach `pg_stat_user_tables` up to 10 s late). ANALYZE reads a
+    /// sample (30,000 rows at most) and takes no lock that readers or writers wait for.
+    static let staleTables = """
+        SELECT c.relname FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid
+        WHERE c.relname IN ('messages', 'invoices', 'status_events')
+          AND (pg_relation_size(c.oid) / 8192 > c.relpages * 1.1 + 8 OR s.n_mod_since_analyze > 50 + s.n_live_tup / 10)
+        """
+
+    func analyzeIfStale() async throws {
+        let stale = try await rows(PostgresQuery(unsafeSQL: Self.staleTables)).map { try $0.decode(String.self) }
+        for table in stale where ["messages", "invoices", "status_events"].contains(table) {
+            _ = try await rows(PostgresQuery(unsafeSQL: "ANALYZE \(table)"))
+        }
+    }
+
     public func reportSummary(run: String, landlord: String?, samples: Int) async throws -> ReportSummary {
+        try await analyzeIfStale()
         func query(_ sql: String, _ extra: (inout PostgresBindings) -> Void = { _ in }) -> PostgresQuery {
             var bindings = PostgresBindings()
             bindings.append(run)
