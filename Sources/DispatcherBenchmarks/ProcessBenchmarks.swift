@@ -432,17 +432,13 @@ func reportBenchmark(messages: Int, dispatcher: String, postgresAdminURL: String
     // The whole command, as a user runs it.
     if FileManager.default.isExecutableFile(atPath: "/usr/bin/time") {
         print("report: dispatcher report on \(engine), whole command…")
-        let started = ContinuousClock.now
-        let result = try runProcess(
-            "/usr/bin/time",
-            ["-f", "peak_kb=%M", dispatcher, "report", "big", "--db", database, "--out", folder + "/whole", "--timezone", "UTC"])
-        let wall = seconds(ContinuousClock.now - started)
-        let peak = result.stderr.split(separator: "\n").last { $0.hasPrefix("peak_kb=") }.flatMap { Double($0.dropFirst(8)) } ?? 0
+        let whole = try timedCommand(
+            dispatcher, ["report", "big", "--db", database, "--out", folder + "/whole", "--timezone", "UTC"])
         let written = FileManager.default.fileExists(atPath: folder + "/whole/messages.csv")
         rows.append(
             (
-                "dispatcher report, \(engine), whole command", String(format: "%.2f s", wall), String(format: "peak %.0f MB", peak / 1024),
-                written ? "" : "no messages.csv written: \(result.stderr.suffix(300))"
+                "dispatcher report, \(engine), whole command", String(format: "%.2f s", whole.seconds),
+                String(format: "peak %.0f MB", whole.peakMB), written ? "" : "no messages.csv written: \(whole.stderr.suffix(300))"
             ))
     }
     return rows  // (a PostgreSQL database is left in the throw-away cluster, which `scripts/bench` deletes)

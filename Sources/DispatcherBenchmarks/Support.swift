@@ -36,6 +36,16 @@ func runProcess(_ executable: String, _ arguments: [String]) throws -> (stdout: 
     return (String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
 }
 
+/// Runs a whole command under `/usr/bin/time`: its wall time, its peak memory (MB) and what it
+/// printed on stderr.
+func timedCommand(_ executable: String, _ arguments: [String]) throws -> (seconds: Double, peakMB: Double, stderr: String) {
+    let started = ContinuousClock.now
+    let result = try runProcess("/usr/bin/time", ["-f", "peak_kb=%M", executable] + arguments)
+    let elapsed = ContinuousClock.now - started
+    let peak = result.stderr.split(separator: "\n").last { $0.hasPrefix("peak_kb=") }.flatMap { Double($0.dropFirst(8)) } ?? 0
+    return (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, peak / 1024, result.stderr)
+}
+
 /// Reads a file to its end and drops what it read: afterwards it is in the page cache.
 func warmPageCache(_ path: String) throws {
     guard let file = FileHandle(forReadingAtPath: path) else { throw BenchError("cannot read \(path)") }

@@ -244,25 +244,18 @@ if only == nil || only == "preview" {
     guard FileManager.default.isExecutableFile(atPath: "/usr/bin/time") else { throw BenchError("preview: /usr/bin/time is missing") }
     let out = NSTemporaryDirectory() + "bench-preview-\(UUID().uuidString)"
     defer { try? FileManager.default.removeItem(atPath: out) }
-    func timed(_ executable: String, _ arguments: [String]) throws -> (seconds: Double, peakMB: Double) {
-        let started = Date()
-        let result = try runProcess("/usr/bin/time", ["-f", "peak_kb=%M", executable] + arguments)
-        let seconds = Date().timeIntervalSince(started)
-        let peak = result.stderr.split(separator: "\n").last { $0.hasPrefix("peak_kb=") }.flatMap { Double($0.dropFirst(8)) } ?? 0
-        return (seconds, peak / 1024)
-    }
     for (kind, path) in [("CSV", csvPath), ("XML", xmlPath)] {
         // Read once untimed first, so that both commands find it in the page cache: otherwise ours,
         // run first, also pays for the disk (7.6 s warm, 11.1 s cold, the same binary and hour).
         try warmPageCache(path)
         print("preview: dispatcher preview of the \(kind), whole command…")
-        let ours = try timed(dispatcherPath, ["preview", path, "--ignore-store", "--out", out, "--templates", "templates"])
+        let ours = try timedCommand(dispatcherPath, ["preview", path, "--ignore-store", "--out", out, "--templates", "templates"])
         var peer: (name: String, seconds: Double)? = nil
         if kind == "CSV", let python = which("python3") {
             let read = "import csv,sys\nfor r in csv.reader(open(sys.argv[1], newline='', encoding='utf-8'), delimiter=';'): pass"
-            peer = ("Python csv.reader", try timed(python, ["-c", read, path]).seconds)
+            peer = ("Python csv.reader", try timedCommand(python, ["-c", read, path]).seconds)
         } else if kind == "XML", let xmllint = which("xmllint") {
-            peer = ("xmllint --stream --noout", try timed(xmllint, ["--stream", "--noout", path]).seconds)
+            peer = ("xmllint --stream --noout", try timedCommand(xmllint, ["--stream", "--noout", path]).seconds)
         }
         table.append(
             (
