@@ -665,14 +665,23 @@ public final class SQLiteStore: DispatchStore {
         return try String.fetchOne(db.cachedStatement(sql: "SELECT sender FROM runs WHERE name = ?"), arguments: [run]) == number
     }
 
+    /// The statuses kept unmatched that name a message, by its id in the callback data (first
+    /// argument) or by its wamid (second). Two lookups joined, one per partial index: written as
+    /// one `OR`, SQLite's planner (which has no statistics here) walked every unmatched status
+    /// instead, and statuses are kept unmatched for good when they are about messages other tools
+    /// sent from the same number, or about another number. With 200,000 of them that was 58 ms
+    /// for every message added or accepted; now it is two index lookups whatever their number.
+    static let pendingEventsSQL = """
+        SELECT * FROM status_events WHERE message_id IS NULL AND callback_data = ?1
+        UNION
+        SELECT * FROM status_events WHERE message_id IS NULL AND wamid = ?2
+        ORDER BY timestamp, id
+        """
+
     /// Applies statuses that arrived before their message was known, in Meta's time order.
     static func attachPendingEvents(_ db: Database, messageID: String, wamid: String?) throws {
         // Cached: this runs for every accepted send (a statement compiled each time cost more than the lookup).
-        let rows = try Row.fetchAll(
-            db.cachedStatement(
-                sql: """
-                    SELECT * FROM status_events WHERE message_id IS NULL AND (callback_data = ? OR wamid = ?) ORDER BY timestamp, id
-                    """), arguments: [messageID, wamid ?? ""])
+        let rows = try Row.fetchAll(db.cachedStatement(sql: pendingEventsSQL), arguments: [messageID, wamid ?? ""])
         guard !rows.isEmpty else { return }
         let now = Date().timeIntervalSince1970
         for row in rows {
