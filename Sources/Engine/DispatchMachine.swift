@@ -251,7 +251,7 @@ struct DispatchMachine {
             // while sends wait out a throttling pause.
             if writing == nil && waiting <= refill && inFlight + waiting < maxInFlight {
                 if !queue.isEmpty || !exhausted { step.wake = min(step.wake, now + .milliseconds(5)) }
-                if let held = queue.nextWake { step.wake = min(step.wake, held) }
+                if let held = queue.nextWake() { step.wake = min(step.wake, held) }
             }
         }
         step.wake = max(step.wake, now + .milliseconds(1))
