@@ -104,6 +104,10 @@ struct DispatchMachine {
     /// Messages waiting, committed or in flight (for the progress line).
     var remaining: Int { queue.count + ready.count - readyIndex + inFlight }
 
+    /// Messages kept in memory, with their request bodies: those waiting, and those started that
+    /// the list of committed sends has not let go yet.
+    var retained: Int { queue.count + ready.count }
+
     /// The most requests released in any one second so far.
     var mostInOneSecond: Int { budget.mostInOneSecond }
 
@@ -297,6 +301,11 @@ struct DispatchMachine {
         readyIndex += count
         if readyIndex == ready.count {
             ready.removeAll(keepingCapacity: true)
+            readyIndex = 0
+        } else if readyIndex >= 1_024 && readyIndex * 2 >= ready.count {
+            // Refilled before it runs dry, the list rarely empties: without this it kept every
+            // message sent, request body included (a million-message run, a gigabyte and more).
+            ready.removeFirst(readyIndex)
             readyIndex = 0
         }
         return sends

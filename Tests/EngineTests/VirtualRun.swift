@@ -49,6 +49,8 @@ final class VirtualRun {
     var feedPage: Int? = nil
     /// The most messages taken from the feed and not yet sent, at any moment (what the loop holds).
     private(set) var mostHeld = 0
+    /// The most messages the loop kept in memory at any moment, sent ones not yet let go included.
+    private(set) var mostRetained = 0
     private var events: [(at: Duration, action: (VirtualRun) -> Void)] = []
     private var queued: [Outgoing]
 
@@ -117,6 +119,7 @@ final class VirtualRun {
             }
             mostInFlight = max(mostInFlight, inFlight.count)
             if feedPage != nil { mostHeld = max(mostHeld, offset - firstRequests) }
+            mostRetained = max(mostRetained, machine.retained)
             if let (written, begin) = step.write {
                 writes += 1
                 outcomes += written
