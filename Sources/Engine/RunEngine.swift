@@ -288,6 +288,10 @@ public final class RunEngine: Sendable {
     /// Writes one batch of the preparation and counts what became of its messages.
     private func store(_ batch: PreparedBatch, into preparation: inout Preparation, options: RunOptions) async throws {
         try await store.addInvoices(batch.invoices)
+        // Messages an earlier run sent: this run's records of them (skipped, or copies to resend),
+        // stored with the batch's one write rather than one transaction each (a month's manifest
+        // run again under another name stored 10,000 of them in 4 s, a million in minutes).
+        var copies: [NewMessage] = []
         for (message, outcome) in zip(batch.messages, try await store.addMessages(batch.messages)) {
             switch outcome {
             case .inserted:
@@ -315,7 +319,7 @@ public final class RunEngine: Sendable {
                     var again = message
                     again.id = "\(id)-r\(generation)"
                     again.requestBody = again.requestBody?.replacingOccurrences(of: "\"\(id)\"", with: "\"\(again.id)\"")
-                    _ = try await store.addMessages([again])
+                    copies.append(again)
                     preparation.queued += 1
                 } else {
                     var skipped = message
@@ -323,11 +327,12 @@ public final class RunEngine: Sendable {
                     skipped.state = .skipped
                     skipped.skipReason = SkipReason.alreadySent(run: run, state: state.rawValue)
                     skipped.requestBody = nil
-                    _ = try await store.addMessages([skipped])
+                    copies.append(skipped)
                     preparation.alreadySent += 1
                 }
             }
         }
+        if !copies.isEmpty { _ = try await store.addMessages(copies) }
     }
 
     // MARK: - Sending
