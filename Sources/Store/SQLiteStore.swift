@@ -286,6 +286,10 @@ public final class SQLiteStore: DispatchStore {
             // What a resumed run closes (`markInterrupted`): found without reading the run's every attempt.
             try db.execute(sql: "CREATE INDEX attempts_in_flight ON attempts(message_id) WHERE outcome = 'sending'")
         }
+        migrator.registerMigration("v12: a run's failures by code") { db in
+            // What the account-failure watcher looks for every second (`firstFailureSQL`).
+            try db.execute(sql: "CREATE INDEX messages_failed_code ON messages(run, error_code) WHERE state = 'failed'")
+        }
         return migrator
     }
 
@@ -713,17 +717,20 @@ public final class SQLiteStore: DispatchStore {
     public func firstFailure(run: String, codes: [Int], since: Double) async throws -> (code: Int, title: String?)? {
         guard !codes.isEmpty else { return nil }
         return try await pool.read { db in
-            let list = codes.map(String.init).joined(separator: ",")
-            guard
-                let row = try Row.fetchOne(
-                    db,
-                    sql: """
-                        SELECT error_code, error_title FROM messages
-                        WHERE run = ? AND state = 'failed' AND error_code IN (\(list)) AND failed_at >= ? LIMIT 1
-                        """, arguments: [run, since])
-            else { return nil }
+            guard let row = try Row.fetchOne(db, sql: Self.firstFailureSQL(codes: codes), arguments: [run, since]) else { return nil }
             return (row[0], row[1])
         }
+    }
+
+    /// A run's first failure with one of `codes` since an instant: asked every second while a run
+    /// sends, so found by the index of failures by code (v12), among the few with those codes. By
+    /// the run's failed messages instead it read every one of them each time: 59 ms a second
+    /// with 50,000 failed (those not on WhatsApp are common), and more as the run went on.
+    static func firstFailureSQL(codes: [Int]) -> String {
+        """
+        SELECT error_code, error_title FROM messages
+        WHERE run = ? AND state = 'failed' AND error_code IN (\(codes.map(String.init).joined(separator: ","))) AND failed_at >= ? LIMIT 1
+        """
     }
 
     // MARK: - Opt-outs

@@ -17,10 +17,20 @@ final class VirtualClock: Clock, Sendable {
 
     private let time = Mutex(Instant(offset: .zero))
     let onSleep: @Sendable (Duration) async throws -> Void
+    /// Each reading of `now` moves time on by this much (work that takes time between two readings).
+    let readCost: Duration
 
-    init(onSleep: @escaping @Sendable (Duration) async throws -> Void = { _ in }) { self.onSleep = onSleep }
+    init(readCost: Duration = .zero, onSleep: @escaping @Sendable (Duration) async throws -> Void = { _ in }) {
+        self.readCost = readCost
+        self.onSleep = onSleep
+    }
 
-    var now: Instant { time.withLock { $0 } }
+    var now: Instant {
+        time.withLock {
+            $0.offset += readCost
+            return $0
+        }
+    }
     var minimumResolution: Duration { .nanoseconds(1) }
 
     func sleep(until deadline: Instant, tolerance: Duration?) async throws {
@@ -63,6 +73,22 @@ struct SettleTests {
                 seen.withLock { $0.append(left) }
             })
         #expect(seen.withLock { $0 } == stride(from: 3000, through: 0, by: -500).map { Duration.milliseconds($0) })
+    }
+
+    @Test("a count of the run that takes long is not asked again at once: the next look waits ten times what it took")
+    func slowCounts() async throws {
+        let store = try freshStore()
+        try await seed(store, phones: ["18095550101"])
+        // Each count takes 100 ms of (virtual) time, as a million-message run's does: looks every
+        // 1.3 s (1 s of sleep, and this test's own readings of the clock), not every 0.8 s.
+        let clock = VirtualClock(readCost: .milliseconds(100))
+        let looks = Mutex<[Duration]>([])
+        _ = try await settleWindow(
+            store: store, run: "march", window: .seconds(30), poll: .milliseconds(500), clock: clock, stopped: { false },
+            observe: { _, _ in looks.withLock { $0.append(clock.now.offset) } })
+        let at = looks.withLock { $0 }
+        #expect(at.count >= 20 && at.count <= 28, "\(at.count) looks in 30 s")
+        #expect(zip(at, at.dropFirst()).allSatisfy { $1 - $0 >= .seconds(1) }, "\(at)")
     }
 
     @Test("it ends as soon as every message is final, at the next poll")

@@ -305,6 +305,37 @@ struct StoreTests {
         }
     }
 
+    @Test(
+        "the account-failure watcher finds a halting code among many other failures, only since its instant, by the index of failures by code",
+        arguments: engines)
+    func firstFailureAmongMany(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let halting = [368, 131005, 131031, 131037, 131042, 131045, 131048, 131053, 132015, 132016]  // ErrorClass.webhookHaltCodes
+        let phones = (0..<40).map { "1809555\(String(format: "%04d", $0))" }
+        let ids = try await seed(store, phones: phones)
+        for (n, id) in ids.enumerated() {
+            try await store.recordAccepted(
+                messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.F\(n)", at: 2)
+        }
+        // 39 tenants not on WhatsApp (131026, not a reason to halt), then one account-level failure.
+        _ = try await ingest(store, (0..<39).map { status("wamid.F\($0)", "failed", at: 100, error: 131026) })
+        #expect(try await store.firstFailure(run: "march", codes: halting, since: 0) == nil)
+        _ = try await ingest(store, [status("wamid.F39", "failed", at: 200, error: 131031)])
+        let found = try await store.firstFailure(run: "march", codes: halting, since: 150)
+        #expect(found?.code == 131031)
+        #expect(try await store.firstFailure(run: "march", codes: halting, since: 250) == nil)
+        #expect(try await store.firstFailure(run: "april", codes: halting, since: 0) == nil)
+
+        if let sqlite = store as? SQLiteStore {
+            let plan = try await sqlite.pool.read { db in
+                try Row.fetchAll(
+                    db, sql: "EXPLAIN QUERY PLAN " + SQLiteStore.firstFailureSQL(codes: halting), arguments: ["march", 0]
+                ).map { $0["detail"] as String }
+            }
+            #expect(plan.contains { $0.contains("USING INDEX messages_failed_code (run=? AND error_code=?)") }, "\(plan)")
+        }
+    }
+
     @Test("statuses we have no state for (played, future values) are kept and change nothing", arguments: engines)
     func unknownStatus(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)

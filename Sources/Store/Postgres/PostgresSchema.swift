@@ -281,6 +281,11 @@ enum PostgresSchema {
         Migration(name: "v16: an attempt begins only for a message still queued", statements: [beginAttempts]),
         Migration(
             name: "v17: webhook writes one at a time exclude those applied as sets", statements: [ingest, ingestMany, ingestStatuses]),
+        // What the account-failure watcher looks for every second while a run sends: found among
+        // the few failures with those codes, not by reading the run's every failed message.
+        Migration(
+            name: "v18: a run's failures by code",
+            statements: ["CREATE INDEX messages_failed_code ON messages(run, error_code) WHERE state = 'failed'"]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one
