@@ -747,17 +747,17 @@ public final class SQLiteStore: DispatchStore {
             source: OptOutSource(rawValue: r["source"]) ?? .reply, note: r["note"], wamid: r["wamid"])
     }
 
+    /// Read at every `/send-invoice` call and every run. `CROSS JOIN` keeps the opt-outs (few) on
+    /// the outside: SQLite's planner put the WhatsApp ids learnt (one per tenant ever messaged)
+    /// there, and read them all: 59 ms with 500,000 of them, now 1.6 ms.
     public func optedOutNumbers() async throws -> Set<String> {
-        try await pool.read { db in
-            Set(
-                try String.fetchAll(
-                    db,
-                    sql: """
-                        SELECT phone FROM opt_outs
-                        UNION SELECT r.phone FROM opt_outs o JOIN recipient_ids r ON r.id = o.phone
-                        """))
-        }
+        try await pool.read { db in Set(try String.fetchAll(db, sql: Self.optedOutSQL)) }
     }
+
+    static let optedOutSQL = """
+        SELECT phone FROM opt_outs
+        UNION SELECT r.phone FROM opt_outs o CROSS JOIN recipient_ids r ON r.id = o.phone
+        """
 
     public func addOptOut(_ id: String, kind: OptOutKind, note: String?, at time: Double) async throws -> Bool {
         try await pool.write { db in

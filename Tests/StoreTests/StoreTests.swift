@@ -336,6 +336,28 @@ struct StoreTests {
         }
     }
 
+    @Test(
+        "an opt-out under a WhatsApp id holds for the number it was learnt for, found by looking the opt-outs up, not by reading every id learnt",
+        arguments: engines)
+    func optOutsByLearntID(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        let ids = try await seed(store, phones: ["18095550101", "18095550102"])
+        try await store.recordAccepted(
+            messageID: ids[0], attempt: try await store.beginAttempt(messageID: ids[0], at: 1), wamid: "wamid.O", at: 2)
+        var learnt = status("wamid.O", "delivered", at: 100)
+        learnt.recipientUserID = "DO.user.1"
+        _ = try await ingest(store, [learnt])
+        #expect(try await store.addOptOut("DO.user.1", kind: .userID, note: nil, at: 3))
+        #expect(try await store.optedOutNumbers() == ["DO.user.1", "18095550101"])
+
+        if let sqlite = store as? SQLiteStore {
+            let plan = try await sqlite.pool.read { db in
+                try Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + SQLiteStore.optedOutSQL).map { $0["detail"] as String }
+            }
+            #expect(plan.contains { $0.contains("SEARCH r USING INDEX recipient_ids_id (id=?)") }, "\(plan)")
+        }
+    }
+
     @Test("statuses we have no state for (played, future values) are kept and change nothing", arguments: engines)
     func unknownStatus(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
