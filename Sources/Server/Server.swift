@@ -307,12 +307,12 @@ public struct DispatcherServer: Sendable {
     }
 
     func runs(reach: Set<String>?) async throws -> Response {
-        try jsonResponse(["runs": try await store.runs().filter { OrganizationAccess.reaches(reach, run: $0.run.name) }.map(RunView.init)])
+        // Only the caller's runs are counted (each count reads a run's every message).
+        try jsonResponse(["runs": try await store.runs(including: { OrganizationAccess.reaches(reach, run: $0) }).map(RunView.init)])
     }
 
     func run(_ name: String, reach: Set<String>?) async throws -> Response {
-        guard OrganizationAccess.reaches(reach, run: name), let summary = try await store.runs().first(where: { $0.run.name == name })
-        else {
+        guard OrganizationAccess.reaches(reach, run: name), let summary = try await store.runSummary(named: name) else {
             throw APIError(.notFound, "no run \(name)")
         }
         var view = RunView(summary)

@@ -7,8 +7,9 @@ public protocol DispatchStore: Sendable {
     /// Creates the run, or updates its status and times if it exists.
     func saveRun(_ run: RunRecord) async throws
     func run(named name: String) async throws -> RunRecord?
-    /// Every run, newest first, with its messages counted by state.
-    func runs() async throws -> [RunSummary]
+    /// The runs `including` accepts, newest first, with their messages counted by state (those
+    /// of runs it leaves out are not counted: counting reads every message of a run).
+    func runs(including: @Sendable (String) -> Bool) async throws -> [RunSummary]
     func addInvoices(_ invoices: [InvoiceRecord]) async throws
     /// Adds messages; one whose id exists already (the same invoice, number and template, in this
     /// run or an earlier one) is left as it is and reported.
@@ -208,6 +209,16 @@ extension DispatchStore {
     /// The first and last sequence number of a run's messages, nil when it has none.
     public func messageSequences(run: String) async throws -> ClosedRange<Int64>? {
         try await messageSequences(run: run, after: nil)
+    }
+}
+
+extension DispatchStore {
+    /// Every run, newest first, with its messages counted by state.
+    public func runs() async throws -> [RunSummary] { try await runs(including: { _ in true }) }
+
+    /// One run with its messages counted by state, or nil.
+    public func runSummary(named name: String) async throws -> RunSummary? {
+        try await runs(including: { $0 == name }).first
     }
 }
 

@@ -316,10 +316,10 @@ public final class SQLiteStore: DispatchStore {
         }
     }
 
-    public func runs() async throws -> [RunSummary] {
+    public func runs(including: @Sendable (String) -> Bool) async throws -> [RunSummary] {
         try await pool.read { db in
             let runs = try Row.fetchAll(db, sql: "SELECT * FROM runs ORDER BY created_at DESC, name").map(RunRecord.init(row:))
-            return try runs.map { run in
+            return try runs.filter { including($0.name) }.map { run in
                 let invoices = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM invoices WHERE run = ?", arguments: [run.name]) ?? 0
                 return RunSummary(run: run, invoices: invoices, counts: try Self.counts(db, run: run.name))
             }

@@ -358,6 +358,21 @@ struct StoreTests {
         }
     }
 
+    @Test(
+        "one run, or the runs a caller reaches, are counted alone: the API does not count every run to answer for one",
+        arguments: engines)
+    func runSummaries(engine: StoreEngine) async throws {
+        let store = try await makeStore(engine)
+        _ = try await seed(store, run: "march@caribe", invoice: "INV-1", phones: ["18095550101", "18095550102"])
+        _ = try await seed(store, run: "april@norte", invoice: "INV-2")
+        let march = try #require(try await store.runSummary(named: "march@caribe"))
+        #expect(march.invoices == 1)
+        #expect(march.counts == [.queued: 2])
+        #expect(try await store.runSummary(named: "may@caribe") == nil)
+        #expect(try await store.runs(including: { $0.hasSuffix("@norte") }).map(\.run.name) == ["april@norte"])
+        #expect(Set(try await store.runs().map(\.run.name)) == ["march@caribe", "april@norte"])
+    }
+
     @Test("statuses we have no state for (played, future values) are kept and change nothing", arguments: engines)
     func unknownStatus(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)

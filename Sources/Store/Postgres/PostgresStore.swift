@@ -314,10 +314,10 @@ public final class PostgresStore: DispatchStore {
         try await rows("SELECT \(unescaped: Self.runColumns) FROM runs WHERE name = \(name)").first.map(Self.runRecord)
     }
 
-    public func runs() async throws -> [RunSummary] {
+    public func runs(including: @Sendable (String) -> Bool) async throws -> [RunSummary] {
         let runs = try await rows("SELECT \(unescaped: Self.runColumns) FROM runs ORDER BY created_at DESC, name").map(Self.runRecord)
         var summaries: [RunSummary] = []
-        for run in runs {
+        for run in runs where including(run.name) {
             let invoices =
                 try await rows("SELECT COUNT(*) FROM invoices WHERE run = \(run.name)").first.map { try $0.decode(Int.self) } ?? 0
             summaries.append(RunSummary(run: run, invoices: invoices, counts: try await stateCounts(run: run.name)))
