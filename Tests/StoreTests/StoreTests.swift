@@ -293,12 +293,7 @@ struct StoreTests {
 
         // The lookup each added or accepted message makes goes by the two partial indexes: written
         // as one OR, SQLite walked every unmatched status (58 ms a message with 200,000 of them).
-        if let sqlite = store as? SQLiteStore {
-            let plan = try await sqlite.pool.read { db in
-                try Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + SQLiteStore.pendingEventsSQL, arguments: ["m", "w"]).map {
-                    $0["detail"] as String
-                }
-            }
+        if let plan = try await sqlitePlan(store, SQLiteStore.pendingEventsSQL, ["m", "w"]) {
             #expect(plan.contains { $0.contains("USING INDEX status_events_unmatched_callback (callback_data=?)") }, "\(plan)")
             #expect(plan.contains { $0.contains("USING INDEX status_events_unmatched_wamid (wamid=?)") }, "\(plan)")
             #expect(!plan.contains { $0.contains("status_events_message") || $0.hasPrefix("SCAN status_events") }, "\(plan)")
@@ -326,12 +321,7 @@ struct StoreTests {
         #expect(try await store.firstFailure(run: "march", codes: halting, since: 250) == nil)
         #expect(try await store.firstFailure(run: "april", codes: halting, since: 0) == nil)
 
-        if let sqlite = store as? SQLiteStore {
-            let plan = try await sqlite.pool.read { db in
-                try Row.fetchAll(
-                    db, sql: "EXPLAIN QUERY PLAN " + SQLiteStore.firstFailureSQL(codes: halting), arguments: ["march", 0]
-                ).map { $0["detail"] as String }
-            }
+        if let plan = try await sqlitePlan(store, SQLiteStore.firstFailureSQL(codes: halting), ["march", 0]) {
             #expect(plan.contains { $0.contains("USING INDEX messages_failed_code (run=? AND error_code=?)") }, "\(plan)")
         }
     }
@@ -350,10 +340,7 @@ struct StoreTests {
         #expect(try await store.addOptOut("DO.user.1", kind: .userID, note: nil, at: 3))
         #expect(try await store.optedOutNumbers() == ["DO.user.1", "18095550101"])
 
-        if let sqlite = store as? SQLiteStore {
-            let plan = try await sqlite.pool.read { db in
-                try Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + SQLiteStore.optedOutSQL).map { $0["detail"] as String }
-            }
+        if let plan = try await sqlitePlan(store, SQLiteStore.optedOutSQL) {
             #expect(plan.contains { $0.contains("SEARCH r USING INDEX recipient_ids_id (id=?)") }, "\(plan)")
         }
     }
@@ -912,5 +899,13 @@ final class Gauge: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         now -= 1
+    }
+}
+
+/// SQLite's plan for `sql` (the details of `EXPLAIN QUERY PLAN`), or nil on another engine.
+func sqlitePlan(_ store: any DispatchStore, _ sql: String, _ arguments: StatementArguments = []) async throws -> [String]? {
+    guard let sqlite = store as? SQLiteStore else { return nil }
+    return try await sqlite.pool.read { db in
+        try Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + sql, arguments: arguments).map { $0["detail"] as String }
     }
 }
