@@ -111,6 +111,12 @@ struct DispatchMachine {
     /// The most requests released in any one second so far.
     var mostInOneSecond: Int { budget.mostInOneSecond }
 
+    /// Numbers that now have `SendQueue.crowdedAt` messages held back by the pair rule (each
+    /// once), and the least time those alone keep the run going.
+    mutating func takeCrowded() -> [(phone: String, held: Int, atLeast: Duration)] {
+        queue.takeCrowded().map { ($0.phone, $0.held, queue.pairSpacing * $0.held) }
+    }
+
     /// The first request has been written out whole: its connection is open, the rest may go.
     mutating func firstRequestWritten() { firstWritten = true }
 

@@ -289,7 +289,7 @@ public final class RunEngine: Sendable {
     private func store(_ batch: PreparedBatch, into preparation: inout Preparation, options: RunOptions) async throws {
         try await store.addInvoices(batch.invoices)
         // Messages an earlier run sent: this run's records of them (skipped, or copies to resend),
-        // stored with the batch's one write rather than one transaction each (a month's manifest
+        // stored in one write after the batch's rather than one transaction each (a month's manifest
         // run again under another name stored 10,000 of them in 4 s, a million in minutes).
         var copies: [NewMessage] = []
         for (message, outcome) in zip(batch.messages, try await store.addMessages(batch.messages)) {
@@ -415,6 +415,13 @@ public final class RunEngine: Sendable {
 
                 let now = clock.now
                 let step = machine.step(now: now, incoming: { feed.take() }, exhausted: feed.exhausted)
+                for crowded in machine.takeCrowded() {
+                    // Not silent: the run goes on for as long as one number's invoices take.
+                    let minutes = Int((Double(crowded.atLeast.components.seconds) / 60).rounded(.up))
+                    logger.warning(
+                        "\(crowded.held) or more invoices of this run go to one number (ending \(crowded.phone.suffix(4))): Meta takes one message to a number every 6 seconds, so they alone keep the run sending for \(minutes) minutes or more (stopped before, the rest stay queued and the report lists them)",
+                        metadata: ["run": "\(options.run)"])
+                }
                 if !step.sends.isEmpty {
                     lastActivity = now
                     let sends = step.sends.map { item, attempt in

@@ -55,6 +55,11 @@ struct SendQueue {
     private var scheduled: [String: Wake] = [:]
     private var order = 0
     private var nextAllowed: [String: Instant] = [:]
+    /// Numbers whose held messages just reached `crowdedAt` (each said once), with that count.
+    private(set) var crowded: [(phone: String, held: Int)] = []
+    private var saidCrowded: Set<String> = []
+    /// So many messages held for one number keep a run going for minutes (one every pair interval).
+    static let crowdedAt = 100
     /// The pair interval plus a margin: the interval is counted from when a message leaves the
     /// queue, and its request leaves a little later (the ledger write), by a few milliseconds.
     let pairSpacing: Duration
@@ -149,6 +154,13 @@ struct SendQueue {
         if let first = list.first, scheduled[phone].map({ first.at < $0.at }) ?? true { schedule(phone, at: first.at) }
     }
 
+    /// The numbers that became crowded since the last call (see `crowded`).
+    mutating func takeCrowded() -> [(phone: String, held: Int)] {
+        guard !crowded.isEmpty else { return [] }
+        defer { crowded.removeAll() }
+        return crowded
+    }
+
     /// When something held becomes due, if anything is held.
     mutating func nextWake() -> Instant? {
         while let wake = wakes.min, scheduled[wake.phone] != wake { wakes.removeMin() }
@@ -165,6 +177,7 @@ struct SendQueue {
             list.append(entry)
         }
         heldCount += 1
+        if list.count == Self.crowdedAt, saidCrowded.insert(item.phone).inserted { crowded.append((item.phone, list.count)) }
         let first = list[list.startIndex]
         held[item.phone] = list
         let due = max(first.at, nextAllowed[item.phone] ?? first.at)

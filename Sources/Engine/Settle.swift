@@ -19,7 +19,12 @@ func settleWindow<C: Clock<Duration>>(
         // Counting a run reads all of its messages (107 ms at a million on SQLite): the window
         // looks again after ten times what the count took, at the soonest, so that a long window
         // over a big run costs at most a tenth of a core.
-        let next = max(poll, asked.duration(to: now) * 10)
-        try await clock.sleep(until: min(now.advanced(by: next), deadline), tolerance: nil)
+        let next = min(now.advanced(by: max(poll, asked.duration(to: now) * 10)), deadline)
+        // Asleep in steps of `poll` meanwhile: a stop is seen as soon as before.
+        var slept = now
+        repeat {
+            try await clock.sleep(until: min(slept.advanced(by: poll), next), tolerance: nil)
+            slept = clock.now
+        } while slept < next && !stopped()
     }
 }
