@@ -1,3 +1,4 @@
+import DequeModule
 import Dispatcher
 import Foundation
 import Store
@@ -73,8 +74,7 @@ struct DispatchMachine {
     /// When each recipient's last request left (the pair rule counts from there).
     private var lastSent: [String: Instant] = [:]
     /// Committed as `sending`, to be started in this order as the budget allows.
-    private var ready: [(item: Outgoing, attempt: Int)] = []
-    private var readyIndex = 0
+    private var ready = Deque<(item: Outgoing, attempt: Int)>()
     /// Outcomes read but not yet written, and since when the oldest of them waits.
     private var outcomes: [AttemptOutcome] = []
     private var oldestOutcome: Instant? = nil
@@ -102,10 +102,10 @@ struct DispatchMachine {
     }
 
     /// Messages waiting, committed or in flight (for the progress line).
-    var remaining: Int { queue.count + ready.count - readyIndex + inFlight }
+    var remaining: Int { queue.count + ready.count + inFlight }
 
-    /// Messages kept in memory, with their request bodies: those waiting, and those started that
-    /// the list of committed sends has not let go yet.
+    /// Messages kept in memory with their request bodies (in the queue, or committed and not yet
+    /// started): what the tests hold to a bound whatever the run's size.
     var retained: Int { queue.count + ready.count }
 
     /// The most requests released in any one second so far.
@@ -187,7 +187,7 @@ struct DispatchMachine {
         let stopping = control.stopReason != nil || failure != nil
         if stopping {
             // Committed but not started: back in the queue, for the next run.
-            for (item, attempt) in ready[readyIndex...] {
+            for (item, attempt) in ready {
                 outcomes.append(
                     .rejected(
                         messageID: item.id, attempt: attempt,
@@ -195,7 +195,6 @@ struct DispatchMachine {
                         final: false))
             }
             ready.removeAll()
-            readyIndex = 0
         }
         var step = Step(wake: now + Self.longestSleep)
         if !stopping { step.sends = start(now: now) }
@@ -207,7 +206,7 @@ struct DispatchMachine {
         // (during a throttling pause no attempts leave): after a crash, a message whose answer was
         // not written is `unknown` (until its webhook, if it was accepted), and one that was
         // refused is `unknown` instead of back in the queue.
-        let pending = ready.count - readyIndex
+        let pending = ready.count
         if !outcomes.isEmpty && oldestOutcome == nil { oldestOutcome = now }
         let outcomesDue = oldestOutcome.map { now - $0 >= .milliseconds(100) } ?? false
         if writing == nil && (pending <= refill || outcomes.count >= ahead * 4 || outcomesDue) {
@@ -239,7 +238,7 @@ struct DispatchMachine {
             lastSent = lastSent.filter { $0.value > horizon }
             queue.forgetPast(now)
         }
-        if inFlight == 0 && writing == nil && outcomes.isEmpty && ready.count == readyIndex {
+        if inFlight == 0 && writing == nil && outcomes.isEmpty && ready.isEmpty {
             if stopping || (queue.isEmpty && exhausted) {
                 step.finished = true
                 return step
@@ -248,7 +247,7 @@ struct DispatchMachine {
 
         // Wake when the next few sends are due, or a held message is; answers and writes are
         // picked up on the way.
-        let waiting = ready.count - readyIndex
+        let waiting = ready.count
         if writing != nil { step.wake = min(step.wake, now + .milliseconds(5)) }
         if !stopping {
             if answered == 0 && sentAny && !firstWritten {
@@ -270,7 +269,7 @@ struct DispatchMachine {
 
     /// The requests the budget allows now, from those committed.
     private mutating func start(now: Instant) -> [(item: Outgoing, attempt: Int)] {
-        if !begun && ready.count > readyIndex {
+        if !begun && !ready.isEmpty {
             // The budget starts with the first send, empty: tokens saved up while the first
             // attempts were committed would leave as a burst, on connections still opening.
             budget = RateBudget(rate: options.rate, now: now)
@@ -283,12 +282,12 @@ struct DispatchMachine {
         var allowed = answered > 0 || firstWritten ? Int.max : sentAny ? 0 : 1
         // While the circuit breaker is open, one probe at a time until one is accepted.
         if control.breakerIsOpen { allowed = inFlight == 0 ? 1 : 0 }
-        let count = min(budget.available(now: now), ready.count - readyIndex, allowed)
+        let count = min(budget.available(now: now), ready.count, allowed)
         guard count > 0 else { return [] }
         budget.take(count, now: now)
         var sends: [(item: Outgoing, attempt: Int)] = []
         sends.reserveCapacity(count)
-        for (item, attempt) in ready[readyIndex..<readyIndex + count] {
+        for (item, attempt) in ready.prefix(count) {
             if control.isStopped(language: item.language) {
                 // Committed before its language was stopped: back in the queue, unsent.
                 outcomes.append(
@@ -304,16 +303,9 @@ struct DispatchMachine {
         }
         inFlight += sends.count
         sentAny = true
-        readyIndex += count
-        if readyIndex == ready.count {
-            ready.removeAll(keepingCapacity: true)
-            readyIndex = 0
-        } else if readyIndex >= 1_024 && readyIndex * 2 >= ready.count {
-            // Refilled before it runs dry, the list rarely empties: without this it kept every
-            // message sent, request body included (a million-message run, a gigabyte and more).
-            ready.removeFirst(readyIndex)
-            readyIndex = 0
-        }
+        // Let go at once: refilled before it runs dry, an array with a read index that was reset
+        // only once emptied kept every message sent, request body included.
+        ready.removeFirst(count)
         return sends
     }
 

@@ -13,8 +13,7 @@ struct StoreTests {
     func neverTwice(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
         let ids = try await seed(store, run: "march")
-        try await store.recordAccepted(
-            messageID: ids[0], attempt: try await store.beginAttempt(messageID: ids[0], at: 1), wamid: "wamid.A", at: 2)
+        try await accept(store, ids[0], wamid: "wamid.A")
         try await store.saveRun(RunRecord(name: "march-again", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 3))
         let outcome = try await store.addMessages([
             NewMessage(
@@ -55,8 +54,7 @@ struct StoreTests {
         for (n, order) in permutations(statuses).enumerated() {
             // A message of its own for each ordering.
             let id = try await seed(store, invoice: "INV-\(n)")[0]
-            try await store.recordAccepted(
-                messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.\(n)", at: 2)
+            try await accept(store, id, wamid: "wamid.\(n)")
             for (i, s) in order.enumerated() {
                 _ = try await ingest(
                     store,
@@ -77,7 +75,7 @@ struct StoreTests {
     func deliveredAfterFailed(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
         let id = try await seed(store)[0]
-        try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+        try await accept(store, id, wamid: "wamid.A")
         _ = try await ingest(store, [status("wamid.A", "failed", at: 100, error: 131026)])
         #expect(try await store.message(id)?.state == .failed)
         #expect(try await store.message(id)?.errorCode == 131026)
@@ -119,8 +117,7 @@ struct StoreTests {
         let store = try await makeStore(engine)
         let ids = try await seed(store, phones: ["18095550101", "18095550102"])  // run "march", sent from "123"
         for (n, id) in ids.enumerated() {
-            try await store.recordAccepted(
-                messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.N\(n)", at: 2)
+            try await accept(store, id, wamid: "wamid.N\(n)")
         }
         var ours = status("wamid.N0", "delivered", at: 100)
         ours.phoneNumberID = "123"
@@ -139,8 +136,7 @@ struct StoreTests {
         var early = status("wamid.L", "read", at: 100, callback: late)
         early.phoneNumberID = "999"
         _ = try await ingest(store, [early])
-        try await store.recordAccepted(
-            messageID: late, attempt: try await store.beginAttempt(messageID: late, at: 1), wamid: "wamid.L", at: 2)
+        try await accept(store, late, wamid: "wamid.L")
         #expect(try await store.message(late)?.state == .accepted)
         let others = try await store.statusesForOtherNumbers()
         #expect(others.map(\.number) == ["999"])
@@ -181,7 +177,7 @@ struct StoreTests {
     func duplicates(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
         let id = try await seed(store)[0]
-        try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+        try await accept(store, id, wamid: "wamid.A")
         let first = try await ingest(store, [status("wamid.A", "delivered", at: 100), status("wamid.A", "delivered", at: 100)])
         #expect(first.applied == [.delivered: 1])
         #expect(first.duplicates == 1)
@@ -198,8 +194,7 @@ struct StoreTests {
         let early = try await ingest(store, [status("wamid.EARLY", "sent", at: 100), status("wamid.EARLY", "delivered", at: 101)])
         #expect(early.unmatched == 2)
         #expect(try await store.message(id)?.state == .queued)
-        try await store.recordAccepted(
-            messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.EARLY", at: 2)
+        try await accept(store, id, wamid: "wamid.EARLY")
         let message = try #require(try await store.message(id))
         #expect(message.state == .delivered)
         #expect(message.sentAt == 100)
@@ -286,8 +281,7 @@ struct StoreTests {
         _ = try await ingest(store, [status("wamid.W", "delivered", at: 300)])
         let ids = try await seed(store, phones: ["18095550101", "18095550102"])
         #expect(try await store.message(ids[0])?.state == .read)
-        try await store.recordAccepted(
-            messageID: ids[1], attempt: try await store.beginAttempt(messageID: ids[1], at: 1), wamid: "wamid.W", at: 2)
+        try await accept(store, ids[1], wamid: "wamid.W")
         #expect(try await store.message(ids[1])?.state == .delivered)
         #expect(try await store.events(messageID: ids[1]).map(\.status) == ["delivered"])
 
@@ -309,8 +303,7 @@ struct StoreTests {
         let phones = (0..<40).map { "1809555\(String(format: "%04d", $0))" }
         let ids = try await seed(store, phones: phones)
         for (n, id) in ids.enumerated() {
-            try await store.recordAccepted(
-                messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.F\(n)", at: 2)
+            try await accept(store, id, wamid: "wamid.F\(n)")
         }
         // 39 tenants not on WhatsApp (131026, not a reason to halt), then one account-level failure.
         _ = try await ingest(store, (0..<39).map { status("wamid.F\($0)", "failed", at: 100, error: 131026) })
@@ -332,8 +325,7 @@ struct StoreTests {
     func optOutsByLearntID(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
         let ids = try await seed(store, phones: ["18095550101", "18095550102"])
-        try await store.recordAccepted(
-            messageID: ids[0], attempt: try await store.beginAttempt(messageID: ids[0], at: 1), wamid: "wamid.O", at: 2)
+        try await accept(store, ids[0], wamid: "wamid.O")
         var learnt = status("wamid.O", "delivered", at: 100)
         learnt.recipientUserID = "DO.user.1"
         _ = try await ingest(store, [learnt])
@@ -364,7 +356,7 @@ struct StoreTests {
     func unknownStatus(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
         let id = try await seed(store)[0]
-        try await store.recordAccepted(messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+        try await accept(store, id, wamid: "wamid.A")
         let result = try await ingest(store, [status("wamid.A", "played", at: 100)])
         #expect(result.applied.isEmpty)
         #expect(try await store.message(id)?.state == .accepted)
@@ -418,8 +410,7 @@ struct StoreTests {
         do {
             let store = try await StoreOpener.open(url: url)
             let id = try await seed(store)[0]
-            try await store.recordAccepted(
-                messageID: id, attempt: try await store.beginAttempt(messageID: id, at: 1), wamid: "wamid.A", at: 2)
+            try await accept(store, id, wamid: "wamid.A")
             _ = try await ingest(store, [status("wamid.A", "delivered", at: 100)])
         }
         let reopened = try await StoreOpener.open(url: url)
@@ -908,4 +899,10 @@ func sqlitePlan(_ store: any DispatchStore, _ sql: String, _ arguments: Statemen
     return try await sqlite.pool.read { db in
         try Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + sql, arguments: arguments).map { $0["detail"] as String }
     }
+}
+
+/// A message's first attempt begun (at 1) and accepted by Meta with this wamid (at 2).
+func accept(_ store: any DispatchStore, _ messageID: String, wamid: String) async throws {
+    try await store.recordAccepted(
+        messageID: messageID, attempt: try await store.beginAttempt(messageID: messageID, at: 1), wamid: wamid, at: 2)
 }
