@@ -290,6 +290,19 @@ public final class SQLiteStore: DispatchStore {
             // What the account-failure watcher looks for every second (`firstFailureSQL`).
             try db.execute(sql: "CREATE INDEX messages_failed_code ON messages(run, error_code) WHERE state = 'failed'")
         }
+        migrator.registerMigration("v13: messages by landlord") { db in
+            // `GET /message-statuses?landlord=`: a landlord's messages in order, found through an
+            // index instead of reading every message of the run (or of every run) and its invoice
+            // (1.3 s a page for a landlord of 100 invoices in a million, 2026-12-03). The landlord
+            // is the invoice's, copied when the message is stored (its invoice is stored first).
+            // The copy rewrites every message once: 8.6 s a million, at the first start after upgrading.
+            try db.execute(
+                sql: """
+                    ALTER TABLE messages ADD COLUMN landlord TEXT;
+                    UPDATE messages SET landlord = (SELECT i.landlord FROM invoices i WHERE i.run = messages.run AND i.invoice_id = messages.invoice_id);
+                    CREATE INDEX messages_landlord ON messages(landlord, seq) WHERE landlord IS NOT NULL;
+                    """)
+        }
         return migrator
     }
 
@@ -393,8 +406,9 @@ public final class SQLiteStore: DispatchStore {
             let insert = try db.cachedStatement(
                 sql: """
                     INSERT INTO messages (id, run, invoice_id, phone, template, language, state, state_rank, skip_reason,
-                        created_at, updated_at, request_body)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        created_at, updated_at, request_body, landlord)
+                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,
+                        (SELECT landlord FROM invoices WHERE run = ?2 AND invoice_id = ?3))
                     ON CONFLICT(id) DO NOTHING
                     """)
             var outcomes: [MessageInsert] = []
@@ -437,14 +451,18 @@ public final class SQLiteStore: DispatchStore {
         }
     }
 
-    static let messageColumns = """
-        m.*, i.landlord AS landlord, i.tenant_name AS tenant_name
-        FROM messages m LEFT JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
+    /// The messages with their tenant's name (and the landlord, on the message itself). With
+    /// `index`, the messages are read through that index only.
+    static func messageColumns(index: String? = nil) -> String {
         """
+        m.*, i.tenant_name AS tenant_name
+        FROM messages m \(index.map { "INDEXED BY \($0) " } ?? "")LEFT JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
+        """
+    }
 
     public func message(_ idOrWamid: String) async throws -> MessageRecord? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT \(Self.messageColumns) WHERE m.id = ? OR m.wamid = ?", arguments: [idOrWamid, idOrWamid])
+            try Row.fetchOne(db, sql: "SELECT \(Self.messageColumns()) WHERE m.id = ? OR m.wamid = ?", arguments: [idOrWamid, idOrWamid])
                 .map(MessageRecord.init(row:))
         }
     }
@@ -464,21 +482,38 @@ public final class SQLiteStore: DispatchStore {
     }
 
     public func messages(_ filter: MessageFilter) async throws -> MessagePage {
-        try await pool.read { db in
-            var conditions: [String] = []
-            var arguments: StatementArguments = []
-            if let run = filter.run { conditions.append("m.run = ?"); arguments += [run] }
-            if let state = filter.state { conditions.append("m.state = ?"); arguments += [state.rawValue] }
-            if let landlord = filter.landlord { conditions.append("i.landlord = ?"); arguments += [landlord] }
-            if let after = filter.after { conditions.append("m.seq > ?"); arguments += [after] }
-            let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
-            let limit = max(1, min(filter.limit, 1000))
-            let rows = try Row.fetchAll(
-                db, sql: "SELECT \(Self.messageColumns) \(whereClause) ORDER BY m.seq LIMIT \(limit + 1)",
-                arguments: arguments)
+        let limit = max(1, min(filter.limit, 1000))
+        let (sql, arguments) = Self.messagesSQL(filter, limit: limit + 1)
+        return try await pool.read { db in
+            let rows = try Row.fetchAll(db, sql: sql, arguments: arguments)
             let messages = rows.prefix(limit).map(MessageRecord.init(row:))
             return MessagePage(messages: Array(messages), next: rows.count > limit ? messages.last?.sequence : nil)
         }
+    }
+
+    /// A page of `messages(_:)`: the statement and its arguments.
+    static func messagesSQL(_ filter: MessageFilter, limit: Int) -> (String, StatementArguments) {
+        var conditions: [String] = []
+        var arguments: StatementArguments = []
+        if let run = filter.run { conditions.append("m.run = ?"); arguments += [run] }
+        if let state = filter.state { conditions.append("m.state = ?"); arguments += [state.rawValue] }
+        if let landlord = filter.landlord {
+            conditions.append("m.landlord = ?")
+            arguments += [landlord]
+            // Only the stretch of the landlord's messages where the run's lie (the first and the
+            // last of the run found by the (run, seq) index), not their earlier runs'.
+            if let run = filter.run {
+                conditions.append(
+                    "m.seq BETWEEN (SELECT MIN(seq) FROM messages WHERE run = ?) AND (SELECT MAX(seq) FROM messages WHERE run = ?)")
+                arguments += [run, run]
+            }
+        }
+        if let after = filter.after { conditions.append("m.seq > ?"); arguments += [after] }
+        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        // A landlord's messages through their own index: without statistics SQLite could as well
+        // take the run's, and walk all of it for a landlord with a few.
+        let columns = messageColumns(index: filter.landlord == nil ? nil : "messages_landlord")
+        return ("SELECT \(columns) \(whereClause) ORDER BY m.seq LIMIT \(limit)", arguments)
     }
 
     // MARK: - Webhooks

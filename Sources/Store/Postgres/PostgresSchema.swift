@@ -286,6 +286,20 @@ enum PostgresSchema {
         Migration(
             name: "v18: a run's failures by code",
             statements: ["CREATE INDEX messages_failed_code ON messages(run, error_code) WHERE state = 'failed'"]),
+        // `GET /message-statuses?landlord=`: a landlord's messages in order through an index, not
+        // by reading every message (of the run, or of every run) with its invoice. The landlord is
+        // the invoice's, copied when the message is stored (its invoice is stored first). The
+        // copy rewrites every message once: 63 s a million here, at the first start after upgrading.
+        Migration(
+            name: "v19: messages by landlord",
+            statements: [
+                "ALTER TABLE messages ADD COLUMN landlord TEXT",
+                """
+                UPDATE messages m SET landlord = i.landlord FROM invoices i
+                WHERE i.run = m.run AND i.invoice_id = m.invoice_id AND i.landlord IS NOT NULL
+                """,
+                "CREATE INDEX messages_landlord ON messages(landlord, seq) WHERE landlord IS NOT NULL",
+            ]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one

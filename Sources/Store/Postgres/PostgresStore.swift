@@ -203,6 +203,11 @@ public final class PostgresStore: DispatchStore {
         try await connection.query("BEGIN", logger: logger)
         do {
             try await connection.query("SELECT pg_advisory_xact_lock(\(PostgresSchema.migrationLock))", logger: logger)
+            // The lock waited within the statement timeout; the migrations themselves may take
+            // longer on a big database (v19 rewrites every message: 63 s for a million on this
+            // 2-core machine, 2026-12-03), and cut short at 30 s they left the dispatcher unable to
+            // start at all.
+            try await connection.query("SET LOCAL statement_timeout = 0", logger: logger)
             try await connection.query(
                 """
                 CREATE TABLE IF NOT EXISTS dispatcher_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())
@@ -418,11 +423,13 @@ public final class PostgresStore: DispatchStore {
             let rows = try await connection.query(
                 """
                 INSERT INTO messages (id, run, invoice_id, phone, template, language, state, state_rank, skip_reason, created_at, updated_at,
-                    request_body)
-                SELECT id, run, invoice_id, phone, template, language, state, state_rank, skip_reason, \(now), \(now), request_body
+                    request_body, landlord)
+                SELECT x.id, x.run, x.invoice_id, x.phone, x.template, x.language, x.state, x.state_rank, x.skip_reason, \(now), \(now),
+                    x.request_body, i.landlord
                 FROM jsonb_to_recordset(\(json)::jsonb) AS x(n INTEGER, id TEXT, run TEXT, invoice_id TEXT, phone TEXT, template TEXT,
                     language TEXT, state TEXT, state_rank INTEGER, skip_reason TEXT, request_body TEXT)
-                ORDER BY n
+                LEFT JOIN invoices i ON i.run = x.run AND i.invoice_id = x.invoice_id
+                ORDER BY x.n
                 ON CONFLICT (id) DO NOTHING
                 RETURNING id
                 """, logger: logger)
@@ -455,7 +462,7 @@ public final class PostgresStore: DispatchStore {
     static let messageColumns = """
         m.seq, m.id, m.run, m.invoice_id, m.phone, m.template, m.language, m.state, m.wamid, m.error_code, m.error_title,
         m.error_details, m.skip_reason, m.attempts, m.created_at, m.updated_at, m.accepted_at, m.sent_at, m.delivered_at,
-        m.read_at, m.failed_at, m.request_body, i.landlord, i.tenant_name
+        m.read_at, m.failed_at, m.request_body, m.landlord, i.tenant_name
         FROM messages m LEFT JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
         """
 
@@ -515,7 +522,9 @@ public final class PostgresStore: DispatchStore {
         }
         if let run = filter.run { condition("m.run = ?", run) }
         if let state = filter.state { condition("m.state = ?", state.rawValue) }
-        if let landlord = filter.landlord { condition("i.landlord = ?", landlord) }
+        // PostgreSQL's statistics choose between the landlord's index and the run's (a landlord
+        // with half the run walks the run's): no hint needed, unlike SQLite's.
+        if let landlord = filter.landlord { condition("m.landlord = ?", landlord) }
         if let after = filter.after { condition("m.seq > ?", after) }
         let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let limit = max(1, min(filter.limit, 1000))
