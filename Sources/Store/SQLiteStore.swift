@@ -35,6 +35,12 @@ public final class SQLiteStore: DispatchStore {
                 throw StoreError(
                     "it was upgraded by a newer dispatcher (its schema has migrations this one does not know): use that version")
             }
+            let (applied, pending) = try pool.read { db in
+                (try SQLiteStore.migrator.appliedIdentifiers(db), SQLiteStore.migrator.migrations.count)
+            }
+            if !applied.isEmpty && applied.count < pending {
+                migrationNotice(pending - applied.count, database: "SQLite database at \(path)")
+            }
             try SQLiteStore.migrator.migrate(pool)
         } catch {
             throw StoreError("cannot open the SQLite database at \(path): \(error)")

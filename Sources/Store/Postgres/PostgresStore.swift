@@ -216,7 +216,9 @@ public final class PostgresStore: DispatchStore {
             for try await name in try await connection.query("SELECT name FROM dispatcher_migrations", logger: logger).decode(String.self) {
                 applied.insert(name)
             }
-            for migration in PostgresSchema.migrations where !applied.contains(migration.name) {
+            let pending = PostgresSchema.migrations.filter { !applied.contains($0.name) }
+            if !applied.isEmpty && !pending.isEmpty { migrationNotice(pending.count, database: "PostgreSQL database") }
+            for migration in pending {
                 for statement in migration.statements {
                     try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
                 }
@@ -1063,4 +1065,11 @@ struct Cells {
         defer { index += 1 }
         return try row[index].decode(T.self)
     }
+}
+
+/// Said before migrating a database an older dispatcher used (not a new one): the first start after
+/// an upgrade may rewrite a big table, and would otherwise look hung.
+func migrationNotice(_ count: Int, database: String) {
+    Logger(label: "dispatcher.store").notice(
+        "upgrading the \(database) (\(count) migration\(count == 1 ? "" : "s")): a big one can take up to a minute per million messages")
 }
