@@ -59,7 +59,7 @@ struct SendQueue {
     private(set) var crowded: [(phone: String, held: Int)] = []
     private var saidCrowded: Set<String> = []
     /// So many messages held for one number keep a run going for minutes (one every pair interval).
-    static let crowdedAt = 100
+    static let crowdedAt = Int(CrowdedNumber.threshold)
     /// The pair interval plus a margin: the interval is counted from when a message leaves the
     /// queue, and its request leaves a little later (the ledger write), by a few milliseconds.
     let pairSpacing: Duration

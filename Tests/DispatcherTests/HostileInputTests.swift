@@ -76,6 +76,30 @@ struct HostileInputTests {
         #expect(result.billed["DOP"]?.minorUnits == Money.maximumMinorUnits * 1000)
     }
 
+    @Test("a number with 100 invoices or more is said before sending, with the time its invoices alone take; 99 is not")
+    func crowdedNumbers() throws {
+        var text = "\(csvHeader),due_date,document_url\n"
+        // 130 invoices to one placeholder, 100 to a company's number, 99 to another, and 300 tenants of their own.
+        let phones =
+            Array(repeating: "+1 809 555 0000", count: 130) + Array(repeating: "+1 829 555 1234", count: 100)
+            + Array(repeating: "+1 849 555 9999", count: 99) + (0..<300).map { "+1809\(String(format: "%07d", 1_000 + $0))" }
+        for (i, phone) in phones.shuffled().enumerated() {
+            text += "I\(i),Tenant,\(phone),100,DOP,2026-03,2026-03-10,https://docs.example.com/\(i).pdf\n"
+        }
+        let path = try temporaryFile("crowded.csv", text)
+        let renderer = try MessageRenderer(
+            catalog: try TemplateCatalog(directory: templatesPath), templateName: "invoice", defaultLanguage: "es")
+        let result = try Previewer(options: ValidationOptions(), renderer: renderer).run(path: path)
+        #expect(result.recipients == 303)
+        #expect(
+            result.crowded == [CrowdedNumber(phone: "18095550000", messages: 130), CrowdedNumber(phone: "18295551234", messages: 100)])
+        // 130 × 6.25 s = 13.5 minutes, said as 14; 100 × 6.25 s = 10.4, said as 11.
+        #expect(result.warnings.count == 2)
+        #expect(result.warnings.first?.hasPrefix("130 invoices of this manifest go to one number (ending 0000)") == true)
+        #expect(result.warnings.first?.contains("for 14 minutes") == true)
+        #expect(result.warnings.last?.contains("100 invoices") == true && result.warnings.last?.contains("for 11 minutes") == true)
+    }
+
     @Test(
         "reading runs ahead on its own thread: everything arrives in manifest order, and a caller that stops stops the reader",
         .timeLimit(.minutes(1)))

@@ -11,6 +11,9 @@ public struct PreviewResult: Sendable {
     public var messages = 0
     /// Distinct numbers those messages go to.
     public var recipients = 0
+    /// Numbers with `CrowdedNumber.threshold` messages or more, most first: Meta's pair rule sends
+    /// them one every 6 seconds, so they alone keep a run sending for that long.
+    public var crowded: [CrowdedNumber] = []
     public var skipped: [SkippedInvoice] = []
     /// Import and template problems, in manifest order, up to `ManifestImporter.issueLimit`.
     public var errors: [ValidationIssue] = []
@@ -51,8 +54,9 @@ public struct Previewer: Sendable {
     /// store's writes are the slower half and need the second core (with it on, a million-invoice
     /// `send` reached its first request 10 % later).
     public var readAhead = true
-    /// Count the distinct numbers (`PreviewResult.recipients`): a set of every number, 16 MB or
-    /// more for a million. A billing run's storing pass does not need it.
+    /// Count the messages to each number (`PreviewResult.recipients`, `crowded`): a table of every
+    /// number, 25 MB or more for a million. A billing run's storing pass does not need it (`send`
+    /// says of a crowded number as its queue holds its messages).
     public var countsRecipients = true
     /// With `readAhead`, which thread renders. The reader thread parses and validates; rendering
     /// goes where the other thread has time.
@@ -94,7 +98,7 @@ public struct Previewer: Sendable {
     ) throws -> PreviewResult {
         let format = format ?? ManifestFormat.detect(path: path)
         var result = PreviewResult(manifest: path, format: format, templateName: renderer.template.name)
-        var recipients = Set<UInt64>()
+        var perNumber: [UInt64: UInt32] = [:]
         var renderIssues: [ValidationIssue] = []
         var renderIssueCount = 0
         var renderInvalid = 0
@@ -127,7 +131,7 @@ public struct Previewer: Sendable {
                 result.billed[code] = total
                 for message in messages {
                     result.messages += 1
-                    if countsRecipients { recipients.insert(UInt64(message.phone) ?? 0) }
+                    if countsRecipients { perNumber[UInt64(message.phone) ?? 0, default: 0] &+= 1 }
                     if message.languageFallback { result.languageFallbacks += 1 }
                     result.languages[message.language, default: 0] += 1
                     if result.samples.count < sampleLimit { result.samples.append(message) }
@@ -179,9 +183,12 @@ public struct Previewer: Sendable {
         }
         result.invoices = summary.records - summary.elsewhere
         result.otherOrganizations = summary.elsewhere
-        result.recipients = recipients.count
+        result.recipients = perNumber.count
+        result.crowded = perNumber.filter { $0.value >= CrowdedNumber.threshold }
+            .map { CrowdedNumber(phone: String($0.key), messages: Int($0.value)) }
+            .sorted { ($0.messages, $1.phone) > ($1.messages, $0.phone) }
         result.skipped = summary.skipped
-        result.warnings = summary.warnings
+        result.warnings = summary.warnings + CrowdedNumber.warnings(result.crowded)
         result.invalidInvoices = summary.invalidRecords + renderInvalid
         result.errorCount = summary.issueCount + renderIssueCount
         // One list in manifest order; a file-level problem (no line) stays last, where reading stopped.
@@ -194,6 +201,39 @@ public struct Previewer: Sendable {
             }
         }.map(\.element).prefix(ManifestImporter.issueLimit).map { $0 }
         return result
+    }
+}
+
+/// A number many invoices of one run go to: a company renting many units, or a placeholder typed
+/// for tenants without one. Meta takes one message to a number every 6 seconds (131056), so its
+/// messages alone keep the run sending for that long.
+public struct CrowdedNumber: Sendable, Equatable {
+    public var phone: String
+    public var messages: Int
+
+    public init(phone: String, messages: Int) {
+        self.phone = phone
+        self.messages = messages
+    }
+
+    /// From this many messages to one number, a run says so (about 10 minutes of sending).
+    public static let threshold: UInt32 = 100
+    /// The time between two messages to one number: Meta's 6 seconds and the send queue's margin.
+    public static let spacing: Duration = .milliseconds(6_250)
+
+    /// Whole minutes (rounded up) that `messages` to one number take at `spacing`.
+    public static func minutes(_ messages: Int) -> Int {
+        let seconds = (spacing * messages).components.seconds
+        return Int((Double(seconds) / 60).rounded(.up))
+    }
+
+    /// The preview's warnings: the five most crowded numbers, then how many more there are.
+    static func warnings(_ crowded: [CrowdedNumber]) -> [String] {
+        var lines = crowded.prefix(5).map {
+            "\($0.messages) invoices of this manifest go to one number (ending \($0.phone.suffix(4))): Meta takes one message to a number every 6 seconds, so they alone keep the run sending for \(minutes($0.messages)) minutes; check the number, or send them another way"
+        }
+        if crowded.count > 5 { lines.append("\(crowded.count - 5) more numbers have \(threshold) or more invoices each") }
+        return lines
     }
 }
 
