@@ -43,6 +43,25 @@ var only: String? = nil
 if let i = arguments.firstIndex(of: "--only"), i + 1 < arguments.count { only = arguments[i + 1] }
 var seconds = 10.0
 if let i = arguments.firstIndex(of: "--seconds"), i + 1 < arguments.count, let n = Double(arguments[i + 1]) { seconds = n }
+let benchmarks = ["import", "webhooks", "serve", "sandbox", "send", "organizations", "prepare", "preview", "report"]
+if arguments.contains("--help") || arguments.contains("-h") {
+    print(
+        """
+        usage: dispatcher-bench [--only \(benchmarks.joined(separator: "|"))] [--rows N] [--seconds S] [--pin]
+        Every benchmark runs the release build's own processes on this machine and prints rates and
+        ratios against the peers measured in the same run (docs/benchmarks.md says what each measures).
+        """)
+    exit(0)
+}
+if let only, !benchmarks.contains(only) {
+    FileHandle.standardError.write(Data("dispatcher-bench: no benchmark '\(only)' (known: \(benchmarks.joined(separator: ", ")))\n".utf8))
+    exit(2)
+}
+// Said before anything runs, not as a crash half way through.
+if only == nil || only == "serve", which("wrk") == nil {
+    FileHandle.standardError.write(Data("dispatcher-bench: serve needs wrk (apt-get install wrk), or pick another with --only\n".utf8))
+    exit(2)
+}
 let dataDirectory = "bench-data"
 try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
 
