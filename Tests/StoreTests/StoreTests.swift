@@ -487,12 +487,17 @@ struct StoreTests {
             NewMessage(id: "m-B", run: "march", invoiceID: "B", phone: "18095550102", template: "invoice", language: "es")
         ])
         // The database as the previous version left it: no landlord on messages, the migration not applied.
-        let undo = [
-            "DROP INDEX messages_landlord", "ALTER TABLE messages DROP COLUMN landlord",
+        let undo =
             engine == .sqlite
-                ? "DELETE FROM grdb_migrations WHERE identifier = 'v13: messages by landlord'"
-                : "DELETE FROM dispatcher_migrations WHERE name = 'v19: messages by landlord'",
-        ]
+            ? [
+                "DROP TRIGGER messages_landlord_from_invoice", "DROP INDEX messages_landlord", "ALTER TABLE messages DROP COLUMN landlord",
+                "DELETE FROM grdb_migrations WHERE identifier = 'v13: messages by landlord'",
+            ]
+            : [
+                "DROP TRIGGER messages_landlord_from_invoice ON messages", "DROP FUNCTION dispatcher_message_landlord()",
+                "DROP INDEX messages_landlord", "ALTER TABLE messages DROP COLUMN landlord",
+                "DELETE FROM dispatcher_migrations WHERE name = 'v19: messages by landlord'",
+            ]
         if let sqlite = store as? SQLiteStore {
             try await sqlite.pool.write { db in for sql in undo { try db.execute(sql: sql) } }
         } else if let postgres = store as? PostgresStore {
@@ -502,6 +507,20 @@ struct StoreTests {
         let upgraded = try await StoreOpener.open(url: url)
         #expect(try await upgraded.messages(MessageFilter(run: "march", landlord: "Caribe")).messages.map(\.id) == ["m-A-18095550101"])
         #expect(try await upgraded.messages(MessageFilter(run: "march")).messages.map(\.landlord) == ["Caribe", nil])
+        // A dispatcher of before, still running, stores a message without the landlord: it is copied all the same.
+        let older = """
+            INSERT INTO messages (id, run, invoice_id, phone, template, language, state, state_rank, created_at, updated_at)
+            VALUES ('m-A2', 'march', 'A', '18095550103', 'invoice', 'es', 'queued', 0, 1, 1)
+            """
+        if let sqlite = upgraded as? SQLiteStore {
+            try await sqlite.pool.write { try $0.execute(sql: older) }
+        } else if let postgres = upgraded as? PostgresStore {
+            _ = try await postgres.rows(PostgresQuery(unsafeSQL: older))
+        }
+        #expect(
+            try await upgraded.messages(MessageFilter(run: "march", landlord: "Caribe")).messages.map(\.id) == [
+                "m-A-18095550101", "m-A2",
+            ])
     }
 
     @Test("a database URL that is not one is a clear error")

@@ -1068,8 +1068,10 @@ struct Cells {
 }
 
 /// Said before migrating a database an older dispatcher used (not a new one): the first start after
-/// an upgrade may rewrite a big table, and would otherwise look hung.
+/// an upgrade may rewrite a big table, and would otherwise look hung. A warning, so that `send`
+/// (which logs only those) says it too.
 func migrationNotice(_ count: Int, database: String) {
-    Logger(label: "dispatcher.store").notice(
-        "upgrading the \(database) (\(count) migration\(count == 1 ? "" : "s")): a big one can take up to a minute per million messages")
+    Logger(label: "dispatcher.store").warning(
+        "upgrading the \(database) (\(count) migration\(count == 1 ? "" : "s")): on a big one this can take a minute or more per million messages stored, and other processes using it wait"
+    )
 }
