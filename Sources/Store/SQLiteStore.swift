@@ -310,11 +310,12 @@ public final class SQLiteStore: DispatchStore {
                     ALTER TABLE messages ADD COLUMN landlord TEXT;
                     UPDATE messages SET landlord = (SELECT i.landlord FROM invoices i WHERE i.run = messages.run AND i.invoice_id = messages.invoice_id);
                     CREATE INDEX messages_landlord ON messages(landlord, seq) WHERE landlord IS NOT NULL;
-                    CREATE TRIGGER messages_landlord_from_invoice AFTER INSERT ON messages WHEN NEW.landlord IS NULL
+                    CREATE TRIGGER messages_landlord_from_invoice AFTER INSERT ON messages
+                    WHEN NEW.landlord IS NULL
+                      AND EXISTS (SELECT 1 FROM invoices i WHERE i.run = NEW.run AND i.invoice_id = NEW.invoice_id AND i.landlord IS NOT NULL)
                     BEGIN
                         UPDATE messages SET landlord = (SELECT i.landlord FROM invoices i WHERE i.run = NEW.run AND i.invoice_id = NEW.invoice_id)
-                        WHERE seq = NEW.seq
-                          AND EXISTS (SELECT 1 FROM invoices i WHERE i.run = NEW.run AND i.invoice_id = NEW.invoice_id AND i.landlord IS NOT NULL);
+                        WHERE seq = NEW.seq;
                     END;
                     """)
         }
