@@ -112,9 +112,9 @@ struct DispatchMachine {
     var mostInOneSecond: Int { budget.mostInOneSecond }
 
     /// Numbers that now have `SendQueue.crowdedAt` messages held back by the pair rule (each
-    /// once), and the least time those alone keep the run going.
-    mutating func takeCrowded() -> [(phone: String, held: Int, atLeast: Duration)] {
-        queue.takeCrowded().map { ($0.phone, $0.held, queue.pairSpacing * $0.held) }
+    /// once), and the least minutes those alone keep the run going.
+    mutating func takeCrowded() -> [(phone: String, held: Int, minutes: Int)] {
+        queue.takeCrowded().map { ($0.phone, $0.held, CrowdedNumber.minutes($0.held, spacing: queue.pairSpacing)) }
     }
 
     /// The first request has been written out whole: its connection is open, the rest may go.

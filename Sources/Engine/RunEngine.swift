@@ -44,7 +44,7 @@ public struct RunOptions: Sendable {
 
     public init(
         run: String, manifest: String, rate: Double = 80, skipInvalid: Bool = false, resend: Bool = false,
-        maxTransientRetries: Int = 5, pairSpacing: Duration = .seconds(6), haltAfterUnknownCodes: Int = 10
+        maxTransientRetries: Int = 5, pairSpacing: Duration = CrowdedNumber.pairInterval, haltAfterUnknownCodes: Int = 10
     ) {
         self.run = run
         self.manifest = manifest
@@ -417,9 +417,8 @@ public final class RunEngine: Sendable {
                 let step = machine.step(now: now, incoming: { feed.take() }, exhausted: feed.exhausted)
                 for crowded in machine.takeCrowded() {
                     // Not silent: the run goes on for as long as one number's invoices take.
-                    let minutes = Int((Double(crowded.atLeast.components.seconds) / 60).rounded(.up))
                     logger.warning(
-                        "\(crowded.held) or more invoices of this run go to one number (ending \(crowded.phone.suffix(4))): Meta takes one message to a number every 6 seconds, so they alone keep the run sending for \(minutes) minutes or more (stopped before, the rest stay queued and the report lists them)",
+                        "\(crowded.held) or more invoices of this run go to one number (ending \(crowded.phone.suffix(4))): Meta takes one message to a number every 6 seconds, so they alone keep the run sending for \(crowded.minutes) minutes or more (stopped before, the rest stay queued and the report lists them)",
                         metadata: ["run": "\(options.run)"])
                 }
                 if !step.sends.isEmpty {

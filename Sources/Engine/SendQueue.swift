@@ -64,7 +64,7 @@ struct SendQueue {
     /// queue, and its request leaves a little later (the ledger write), by a few milliseconds.
     let pairSpacing: Duration
 
-    init(pairSpacing: Duration = .seconds(6), margin: Duration = .milliseconds(250)) {
+    init(pairSpacing: Duration = CrowdedNumber.pairInterval, margin: Duration = CrowdedNumber.margin) {
         self.pairSpacing = pairSpacing + margin
     }
 

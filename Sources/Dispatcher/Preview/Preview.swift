@@ -225,13 +225,15 @@ public struct CrowdedNumber: Sendable, Equatable {
 
     /// From this many messages to one number, a run says so (about 10 minutes of sending).
     public static let threshold: UInt32 = 100
-    /// The time between two messages to one number: Meta's 6 seconds and the send queue's margin.
-    public static let spacing: Duration = .milliseconds(6_250)
+    /// Meta's pair rule: one message to a number every 6 seconds.
+    public static let pairInterval: Duration = .seconds(6)
+    /// What the send queue adds to it: the interval is counted from when a message leaves the
+    /// queue, and its request leaves a little later (the ledger write).
+    public static let margin: Duration = .milliseconds(250)
 
-    /// Whole minutes (rounded up) that `messages` to one number take at `spacing`.
-    public static func minutes(_ messages: Int) -> Int {
-        let seconds = (spacing * messages).components.seconds
-        return Int((Double(seconds) / 60).rounded(.up))
+    /// Whole minutes (rounded up) that `messages` to one number take, one every `spacing`.
+    public static func minutes(_ messages: Int, spacing: Duration = pairInterval + margin) -> Int {
+        Int((Double((spacing * messages).components.seconds) / 60).rounded(.up))
     }
 
     /// The preview's warnings: the five most crowded numbers, then how many more there are.
