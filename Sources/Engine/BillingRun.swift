@@ -90,14 +90,22 @@ public struct BillingRun: Sendable {
             engine.logger.debug("run: dispatch ended; releasing the sender lease")
             group.cancelAll()
             try? await group.waitForAll()
+            // The pace's last reserved second still counts beside the next (`SendSlots`); later ones go.
+            await releaseSlots()
             await lease.release()
             return try result.get()
         }
     }
 
-    /// Reserves the run's sends for this second and the next three, every second until cancelled: what
-    /// the run may send in any sliding second under `RateBudget`. A failed write
-    /// is retried the next second (the lease keeper halts the run if the store is gone for good).
+    /// How many seconds ahead of the clock the run's pace is reserved: the reserving loop may be
+    /// starved for that long (a loaded machine, a slow store) before the run could send in a second
+    /// it has not reserved. (Three were once seen not to be enough, under a whole test suite on two
+    /// cores.) Given back when the run ends, so a call waits at most a second for them after it.
+    static let reserveAhead: Int64 = 10
+
+    /// Reserves the run's sends for this second and the next `reserveAhead`, every second until
+    /// cancelled: what the run may send in any sliding second under `RateBudget`. A failed write is
+    /// said and retried the next second (the lease keeper halts the run if the store is gone for good).
     func reserveSlots(rate: Double) async {
         while !Task.isCancelled {
             await reserve(rate: rate)
@@ -106,7 +114,7 @@ public struct BillingRun: Sendable {
         }
     }
 
-    /// This second and the next three, reserved once.
+    /// This second and the next `reserveAhead`, reserved in one write.
     func reserve(rate: Double) async {
         let sender = engine.client.configuration.phoneNumberID
         // Its budget refills at rate × margin: that many sends are 1/(rate × margin) apart, so a
@@ -114,10 +122,26 @@ public struct BillingRun: Sendable {
         let count = max(1, Int((rate * RateBudget.defaultMargin).rounded(.up)))
         let capacity = Int(rate.rounded(.down))
         let second = Int64(Date().timeIntervalSince1970.rounded(.down))
-        // Three seconds ahead: a loaded machine may wake the loop late; the run must never send in
-        // a second it has not reserved.
-        for ahead in second...(second + 3) {
-            try? await engine.store.reserveSendSlots(sender: sender, second: ahead, count: count, capacity: capacity)
+        do {
+            try await engine.store.reserveSendSlots(
+                sender: sender, seconds: second...(second + Self.reserveAhead), count: count, capacity: capacity)
+        } catch {
+            engine.logger.warning(
+                "the run's pace could not be reserved in the store (retried in a second; calls to /send-invoice may wait longer)",
+                metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// The reservations after this second given back, once the run has stopped sending.
+    func releaseSlots() async {
+        let sender = engine.client.configuration.phoneNumberID
+        let second = Int64(Date().timeIntervalSince1970.rounded(.down))
+        do {
+            try await engine.store.releaseSendSlots(sender: sender, after: second)
+        } catch {
+            engine.logger.warning(
+                "the run's reserved pace could not be given back: calls to /send-invoice on this number wait up to \(Self.reserveAhead) s",
+                metadata: ["error": "\(error)"])
         }
     }
 

@@ -57,8 +57,11 @@ public protocol DispatchStore: Sendable {
     /// The receiver heard from last, and when.
     func lastHeardReceiver() async throws -> (address: String, at: Double)?
     /// A sender number's sends per second, shared by every process that sends from it (see
-    /// `SendSlots`): a billing run reserves its pace for a second ahead of it.
-    func reserveSendSlots(sender: String, second: Int64, count: Int, capacity: Int) async throws
+    /// `SendSlots`): a billing run reserves its pace for the seconds ahead of it, all in one write.
+    func reserveSendSlots(sender: String, seconds: ClosedRange<Int64>, count: Int, capacity: Int) async throws
+    /// A billing run's reservations for the seconds after `second` given back (the run has ended),
+    /// so that single sends need not wait for them to pass.
+    func releaseSendSlots(sender: String, after second: Int64) async throws
     /// One send of `/send-invoice` in `second`, if what is left of the number's rate allows it
     /// (`SendSlots.allows`; `capacity`: the sender's own rate); false: try a later second.
     func takeSendSlot(sender: String, second: Int64, capacity: Int) async throws -> Bool

@@ -134,15 +134,22 @@ extension SQLiteStore {
         }
     }
 
-    public func reserveSendSlots(sender: String, second: Int64, count: Int, capacity: Int) async throws {
+    public func reserveSendSlots(sender: String, seconds: ClosedRange<Int64>, count: Int, capacity: Int) async throws {
         try await pool.write { db in
-            try db.execute(
+            let statement = try db.cachedStatement(
                 sql: """
                     INSERT INTO send_slots (sender, second, reserved, capacity) VALUES (?, ?, ?, ?)
                     ON CONFLICT (sender, second) DO UPDATE SET reserved = MAX(reserved, excluded.reserved), capacity = MAX(capacity, excluded.capacity)
-                    """, arguments: [sender, second, count, capacity])
+                    """)
+            for second in seconds { try statement.execute(arguments: [sender, second, count, capacity]) }
             try db.execute(
-                sql: "DELETE FROM send_slots WHERE sender = ? AND second < ?", arguments: [sender, second - SendSlots.kept])
+                sql: "DELETE FROM send_slots WHERE sender = ? AND second < ?", arguments: [sender, seconds.lowerBound - SendSlots.kept])
+        }
+    }
+
+    public func releaseSendSlots(sender: String, after second: Int64) async throws {
+        try await pool.write { db in
+            try db.execute(sql: "UPDATE send_slots SET reserved = 0 WHERE sender = ? AND second > ?", arguments: [sender, second])
         }
     }
 

@@ -89,6 +89,8 @@ struct BillingRunTests {
             #expect(runTimes.count == 27)
             #expect(callTimes.count == 3)
             #expect(callTimes.min() ?? 0 > runTimes.max() ?? .infinity, "a call went while the run was using the whole rate")
+            // The run gave back the seconds it had reserved ahead (ten): the calls did not wait for them to pass.
+            #expect((callTimes.max() ?? .infinity) - (runTimes.max() ?? 0) < 6, "the calls waited for the run's unused reservations")
         }
     }
 

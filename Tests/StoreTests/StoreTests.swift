@@ -149,12 +149,12 @@ struct StoreTests {
     func sendSlots(engine: StoreEngine) async throws {
         let store = try await makeStore(engine)
         // A run at 20/s reserves 19 a second; single sends (their own rate 80) get 1 per two seconds.
-        for second in Int64(100)...101 { try await store.reserveSendSlots(sender: "N", second: second, count: 19, capacity: 20) }
+        try await store.reserveSendSlots(sender: "N", seconds: 100...101, count: 19, capacity: 20)
         #expect(try await store.takeSendSlot(sender: "N", second: 100, capacity: 80))
         #expect(!(try await store.takeSendSlot(sender: "N", second: 100, capacity: 80)))
         #expect(!(try await store.takeSendSlot(sender: "N", second: 101, capacity: 80)), "two in a sliding second with the run's 19")
         // Reserving again changes nothing (the run writes each second twice).
-        try await store.reserveSendSlots(sender: "N", second: 101, count: 19, capacity: 20)
+        try await store.reserveSendSlots(sender: "N", seconds: 101...101, count: 19, capacity: 20)
         #expect(!(try await store.takeSendSlot(sender: "N", second: 101, capacity: 80)))
         // After the run: its last second still counts beside the next (19 + 1 fits, once).
         #expect(try await store.takeSendSlot(sender: "N", second: 102, capacity: 80))
@@ -171,6 +171,20 @@ struct StoreTests {
             return try await group.reduce(into: [Bool]()) { $0.append($1) }
         }
         #expect(results.filter { $0 }.count == 7)
+        // A run that reserved ten seconds ahead and ended in 600 gives back 601 on: its last second
+        // still counts beside 601, and from 602 single sends have their own rate again.
+        try await store.reserveSendSlots(sender: "R", seconds: 600...610, count: 19, capacity: 20)
+        try await store.releaseSendSlots(sender: "R", after: 600)
+        #expect(try await store.takeSendSlot(sender: "R", second: 601, capacity: 80))
+        #expect(!(try await store.takeSendSlot(sender: "R", second: 601, capacity: 80)))
+        var free = 0
+        while try await store.takeSendSlot(sender: "R", second: 605, capacity: 5) { free += 1 }
+        #expect(free == 5)
+        // Another number's reservations stay.
+        try await store.reserveSendSlots(sender: "S", seconds: 600...610, count: 19, capacity: 20)
+        try await store.releaseSendSlots(sender: "R", after: 600)
+        #expect(try await store.takeSendSlot(sender: "S", second: 605, capacity: 80))
+        #expect(!(try await store.takeSendSlot(sender: "S", second: 605, capacity: 80)))
     }
 
     @Test("duplicates change nothing and are not kept twice in the history", arguments: engines)

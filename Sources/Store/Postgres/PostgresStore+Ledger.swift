@@ -92,18 +92,23 @@ extension PostgresStore {
         }
     }
 
-    public func reserveSendSlots(sender: String, second: Int64, count: Int, capacity: Int) async throws {
+    public func reserveSendSlots(sender: String, seconds: ClosedRange<Int64>, count: Int, capacity: Int) async throws {
         let logger = self.logger
         try await transaction { connection in
             try await connection.query(
                 """
-                INSERT INTO send_slots (sender, second, reserved, capacity) VALUES (\(sender), \(second), \(count), \(capacity))
+                INSERT INTO send_slots (sender, second, reserved, capacity)
+                SELECT \(sender), s, \(count), \(capacity) FROM generate_series(\(seconds.lowerBound)::bigint, \(seconds.upperBound)::bigint) AS s
                 ON CONFLICT (sender, second) DO UPDATE
                 SET reserved = GREATEST(send_slots.reserved, EXCLUDED.reserved), capacity = GREATEST(send_slots.capacity, EXCLUDED.capacity)
                 """, logger: logger)
             try await connection.query(
-                "DELETE FROM send_slots WHERE sender = \(sender) AND second < \(second - SendSlots.kept)", logger: logger)
+                "DELETE FROM send_slots WHERE sender = \(sender) AND second < \(seconds.lowerBound - SendSlots.kept)", logger: logger)
         }
+    }
+
+    public func releaseSendSlots(sender: String, after second: Int64) async throws {
+        try await rows("UPDATE send_slots SET reserved = 0 WHERE sender = \(sender) AND second > \(second)")
     }
 
     public func takeSendSlot(sender: String, second: Int64, capacity: Int) async throws -> Bool {
