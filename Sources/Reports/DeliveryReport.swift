@@ -108,7 +108,21 @@ public struct DeliveryReportWriter: Sendable {
         // empty page (a run retried long after, other runs' messages in between), the next page
         // starts at the run's next message: a gap of 50 million sequence numbers cost 0.8 s of
         // empty pages.
-        if let all = try await store.messageSequences(run: run.name) {
+        if let landlord {
+            // One landlord's, through their index: a page read ahead while the one before is written.
+            var page = try await store.reportRows(run: run.name, landlord: landlord, after: nil, limit: Int(pageSpan))
+            let name = run.name, span = Int(pageSpan)
+            while !page.isEmpty {
+                let after = page.last?.message.sequence
+                let next =
+                    page.count < span ? nil : Task { try await store.reportRows(run: name, landlord: landlord, after: after, limit: span) }
+                do { try write(page) } catch {
+                    next?.cancel()
+                    throw error
+                }
+                page = try await next?.value ?? []
+            }
+        } else if let all = try await store.messageSequences(run: run.name) {
             let span = pageSpan, readers = 2, last = all.upperBound, name = run.name
             try await withThrowingTaskGroup(of: (Int, [ReportRow]).self) { group in
                 var next = all.lowerBound  // where the next page to ask for starts

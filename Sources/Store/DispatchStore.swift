@@ -35,6 +35,9 @@ public protocol DispatchStore: Sendable {
     /// A run's messages whose sequence number is in `sequences`, with their invoices, in order
     /// (for reports: a page is a range of sequence numbers, so several pages can be read at once).
     func reportRows(run: String, sequences: ClosedRange<Int64>) async throws -> [ReportRow]
+    /// One landlord's messages of a run with their invoices, in order: up to `limit` after sequence
+    /// number `after` (nil: from the first). Read through the landlord's index, not the whole run.
+    func reportRows(run: String, landlord: String, after: Int64?, limit: Int) async throws -> [ReportRow]
     /// Invoices of a run that were not sent at all (nothing due), for reports.
     func skippedInvoices(run: String) async throws -> [InvoiceRecord]
     /// One invoice of a run, as stored (the first version of it: a run keeps an invoice once).

@@ -4,8 +4,14 @@ import GRDB
 extension SQLiteStore {
     public func messageSequences(run: String, after: Int64?) async throws -> ClosedRange<Int64>? {
         try await pool.read { db in
+            // Each in its own subquery: SQLite reads one end of the index for a lone MIN or MAX, but
+            // walks the run's whole stretch of it for both in one SELECT (50 ms at 200,000 messages,
+            // once for each landlord of `report --per-landlord`).
             let row = try Row.fetchOne(
-                db, sql: "SELECT MIN(seq), MAX(seq) FROM messages WHERE run = ? AND seq > ?", arguments: [run, after ?? Int64.min])
+                db,
+                sql: """
+                    SELECT (SELECT MIN(seq) FROM messages WHERE run = ?1 AND seq > ?2), (SELECT MAX(seq) FROM messages WHERE run = ?1 AND seq > ?2)
+                    """, arguments: [run, after ?? Int64.min])
             guard let first = row?[0] as Int64?, let last = row?[1] as Int64? else { return nil }
             return first...last
         }
@@ -17,36 +23,63 @@ extension SQLiteStore {
     public func reportRows(run: String, sequences: ClosedRange<Int64>) async throws -> [ReportRow] {
         try await pool.read { db in
             let statement = try db.cachedStatement(
-                sql: """
-                    SELECT seq, id, invoice_id, phone, template, language, state, wamid, error_code, error_title, error_details,
-                        skip_reason, attempts, created_at, updated_at, accepted_at, sent_at, delivered_at, read_at, failed_at
-                    FROM messages WHERE seq BETWEEN ? AND ? AND run = ? ORDER BY seq
-                    """)
-            var invoices = try SQLiteInvoiceFollower(
-                db, run: run, columns: "landlord, tenant_name, property, amount_minor, currency, period, email")
-            var rows: [ReportRow] = []
-            rows.reserveCapacity(Int(clamping: max(0, min(sequences.upperBound &- sequences.lowerBound &+ 1, 1 << 16))))
-            let cursor = try Row.fetchCursor(statement, arguments: [sequences.lowerBound, sequences.upperBound, run])
-            let c = SQLiteColumns(statement)
-            let states = StateNames()
-            while try cursor.next() != nil {
-                guard let invoiceID = c.bytes(2), let i = try invoices.invoice(invoiceID) else { continue }
-                let tenantName = i.string(3), landlord = i.stringOrNil(2)
-                let message = MessageRecord(
-                    id: c.string(1), run: run, invoiceID: c.string(2), phone: c.string(3), template: c.string(4), language: c.string(5),
-                    state: states.state(c.bytes(6)), wamid: c.stringOrNil(7), errorCode: c.intOrNil(8), errorTitle: c.stringOrNil(9),
-                    errorDetails: c.stringOrNil(10), skipReason: c.stringOrNil(11), attempts: Int(c.int64(12)),
-                    createdAt: c.doubleOrNil(13) ?? 0, updatedAt: c.doubleOrNil(14) ?? 0, acceptedAt: c.doubleOrNil(15),
-                    sentAt: c.doubleOrNil(16), deliveredAt: c.doubleOrNil(17), readAt: c.doubleOrNil(18), failedAt: c.doubleOrNil(19),
-                    requestBody: nil, landlord: landlord, tenantName: tenantName, sequence: c.int64(0)
-                )
-                rows.append(
-                    ReportRow(
-                        message: message, tenantName: tenantName, landlord: landlord, property: i.stringOrNil(4),
-                        amountMinor: i.int64(5), currency: i.string(6), period: i.string(7), email: i.stringOrNil(8)))
-            }
-            return rows
+                sql: "\(Self.reportColumns) FROM messages WHERE seq BETWEEN ? AND ? AND run = ? ORDER BY seq")
+            return try Self.reportRows(
+                db, run: run, statement: statement, arguments: [sequences.lowerBound, sequences.upperBound, run],
+                capacity: sequences.upperBound &- sequences.lowerBound &+ 1)
         }
+    }
+
+    /// One landlord's messages of the run through their index (`messages_landlord`), between the
+    /// run's first and last sequence numbers.
+    public func reportRows(run: String, landlord: String, after: Int64?, limit: Int) async throws -> [ReportRow] {
+        try await pool.read { db in
+            let statement = try db.cachedStatement(
+                sql: """
+                    \(Self.reportColumns) FROM messages INDEXED BY messages_landlord
+                    WHERE landlord = ? AND seq > ? AND seq <= (SELECT MAX(seq) FROM messages WHERE run = ?) AND run = ?
+                    ORDER BY seq LIMIT ?
+                    """)
+            let first = try Int64.fetchOne(db, sql: "SELECT MIN(seq) FROM messages WHERE run = ?", arguments: [run]) ?? 0
+            return try Self.reportRows(
+                db, run: run, statement: statement, arguments: [landlord, max(after ?? Int64.min, first - 1), run, run, limit],
+                capacity: Int64(limit))
+        }
+    }
+
+    static let reportColumns = """
+        SELECT seq, id, invoice_id, phone, template, language, state, wamid, error_code, error_title, error_details,
+            skip_reason, attempts, created_at, updated_at, accepted_at, sent_at, delivered_at, read_at, failed_at
+        """
+
+    /// The rows of `statement` (`reportColumns`), each with its invoice.
+    static func reportRows(
+        _ db: Database, run: String, statement: Statement, arguments: StatementArguments, capacity: Int64
+    ) throws -> [ReportRow] {
+        var invoices = try SQLiteInvoiceFollower(
+            db, run: run, columns: "landlord, tenant_name, property, amount_minor, currency, period, email")
+        var rows: [ReportRow] = []
+        rows.reserveCapacity(Int(clamping: max(0, min(capacity, 1 << 16))))
+        let cursor = try Row.fetchCursor(statement, arguments: arguments)
+        let c = SQLiteColumns(statement)
+        let states = StateNames()
+        while try cursor.next() != nil {
+            guard let invoiceID = c.bytes(2), let i = try invoices.invoice(invoiceID) else { continue }
+            let tenantName = i.string(3), landlord = i.stringOrNil(2)
+            let message = MessageRecord(
+                id: c.string(1), run: run, invoiceID: c.string(2), phone: c.string(3), template: c.string(4), language: c.string(5),
+                state: states.state(c.bytes(6)), wamid: c.stringOrNil(7), errorCode: c.intOrNil(8), errorTitle: c.stringOrNil(9),
+                errorDetails: c.stringOrNil(10), skipReason: c.stringOrNil(11), attempts: Int(c.int64(12)),
+                createdAt: c.doubleOrNil(13) ?? 0, updatedAt: c.doubleOrNil(14) ?? 0, acceptedAt: c.doubleOrNil(15),
+                sentAt: c.doubleOrNil(16), deliveredAt: c.doubleOrNil(17), readAt: c.doubleOrNil(18), failedAt: c.doubleOrNil(19),
+                requestBody: nil, landlord: landlord, tenantName: tenantName, sequence: c.int64(0)
+            )
+            rows.append(
+                ReportRow(
+                    message: message, tenantName: tenantName, landlord: landlord, property: i.stringOrNil(4),
+                    amountMinor: i.int64(5), currency: i.string(6), period: i.string(7), email: i.stringOrNil(8)))
+        }
+        return rows
     }
 
     public func skippedInvoices(run: String) async throws -> [InvoiceRecord] {
@@ -127,7 +160,9 @@ extension SQLiteStore {
                 ReportSummary.Sample(
                     sequence: r[0], invoiceID: r[1], tenantName: r[2], phone: r[3], email: r[4], errorDetails: r[5], skipReason: r[6])
             }
-            let groupSamples = try db.cachedStatement(sql: ReportSQL.samples(nullSafeEqual: "IS"))
+            // One landlord's examples through their index.
+            func sql(_ query: String) -> String { filter.isEmpty ? query : ReportSQL.oneLandlord(query, index: "messages_landlord") }
+            let groupSamples = try db.cachedStatement(sql: sql(ReportSQL.samples(nullSafeEqual: "IS")))
             for (problem, count) in groups {
                 let rows = try Row.fetchAll(
                     groupSamples, arguments: [run, filter, problem.state.rawValue, problem.code, problem.title, samples])
@@ -138,14 +173,14 @@ extension SQLiteStore {
             }
             let open = [MessageState.accepted, .held, .sent].reduce(0) { $0 + (summary.states[$1] ?? 0) }
             if open > 0 {
-                summary.pending = try Row.fetchAll(db, sql: ReportSQL.pendingSamples, arguments: [run, filter, samples]).map {
+                summary.pending = try Row.fetchAll(db, sql: sql(ReportSQL.pendingSamples), arguments: [run, filter, samples]).map {
                     ReportSummary.Pending(
                         sequence: $0[0], invoiceID: $0[1], tenantName: $0[2], phone: $0[3], state: MessageState(rawValue: $0[4]) ?? .sent,
                         amountMinor: $0[5], currency: $0[6])
                 }
             }
             if let skipped = summary.states[.skipped] {
-                let rows = try Row.fetchAll(db, sql: ReportSQL.skippedSamples, arguments: [run, filter, samples])
+                let rows = try Row.fetchAll(db, sql: sql(ReportSQL.skippedSamples), arguments: [run, filter, samples])
                 summary.skipped = ReportSummary.Group(
                     state: .skipped, errorCode: nil, errorTitle: nil, count: skipped, samples: rows.map(sample))
             }
@@ -187,13 +222,23 @@ struct ReportPass: Sendable {
         func add(_ run: (minute: Int, count: Int), to perMinute: inout [Int: Int]) {
             if run.count > 0 { perMinute[run.minute, default: 0] += run.count }
         }
-        let statement = try db.makeStatement(
-            sql: """
-                SELECT invoice_id, state, error_code, accepted_at, COALESCE(delivered_at, read_at), error_title,
-                    phone, pricing_category, pricing_type
-                FROM messages WHERE seq BETWEEN ? AND ? AND run = ? ORDER BY seq
-                """)
-        let rows = try Row.fetchCursor(statement, arguments: [range.lowerBound, range.upperBound, run])
+        let columns = """
+            SELECT invoice_id, state, error_code, accepted_at, COALESCE(delivered_at, read_at), error_title,
+                phone, pricing_category, pricing_type
+            """
+        // One landlord's through their index: a report per landlord (`report --per-landlord`) read
+        // the whole run for each, 124 s for 200 landlords of 200,000 messages.
+        let statement =
+            landlord.isEmpty
+            ? try db.makeStatement(sql: "\(columns) FROM messages WHERE seq BETWEEN ? AND ? AND run = ? ORDER BY seq")
+            : try db.makeStatement(
+                sql:
+                    "\(columns) FROM messages INDEXED BY messages_landlord WHERE landlord = ? AND seq BETWEEN ? AND ? AND run = ? ORDER BY seq"
+            )
+        let rows = try Row.fetchCursor(
+            statement,
+            arguments: landlord.isEmpty
+                ? [range.lowerBound, range.upperBound, run] : [landlord, range.lowerBound, range.upperBound, run])
         var follower = try SQLiteInvoiceFollower(db, run: run, columns: "landlord, currency, amount_minor")
         let only = Array(landlord.utf8)
         let c = SQLiteColumns(statement)

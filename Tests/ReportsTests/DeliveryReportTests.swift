@@ -296,6 +296,48 @@ struct DeliveryReportTests {
         #expect(landlords.contains(",00;") && !landlords.contains(".00"), "\(landlords)")
     }
 
+    @Test(
+        "a landlord's report, read through their own index, is the whole report's rows and figures of that landlord, page after page, with another run's in between",
+        arguments: engines)
+    func landlordThroughIndex(engine: StoreEngine) async throws {
+        let store = try await reportStore(engine)
+        // Another run's message of the same landlord before and after the run's, and a second message
+        // for one of its invoices stored after that (a resend).
+        try await store.saveRun(RunRecord(name: "april", manifest: "a.csv", template: "invoice", sender: "123", createdAt: 1_772_000_000))
+        let other = InvoiceRecord(
+            run: "april", invoiceID: "E", line: 2, tenantName: "April", landlord: "Próceres", amountMinor: 1, currency: "DOP",
+            period: "2026-04", locale: "es-DO")
+        try await store.addInvoices([other])
+        _ = try await store.addMessages([
+            NewMessage(id: "a-1", run: "april", invoiceID: "E", phone: "18095550001", template: "invoice", language: "es")
+        ])
+        try await seedReport(store, states: mix)
+        _ = try await store.addMessages([
+            NewMessage(id: "a-2", run: "april", invoiceID: "E", phone: "18095550001", template: "invoice", language: "es"),
+            NewMessage(id: "m-again", run: "march", invoiceID: "E", phone: "18095551004", template: "invoice", language: "es"),
+        ])
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("report-\(UUID().uuidString)").path
+        var writer = try await DeliveryReportWriter(templatesDirectory: reportsRoot.appendingPathComponent("templates").path, lang: "en")
+        writer.pageSpan = 2
+        let run = try #require(try await store.run(named: "march"))
+        let whole = try readCSV(try await writer.write(run: run, store: store, to: directory + "/all").messagesCSV)
+        let own = try readCSV(try await writer.write(run: run, store: store, to: directory + "/own", landlord: "Próceres").messagesCSV)
+        #expect(own == whole.filter { $0["landlord"] == "Próceres" })
+        #expect(own.map { $0["message_id"]! } == ["m-4", "m-5", "m-6", "m-7", "m-again"])
+        // The page's figures: the whole run's, of that landlord.
+        let all = try await store.reportSummary(run: "march", landlord: nil, samples: 10)
+        let theirs = try await store.reportSummary(run: "march", landlord: "Próceres", samples: 10)
+        #expect(theirs.landlords == all.landlords.filter { $0.landlord == "Próceres" })
+        #expect(theirs.states == [.failed: 1, .unknown: 1, .skipped: 1, .read: 1, .queued: 1])
+        #expect(theirs.problems.map(\.count) == [1, 1])
+        #expect(theirs.problems.flatMap { $0.samples.map(\.invoiceID) }.sorted() == ["E", "F"])
+        #expect(
+            try await store.reportRows(run: "march", landlord: "Caribe", after: nil, limit: 10).map(\.message.id) == [
+                "m-0", "m-1", "m-2", "m-3",
+            ])
+        #expect(try await store.reportRows(run: "march", landlord: "Nobody", after: nil, limit: 10).isEmpty)
+    }
+
     @Test("skip reasons and run statuses in the page's language; an unknown reason as kept")
     func skipReasonsTranslated() {
         #expect(skipReason("nothing due (amount 0.00 DOP)", lang: "es") == "nada que cobrar (importe 0.00 DOP)")
