@@ -206,20 +206,23 @@ enum FallbackSQL {
 
     /// Messages of a run in `states` by landlord, number prefix and the pricing their statuses
     /// carried: delivered (or read) ones for the cost after a run, queued ones for the estimate.
-    static func charges(run: String, states: [MessageState]) -> String {
-        """
-        SELECT i.landlord, i.currency, substr(m.phone, 1, 4), p.category, p.type, COUNT(*)
-        FROM messages m
-        JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
-        LEFT JOIN (
-            SELECT e.message_id, MAX(e.pricing_category) AS category, MAX(e.pricing_type) AS type
-            FROM status_events e JOIN messages mm ON mm.id = e.message_id
-            WHERE mm.run = \(run) AND (e.pricing_category IS NOT NULL OR e.pricing_type IS NOT NULL)
-            GROUP BY e.message_id
-        ) p ON p.message_id = m.id
-        WHERE m.run = \(run) AND m.state IN (\(states.map { "'\($0.rawValue)'" }.joined(separator: ", ")))
-        GROUP BY i.landlord, i.currency, substr(m.phone, 1, 4), p.category, p.type
-        ORDER BY 1, 2, 3, 4, 5
-        """
+    static func charges(run: String, states: [MessageState], landlord: String? = nil) -> String {
+        // One landlord's (`landlord`: its placeholder) through their index, not the whole run's.
+        let only = landlord.map { " AND mm.landlord = \($0)" } ?? ""
+        return
+            """
+            SELECT i.landlord, i.currency, substr(m.phone, 1, 4), p.category, p.type, COUNT(*)
+            FROM messages m
+            JOIN invoices i ON i.run = m.run AND i.invoice_id = m.invoice_id
+            LEFT JOIN (
+                SELECT e.message_id, MAX(e.pricing_category) AS category, MAX(e.pricing_type) AS type
+                FROM status_events e JOIN messages mm ON mm.id = e.message_id
+                WHERE mm.run = \(run)\(only) AND (e.pricing_category IS NOT NULL OR e.pricing_type IS NOT NULL)
+                GROUP BY e.message_id
+            ) p ON p.message_id = m.id
+            WHERE m.run = \(run)\(only.replacing("mm.", with: "m.")) AND m.state IN (\(states.map { "'\($0.rawValue)'" }.joined(separator: ", ")))
+            GROUP BY i.landlord, i.currency, substr(m.phone, 1, 4), p.category, p.type
+            ORDER BY 1, 2, 3, 4, 5
+            """
     }
 }

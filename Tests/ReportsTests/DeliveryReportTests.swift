@@ -328,6 +328,8 @@ struct DeliveryReportTests {
         let all = try await store.reportSummary(run: "march", landlord: nil, samples: 10)
         let theirs = try await store.reportSummary(run: "march", landlord: "Próceres", samples: 10)
         #expect(theirs.landlords == all.landlords.filter { $0.landlord == "Próceres" })
+        #expect(theirs.charges == all.charges?.filter { $0.landlord == "Próceres" })
+        #expect(theirs.charges?.map(\.messages) == [1], "H, read")
         #expect(theirs.states == [.failed: 1, .unknown: 1, .skipped: 1, .read: 1, .queued: 1])
         #expect(theirs.problems.map(\.count) == [1, 1])
         #expect(theirs.problems.flatMap { $0.samples.map(\.invoiceID) }.sorted() == ["E", "F"])

@@ -24,8 +24,17 @@ extension PostgresStore {
     }
 
     public func chargeCounts(run: String, states: [MessageState]) async throws -> [ChargeCount] {
-        ChargeCount.merged(
-            try await rows(byRun({ FallbackSQL.charges(run: $0, states: states) }, run)).map {
+        try await chargeCounts(run: run, states: states, landlord: nil)
+    }
+
+    /// One landlord's, when given (a report per landlord): through the landlord's index.
+    func chargeCounts(run: String, states: [MessageState], landlord: String?) async throws -> [ChargeCount] {
+        var binds = PostgresBindings()
+        binds.append(run)
+        if let landlord { binds.append(landlord) }
+        let sql = FallbackSQL.charges(run: "$1", states: states, landlord: landlord == nil ? nil : "$2")
+        return ChargeCount.merged(
+            try await rows(PostgresQuery(unsafeSQL: sql, binds: binds)).map {
                 let (landlord, currency, prefix, category, type, count) = try $0.decode(
                     (String?, String, String, String?, String?, Int).self)
                 return ChargeCount(landlord: landlord, currency: currency, prefix: prefix, category: category, type: type, messages: count)

@@ -663,7 +663,7 @@ public final class PostgresStore: DispatchStore {
         async let outcomes = rows(query(ReportSQL.invoiceOutcomes))
         async let problems = rows(query(ReportSQL.problems))
         async let timeline = rows(query(ReportSQL.timeline { "CAST(FLOOR(\($0) / 60) AS BIGINT)" }))
-        async let charges = chargeCounts(run: run, states: [.delivered, .read])
+        async let charges = chargeCounts(run: run, states: [.delivered, .read], landlord: landlord)
         var summary = ReportSummary()
         var index: [String: Int] = [:]
         for row in try await byState {
