@@ -64,7 +64,13 @@ public struct BillingRun: Sendable {
         let engine = self.engine
         // Renewed beside the run, in a child task that ends with it.
         return try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { await lease.keep { reason in engine.halt(reason) } }
+            let lost = Flag()
+            group.addTask {
+                await lease.keep { reason in
+                    lost.set()
+                    engine.halt(reason)
+                }
+            }
             let result: Result<(RunOptions, StopReason?), any Error>
             do {
                 let options = try await prepare(engine)
@@ -91,7 +97,8 @@ public struct BillingRun: Sendable {
             group.cancelAll()
             try? await group.waitForAll()
             // The pace's last reserved second still counts beside the next (`SendSlots`); later ones go.
-            await releaseSlots()
+            // (Not if another process took the sender: those seconds are its run's now.)
+            if !lost.isSet { await releaseSlots() }
             await lease.release()
             return try result.get()
         }
