@@ -37,13 +37,12 @@ extension SQLiteStore {
             let statement = try db.cachedStatement(
                 sql: """
                     \(Self.reportColumns) FROM messages INDEXED BY messages_landlord
-                    WHERE landlord = ? AND seq > ? AND seq <= (SELECT MAX(seq) FROM messages WHERE run = ?) AND run = ?
-                    ORDER BY seq LIMIT ?
+                    WHERE landlord = ?1 AND seq > ?3 AND run = ?2
+                      AND seq BETWEEN (SELECT MIN(seq) FROM messages WHERE run = ?2) AND (SELECT MAX(seq) FROM messages WHERE run = ?2)
+                    ORDER BY seq LIMIT ?4
                     """)
-            let first = try Int64.fetchOne(db, sql: "SELECT MIN(seq) FROM messages WHERE run = ?", arguments: [run]) ?? 0
             return try Self.reportRows(
-                db, run: run, statement: statement, arguments: [landlord, max(after ?? Int64.min, first - 1), run, run, limit],
-                capacity: Int64(limit))
+                db, run: run, statement: statement, arguments: [landlord, run, after ?? Int64.min, limit], capacity: Int64(limit))
         }
     }
 
@@ -240,13 +239,9 @@ struct ReportPass: Sendable {
             arguments: landlord.isEmpty
                 ? [range.lowerBound, range.upperBound, run] : [landlord, range.lowerBound, range.upperBound, run])
         var follower = try SQLiteInvoiceFollower(db, run: run, columns: "landlord, currency, amount_minor")
-        let only = Array(landlord.utf8)
         let c = SQLiteColumns(statement)
         while try rows.next() != nil {
             guard let invoiceID = c.bytes(0), let i = try follower.invoice(invoiceID) else { continue }
-            if !only.isEmpty {
-                guard let name = i.bytes(2), name.elementsEqual(only) else { continue }
-            }
             // A NULL landlord is bucket 0's; the others are 1 and up.
             let landlordAt = i.bytes(2).map { 1 + landlords.index($0) } ?? 0
             let currencyAt = currencies.index(i.bytes(3) ?? UnsafeRawBufferPointer(start: nil, count: 0))
