@@ -515,7 +515,8 @@ func prepareBenchmark(dispatcher: String, manifest: String, rows: Int) async thr
     var interruptedAt: Duration? = nil
     let sendingFor = Duration.seconds(30)
     // Read on a thread of its own, looked at five times a second: the log may say nothing for
-    // minutes while the run sends, and the 30 s must still end.
+    // minutes while the run sends, and the 30 s must still end. (So the times printed are late by
+    // up to 0.2 s.)
     let output = Mutex<(data: Data, ended: Bool)>((Data(), false))
     Thread.detachNewThread {
         while true {
