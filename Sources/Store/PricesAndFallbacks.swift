@@ -208,7 +208,8 @@ enum FallbackSQL {
     /// carried: delivered (or read) ones for the cost after a run, queued ones for the estimate.
     static func charges(run: String, states: [MessageState], landlord: String? = nil) -> String {
         // One landlord's (`landlord`: its placeholder) through their index, not the whole run's.
-        let only = landlord.map { " AND mm.landlord = \($0)" } ?? ""
+        let inner = landlord.map { " AND mm.landlord = \($0)" } ?? ""
+        let outer = landlord.map { " AND m.landlord = \($0)" } ?? ""
         return
             """
             SELECT i.landlord, i.currency, substr(m.phone, 1, 4), p.category, p.type, COUNT(*)
@@ -217,10 +218,10 @@ enum FallbackSQL {
             LEFT JOIN (
                 SELECT e.message_id, MAX(e.pricing_category) AS category, MAX(e.pricing_type) AS type
                 FROM status_events e JOIN messages mm ON mm.id = e.message_id
-                WHERE mm.run = \(run)\(only) AND (e.pricing_category IS NOT NULL OR e.pricing_type IS NOT NULL)
+                WHERE mm.run = \(run)\(inner) AND (e.pricing_category IS NOT NULL OR e.pricing_type IS NOT NULL)
                 GROUP BY e.message_id
             ) p ON p.message_id = m.id
-            WHERE m.run = \(run)\(only.replacing("mm.", with: "m.")) AND m.state IN (\(states.map { "'\($0.rawValue)'" }.joined(separator: ", ")))
+            WHERE m.run = \(run)\(outer) AND m.state IN (\(states.map { "'\($0.rawValue)'" }.joined(separator: ", ")))
             GROUP BY i.landlord, i.currency, substr(m.phone, 1, 4), p.category, p.type
             ORDER BY 1, 2, 3, 4, 5
             """
