@@ -52,7 +52,8 @@ final class MessageConnections: @unchecked Sendable {
         tls = scheme == "https" ? try NIOSSLContext(configuration: tlsConfiguration) : nil
         var headers = headers
         let defaultPort = (scheme == "https" && port == 443) || (scheme == "http" && port == 80)
-        headers.replaceOrAdd(name: "Host", value: defaultPort ? host : "\(host):\(port)")
+        let named = host.contains(":") ? "[\(host)]" : host  // an IPv6 address is bracketed
+        headers.replaceOrAdd(name: "Host", value: defaultPort ? named : "\(named):\(port)")
         headers.replaceOrAdd(name: "User-Agent", value: "dispatcher")
         var path = components.percentEncodedPath
         if path.isEmpty { path = "/" }
@@ -132,6 +133,8 @@ final class MessageConnections: @unchecked Sendable {
     private func open() {
         let tls = tls
         let host = host
+        // SNI names a host, never an address (NIOSSL refuses one): `https://10.0.0.5` goes without.
+        let serverName = host.contains(":") || host.allSatisfy({ $0.isNumber || $0 == "." }) ? nil : host
         let limit = maxResponseBytes
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(connectTimeout)
@@ -139,7 +142,7 @@ final class MessageConnections: @unchecked Sendable {
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations
-                    if let tls { try pipeline.addHandler(NIOSSLClientHandler(context: tls, serverHostname: host)) }
+                    if let tls { try pipeline.addHandler(NIOSSLClientHandler(context: tls, serverHostname: serverName)) }
                     try pipeline.addHandler(HTTPRequestEncoder())
                     try pipeline.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)))
                     try pipeline.addHandler(Connection(channel: channel, pool: self, tls: tls != nil, maxResponseBytes: limit))
