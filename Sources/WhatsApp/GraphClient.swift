@@ -78,8 +78,9 @@ public final class GraphClient: Sendable {
     }
 
     /// `messagesTLS`: how the messages endpoint's connections check the server (tests give their
-    /// own root; in use, the system's).
-    init(configuration: GraphConfiguration, messagesTLS: TLSConfiguration) {
+    /// own root; in use, the system's); `messagesIdleLimit`: how long one of them may sit idle and
+    /// still be used.
+    init(configuration: GraphConfiguration, messagesTLS: TLSConfiguration, messagesIdleLimit: TimeAmount = .seconds(20)) {
         self.configuration = configuration
         var config = HTTPClient.Configuration()
         config.timeout.connect = .nanoseconds(
@@ -100,7 +101,9 @@ public final class GraphClient: Sendable {
         connections =
             ProcessInfo.processInfo.environment["DISPATCHER_SEND_HTTP"] == "asynchttpclient"
             ? nil
-            : try? MessageConnections(url: messagesURL, headers: headers, configuration: configuration, loop: loop, tls: messagesTLS)
+            : try? MessageConnections(
+                url: messagesURL, headers: headers, configuration: configuration, loop: loop, tls: messagesTLS,
+                idleLimit: messagesIdleLimit)
     }
 
     public func shutdown() async throws {

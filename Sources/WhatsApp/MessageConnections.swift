@@ -29,7 +29,12 @@ final class MessageConnections: @unchecked Sendable {
     private let connectTimeout: TimeAmount
     private let maxConnections: Int
     private let maxResponseBytes: Int
+    /// A connection idle longer is closed, not used: a server closes idle connections when it
+    /// chooses, and a request written as it does is lost in between (unknown, not resent). Well
+    /// under the minute servers commonly wait (AsyncHTTPClient's own default is 60 s).
+    let idleLimit: TimeAmount
 
+    /// Free connections, the longest idle first.
     private var idle: [Connection] = []
     private var waiting = CircularBuffer<Pending>()
     /// Connections open or being opened.
@@ -41,8 +46,9 @@ final class MessageConnections: @unchecked Sendable {
     /// its own root); in use, the system's trust roots.
     init(
         url: URL, headers: HTTPHeaders, configuration: GraphConfiguration, loop: any EventLoop,
-        tls tlsConfiguration: TLSConfiguration = .makeClientConfiguration()
+        tls tlsConfiguration: TLSConfiguration = .makeClientConfiguration(), idleLimit: TimeAmount = .seconds(20)
     ) throws {
+        self.idleLimit = idleLimit
         guard let components = URLComponents(url: url, resolvingAgainstBaseURL: false), let host = components.host,
             let scheme = components.scheme?.lowercased(), scheme == "http" || scheme == "https"
         else { throw GraphError(code: nil, title: "the Graph API address is not an http(s) URL: \(url)", httpStatus: 0) }
@@ -99,12 +105,23 @@ final class MessageConnections: @unchecked Sendable {
         let pending = Pending(body: body, written: written, completion: completion)
         guard !isShutDown else { return pending.finish(.notSent("the client is shut down")) }
         pending.deadline = loop.scheduleTask(in: timeout) { [self] in expire(pending) }
+        dropStale(now: .now())
         if let connection = idle.popLast() {
             connection.send(pending, head: head)
         } else {
             waiting.append(pending)
             openIfNeeded()
         }
+    }
+
+    /// Closes the connections idle past `idleLimit` (the front of `idle`).
+    private func dropStale(now: NIODeadline) {
+        var stale = 0
+        while stale < idle.count, now - idle[stale].idleSince > idleLimit { stale += 1 }
+        guard stale > 0 else { return }
+        let closing = idle[..<stale]
+        idle.removeFirst(stale)
+        for connection in closing { connection.close() }
     }
 
     private func expire(_ pending: Pending) {
@@ -178,7 +195,10 @@ final class MessageConnections: @unchecked Sendable {
             return connection.send(pending, head: head)
         }
         if isShutDown { return connection.close() }
+        let now = NIODeadline.now()
+        connection.idleSince = now
         idle.append(connection)
+        dropStale(now: now)
     }
 
     /// A connection closed (by either side, or after an error). One that never opened (a refused
@@ -224,6 +244,8 @@ private final class Connection: ChannelInboundHandler, RemovableChannelHandler {
     private var retryAfter: String?
     private var keepAlive = true
     private var body = ByteBuffer()
+    /// When it last went back to the pool.
+    var idleSince = NIODeadline.uptimeNanoseconds(0)
 
     init(channel: any Channel, pool: MessageConnections, tls: Bool, maxResponseBytes: Int) {
         self.channel = channel

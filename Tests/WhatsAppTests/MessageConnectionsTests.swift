@@ -141,13 +141,14 @@ func localhostCertificate() throws -> (certificate: NIOSSLCertificate, key: NIOS
 struct MessageConnectionsTests {
     func client(
         _ server: MessagesServer, host: String = "127.0.0.1", scheme: String = "http", timeout: Duration = .seconds(5),
-        maxConnections: Int = 512, maxResponseBytes: Int = 256 * 1024, tls: TLSConfiguration = .makeClientConfiguration()
+        maxConnections: Int = 512, maxResponseBytes: Int = 256 * 1024, tls: TLSConfiguration = .makeClientConfiguration(),
+        idleLimit: TimeAmount = .seconds(20)
     ) -> GraphClient {
         GraphClient(
             configuration: GraphConfiguration(
                 baseURL: "\(scheme)://\(host):\(server.port)", apiVersion: "v23.0", phoneNumberID: "1234", accessToken: "secret-token",
                 timeout: timeout, connectTimeout: .seconds(2), maxResponseBytes: maxResponseBytes, maxConnections: maxConnections),
-            messagesTLS: tls)
+            messagesTLS: tls, messagesIdleLimit: idleLimit)
     }
 
     /// Starts every body at once, as the billing run does, and waits for all the outcomes (in order).
@@ -191,6 +192,20 @@ struct MessageConnectionsTests {
         #expect(first.head.headers["Content-Length"] == ["7"])
         #expect(first.head.headers["Host"] == ["127.0.0.1:\(server.port)"])
         #expect(requests.map(\.body) == (0..<50).map { #"{"n":\#($0)}"# })
+        try await server.stop()
+    }
+
+    @Test("a connection idle past the limit is closed, not used: the next send opens a fresh one")
+    func idleLimit() async throws {
+        let server = try await MessagesServer { _ in .accepted }
+        let graph = client(server, idleLimit: .milliseconds(300))
+        #expect(await graph.send(body: Data("{}".utf8)) == .accepted(wamid: "wamid.0", waID: "18095550100"))
+        #expect(await graph.send(body: Data("{}".utf8)) == .accepted(wamid: "wamid.1", waID: "18095550100"))
+        #expect(server.connections == 1)
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(await graph.send(body: Data("{}".utf8)) == .accepted(wamid: "wamid.2", waID: "18095550100"))
+        try await graph.shutdown()
+        #expect(server.connections == 2)
         try await server.stop()
     }
 
