@@ -97,7 +97,9 @@ public final class GraphClient: Sendable {
         encoder = JSONEncoder()
         encoder.outputFormatting = [.withoutEscapingSlashes]
         // DISPATCHER_SEND_HTTP=asynchttpclient: the sends on AsyncHTTPClient as before (a way back,
-        // without a new build, should the field find a fault in our connections).
+        // without a new build, should the field find a fault in our connections). An address ours
+        // cannot take (not http or https) is left to AsyncHTTPClient too, whose every send then
+        // ends not sent, saying why.
         connections =
             ProcessInfo.processInfo.environment["DISPATCHER_SEND_HTTP"] == "asynchttpclient"
             ? nil
