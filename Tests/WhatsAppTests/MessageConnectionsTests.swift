@@ -200,12 +200,13 @@ struct MessageConnectionsTests {
         let server = try await MessagesServer { _ in .accepted }
         let graph = client(server, idleLimit: .milliseconds(300))
         #expect(await graph.send(body: Data("{}".utf8)) == .accepted(wamid: "wamid.0", waID: "18095550100"))
+        // (How many connections two sends in a row take is `keptAlive`'s to say, with the default
+        // limit: under a loaded test run even two sends in a row can be 300 ms apart.)
+        let before = server.connections
+        try await Task.sleep(for: .seconds(1))
         #expect(await graph.send(body: Data("{}".utf8)) == .accepted(wamid: "wamid.1", waID: "18095550100"))
-        #expect(server.connections == 1)
-        try await Task.sleep(for: .milliseconds(600))
-        #expect(await graph.send(body: Data("{}".utf8)) == .accepted(wamid: "wamid.2", waID: "18095550100"))
         try await graph.shutdown()
-        #expect(server.connections == 2)
+        #expect(server.connections == before + 1)
         try await server.stop()
     }
 
@@ -235,7 +236,7 @@ struct MessageConnectionsTests {
             return
         }
         #expect(reason.contains("no answer within 500 ms"))
-        #expect(waited >= .milliseconds(450) && waited < .seconds(3))
+        #expect(waited >= .milliseconds(450) && waited < .seconds(10))  // the deadline fired (a silent server holds a send forever); loose for loaded runs
         let next = await graph.send(body: Data("{}".utf8))
         #expect(next == .accepted(wamid: "wamid.1", waID: "18095550100"))
         try await graph.shutdown()
