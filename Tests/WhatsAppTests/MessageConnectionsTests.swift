@@ -236,7 +236,8 @@ struct MessageConnectionsTests {
             return
         }
         #expect(reason.contains("no answer within 500 ms"))
-        #expect(waited >= .milliseconds(450) && waited < .seconds(10))  // the deadline fired (a silent server holds a send forever); loose for loaded runs
+        // The deadline fired (a silent server holds a send forever); loose, for loaded test runs.
+        #expect(waited >= .milliseconds(450) && waited < .seconds(10))
         let next = await graph.send(body: Data("{}".utf8))
         #expect(next == .accepted(wamid: "wamid.1", waID: "18095550100"))
         try await graph.shutdown()
