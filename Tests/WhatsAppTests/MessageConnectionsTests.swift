@@ -213,7 +213,8 @@ struct MessageConnectionsTests {
     @Test("sends started together beyond the connection limit wait their turn; none is lost")
     func bounded() async throws {
         let server = try await MessagesServer { _ in .accepted }
-        let graph = client(server, maxConnections: 3)
+        // A deadline no loaded test run reaches: 60 sends queue for 3 connections.
+        let graph = client(server, timeout: .seconds(30), maxConnections: 3)
         let outcomes = await sendAtOnce(graph, (0..<60).map { #"{"n":\#($0)}"# })
         try await graph.shutdown()
         #expect(outcomes.count == 60)
