@@ -32,7 +32,7 @@ final class MessageConnections: @unchecked Sendable {
     /// A connection idle longer is closed, not used: a server closes idle connections when it
     /// chooses, and a request written as it does is lost in between (unknown, not resent). Well
     /// under the minute servers commonly wait (AsyncHTTPClient's own default is 60 s).
-    let idleLimit: TimeAmount
+    private let idleLimit: TimeAmount
 
     /// Free connections, the longest idle first.
     private var idle: [Connection] = []
@@ -264,9 +264,14 @@ private final class Connection: ChannelInboundHandler, RemovableChannelHandler {
         head.headers.add(name: "Content-Length", value: String(pending.body.readableBytes))
         channel.write(OutboundOut.head(head), promise: nil)
         channel.write(OutboundOut.body(.byteBuffer(pending.body)), promise: nil)
-        let promise = channel.eventLoop.makePromise(of: Void.self)
-        channel.writeAndFlush(OutboundOut.end(nil), promise: promise)
-        promise.futureResult.whenSuccess { pending.written?() }
+        if let written = pending.written {
+            // Only the run's first request asks when it is out: no promise for the others.
+            let promise = channel.eventLoop.makePromise(of: Void.self)
+            channel.writeAndFlush(OutboundOut.end(nil), promise: promise)
+            promise.futureResult.whenSuccess { written() }
+        } else {
+            channel.writeAndFlush(OutboundOut.end(nil), promise: nil)
+        }
         // Once `write` was called the request may have left, whatever the write's promise says
         // later (it can fail after bytes went out): from here a lost connection is unknown.
         pending.onWire = true
