@@ -40,6 +40,9 @@ public struct ServerConfiguration: Sendable {
     /// A connection that sends nothing for this long is closed (idle keep-alive, or a client
     /// that stops half-way through a request).
     public var idleTimeout: Duration = .seconds(30)
+    /// Meta's webhook POSTs answered on the event loops (`WebhookFastPath`); false: through the
+    /// router like every other route (`DISPATCHER_WEBHOOK_HTTP=hummingbird`).
+    public var webhookFastPath = ProcessInfo.processInfo.environment["DISPATCHER_WEBHOOK_HTTP"] != "hummingbird"
     /// Connections served at once; past it new ones wait in the kernel's backlog, so that open
     /// sockets can never exhaust the process's file limit and `/health` keeps answering.
     public var maxConnections: Int = 2_000
@@ -137,7 +140,7 @@ public struct DispatcherServer: Sendable {
     /// gets the bound port (useful with port 0).
     public func run(host: String, port: Int, logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let app = Application(
-            router: router(), server: .http1(configuration: http1Configuration),
+            router: router(), server: httpServer(logger: logger),
             configuration: applicationConfiguration(host: host, port: port, logger: logger),
             onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) }, logger: logger)
         try await app.run()
@@ -146,16 +149,27 @@ public struct DispatcherServer: Sendable {
     /// An application listening on `host:port`, ready for `runService()` (graceful on SIGTERM).
     public func application(host: String, port: Int, logger: Logger) -> some ApplicationProtocol {
         Application(
-            router: router(), server: .http1(configuration: http1Configuration),
+            router: router(), server: httpServer(logger: logger),
             configuration: applicationConfiguration(host: host, port: port, logger: logger), logger: logger)
     }
 
-    /// Idle connections closed: Hummingbird's HTTP/1 server keeps them forever by default.
-    var http1Configuration: HTTP1Channel.Configuration {
-        let nanoseconds =
-            configuration.idleTimeout.components.seconds * 1_000_000_000
-            + configuration.idleTimeout.components.attoseconds / 1_000_000_000
-        return HTTP1Channel.Configuration(idleTimeout: .nanoseconds(nanoseconds))
+    /// Hummingbird's HTTP/1.1 server, with Meta's webhook POSTs taken on the event loops
+    /// (`WebhookFastPath`) unless `DISPATCHER_WEBHOOK_HTTP=hummingbird` sends them through the router.
+    /// Idle connections are closed (Hummingbird's HTTP/1 server keeps them forever by default).
+    public func httpServer(logger: Logger) -> HTTPServerBuilder {
+        let idleTimeout = configuration.idleTimeout
+        guard configuration.webhookFastPath else {
+            return HTTPServerBuilder { DispatcherHTTP1Channel(responder: $0, idleTimeout: idleTimeout, fastPath: nil) }
+        }
+        let base = configuration.basePath.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
+        let path = base.isEmpty ? "/webhook" : "/\(base)/webhook"
+        let (maxBytes, metrics) = (configuration.maxWebhookBytes, self.metrics)
+        let intake: WebhookFastPath.Intake = { signature, body in await self.intake(signature: signature, body: body, logger: logger) }
+        return HTTPServerBuilder { responder in
+            DispatcherHTTP1Channel(
+                responder: responder, idleTimeout: idleTimeout,
+                fastPath: { WebhookFastPath(path: path, maxBytes: maxBytes, metrics: metrics, intake: intake) })
+        }
     }
 
     func applicationConfiguration(host: String, port: Int, logger: Logger) -> ApplicationConfiguration {
@@ -184,32 +198,34 @@ public struct DispatcherServer: Sendable {
     }
 
     /// Counts, logs and throws the refusal a signature verdict calls for; returns on `.valid`.
-    func refuseUnlessValid(_ verdict: WebhookSignature.Verdict, context: BasicRequestContext) throws {
+    func refuseUnlessValid(_ verdict: WebhookSignature.Verdict, logger: Logger) throws {
         switch verdict {
         case .valid:
             return
         case .missing:
             metrics.webhooksRejected["missing_signature"]?.increment()
-            context.logger.warning("webhook refused: no X-Hub-Signature-256")
+            logger.warning("webhook refused: no X-Hub-Signature-256")
             throw APIError(.unauthorized, "missing X-Hub-Signature-256")
         case .malformed:
             metrics.webhooksRejected["malformed_signature"]?.increment()
-            context.logger.warning("webhook refused: malformed X-Hub-Signature-256")
+            logger.warning("webhook refused: malformed X-Hub-Signature-256")
             throw APIError(.forbidden, "malformed X-Hub-Signature-256")
         case .mismatch:
             metrics.webhooksRejected["bad_signature"]?.increment()
-            context.logger.warning("webhook refused: signature does not match (is WHATSAPP_APP_SECRET the app's secret?)")
+            logger.warning("webhook refused: signature does not match (is WHATSAPP_APP_SECRET the app's secret?)")
             throw APIError(.forbidden, "signature does not match")
         }
     }
 
+    /// `POST /webhook` through the router: what `WebhookFastPath` does not take (a refusal
+    /// before the body, `Connection: close`, `DISPATCHER_WEBHOOK_HTTP=hummingbird`, tests on the router).
     func receiveWebhook(_ request: Request, context: BasicRequestContext) async throws -> Response {
         let started = ContinuousClock.now
         var request = request
         let header = request.headers[HTTPField.Name("X-Hub-Signature-256")!]
         // Refused before a byte of the body is read: no signature, a malformed one, or a declared
         // length past the cap cost the sender nothing of ours.
-        try refuseUnlessValid(WebhookSignature.shape(of: header), context: context)
+        try refuseUnlessValid(WebhookSignature.shape(of: header), logger: context.logger)
         if let length = request.headers[.contentLength].flatMap(Int.init), length > configuration.maxWebhookBytes {
             metrics.webhooksRejected["too_large"]?.increment()
             throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
@@ -221,8 +237,14 @@ public struct DispatcherServer: Sendable {
             metrics.webhooksRejected["too_large"]?.increment()
             throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
         }
-        let body = Array(buffer.readableBytesView)
-        try refuseUnlessValid(signature.verify(header: header, body: body), context: context)
+        try await store(webhook: Array(buffer.readableBytesView), signature: header, since: started, logger: context.logger)
+        return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "OK")))
+    }
+
+    /// A webhook's body, read in full: verified on its bytes, parsed, stored durably (then
+    /// acknowledged by the caller); throws the `APIError` to answer with.
+    func store(webhook body: [UInt8], signature header: String?, since started: ContinuousClock.Instant, logger: Logger) async throws {
+        try refuseUnlessValid(signature.verify(header: header, body: body), logger: logger)
         var contents: WebhookContents? = nil
         var parseError: String? = nil
         do {
@@ -231,7 +253,7 @@ public struct DispatcherServer: Sendable {
             // Signed by Meta but unreadable to us: kept for replay, and acknowledged, or Meta
             // would send it again for seven days.
             parseError = "\(error)"
-            context.logger.error("webhook stored but not parsed", metadata: ["error": "\(error)"])
+            logger.error("webhook stored but not parsed", metadata: ["error": "\(error)"])
         }
         let result: IngestResult
         do {
@@ -241,19 +263,31 @@ public struct DispatcherServer: Sendable {
         } catch {
             // Nothing is acknowledged that is not stored: Meta retries a 503.
             metrics.webhooksUnavailable.increment()
-            context.logger.error("webhook not stored: database unavailable", metadata: ["error": "\(error)"])
+            logger.error("webhook not stored: database unavailable", metadata: ["error": "\(error)"])
             throw APIError(.serviceUnavailable, "the database is unavailable; retry later")
         }
         metrics.record(result)
         metrics.intakeLatency.record(ContinuousClock.now - started)
         if let contents, !contents.systemErrors.isEmpty {
-            context.logger.warning(
+            logger.warning(
                 "Meta reported system errors",
                 metadata: [
                     "codes": "\(contents.systemErrors.map { $0.code.map(String.init) ?? "?" }.joined(separator: ","))"
                 ])
         }
-        return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "OK")))
+    }
+
+    /// The webhook's answer on the fast path: the same as the router's.
+    func intake(signature: String?, body: [UInt8], logger: Logger) async -> WebhookAnswer {
+        do {
+            try await store(webhook: body, signature: signature, since: .now, logger: logger)
+            return .ok
+        } catch let error as APIError {
+            return .error(error)
+        } catch {
+            logger.error("request failed", metadata: ["http.path": "/webhook", "error": "\(error)"])
+            return .error(APIError(.internalServerError, "internal error"))
+        }
     }
 
     // MARK: - Status API

@@ -3,6 +3,7 @@ import GRDB
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
+import Logging
 import StoreTesting
 import Testing
 
@@ -21,8 +22,28 @@ func server(_ store: any DispatchStore, basePath: String = "", jwtSecret: String
             maxWebhookBytes: maxBytes))
 }
 
-func withRouter(_ server: DispatcherServer, _ body: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
-    try await Application(router: server.router()).test(.router) { client in try await body(client) }
+/// How a test's requests reach the server.
+enum Via: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    /// Hummingbird's router, in memory.
+    case router
+    /// `serve`'s HTTP server over loopback, with Meta's webhook on its fast path (`WebhookFastPath`).
+    case http
+
+    var testDescription: String { rawValue }
+}
+
+func withRouter(
+    _ server: DispatcherServer, via: Via = .router, _ body: @escaping @Sendable (any TestClientProtocol) async throws -> Void
+) async throws {
+    switch via {
+    case .router:
+        try await Application(router: server.router()).test(.router) { client in try await body(client) }
+    case .http:
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let app = Application(router: server.router(), server: server.httpServer(logger: logger), logger: logger)
+        try await app.test(.live) { client in try await body(client) }
+    }
 }
 
 /// A statuses payload in Meta's shape, `perChange` statuses per change, two changes per entry.
@@ -76,11 +97,11 @@ struct WebhookHTTPTests {
         }
     }
 
-    @Test("missing, malformed and wrong signatures are refused and nothing is stored", arguments: engines)
-    func badSignatures(engine: StoreEngine) async throws {
+    @Test("missing, malformed and wrong signatures are refused and nothing is stored", arguments: engines, Via.allCases)
+    func badSignatures(engine: StoreEngine, via: Via) async throws {
         let store = try await makeStore(engine)
         let body = statusPayload([("wamid.A", "sent", 100, nil)])
-        try await withRouter(server(store)) { client in
+        try await withRouter(server(store), via: via) { client in
             let missing = try await client.execute(uri: "/webhook", method: .post, body: ByteBuffer(string: body))
             #expect(missing.status == .unauthorized)
             let r1 = try await signedPost(client, body, signature: "sha1=abc")
@@ -90,6 +111,8 @@ struct WebhookHTTPTests {
             let other = WebhookSignature(appSecret: "another-app").header(for: Array(body.utf8))
             let r3 = try await signedPost(client, body, signature: other)
             #expect(r3.status == .forbidden)
+            #expect(String(buffer: r3.body) == #"{"error":"signature does not match"}"#)
+            #expect(r3.headers[.contentType] == "application/json; charset=utf-8")
             // One byte changed after signing.
             let tampered = body.replacingOccurrences(of: "\"sent\"", with: "\"read\"")
             let r4 = try await signedPost(client, tampered, signature: signer.header(for: Array(body.utf8)))
@@ -196,11 +219,11 @@ struct WebhookHTTPTests {
         #expect(try await store.isOptedOut(phone: "18095550101"))
     }
 
-    @Test("a body over the limit is refused with 413 and nothing is stored", arguments: engines)
-    func oversize(engine: StoreEngine) async throws {
+    @Test("a body over the limit is refused with 413 and nothing is stored", arguments: engines, Via.allCases)
+    func oversize(engine: StoreEngine, via: Via) async throws {
         let store = try await makeStore(engine)
         let body = statusPayload((0..<400).map { (wamid: "wamid.\($0)", status: "sent", ts: 100, callback: nil) })
-        try await withRouter(server(store, maxBytes: 10_000)) { client in
+        try await withRouter(server(store, maxBytes: 10_000), via: via) { client in
             let response = try await signedPost(client, body)
             #expect(response.status == .contentTooLarge)
             #expect(String(buffer: response.body).contains("larger than 10000 bytes"))
@@ -208,8 +231,8 @@ struct WebhookHTTPTests {
         #expect(try await payloadCount(store) == 0)
     }
 
-    @Test("database unavailable: 503 so Meta retries, and the retry is stored once the database is back")
-    func databaseUnavailable() async throws {
+    @Test("database unavailable: 503 so Meta retries, and the retry is stored once the database is back", arguments: Via.allCases)
+    func databaseUnavailable(via: Via) async throws {
         let path = try freshSQLitePath()
         let store = try SQLiteStore(path: path, busyTimeout: 0.2)
         let id = try await seed(store)[0]
@@ -219,7 +242,7 @@ struct WebhookHTTPTests {
         let locker = try DatabaseQueue(path: path, configuration: lockerConfiguration)
         try locker.inDatabase { db in try db.execute(sql: "BEGIN EXCLUSIVE TRANSACTION") }
         let body = statusPayload([("wamid.A", "delivered", 100, id)])
-        try await withRouter(server(store)) { client in
+        try await withRouter(server(store), via: via) { client in
             let refused = try await signedPost(client, body)
             #expect(refused.status == .serviceUnavailable)
             #expect(String(buffer: refused.body) == #"{"error":"the database is unavailable; retry later"}"#)
@@ -300,15 +323,19 @@ struct WebhookHTTPTests {
         #expect(state == .delivered)
     }
 
-    @Test("routes mount under a base path, as behind the property system's gateway")
-    func basePath() async throws {
+    @Test("routes mount under a base path, as behind the property system's gateway", arguments: Via.allCases)
+    func basePath(via: Via) async throws {
         let store = try freshStore()
-        try await withRouter(server(store, basePath: "/api/v2/whatsapp")) { client in
+        try await withRouter(server(store, basePath: "/api/v2/whatsapp"), via: via) { client in
             let ok = try await client.execute(
                 uri: "/api/v2/whatsapp/webhook?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=7", method: .get)
             #expect(String(buffer: ok.body) == "7")
             let r11 = try await signedPost(client, statusPayload([("wamid.A", "sent", 1, nil)]), path: "/api/v2/whatsapp/webhook")
             #expect(r11.status == .ok)
+            #expect(String(buffer: r11.body) == "OK")
+            // The webhook's path alone: not under the base path, not taken.
+            let r14 = try await signedPost(client, statusPayload([("wamid.B", "sent", 1, nil)]), path: "/webhook")
+            #expect(r14.status == .notFound)
             let r12 = try await client.execute(uri: "/api/v2/whatsapp/health", method: .get)
             #expect(r12.status == .ok)
             let r13 = try await client.execute(uri: "/webhook?hub.mode=subscribe", method: .get)
@@ -319,15 +346,17 @@ struct WebhookHTTPTests {
 
 @Suite("Group commit")
 struct GroupCommitTests {
-    @Test("50 POSTs at once are each stored once, with every status applied, and each answered only when stored", arguments: engines)
-    func concurrentPosts(engine: StoreEngine) async throws {
+    @Test(
+        "50 POSTs at once are each stored once, with every status applied, and each answered only when stored",
+        arguments: engines, Via.allCases)
+    func concurrentPosts(engine: StoreEngine, via: Via) async throws {
         let store = try await makeStore(engine)
         try await store.saveRun(RunRecord(name: "c", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
         _ = try await store.addMessages(
             (0..<1000).map {
                 NewMessage(id: "m-\($0)", run: "c", invoiceID: "I-\($0)", phone: "1809555\(1000 + $0)", template: "invoice", language: "es")
             })
-        try await withRouter(server(store)) { client in
+        try await withRouter(server(store), via: via) { client in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for post in 0..<50 {
                     group.addTask {
@@ -348,8 +377,8 @@ struct GroupCommitTests {
         #expect(try await store.stateCounts(run: "c") == [.delivered: 1000])
     }
 
-    @Test("a payload the database refuses in a batch costs the POSTs committed with it nothing", arguments: engines)
-    func refusedPayloadAlone(engine: StoreEngine) async throws {
+    @Test("a payload the database refuses in a batch costs the POSTs committed with it nothing", arguments: engines, Via.allCases)
+    func refusedPayloadAlone(engine: StoreEngine, via: Via) async throws {
         let store = try await makeStore(engine)
         try await store.saveRun(RunRecord(name: "c", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
         _ = try await store.addMessages(
@@ -359,7 +388,7 @@ struct GroupCommitTests {
         // A NUL in a text field: SQLite keeps it; PostgreSQL's text cannot hold one, so that
         // payload is answered 503 (Meta sends it again), and only that one.
         let refused = statusPayload([("wamid.x", "delivered", 99, "m-\\u0000")])
-        try await withRouter(server(store)) { client in
+        try await withRouter(server(store), via: via) { client in
             let codes = try await withThrowingTaskGroup(of: (Int, HTTPResponse.Status).self) { group in
                 for post in 0..<41 {
                     group.addTask {

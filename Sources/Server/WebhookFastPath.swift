@@ -1,0 +1,301 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+import Prometheus
+import WhatsApp
+
+/// What `POST /webhook` answers: its status and body (the same bytes on both paths).
+struct WebhookAnswer: Sendable {
+    var status: HTTPResponse.Status
+    var contentType: String
+    var body: ByteBuffer
+    /// Close the connection after this answer (a body past the cap, not read to its end).
+    var close = false
+
+    static let ok = WebhookAnswer(status: .ok, contentType: "text/plain", body: ByteBuffer(string: "OK"))
+
+    /// `{"error": message}`, as `APIError` answers on every other route.
+    static func error(_ error: APIError) -> WebhookAnswer {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let data = (try? encoder.encode(["error": error.message])) ?? Data(#"{"error":"internal error"}"#.utf8)
+        return WebhookAnswer(status: error.status, contentType: "application/json; charset=utf-8", body: ByteBuffer(bytes: data))
+    }
+}
+
+/// Meta's webhook POSTs answered on the connection's own event loop, without Hummingbird's
+/// router, request body stream and response writer around them. With one status per POST, the
+/// way Meta delivers them, that plumbing was a tenth to a fifth of `serve`'s CPU
+/// (`docs/benchmarks.md`, "Meta's webhook ahead of the router"). Everything else on the
+/// connection goes to Hummingbird as before.
+///
+/// It sits between Hummingbird's connection-state handler (which so still sees every request and
+/// answer, for its idle timeout and graceful shutdown) and the channel Hummingbird reads.
+/// A request is taken here only when it is a `POST` to the webhook path with a well-formed
+/// signature header, no `Connection: close`, no `Expect` and no declared length past the cap;
+/// any other (a refusal Hummingbird words, the handshake, the API) is passed on untouched, so
+/// both paths answer alike. Requests a client pipelines are answered in order: while one is
+/// being answered (here or by Hummingbird) the next ones wait in this handler, and no more is
+/// read from the socket.
+final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    /// Verifies, stores and words the answer (`DispatcherServer.intake`).
+    typealias Intake = @Sendable (_ signature: String?, _ body: [UInt8]) async -> WebhookAnswer
+
+    private enum State {
+        /// Waiting for a request's head.
+        case idle
+        /// Reading a webhook's body.
+        case receiving(signature: String?, body: ByteBuffer)
+        /// The webhook is read; its answer is being made.
+        case answering
+        /// A request Hummingbird answers: `read` once its last part has been passed on,
+        /// `answered` once Hummingbird's answer has ended (it may answer before reading all of
+        /// the body, a refusal; the rest of the body is still passed on, for it to drain).
+        case forwarding(read: Bool, answered: Bool)
+        /// The answer said close: nothing more is read.
+        case closing
+    }
+
+    private let path: String
+    private let maxBytes: Int
+    private let intake: Intake
+    private let metrics: ServerMetrics
+    private var state = State.idle
+    /// Parts that came while a request was being answered, in order.
+    private var queued = CircularBuffer<HTTPRequestPart>()
+    /// A `read` held back while a request is being answered.
+    private var readHeld = false
+    private var date = (second: 0, text: "")
+    private static let signatureName = HTTPField.Name("X-Hub-Signature-256")!
+
+    init(path: String, maxBytes: Int, metrics: ServerMetrics, intake: @escaping Intake) {
+        self.path = path
+        self.maxBytes = maxBytes
+        self.metrics = metrics
+        self.intake = intake
+    }
+
+    private var busy: Bool {
+        switch state {
+        case .idle, .receiving: return false
+        case .answering, .forwarding, .closing: return true
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        if !queued.isEmpty || (busy && !isRestOfForwarded(part)) {
+            queued.append(part)
+            return
+        }
+        take(part, context: context)
+    }
+
+    /// The body or end of the request being passed on to Hummingbird.
+    private func isRestOfForwarded(_ part: HTTPRequestPart) -> Bool {
+        guard case .forwarding(read: false, _) = state else { return false }
+        if case .head = part { return false }
+        return true
+    }
+
+    /// Acts on one part; true when it was passed on to Hummingbird.
+    @discardableResult
+    private func take(_ part: HTTPRequestPart, context: ChannelHandlerContext) -> Bool {
+        switch (state, part) {
+        case (.idle, .head(let head)):
+            if let signature = webhookSignature(head) {
+                state = .receiving(signature: signature, body: context.channel.allocator.buffer(capacity: 0))
+            } else {
+                state = .forwarding(read: false, answered: false)
+                context.fireChannelRead(wrapInboundOut(part))
+                return true
+            }
+        case (.receiving(let signature, var body), .body(var chunk)):
+            state = .idle  // (the buffer held once, so that appending does not copy it)
+            guard body.readableBytes + chunk.readableBytes <= maxBytes else {
+                metrics.webhooksRejected["too_large"]?.increment()
+                var answer = WebhookAnswer.error(APIError(.contentTooLarge, "the body is larger than \(maxBytes) bytes"))
+                answer.close = true
+                state = .answering
+                respond(answer, context: context)
+                return false
+            }
+            body.writeBuffer(&chunk)
+            state = .receiving(signature: signature, body: body)
+        case (.receiving(let signature, let body), .end):
+            state = .answering
+            let bytes = Array(body.readableBytesView)
+            let intake = self.intake
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            Task {
+                let answer = await intake(signature, bytes)
+                bound.eventLoop.execute {
+                    let (handler, context) = bound.value
+                    handler.respond(answer, context: context)
+                }
+            }
+        case (.forwarding(read: false, let answered), .end):
+            state = answered ? .idle : .forwarding(read: true, answered: false)
+            context.fireChannelRead(wrapInboundOut(part))
+            return true
+        case (.forwarding(read: false, _), _):
+            context.fireChannelRead(wrapInboundOut(part))
+            return true
+        case (.closing, _):
+            break
+        default:
+            // A body or end with no head, or a head within a body: Hummingbird's loop words
+            // the protocol error (and closes).
+            state = .forwarding(read: true, answered: false)
+            context.fireChannelRead(wrapInboundOut(part))
+            return true
+        }
+        return false
+    }
+
+    /// The signature header when `head` is a webhook POST to take here; nil: Hummingbird's.
+    private func webhookSignature(_ head: HTTPRequest) -> String?? {
+        guard head.method == .post, let target = head.path else { return nil }
+        let requestPath = target.firstIndex(of: "?").map { target[..<$0] } ?? target[...]
+        guard requestPath == path else { return nil }
+        let fields = head.headerFields
+        let signature = fields[Self.signatureName]
+        guard WebhookSignature.shape(of: signature) == .valid, fields[.expect] == nil else { return nil }
+        if let connection = fields[.connection], connection.lowercased().contains("close") { return nil }
+        if let length = fields[.contentLength], (Int(length) ?? .max) > maxBytes { return nil }
+        return .some(signature)
+    }
+
+    private func respond(_ answer: WebhookAnswer, context: ChannelHandlerContext) {
+        guard case .answering = state, context.channel.isActive else { return }
+        var fields: HTTPFields = [
+            .contentType: answer.contentType, .contentLength: String(answer.body.readableBytes), .date: httpDate(),
+            .server: "dispatcher",
+        ]
+        if answer.close { fields[.connection] = "close" }
+        context.write(wrapOutboundOut(.head(HTTPResponse(status: answer.status, headerFields: fields))), promise: nil)
+        context.write(wrapOutboundOut(.body(answer.body)), promise: nil)
+        if answer.close {
+            state = .closing
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+            return
+        }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        state = .idle
+        resume(context: context)
+    }
+
+    /// After an answer: the parts that waited, then whatever read was held back.
+    private func resume(context: ChannelHandlerContext) {
+        var forwarded = false
+        while let part = queued.first, !busy || isRestOfForwarded(part) {
+            queued.removeFirst()
+            forwarded = take(part, context: context) || forwarded
+        }
+        if forwarded { context.fireChannelReadComplete() }
+        if readHeld, !holdsReads {
+            readHeld = false
+            context.read()
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if holdsReads {
+            readHeld = true
+            return
+        }
+        context.read()
+    }
+
+    /// No more is read from the socket while a request is being answered (unless Hummingbird is
+    /// still reading the body of the one it answers) or parts wait: the client's pipelined
+    /// requests stay in its socket, not in our memory.
+    private var holdsReads: Bool { busy && !isForwardingBody || !queued.isEmpty }
+
+    /// Hummingbird is still reading the body of the request it answers.
+    private var isForwardingBody: Bool {
+        if case .forwarding(read: false, _) = state { return true }
+        return false
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        context.write(data, promise: promise)
+        guard case .end = unwrapOutboundIn(data), case .forwarding(let read, _) = state else { return }
+        guard read else {
+            // Answered before its body was all read: the rest still goes to Hummingbird.
+            state = .forwarding(read: false, answered: true)
+            return
+        }
+        // Hummingbird's answer is out: the next request is ours to look at (after this write
+        // has returned to Hummingbird).
+        state = .idle
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let (handler, context) = bound.value
+            handler.resume(context: context)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        state = .closing
+        queued.removeAll()
+        context.fireChannelInactive()
+    }
+
+    /// RFC 9110's date, formatted once a second.
+    private func httpDate() -> String {
+        let now = Date()
+        let second = Int(now.timeIntervalSince1970)
+        if second != date.second { date = (second, Self.format(now)) }
+        return date.text
+    }
+
+    private static func format(_ date: Date) -> String {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "GMT")!
+        let c = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second, .weekday], from: date)
+        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        func two(_ n: Int?) -> String { let n = n ?? 0; return n < 10 ? "0\(n)" : "\(n)" }
+        return "\(days[(c.weekday ?? 1) - 1]), \(two(c.day)) \(months[(c.month ?? 1) - 1]) \(c.year ?? 1970) "
+            + "\(two(c.hour)):\(two(c.minute)):\(two(c.second)) GMT"
+    }
+}
+
+/// Hummingbird's HTTP/1.1 child channel, the same pipeline `HTTP1Channel` builds, with the
+/// webhook's fast path (when given) just before the channel Hummingbird reads.
+struct DispatcherHTTP1Channel: HTTPChannelHandler {
+    typealias Value = NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
+
+    let responder: HTTPChannelHandler.Responder
+    let idleTimeout: Duration?
+    let fastPath: (@Sendable () -> WebhookFastPath)?
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                withPipeliningAssistance: false, withErrorHandling: false, withOutboundHeaderValidation: false,
+                withEncoderConfiguration: .init(), withDecoderLimitConfiguration: .init())
+            try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+            try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
+            if let fastPath { try channel.pipeline.syncOperations.addHandler(fastPath()) }
+            return try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+        }
+    }
+
+    func handle(value asyncChannel: Value, logger: Logger) async {
+        await handleHTTP(asyncChannel: asyncChannel, logger: logger)
+    }
+}

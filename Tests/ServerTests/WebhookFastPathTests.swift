@@ -1,0 +1,266 @@
+import Foundation
+import Logging
+import StoreTesting
+import Testing
+
+@testable import Server
+@testable import Store
+@testable import WhatsApp
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Meta's webhook on `serve`'s own event loops (`WebhookFastPath`), met over raw loopback
+/// sockets the way a client can misbehave: requests pipelined behind each other, mixed with the
+/// API's; a chunked body past the cap; `Connection: close`. (The suites on `Via.http` cover the
+/// ordinary POST, refusals, 503s and 50 POSTs at once on one connection.)
+@Suite("Webhook fast path")
+struct WebhookFastPathTests {
+    /// `serve` on a loopback port for `body`.
+    func serving(_ server: DispatcherServer, _ body: (Int) async throws -> Void) async throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let ready = Ready()
+        let task = Task { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { await ready.set($0) } }
+        defer { task.cancel() }
+        try await body(await ready.wait())
+    }
+
+    func post(_ body: String, signature: String? = nil, extra: String = "") -> String {
+        let header = signature ?? signer.header(for: Array(body.utf8))
+        return "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Hub-Signature-256: \(header)\r\n\(extra)"
+            + "Content-Length: \(body.utf8.count)\r\n\r\n\(body)"
+    }
+
+    @Test("pipelined webhooks and API requests on one connection are answered in the order sent, each webhook stored")
+    func pipelined() async throws {
+        let store = try freshStore()
+        let id = try await seed(store)[0]
+        try await serving(server(store)) { port in
+            let fd = try connectLoopback(port: port)
+            defer { close(fd) }
+            let first = statusPayload([("wamid.A", "sent", 100, id)])
+            let second = statusPayload([("wamid.A", "delivered", 101, id)])
+            let requests =
+                post(first) + "GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + post(second, signature: signer.header(for: Array(first.utf8)))
+                + "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n" + post(second)
+            let responses = try await blocking {
+                try sendAll(fd, requests)
+                return try readResponses(fd, count: 5)
+            }
+            #expect(responses.map(\.status) == [200, 200, 403, 404, 200])
+            #expect(responses[0].body == "OK")
+            #expect(responses[1].body.contains(#""status":"ok""#))
+            #expect(responses[2].body == #"{"error":"signature does not match"}"#)
+            #expect(responses[4].body == "OK")
+            #expect(responses[0].headers["server"] == "dispatcher")
+            #expect(responses[0].headers["date"]?.hasSuffix(" GMT") == true)
+        }
+        #expect(try await payloadCount(store) == 2)
+        #expect(try await store.message(id)?.state == .delivered)
+    }
+
+    @Test(
+        "200 random requests pipelined in random pieces: every answer in order, every good webhook stored once",
+        arguments: [true, false])
+    func randomPipelines(fastPath: Bool) async throws {
+        let store = try freshStore()
+        var configuration = server(store).configuration
+        configuration.webhookFastPath = fastPath
+        var generator = SystemRandomNumberGenerator()
+        // What each kind of request is sent as, and the status it must get.
+        var requests: [String] = []
+        var expected: [Int] = []
+        var stored = 0
+        for n in 0..<200 {
+            let body = statusPayload([("wamid.P\(n)", "sent", n, nil)])
+            switch Int.random(in: 0..<7, using: &generator) {
+            case 0, 1:
+                requests.append(post(body))
+                expected.append(200)
+                stored += 1
+            case 6:
+                // Chunked, in two chunks, no Content-Length.
+                let bytes = Array(body.utf8)
+                let half = bytes.count / 2
+                let chunks = [bytes[..<half], bytes[half...]].map {
+                    String(format: "%x", $0.count) + "\r\n" + String(decoding: $0, as: UTF8.self) + "\r\n"
+                }
+                requests.append(
+                    "POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nX-Hub-Signature-256: \(signer.header(for: bytes))\r\n\r\n"
+                        + chunks.joined() + "0\r\n\r\n")
+                expected.append(200)
+                stored += 1
+            case 2:
+                requests.append(post(body, signature: signer.header(for: Array("other".utf8))))
+                expected.append(403)
+            case 3:
+                requests.append("GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                expected.append(200)
+            case 4:
+                // A POST with a body that Hummingbird answers (no such route): its body passes through.
+                requests.append("POST /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+                expected.append(404)
+            default:
+                requests.append(post(body, signature: ""))  // no signature: the router's 401
+                expected.append(401)
+            }
+        }
+        let wire = Array(requests.joined().utf8)
+        // Cut at random places, so that heads and bodies arrive split and several to a read.
+        var cuts = (0..<60).map { _ in Int.random(in: 1..<wire.count, using: &generator) }.sorted()
+        cuts.append(wire.count)
+        let (pieces, count) = (cuts, expected.count)
+        try await serving(DispatcherServer(store: store, configuration: configuration)) { port in
+            let fd = try connectLoopback(port: port)
+            defer { close(fd) }
+            let responses = try await blocking {
+                var start = 0
+                for cut in pieces where cut > start {
+                    try sendAll(fd, String(decoding: wire[start..<cut], as: UTF8.self))
+                    start = cut
+                    usleep(UInt32.random(in: 0..<2000))
+                }
+                return try readResponses(fd, count: count)
+            }
+            #expect(responses.map(\.status) == expected)
+            if let first = zip(responses, expected).enumerated().first(where: { $0.element.0.status != $0.element.1 }) {
+                Issue.record("request \(first.offset) of \(expected.count): \(first.element.0.status), not \(first.element.1)")
+            } else if responses.count < expected.count {
+                Issue.record("answered \(responses.count) of \(expected.count); the next: \(requests[responses.count].prefix(40))")
+            }
+        }
+        #expect(try await payloadCount(store) == stored)
+    }
+
+    @Test("a chunked body past the cap is refused with 413, the connection closed, nothing stored")
+    func chunkedPastTheCap() async throws {
+        let store = try freshStore()
+        try await serving(server(store, maxBytes: 1000)) { port in
+            let fd = try connectLoopback(port: port)
+            defer { close(fd) }
+            let chunk = String(repeating: " ", count: 600)
+            let head =
+                "POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nX-Hub-Signature-256: "
+                + signer.header(for: Array("{}".utf8)) + "\r\n\r\n"
+            let chunked = "258\r\n\(chunk)\r\n"  // 600 bytes, twice: past 1,000
+            let (responses, rest) = try await blocking {
+                try sendAll(fd, head + chunked + chunked + "0\r\n\r\n")
+                return (try readResponses(fd, count: 1), try readToEnd(fd))
+            }
+            #expect(responses.first?.status == 413)
+            #expect(responses.first?.body == #"{"error":"the body is larger than 1000 bytes"}"#)
+            #expect(responses.first?.headers["connection"] == "close")
+            #expect(rest.isEmpty, "the server should close after the 413")
+        }
+        #expect(try await payloadCount(store) == 0)
+    }
+
+    @Test("Connection: close is honoured: the webhook is stored, answered, and the connection closed")
+    func connectionClose() async throws {
+        let store = try freshStore()
+        try await serving(server(store)) { port in
+            let fd = try connectLoopback(port: port)
+            defer { close(fd) }
+            let request = post(statusPayload([("wamid.C", "sent", 1, nil)]), extra: "Connection: close\r\n")
+            let (responses, rest) = try await blocking {
+                try sendAll(fd, request)
+                return (try readResponses(fd, count: 1), try readToEnd(fd))
+            }
+            #expect(responses.first?.status == 200)
+            #expect(rest.isEmpty, "the server should close the connection")
+        }
+        #expect(try await payloadCount(store) == 1)
+    }
+
+    @Test("the router path (DISPATCHER_WEBHOOK_HTTP=hummingbird) answers the same pipelined requests alike")
+    func routerPathAlike() async throws {
+        let store = try freshStore()
+        var configuration = server(store).configuration
+        configuration.webhookFastPath = false
+        let body = statusPayload([("wamid.R", "sent", 1, nil)])
+        try await serving(DispatcherServer(store: store, configuration: configuration)) { port in
+            let fd = try connectLoopback(port: port)
+            defer { close(fd) }
+            let requests = post(body) + post(body, signature: signer.header(for: Array("x".utf8)))
+            let responses = try await blocking {
+                try sendAll(fd, requests)
+                return try readResponses(fd, count: 2)
+            }
+            #expect(responses.map(\.status) == [200, 403])
+            #expect(responses.map(\.body) == ["OK", #"{"error":"signature does not match"}"#])
+        }
+        #expect(try await payloadCount(store) == 1)
+    }
+}
+
+/// Blocking socket calls on a thread of their own: on Swift's pool they would starve the
+/// server under test, whose handlers run there too.
+func blocking<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(with: Result { try work() }) }
+    }
+}
+
+struct RawResponse: Sendable {
+    var status: Int
+    var headers: [String: String]
+    var body: String
+}
+
+func sendAll(_ fd: Int32, _ text: String) throws {
+    var bytes = Array(text.utf8)[...]
+    while !bytes.isEmpty {
+        let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        guard n > 0 else { throw POSIXError(.EPIPE) }
+        bytes = bytes.dropFirst(n)
+    }
+}
+
+/// `count` responses with `Content-Length` bodies, read within 10 s (fewer if the server stops
+/// answering or closes).
+func readResponses(_ fd: Int32, count: Int) throws -> [RawResponse] {
+    var timeout = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var data: [UInt8] = []
+    var responses: [RawResponse] = []
+    var buffer = [UInt8](repeating: 0, count: 65_536)
+    while responses.count < count {
+        // Parse what is complete.
+        if let end = data.firstRange(of: Array("\r\n\r\n".utf8)) {
+            let head = String(decoding: data[..<end.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
+            var headers: [String: String] = [:]
+            for line in head.dropFirst() {
+                guard let colon = line.firstIndex(of: ":") else { continue }
+                headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+            let length = Int(headers["content-length"] ?? "0") ?? 0
+            if data.count - end.upperBound >= length {
+                let status = Int(head[0].split(separator: " ")[1]) ?? 0
+                let body = String(decoding: data[end.upperBound..<end.upperBound + length], as: UTF8.self)
+                responses.append(RawResponse(status: status, headers: headers, body: body))
+                data.removeFirst(end.upperBound + length)
+                continue
+            }
+        }
+        let n = recv(fd, &buffer, buffer.count, 0)
+        guard n > 0 else { return responses }
+        data += buffer[..<n]
+    }
+    return responses
+}
+
+/// What is left on the connection until the server closes it (within 5 s).
+func readToEnd(_ fd: Int32) throws -> [UInt8] {
+    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var data: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = recv(fd, &buffer, buffer.count, 0)
+        if n == 0 { return data }
+        guard n > 0 else { throw POSIXError(.ETIMEDOUT) }
+        data += buffer[..<n]
+    }
+}
