@@ -1009,3 +1009,58 @@ func accept(_ store: any DispatchStore, _ messageID: String, wamid: String) asyn
     try await store.recordAccepted(
         messageID: messageID, attempt: try await store.beginAttempt(messageID: messageID, at: 1), wamid: wamid, at: 2)
 }
+
+@Suite("Webhook batches on SQLite")
+struct SQLiteWebhookBatchTests {
+    func job(_ wamid: String, callback: String) -> IngestJob {
+        var contents = WebhookContents()
+        contents.statuses = [StatusUpdate(wamid: wamid, status: .delivered, timestamp: 100, callbackData: callback)]
+        return IngestJob(body: Array("{\"\(wamid)\"}".utf8), signature: nil, contents: contents, parseError: nil, time: 1)
+    }
+
+    @Test("a payload the database refuses in a batch is rolled back alone; the others are stored and applied")
+    func failingPayloadAlone() async throws {
+        let path = try freshSQLitePath()
+        let store = try SQLiteStore(path: path)
+        try await store.saveRun(RunRecord(name: "b", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
+        _ = try await store.addMessages(
+            (0..<3).map {
+                NewMessage(id: "m-\($0)", run: "b", invoiceID: "I-\($0)", phone: "1809555100\($0)", template: "invoice", language: "es")
+            })
+        // A refusal only this payload meets, as a constraint the schema does not have would be.
+        try await DatabaseQueue(path: path).write { db in
+            try db.execute(
+                sql: """
+                    CREATE TRIGGER refuse_one BEFORE INSERT ON status_events WHEN NEW.wamid = 'wamid.1'
+                    BEGIN SELECT RAISE(ABORT, 'refused for the test'); END
+                    """)
+        }
+        let results = try await store.writeBatch([
+            job("wamid.0", callback: "m-0"), job("wamid.1", callback: "m-1"), job("wamid.2", callback: "m-2"),
+        ])
+        #expect(results.map { (try? $0.get()) != nil } == [true, false, true])
+        #expect(try await store.message("m-0")?.state == .delivered)
+        #expect(try await store.message("m-1")?.state == .queued)
+        #expect(try await store.message("m-2")?.state == .delivered)
+        // The refused payload left nothing behind: not its body, not its wamid.
+        #expect(
+            try await store.webhookPayloads(after: nil, limit: 10).map(\.body) == [
+                Array("{\"wamid.0\"}".utf8), Array("{\"wamid.2\"}".utf8),
+            ])
+        #expect(try await store.message("wamid.1") == nil)
+    }
+
+    @Test("a batch with nothing refused is stored whole, every payload answered in order")
+    func wholeBatch() async throws {
+        let store = try freshStore()
+        try await store.saveRun(RunRecord(name: "b", manifest: "m.csv", template: "invoice", sender: "123", createdAt: 1))
+        _ = try await store.addMessages(
+            (0..<20).map {
+                NewMessage(id: "m-\($0)", run: "b", invoiceID: "I-\($0)", phone: "18095551\($0 + 100)", template: "invoice", language: "es")
+            })
+        let results = try await store.writeBatch((0..<20).map { job("wamid.\($0)", callback: "m-\($0)") })
+        let ids = try results.map { try $0.get().payloadID }
+        #expect(ids == ids.sorted() && Set(ids).count == 20)
+        #expect(try await store.stateCounts(run: "b") == [.delivered: 20])
+    }
+}
