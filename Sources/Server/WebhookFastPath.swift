@@ -285,9 +285,15 @@ struct DispatcherHTTP1Channel: HTTPChannelHandler {
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
+            // Hummingbird's limits on headers (tighter than NIO's on their count).
+            let hummingbird = HTTP1Channel.Configuration().httpDecoder
+            var limits = NIOHTTPDecoderLimitConfiguration()
+            limits.maxHeaderFieldSize = hummingbird.maxHeaderFieldSize
+            limits.maxHeaderListSize = hummingbird.maxHeaderListSize
+            limits.maxHeaderFieldCount = hummingbird.maxHeaderFieldCount
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                 withPipeliningAssistance: false, withErrorHandling: false, withOutboundHeaderValidation: false,
-                withEncoderConfiguration: .init(), withDecoderLimitConfiguration: .init())
+                withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
             try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
             try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
             if let fastPath { try channel.pipeline.syncOperations.addHandler(fastPath()) }
