@@ -679,43 +679,55 @@ public final class SQLiteStore: DispatchStore {
     static func apply(
         _ db: Database, _ u: StatusUpdate, to messageID: String, from current: MessageState, at time: Double
     ) throws -> MessageState? {
-        // The message's pricing: the greatest value any status gave (as `status_events` holds them).
-        let pricing = """
-            pricing_category = CASE WHEN pricing_category IS NULL OR ?8 > pricing_category THEN COALESCE(?8, pricing_category)
-                ELSE pricing_category END,
-            pricing_type = CASE WHEN pricing_type IS NULL OR ?9 > pricing_type THEN COALESCE(?9, pricing_type) ELSE pricing_type END
-            """
-        guard let rule = StatusRule.for(u.status) else {
+        // (The statements are built once: built for every status, their text and its hash for
+        // GRDB's statement cache showed in the writer's profile.)
+        let arguments: StatementArguments = [
+            Double(u.timestamp), u.wamid, time, messageID, u.errorCode, u.errorTitle, u.errorDetails, u.pricingCategory, u.pricingType,
+        ]
+        guard let sql = applySQL[u.status.rawValue] else {
             // `played`, future values: kept in the history; only the wamid (and pricing) is learnt.
-            try db.cachedStatement(sql: "UPDATE messages SET wamid = COALESCE(wamid, ?2), \(pricing) WHERE id = ?4").execute(
-                arguments: [nil, u.wamid, nil, messageID, nil, nil, nil, u.pricingCategory, u.pricingType])
+            try db.cachedStatement(sql: learnOnlySQL).execute(arguments: arguments)
             return nil
         }
-        let (condition, column, state, failed) = (rule.sqlCondition, rule.timeColumn, rule.target, rule.recordsError)
-        let errors =
-            failed
-            ? """
-            , error_code = CASE WHEN \(condition) THEN ?5 ELSE error_code END,
-            error_title = CASE WHEN \(condition) THEN ?6 ELSE error_title END,
-            error_details = CASE WHEN \(condition) THEN ?7 ELSE error_details END
-            """ : ""
-        let statement = try db.cachedStatement(
-            sql: """
+        try db.cachedStatement(sql: sql).execute(arguments: arguments)
+        return current.applying(u.status)
+    }
+
+    /// The message's pricing: the greatest value any status gave (as `status_events` holds them).
+    private static let pricingSQL = """
+        pricing_category = CASE WHEN pricing_category IS NULL OR ?8 > pricing_category THEN COALESCE(?8, pricing_category)
+            ELSE pricing_category END,
+        pricing_type = CASE WHEN pricing_type IS NULL OR ?9 > pricing_type THEN COALESCE(?9, pricing_type) ELSE pricing_type END
+        """
+
+    /// A status without a rule: only the wamid and pricing (the arguments as `applySQL`'s).
+    private static let learnOnlySQL = "UPDATE messages SET wamid = COALESCE(wamid, ?2), \(pricingSQL) WHERE id = ?4"
+
+    /// The forward-only UPDATE for each status with a rule, by its raw value; arguments: ?1 Meta's
+    /// timestamp, ?2 wamid, ?3 received at, ?4 message id, ?5-?7 error code, title, details,
+    /// ?8-?9 pricing category and type.
+    private static let applySQL: [String: String] = Dictionary(
+        uniqueKeysWithValues: StatusRule.all.map { rule in
+            let (condition, column, state) = (rule.sqlCondition, rule.timeColumn, rule.target)
+            let errors =
+                rule.recordsError
+                ? """
+                , error_code = CASE WHEN \(condition) THEN ?5 ELSE error_code END,
+                error_title = CASE WHEN \(condition) THEN ?6 ELSE error_title END,
+                error_details = CASE WHEN \(condition) THEN ?7 ELSE error_details END
+                """ : ""
+            let sql = """
                 UPDATE messages SET
                     \(column) = CASE WHEN \(column) IS NULL OR \(column) > ?1 THEN ?1 ELSE \(column) END,
                     wamid = COALESCE(wamid, ?2),
                     state = CASE WHEN \(condition) THEN '\(state.rawValue)' ELSE state END,
                     state_rank = CASE WHEN \(condition) THEN \(state.rank) ELSE state_rank END,
                     updated_at = CASE WHEN \(condition) THEN ?3 ELSE updated_at END\(errors),
-                    \(pricing)
+                    \(pricingSQL)
                 WHERE id = ?4
-                """)
-        let arguments: StatementArguments = [
-            Double(u.timestamp), u.wamid, time, messageID, u.errorCode, u.errorTitle, u.errorDetails, u.pricingCategory, u.pricingType,
-        ]
-        try statement.execute(arguments: arguments)
-        return current.applying(u.status)
-    }
+                """
+            return (rule.status.rawValue, sql)
+        })
 
     /// Whether `run` was sent from `number` (its sender). A daily `/send-invoice` run without an
     /// organization (`api-DATE`) counts as any number's: before runs were kept per organization,
