@@ -76,6 +76,8 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private var queued = CircularBuffer<HTTPRequestPart>()
     /// A `read` held back while a request is being answered.
     private var readHeld = false
+    /// Closes that wait for the webhook being answered (`close`).
+    private var closesHeld: [(mode: CloseMode, promise: EventLoopPromise<Void>?)] = []
     private var date = (second: 0, text: "")
     private static let signatureName = HTTPField.Name("X-Hub-Signature-256")!
 
@@ -194,7 +196,25 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         state = .idle
+        if !closesHeld.isEmpty {
+            state = .closing
+            let held = closesHeld
+            closesHeld = []
+            for (mode, promise) in held { context.close(mode: mode, promise: promise) }
+            return
+        }
         resume(context: context)
+    }
+
+    /// Closes asked for while a webhook is being answered (Hummingbird's side of the connection
+    /// ending, when the server is cancelled) wait for the answer: the payload is being stored
+    /// whatever happens, and Meta should hear so rather than send it again.
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if case .answering = state {
+            closesHeld.append((mode, promise))
+            return
+        }
+        context.close(mode: mode, promise: promise)
     }
 
     /// After an answer: the parts that waited, then whatever read was held back.
@@ -251,6 +271,9 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     func channelInactive(context: ChannelHandlerContext) {
         state = .closing
         queued.removeAll()
+        let held = closesHeld
+        closesHeld = []
+        for (_, promise) in held { promise?.succeed() }
         context.fireChannelInactive()
     }
 

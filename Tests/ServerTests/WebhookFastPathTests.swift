@@ -1,5 +1,7 @@
 import Foundation
+import GRDB
 import Logging
+import ServiceLifecycle
 import StoreTesting
 import Testing
 
@@ -157,6 +159,66 @@ struct WebhookFastPathTests {
         #expect(try await payloadCount(store) == 0)
     }
 
+    /// A server whose store waits on another process's write lock until `release`, and a POST
+    /// sent to it: what the POST is answered once `stop` has stopped the server and the lock is gone.
+    func stopWhileStoring(
+        fastPath: Bool, stop: (Task<Void, any Error>, ServiceGroup?) async throws -> Void
+    ) async throws -> (
+        [RawResponse], Int
+    ) {
+        let path = try freshSQLitePath()
+        let store = try SQLiteStore(path: path, busyTimeout: 10)
+        var configuration = server(store).configuration
+        configuration.webhookFastPath = fastPath
+        var lockerConfiguration = Configuration()
+        lockerConfiguration.allowsUnsafeTransactions = true
+        let locker = try DatabaseQueue(path: path, configuration: lockerConfiguration)
+        try locker.inDatabase { db in try db.execute(sql: "BEGIN EXCLUSIVE TRANSACTION") }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let port = try freeLoopbackPort()
+        let group = ServiceGroup(
+            services: [
+                DispatcherServer(store: store, configuration: configuration).application(host: "127.0.0.1", port: port, logger: logger)
+            ],
+            gracefulShutdownSignals: [], logger: logger)
+        let serverTask = Task { try await group.run() }
+        var fd: Int32 = -1
+        for _ in 0..<100 where fd < 0 {
+            fd = (try? connectLoopback(port: port)) ?? -1
+            if fd < 0 { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        defer { close(fd) }
+        let socket = fd
+        let request = post(statusPayload([("wamid.S", "sent", 1, nil)]))
+        let answer = Task {
+            try await blocking {
+                try sendAll(socket, request); return try readResponses(socket, count: 1)
+            }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        try await stop(serverTask, group)  // while the POST waits for the lock
+        try await Task.sleep(for: .milliseconds(300))
+        try locker.inDatabase { db in try db.execute(sql: "ROLLBACK") }
+        let responses = try await answer.value
+        _ = await serverTask.result
+        return (responses, try await payloadCount(store))
+    }
+
+    @Test("`serve` stopping gracefully (SIGTERM) answers the webhook it is storing first, on both paths", arguments: [true, false])
+    func answeredAtGracefulShutdown(fastPath: Bool) async throws {
+        let (responses, stored) = try await stopWhileStoring(fastPath: fastPath) { _, group in await group?.triggerGracefulShutdown() }
+        #expect(responses.map(\.status) == [200])
+        #expect(stored == 1)
+    }
+
+    @Test("a cancelled receiver (a run's settle window ending) still answers the webhook it stores")
+    func answeredWhenCancelled() async throws {
+        let (responses, stored) = try await stopWhileStoring(fastPath: true) { task, _ in task.cancel() }
+        #expect(responses.map(\.status) == [200])
+        #expect(stored == 1)
+    }
+
     @Test("Connection: close is honoured: the webhook is stored, answered, and the connection closed")
     func connectionClose() async throws {
         let store = try freshStore()
@@ -207,6 +269,21 @@ struct RawResponse: Sendable {
     var status: Int
     var headers: [String: String]
     var body: String
+}
+
+/// A loopback port nothing listens on now.
+func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard bound else { throw POSIXError(.EADDRNOTAVAIL) }
+    return Int(UInt16(bigEndian: address.sin_port))
 }
 
 func sendAll(_ fd: Int32, _ text: String) throws {
