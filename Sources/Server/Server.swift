@@ -164,7 +164,9 @@ public struct DispatcherServer: Sendable {
         let base = configuration.basePath.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
         let path = base.isEmpty ? "/webhook" : "/\(base)/webhook"
         let (maxBytes, metrics) = (configuration.maxWebhookBytes, self.metrics)
-        let intake: WebhookFastPath.Intake = { signature, body in await self.intake(signature: signature, body: body, logger: logger) }
+        let intake: WebhookFastPath.Intake = { signature, body, since in
+            await self.intake(signature: signature, body: body, since: since, logger: logger)
+        }
         return HTTPServerBuilder { responder in
             DispatcherHTTP1Channel(
                 responder: responder, idleTimeout: idleTimeout,
@@ -278,9 +280,10 @@ public struct DispatcherServer: Sendable {
     }
 
     /// The webhook's answer on the fast path: the same as the router's.
-    func intake(signature: String?, body: [UInt8], logger: Logger) async -> WebhookAnswer {
+    /// (`since`: when its head arrived, as the router's handler counts the intake latency.)
+    func intake(signature: String?, body: [UInt8], since: ContinuousClock.Instant, logger: Logger) async -> WebhookAnswer {
         do {
-            try await store(webhook: body, signature: signature, since: .now, logger: logger)
+            try await store(webhook: body, signature: signature, since: since, logger: logger)
             return .ok
         } catch let error as APIError {
             return .error(error)

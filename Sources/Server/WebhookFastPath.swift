@@ -50,13 +50,13 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPResponsePart
 
     /// Verifies, stores and words the answer (`DispatcherServer.intake`).
-    typealias Intake = @Sendable (_ signature: String?, _ body: [UInt8]) async -> WebhookAnswer
+    typealias Intake = @Sendable (_ signature: String?, _ body: [UInt8], _ since: ContinuousClock.Instant) async -> WebhookAnswer
 
     private enum State {
         /// Waiting for a request's head.
         case idle
         /// Reading a webhook's body.
-        case receiving(signature: String?, body: ByteBuffer)
+        case receiving(signature: String?, body: ByteBuffer, since: ContinuousClock.Instant)
         /// The webhook is read; its answer is being made.
         case answering
         /// A request Hummingbird answers: `read` once its last part has been passed on,
@@ -117,13 +117,13 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         switch (state, part) {
         case (.idle, .head(let head)):
             if let signature = webhookSignature(head) {
-                state = .receiving(signature: signature, body: context.channel.allocator.buffer(capacity: 0))
+                state = .receiving(signature: signature, body: context.channel.allocator.buffer(capacity: 0), since: .now)
             } else {
                 state = .forwarding(read: false, answered: false)
                 context.fireChannelRead(wrapInboundOut(part))
                 return true
             }
-        case (.receiving(let signature, var body), .body(var chunk)):
+        case (.receiving(let signature, var body, let since), .body(var chunk)):
             state = .idle  // (the buffer held once, so that appending does not copy it)
             guard body.readableBytes + chunk.readableBytes <= maxBytes else {
                 metrics.webhooksRejected["too_large"]?.increment()
@@ -134,14 +134,14 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
                 return false
             }
             body.writeBuffer(&chunk)
-            state = .receiving(signature: signature, body: body)
-        case (.receiving(let signature, let body), .end):
+            state = .receiving(signature: signature, body: body, since: since)
+        case (.receiving(let signature, let body, let since), .end):
             state = .answering
             let bytes = Array(body.readableBytesView)
             let intake = self.intake
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             Task {
-                let answer = await intake(signature, bytes)
+                let answer = await intake(signature, bytes, since)
                 bound.eventLoop.execute {
                     let (handler, context) = bound.value
                     handler.respond(answer, context: context)

@@ -253,17 +253,19 @@ struct APITests {
         }
     }
 
-    @Test("metrics count what the receiver did, in Prometheus' format", arguments: engines)
-    func metrics(engine: StoreEngine) async throws {
+    @Test("metrics count what the receiver did, in Prometheus' format", arguments: engines, Via.allCases)
+    func metrics(engine: StoreEngine, via: Via) async throws {
         let store = try await makeStore(engine)
         let id = try await seed(store)[0]
-        try await withRouter(server(store)) { client in
+        try await withRouter(server(store), via: via) { client in
             _ = try await signedPost(client, statusPayload([("wamid.A", "delivered", 100, id)]))
             _ = try await signedPost(client, "{}", signature: "sha256=00")
+            _ = try await signedPost(client, "{}", signature: signer.header(for: Array("[]".utf8)))
             let text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
             #expect(text.contains(#"dispatcher_statuses_applied_total{state="delivered"} 1"#))
             #expect(text.contains("dispatcher_webhooks_received_total 1"))
             #expect(text.contains(#"dispatcher_webhooks_rejected_total{reason="malformed_signature"} 1"#))
+            #expect(text.contains(#"dispatcher_webhooks_rejected_total{reason="bad_signature"} 1"#))
             #expect(text.contains("dispatcher_webhook_intake_seconds_count 1"))
             #expect(!text.contains(appSecret))
         }
