@@ -251,7 +251,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DispatcherTests",
-            dependencies: ["Dispatcher", "CXMLReader"],
+            dependencies: ["Dispatcher", "CXMLReader", "StoreTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

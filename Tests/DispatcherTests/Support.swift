@@ -1,4 +1,5 @@
 import Foundation
+import StoreTesting
 import Testing
 
 @testable import Dispatcher
@@ -11,9 +12,7 @@ var templatesPath: String { packageRoot.appendingPathComponent("templates").path
 
 /// A file in a fresh temporary folder, removed when the process ends.
 func temporaryFile(_ name: String, _ bytes: [UInt8]) throws -> String {
-    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-tests-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    let url = folder.appendingPathComponent(name)
+    let url = try scratchFolder("dispatcher").appendingPathComponent(name)
     try Data(bytes).write(to: url)
     return url.path
 }

@@ -1,4 +1,5 @@
 import Foundation
+import StoreTesting
 import Testing
 
 /// Runs the real `dispatcher` executable, as a user would.
@@ -56,9 +57,7 @@ func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async 
 let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
 func temporaryDirectory() throws -> URL {
-    let url = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-e2e-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    return url
+    try scratchFolder("e2e")
 }
 
 @Suite("dispatcher preview (the executable)")

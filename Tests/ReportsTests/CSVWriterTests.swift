@@ -1,5 +1,6 @@
 import Dispatcher
 import Foundation
+import StoreTesting
 import Testing
 
 @testable import Reports
@@ -7,8 +8,7 @@ import Testing
 @Suite("CSV writer")
 struct CSVWriterTests {
     func write(_ dialect: CSVWriter.Dialect = .standard, _ rows: [[CSVWriter.Cell]]) throws -> (path: String, bytes: [UInt8]) {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("csvwriter-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let folder = try scratchFolder("csvwriter")
         let path = folder.appendingPathComponent("out.csv").path
         let writer = try CSVWriter(path: path, dialect: dialect)
         for row in rows { try writer.row(row) }
@@ -30,8 +30,7 @@ struct CSVWriterTests {
 
     @Test("times and numbers written as bytes read the same as the page's own formatting")
     func timesAndNumbers() throws {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("csvwriter-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let folder = try scratchFolder("csvwriter")
         let path = folder.appendingPathComponent("out.csv").path
         let writer = try CSVWriter(path: path)
         let times: [Double?] = [nil, 0, 951_782_400 /* 2000-02-29 */, 1_772_000_000.75, 4_102_444_799, -86_401]
@@ -66,8 +65,7 @@ struct CSVWriterTests {
             String(decoding: bytes, as: UTF8.self)
                 == "plain,\"a, b\",\"\"\"\",\"\"\"\"\"\",\"say \"\"hi\"\", then go\",\"end\"\"\",\"\"\"start\",\"'=1+\"\"x\"\"\",\"ñ,é\r\nü\",\r\n"
         )
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("csvwriter-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let folder = try scratchFolder("csvwriter")
         let path = folder.appendingPathComponent("dates.csv").path
         let writer = try CSVWriter(path: path)
         let period = BillingPeriod(year: 2026, month: 3)

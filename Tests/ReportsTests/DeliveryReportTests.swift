@@ -101,7 +101,7 @@ struct DeliveryReportTests {
     ]
 
     func write(_ store: any DispatchStore, lang: String = "en", excel: Bool = false, landlord: String? = nil) async throws -> ReportFiles {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("report-\(UUID().uuidString)").path
+        let directory = try scratchFolder("report").path
         let writer = try await DeliveryReportWriter(
             templatesDirectory: reportsRoot.appendingPathComponent("templates").path, lang: lang, excel: excel)
         return try await writer.write(run: try await store.run(named: "march")!, store: store, to: directory, landlord: landlord)
@@ -168,7 +168,7 @@ struct DeliveryReportTests {
         try await retry("C", 2)  // 327
         var writer = try await DeliveryReportWriter(templatesDirectory: reportsRoot.appendingPathComponent("templates").path)
         writer.pageSpan = 10
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("gaps-\(UUID().uuidString).csv").path
+        let path = try scratchFolder("gaps").appendingPathComponent("messages.csv").path
         try await writer.writeMessagesCSV(run: try await store.run(named: "march")!, store: store, to: path)
         let rows = try readCSV(path)
         #expect(rows.map { $0["message_id"]! } == (0..<mix.count).map { "m-\($0)" } + ["m-retry-1", "m-retry-2"])
@@ -247,7 +247,7 @@ struct DeliveryReportTests {
     func pendingAndTimes(engine: StoreEngine) async throws {
         let store = try await reportStore(engine)
         try await seedReport(store, states: mix)
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("report-\(UUID().uuidString)").path
+        let directory = try scratchFolder("report").path
         let writer = try await DeliveryReportWriter(
             templatesDirectory: reportsRoot.appendingPathComponent("templates").path,
             timeZone: try #require(TimeZone(identifier: "America/Santo_Domingo")))
@@ -316,7 +316,7 @@ struct DeliveryReportTests {
             NewMessage(id: "a-2", run: "april", invoiceID: "E", phone: "18095550001", template: "invoice", language: "es"),
             NewMessage(id: "m-again", run: "march", invoiceID: "E", phone: "18095551004", template: "invoice", language: "es"),
         ])
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("report-\(UUID().uuidString)").path
+        let directory = try scratchFolder("report").path
         var writer = try await DeliveryReportWriter(templatesDirectory: reportsRoot.appendingPathComponent("templates").path, lang: "en")
         writer.pageSpan = 2
         let run = try #require(try await store.run(named: "march"))

@@ -129,9 +129,7 @@ struct Body: Service {
 }
 
 func freshPath() throws -> String {
-    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-sandbox-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    return folder.appendingPathComponent("dispatcher.sqlite").path
+    try scratchFolder("sandbox").appendingPathComponent("dispatcher.sqlite").path
 }
 
 /// A valid `invoice_pdf` template request (the invoice with its PDF) to a number, naming message `id`.

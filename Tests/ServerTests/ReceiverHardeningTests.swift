@@ -71,7 +71,7 @@ struct ReceiverHardeningTests {
     @Test("served reports are never sniffed and run no script")
     func reportHeaders() async throws {
         let store = try freshStore()
-        let reports = FileManager.default.temporaryDirectory.appendingPathComponent("reports-\(UUID().uuidString)")
+        let reports = try scratchFolder("reports")
         try FileManager.default.createDirectory(at: reports.appendingPathComponent("march"), withIntermediateDirectories: true)
         try Data("<html><script>alert(1)</script></html>".utf8).write(to: reports.appendingPathComponent("march/index.html"))
         let server = DispatcherServer(

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 import Logging
 import PostgresNIO
 public import Store
@@ -36,9 +36,23 @@ public func postgresAdminURL() throws -> String {
 
 /// A fresh SQLite file in its own temporary folder.
 public func freshSQLitePath() throws -> String {
-    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-test-\(UUID().uuidString)")
+    try scratchFolder("store").appendingPathComponent("dispatcher.sqlite").path
+}
+
+/// A new folder for one test's files. All of them live in this test process's own folder
+/// (`dispatcher-tests-PID` in the temporary directory), removed when the process exits: a full
+/// run used to leave a hundred folders behind.
+public func scratchFolder(_ prefix: String) throws -> URL {
+    let folder = ScratchRoot.url.appendingPathComponent("\(prefix)-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    return folder.appendingPathComponent("dispatcher.sqlite").path
+    return folder
+}
+
+private enum ScratchRoot {
+    static let url: URL = {
+        atexit { try? FileManager.default.removeItem(at: ScratchRoot.url) }
+        return FileManager.default.temporaryDirectory.appendingPathComponent("dispatcher-tests-\(getpid())")
+    }()
 }
 
 /// The URL of a new, empty database on the engine (a new SQLite file, or a new PostgreSQL database).
