@@ -546,10 +546,22 @@ public final class SQLiteStore: DispatchStore {
     /// Stores webhook payloads that arrived together in one transaction (one fsync). Written
     /// first without a savepoint each (two statements fewer a payload); should one of them fail,
     /// that transaction is rolled back and the batch written again with a savepoint per payload,
-    /// so that the failing one rolls back alone. Called by the batcher only.
+    /// so that the failing one rolls back alone. Only a payload's failure is written again: the
+    /// transaction's own (the database locked past the busy timeout) is thrown at once, as before,
+    /// not waited for twice. Called by the batcher only.
     func writeBatch(_ jobs: [IngestJob]) async throws -> [Result<IngestResult, any Error>] {
-        if jobs.count > 1, let results = try? await pool.write({ db in try jobs.map { try Self.ingest(db, $0) } }) {
-            return results.map { .success($0) }
+        if jobs.count > 1 {
+            do {
+                return try await pool.write { db in
+                    do {
+                        return try jobs.map { .success(try Self.ingest(db, $0)) }
+                    } catch {
+                        throw PayloadRefused()
+                    }
+                }
+            } catch is PayloadRefused {
+                // Rolled back: written again below, a savepoint each.
+            }
         }
         return try await pool.write { db in
             jobs.map { job in
@@ -564,6 +576,9 @@ public final class SQLiteStore: DispatchStore {
             }
         }
     }
+
+    /// A payload of a batch written without savepoints failed (`writeBatch`).
+    private struct PayloadRefused: Error {}
 
     static func ingest(_ db: Database, _ job: IngestJob) throws -> IngestResult {
         try db.cachedStatement(

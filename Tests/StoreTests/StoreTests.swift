@@ -1050,6 +1050,24 @@ struct SQLiteWebhookBatchTests {
         #expect(try await store.message("wamid.1") == nil)
     }
 
+    @Test("a batch the database cannot take at all (locked past the busy timeout) fails once, without being written twice")
+    func lockedBatchFailsOnce() async throws {
+        let path = try freshSQLitePath()
+        let store = try SQLiteStore(path: path, busyTimeout: 1)
+        var lockerConfiguration = Configuration()
+        lockerConfiguration.allowsUnsafeTransactions = true
+        let locker = try DatabaseQueue(path: path, configuration: lockerConfiguration)
+        try await locker.write { db in try db.execute(sql: "SELECT 1") }
+        try locker.inDatabase { db in try db.execute(sql: "BEGIN EXCLUSIVE TRANSACTION") }
+        defer { try? locker.inDatabase { db in try db.execute(sql: "ROLLBACK") } }
+        let started = ContinuousClock.now
+        await #expect(throws: (any Error).self) {
+            try await store.writeBatch([job("wamid.0", callback: "m-0"), job("wamid.1", callback: "m-1")])
+        }
+        // One busy timeout (1 s), not two: the fallback is for a payload's failure only.
+        #expect(ContinuousClock.now - started < .milliseconds(1900))
+    }
+
     @Test("a batch with nothing refused is stored whole, every payload answered in order")
     func wholeBatch() async throws {
         let store = try freshStore()
