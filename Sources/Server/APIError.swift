@@ -38,13 +38,18 @@ struct ErrorBody: Encodable {
 
 /// A JSON response: sorted keys, slashes unescaped.
 func jsonResponse(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
+    Response(status: status, headers: [.contentType: jsonContentType], body: .init(byteBuffer: ByteBuffer(bytes: try jsonBytes(value))))
+}
+
+/// The API's JSON: sorted keys, slashes unescaped (every answer, the webhook's fast path's too).
+func jsonBytes(_ value: some Encodable) throws -> Data {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-    let data = try encoder.encode(value)
-    return Response(
-        status: status, headers: [.contentType: "application/json; charset=utf-8"],
-        body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    return try encoder.encode(value)
 }
+
+/// The content type of the API's JSON answers.
+let jsonContentType = "application/json; charset=utf-8"
 
 /// Turns every error into a JSON answer; anything we did not expect is logged at error level
 /// (Hummingbird alone would log it at debug and answer an empty 500).

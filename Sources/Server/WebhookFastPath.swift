@@ -22,10 +22,8 @@ struct WebhookAnswer: Sendable {
 
     /// `{"error": message}`, as `APIError` answers on every other route.
     static func error(_ error: APIError) -> WebhookAnswer {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let data = (try? encoder.encode(["error": error.message])) ?? Data(#"{"error":"internal error"}"#.utf8)
-        return WebhookAnswer(status: error.status, contentType: "application/json; charset=utf-8", body: ByteBuffer(bytes: data))
+        let data = (try? jsonBytes(["error": error.message])) ?? Data(#"{"error":"internal error"}"#.utf8)
+        return WebhookAnswer(status: error.status, contentType: jsonContentType, body: ByteBuffer(bytes: data))
     }
 }
 
