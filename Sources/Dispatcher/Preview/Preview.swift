@@ -178,6 +178,7 @@ public struct Previewer: Sendable {
             do {
                 while let batch = ahead.next() {
                     for item in batch { try hand(item) }
+                    ahead.recycle(batch)
                 }
             } catch {
                 ahead.stop()

@@ -15,6 +15,8 @@ final class ReadAhead: @unchecked Sendable {
     private let condition = NSCondition()
     // Guarded by `condition`.
     private var batches: [[Item]] = []
+    /// Batches the caller is done with, dropped on the reader thread (`recycle`).
+    private var spent: [[Item]] = []
     private var finished: Result<ImportSummary, any Error>?
     private var stopped = false
     private let depth: Int
@@ -61,13 +63,28 @@ final class ReadAhead: @unchecked Sendable {
     }
 
     private func put(_ batch: [Item]) throws {
+        var dropped: [[Item]] = []
         condition.lock()
-        defer { condition.unlock() }
         while batches.count >= depth && !stopped { condition.wait() }
-        if stopped { throw CancellationError() }
+        if stopped {
+            condition.unlock()
+            throw CancellationError()
+        }
         batches.append(batch)
         behind = batches.count > depth / 2
+        swap(&dropped, &spent)
         condition.broadcast()
+        condition.unlock()
+        // Freed here, outside the lock: memory goes back to the allocator on the thread that took
+        // it, instead of both threads contending for one arena's lock.
+        dropped = []
+    }
+
+    /// The caller is done with `batch`: it is dropped on the reader thread, at its next hand-over.
+    func recycle(_ batch: consuming [Item]) {
+        condition.lock()
+        if !stopped && finished == nil { spent.append(batch) }
+        condition.unlock()
     }
 
     /// The next batch, or nil once the reader is done (then `summary` says how it ended).
