@@ -86,7 +86,14 @@ public struct Previewer: Sendable {
         path: String, format: ManifestFormat? = nil,
         onMessage: (RenderedMessage) throws -> Void = { _ in }
     ) throws -> PreviewResult {
-        try run(path: path, format: format, onInvoice: { _, messages in for m in messages { try onMessage(m) } })
+        try run(
+            path: path, format: format,
+            onInvoice: { _, messages in
+                // Each message handed over in place, not copied out of the array first.
+                try messages.withUnsafeBufferPointer { messages in
+                    for i in messages.indices { try onMessage(messages[i]) }
+                }
+            })
     }
 
     /// Runs the preview in one pass, handing over each invoice as its verdict is known: `onInvoice`
@@ -133,15 +140,17 @@ public struct Previewer: Sendable {
                     return
                 }
                 result.billed[code] = total
-                for message in messages {
-                    result.messages += 1
-                    if countsRecipients {
-                        let number = UInt64(message.phone) ?? 0
-                        if !recipients.insert(number).inserted { repeated[number, default: 1] &+= 1 }
+                messages.withUnsafeBufferPointer { messages in
+                    for i in messages.indices {
+                        result.messages += 1
+                        if countsRecipients {
+                            let number = UInt64(messages[i].phone) ?? 0
+                            if !recipients.insert(number).inserted { repeated[number, default: 1] &+= 1 }
+                        }
+                        if messages[i].languageFallback { result.languageFallbacks += 1 }
+                        result.languages[messages[i].language, default: 0] += 1
+                        if result.samples.count < sampleLimit { result.samples.append(messages[i]) }
                     }
-                    if message.languageFallback { result.languageFallbacks += 1 }
-                    result.languages[message.language, default: 0] += 1
-                    if result.samples.count < sampleLimit { result.samples.append(message) }
                 }
                 try onInvoice(invoice, messages)
             case .failure(let problems):
@@ -153,11 +162,13 @@ public struct Previewer: Sendable {
         }
         let memo = MessageRenderer.Memo()  // this thread's, when it renders
         func hand(_ item: ReadAhead.Item) throws {
-            switch item {
-            case .invoice(let invoice, let rendered):
-                if rendered != nil { result.renderedAhead += 1 }
-                try take(invoice, rendered ?? renderer.render(invoice, memo: memo))
-            case .skipped(let invoice, let reason): try onSkipped(invoice, reason)
+            if let reason = item.skipped {
+                try onSkipped(item.invoice, reason)
+            } else if let rendered = item.rendered {
+                result.renderedAhead += 1
+                try take(item.invoice, rendered)
+            } else {
+                try take(item.invoice, renderer.render(item.invoice, memo: memo))
             }
         }
         let summary: ImportSummary
@@ -177,7 +188,10 @@ public struct Previewer: Sendable {
             }
             do {
                 while let batch = ahead.next() {
-                    for item in batch { try hand(item) }
+                    // Read in place: the items stay the batch's, freed on the reader's thread.
+                    try batch.withUnsafeBufferPointer { items in
+                        for i in items.indices { try hand(items[i]) }
+                    }
                     ahead.recycle(batch)
                 }
             } catch {

@@ -5,11 +5,23 @@ import Foundation
 /// run's batches for the store): two cores at work instead of one. Items come to the caller in manifest order, in batches; at most `depth` batches wait,
 /// so memory stays bounded whatever the manifest's size.
 final class ReadAhead: @unchecked Sendable {
-    enum Item: Sendable {
-        /// A valid invoice, rendered on the reader thread, or nil: to be rendered on the caller's
-        /// (`Previewer.rendering`).
-        case invoice(Invoice, Result<[RenderedMessage], InvoiceProblems>?)
-        case skipped(Invoice, String)
+    /// A struct rather than an enum: the caller reads its fields in place, where taking an enum's
+    /// payload apart copied the invoice (a dozen retains, and as many releases).
+    struct Item: Sendable {
+        var invoice: Invoice
+        /// A valid invoice's messages, rendered on the reader thread, or nil: to be rendered on the
+        /// caller's (`Previewer.rendering`).
+        var rendered: Result<[RenderedMessage], InvoiceProblems>?
+        /// Why an invoice with nothing due is skipped; nil for a valid invoice.
+        var skipped: String?
+
+        static func invoice(_ invoice: Invoice, _ rendered: Result<[RenderedMessage], InvoiceProblems>?) -> Item {
+            Item(invoice: invoice, rendered: rendered, skipped: nil)
+        }
+
+        static func skipped(_ invoice: Invoice, _ reason: String) -> Item {
+            Item(invoice: invoice, rendered: nil, skipped: reason)
+        }
     }
 
     private let condition = NSCondition()
