@@ -64,6 +64,35 @@ struct TemplateTests {
         #expect(LocaleFormatting(locale: locale).money(Money(minorUnits: 1_234_550, currency: Currency(code: currency)!)) == expected)
     }
 
+    @Test(
+        "amounts of every size: signs, groups of three, zero-padded decimals, currencies without decimals",
+        arguments: [
+            ("es-DO", "DOP", 0, "RD$0.00"), ("es-DO", "DOP", 5, "RD$0.05"), ("es-DO", "DOP", -5, "-RD$0.05"),
+            ("es-DO", "DOP", 99_999, "RD$999.99"), ("es-DO", "DOP", 100_000, "RD$1,000.00"),
+            ("es-DO", "DOP", 100_000_000, "RD$1,000,000.00"), ("es-DO", "DOP", -12_345_678_901, "-RD$123,456,789.01"),
+            ("es-DO", "DOP", Int64.max, "RD$92,233,720,368,547,758.07"), ("en", "JPY", 1_234_567, "¥1,234,567"),
+            ("es-ES", "EUR", -100, "-1,00\u{A0}€"), ("fr-FR", "EUR", 123_456_789, "1\u{202F}234\u{202F}567,89\u{A0}€"),
+        ] as [(String, String, Int64, String)])
+    func moneySizes(locale: String, currency: String, minorUnits: Int64, expected: String) {
+        #expect(LocaleFormatting(locale: locale).money(Money(minorUnits: minorUnits, currency: Currency(code: currency)!)) == expected)
+    }
+
+    @Test("a parameter's text is checked the same whether its bytes alone settle it or its characters must be walked")
+    func parameterChecks() {
+        #expect(checkTextParameter("Ana María Pérez, Torre \"Norte\"; Apto 4") == nil)
+        #expect(checkTextParameter("€5 por día ¡gracias!") == nil)
+        #expect(checkTextParameter("a\u{2028}b") == "contains a line break or tab")
+        #expect(checkTextParameter("a\u{85}b") == "contains a line break or tab")
+        #expect(checkTextParameter("a\tb") == "contains a line break or tab")
+        #expect(checkTextParameter("a\u{80}b") == "contains a control character (U+0080)")
+        #expect(checkTextParameter("a\u{7F}") == "contains a control character (U+007F)")
+        #expect(checkTextParameter("a\u{1B}[0m") == "contains a control character (U+001B)")
+        #expect(checkTextParameter("€     €") == "contains more than four consecutive spaces")
+        #expect(checkTextParameter(String(repeating: "a", count: 1024)) == nil)
+        #expect(checkTextParameter(String(repeating: "a", count: 1025)) == "is longer than 1,024 characters")
+        #expect(checkTextParameter(String(repeating: "€", count: 1024)) == nil)
+    }
+
     @Test("a locale picks the template's language; one it lacks falls back to the default and says so")
     func languages() throws {
         let renderer = try MessageRenderer(catalog: catalog, templateName: "invoice", defaultLanguage: "es")

@@ -74,33 +74,55 @@ public struct LocaleFormatting: Sendable {
         let magnitude = money.minorUnits.magnitude
         let scale = UInt64(pow10(digits))
         let symbol = symbol(for: money.currency)
-        let gap = symbol.count == 3 && symbol == money.currency.code ? "\u{A0}" : style.gap
-        // Written in one string, left to right: no intermediate strings for the parts.
-        var out = ""
-        out.reserveCapacity(32)
-        if money.minorUnits < 0 { out.append("-") }
-        if style.symbolFirst {
-            out.append(symbol)
-            out.append(gap)
+        // A symbol that is the code itself (`CHF 12.50`) stands apart from the number.
+        let gap = symbol == money.currency.code && symbol.utf8.count == 3 ? "\u{A0}" : style.gap
+        let (symbolBytes, gapBytes, groupBytes) = (symbol.utf8.count, gap.utf8.count, style.group.utf8.count)
+        // Sign, symbol and gap, at most 20 digits with a group mark before every third, decimals.
+        let capacity = 1 + symbolBytes + gapBytes + 20 + 6 * groupBytes + style.decimal.utf8.count + max(digits, 20)
+        // Written as bytes into the string's own storage, left to right: one allocation at most,
+        // and nothing appended a character at a time (3 % of a million-row preview before).
+        return String(unsafeUninitializedCapacity: capacity) { out in
+            var n = 0
+            func put(_ text: String) {
+                for byte in text.utf8 {
+                    out[n] = byte
+                    n += 1
+                }
+            }
+            /// `value` in decimal, zero-padded to `minimum` digits, with `group` before every third
+            /// digit from the right when there is one.
+            func put(_ value: UInt64, minimum: Int, group: String?) {
+                var reversed: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for any UInt64
+                withUnsafeMutableBytes(of: &reversed) { d in
+                    var value = value, count = 0
+                    repeat {
+                        d[count] = UInt8(ascii: "0") + UInt8(value % 10)
+                        value /= 10
+                        count += 1
+                    } while value > 0 || count < min(minimum, 20)
+                    for i in stride(from: count - 1, through: 0, by: -1) {
+                        out[n] = d[i]
+                        n += 1
+                        if let group, i > 0 && i % 3 == 0 { put(group) }
+                    }
+                }
+            }
+            if money.minorUnits < 0 { put("-") }
+            if style.symbolFirst {
+                put(symbol)
+                put(gap)
+            }
+            put(magnitude / scale, minimum: 1, group: style.group)
+            if digits > 0 {
+                put(style.decimal)
+                put(magnitude % scale, minimum: digits, group: nil)
+            }
+            if !style.symbolFirst {
+                put(gap)
+                put(symbol)
+            }
+            return n
         }
-        let whole = String(magnitude / scale)  // at most 20 ASCII digits: a small string, not allocated
-        var remaining = whole.utf8.count
-        for digit in whole.unicodeScalars {
-            out.unicodeScalars.append(digit)
-            remaining -= 1
-            if remaining > 0 && remaining % 3 == 0 { out.append(style.group) }
-        }
-        if digits > 0 {
-            out.append(style.decimal)
-            let fraction = String(magnitude % scale)
-            for _ in fraction.utf8.count..<max(digits, fraction.utf8.count) { out.append("0") }
-            out.append(fraction)
-        }
-        if !style.symbolFirst {
-            out.append(gap)
-            out.append(symbol)
-        }
-        return out
     }
 
     // MARK: - Months and dates

@@ -311,6 +311,25 @@ public struct MessageRenderer: Sendable {
 /// Checked on Unicode scalars, never on `Character`: `"\r\n"` is one Character, equal to neither
 /// `"\n"` nor `"\r"`.
 func checkTextParameter(_ text: String) -> String? {
+    // Most values are plain printable text, which their bytes settle in one pass: no control byte,
+    // no lead byte of U+0080-U+00BF (C2, the C1 controls among them) or U+2000-U+2FFF (E2, the
+    // line and paragraph separators among them), at most four spaces in a row, and no more bytes
+    // than characters allowed. Anything else takes the scalar walk below.
+    let plain = text.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
+        guard bytes.count <= 1024 else { return false }
+        var spaces = 0
+        for byte in bytes {
+            if byte == 0x20 {
+                spaces += 1
+                if spaces > 4 { return false }
+                continue
+            }
+            spaces = 0
+            if byte < 0x20 || byte == 0x7F || byte == 0xC2 || byte == 0xE2 { return false }
+        }
+        return true
+    }
+    if plain == true { return nil }
     var spaces = 0
     var tooManySpaces = false
     for scalar in text.unicodeScalars {
