@@ -160,7 +160,7 @@ struct TemplateTests {
             // by its exact text (`{{01}}` is not `{{1}}`).
             let byPlaceholder = ["1": values[0], "2": values[1]]
             #expect(
-                CompiledTemplate.fill(texts.body, literalBytes: texts.literalBytes, values: values)
+                CompiledTemplate.fill(texts.body, values: values)
                     == fillPlaceholders(text) { byPlaceholder[String($0)] }, "\(text)")
         }
     }

@@ -191,7 +191,9 @@ public struct MessageRenderer: Sendable {
                 language: chosen.code, fallback: chosen.fallback, formatting: formatting, texts: variant.texts[chosen.code]!)
             memo?.entries[memoKey] = entry
         }
-        let (language, fallback, formatting, texts) = (entry.language, entry.fallback, entry.formatting, entry.texts)
+        // The entry's formatting and texts are read where they are: copies of them were a retain for
+        // each of their strings, for every row.
+        let (language, fallback) = (entry.language, entry.fallback)
         let named = variant.named
         let templateName = variant.definition.name
 
@@ -200,13 +202,13 @@ public struct MessageRenderer: Sendable {
         parameters.reserveCapacity(variant.parameters.count)
         var shown: [String] = []
         shown.reserveCapacity(variant.parameters.count)
-        for parameter in variant.parameters {
+        for p in variant.parameters.indices {
             func add(_ value: TemplateMessageRequest.Parameter, shown text: String) {
-                parameters.append(named ? .named(parameter.placeholder, value) : value)
+                parameters.append(named ? .named(variant.parameters[p].placeholder, value) : value)
                 shown.append(text)
             }
-            if parameter.isCurrency {
-                let fallbackText = formatting.money(invoice.amount)
+            if variant.parameters[p].isCurrency {
+                let fallbackText = entry.formatting.money(invoice.amount)
                 if let amount1000 = invoice.amount.metaAmount1000 {
                     add(
                         .currency(fallback: fallbackText, code: invoice.amount.currency.code, amount1000: Int64(amount1000)),
@@ -217,24 +219,26 @@ public struct MessageRenderer: Sendable {
                 }
                 continue
             }
-            var value = entry.value(parameter.field, in: invoice)
+            var value = entry.value(variant.parameters[p].field, in: invoice)
             if value == nil || value!.isEmpty {
-                value = parameter.ifEmpty?[language] ?? parameter.ifEmpty?[texts.base]
+                value = variant.parameters[p].ifEmpty?[language] ?? variant.parameters[p].ifEmpty?[entry.texts.base]
             }
             guard let text = value, !text.isEmpty else {
                 fail(
-                    parameter.source,
-                    "is empty, but template '\(templateName)' needs it for body parameter {{\(parameter.placeholder)}} (Meta would answer 131008)"
+                    variant.parameters[p].source,
+                    "is empty, but template '\(templateName)' needs it for body parameter {{\(variant.parameters[p].placeholder)}} (Meta would answer 131008)"
                 )
                 shown.append("")
                 continue
             }
             if let problem = checkTextParameter(text) {
-                fail(parameter.source, "\(problem), which Meta refuses in body parameter {{\(parameter.placeholder)}} (132018)")
+                fail(
+                    variant.parameters[p].source,
+                    "\(problem), which Meta refuses in body parameter {{\(variant.parameters[p].placeholder)}} (132018)")
             }
             add(.text(text), shown: text)
         }
-        let body = CompiledTemplate.fill(texts.body, literalBytes: texts.literalBytes, values: shown)
+        let body = CompiledTemplate.fill(entry.texts.body, values: shown)
         if body.utf8.count > 1024 && body.count > 1024 {
             fail(nil, "the message body would be \(body.count) characters; Meta allows 1,024 (132005)")
         }
@@ -243,7 +247,7 @@ public struct MessageRenderer: Sendable {
 
         // Header.
         var document: (link: String, filename: String)? = nil
-        var headerText = texts.text.header
+        var headerText = entry.texts.text.header
         if let header = variant.definition.header {
             if let linkField = header.link, let linkValue = variant.documentLink {
                 if let link = entry.value(linkValue, in: invoice), !link.isEmpty {
@@ -260,7 +264,7 @@ public struct MessageRenderer: Sendable {
                     fail(linkField, "is missing, but template '\(templateName)' has a document header that needs the invoice's PDF link")
                 }
             } else if let source = header.source {
-                let value = self.value(of: source, in: invoice, formatting: formatting) ?? ""
+                let value = self.value(of: source, in: invoice, formatting: entry.formatting) ?? ""
                 if value.isEmpty {
                     fail(source, "is empty, but template '\(templateName)' needs it for the header (131008)")
                 } else if let problem = checkTextParameter(value) {
@@ -274,9 +278,9 @@ public struct MessageRenderer: Sendable {
         components.append(.init(type: "body", parameters: parameters))
 
         // Buttons.
-        var buttons: [(text: String, url: String?)] = (texts.text.buttons ?? []).map { ($0.text, $0.url) }
+        var buttons: [(text: String, url: String?)] = (entry.texts.text.buttons ?? []).map { ($0.text, $0.url) }
         for button in variant.definition.buttons ?? [] {
-            let value = self.value(of: button.source, in: invoice, formatting: formatting) ?? ""
+            let value = self.value(of: button.source, in: invoice, formatting: entry.formatting) ?? ""
             if value.isEmpty {
                 fail(button.source, "is empty, but template '\(templateName)' needs it for button \(button.index) (131008)")
             }
@@ -294,7 +298,7 @@ public struct MessageRenderer: Sendable {
             let id = key.messageID
             return RenderedMessage(
                 id: id, key: key, invoice: invoice, phone: phone, language: language, languageFallback: fallback,
-                headerText: headerText, document: document, body: body, footer: texts.text.footer, buttons: buttons,
+                headerText: headerText, document: document, body: body, footer: entry.texts.text.footer, buttons: buttons,
                 request: TemplateMessageRequest(to: phone, callbackData: id, template: request))
         }
         return .success(messages)
