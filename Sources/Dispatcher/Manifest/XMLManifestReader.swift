@@ -85,7 +85,10 @@ public final class XMLManifestReader: ManifestReader {
 /// What the C callback needs: the caller's closure and what was learnt so far.
 private final class ParseState {
     let body: (inout RawRecord) throws -> Void
-    var record = RawRecord()
+    /// The record handed to `body`, one for the whole file. Behind a pointer: as a stored property
+    /// of this class, each change to it (a dozen a record) was checked for exclusive access at run
+    /// time.
+    private let record = UnsafeMutablePointer<RawRecord>.allocate(capacity: 1)
     var defaults: [ManifestField: String] = [:]
     var unknownRootAttributes: [String] = []
     var extraNames: [String] = []
@@ -95,13 +98,26 @@ private final class ParseState {
     var error: (any Error)?
     /// Element name → meaning; names repeat on every record, so they are looked up once.
     var columns: [String: ManifestField.Column] = [:]
+    /// The previous record's element names in order, with their meaning: the records of a manifest
+    /// repeat them, so a name equal byte for byte to the one in its place is neither made a
+    /// `String` nor hashed.
+    private var lastNames: [(bytes: [UInt8], name: String, column: ManifestField.Column)] = []
 
-    init(body: @escaping (inout RawRecord) throws -> Void) { self.body = body }
+    init(body: @escaping (inout RawRecord) throws -> Void) {
+        self.body = body
+        record.initialize(to: RawRecord())
+    }
+
+    deinit {
+        record.deinitialize(count: 1)
+        record.deallocate()
+    }
 
     func handle(_ event: dx_xml_event) -> Int32 {
-        let element = String(decoding: UnsafeRawBufferPointer(start: event.element, count: event.element_length), as: UTF8.self)
+        let elementBytes = UnsafeRawBufferPointer(start: event.element, count: event.element_length)
         let fields = UnsafeBufferPointer(start: event.fields, count: event.field_count)
         if event.kind == DX_XML_ROOT {
+            let element = String(decoding: elementBytes, as: UTF8.self)
             sawRoot = true
             if element != "invoices" {
                 rootIssue = .init(
@@ -122,43 +138,62 @@ private final class ParseState {
             }
             return 0
         }
-        record.reset(line: event.line)
-        if element != "invoice" {
-            record.structuralIssues.append((nil, "unexpected element <\(element)> inside <invoices> (expected <invoice>)"))
+        record.pointee.reset(line: event.line)
+        if !elementBytes.elementsEqual("invoice".utf8) {
+            let element = String(decoding: elementBytes, as: UTF8.self)
+            record.pointee.structuralIssues.append((nil, "unexpected element <\(element)> inside <invoices> (expected <invoice>)"))
         }
         var phoneCount = 0
-        for field in fields {
-            let name = string(field.name, field.name_length)
+        for i in fields.indices {
+            let field = fields[i]
+            let nameBytes = UnsafeRawBufferPointer(start: field.name, count: field.name_length)
             let bytes = UnsafeBufferPointer(
                 start: UnsafeRawPointer(field.value).assumingMemoryBound(to: UInt8.self),
                 count: field.value_length)
+            let name: String
             let column: ManifestField.Column
-            if let known = columns[name] {
-                column = known
+            if i < lastNames.count, Self.same(lastNames[i].bytes, nameBytes) {
+                (name, column) = (lastNames[i].name, lastNames[i].column)
             } else {
-                column = ManifestField.column(named: name)
-                columns[name] = column
+                name = String(decoding: nameBytes, as: UTF8.self)
+                if let known = columns[name] {
+                    column = known
+                } else {
+                    column = ManifestField.column(named: name)
+                    columns[name] = column
+                }
+                let entry = (Array(nameBytes), name, column)
+                if i < lastNames.count { lastNames[i] = entry } else { lastNames.append(entry) }
             }
             switch column {
             case .field(.phone), .extraPhone:
                 phoneCount += 1
-                record.phones.append((phoneCount == 1 ? "phone" : "phone\(phoneCount)", bytes))
+                record.pointee.phones.append((phoneCount == 1 ? "phone" : "phone\(phoneCount)", bytes))
             case .field(let f):
-                if record.values[f.rawValue] != nil {
-                    record.structuralIssues.append((f.name, "<\(name)> appears twice in one invoice"))
+                if record.pointee.values[f.rawValue] != nil {
+                    record.pointee.structuralIssues.append((f.name, "<\(name)> appears twice in one invoice"))
                 }
-                record.values[f.rawValue] = bytes
+                record.pointee.values[f.rawValue] = bytes
             case .extra(let extra):
                 if extraSeen.insert(extra).inserted { extraNames.append(extra) }
-                record.extras.append((extra, bytes))
+                record.pointee.extras.append((extra, bytes))
             }
         }
         do {
-            try body(&record)
+            try body(&record.pointee)
             return 0
         } catch {
             self.error = error
             return 1
+        }
+    }
+
+    /// Whether `bytes` are `known`, byte for byte.
+    private static func same(_ known: [UInt8], _ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard known.count == bytes.count else { return false }
+        return known.withUnsafeBytes { known in
+            for i in 0..<known.count where known[i] != bytes[i] { return false }
+            return true
         }
     }
 
