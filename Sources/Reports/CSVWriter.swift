@@ -210,14 +210,26 @@ public final class CSVWriter {
                 guardFormula
                 && (first == UInt8(ascii: "=") || first == UInt8(ascii: "+") || first == UInt8(ascii: "-")
                     || first == UInt8(ascii: "@") || first == 0x09 || first == 0x0D)
-            // One pass finds both whether the cell needs quotes and whether it holds a quote.
+            // One pass finds both whether the cell needs quotes and whether it holds a quote, eight
+            // bytes at a time while there are eight (a message body is a few hundred bytes).
             var special = false, quotes = false
-            for b in utf8 {
-                if b == UInt8(ascii: "\"") {
-                    quotes = true
-                    break
+            var i = 0
+            if let base = UnsafeRawPointer(utf8.baseAddress) {
+                while i + 8 <= utf8.count {
+                    let word = base.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                    if hasByte(word, UInt8(ascii: "\"")) {
+                        quotes = true
+                        break
+                    }
+                    if !special && (hasByte(word, delimiter) || hasByte(word, 0x0A) || hasByte(word, 0x0D)) { special = true }
+                    i += 8
                 }
+            }
+            while !quotes && i < utf8.count {
+                let b = utf8[i]
+                if b == UInt8(ascii: "\"") { quotes = true }
                 if b == delimiter || b == 0x0A || b == 0x0D { special = true }
+                i += 1
             }
             if !risky && !special && !quotes {
                 buffer.append(contentsOf: utf8)
@@ -240,6 +252,14 @@ public final class CSVWriter {
             }
             buffer.append(UInt8(ascii: "\""))
         }
+    }
+
+    /// Whether any of the eight bytes of `word` is `byte` (exact: the classic test for a zero byte,
+    /// on `word` with `byte` XORed out of each).
+    @inline(__always)
+    private static func hasByte(_ word: UInt64, _ byte: UInt8) -> Bool {
+        let x = word ^ (0x0101_0101_0101_0101 &* UInt64(byte))
+        return (x &- 0x0101_0101_0101_0101) & ~x & 0x8080_8080_8080_8080 != 0
     }
 
     public func flush() throws {

@@ -28,6 +28,36 @@ struct CSVWriterTests {
         #expect(names == ["Pérez, \"El Jefe\"\nSegunda línea"])
     }
 
+    @Test(
+        "a cell is quoted exactly when it holds a quote, the delimiter or a line break, wherever it is and however long the cell",
+        arguments: [CSVWriter.Dialect.standard, .excel])
+    func quotingAnywhere(dialect: CSVWriter.Dialect) {
+        let delimiter: Character = dialect == .excel ? ";" : ","
+        // The rule written plainly, character by character.
+        func expected(_ cell: String) -> String {
+            // By its first scalar: "\r\n" is one Character, and a cell starting with it is defused.
+            let risky = cell.unicodeScalars.first.map { "=+-@\t\r".unicodeScalars.contains($0) } ?? false
+            let special = cell.unicodeScalars.contains { $0 == "\"" || $0 == "\n" || $0 == "\r" || Character($0) == delimiter }
+            guard risky || special else { return cell }
+            return "\"" + (risky ? "'" : "") + cell.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+        }
+        var generator = SystemRandomNumberGenerator()
+        let plain = Array("abcXYZ 019ñé€.")
+        let specials: [Character] = ["\"", ",", ";", "\n", "\r"]
+        for _ in 0..<2_000 {
+            // Up to 40 characters (the byte scan's eight-byte steps and the tail after them), with
+            // at most two specials at random places.
+            var cell = String((0..<Int.random(in: 0...40, using: &generator)).map { _ in plain.randomElement(using: &generator)! })
+            for _ in 0..<Int.random(in: 0...2, using: &generator) where !cell.isEmpty {
+                let at = cell.index(cell.startIndex, offsetBy: Int.random(in: 0..<cell.count, using: &generator))
+                cell.insert(specials.randomElement(using: &generator)!, at: at)
+            }
+            var bytes: [UInt8] = []
+            CSVWriter.append(cell, guardFormula: true, delimiter: UInt8(ascii: dialect == .excel ? ";" : ","), to: &bytes)
+            #expect(String(decoding: bytes, as: UTF8.self) == expected(cell), "\(Array(cell.utf8))")
+        }
+    }
+
     @Test("times and numbers written as bytes read the same as the page's own formatting")
     func timesAndNumbers() throws {
         let folder = try scratchFolder("csvwriter")
