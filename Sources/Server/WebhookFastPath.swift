@@ -40,7 +40,9 @@ struct WebhookAnswer: Sendable {
 /// any other (a refusal Hummingbird words, the handshake, the API) is passed on untouched, so
 /// both paths answer alike. Requests a client pipelines are answered in order: while one is
 /// being answered (here or by Hummingbird) the next ones wait in this handler, and no more is
-/// read from the socket.
+/// read from the socket. What the connection reports behind them (the client's end of input, a
+/// protocol error) waits with them, so that Hummingbird, which ends the connection on either,
+/// does so only after every request before it has its answer.
 final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -70,8 +72,8 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private let intake: Intake
     private let metrics: ServerMetrics
     private var state = State.idle
-    /// Parts that came while a request was being answered, in order.
-    private var queued = CircularBuffer<HTTPRequestPart>()
+    /// What came while a request was being answered, in order.
+    private var queued = CircularBuffer<Inbound>()
     /// A `read` held back while a request is being answered.
     private var readHeld = false
     /// Closes that wait for the webhook being answered (`close`).
@@ -86,6 +88,14 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         self.intake = intake
     }
 
+    /// What the connection delivers: a request's part, or what Hummingbird is told after the
+    /// parts before it (an error, or an event such as the end of the client's input).
+    private enum Inbound {
+        case part(HTTPRequestPart)
+        case error(any Error)
+        case event(Any)
+    }
+
     private var busy: Bool {
         switch state {
         case .idle, .receiving: return false
@@ -94,24 +104,61 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = unwrapInboundIn(data)
-        if !queued.isEmpty || (busy && !isRestOfForwarded(part)) {
+        let part = Inbound.part(unwrapInboundIn(data))
+        if mustWait(part) {
             queued.append(part)
             return
         }
         take(part, context: context)
     }
 
-    /// The body or end of the request being passed on to Hummingbird.
-    private func isRestOfForwarded(_ part: HTTPRequestPart) -> Bool {
+    /// An error or event (the client's end of input) waits behind the requests before it;
+    /// Hummingbird ends the connection on it.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let error = Inbound.error(error)
+        if mustWait(error) {
+            queued.append(error)
+            return
+        }
+        take(error, context: context)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        let event = Inbound.event(event)
+        if mustWait(event) {
+            queued.append(event)
+            return
+        }
+        take(event, context: context)
+    }
+
+    /// Whether `item` waits for the answer being made (and whatever waits already).
+    private func mustWait(_ item: Inbound) -> Bool {
+        !queued.isEmpty || (busy && !isRestOfForwarded(item))
+    }
+
+    /// What Hummingbird is to read now: the body or end of the request it is reading, or an
+    /// error or event in the middle of it.
+    private func isRestOfForwarded(_ item: Inbound) -> Bool {
         guard case .forwarding(read: false, _) = state else { return false }
-        if case .head = part { return false }
+        if case .part(.head) = item { return false }
         return true
     }
 
-    /// Acts on one part; true when it was passed on to Hummingbird.
+    /// Acts on one part, error or event; true when a part was passed on to Hummingbird.
     @discardableResult
-    private func take(_ part: HTTPRequestPart, context: ChannelHandlerContext) -> Bool {
+    private func take(_ item: Inbound, context: ChannelHandlerContext) -> Bool {
+        let part: HTTPRequestPart
+        switch item {
+        case .part(let p):
+            part = p
+        case .error(let error):
+            context.fireErrorCaught(error)
+            return false
+        case .event(let event):
+            context.fireUserInboundEventTriggered(event)
+            return false
+        }
         switch (state, part) {
         case (.idle, .head(let head)):
             if let signature = webhookSignature(head) {
@@ -178,7 +225,12 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func respond(_ answer: WebhookAnswer, context: ChannelHandlerContext) {
-        guard case .answering = state, context.channel.isActive else { return }
+        guard case .answering = state else { return }
+        guard context.channel.isActive else {
+            // The client has gone: no one to answer (the payload is stored all the same).
+            closed()
+            return
+        }
         var fields: HTTPFields = [
             .contentType: answer.contentType, .contentLength: String(answer.body.readableBytes), .date: httpDate(),
             .server: "dispatcher",
@@ -267,12 +319,23 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        closed()
+        context.fireChannelInactive()
+    }
+
+    /// Hummingbird's connection-state handler, ahead of this one, does not pass `channelInactive`
+    /// on: the channel's end is seen here when the pipeline is taken down.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        closed()
+    }
+
+    /// The connection is gone: nothing more is answered, and closes held for an answer are done.
+    private func closed() {
         state = .closing
         queued.removeAll()
         let held = closesHeld
         closesHeld = []
         for (_, promise) in held { promise?.succeed() }
-        context.fireChannelInactive()
     }
 
     /// RFC 9110's date, formatted once a second.

@@ -140,6 +140,49 @@ struct WebhookFastPathTests {
         #expect(try await payloadCount(store) == stored)
     }
 
+    @Test(
+        "webhooks pipelined, then the client's end of input (shutdown of its writes): every one answered and stored before the close",
+        arguments: [true, false])
+    func pipelinedThenHalfClosed(fastPath: Bool) async throws {
+        let store = try freshStore()
+        var configuration = server(store).configuration
+        configuration.webhookFastPath = fastPath
+        try await serving(DispatcherServer(store: store, configuration: configuration)) { port in
+            let fd = try connectLoopback(port: port)
+            defer { close(fd) }
+            let requests = (0..<5).map { post(statusPayload([("wamid.H\($0)", "sent", $0, nil)])) }.joined()
+            let (responses, rest) = try await blocking {
+                try sendAll(fd, requests)
+                shutdown(fd, Int32(SHUT_WR))
+                return (try readResponses(fd, count: 5), try readToEnd(fd))
+            }
+            #expect(responses.map(\.status) == [200, 200, 200, 200, 200])
+            #expect(rest.isEmpty, "the server should close once every request is answered")
+        }
+        #expect(try await payloadCount(store) == 5)
+    }
+
+    @Test(
+        "webhooks pipelined ahead of bytes that are not HTTP: each answered and stored, then a 400 and the close",
+        arguments: [true, false])
+    func pipelinedThenGarbage(fastPath: Bool) async throws {
+        let store = try freshStore()
+        var configuration = server(store).configuration
+        configuration.webhookFastPath = fastPath
+        try await serving(DispatcherServer(store: store, configuration: configuration)) { port in
+            let fd = try connectLoopback(port: port)
+            defer { close(fd) }
+            let requests = (0..<3).map { post(statusPayload([("wamid.G\($0)", "sent", $0, nil)])) }.joined()
+            let (responses, rest) = try await blocking {
+                try sendAll(fd, requests + "NOT HTTP AT ALL\r\n\r\n")
+                return (try readResponses(fd, count: 4), try readToEnd(fd))
+            }
+            #expect(responses.map(\.status) == [200, 200, 200, 400])
+            #expect(rest.isEmpty, "the server should close after the 400")
+        }
+        #expect(try await payloadCount(store) == 3)
+    }
+
     @Test("a chunked body past the cap is refused with 413, the connection closed, nothing stored")
     func chunkedPastTheCap() async throws {
         let store = try freshStore()
