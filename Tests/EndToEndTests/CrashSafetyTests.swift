@@ -25,7 +25,8 @@ final class Running: @unchecked Sendable {
 
     func kill(_ signal: Int32) { Foundation.kill(process.processIdentifier, signal) }
 
-    /// Blocks until it exits (for `defer`, after a signal: short).
+    /// Blocks until it exits: only for a `defer`, after a signal (short); elsewhere `exit()`,
+    /// which leaves Swift's two cooperative threads to the other tests.
     func wait() -> Int32 {
         process.waitUntilExit()
         return process.terminationStatus
@@ -266,7 +267,7 @@ struct CrashSafetyTests {
             try await waitForHTTP("http://127.0.0.1:\(port)/_sandbox/counters")
         } catch {
             sandbox.kill(SIGTERM)
-            _ = sandbox.wait()
+            _ = await sandbox.exit()
             throw error
         }
         let environment = [

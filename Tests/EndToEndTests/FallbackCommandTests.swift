@@ -68,7 +68,12 @@ func canConnect(port: Int) -> Bool {
 }
 
 /// The decoded text and attachments of a MIME message, by Python's email package (not ours).
-func mimeParts(_ message: String) throws -> [String: String] {
+func mimeParts(_ message: String) async throws -> [String: String] {
+    try await onOwnThread { try mimePartsBlocking(message) }
+}
+
+/// `mimeParts`, waiting for Python on the calling thread.
+func mimePartsBlocking(_ message: String) throws -> [String: String] {
     let python = ProcessInfo.processInfo.environment["DISPATCHER_TEST_SMTP_PYTHON"] ?? "python3"
     let script = """
         import sys, json, email, email.policy, hashlib
@@ -101,7 +106,7 @@ struct FallbackCommandTests {
     @Test("the sample month's tenant not on WhatsApp gets the invoice by email, once; the one without an address needs a call")
     func sampleMonth() async throws {
         let folder = try temporaryDirectory()
-        let smtp = try SMTPServer(in: folder)
+        let smtp = try await onOwnThread { try SMTPServer(in: folder) }  // (it waits for Python to listen)
         defer { smtp.stop() }
         let db = "sqlite:" + folder.appendingPathComponent("d.sqlite").path
         let sent = try await DispatcherProcess.run([
@@ -131,7 +136,7 @@ struct FallbackCommandTests {
 
         let mails = try smtp.messages()
         #expect(mails.count == 1)
-        let parts = try mimeParts(try #require(mails.first))
+        let parts = try await mimeParts(try #require(mails.first))
         #expect(parts["to"] == "Ángela Polanco <angela.polanco@example.com>")
         #expect(parts["from"] == "facturas@example.com")
         #expect(parts["subject"]?.hasPrefix("Factura PRO-2026-03-005") == true)
@@ -174,7 +179,7 @@ struct FallbackCommandTests {
     @Test("the property system's PDF is attached, fetched with its credentials; a name with quotes and accents arrives whole")
     func attachment() async throws {
         let folder = try temporaryDirectory()
-        let smtp = try SMTPServer(in: folder)
+        let smtp = try await onOwnThread { try SMTPServer(in: folder) }  // (it waits for Python to listen)
         defer { smtp.stop() }
         // The property system: a plain HTTP server over a folder holding the invoice PDF.
         let documents = folder.appendingPathComponent("site/api/v2/documents")
@@ -216,9 +221,10 @@ struct FallbackCommandTests {
         #expect(fallback.stdout.contains("(PDF attached)"), "\(fallback.stdout)")
         let mails = try smtp.messages()
         #expect(mails.count == 1)
-        let parts = try mimeParts(try #require(mails.first))
+        let parts = try await mimeParts(try #require(mails.first))
         #expect(parts["pdf_name"] == "INV-7.pdf")
-        #expect(parts["pdf_sha256"] == sha256Hex(pdf))
+        let digest = try await onOwnThread { sha256Hex(pdf) }
+        #expect(parts["pdf_sha256"] == digest)
         #expect(
             parts["to"] == "\"Ève \\\"Q\\\" Müller\" <eve@example.com>" || parts["to"] == "Ève \"Q\" Müller <eve@example.com>", "\(parts)")
         #expect(parts["text"]?.contains("attached") == true)

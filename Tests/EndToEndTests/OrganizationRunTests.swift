@@ -124,7 +124,7 @@ struct OrganizationRunTests {
         let statesAfter = (try json(afterJSON.stdout)["runs"] as? [[String: Any]] ?? []).map { $0["states"] as? [String: Int] ?? [:] }
         #expect(statesAfter == statesBefore, "the stray failure was applied")
         serve.kill(SIGTERM)
-        _ = serve.wait()
+        _ = await serve.exit()
 
         // April, with norte's token dead: norte halts (exit 69), caribe's invoices all go.
         _ = try workspace("april", perOrganization: 5, first: 100, in: folder)
