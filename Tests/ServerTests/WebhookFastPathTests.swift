@@ -137,47 +137,50 @@ struct WebhookFastPathTests {
         #expect(try await payloadCount(store) == stored)
     }
 
+    /// `wire` sent on one connection to `serve` (on the fast path or through the router), then
+    /// the writing side shut when `halfClose`: the first `count` answers, what came after them
+    /// before the server closed, and the payloads stored.
+    func pipelined(
+        fastPath: Bool, _ wire: String, halfClose: Bool = false, count: Int
+    ) async throws -> (
+        responses: [RawResponse], rest: [UInt8], stored: Int
+    ) {
+        let store = try freshStore()
+        var configuration = server(store).configuration
+        configuration.webhookFastPath = fastPath
+        var answers: ([RawResponse], [UInt8]) = ([], [])
+        try await serving(DispatcherServer(store: store, configuration: configuration)) { port in
+            let fd = try connectLoopback(port: port)
+            defer { close(fd) }
+            answers = try await blocking {
+                try sendAll(fd, wire)
+                if halfClose { shutdown(fd, Int32(SHUT_WR)) }
+                return (try readResponses(fd, count: count), try readToEnd(fd))
+            }
+        }
+        return (answers.0, answers.1, try await payloadCount(store))
+    }
+
     @Test(
         "webhooks pipelined, then the client's end of input (shutdown of its writes): every one answered and stored before the close",
         arguments: [true, false])
     func pipelinedThenHalfClosed(fastPath: Bool) async throws {
-        let store = try freshStore()
-        var configuration = server(store).configuration
-        configuration.webhookFastPath = fastPath
-        try await serving(DispatcherServer(store: store, configuration: configuration)) { port in
-            let fd = try connectLoopback(port: port)
-            defer { close(fd) }
-            let requests = (0..<5).map { post(statusPayload([("wamid.H\($0)", "sent", $0, nil)])) }.joined()
-            let (responses, rest) = try await blocking {
-                try sendAll(fd, requests)
-                shutdown(fd, Int32(SHUT_WR))
-                return (try readResponses(fd, count: 5), try readToEnd(fd))
-            }
-            #expect(responses.map(\.status) == [200, 200, 200, 200, 200])
-            #expect(rest.isEmpty, "the server should close once every request is answered")
-        }
-        #expect(try await payloadCount(store) == 5)
+        let wire = (0..<5).map { post(statusPayload([("wamid.H\($0)", "sent", $0, nil)])) }.joined()
+        let (responses, rest, stored) = try await pipelined(fastPath: fastPath, wire, halfClose: true, count: 5)
+        #expect(responses.map(\.status) == [200, 200, 200, 200, 200])
+        #expect(rest.isEmpty, "the server should close once every request is answered")
+        #expect(stored == 5)
     }
 
     @Test(
         "webhooks pipelined ahead of bytes that are not HTTP: each answered and stored, then a 400 and the close",
         arguments: [true, false])
     func pipelinedThenGarbage(fastPath: Bool) async throws {
-        let store = try freshStore()
-        var configuration = server(store).configuration
-        configuration.webhookFastPath = fastPath
-        try await serving(DispatcherServer(store: store, configuration: configuration)) { port in
-            let fd = try connectLoopback(port: port)
-            defer { close(fd) }
-            let requests = (0..<3).map { post(statusPayload([("wamid.G\($0)", "sent", $0, nil)])) }.joined()
-            let (responses, rest) = try await blocking {
-                try sendAll(fd, requests + "NOT HTTP AT ALL\r\n\r\n")
-                return (try readResponses(fd, count: 4), try readToEnd(fd))
-            }
-            #expect(responses.map(\.status) == [200, 200, 200, 400])
-            #expect(rest.isEmpty, "the server should close after the 400")
-        }
-        #expect(try await payloadCount(store) == 3)
+        let wire = (0..<3).map { post(statusPayload([("wamid.G\($0)", "sent", $0, nil)])) }.joined() + "NOT HTTP AT ALL\r\n\r\n"
+        let (responses, rest, stored) = try await pipelined(fastPath: fastPath, wire, count: 4)
+        #expect(responses.map(\.status) == [200, 200, 200, 400])
+        #expect(rest.isEmpty, "the server should close after the 400")
+        #expect(stored == 3)
     }
 
     @Test("a chunked body past the cap is refused with 413, the connection closed, nothing stored")
