@@ -9,7 +9,9 @@ import Testing
 /// A long-running `dispatcher` process (the sandbox, or a send to be killed).
 final class Running: @unchecked Sendable {
     let process = Process()
-    let output = Pipe()
+    /// Its stdout and stderr, in a file: a pipe nobody reads while it runs would stop the process
+    /// at its 64 KB of output, and the test waiting for it with it.
+    let output: URL
 
     init(_ arguments: [String], in directory: URL, environment: [String: String]) throws {
         process.executableURL = DispatcherProcess.executable
@@ -18,9 +20,13 @@ final class Running: @unchecked Sendable {
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
         process.environment = env
-        process.standardOutput = output
-        process.standardError = output
+        output = try temporaryDirectory().appendingPathComponent("output.txt")
+        _ = FileManager.default.createFile(atPath: output.path, contents: nil)
+        let file = try FileHandle(forWritingTo: output)
+        process.standardOutput = file
+        process.standardError = file
         try process.run()
+        try? file.close()  // (the process has its own)
     }
 
     func kill(_ signal: Int32) { Foundation.kill(process.processIdentifier, signal) }
@@ -42,7 +48,8 @@ final class Running: @unchecked Sendable {
             }) ?? -1
     }
 
-    var text: String { String(decoding: output.fileHandleForReading.availableData, as: UTF8.self) }
+    /// What it has printed so far.
+    var text: String { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }
 }
 
 /// A port on 127.0.0.1 that nothing listens on or connects from, with the next one free too (a
