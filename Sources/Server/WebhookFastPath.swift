@@ -275,18 +275,32 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             forwarded = take(part, context: context) || forwarded
         }
         if forwarded { context.fireChannelReadComplete() }
-        if readHeld, !holdsReads {
+        releaseHeldRead(context: context)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if holdsReads || !context.channel.isWritable {
+            readHeld = true
+            return
+        }
+        context.read()
+    }
+
+    /// The read held back, once nothing holds it any more.
+    private func releaseHeldRead(context: ChannelHandlerContext) {
+        if readHeld, !holdsReads, context.channel.isWritable {
             readHeld = false
             context.read()
         }
     }
 
-    func read(context: ChannelHandlerContext) {
-        if holdsReads {
-            readHeld = true
-            return
-        }
-        context.read()
+    /// Answers the client does not read fill the socket, then NIO's buffer: past its high-water
+    /// mark nothing more is read from the client until it takes them, as Hummingbird's own writer
+    /// waits (a client pipelining requests without reading would otherwise have us keep every
+    /// answer in memory).
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        releaseHeldRead(context: context)
+        context.fireChannelWritabilityChanged()
     }
 
     /// No more is read from the socket while a request is being answered (unless Hummingbird is

@@ -1,6 +1,8 @@
 import Foundation
 import GRDB
 import Logging
+import NIOCore
+import NIOEmbedded
 import ServiceLifecycle
 import StoreTesting
 import Testing
@@ -181,6 +183,25 @@ struct WebhookFastPathTests {
         #expect(responses.map(\.status) == [200, 200, 200, 400])
         #expect(rest.isEmpty, "the server should close after the 400")
         #expect(stored == 3)
+    }
+
+    @Test("answers the client leaves unread past NIO's high-water mark: nothing more is read from it until it reads them")
+    func stopsReadingWhileUnwritable() throws {
+        let reads = ReadCounter()
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(reads)
+        try channel.pipeline.syncOperations.addHandler(
+            WebhookFastPath(path: "/webhook", maxBytes: 1000, metrics: ServerMetrics(), intake: { _, _, _ in .ok }))
+        channel.read()
+        #expect(reads.count == 1)
+        channel.isWritable = false
+        channel.pipeline.fireChannelWritabilityChanged()
+        channel.read()
+        #expect(reads.count == 1, "a read while the answers wait to be taken")
+        channel.isWritable = true
+        channel.pipeline.fireChannelWritabilityChanged()
+        #expect(reads.count == 2, "the read held back, once the client has taken them")
+        _ = try channel.finish()
     }
 
     @Test("a chunked body past the cap is refused with 413, the connection closed, nothing stored")
@@ -386,5 +407,16 @@ func readToEnd(_ fd: Int32) throws -> [UInt8] {
         if n == 0 { return data }
         guard n > 0 else { throw POSIXError(.ETIMEDOUT) }
         data += buffer[..<n]
+    }
+}
+
+/// Counts the reads that reach the socket.
+final class ReadCounter: ChannelOutboundHandler, @unchecked Sendable {
+    typealias OutboundIn = Any
+    var count = 0
+
+    func read(context: ChannelHandlerContext) {
+        count += 1
+        context.read()
     }
 }
