@@ -279,7 +279,7 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if holdsReads || !context.channel.isWritable {
+        if holdsReads(context) {
             readHeld = true
             return
         }
@@ -288,7 +288,7 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The read held back, once nothing holds it any more.
     private func releaseHeldRead(context: ChannelHandlerContext) {
-        if readHeld, !holdsReads, context.channel.isWritable {
+        if readHeld, !holdsReads(context) {
             readHeld = false
             context.read()
         }
@@ -304,9 +304,12 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// No more is read from the socket while a request is being answered (unless Hummingbird is
-    /// still reading the body of the one it answers) or parts wait: the client's pipelined
+    /// still reading the body of the one it answers), while parts wait, or while answers wait
+    /// for the client to take them (`channelWritabilityChanged`): the client's pipelined
     /// requests stay in its socket, not in our memory.
-    private var holdsReads: Bool { busy && !isForwardingBody || !queued.isEmpty }
+    private func holdsReads(_ context: ChannelHandlerContext) -> Bool {
+        busy && !isForwardingBody || !queued.isEmpty || !context.channel.isWritable
+    }
 
     /// Hummingbird is still reading the body of the request it answers.
     private var isForwardingBody: Bool {
