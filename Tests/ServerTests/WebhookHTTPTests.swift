@@ -27,7 +27,7 @@ enum Via: String, CaseIterable, Sendable, CustomTestStringConvertible {
     /// Hummingbird's router, in memory.
     case router
     /// `serve`'s HTTP server over loopback (Meta's webhook on its fast path, `WebhookFastPath`,
-    /// unless `DISPATCHER_WEBHOOK_HTTP=hummingbird`), called by AsyncHTTPClient: requests made at once go
+    /// with `DISPATCHER_WEBHOOK_HTTP=fast`), called by AsyncHTTPClient: requests made at once go
     /// on connections of their own, as Meta's do, and meet in the store's group commit.
     /// (Hummingbird's `.live` client pipelines them all on one connection, answered one after
     /// the other, each with its own commit: 50 of them outlasted its 20 s deadline on CI's
