@@ -32,6 +32,13 @@ struct WebhookFastPathTests {
         try await body(await ready.wait())
     }
 
+    /// The test server with the webhook on its fast path (opt-in in `serve`).
+    func fastServer(_ store: any DispatchStore, maxBytes: Int = 3_500_000) -> DispatcherServer {
+        var configuration = server(store, maxBytes: maxBytes).configuration
+        configuration.webhookFastPath = true
+        return DispatcherServer(store: store, configuration: configuration)
+    }
+
     func post(_ body: String, signature: String? = nil, extra: String = "") -> String {
         let header = signature ?? signer.header(for: Array(body.utf8))
         return "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Hub-Signature-256: \(header)\r\n\(extra)"
@@ -42,7 +49,7 @@ struct WebhookFastPathTests {
     func pipelined() async throws {
         let store = try freshStore()
         let id = try await seed(store)[0]
-        try await serving(server(store)) { port in
+        try await serving(fastServer(store)) { port in
             let fd = try connectLoopback(port: port)
             defer { close(fd) }
             let first = statusPayload([("wamid.A", "sent", 100, id)])
@@ -207,7 +214,7 @@ struct WebhookFastPathTests {
     @Test("a chunked body past the cap is refused with 413, the connection closed, nothing stored")
     func chunkedPastTheCap() async throws {
         let store = try freshStore()
-        try await serving(server(store, maxBytes: 1000)) { port in
+        try await serving(fastServer(store, maxBytes: 1000)) { port in
             let fd = try connectLoopback(port: port)
             defer { close(fd) }
             let chunk = String(repeating: " ", count: 600)
@@ -290,7 +297,7 @@ struct WebhookFastPathTests {
     @Test("Connection: close is honoured: the webhook is stored, answered, and the connection closed")
     func connectionClose() async throws {
         let store = try freshStore()
-        try await serving(server(store)) { port in
+        try await serving(fastServer(store)) { port in
             let fd = try connectLoopback(port: port)
             defer { close(fd) }
             let request = post(statusPayload([("wamid.C", "sent", 1, nil)]), extra: "Connection: close\r\n")
