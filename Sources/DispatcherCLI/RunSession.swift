@@ -324,13 +324,18 @@ struct RunSession {
             let cpu = processCPUSeconds() - m.prepared.cpu
             let prepareWall = seconds(m.prepared.wall - m.start.wall), prepareCPU = m.prepared.cpu - m.start.cpu
             // CPU is the process's: with several lanes at once it is every lane's, per this lane's message.
+            // (The label is joined, not formatted: through `%@` in this format, Foundation on Linux
+            // printed "(null)" in its place.)
             console.say(
                 String(
                     format:
-                        "stats: %d messages in %.2f s (%.1f/s, %.1f%% of --rate %.0f, at most %d in any second as they left); %.0f µs CPU per message while sending (%.2f of a core%@); preparing took %.2f s, %.0f µs CPU per message",
+                        "stats: %d messages in %.2f s (%.1f/s, %.1f%% of --rate %.0f, at most %d in any second as they left); %.0f µs CPU per message while sending (%.2f of a core",
                     sent, wall, Double(sent) / wall, Double(sent) / wall / options.rate * 100, options.rate, engine.mostSendsInOneSecond,
-                    sent > 0 ? cpu / Double(sent) * 1e6 : 0, cpu / wall, lane.label == nil ? "" : ", the whole process", prepareWall,
-                    sent > 0 ? prepareCPU / Double(sent) * 1e6 : 0))
+                    sent > 0 ? cpu / Double(sent) * 1e6 : 0, cpu / wall)
+                    + (lane.label == nil ? "" : ", the whole process")
+                    + String(
+                        format: "); preparing took %.2f s, %.0f µs CPU per message", prepareWall,
+                        sent > 0 ? prepareCPU / Double(sent) * 1e6 : 0))
         }
 
         var liveLine = false
