@@ -51,6 +51,23 @@ public final class InvoiceAPISender: InvoiceSendService {
         }
     }
 
+    /// Whether `run` is this sender's organization's (every run is, without organizations). A
+    /// message's id is its invoice, number and template: the same three in another organization
+    /// name that organization's message, which this caller must neither see nor answer with.
+    func isOurs(run: String) -> Bool {
+        guard let organization else { return true }
+        guard let at = run.lastIndex(of: "@") else { return false }
+        return run[run.index(after: at)...] == organization
+    }
+
+    /// The refusal when another organization holds the message this call would make: it says no
+    /// more than that (not whose, nor what was sent).
+    static func takenElsewhere(_ invoiceID: String, phone: String) -> InvoiceRequestError {
+        .conflict(
+            "invoiceId '\(invoiceID)' to +\(phone) is already taken by a message outside your organization: send this invoice with an invoiceId of its own"
+        )
+    }
+
     public func sendInvoice(_ request: SendInvoiceRequest, caller: InvoiceCaller) async throws -> SendInvoiceResponse {
         let organizationID = caller.organizationID
         let kind = request.templateName ?? "invoice"
@@ -145,6 +162,13 @@ public final class InvoiceAPISender: InvoiceSendService {
             throw InvoiceRequestError.invalid(problems.issues.map { "\($0.field ?? "body"): \($0.message)" }.joined(separator: "; "))
         }
 
+        // Another organization's message with the same id (invoice, number, template): nothing of
+        // it is told (its run, amount or state), and nothing is stored or answered in its name.
+        for message in rendered {
+            if let existing = try await store.message(message.id), !isOurs(run: existing.run) {
+                throw Self.takenElsewhere(invoiceID, phone: message.phone)
+            }
+        }
         let run = "api-" + (iso8601(today.timeIntervalSince1970) ?? "").prefix(10) + (organization.map { "@\($0)" } ?? "")
         if try await store.run(named: run) == nil {
             try await store.saveRun(

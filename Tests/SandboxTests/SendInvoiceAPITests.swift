@@ -295,6 +295,62 @@ struct SendInvoiceAPITests {
         }
     }
 
+    @Test(
+        "another organization's invoice id to the same tenant: refused without a word of it (run, amount, state), nothing sent",
+        arguments: engines)
+    func otherOrganizationsMessage(engine: StoreEngine) async throws {
+        try await Harness.run(engine: engine) { h in
+            let catalog = try TemplateCatalog(directory: testPackageRoot.appendingPathComponent("templates").path)
+            var clients: [GraphClient] = []
+            var senders: [String: any InvoiceSendService] = [:]
+            for (id, number) in [("caribe", "PN-CARIBE"), ("norte", "PN-NORTE")] {
+                var graph = h.graph
+                graph.phoneNumberID = number
+                let client = GraphClient(configuration: graph)
+                clients.append(client)
+                senders[id] = InvoiceAPISender(
+                    store: h.store, client: client, catalog: catalog, defaultLanguage: "es", defaultCountryCode: "1", organization: id)
+            }
+            let router = OrganizationRouter(senders: senders)
+            func body(_ amount: Int) throws -> SendInvoiceRequest {
+                try JSONDecoder().decode(
+                    SendInvoiceRequest.self,
+                    from: Data(
+                        #"{"phoneNumbers": ["+18095550304"], "tenantName": "Ana", "totalAmount": \#(amount), "invoiceId": "ORG-N-1", "templateName": "invoice"}"#
+                            .utf8))
+            }
+            let outcome = await result {
+                let norte = try await router.sendInvoice(try body(100), caller: InvoiceCaller(organizationID: "norte"))
+                // Caribe's caller probing with norte's invoice id and tenant: another amount (once a
+                // 409 naming norte's run and amount), then the same (once norte's answer, as if sent).
+                let probes = [
+                    await result { try await router.sendInvoice(try body(1), caller: InvoiceCaller(organizationID: "caribe")) },
+                    await result { try await router.sendInvoice(try body(100), caller: InvoiceCaller(organizationID: "caribe")) },
+                ]
+                // Norte's own repeat is still answered from its ledger.
+                let again = try await router.sendInvoice(try body(100), caller: InvoiceCaller(organizationID: "norte"))
+                return (norte, probes, again)
+            }
+            for client in clients { try? await client.shutdown() }
+            let (norte, probes, again) = try outcome.get()
+            #expect(norte.results.first?.success == true)
+            #expect(again.results.first?.id == norte.results.first?.id)
+            for probe in probes {
+                guard case .failure(let error as InvoiceRequestError) = probe else {
+                    Issue.record("answered for another organization's message: \(probe)")
+                    continue
+                }
+                #expect(error.code == .conflict)
+                #expect(error.message.contains("outside your organization"), "\(error.message)")
+                for secret in ["norte", "100", "delivered", "accepted", "wamid"] {
+                    #expect(!error.message.contains(secret), "\(error.message) tells '\(secret)'")
+                }
+            }
+            #expect(try await h.requests().map { $0["phoneNumberID"] as? String } == ["PN-NORTE"])
+            #expect(try await h.store.runs().map(\.run.name).filter { $0.hasSuffix("@caribe") }.isEmpty)
+        }
+    }
+
     @Test("the same call five times at once (a double click, a retrying UI): each number is sent once", arguments: engines)
     func concurrentCalls(engine: StoreEngine) async throws {
         try await Harness.run(engine: engine, jwtSecret: secret) { h in
