@@ -91,8 +91,16 @@ struct PropertySystemTests {
             "https://pm.example.com@evil.com/api/v2/documents/x", "//evil.com/api/v2/documents/x",
             "https://other.example.com/api/v2/documents/x",
             "http://pm.example.com/api/v2/documents/x", "/api/v2/documents/x\\..\\y",
+            // What a server in front may still normalise into a path outside the documents.
+            "/api/v2/documents/..?x=1", "/api/v2/documents/..#frag", "/api/v2/documents/x/..;/..;/admin",
+            "/api/v2/documents/..%2f..%2fadmin", "/api/v2/documents/%252e%252e/admin", "/api/v2/documents/.",
+            "https://pm.example.com/api/v2/documents/x/..?y",
         ] {
             #expect(system.resolve(outside) == nil, "\(outside)")
+        }
+        // Dots inside a name, a query or a fragment are not a way out.
+        for inside in ["/api/v2/documents/invoice..pdf", "/api/v2/documents/x/1?name=../a", "/api/v2/documents/x#../y"] {
+            #expect(system.resolve(inside) != nil, "\(inside)")
         }
         #expect(PropertySystem(url: "ftp://pm.example.com") == nil)
         #expect(PropertySystem(url: "http://localhost:8080")?.origin == "http://localhost:8080")

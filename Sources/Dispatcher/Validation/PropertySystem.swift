@@ -33,12 +33,15 @@ public struct PropertySystem: Sendable, Equatable {
             guard path.hasPrefix("/") else { return nil }  // not https://pm.example.com.evil, nor …@evil
         }
         guard path.hasPrefix(documentsPath) else { return nil }
-        // No way out of the documents: no dot segments, plain or percent-encoded, no backslashes.
+        // No way out of the documents, however a server in front normalises the path (up to its
+        // query or fragment): no dot segment, also before a `;` parameter (`..;/`), and no encoded
+        // dot, slash, backslash or percent sign (`%2e%2e`, `..%2f`, `%252e`), nor a backslash.
         let lowered = path.lowercased()
-        if lowered.contains("/../") || lowered.hasSuffix("/..") || lowered.contains("/./") || lowered.contains("%2e")
-            || lowered.contains("\\") || lowered.contains("%5c")
-        {
-            return nil
+        let pathPart = lowered.prefix { $0 != "?" && $0 != "#" }
+        if ["%2e", "%2f", "%5c", "%25", "\\"].contains(where: { pathPart.contains($0) }) { return nil }
+        for segment in pathPart.split(separator: "/", omittingEmptySubsequences: false) {
+            let name = segment.prefix { $0 != ";" }
+            if name == "." || name == ".." { return nil }
         }
         return link.hasPrefix("/") ? origin + link : link
     }
