@@ -2,6 +2,7 @@ import Foundation
 public import Hummingbird
 import Logging
 import NIOCore
+import NIOHTTP1
 
 /// An error the API answers with, as `{"error": "…"}` and its status; on `/send-invoice`, as the
 /// old service answered, with `"success": false` too (the landlord UI reads `success` and `error`
@@ -61,6 +62,10 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             throw error
         } catch is NIOTooManyBytesError {
             throw APIError(.contentTooLarge, "the body is too large")
+        } catch let error as HTTPParserError {
+            // A body the HTTP parser could not frame (a `Transfer-Encoding` it does not know):
+            // the client's mistake, not ours.
+            throw APIError(.badRequest, "the request is malformed: \(error)")
         } catch let error as HTTPError {
             throw APIError(error.status, error.body ?? error.status.reasonPhrase, headers: error.headers)
         } catch {

@@ -6,6 +6,7 @@ public import Hummingbird
 import HummingbirdCore
 public import Logging
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import Prometheus
 import Reports
@@ -241,6 +242,9 @@ public struct DispatcherServer: Sendable {
         } catch is NIOTooManyBytesError {
             metrics.webhooksRejected["too_large"]?.increment()
             throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
+        } catch let error as HTTPParserError {
+            metrics.webhooksRejected["malformed_request"]?.increment()
+            throw APIError(.badRequest, "the request is malformed: \(error)")
         }
         try await store(webhook: Array(buffer.readableBytesView), signature: header, since: started, logger: context.logger)
         return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "OK")))
