@@ -47,7 +47,8 @@ extension RunEngine {
         }
         var skipped: [(problem: UnapprovedTemplate, messages: Int)] = []
         for problem in problems {
-            let n = try await skipQueued(run: run, template: problem.template, language: problem.language, reason: "not sent: \(problem)")
+            let n = try await skipQueued(
+                run: run, template: problem.template, language: problem.language, reason: SkipReason.templateNotApproved + "\(problem)")
             skipped.append((problem, n))
         }
         return .skipped(skipped)

@@ -47,7 +47,10 @@ extension RunEngine {
             }
             after = page.next
         } while after != nil
-        let requeued = try await store.requeue(messageIDs: candidates, at: now)
+        // And those skipped because their template was not approved (checked again before sending).
+        let requeued =
+            try await store.requeue(messageIDs: candidates, at: now)
+            + store.requeueSkipped(run: run, reasonPrefix: SkipReason.templateNotApproved, at: now)
         if var record = try await store.run(named: run) {
             record.status = .sending
             try await store.saveRun(record)

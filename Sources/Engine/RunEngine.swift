@@ -165,6 +165,9 @@ public final class RunEngine: Sendable {
                 sender: client.configuration.phoneNumberID, status: .sending,
                 createdAt: existing?.createdAt ?? now))
         let interrupted = try await store.markInterrupted(run: options.run, at: now)
+        // Skipped before because their template was not approved: tried again (checked again
+        // before the first send, and skipped again with the reason if it still is not).
+        if existing != nil { _ = try await store.requeueSkipped(run: options.run, reasonPrefix: SkipReason.templateNotApproved, at: now) }
         let optedOut = try await OptOutList.load(from: store)
         var preparation = try await storePass(options, optedOut: optedOut, discardOnFailure: existing == nil)
         preparation.interrupted = interrupted

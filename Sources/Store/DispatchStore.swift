@@ -96,6 +96,10 @@ public protocol DispatchStore: Sendable {
     /// Marks the run's queued messages sent with `template` in `language` skipped, with `reason`
     /// (Meta would refuse them: the template is not approved there). Returns how many.
     func skipQueued(run: String, template: String, language: String, reason: String, at time: Double) async throws -> Int
+    /// Puts back in the queue the run's messages skipped with a reason starting with `reasonPrefix`
+    /// (those `skipQueued` skipped because their template was not approved: sent once it is, by the
+    /// same command again or `retry`, checked again before the first send). Returns their ids.
+    func requeueSkipped(run: String, reasonPrefix: String, at time: Double) async throws -> [String]
     /// The media id of a PDF already uploaded to Meta from `sender`'s number, when the same link
     /// gave the same bytes (`sha256`) at or after `notBefore` (Meta keeps uploads 30 days).
     func cachedMedia(url: String, sha256: String, sender: String, notBefore: Double) async throws -> String?

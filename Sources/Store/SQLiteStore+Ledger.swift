@@ -215,6 +215,18 @@ extension SQLiteStore {
         }
     }
 
+    public func requeueSkipped(run: String, reasonPrefix prefix: String, at time: Double) async throws -> [String] {
+        try await pool.write { db in
+            let condition = "run = ? AND state = 'skipped' AND substr(skip_reason, 1, ?) = ?"
+            let arguments: StatementArguments = [run, prefix.count, prefix]
+            let ids = try String.fetchAll(db, sql: "SELECT id FROM messages WHERE \(condition)", arguments: arguments)
+            try db.execute(
+                sql: "UPDATE messages SET \(MessageState.queued.sqlAssignment), skip_reason = NULL, updated_at = ? WHERE \(condition)",
+                arguments: [time] + arguments)
+            return ids
+        }
+    }
+
     public func cachedMedia(url: String, sha256: String, sender: String, notBefore: Double) async throws -> String? {
         try await pool.read { db in
             try String.fetchOne(

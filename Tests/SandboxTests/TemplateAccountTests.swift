@@ -162,6 +162,20 @@ struct TemplateAccountTests {
             #expect(skipped.map(\.messages) == [2])
             #expect(try await h.store.stateCounts(run: "skipping") == [.queued: 1, .skipped: 2])
             #expect(try await h.store.run(named: "skipping")?.status != .halted)
+            // Never skipped for good: the same command again puts them back in the queue, to be
+            // checked again (still not approved here: skipped again, with the reason).
+            _ = try await e.prepare(RunOptions(run: "skipping", manifest: try manifest("S"), rate: 80))
+            #expect(try await h.store.stateCounts(run: "skipping") == [.queued: 3])
+            guard case .skipped = try await e.checkTemplates(run: "skipping", businessAccountID: "SANDBOX-WABA", skipUnapproved: true)
+            else {
+                Issue.record("not skipped again")
+                return
+            }
+            #expect(try await h.store.stateCounts(run: "skipping") == [.queued: 1, .skipped: 2])
+            // And `retry` of the run takes them too, nothing else.
+            let retry = try await e.requeueForRetry(run: "skipping")
+            #expect(retry.requeued.count == 2)
+            #expect(try await h.store.stateCounts(run: "skipping") == [.queued: 3])
             #expect(try await h.requests().isEmpty, "nothing is sent by the checks")
         }
     }

@@ -5,6 +5,9 @@ public enum SkipReason {
     public static let nothingDue = "nothing due"
     public static let optedOut = "opted out"
     public static let alreadySent = "already sent in run "
+    /// The start of `not sent: template 'invoice' (en) is PAUSED at Meta…`
+    /// (`--skip-unapproved-languages`): put back in the queue when the run is sent again.
+    public static let templateNotApproved = "not sent: "
 
     /// `nothing due (amount 0.00 DOP)`.
     public static func nothingDue(amount: String) -> String { "\(nothingDue) (amount \(amount))" }

@@ -185,6 +185,16 @@ extension PostgresStore {
         ).count
     }
 
+    public func requeueSkipped(run: String, reasonPrefix prefix: String, at time: Double) async throws -> [String] {
+        try await rows(
+            """
+            UPDATE messages SET \(unescaped: MessageState.queued.sqlAssignment), skip_reason = NULL, updated_at = \(time)
+            WHERE run = \(run) AND state = 'skipped' AND starts_with(skip_reason, \(prefix))
+            RETURNING id
+            """
+        ).map { try $0.decode(String.self) }
+    }
+
     public func cachedMedia(url: String, sha256: String, sender: String, notBefore: Double) async throws -> String? {
         try await rows(
             """
