@@ -228,7 +228,7 @@ struct SendCommand: AsyncParsableCommand {
                 for issue in preview.errors.prefix(30) { console.say("  \(issue)") }
                 if preview.errorCount > 30 { console.say("  …and \(preview.errorCount - 30) more (dispatcher preview writes them all)") }
             }
-            guard await barrier.arrive(lane.run, ok: preview.isValid || options.skipInvalid) else {
+            guard await barrier.arrive(lane.run, ok: !options.refuses(preview)) else {
                 if preview.isValid {
                     // Another lane failed (its own reason is said and decides the exit status).
                     if !existed {
@@ -239,6 +239,12 @@ struct SendCommand: AsyncParsableCommand {
                     }
                     console.say("nothing was sent: another organization's part of the run could not start")
                     throw OtherLaneFailed()
+                } else if preview.fileUnreadable {
+                    console.say(
+                        "the manifest cannot be read as a whole (see above): nothing was sent"
+                            + (options.skipInvalid
+                                ? "; --skip-invalid skips invalid invoices, not a file cut short or not well-formed." : ".")
+                    )
                 } else {
                     console.say(
                         "\(preview.invalidInvoices) invoices have problems: nothing was sent. Fix them, or send the rest with --skip-invalid."

@@ -13,6 +13,10 @@ public struct RunOptions: Sendable {
     /// Messages per second from this sender number (Meta: 80 by default, up to 1,000).
     public var rate: Double
     public var skipInvalid: Bool
+
+    /// Whether the run may not go on with this check of its manifest: it has problems, and they
+    /// are not invalid invoices `skipInvalid` skips (the file could not be read to its end).
+    public func refuses(_ preview: PreviewResult) -> Bool { !preview.isValid && (!skipInvalid || preview.fileUnreadable) }
     /// Send again what an earlier run already sent.
     public var resend: Bool
     /// How soon and how often a refused message goes again within the run.
@@ -154,9 +158,9 @@ public final class RunEngine: Sendable {
             throw RunNameConflict(run: options.run, existingManifest: existing.manifest, manifest: options.manifest)
         }
         if existing == nil && options.sendWhileStoring { return try await prepareToSendWhileStoring(options) }
-        if existing != nil && !options.skipInvalid {
+        if existing != nil {
             let check = try storingPreviewer.run(path: options.manifest)
-            if !check.isValid { return Preparation(preview: check) }
+            if options.refuses(check) { return Preparation(preview: check) }
         }
         let now = wallClock()
         try await store.saveRun(
@@ -171,7 +175,7 @@ public final class RunEngine: Sendable {
         let optedOut = try await OptOutList.load(from: store)
         var preparation = try await storePass(options, optedOut: optedOut, discardOnFailure: existing == nil)
         preparation.interrupted = interrupted
-        if !preparation.preview.isValid && !options.skipInvalid {
+        if options.refuses(preparation.preview) {
             // Only a new run gets here (an existing one was checked first): it was never sent.
             _ = try await store.discardUnsentRun(options.run)
             return Preparation(preview: preparation.preview)

@@ -132,7 +132,7 @@ extension RunEngine {
             }
             return (preview, tally)
         }
-        guard preview.isValid || options.skipInvalid else { return Preparation(preview: preview) }
+        guard !options.refuses(preview) else { return Preparation(preview: preview) }
         try await store.saveRun(
             RunRecord(
                 name: options.run, manifest: options.manifest, template: renderer.template.name,
@@ -231,7 +231,7 @@ extension RunEngine {
                 }
             }
             logger.debug("run: stored while sending", metadata: ["queued": "\(preparation.queued)"])
-            if !preparation.preview.isValid && !pending.options.skipInvalid {
+            if pending.options.refuses(preparation.preview) {
                 // Valid when checked, invalid when stored: the file changed in between.
                 halt(
                     "the manifest changed while the run was sending: \(preparation.preview.invalidInvoices) invoices are invalid now (they were not when it was checked); fix them and run again"

@@ -334,6 +334,28 @@ struct SendCommandTests {
         #expect((object["delivered"] as? Int ?? 0) + (object["read"] as? Int ?? 0) == 1, "\(object)")
     }
 
+    @Test("--skip-invalid skips invalid invoices, not a file cut short, refused (a DOCTYPE) or empty: 65, nothing sent, no run")
+    func skipInvalidIsNotForBrokenFiles() async throws {
+        let sample = try String(contentsOf: packageRoot.appendingPathComponent("samples/march-2026.xml"), encoding: .utf8)
+        let lines = sample.split(separator: "\n", omittingEmptySubsequences: false)
+        let cut = lines.prefix(lines.count / 2).joined(separator: "\n")  // two invoices in, mid-month
+        for (name, text) in [
+            ("cut.xml", cut), ("header.csv", "invoice_id,tenant_name,phone,amount,currency,period\n"),
+            ("doctype.xml", try String(contentsOf: packageRoot.appendingPathComponent("samples/broken.xml"), encoding: .utf8)),
+        ] {
+            let folder = try temporaryDirectory()
+            try FileManager.default.copyItem(
+                at: packageRoot.appendingPathComponent("templates"), to: folder.appendingPathComponent("templates"))
+            try text.write(to: folder.appendingPathComponent(name), atomically: true, encoding: .utf8)
+            let send = try await DispatcherProcess.run(["send", name, "--sandbox", "--skip-invalid", "--settle", "1s"], in: folder)
+            #expect(send.status == 65, "\(name): \(send.stdout) \(send.stderr)")
+            #expect(send.stdout.contains("nothing was sent; --skip-invalid skips invalid invoices"), "\(name): \(send.stdout)")
+            #expect(!send.stdout.contains("accepted by Meta"), "\(name): \(send.stdout)")
+            let runs = try await DispatcherProcess.run(["runs"], in: folder)
+            #expect(!runs.stdout.contains(name.split(separator: ".")[0]), "\(name): \(runs.stdout)")
+        }
+    }
+
     @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")
     func exitCodes() async throws {
         let invalid = try await DispatcherProcess.run([

@@ -33,6 +33,10 @@ public struct PreviewResult: Sendable {
     public var renderedAhead = 0
 
     public var isValid: Bool { errorCount == 0 }
+    /// The file itself could not be read to its end (not well-formed, cut short, a DOCTYPE) or
+    /// holds no invoice: a problem `--skip-invalid` cannot skip, since what it would drop is not
+    /// an invoice it can name.
+    public var fileUnreadable = false
 
     /// Nothing found yet.
     public init(manifest: String, format: ManifestFormat, templateName: String) {
@@ -212,6 +216,7 @@ public struct Previewer: Sendable {
         result.skipped = summary.skipped
         result.warnings = summary.warnings + CrowdedNumber.warnings(result.crowded)
         result.invalidInvoices = summary.invalidRecords + renderInvalid
+        result.fileUnreadable = summary.stoppedEarly || summary.records == 0
         result.errorCount = summary.issueCount + renderIssueCount
         // One list in manifest order; a file-level problem (no line) stays last, where reading stopped.
         result.errors = (summary.issues + renderIssues).enumerated().sorted { a, b in
