@@ -509,6 +509,17 @@ struct RunResultJSON: Encodable {
     var halted: String?
     /// With several organizations: each one's run (the counts above are their sum).
     var organizations: [RunResultJSON]?
+    /// The counts above are of messages in each state now, adding up to `messages` (a read
+    /// message counts as `read` only). This is how far messages got, as the summary line and the
+    /// report's funnel count: each includes those after it (accepted ≥ sent ≥ delivered ≥ read).
+    var reached: Reached
+
+    struct Reached: Encodable {
+        var accepted: Int
+        var sent: Int
+        var delivered: Int
+        var read: Int
+    }
 
     init(run: String, counts: [MessageState: Int], report: String) {
         self.run = run
@@ -522,6 +533,8 @@ struct RunResultJSON: Encodable {
         unknown = counts[.unknown] ?? 0
         skipped = counts[.skipped] ?? 0
         self.report = report
+        reached = Reached(
+            accepted: accepted + sent + delivered + read, sent: sent + delivered + read, delivered: delivered + read, read: read)
     }
 }
 

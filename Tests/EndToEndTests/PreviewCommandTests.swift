@@ -221,10 +221,15 @@ struct SendCommandTests {
         #expect(
             Set(object.keys) == [
                 "run", "messages", "accepted", "sent", "delivered", "read", "failed", "pending", "unknown", "skipped", "report",
+                "reached",
             ])
         #expect(object["failed"] as? Int == 2)
         // Delivered is final too: the window may end before the read receipt.
         #expect((object["delivered"] as? Int ?? 0) + (object["read"] as? Int ?? 0) == 1, "\(object)")
+        // How far they got, as the summary line counts: the delivered one was accepted and sent too.
+        let reached = try #require(object["reached"] as? [String: Int], "\(object)")
+        #expect(reached["accepted"] == 1 && reached["sent"] == 1 && reached["delivered"] == 1, "\(reached)")
+        #expect(send.stderr.contains("1 accepted by Meta, 1 sent, 1 delivered"), "\(send.stderr)")
         // 131049 is retryable, but not before 24 hours: retry says so and sends nothing…
         let early = try await DispatcherProcess.run(["retry", "month", "--sandbox", "--settle", "1s", "--json"], in: folder)
         #expect(early.status == 0)
