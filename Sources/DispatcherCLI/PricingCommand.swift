@@ -68,6 +68,10 @@ struct PricingCommand: AsyncParsableCommand {
         func run() async throws {
             let settings = Settings(environment: ProcessInfo.processInfo.environment)
             let day = on ?? isoDay(Date())
+            var text = day
+            guard text.withUTF8({ parseDate($0) }) != nil, day.count == 10 else {
+                throw ValidationError("--on '\(day)' is not a day: write it YYYY-MM-DD (2026-03-01)")
+            }
             let store = try await StoreOpener.openExisting(url: database.resolved(settings: settings))
             let (card, imported) = try await rateCard(on: day, store: store)
             guard let card else { throw ValidationError("no rate card in USD") }
@@ -85,7 +89,14 @@ struct PricingCommand: AsyncParsableCommand {
                         },
                         tiered_markets: card.tiers.keys.sorted()))
             }
-            print("In force on \(day): \(card.currency) card effective \(card.effective) (\(card.source))")
+            if card.effective > day {
+                // (Estimates of such a day use it: it is the nearest there is.)
+                print(
+                    "No card known was in force on \(day); the earliest is the \(card.currency) card effective \(card.effective) (\(card.source))"
+                )
+            } else {
+                print("In force on \(day): \(card.currency) card effective \(card.effective) (\(card.source))")
+            }
             print("  market                              marketing   utility  authentication")
             for market in card.markets {
                 let r = card.rates[market]!

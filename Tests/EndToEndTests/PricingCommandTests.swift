@@ -118,6 +118,15 @@ struct PricingCommandTests {
         // Before its date, the built-in card still holds.
         let before = try await DispatcherProcess.run(["pricing", "show", "--on", "2026-12-31", "--db", db])
         #expect(before.stdout.contains("card effective 2026-10-01"))
+        // Before any card: said so, not passed off as the card in force.
+        let early = try await DispatcherProcess.run(["pricing", "show", "--on", "2025-01-01", "--db", db])
+        #expect(early.stdout.contains("No card known was in force on 2025-01-01; the earliest is"), "\(early.stdout)")
+        // Not a day: a usage error naming the option.
+        for wrong in ["2026-13-45", "tomorrow", "2026-1-1"] {
+            let refused = try await DispatcherProcess.run(["pricing", "show", "--on", wrong, "--db", db])
+            #expect(refused.status == 64, "\(wrong): \(refused.stdout)")
+            #expect(refused.stderr.contains("--on '\(wrong)' is not a day"), "\(wrong): \(refused.stderr)")
+        }
 
         try "Market,Currency,Marketing,Utility\nSpain,USD,0.07,0.02\nChile,USD,cheap,0.02\n".write(
             to: card, atomically: true, encoding: .utf8)
