@@ -357,8 +357,15 @@ struct RunSession {
         logger.debug("run: writing the reports")
         let writer = try await DeliveryReportWriter(
             templatesDirectory: templatesDirectory, lang: settle.lang.rawValue, timeZone: settle.timeZone)
-        let files = try await writer.write(run: record, store: store, to: lane.reportDirectory, settle: "\(settleWindow)")
         console.say("Run \(run): \(cumulativeSummary(counts))")
+        let files: ReportFiles
+        do {
+            files = try await writer.write(run: record, store: store, to: lane.reportDirectory, settle: "\(settleWindow)")
+        } catch {
+            // The run is done and recorded: only its report is missing.
+            console.say("The run is recorded, but its report could not be written: `dispatcher report \(run) --out DIR` writes it.")
+            throw error
+        }
         let taken = [MessageState.accepted, .held, .sent, .delivered, .read].reduce(0) { $0 + (counts[$1] ?? 0) }
         let statused = [MessageState.sent, .delivered, .read].reduce(0) { $0 + (counts[$1] ?? 0) }
         if taken > 0 && statused == 0 {

@@ -1,4 +1,5 @@
 import Dispatcher
+import Foundation
 
 #if canImport(Glibc)
     import Glibc
@@ -288,4 +289,30 @@ public final class CSVWriter {
 public struct ReportError: Error, CustomStringConvertible, Sendable {
     public var description: String
     public init(_ description: String) { self.description = description }
+}
+
+/// Creates the report's folder (and those above it), or says in words why it cannot: Foundation's
+/// own error prints as `Error Domain=NSCocoaErrorDomain Code=512 "(null)" UserInfo={…}`.
+func createReportDirectory(_ path: String) throws {
+    do {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    } catch {
+        // The nearest part of the path that exists says why: a file where a folder should be, or a
+        // folder we may not write in.
+        var existing = (path as NSString).standardizingPath
+        var isFolder: ObjCBool = false
+        while !existing.isEmpty && existing != "/" && !FileManager.default.fileExists(atPath: existing, isDirectory: &isFolder) {
+            existing = (existing as NSString).deletingLastPathComponent
+        }
+        if existing.isEmpty {
+            existing = "."
+            _ = FileManager.default.fileExists(atPath: existing, isDirectory: &isFolder)
+        }
+        let reason =
+            !isFolder.boolValue
+            ? "\(existing) is a file, not a folder"
+            : !FileManager.default.isWritableFile(atPath: existing)
+                ? "\(existing) is not writable" : (error as NSError).localizedDescription
+        throw ReportError("cannot create the report folder \(path): \(reason)")
+    }
 }

@@ -43,7 +43,7 @@ public struct DeliveryReportWriter: Sendable {
         run: RunRecord, store: any DispatchStore, to directory: String, settle: String? = nil,
         landlord: String? = nil, now: Date = Date()
     ) async throws -> ReportFiles {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try createReportDirectory(directory)
         let files = ReportFiles(
             html: (directory as NSString).appendingPathComponent("index.html"),
             messagesCSV: (directory as NSString).appendingPathComponent("messages.csv"),

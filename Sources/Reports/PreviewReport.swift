@@ -17,7 +17,7 @@ public struct PreviewReportWriter: Sendable {
     public init(templatesDirectory: String, outputDirectory: String) async throws {
         self.library = try await loadReportTemplates(templatesDirectory)
         self.outputDirectory = outputDirectory
-        try FileManager.default.createDirectory(atPath: outputDirectory, withIntermediateDirectories: true)
+        try createReportDirectory(outputDirectory)
     }
 
     /// The CSV of rendered messages, to be fed with `add(_:)` while the preview runs.

@@ -361,6 +361,26 @@ struct SendCommandTests {
         }
     }
 
+    @Test("a report folder that cannot be made: the run's summary first, then why in words, and how to write it later")
+    func reportFolderInTheWay() async throws {
+        let folder = try workspace(
+            """
+            invoice_id,tenant_name,phone,amount,currency,period,document_url
+            A,Ana,+18095550101,100.00,DOP,2026-03,https://docs.example.com/A.pdf
+
+            """)
+        try "".write(to: folder.appendingPathComponent("reports"), atomically: true, encoding: .utf8)  // a file in the way
+        let send = try await DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "1s"], in: folder)
+        #expect(send.status == 1)
+        #expect(send.stdout.contains("Run month: 1 messages: 1 accepted by Meta"), "\(send.stdout)")
+        #expect(send.stdout.contains("`dispatcher report month --out DIR` writes it"), "\(send.stdout)")
+        #expect(send.stderr.contains("cannot create the report folder reports/month: reports is a file, not a folder"), "\(send.stderr)")
+        #expect(!send.stderr.contains("NSCocoaErrorDomain"))
+        let report = try await DispatcherProcess.run(["report", "month", "--out", "elsewhere"], in: folder)
+        #expect(report.status == 0, "\(report.stderr)")
+        #expect(FileManager.default.fileExists(atPath: folder.appendingPathComponent("elsewhere/index.html").path))
+    }
+
     @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")
     func exitCodes() async throws {
         let invalid = try await DispatcherProcess.run([
