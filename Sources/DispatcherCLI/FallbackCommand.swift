@@ -55,7 +55,7 @@ struct FallbackCommand: AsyncParsableCommand {
     func run() async throws {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
         let console = Console(json: json)
-        let store = try await database.open(settings: settings)
+        let store = try await database.openExisting(settings: settings)
         guard try await store.run(named: run) != nil else {
             throw ValidationError("no run \(run) in \(database.describe(settings: settings)) (dispatcher runs lists them)")
         }

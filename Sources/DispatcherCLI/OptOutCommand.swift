@@ -61,7 +61,7 @@ struct OptOutCommand: AsyncParsableCommand {
 
         func run() async throws {
             let settings = Settings(environment: ProcessInfo.processInfo.environment)
-            let store = try await database.open(settings: settings)
+            let store = try await database.openExisting(settings: settings)
             if history {
                 let changes = try await store.optOutChanges()
                 if json { return try Console(json: true).emit(["changes": changes.map(OptOutChangeJSON.init)]) }
@@ -118,7 +118,7 @@ struct OptOutCommand: AsyncParsableCommand {
         func run() async throws {
             let settings = Settings(environment: ProcessInfo.processInfo.environment)
             let (id, kind) = try who.resolved(settings: settings)
-            let store = try await database.open(settings: settings)
+            let store = try await database.openExisting(settings: settings)
             let removed = try await store.removeOptOut(id, note: note, at: Date().timeIntervalSince1970)
             if removed.isEmpty {
                 FileHandle.standardError.write(Data("error: \(display(id, kind)) is not opted out (see dispatcher optout list)\n".utf8))

@@ -328,7 +328,7 @@ struct RetryCommand: AsyncParsableCommand {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
         let loaded = try loadOrganizations(config: config, settings: settings)
         // The organization whose number sent the run: its token and templates send it again.
-        let store = try await database.open(settings: settings)
+        let store = try await database.openExisting(settings: settings)
         let record = try await store.run(named: run)
         guard let record else { throw ValidationError("no run \(run): `dispatcher runs` lists them") }
         let organization: Organization
@@ -424,7 +424,7 @@ struct ReportCommand: AsyncParsableCommand {
 
     func run() async throws {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
-        let store = try await database.open(settings: settings)
+        let store = try await database.openExisting(settings: settings)
         guard let record = try await store.run(named: run) else {
             FileHandle.standardError.write(Data("error: no run \(run): `dispatcher runs` lists them\n".utf8))
             throw ExitCode(1)

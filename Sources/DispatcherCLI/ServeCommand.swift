@@ -178,9 +178,26 @@ struct DatabaseOptions: ParsableArguments {
         try await StoreOpener.open(url: resolved(settings: settings))
     }
 
+    /// For a command that only reads what runs left (or changes it): a SQLite file that is not
+    /// there is an error naming where it was looked for, not a new empty database made in
+    /// whatever folder the command ran in (`runs` then said "no runs yet").
+    func openExisting(settings: Settings) async throws -> any DispatchStore {
+        let url = resolved(settings: settings)
+        guard let store = try await StoreOpener.openExisting(url: url) else { throw NoDatabase(url: url) }
+        return store
+    }
+
     /// The URL without any password, for logs.
     func describe(settings: Settings) -> String {
         PostgresURL.redacted(resolved(settings: settings))
+    }
+}
+
+/// No SQLite database where a reading command looked.
+struct NoDatabase: Error, CustomStringConvertible {
+    let url: String
+    var description: String {
+        "no database at \(url) (in \(FileManager.default.currentDirectoryPath)): run the command in the folder `send` ran in, or name the database with --db or DISPATCHER_DATABASE_URL"
     }
 }
 

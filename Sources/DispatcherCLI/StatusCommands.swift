@@ -20,7 +20,7 @@ struct StatusCommand: AsyncParsableCommand {
 
     func run() async throws {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
-        let store = try await database.open(settings: settings)
+        let store = try await database.openExisting(settings: settings)
         guard let message = try await store.message(messageID) else {
             FileHandle.standardError.write(Data("error: no message \(messageID) in \(database.describe(settings: settings))\n".utf8))
             throw ExitCode(1)
@@ -112,7 +112,7 @@ struct RunsCommand: AsyncParsableCommand {
 
     func run() async throws {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
-        let store = try await database.open(settings: settings)
+        let store = try await database.openExisting(settings: settings)
         let runs = try await store.runs()
         let others = try await store.statusesForOtherNumbers()
         if json {

@@ -381,6 +381,17 @@ struct SendCommandTests {
         #expect(FileManager.default.fileExists(atPath: folder.appendingPathComponent("elsewhere/index.html").path))
     }
 
+    @Test("commands that read runs, in a folder without a database: say where they looked, and make none")
+    func noDatabaseHere() async throws {
+        let folder = try temporaryDirectory()
+        for command in [["runs"], ["optout", "list"], ["status", "m-1"], ["report", "march"], ["retry", "march"]] {
+            let result = try await DispatcherProcess.run(command, in: folder)
+            #expect(result.status == 1, "\(command): \(result.stdout)")
+            #expect(result.stderr.contains("no database at sqlite:dispatcher.sqlite"), "\(command): \(result.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: folder.appendingPathComponent("dispatcher.sqlite").path), "\(command)")
+        }
+    }
+
     @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")
     func exitCodes() async throws {
         let invalid = try await DispatcherProcess.run([
