@@ -88,7 +88,21 @@ struct Console {
 func runName(forManifest path: String) -> String {
     let base = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
     let safe = base.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") ? $0 : "-" }
-    return safe.isEmpty ? "run" : String(safe)
+    // Not "." or "..", nor hidden: the name is a folder under reports/.
+    let name = String(safe.drop { $0 == "." })
+    return name.isEmpty ? "run" : name
+}
+
+/// `--run NAME`: a folder under reports/ (reports/NAME/), so letters, digits, `-`, `_` and `.`
+/// (not first), at most 100; `@` is the organization's, added by `send` (`march@caribe`).
+func checkRunName(_ name: String?) throws {
+    guard let name else { return }
+    let allowed = name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }
+    guard allowed, !name.isEmpty, !name.hasPrefix("."), name.count <= 100 else {
+        throw ValidationError(
+            "--run '\(name)' cannot name a run: use letters, digits, '-', '_' and '.' (not first), at most 100 (it is the report's folder, reports/NAME/)"
+        )
+    }
 }
 
 /// The documented exit codes.

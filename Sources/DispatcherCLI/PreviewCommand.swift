@@ -55,6 +55,7 @@ struct PreviewCommand: AsyncParsableCommand {
         guard FileManager.default.fileExists(atPath: manifest) else {
             throw ValidationError("no manifest at \(manifest)")
         }
+        try checkRunName(run)
         if let messagingLimit, messagingLimit <= 0 {
             throw ValidationError("--messaging-limit must be a positive number of users")
         }

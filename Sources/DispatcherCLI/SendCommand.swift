@@ -118,6 +118,7 @@ struct SendCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard FileManager.default.fileExists(atPath: manifest) else { throw ValidationError("no manifest at \(manifest)") }
+        try checkRunName(run)
         guard rate > 0, rate <= 1000 else {
             throw ValidationError("--rate must be between 1 and 1000 messages per second (Meta's ceiling)")
         }
@@ -438,7 +439,13 @@ struct ReportCommand: AsyncParsableCommand {
             let console = Console(json: json)
             console.say("Report: \(whole.html)")
             var folders: [String: String] = [:]
-            var used = Set<String>()
+            // An organization's run of the same name (`march@norte`) reports in reports/march/norte/:
+            // a landlord "norte" of this run gets a folder of its own, never that one (whose
+            // organization's callers are served it).
+            var used = Set(
+                try await store.runs(including: { $0.hasPrefix(run + "@") }).map {
+                    reportDirectory(run: $0.run.name, landlord: nil).lowercased()
+                })
             for name in known {
                 // Two names that make the same folder ("A&B", "A B") get their own.
                 var directory = reportDirectory(run: run, landlord: name)

@@ -228,6 +228,24 @@ struct OrganizationRunTests {
             ["report", "march@norte", "--landlord", "Norte", "--templates", templates], in: folder, environment: environment(sandbox: 1))
         #expect(pack.status == 0, "\(pack.stderr)")
         #expect(pack.stdout.contains("reports/march/norte/Norte/"), "\(pack.stdout)")
+
+        // An operator's run named as the organization's month, with a landlord named as the
+        // organization: its landlord pack gets a folder of its own, never norte's report (which
+        // norte's callers are served).
+        try "invoice_id,tenant_name,phone,amount,currency,period,landlord\nP-1,Operator Only,+18095557777,99.00,DOP,2026-03,norte\n".write(
+            to: folder.appendingPathComponent("plain.csv"), atomically: true, encoding: .utf8)
+        var single = environment(sandbox: 1)
+        single["WHATSAPP_PHONE_NUMBER_ID"] = "333"
+        let plain = try await DispatcherProcess.run(
+            ["send", "plain.csv", "--run", "march", "--sandbox", "--settle", "1s", "--templates", templates], in: folder,
+            environment: single)
+        #expect(plain.status == 0, "\(plain.stdout)\(plain.stderr)")
+        let landlords = try await DispatcherProcess.run(
+            ["report", "march", "--per-landlord", "--templates", templates], in: folder, environment: single)
+        #expect(landlords.status == 0, "\(landlords.stderr)")
+        #expect(landlords.stdout.contains("norte: reports/march/norte-2/index.html"), "\(landlords.stdout)")
+        let norteReport = try String(contentsOf: folder.appendingPathComponent("reports/march/norte/messages.csv"), encoding: .utf8)
+        #expect(!norteReport.contains("Operator Only"), "norte's report was overwritten: \(norteReport)")
     }
 
     @Test("send says before sending whether statuses can arrive (a serve heard from, or nothing), and the report says when none came")

@@ -392,6 +392,27 @@ struct SendCommandTests {
         }
     }
 
+    @Test("--run is a folder under reports/: a name that leaves it, hides, or is empty is a usage error, nothing written")
+    func runNames() async throws {
+        let folder = try workspace(
+            """
+            invoice_id,tenant_name,phone,amount,currency,period,document_url
+            A,Ana,+18095550101,100.00,DOP,2026-03,https://docs.example.com/A.pdf
+
+            """)
+        for name in ["../../escape", "", ".hidden", "a/b", "march@caribe", String(repeating: "x", count: 101)] {
+            for command in [["preview", "month.csv", "--run", name], ["send", "month.csv", "--sandbox", "--run", name]] {
+                let result = try await DispatcherProcess.run(command, in: folder)
+                #expect(result.status == 64, "\(command): \(result.stderr)")
+                #expect(result.stderr.contains("cannot name a run"), "\(command): \(result.stderr)")
+            }
+        }
+        #expect(!FileManager.default.fileExists(atPath: folder.deletingLastPathComponent().appendingPathComponent("escape").path))
+        #expect(!FileManager.default.fileExists(atPath: folder.appendingPathComponent("reports").path))
+        let fine = try await DispatcherProcess.run(["preview", "month.csv", "--run", "march-2026_v2.1"], in: folder)
+        #expect(fine.status == 0, "\(fine.stderr)")
+    }
+
     @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")
     func exitCodes() async throws {
         let invalid = try await DispatcherProcess.run([
