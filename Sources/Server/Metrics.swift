@@ -20,7 +20,7 @@ public final class ServerMetrics: Sendable {
             descriptor: .init(namespace: "dispatcher", metricName: "webhooks_received", unitName: "total", helpText: "Webhook POSTs stored")
         )
         var rejected: [String: Counter] = [:]
-        for reason in ["missing_signature", "malformed_signature", "bad_signature", "too_large", "malformed_request"] {
+        for reason in ["missing_signature", "malformed_signature", "bad_signature", "too_large", "malformed_request", "busy", "too_slow"] {
             rejected[reason] = registry.makeCounter(
                 descriptor: .init(
                     namespace: "dispatcher", metricName: "webhooks_rejected", unitName: "total",

@@ -47,6 +47,13 @@ public struct ServerConfiguration: Sendable {
     /// twice ended with statuses undelivered after its settle window with the fast path on, and
     /// never with the router; until that is understood, the router is the default.
     public var webhookFastPath = ProcessInfo.processInfo.environment["DISPATCHER_WEBHOOK_HTTP"] == "fast"
+    /// Webhook bodies held in memory at once, all connections together (`BodyBudget`): past it a
+    /// webhook is answered 503 and Meta sends it again.
+    public var webhookBodyBudget = 64 << 20
+    /// The whole body of a webhook must arrive within this (from its request's head): a client
+    /// trickling a byte every few seconds never trips the idle timeout, and would hold its
+    /// connection and its share of the budget for ever. Answered 408, the connection closed.
+    public var webhookBodyDeadline: Duration = .seconds(30)
     /// Connections served at once; past it new ones wait in the kernel's backlog, so that open
     /// sockets can never exhaust the process's file limit and `/health` keeps answering.
     public var maxConnections: Int = 2_000
@@ -87,6 +94,8 @@ public struct DispatcherServer: Sendable {
     let signature: WebhookSignature
     /// The property system's tokens, read again for who the caller is (`reach`).
     let verifier: HS256Verifier?
+    /// Webhook bodies in memory, both paths (`ServerConfiguration.webhookBodyBudget`).
+    let bodies: BodyBudget
 
     public init(
         store: any DispatchStore, configuration: ServerConfiguration, metrics: ServerMetrics = ServerMetrics(),
@@ -98,6 +107,7 @@ public struct DispatcherServer: Sendable {
         self.sender = sender
         self.signature = WebhookSignature(appSecret: configuration.appSecret)
         self.verifier = configuration.jwtSecret.flatMap(HS256Verifier.init(secret:))
+        self.bodies = BodyBudget(limit: configuration.webhookBodyBudget)
     }
 
     /// The router with every route, below the base path.
@@ -167,14 +177,18 @@ public struct DispatcherServer: Sendable {
         }
         let base = configuration.basePath.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
         let path = base.isEmpty ? "/webhook" : "/\(base)/webhook"
-        let (maxBytes, metrics) = (configuration.maxWebhookBytes, self.metrics)
+        let (maxBytes, metrics, bodies, deadline) = (
+            configuration.maxWebhookBytes, self.metrics, self.bodies, configuration.webhookBodyDeadline
+        )
         let intake: WebhookFastPath.Intake = { signature, body, since in
             await self.intake(signature: signature, body: body, since: since, logger: logger)
         }
         return HTTPServerBuilder { responder in
             DispatcherHTTP1Channel(
                 responder: responder, idleTimeout: idleTimeout,
-                fastPath: { WebhookFastPath(path: path, maxBytes: maxBytes, metrics: metrics, intake: intake) })
+                fastPath: {
+                    WebhookFastPath(path: path, maxBytes: maxBytes, bodies: bodies, deadline: deadline, metrics: metrics, intake: intake)
+                })
         }
     }
 
@@ -227,7 +241,6 @@ public struct DispatcherServer: Sendable {
     /// before the body, `Connection: close`), and every webhook unless `DISPATCHER_WEBHOOK_HTTP=fast`.
     func receiveWebhook(_ request: Request, context: BasicRequestContext) async throws -> Response {
         let started = ContinuousClock.now
-        var request = request
         let header = request.headers[HTTPField.Name("X-Hub-Signature-256")!]
         // Refused before a byte of the body is read: no signature, a malformed one, or a declared
         // length past the cap cost the sender nothing of ours.
@@ -236,12 +249,39 @@ public struct DispatcherServer: Sendable {
             metrics.webhooksRejected["too_large"]?.increment()
             throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
         }
-        let buffer: ByteBuffer
+        // Counted against the budget of bodies in memory until stored (`BodyBudget`): a declared
+        // length at once, before a byte is read; what goes past it (a chunked body) chunk by chunk.
+        let declared = request.headers[.contentLength].flatMap(Int.init) ?? 0
+        var reserved = 0
+        defer { bodies.release(reserved) }
+        func refuseBusy() -> APIError {
+            metrics.webhooksRejected["busy"]?.increment()
+            context.logger.warning("webhook refused: webhook bodies in memory are at their budget")
+            return APIError(.serviceUnavailable, "too many webhook bodies at once; retry later", headers: Self.closeAndRetry)
+        }
+        guard bodies.reserve(declared) else { throw refuseBusy() }
+        reserved = declared
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(declared)
         do {
-            buffer = try await request.collectBody(upTo: configuration.maxWebhookBytes)
-        } catch is NIOTooManyBytesError {
-            metrics.webhooksRejected["too_large"]?.increment()
-            throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
+            for try await chunk in request.body {
+                guard buffer.readableBytes + chunk.readableBytes <= configuration.maxWebhookBytes else {
+                    metrics.webhooksRejected["too_large"]?.increment()
+                    throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
+                }
+                let beyond = buffer.readableBytes + chunk.readableBytes - reserved
+                if beyond > 0 {
+                    guard bodies.reserve(beyond) else { throw refuseBusy() }
+                    reserved += beyond
+                }
+                buffer.writeImmutableBuffer(chunk)
+                guard ContinuousClock.now - started <= configuration.webhookBodyDeadline else {
+                    metrics.webhooksRejected["too_slow"]?.increment()
+                    throw APIError(
+                        .requestTimeout, "the body did not arrive within \(configuration.webhookBodyDeadline)",
+                        headers: [.connection: "close"])
+                }
+            }
         } catch let error as HTTPParserError {
             metrics.webhooksRejected["malformed_request"]?.increment()
             throw APIError(.badRequest, "the request is malformed: \(error)")
@@ -285,6 +325,9 @@ public struct DispatcherServer: Sendable {
                 ])
         }
     }
+
+    /// A refusal that ends the connection and tells Meta when to try again.
+    static let closeAndRetry: HTTPFields = [.connection: "close", .retryAfter: "1"]
 
     /// The webhook's answer on the fast path: the same as the router's.
     /// (`since`: when its head arrived, as the router's handler counts the intake latency.)

@@ -69,6 +69,11 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
 
     private let path: String
     private let maxBytes: Int
+    /// Webhook bodies in memory across connections, and this connection's share of it now.
+    private let bodies: BodyBudget
+    private var reserved = 0
+    /// A body must be whole within this of its head.
+    private let deadline: Duration
     private let intake: Intake
     private let metrics: ServerMetrics
     private var state = State.idle
@@ -81,9 +86,14 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private var date = (second: 0, text: "")
     private static let signatureName = HTTPField.Name("X-Hub-Signature-256")!
 
-    init(path: String, maxBytes: Int, metrics: ServerMetrics, intake: @escaping Intake) {
+    init(
+        path: String, maxBytes: Int, bodies: BodyBudget, deadline: Duration = .seconds(30), metrics: ServerMetrics,
+        intake: @escaping Intake
+    ) {
         self.path = path
         self.maxBytes = maxBytes
+        self.bodies = bodies
+        self.deadline = deadline
         self.metrics = metrics
         self.intake = intake
     }
@@ -162,7 +172,16 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         switch (state, part) {
         case (.idle, .head(let head)):
             if let signature = webhookSignature(head) {
-                state = .receiving(signature: signature, body: context.channel.allocator.buffer(capacity: 0), since: .now)
+                // A declared length is taken from the budget at once (and the buffer made to it):
+                // refused before a byte of the body is read when it would pass it.
+                let declared = head.headerFields[.contentLength].flatMap { Int($0) } ?? 0
+                guard bodies.reserve(declared) else {
+                    state = .answering
+                    refuseBusy(context: context)
+                    return false
+                }
+                reserved = declared
+                state = .receiving(signature: signature, body: context.channel.allocator.buffer(capacity: declared), since: .now)
             } else {
                 state = .forwarding(read: false, answered: false)
                 context.fireChannelRead(wrapInboundOut(part))
@@ -173,6 +192,25 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             guard body.readableBytes + chunk.readableBytes <= maxBytes else {
                 metrics.webhooksRejected["too_large"]?.increment()
                 var answer = WebhookAnswer.error(APIError(.contentTooLarge, "the body is larger than \(maxBytes) bytes"))
+                answer.close = true
+                state = .answering
+                respond(answer, context: context)
+                return false
+            }
+            // Counted against the budget of bodies in memory until answered (`BodyBudget`): what
+            // goes past the declared length (a chunked body has none), chunk by chunk.
+            let beyond = body.readableBytes + chunk.readableBytes - reserved
+            if beyond > 0 {
+                guard bodies.reserve(beyond) else {
+                    state = .answering
+                    refuseBusy(context: context)
+                    return false
+                }
+                reserved += beyond
+            }
+            guard ContinuousClock.now - since <= deadline else {
+                metrics.webhooksRejected["too_slow"]?.increment()
+                var answer = WebhookAnswer.error(APIError(.requestTimeout, "the body did not arrive within \(deadline)"))
                 answer.close = true
                 state = .answering
                 respond(answer, context: context)
@@ -224,8 +262,18 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         return .some(signature)
     }
 
+    /// Past the budget of bodies in memory: 503, Meta sends it again; the connection is closed.
+    private func refuseBusy(context: ChannelHandlerContext) {
+        metrics.webhooksRejected["busy"]?.increment()
+        var answer = WebhookAnswer.error(APIError(.serviceUnavailable, "too many webhook bodies at once; retry later"))
+        answer.close = true
+        respond(answer, context: context)
+    }
+
     private func respond(_ answer: WebhookAnswer, context: ChannelHandlerContext) {
         guard case .answering = state else { return }
+        bodies.release(reserved)
+        reserved = 0
         guard context.channel.isActive else {
             // The client has gone: no one to answer (the payload is stored all the same).
             closed()
@@ -236,6 +284,7 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             .server: "dispatcher",
         ]
         if answer.close { fields[.connection] = "close" }
+        if answer.status == .serviceUnavailable { fields[.retryAfter] = "1" }
         context.write(wrapOutboundOut(.head(HTTPResponse(status: answer.status, headerFields: fields))), promise: nil)
         context.write(wrapOutboundOut(.body(answer.body)), promise: nil)
         if answer.close {
@@ -349,6 +398,8 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     /// The connection is gone: nothing more is answered, and closes held for an answer are done.
     private func closed() {
         state = .closing
+        bodies.release(reserved)
+        reserved = 0
         queued.removeAll()
         let held = closesHeld
         closesHeld = []
@@ -375,6 +426,32 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 }
 
+/// Closes the connection once an answer saying `Connection: close` is written. Hummingbird closes
+/// only when the request said so, and otherwise reads what is left of a request it has answered,
+/// however slowly it comes: a route refusing a body (a 408 to a client trickling it, a 503 past
+/// the budget of bodies in memory) could not end the connection.
+final class CloseAfterAnswer: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+    private var closing = false
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let head):
+            closing = head.headerFields[.connection]?.lowercased().contains("close") == true
+        case .end where closing:
+            let written = promise ?? context.eventLoop.makePromise()
+            context.write(data, promise: written)
+            let channel = context.channel
+            written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+            return
+        default:
+            break
+        }
+        context.write(data, promise: promise)
+    }
+}
+
 /// Hummingbird's HTTP/1.1 child channel, the same pipeline `HTTP1Channel` builds, with the
 /// webhook's fast path (when given) just before the channel Hummingbird reads.
 struct DispatcherHTTP1Channel: HTTPChannelHandler {
@@ -396,6 +473,7 @@ struct DispatcherHTTP1Channel: HTTPChannelHandler {
                 withPipeliningAssistance: false, withErrorHandling: false, withOutboundHeaderValidation: false,
                 withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
             try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+            try channel.pipeline.syncOperations.addHandler(CloseAfterAnswer())
             try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
             if let fastPath { try channel.pipeline.syncOperations.addHandler(fastPath()) }
             return try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))

@@ -204,13 +204,85 @@ struct WebhookFastPathTests {
         }
     }
 
+    @Test(
+        "webhook bodies held at once have a budget: past it a 503 with Retry-After and the close; freed when their connections go",
+        arguments: [true, false])
+    func bodyBudget(fastPath: Bool) async throws {
+        let store = try freshStore()
+        var configuration = server(store).configuration
+        configuration.webhookFastPath = fastPath
+        configuration.webhookBodyBudget = 10_000
+        let dispatcher = DispatcherServer(store: store, configuration: configuration)
+        let signature = signer.header(for: Array("x".utf8))  // well-formed; the body never gets that far
+        @Sendable func head(_ length: Int) -> String {
+            "POST /webhook HTTP/1.1\r\nHost: x\r\nX-Hub-Signature-256: \(signature)\r\nContent-Length: \(length)\r\n\r\n"
+        }
+        try await serving(dispatcher) { port in
+            // A client holding 7,000 bytes of an 8,000-byte body, and waiting: its declared length
+            // is taken from the budget.
+            let holder = try connectLoopback(port: port)
+            try sendAll(holder, head(8_000) + String(repeating: " ", count: 7_000))
+            for _ in 0..<100 where dispatcher.bodies.inUse < 8_000 { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(dispatcher.bodies.inUse == 8_000)
+            // Another body of 6,000 would pass the budget: refused, and its connection closed.
+            let other = try connectLoopback(port: port)
+            defer { close(other) }
+            let refused = try await blocking {
+                try sendAll(other, head(6_000) + String(repeating: " ", count: 6_000))
+                return (try readResponses(other, count: 1), closedSoon(other))
+            }
+            #expect(refused.0.map(\.status) == [503])
+            #expect(refused.0.first?.headers["retry-after"] == "1")
+            #expect(refused.1, "the connection should close after the 503")
+            // The holder goes: its share is freed, and the same body is taken (403: not signed for it).
+            close(holder)
+            for _ in 0..<100 where dispatcher.bodies.inUse > 0 { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(dispatcher.bodies.inUse == 0)
+            let again = try connectLoopback(port: port)
+            defer { close(again) }
+            let answered = try await blocking {
+                try sendAll(again, head(6_000) + String(repeating: " ", count: 6_000))
+                return try readResponses(again, count: 1)
+            }
+            #expect(answered.map(\.status) == [403])
+        }
+        #expect(try await payloadCount(store) == 0)
+    }
+
+    @Test("a body trickled past the deadline (each byte inside the idle timeout) is a 408 and the close", arguments: [true, false])
+    func bodyDeadline(fastPath: Bool) async throws {
+        let store = try freshStore()
+        var configuration = server(store).configuration
+        configuration.webhookFastPath = fastPath
+        configuration.webhookBodyDeadline = .milliseconds(500)
+        let dispatcher = DispatcherServer(store: store, configuration: configuration)
+        let body = statusPayload([("wamid.T", "sent", 1, nil)])
+        try await serving(dispatcher) { port in
+            let fd = try connectLoopback(port: port)
+            defer { close(fd) }
+            let (responses, rest) = try await blocking {
+                let wire = post(body)
+                let split = wire.index(wire.endIndex, offsetBy: -body.utf8.count / 2)
+                try sendAll(fd, String(wire[..<split]))
+                Thread.sleep(forTimeInterval: 0.8)
+                try? sendAll(fd, String(wire[split...]))
+                return (try readResponses(fd, count: 1), closedSoon(fd))
+            }
+            #expect(responses.map(\.status) == [408])
+            #expect(rest, "the connection should close after the 408")
+            #expect(dispatcher.bodies.inUse == 0)
+        }
+        #expect(try await payloadCount(store) == 0)
+    }
+
     @Test("answers the client leaves unread past NIO's high-water mark: nothing more is read from it until it reads them")
     func stopsReadingWhileUnwritable() throws {
         let reads = ReadCounter()
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandler(reads)
         try channel.pipeline.syncOperations.addHandler(
-            WebhookFastPath(path: "/webhook", maxBytes: 1000, metrics: ServerMetrics(), intake: { _, _, _ in .ok }))
+            WebhookFastPath(
+                path: "/webhook", maxBytes: 1000, bodies: BodyBudget(limit: 1 << 20), metrics: ServerMetrics(), intake: { _, _, _ in .ok }))
         channel.read()
         #expect(reads.count == 1)
         channel.isWritable = false
@@ -427,6 +499,16 @@ func readToEnd(_ fd: Int32) throws -> [UInt8] {
         guard n > 0 else { throw POSIXError(.ETIMEDOUT) }
         data += buffer[..<n]
     }
+}
+
+/// Whether the server ends the connection within 5 s, with nothing more said: a close, or a
+/// reset (the server closed with some of what we sent unread).
+func closedSoon(_ fd: Int32) -> Bool {
+    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var byte: UInt8 = 0
+    let n = recv(fd, &byte, 1, 0)
+    return n == 0 || (n < 0 && errno == ECONNRESET)
 }
 
 /// Counts the reads that reach the socket.
