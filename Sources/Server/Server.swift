@@ -55,7 +55,8 @@ public struct ServerConfiguration: Sendable {
     /// connection and its share of the budget for ever. Answered 408, the connection closed.
     public var webhookBodyDeadline: Duration = .seconds(30)
     /// Connections served at once; past it new ones wait in the kernel's backlog, so that open
-    /// sockets can never exhaust the process's file limit and `/health` keeps answering.
+    /// sockets can never exhaust the process's file limit (one client holding them all still keeps
+    /// others, `/health` too, waiting: a limit per address belongs in the gateway).
     public var maxConnections: Int = 2_000
 
     /// `maxConnections`, but never so close to the process's file limit (`ulimit -n`, 1,024 on
