@@ -193,6 +193,17 @@ static void dx_start_element(void *ctx, const xmlChar *localname, const xmlChar 
         span.value_length = 0;
         if (!dx_push_span(s, span)) goto oom;
         s->in_field = 1;
+    } else {
+        // An element inside a field (`<amount>1<x/>00</amount>`, an <invoice> inside another):
+        // its text would be run into the field's, or a whole invoice lost inside one. A field
+        // holds text only: the file is refused at that line.
+        char message[400];
+        const char *field = s->span_count > 0 ? s->text.bytes + s->spans[s->span_count - 1].name_offset : "?";
+        snprintf(message, sizeof message,
+                 "element <%.100s> inside the field <%.100s>: a field holds text only (is an <invoice> or a tag misplaced?)",
+                 (const char *)localname, field);
+        dx_fail(s, dx_line(s), message);
+        return;
     }
     return;
 oom:

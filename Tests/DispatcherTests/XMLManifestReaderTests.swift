@@ -159,6 +159,23 @@ struct XMLManifestReaderTests {
         #expect(stray.issues.contains { $0.line == 2 && $0.message.contains("unexpected element <bill>") })
     }
 
+    @Test("an element inside a field (mixed content, an invoice inside another) is refused at its line, never run together or lost")
+    func elementInsideField() throws {
+        let valid =
+            "<invoice_id>A</invoice_id><tenant_name>Ana</tenant_name><phone>+18095550101</phone><currency>DOP</currency><period>2026-03</period>"
+        let (_, mixed) = try importXML("<invoices>\n<invoice>\(valid)\n<amount>1<x/>00</amount></invoice></invoices>")
+        #expect(!mixed.isValid)
+        #expect(mixed.stoppedEarly)
+        #expect(mixed.issues.contains { $0.line == 3 && $0.message.contains("element <x> inside the field <amount>") }, "\(mixed.issues)")
+        let (invoices, nested) = try importXML(
+            "<invoices>\n<invoice>\(valid)<amount>1</amount>\n<invoice><invoice_id>B</invoice_id></invoice></invoice></invoices>")
+        #expect(!nested.isValid)
+        #expect(invoices.isEmpty, "an invoice read with another inside it")
+        #expect(
+            nested.issues.contains { $0.line == 3 && $0.message.contains("element <invoice_id> inside the field <invoice>") },
+            "\(nested.issues)")
+    }
+
     @Test("the broken sample is refused")
     func brokenSample() throws {
         var count = 0
