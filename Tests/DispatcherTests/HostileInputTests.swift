@@ -204,6 +204,17 @@ struct HostileInputTests {
         #expect(summary.issues[0].message.contains("U+001B"))
         #expect(summary.issues[1].message.contains("U+0000"))
         #expect(summary.issues[2].message.contains("U+0085"))
+        // A right-to-left override makes "Ana" read otherwise in a report: refused; the marks
+        // right-to-left names need are not.
+        let (_, bidi) = try importCSV(
+            "\(csvHeader)\nA,Ana\u{202E}fdp.exe,+18095550101,1,DOP,2026-03\nB,\u{2067}Bo\u{2069},+18095550102,1,DOP,2026-03\nC,\u{200F}سارة,+18095550103,1,DOP,2026-03\n"
+        )
+        #expect(bidi.issues.map(\.invoiceID) == ["A", "B"], "\(bidi.issues)")
+        #expect(bidi.issues.first?.message.contains("bidirectional control U+202E") == true, "\(bidi.issues)")
+        // A link with what no URI may hold (it would break out of the report's attributes).
+        let (_, link) = try importCSV(
+            "\(csvHeader),document_url\nA,Ana,+18095550101,1,DOP,2026-03,https://docs.example.com/a.pdf\"><script>x</script>\n")
+        #expect(link.issues.map(\.field) == ["document_url"], "\(link.issues)")
 
         // "\r\n" is one Character in Swift: it must still be seen as a line break.
         let catalog = try TemplateCatalog(directory: templatesPath)

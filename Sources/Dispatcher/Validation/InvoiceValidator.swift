@@ -456,8 +456,11 @@ package func checkDocumentURL(_ url: UnsafeBufferPointer<UInt8>) -> String? {
 /// ASCII without spaces or controls, at most 2,000 bytes; nil when fine, else the problem.
 package func checkLinkCharacters(_ url: UnsafeBufferPointer<UInt8>) -> String? {
     let shown = { String(decoding: url, as: UTF8.self) }
-    for b in url where b <= 0x20 || b >= 0x7F {
-        return b >= 0x7F
+    // Besides spaces, controls and non-ASCII: what RFC 3986 never allows in a URI, " < > \ ^ ` { | },
+    // which would also break out of the report's attributes.
+    let notInLinks: [UInt8] = Array(#""<>\^`{|}"#.utf8)
+    for b in url where b <= 0x20 || b >= 0x7F || notInLinks.contains(b) {
+        return b > 0x20
             ? "'\(shown())' has characters that are not allowed in a link (percent-encode them)" : "'\(shown())' contains spaces"
     }
     if url.count > 2000 { return "is longer than 2,000 characters" }

@@ -33,7 +33,9 @@ func isValidUTF8(_ b: UnsafeBufferPointer<UInt8>) -> Bool {
 
 /// The first control character in valid UTF-8 bytes that no manifest field may hold: C0 controls
 /// other than tab, line feed and carriage return (which the formats allow inside a field), DEL,
-/// and the C1 controls U+0080–U+009F. Nil when there is none.
+/// the C1 controls U+0080–U+009F, and the bidirectional embeddings, overrides and isolates
+/// (U+202A–U+202E, U+2066–U+2069), which make a name or an amount display as other than it is
+/// (the marks U+200E and U+200F, which right-to-left text needs, are fine). Nil when there is none.
 func forbiddenControl(_ b: UnsafeBufferPointer<UInt8>) -> UInt32? {
     var i = 0
     let n = b.count
@@ -45,6 +47,9 @@ func forbiddenControl(_ b: UnsafeBufferPointer<UInt8>) -> UInt32? {
             return 0x7F
         } else if c == 0xC2 && i + 1 < n && b[i + 1] >= 0x80 && b[i + 1] <= 0x9F {
             return UInt32(b[i + 1])
+        } else if c == 0xE2 && i + 2 < n {
+            let scalar = 0x2000 | UInt32(b[i + 1] & 0x3F) << 6 | UInt32(b[i + 2] & 0x3F)
+            if (0x202A...0x202E).contains(scalar) || (0x2066...0x2069).contains(scalar) { return scalar }
         }
         i += 1
     }
@@ -54,6 +59,9 @@ func forbiddenControl(_ b: UnsafeBufferPointer<UInt8>) -> UInt32? {
 /// What a field with a control character is told.
 func controlMessage(_ scalar: UInt32) -> String {
     let digits = String(scalar, radix: 16, uppercase: true)
+    if scalar >= 0x2000 {
+        return "contains the bidirectional control U+\(digits), which makes the text display as other than it is: remove it"
+    }
     return
         "contains the control character U+\(String(repeating: "0", count: max(0, 4 - digits.count)) + digits), which cannot be sent or shown: remove it"
 }
