@@ -339,9 +339,14 @@ struct RunSession {
         }
 
         var liveLine = false
+        // Whether statuses were waited for (not after a halt or an interrupt).
+        var settled = false
         let (record, counts) = try await billing.conclude(
             stop: stop,
-            settling: { window in console.say("waiting up to \(window) for delivery statuses…") },
+            settling: { window in
+                settled = true
+                console.say("waiting up to \(window) for delivery statuses…")
+            },
             nothingSent: {
                 console.say(
                     "nothing was sent now: not waiting for statuses (those of earlier sends arrive through `dispatcher serve`; `dispatcher report \(run)` shows them)"
@@ -368,7 +373,7 @@ struct RunSession {
         }
         let taken = [MessageState.accepted, .held, .sent, .delivered, .read].reduce(0) { $0 + (counts[$1] ?? 0) }
         let statused = [MessageState.sent, .delivered, .read].reduce(0) { $0 + (counts[$1] ?? 0) }
-        if taken > 0 && statused == 0 {
+        if taken > 0 && statused == 0 && settled {
             console.say(
                 "no delivery status arrived for this run: nothing was receiving Meta's webhooks (`dispatcher serve` where Meta's webhook points, or --listen). \"accepted\" means WhatsApp took the message, not that it failed; `dispatcher report \(run)` shows statuses that arrive later."
             )

@@ -413,6 +413,39 @@ struct SendCommandTests {
         #expect(fine.status == 0, "\(fine.stderr)")
     }
 
+    @Test("a run halted after some were accepted does not blame a missing webhook receiver for their statuses")
+    func haltedAfterSome() async throws {
+        let folder = try workspace(
+            """
+            invoice_id,tenant_name,phone,amount,currency,period,document_url
+            A,Ana,+18095550101,100.00,DOP,2026-03,https://docs.example.com/A.pdf
+            B,Bo,+18095550102,100.00,DOP,2026-03,https://docs.example.com/B.pdf
+            C,Cy,+18095550105,100.00,DOP,2026-03,https://docs.example.com/C.pdf
+
+            """)
+        try #"{"rules":[{"match":"suffix:05","outcome":"token_expired"},{"match":"suffix:","outcome":"delivered_read"}]}"#.write(
+            to: folder.appendingPathComponent("expired.json"), atomically: true, encoding: .utf8)
+        // A sandbox that posts no statuses at all (no webhook URL): before the halt, none came.
+        let port = freePort()
+        let sandbox = try Running(
+            ["sandbox", "--listen", "127.0.0.1:\(port)", "--app-secret", "x", "--scenario", "expired.json"], in: folder,
+            environment: [:])
+        defer {
+            sandbox.kill(SIGTERM)
+            _ = sandbox.wait()
+        }
+        try await waitForHTTP("http://127.0.0.1:\(port)/_sandbox/counters")
+        let halted = try await DispatcherProcess.run(
+            ["send", "month.csv", "--listen", "127.0.0.1:\(port + 1)", "--settle", "1s"], in: folder,
+            environment: [
+                "WHATSAPP_API_BASE_URL": "http://127.0.0.1:\(port)", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
+                "WHATSAPP_PHONE_NUMBER_ID": "SANDBOX", "WHATSAPP_APP_SECRET": "x",
+            ])
+        #expect(halted.status == 69, "\(halted.stdout)")
+        #expect(halted.stdout.contains("2 accepted by Meta"), "\(halted.stdout)")
+        #expect(!halted.stdout.contains("nothing was receiving Meta's webhooks"), "\(halted.stdout)")
+    }
+
     @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")
     func exitCodes() async throws {
         let invalid = try await DispatcherProcess.run([
