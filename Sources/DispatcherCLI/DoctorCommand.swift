@@ -80,10 +80,14 @@ struct DoctorCommand: AsyncParsableCommand {
             line(false, "\(error)")
         }
         let reports = (common.templatesDirectory as NSString).appendingPathComponent("reports")
-        let found = ["preview.mustache", "delivery.mustache"].filter {
-            FileManager.default.fileExists(atPath: (reports as NSString).appendingPathComponent($0))
-        }
-        line(found.count == 2, "report templates in \(reports): \(found.joined(separator: ", "))")
+        let needed = ["preview.mustache", "delivery.mustache"]
+        let missing = needed.filter { !FileManager.default.fileExists(atPath: (reports as NSString).appendingPathComponent($0)) }
+        line(
+            missing.isEmpty,
+            missing.isEmpty
+                ? "report templates in \(reports): \(needed.joined(separator: ", "))"
+                : "report templates in \(reports): \(missing.joined(separator: " and ")) missing (run where templates/ is, or give --templates DIR)"
+        )
 
         if checkToken {
             print("Meta")
@@ -100,7 +104,16 @@ struct DoctorCommand: AsyncParsableCommand {
                     )
                 case .failure(let error):
                     line(false, "\(error.description)")
-                    line(nil, haltAdvice(error))
+                    // Meta's codes have their advice; anything else is this check's to say (not a
+                    // run's "what was not sent is still queued").
+                    let advice = haltAdvice(error)
+                    line(
+                        nil,
+                        !advice.hasPrefix("Fix the cause above")
+                            ? advice
+                            : error.code == nil
+                                ? "Meta could not be reached at \(settings.apiBaseURL): check the network (a proxy, a firewall) and WHATSAPP_API_BASE_URL."
+                                : "Fix the cause above, then run `dispatcher doctor --check-token` again.")
                 }
                 try? await client.shutdown()
             } else {
