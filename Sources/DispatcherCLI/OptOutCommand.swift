@@ -33,10 +33,16 @@ struct OptOutCommand: AsyncParsableCommand {
         /// The id to keep: E.164 digits for a number, the user id as given otherwise.
         func resolved(settings: Settings) throws -> (id: String, kind: OptOutKind) {
             let text = who.trimmingCharacters(in: .whitespaces)
-            // A user id has letters (`US.13491208655302741918`); a number has none.
+            // A user id has letters (`US.13491208655302741918`: a country's letters, a dot, its
+            // id); a number has none.
             if text.contains(where: \.isLetter) {
-                guard text.count <= 128, text.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 32 }) else {
-                    throw ValidationError("'\(who)' is neither a phone number nor a WhatsApp user id")
+                let parts = text.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+                guard parts.count == 2, (2...3).contains(parts[0].count), parts[0].allSatisfy({ $0.isASCII && $0.isUppercase }),
+                    (1...120).contains(parts[1].count), parts[1].allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) })
+                else {
+                    throw ValidationError(
+                        "'\(who)' is neither a phone number nor a WhatsApp user id (written like US.13491208655302741918, as `optout list` and the webhooks show them)"
+                    )
                 }
                 return (text, .userID)
             }

@@ -306,6 +306,14 @@ struct SendCommandTests {
         #expect(history.stdout.contains("opted out  +18095550102  by hand — asked by phone"))
         #expect(history.stdout.contains("opted in   +18095550102"))
         #expect(try await DispatcherProcess.run(["optout", "add", "not a number"], in: folder).status == 64)
+        // Text with a letter in it is a user id only in its shape; an address or a word is refused.
+        for wrong in ["abc", "john@example.com", "US.", "us.123"] {
+            let refused = try await DispatcherProcess.run(["optout", "add", wrong], in: folder)
+            #expect(refused.status == 64, "\(wrong)")
+            #expect(refused.stderr.contains("neither a phone number nor a WhatsApp user id"), "\(wrong): \(refused.stderr)")
+        }
+        let user = try await DispatcherProcess.run(["optout", "add", "US.13491208655302741918"], in: folder)
+        #expect(user.status == 0, "\(user.stderr)")
     }
 
     @Test("a --listen port already taken ends the run at once with the reason, and nothing is sent")
