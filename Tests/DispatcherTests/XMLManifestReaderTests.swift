@@ -134,7 +134,13 @@ struct XMLManifestReaderTests {
         #expect(summary.stoppedEarly)
         let issue = try #require(summary.issues.last)
         #expect(issue.message.hasPrefix("not a well-formed XML manifest"))
+        #expect(issue.message.contains("cut short: export it again"), "\(issue.message)")
         #expect(issue.line != nil)
+        // Cut at a line's end, between invoices: libxml2 speaks of "extra content"; we say both.
+        let sample = try String(contentsOf: URL(fileURLWithPath: samplePath("march-2026.xml")), encoding: .utf8)
+        let lines = sample.split(separator: "\n", omittingEmptySubsequences: false)
+        let (_, cutAtLine) = try importXML(lines.prefix(30).joined(separator: "\n"))
+        #expect(cutAtLine.issues.last?.message.contains("cut short") == true, "\(cutAtLine.issues)")
     }
 
     @Test("invalid UTF-8 is an error, not a crash")

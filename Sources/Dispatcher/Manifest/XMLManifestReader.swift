@@ -21,6 +21,18 @@ public final class XMLManifestReader: ManifestReader {
     private let bytes: [UInt8]?
     private let chunkSize: Int
 
+    /// libxml2's words for a file that ends too soon (an export cut off, a partial download) do
+    /// not say so: a truncated manifest reads as "Extra content at the end of the document".
+    static func hint(_ message: String) -> String {
+        if message.contains("Extra content at the end of the document") {
+            return " (text after </invoices>, or the file cut short: export it again)"
+        }
+        if message.contains("Premature end") || message.contains("Couldn't find end") || message.contains("EndTag") {
+            return " (the file may be cut short: export it again)"
+        }
+        return ""
+    }
+
     public init(path: String, chunkSize: Int = 1 << 16) {
         self.path = path
         self.bytes = nil
@@ -73,7 +85,7 @@ public final class XMLManifestReader: ManifestReader {
                     path: path,
                     issue: .init(
                         line: result.line > 0 ? result.line : nil,
-                        invoiceID: nil, field: nil, message: "not a well-formed XML manifest: \(message)"))
+                        invoiceID: nil, field: nil, message: "not a well-formed XML manifest: \(message)\(Self.hint(message))"))
             }
             if !state.sawRoot {
                 throw ManifestError(path: path, issue: .init(line: 1, invoiceID: nil, field: nil, message: "the file has no root element"))
