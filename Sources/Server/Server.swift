@@ -50,7 +50,8 @@ public struct ServerConfiguration: Sendable {
     /// Webhook bodies held in memory at once, all connections together (`BodyBudget`): past it a
     /// webhook is answered 503 and Meta sends it again.
     public var webhookBodyBudget = 64 << 20
-    /// The whole body of a webhook must arrive within this (from its request's head): a client
+    /// The whole body of a webhook must arrive within this (from its request's head; through the
+    /// router, from when its handler starts, later on a loaded machine): a client
     /// trickling a byte every few seconds never trips the idle timeout, and would hold its
     /// connection and its share of the budget for ever. Answered 408, the connection closed.
     public var webhookBodyDeadline: Duration = .seconds(30)
