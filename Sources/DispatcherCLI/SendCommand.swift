@@ -221,7 +221,10 @@ struct SendCommand: AsyncParsableCommand {
         try await session.execute(lanes: lanes) { engine, lane, console in
             var options = RunOptions(run: lane.run, manifest: manifest, rate: rate, skipInvalid: skipInvalid, resend: resend)
             options.nameDerived = nameDerived
-            options.sendWhileStoring = !stagesDocuments
+            // With --max-cost the run is stored before it sends: the estimate is then of what is
+            // really queued (messages an earlier run sent are skipped when stored; the check pass
+            // of a run sent while stored counts them, and refused a run that would send nothing).
+            options.sendWhileStoring = !stagesDocuments && settleOptions.maxCost == nil
             let existed = try await engine.store.run(named: lane.run) != nil
             let preparation = try await engine.prepare(options)
             let preview = preparation.preview

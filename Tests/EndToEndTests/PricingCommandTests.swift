@@ -57,6 +57,18 @@ struct PricingCommandTests {
         let html = try String(contentsOfFile: out + "/index.html", encoding: .utf8)
         #expect(html.contains("US$0.2373 for 21 delivered messages (Meta&#39;s rates effective 2026-10-01"), "\(html)")
 
+        // The same month again under a new run (a copy of the file): every message was sent by the
+        // run above, so nothing is queued and nothing refused, whatever the limit.
+        let copy = folder.appendingPathComponent("march-copy.csv")
+        try FileManager.default.copyItem(at: packageRoot.appendingPathComponent("samples/march-2026.csv"), to: copy)
+        let again = try await DispatcherProcess.run([
+            "send", copy.path, "--sandbox", "--db", db, "--out", folder.appendingPathComponent("copy").path, "--max-cost", "0.01",
+            "--settle", "1s",
+        ])
+        #expect(again.status == 0, "\(again.stdout)")
+        #expect(again.stdout.contains("0 messages to send, 26 already sent by an earlier run"), "\(again.stdout)")
+        #expect(!again.stdout.contains("REFUSED"), "\(again.stdout)")
+
         // One JSON convention: `status --json` in snake_case with ISO 8601 times.
         let firstID = try #require(
             String(landlords.split(whereSeparator: \.isNewline).first ?? "").isEmpty ? nil : try messageID(in: out + "/messages.csv"))
