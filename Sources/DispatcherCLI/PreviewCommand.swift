@@ -34,6 +34,15 @@ struct PreviewCommand: AsyncParsableCommand {
     @Option(help: "Currency for rows that give none (ISO 4217).")
     var defaultCurrency: String?
 
+    @Option(
+        help:
+            "Organizations (env DISPATCHER_CONFIG; docs/configuration.md): rows are checked against them as `send --config` checks them (the manifest's `organization` column)."
+    )
+    var config: String?
+
+    @Option(help: "Check only this organization's rows, or the organization that rows without an `organization` belong to.")
+    var organization: String?
+
     @Option(help: "Your messaging-limit tier (250, 2000, 10000, 100000 unique users per 24 h): warn when the run reaches more.")
     var messagingLimit: Int?
 
@@ -67,10 +76,27 @@ struct PreviewCommand: AsyncParsableCommand {
     func run() async throws {
         let console = Console(json: json)
         let settings = common.settings
-        let options = ValidationOptions(
+        var options = ValidationOptions(
             defaultCountryCode: try common.countryCode(), defaultCurrency: defaultCurrency,
             defaultLocale: (language ?? settings.templateLanguage).replacingOccurrences(of: "_", with: "-"),
             propertySystem: try settings.propertySystem())
+        // Rows of organizations `send` would not take are errors here too, each named (a preview
+        // that passed them while `send` refused every row was no preview).
+        let loaded = try loadOrganizations(config: config, settings: settings)
+        if loaded.fromFile {
+            let known = loaded.organizations.map(\.id)
+            if let organization, !known.contains(organization) {
+                throw ValidationError("--organization \(organization) is not configured (configured: \(known.joined(separator: ", ")))")
+            }
+            options.organizations = OrganizationScope(
+                organization: organization, known: known, fallback: organization ?? (known.count == 1 ? known[0] : nil),
+                reportsStrays: true)
+        } else {
+            let id = organization ?? loaded.organizations.first?.id ?? "default"
+            options.organizations = OrganizationScope(
+                organization: id, known: [id], fallback: id, reportsStrays: true,
+                strayHint: "this setup sends for one organization: name it with --organization, or configure several with --config")
+        }
         // A template that does not match Meta's rules stops here (exit 1), before any manifest is read.
         let catalog = try TemplateCatalog(directory: common.templatesDirectory)
         let renderer = try MessageRenderer(

@@ -454,6 +454,32 @@ struct SendCommandTests {
         #expect(!halted.stdout.contains("nothing was receiving Meta's webhooks"), "\(halted.stdout)")
     }
 
+    @Test("preview checks the manifest's organizations as send does: unknown ones are named errors; --config knows them")
+    func previewOrganizations() async throws {
+        let folder = try workspace(
+            """
+            invoice_id,organization,tenant_name,phone,amount,currency,period
+            A,caribe,Ana,+18095550101,100.00,DOP,2026-03
+            B,norte,Bo,+18095550102,100.00,DOP,2026-03
+
+            """)
+        try
+            #"{"organizations": [{"id": "caribe", "phone_number_id": "1", "token_env": "T"}, {"id": "norte", "phone_number_id": "2", "token_env": "T"}]}"#
+            .write(to: folder.appendingPathComponent("orgs.json"), atomically: true, encoding: .utf8)
+        let single = try await DispatcherProcess.run(
+            ["preview", "month.csv", "--ignore-store"], in: folder, environment: ["DISPATCHER_CONFIG": ""])
+        #expect(single.status == 65, "\(single.stdout)")
+        #expect(
+            single.stdout.contains("line 2, invoice A, field organization: 'caribe' is not a configured organization"), "\(single.stdout)")
+        let configured = try await DispatcherProcess.run(
+            ["preview", "month.csv", "--ignore-store", "--config", "orgs.json"], in: folder, environment: ["T": "x"])
+        #expect(configured.status == 0, "\(configured.stdout)\(configured.stderr)")
+        let unknown = try await DispatcherProcess.run(
+            ["preview", "month.csv", "--config", "orgs.json", "--organization", "sur"], in: folder, environment: ["T": "x"])
+        #expect(unknown.status == 64)
+        #expect(unknown.stderr.contains("--organization sur is not configured (configured: caribe, norte)"), "\(unknown.stderr)")
+    }
+
     @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")
     func exitCodes() async throws {
         let invalid = try await DispatcherProcess.run([
