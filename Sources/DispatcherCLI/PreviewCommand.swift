@@ -95,7 +95,10 @@ struct PreviewCommand: AsyncParsableCommand {
             let id = organization ?? loaded.organizations.first?.id ?? "default"
             options.organizations = OrganizationScope(
                 organization: id, known: [id], fallback: id, reportsStrays: true,
-                strayHint: "this setup sends for one organization: name it with --organization, or configure several with --config")
+                strayHint: organization == nil
+                    ? "this setup sends for one organization: name it with --organization, or configure several with --config"
+                    : "this setup sends for one organization (--organization \(organization!)): configure several with --config to send the others"
+            )
         }
         // A template that does not match Meta's rules stops here (exit 1), before any manifest is read.
         let catalog = try TemplateCatalog(directory: common.templatesDirectory)

@@ -195,7 +195,10 @@ struct SendCommand: AsyncParsableCommand {
             org.id = organization ?? org.id
             let scope = OrganizationScope(
                 organization: org.id, known: [org.id], fallback: org.id, reportsStrays: true,
-                strayHint: "this setup sends for one organization: name it with --organization, or configure several with --config")
+                strayHint: organization == nil
+                    ? "this setup sends for one organization: name it with --organization, or configure several with --config"
+                    : "this setup sends for one organization (--organization \(organization!)): configure several with --config to send the others"
+            )
             lanes.append(
                 try lane(
                     org, run: baseName, label: nil, scope: scope,
