@@ -350,7 +350,11 @@ public final class InvoiceAPISender: InvoiceSendService {
                     [AttemptOutcome.rejected(messageID: messageID, attempt: attempt, error: error, final: round == rounds - 1)],
                     at: wallClock())
                 if round == rounds - 1 {
-                    return .init(phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed", error: error.title)
+                    // The reason (an address, a connection error) is the operator's, in the ledger
+                    // and `dispatcher status`; the caller is told what it means for the invoice.
+                    return .init(
+                        phoneNumber: display, success: false, id: messageID, wamid: nil, state: "failed",
+                        error: "not sent: WhatsApp could not be reached; call again later")
                 }
             case .rejected(let e) where e.errorClass == .pairRate && pairWaits < policy.pairWaits:
                 // A second invoice to this tenant within Meta's 6 s: waited out (the UI waits), not a failure.

@@ -351,6 +351,33 @@ struct SendInvoiceAPITests {
         }
     }
 
+    @Test("a dead provider: the caller hears the invoice was not sent, not our Graph address; the ledger keeps the reason")
+    func deadProvider() async throws {
+        try await Harness.run { h in
+            let catalog = try TemplateCatalog(directory: testPackageRoot.appendingPathComponent("templates").path)
+            var graph = h.graph
+            graph.baseURL = "http://127.0.0.1:1"  // nothing listens there
+            let client = GraphClient(configuration: graph)
+            let sender = InvoiceAPISender(store: h.store, client: client, catalog: catalog, defaultLanguage: "es", defaultCountryCode: "1")
+            let outcome = await result {
+                try await sender.sendInvoice(
+                    try JSONDecoder().decode(
+                        SendInvoiceRequest.self,
+                        from: Data(
+                            #"{"phoneNumbers": ["+18095550101"], "tenantName": "Ana", "totalAmount": 100, "invoiceId": "D-1"}"#.utf8)),
+                    caller: InvoiceCaller())
+            }
+            try? await client.shutdown()
+            let answer = try #require(try outcome.get().results.first)
+            #expect(answer.success == false)
+            #expect(answer.state == "failed")
+            #expect(answer.error == "not sent: WhatsApp could not be reached; call again later")
+            let id = try #require(answer.id)
+            let stored = try #require(try await h.store.message(id))
+            #expect(stored.errorTitle?.contains("127.0.0.1") == true, "\(stored.errorTitle ?? "")")
+        }
+    }
+
     @Test("the same call five times at once (a double click, a retrying UI): each number is sent once", arguments: engines)
     func concurrentCalls(engine: StoreEngine) async throws {
         try await Harness.run(engine: engine, jwtSecret: secret) { h in
