@@ -93,6 +93,13 @@ func runName(forManifest path: String) -> String {
     return name.isEmpty ? "run" : name
 }
 
+/// A manifest is a file that is there (a folder was read as one, and its report written).
+func checkManifestPath(_ path: String) throws {
+    var isFolder: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else { throw ValidationError("no manifest at \(path)") }
+    if isFolder.boolValue { throw ValidationError("\(path) is a folder: name the manifest file in it (a .csv or .xml)") }
+}
+
 /// `--run NAME`: a folder under reports/ (reports/NAME/), so letters, digits, `-`, `_` and `.`
 /// (not first), at most 100; `@` is the organization's, added by `send` (`march@caribe`).
 func checkRunName(_ name: String?) throws {

@@ -61,9 +61,7 @@ struct PreviewCommand: AsyncParsableCommand {
     var bodies = false
 
     func validate() throws {
-        guard FileManager.default.fileExists(atPath: manifest) else {
-            throw ValidationError("no manifest at \(manifest)")
-        }
+        try checkManifestPath(manifest)
         try checkRunName(run)
         if let messagingLimit, messagingLimit <= 0 {
             throw ValidationError("--messaging-limit must be a positive number of users")

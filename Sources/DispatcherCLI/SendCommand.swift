@@ -117,7 +117,7 @@ struct SendCommand: AsyncParsableCommand {
     var organization: String?
 
     func validate() throws {
-        guard FileManager.default.fileExists(atPath: manifest) else { throw ValidationError("no manifest at \(manifest)") }
+        try checkManifestPath(manifest)
         try checkRunName(run)
         guard rate > 0, rate <= 1000 else {
             throw ValidationError("--rate must be between 1 and 1000 messages per second (Meta's ceiling)")

@@ -419,6 +419,13 @@ struct SendCommandTests {
         #expect(!FileManager.default.fileExists(atPath: folder.appendingPathComponent("reports").path))
         let fine = try await DispatcherProcess.run(["preview", "month.csv", "--run", "march-2026_v2.1"], in: folder)
         #expect(fine.status == 0, "\(fine.stderr)")
+        // A folder named as the manifest: a usage error, nothing read or written.
+        for command in [["preview", "templates"], ["send", "templates", "--sandbox"]] {
+            let folderGiven = try await DispatcherProcess.run(command, in: folder)
+            #expect(folderGiven.status == 64, "\(command)")
+            #expect(folderGiven.stderr.contains("templates is a folder"), "\(folderGiven.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: folder.appendingPathComponent("reports/templates").path))
     }
 
     @Test("a run halted after some were accepted does not blame a missing webhook receiver for their statuses")
