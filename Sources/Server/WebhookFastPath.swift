@@ -176,8 +176,7 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
                 // refused before a byte of the body is read when it would pass it.
                 let declared = head.headerFields[.contentLength].flatMap { Int($0) } ?? 0
                 guard bodies.reserve(declared) else {
-                    state = .answering
-                    refuseBusy(context: context)
+                    refuse("busy", Self.busy, context: context)
                     return false
                 }
                 reserved = declared
@@ -190,11 +189,7 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         case (.receiving(let signature, var body, let since), .body(var chunk)):
             state = .idle  // (the buffer held once, so that appending does not copy it)
             guard body.readableBytes + chunk.readableBytes <= maxBytes else {
-                metrics.webhooksRejected["too_large"]?.increment()
-                var answer = WebhookAnswer.error(APIError(.contentTooLarge, "the body is larger than \(maxBytes) bytes"))
-                answer.close = true
-                state = .answering
-                respond(answer, context: context)
+                refuse("too_large", APIError(.contentTooLarge, "the body is larger than \(maxBytes) bytes"), context: context)
                 return false
             }
             // Counted against the budget of bodies in memory until answered (`BodyBudget`): what
@@ -202,18 +197,13 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             let beyond = body.readableBytes + chunk.readableBytes - reserved
             if beyond > 0 {
                 guard bodies.reserve(beyond) else {
-                    state = .answering
-                    refuseBusy(context: context)
+                    refuse("busy", Self.busy, context: context)
                     return false
                 }
                 reserved += beyond
             }
             guard ContinuousClock.now - since <= deadline else {
-                metrics.webhooksRejected["too_slow"]?.increment()
-                var answer = WebhookAnswer.error(APIError(.requestTimeout, "the body did not arrive within \(deadline)"))
-                answer.close = true
-                state = .answering
-                respond(answer, context: context)
+                refuse("too_slow", APIError(.requestTimeout, "the body did not arrive within \(deadline)"), context: context)
                 return false
             }
             body.writeBuffer(&chunk)
@@ -262,11 +252,16 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         return .some(signature)
     }
 
-    /// Past the budget of bodies in memory: 503, Meta sends it again; the connection is closed.
-    private func refuseBusy(context: ChannelHandlerContext) {
-        metrics.webhooksRejected["busy"]?.increment()
-        var answer = WebhookAnswer.error(APIError(.serviceUnavailable, "too many webhook bodies at once; retry later"))
+    /// Past the budget of bodies in memory: 503 (with Retry-After), Meta sends it again.
+    private static let busy = APIError(.serviceUnavailable, "too many webhook bodies at once; retry later")
+
+    /// A webhook refused while its body is read: counted under `reason`, answered with `error`,
+    /// and the connection closed (the rest of the body is not read).
+    private func refuse(_ reason: String, _ error: APIError, context: ChannelHandlerContext) {
+        metrics.webhooksRejected[reason]?.increment()
+        var answer = WebhookAnswer.error(error)
         answer.close = true
+        state = .answering
         respond(answer, context: context)
     }
 
