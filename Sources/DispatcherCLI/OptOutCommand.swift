@@ -31,12 +31,15 @@ struct OptOutCommand: AsyncParsableCommand {
         var defaultCountryCode: String?
 
         /// The id to keep: E.164 digits for a number, the user id as given otherwise.
-        func resolved(settings: Settings) throws -> (id: String, kind: OptOutKind) {
+        /// `strict`: a user id must have a user id's shape (adding one); removing takes any id
+        /// kept, whatever shape a webhook gave it.
+        func resolved(settings: Settings, strict: Bool = true) throws -> (id: String, kind: OptOutKind) {
             let text = who.trimmingCharacters(in: .whitespaces)
             // A user id has letters (`US.13491208655302741918`: a country's letters, a dot, its
             // id); a number has none.
             if text.contains(where: \.isLetter) {
                 let parts = text.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+                if !strict { return (text, .userID) }
                 guard parts.count == 2, (2...3).contains(parts[0].count), parts[0].allSatisfy({ $0.isASCII && $0.isUppercase }),
                     (1...120).contains(parts[1].count), parts[1].allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) })
                 else {
@@ -123,7 +126,7 @@ struct OptOutCommand: AsyncParsableCommand {
 
         func run() async throws {
             let settings = Settings(environment: ProcessInfo.processInfo.environment)
-            let (id, kind) = try who.resolved(settings: settings)
+            let (id, kind) = try who.resolved(settings: settings, strict: false)
             let store = try await database.openExisting(settings: settings)
             let removed = try await store.removeOptOut(id, note: note, at: Date().timeIntervalSince1970)
             if removed.isEmpty {

@@ -42,7 +42,7 @@ struct SettleOptions: ParsableArguments {
 
     @Flag(
         help:
-            "When a language the run needs is not approved at Meta (WHATSAPP_BUSINESS_ACCOUNT_ID set), skip its messages instead of refusing to start."
+            "When a language the run needs is not approved at Meta (WHATSAPP_BUSINESS_ACCOUNT_ID set), skip its messages instead of refusing to start; run again with it, they are tried again (sent once approved)."
     )
     var skipUnapprovedLanguages = false
 
@@ -228,6 +228,7 @@ struct SendCommand: AsyncParsableCommand {
             // really queued (messages an earlier run sent are skipped when stored; the check pass
             // of a run sent while stored counts them, and refused a run that would send nothing).
             options.sendWhileStoring = !stagesDocuments && settleOptions.maxCost == nil
+            options.requeueTemplateSkips = settleOptions.skipUnapprovedLanguages
             let existed = try await engine.store.run(named: lane.run) != nil
             let preparation = try await engine.prepare(options)
             let preview = preparation.preview
@@ -236,7 +237,7 @@ struct SendCommand: AsyncParsableCommand {
                 if preview.errorCount > 30 { console.say("  …and \(preview.errorCount - 30) more (dispatcher preview writes them all)") }
             }
             guard await barrier.arrive(lane.run, ok: !options.refuses(preview)) else {
-                if preview.isValid {
+                if !options.refuses(preview) {
                     // Another lane failed (its own reason is said and decides the exit status).
                     if !existed {
                         _ = try? await engine.store.discardUnsentRun(lane.run)
@@ -380,7 +381,8 @@ struct RetryCommand: AsyncParsableCommand {
         try await session.execute(run: run, organization: organization, renderer: renderer, validation: ValidationOptions()) {
             engine, console in
             let selection = try await engine.requeueForRetry(
-                run: run, codes: wanted, includeUnknown: includeUnknown, ignoringWait: retryNow)
+                run: run, codes: wanted, includeUnknown: includeUnknown, ignoringWait: retryNow,
+                includeTemplateSkips: settleOptions.skipUnapprovedLanguages)
             console.say("Run \(run): \(selection.requeued.count) messages to send again")
             if selection.heldBack > 0 {
                 console.say(

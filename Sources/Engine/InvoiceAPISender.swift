@@ -54,9 +54,13 @@ public final class InvoiceAPISender: InvoiceSendService {
     /// Whether `run` is this sender's organization's (every run is, without organizations). A
     /// message's id is its invoice, number and template: the same three in another organization
     /// name that organization's message, which this caller must neither see nor answer with.
-    func isOurs(run: String) -> Bool {
+    func isOurs(run: String) async throws -> Bool {
         guard let organization else { return true }
-        guard let at = run.lastIndex(of: "@") else { return false }
+        // A run without an organization in its name (before the configuration had several, or a
+        // day's `api-DATE` then): ours when it was sent from our number.
+        guard let at = run.lastIndex(of: "@") else {
+            return try await store.run(named: run)?.sender == client.configuration.phoneNumberID
+        }
         return run[run.index(after: at)...] == organization
     }
 
@@ -165,7 +169,7 @@ public final class InvoiceAPISender: InvoiceSendService {
         // Another organization's message with the same id (invoice, number, template): nothing of
         // it is told (its run, amount or state), and nothing is stored or answered in its name.
         for message in rendered {
-            if let existing = try await store.message(message.id), !isOurs(run: existing.run) {
+            if let existing = try await store.message(message.id), try await !isOurs(run: existing.run) {
                 throw Self.takenElsewhere(invoiceID, phone: message.phone)
             }
         }

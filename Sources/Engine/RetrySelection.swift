@@ -16,10 +16,12 @@ public struct RetrySelection: Sendable {
 extension RunEngine {
     /// Puts back in the queue the run's failed messages that may be sent again (`ErrorClass.isRetryable`,
     /// or those whose code is in `codes`), and with `includeUnknown` those whose fate is unknown; those
-    /// Meta asked to wait for (131049) only once their time has come, or with `ignoringWait`.
+    /// Meta asked to wait for (131049) only once their time has come, or with `ignoringWait`; with
+    /// `includeTemplateSkips` (and no `codes`), those skipped because their template was not
+    /// approved, checked again before sending.
     public func requeueForRetry(
         run: String, codes: Set<Int>? = nil, includeUnknown: Bool = false, ignoringWait: Bool = false,
-        now: Double? = nil
+        now: Double? = nil, includeTemplateSkips: Bool = false
     ) async throws -> RetrySelection {
         let now = now ?? wallClock()
         // What a crash (or a second Ctrl-C) left in flight is `unknown` first, as `prepare` does
@@ -47,10 +49,10 @@ extension RunEngine {
             }
             after = page.next
         } while after != nil
-        // And those skipped because their template was not approved (checked again before sending).
-        let requeued =
-            try await store.requeue(messageIDs: candidates, at: now)
-            + store.requeueSkipped(run: run, reasonPrefix: SkipReason.templateNotApproved, at: now)
+        var requeued = try await store.requeue(messageIDs: candidates, at: now)
+        if includeTemplateSkips && codes == nil {
+            requeued += try await store.requeueSkipped(run: run, reasonPrefix: SkipReason.templateNotApproved, at: now)
+        }
         if var record = try await store.run(named: run) {
             record.status = .sending
             try await store.saveRun(record)

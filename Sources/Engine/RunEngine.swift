@@ -13,6 +13,10 @@ public struct RunOptions: Sendable {
     /// Messages per second from this sender number (Meta: 80 by default, up to 1,000).
     public var rate: Double
     public var skipInvalid: Bool
+    /// Put back in the queue the messages an earlier pass skipped because their template was not
+    /// approved (`--skip-unapproved-languages` again): checked again, sent once approved. Without
+    /// it they stay skipped, and the run's other messages are not held up by them.
+    public var requeueTemplateSkips = false
 
     /// Whether the run may not go on with this check of its manifest: it has problems, and they
     /// are not invalid invoices `skipInvalid` skips (the file could not be read to its end).
@@ -171,7 +175,9 @@ public final class RunEngine: Sendable {
         let interrupted = try await store.markInterrupted(run: options.run, at: now)
         // Skipped before because their template was not approved: tried again (checked again
         // before the first send, and skipped again with the reason if it still is not).
-        if existing != nil { _ = try await store.requeueSkipped(run: options.run, reasonPrefix: SkipReason.templateNotApproved, at: now) }
+        if existing != nil && options.requeueTemplateSkips {
+            _ = try await store.requeueSkipped(run: options.run, reasonPrefix: SkipReason.templateNotApproved, at: now)
+        }
         let optedOut = try await OptOutList.load(from: store)
         var preparation = try await storePass(options, optedOut: optedOut, discardOnFailure: existing == nil)
         preparation.interrupted = interrupted

@@ -251,31 +251,26 @@ public struct DispatcherServer: Sendable {
             metrics.webhooksRejected["too_large"]?.increment()
             throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
         }
-        // Counted against the budget of bodies in memory until stored (`BodyBudget`): a declared
-        // length at once, before a byte is read; what goes past it (a chunked body) chunk by chunk.
+        // Counted against the budget of bodies in memory as bytes arrive, until stored
+        // (`BodyBudget`): a head that declares 3.4 MB and sends nothing holds no share of it, nor
+        // memory (the buffer starts at 64 KB at most).
         let declared = request.headers[.contentLength].flatMap(Int.init) ?? 0
         var reserved = 0
         defer { bodies.release(reserved) }
-        func refuseBusy() -> APIError {
-            metrics.webhooksRejected["busy"]?.increment()
-            context.logger.warning("webhook refused: webhook bodies in memory are at their budget")
-            return APIError(.serviceUnavailable, "too many webhook bodies at once; retry later", headers: Self.closeAndRetry)
-        }
-        guard bodies.reserve(declared) else { throw refuseBusy() }
-        reserved = declared
         var buffer = ByteBuffer()
-        buffer.reserveCapacity(declared)
+        buffer.reserveCapacity(min(declared, 1 << 16))
         do {
             for try await chunk in request.body {
                 guard buffer.readableBytes + chunk.readableBytes <= configuration.maxWebhookBytes else {
                     metrics.webhooksRejected["too_large"]?.increment()
                     throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
                 }
-                let beyond = buffer.readableBytes + chunk.readableBytes - reserved
-                if beyond > 0 {
-                    guard bodies.reserve(beyond) else { throw refuseBusy() }
-                    reserved += beyond
+                guard bodies.reserve(chunk.readableBytes) else {
+                    metrics.webhooksRejected["busy"]?.increment()
+                    context.logger.warning("webhook refused: webhook bodies in memory are at their budget")
+                    throw APIError(.serviceUnavailable, "too many webhook bodies at once; retry later", headers: Self.closeAndRetry)
                 }
+                reserved += chunk.readableBytes
                 buffer.writeImmutableBuffer(chunk)
                 guard ContinuousClock.now - started <= configuration.webhookBodyDeadline else {
                     metrics.webhooksRejected["too_slow"]?.increment()

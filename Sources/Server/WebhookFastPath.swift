@@ -172,15 +172,13 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         switch (state, part) {
         case (.idle, .head(let head)):
             if let signature = webhookSignature(head) {
-                // A declared length is taken from the budget at once (and the buffer made to it):
-                // refused before a byte of the body is read when it would pass it.
+                // The budget is taken as bytes arrive: a head that declares 3.4 MB and sends nothing
+                // must not hold a share of it, nor memory (the buffer starts at 64 KB at most:
+                // made to a declared 3.4 MB, 200 held connections took 273 MB, the budget 64).
                 let declared = head.headerFields[.contentLength].flatMap { Int($0) } ?? 0
-                guard bodies.reserve(declared) else {
-                    refuse("busy", Self.busy, context: context)
-                    return false
-                }
-                reserved = declared
-                state = .receiving(signature: signature, body: context.channel.allocator.buffer(capacity: declared), since: .now)
+                reserved = 0
+                state = .receiving(
+                    signature: signature, body: context.channel.allocator.buffer(capacity: min(declared, 1 << 16)), since: .now)
             } else {
                 state = .forwarding(read: false, answered: false)
                 context.fireChannelRead(wrapInboundOut(part))
@@ -192,16 +190,13 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
                 refuse("too_large", APIError(.contentTooLarge, "the body is larger than \(maxBytes) bytes"), context: context)
                 return false
             }
-            // Counted against the budget of bodies in memory until answered (`BodyBudget`): what
-            // goes past the declared length (a chunked body has none), chunk by chunk.
-            let beyond = body.readableBytes + chunk.readableBytes - reserved
-            if beyond > 0 {
-                guard bodies.reserve(beyond) else {
-                    refuse("busy", Self.busy, context: context)
-                    return false
-                }
-                reserved += beyond
+            // Counted against the budget of bodies in memory, chunk by chunk, until answered
+            // (`BodyBudget`).
+            guard bodies.reserve(chunk.readableBytes) else {
+                refuse("busy", Self.busy, context: context)
+                return false
             }
+            reserved += chunk.readableBytes
             guard ContinuousClock.now - since <= deadline else {
                 refuse("too_slow", APIError(.requestTimeout, "the body did not arrive within \(deadline)"), context: context)
                 return false
@@ -231,7 +226,9 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             break
         default:
             // A body or end with no head, or a head within a body: Hummingbird's loop words
-            // the protocol error (and closes).
+            // the protocol error (and closes). A body being read is dropped, and its share freed.
+            bodies.release(reserved)
+            reserved = 0
             state = .forwarding(read: true, answered: false)
             context.fireChannelRead(wrapInboundOut(part))
             return true

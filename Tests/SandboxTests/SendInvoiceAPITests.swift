@@ -351,6 +351,36 @@ struct SendInvoiceAPITests {
         }
     }
 
+    @Test("a message from before organizations were configured (a run without @) is still its number's: a repeat is answered from it")
+    func beforeOrganizations() async throws {
+        try await Harness.run { h in
+            let catalog = try TemplateCatalog(directory: testPackageRoot.appendingPathComponent("templates").path)
+            var graph = h.graph
+            graph.phoneNumberID = "PN-CARIBE"
+            let client = GraphClient(configuration: graph)
+            let body = try JSONDecoder().decode(
+                SendInvoiceRequest.self,
+                from: Data(#"{"phoneNumbers": ["+18095550304"], "tenantName": "Ana", "totalAmount": 100, "invoiceId": "OLD-1"}"#.utf8))
+            let outcome = await result {
+                // One number, no configuration yet: the day's run is `api-DATE`, no organization.
+                let before = InvoiceAPISender(
+                    store: h.store, client: client, catalog: catalog, defaultLanguage: "es", defaultCountryCode: "1")
+                let first = try await before.sendInvoice(body, caller: InvoiceCaller())
+                // Then organizations are configured: caribe on the same number repeats the call.
+                let after = InvoiceAPISender(
+                    store: h.store, client: client, catalog: catalog, defaultLanguage: "es", defaultCountryCode: "1", organization: "caribe"
+                )
+                let repeated = try await after.sendInvoice(body, caller: InvoiceCaller(organizationID: "caribe"))
+                return (first, repeated)
+            }
+            try? await client.shutdown()
+            let (first, repeated) = try outcome.get()
+            #expect(first.results.first?.success == true)
+            #expect(repeated.results.first?.id == first.results.first?.id)
+            #expect(try await h.requests().count == 1, "sent twice")
+        }
+    }
+
     @Test("a dead provider: the caller hears the invoice was not sent, not our Graph address; the ledger keeps the reason")
     func deadProvider() async throws {
         try await Harness.run { h in

@@ -162,9 +162,14 @@ struct TemplateAccountTests {
             #expect(skipped.map(\.messages) == [2])
             #expect(try await h.store.stateCounts(run: "skipping") == [.queued: 1, .skipped: 2])
             #expect(try await h.store.run(named: "skipping")?.status != .halted)
-            // Never skipped for good: the same command again puts them back in the queue, to be
-            // checked again (still not approved here: skipped again, with the reason).
+            // The same command without the flag leaves them skipped (the run's other messages are
+            // not held up by a refusal); with it, they are put back in the queue to be checked
+            // again (still not approved here: skipped again, with the reason).
             _ = try await e.prepare(RunOptions(run: "skipping", manifest: try manifest("S"), rate: 80))
+            #expect(try await h.store.stateCounts(run: "skipping") == [.queued: 1, .skipped: 2])
+            var again = RunOptions(run: "skipping", manifest: try manifest("S"), rate: 80)
+            again.requeueTemplateSkips = true
+            _ = try await e.prepare(again)
             #expect(try await h.store.stateCounts(run: "skipping") == [.queued: 3])
             guard case .skipped = try await e.checkTemplates(run: "skipping", businessAccountID: "SANDBOX-WABA", skipUnapproved: true)
             else {
@@ -172,8 +177,10 @@ struct TemplateAccountTests {
                 return
             }
             #expect(try await h.store.stateCounts(run: "skipping") == [.queued: 1, .skipped: 2])
-            // And `retry` of the run takes them too, nothing else.
-            let retry = try await e.requeueForRetry(run: "skipping")
+            // And `retry` of the run with the flag takes them too (not with --codes, nor without it).
+            #expect(try await e.requeueForRetry(run: "skipping").requeued.isEmpty)
+            #expect(try await e.requeueForRetry(run: "skipping", codes: [131000], includeTemplateSkips: true).requeued.isEmpty)
+            let retry = try await e.requeueForRetry(run: "skipping", includeTemplateSkips: true)
             #expect(retry.requeued.count == 2)
             #expect(try await h.store.stateCounts(run: "skipping") == [.queued: 3])
             #expect(try await h.requests().isEmpty, "nothing is sent by the checks")
