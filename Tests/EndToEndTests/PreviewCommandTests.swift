@@ -485,6 +485,16 @@ struct SendCommandTests {
             ["preview", "month.csv", "--config", "orgs.json", "--organization", "sur"], in: folder, environment: ["T": "x"])
         #expect(unknown.status == 64)
         #expect(unknown.stderr.contains("--organization sur is not configured (configured: caribe, norte)"), "\(unknown.stderr)")
+        // One organization's rows are read with its own country code and currency, as send reads them.
+        try
+            #"{"organizations": [{"id": "caribe", "phone_number_id": "1", "token_env": "T"}, {"id": "norte", "phone_number_id": "2", "token_env": "T", "default_country_code": "34", "currency": "EUR"}]}"#
+            .write(to: folder.appendingPathComponent("orgs.json"), atomically: true, encoding: .utf8)
+        try "invoice_id,organization,tenant_name,phone,amount,currency,period\nN,norte,Nuria,612 345 678,100.00,,2026-03\n".write(
+            to: folder.appendingPathComponent("norte.csv"), atomically: true, encoding: .utf8)
+        let norte = try await DispatcherProcess.run(
+            ["preview", "norte.csv", "--ignore-store", "--config", "orgs.json", "--organization", "norte"], in: folder,
+            environment: ["T": "x", "DISPATCHER_DEFAULT_COUNTRY_CODE": "1"])
+        #expect(norte.status == 0, "\(norte.stdout)\(norte.stderr)")
     }
 
     @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")
