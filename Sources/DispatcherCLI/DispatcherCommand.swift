@@ -87,10 +87,26 @@ struct Console {
 /// `march-2026.csv` → `march-2026`: the default run name, safe as a folder name.
 func runName(forManifest path: String) -> String {
     let base = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
-    let safe = base.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") ? $0 : "-" }
+    let safe = base.map { isRunNameCharacter($0) ? $0 : "-" }
     // Not "." or "..", nor hidden: the name is a folder under reports/.
     let name = String(safe.drop { $0 == "." })
     return name.isEmpty ? "run" : name
+}
+
+/// What a run's name is made of (it is a folder under reports/): ASCII letters and digits, `-`, `_`, `.`.
+func isRunNameCharacter(_ c: Character) -> Bool { c.isASCII && (c.isLetter || c.isNumber || c == "-" || c == "_" || c == ".") }
+
+/// The one-organization setup's word after a row of another organization.
+func oneOrganizationHint(_ organization: String?) -> String {
+    organization.map { "this setup sends for one organization (--organization \($0)): configure several with --config to send the others" }
+        ?? "this setup sends for one organization: name it with --organization, or configure several with --config"
+}
+
+/// `--organization`, when given, must be one of `known` (the configuration file's).
+func checkOrganizationOption(_ organization: String?, known: [String]) throws {
+    if let organization, !known.contains(organization) {
+        throw ValidationError("--organization \(organization) is not configured (configured: \(known.joined(separator: ", ")))")
+    }
 }
 
 /// A manifest is a file that is there (a folder was read as one, and its report written).
@@ -104,8 +120,7 @@ func checkManifestPath(_ path: String) throws {
 /// (not first), at most 100; `@` is the organization's, added by `send` (`march@caribe`).
 func checkRunName(_ name: String?) throws {
     guard let name else { return }
-    let allowed = name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }
-    guard allowed, !name.isEmpty, !name.hasPrefix("."), name.count <= 100 else {
+    guard name.allSatisfy(isRunNameCharacter), !name.isEmpty, !name.hasPrefix("."), name.count <= 100 else {
         throw ValidationError(
             "--run '\(name)' cannot name a run: use letters, digits, '-', '_' and '.' (not first), at most 100 (it is the report's folder, reports/NAME/)"
         )

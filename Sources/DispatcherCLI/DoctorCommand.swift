@@ -106,14 +106,12 @@ struct DoctorCommand: AsyncParsableCommand {
                     line(false, "\(error.description)")
                     // Meta's codes have their advice; anything else is this check's to say (not a
                     // run's "what was not sent is still queued").
-                    let advice = haltAdvice(error)
                     line(
                         nil,
-                        !advice.hasPrefix("Fix the cause above")
-                            ? advice
-                            : error.code == nil
+                        knownAdvice(error)
+                            ?? (error.code == nil
                                 ? "Meta could not be reached at \(settings.apiBaseURL): check the network (a proxy, a firewall) and WHATSAPP_API_BASE_URL."
-                                : "Fix the cause above, then run `dispatcher doctor --check-token` again.")
+                                : "Fix the cause above, then run `dispatcher doctor --check-token` again."))
                 }
                 try? await client.shutdown()
             } else {

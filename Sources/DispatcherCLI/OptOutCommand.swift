@@ -38,8 +38,8 @@ struct OptOutCommand: AsyncParsableCommand {
             // A user id has letters (`US.13491208655302741918`: a country's letters, a dot, its
             // id); a number has none.
             if text.contains(where: \.isLetter) {
-                let parts = text.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
                 if !strict { return (text, .userID) }
+                let parts = text.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
                 guard parts.count == 2, (2...3).contains(parts[0].count), parts[0].allSatisfy({ $0.isASCII && $0.isUppercase }),
                     (1...120).contains(parts[1].count), parts[1].allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) })
                 else {

@@ -83,9 +83,7 @@ struct PreviewCommand: AsyncParsableCommand {
         let loaded = try loadOrganizations(config: config, settings: settings)
         if loaded.fromFile {
             let known = loaded.organizations.map(\.id)
-            if let organization, !known.contains(organization) {
-                throw ValidationError("--organization \(organization) is not configured (configured: \(known.joined(separator: ", ")))")
-            }
+            try checkOrganizationOption(organization, known: known)
             options.organizations = OrganizationScope(
                 organization: organization, known: known, fallback: organization ?? (known.count == 1 ? known[0] : nil),
                 reportsStrays: true)
@@ -101,9 +99,7 @@ struct PreviewCommand: AsyncParsableCommand {
             let id = organization ?? loaded.organizations.first?.id ?? "default"
             options.organizations = OrganizationScope(
                 organization: id, known: [id], fallback: id, reportsStrays: true,
-                strayHint: organization == nil
-                    ? "this setup sends for one organization: name it with --organization, or configure several with --config"
-                    : "this setup sends for one organization (--organization \(organization!)): configure several with --config to send the others"
+                strayHint: oneOrganizationHint(organization)
             )
         }
         // A template that does not match Meta's rules stops here (exit 1), before any manifest is read.

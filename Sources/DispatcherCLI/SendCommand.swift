@@ -149,9 +149,7 @@ struct SendCommand: AsyncParsableCommand {
         }
         if loaded.fromFile {
             let known = loaded.organizations.map(\.id)
-            if let organization, !known.contains(organization) {
-                throw ValidationError("--organization \(organization) is not configured (configured: \(known.joined(separator: ", ")))")
-            }
+            try checkOrganizationOption(organization, known: known)
             let scope = OrganizationScope(
                 organization: nil, known: known, fallback: organization ?? (known.count == 1 ? known[0] : nil), reportsStrays: false)
             let census = OrganizationCensus(path: manifest, scope: scope)
@@ -195,9 +193,7 @@ struct SendCommand: AsyncParsableCommand {
             org.id = organization ?? org.id
             let scope = OrganizationScope(
                 organization: org.id, known: [org.id], fallback: org.id, reportsStrays: true,
-                strayHint: organization == nil
-                    ? "this setup sends for one organization: name it with --organization, or configure several with --config"
-                    : "this setup sends for one organization (--organization \(organization!)): configure several with --config to send the others"
+                strayHint: oneOrganizationHint(organization)
             )
             lanes.append(
                 try lane(

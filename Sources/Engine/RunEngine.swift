@@ -808,6 +808,12 @@ extension InvoiceRecord {
 
 /// What to do about a halt, in words an operator can act on.
 public func haltAdvice(_ error: GraphError, tokenVariable: String = "WHATSAPP_ACCESS_TOKEN") -> String {
+    knownAdvice(error, tokenVariable: tokenVariable)
+        ?? "Fix the cause above, then run the same command again: what was not sent is still queued."
+}
+
+/// What to do about one of Meta's codes that doom a run; nil for any other error.
+public func knownAdvice(_ error: GraphError, tokenVariable: String = "WHATSAPP_ACCESS_TOKEN") -> String? {
     switch error.code ?? -1 {
     case 190:
         return
@@ -824,7 +830,7 @@ public func haltAdvice(_ error: GraphError, tokenVariable: String = "WHATSAPP_AC
     case 133010, 131045:
         return "The sender phone number is not registered with the Cloud API: register it (and check WHATSAPP_PHONE_NUMBER_ID)."
     case 131048: return "Meta's spam rate limit was hit: wait, and review the template's quality."
-    default: return "Fix the cause above, then run the same command again: what was not sent is still queued."
+    default: return nil
     }
 }
 
