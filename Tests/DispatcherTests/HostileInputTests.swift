@@ -154,7 +154,9 @@ struct HostileInputTests {
             let result = try previewer.run(path: path) { _, messages in
                 // A caller held up at its first invoice: the reader runs ahead and, once more than
                 // half its queue waits, renders; the caller renders the first batches, queued before.
-                if slowCaller && bodies.isEmpty { usleep(300_000) }
+                // (2 s: CI, loaded, once gave the reader no turn in 0.3 s, and nothing was rendered
+                // ahead. The reader's queue is bounded, so a longer hold cannot render it all.)
+                if slowCaller && bodies.isEmpty { usleep(2_000_000) }
                 bodies += messages.map { "\($0.id) \($0.language) \($0.request.template.components.count) \($0.body)" }
             }
             return (result, bodies)
