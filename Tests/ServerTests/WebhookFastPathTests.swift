@@ -127,6 +127,7 @@ struct WebhookFastPathTests {
         try await serving(DispatcherServer(store: store, configuration: configuration)) { port in
             let fd = try connectLoopback(port: port)
             defer { close(fd) }
+            let began = ContinuousClock.now
             let responses = try await blocking {
                 var start = 0
                 for cut in pieces where cut > start {
@@ -140,7 +141,9 @@ struct WebhookFastPathTests {
             if let first = zip(responses, expected).enumerated().first(where: { $0.element.0.status != $0.element.1 }) {
                 Issue.record("request \(first.offset) of \(expected.count): \(first.element.0.status), not \(first.element.1)")
             } else if responses.count < expected.count {
-                Issue.record("answered \(responses.count) of \(expected.count); the next: \(requests[responses.count].prefix(40))")
+                Issue.record(
+                    "answered \(responses.count) of \(expected.count) in \(ContinuousClock.now - began) (closed, or silent for 120 s); the next: \(requests[responses.count].prefix(40))"
+                )
             }
         }
         #expect(try await payloadCount(store) == stored)
@@ -467,7 +470,9 @@ func sendAll(_ fd: Int32, _ text: String) throws {
 /// `count` responses with `Content-Length` bodies, read within 30 s (fewer if the server stops
 /// answering or closes).
 func readResponses(_ fd: Int32, count: Int) throws -> [RawResponse] {
-    var timeout = timeval(tv_sec: 30, tv_usec: 0)
+    // 120 s: when CI's whole suite starts at once, the 2 cooperative threads that run the intake's
+    // tasks can be taken by other tests for half a minute (a fresh-clone CI once gave up at 30 s).
+    var timeout = timeval(tv_sec: 120, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     var data: [UInt8] = []
     var responses: [RawResponse] = []
