@@ -269,16 +269,19 @@ struct WebhookFastPathTests {
             let fd = try connectLoopback(port: port)
             defer { close(fd) }
             let (responses, rest) = try await blocking {
-                // In three parts a second apart: the router's clock starts when its handler does,
-                // which a loaded machine delays, so one gap alone could all pass before it looks.
-                let wire = post(body)
-                let first = wire.index(wire.endIndex, offsetBy: -body.utf8.count / 2)
-                let second = wire.index(after: first)
-                try sendAll(fd, String(wire[..<first]))
-                Thread.sleep(forTimeInterval: 1)
-                try? sendAll(fd, String(wire[first..<second]))
-                Thread.sleep(forTimeInterval: 1)
-                try? sendAll(fd, String(wire[second...]))
+                // The head and half the body, then a byte every 200 ms (each inside the idle
+                // timeout) until the server answers, the last byte held back. The router's clock
+                // starts when its handler does, which a loaded machine delays by seconds: a fixed
+                // pause could all pass before it looks (CI, loaded, once got a 200 after 2 s).
+                let wire = Array(post(body).utf8)
+                var next = wire.count - body.utf8.count / 2
+                try sendAll(fd, String(decoding: wire[..<next], as: UTF8.self))
+                var ready = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                while next < wire.count - 1, poll(&ready, 1, 200) == 0 {
+                    try sendAll(fd, String(decoding: wire[next..<next + 1], as: UTF8.self))
+                    next += 1
+                }
+                if poll(&ready, 1, 0) == 0 { try? sendAll(fd, String(decoding: wire[next...], as: UTF8.self)) }
                 return (try readResponses(fd, count: 1), closedSoon(fd))
             }
             #expect(responses.map(\.status) == [408])
@@ -467,7 +470,7 @@ func sendAll(_ fd: Int32, _ text: String) throws {
     }
 }
 
-/// `count` responses with `Content-Length` bodies, read within 30 s (fewer if the server stops
+/// `count` responses with `Content-Length` bodies, each within 120 s (fewer if the server stops
 /// answering or closes).
 func readResponses(_ fd: Int32, count: Int) throws -> [RawResponse] {
     // 120 s: when CI's whole suite starts at once, the 2 cooperative threads that run the intake's
