@@ -647,11 +647,13 @@ public final class SQLiteStore: DispatchStore {
     static func ingest(_ db: Database, _ u: StatusUpdate, payloadID: Int64, at time: Double, into result: inout IngestResult) throws {
         var match = try Row.fetchOne(
             db.cachedStatement(sql: "SELECT id, state, phone, run FROM messages WHERE wamid = ?"), arguments: [u.wamid])
+        var teaches = false
         if match == nil, let callback = u.callbackData, !callback.isEmpty {
             // The send's response may have been lost: the status tells us the wamid (applied below).
             match = try Row.fetchOne(
                 db.cachedStatement(sql: "SELECT id, state, phone, run FROM messages WHERE id = ? AND (wamid IS NULL OR wamid = ?)"),
                 arguments: [callback, u.wamid])
+            teaches = match != nil
         }
         if let found = match, let number = u.phoneNumberID, try !sentFrom(db, run: found["run"], number: number) {
             // Another number's status: never applied to this number's message (kept, reported apart).
@@ -665,6 +667,9 @@ public final class SQLiteStore: DispatchStore {
         var applied: MessageState? = nil
         if let match {
             applied = try apply(db, u, to: match["id"], from: MessageState(rawValue: match["state"]) ?? .unknown, at: time)
+            // The wamid learnt now: statuses kept unmatched under it (they came first, without our
+            // callback data) are applied too, as they would have been in the other order.
+            if teaches { try attachPendingEvents(db, messageID: match["id"], wamid: u.wamid) }
         }
         try db.cachedStatement(
             sql: """

@@ -130,8 +130,10 @@ struct PostgresIngestTests {
             await fast.close()
             await slow.close()
         }
-        // The fast path is the one taken, bar the rare batch it leaves to the slow one.
-        #expect(setsTaken >= 100, "\(setsTaken) of 120 batches applied as sets")
+        // The fast path is the one taken, bar the batches it leaves to the slow one. Here one status
+        // in twenty has no callback data (Meta's always have ours): it waits unmatched until another
+        // status teaches its wamid, and the batch that does goes one at a time (87 of 120 as sets).
+        #expect(setsTaken >= 75, "\(setsTaken) of 120 batches applied as sets")
     }
 
     @Test(

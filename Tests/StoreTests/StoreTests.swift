@@ -230,6 +230,28 @@ struct StoreTests {
     }
 
     @Test(
+        "a status kept unmatched under a wamid is applied when a later status's callback data teaches that wamid (as sets, and one at a time)",
+        arguments: engines)
+    func unmatchedThenTaught(engine: StoreEngine) async throws {
+        for oneAtATime in [false, true] {
+            let store = try await makeStore(engine)
+            let id = try await seed(store)[0]
+            _ = try await store.beginAttempt(messageID: id, at: 1)
+            try await store.recordUnknown(messageID: id, attempt: 1, reason: "timed out after the request left", at: 2)
+            // `delivered` first, without our callback data: no message has this wamid yet.
+            #expect(try await ingest(store, [status("wamid.TAUGHT", "delivered", at: 200)]).unmatched == 1)
+            // Then `sent` with it: the wamid is learnt, and the delivery waiting under it applies.
+            // (A tenant's reply beside it sends the POST one status at a time on PostgreSQL.)
+            let reply = InboundText(wamid: "wamid.in", from: "18095550199", timestamp: 150, type: "text", body: "ok")
+            _ = try await ingest(store, [status("wamid.TAUGHT", "sent", at: 100, callback: id)], inbound: oneAtATime ? [reply] : [])
+            let message = try #require(try await store.message(id))
+            #expect(message.wamid == "wamid.TAUGHT")
+            #expect(message.state == .delivered, "one at a time: \(oneAtATime)")
+            #expect(try await store.events(messageID: id).map(\.status).sorted() == ["delivered", "sent"])
+        }
+    }
+
+    @Test(
         "an attempt begins only for a message still queued: one another process began is left alone and gets no number",
         arguments: engines)
     func beginOnlyQueued(engine: StoreEngine) async throws {

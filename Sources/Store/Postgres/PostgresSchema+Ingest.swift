@@ -1,5 +1,9 @@
 /// Webhook intake on PostgreSQL, applied as sets: the fast path of `PostgresStore.writeBatch`.
 extension PostgresSchema {
+    /// The class of the advisory locks `dispatcher_ingest_statuses` takes per wamid (two-key locks:
+    /// apart from `intakeLock`'s one-key space).
+    static let wamidLockClass: Int32 = 0x7761_6D69  // "wami"
+
     /// `dispatcher_ingest_statuses`: a batch of payloads without inbound messages in a handful of
     /// statements instead of a dozen per status. It takes `intakeLock` shared first (one status at
     /// a time takes it alone). The statuses' messages are found in one query and locked in id order
@@ -13,7 +17,9 @@ extension PostgresSchema {
     /// Where one status at a time could decide differently, it raises (SQLSTATE P0001, "dispatcher:
     /// …") and the caller writes the batch the slow way: a message with no wamid yet named by two
     /// wamids; a status that only matches through a wamid another status of the batch teaches; a
-    /// message whose wamid another process changed while the batch waited for its lock.
+    /// message whose wamid another process changed while the batch waited for its lock; a wamid
+    /// learnt here that statuses kept unmatched wait for, or a status kept unmatched under a wamid
+    /// another batch has just taught.
     /// Any other error (a deadlock, a refused value) also fails the whole call, with nothing kept.
     static let ingestStatuses: String = {
         let times = StatusRule.all.map(\.timeColumn)
@@ -55,6 +61,9 @@ extension PostgresSchema {
                 e_set BOOLEAN; e_code INTEGER; e_title TEXT; e_details TEXT;
                 new_state TEXT; m_id TEXT;
                 learnt TEXT[] := '{}';
+                -- wamids of statuses that match no message (kept unmatched)
+                waiting TEXT[] := '{}';
+                w TEXT;
                 -- the statuses' events, in (payload, position) order once inserted
                 ev_pn INTEGER[] := '{}'; ev_o INTEGER[] := '{}'; ev_wamid TEXT[] := '{}'; ev_message TEXT[] := '{}'; ev_status TEXT[] := '{}';
                 ev_ts DOUBLE PRECISION[] := '{}'; ev_time DOUBLE PRECISION[] := '{}'; ev_recipient TEXT[] := '{}'; ev_callback TEXT[] := '{}';
@@ -135,6 +144,8 @@ extension PostgresSchema {
                         END IF;
                     ELSIF s.mid IS NULL AND s.wamid = ANY(learnt) THEN
                         RAISE EXCEPTION 'dispatcher: a status of % waits for a wamid learnt in the same batch', s.wamid USING ERRCODE = 'P0001';
+                    ELSIF s.mid IS NULL THEN
+                        waiting := waiting || s.wamid;
                     END IF;
                     ev_pn := ev_pn || s.pn; ev_o := ev_o || s.o; ev_wamid := ev_wamid || s.wamid; ev_message := ev_message || m_id;
                     ev_status := ev_status || s.status; ev_ts := ev_ts || s.ts; ev_time := ev_time || s.at;
@@ -144,6 +155,20 @@ extension PostgresSchema {
                     ev_pricing_type := ev_pricing_type || s.pricing_type;
                 END LOOP;
                 \(keep)
+                -- A wamid learnt here, and one a status is kept unmatched under, are locked (in order,
+                -- after the messages): of two batches at once, one teaching a wamid and one keeping
+                -- a status under it, the second sees what the first committed, and leaves it to one
+                -- status at a time, which applies the status with the wamid. Without it each missed
+                -- the other, and the status was never applied.
+                IF cardinality(learnt) + cardinality(waiting) > 0 THEN
+                    FOREACH w IN ARRAY (SELECT array_agg(DISTINCT x ORDER BY x) FROM unnest(learnt || waiting) AS x) LOOP
+                        PERFORM pg_advisory_xact_lock(\(wamidLockClass), hashtext(w));
+                    END LOOP;
+                    IF EXISTS (SELECT 1 FROM status_events WHERE message_id IS NULL AND wamid = ANY(learnt))
+                       OR EXISTS (SELECT 1 FROM messages WHERE wamid = ANY(waiting)) THEN
+                        RAISE EXCEPTION 'dispatcher: statuses wait for a wamid learnt now' USING ERRCODE = 'P0001';
+                    END IF;
+                END IF;
                 UPDATE messages m SET state = u.state, state_rank = u.rank, wamid = COALESCE(m.wamid, u.wamid),
                     updated_at = COALESCE(u.at, m.updated_at),
                     \(times.map { "\($0) = LEAST(m.\($0), u.\($0)), " }.joined())

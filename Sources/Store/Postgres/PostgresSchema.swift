@@ -314,6 +314,9 @@ enum PostgresSchema {
                 FOR EACH ROW WHEN (NEW.landlord IS NULL) EXECUTE FUNCTION dispatcher_message_landlord()
                 """,
             ]),
+        // A status kept unmatched, then its wamid learnt from another status's callback data: the
+        // first is applied then too (it was not), and sets leave both cases to one at a time.
+        Migration(name: "v20: statuses waiting for a wamid learnt from a webhook", statements: [ingest, ingestStatuses]),
     ]
 
     /// The forward-only rule, generated from `StatusRule.all` (as `SQLiteStore.apply`'s SQL): one
@@ -411,6 +414,7 @@ enum PostgresSchema {
             s RECORD;
             m_id TEXT;
             m_phone TEXT;
+            teaches BOOLEAN;
             new_state TEXT;
             n INTEGER;
             added INTEGER;
@@ -422,11 +426,12 @@ enum PostgresSchema {
             FOR s IN SELECT * FROM jsonb_to_recordset(COALESCE(p_statuses, '[]'::jsonb)) AS x(wamid TEXT, status TEXT,
                          ts DOUBLE PRECISION, recipient TEXT, recipient_user TEXT, callback TEXT, code INTEGER, title TEXT, details TEXT,
                          pricing TEXT, phone TEXT, pricing_type TEXT) LOOP
-                m_id := NULL; m_phone := NULL;
+                m_id := NULL; m_phone := NULL; teaches := false;
                 SELECT id, phone INTO m_id, m_phone FROM messages WHERE wamid = s.wamid;
                 IF m_id IS NULL AND COALESCE(s.callback, '') <> '' THEN
                     -- The send's response may have been lost: the status tells us the wamid.
                     SELECT id, phone INTO m_id, m_phone FROM messages WHERE id = s.callback AND (wamid IS NULL OR wamid = s.wamid);
+                    teaches := m_id IS NOT NULL;
                 END IF;
                 -- (A daily /send-invoice run without an organization, api-DATE, counts as any number's:
                 -- several organizations' calls once shared one.)
@@ -441,6 +446,11 @@ enum PostgresSchema {
                     PERFORM dispatcher_learn(m_phone, s.recipient, 'wa_id', p_time);
                     PERFORM dispatcher_learn(m_phone, s.recipient_user, 'user_id', p_time);
                     new_state := dispatcher_apply_status(m_id, s.wamid, s.status, s.ts, s.code, s.title, s.details, p_time);
+                    IF teaches THEN
+                        -- The wamid learnt now: statuses kept unmatched under it (they came first,
+                        -- without our callback data) are applied too, as in the other order.
+                        PERFORM dispatcher_attach_pending(ARRAY[m_id], ARRAY[s.wamid], p_time);
+                    END IF;
                 END IF;
                 INSERT INTO status_events (payload_id, wamid, message_id, status, timestamp, received_at, recipient_id, callback_data,
                     error_code, error_title, error_details, pricing_category, applied, phone_number_id, pricing_type)
