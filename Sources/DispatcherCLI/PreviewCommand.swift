@@ -87,13 +87,13 @@ struct PreviewCommand: AsyncParsableCommand {
             options.organizations = OrganizationScope(
                 organization: organization, known: known, fallback: organization ?? (known.count == 1 ? known[0] : nil),
                 reportsStrays: true)
-            // One organization's rows: its own country code and currency, as `send` takes them.
-            // (Rows of several at once are read with the flags' and environment's.)
-            if let only = organization ?? (known.count == 1 ? known[0] : nil),
-                let own = loaded.organizations.first(where: { $0.id == only })
-            {
-                options.defaultCountryCode = try common.countryCode(organization: own.defaultCountryCode)
-                options.defaultCurrency = defaultCurrency ?? own.currency
+            // Each organization's rows with its own country code, currency and language, as its
+            // run (`send`) takes them; the flags, when given, over every organization's.
+            for own in loaded.organizations {
+                options.byOrganization[own.id] = OrganizationDefaults(
+                    countryCode: try common.countryCode(organization: own.defaultCountryCode),
+                    currency: defaultCurrency ?? own.currency,
+                    locale: (language ?? own.language).replacingOccurrences(of: "_", with: "-"))
             }
         } else {
             let id = organization ?? loaded.organizations.first?.id ?? "default"

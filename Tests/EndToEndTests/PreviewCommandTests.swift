@@ -495,6 +495,20 @@ struct SendCommandTests {
             ["preview", "norte.csv", "--ignore-store", "--config", "orgs.json", "--organization", "norte"], in: folder,
             environment: ["T": "x", "DISPATCHER_DEFAULT_COUNTRY_CODE": "1"])
         #expect(norte.status == 0, "\(norte.stdout)\(norte.stderr)")
+        // Both organizations' rows at once: each row with its own organization's defaults.
+        try """
+        invoice_id,organization,tenant_name,phone,amount,currency,period
+        C,caribe,Carla,809 555 0103,100.00,,2026-03
+        N,norte,Nuria,612 345 678,100.00,,2026-03
+
+        """.write(to: folder.appendingPathComponent("both.csv"), atomically: true, encoding: .utf8)
+        let both = try await DispatcherProcess.run(
+            ["preview", "both.csv", "--ignore-store", "--config", "orgs.json", "--json"], in: folder,
+            environment: ["T": "x", "DISPATCHER_DEFAULT_COUNTRY_CODE": "1"])
+        #expect(both.status == 0, "\(both.stdout)\(both.stderr)")
+        // (Before, the environment's: caribe's and norte's currency missing, norte's number +1 612….)
+        #expect(both.stdout.contains(#""errors":[]"#) && both.stdout.contains(#""messages":2,"recipients":2"#), "\(both.stdout)")
+        #expect(both.stdout.contains(#""market":"Spain""#), "\(both.stdout)")
     }
 
     @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")

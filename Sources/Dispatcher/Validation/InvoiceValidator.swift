@@ -11,6 +11,10 @@ public struct ValidationOptions: Sendable {
     public var propertySystem: PropertySystem?
     /// Which rows are this run's, by their `organization` (nil: the column is not read).
     public var organizations: OrganizationScope?
+    /// Each organization's own defaults, for a check of several organizations' rows at once
+    /// (`preview` of a whole manifest): a row of one listed here is read with them, as its own
+    /// run (`send`) reads it. After the manifest's own defaults, before the ones above.
+    public var byOrganization: [String: OrganizationDefaults] = [:]
 
     public init(
         defaultCountryCode: String? = nil, defaultCurrency: String? = nil, defaultLocale: String = "es",
@@ -20,6 +24,19 @@ public struct ValidationOptions: Sendable {
         self.defaultCurrency = defaultCurrency
         self.defaultLocale = defaultLocale
         self.propertySystem = propertySystem
+    }
+}
+
+/// An organization's defaults for its rows (`ValidationOptions.byOrganization`).
+public struct OrganizationDefaults: Sendable, Equatable {
+    public var countryCode: String?
+    public var currency: String?
+    public var locale: String
+
+    public init(countryCode: String?, currency: String?, locale: String) {
+        self.countryCode = countryCode
+        self.currency = currency
+        self.locale = locale
     }
 }
 
@@ -48,16 +65,23 @@ public struct InvoiceValidator {
     private var lastLocale: (raw: [UInt8], normal: String?) = ([], nil)
     private var lastCurrency: (raw: [UInt8], currency: Currency?) = ([], nil)
 
+    /// `ValidationOptions.byOrganization`, ready to use: each organization's normalizer and
+    /// default currency and locale.
+    private let organizationDefaults: [String: (phones: PhoneNormalizer, currency: Currency?, currencyIssue: String?, locale: String)]
+
     public init(options: ValidationOptions, manifestDefaults: [ManifestField: String] = [:]) {
         self.options = options
         self.phones = PhoneNormalizer(defaultCountryCode: options.defaultCountryCode)
         self.manifestDefaults = manifestDefaults
-        if let code = manifestDefaults[.currency] ?? options.defaultCurrency {
-            defaultCurrency = Currency(code: code)
-            defaultCurrencyIssue = defaultCurrency == nil ? "the default currency '\(code)' is not an ISO 4217 code" : nil
-        } else {
-            defaultCurrency = nil
-            defaultCurrencyIssue = nil
+        func currency(_ code: String?) -> (Currency?, String?) {
+            guard let code else { return (nil, nil) }
+            let currency = Currency(code: code)
+            return (currency, currency == nil ? "the default currency '\(code)' is not an ISO 4217 code" : nil)
+        }
+        (defaultCurrency, defaultCurrencyIssue) = currency(manifestDefaults[.currency] ?? options.defaultCurrency)
+        organizationDefaults = options.byOrganization.mapValues { own in
+            let (code, issue) = currency(manifestDefaults[.currency] ?? own.currency ?? options.defaultCurrency)
+            return (PhoneNormalizer(defaultCountryCode: own.countryCode), code, issue, own.locale)
         }
     }
 
@@ -95,6 +119,12 @@ public struct InvoiceValidator {
                 fail("organization", problem)
             }
         }
+
+        // A row of an organization with defaults of its own is read with them.
+        let own = organizationDefaults.isEmpty ? nil : organization.flatMap { organizationDefaults[$0] }
+        let phones = own?.phones ?? self.phones
+        let (defaultCurrency, defaultCurrencyIssue) =
+            own.map { ($0.currency, $0.currencyIssue) } ?? (self.defaultCurrency, self.defaultCurrencyIssue)
 
         let tenantName = requiredText(record, .tenantName, fail)
 
@@ -168,7 +198,7 @@ public struct InvoiceValidator {
         let property = optionalText(record, .property, fail)
         let tenantID = optionalText(record, .tenantID, fail)
 
-        var locale = manifestDefaults[.locale] ?? options.defaultLocale
+        var locale = manifestDefaults[.locale] ?? own?.locale ?? options.defaultLocale
         if let bytes = record[.locale], !isBlankBytes(bytes) {
             let raw = trimmed(bytes)
             if !raw.elementsEqual(lastLocale.raw) {
