@@ -135,18 +135,19 @@ public struct DispatcherServer: Sendable {
         }
         let api = root.group().add(middleware: auth)
         api.get("message-status/:id") { request, context in
-            try await self.messageStatus(context.parameters.require("id"), reach: await self.reach(request))
+            try await self.messageStatus(Self.pathParameter(context, "id"), reach: await self.reach(request))
         }
         api.get("message-statuses") { request, _ in try await self.messageStatuses(request, reach: await self.reach(request)) }
         api.get("runs") { request, _ in try await self.runs(reach: await self.reach(request)) }
-        api.get("runs/:run") { request, context in try await self.run(context.parameters.require("run"), reach: await self.reach(request)) }
+        api.get("runs/:run") { request, context in try await self.run(Self.pathParameter(context, "run"), reach: await self.reach(request))
+        }
         api.get("runs/:run/report.html") { request, context in
             try await self.reportFile(
-                context.parameters.require("run"), "index.html", "text/html; charset=utf-8", reach: await self.reach(request))
+                Self.pathParameter(context, "run"), "index.html", "text/html; charset=utf-8", reach: await self.reach(request))
         }
         api.get("runs/:run/report.csv") { request, context in
             try await self.reportFile(
-                context.parameters.require("run"), "messages.csv", "text/csv; charset=utf-8", reach: await self.reach(request))
+                Self.pathParameter(context, "run"), "messages.csv", "text/csv; charset=utf-8", reach: await self.reach(request))
         }
         api.post("send-invoice") { request, context in try await self.sendInvoice(request, context: context) }
         return router
@@ -393,6 +394,19 @@ public struct DispatcherServer: Sendable {
     func runs(reach: Set<String>?) async throws -> Response {
         // Only the caller's runs are counted (each count reads a run's every message).
         try jsonResponse(["runs": try await store.runs(including: { OrganizationAccess.reaches(reach, run: $0) }).map(RunView.init)])
+    }
+
+    /// A path parameter as its caller meant it: percent-decoded, as a browser's
+    /// `encodeURIComponent` writes `march@caribe` (`march%40caribe`). A malformed escape, or a
+    /// control character once decoded, is a 400.
+    static func pathParameter(_ context: BasicRequestContext, _ name: String) throws -> String {
+        let raw = try context.parameters.require(name)
+        guard let decoded = raw.removingPercentEncoding,
+            !decoded.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
+        else {
+            throw APIError(.badRequest, "the \(name) in the path is not well-formed")
+        }
+        return decoded
     }
 
     func run(_ name: String, reach: Set<String>?) async throws -> Response {

@@ -68,6 +68,12 @@ struct APITests {
             let runs = try json(try await get("/runs", ana))["runs"] as? [[String: Any]] ?? []
             #expect(runs.compactMap { $0["run"] as? String ?? $0["name"] as? String } == ["march@caribe"], "\(runs)")
             #expect(try await get("/runs/march@caribe", ana).status == .ok)
+            // As a browser's encodeURIComponent writes it.
+            #expect(try await get("/runs/march%40caribe", ana).status == .ok)
+            #expect(try await get("/runs/march%40caribe/report.html", ana).status == .ok)
+            #expect(try await get("/runs/march%40..%2F..%2Fx/report.html", "api-token").status == .badRequest)
+            #expect(try await get("/runs/march%00/report.html", "api-token").status == .badRequest)
+            #expect(try await get("/runs/march%zz", ana).status == .badRequest)
             #expect(try await get("/runs/march@norte", ana).status == .notFound)
             #expect(try await get("/runs/march", ana).status == .notFound)
             #expect(try await get("/message-status/\(caribe)", ana).status == .ok)
