@@ -89,7 +89,7 @@ struct PreviewCommand: AsyncParsableCommand {
                 reportsStrays: true)
             // Each organization's rows with its own country code, currency and language, as its
             // run (`send`) takes them; the flags, when given, over every organization's.
-            for own in loaded.organizations {
+            for own in loaded.organizations where organization == nil || own.id == organization {
                 options.byOrganization[own.id] = OrganizationDefaults(
                     countryCode: try common.countryCode(organization: own.defaultCountryCode),
                     currency: defaultCurrency ?? own.currency,

@@ -238,8 +238,10 @@ struct StoreTests {
             let id = try await seed(store)[0]
             _ = try await store.beginAttempt(messageID: id, at: 1)
             try await store.recordUnknown(messageID: id, attempt: 1, reason: "timed out after the request left", at: 2)
-            // `delivered` first, without our callback data: no message has this wamid yet.
-            #expect(try await ingest(store, [status("wamid.TAUGHT", "delivered", at: 200)]).unmatched == 1)
+            // `delivered` first, without our callback data: no message has this wamid yet. Beside
+            // it, 70 other tools' statuses (more wamids than PostgreSQL's sets lock one by one).
+            let others = (0..<70).map { status("wamid.OTHER\($0)", "sent", at: 150) }
+            #expect(try await ingest(store, [status("wamid.TAUGHT", "delivered", at: 200)] + others).unmatched == 71)
             // Then `sent` with it: the wamid is learnt, and the delivery waiting under it applies.
             // (A tenant's reply beside it sends the POST one status at a time on PostgreSQL.)
             let reply = InboundText(wamid: "wamid.in", from: "18095550199", timestamp: 150, type: "text", body: "ok")

@@ -1,7 +1,7 @@
 /// Webhook intake on PostgreSQL, applied as sets: the fast path of `PostgresStore.writeBatch`.
 extension PostgresSchema {
-    /// The class of the advisory locks `dispatcher_ingest_statuses` takes per wamid (two-key locks:
-    /// apart from `intakeLock`'s one-key space).
+    /// The class of the advisory locks `dispatcher_ingest_statuses` takes per bucket of wamids
+    /// (two-key locks: apart from `intakeLock`'s one-key space).
     static let wamidLockClass: Int32 = 0x7761_6D69  // "wami"
 
     /// `dispatcher_ingest_statuses`: a batch of payloads without inbound messages in a handful of
@@ -63,7 +63,8 @@ extension PostgresSchema {
                 learnt TEXT[] := '{}';
                 -- wamids of statuses that match no message (kept unmatched)
                 waiting TEXT[] := '{}';
-                w TEXT;
+                buckets INTEGER[];
+                b INTEGER;
                 -- the statuses' events, in (payload, position) order once inserted
                 ev_pn INTEGER[] := '{}'; ev_o INTEGER[] := '{}'; ev_wamid TEXT[] := '{}'; ev_message TEXT[] := '{}'; ev_status TEXT[] := '{}';
                 ev_ts DOUBLE PRECISION[] := '{}'; ev_time DOUBLE PRECISION[] := '{}'; ev_recipient TEXT[] := '{}'; ev_callback TEXT[] := '{}';
@@ -155,15 +156,24 @@ extension PostgresSchema {
                     ev_pricing_type := ev_pricing_type || s.pricing_type;
                 END LOOP;
                 \(keep)
-                -- A wamid learnt here, and one a status is kept unmatched under, are locked (in order,
-                -- after the messages): of two batches at once, one teaching a wamid and one keeping
-                -- a status under it, the second sees what the first committed, and leaves it to one
-                -- status at a time, which applies the status with the wamid. Without it each missed
-                -- the other, and the status was never applied.
+                -- A wamid learnt here, and one a status is kept unmatched under, are locked (after the
+                -- messages): of two batches at once, one teaching a wamid and one keeping a status
+                -- under it, the second sees what the first committed, and leaves it to one status at
+                -- a time, which applies the status with the wamid. Without it each missed the other,
+                -- and the status was never applied. Locked by one of 4,096 buckets, in order, at
+                -- most 64 a batch (PostgreSQL's lock table is shared and small); a batch with more
+                -- takes them all at once (the bucket -1 alone, where the others take it shared).
                 IF cardinality(learnt) + cardinality(waiting) > 0 THEN
-                    FOREACH w IN ARRAY (SELECT array_agg(DISTINCT x ORDER BY x) FROM unnest(learnt || waiting) AS x) LOOP
-                        PERFORM pg_advisory_xact_lock(\(wamidLockClass), hashtext(w));
-                    END LOOP;
+                    SELECT array_agg(DISTINCT hashtext(x) & 4095 ORDER BY hashtext(x) & 4095) INTO buckets
+                        FROM unnest(learnt || waiting) AS x;
+                    IF cardinality(buckets) > 64 THEN
+                        PERFORM pg_advisory_xact_lock(\(wamidLockClass), -1);
+                    ELSE
+                        PERFORM pg_advisory_xact_lock_shared(\(wamidLockClass), -1);
+                        FOREACH b IN ARRAY buckets LOOP
+                            PERFORM pg_advisory_xact_lock(\(wamidLockClass), b);
+                        END LOOP;
+                    END IF;
                     IF EXISTS (SELECT 1 FROM status_events WHERE message_id IS NULL AND wamid = ANY(learnt))
                        OR EXISTS (SELECT 1 FROM messages WHERE wamid = ANY(waiting)) THEN
                         RAISE EXCEPTION 'dispatcher: statuses wait for a wamid learnt now' USING ERRCODE = 'P0001';
