@@ -1,3 +1,4 @@
+import HTTPTypes
 import Synchronization
 
 /// The bytes of webhook bodies held in memory at once, across every connection: a body is counted
@@ -30,4 +31,57 @@ final class BodyBudget: Sendable {
 
     /// Bytes held now (for tests).
     var inUse: Int { used.load(ordering: .relaxed) }
+}
+
+/// One webhook body as it arrives, on either path (the router's handler, `WebhookFastPath`): the
+/// same cap, share of the budget and deadline, so that both refuse alike.
+struct BodyAdmission {
+    let budget: BodyBudget
+    let maxBytes: Int
+    let deadline: Duration
+    /// When the request's head arrived (the router: when its handler began).
+    let since: ContinuousClock.Instant
+    /// Bytes taken so far, and this body's share of the budget.
+    private(set) var received = 0
+    private(set) var reserved = 0
+
+    init(budget: BodyBudget, maxBytes: Int, deadline: Duration, since: ContinuousClock.Instant) {
+        self.budget = budget
+        self.maxBytes = maxBytes
+        self.deadline = deadline
+        self.since = since
+    }
+
+    /// Why a body is refused: the metric's reason, and the error to answer.
+    struct Refusal: Error {
+        var reason: String
+        var error: APIError
+    }
+
+    /// Takes a chunk of `bytes`, or says why the body is refused (nothing more is to be read).
+    mutating func admit(_ bytes: Int) -> Refusal? {
+        guard received + bytes <= maxBytes else {
+            return Refusal(reason: "too_large", error: APIError(.contentTooLarge, "the body is larger than \(maxBytes) bytes"))
+        }
+        guard budget.reserve(bytes) else {
+            return Refusal(
+                reason: "busy",
+                error: APIError(
+                    .serviceUnavailable, "too many webhook bodies at once; retry later", headers: DispatcherServer.closeAndRetry))
+        }
+        reserved += bytes
+        received += bytes
+        guard ContinuousClock.now - since <= deadline else {
+            return Refusal(
+                reason: "too_slow",
+                error: APIError(.requestTimeout, "the body did not arrive within \(deadline)", headers: [.connection: "close"]))
+        }
+        return nil
+    }
+
+    /// Gives this body's share back (once answered, or dropped).
+    mutating func release() {
+        budget.release(reserved)
+        reserved = 0
+    }
 }

@@ -256,29 +256,22 @@ public struct DispatcherServer: Sendable {
         // (`BodyBudget`): a head that declares 3.4 MB and sends nothing holds no share of it, nor
         // memory (the buffer starts at 64 KB at most).
         let declared = request.headers[.contentLength].flatMap(Int.init) ?? 0
-        var reserved = 0
-        defer { bodies.release(reserved) }
+        var admission = BodyAdmission(
+            budget: bodies, maxBytes: configuration.maxWebhookBytes, deadline: configuration.webhookBodyDeadline, since: started)
+        defer { admission.release() }
         var buffer = ByteBuffer()
         buffer.reserveCapacity(min(declared, 1 << 16))
         do {
             for try await chunk in request.body {
-                guard buffer.readableBytes + chunk.readableBytes <= configuration.maxWebhookBytes else {
-                    metrics.webhooksRejected["too_large"]?.increment()
-                    throw APIError(.contentTooLarge, "the body is larger than \(configuration.maxWebhookBytes) bytes")
+                // The cap, the budget and the deadline, as `WebhookFastPath` checks them.
+                if let refusal = admission.admit(chunk.readableBytes) {
+                    metrics.webhooksRejected[refusal.reason]?.increment()
+                    if refusal.reason == "busy" {
+                        context.logger.warning("webhook refused: webhook bodies in memory are at their budget")
+                    }
+                    throw refusal.error
                 }
-                guard bodies.reserve(chunk.readableBytes) else {
-                    metrics.webhooksRejected["busy"]?.increment()
-                    context.logger.warning("webhook refused: webhook bodies in memory are at their budget")
-                    throw APIError(.serviceUnavailable, "too many webhook bodies at once; retry later", headers: Self.closeAndRetry)
-                }
-                reserved += chunk.readableBytes
                 buffer.writeImmutableBuffer(chunk)
-                guard ContinuousClock.now - started <= configuration.webhookBodyDeadline else {
-                    metrics.webhooksRejected["too_slow"]?.increment()
-                    throw APIError(
-                        .requestTimeout, "the body did not arrive within \(configuration.webhookBodyDeadline)",
-                        headers: [.connection: "close"])
-                }
             }
         } catch let error as HTTPParserError {
             metrics.webhooksRejected["malformed_request"]?.increment()

@@ -69,9 +69,9 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
 
     private let path: String
     private let maxBytes: Int
-    /// Webhook bodies in memory across connections, and this connection's share of it now.
+    /// Webhook bodies in memory across connections, and the body being read (its share of it).
     private let bodies: BodyBudget
-    private var reserved = 0
+    private var admission: BodyAdmission? = nil
     /// A body must be whole within this of its head.
     private let deadline: Duration
     private let intake: Intake
@@ -176,9 +176,10 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
                 // must not hold a share of it, nor memory (the buffer starts at 64 KB at most:
                 // made to a declared 3.4 MB, 200 held connections took 273 MB, the budget 64).
                 let declared = head.headerFields[.contentLength].flatMap { Int($0) } ?? 0
-                reserved = 0
+                let since = ContinuousClock.now
+                admission = BodyAdmission(budget: bodies, maxBytes: maxBytes, deadline: deadline, since: since)
                 state = .receiving(
-                    signature: signature, body: context.channel.allocator.buffer(capacity: min(declared, 1 << 16)), since: .now)
+                    signature: signature, body: context.channel.allocator.buffer(capacity: min(declared, 1 << 16)), since: since)
             } else {
                 state = .forwarding(read: false, answered: false)
                 context.fireChannelRead(wrapInboundOut(part))
@@ -186,19 +187,10 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             }
         case (.receiving(let signature, var body, let since), .body(var chunk)):
             state = .idle  // (the buffer held once, so that appending does not copy it)
-            guard body.readableBytes + chunk.readableBytes <= maxBytes else {
-                refuse("too_large", APIError(.contentTooLarge, "the body is larger than \(maxBytes) bytes"), context: context)
-                return false
-            }
-            // Counted against the budget of bodies in memory, chunk by chunk, until answered
-            // (`BodyBudget`).
-            guard bodies.reserve(chunk.readableBytes) else {
-                refuse("busy", Self.busy, context: context)
-                return false
-            }
-            reserved += chunk.readableBytes
-            guard ContinuousClock.now - since <= deadline else {
-                refuse("too_slow", APIError(.requestTimeout, "the body did not arrive within \(deadline)"), context: context)
+            // The cap, the budget of bodies in memory (chunk by chunk, until answered) and the
+            // deadline, as the router's handler checks them.
+            if let refusal = admission?.admit(chunk.readableBytes) {
+                refuse(refusal.reason, refusal.error, context: context)
                 return false
             }
             body.writeBuffer(&chunk)
@@ -227,8 +219,8 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         default:
             // A body or end with no head, or a head within a body: Hummingbird's loop words
             // the protocol error (and closes). A body being read is dropped, and its share freed.
-            bodies.release(reserved)
-            reserved = 0
+            admission?.release()
+            admission = nil
             state = .forwarding(read: true, answered: false)
             context.fireChannelRead(wrapInboundOut(part))
             return true
@@ -249,9 +241,6 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         return .some(signature)
     }
 
-    /// Past the budget of bodies in memory: 503 (with Retry-After), Meta sends it again.
-    private static let busy = APIError(.serviceUnavailable, "too many webhook bodies at once; retry later")
-
     /// A webhook refused while its body is read: counted under `reason`, answered with `error`,
     /// and the connection closed (the rest of the body is not read).
     private func refuse(_ reason: String, _ error: APIError, context: ChannelHandlerContext) {
@@ -264,8 +253,8 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func respond(_ answer: WebhookAnswer, context: ChannelHandlerContext) {
         guard case .answering = state else { return }
-        bodies.release(reserved)
-        reserved = 0
+        admission?.release()
+        admission = nil
         guard context.channel.isActive else {
             // The client has gone: no one to answer (the payload is stored all the same).
             closed()
@@ -390,8 +379,8 @@ final class WebhookFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     /// The connection is gone: nothing more is answered, and closes held for an answer are done.
     private func closed() {
         state = .closing
-        bodies.release(reserved)
-        reserved = 0
+        admission?.release()
+        admission = nil
         queued.removeAll()
         let held = closesHeld
         closesHeld = []
