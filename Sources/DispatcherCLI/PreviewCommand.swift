@@ -104,9 +104,22 @@ struct PreviewCommand: AsyncParsableCommand {
         }
         // A template that does not match Meta's rules stops here (exit 1), before any manifest is read.
         let catalog = try TemplateCatalog(directory: common.templatesDirectory)
-        let renderer = try MessageRenderer(
-            catalog: catalog, templateName: template ?? settings.templateName,
-            defaultLanguage: language ?? settings.templateLanguage)
+        // Each organization's rows with its own template and default language, as its run renders
+        // them (`--template` and `--language` over every organization's).
+        var renderers: [String: MessageRenderer] = [:]
+        if loaded.fromFile {
+            for own in loaded.organizations where organization == nil || own.id == organization {
+                renderers[own.id] = try MessageRenderer(
+                    catalog: catalog, templateName: template ?? own.templateNames["invoice"] ?? settings.templateName,
+                    defaultLanguage: language ?? own.language)
+            }
+        }
+        let renderer =
+            try loaded.organizations.lazy.compactMap({ renderers[$0.id] }).first
+            ?? MessageRenderer(
+                catalog: catalog, templateName: template ?? settings.templateName, defaultLanguage: language ?? settings.templateLanguage)
+        var previewer = Previewer(options: options, renderer: renderer)
+        previewer.renderers = renderers
         let runName = run ?? runName(forManifest: manifest)
         let outDirectory = out ?? "reports/\(runName)/preview"
         let writer = try await PreviewReportWriter(templatesDirectory: common.templatesDirectory, outputDirectory: outDirectory)
@@ -128,7 +141,9 @@ struct PreviewCommand: AsyncParsableCommand {
         // those the store says are sent already come off below.
         guard let card = try await rateCard(on: isoDay(Date()), store: store).0 else { throw ValidationError("no rate card in USD") }
         var estimate = CostEstimate(card: card)
-        let category = PricingCategory(meta: renderer.template.category) ?? .utility
+        func category(_ renderer: MessageRenderer) -> PricingCategory { PricingCategory(meta: renderer.template.category) ?? .utility }
+        let categories = renderers.mapValues(category)
+        let defaultCategory = category(renderer)
         var keys: [CostEstimate.Key] = []
         var keyIndex: [CostEstimate.Key: Int] = [:]
         var lookUpKeys: [Int] = []
@@ -136,7 +151,7 @@ struct PreviewCommand: AsyncParsableCommand {
         // With --json, every request goes in the object too: kept in a file meanwhile (a million
         // of them do not fit in memory), copied into the object at the end.
         let requests = json && bodies ? try RequestSpool() : nil
-        let result = try Previewer(options: options, renderer: renderer).run(path: manifest) { message in
+        let result = try previewer.run(path: manifest) { message in
             try csv.add(message)
             try requests?.add(message)
             if store != nil, optOuts.contains(message.phone) {
@@ -144,7 +159,8 @@ struct PreviewCommand: AsyncParsableCommand {
                 return
             }
             let key = estimate.key(
-                organization: message.invoice.organization, landlord: message.invoice.landlord, phone: message.phone, category: category)
+                organization: message.invoice.organization, landlord: message.invoice.landlord, phone: message.phone,
+                category: message.invoice.organization.flatMap { categories[$0] } ?? defaultCategory)
             estimate.add(key)
             guard store != nil else { return }
             toLookUp.append(message.id)

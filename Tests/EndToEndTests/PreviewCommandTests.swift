@@ -509,6 +509,31 @@ struct SendCommandTests {
         // (Before, the environment's: caribe's and norte's currency missing, norte's number +1 612….)
         #expect(both.stdout.contains(#""errors":[]"#) && both.stdout.contains(#""messages":2,"recipients":2"#), "\(both.stdout)")
         #expect(both.stdout.contains(#""market":"Spain""#), "\(both.stdout)")
+        // Each organization's rows with its own template and default language, as its run sends
+        // them. (Before, every row with the environment's template and language: norte's with
+        // `invoice` in Spanish, where send sends `rentcall` in French.)
+        try
+            #"{"organizations": [{"id": "caribe", "phone_number_id": "1", "token_env": "T"}, {"id": "norte", "phone_number_id": "2", "token_env": "T", "templates": {"invoice": "rentcall"}, "language": "fr"}]}"#
+            .write(to: folder.appendingPathComponent("orgs.json"), atomically: true, encoding: .utf8)
+        try """
+        invoice_id,organization,tenant_name,phone,amount,currency,period,document_url
+        C,caribe,Carla,+18095550103,100.00,DOP,2026-03,
+        N,norte,Nuria,+18095550104,100.00,DOP,2026-03,https://docs.example.com/N.pdf
+
+        """.write(to: folder.appendingPathComponent("own.csv"), atomically: true, encoding: .utf8)
+        let own = try await DispatcherProcess.run(
+            ["preview", "own.csv", "--ignore-store", "--config", "orgs.json"], in: folder, environment: ["T": "x"])
+        #expect(own.status == 0, "\(own.stdout)\(own.stderr)")
+        #expect(own.stdout.contains("template invoice (caribe), rentcall (norte)"), "\(own.stdout)")
+        let rows = try String(contentsOf: folder.appendingPathComponent("reports/own/preview/messages.csv"), encoding: .utf8)
+        #expect(rows.contains(",+18095550103,es,invoice,") && rows.contains(",+18095550104,fr,rentcall,"), "\(rows)")
+        #expect(rows.contains("Bonjour Nuria, votre bailleur vous adresse l'avis d'échéance de mars 2026"), "\(rows)")
+        // With --organization, only that organization's template is needed and named.
+        let norteOnly = try await DispatcherProcess.run(
+            ["preview", "own.csv", "--ignore-store", "--config", "orgs.json", "--organization", "norte"], in: folder,
+            environment: ["T": "x"])
+        #expect(norteOnly.status == 0, "\(norteOnly.stdout)\(norteOnly.stderr)")
+        #expect(norteOnly.stdout.contains("template rentcall: nothing sent"), "\(norteOnly.stdout)")
     }
 
     @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")

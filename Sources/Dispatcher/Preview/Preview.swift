@@ -51,6 +51,10 @@ public struct PreviewResult: Sendable {
 public struct Previewer: Sendable {
     public var options: ValidationOptions
     public var renderer: MessageRenderer
+    /// Organizations' own renderers (their template names and default languages), by id: a row of
+    /// one of them is rendered with its renderer, as its run (`send`) renders it; other rows with
+    /// `renderer`.
+    public var renderers: [String: MessageRenderer] = [:]
     /// How many rendered messages to keep for the report.
     public var sampleLimit: Int
     /// Read, validate and (as `rendering` says) render on a second thread while the caller's callbacks run on this one:
@@ -85,6 +89,14 @@ public struct Previewer: Sendable {
         self.sampleLimit = sampleLimit
     }
 
+    /// The template the rows are rendered with, or each organization's (`invoice (caribe),
+    /// factura (norte)`) when they differ.
+    public var templateNames: String {
+        let names = Set(renderers.values.map(\.template.name))
+        guard names.count > 1 else { return renderers.values.first?.template.name ?? renderer.template.name }
+        return renderers.keys.sorted().map { "\(renderers[$0]!.template.name) (\($0))" }.joined(separator: ", ")
+    }
+
     /// Runs the preview, calling `onMessage` for every message that would be sent, in order.
     public func run(
         path: String, format: ManifestFormat? = nil,
@@ -109,7 +121,7 @@ public struct Previewer: Sendable {
         onSkipped: (Invoice, String) throws -> Void = { _, _ in }
     ) throws -> PreviewResult {
         let format = format ?? ManifestFormat.detect(path: path)
-        var result = PreviewResult(manifest: path, format: format, templateName: renderer.template.name)
+        var result = PreviewResult(manifest: path, format: format, templateName: templateNames)
         // Every number once; the messages of a number only from its second on (few numbers get
         // several: a count of every number took 12 MB more of a million-invoice preview).
         var recipients = Set<UInt64>()
@@ -117,12 +129,17 @@ public struct Previewer: Sendable {
         var renderIssues: [ValidationIssue] = []
         var renderIssueCount = 0
         var renderInvalid = 0
-        let (options, renderer, countsRecipients) = (self.options, self.renderer, self.countsRecipients)
+        let (options, countsRecipients) = (self.options, self.countsRecipients)
+        let (renderer, renderers) = (self.renderer, self.renderers)
+        @Sendable func rendered(_ invoice: Invoice, memo: MessageRenderer.Memo) -> Result<[RenderedMessage], InvoiceProblems> {
+            let own = renderers.isEmpty ? nil : invoice.organization.flatMap { renderers[$0] }
+            return (own ?? renderer).render(invoice, memo: memo)
+        }
         /// `readerRenders`: whether to render an invoice here or leave it to `hand`.
         @Sendable func read(_ emit: (ReadAhead.Item) throws -> Void, readerRenders: () -> Bool) throws -> ImportSummary {
             let memo = MessageRenderer.Memo()
             return try ManifestImporter(options: options).importManifest(path: path, format: format) {
-                try emit(.invoice($0, readerRenders() ? renderer.render($0, memo: memo) : nil))
+                try emit(.invoice($0, readerRenders() ? rendered($0, memo: memo) : nil))
             } onSkipped: {
                 try emit(.skipped($0, $1))
             }
@@ -172,7 +189,7 @@ public struct Previewer: Sendable {
                 result.renderedAhead += 1
                 try take(item.invoice, rendered)
             } else {
-                try take(item.invoice, renderer.render(item.invoice, memo: memo))
+                try take(item.invoice, rendered(item.invoice, memo: memo))
             }
         }
         let summary: ImportSummary
