@@ -135,6 +135,24 @@ enum Exit {
 
 /// The organizations to send for: `--config`'s file (or `DISPATCHER_CONFIG`), else the single-number
 /// environment settings as one organization (id `default`; none without a token and number id).
+/// The renderer of an organization's billing run, in `send` and in `preview` alike: `template`
+/// (the flag) over its own `invoice` template (from the organizations file) over the
+/// environment's; `language` (the flag) over its own. With the file, an error names the
+/// organization whose template or language it is.
+func organizationRenderer(
+    catalog: TemplateCatalog, organization: Organization, fromFile: Bool, template: String?, language: String? = nil,
+    settings: Settings
+) throws -> MessageRenderer {
+    do {
+        return try MessageRenderer(
+            catalog: catalog,
+            templateName: template ?? (fromFile ? organization.templateNames["invoice"] : nil) ?? settings.templateName,
+            defaultLanguage: language ?? organization.language)
+    } catch let error as TemplateError where fromFile {
+        throw TemplateError("organization \(organization.id): \(error.description)")
+    }
+}
+
 func loadOrganizations(config: String?, settings: Settings) throws -> (organizations: [Organization], fromFile: Bool) {
     guard let path = config ?? ProcessInfo.processInfo.environment["DISPATCHER_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) else {
         return (Organization.fromEnvironment(settings).map { [$0] } ?? [], false)

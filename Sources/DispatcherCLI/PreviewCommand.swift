@@ -109,9 +109,8 @@ struct PreviewCommand: AsyncParsableCommand {
         var renderers: [String: MessageRenderer] = [:]
         if loaded.fromFile {
             for own in loaded.organizations where organization == nil || own.id == organization {
-                renderers[own.id] = try MessageRenderer(
-                    catalog: catalog, templateName: template ?? own.templateNames["invoice"] ?? settings.templateName,
-                    defaultLanguage: language ?? own.language)
+                renderers[own.id] = try organizationRenderer(
+                    catalog: catalog, organization: own, fromFile: true, template: template, language: language, settings: settings)
             }
         }
         let renderer =

@@ -135,10 +135,8 @@ struct SendCommand: AsyncParsableCommand {
         // Which organizations send, and which rows each sends (the manifest's `organization`).
         var lanes: [RunLane] = []
         func lane(_ organization: Organization, run: String, label: String?, scope: OrganizationScope, reports: String) throws -> RunLane {
-            let renderer = try MessageRenderer(
-                catalog: catalog,
-                templateName: template ?? (loaded.fromFile ? organization.templateNames["invoice"] : nil) ?? settings.templateName,
-                defaultLanguage: organization.language)
+            let renderer = try organizationRenderer(
+                catalog: catalog, organization: organization, fromFile: loaded.fromFile, template: template, settings: settings)
             var validation = ValidationOptions(
                 defaultCountryCode: try common.countryCode(organization: organization.defaultCountryCode),
                 defaultCurrency: defaultCurrency ?? (loaded.fromFile ? organization.currency : nil),

@@ -534,6 +534,19 @@ struct SendCommandTests {
             environment: ["T": "x"])
         #expect(norteOnly.status == 0, "\(norteOnly.stdout)\(norteOnly.stderr)")
         #expect(norteOnly.stdout.contains("template rentcall: nothing sent"), "\(norteOnly.stdout)")
+        // An organization's template without its language stops preview and send alike, naming it.
+        try
+            #"{"organizations": [{"id": "caribe", "phone_number_id": "1", "token_env": "T"}, {"id": "norte", "phone_number_id": "2", "token_env": "T", "language": "de"}]}"#
+            .write(to: folder.appendingPathComponent("orgs.json"), atomically: true, encoding: .utf8)
+        for command in ["preview", "send"] {
+            let refused = try await DispatcherProcess.run(
+                [command, "own.csv", "--config", "orgs.json", "--db", "sqlite:\(folder.path)/refused.sqlite"], in: folder,
+                environment: ["T": "x"])
+            #expect(refused.status == 1, "\(command): \(refused.stdout)\(refused.stderr)")
+            #expect(
+                (refused.stdout + refused.stderr).contains("organization norte: template 'invoice' has no language 'de'"),
+                "\(command): \(refused.stdout)\(refused.stderr)")
+        }
     }
 
     @Test("an invalid manifest sends nothing (65); no credentials (64); a halted run (69) says what to fix and continues after it")
