@@ -108,8 +108,8 @@ public struct OrganizationsFile: Sendable {
         let raw: Raw
         do {
             raw = try JSONDecoder().decode(Raw.self, from: json)
-        } catch {
-            throw ConfigurationError("\(source): not the configuration's JSON (\(error))")
+        } catch let error as DecodingError {
+            throw ConfigurationError("\(source): \(error.readable(in: json)) (docs/configuration.md)")
         }
         var seen = Set<String>(), numbers = Set<String>()
         var organizations: [Organization] = []
@@ -120,8 +120,11 @@ public struct OrganizationsFile: Sendable {
             }
             guard let id = entry.id?.trimmingASCIIWhitespace(), !id.isEmpty else { throw fail("id", "is required") }
             // It names runs (`march@caribe`) and report folders.
-            guard id.first != ".", id.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
+            guard id.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
                 throw fail("id", "'\(id)' may hold only letters, digits, '-', '_' and '.' (it names runs and report folders)")
+            }
+            guard id.first != "." else {
+                throw fail("id", "'\(id)' may not begin with '.' (it names report folders, which would be hidden)")
             }
             guard seen.insert(id).inserted else { throw fail("id", "appears twice") }
             if entry.token != nil {

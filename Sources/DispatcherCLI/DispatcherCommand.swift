@@ -28,7 +28,23 @@ struct DispatcherCommand: AsyncParsableCommand {
         {
             NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
         }
-        await Self.main(nil)
+        do {
+            var command = try parseAsRoot(nil)
+            if var command = command as? any AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as ValidationError {
+            // Thrown by a command as it runs (a file's content, a run that is not there): the
+            // message says what to fix; the root command's usage, which ArgumentParser would add,
+            // says nothing about it. (Errors in the arguments themselves still show the
+            // subcommand's usage: they are thrown while parsing.)
+            FileHandle.standardError.write(Data("Error: \(error.message)\n".utf8))
+            Foundation.exit(ExitCode.validationFailure.rawValue)
+        } catch {
+            exit(withError: error)
+        }
     }
 }
 
@@ -133,8 +149,6 @@ enum Exit {
     static let halted = ExitCode(69)
 }
 
-/// The organizations to send for: `--config`'s file (or `DISPATCHER_CONFIG`), else the single-number
-/// environment settings as one organization (id `default`; none without a token and number id).
 /// The renderer of an organization's billing run, in `send` and in `preview` alike: `template`
 /// (the flag) over its own `invoice` template (from the organizations file) over the
 /// environment's; `language` (the flag) over its own. With the file, an error names the
@@ -153,6 +167,8 @@ func organizationRenderer(
     }
 }
 
+/// The organizations to send for: `--config`'s file (or `DISPATCHER_CONFIG`), else the single-number
+/// environment settings as one organization (id `default`; none without a token and number id).
 func loadOrganizations(config: String?, settings: Settings) throws -> (organizations: [Organization], fromFile: Bool) {
     guard let path = config ?? ProcessInfo.processInfo.environment["DISPATCHER_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) else {
         return (Organization.fromEnvironment(settings).map { [$0] } ?? [], false)

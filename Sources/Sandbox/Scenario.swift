@@ -1,3 +1,4 @@
+import Dispatcher
 import Foundation
 
 /// What the sandbox does with a message to one recipient.
@@ -141,10 +142,17 @@ public struct Scenario: Sendable, Decodable {
     }
 
     public static func load(path: String) throws -> Scenario {
+        let data: Data
         do {
-            return try JSONDecoder().decode(Scenario.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
-            throw SandboxError("scenario \(path): \(error)")
+            throw SandboxError("scenario \(path): cannot be read (\(error.localizedDescription))")
+        }
+        do {
+            return try JSONDecoder().decode(Scenario.self, from: data)
+        } catch let error as DecodingError {
+            let known = error.lastKey == "outcome" ? "; the outcomes are \(Outcome.allCases.map(\.rawValue).joined(separator: ", "))" : ""
+            throw SandboxError("scenario \(path): \(error.readable(in: data))\(known) (docs/sandbox.md)")
         }
     }
 

@@ -53,7 +53,9 @@ struct OrganizationsTests {
                 "members 'ana' is not an email address"
             ),
             (#"{"organizations": []}"#, "no organizations"),
-            ("{", "not the configuration's JSON"),
+            ("{", "not valid JSON (Unexpected end of file"),
+            (#"{"organizations": [{"id": 5}]}"#, "Expected to decode String but found number instead. at organizations.[0].id"),
+            (#"{"organizations": [{"id": ".a", "phone_number_id": "1", "token_env": "CARIBE_TOKEN"}]}"#, "id '.a' may not begin with '.'"),
         ]
         for (json, expected) in cases {
             do {

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import Sandbox
@@ -53,5 +54,33 @@ struct SandboxEventQueueTests {
         // A second after the first: one has left the window.
         #expect(await state.admitThroughput(phoneNumberID: "A", limit: 10, now: 100.001 + 1))
         #expect(await state.admitThroughput(phoneNumberID: "A", limit: 10, now: 100.002 + 1) == false)
+    }
+}
+
+/// A scenario file a person wrote wrong is refused with what to fix, not a decoder's dump.
+struct ScenarioFileTests {
+    func load(_ json: String) throws -> Scenario {
+        let path = NSTemporaryDirectory() + "scenario-\(UUID().uuidString).json"
+        try json.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        return try Scenario.load(path: path)
+    }
+
+    @Test("an unknown outcome names the place and lists the outcomes; broken JSON says where it stopped")
+    func refusals() throws {
+        do {
+            _ = try load(#"{"rules": [{"match": "suffix:1", "outcome": "nonsense"}]}"#)
+            Issue.record("accepted an unknown outcome")
+        } catch let error as SandboxError {
+            #expect("\(error)".contains("nonsense at rules.[0].outcome; the outcomes are delivered_read, delivered,"), "\(error)")
+            #expect(!"\(error)".contains("DecodingError"), "\(error)")
+        }
+        do {
+            _ = try load(#"{"rules": [{"match": "suffix:1", "outcome": }]}"#)
+            Issue.record("accepted broken JSON")
+        } catch let error as SandboxError {
+            #expect("\(error)".contains("not valid JSON (Invalid value around character"), "\(error)")
+        }
+        #expect(try load(#"{"rules": [{"match": "suffix:1", "outcome": "undeliverable"}]}"#).outcome(for: "18095550101") == .undeliverable)
     }
 }

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// A WhatsApp message template as approved in Meta's WhatsApp Manager, and how manifest fields
 /// fill its parameters. Loaded from `templates/whatsapp/NAME.json`.
@@ -196,10 +196,11 @@ public struct TemplateCatalog: Sendable {
         var loaded: [TemplateDefinition] = []
         for name in names {
             let file = folder.appendingPathComponent(name)
+            let data = try Data(contentsOf: file)
             do {
-                loaded.append(try JSONDecoder().decode(TemplateDefinition.self, from: Data(contentsOf: file)))
+                loaded.append(try JSONDecoder().decode(TemplateDefinition.self, from: data))
             } catch let error as DecodingError {
-                throw TemplateError("\(file.path): \(describe(error))")
+                throw TemplateError("\(file.path): \(error.readable(in: data))")
             }
         }
         if loaded.isEmpty { throw TemplateError("no template definitions (*.json) in \(folder.path)") }
@@ -390,14 +391,43 @@ func placeholderNumbers(in text: String, where context: String) throws -> [Int] 
     }
 }
 
-private func describe(_ error: DecodingError) -> String {
-    switch error {
-    case .keyNotFound(let key, let context):
-        return "missing '\(key.stringValue)' at \(path(context.codingPath))"
-    case .typeMismatch(_, let context), .valueNotFound(_, let context), .dataCorrupted(let context):
-        return "\(context.debugDescription) at \(path(context.codingPath))"
-    @unknown default:
-        return "\(error)"
+extension DecodingError {
+    /// What is wrong and where, for a person editing the file: `missing 'id' at organizations.[1]`,
+    /// `Cannot initialize Outcome from invalid String value nonsense at rules.[0].outcome`, or for
+    /// a file that is not JSON, the parser's own words (its line and column).
+    public var readable: String {
+        switch self {
+        case .keyNotFound(let key, let context):
+            return "missing '\(key.stringValue)' at \(path(context.codingPath))"
+        case .dataCorrupted(let context) where context.codingPath.isEmpty:
+            return "not valid JSON"
+        case .typeMismatch(_, let context), .valueNotFound(_, let context), .dataCorrupted(let context):
+            return "\(context.debugDescription) at \(path(context.codingPath))"
+        @unknown default:
+            return "\(self)"
+        }
+    }
+
+    /// `readable`, and for a file that is not JSON at all, where the parser stopped in `data`
+    /// ("Invalid value around line 3, column 14.").
+    public func readable(in data: Data) -> String {
+        guard case .dataCorrupted(let context) = self, context.codingPath.isEmpty else { return readable }
+        do {
+            _ = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+        } catch {
+            if let where_ = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String { return "not valid JSON (\(where_))" }
+        }
+        return readable
+    }
+
+    /// The last key of the path where it went wrong (`outcome`), if any.
+    public var lastKey: String? {
+        switch self {
+        case .keyNotFound(_, let context), .typeMismatch(_, let context), .valueNotFound(_, let context), .dataCorrupted(let context):
+            return context.codingPath.last?.stringValue
+        @unknown default:
+            return nil
+        }
     }
 }
 
