@@ -134,6 +134,14 @@ struct PreviewCommand: AsyncParsableCommand {
         }
         var optOuts = OptOutList(numbers: [])
         if let store { optOuts = try await OptOutList.load(from: store) }
+        // `send` refuses a manifest whose derived run name is another manifest's run
+        // (`march-2026.xml` after `march-2026.csv`): said here too, before anyone runs it.
+        var conflict: RunNameConflict? = nil
+        if run == nil, let store, let existing = try await store.run(named: runName),
+            existing.manifest.split(separator: "/").last != manifest.split(separator: "/").last
+        {
+            conflict = RunNameConflict(run: runName, existingManifest: existing.manifest, manifest: manifest)
+        }
         var toLookUp: [String] = []
         var optedOut = 0
         // The estimate: every message to send, by organization, landlord, market and category;
@@ -217,8 +225,10 @@ struct PreviewCommand: AsyncParsableCommand {
         console.say("  problems     \(result.errorCount) in \(result.invalidInvoices) invoices")
         for issue in result.errors.prefix(20) { console.say("    \(issue)") }
         if result.errorCount > 20 { console.say("    …\(result.errorCount - 20) more in the report") }
-        for warning in result.warnings { console.warn(warning) }
-        if let warning = MessagingLimit.warning(recipients: result.recipients, limit: messagingLimit) { console.warn(warning) }
+        var warnings = result.warnings
+        if let warning = MessagingLimit.warning(recipients: result.recipients, limit: messagingLimit) { warnings.append(warning) }
+        if let conflict { warnings.append("send will refuse this manifest as it is: \(conflict)") }
+        for warning in warnings { console.warn(warning) }
         for line in estimateLines { console.say(line) }
         console.say("Report: \(report)")
         console.say("Messages: \(csv.path)")

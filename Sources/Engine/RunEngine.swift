@@ -841,6 +841,12 @@ public struct RunNameConflict: Error, CustomStringConvertible {
     public var existingManifest: String
     public var manifest: String
 
+    public init(run: String, existingManifest: String, manifest: String) {
+        self.run = run
+        self.existingManifest = existingManifest
+        self.manifest = manifest
+    }
+
     public var description: String {
         "run '\(run)' was made from \(existingManifest), not \(manifest): name this one's run with --run NAME "
             + "(or --run \(run) to add its invoices to that run on purpose)"

@@ -316,6 +316,31 @@ struct SendCommandTests {
         #expect(user.status == 0, "\(user.stderr)")
     }
 
+    @Test("preview warns of the run name send will refuse: month.xml after month.csv's run")
+    func previewRunNameConflict() async throws {
+        let folder = try workspace(
+            """
+            invoice_id,tenant_name,phone,amount,currency,period
+            A,Ana,+18095550101,100.00,DOP,2026-03
+
+            """)
+        #expect(try await DispatcherProcess.run(["send", "month.csv", "--sandbox", "--settle", "1s"], in: folder).status == 0)
+        try """
+        <?xml version="1.0" encoding="UTF-8"?>
+        <invoices><invoice><invoice_id>B</invoice_id><tenant_name>Beto</tenant_name><phone>+18095550102</phone>
+        <amount>200.00</amount><currency>DOP</currency><period>2026-03</period></invoice></invoices>
+        """.write(to: folder.appendingPathComponent("month.xml"), atomically: true, encoding: .utf8)
+        let preview = try await DispatcherProcess.run(["preview", "month.xml"], in: folder)
+        #expect(preview.status == 0, "\(preview.stderr)")
+        let said = "send will refuse this manifest as it is: run 'month' was made from month.csv, not month.xml"
+        #expect((preview.stdout + preview.stderr).contains(said), "\(preview.stdout)\(preview.stderr)")
+        // And send does refuse it; with a name of its own, neither warns.
+        let send = try await DispatcherProcess.run(["send", "month.xml", "--sandbox", "--settle", "1s"], in: folder)
+        #expect(send.status == 1 && send.stderr.contains("run 'month' was made from month.csv"), "\(send.stderr)")
+        let named = try await DispatcherProcess.run(["preview", "month.xml", "--run", "month-xml"], in: folder)
+        #expect(named.status == 0 && !(named.stdout + named.stderr).contains("send will refuse"), "\(named.stderr)")
+    }
+
     @Test("a --listen port already taken ends the run at once with the reason, and nothing is sent")
     func listenPortTaken() async throws {
         let folder = try workspace(
