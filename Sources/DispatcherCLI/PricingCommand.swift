@@ -43,6 +43,14 @@ struct PricingCommand: AsyncParsableCommand {
                 throw ValidationError("\(file): \(error.description)")
             }
             let store = try await database.open(settings: settings)
+            // The same file again (a re-run of an import script) is kept once: cards are never
+            // replaced, and a second copy only listed the card twice.
+            if try await store.rateCards().contains(where: {
+                $0.effective == card.effective && $0.currency == card.currency && $0.text == text
+            }) {
+                print("\(file) is imported already (\(card.currency) card effective \(card.effective)): nothing changed")
+                return
+            }
             try await store.saveRateCard(
                 StoredRateCard(
                     effective: card.effective, currency: card.currency, source: card.source,

@@ -122,6 +122,11 @@ struct PricingCommandTests {
         let imported = try await DispatcherProcess.run(["pricing", "import", card.path, "--db", db])
         #expect(imported.status == 0, "\(imported.stderr)")
         #expect(imported.stdout.contains("USD card effective 2027-01-01, 2 markets"))
+        // The same file again changes nothing, and the card is listed once.
+        let again = try await DispatcherProcess.run(["pricing", "import", card.path, "--db", db])
+        #expect(again.status == 0 && again.stdout.contains("is imported already (USD card effective 2027-01-01): nothing changed"))
+        let listed = try await DispatcherProcess.run(["pricing", "show", "--on", "2027-02-01", "--db", db])
+        #expect(listed.stdout.components(separatedBy: "2027-01-01 (imported from").count == 2, "\(listed.stdout)")
         let show = try await DispatcherProcess.run(["pricing", "show", "--on", "2027-02-01", "--json", "--db", db])
         let object = try #require(try JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [String: Any])
         #expect(object["effective"] as? String == "2027-01-01")
