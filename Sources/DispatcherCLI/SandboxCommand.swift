@@ -18,7 +18,7 @@ struct SandboxCommand: AsyncParsableCommand {
     @Option(help: "Where to post status webhooks (e.g. http://127.0.0.1:8500/webhook).")
     var webhookURL: String?
 
-    @Option(help: "App secret that signs webhooks (default: env WHATSAPP_APP_SECRET).")
+    @Option(help: "App secret that signs webhooks (default: env WHATSAPP_APP_SECRET; needed with --webhook-url).")
     var appSecret: String?
 
     @Option(help: "Bearer token the simulator accepts (default: env WHATSAPP_ACCESS_TOKEN, else sandbox-token).")
@@ -41,8 +41,9 @@ struct SandboxCommand: AsyncParsableCommand {
 
     func run() async throws {
         let settings = Settings(environment: ProcessInfo.processInfo.environment)
-        guard let secret = appSecret ?? settings.appSecret else {
-            throw ValidationError("give --app-secret (or WHATSAPP_APP_SECRET): webhooks are signed with it")
+        // Needed only to sign webhooks: without --webhook-url none are posted.
+        guard let secret = appSecret ?? settings.appSecret ?? (webhookURL == nil ? "" : nil) else {
+            throw ValidationError("give --app-secret (or WHATSAPP_APP_SECRET): the webhooks to --webhook-url are signed with it")
         }
         let (host, port) = try parseListen(listen)
         let logger = bootstrapLogging(label: "dispatcher.sandbox")

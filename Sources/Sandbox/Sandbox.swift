@@ -120,10 +120,13 @@ public struct Sandbox: Sendable {
             return metaError(190, "Error validating access token: Session has expired", status: .unauthorized)
         }
         let id = context.parameters.get("phoneNumberID") ?? ""
-        return try json([
-            "id": id, "display_phone_number": "+1 809-555-0000", "verified_name": "Sandbox Inmobiliaria",
-            "quality_rating": "GREEN", "throughput": "{\"level\":\"STANDARD\"}",
+        // Meta's shape: `throughput` is an object (`{"level": "STANDARD"}`, or `HIGH` once upgraded).
+        let answer = MetaJSON.object([
+            ("display_phone_number", .string("+1 809-555-0000")), ("id", .string(id)), ("quality_rating", .string("GREEN")),
+            ("throughput", .object([("level", .string(configuration.throughput > 80 ? "HIGH" : "STANDARD"))])),
+            ("verified_name", .string("Sandbox Inmobiliaria")),
         ])
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: answer.bytes)))
     }
 
     /// `POST /{version}/{phone_number_id}/media`: a multipart upload (`messaging_product`, `type`,

@@ -33,6 +33,21 @@ struct SandboxClientTests {
         }
     }
 
+    @Test("the phone number's fields in Meta's shape: throughput an object with its level")
+    func phoneNumberShape() async throws {
+        try await Harness.run { h in
+            let client = GraphClient(configuration: h.graph)
+            defer { Task { try? await client.shutdown() } }
+            let (status, body) = try await client.get(
+                "\(h.graph.root)/\(h.graph.phoneNumberID)?fields=display_phone_number,verified_name,quality_rating,throughput")
+            #expect(status == 200)
+            let object = try #require(try JSONSerialization.jsonObject(with: body) as? [String: Any])
+            #expect((object["throughput"] as? [String: String]) == ["level": "HIGH"], "\(object)")
+            #expect(object["quality_rating"] as? String == "GREEN")
+            try await client.shutdown()
+        }
+    }
+
     @Test(
         "each refusal carries Meta's code and class",
         arguments: [
