@@ -94,17 +94,19 @@ public struct OrganizationsFile: Sendable {
     }
 
     /// Reads and checks the file; `environment` resolves `token_env`.
-    public init(contentsOf path: String, environment: [String: String]) throws {
+    /// `requireTokens: false` (a preview, which sends nothing): an unset `token_env` leaves the
+    /// organization's token empty instead of refusing the file.
+    public init(contentsOf path: String, environment: [String: String], requireTokens: Bool = true) throws {
         let data: Data
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
             throw ConfigurationError("\(path): cannot be read (\(error.localizedDescription))")
         }
-        try self.init(json: data, source: path, environment: environment)
+        try self.init(json: data, source: path, environment: environment, requireTokens: requireTokens)
     }
 
-    public init(json: Data, source: String, environment: [String: String]) throws {
+    public init(json: Data, source: String, environment: [String: String], requireTokens: Bool = true) throws {
         let raw: Raw
         do {
             raw = try JSONDecoder().decode(Raw.self, from: json)
@@ -139,7 +141,8 @@ public struct OrganizationsFile: Sendable {
             guard let variable = entry.tokenEnv, !variable.isEmpty else {
                 throw fail("token_env", "is required (the environment variable holding its WhatsApp token)")
             }
-            guard let token = environment[variable]?.trimmingASCIIWhitespace(), !token.isEmpty else {
+            let token = environment[variable]?.trimmingASCIIWhitespace() ?? ""
+            if token.isEmpty && requireTokens {
                 throw fail("token_env", "names \(variable), which is not set in the environment")
             }
             if let code = entry.defaultCountryCode, !(1...3).contains(code.count) || !code.allSatisfy({ $0.isASCII && $0.isNumber }) {

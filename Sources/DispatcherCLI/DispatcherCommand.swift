@@ -169,12 +169,20 @@ func organizationRenderer(
 
 /// The organizations to send for: `--config`'s file (or `DISPATCHER_CONFIG`), else the single-number
 /// environment settings as one organization (id `default`; none without a token and number id).
-func loadOrganizations(config: String?, settings: Settings) throws -> (organizations: [Organization], fromFile: Bool) {
+/// `requireTokens: false` for commands that send nothing (`preview`).
+func loadOrganizations(
+    config: String?, settings: Settings, requireTokens: Bool = true
+) throws -> (
+    organizations: [Organization], fromFile: Bool
+) {
     guard let path = config ?? ProcessInfo.processInfo.environment["DISPATCHER_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) else {
         return (Organization.fromEnvironment(settings).map { [$0] } ?? [], false)
     }
     do {
-        return (try OrganizationsFile(contentsOf: path, environment: ProcessInfo.processInfo.environment).organizations, true)
+        return (
+            try OrganizationsFile(contentsOf: path, environment: ProcessInfo.processInfo.environment, requireTokens: requireTokens)
+                .organizations, true
+        )
     } catch let error as ConfigurationError {
         throw ValidationError(error.description)
     }

@@ -80,7 +80,7 @@ struct PreviewCommand: AsyncParsableCommand {
             propertySystem: try settings.propertySystem())
         // Rows of organizations `send` would not take are errors here too, each named (a preview
         // that passed them while `send` refused every row was no preview).
-        let loaded = try loadOrganizations(config: config, settings: settings)
+        let loaded = try loadOrganizations(config: config, settings: settings, requireTokens: false)
         if loaded.fromFile {
             let known = loaded.organizations.map(\.id)
             try checkOrganizationOption(organization, known: known)

@@ -506,6 +506,12 @@ struct SendCommandTests {
         let configured = try await DispatcherProcess.run(
             ["preview", "month.csv", "--ignore-store", "--config", "orgs.json"], in: folder, environment: ["T": "x"])
         #expect(configured.status == 0, "\(configured.stdout)\(configured.stderr)")
+        // preview sends nothing: the tokens need not be there (send's refusal names the variable).
+        let tokenless = try await DispatcherProcess.run(["preview", "month.csv", "--ignore-store", "--config", "orgs.json"], in: folder)
+        #expect(tokenless.status == 0, "\(tokenless.stdout)\(tokenless.stderr)")
+        let sendTokenless = try await DispatcherProcess.run(
+            ["send", "month.csv", "--config", "orgs.json", "--db", "sqlite:\(folder.path)/t.sqlite"], in: folder)
+        #expect(sendTokenless.status == 64 && sendTokenless.stderr.contains("names T, which is not set"), "\(sendTokenless.stderr)")
         let unknown = try await DispatcherProcess.run(
             ["preview", "month.csv", "--config", "orgs.json", "--organization", "sur"], in: folder, environment: ["T": "x"])
         #expect(unknown.status == 64)
