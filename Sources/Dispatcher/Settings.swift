@@ -41,6 +41,9 @@ public struct Settings: Sendable {
     public var servePort: Int?
     /// The old service's settings read under their old names, said once by the commands that use them.
     public var notes: [String]
+    /// Why `ACCESS_TOKEN_SECRET` (the old name) was not taken, when it was not: the landlord UI's
+    /// tokens are then refused (`doctor` counts it as a problem).
+    public var ignoredJWTSecret: String?
 
     public static let defaultDatabaseURL = "sqlite:dispatcher.sqlite"
 
@@ -51,6 +54,7 @@ public struct Settings: Sendable {
             return v
         }
         var notes: [String] = []
+        ignoredJWTSecret = nil
         accessToken = value("WHATSAPP_ACCESS_TOKEN")
         phoneNumberID = value("WHATSAPP_PHONE_NUMBER_ID")
         businessAccountID = value("WHATSAPP_BUSINESS_ACCOUNT_ID")
@@ -81,10 +85,11 @@ public struct Settings: Sendable {
                 jwtSecret = old
                 notes.append("ACCESS_TOKEN_SECRET (the property system's name) is read as DISPATCHER_JWT_SECRET")
             } else {
-                // Taken, it would stop serve (jwt-kit refuses short HMAC keys): said instead.
-                notes.append(
+                // Taken, it would stop serve (jwt-kit refuses short HMAC keys): said instead, as
+                // the old service's deployments start with it.
+                ignoredJWTSecret =
                     "ACCESS_TOKEN_SECRET is shorter than 32 bytes: the property system's tokens are not accepted until it is lengthened (there and here) or DISPATCHER_JWT_SECRET is set"
-                )
+                notes.append(ignoredJWTSecret!)
             }
         }
         defaultCountryCode = value("DISPATCHER_DEFAULT_COUNTRY_CODE")

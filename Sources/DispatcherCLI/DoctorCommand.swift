@@ -26,7 +26,7 @@ struct DoctorCommand: AsyncParsableCommand {
             print("\(mark) \(text)")
         }
         print("Settings")
-        for note in settings.notes { line(nil, note) }
+        for note in settings.notes { line(note == settings.ignoredJWTSecret ? false : nil, note) }
         line(settings.accessToken != nil, "WHATSAPP_ACCESS_TOKEN          \(Settings.masked(settings.accessToken))")
         line(settings.phoneNumberID != nil, "WHATSAPP_PHONE_NUMBER_ID       \(settings.phoneNumberID ?? "(not set)")")
         line(

@@ -34,6 +34,13 @@ struct SettingsTests {
         #expect(both.templateName == "invoice")
         #expect(both.notes.isEmpty)
 
+        // A short secret under the old name is not taken (jwt-kit would refuse it), and said as a problem.
+        let short = Settings(environment: ["ACCESS_TOKEN_SECRET": "old-secret"])
+        #expect(short.jwtSecret == nil)
+        #expect(short.ignoredJWTSecret?.contains("shorter than 32 bytes") == true)
+        #expect(short.notes == [short.ignoredJWTSecret!])
+        #expect(old.ignoredJWTSecret == nil && both.ignoredJWTSecret == nil)
+
         #expect(Settings(environment: ["WHATSAPP_PORT": "http"]).servePort == nil)
         #expect(Settings(environment: ["WHATSAPP_PORT": "http"]).notes == ["WHATSAPP_PORT 'http' is not a port: ignored"])
         #expect(Settings(environment: ["WHATSAPP_API_URL": "http://127.0.0.1:9000"]).apiBaseURL == "http://127.0.0.1:9000")
