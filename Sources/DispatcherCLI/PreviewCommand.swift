@@ -203,7 +203,11 @@ struct PreviewCommand: AsyncParsableCommand {
 
         // Human summary.
         console.say("Preview of \(manifest) (\(result.format.rawValue.uppercased())), template \(result.templateName): nothing sent")
-        console.say("  invoices     \(result.invoices)")
+        console.say(
+            "  invoices     \(result.invoices)"
+                + (result.otherOrganizations > 0
+                    ? " (and \(result.otherOrganizations) of other organizations, left for their own run: preview without --organization for them)"
+                    : ""))
         console.say("  messages     \(result.messages)")
         console.say("  recipients   \(result.recipients)")
         console.say("  skipped      \(result.skipped.count)")

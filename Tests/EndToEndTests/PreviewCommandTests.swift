@@ -565,6 +565,7 @@ struct SendCommandTests {
             environment: ["T": "x"])
         #expect(norteOnly.status == 0, "\(norteOnly.stdout)\(norteOnly.stderr)")
         #expect(norteOnly.stdout.contains("template rentcall: nothing sent"), "\(norteOnly.stdout)")
+        #expect(norteOnly.stdout.contains("invoices     1 (and 1 of other organizations, left for their own run"), "\(norteOnly.stdout)")
         // An organization's template without its language stops preview and send alike, naming it.
         try
             #"{"organizations": [{"id": "caribe", "phone_number_id": "1", "token_env": "T"}, {"id": "norte", "phone_number_id": "2", "token_env": "T", "language": "de"}]}"#
