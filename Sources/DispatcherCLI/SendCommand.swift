@@ -13,7 +13,8 @@ import WhatsApp
 /// Options shared by `send` and `retry`: where statuses come from during the settle window.
 struct SettleOptions: ParsableArguments {
     @Option(
-        help: "How long to wait for statuses after the last send (90s, 15m, 2h); ends early once every message is final.",
+        help:
+            "How long to wait for statuses after the last send (90s, 15m, 2h; default 120s, 15s with --sandbox); ends early once every message is final.",
         transform: parseDuration)
     var settle: Duration?
 
