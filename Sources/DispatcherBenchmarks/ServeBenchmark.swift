@@ -16,6 +16,9 @@ struct ServeBenchmark {
     /// Messages seeded, three statuses each (sent, delivered, read): enough bodies that none
     /// repeats within the run at the rates seen here.
     let messages = 100_000
+    /// Messages seeded with their wamids, as a billing run leaves them (`--wamids-known`); by
+    /// default none, and each first status teaches its message's.
+    var wamidsKnown = false
 
     struct Figures {
         var requests: Int
@@ -72,7 +75,7 @@ struct ServeBenchmark {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let database = try await WebhookBenchmark.freshDatabase(sqlitePath: "\(folder)/serve.sqlite", postgresAdminURL: postgresAdminURL)
-        try await WebhookBenchmark.seed(database, messages: messages)
+        try await WebhookBenchmark.seed(database, messages: messages, wamidsKnown: wamidsKnown)
         let (server, port) = try await WebhookBenchmark.startServe(dispatcher: dispatcher, database: database, secret: secret)
         defer { stopProcess(server) }
         let before = cpuSeconds(of: server.processIdentifier)

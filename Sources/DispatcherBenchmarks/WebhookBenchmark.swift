@@ -57,16 +57,24 @@ struct WebhookBenchmark {
     }
 
     /// Messages to receive statuses for, in a run "bench" of sender 123: m-0, m-1…
-    static func seed(_ database: String, messages: Int) async throws {
+    /// `wamidsKnown`: each message accepted with its wamid (`wamid.SN`) in the ledger, as a billing
+    /// run leaves it before Meta's first status; otherwise queued with none, so that each first
+    /// status teaches its message's wamid (Meta's answer lost).
+    static func seed(_ database: String, messages: Int, wamidsKnown: Bool = false) async throws {
         let store = try await StoreOpener.open(url: database)
         try await store.saveRun(RunRecord(name: "bench", manifest: "bench", template: "invoice", sender: "123", createdAt: 0))
         for start in stride(from: 0, to: messages, by: 10_000) {
+            let range = start..<min(start + 10_000, messages)
             _ = try await store.addMessages(
-                (start..<min(start + 10_000, messages)).map {
+                range.map {
                     NewMessage(
                         id: "m-\($0)", run: "bench", invoiceID: "INV-\($0)", phone: "1809\(String(format: "%07d", $0))",
                         template: "invoice", language: "es")
                 })
+            guard wamidsKnown else { continue }
+            let attempts = try await store.beginAttempts(messageIDs: range.map { "m-\($0)" }, at: 1_771_999_999)
+            try await store.recordOutcomes(
+                range.map { .accepted(messageID: "m-\($0)", attempt: attempts["m-\($0)"] ?? 1, wamid: "wamid.S\($0)") }, at: 1_771_999_999)
         }
     }
 

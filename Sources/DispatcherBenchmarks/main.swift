@@ -6,6 +6,7 @@ import Foundation
 //   swift run -c release dispatcher-bench            # all benchmarks, 1,000,000 rows
 //   swift run -c release dispatcher-bench --rows 200000
 //   swift run -c release dispatcher-bench --only serve     # one status per POST under wrk, beside pywa
+//   swift run -c release dispatcher-bench --only serve --wamids-known   # messages as a billing run leaves them
 //   swift run -c release dispatcher-bench --only preview   # the whole preview beside csv.reader and xmllint
 //   swift run -c release dispatcher-bench --only send --pin   # sender on core 0, sandbox + serve on the last
 //
@@ -48,6 +49,7 @@ if arguments.contains("--help") || arguments.contains("-h") {
     print(
         """
         usage: dispatcher-bench [--only \(benchmarks.joined(separator: "|"))] [--rows N] [--seconds S] [--pin]
+                                [--org-rate N] [--no-webhooks] [--wamids-known]
         Every benchmark runs the release build's own processes on this machine and prints rates and
         ratios against the peers measured in the same run (docs/benchmarks.md says what each measures).
         """)
@@ -181,7 +183,8 @@ if only == nil || only == "webhooks" {
 // virtual environment made by scripts/bench: DISPATCHER_BENCH_PYWA), then serve on SQLite and on
 // PostgreSQL (durable), all on the same pre-signed bodies.
 if (only == nil && haveWrk) || only == "serve" {
-    let benchmark = ServeBenchmark(dispatcher: dispatcherPath, seconds: seconds)
+    var benchmark = ServeBenchmark(dispatcher: dispatcherPath, seconds: seconds)
+    benchmark.wamidsKnown = arguments.contains("--wamids-known")
     let bodies = NSTemporaryDirectory() + "dispatcher-bench-bodies-\(UUID().uuidString).txt"
     defer { try? FileManager.default.removeItem(atPath: bodies) }
     try benchmark.writeBodies(to: bodies)
@@ -211,7 +214,7 @@ if (only == nil && haveWrk) || only == "serve" {
         let ours = try await benchmark.ours(bodies: bodies, postgresAdminURL: postgres)
         var ratio = peer.map { String(format: "; %.1f× pywa", ours.rate / $0.rate) } ?? ""
         if let cpu = ours.cpu { ratio += String(format: "; serve's CPU %.0f µs/status", cpu / Double(max(1, ours.requests)) * 1e6) }
-        table.append(row("one status per POST: dispatcher serve (\(engine))", ours, ratio))
+        table.append(row("one status per POST: dispatcher serve (\(engine)\(benchmark.wamidsKnown ? ", wamids known" : ""))", ours, ratio))
     }
 }
 
