@@ -394,7 +394,7 @@ func placeholderNumbers(in text: String, where context: String) throws -> [Int] 
 extension DecodingError {
     /// What is wrong and where, for a person editing the file: `missing 'id' at organizations.[1]`,
     /// `Cannot initialize Outcome from invalid String value nonsense at rules.[0].outcome`, or for
-    /// a file that is not JSON, the parser's own words (its line and column).
+    /// a file that is not JSON, "not valid JSON" (`readable(in:)` adds where the parser stopped).
     public var readable: String {
         switch self {
         case .keyNotFound(let key, let context):
@@ -409,13 +409,13 @@ extension DecodingError {
     }
 
     /// `readable`, and for a file that is not JSON at all, where the parser stopped in `data`
-    /// ("Invalid value around line 3, column 14.").
+    /// ("Invalid value around character 30.").
     public func readable(in data: Data) -> String {
         guard case .dataCorrupted(let context) = self, context.codingPath.isEmpty else { return readable }
         do {
             _ = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
         } catch {
-            if let where_ = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String { return "not valid JSON (\(where_))" }
+            if let position = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String { return "not valid JSON (\(position))" }
         }
         return readable
     }
