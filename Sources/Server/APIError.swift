@@ -3,6 +3,7 @@ public import Hummingbird
 import Logging
 import NIOCore
 import NIOHTTP1
+import Store
 
 /// An error the API answers with, as `{"error": "…"}` and its status; on `/send-invoice`, as the
 /// old service answered, with `"success": false` too (the landlord UI reads `success` and `error`
@@ -68,6 +69,12 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             throw APIError(.badRequest, "the request is malformed: \(error)")
         } catch let error as HTTPError {
             throw APIError(error.status, error.body ?? error.status.reasonPhrase, headers: error.headers)
+        } catch  where StoreError.isUnavailable(error) {
+            // The database gone or locked for now: a 503 to retry, as /health and the webhook say
+            // (it was a 500 "internal error"); the log has the reason in the store's words.
+            context.logger.error(
+                "request failed: database unavailable", metadata: ["http.path": "\(request.uri.path)", "error": "\(error)"])
+            throw APIError(.serviceUnavailable, "the database is unavailable; retry later", headers: [.retryAfter: "1"])
         } catch {
             context.logger.error("request failed", metadata: ["http.path": "\(request.uri.path)", "error": "\(error)"])
             throw APIError(.internalServerError, "internal error")

@@ -1,3 +1,5 @@
+import GRDB
+
 /// Everything the dispatcher keeps: runs, invoices, messages, send attempts, every webhook payload
 /// and status event, inbound replies and opt-outs. SQLite (`SQLiteStore`) is the embedded default;
 /// callers see only this interface.
@@ -800,9 +802,25 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
     /// The database server answered with an error (it refused this statement), as opposed to not
     /// answering at all.
     public var refusedByServer = false
-    public init(_ description: String, refusedByServer: Bool = false) {
+    /// The database could not be reached or used just now (no answer, no connection): a passing
+    /// condition to retry, not a fault in what was asked (the API answers 503, not 500).
+    public var unavailable = false
+    public init(_ description: String, refusedByServer: Bool = false, unavailable: Bool = false) {
         self.description = description
         self.refusedByServer = refusedByServer
+        self.unavailable = unavailable
+    }
+
+    /// Whether `error`, thrown by a store, says the database is unavailable now: PostgreSQL not
+    /// answering or not connectable (`unavailable`), an SQLite file locked past its busy timeout,
+    /// unreadable, or on a full disk.
+    public static func isUnavailable(_ error: any Error) -> Bool {
+        if let error = error as? StoreError { return error.unavailable }
+        if let error = error as? DatabaseError {
+            return [.SQLITE_BUSY, .SQLITE_LOCKED, .SQLITE_CANTOPEN, .SQLITE_IOERR, .SQLITE_FULL].contains(
+                error.resultCode.primaryResultCode)
+        }
+        return false
     }
 }
 

@@ -328,6 +328,29 @@ struct WebhookHTTPTests {
     }
 
     @Test(
+        "the status API while PostgreSQL cannot answer (a table locked past the statement timeout): 503 to retry, not 500; answered once it is free",
+        .enabled(if: engines.contains(.postgres)))
+    func apiPostgresUnavailable() async throws {
+        let url = try await freshDatabaseURL(.postgres)
+        _ = try await StoreOpener.open(url: url)
+        let store = try await StoreOpener.open(url: url + "&statement_timeout=0.5")
+        _ = try await seed(store)
+        let lock = try await PostgresTableLock.hold("messages", databaseURL: url)
+        try await withRouter(server(store)) { (client: any TestClientProtocol) async throws in
+            // (It was a 500 "internal error": a caller could not tell a passing outage from a fault.)
+            for uri in ["/runs", "/message-statuses?run=march", "/message-status/m-INV-1-18095550101"] {
+                let refused = try await client.execute(uri: uri, method: .get, headers: [.authorization: "Bearer api-token"])
+                #expect(refused.status == .serviceUnavailable, "\(uri): \(String(buffer: refused.body))")
+                #expect(String(buffer: refused.body) == #"{"error":"the database is unavailable; retry later"}"#, "\(uri)")
+                #expect(refused.headers[.retryAfter] == "1", "\(uri)")
+            }
+            try await lock.release()
+            let answered = try await client.execute(uri: "/runs", method: .get, headers: [.authorization: "Bearer api-token"])
+            #expect(answered.status == .ok, "\(String(buffer: answered.body))")
+        }
+    }
+
+    @Test(
         "PostgreSQL gone (connections refused): the webhook gets its 503 within the timeouts, not never; stored once it is back",
         .enabled(if: engines.contains(.postgres)))
     func postgresGone() async throws {

@@ -164,7 +164,12 @@ public final class PostgresStore: DispatchStore {
     /// The server's reason, in words an operator can act on (PostgresNIO hides it from
     /// `description` so that it cannot leak into logs by accident; it holds no secret).
     static func explain(_ error: any Error, url: PostgresURL) -> String {
-        guard let error = error as? PSQLError else { return "\(error)" }
+        guard let error = error as? PSQLError else {
+            if isUnreachable(error) {
+                return "cannot reach PostgreSQL at \(url.socketFolder ?? "\(url.host):\(url.port)"): no connection could be made (\(error))"
+            }
+            return "\(error)"
+        }
         if error.code == .server, let info = error.serverInfo {
             let message = info[.message] ?? "error"
             switch info[.sqlState] {
@@ -250,9 +255,26 @@ public final class PostgresStore: DispatchStore {
             } catch let error as StoreError {
                 throw error
             } catch {
-                throw StoreError(Self.explain(error, url: url), refusedByServer: (error as? PSQLError)?.serverInfo != nil)
+                throw StoreError(
+                    Self.explain(error, url: url), refusedByServer: (error as? PSQLError)?.serverInfo != nil,
+                    unavailable: Self.isUnreachable(error))
             }
         }
+    }
+
+    /// No connection to the server, or it went away: PostgresNIO's connection errors, and its
+    /// pool giving up on connecting (`ConnectionPoolError`, whose cases are not public).
+    static func isUnreachable(_ error: any Error) -> Bool {
+        if let error = error as? PSQLError {
+            if let state = error.serverInfo?[.sqlState] {
+                // The server's passing conditions: a statement cancelled by its timeout (a lock
+                // held too long), a lock not available, shutting down or starting up, too many
+                // connections, and connection exceptions (class 08).
+                return ["57014", "55P03", "57P01", "57P02", "57P03", "53300"].contains(state) || state.hasPrefix("08")
+            }
+            return [.connectionError, .serverClosedConnection, .uncleanShutdown, .clientClosedConnection].contains(error.code)
+        }
+        return String(reflecting: type(of: error)).contains("ConnectionPoolError")
     }
 
     /// `body`, or an error naming the server once `limit` (default: connect + statement timeout)
@@ -261,7 +283,8 @@ public final class PostgresStore: DispatchStore {
     func bounded<T: Sendable>(within limit: Duration? = nil, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         let limit = limit ?? .milliseconds(Int64((url.connectTimeout + url.statementTimeout) * 1000))
         let timeout = StoreError(
-            "PostgreSQL at \(url.socketFolder ?? "\(url.host):\(url.port)") did not answer within \(limit): is it running?")
+            "PostgreSQL at \(url.socketFolder ?? "\(url.host):\(url.port)") did not answer within \(limit): is it running?",
+            unavailable: true)
         do {
             return try await withDeadline(limit, body)
         } catch is DeadlineExceeded {
