@@ -54,14 +54,26 @@ public final class SenderLeaseKeeper: Sendable {
         }
     }
 
-    /// True when `holder` (`HOST pid N #R`) names this host and no process N is alive here. A
-    /// holder on another host, or a pid that is alive (even if reused), is left to expire.
+    /// True when `holder` (`HOST pid N #R`) names this host and no process N is alive here: none
+    /// at all, or one that has exited and waits to be reaped (a zombie: `kill -9` of a child its
+    /// parent has not waited for yet). A holder on another host, or a pid that is alive (even if
+    /// reused), is left to expire.
     static func holderIsDeadOnThisHost(_ holder: String, host: String = ProcessInfo.processInfo.hostName) -> Bool {
         let prefix = host + " pid "
         guard holder.hasPrefix(prefix) else { return false }
         let rest = holder.dropFirst(prefix.count)
         guard let pid = Int32(rest.prefix { $0.isNumber }), pid > 0, pid != getpid() else { return false }
-        return kill(pid, 0) != 0 && errno == ESRCH
+        if kill(pid, 0) != 0 { return errno == ESRCH }
+        return isZombie(pid)
+    }
+
+    /// Linux: the process's state in `/proc/PID/stat` is `Z` (exited, not yet reaped). Its third
+    /// field, after the command name in parentheses (which may itself hold spaces or brackets).
+    static func isZombie(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return false }
+        return stat[stat.index(after: close)...].split(separator: " ", maxSplits: 2).first == "Z"
     }
 
     /// Renews the lease until cancelled. Calls `lost` (and stops) if another process took it,
