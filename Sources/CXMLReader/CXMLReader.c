@@ -153,7 +153,8 @@ static void dx_start_element(void *ctx, const xmlChar *localname, const xmlChar 
             snprintf(message, sizeof message,
                      "the declared encoding '%.100s' is not accepted: save the manifest as UTF-8 (UTF-16 and ISO-8859-1 are "
                      "also read)", declared);
-            dx_fail(s, dx_line(s), message);
+            // Said on line 1, where the declaration is (an XML declaration can only come first).
+            dx_fail(s, 1, message);
             return;
         }
         // The root: report its attributes (values are given as [begin, end) pointers).

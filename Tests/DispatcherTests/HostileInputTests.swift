@@ -272,7 +272,10 @@ struct HostileInputTests {
         #expect(summary.stoppedEarly)
         let issue = try #require(summary.issues.last)
         #expect(issue.line == 5)
-        #expect(issue.message.lowercased().contains("utf-8") || issue.message.lowercased().contains("encoding"))
+        // One line, in words: libxml2's "Input is not proper UTF-8, indicate encoding !" came with
+        // a line break and its byte dump.
+        #expect(issue.message.contains("the file is not UTF-8 (bytes 0x92"), "\(issue.message)")
+        #expect(!issue.message.contains("\n"), "\(issue.message)")
         #expect(invoices <= 2)
     }
 
@@ -308,6 +311,16 @@ struct HostileInputTests {
         #expect(!refused.isValid)
         #expect(count == 0)
         #expect(refused.issues.last?.message.contains("'windows-1252' is not accepted") == true)
+        // On line 1, where the declaration is (it was the root's line, 2).
+        #expect(refused.issues.last?.line == 1)
+        // A character reference to a character XML does not allow, in words.
+        let reference = try ManifestImporter(options: .init()).importManifest(
+            path: try temporaryFile("charref.xml", xmlBytes(count: 3, bad: Array("&#1;".utf8), at: 2))
+        ) { _ in }
+        #expect(!reference.isValid)
+        #expect(
+            reference.issues.last?.message.contains("a character reference (&#…;) names a character XML does not allow (1)") == true,
+            "\(reference.issues)")
     }
 
     // MARK: - Settings

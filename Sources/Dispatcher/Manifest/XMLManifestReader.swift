@@ -33,6 +33,22 @@ public final class XMLManifestReader: ManifestReader {
         return ""
     }
 
+    /// libxml2's message in one line and, for the ones a person meets most, in plain words: a
+    /// problem list has one line per problem, and "Input is not proper UTF-8, indicate encoding !"
+    /// came with a line break and a byte dump.
+    static func plain(_ message: String) -> String {
+        let line = message.split(whereSeparator: { $0.isWhitespace }).joined(separator: " ")
+        if line.hasPrefix("Input is not proper UTF-8") {
+            let bytes = line.firstRange(of: "Bytes: ").map { String(line[$0.upperBound...]) }
+            return "the file is not UTF-8\(bytes.map { " (bytes \($0))" } ?? ""): save it as UTF-8, or declare its encoding "
+                + "(ISO-8859-1, UTF-16) in <?xml … encoding=\"…\"?>"
+        }
+        if let range = line.firstRange(of: "xmlParseCharRef: invalid xmlChar value ") {
+            return "a character reference (&#…;) names a character XML does not allow (\(line[range.upperBound...]))"
+        }
+        return line
+    }
+
     public init(path: String, chunkSize: Int = 1 << 16) {
         self.path = path
         self.bytes = nil
@@ -78,9 +94,10 @@ public final class XMLManifestReader: ManifestReader {
                 throw ManifestError(path: path, issue: issue)
             }
             if result.ok == 0 {
-                let message = withUnsafeBytes(of: result.message) { raw in
-                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-                }
+                let message = Self.plain(
+                    withUnsafeBytes(of: result.message) { raw in
+                        String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+                    })
                 throw ManifestError(
                     path: path,
                     issue: .init(
