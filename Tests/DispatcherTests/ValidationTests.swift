@@ -42,6 +42,12 @@ struct ValidationTests {
         #expect(found[0].message.contains(expected))
     }
 
+    @Test("decimals a currency has none of, in words: one decimal, and none")
+    func decimalsOfYen() throws {
+        let found = try issues("A,a,+18095550101,\"12.3\",JPY,2026-03,,,,")
+        #expect(found.map(\.message) == ["'12.3' has 1 decimal; this currency has none"], "\(found)")
+    }
+
     @Test("zeros beyond the currency's decimals are fine; JPY has none; BHD has three")
     func decimals() throws {
         let (invoices, summary) = try importCSV(

@@ -367,7 +367,11 @@ package func parseAmount(_ raw: UnsafeBufferPointer<UInt8>, digits: Int?) -> Res
     // Digits beyond the currency's minor unit are allowed only when they are zeros (`9800.000`).
     if fraction.count > digits {
         if fraction[digits...].contains(where: { $0 != 0 }) {
-            return .failure(AmountError(message: "'\(shown)' has \(fraction.count) decimals; this currency has \(digits)"))
+            return .failure(
+                AmountError(
+                    message:
+                        "'\(shown)' has \(fraction.count) decimal\(fraction.count == 1 ? "" : "s"); this currency has \(digits == 0 ? "none" : "\(digits)")"
+                ))
         }
         fraction.removeLast(fraction.count - digits)
     }

@@ -38,7 +38,7 @@ public struct PhoneNormalizer: Sendable {
                 i += 1
             default:
                 let shown = b < 0x80 ? String(UnicodeScalar(b)) : "a non-ASCII character"
-                return .failure(PhoneError("contains '\(shown)': only digits, spaces, dashes, dots and brackets are allowed"))
+                return .failure(PhoneError("contains '\(shown)': only digits, spaces, dashes, dots, slashes and brackets are allowed"))
             }
             i += 1
         }
