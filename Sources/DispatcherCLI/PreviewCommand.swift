@@ -211,6 +211,11 @@ struct PreviewCommand: AsyncParsableCommand {
         console.say("  messages     \(result.messages)")
         console.say("  recipients   \(result.recipients)")
         console.say("  skipped      \(result.skipped.count)")
+        if result.languageFallbacks > 0 {
+            console.say(
+                "  language     \(result.languageFallbacks) messages in the default language: their locale has none of its own in the template"
+            )
+        }
         if store == nil {
             console.say(
                 "  (no database read: \(ignoreStore ? "--ignore-store" : "none yet at \(database.describe(settings: settings))"); opt-outs and earlier sends not counted)"

@@ -316,6 +316,20 @@ struct SendCommandTests {
         #expect(user.status == 0, "\(user.stderr)")
     }
 
+    @Test("a locale the template has no language for falls back, counted in the summary")
+    func languageFallbackCounted() async throws {
+        let folder = try workspace(
+            """
+            invoice_id,tenant_name,phone,amount,currency,period,locale
+            Z,Zed,+18095550177,10.00,DOP,2026-03,de-DE
+            Y,Ynes,+18095550178,10.00,DOP,2026-03,es-DO
+
+            """)
+        let preview = try await DispatcherProcess.run(["preview", "month.csv", "--ignore-store"], in: folder)
+        #expect(preview.status == 0, "\(preview.stderr)")
+        #expect(preview.stdout.contains("language     1 messages in the default language"), "\(preview.stdout)")
+    }
+
     @Test("preview warns of the run name send will refuse: month.xml after month.csv's run")
     func previewRunNameConflict() async throws {
         let folder = try workspace(
