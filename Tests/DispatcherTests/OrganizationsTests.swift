@@ -107,6 +107,27 @@ struct PropertySystemTests {
         #expect(PropertySystem(url: "ftp://pm.example.com") == nil)
         #expect(PropertySystem(url: "http://localhost:8080")?.origin == "http://localhost:8080")
     }
+
+    @Test("a manifest's link on the property system but outside its documents is refused saying so, not 'must be https'")
+    func outsideDocumentsSaid() throws {
+        let system = try #require(PropertySystem(url: "http://localhost:8080"))
+        let path = try temporaryFile(
+            "links.csv",
+            """
+            invoice_id,tenant_name,phone,amount,currency,period,document_url
+            A,Ana,+18095550101,10.00,DOP,2026-03,/api/v2/documents/invoice/T1/2026030100
+            B,Beto,+18095550102,10.00,DOP,2026-03,http://localhost:8080/other/x.pdf
+            C,Cira,+18095550103,10.00,DOP,2026-03,/api/v2/tenants/T1
+            D,Dora,+18095550104,10.00,DOP,2026-03,https://docs.example.com/D.pdf
+
+            """)
+        let summary = try ManifestImporter(options: ValidationOptions(propertySystem: system)).importManifest(path: path) { _ in }
+        #expect(summary.issues.map(\.invoiceID) == ["B", "C"], "\(summary.issues)")
+        for issue in summary.issues {
+            #expect(issue.field == "document_url")
+            #expect(issue.message.contains("is on the property system but not one of its documents: only links under /api/v2/documents/"))
+        }
+    }
 }
 
 @Suite("A manifest's rows by organization")

@@ -218,6 +218,14 @@ public struct InvoiceValidator {
             if let local = options.propertySystem.flatMap({ $0.resolve(text) }) {
                 // The property system's own document: fetched with credentials, uploaded to Meta.
                 if let problem = checkLinkCharacters(raw) { fail("document_url", problem) } else { documentURL = local }
+            } else if let system = options.propertySystem,
+                (text.hasPrefix("/") && !text.hasPrefix("//")) || text.lowercased().hasPrefix(system.origin + "/")
+            {
+                // On the property system, but not a document its token may open.
+                fail(
+                    "document_url",
+                    "'\(text)' is on the property system but not one of its documents: only links under \(system.documentsPath) are fetched (DISPATCHER_PROPERTY_SYSTEM_DOCUMENTS_PATH), without dot segments or encoded slashes"
+                )
             } else if text.hasPrefix("/") {
                 fail(
                     "document_url",
