@@ -211,11 +211,21 @@ func parseListen(_ text: String) throws -> (String, Int) {
 
 /// Logs to stderr at LOG_LEVEL (default info). Only the executable bootstraps logging.
 func bootstrapLogging(label: String, level defaultLevel: Logger.Level = .info) -> Logger {
-    let level = ProcessInfo.processInfo.environment["LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? defaultLevel
+    let given = ProcessInfo.processInfo.environment["LOG_LEVEL"].map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+    let level = given.flatMap(Logger.Level.init(rawValue:)) ?? defaultLevel
     LoggingSystem.bootstrap { label in
         var handler = StreamLogHandler.standardError(label: label)
         handler.logLevel = level
         return handler
     }
-    return Logger(label: label)
+    let logger = Logger(label: label)
+    if let given, !given.isEmpty, Logger.Level(rawValue: given) == nil {
+        // Said, not ignored: an operator who asked for `verbose` would otherwise wonder why nothing more came.
+        logger.warning(
+            "LOG_LEVEL is not a level: \(defaultLevel.rawValue) is used",
+            metadata: [
+                "LOG_LEVEL": "\(given.prefix(40))", "levels": "\(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))",
+            ])
+    }
+    return logger
 }

@@ -316,6 +316,20 @@ struct SendCommandTests {
         #expect(user.status == 0, "\(user.stderr)")
     }
 
+    @Test("a LOG_LEVEL that is not a level is said, not silently ignored")
+    func unknownLogLevel() async throws {
+        let folder = try workspace(
+            """
+            invoice_id,tenant_name,phone,amount,currency,period
+            A,Ana,+18095550101,10.00,DOP,2026-03
+
+            """)
+        let send = try await DispatcherProcess.run(
+            ["send", "month.csv", "--sandbox", "--settle", "1s"], in: folder, environment: ["LOG_LEVEL": "verbose"])
+        #expect(send.status == 0, "\(send.stderr)")
+        #expect(send.stderr.contains("LOG_LEVEL is not a level: warning is used"), "\(send.stderr)")
+    }
+
     @Test("a locale the template has no language for falls back, counted in the summary")
     func languageFallbackCounted() async throws {
         let folder = try workspace(
