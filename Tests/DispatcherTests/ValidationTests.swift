@@ -46,6 +46,10 @@ struct ValidationTests {
     func decimalsOfYen() throws {
         let found = try issues("A,a,+18095550101,\"12.3\",JPY,2026-03,,,,")
         #expect(found.map(\.message) == ["'12.3' has 1 decimal; this currency has none"], "\(found)")
+        // Sixteen digits: as long as the DOP one's, the reason says the limit.
+        let large = try issues("A,a,+18095550101,\"1234567890123456\",JPY,2026-03,,,,")
+        #expect(
+            large.map(\.message) == ["'1234567890123456' is too large: at most 15 digits before the point in this currency"], "\(large)")
     }
 
     @Test("zeros beyond the currency's decimals are fine; JPY has none; BHD has three")

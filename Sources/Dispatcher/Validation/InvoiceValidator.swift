@@ -355,7 +355,13 @@ package func parseAmount(_ raw: UnsafeBufferPointer<UInt8>, digits: Int?) -> Res
             } else {
                 // Leading zeros do not count; 15 significant digits is the most any currency takes.
                 if wholeDigits > 0 || b != UInt8(ascii: "0") { wholeDigits += 1 }
-                if wholeDigits > 15 { return .failure(AmountError(message: "'\(shown.prefix(40))' is too large")) }
+                if wholeDigits > 15 {
+                    return .failure(
+                        AmountError(
+                            message:
+                                "'\(shown.prefix(40))' is too large: at most \(15 - (digits ?? 0)) digits before the point\(digits == nil ? "" : " in this currency")"
+                        ))
+                }
                 whole = whole * 10 + Int64(b - UInt8(ascii: "0"))
                 sawDigit = true
             }
