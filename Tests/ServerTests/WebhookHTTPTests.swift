@@ -304,17 +304,23 @@ struct WebhookHTTPTests {
         #expect(try await payloadCount(store) == 1)
     }
 
-    @Test(
-        "PostgreSQL unable to take writes (a table locked past the statement timeout): 503, then stored once it can",
-        .enabled(if: engines.contains(.postgres)))
-    func postgresUnavailable() async throws {
+    /// A seeded PostgreSQL store whose statements give up after half a second, and another session
+    /// holding `table` locked: the database there but unable to answer, as during a long migration.
+    func postgresStoreWithLockedTable(_ table: String) async throws -> (any DispatchStore, String, PostgresTableLock) {
         let url = try await freshDatabaseURL(.postgres)
         // Migrated first with the usual timeouts: migrations wait for a lock every database of the
         // server shares, which other suites' migrations may hold past half a second.
         _ = try await StoreOpener.open(url: url)
         let store = try await StoreOpener.open(url: url + "&statement_timeout=0.5")
         let id = try await seed(store)[0]
-        let lock = try await PostgresTableLock.hold("webhook_payloads", databaseURL: url)
+        return (store, id, try await PostgresTableLock.hold(table, databaseURL: url))
+    }
+
+    @Test(
+        "PostgreSQL unable to take writes (a table locked past the statement timeout): 503, then stored once it can",
+        .enabled(if: engines.contains(.postgres)))
+    func postgresUnavailable() async throws {
+        let (store, id, lock) = try await postgresStoreWithLockedTable("webhook_payloads")
         let body = statusPayload([("wamid.A", "delivered", 100, id)])
         try await withRouter(server(store)) { client in
             let refused = try await signedPost(client, body)
@@ -331,11 +337,7 @@ struct WebhookHTTPTests {
         "the status API while PostgreSQL cannot answer (a table locked past the statement timeout): 503 to retry, not 500; answered once it is free",
         .enabled(if: engines.contains(.postgres)))
     func apiPostgresUnavailable() async throws {
-        let url = try await freshDatabaseURL(.postgres)
-        _ = try await StoreOpener.open(url: url)
-        let store = try await StoreOpener.open(url: url + "&statement_timeout=0.5")
-        _ = try await seed(store)
-        let lock = try await PostgresTableLock.hold("messages", databaseURL: url)
+        let (store, _, lock) = try await postgresStoreWithLockedTable("messages")
         try await withRouter(server(store)) { (client: any TestClientProtocol) async throws in
             // (It was a 500 "internal error": a caller could not tell a passing outage from a fault.)
             for uri in ["/runs", "/message-statuses?run=march", "/message-status/m-INV-1-18095550101"] {
