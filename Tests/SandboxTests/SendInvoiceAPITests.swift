@@ -95,7 +95,9 @@ struct SendInvoiceAPITests {
 
     @Test("the landlord UI's own bodies, every kind, answered as the old service answered them (what the UI reads)", arguments: engines)
     func uiBodiesReplayed(engine: StoreEngine) async throws {
-        try await Harness.run(engine: engine, jwtSecret: secret) { h in
+        // The client waits up to 30 s for the sandbox: at the suite's busiest (about 40 s in, every
+        // suite starting on 2 cores), a send once went unanswered for the default 10 s in CI.
+        try await Harness.run(clientTimeout: .seconds(30), engine: engine, jwtSecret: secret) { h in
             let token = try await #require(HS256Verifier(secret: secret)).sign(AccessClaims(expires: Date().timeIntervalSince1970 + 600))
             var sent = 0
             for (kind, body) in Self.uiBodies {
