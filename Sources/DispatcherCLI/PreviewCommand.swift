@@ -81,19 +81,25 @@ struct PreviewCommand: AsyncParsableCommand {
         // Rows of organizations `send` would not take are errors here too, each named (a preview
         // that passed them while `send` refused every row was no preview).
         let loaded = try loadOrganizations(config: config, settings: settings, requireTokens: false)
+        // A template that does not match Meta's rules stops here (exit 1), before any manifest is read.
+        let catalog = try TemplateCatalog(directory: common.templatesDirectory)
+        var renderers: [String: MessageRenderer] = [:]
         if loaded.fromFile {
             let known = loaded.organizations.map(\.id)
             try checkOrganizationOption(organization, known: known)
             options.organizations = OrganizationScope(
                 organization: organization, known: known, fallback: organization ?? (known.count == 1 ? known[0] : nil),
                 reportsStrays: true)
-            // Each organization's rows with its own country code, currency and language, as its
-            // run (`send`) takes them; the flags, when given, over every organization's.
+            // Each organization's rows read with its own country code, currency and language, and
+            // rendered with its own template, as its run (`send`) takes them; the flags, when
+            // given, over every organization's.
             for own in loaded.organizations where organization == nil || own.id == organization {
                 options.byOrganization[own.id] = OrganizationDefaults(
                     countryCode: try common.countryCode(organization: own.defaultCountryCode),
                     currency: defaultCurrency ?? own.currency,
                     locale: (language ?? own.language).replacingOccurrences(of: "_", with: "-"))
+                renderers[own.id] = try organizationRenderer(
+                    catalog: catalog, organization: own, fromFile: true, template: template, language: language, settings: settings)
             }
         } else {
             let id = organization ?? loaded.organizations.first?.id ?? "default"
@@ -101,17 +107,6 @@ struct PreviewCommand: AsyncParsableCommand {
                 organization: id, known: [id], fallback: id, reportsStrays: true,
                 strayHint: oneOrganizationHint(organization)
             )
-        }
-        // A template that does not match Meta's rules stops here (exit 1), before any manifest is read.
-        let catalog = try TemplateCatalog(directory: common.templatesDirectory)
-        // Each organization's rows with its own template and default language, as its run renders
-        // them (`--template` and `--language` over every organization's).
-        var renderers: [String: MessageRenderer] = [:]
-        if loaded.fromFile {
-            for own in loaded.organizations where organization == nil || own.id == organization {
-                renderers[own.id] = try organizationRenderer(
-                    catalog: catalog, organization: own, fromFile: true, template: template, language: language, settings: settings)
-            }
         }
         let renderer =
             try loaded.organizations.lazy.compactMap({ renderers[$0.id] }).first
@@ -136,12 +131,7 @@ struct PreviewCommand: AsyncParsableCommand {
         if let store { optOuts = try await OptOutList.load(from: store) }
         // `send` refuses a manifest whose derived run name is another manifest's run
         // (`march-2026.xml` after `march-2026.csv`): said here too, before anyone runs it.
-        var conflict: RunNameConflict? = nil
-        if run == nil, let store, let existing = try await store.run(named: runName),
-            existing.manifest.split(separator: "/").last != manifest.split(separator: "/").last
-        {
-            conflict = RunNameConflict(run: runName, existingManifest: existing.manifest, manifest: manifest)
-        }
+        let conflict = run == nil ? RunNameConflict(existing: try await store?.run(named: runName), manifest: manifest) : nil
         var toLookUp: [String] = []
         var optedOut = 0
         // The estimate: every message to send, by organization, landlord, market and category;

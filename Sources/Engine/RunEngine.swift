@@ -158,9 +158,7 @@ public final class RunEngine: Sendable {
     /// the run's record); `dispatch` stores it while it sends (see `prepareToSendWhileStoring`).
     public func prepare(_ options: RunOptions) async throws -> Preparation {
         let existing = try await store.run(named: options.run)
-        if let existing, options.nameDerived, existing.manifest.split(separator: "/").last != options.manifest.split(separator: "/").last {
-            throw RunNameConflict(run: options.run, existingManifest: existing.manifest, manifest: options.manifest)
-        }
+        if options.nameDerived, let conflict = RunNameConflict(existing: existing, manifest: options.manifest) { throw conflict }
         if existing == nil && options.sendWhileStoring { return try await prepareToSendWhileStoring(options) }
         if existing != nil {
             let check = try storingPreviewer.run(path: options.manifest)
@@ -841,9 +839,12 @@ public struct RunNameConflict: Error, CustomStringConvertible {
     public var existingManifest: String
     public var manifest: String
 
-    public init(run: String, existingManifest: String, manifest: String) {
-        self.run = run
-        self.existingManifest = existingManifest
+    /// The conflict when `existing`, the run a manifest's derived name names, was made from a
+    /// manifest of another file name; nil when there is none (`send` refuses, `preview` warns).
+    public init?(existing: RunRecord?, manifest: String) {
+        guard let existing, existing.manifest.split(separator: "/").last != manifest.split(separator: "/").last else { return nil }
+        run = existing.name
+        existingManifest = existing.manifest
         self.manifest = manifest
     }
 
